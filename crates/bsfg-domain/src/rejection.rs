@@ -17,6 +17,7 @@ pub enum Code {
     ResourceExhausted,
     DataLoss,
     Unavailable,
+    OutOfRange,
     Internal,
 }
 

@@ -1,0 +1,14 @@
+//! BSFG zone node: configuration, storage adapter, RPC service and CLI.
+//!
+//! Layout: [`config`] (the zone TOML), [`store`] (the JetStream adapter:
+//! fact log, consumers, objects, retention), [`node`] (the running process:
+//! boundary service, operations port, embedded nats-server), [`client`]
+//! (a typed client for the CLI, tests and benchmarks), [`cli`].
+
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod demo;
+pub mod metrics;
+pub mod node;
+pub mod store;

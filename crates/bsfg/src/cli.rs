@@ -1,0 +1,300 @@
+//! The `bsfg` command line: run a node, and talk to one.
+//!
+//! Errors print the Connect code and the node's message; the exit code is
+//! 1 for a refused or failed call and 2 for bad usage or configuration.
+
+use crate::client::BsfgClient;
+use crate::config::ZoneConfig;
+use bsfg_proto::bsfg::v1::*;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "bsfg", version, about = "Bidirectional Store-and-Forward Gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct Target {
+    /// Boundary URL of the zone node.
+    #[arg(long, env = "BSFG_URL", default_value = "http://127.0.0.1:7443")]
+    url: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a zone node.
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Start a throw-away local zone and walk through the contract.
+    Demo {
+        /// Directory for the zone's data (default: a fresh temporary one).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Append one fact.
+    Append {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        from_zone: String,
+        #[arg(long)]
+        to_zone: String,
+        /// Idempotency key with from_zone (default: random).
+        #[arg(long)]
+        message_id: Option<String>,
+        #[arg(long)]
+        subject: String,
+        #[arg(long)]
+        predicate: String,
+        /// The fact's object, a JSON object.
+        #[arg(long)]
+        json: String,
+        /// key=value, repeatable.
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// bucket/key=sha256:<hex>:<size>, repeatable.
+        #[arg(long = "attach")]
+        attachments: Vec<String>,
+    },
+    /// Fetch the next facts of a consumer (JSON, one fact per line).
+    Fetch {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        consumer: String,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[arg(long, default_value_t = 0)]
+        wait_ms: u32,
+        /// Confirm what was fetched.
+        #[arg(long)]
+        confirm: bool,
+    },
+    /// Confirm everything delivered up to and including an offset.
+    Confirm {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        consumer: String,
+        #[arg(long)]
+        offset: u64,
+    },
+    /// Upload a file as an artifact.
+    PutObject {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        bucket: String,
+        #[arg(long)]
+        key: String,
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long, default_value = "application/octet-stream")]
+        media_type: String,
+        /// Hide the progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Download an artifact; resumes a partial output file.
+    GetObject {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        bucket: String,
+        #[arg(long)]
+        key: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if let Some(c) = e.downcast_ref::<connectrpc::ConnectError>() {
+                eprintln!("error: {}: {}", c.code.as_str(), c.message.clone().unwrap_or_default());
+                ExitCode::from(1)
+            } else {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        }
+    }
+}
+
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BSFG_LOG").unwrap_or_else(|_| "info,async_nats=warn".into());
+    let _ = tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { config } => {
+            init_logging();
+            let config = ZoneConfig::load(&config)?;
+            let node = crate::node::start(config).await?;
+            tokio::select! {
+                r = node.wait() => r,
+                _ = tokio::signal::ctrl_c() => Ok(()),
+            }
+        }
+        Command::Demo { dir } => crate::demo::run(dir).await,
+        Command::Append { target, from_zone, to_zone, message_id, subject, predicate, json, labels, attachments } => {
+            let client = BsfgClient::connect(&target.url)?;
+            let mut envelope = Envelope {
+                message_id: message_id.unwrap_or_else(|| format!("cli-{}", hex::encode(rand::random::<[u8; 8]>()))),
+                from_zone,
+                to_zone,
+                produced_at_unix_ms: crate::store::now_unix_ms(),
+                ..Default::default()
+            };
+            for label in labels {
+                let (k, v) = label.split_once('=').ok_or_else(|| anyhow::anyhow!("--label {label:?}: expected key=value"))?;
+                envelope.labels.insert(k.into(), v.into());
+            }
+            let attachments = attachments.iter().map(|a| parse_attachment(a)).collect::<anyhow::Result<Vec<_>>>()?;
+            let fact = Fact { subject, predicate, object_json: json, attachments, ..Default::default() };
+            let r = client.append(envelope.clone(), fact).await?;
+            println!(
+                "{}",
+                serde_json::json!({"offset": r.offset, "duplicate": r.duplicate, "category": r.category, "message_id": envelope.message_id})
+            );
+            Ok(())
+        }
+        Command::Fetch { target, consumer, limit, wait_ms, confirm } => {
+            let client = BsfgClient::connect(&target.url)?;
+            let r = client.fetch(&consumer, limit, 0, wait_ms).await?;
+            for fact in &r.facts {
+                println!("{}", serde_json::to_string(fact)?);
+            }
+            if confirm {
+                if let Some(last) = r.facts.iter().map(|f| f.offset).max() {
+                    let frontier = client.confirm(&consumer, last).await?;
+                    eprintln!("confirmed through offset {frontier}");
+                }
+            }
+            Ok(())
+        }
+        Command::Confirm { target, consumer, offset } => {
+            let client = BsfgClient::connect(&target.url)?;
+            let frontier = client.confirm(&consumer, offset).await?;
+            println!("{}", serde_json::json!({"frontier": frontier}));
+            Ok(())
+        }
+        Command::PutObject { target, bucket, key, file, media_type, quiet } => {
+            let client = BsfgClient::connect(&target.url)?;
+            let r = put_file(&client, &bucket, &key, &file, &media_type, !quiet).await?;
+            println!("{}", serde_json::json!({"bucket": r.bucket, "key": r.key, "digest": r.digest, "size_bytes": r.size_bytes}));
+            Ok(())
+        }
+        Command::GetObject { target, bucket, key, out } => {
+            let client = BsfgClient::connect(&target.url)?;
+            let start = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+            let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&out)?;
+            let info = client
+                .get_object(&bucket, &key, start, Duration::from_secs(3600), |_, chunk| {
+                    use std::io::Write;
+                    file.write_all(chunk)?;
+                    Ok(())
+                })
+                .await?;
+            file.sync_all()?;
+            let digest = file_digest(&out)?;
+            if digest != info.digest {
+                anyhow::bail!("downloaded file hashes to {digest}, the node says {}; delete {} and download again", info.digest, out.display());
+            }
+            println!("{}", serde_json::json!({"bucket": info.bucket, "key": info.key, "digest": info.digest, "size_bytes": info.size_bytes, "resumed_from": start}));
+            Ok(())
+        }
+    }
+}
+
+fn parse_attachment(text: &str) -> anyhow::Result<AttachmentRef> {
+    let bad = || anyhow::anyhow!("--attach {text:?}: expected bucket/key=sha256:<hex>:<size>");
+    let (path, rest) = text.split_once('=').ok_or_else(bad)?;
+    let (bucket, key) = path.split_once('/').ok_or_else(bad)?;
+    let (digest, size) = rest.rsplit_once(':').ok_or_else(bad)?;
+    Ok(AttachmentRef { bucket: bucket.into(), key: key.into(), digest: digest.into(), size_bytes: size.parse().map_err(|_| bad())?, ..Default::default() })
+}
+
+/// `sha256:<hex>` of a file.
+pub fn file_digest(path: &std::path::Path) -> anyhow::Result<String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
+}
+
+/// Uploads a file in 256 KiB chunks with the expected digest, so the node
+/// refuses it if the bytes are damaged on the way.
+pub async fn put_file(
+    client: &BsfgClient,
+    bucket: &str,
+    key: &str,
+    file: &std::path::Path,
+    media_type: &str,
+    progress: bool,
+) -> anyhow::Result<PutObjectResponse> {
+    const CHUNK_BYTES: usize = 256 * 1024;
+    let size = std::fs::metadata(file)?.len();
+    let digest = file_digest(file)?;
+    let bar = if progress { indicatif::ProgressBar::new(size) } else { indicatif::ProgressBar::hidden() };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .expect("static template"),
+    );
+    let header = PutObjectHeader {
+        bucket: bucket.into(),
+        key: key.into(),
+        media_type: media_type.into(),
+        expected_digest: digest,
+        expected_size_bytes: size,
+        ..Default::default()
+    };
+    let reader = tokio::fs::File::open(file).await?;
+    let bar_in = bar.clone();
+    let chunks = futures::stream::unfold(reader, move |mut reader| {
+        let bar = bar_in.clone();
+        async move {
+            use tokio::io::AsyncReadExt;
+            let mut buf = vec![0u8; CHUNK_BYTES];
+            let mut filled = 0;
+            while filled < CHUNK_BYTES {
+                match reader.read(&mut buf[filled..]).await {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(_) => break,
+                }
+            }
+            if filled == 0 {
+                return None;
+            }
+            buf.truncate(filled);
+            bar.inc(filled as u64);
+            Some((buf, reader))
+        }
+    });
+    let timeout = Duration::from_secs(60 + size / (1024 * 1024));
+    let r = client.put_object(header, chunks, timeout).await;
+    bar.finish_and_clear();
+    Ok(r?)
+}

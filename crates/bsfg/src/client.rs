@@ -1,0 +1,84 @@
+//! A typed client for the boundary contract, used by the CLI, the tests and
+//! the benchmarks. Thin: it picks the transport and returns owned messages.
+
+use bsfg_proto::bsfg::v1::*;
+use connectrpc::ConnectError;
+use connectrpc::client::{ClientConfig, HttpClient};
+use std::time::Duration;
+
+#[derive(Clone)]
+pub struct BsfgClient {
+    inner: BoundaryServiceClient<HttpClient>,
+}
+
+/// Every call has a deadline; a dead peer never hangs a caller forever.
+pub const CALL_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+
+impl BsfgClient {
+    /// Plaintext Connect client (binary protobuf) for `http://host:port`.
+    pub fn connect(base_url: &str) -> anyhow::Result<Self> {
+        let uri: http::Uri = base_url.parse()?;
+        let config = ClientConfig::new(uri).with_default_timeout(CALL_TIMEOUT_DEFAULT);
+        Ok(Self { inner: BoundaryServiceClient::new(HttpClient::plaintext(), config) })
+    }
+
+    pub async fn append(&self, envelope: Envelope, fact: Fact) -> Result<AppendFactResponse, ConnectError> {
+        let request = AppendFactRequest { envelope: envelope.into(), fact: fact.into(), ..Default::default() };
+        Ok(self.inner.append_fact(request).await?.into_owned())
+    }
+
+    pub async fn fetch(&self, consumer: &str, limit: u32, max_bytes: u64, wait_ms: u32) -> Result<FetchFactsResponse, ConnectError> {
+        let request = FetchFactsRequest { consumer_name: consumer.into(), limit, max_bytes, wait_ms, ..Default::default() };
+        let timeout = CALL_TIMEOUT_DEFAULT + Duration::from_millis(u64::from(wait_ms));
+        let options = connectrpc::client::CallOptions::default().with_timeout(timeout);
+        Ok(self.inner.fetch_facts_with_options(request, options).await?.into_owned())
+    }
+
+    pub async fn confirm(&self, consumer: &str, offset: u64) -> Result<u64, ConnectError> {
+        let request = ConfirmReceiptRequest { consumer_name: consumer.into(), offset, ..Default::default() };
+        Ok(self.inner.confirm_receipt(request).await?.into_owned().frontier)
+    }
+
+    /// Uploads from any stream of chunks; the header goes first.
+    pub async fn put_object<S>(&self, header: PutObjectHeader, chunks: S, timeout: Duration) -> Result<PutObjectResponse, ConnectError>
+    where
+        S: futures::Stream<Item = Vec<u8>> + Send + 'static,
+    {
+        use futures::StreamExt;
+        let first = futures::stream::once(futures::future::ready(PutObjectRequest {
+            part: Some(put_object_request::Part::Header(Box::new(header))),
+            ..Default::default()
+        }));
+        let rest = chunks.map(|chunk| PutObjectRequest { part: Some(put_object_request::Part::Chunk(chunk)), ..Default::default() });
+        let options = connectrpc::client::CallOptions::default().with_timeout(timeout);
+        Ok(self.inner.put_object_with_options(first.chain(rest), options).await?.into_owned())
+    }
+
+    /// Streams an object to `sink`, starting at `start`. Returns its info.
+    pub async fn get_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        start: u64,
+        timeout: Duration,
+        mut sink: impl FnMut(u64, &[u8]) -> anyhow::Result<()>,
+    ) -> Result<ObjectInfo, anyhow::Error> {
+        let request = GetObjectRequest { bucket: bucket.into(), key: key.into(), start_offset_bytes: start, ..Default::default() };
+        let options = connectrpc::client::CallOptions::default().with_timeout(timeout);
+        let mut stream = self.inner.get_object_with_options(request, options).await?;
+        let mut info = None;
+        while let Some(message) = stream.message::<GetObjectResponse>().await? {
+            let message = message.to_owned_message();
+            if let Some(i) = message.info.into_option() {
+                info = Some(i);
+            }
+            if !message.chunk.is_empty() {
+                sink(message.offset_bytes, &message.chunk)?;
+            }
+        }
+        if let Some(e) = stream.error() {
+            return Err(anyhow::anyhow!("{}: {}", e.code.as_str(), e.message.clone().unwrap_or_default()));
+        }
+        info.ok_or_else(|| anyhow::anyhow!("GetObject ended without object info"))
+    }
+}

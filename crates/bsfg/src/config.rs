@@ -1,0 +1,250 @@
+//! Zone configuration (TOML).
+//!
+//! Everything a node needs is declared here: its zone, listeners, the NATS
+//! server it owns (or an external one), categories with their retention and
+//! capacity, named consumers and object buckets. Consumers are provisioned
+//! from configuration, never created ad hoc by clients.
+
+use bsfg_domain::limits::Limits;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneConfig {
+    /// This zone's name; also its JetStream domain.
+    pub zone: String,
+    /// Boundary port (Connect, gRPC, gRPC-Web).
+    pub listen: SocketAddr,
+    /// Operations port: /metrics and /healthz over plain HTTP.
+    pub ops_listen: SocketAddr,
+    #[serde(default)]
+    pub nats: NatsConfig,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub fetch: FetchConfig,
+    #[serde(default = "default_categories")]
+    pub categories: Vec<CategoryConfig>,
+    #[serde(default)]
+    pub consumers: Vec<ConsumerConfig>,
+    #[serde(default)]
+    pub buckets: Vec<BucketConfig>,
+    /// How often retention and capacity accounting run.
+    #[serde(default = "default_retention_interval", with = "humantime_serde")]
+    pub retention_interval: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// An external nats-server for this zone. When absent the node starts and
+    /// supervises its own (the embedded default).
+    pub url: Option<String>,
+    /// Store directory of the embedded nats-server.
+    pub store_dir: PathBuf,
+    /// Client port of the embedded nats-server (0 picks a free one).
+    pub port: u16,
+    /// nats-server binary; defaults to `.tools/bin/nats-server`, then PATH.
+    pub server_bin: Option<PathBuf>,
+    /// Timeout for every JetStream API call and publish acknowledgement.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            store_dir: PathBuf::from("data/jetstream"),
+            port: 0,
+            server_bin: None,
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FetchConfig {
+    pub limit_default: u32,
+    pub limit_max: u32,
+    pub bytes_default: u64,
+    pub bytes_max: u64,
+    pub wait_ms_max: u32,
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        Self {
+            limit_default: 100,
+            limit_max: 10_000,
+            bytes_default: 1024 * 1024,
+            bytes_max: 16 * 1024 * 1024,
+            wait_ms_max: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CategoryConfig {
+    /// Category name; stream `facts_<name>`, subjects `facts.<name>.>`.
+    pub name: String,
+    /// Subject kinds routed here. The category with `default = true` takes
+    /// every kind not listed elsewhere.
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    #[serde(default)]
+    pub default: bool,
+    /// Hard capacity of the category log (JetStream max_bytes).
+    pub capacity_bytes: u64,
+    /// Appends are refused at this fill of capacity_bytes.
+    #[serde(default = "default_fill_threshold")]
+    pub fill_threshold_percent: u8,
+    /// Retention removes confirmed facts once the log is above this fill.
+    #[serde(default = "default_retain_percent")]
+    pub retain_fill_percent: u8,
+    /// Facts older than this are removed once every consumer confirmed them.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// JetStream duplicate window (idempotency beyond it is kept by subject).
+    #[serde(default = "default_duplicate_window", with = "humantime_serde")]
+    pub duplicate_window: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerConfig {
+    pub name: String,
+    pub category: String,
+    /// Subject kinds this consumer receives; empty means all.
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    #[serde(default)]
+    pub start: StartPosition,
+    /// Delivered but unconfirmed facts are delivered again after this.
+    #[serde(default = "default_ack_wait", with = "humantime_serde")]
+    pub redeliver_after: Duration,
+    /// Most facts delivered and not yet confirmed.
+    #[serde(default = "default_unconfirmed_max")]
+    pub unconfirmed_max: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum StartPosition {
+    #[default]
+    Earliest,
+    Latest,
+    Offset(u64),
+    /// RFC 3339 time.
+    Time(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BucketConfig {
+    pub name: String,
+    pub capacity_bytes: u64,
+}
+
+fn default_categories() -> Vec<CategoryConfig> {
+    let category = |name: &str, kinds: &[&str], default: bool, gib: u64| CategoryConfig {
+        name: name.into(),
+        kinds: kinds.iter().map(|k| k.to_string()).collect(),
+        default,
+        capacity_bytes: gib * 1024 * 1024 * 1024,
+        fill_threshold_percent: default_fill_threshold(),
+        retain_fill_percent: default_retain_percent(),
+        max_age: Duration::from_secs(30 * 24 * 3600),
+        duplicate_window: default_duplicate_window(),
+    };
+    vec![
+        category("operational", &[], true, 4),
+        category("audit", &["audit"], false, 1),
+        category("documents", &["document", "recipe"], false, 1),
+    ]
+}
+fn default_fill_threshold() -> u8 {
+    80
+}
+fn default_retain_percent() -> u8 {
+    60
+}
+fn default_duplicate_window() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_ack_wait() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_unconfirmed_max() -> u32 {
+    20_000
+}
+fn default_retention_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl ZoneConfig {
+    pub fn load(path: &std::path::Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
+        let config: ZoneConfig =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Cross-field checks a serde schema cannot express.
+    pub fn check(&self) -> anyhow::Result<()> {
+        use anyhow::bail;
+        bsfg_domain::validate::zone("zone", &self.zone).map_err(|r| anyhow::anyhow!("{r}"))?;
+        if self.categories.iter().filter(|c| c.default).count() != 1 {
+            bail!("exactly one category must have default = true");
+        }
+        for c in &self.categories {
+            let token_ok = !c.name.is_empty()
+                && c.name.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_');
+            if !token_ok {
+                bail!("category name {:?} must be lower-case letters, digits and _", c.name);
+            }
+            if !(1..=100).contains(&c.fill_threshold_percent) || c.retain_fill_percent > c.fill_threshold_percent {
+                bail!("category {}: need 1 <= retain_fill_percent <= fill_threshold_percent <= 100", c.name);
+            }
+            if c.capacity_bytes < 64 * 1024 {
+                bail!("category {}: capacity_bytes must be at least 64 KiB", c.name);
+            }
+        }
+        for (i, c) in self.categories.iter().enumerate() {
+            for k in &c.kinds {
+                if self.categories[i + 1..].iter().any(|o| o.kinds.contains(k)) {
+                    bail!("subject kind {k:?} is routed to more than one category");
+                }
+            }
+        }
+        for consumer in &self.consumers {
+            bsfg_domain::validate::consumer_name(&consumer.name).map_err(|r| anyhow::anyhow!("{r}"))?;
+            if !self.categories.iter().any(|c| c.name == consumer.category) {
+                bail!("consumer {} names unknown category {}", consumer.name, consumer.category);
+            }
+            if self.consumers.iter().filter(|c| c.name == consumer.name).count() > 1 {
+                bail!("consumer {} is declared twice", consumer.name);
+            }
+        }
+        for b in &self.buckets {
+            bsfg_domain::validate::bucket(&b.name).map_err(|r| anyhow::anyhow!("{r}"))?;
+        }
+        Ok(())
+    }
+
+    /// The category a subject kind is routed to.
+    pub fn category_for_kind(&self, kind: &str) -> &CategoryConfig {
+        self.categories
+            .iter()
+            .find(|c| c.kinds.iter().any(|k| k == kind))
+            .or_else(|| self.categories.iter().find(|c| c.default))
+            .expect("check() guarantees a default category")
+    }
+}

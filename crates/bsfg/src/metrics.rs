@@ -1,0 +1,84 @@
+//! Prometheus metrics, named as in the public BSFG design (REFERENCE §7).
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+pub type Labels = Vec<(String, String)>;
+
+pub struct Metrics {
+    registry: Registry,
+    pub append_requests_total: Family<Labels, Counter>,
+    pub append_failures_total: Family<Labels, Counter>,
+    pub append_duplicates_total: Counter,
+    pub fetch_requests_total: Family<Labels, Counter>,
+    pub confirm_requests_total: Family<Labels, Counter>,
+    pub append_latency_seconds: Histogram,
+    pub frontier_offset: Family<Labels, Gauge>,
+    pub store_buffer_fill_percent: Family<Labels, Gauge<f64, AtomicU64>>,
+    pub retention_blocked: Family<Labels, Gauge>,
+    pub oldest_unconfirmed_age_seconds: Family<Labels, Gauge<f64, AtomicU64>>,
+    pub object_bytes_total: Family<Labels, Counter>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let m = Self {
+            append_requests_total: Family::default(),
+            append_failures_total: Family::default(),
+            append_duplicates_total: Counter::default(),
+            fetch_requests_total: Family::default(),
+            confirm_requests_total: Family::default(),
+            append_latency_seconds: Histogram::new(
+                [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5].into_iter(),
+            ),
+            frontier_offset: Family::default(),
+            store_buffer_fill_percent: Family::default(),
+            retention_blocked: Family::default(),
+            oldest_unconfirmed_age_seconds: Family::default(),
+            object_bytes_total: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("bsfg_append_requests", "AppendFact requests by outcome", m.append_requests_total.clone());
+        registry.register("bsfg_append_failures", "AppendFact rejections by reason", m.append_failures_total.clone());
+        registry.register("bsfg_append_duplicates", "AppendFact identical retries answered with the original offset", m.append_duplicates_total.clone());
+        registry.register("bsfg_fetch_requests", "FetchFacts requests by consumer and outcome", m.fetch_requests_total.clone());
+        registry.register("bsfg_confirm_requests", "ConfirmReceipt requests by consumer and outcome", m.confirm_requests_total.clone());
+        registry.register("bsfg_append_latency_seconds", "AppendFact latency until durable", m.append_latency_seconds.clone());
+        registry.register("bsfg_frontier_offset", "Confirmed frontier per consumer", m.frontier_offset.clone());
+        registry.register("bsfg_store_buffer_fill_percent", "Category log fill as percent of capacity", m.store_buffer_fill_percent.clone());
+        registry.register(
+            "bsfg_retention_blocked",
+            "1 when facts past max_age are kept because a consumer has not confirmed them (alarm)",
+            m.retention_blocked.clone(),
+        );
+        registry.register(
+            "bsfg_oldest_unconfirmed_age_seconds",
+            "Age of the oldest fact some consumer of the category has not confirmed",
+            m.oldest_unconfirmed_age_seconds.clone(),
+        );
+        registry.register("bsfg_object_bytes", "Object bytes written and read", m.object_bytes_total.clone());
+        Self { registry, ..m }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("encoding metrics into a String cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}

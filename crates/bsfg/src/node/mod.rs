@@ -1,0 +1,109 @@
+//! The zone node: one process serving one zone.
+//!
+//! Start-up order: (embedded) nats-server → store provisioning (streams,
+//! consumers, buckets, explicit configs) → retention task → operations port
+//! → boundary port. Each part lives in its own module.
+
+pub mod errors;
+pub mod nats_server;
+pub mod ops_http;
+pub mod service;
+
+use crate::config::ZoneConfig;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use bsfg_proto::bsfg::v1::BoundaryServiceExt as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A running node, with the addresses it actually bound.
+pub struct RunningNode {
+    pub boundary_addr: SocketAddr,
+    pub ops_addr: SocketAddr,
+    pub store: Arc<Store>,
+    pub metrics: Arc<Metrics>,
+    _embedded: Option<nats_server::EmbeddedNats>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningNode {
+    /// Waits until the boundary server stops (it normally never does).
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        let server = self.tasks.remove(0);
+        server.await?;
+        Ok(())
+    }
+}
+
+impl Drop for RunningNode {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// How long start-up waits for the zone's JetStream to answer.
+const STORE_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningNode> {
+    let config = Arc::new(config);
+    let embedded = match &config.nats.url {
+        Some(_) => None,
+        None => Some(nats_server::start(&config).await?),
+    };
+    let url = config.nats.url.clone().or_else(|| embedded.as_ref().map(|e| e.url.clone())).expect("one of the two");
+    let metrics = Arc::new(Metrics::new());
+    let store = Arc::new(open_store_with_retry(&url, config.clone(), metrics.clone()).await?);
+
+    let retention = tokio::spawn(crate::store::retention::run(
+        store.client.clone(),
+        store.facts.clone(),
+        store.consumers.clone(),
+        metrics.clone(),
+        config.retention_interval,
+    ));
+
+    let ops_listener = tokio::net::TcpListener::bind(config.ops_listen).await?;
+    let ops_addr = ops_listener.local_addr()?;
+    let ops = tokio::spawn(ops_http::serve(ops_listener, metrics.clone(), store.client.clone()));
+
+    let boundary = Arc::new(service::Boundary { config: config.clone(), store: store.clone(), metrics: metrics.clone() });
+    let router = boundary.register(connectrpc::Router::new());
+    let limits = connectrpc::Limits::default()
+        .with_max_message_size((config.limits.fact_bytes_max + 64 * 1024).max(4 * 1024 * 1024))
+        .with_max_request_body_size((config.limits.fact_bytes_max + 64 * 1024).max(4 * 1024 * 1024));
+    let service = connectrpc::ConnectRpcService::new(router).with_limits(limits);
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let boundary_addr = listener.local_addr()?;
+    let server = connectrpc::Server::from_listener(listener)
+        .with_header_read_timeout(Duration::from_secs(10))
+        .with_max_connection_idle(Duration::from_secs(300))
+        .with_max_concurrent_streams(1024);
+    let server_task = tokio::spawn(async move {
+        if let Err(e) = server.serve_with_service(service).await {
+            tracing::error!(error = %e, "boundary server stopped");
+        }
+    });
+    tracing::info!(zone = %config.zone, boundary = %boundary_addr, ops = %ops_addr, nats = %url, "zone node ready");
+    Ok(RunningNode { boundary_addr, ops_addr, store, metrics, _embedded: embedded, tasks: vec![server_task, retention, ops] })
+}
+
+async fn open_store_with_retry(url: &str, config: Arc<ZoneConfig>, metrics: Arc<Metrics>) -> anyhow::Result<Store> {
+    let deadline = tokio::time::Instant::now() + STORE_READY_TIMEOUT;
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), Store::open(url, config.clone(), metrics.clone())).await {
+            Ok(Ok(store)) => return Ok(store),
+            Ok(Err(e)) if tokio::time::Instant::now() < deadline => {
+                tracing::info!(error = %e, "zone store not ready yet; retrying");
+            }
+            Ok(Err(e)) => return Err(e.context(format!("zone store at {url} not ready after {STORE_READY_TIMEOUT:?}"))),
+            Err(_) if tokio::time::Instant::now() < deadline => tracing::info!("zone store slow to answer; retrying"),
+            Err(_) => anyhow::bail!("zone store at {url} did not answer within {STORE_READY_TIMEOUT:?}"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,105 @@
+//! The embedded default: a zone node that is given no NATS URL starts and
+//! supervises its own nats-server, with JetStream domain = zone name and its
+//! own store directory. It is restarted (same port, same store) if it dies.
+
+use crate::config::ZoneConfig;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::process::{Child, Command};
+
+/// Restart backoff bounds for a crashed embedded nats-server.
+const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(200);
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+pub struct EmbeddedNats {
+    pub url: String,
+    supervisor: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for EmbeddedNats {
+    fn drop(&mut self) {
+        self.supervisor.abort();
+    }
+}
+
+/// Finds the nats-server binary: config, `BSFG_NATS_SERVER`, the project's
+/// `.tools/bin` (searched upwards from the working directory and from the
+/// executable), then PATH.
+pub fn find_binary(configured: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = configured {
+        return Ok(p.to_path_buf());
+    }
+    if let Ok(p) = std::env::var("BSFG_NATS_SERVER") {
+        return Ok(PathBuf::from(p));
+    }
+    let mut roots = vec![std::env::current_dir()?];
+    if let Ok(exe) = std::env::current_exe() {
+        roots.push(exe);
+    }
+    for root in roots {
+        for dir in root.ancestors() {
+            let candidate = dir.join(".tools/bin/nats-server");
+            if candidate.exists() {
+                return Ok(candidate);
+            }
+        }
+    }
+    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
+        let candidate = dir.join("nats-server");
+        if candidate.exists() {
+            return Ok(candidate);
+        }
+    }
+    anyhow::bail!("nats-server not found: run scripts/setup.sh, set BSFG_NATS_SERVER, or set [nats] url")
+}
+
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Writes the nats-server configuration for a zone.
+pub fn write_server_config(path: &Path, zone: &str, port: u16, store_dir: &Path) -> anyhow::Result<()> {
+    let text = format!(
+        "server_name: \"bsfg-{zone}\"\nlisten: \"127.0.0.1:{port}\"\nmax_payload: 8MB\njetstream {{\n  domain: \"{zone}\"\n  store_dir: \"{}\"\n}}\n",
+        store_dir.display()
+    );
+    std::fs::write(path, text)?;
+    Ok(())
+}
+
+fn spawn(binary: &Path, config_path: &Path, log_path: &Path) -> anyhow::Result<Child> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log_path)?;
+    Ok(Command::new(binary)
+        .arg("-c")
+        .arg(config_path)
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()?)
+}
+
+pub async fn start(config: &ZoneConfig) -> anyhow::Result<EmbeddedNats> {
+    let binary = find_binary(config.nats.server_bin.as_deref())?;
+    let store_dir = std::path::absolute(&config.nats.store_dir)?;
+    std::fs::create_dir_all(&store_dir)?;
+    let port = if config.nats.port == 0 { free_port()? } else { config.nats.port };
+    let config_path = store_dir.join("nats-server.conf");
+    let log_path = store_dir.join("nats-server.log");
+    write_server_config(&config_path, &config.zone, port, &store_dir)?;
+    let mut child = spawn(&binary, &config_path, &log_path)?;
+    tracing::info!(binary = %binary.display(), port, store_dir = %store_dir.display(), "started embedded nats-server");
+    let supervisor = tokio::spawn(async move {
+        let mut backoff = RESTART_BACKOFF_MIN;
+        loop {
+            let status = child.wait().await;
+            tracing::error!(?status, "embedded nats-server exited; restarting");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
+            match spawn(&binary, &config_path, &log_path) {
+                Ok(c) => child = c,
+                Err(e) => tracing::error!(error = %e, "could not restart nats-server"),
+            }
+        }
+    });
+    Ok(EmbeddedNats { url: format!("nats://127.0.0.1:{port}"), supervisor })
+}

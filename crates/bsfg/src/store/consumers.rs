@@ -1,0 +1,293 @@
+//! Named consumers: durable, server-side read cursors.
+//!
+//! Each configured consumer is a durable JetStream pull consumer with
+//! `AckPolicy::All` on its category's stream, so JetStream itself keeps the
+//! frontier (its ack floor) durably. `ConfirmReceipt(offset)` acknowledges
+//! the delivered message at `offset`, which confirms it and everything
+//! delivered before it.
+//!
+//! The node keeps, per consumer, the ack reply subjects of what it has
+//! delivered and not yet seen confirmed (bounded by `unconfirmed_max`, which
+//! is also JetStream's `max_ack_pending`). That is how a confirm of an offset
+//! that was never delivered to this consumer is told apart and refused.
+//!
+//! At start-up every consumer is re-created at its frontier + 1: whatever
+//! was delivered but unconfirmed before a restart is delivered again at
+//! once, instead of after the redelivery timeout.
+
+use super::{FactLog, facts::decode_record, unavailable};
+use crate::config::{ConsumerConfig, StartPosition, ZoneConfig};
+use crate::metrics::Metrics;
+use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, ReplayPolicy, pull};
+use bsfg_domain::{Code, Rejection};
+use bsfg_proto::bsfg::v1::StoredFact;
+use futures::StreamExt;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A bounded fetch request, already capped by the node's limits.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchBounds {
+    pub limit: usize,
+    pub bytes_max: usize,
+    pub wait: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Delivery {
+    frontier: u64,
+    /// offset -> ack reply subject, for delivered and unconfirmed facts.
+    unconfirmed: BTreeMap<u64, async_nats::Subject>,
+    delivered_max: u64,
+}
+
+pub struct Cursor {
+    pub config: ConsumerConfig,
+    consumer: consumer::Consumer<pull::Config>,
+    /// Serialises fetches so each sees a consistent delivery order.
+    fetch_lock: tokio::sync::Mutex<()>,
+    delivery: Mutex<Delivery>,
+}
+
+/// What an operator sees of a consumer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CursorStatus {
+    pub name: String,
+    pub category: String,
+    pub frontier: u64,
+    pub delivered_max: u64,
+    pub unconfirmed: usize,
+}
+
+pub struct Consumers {
+    client: async_nats::Client,
+    cursors: HashMap<String, Cursor>,
+    metrics: Arc<Metrics>,
+    request_timeout: Duration,
+}
+
+impl Consumers {
+    pub async fn open(
+        client: async_nats::Client,
+        facts: &FactLog,
+        config: Arc<ZoneConfig>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        let mut cursors = HashMap::new();
+        for c in &config.consumers {
+            let category = facts.category(&c.category).expect("config checked");
+            let stream = &category.stream;
+            let (deliver_policy, kept_frontier) = match stream.consumer_info(&c.name).await {
+                Ok(info) => {
+                    let frontier = info.ack_floor.stream_sequence;
+                    stream.delete_consumer(&c.name).await?;
+                    (DeliverPolicy::ByStartSequence { start_sequence: frontier + 1 }, Some(frontier))
+                }
+                Err(_) => (deliver_policy(&c.start)?, None),
+            };
+            let filter_subjects = c.kinds.iter().map(|k| format!("facts.{}.{k}.*", c.category)).collect();
+            let consumer_config = pull::Config {
+                durable_name: Some(c.name.clone()),
+                description: Some(format!("BSFG consumer {} of zone {}", c.name, config.zone)),
+                deliver_policy,
+                ack_policy: AckPolicy::All,
+                ack_wait: c.redeliver_after,
+                max_deliver: -1,
+                filter_subjects,
+                replay_policy: ReplayPolicy::Instant,
+                max_waiting: 64,
+                max_ack_pending: i64::from(c.unconfirmed_max),
+                max_batch: i64::from(config.fetch.limit_max),
+                max_bytes: config.fetch.bytes_max as i64,
+                max_expires: Duration::from_millis(u64::from(config.fetch.wait_ms_max) + 1000),
+                inactive_threshold: Duration::ZERO,
+                num_replicas: 1,
+                memory_storage: false,
+                headers_only: false,
+                ..Default::default()
+            };
+            let mut consumer: consumer::Consumer<pull::Config> = stream.create_consumer(consumer_config).await?;
+            let info = consumer.info().await?;
+            let frontier = kept_frontier.unwrap_or(info.ack_floor.stream_sequence);
+            metrics.frontier_offset.get_or_create(&vec![("consumer".to_string(), c.name.clone())]).set(frontier as i64);
+            let delivery = Delivery { frontier, unconfirmed: BTreeMap::new(), delivered_max: frontier };
+            cursors.insert(
+                c.name.clone(),
+                Cursor { config: c.clone(), consumer, fetch_lock: Default::default(), delivery: Mutex::new(delivery) },
+            );
+        }
+        Ok(Self { client, cursors, metrics, request_timeout: config.nats.request_timeout })
+    }
+
+    fn cursor(&self, name: &str) -> Result<&Cursor, Rejection> {
+        bsfg_domain::validate::consumer_name(name)?;
+        self.cursors.get(name).ok_or_else(|| {
+            Rejection::new(Code::NotFound, "unknown_consumer", format!("consumer {name:?} is not configured in this zone; consumers are declared in the zone configuration"))
+        })
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.cursors.keys().map(String::as_str)
+    }
+
+    pub fn config(&self, name: &str) -> Result<&ConsumerConfig, Rejection> {
+        Ok(&self.cursor(name)?.config)
+    }
+
+    pub fn status(&self) -> Vec<CursorStatus> {
+        let mut all: Vec<CursorStatus> = self
+            .cursors
+            .values()
+            .map(|c| {
+                let d = c.delivery.lock().unwrap();
+                CursorStatus {
+                    name: c.config.name.clone(),
+                    category: c.config.category.clone(),
+                    frontier: d.frontier,
+                    delivered_max: d.delivered_max,
+                    unconfirmed: d.unconfirmed.len(),
+                }
+            })
+            .collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// Lowest frontier of the consumers of a category (None if it has none).
+    pub fn lowest_frontier(&self, category: &str) -> Option<u64> {
+        self.cursors
+            .values()
+            .filter(|c| c.config.category == category)
+            .map(|c| c.delivery.lock().unwrap().frontier)
+            .min()
+    }
+
+    /// The next facts for `name` after what it was already delivered.
+    pub async fn fetch(&self, name: &str, bounds: FetchBounds) -> Result<(Vec<StoredFact>, u64), Rejection> {
+        let cursor = self.cursor(name)?;
+        let _serial = cursor.fetch_lock.lock().await;
+        let mut messages = pull_now(&cursor.consumer, bounds.limit, bounds.bytes_max).await?;
+        if messages.is_empty() && !bounds.wait.is_zero() {
+            // Long-poll for the first fact, then take whatever else is ready.
+            let first = cursor
+                .consumer
+                .batch()
+                .max_messages(1)
+                .expires(bounds.wait)
+                .messages()
+                .await
+                .map_err(|e| unavailable("waiting for facts", e))?;
+            messages = collect(first).await?;
+            if !messages.is_empty() && bounds.limit > 1 {
+                let bytes_left = bounds.bytes_max.saturating_sub(messages[0].payload.len());
+                if bytes_left > 0 {
+                    messages.extend(pull_now(&cursor.consumer, bounds.limit - 1, bytes_left).await?);
+                }
+            }
+        }
+        let mut facts = Vec::with_capacity(messages.len());
+        let mut delivery = Vec::with_capacity(messages.len());
+        for message in messages {
+            let info = message.info().map_err(|e| unavailable("reading delivery info", e))?;
+            let offset = info.stream_sequence;
+            let reply = message.reply.clone().ok_or_else(|| unavailable("reading delivery info", "no ack subject"))?;
+            facts.push(decode_record(&message.payload, offset)?);
+            delivery.push((offset, reply));
+        }
+        facts.sort_by_key(|f| f.offset);
+        let frontier = {
+            let mut d = cursor.delivery.lock().unwrap();
+            for (offset, reply) in delivery {
+                if offset > d.frontier {
+                    d.delivered_max = d.delivered_max.max(offset);
+                    d.unconfirmed.insert(offset, reply);
+                }
+            }
+            d.frontier
+        };
+        Ok((facts, frontier))
+    }
+
+    /// Confirms everything delivered to `name` up to and including `offset`.
+    pub async fn confirm(&self, name: &str, offset: u64) -> Result<u64, Rejection> {
+        let cursor = self.cursor(name)?;
+        let reply = {
+            let d = cursor.delivery.lock().unwrap();
+            if offset <= d.frontier {
+                // Already confirmed: a retried confirm is harmless.
+                return Ok(d.frontier);
+            }
+            match d.unconfirmed.get(&offset) {
+                Some(reply) => reply.clone(),
+                None if offset > d.delivered_max => {
+                    return Err(Rejection::new(
+                        Code::FailedPrecondition,
+                        "not_delivered",
+                        format!("offset {offset} has not been delivered to consumer {name} (highest delivered {}); fetch before confirming", d.delivered_max),
+                    ));
+                }
+                None => {
+                    return Err(Rejection::invalid(
+                        "not_delivered_to_consumer",
+                        format!("offset {offset} was never delivered to consumer {name} (it belongs to another category or filter, or was delivered before a restart: fetch again)"),
+                    ));
+                }
+            }
+        };
+        let ack = tokio::time::timeout(self.request_timeout, self.client.request(reply, bytes::Bytes::from_static(b"+ACK")))
+            .await
+            .map_err(|_| unavailable("confirming", "acknowledgement timed out"))?
+            .map_err(|e| unavailable("confirming", e))?;
+        if ack.status.is_some_and(|s| !s.is_success()) {
+            return Err(unavailable("confirming", format!("JetStream answered {:?}", ack.status)));
+        }
+        let frontier = {
+            let mut d = cursor.delivery.lock().unwrap();
+            d.frontier = d.frontier.max(offset);
+            let keep = d.unconfirmed.split_off(&(offset + 1));
+            d.unconfirmed = keep;
+            d.frontier
+        };
+        self.metrics.frontier_offset.get_or_create(&vec![("consumer".to_string(), name.to_string())]).set(frontier as i64);
+        Ok(frontier)
+    }
+}
+
+async fn pull_now(consumer: &consumer::Consumer<pull::Config>, limit: usize, bytes_max: usize) -> Result<Vec<async_nats::jetstream::Message>, Rejection> {
+    let batch = consumer
+        .fetch()
+        .max_messages(limit)
+        .max_bytes(bytes_max)
+        .messages()
+        .await
+        .map_err(|e| unavailable("fetching facts", e))?;
+    collect(batch).await
+}
+
+async fn collect(mut batch: pull::Batch) -> Result<Vec<async_nats::jetstream::Message>, Rejection> {
+    let mut out = Vec::new();
+    while let Some(message) = batch.next().await {
+        match message {
+            Ok(m) => out.push(m),
+            Err(e) => {
+                // A batch that ends early (timeout, size) still returns what it has.
+                tracing::debug!(error = %e, "pull batch ended");
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn deliver_policy(start: &StartPosition) -> anyhow::Result<DeliverPolicy> {
+    Ok(match start {
+        StartPosition::Earliest => DeliverPolicy::All,
+        StartPosition::Latest => DeliverPolicy::New,
+        StartPosition::Offset(seq) => DeliverPolicy::ByStartSequence { start_sequence: (*seq).max(1) },
+        StartPosition::Time(text) => DeliverPolicy::ByStartTime {
+            start_time: time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+                .map_err(|e| anyhow::anyhow!("consumer start time {text:?} is not RFC 3339: {e}"))?,
+        },
+    })
+}

@@ -1,0 +1,304 @@
+//! The zone's fact log: one JetStream stream per category.
+//!
+//! Idempotency without a side index: every fact is published to
+//! `facts.<category>.<kind>.<key-token>`, where the token is the hash of
+//! (`from_zone`, `message_id`), with `Nats-Expected-Last-Subject-Sequence: 0`
+//! over `facts.<category>.*.<token>`. JetStream refuses the write atomically
+//! when that key already has a fact, for as long as the fact is retained and
+//! across restarts of the node and of nats-server; the duplicate window is
+//! only a first line. On refusal we read the stored fact back and compare
+//! content: identical means a retry (original offset, duplicate = true),
+//! anything else a conflicting duplicate.
+
+use super::{now_unix_ms, objects::Objects, unavailable};
+use crate::config::{CategoryConfig, ZoneConfig};
+use crate::metrics::Metrics;
+use async_nats::HeaderMap;
+use async_nats::jetstream::message::StreamMessage;
+use async_nats::jetstream::{self, context::PublishErrorKind, stream};
+use bsfg_domain::identity::{content_digest, key_token};
+use bsfg_domain::validate::ValidFact;
+use bsfg_domain::{Code, Rejection};
+use bsfg_proto::bsfg::v1::{Envelope, Provenance, StoredFact};
+use buffa::Message as _;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const CONTENT_HEADER: &str = "Bsfg-Content";
+/// Stripes of the in-process key lock: concurrent appends of one key are
+/// serialised so that a cross-category check and the publish are atomic.
+const KEY_LOCK_STRIPES: usize = 1024;
+
+/// One category's stream and its fill accounting.
+pub struct Category {
+    pub config: CategoryConfig,
+    pub stream: stream::Stream,
+    /// Stream bytes at the last refresh plus bytes appended since.
+    bytes_estimate: AtomicU64,
+}
+
+impl Category {
+    pub fn stream_name(&self) -> String {
+        stream_name(&self.config.name)
+    }
+    pub fn fill_percent(&self) -> f64 {
+        self.bytes_estimate.load(Ordering::Relaxed) as f64 * 100.0 / self.config.capacity_bytes as f64
+    }
+    pub fn set_bytes(&self, bytes: u64) {
+        self.bytes_estimate.store(bytes, Ordering::Relaxed);
+    }
+    fn is_full(&self) -> bool {
+        self.fill_percent() >= f64::from(self.config.fill_threshold_percent)
+    }
+}
+
+pub fn stream_name(category: &str) -> String {
+    format!("facts_{category}")
+}
+
+fn key_filter(category: &str, token: &str) -> String {
+    format!("facts.{category}.*.{token}")
+}
+
+/// The result of an append.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Appended {
+    pub offset: u64,
+    pub duplicate: bool,
+    pub category: String,
+}
+
+pub struct FactLog {
+    config: Arc<ZoneConfig>,
+    jetstream: jetstream::Context,
+    categories: HashMap<String, Category>,
+    objects: Arc<Objects>,
+    metrics: Arc<Metrics>,
+    key_locks: Vec<tokio::sync::Mutex<()>>,
+}
+
+impl FactLog {
+    pub async fn open(
+        jetstream: jetstream::Context,
+        config: Arc<ZoneConfig>,
+        objects: Arc<Objects>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        let mut categories = HashMap::new();
+        for c in &config.categories {
+            let stream_config = stream::Config {
+                name: stream_name(&c.name),
+                description: Some(format!("BSFG zone {} category {}", config.zone, c.name)),
+                subjects: vec![format!("facts.{}.>", c.name)],
+                retention: stream::RetentionPolicy::Limits,
+                // Hard stop; the node refuses earlier, at the fill threshold.
+                max_bytes: c.capacity_bytes as i64,
+                max_messages: -1,
+                max_messages_per_subject: -1,
+                // Age and confirmed-prefix truncation is done by the node's
+                // retention task: JetStream's max_age would ignore consumers.
+                max_age: std::time::Duration::ZERO,
+                max_message_size: (config.limits.fact_bytes_max + 4096) as i32,
+                discard: stream::DiscardPolicy::New,
+                discard_new_per_subject: false,
+                storage: stream::StorageType::File,
+                num_replicas: 1,
+                duplicate_window: c.duplicate_window,
+                allow_direct: true,
+                allow_rollup: false,
+                deny_delete: true,
+                deny_purge: false,
+                max_consumers: -1,
+                no_ack: false,
+                ..Default::default()
+            };
+            match jetstream.get_stream(&stream_config.name).await {
+                Ok(_) => {
+                    jetstream.update_stream(stream_config.clone()).await?;
+                }
+                Err(_) => {
+                    jetstream.create_stream(stream_config.clone()).await?;
+                }
+            }
+            let mut stream = jetstream.get_stream(&stream_config.name).await?;
+            let bytes = stream.info().await?.state.bytes;
+            categories.insert(
+                c.name.clone(),
+                Category { config: c.clone(), stream, bytes_estimate: AtomicU64::new(bytes) },
+            );
+        }
+        let key_locks = (0..KEY_LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
+        Ok(Self { config, jetstream, categories, objects, metrics, key_locks })
+    }
+
+    pub fn category(&self, name: &str) -> Option<&Category> {
+        self.categories.get(name)
+    }
+
+    pub fn categories(&self) -> impl Iterator<Item = &Category> {
+        self.categories.values()
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.jetstream
+    }
+
+    /// Appends a validated fact. `provenance` is set by the replicator for
+    /// facts that crossed zones; local appends start a fresh one.
+    pub async fn append(
+        &self,
+        envelope: Envelope,
+        valid: ValidFact,
+        provenance: Option<Provenance>,
+    ) -> Result<Appended, Rejection> {
+        let category = self.config.category_for_kind(&valid.subject_kind);
+        let log = &self.categories[&category.name];
+        let token = key_token(&envelope.from_zone, &envelope.message_id);
+        let content = content_digest(&valid.fact);
+        let content_hex = hex::encode(content);
+
+        let stripe = u16::from_str_radix(&token[..4], 16).expect("hex token") as usize % KEY_LOCK_STRIPES;
+        let _key_guard = self.key_locks[stripe].lock().await;
+
+        // A retry of something already stored is answered even when full or
+        // when it lives in another category (same key, different kind).
+        for other in self.categories.values() {
+            if let Some(existing) = self.find_by_token(other, &token).await? {
+                return compare_existing(existing, &content_hex, &envelope, &other.config.name);
+            }
+        }
+        if log.is_full() {
+            return Err(Rejection::new(
+                Code::ResourceExhausted,
+                "category_full",
+                format!(
+                    "category {} is {:.1}% full (threshold {}%); appends are refused until confirmed facts are truncated. Consumers must confirm, or raise capacity_bytes",
+                    category.name,
+                    log.fill_percent(),
+                    category.fill_threshold_percent
+                ),
+            ));
+        }
+        self.objects.check_and_freeze(&valid.fact.attachments).await?;
+
+        let appended_at_unix_ms = now_unix_ms();
+        let record = StoredFact {
+            offset: 0,
+            category: category.name.clone(),
+            envelope: envelope.clone().into(),
+            fact: valid.fact.clone().into(),
+            provenance: provenance.unwrap_or_else(|| Provenance { origin_zone: envelope.from_zone.clone(), ..Default::default() }).into(),
+            appended_at_unix_ms,
+            ..Default::default()
+        };
+        let payload = record.encode_to_vec();
+        if payload.len() > self.config.limits.fact_bytes_max {
+            return Err(Rejection::invalid(
+                "fact_too_large",
+                format!("the fact record is {} bytes; the limit is {}", payload.len(), self.config.limits.fact_bytes_max),
+            ));
+        }
+        let subject = format!("facts.{}.{}.{}", category.name, valid.subject_kind, token);
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", token.as_str());
+        headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
+        headers.insert("Nats-Expected-Last-Subject-Sequence-Subject", key_filter(&category.name, &token).as_str());
+        headers.insert(CONTENT_HEADER, content_hex.as_str());
+        let payload_len = payload.len() as u64;
+        let ack = self
+            .jetstream
+            .publish_with_headers(subject, headers, payload.into())
+            .await
+            .map_err(|e| unavailable("publishing the fact", e))?
+            .await;
+        match ack {
+            Ok(ack) if !ack.duplicate => {
+                log.bytes_estimate.fetch_add(payload_len + 100, Ordering::Relaxed);
+                Ok(Appended { offset: ack.sequence, duplicate: false, category: category.name.clone() })
+            }
+            // Duplicate window hit, or the key already has a fact: read it
+            // back and compare content.
+            Ok(_) => self.resolve_existing(log, &token, &content_hex, &envelope).await,
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                self.resolve_existing(log, &token, &content_hex, &envelope).await
+            }
+            Err(e) if e.to_string().contains("maximum bytes") || e.to_string().contains("10077") => {
+                log.set_bytes(category.capacity_bytes);
+                Err(Rejection::new(
+                    Code::ResourceExhausted,
+                    "category_full",
+                    format!("category {} reached its capacity; appends are refused until confirmed facts are truncated", category.name),
+                ))
+            }
+            Err(e) => Err(unavailable("waiting for the JetStream acknowledgement", e)),
+        }
+    }
+
+    async fn resolve_existing(
+        &self,
+        log: &Category,
+        token: &str,
+        content_hex: &str,
+        envelope: &Envelope,
+    ) -> Result<Appended, Rejection> {
+        let existing = self.find_by_token(log, token).await?.ok_or_else(|| {
+            Rejection::new(Code::Internal, "key_lookup_failed", format!("JetStream reported the key of message_id {} as stored, but it cannot be read back", envelope.message_id))
+        })?;
+        compare_existing(existing, content_hex, envelope, &log.config.name)
+    }
+
+    /// The fact stored under a key token in a category, if any.
+    async fn find_by_token(&self, log: &Category, token: &str) -> Result<Option<StreamMessage>, Rejection> {
+        use async_nats::jetstream::stream::DirectGetErrorKind;
+        match log.stream.direct_get_last_for_subject(key_filter(&log.config.name, token)).await {
+            Ok(message) => Ok(Some(message)),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(unavailable("looking up the idempotency key", e)),
+        }
+    }
+
+    /// Reads one stored fact by offset, validating it on the way out.
+    pub async fn read(&self, category: &str, offset: u64) -> Result<StoredFact, Rejection> {
+        let log = self.categories.get(category).ok_or_else(|| Rejection::new(Code::NotFound, "unknown_category", format!("no category {category}")))?;
+        let message = log.stream.direct_get(offset).await.map_err(|e| unavailable("reading a fact", e))?;
+        decode_record(&message.payload, offset)
+    }
+}
+
+fn compare_existing(
+    existing: StreamMessage,
+    content_hex: &str,
+    envelope: &Envelope,
+    category: &str,
+) -> Result<Appended, Rejection> {
+    let stored_content = header_value(&existing, CONTENT_HEADER).unwrap_or_default();
+    if stored_content == content_hex {
+        return Ok(Appended { offset: existing.sequence, duplicate: true, category: category.to_string() });
+    }
+    Err(Rejection::new(
+        Code::AlreadyExists,
+        "conflicting_duplicate",
+        format!(
+            "message_id {:?} from zone {} is already stored at offset {} of category {} with different content; a correction is a new fact with a new message_id",
+            envelope.message_id, envelope.from_zone, existing.sequence, category
+        ),
+    ))
+}
+
+fn header_value(message: &StreamMessage, name: &str) -> Option<String> {
+    message.headers.get(name).map(|v| v.as_str().to_string())
+}
+
+/// Decodes a stored record and checks its invariants: it must carry an
+/// envelope and a fact whose key token matches how it was stored.
+pub fn decode_record(payload: &[u8], offset: u64) -> Result<StoredFact, Rejection> {
+    let mut record = StoredFact::decode_from_slice(payload).map_err(|e| {
+        Rejection::new(Code::DataLoss, "corrupt_record", format!("stored fact at offset {offset} cannot be decoded: {e}"))
+    })?;
+    if record.envelope.message_id.is_empty() || record.fact.subject.is_empty() {
+        return Err(Rejection::new(Code::DataLoss, "corrupt_record", format!("stored fact at offset {offset} lacks its envelope or fact")));
+    }
+    record.offset = offset;
+    Ok(record)
+}

@@ -1,0 +1,62 @@
+//! The storage port and its JetStream adapter.
+//!
+//! Everything persistent lives in the zone's own JetStream domain:
+//! * one stream per category (`facts_<category>`, subjects
+//!   `facts.<category>.<kind>.<key-token>`), see [`facts`];
+//! * one durable pull consumer per configured consumer, see [`consumers`];
+//! * one object store bucket per configured bucket, see [`objects`];
+//! * retention and capacity accounting, see [`retention`].
+//!
+//! Nothing outside the zone is touched: the node connects only to its own
+//! nats-server.
+
+pub mod consumers;
+pub mod facts;
+pub mod objects;
+pub mod retention;
+
+use crate::config::ZoneConfig;
+use bsfg_domain::{Code, Rejection};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub use consumers::Consumers;
+pub use facts::FactLog;
+pub use objects::Objects;
+
+/// Every storage handle the node needs, built once at start-up.
+pub struct Store {
+    pub client: async_nats::Client,
+    pub jetstream: async_nats::jetstream::Context,
+    pub facts: Arc<FactLog>,
+    pub consumers: Arc<Consumers>,
+    pub objects: Arc<Objects>,
+}
+
+impl Store {
+    /// Connects to the zone's nats-server and provisions streams, consumers
+    /// and buckets exactly as configured (every option set explicitly).
+    pub async fn open(url: &str, config: Arc<ZoneConfig>, metrics: Arc<crate::metrics::Metrics>) -> anyhow::Result<Self> {
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("bsfg-{}", config.zone))
+            .request_timeout(Some(config.nats.request_timeout))
+            .retry_on_initial_connect()
+            .connect(url)
+            .await?;
+        let mut jetstream = async_nats::jetstream::new(client.clone());
+        jetstream.set_timeout(config.nats.request_timeout);
+        let objects = Arc::new(Objects::open(jetstream.clone(), config.clone()).await?);
+        let facts = Arc::new(FactLog::open(jetstream.clone(), config.clone(), objects.clone(), metrics.clone()).await?);
+        let consumers = Arc::new(Consumers::open(client.clone(), &facts, config.clone(), metrics).await?);
+        Ok(Self { client, jetstream, facts, consumers, objects })
+    }
+}
+
+pub fn now_unix_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// A storage failure the client may retry.
+pub fn unavailable(what: &str, err: impl std::fmt::Display) -> Rejection {
+    Rejection::new(Code::Unavailable, "store_unavailable", format!("{what}: {err}; the zone store is unavailable, retry with backoff"))
+}

@@ -1,0 +1,390 @@
+//! Artifacts in the zone's object store (JetStream object store buckets).
+//!
+//! An upload is written to a fresh blob (`_bsfg/blob/<id>`) and the
+//! requested key is then pointed at it with an object-store link. That is
+//! what makes "nothing kept on failure" cheap and exact: a failed or
+//! mismatching upload deletes its own blob and never touches the key, so a
+//! previous version stays intact. A key referenced by a fact is frozen (a
+//! marker in the `bsfg_object_refs` KV bucket); overwriting it is refused.
+
+use super::unavailable;
+use crate::config::ZoneConfig;
+use async_nats::jetstream::{self, kv, object_store};
+use bsfg_domain::identity::digest_string;
+use bsfg_domain::validate;
+use bsfg_domain::{Code, Rejection};
+use bsfg_proto::bsfg::v1::AttachmentRef;
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::io::AsyncReadExt;
+
+const REFS_BUCKET: &str = "bsfg_object_refs";
+const BLOB_PREFIX: &str = "_bsfg/blob/";
+/// Size of each chunk message in the object store and on GetObject.
+pub const CHUNK_BYTES: usize = 128 * 1024;
+
+/// What a caller learns about a stored object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredObject {
+    pub bucket: String,
+    pub key: String,
+    pub digest: String,
+    pub size_bytes: u64,
+    pub media_type: String,
+    blob: String,
+}
+
+/// The header of an upload.
+#[derive(Debug, Clone, Default)]
+pub struct PutHeader {
+    pub bucket: String,
+    pub key: String,
+    pub media_type: String,
+    pub expected_digest: String,
+    pub expected_size_bytes: u64,
+}
+
+pub struct Objects {
+    config: Arc<ZoneConfig>,
+    buckets: HashMap<String, object_store::ObjectStore>,
+    refs: kv::Store,
+}
+
+impl Objects {
+    pub async fn open(jetstream: jetstream::Context, config: Arc<ZoneConfig>) -> anyhow::Result<Self> {
+        let mut buckets = HashMap::new();
+        for b in &config.buckets {
+            let store = match jetstream.get_object_store(&b.name).await {
+                Ok(store) => store,
+                Err(_) => {
+                    jetstream
+                        .create_object_store(object_store::Config {
+                            bucket: b.name.clone(),
+                            description: Some(format!("BSFG zone {} artifacts", config.zone)),
+                            max_age: std::time::Duration::ZERO,
+                            max_bytes: b.capacity_bytes as i64,
+                            storage: jetstream::stream::StorageType::File,
+                            num_replicas: 1,
+                            compression: false,
+                            placement: None,
+                        })
+                        .await?
+                }
+            };
+            buckets.insert(b.name.clone(), store);
+        }
+        let refs = match jetstream.get_key_value(REFS_BUCKET).await {
+            Ok(refs) => refs,
+            Err(_) => {
+                jetstream
+                    .create_key_value(kv::Config {
+                        bucket: REFS_BUCKET.into(),
+                        description: "objects referenced by facts (immutable)".into(),
+                        history: 1,
+                        max_age: std::time::Duration::ZERO,
+                        max_bytes: -1,
+                        max_value_size: 1024,
+                        storage: jetstream::stream::StorageType::File,
+                        num_replicas: 1,
+                        ..Default::default()
+                    })
+                    .await?
+            }
+        };
+        Ok(Self { config, buckets, refs })
+    }
+
+    fn bucket(&self, name: &str) -> Result<&object_store::ObjectStore, Rejection> {
+        validate::bucket(name)?;
+        self.buckets.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.config.buckets.iter().map(|b| b.name.as_str()).collect();
+            Rejection::new(Code::NotFound, "unknown_bucket", format!("bucket {name:?} is not configured in this zone (configured: {known:?})"))
+        })
+    }
+
+    fn ref_key(bucket: &str, key: &str) -> String {
+        let mut h = Sha256::new();
+        h.update(bucket.as_bytes());
+        h.update([0]);
+        h.update(key.as_bytes());
+        hex::encode(h.finalize())
+    }
+
+    async fn is_frozen(&self, bucket: &str, key: &str) -> Result<bool, Rejection> {
+        let entry = self.refs.get(Self::ref_key(bucket, key)).await.map_err(|e| unavailable("reading object references", e))?;
+        Ok(entry.is_some())
+    }
+
+    /// Information about `bucket/key`, following the link to its blob.
+    pub async fn info(&self, bucket: &str, key: &str) -> Result<StoredObject, Rejection> {
+        let store = self.bucket(bucket)?;
+        validate::object_key(key, &self.config.limits)?;
+        let missing = || Rejection::new(Code::NotFound, "object_not_found", format!("no object {bucket}/{key}; upload it with PutObject first"));
+        let link = match store.info(key).await {
+            Ok(info) if !info.deleted => info,
+            Ok(_) => return Err(missing()),
+            Err(e) if e.kind() == object_store::InfoErrorKind::NotFound => return Err(missing()),
+            Err(e) => return Err(unavailable("reading object info", e)),
+        };
+        let blob_name = link.options.as_ref().and_then(|o| o.link.as_ref()).and_then(|l| l.name.clone()).ok_or_else(missing)?;
+        let blob = store.info(&blob_name).await.map_err(|e| unavailable("reading object blob info", e))?;
+        let digest = blob
+            .digest
+            .as_deref()
+            .and_then(nats_digest_to_hex)
+            .ok_or_else(|| Rejection::new(Code::DataLoss, "object_digest_missing", format!("object {bucket}/{key} has no readable digest")))?;
+        Ok(StoredObject {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            digest,
+            size_bytes: blob.size as u64,
+            media_type: link.metadata.get("media_type").cloned().unwrap_or_default(),
+            blob: blob_name,
+        })
+    }
+
+    /// Checks that every attachment exists with the stated digest and size,
+    /// then freezes each so it can no longer be overwritten.
+    pub async fn check_and_freeze(&self, attachments: &[AttachmentRef]) -> Result<(), Rejection> {
+        for (i, a) in attachments.iter().enumerate() {
+            let stored = self.info(&a.bucket, &a.key).await.map_err(|r| match r.code {
+                Code::NotFound => Rejection::new(Code::FailedPrecondition, "attachment_missing", format!("attachments[{i}]: {}", r.message)),
+                _ => r,
+            })?;
+            if stored.digest != a.digest || stored.size_bytes != a.size_bytes {
+                return Err(Rejection::new(
+                    Code::FailedPrecondition,
+                    "attachment_mismatch",
+                    format!(
+                        "attachments[{i}] {}/{} is stored with {} ({} bytes), the fact says {} ({} bytes)",
+                        a.bucket, a.key, stored.digest, stored.size_bytes, a.digest, a.size_bytes
+                    ),
+                ));
+            }
+        }
+        for a in attachments {
+            let value = format!("{}/{} {}", a.bucket, a.key, a.digest);
+            self.refs.put(Self::ref_key(&a.bucket, &a.key), value.into()).await.map_err(|e| unavailable("freezing a referenced object", e))?;
+        }
+        Ok(())
+    }
+
+    /// Validates an upload header before any byte is accepted.
+    pub async fn check_put(&self, header: &PutHeader) -> Result<(), Rejection> {
+        self.bucket(&header.bucket)?;
+        validate::object_key(&header.key, &self.config.limits)?;
+        if !header.expected_digest.is_empty() {
+            validate::digest("expected_digest", &header.expected_digest)?;
+        }
+        if header.expected_size_bytes > self.config.limits.object_bytes_max {
+            return Err(too_large(header.expected_size_bytes, self.config.limits.object_bytes_max));
+        }
+        if self.is_frozen(&header.bucket, &header.key).await? {
+            return Err(frozen(&header.bucket, &header.key));
+        }
+        Ok(())
+    }
+
+    /// Streams an upload into a new blob, verifies it, and points the key at
+    /// it. On any failure the blob is deleted and the key is untouched.
+    pub async fn put<S>(&self, header: PutHeader, chunks: S) -> Result<StoredObject, Rejection>
+    where
+        S: Stream<Item = Result<Bytes, Rejection>> + Send + Unpin,
+    {
+        self.check_put(&header).await?;
+        let store = self.bucket(&header.bucket)?.clone();
+        let blob_name = format!("{BLOB_PREFIX}{}", random_id());
+        let bytes_max = self.config.limits.object_bytes_max;
+
+        // The reader ends cleanly (EOF) on a client error or an oversize
+        // upload, so the object store never leaves orphan chunks behind; the
+        // failure is remembered and the complete-but-wrong blob deleted.
+        let failure: Arc<std::sync::Mutex<Option<Rejection>>> = Arc::default();
+        let stopped = Arc::new(AtomicBool::new(false));
+        let mut received: u64 = 0;
+        let failure_in = failure.clone();
+        let stopped_in = stopped.clone();
+        let reader_stream = chunks
+            .take_while(move |item| {
+                let keep = !stopped_in.load(Ordering::Relaxed) && match item {
+                    Ok(bytes) => {
+                        received += bytes.len() as u64;
+                        if received > bytes_max {
+                            *failure_in.lock().unwrap() = Some(too_large(received, bytes_max));
+                            false
+                        } else {
+                            true
+                        }
+                    }
+                    Err(r) => {
+                        *failure_in.lock().unwrap() = Some(r.clone());
+                        false
+                    }
+                };
+                if !keep {
+                    stopped_in.store(true, Ordering::Relaxed);
+                }
+                futures::future::ready(keep)
+            })
+            .map(|item| item.map_err(|r| std::io::Error::other(r.to_string())));
+        let mut reader = tokio_util::io::StreamReader::new(reader_stream);
+        let meta = object_store::ObjectMetadata {
+            name: blob_name.clone(),
+            chunk_size: Some(CHUNK_BYTES),
+            ..Default::default()
+        };
+        let put_result = store.put(meta, &mut reader).await;
+        let blob = match put_result {
+            Ok(blob) => blob,
+            Err(e) => return Err(unavailable("writing the object", e)),
+        };
+        let cleanup = |r: Rejection| {
+            let store = store.clone();
+            let blob_name = blob_name.clone();
+            async move {
+                if let Err(e) = store.delete(&blob_name).await {
+                    tracing::warn!(blob = %blob_name, error = %e, "could not delete a rejected upload's blob");
+                }
+                Err(r)
+            }
+        };
+        let failed = failure.lock().unwrap().take();
+        if let Some(r) = failed {
+            return cleanup(r).await;
+        }
+        let digest = blob.digest.as_deref().and_then(nats_digest_to_hex).unwrap_or_default();
+        let size_bytes = blob.size as u64;
+        if !header.expected_digest.is_empty() && header.expected_digest != digest {
+            return cleanup(Rejection::new(
+                Code::InvalidArgument,
+                "digest_mismatch",
+                format!("received bytes hash to {digest}, the request expected {}; nothing was stored, upload again", header.expected_digest),
+            ))
+            .await;
+        }
+        if header.expected_size_bytes != 0 && header.expected_size_bytes != size_bytes {
+            return cleanup(Rejection::new(
+                Code::InvalidArgument,
+                "size_mismatch",
+                format!("received {size_bytes} bytes, the request expected {}; nothing was stored", header.expected_size_bytes),
+            ))
+            .await;
+        }
+        // Re-check just before switching the key: a fact may have frozen it
+        // while the bytes were streaming.
+        if self.is_frozen(&header.bucket, &header.key).await? {
+            return cleanup(frozen(&header.bucket, &header.key)).await;
+        }
+        let previous_blob = self.info(&header.bucket, &header.key).await.ok().map(|o| o.blob);
+        let mut link_meta = HashMap::new();
+        link_meta.insert("media_type".to_string(), header.media_type.clone());
+        store.add_link(&header.key, &blob).await.map_err(|e| unavailable("linking the object key", e))?;
+        if !header.media_type.is_empty() {
+            let meta = object_store::UpdateMetadata { name: header.key.clone(), metadata: link_meta, ..Default::default() };
+            store.update_metadata(&header.key, meta).await.map_err(|e| unavailable("recording the media type", e))?;
+        }
+        if let Some(old) = previous_blob.filter(|old| old != &blob_name) {
+            let _ = store.delete(&old).await;
+        }
+        Ok(StoredObject {
+            bucket: header.bucket,
+            key: header.key,
+            digest,
+            size_bytes,
+            media_type: header.media_type,
+            blob: blob_name,
+        })
+    }
+
+    /// Opens `bucket/key` for reading from `start_offset_bytes`. Returns the
+    /// info and a stream of (offset, chunk).
+    pub async fn get(
+        &self,
+        bucket: &str,
+        key: &str,
+        start_offset_bytes: u64,
+    ) -> Result<(StoredObject, impl Stream<Item = Result<(u64, Bytes), Rejection>> + Send + 'static), Rejection> {
+        let info = self.info(bucket, key).await?;
+        if start_offset_bytes > info.size_bytes {
+            return Err(Rejection::new(
+                Code::OutOfRange,
+                "offset_beyond_end",
+                format!("start_offset_bytes {start_offset_bytes} is beyond the object's {} bytes", info.size_bytes),
+            ));
+        }
+        let store = self.bucket(bucket)?.clone();
+        let mut object = store.get(&info.blob).await.map_err(|e| unavailable("opening the object", e))?;
+        // Skip to the start offset. The object store reads chunks in order;
+        // skipping costs local reads only, never bytes on the wire.
+        let mut to_skip = start_offset_bytes;
+        let mut sink = vec![0u8; CHUNK_BYTES];
+        while to_skip > 0 {
+            let want = to_skip.min(CHUNK_BYTES as u64) as usize;
+            let n = object.read(&mut sink[..want]).await.map_err(|e| unavailable("reading the object", e))?;
+            if n == 0 {
+                break;
+            }
+            to_skip -= n as u64;
+        }
+        let stream = futures::stream::try_unfold((object, start_offset_bytes), |(mut object, offset)| async move {
+            let mut buffer = bytes::BytesMut::with_capacity(CHUNK_BYTES);
+            while buffer.len() < CHUNK_BYTES {
+                let n = object.read_buf(&mut buffer).await.map_err(|e| unavailable("reading the object", e))?;
+                if n == 0 {
+                    break;
+                }
+            }
+            if buffer.is_empty() {
+                return Ok(None);
+            }
+            let len = buffer.len() as u64;
+            Ok(Some(((offset, buffer.freeze()), (object, offset + len))))
+        });
+        Ok((info, stream))
+    }
+}
+
+fn too_large(size: u64, max: u64) -> Rejection {
+    Rejection::new(Code::InvalidArgument, "object_too_large", format!("object is {size} bytes or more; the limit is {max} bytes; nothing was stored"))
+}
+
+fn frozen(bucket: &str, key: &str) -> Rejection {
+    Rejection::new(
+        Code::FailedPrecondition,
+        "object_immutable",
+        format!("{bucket}/{key} is referenced by a fact and cannot be replaced; upload the new version under a new key and append a new fact"),
+    )
+}
+
+/// async-nats reports `SHA-256=<base64url>`; BSFG speaks `sha256:<hex>`.
+fn nats_digest_to_hex(value: &str) -> Option<String> {
+    use base64::Engine as _;
+    let b64 = value.strip_prefix("SHA-256=")?;
+    let raw = base64::engine::general_purpose::URL_SAFE
+        .decode(b64)
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(b64))
+        .ok()?;
+    let raw: [u8; 32] = raw.try_into().ok()?;
+    Some(digest_string(&raw))
+}
+
+fn random_id() -> String {
+    let bytes: [u8; 16] = rand::random();
+    hex::encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn nats_digest_converts_to_sha256_hex() {
+        use base64::Engine as _;
+        let raw = [7u8; 32];
+        let nats = format!("SHA-256={}", base64::engine::general_purpose::URL_SAFE.encode(raw));
+        assert_eq!(super::nats_digest_to_hex(&nats).unwrap(), format!("sha256:{}", "07".repeat(32)));
+        assert!(super::nats_digest_to_hex("MD5=abc").is_none());
+    }
+}

@@ -1,0 +1,94 @@
+//! Retention and capacity accounting, per category.
+//!
+//! JetStream's own `max_age` would delete facts a consumer has not confirmed,
+//! so the node truncates instead: it purges only below the lowest frontier of
+//! the category's consumers, by age (older than `max_age`) and by fill
+//! (above `retain_fill_percent`). Facts past their age that are still
+//! unconfirmed stay, and raise `bsfg_retention_blocked` instead.
+
+use super::{Consumers, FactLog};
+use crate::metrics::{Metrics, labels};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One retention pass over every category. Returns facts purged.
+pub async fn run_once(client: &async_nats::Client, facts: &FactLog, consumers: &Consumers, metrics: &Metrics) -> anyhow::Result<u64> {
+    let mut purged_total = 0;
+    for category in facts.categories() {
+        let mut stream = category.stream.clone();
+        let state = stream.info().await?.state.clone();
+        category.set_bytes(state.bytes);
+        let name = category.config.name.as_str();
+        let lbl = labels(&[("category", name)]);
+        // Everything at or below this offset is confirmed by all consumers.
+        let confirmed_through = consumers.lowest_frontier(name).unwrap_or(state.last_sequence);
+        let mut purge_below = state.first_sequence; // exclusive upper bound
+        if state.messages > 0 {
+            // By age: the first fact young enough to keep.
+            let max_age = time::Duration::try_from(category.config.max_age).unwrap_or(time::Duration::MAX);
+            let cutoff = time::OffsetDateTime::now_utc() - max_age;
+            if state.first_timestamp < cutoff {
+                let first_young = first_sequence_at_or_after(client, &category.stream_name(), cutoff, state.last_sequence).await?;
+                purge_below = purge_below.max(first_young);
+            }
+            // By fill: drop the oldest confirmed facts to get under the mark.
+            let retain_bytes = category.config.capacity_bytes * u64::from(category.config.retain_fill_percent) / 100;
+            if state.bytes > retain_bytes {
+                let average = (state.bytes / state.messages.max(1)).max(1);
+                let excess_facts = (state.bytes - retain_bytes).div_ceil(average);
+                purge_below = purge_below.max(state.first_sequence + excess_facts);
+            }
+        }
+        let wanted = purge_below;
+        let allowed = wanted.min(confirmed_through + 1);
+        metrics.retention_blocked.get_or_create(&lbl).set(i64::from(allowed < wanted));
+        if allowed < wanted {
+            tracing::warn!(category = name, wanted_below = wanted, confirmed_through, "retention is holding facts that a consumer has not confirmed");
+        }
+        if allowed > state.first_sequence {
+            let response = category.stream.purge().sequence(allowed).await?;
+            purged_total += response.purged;
+            let mut stream = category.stream.clone();
+            category.set_bytes(stream.info().await?.state.bytes);
+            tracing::info!(category = name, purged = response.purged, below = allowed, "retention truncated confirmed facts");
+        }
+        metrics.store_buffer_fill_percent.get_or_create(&lbl).set(category.fill_percent());
+        let oldest_unconfirmed_age = if confirmed_through < state.last_sequence {
+            match category.stream.direct_get(confirmed_through + 1).await {
+                Ok(m) => (time::OffsetDateTime::now_utc() - m.time).as_seconds_f64().max(0.0),
+                Err(_) => 0.0,
+            }
+        } else {
+            0.0
+        };
+        metrics.oldest_unconfirmed_age_seconds.get_or_create(&lbl).set(oldest_unconfirmed_age);
+    }
+    Ok(purged_total)
+}
+
+/// The first sequence whose fact was stored at or after `cutoff`.
+async fn first_sequence_at_or_after(
+    client: &async_nats::Client,
+    stream_name: &str,
+    cutoff: time::OffsetDateTime,
+    last_sequence: u64,
+) -> anyhow::Result<u64> {
+    // Direct get by start time (async-nats has no builder method for it).
+    let body = serde_json::json!({ "start_time": cutoff.format(&time::format_description::well_known::Rfc3339)? });
+    let reply = client.request(format!("$JS.API.DIRECT.GET.{stream_name}"), serde_json::to_vec(&body)?.into()).await?;
+    let sequence = reply.headers.as_ref().and_then(|h| h.get("Nats-Sequence")).and_then(|v| v.as_str().parse::<u64>().ok());
+    // No sequence (404): nothing that young, every fact is older than max_age.
+    Ok(sequence.unwrap_or(last_sequence + 1))
+}
+
+/// Runs retention forever at the configured interval.
+pub async fn run(client: async_nats::Client, facts: Arc<FactLog>, consumers: Arc<Consumers>, metrics: Arc<Metrics>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        if let Err(e) = run_once(&client, &facts, &consumers, &metrics).await {
+            tracing::warn!(error = %e, "retention pass failed; will retry");
+        }
+    }
+}
