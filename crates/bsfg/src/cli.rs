@@ -143,10 +143,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging();
             let config = ZoneConfig::load(&config)?;
             let node = crate::node::start(config).await?;
-            tokio::select! {
+            let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let result = tokio::select! {
                 r = node.wait() => r,
                 _ = tokio::signal::ctrl_c() => Ok(()),
-            }
+                _ = terminate.recv() => Ok(()),
+            };
+            tracing::info!("zone node stopping");
+            result
         }
         Command::Demo { dir } => crate::demo::run(dir).await,
         Command::Append { target, from_zone, to_zone, message_id, subject, predicate, json, labels, attachments } => {

@@ -69,13 +69,20 @@ pub fn write_server_config(path: &Path, zone: &str, port: u16, store_dir: &Path)
 
 fn spawn(binary: &Path, config_path: &Path, log_path: &Path) -> anyhow::Result<Child> {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log_path)?;
-    Ok(Command::new(binary)
-        .arg("-c")
-        .arg(config_path)
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()?)
+    let mut command = Command::new(binary);
+    command.arg("-c").arg(config_path).stdout(log.try_clone()?).stderr(log).kill_on_drop(true);
+    // The embedded server belongs to this node: if the node dies, even by
+    // SIGKILL, the kernel stops the server too (no orphaned zone store).
+    // SAFETY: prctl is async-signal-safe and touches no Rust state.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(command.spawn()?)
 }
 
 pub async fn start(config: &ZoneConfig) -> anyhow::Result<EmbeddedNats> {
