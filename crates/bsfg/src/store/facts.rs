@@ -12,7 +12,6 @@
 
 use super::{now_unix_ms, objects::Objects, unavailable};
 use crate::config::{CategoryConfig, ZoneConfig};
-use crate::metrics::Metrics;
 use async_nats::HeaderMap;
 use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::{self, context::PublishErrorKind, stream};
@@ -74,7 +73,6 @@ pub struct FactLog {
     jetstream: jetstream::Context,
     categories: HashMap<String, Category>,
     objects: Arc<Objects>,
-    metrics: Arc<Metrics>,
     key_locks: Vec<tokio::sync::Mutex<()>>,
 }
 
@@ -83,7 +81,6 @@ impl FactLog {
         jetstream: jetstream::Context,
         config: Arc<ZoneConfig>,
         objects: Arc<Objects>,
-        metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
         let mut categories = HashMap::new();
         for c in &config.categories {
@@ -129,7 +126,7 @@ impl FactLog {
             );
         }
         let key_locks = (0..KEY_LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
-        Ok(Self { config, jetstream, categories, objects, metrics, key_locks })
+        Ok(Self { config, jetstream, categories, objects, key_locks })
     }
 
     pub fn category(&self, name: &str) -> Option<&Category> {
@@ -161,14 +158,21 @@ impl FactLog {
         let stripe = u16::from_str_radix(&token[..4], 16).expect("hex token") as usize % KEY_LOCK_STRIPES;
         let _key_guard = self.key_locks[stripe].lock().await;
 
-        // A retry of something already stored is answered even when full or
-        // when it lives in another category (same key, different kind).
-        for other in self.categories.values() {
-            if let Some(existing) = self.find_by_token(other, &token).await? {
+        // The same key may already live in another category (same key,
+        // different kind): look there concurrently. The own category needs no
+        // look-up: the publish below is refused atomically if the key exists.
+        let others = self.categories.values().filter(|c| c.config.name != category.name);
+        let found = futures::future::join_all(others.map(|c| async move { (c, self.find_by_token(c, &token).await) })).await;
+        for (other, result) in found {
+            if let Some(existing) = result? {
                 return compare_existing(existing, &content_hex, &envelope, &other.config.name);
             }
         }
         if log.is_full() {
+            // A retry of something already stored is answered even when full.
+            if let Some(existing) = self.find_by_token(log, &token).await? {
+                return compare_existing(existing, &content_hex, &envelope, &category.name);
+            }
             return Err(Rejection::new(
                 Code::ResourceExhausted,
                 "category_full",
