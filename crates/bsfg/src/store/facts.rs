@@ -162,7 +162,8 @@ impl FactLog {
         // different kind): look there concurrently. The own category needs no
         // look-up: the publish below is refused atomically if the key exists.
         let others = self.categories.values().filter(|c| c.config.name != category.name);
-        let found = futures::future::join_all(others.map(|c| async move { (c, self.find_by_token(c, &token).await) })).await;
+        let token_ref = token.as_str();
+        let found = futures::future::join_all(others.map(|c| async move { (c, self.find_by_token(c, token_ref).await) })).await;
         for (other, result) in found {
             if let Some(existing) = result? {
                 return compare_existing(existing, &content_hex, &envelope, &other.config.name);
