@@ -1,0 +1,238 @@
+//! The boundary contract, rule by rule, against a real node and nats-server.
+
+use crate::harness::*;
+use bsfg_proto::bsfg::v1::*;
+use std::time::{Duration, Instant};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_is_idempotent_and_conflicts_are_refused() {
+    let zone = Zone::start(Opts::default()).await;
+    let client = zone.client();
+    let env = envelope(&mid("idem"));
+    let f = batch_fact(1);
+    let first = client.append(env.clone(), f.clone()).await.unwrap();
+    assert!(!first.duplicate);
+    assert!(first.offset >= 1);
+    assert_eq!(first.category, "operational");
+    assert_eq!(zone.message_count("operational").await, 1);
+
+    let retry = client.append(env.clone(), f.clone()).await.unwrap();
+    assert_eq!(retry.offset, first.offset);
+    assert!(retry.duplicate);
+    assert_eq!(zone.message_count("operational").await, 1);
+
+    // Same content written differently (whitespace, 5400.0 vs 5400) is the same fact.
+    let mut same = f.clone();
+    same.object_json = r#"{"duration_s":5400,"n":1,"step":"granulation"}"#.into();
+    let retry = client.append(env.clone(), same).await.unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(retry.offset, first.offset);
+
+    let mut different = f.clone();
+    different.object_json = r#"{"step":"drying"}"#.into();
+    assert_rejected(client.append(env.clone(), different).await, "already_exists", "conflicting_duplicate");
+    // Same key, kind routed to another category: still a conflict, nothing stored.
+    let audit = fact("audit:PlantA/x1", "step_completed", r#"{"a":1}"#);
+    assert_rejected(client.append(env.clone(), audit).await, "already_exists", "conflicting_duplicate");
+    assert_eq!(zone.message_count("operational").await, 1);
+    assert_eq!(zone.message_count("audit").await, 0);
+
+    // A different message_id is a new fact.
+    let second = client.append(envelope(&mid("idem")), f.clone()).await.unwrap();
+    assert!(!second.duplicate);
+    assert!(second.offset > first.offset);
+    assert_eq!(zone.message_count("operational").await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_identical_appends_store_one_fact() {
+    let zone = Zone::start(Opts::default()).await;
+    let client = zone.client();
+    let env = envelope(&mid("conc"));
+    let f = batch_fact(7);
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (client, env, f) = (client.clone(), env.clone(), f.clone());
+            tokio::spawn(async move { client.append(env, f).await.unwrap() })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    let offset = results[0].offset;
+    assert!(results.iter().all(|r| r.offset == offset), "{results:?}");
+    assert_eq!(results.iter().filter(|r| !r.duplicate).count(), 1, "exactly one original: {results:?}");
+    assert_eq!(zone.message_count("operational").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_is_ordered_and_bounded_and_confirm_rules_hold() {
+    let mut opts = Opts::default();
+    let mut batches_only = consumer("batches", "operational");
+    batches_only.kinds = vec!["batch".into()];
+    opts.consumers.push(batches_only);
+    let zone = Zone::start(opts).await;
+    let client = zone.client();
+    let mut sent = Vec::new();
+    for n in 0..10 {
+        let (e, f) = (envelope(&mid("ord")), batch_fact(n));
+        let r = client.append(e.clone(), f.clone()).await.unwrap();
+        sent.push((e, f, r.offset));
+    }
+    let first = client.fetch("mes", 4, 0, 0).await.unwrap();
+    assert_eq!(first.facts.len(), 4, "bounded by limit");
+    assert_eq!(first.frontier, 0);
+    assert_exactly_once_in_order(&first.facts, &sent[..4]);
+    let rest = client.fetch("mes", 100, 0, 0).await.unwrap();
+    assert_exactly_once_in_order(&rest.facts, &sent[4..]);
+
+    // Confirm advances the frontier; a retried confirm is harmless.
+    assert_eq!(client.confirm("mes", sent[2].2).await.unwrap(), sent[2].2);
+    assert_eq!(client.confirm("mes", sent[1].2).await.unwrap(), sent[2].2);
+    let again = client.fetch("mes", 100, 0, 0).await.unwrap();
+    assert_eq!(again.frontier, sent[2].2);
+    // Confirm past what was delivered is refused.
+    assert_rejected(client.confirm("mes", 1000).await, "failed_precondition", "not_delivered");
+    assert_eq!(client.confirm("mes", sent[9].2).await.unwrap(), sent[9].2);
+
+    // Unknown consumer.
+    assert_rejected(client.fetch("nobody", 1, 0, 0).await, "not_found", "unknown_consumer");
+    assert_rejected(client.confirm("nobody", 1).await, "not_found", "unknown_consumer");
+
+    // An offset that belongs to another consumer (filtered out) is refused.
+    let asset = client.append(envelope(&mid("ord")), fact("asset:FILLER-07", "state_changed", r#"{"s":"run"}"#)).await.unwrap();
+    let batch = client.append(envelope(&mid("ord")), batch_fact(99)).await.unwrap();
+    let got = fetch_all(&client, "batches", 11).await;
+    let offsets: Vec<u64> = got.iter().map(|f| f.offset).collect();
+    assert!(offsets.contains(&batch.offset) && !offsets.contains(&asset.offset), "{offsets:?}");
+    assert_rejected(client.confirm("batches", asset.offset).await, "invalid_argument", "not_delivered_to_consumer");
+    // An offset of another category's log (audit offset 1 was never delivered to auditor).
+    client.append(envelope(&mid("ord")), fact("audit:x1", "signed", r#"{"by":"qa"}"#)).await.unwrap();
+    assert_rejected(client.confirm("auditor", 1).await, "failed_precondition", "not_delivered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unconfirmed_facts_come_again_after_restart_and_after_redelivery_timeout() {
+    let mut opts = Opts::default();
+    opts.consumers[0].redeliver_after = Duration::from_secs(1);
+    let mut zone = Zone::start(opts).await;
+    let client = zone.client();
+    let mut sent = Vec::new();
+    for n in 0..3 {
+        let (e, f) = (envelope(&mid("redeliver")), batch_fact(n));
+        let r = client.append(e.clone(), f.clone()).await.unwrap();
+        sent.push((e, f, r.offset));
+    }
+    let got = client.fetch("mes", 100, 0, 0).await.unwrap();
+    assert_exactly_once_in_order(&got.facts, &sent);
+    // Not yet due: nothing.
+    let none = client.fetch("mes", 100, 0, 0).await.unwrap();
+    assert!(none.facts.is_empty(), "no redelivery before the timeout: {:?}", none.facts.len());
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let again = client.fetch("mes", 100, 0, 1000).await.unwrap();
+    assert_exactly_once_in_order(&again.facts, &sent);
+
+    // Confirm the first; restart; the other two come again at once, frontier kept.
+    assert_eq!(client.confirm("mes", sent[0].2).await.unwrap(), sent[0].2);
+    zone.restart_node(false).await;
+    let client = zone.client();
+    let after = client.fetch("mes", 100, 0, 0).await.unwrap();
+    assert_eq!(after.frontier, sent[0].2, "frontier survives a restart");
+    assert_exactly_once_in_order(&after.facts, &sent[1..]);
+    assert_eq!(client.confirm("mes", sent[2].2).await.unwrap(), sent[2].2);
+    zone.restart_node(false).await;
+    let client = zone.client();
+    let after = client.fetch("mes", 100, 0, 300).await.unwrap();
+    assert!(after.facts.is_empty(), "confirmed facts are not delivered again");
+    assert_eq!(after.frontier, sent[2].2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_returns_promptly_after_an_append() {
+    let zone = Zone::start(Opts::default()).await;
+    let client = zone.client();
+    let poller = client.clone();
+    let waiting = tokio::spawn(async move {
+        let r = poller.fetch("mes", 10, 0, 5000).await.unwrap();
+        (r, Instant::now())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the long-poll waits while nothing is there");
+    let appended_at = Instant::now();
+    let r = client.append(envelope(&mid("poll")), batch_fact(1)).await.unwrap();
+    let (fetched, returned_at) = waiting.await.unwrap();
+    let latency = returned_at.duration_since(appended_at);
+    assert_eq!(fetched.facts.len(), 1);
+    assert_eq!(fetched.facts[0].offset, r.offset);
+    assert!(latency < Duration::from_secs(1), "long-poll answered {latency:?} after the append");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn object_json_is_stored_canonical() {
+    let zone = Zone::start(Opts::default()).await;
+    let client = zone.client();
+    let f = fact("batch:B1", "step_completed", r#"{ "z": 1.0, "a": {"y": [1.50, "x"], "b": true}, "m": 1e2 }"#);
+    client.append(envelope(&mid("canon")), f).await.unwrap();
+    let got = client.fetch("mes", 1, 0, 1000).await.unwrap();
+    assert_eq!(got.facts[0].fact.as_option().unwrap().object_json, r#"{"a":{"b":true,"y":[1.5,"x"]},"m":100,"z":1}"#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_round_trip_resume_and_refuse_bad_uploads() {
+    let zone = Zone::start(Opts::default()).await;
+    let client = zone.client();
+    let bytes = pseudo_random_bytes(3 * 1024 * 1024 + 12345, 1);
+    let digest = sha256(&bytes);
+    let put_r = put(&client, BUCKET, "batch/B1/record.bin", &bytes, &digest).await.unwrap();
+    assert_eq!(put_r.digest, digest);
+    assert_eq!(put_r.size_bytes, bytes.len() as u64);
+    let (info, back) = get(&client, BUCKET, "batch/B1/record.bin", 0).await.unwrap();
+    assert_eq!(info.digest, digest);
+    assert_eq!(info.size_bytes, bytes.len() as u64);
+    assert!(back == bytes, "round trip byte for byte");
+    let start = 1_000_001;
+    let (_, tail) = get(&client, BUCKET, "batch/B1/record.bin", start).await.unwrap();
+    assert!(tail == bytes[start as usize..], "resume returns exactly the tail");
+    let (_, empty) = get(&client, BUCKET, "batch/B1/record.bin", bytes.len() as u64).await.unwrap();
+    assert!(empty.is_empty());
+
+    // Expected digest mismatch: refused, and nothing is left behind.
+    let before = zone.list_bucket(BUCKET).await;
+    let chunks_before = zone.bucket_stream_messages(BUCKET).await;
+    let wrong = sha256(b"something else");
+    assert_rejected(put(&client, BUCKET, "batch/B1/bad.bin", &bytes[..300_000], &wrong).await, "invalid_argument", "digest_mismatch");
+    assert_eq!(zone.list_bucket(BUCKET).await, before, "no object or key left");
+    assert!(!zone.list_bucket(BUCKET).await.contains_key("batch/B1/bad.bin"));
+    // Deleting the blob purges its chunks, leaving only a delete marker.
+    assert!(zone.bucket_stream_messages(BUCKET).await <= chunks_before + 1, "chunks of the rejected upload were removed");
+    let r = get(&client, BUCKET, "batch/B1/bad.bin", 0).await;
+    assert!(r.unwrap_err().to_string().contains("object_not_found"));
+    // A mismatching overwrite of an existing key leaves the old version intact.
+    assert_rejected(put(&client, BUCKET, "batch/B1/record.bin", b"new", &wrong).await, "invalid_argument", "digest_mismatch");
+    let (_, back) = get(&client, BUCKET, "batch/B1/record.bin", 0).await.unwrap();
+    assert!(back == bytes);
+
+    // Overwriting an unreferenced key works.
+    put(&client, BUCKET, "scratch/a.txt", b"version one", "").await.unwrap();
+    put(&client, BUCKET, "scratch/a.txt", b"version two!", "").await.unwrap();
+    let (info, back) = get(&client, BUCKET, "scratch/a.txt", 0).await.unwrap();
+    assert_eq!(back, b"version two!");
+    assert_eq!(info.digest, sha256(b"version two!"));
+
+    // Once a fact references the object it is immutable.
+    let mut f = batch_fact(1);
+    f.attachments.push(AttachmentRef {
+        bucket: BUCKET.into(),
+        key: "batch/B1/record.bin".into(),
+        digest: digest.clone(),
+        size_bytes: bytes.len() as u64,
+        media_type: "application/octet-stream".into(),
+        file_name: "record.bin".into(),
+        ..Default::default()
+    });
+    client.append(envelope(&mid("att")), f).await.unwrap();
+    assert_rejected(put(&client, BUCKET, "batch/B1/record.bin", b"replacement", "").await, "failed_precondition", "object_immutable");
+    let (_, back) = get(&client, BUCKET, "batch/B1/record.bin", 0).await.unwrap();
+    assert!(back == bytes, "referenced object unchanged");
+}

@@ -1,0 +1,484 @@
+//! Test harness: a real nats-server process per test (own port, own store
+//! directory, JetStream domain = zone name) and a real zone node, either
+//! in-process (`bsfg::node::start`) or as a `bsfg serve` child process.
+
+use bsfg::client::BsfgClient;
+use bsfg::config::{BucketConfig, CategoryConfig, ConsumerConfig, NatsConfig, StartPosition, ZoneConfig};
+use bsfg::node::nats_server::{find_binary, free_port, write_server_config};
+use bsfg_proto::bsfg::v1::*;
+use connectrpc::ConnectError;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+
+pub const ZONE: &str = "plant-a";
+pub const BUCKET: &str = "records";
+
+/// An external nats-server process; killed when dropped.
+pub struct NatsProc {
+    child: Option<Child>,
+    pub port: u16,
+    pub store_dir: PathBuf,
+    conf: PathBuf,
+    log: PathBuf,
+}
+
+impl NatsProc {
+    pub async fn start(dir: &Path, zone: &str) -> NatsProc {
+        let store_dir = dir.join("jetstream");
+        std::fs::create_dir_all(&store_dir).unwrap();
+        let port = free_port().unwrap();
+        let conf = dir.join("nats-server.conf");
+        write_server_config(&conf, zone, port, &store_dir).unwrap();
+        let mut n = NatsProc { child: None, port, store_dir, conf, log: dir.join("nats-server.log") };
+        n.spawn().await;
+        n
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    async fn spawn(&mut self) {
+        let binary = find_binary(None).expect("nats-server not found: run scripts/setup.sh");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(binary)
+            .arg("-c")
+            .arg(&self.conf)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn nats-server");
+        self.child = Some(child);
+        self.wait_ready().await;
+    }
+
+    /// Waits until JetStream answers on the client port.
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Ok(client)) = tokio::time::timeout(Duration::from_secs(2), async_nats::connect(self.url())).await {
+                let js = async_nats::jetstream::new(client);
+                if tokio::time::timeout(Duration::from_secs(2), js.query_account()).await.is_ok_and(|r| r.is_ok()) {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "nats-server on port {} not ready; log {}", self.port, self.log.display());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub async fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.start_kill().unwrap();
+        child.wait().await.unwrap();
+    }
+
+    /// Starts again on the same port with the same store directory.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "kill first");
+        self.spawn().await;
+    }
+}
+
+/// Options for a test zone.
+#[derive(Clone)]
+pub struct Opts {
+    pub categories: Vec<CategoryConfig>,
+    pub consumers: Vec<ConsumerConfig>,
+    pub buckets: Vec<BucketConfig>,
+    pub retention_interval: Duration,
+    pub out_of_process: bool,
+}
+
+pub fn category(name: &str, kinds: &[&str], default: bool) -> CategoryConfig {
+    CategoryConfig {
+        name: name.into(),
+        kinds: kinds.iter().map(|k| k.to_string()).collect(),
+        default,
+        capacity_bytes: 64 * 1024 * 1024,
+        fill_threshold_percent: 80,
+        retain_fill_percent: 60,
+        max_age: Duration::from_secs(24 * 3600),
+        duplicate_window: Duration::from_secs(120),
+    }
+}
+
+pub fn consumer(name: &str, category: &str) -> ConsumerConfig {
+    ConsumerConfig {
+        name: name.into(),
+        category: category.into(),
+        kinds: vec![],
+        start: StartPosition::Earliest,
+        redeliver_after: Duration::from_secs(30),
+        unconfirmed_max: 10_000,
+    }
+}
+
+impl Default for Opts {
+    /// Categories `operational` (default) and `audit` (kind `audit`);
+    /// consumer `mes` on operational, `auditor` on audit; bucket `records`.
+    fn default() -> Self {
+        Opts {
+            categories: vec![category("operational", &[], true), category("audit", &["audit"], false)],
+            consumers: vec![consumer("mes", "operational"), consumer("auditor", "audit")],
+            buckets: vec![BucketConfig { name: BUCKET.into(), capacity_bytes: 256 * 1024 * 1024 }],
+            retention_interval: Duration::from_secs(5),
+            out_of_process: false,
+        }
+    }
+}
+
+pub enum Node {
+    InProcess(bsfg::node::RunningNode),
+    Process(Child),
+    Stopped,
+}
+
+pub struct Zone {
+    pub nats: NatsProc,
+    pub config: ZoneConfig,
+    pub node: Node,
+    pub boundary_addr: SocketAddr,
+    pub ops_addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Zone {
+    pub async fn start(opts: Opts) -> Zone {
+        let dir = tempfile::tempdir().unwrap();
+        let nats = NatsProc::start(dir.path(), ZONE).await;
+        let config = ZoneConfig {
+            zone: ZONE.into(),
+            listen: format!("127.0.0.1:{}", free_port().unwrap()).parse().unwrap(),
+            ops_listen: format!("127.0.0.1:{}", free_port().unwrap()).parse().unwrap(),
+            nats: NatsConfig { url: Some(nats.url()), store_dir: nats.store_dir.clone(), ..NatsConfig::default() },
+            limits: Default::default(),
+            fetch: Default::default(),
+            categories: opts.categories,
+            consumers: opts.consumers,
+            buckets: opts.buckets,
+            retention_interval: opts.retention_interval,
+        };
+        config.check().expect("test zone config is valid");
+        let mut zone = Zone {
+            nats,
+            boundary_addr: config.listen,
+            ops_addr: config.ops_listen,
+            config,
+            node: Node::Stopped,
+            dir,
+        };
+        if opts.out_of_process {
+            zone.start_process().await;
+        } else {
+            zone.start_in_process().await;
+        }
+        zone
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    async fn start_in_process(&mut self) {
+        let mut config = self.config.clone();
+        // A fresh port each time: the previous listener closes asynchronously.
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.ops_listen = "127.0.0.1:0".parse().unwrap();
+        let node = bsfg::node::start(config).await.expect("node starts");
+        self.boundary_addr = node.boundary_addr;
+        self.ops_addr = node.ops_addr;
+        self.node = Node::InProcess(node);
+    }
+
+    async fn start_process(&mut self) {
+        let path = self.dir.path().join("zone.toml");
+        std::fs::write(&path, toml::to_string(&self.config).unwrap()).unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("bsfg.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_bsfg"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn bsfg serve");
+        self.node = Node::Process(child);
+        self.boundary_addr = self.config.listen;
+        self.ops_addr = self.config.ops_listen;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !healthz_ok(self.ops_addr).await || tokio::net::TcpStream::connect(self.boundary_addr).await.is_err() {
+            if let Node::Process(child) = &mut self.node {
+                if let Some(status) = child.try_wait().unwrap() {
+                    panic!("bsfg serve exited with {status}; log: {}", self.log_text());
+                }
+            }
+            assert!(Instant::now() < deadline, "bsfg serve not ready; log: {}", self.log_text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("bsfg.log")).unwrap_or_default()
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.boundary_addr)
+    }
+
+    /// A new client (new connections) for the node as it currently runs.
+    pub fn client(&self) -> BsfgClient {
+        BsfgClient::connect(&self.url()).unwrap()
+    }
+
+    /// SIGKILL of the `bsfg serve` process.
+    pub async fn kill9_node(&mut self) {
+        match std::mem::replace(&mut self.node, Node::Stopped) {
+            Node::Process(mut child) => {
+                child.start_kill().unwrap();
+                child.wait().await.unwrap();
+            }
+            _ => panic!("kill9_node needs an out-of-process node"),
+        }
+    }
+
+    pub async fn stop_node(&mut self) {
+        match std::mem::replace(&mut self.node, Node::Stopped) {
+            Node::Process(mut child) => {
+                child.start_kill().unwrap();
+                child.wait().await.unwrap();
+            }
+            Node::InProcess(node) => drop(node),
+            Node::Stopped => {}
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    /// Stops the node (if running) and starts it again in the same mode.
+    pub async fn restart_node(&mut self, out_of_process: bool) {
+        self.stop_node().await;
+        if out_of_process {
+            self.start_process().await;
+        } else {
+            self.start_in_process().await;
+        }
+    }
+
+    /// A direct connection to the zone's JetStream, bypassing the node.
+    pub async fn jetstream(&self) -> async_nats::jetstream::Context {
+        async_nats::jetstream::new(async_nats::connect(self.nats.url()).await.unwrap())
+    }
+
+    /// Messages in `facts_<category>`.
+    pub async fn message_count(&self, category: &str) -> u64 {
+        let js = self.jetstream().await;
+        let mut stream = js.get_stream(format!("facts_{category}")).await.unwrap();
+        stream.info().await.unwrap().state.messages
+    }
+
+    /// Message counts of every configured category.
+    pub async fn all_counts(&self) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for c in &self.config.categories {
+            out.insert(c.name.clone(), self.message_count(&c.name).await);
+        }
+        out
+    }
+
+    /// Every live object in a bucket (links and blobs), name → (size, digest).
+    pub async fn list_bucket(&self, bucket: &str) -> BTreeMap<String, (usize, Option<String>)> {
+        use futures::StreamExt;
+        let js = self.jetstream().await;
+        let store = js.get_object_store(bucket).await.unwrap();
+        let mut list = store.list().await.unwrap();
+        let mut out = BTreeMap::new();
+        while let Some(info) = list.next().await {
+            let info = info.unwrap();
+            out.insert(info.name.clone(), (info.size, info.digest.clone()));
+        }
+        out
+    }
+
+    /// Total bytes held by a bucket's underlying stream (chunks included).
+    pub async fn bucket_stream_messages(&self, bucket: &str) -> u64 {
+        let js = self.jetstream().await;
+        let mut stream = js.get_stream(format!("OBJ_{bucket}")).await.unwrap();
+        stream.info().await.unwrap().state.messages
+    }
+}
+
+async fn healthz_ok(addr: SocketAddr) -> bool {
+    match http_raw(addr, "GET", "/healthz", "text/plain", b"").await {
+        Ok((status, _)) => status == 200,
+        Err(_) => false,
+    }
+}
+
+/// A hand-written HTTP/1.1 request (Connection: close); returns status and body.
+pub async fn http_raw(addr: SocketAddr, method: &str, path: &str, content_type: &str, body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body).await?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .map_err(|_| std::io::Error::other("HTTP response timed out"))??;
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| std::io::Error::other("no HTTP head"))?;
+    let head = String::from_utf8_lossy(&response[..split]).to_string();
+    let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| std::io::Error::other(head.clone()))?;
+    let mut body = response[split + 4..].to_vec();
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        body = dechunk(&body);
+    }
+    Ok((status, body))
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") else { break };
+        let size = usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().split(';').next().unwrap().trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        let start = line_end + 2;
+        out.extend_from_slice(&data[start..start + size]);
+        data = &data[start + size + 2..];
+    }
+    out
+}
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// A unique message id.
+pub fn mid(prefix: &str) -> String {
+    format!("{prefix}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
+pub fn now_ms() -> i64 {
+    bsfg::store::now_unix_ms()
+}
+
+pub fn envelope(message_id: &str) -> Envelope {
+    Envelope {
+        message_id: message_id.into(),
+        from_zone: ZONE.into(),
+        to_zone: "enterprise".into(),
+        produced_at_unix_ms: now_ms(),
+        ..Default::default()
+    }
+}
+
+pub fn fact(subject: &str, predicate: &str, object_json: &str) -> Fact {
+    Fact { subject: subject.into(), predicate: predicate.into(), object_json: object_json.into(), ..Default::default() }
+}
+
+pub fn batch_fact(n: usize) -> Fact {
+    fact(&format!("batch:PlantA/B{n}"), "step_completed", &format!(r#"{{ "step": "granulation", "n": {n}, "duration_s": 5400.0 }}"#))
+}
+
+pub fn canonical(json: &str) -> String {
+    let value: serde_json::Value = serde_json::from_str(json).unwrap();
+    serde_json_canonicalizer::to_string(&value).unwrap()
+}
+
+/// Asserts a Connect error's code and reason prefix.
+pub fn assert_rejected<T: std::fmt::Debug>(result: Result<T, ConnectError>, code: &str, reason: &str) {
+    match result {
+        Ok(v) => panic!("expected {code} {reason}, got Ok({v:?})"),
+        Err(e) => {
+            let message = e.message.clone().unwrap_or_default();
+            assert_eq!(e.code.as_str(), code, "code for {reason}: {message}");
+            assert!(message.starts_with(reason), "expected reason {reason:?}, got message {message:?}");
+        }
+    }
+}
+
+/// Fetches everything currently available to `consumer` (short waits) until
+/// `expected` facts were seen or the deadline passes.
+pub async fn fetch_all(client: &BsfgClient, consumer: &str, expected: usize) -> Vec<StoredFact> {
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while out.len() < expected && Instant::now() < deadline {
+        let r = client.fetch(consumer, 1000, 0, 500).await.unwrap();
+        out.extend(r.facts);
+    }
+    out
+}
+
+/// Checks that `fetched` are exactly the `sent` facts, once each, in offset
+/// order, with content equal byte for byte to what was sent (canonicalised).
+pub fn assert_exactly_once_in_order(fetched: &[StoredFact], sent: &[(Envelope, Fact, u64)]) {
+    assert_eq!(fetched.len(), sent.len(), "fact count: fetched offsets {:?}", fetched.iter().map(|f| f.offset).collect::<Vec<_>>());
+    for (got, (envelope, fact, offset)) in fetched.iter().zip(sent) {
+        assert_eq!(got.offset, *offset, "offset order");
+        let e = got.envelope.as_option().expect("envelope");
+        assert_eq!(e.message_id, envelope.message_id);
+        assert_eq!(e.from_zone, envelope.from_zone);
+        assert_eq!(e.to_zone, envelope.to_zone);
+        assert_eq!(e.produced_at_unix_ms, envelope.produced_at_unix_ms);
+        let f = got.fact.as_option().expect("fact");
+        assert_eq!(f.subject, fact.subject);
+        assert_eq!(f.predicate, fact.predicate);
+        assert_eq!(f.object_json.as_bytes(), canonical(&fact.object_json).as_bytes());
+    }
+    let offsets: Vec<u64> = fetched.iter().map(|f| f.offset).collect();
+    assert!(offsets.windows(2).all(|w| w[0] < w[1]), "strictly increasing offsets: {offsets:?}");
+}
+
+/// Uploads `bytes` in 64 KiB chunks.
+pub async fn put(client: &BsfgClient, bucket: &str, key: &str, bytes: &[u8], expected_digest: &str) -> Result<PutObjectResponse, ConnectError> {
+    let header = PutObjectHeader {
+        bucket: bucket.into(),
+        key: key.into(),
+        media_type: "application/octet-stream".into(),
+        expected_digest: expected_digest.into(),
+        ..Default::default()
+    };
+    let chunks: Vec<Vec<u8>> = bytes.chunks(64 * 1024).map(<[u8]>::to_vec).collect();
+    client.put_object(header, futures::stream::iter(chunks), Duration::from_secs(60)).await
+}
+
+/// Downloads an object from `start`; returns its info and the bytes.
+pub async fn get(client: &BsfgClient, bucket: &str, key: &str, start: u64) -> anyhow::Result<(ObjectInfo, Vec<u8>)> {
+    let mut bytes = Vec::new();
+    let mut expect = start;
+    let info = client
+        .get_object(bucket, key, start, Duration::from_secs(60), |offset, chunk| {
+            anyhow::ensure!(offset == expect, "chunk at {offset}, expected {expect}");
+            expect += chunk.len() as u64;
+            bytes.extend_from_slice(chunk);
+            Ok(())
+        })
+        .await?;
+    Ok((info, bytes))
+}
+
+pub fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+pub fn pseudo_random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}

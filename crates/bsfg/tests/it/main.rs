@@ -1,0 +1,9 @@
+//! BSFG integration tests: one binary, real nats-server processes, real
+//! sockets, no mocks. See harness.rs for how zones are started.
+
+mod bad_input;
+mod capacity;
+mod contract;
+mod durability;
+mod harness;
+mod interop;
