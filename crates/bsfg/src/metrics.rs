@@ -54,7 +54,7 @@ impl Metrics {
         registry.register("bsfg_store_buffer_fill_percent", "Category log fill as percent of capacity", m.store_buffer_fill_percent.clone());
         registry.register(
             "bsfg_retention_blocked",
-            "1 when facts past max_age are kept because a consumer has not confirmed them (alarm)",
+            "1 when unconfirmed facts are near or past max_age, or kept past the fill mark, because a consumer has not confirmed them (alarm)",
             m.retention_blocked.clone(),
         );
         registry.register(

@@ -8,6 +8,7 @@
 
 use super::{Consumers, FactLog};
 use crate::metrics::{Metrics, labels};
+use bsfg_domain::retention::{LogState, truncation};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,29 +23,20 @@ pub async fn run_once(client: &async_nats::Client, facts: &FactLog, consumers: &
         let lbl = labels(&[("category", name)]);
         // Everything at or below this offset is confirmed by all consumers.
         let confirmed_through = consumers.lowest_frontier(name).unwrap_or(state.last_sequence);
-        let mut purge_below = state.first_sequence; // exclusive upper bound
-        if state.messages > 0 {
-            // By age: the first fact young enough to keep.
-            let max_age = time::Duration::try_from(category.config.max_age).unwrap_or(time::Duration::MAX);
-            let cutoff = time::OffsetDateTime::now_utc() - max_age;
-            if state.first_timestamp < cutoff {
-                let first_young = first_sequence_at_or_after(client, &category.stream_name(), cutoff, state.last_sequence).await?;
-                purge_below = purge_below.max(first_young);
-            }
-            // By fill: drop the oldest confirmed facts to get under the mark.
-            let retain_bytes = category.config.capacity_bytes * u64::from(category.config.retain_fill_percent) / 100;
-            if state.bytes > retain_bytes {
-                let average = (state.bytes / state.messages.max(1)).max(1);
-                let excess_facts = (state.bytes - retain_bytes).div_ceil(average);
-                purge_below = purge_below.max(state.first_sequence + excess_facts);
-            }
+        let max_age = time::Duration::try_from(category.config.max_age).unwrap_or(time::Duration::MAX);
+        let cutoff = time::OffsetDateTime::now_utc() - max_age;
+        let first_young = if state.messages > 0 && state.first_timestamp < cutoff {
+            first_sequence_at_or_after(client, &category.stream_name(), cutoff, state.last_sequence).await?
+        } else {
+            state.first_sequence
+        };
+        let log = LogState { first_offset: state.first_sequence, last_offset: state.last_sequence, facts: state.messages, bytes: state.bytes };
+        let retain_bytes = category.config.capacity_bytes * u64::from(category.config.retain_fill_percent) / 100;
+        let decision = truncation(log, first_young, confirmed_through, retain_bytes);
+        if decision.blocked {
+            tracing::warn!(category = name, wanted_below = decision.wanted_below, confirmed_through, "retention is holding facts that a consumer has not confirmed");
         }
-        let wanted = purge_below;
-        let allowed = wanted.min(confirmed_through + 1);
-        metrics.retention_blocked.get_or_create(&lbl).set(i64::from(allowed < wanted));
-        if allowed < wanted {
-            tracing::warn!(category = name, wanted_below = wanted, confirmed_through, "retention is holding facts that a consumer has not confirmed");
-        }
+        let allowed = decision.purge_below;
         if allowed > state.first_sequence {
             let response = category.stream.purge().sequence(allowed).await?;
             purged_total += response.purged;
@@ -62,6 +54,9 @@ pub async fn run_once(client: &async_nats::Client, facts: &FactLog, consumers: &
             0.0
         };
         metrics.oldest_unconfirmed_age_seconds.get_or_create(&lbl).set(oldest_unconfirmed_age);
+        // The alarm fires before facts reach their age, not only after.
+        let near_age_limit = oldest_unconfirmed_age >= 0.9 * category.config.max_age.as_secs_f64();
+        metrics.retention_blocked.get_or_create(&lbl).set(i64::from(decision.blocked || near_age_limit));
     }
     Ok(purged_total)
 }
