@@ -39,11 +39,9 @@ impl Boundary {
         let f = &self.config.fetch;
         let limit = if request.limit == 0 { f.limit_default } else { request.limit.min(f.limit_max) };
         let bytes = if request.max_bytes == 0 { f.bytes_default } else { request.max_bytes.min(f.bytes_max) };
-        // At least one fact of the largest size always fits.
-        let bytes_floor = (self.config.limits.fact_bytes_max + 8 * 1024) as u64;
         FetchBounds {
             limit: limit as usize,
-            bytes_max: bytes.max(bytes_floor) as usize,
+            bytes_max: bytes as usize,
             wait: Duration::from_millis(u64::from(request.wait_ms.min(f.wait_ms_max))),
         }
     }

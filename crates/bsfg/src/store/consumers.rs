@@ -65,6 +65,8 @@ pub struct Consumers {
     cursors: HashMap<String, Cursor>,
     metrics: Arc<Metrics>,
     request_timeout: Duration,
+    /// Pull size that always fits one fact of the largest allowed size.
+    single_fact_bytes: usize,
 }
 
 impl Consumers {
@@ -117,7 +119,8 @@ impl Consumers {
                 Cursor { config: c.clone(), consumer, fetch_lock: Default::default(), delivery: Mutex::new(delivery) },
             );
         }
-        Ok(Self { client, cursors, metrics, request_timeout: config.nats.request_timeout })
+        let single_fact_bytes = config.limits.fact_bytes_max + 8 * 1024;
+        Ok(Self { client, cursors, metrics, request_timeout: config.nats.request_timeout, single_fact_bytes })
     }
 
     fn cursor(&self, name: &str) -> Result<&Cursor, Rejection> {
@@ -168,6 +171,11 @@ impl Consumers {
         let cursor = self.cursor(name)?;
         let _serial = cursor.fetch_lock.lock().await;
         let mut messages = pull_now(&cursor.consumer, bounds.limit, bounds.bytes_max).await?;
+        if messages.is_empty() && bounds.bytes_max < self.single_fact_bytes {
+            // The next fact alone may be larger than the caller's max_bytes;
+            // JetStream then returns nothing. Deliver that one fact anyway.
+            messages = pull_now(&cursor.consumer, 1, self.single_fact_bytes).await?;
+        }
         if messages.is_empty() && !bounds.wait.is_zero() {
             // Long-poll for the first fact, then take whatever else is ready.
             let first = cursor
