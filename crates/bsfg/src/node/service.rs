@@ -50,7 +50,7 @@ impl Boundary {
 fn log_outcome<T>(rpc: &'static str, key: &str, started: Instant, result: &Result<T, Rejection>) {
     let elapsed_us = started.elapsed().as_micros() as u64;
     match result {
-        Ok(_) => tracing::debug!(rpc, key, elapsed_us, outcome = "ok"),
+        Ok(_) => tracing::info!(rpc, key, elapsed_us, outcome = "ok"),
         Err(r) if matches!(r.code, Code::Unavailable | Code::Internal | Code::DataLoss) => {
             tracing::error!(rpc, key, elapsed_us, outcome = "error", reason = r.reason, message = %r.message)
         }
