@@ -54,14 +54,16 @@ async fn idempotent_across_kill9_of_the_node() {
     retry_all_and_verify(&zone, &sent).await;
 
     // Kill while a stream of appends is in flight: whatever was acknowledged
-    // is stored once; retrying everything fills in the rest exactly once.
+    // is stored once; retrying every attempt fills in the rest exactly once.
     let client = zone.client();
-    let attempts: Vec<(Envelope, Fact)> = (0..40).map(|i| (envelope(&mid("inflight")), batch_fact(100 + i))).collect();
+    let attempted = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(Envelope, Fact)>::new()));
     let writer = {
-        let attempts = attempts.clone();
+        let attempted = attempted.clone();
         tokio::spawn(async move {
             let mut acked = Vec::new();
-            for (e, f) in attempts {
+            for i in 0..100_000 {
+                let (e, f) = (envelope(&mid("inflight")), batch_fact(100 + i));
+                attempted.lock().unwrap().push((e.clone(), f.clone()));
                 match client.append(e, f).await {
                     Ok(r) => acked.push(r.offset),
                     Err(_) => break,
@@ -70,9 +72,12 @@ async fn idempotent_across_kill9_of_the_node() {
             acked
         })
     };
-    tokio::time::sleep(Duration::from_millis(40)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     zone.kill9_node().await;
     let acked = writer.await.unwrap();
+    let attempts = attempted.lock().unwrap().clone();
+    assert!(!acked.is_empty(), "some appends were acknowledged before the kill");
+    assert!(acked.len() < attempts.len(), "the kill interrupted the writer");
     zone.restart_node(true).await;
     let client = zone.client();
     let mut all = sent.clone();

@@ -182,10 +182,6 @@ impl Zone {
         zone
     }
 
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
     async fn start_in_process(&mut self) {
         let mut config = self.config.clone();
         // A fresh port each time: the previous listener closes asynchronously.
