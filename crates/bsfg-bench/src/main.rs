@@ -1,0 +1,783 @@
+//! bsfg-bench: measures a real BSFG zone node against its two lower bounds,
+//! raw JetStream and the bare RPC stack, in one run.
+//!
+//! Processes: the bench starts its own nats-server (free loopback port,
+//! temporary store, `jetstream { domain: bench }`), a release `bsfg serve`
+//! node pointed at it, and a separate echo-server process (this binary, `echo-server`
+//! subcommand). Clients run in this process on a multi-threaded tokio
+//! runtime. Every configuration runs for a fixed duration (or a fixed count
+//! for drains), `--reps` times; the report gives medians.
+
+mod echo_proto {
+    #![allow(missing_docs, clippy::all)]
+    connectrpc::include_generated!();
+}
+
+use anyhow::{Context as _, bail};
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer, stream};
+use bsfg_proto::bsfg::v1::{
+    AppendFactRequest, BoundaryServiceClient, ConfirmReceiptRequest, Envelope, Fact, FetchFactsRequest, Provenance, StoredFact,
+};
+use buffa::Message as _;
+use clap::{Parser, Subcommand};
+use connectrpc::client::{ClientConfig, Http2Connection, SharedHttp2Connection};
+use connectrpc::{Protocol, RequestContext, Response, ServiceRequest, ServiceResult};
+use futures::StreamExt;
+use echo_proto::bench::v1::{EchoRequest, EchoResponse, EchoService, EchoServiceClient, EchoServiceExt as _};
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+#[derive(Parser)]
+#[command(about = "BSFG end-to-end benchmark")]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    /// Markdown file whose results section is written/overwritten.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    out: PathBuf,
+    /// Seconds per measured configuration.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Repetitions per configuration (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Facts pre-filled and drained by the FetchFacts / raw pull comparison.
+    #[arg(long, default_value_t = 1_000_000)]
+    drain_facts: u64,
+    /// In-flight window of the raw JetStream pipelined publisher.
+    #[arg(long, default_value_t = 256)]
+    window: usize,
+    /// Wire protocol of the RPC clients (connect or grpc).
+    #[arg(long, default_value = "connect")]
+    protocol: String,
+    /// nats-server binary.
+    #[arg(long, default_value = ".tools/bin/nats-server")]
+    nats_server: PathBuf,
+    /// bsfg node binary (built with --release).
+    #[arg(long, default_value = "target/release/bsfg")]
+    bsfg: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Internal: serve the echo service on the given address (used by the bench).
+    EchoServer { addr: String },
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match &args.command {
+        Some(Cmd::EchoServer { addr }) => rt.block_on(echo_server(addr.clone())),
+        None => rt.block_on(run(args)),
+    }
+}
+
+// ------------------------------------------------------------------ echo
+
+struct Echo;
+
+#[allow(refining_impl_trait)]
+impl EchoService for Echo {
+    async fn echo(&self, _ctx: RequestContext, request: ServiceRequest<'_, EchoRequest>) -> ServiceResult<EchoResponse> {
+        // Owned decode, like the node's handlers do.
+        let request = request.to_owned_message();
+        Ok(Response::new(EchoResponse { payload: request.payload, ..Default::default() }))
+    }
+}
+
+async fn echo_server(addr: String) -> anyhow::Result<()> {
+    let router = Arc::new(Echo).register(connectrpc::Router::new());
+    let service = connectrpc::ConnectRpcService::new(router);
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    // Same server settings as the node's boundary port.
+    let server = connectrpc::Server::from_listener(listener)
+        .with_header_read_timeout(Duration::from_secs(10))
+        .with_max_connection_idle(Duration::from_secs(300))
+        .with_max_concurrent_streams(1024);
+    server.serve_with_service(service).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
+// ------------------------------------------------------------------ processes
+
+struct Child {
+    child: std::process::Child,
+}
+impl Child {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn spawn_logged(cmd: &mut std::process::Command, log: &Path) -> anyhow::Result<Child> {
+    let file = std::fs::File::create(log)?;
+    let child = cmd.stdout(file.try_clone()?).stderr(file).stdin(Stdio::null()).spawn()?;
+    Ok(Child { child })
+}
+
+async fn wait_tcp(port: u16, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("{what} did not listen on {port} within 30 s")
+}
+
+/// (VmHWM, VmRSS) in KiB.
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    // utime + stime in clock ticks (fields 14 and 15 of /proc/pid/stat).
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = text.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    ticks as f64 / 100.0
+}
+
+// ------------------------------------------------------------------ stats
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// p-th percentile (0..100) of latencies in microseconds, returned in ms.
+fn pct_ms(sorted_us: &[u32], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((p / 100.0) * (sorted_us.len() - 1) as f64).round() as usize;
+    sorted_us[idx] as f64 / 1000.0
+}
+
+#[derive(Clone, Copy, Default)]
+struct Sample {
+    rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+fn summarize(samples: &[Sample]) -> Sample {
+    Sample {
+        rate: median(samples.iter().map(|s| s.rate).collect()),
+        p50_ms: median(samples.iter().map(|s| s.p50_ms).collect()),
+        p99_ms: median(samples.iter().map(|s| s.p99_ms).collect()),
+        errors: samples.iter().map(|s| s.errors).sum(),
+    }
+}
+
+fn fmt_rates(samples: &[Sample]) -> String {
+    samples.iter().map(|s| format!("{:.0}", s.rate)).collect::<Vec<_>>().join(" / ")
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// A canonical JSON object of exactly `size` bytes.
+fn object_json(size: usize) -> String {
+    let base = r#"{"pad":""}"#.len();
+    format!(r#"{{"pad":"{}"}}"#, "x".repeat(size.saturating_sub(base)))
+}
+
+static RUN_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+fn run_id() -> &'static str {
+    RUN_ID.get_or_init(|| format!("{:x}", now_ms()))
+}
+
+// ------------------------------------------------------------------ 1. raw JetStream publish
+
+async fn raw_publish(js: &jetstream::Context, stream_subject: &str, window: usize, secs: f64, rep: usize) -> anyhow::Result<Sample> {
+    let payload = bytes::Bytes::from(vec![b'x'; 256]);
+    let mut inflight = VecDeque::with_capacity(window);
+    let mut done = 0u64;
+    let mut errors = 0u64;
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    let mut i = 0u64;
+    while Instant::now() < end {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("{}-{rep}-{i}", run_id()).as_str());
+        let fut = js.publish_with_headers(format!("{stream_subject}.{}", i % 64), headers, payload.clone()).await?;
+        inflight.push_back(fut);
+        i += 1;
+        if inflight.len() >= window {
+            match inflight.pop_front().unwrap().await {
+                Ok(_) => done += 1,
+                Err(_) => errors += 1,
+            }
+        }
+    }
+    while let Some(f) = inflight.pop_front() {
+        match f.await {
+            Ok(_) => done += 1,
+            Err(_) => errors += 1,
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    Ok(Sample { rate: done as f64 / elapsed, errors, ..Default::default() })
+}
+
+// ------------------------------------------------------------------ closed-loop RPC driver
+
+/// Runs `concurrency` workers calling `call(worker, seq)` back to back for
+/// `secs`; returns completed calls/s and latency percentiles.
+async fn closed_loop<F, Fut>(concurrency: usize, secs: f64, call: F) -> Sample
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let call = Arc::new(call);
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..concurrency {
+        let (call, stop, errors) = (call.clone(), stop.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(1 << 16);
+            let mut seq = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let ok = call(w, seq).await;
+                seq += 1;
+                if ok {
+                    lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                } else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            lat
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    all.sort_unstable();
+    Sample { rate: all.len() as f64 / elapsed, p50_ms: pct_ms(&all, 50.0), p99_ms: pct_ms(&all, 99.0), errors: errors.load(Ordering::Relaxed) }
+}
+
+fn append_request(message_id: String, payload: &str) -> AppendFactRequest {
+    AppendFactRequest {
+        envelope: Envelope {
+            message_id,
+            from_zone: "bench".into(),
+            to_zone: "bench".into(),
+            produced_at_unix_ms: now_ms(),
+            ..Default::default()
+        }
+        .into(),
+        fact: Fact {
+            subject: "batch:PlantA/B1042".into(),
+            predicate: "step_completed".into(),
+            object_json: payload.to_string(),
+            ..Default::default()
+        }
+        .into(),
+        ..Default::default()
+    }
+}
+
+// ------------------------------------------------------------------ 5. open loop
+
+/// Offers appends at `rate`/s on a fixed schedule for `secs`; latency is
+/// measured from each request's scheduled send time (no coordinated omission).
+async fn open_loop(client: BoundaryServiceClient<SharedHttp2Connection>, rate: f64, secs: f64, tag: String) -> Sample {
+    let payload: Arc<str> = object_json(256).into();
+    let total = (rate * secs) as u64;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Option<u32>>();
+    let handle = tokio::runtime::Handle::current();
+    let start = Instant::now() + Duration::from_millis(20);
+    // A dedicated OS thread keeps the schedule with sub-millisecond sleeps
+    // (tokio timers have 1 ms granularity) and spawns each call on time.
+    let scheduler = std::thread::spawn(move || {
+        for i in 0..total {
+            let scheduled = start + interval.mul_f64(i as f64);
+            let now = Instant::now();
+            if scheduled > now {
+                std::thread::sleep(scheduled - now);
+            }
+            let (client, tx, payload, id) = (client.clone(), tx.clone(), payload.clone(), format!("{tag}-{i}"));
+            handle.spawn(async move {
+                let ok = client.append_fact(append_request(id, &payload)).await.is_ok();
+                let _ = tx.send(ok.then(|| scheduled.elapsed().as_micros().min(u32::MAX as u128) as u32));
+            });
+        }
+    });
+    let mut lat = Vec::with_capacity(total as usize);
+    let mut errors = 0;
+    for _ in 0..total {
+        match rx.recv().await {
+            Some(Some(us)) => lat.push(us),
+            Some(None) => errors += 1,
+            None => break,
+        }
+    }
+    scheduler.join().unwrap();
+    let elapsed = start.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    Sample { rate: lat.len() as f64 / elapsed, p50_ms: pct_ms(&lat, 50.0), p99_ms: pct_ms(&lat, 99.0), errors }
+}
+
+// ------------------------------------------------------------------ 4. drain
+
+/// Pre-fills the node's `drain` category with `count` facts, published
+/// straight to JetStream exactly as FactLog::append lays them out.
+async fn prefill(js: &jetstream::Context, count: u64, window: usize) -> anyhow::Result<f64> {
+    let object = object_json(256);
+    let mut inflight = VecDeque::with_capacity(window);
+    let start = Instant::now();
+    for i in 0..count {
+        let message_id = format!("drain-{}-{i}", run_id());
+        let envelope = Envelope {
+            message_id: message_id.clone(),
+            from_zone: "bench".into(),
+            to_zone: "bench".into(),
+            produced_at_unix_ms: now_ms(),
+            ..Default::default()
+        };
+        let fact = Fact { subject: format!("drain:PlantA/B{i}"), predicate: "step_completed".into(), object_json: object.clone(), ..Default::default() };
+        let token = bsfg_domain::identity::key_token("bench", &message_id);
+        let content = hex::encode(bsfg_domain::identity::content_digest(&fact));
+        let record = StoredFact {
+            category: "drain".into(),
+            envelope: envelope.into(),
+            fact: fact.into(),
+            provenance: Provenance { origin_zone: "bench".into(), ..Default::default() }.into(),
+            appended_at_unix_ms: now_ms(),
+            ..Default::default()
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", token.as_str());
+        headers.insert("Bsfg-Content", content.as_str());
+        let fut = js.publish_with_headers(format!("facts.drain.drain.{token}"), headers, record.encode_to_vec().into()).await?;
+        inflight.push_back(fut);
+        if inflight.len() >= window {
+            inflight.pop_front().unwrap().await.context("prefill ack")?;
+        }
+    }
+    while let Some(f) = inflight.pop_front() {
+        f.await.context("prefill ack")?;
+    }
+    Ok(count as f64 / start.elapsed().as_secs_f64())
+}
+
+async fn drain_bsfg(client: &BoundaryServiceClient<SharedHttp2Connection>, consumer: &str, count: u64) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let mut got = 0u64;
+    while got < count {
+        let request = FetchFactsRequest { consumer_name: consumer.into(), limit: 1000, max_bytes: 8 << 20, wait_ms: 1000, ..Default::default() };
+        let response = client.fetch_facts(request).await?.into_owned();
+        let Some(last) = response.facts.last() else { bail!("FetchFacts returned nothing after {got} facts") };
+        got += response.facts.len() as u64;
+        let confirm = ConfirmReceiptRequest { consumer_name: consumer.into(), offset: last.offset, ..Default::default() };
+        client.confirm_receipt(confirm).await?;
+    }
+    Ok(got as f64 / start.elapsed().as_secs_f64())
+}
+
+async fn drain_raw(js: &jetstream::Context, name: &str, count: u64) -> anyhow::Result<f64> {
+    let stream = js.get_stream("facts_drain").await?;
+    let consumer: consumer::PullConsumer = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(name.into()),
+            ack_policy: consumer::AckPolicy::All,
+            deliver_policy: consumer::DeliverPolicy::All,
+            max_ack_pending: 20_000,
+            max_batch: 10_000,
+            ..Default::default()
+        })
+        .await?;
+    let start = Instant::now();
+    let mut got = 0u64;
+    while got < count {
+        let mut batch = consumer.fetch().max_messages(1000).max_bytes(8 << 20).messages().await?;
+        let mut last = None;
+        while let Some(m) = batch.next().await {
+            let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
+            // Decode like the node does, so both sides pay for it.
+            let _ = StoredFact::decode_from_slice(&m.payload)?;
+            got += 1;
+            last = Some(m);
+        }
+        let Some(last) = last else { bail!("raw fetch returned nothing after {got}") };
+        // Cumulative ack with server confirmation, as ConfirmReceipt does.
+        last.double_ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    Ok(got as f64 / start.elapsed().as_secs_f64())
+}
+
+// ------------------------------------------------------------------ main run
+
+fn node_config(port: u16, ops: u16, nats_port: u16, dir: &Path, drain_consumers: usize) -> String {
+    let mut s = format!(
+        r#"zone = "bench"
+listen = "127.0.0.1:{port}"
+ops_listen = "127.0.0.1:{ops}"
+retention_interval = "5s"
+
+[nats]
+url = "nats://127.0.0.1:{nats_port}"
+store_dir = "{}"
+port = 0
+request_timeout = "10s"
+
+[[categories]]
+name = "operational"
+default = true
+capacity_bytes = 8589934592
+max_age = "30days"
+
+[[categories]]
+name = "drain"
+kinds = ["drain"]
+capacity_bytes = 8589934592
+max_age = "30days"
+"#,
+        dir.join("unused").display()
+    );
+    for i in 1..=drain_consumers {
+        let _ = write!(s, "\n[[consumers]]\nname = \"drain{i}\"\ncategory = \"drain\"\nstart = \"earliest\"\n");
+    }
+    s
+}
+
+struct Report {
+    md: String,
+}
+impl Report {
+    fn line(&mut self, s: impl AsRef<str>) {
+        println!("{}", s.as_ref());
+        self.md.push_str(s.as_ref());
+        self.md.push('\n');
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let secs = args.duration;
+    let reps = args.reps.max(1);
+    let protocol = match args.protocol.as_str() {
+        "grpc" => Protocol::Grpc,
+        "connect" => Protocol::Connect,
+        p => bail!("unknown protocol {p}"),
+    };
+    let dir = std::env::temp_dir().join(format!("bsfg-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let _cleanup = scopeguard(dir.clone());
+
+    // nats-server
+    let nats_port = free_port()?;
+    let conf = dir.join("nats.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "server_name: \"bench\"\nlisten: \"127.0.0.1:{nats_port}\"\nmax_payload: 8MB\njetstream {{\n  domain: bench\n  store_dir: \"{}\"\n}}\n",
+            dir.join("js").display()
+        ),
+    )?;
+    let nats = spawn_logged(std::process::Command::new(&args.nats_server).arg("-c").arg(&conf), &dir.join("nats.log"))
+        .with_context(|| format!("starting {}", args.nats_server.display()))?;
+    wait_tcp(nats_port, "nats-server").await?;
+    let nats_url = format!("nats://127.0.0.1:{nats_port}");
+    let nc = async_nats::ConnectOptions::new().connect(&nats_url).await?;
+    let mut js = jetstream::new(nc.clone());
+    js.set_timeout(Duration::from_secs(10));
+
+    // node
+    let (port, ops) = (free_port()?, free_port()?);
+    let node_toml = dir.join("node.toml");
+    std::fs::write(&node_toml, node_config(port, ops, nats_port, &dir, reps))?;
+    let node = spawn_logged(
+        std::process::Command::new(&args.bsfg).arg("serve").arg("--config").arg(&node_toml).env("RUST_LOG", "warn"),
+        &dir.join("node.log"),
+    )
+    .with_context(|| format!("starting {}", args.bsfg.display()))?;
+    wait_tcp(port, "bsfg node").await?;
+
+    // echo server (separate process, same RPC stack as the node)
+    let echo_port = free_port()?;
+    let echo = spawn_logged(
+        std::process::Command::new(std::env::current_exe()?).arg("echo-server").arg(format!("127.0.0.1:{echo_port}")),
+        &dir.join("echo.log"),
+    )?;
+    wait_tcp(echo_port, "echo server").await?;
+
+    let client_config = |p: u16| ClientConfig::new(format!("http://127.0.0.1:{p}").parse().unwrap()).with_protocol(protocol).with_default_timeout(Duration::from_secs(30));
+    let node_conn = Http2Connection::connect_plaintext(format!("http://127.0.0.1:{port}").parse()?).await?.shared(1024);
+    let bsfg = BoundaryServiceClient::new(node_conn, client_config(port));
+    let echo_conn = Http2Connection::connect_plaintext(format!("http://127.0.0.1:{echo_port}").parse()?).await?.shared(1024);
+    let echo_client = EchoServiceClient::new(echo_conn, client_config(echo_port));
+
+    let mut r = Report { md: String::new() };
+    let started_at = now_ms();
+    eprintln!("run dir {}", dir.display());
+
+    // 1. raw JetStream publish
+    js.create_stream(stream::Config {
+        name: "rawpub".into(),
+        subjects: vec!["rawpub.>".into()],
+        storage: stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await?;
+    let mut raw_pub = Vec::new();
+    for rep in 0..reps {
+        let s = raw_publish(&js, "rawpub", args.window, secs, rep).await?;
+        eprintln!("raw publish rep {rep}: {:.0} msg/s", s.rate);
+        raw_pub.push(s);
+    }
+
+    // 2. echo
+    let mut echo_samples = Vec::new();
+    for rep in 0..reps {
+        let c = echo_client.clone();
+        let payload = vec![b'x'; 256];
+        let s = closed_loop(64, secs, move |_, _| {
+            let (c, payload) = (c.clone(), payload.clone());
+            async move { c.echo(EchoRequest { payload, ..Default::default() }).await.is_ok() }
+        })
+        .await;
+        eprintln!("echo c64 rep {rep}: {:.0} req/s p99 {:.2} ms", s.rate, s.p99_ms);
+        echo_samples.push(s);
+    }
+    let mut echo_c1 = Vec::new();
+    for rep in 0..reps {
+        let c = echo_client.clone();
+        let payload = vec![b'x'; 256];
+        let s = closed_loop(1, secs, move |_, _| {
+            let (c, payload) = (c.clone(), payload.clone());
+            async move { c.echo(EchoRequest { payload, ..Default::default() }).await.is_ok() }
+        })
+        .await;
+        eprintln!("echo c1 rep {rep}: {:.0} req/s", s.rate);
+        echo_c1.push(s);
+    }
+
+    // 3. AppendFact
+    let mut append_results = Vec::new();
+    let cpu_before = cpu_seconds(node.pid());
+    for &(conc, size) in &[(1usize, 256usize), (64, 256), (1, 4096), (64, 4096)] {
+        let mut samples = Vec::new();
+        for rep in 0..reps {
+            let c = bsfg.clone();
+            let payload: Arc<str> = object_json(size).into();
+            let tag = format!("{}-a{conc}-{size}-{rep}", run_id());
+            let s = closed_loop(conc, secs, move |w, seq| {
+                let (c, payload, id) = (c.clone(), payload.clone(), format!("{tag}-{w}-{seq}"));
+                async move {
+                    match c.append_fact(append_request(id, &payload)).await {
+                        Ok(_) => true,
+                        Err(e) => {
+                            eprintln!("append error: {e}");
+                            false
+                        }
+                    }
+                }
+            })
+            .await;
+            eprintln!("append c{conc} {size}B rep {rep}: {:.0} facts/s p50 {:.2} p99 {:.2} ms", s.rate, s.p50_ms, s.p99_ms);
+            samples.push(s);
+        }
+        append_results.push((conc, size, samples));
+    }
+    let append_cpu = cpu_seconds(node.pid()) - cpu_before;
+    let append_total: f64 = append_results.iter().flat_map(|(_, _, s)| s.iter().map(|x| x.rate * secs)).sum();
+
+    // 5. p99 at half the max AppendFact rate (open loop)
+    let max_rate = append_results.iter().filter(|(_, size, _)| *size == 256).map(|(_, _, s)| summarize(s).rate).fold(0.0, f64::max);
+    let half = max_rate * 0.5;
+    let mut open = Vec::new();
+    for rep in 0..reps {
+        let s = open_loop(bsfg.clone(), half, secs, format!("{}-open-{rep}", run_id())).await;
+        eprintln!("open loop {half:.0}/s rep {rep}: achieved {:.0}/s p50 {:.2} p99 {:.2} ms", s.rate, s.p50_ms, s.p99_ms);
+        open.push(s);
+    }
+
+    // 4. drain
+    let drain_n = args.drain_facts;
+    let prefill_rate = prefill(&js, drain_n, args.window).await?;
+    eprintln!("prefilled {drain_n} facts at {prefill_rate:.0}/s");
+    let mut drain_b = Vec::new();
+    let mut drain_r = Vec::new();
+    for rep in 0..reps {
+        // Alternate the order so neither side always gets the warm page cache.
+        let (b, raw) = if rep % 2 == 0 {
+            let b = drain_bsfg(&bsfg, &format!("drain{}", rep + 1), drain_n).await?;
+            (b, drain_raw(&js, &format!("raw{}", rep + 1), drain_n).await?)
+        } else {
+            let raw = drain_raw(&js, &format!("raw{}", rep + 1), drain_n).await?;
+            (drain_bsfg(&bsfg, &format!("drain{}", rep + 1), drain_n).await?, raw)
+        };
+        eprintln!("drain rep {rep}: bsfg {b:.0}/s raw {raw:.0}/s");
+        drain_b.push(Sample { rate: b, ..Default::default() });
+        drain_r.push(Sample { rate: raw, ..Default::default() });
+    }
+
+    let (node_hwm, node_rss) = rss_kib(node.pid());
+    let (nats_hwm, _) = rss_kib(nats.pid());
+    let (echo_hwm, _) = rss_kib(echo.pid());
+    let node_cpu_total = cpu_seconds(node.pid());
+
+    // ---------------------------------------------------------- report
+    let raw_s = summarize(&raw_pub);
+    let echo_s = summarize(&echo_samples);
+    let echo1_s = summarize(&echo_c1);
+    let a = |c: usize, sz: usize| summarize(&append_results.iter().find(|(cc, s, _)| *cc == c && *s == sz).unwrap().2);
+    let a64 = a(64, 256);
+    let open_s = summarize(&open);
+    let db = summarize(&drain_b);
+    let dr = summarize(&drain_r);
+    let ratio_append = a64.rate / echo_s.rate;
+    let ratio_drain = db.rate / dr.rate;
+    let rss_mib = node_hwm as f64 / 1024.0;
+    let pf = |ok: bool| if ok { "**PASS**" } else { "**FAIL**" };
+
+    r.line("## Results");
+    r.line("");
+    r.line(format!(
+        "Generated by `bsfg-bench` at unix ms {started_at}; {} s per configuration, {} repetitions (medians; individual runs in brackets), RPC protocol {:?} over HTTP/2 (h2c), {} drained facts, host: {} CPUs.",
+        secs,
+        reps,
+        protocol,
+        drain_n,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    ));
+    r.line("");
+    r.line("### Targets");
+    r.line("");
+    r.line("| Target | Measured | Result |");
+    r.line("|---|---|---|");
+    r.line(format!("| AppendFact c64 ≥ 0.5 × echo rate | {:.0} / {:.0} = {:.2}× | {} |", a64.rate, echo_s.rate, ratio_append, pf(ratio_append >= 0.5)));
+    r.line(format!(
+        "| p99 ≤ 5 ms at half max rate ({:.0} appends/s offered) | p99 {:.2} ms (p50 {:.2} ms) | {} |",
+        half,
+        open_s.p99_ms,
+        open_s.p50_ms,
+        pf(open_s.p99_ms <= 5.0)
+    ));
+    r.line(format!("| node peak RSS ≤ 64 MiB | VmHWM {:.1} MiB | {} |", rss_mib, pf(rss_mib <= 64.0)));
+    r.line(format!("| drain ≥ 0.5 × raw pull consumer | {:.0} / {:.0} = {:.2}× | {} |", db.rate, dr.rate, ratio_drain, pf(ratio_drain >= 0.5)));
+    r.line("");
+    r.line("### Throughput and latency");
+    r.line("");
+    r.line("| Benchmark | Rate (median) | p50 ms | p99 ms | Runs | Errors |");
+    r.line("|---|---|---|---|---|---|");
+    r.line(format!("| Raw JetStream publish, 256 B, Nats-Msg-Id, window {} | {:.0} msg/s | – | – | {} | {} |", args.window, raw_s.rate, fmt_rates(&raw_pub), raw_s.errors));
+    r.line(format!("| Echo unary, 256 B, c1 | {:.0} req/s | {:.3} | {:.3} | {} | {} |", echo1_s.rate, echo1_s.p50_ms, echo1_s.p99_ms, fmt_rates(&echo_c1), echo1_s.errors));
+    r.line(format!("| Echo unary, 256 B, c64 | {:.0} req/s | {:.3} | {:.3} | {} | {} |", echo_s.rate, echo_s.p50_ms, echo_s.p99_ms, fmt_rates(&echo_samples), echo_s.errors));
+    for (c, sz, samples) in &append_results {
+        let s = summarize(samples);
+        r.line(format!(
+            "| AppendFact, object_json {} B, c{} | {:.0} facts/s | {:.3} | {:.3} | {} | {} |",
+            sz,
+            c,
+            s.rate,
+            s.p50_ms,
+            s.p99_ms,
+            fmt_rates(samples),
+            s.errors
+        ));
+    }
+    r.line(format!(
+        "| AppendFact open loop at 0.5 × {:.0} = {:.0}/s offered, 256 B | {:.0} facts/s | {:.3} | {:.3} | {} | {} |",
+        max_rate,
+        half,
+        open_s.rate,
+        open_s.p50_ms,
+        open_s.p99_ms,
+        fmt_rates(&open),
+        open_s.errors
+    ));
+    r.line(format!("| FetchFacts(limit 1000) + ConfirmReceipt drain | {:.0} facts/s | – | – | {} | – |", db.rate, fmt_rates(&drain_b)));
+    r.line(format!("| Raw JetStream pull consumer drain (fetch 1000 + ack) | {:.0} msgs/s | – | – | {} | – |", dr.rate, fmt_rates(&drain_r)));
+    r.line("");
+    r.line("### Ratios and resources");
+    r.line("");
+    r.line(format!("* AppendFact c64 (256 B) / echo c64: **{:.2}×**; AppendFact c64 / raw JetStream publish: {:.2}×", ratio_append, a64.rate / raw_s.rate));
+    r.line(format!("* Drain FetchFacts+ConfirmReceipt / raw pull consumer: **{:.2}×**", ratio_drain));
+    r.line(format!("* Pre-fill of the drain category ({} facts, raw pipelined publish in the node's layout): {:.0} facts/s", drain_n, prefill_rate));
+    r.line(format!("* Node (`bsfg serve`) peak RSS (VmHWM): **{:.1} MiB**, RSS at end {:.1} MiB", rss_mib, node_rss as f64 / 1024.0));
+    r.line(format!("* nats-server peak RSS: {:.1} MiB; echo server peak RSS: {:.1} MiB", nats_hwm as f64 / 1024.0, echo_hwm as f64 / 1024.0));
+    r.line(format!(
+        "* Node CPU: {:.1} s during the closed-loop AppendFact phase ({:.0} µs of node CPU per append), {:.1} s in total",
+        append_cpu,
+        append_cpu * 1e6 / append_total.max(1.0),
+        node_cpu_total
+    ));
+
+    write_results(&args.out, &r.md)?;
+    eprintln!("results written to {}", args.out.display());
+    drop(echo);
+    drop(node);
+    drop(nats);
+    Ok(())
+}
+
+const BEGIN: &str = "<!-- bsfg-bench results: begin (generated, do not edit) -->";
+const END: &str = "<!-- bsfg-bench results: end -->";
+
+/// Replaces the generated section of `out`, keeping everything else.
+fn write_results(out: &Path, results: &str) -> anyhow::Result<()> {
+    let existing = std::fs::read_to_string(out).unwrap_or_else(|_| "# BSFG benchmarks\n\n".to_string());
+    let section = format!("{BEGIN}\n{results}{END}\n");
+    let text = match (existing.find(BEGIN), existing.find(END)) {
+        (Some(b), Some(e)) if e > b => format!("{}{}{}", &existing[..b], section, &existing[e + END.len()..].trim_start_matches('\n')),
+        _ => format!("{}\n{}", existing.trim_end(), "\n".to_string() + &section),
+    };
+    std::fs::write(out, text)?;
+    Ok(())
+}
+
+struct Cleanup(PathBuf);
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if std::env::var_os("BSFG_BENCH_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+fn scopeguard(dir: PathBuf) -> Cleanup {
+    Cleanup(dir)
+}
