@@ -571,6 +571,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     // 2. echo
     let mut echo_samples = Vec::new();
+    let echo_cpu_before = cpu_seconds(echo.pid());
     for rep in 0..reps {
         let c = echo_client.clone();
         let payload = vec![b'x'; 256];
@@ -582,6 +583,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         eprintln!("echo c64 rep {rep}: {:.0} req/s p99 {:.2} ms", s.rate, s.p99_ms);
         echo_samples.push(s);
     }
+    let echo_cpu = cpu_seconds(echo.pid()) - echo_cpu_before;
+    let echo_total: f64 = echo_samples.iter().map(|x| x.rate * secs).sum();
     let mut echo_c1 = Vec::new();
     for rep in 0..reps {
         let c = echo_client.clone();
@@ -598,6 +601,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // 3. AppendFact
     let mut append_results = Vec::new();
     let cpu_before = cpu_seconds(node.pid());
+    let nats_cpu_before = cpu_seconds(nats.pid());
     for &(conc, size) in &[(1usize, 256usize), (64, 256), (1, 4096), (64, 4096)] {
         let mut samples = Vec::new();
         for rep in 0..reps {
@@ -623,6 +627,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         append_results.push((conc, size, samples));
     }
     let append_cpu = cpu_seconds(node.pid()) - cpu_before;
+    let append_nats_cpu = cpu_seconds(nats.pid()) - nats_cpu_before;
     let append_total: f64 = append_results.iter().flat_map(|(_, _, s)| s.iter().map(|x| x.rate * secs)).sum();
 
     // 5. p99 at half the max AppendFact rate (open loop)
@@ -745,6 +750,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         append_cpu,
         append_cpu * 1e6 / append_total.max(1.0),
         node_cpu_total
+    ));
+    r.line(format!(
+        "* nats-server CPU during the closed-loop AppendFact phase: {:.0} µs per append; echo server CPU during echo c64: {:.0} µs per request",
+        append_nats_cpu * 1e6 / append_total.max(1.0),
+        echo_cpu * 1e6 / echo_total.max(1.0)
     ));
 
     write_results(&args.out, &r.md)?;
