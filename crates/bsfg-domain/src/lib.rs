@@ -6,11 +6,13 @@
 //! * [`identity`]: the idempotency key and the content digest that decide
 //!   whether a retry is a duplicate or a conflict.
 //! * [`retention`]: how far a category log may be truncated (frontier arithmetic).
+//! * [`policy`]: the declarative crossing policy per peer and direction.
 //! * [`rejection`]: a rejection carries a protocol-neutral code, a stable
 //!   machine reason and a message a person can act on.
 
 pub mod identity;
 pub mod limits;
+pub mod policy;
 pub mod retention;
 pub mod rejection;
 pub mod validate;

@@ -20,9 +20,51 @@ struct Cli {
 
 #[derive(clap::Args)]
 struct Target {
-    /// Boundary URL of the zone node.
-    #[arg(long, env = "BSFG_URL", default_value = "http://127.0.0.1:7443")]
+    /// Boundary URL of the zone node (https:// with mutual TLS).
+    #[arg(long, env = "BSFG_URL", default_value = "https://127.0.0.1:7443")]
     url: String,
+    /// Site CA (PEM) to trust.
+    #[arg(long, env = "BSFG_CA")]
+    ca: Option<PathBuf>,
+    /// Client certificate (PEM) naming a principal of the zone.
+    #[arg(long, env = "BSFG_CERT")]
+    cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "BSFG_KEY")]
+    key: Option<PathBuf>,
+}
+
+impl Target {
+    fn client(&self) -> anyhow::Result<BsfgClient> {
+        BsfgClient::from_files(&self.url, self.ca.as_deref(), self.cert.as_deref(), self.key.as_deref())
+    }
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Create a development CA (ca.pem, ca.key) in DIR.
+    Init {
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        #[arg(long, default_value = "BSFG development CA")]
+        name: String,
+        #[arg(long, default_value_t = 3650)]
+        days: i64,
+    },
+    /// Issue NAME.pem / NAME.key signed by the CA in DIR, usable for both
+    /// server and client authentication (e.g. plant-a-bsfg, mes.plant-a).
+    Issue {
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// Extra SANs: the host names or IPs a node is reached at (e.g.
+        /// --san localhost --san 127.0.0.1); client certificates need none.
+        #[arg(long = "san")]
+        sans: Vec<String>,
+        #[arg(long, default_value_t = 397)]
+        days: i64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -32,6 +74,9 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Development PKI.
+    #[command(subcommand)]
+    Certs(CertsCommand),
     /// Start a throw-away local zone and walk through the contract.
     Demo {
         /// Directory for the zone's data (default: a fresh temporary one).
@@ -161,8 +206,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             result
         }
         Command::Demo { dir } => crate::demo::run(dir).await,
+        Command::Certs(CertsCommand::Init { dir, name, days }) => {
+            let issued = crate::tls::pki::init_ca(&dir, &name, days)?;
+            println!("{}", serde_json::json!({"ca": issued.cert, "key": issued.key}));
+            Ok(())
+        }
+        Command::Certs(CertsCommand::Issue { dir, name, sans, days }) => {
+            let mut request = crate::tls::pki::IssueRequest::new(&name, days);
+            request.extra_sans.extend(sans);
+            let issued = crate::tls::pki::issue(&dir, &dir, &request)?;
+            println!("{}", serde_json::json!({"cert": issued.cert, "key": issued.key}));
+            Ok(())
+        }
         Command::Append { target, from_zone, to_zone, message_id, subject, predicate, json, labels, attachments } => {
-            let client = BsfgClient::connect(&target.url)?;
+            let client = target.client()?;
             let mut envelope = Envelope {
                 message_id: message_id.unwrap_or_else(|| format!("cli-{}", hex::encode(rand::random::<[u8; 8]>()))),
                 from_zone,
@@ -184,33 +241,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Fetch { target, consumer, limit, wait_ms, confirm } => {
-            let client = BsfgClient::connect(&target.url)?;
+            let client = target.client()?;
             let r = client.fetch(&consumer, limit, 0, wait_ms).await?;
             for fact in &r.facts {
                 println!("{}", serde_json::to_string(fact)?);
             }
-            if confirm {
-                if let Some(last) = r.facts.iter().map(|f| f.offset).max() {
-                    let frontier = client.confirm(&consumer, last).await?;
-                    eprintln!("confirmed through offset {frontier}");
-                }
+            // last_delivered_offset also covers facts the policy withheld.
+            if confirm && r.last_delivered_offset > r.frontier {
+                let frontier = client.confirm(&consumer, r.last_delivered_offset).await?;
+                eprintln!("confirmed through offset {frontier}");
             }
             Ok(())
         }
         Command::Confirm { target, consumer, offset } => {
-            let client = BsfgClient::connect(&target.url)?;
+            let client = target.client()?;
             let frontier = client.confirm(&consumer, offset).await?;
             println!("{}", serde_json::json!({"frontier": frontier}));
             Ok(())
         }
         Command::PutObject { target, bucket, key, file, media_type, quiet } => {
-            let client = BsfgClient::connect(&target.url)?;
+            let client = target.client()?;
             let r = put_file(&client, &bucket, &key, &file, &media_type, !quiet).await?;
             println!("{}", serde_json::json!({"bucket": r.bucket, "key": r.key, "digest": r.digest, "size_bytes": r.size_bytes}));
             Ok(())
         }
         Command::GetObject { target, bucket, key, out } => {
-            let client = BsfgClient::connect(&target.url)?;
+            let client = target.client()?;
             let start = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
             let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&out)?;
             let info = client

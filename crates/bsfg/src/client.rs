@@ -15,11 +15,30 @@ pub struct BsfgClient {
 pub const CALL_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 
 impl BsfgClient {
-    /// Plaintext Connect client (binary protobuf) for `http://host:port`.
+    /// Plaintext Connect client (binary protobuf) for `http://host:port`:
+    /// only for a node in plaintext-dev mode.
     pub fn connect(base_url: &str) -> anyhow::Result<Self> {
         let uri: http::Uri = base_url.parse()?;
         let config = ClientConfig::new(uri).with_default_timeout(CALL_TIMEOUT_DEFAULT);
         Ok(Self { inner: BoundaryServiceClient::new(HttpClient::plaintext(), config) })
+    }
+
+    /// Mutual-TLS Connect client for `https://host:port`, presenting the
+    /// given certificate and trusting only the given CA.
+    pub fn connect_tls(base_url: &str, tls: std::sync::Arc<rustls::ClientConfig>) -> anyhow::Result<Self> {
+        let uri: http::Uri = base_url.parse()?;
+        anyhow::ensure!(uri.scheme_str() == Some("https"), "a TLS client needs an https:// URL, got {base_url}");
+        let config = ClientConfig::new(uri).with_default_timeout(CALL_TIMEOUT_DEFAULT);
+        Ok(Self { inner: BoundaryServiceClient::new(HttpClient::with_tls(tls), config) })
+    }
+
+    /// `https://` with the files, `http://` without: what the CLI uses.
+    pub fn from_files(base_url: &str, ca: Option<&std::path::Path>, cert: Option<&std::path::Path>, key: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        match (ca, cert, key) {
+            (Some(ca), Some(cert), Some(key)) => Self::connect_tls(base_url, crate::tls::client::client_config(ca, cert, key)?),
+            (None, None, None) => Self::connect(base_url),
+            _ => anyhow::bail!("--ca, --cert and --key go together"),
+        }
     }
 
     pub async fn append(&self, envelope: Envelope, fact: Fact) -> Result<AppendFactResponse, ConnectError> {

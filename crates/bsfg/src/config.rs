@@ -20,6 +20,12 @@ pub struct ZoneConfig {
     pub listen: SocketAddr,
     /// Operations port: /metrics and /healthz over plain HTTP.
     pub ops_listen: SocketAddr,
+    /// Transport security of the boundary port. Required: mutual TLS, or an
+    /// explicit `mode = "plaintext-dev"` for development only.
+    pub tls: TlsConfig,
+    /// Who may call this node, mapped from client certificate identities.
+    #[serde(default)]
+    pub principals: Vec<PrincipalConfig>,
     #[serde(default)]
     pub nats: NatsConfig,
     #[serde(default)]
@@ -35,6 +41,82 @@ pub struct ZoneConfig {
     /// How often retention and capacity accounting run.
     #[serde(default = "default_retention_interval", with = "humantime_serde")]
     pub retention_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    /// Mutual TLS 1.3; a client certificate from the site CA is required.
+    Mtls,
+    /// No TLS and no authentication. Development only; logged loudly.
+    PlaintextDev,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub mode: TlsMode,
+    /// Trusted CA bundle (PEM) for client certificates.
+    pub ca: Option<PathBuf>,
+    /// This node's certificate chain and key (PEM).
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// How often the files are checked for replacement.
+    #[serde(default = "default_tls_reload", with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+impl TlsConfig {
+    pub fn plaintext_dev() -> Self {
+        Self { mode: TlsMode::PlaintextDev, ca: None, cert: None, key: None, reload_interval: default_tls_reload() }
+    }
+    pub fn mtls(ca: PathBuf, cert: PathBuf, key: PathBuf) -> Self {
+        Self { mode: TlsMode::Mtls, ca: Some(ca), cert: Some(cert), key: Some(key), reload_interval: default_tls_reload() }
+    }
+}
+
+fn default_tls_reload() -> Duration {
+    Duration::from_secs(2)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrincipalKind {
+    /// A local application of this zone: asserts only this zone as from_zone.
+    App,
+    /// A peer zone's node.
+    Peer,
+}
+
+/// A caller, as named by its certificate, and what it may do.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrincipalConfig {
+    pub name: String,
+    pub kind: PrincipalKind,
+    /// Certificate identities (SAN DNS name or URI, or CN) of this principal.
+    pub identities: Vec<String>,
+    /// For a peer: its zone.
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// For a peer: the from_zone values it may assert (the origins routed
+    /// through it). An app may assert only this zone.
+    #[serde(default)]
+    pub origins: Vec<String>,
+    /// Consumers it may fetch from and confirm (for a peer: those exported
+    /// to it).
+    #[serde(default)]
+    pub consumers: Vec<String>,
+    #[serde(default)]
+    pub buckets_read: Vec<String>,
+    #[serde(default)]
+    pub buckets_write: Vec<String>,
+    /// For a peer: what this zone serves to it.
+    #[serde(default)]
+    pub export: bsfg_domain::policy::FactPolicy,
+    /// For a peer: what this zone accepts from it.
+    #[serde(default)]
+    pub import: bsfg_domain::policy::FactPolicy,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -235,6 +317,33 @@ impl ZoneConfig {
         }
         for b in &self.buckets {
             bsfg_domain::validate::bucket(&b.name).map_err(|r| anyhow::anyhow!("{r}"))?;
+        }
+        if self.tls.mode == TlsMode::Mtls && (self.tls.ca.is_none() || self.tls.cert.is_none() || self.tls.key.is_none()) {
+            bail!("[tls] mode = \"mtls\" needs ca, cert and key (create them with `bsfg certs init` and `bsfg certs issue`)");
+        }
+        let mut identities = std::collections::HashSet::new();
+        for p in &self.principals {
+            if p.identities.is_empty() {
+                bail!("principal {} has no identities", p.name);
+            }
+            for id in &p.identities {
+                if !identities.insert(id.as_str()) {
+                    bail!("identity {id:?} is mapped to more than one principal");
+                }
+            }
+            if p.kind == PrincipalKind::Peer && p.zone.is_none() {
+                bail!("peer principal {} needs zone", p.name);
+            }
+            for c in &p.consumers {
+                if !self.consumers.iter().any(|k| &k.name == c) {
+                    bail!("principal {} names unknown consumer {c}", p.name);
+                }
+            }
+            for b in p.buckets_read.iter().chain(&p.buckets_write) {
+                if !self.buckets.iter().any(|k| &k.name == b) {
+                    bail!("principal {} names unknown bucket {b}", p.name);
+                }
+            }
         }
         Ok(())
     }

@@ -12,25 +12,63 @@ use bsfg_proto::bsfg::v1::*;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// The demo zone's configuration: local defaults, ports picked free.
+/// Creates the demo PKI: a CA, the node certificate and two application
+/// certificates (one known to the zone, one not).
+pub fn demo_pki(dir: &std::path::Path) -> anyhow::Result<()> {
+    use crate::tls::pki;
+    if !dir.join(pki::CA_CERT_FILE).exists() {
+        pki::init_ca(dir, "BSFG demo CA", 30)?;
+    }
+    let mut node = pki::IssueRequest::new("plant-a-bsfg", 30);
+    node.extra_sans = vec!["localhost".into(), "127.0.0.1".into()];
+    pki::issue(dir, dir, &node)?;
+    for name in ["mes.plant-a", "stranger.plant-a"] {
+        pki::issue(dir, dir, &pki::IssueRequest::new(name, 30))?;
+    }
+    Ok(())
+}
+
+/// The demo zone's configuration: local defaults, ports picked free, mTLS.
 pub fn demo_config(dir: &std::path::Path) -> anyhow::Result<ZoneConfig> {
+    let certs = dir.join("certs");
     let text = format!(
         r#"
 zone = "plant-a"
 listen = "127.0.0.1:0"
 ops_listen = "127.0.0.1:0"
+[tls]
+mode = "mtls"
+ca = "{certs}/ca.pem"
+cert = "{certs}/plant-a-bsfg.pem"
+key = "{certs}/plant-a-bsfg.key"
 [nats]
-store_dir = "{}"
+store_dir = "{store}"
 port = 0
 request_timeout = "5s"
+[[principals]]
+name = "mes"
+kind = "app"
+identities = ["mes.plant-a"]
+consumers = ["mes", "auditor"]
+buckets_read = ["records"]
+buckets_write = ["records"]
 "#,
-        dir.join("jetstream").display()
+        certs = certs.display(),
+        store = dir.join("jetstream").display()
     );
     let mut config: ZoneConfig = toml::from_str(&text)?;
     config.nats = NatsConfig { store_dir: dir.join("jetstream"), ..config.nats };
     config.consumers.push(ConsumerConfig {
         name: "mes".into(),
         category: "operational".into(),
+        kinds: vec![],
+        start: StartPosition::Earliest,
+        redeliver_after: Duration::from_secs(30),
+        unconfirmed_max: 10_000,
+    });
+    config.consumers.push(ConsumerConfig {
+        name: "auditor".into(),
+        category: "audit".into(),
         kinds: vec![],
         start: StartPosition::Earliest,
         redeliver_after: Duration::from_secs(30),
@@ -55,10 +93,34 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
         }
     };
     std::fs::create_dir_all(&dir)?;
+    let certs = dir.join("certs");
+    step("Development PKI (bsfg certs init / issue)");
+    demo_pki(&certs)?;
+    println!("CA, node certificate plant-a-bsfg and client certificates mes.plant-a, stranger.plant-a in {}", certs.display());
     let node = crate::node::start(demo_config(&dir)?).await?;
-    let url = format!("http://{}", node.boundary_addr);
-    println!("zone plant-a is up: boundary {url}, metrics http://{}/metrics, data in {}", node.ops_addr, dir.display());
-    let client = BsfgClient::connect(&url)?;
+    let url = format!("https://127.0.0.1:{}", node.boundary_addr.port());
+    println!("zone plant-a is up: boundary {url} (mutual TLS 1.3), metrics http://{}/metrics, data in {}", node.ops_addr, dir.display());
+    let tls_for = |name: &str| crate::tls::client::client_config(&certs.join("ca.pem"), &certs.join(format!("{name}.pem")), &certs.join(format!("{name}.key")));
+    let client = BsfgClient::connect_tls(&url, tls_for("mes.plant-a")?)?;
+
+    step("Callers the zone does not know are refused");
+    let anonymous = BsfgClient::connect_tls(&url, crate::tls::client::anonymous_client_config(&certs.join("ca.pem"))?)?;
+    match anonymous.fetch("mes", 1, 0, 0).await {
+        Err(e) => println!("no client certificate: refused in the TLS handshake ({})", e.code.as_str()),
+        Ok(_) => anyhow::bail!("a client without a certificate was served"),
+    }
+    let stranger = BsfgClient::connect_tls(&url, tls_for("stranger.plant-a")?)?;
+    match stranger.fetch("mes", 1, 0, 0).await {
+        Err(e) => println!("valid certificate, unknown identity: {} — {}", e.code.as_str(), e.message.unwrap_or_default()),
+        Ok(_) => anyhow::bail!("an unknown identity was served"),
+    }
+    let mut foreign = Envelope { message_id: "spoof-1".into(), from_zone: "enterprise".into(), to_zone: "plant-a".into(), produced_at_unix_ms: 1, ..Default::default() };
+    foreign.produced_at_unix_ms = crate::store::now_unix_ms();
+    let spoof = Fact { subject: "batch:PlantA/B1".into(), predicate: "step_completed".into(), object_json: "{}".into(), ..Default::default() };
+    match client.append(foreign, spoof).await {
+        Err(e) => println!("the mes app claiming from_zone enterprise: {} — {}", e.code.as_str(), e.message.unwrap_or_default()),
+        Ok(_) => anyhow::bail!("a false from_zone claim was accepted"),
+    }
 
     let envelope = Envelope {
         message_id: format!("demo-{}", crate::store::now_unix_ms()),
@@ -127,9 +189,18 @@ pub async fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
         Ok(_) => anyhow::bail!("a referenced object was overwritten"),
     }
 
+    step("The audit stream records every refusal (bsfg fetch --consumer auditor)");
+    let audit = client.fetch("auditor", 100, 0, 1000).await?;
+    for f in &audit.facts {
+        println!("offset {}: {} {}", f.offset, f.fact.predicate, f.fact.object_json);
+    }
+    if audit.facts.is_empty() {
+        anyhow::bail!("no audit records were written");
+    }
+
     step("Metrics (excerpt)");
     let metrics = node.metrics.render();
-    for line in metrics.lines().filter(|l| l.starts_with("bsfg_append_requests") || l.starts_with("bsfg_frontier") || l.starts_with("bsfg_append_duplicates")) {
+    for line in metrics.lines().filter(|l| l.starts_with("bsfg_append_requests") || l.starts_with("bsfg_frontier") || l.starts_with("bsfg_append_duplicates") || l.starts_with("bsfg_access_refusals") || l.starts_with("bsfg_certificate_expiry")) {
         println!("{line}");
     }
     println!("\ndemo complete: every step above ran against a real zone node and its own JetStream domain.");

@@ -12,3 +12,4 @@ pub mod demo;
 pub mod metrics;
 pub mod node;
 pub mod store;
+pub mod tls;

@@ -23,6 +23,10 @@ pub struct Metrics {
     pub retention_blocked: Family<Labels, Gauge>,
     pub oldest_unconfirmed_age_seconds: Family<Labels, Gauge<f64, AtomicU64>>,
     pub object_bytes_total: Family<Labels, Counter>,
+    pub certificate_expiry_days: Family<Labels, Gauge<f64, AtomicU64>>,
+    pub tls_reload_failures_total: Counter,
+    pub access_refusals_total: Family<Labels, Counter>,
+    pub crossing_refusals_total: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -42,6 +46,10 @@ impl Metrics {
             retention_blocked: Family::default(),
             oldest_unconfirmed_age_seconds: Family::default(),
             object_bytes_total: Family::default(),
+            certificate_expiry_days: Family::default(),
+            tls_reload_failures_total: Counter::default(),
+            access_refusals_total: Family::default(),
+            crossing_refusals_total: Family::default(),
             registry: Registry::default(),
         };
         registry.register("bsfg_append_requests", "AppendFact requests by outcome", m.append_requests_total.clone());
@@ -63,6 +71,10 @@ impl Metrics {
             m.oldest_unconfirmed_age_seconds.clone(),
         );
         registry.register("bsfg_object_bytes", "Object bytes written and read", m.object_bytes_total.clone());
+        registry.register("bsfg_certificate_expiry_days", "Days until the node certificate and the trusted CA expire", m.certificate_expiry_days.clone());
+        registry.register("bsfg_tls_reload_failures", "Changed TLS files that could not be loaded (the previous set stays live)", m.tls_reload_failures_total.clone());
+        registry.register("bsfg_access_refusals", "Requests refused by authorization, by reason", m.access_refusals_total.clone());
+        registry.register("bsfg_crossing_refusals", "Facts withheld or refused by the crossing policy, by peer and direction", m.crossing_refusals_total.clone());
         Self { registry, ..m }
     }
 

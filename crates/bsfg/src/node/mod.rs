@@ -4,12 +4,15 @@
 //! consumers, buckets, explicit configs) → retention task → operations port
 //! → boundary port. Each part lives in its own module.
 
+pub mod audit;
+pub mod auth;
 pub mod errors;
 pub mod nats_server;
 pub mod ops_http;
 pub mod service;
 
-use crate::config::ZoneConfig;
+use crate::config::{TlsMode, ZoneConfig};
+use crate::tls::server::{ReloadingTls, TlsFiles};
 use crate::metrics::Metrics;
 use crate::store::Store;
 use bsfg_proto::bsfg::v1::BoundaryServiceExt as _;
@@ -23,6 +26,8 @@ pub struct RunningNode {
     pub ops_addr: SocketAddr,
     pub store: Arc<Store>,
     pub metrics: Arc<Metrics>,
+    /// The live TLS configuration (None in plaintext-dev mode).
+    pub tls: Option<Arc<ReloadingTls>>,
     _embedded: Option<nats_server::EmbeddedNats>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -69,7 +74,31 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningNode> {
     let ops_addr = ops_listener.local_addr()?;
     let ops = tokio::spawn(ops_http::serve(ops_listener, metrics.clone(), store.client.clone()));
 
-    let boundary = Arc::new(service::Boundary { config: config.clone(), store: store.clone(), metrics: metrics.clone() });
+    let tls = match config.tls.mode {
+        TlsMode::Mtls => {
+            let files = TlsFiles {
+                ca: config.tls.ca.clone().expect("config checked"),
+                cert: config.tls.cert.clone().expect("config checked"),
+                key: config.tls.key.clone().expect("config checked"),
+            };
+            Some(ReloadingTls::load(files)?)
+        }
+        TlsMode::PlaintextDev => {
+            tracing::warn!("*** PLAINTEXT-DEV MODE: the boundary port has NO TLS and NO authentication; every caller has every right. Never use this outside development. ***");
+            None
+        }
+    };
+    let mut tasks = Vec::new();
+    if let Some(tls) = &tls {
+        tasks.push(tokio::spawn(crate::tls::server::watch(tls.clone(), metrics.clone(), config.tls.reload_interval)));
+    }
+    let boundary = Arc::new(service::Boundary {
+        config: config.clone(),
+        store: store.clone(),
+        metrics: metrics.clone(),
+        auth: auth::Auth::new(&config),
+        audit: audit::Audit::new(&config.zone, store.facts.clone()),
+    });
     let router = boundary.register(connectrpc::Router::new());
     let limits = connectrpc::Limits::default()
         .with_max_message_size((config.limits.fact_bytes_max + 64 * 1024).max(4 * 1024 * 1024))
@@ -77,7 +106,11 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningNode> {
     let service = connectrpc::ConnectRpcService::new(router).with_limits(limits);
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let boundary_addr = listener.local_addr()?;
-    let server = connectrpc::Server::from_listener(listener)
+    let mut server = connectrpc::Server::from_listener(listener);
+    if let Some(tls) = &tls {
+        server = server.with_tls(tls.server_config()?).with_tls_handshake_timeout(Duration::from_secs(10));
+    }
+    let server = server
         .with_header_read_timeout(Duration::from_secs(10))
         .with_max_connection_idle(Duration::from_secs(300))
         .with_max_concurrent_streams(1024);
@@ -87,7 +120,9 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningNode> {
         }
     });
     tracing::info!(zone = %config.zone, boundary = %boundary_addr, ops = %ops_addr, nats = %url, "zone node ready");
-    Ok(RunningNode { boundary_addr, ops_addr, store, metrics, _embedded: embedded, tasks: vec![server_task, retention, ops] })
+    let mut all_tasks = vec![server_task, retention, ops];
+    all_tasks.extend(tasks);
+    Ok(RunningNode { boundary_addr, ops_addr, store, metrics, tls, _embedded: embedded, tasks: all_tasks })
 }
 
 async fn open_store_with_retry(url: &str, config: Arc<ZoneConfig>, metrics: Arc<Metrics>) -> anyhow::Result<Store> {

@@ -5,7 +5,10 @@
 //! into a Connect error with a precise code and an actionable message.
 
 use crate::metrics::{Metrics, labels};
+use crate::node::audit::{Audit, AuditEvent};
+use crate::node::auth::{Auth, Caller, Unidentified};
 use crate::node::errors::to_connect;
+use bsfg_domain::policy::Crossing;
 use crate::store::Store;
 use crate::store::consumers::FetchBounds;
 use crate::store::objects::PutHeader;
@@ -22,17 +25,73 @@ pub struct Boundary {
     pub config: Arc<ZoneConfig>,
     pub store: Arc<Store>,
     pub metrics: Arc<Metrics>,
+    pub auth: Auth,
+    pub audit: Audit,
 }
 
 impl Boundary {
-    /// AppendFact without the transport: validation, then the durable write.
-    pub async fn append(&self, request: AppendFactRequest) -> Result<AppendFactResponse, Rejection> {
+    /// AppendFact without the transport: validation, authorization, then
+    /// the durable write.
+    pub async fn append(&self, caller: &Caller, request: AppendFactRequest) -> Result<AppendFactResponse, Rejection> {
         let envelope = request.envelope.into_option().ok_or_else(|| Rejection::invalid("missing_field", "envelope is required"))?;
         let fact = request.fact.into_option().ok_or_else(|| Rejection::invalid("missing_field", "fact is required"))?;
         validate::envelope(&envelope, &self.config.limits)?;
         let valid = validate::fact(&fact, &self.config.limits)?;
+        self.auth.check_from_zone(caller, &envelope.from_zone)?;
+        let category = &self.config.category_for_kind(&valid.subject_kind).name;
+        let crossing = Crossing {
+            category,
+            origin_zone: &envelope.from_zone,
+            kind: &valid.subject_kind,
+            predicate: &valid.fact.predicate,
+            fact_bytes: valid.fact.object_json.len(),
+        };
+        self.auth.check_import(caller, &crossing)?;
         let appended = self.store.facts.append(envelope, valid, None).await?;
         Ok(AppendFactResponse { offset: appended.offset, duplicate: appended.duplicate, category: appended.category, ..Default::default() })
+    }
+
+    /// Identifies the caller; an unknown identity is refused and audited.
+    async fn caller(&self, ctx: &RequestContext, rpc: &'static str, key: &str) -> Result<Caller, connectrpc::ConnectError> {
+        match self.auth.caller(ctx) {
+            Ok(caller) => Ok(caller),
+            Err(Unidentified { names, fingerprint, rejection }) => {
+                self.metrics.access_refusals_total.get_or_create(&labels(&[("reason", rejection.reason)])).inc();
+                self.audit
+                    .record(AuditEvent {
+                        principal: "unknown".into(),
+                        identity: names.join(","),
+                        fingerprint,
+                        rpc,
+                        subject_key: key.to_string(),
+                        decision: "refused",
+                        reason: rejection.reason.to_string(),
+                        detail: rejection.message.clone(),
+                    })
+                    .await;
+                Err(to_connect(rejection))
+            }
+        }
+    }
+
+    /// Records a refusal of an identified caller (authorization or policy)
+    /// in the audit stream and metrics; other rejections only count.
+    async fn refused(&self, caller: &Caller, rpc: &'static str, key: &str, r: &Rejection) {
+        if r.code == Code::PermissionDenied {
+            self.metrics.access_refusals_total.get_or_create(&labels(&[("reason", r.reason)])).inc();
+            self.audit
+                .record(AuditEvent {
+                    principal: caller.principal.name.clone(),
+                    identity: caller.identity.clone(),
+                    fingerprint: caller.fingerprint.clone(),
+                    rpc,
+                    subject_key: key.to_string(),
+                    decision: "refused",
+                    reason: r.reason.to_string(),
+                    detail: r.message.clone(),
+                })
+                .await;
+        }
     }
 
     fn fetch_bounds(&self, request: &FetchFactsRequest) -> FetchBounds {
@@ -62,13 +121,14 @@ fn log_outcome<T>(rpc: &'static str, key: &str, started: Instant, result: &Resul
 impl BoundaryService for Boundary {
     async fn append_fact(
         &self,
-        _ctx: RequestContext,
+        ctx: RequestContext,
         request: ServiceRequest<'_, AppendFactRequest>,
     ) -> ServiceResult<AppendFactResponse> {
         let started = Instant::now();
         let request = request.to_owned_message();
         let key = format!("{}/{}", request.envelope.from_zone, request.envelope.message_id);
-        let result = self.append(request).await;
+        let caller = self.caller(&ctx, "AppendFact", &key).await?;
+        let result = self.append(&caller, request).await;
         self.metrics.append_latency_seconds.observe(started.elapsed().as_secs_f64());
         let outcome = match &result {
             Ok(r) if r.duplicate => {
@@ -79,6 +139,7 @@ impl BoundaryService for Boundary {
             Ok(_) => "ok",
             Err(r) => {
                 self.metrics.append_failures_total.get_or_create(&labels(&[("reason", r.reason)])).inc();
+                self.refused(&caller, "AppendFact", &key, r).await;
                 "rejected"
             }
         };
@@ -89,38 +150,50 @@ impl BoundaryService for Boundary {
 
     async fn fetch_facts(
         &self,
-        _ctx: RequestContext,
+        ctx: RequestContext,
         request: ServiceRequest<'_, FetchFactsRequest>,
     ) -> ServiceResult<FetchFactsResponse> {
         let started = Instant::now();
         let request = request.to_owned_message();
-        let bounds = self.fetch_bounds(&request);
-        let result = self.store.consumers.fetch(&request.consumer_name, bounds).await;
+        let name = request.consumer_name.as_str();
+        let caller = self.caller(&ctx, "FetchFacts", name).await?;
+        let result = self.fetch(&caller, &request).await;
         let outcome = if result.is_ok() { "ok" } else { "rejected" };
-        self.metrics.fetch_requests_total.get_or_create(&labels(&[("consumer", &request.consumer_name), ("outcome", outcome)])).inc();
-        log_outcome("FetchFacts", &request.consumer_name, started, &result);
-        result
-            .map(|(facts, frontier)| Response::new(FetchFactsResponse { facts, frontier, ..Default::default() }))
-            .map_err(to_connect)
+        self.metrics.fetch_requests_total.get_or_create(&labels(&[("consumer", name), ("outcome", outcome)])).inc();
+        if let Err(r) = &result {
+            self.refused(&caller, "FetchFacts", name, r).await;
+        }
+        log_outcome("FetchFacts", name, started, &result);
+        result.map(Response::new).map_err(to_connect)
     }
 
     async fn confirm_receipt(
         &self,
-        _ctx: RequestContext,
+        ctx: RequestContext,
         request: ServiceRequest<'_, ConfirmReceiptRequest>,
     ) -> ServiceResult<ConfirmReceiptResponse> {
         let started = Instant::now();
         let request = request.to_owned_message();
-        let result = self.store.consumers.confirm(&request.consumer_name, request.offset).await;
+        let key = format!("{}@{}", request.consumer_name, request.offset);
+        let caller = self.caller(&ctx, "ConfirmReceipt", &key).await?;
+        let result = async {
+            let consumer = self.store.consumers.config(&request.consumer_name)?;
+            self.auth.check_consumer(&caller, &consumer.name, &consumer.category)?;
+            self.store.consumers.confirm(&request.consumer_name, request.offset).await
+        }
+        .await;
         let outcome = if result.is_ok() { "ok" } else { "rejected" };
         self.metrics.confirm_requests_total.get_or_create(&labels(&[("consumer", &request.consumer_name), ("outcome", outcome)])).inc();
-        log_outcome("ConfirmReceipt", &format!("{}@{}", request.consumer_name, request.offset), started, &result);
+        if let Err(r) = &result {
+            self.refused(&caller, "ConfirmReceipt", &key, r).await;
+        }
+        log_outcome("ConfirmReceipt", &key, started, &result);
         result.map(|frontier| Response::new(ConfirmReceiptResponse { frontier, ..Default::default() })).map_err(to_connect)
     }
 
     async fn put_object(
         &self,
-        _ctx: RequestContext,
+        ctx: RequestContext,
         mut requests: connectrpc::InboundStream<PutObjectRequest>,
     ) -> ServiceResult<PutObjectResponse> {
         let started = Instant::now();
@@ -140,6 +213,18 @@ impl BoundaryService for Boundary {
             _ => return Err(to_connect(Rejection::invalid("missing_header", "the first PutObject message must carry the header (bucket, key)"))),
         };
         let key = format!("{}/{}", header.bucket, header.key);
+        let caller = self.caller(&ctx, "PutObject", &key).await?;
+        let allowed = self.auth.check_bucket(&caller, &header.bucket, true).and_then(|()| {
+            match self.auth.export_policy(&caller) {
+                Some(_) => caller.principal.import.check_object_size(header.expected_size_bytes).map_err(|r| Rejection::new(Code::PermissionDenied, r.reason, r.message)),
+                None => Ok(()),
+            }
+        });
+        if let Err(r) = allowed {
+            self.refused(&caller, "PutObject", &key, &r).await;
+            log_outcome("PutObject", &key, started, &Err::<(), _>(r.clone()));
+            return Err(to_connect(r));
+        }
         let chunks = requests.map(|item| match item {
             Ok(m) => match m.to_owned_message().part {
                 Some(put_object_request::Part::Chunk(bytes)) => Ok(bytes::Bytes::from(bytes)),
@@ -151,7 +236,7 @@ impl BoundaryService for Boundary {
         let result = self.store.objects.put(header, Box::pin(chunks)).await;
         if let Ok(o) = &result {
             self.metrics.object_bytes_total.get_or_create(&labels(&[("direction", "in")])).inc_by(o.size_bytes);
-            tracing::info!(rpc = "PutObject", key, digest = %o.digest, size_bytes = o.size_bytes, outcome = "ok");
+            tracing::info!(rpc = "PutObject", key, principal = %caller.principal.name, digest = %o.digest, size_bytes = o.size_bytes, outcome = "ok");
         }
         log_outcome("PutObject", &key, started, &result);
         result
@@ -161,15 +246,41 @@ impl BoundaryService for Boundary {
 
     async fn get_object(
         &self,
-        _ctx: RequestContext,
+        ctx: RequestContext,
         request: ServiceRequest<'_, GetObjectRequest>,
     ) -> ServiceResult<ServiceStream<GetObjectResponse>> {
         let started = Instant::now();
         let request = request.to_owned_message();
         let key = format!("{}/{}", request.bucket, request.key);
-        let result = self.store.objects.get(&request.bucket, &request.key, request.start_offset_bytes).await;
+        let caller = self.caller(&ctx, "GetObject", &key).await?;
+        let result = async {
+            self.auth.check_bucket(&caller, &request.bucket, false)?;
+            let opened = self.store.objects.get(&request.bucket, &request.key, request.start_offset_bytes).await?;
+            if let Some(policy) = self.auth.export_policy(&caller) {
+                policy.check_object_size(opened.0.size_bytes).map_err(|r| Rejection::new(Code::PermissionDenied, r.reason, r.message))?;
+            }
+            Ok(opened)
+        }
+        .await;
         log_outcome("GetObject", &key, started, &result.as_ref().map(|_| ()).map_err(Clone::clone));
+        if let Err(r) = &result {
+            self.refused(&caller, "GetObject", &key, r).await;
+        }
         let (info, chunks) = result.map_err(to_connect)?;
+        if caller.principal.kind == crate::config::PrincipalKind::Peer {
+            self.audit
+                .record(AuditEvent {
+                    principal: caller.principal.name.clone(),
+                    identity: caller.identity.clone(),
+                    fingerprint: caller.fingerprint.clone(),
+                    rpc: "GetObject",
+                    subject_key: format!("{key} {}", info.digest),
+                    decision: "accepted",
+                    reason: "object_served".into(),
+                    detail: format!("{} bytes from offset {}", info.size_bytes, request.start_offset_bytes),
+                })
+                .await;
+        }
         let metrics = self.metrics.clone();
         let info_message = ObjectInfo {
             bucket: info.bucket.clone(),
@@ -192,5 +303,54 @@ impl BoundaryService for Boundary {
             .map_err(to_connect)
         });
         Ok(Response::new(Box::pin(first.chain(rest)) as ServiceStream<GetObjectResponse>))
+    }
+}
+
+impl Boundary {
+    /// FetchFacts after identification: authorization, the fetch, and the
+    /// export policy (facts a peer may not see are withheld and audited; the
+    /// caller moves past them by confirming `last_delivered_offset`).
+    async fn fetch(&self, caller: &Caller, request: &FetchFactsRequest) -> Result<FetchFactsResponse, Rejection> {
+        let consumer = self.store.consumers.config(&request.consumer_name)?;
+        self.auth.check_consumer(caller, &consumer.name, &consumer.category)?;
+        let bounds = self.fetch_bounds(request);
+        let (facts, frontier) = self.store.consumers.fetch(&request.consumer_name, bounds).await?;
+        let last_delivered_offset = facts.iter().map(|f| f.offset).max().unwrap_or(frontier);
+        let Some(policy) = self.auth.export_policy(caller) else {
+            return Ok(FetchFactsResponse { facts, frontier, last_delivered_offset, ..Default::default() });
+        };
+        let mut served = Vec::with_capacity(facts.len());
+        for f in facts {
+            let kind = f.fact.subject.split_once(':').map(|(k, _)| k).unwrap_or_default().to_string();
+            let crossing = Crossing {
+                category: &f.category,
+                origin_zone: &f.provenance.origin_zone,
+                kind: &kind,
+                predicate: &f.fact.predicate,
+                fact_bytes: f.fact.object_json.len(),
+            };
+            match policy.check(&crossing) {
+                Ok(()) => served.push(f),
+                Err(refusal) => {
+                    self.metrics
+                        .crossing_refusals_total
+                        .get_or_create(&labels(&[("peer", &caller.principal.name), ("direction", "export"), ("reason", refusal.reason)]))
+                        .inc();
+                    self.audit
+                        .record(AuditEvent {
+                            principal: caller.principal.name.clone(),
+                            identity: caller.identity.clone(),
+                            fingerprint: caller.fingerprint.clone(),
+                            rpc: "FetchFacts",
+                            subject_key: format!("{}/{} offset {}", f.envelope.from_zone, f.envelope.message_id, f.offset),
+                            decision: "withheld",
+                            reason: refusal.reason.to_string(),
+                            detail: refusal.message,
+                        })
+                        .await;
+                }
+            }
+        }
+        Ok(FetchFactsResponse { facts: served, frontier, last_delivered_offset, ..Default::default() })
     }
 }

@@ -203,7 +203,6 @@ impl Consumers {
             facts.push(decode_record(&message.payload, offset)?);
             delivery.push((offset, reply));
         }
-        facts.sort_by_key(|f| f.offset);
         let frontier = {
             let mut d = cursor.delivery.lock().unwrap();
             for (offset, reply) in delivery {
@@ -214,6 +213,10 @@ impl Consumers {
             }
             d.frontier
         };
+        // A redelivery that raced with a confirm can bring back facts already
+        // confirmed; they are never served again.
+        facts.retain(|f| f.offset > frontier);
+        facts.sort_by_key(|f| f.offset);
         Ok((facts, frontier))
     }
 

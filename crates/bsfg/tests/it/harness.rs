@@ -154,6 +154,8 @@ impl Zone {
         let dir = tempfile::tempdir().unwrap();
         let nats = NatsProc::start(dir.path(), ZONE).await;
         let config = ZoneConfig {
+            tls: bsfg::config::TlsConfig::plaintext_dev(),
+            principals: vec![],
             zone: ZONE.into(),
             listen: format!("127.0.0.1:{}", free_port().unwrap()).parse().unwrap(),
             ops_listen: format!("127.0.0.1:{}", free_port().unwrap()).parse().unwrap(),

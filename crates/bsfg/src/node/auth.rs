@@ -1,0 +1,155 @@
+//! Authorization: from a verified client certificate to a principal, and
+//! what that principal may do. The TLS layer has already proved the
+//! certificate chains to the site CA; this layer decides whether the named
+//! identity is known here and allowed the request.
+
+use crate::config::{PrincipalConfig, PrincipalKind, TlsMode, ZoneConfig};
+use bsfg_domain::policy::{Crossing, FactPolicy};
+use bsfg_domain::{Code, Rejection};
+use connectrpc::RequestContext;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The authenticated caller of one request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub principal: Arc<PrincipalConfig>,
+    /// The certificate name that matched.
+    pub identity: String,
+    /// `sha256:<hex>` of the client certificate ("" in plaintext-dev).
+    pub fingerprint: String,
+}
+
+/// Why a caller could not even be identified (for the audit record).
+#[derive(Debug, Clone)]
+pub struct Unidentified {
+    pub names: Vec<String>,
+    pub fingerprint: String,
+    pub rejection: Rejection,
+}
+
+pub struct Auth {
+    zone: String,
+    buckets: Vec<String>,
+    mode: TlsMode,
+    by_identity: HashMap<String, Arc<PrincipalConfig>>,
+    dev: Arc<PrincipalConfig>,
+}
+
+fn denied(reason: &'static str, message: String) -> Rejection {
+    Rejection::new(Code::PermissionDenied, reason, message)
+}
+
+impl Auth {
+    pub fn new(config: &ZoneConfig) -> Self {
+        let mut by_identity = HashMap::new();
+        for p in &config.principals {
+            let p = Arc::new(p.clone());
+            for id in &p.identities {
+                by_identity.insert(id.clone(), p.clone());
+            }
+        }
+        // In plaintext-dev mode every caller is this all-powerful local app.
+        let dev = Arc::new(PrincipalConfig {
+            name: "plaintext-dev".into(),
+            kind: PrincipalKind::App,
+            identities: vec![],
+            zone: None,
+            origins: vec![],
+            consumers: config.consumers.iter().map(|c| c.name.clone()).collect(),
+            buckets_read: config.buckets.iter().map(|b| b.name.clone()).collect(),
+            buckets_write: config.buckets.iter().map(|b| b.name.clone()).collect(),
+            export: FactPolicy::default(),
+            import: FactPolicy::default(),
+        });
+        let buckets = config.buckets.iter().map(|b| b.name.clone()).collect();
+        Self { zone: config.zone.clone(), buckets, mode: config.tls.mode, by_identity, dev }
+    }
+
+    /// Identifies the caller from the TLS client certificate.
+    pub fn caller(&self, ctx: &RequestContext) -> Result<Caller, Unidentified> {
+        if self.mode == TlsMode::PlaintextDev {
+            return Ok(Caller { principal: self.dev.clone(), identity: "plaintext-dev".into(), fingerprint: String::new() });
+        }
+        let unidentified = |names: Vec<String>, fingerprint: String, message: String| Unidentified {
+            names,
+            fingerprint,
+            rejection: Rejection::new(Code::PermissionDenied, "unknown_identity", message),
+        };
+        let Some(leaf) = ctx.peer_certs().and_then(|c| c.first()) else {
+            return Err(unidentified(vec![], String::new(), "no client certificate was presented".into()));
+        };
+        let id = crate::tls::identity::of_certificate(leaf.as_ref())
+            .map_err(|e| unidentified(vec![], crate::tls::identity::fingerprint(leaf.as_ref()), e.to_string()))?;
+        for name in &id.names {
+            if let Some(p) = self.by_identity.get(name) {
+                return Ok(Caller { principal: p.clone(), identity: name.clone(), fingerprint: id.fingerprint });
+            }
+        }
+        let message = format!(
+            "certificate {:?} ({}) is valid for this site but names no principal of zone {}; add it to [[principals]] identities",
+            id.names, id.fingerprint, self.zone
+        );
+        Err(unidentified(id.names, id.fingerprint, message))
+    }
+
+    /// May `caller` append a fact claiming `from_zone`?
+    pub fn check_from_zone(&self, caller: &Caller, from_zone: &str) -> Result<(), Rejection> {
+        let p = &caller.principal;
+        let ok = match p.kind {
+            PrincipalKind::App => from_zone == self.zone,
+            PrincipalKind::Peer => p.origins.iter().any(|o| o == from_zone),
+        };
+        if ok {
+            return Ok(());
+        }
+        let allowed = match p.kind {
+            PrincipalKind::App => vec![self.zone.clone()],
+            PrincipalKind::Peer => p.origins.clone(),
+        };
+        Err(denied(
+            "from_zone_not_allowed",
+            format!("principal {} may assert from_zone {:?} only, not {from_zone:?}", p.name, allowed),
+        ))
+    }
+
+    /// The import policy for a peer's facts (apps have none).
+    pub fn check_import(&self, caller: &Caller, crossing: &Crossing<'_>) -> Result<(), Rejection> {
+        if caller.principal.kind != PrincipalKind::Peer {
+            return Ok(());
+        }
+        caller.principal.import.check(crossing).map_err(|r| denied(r.reason, format!("import from {}: {}", caller.principal.name, r.message)))
+    }
+
+    pub fn check_consumer(&self, caller: &Caller, consumer: &str, category: &str) -> Result<(), Rejection> {
+        let p = &caller.principal;
+        if !p.consumers.iter().any(|c| c == consumer) {
+            return Err(denied("consumer_not_allowed", format!("principal {} may not use consumer {consumer}", p.name)));
+        }
+        if p.kind == PrincipalKind::Peer && !p.export.categories.is_empty() && !p.export.categories.iter().any(|c| c == category) {
+            return Err(denied("category_not_exported", format!("category {category} is not exported to peer {}", p.name)));
+        }
+        Ok(())
+    }
+
+    /// A malformed or unconfigured bucket is reported as such (bucket names
+    /// are configuration, not secrets); a configured one needs the right.
+    pub fn check_bucket(&self, caller: &Caller, bucket: &str, write: bool) -> Result<(), Rejection> {
+        bsfg_domain::validate::bucket(bucket)?;
+        if !self.buckets.iter().any(|b| b == bucket) {
+            return Err(Rejection::new(Code::NotFound, "unknown_bucket", format!("bucket {bucket:?} is not configured in zone {} (configured: {:?})", self.zone, self.buckets)));
+        }
+        let p = &caller.principal;
+        let list = if write { &p.buckets_write } else { &p.buckets_read };
+        if list.iter().any(|b| b == bucket) {
+            return Ok(());
+        }
+        let verb = if write { "write" } else { "read" };
+        Err(denied("bucket_not_allowed", format!("principal {} may not {verb} bucket {bucket}", p.name)))
+    }
+
+    /// A peer's export policy (None for apps: they see their consumers whole).
+    pub fn export_policy<'a>(&self, caller: &'a Caller) -> Option<&'a FactPolicy> {
+        (caller.principal.kind == PrincipalKind::Peer).then_some(&caller.principal.export)
+    }
+}
