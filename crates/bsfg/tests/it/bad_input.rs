@@ -49,14 +49,14 @@ fn attach(bucket: &str, key: &str, digest: &str, size: u64) -> Option<Fact> {
     })
 }
 
-async fn run(client: &BsfgClient, url: &str, call: Call) -> Result<String, ConnectError> {
+async fn run(client: &BsfgClient, zone: &Zone, call: Call) -> Result<String, ConnectError> {
     match call {
         Call::Append(e, f) => {
             // The typed client always sets both; build the request by hand.
             let request = AppendFactRequest { envelope: e.into(), fact: f.into(), ..Default::default() };
-            let uri: http::Uri = url.parse().unwrap();
+            let uri: http::Uri = zone.url().parse().unwrap();
             let config = connectrpc::client::ClientConfig::new(uri);
-            let raw = BoundaryServiceClient::new(connectrpc::client::HttpClient::plaintext(), config);
+            let raw = BoundaryServiceClient::new(connectrpc::client::HttpClient::with_tls(zone.tls_config()), config);
             raw.append_fact(request).await.map(|r| format!("{:?}", r.into_owned()))
         }
         Call::Fetch(name) => client.fetch(name, 10, 0, 0).await.map(|r| format!("{} facts", r.facts.len())),
@@ -173,7 +173,7 @@ async fn bad_input_is_refused_precisely_and_changes_nothing() {
             Call::Append(None, None) => Call::Append(Some(seed_envelope.clone()), Some(batch_fact(2))),
             other => other,
         };
-        match run(&client, &zone.url(), call).await {
+        match run(&client, &zone, call).await {
             Ok(v) => failures.push(format!("{}: expected {} {}, got Ok({v})", case.name, case.code, case.reason)),
             Err(e) => {
                 let message = e.message.clone().unwrap_or_default();
@@ -229,11 +229,13 @@ async fn invalid_utf8_in_a_string_field_is_refused() {
         body
     };
     let path = "/bsfg.v1.BoundaryService/AppendFact";
-    let (status, body) = http_raw(zone.boundary_addr, "POST", path, "application/proto", &build(b"utf8-ok")).await.unwrap();
+    // Hand-written HTTP/1.1 over mutual TLS (ALPN http/1.1), bytes as given.
+    let tls = zone.tls_config();
+    let (status, body) = https_raw(zone.boundary_addr, &tls, "POST", path, "application/proto", &build(b"utf8-ok")).await.unwrap();
     assert_eq!(status, 200, "valid hand-encoded request: {}", String::from_utf8_lossy(&body));
     assert_eq!(zone.message_count("operational").await, 1);
 
-    let (status, body) = http_raw(zone.boundary_addr, "POST", path, "application/proto", &build(b"bad-\xff\xfe")).await.unwrap();
+    let (status, body) = https_raw(zone.boundary_addr, &tls, "POST", path, "application/proto", &build(b"bad-\xff\xfe")).await.unwrap();
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_else(|_| panic!("JSON error body, got {:?}", String::from_utf8_lossy(&body)));
     assert_eq!(status, 400, "{json}");
     assert_eq!(json["code"], "invalid_argument", "{json}");

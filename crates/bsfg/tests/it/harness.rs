@@ -1,21 +1,102 @@
 //! Test harness: a real nats-server process per test (own port, own store
 //! directory, JetStream domain = zone name) and a real zone node, either
 //! in-process (`bsfg::node::start`) or as a `bsfg serve` child process.
+//!
+//! Nodes run with mutual TLS by default: each test gets its own development
+//! PKI in its temp dir (CA, node certificate `plant-a-bsfg` for
+//! localhost/127.0.0.1, application certificate `mes.plant-a`), and
+//! `zone.client()` is an mTLS client presenting `mes.plant-a`. Other
+//! certificates: `zone.pki.issue(..)`, `zone.client_as(name)`,
+//! `zone.client_with(config)`.
 
 use bsfg::client::BsfgClient;
-use bsfg::config::{BucketConfig, CategoryConfig, ConsumerConfig, NatsConfig, StartPosition, ZoneConfig};
+use bsfg::config::{BucketConfig, CategoryConfig, ConsumerConfig, NatsConfig, PrincipalConfig, PrincipalKind, StartPosition, TlsConfig, ZoneConfig};
+use bsfg::tls::pki;
 use bsfg::node::nats_server::{find_binary, free_port, write_server_config};
 use bsfg_proto::bsfg::v1::*;
 use connectrpc::ConnectError;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
 pub const ZONE: &str = "plant-a";
 pub const BUCKET: &str = "records";
+/// The node certificate's identity.
+pub const NODE_CERT: &str = "plant-a-bsfg";
+/// The default application certificate (`zone.client()`).
+pub const APP_CERT: &str = "mes.plant-a";
+
+/// A development PKI in a directory: `ca.pem`/`ca.key` and `<name>.pem`/`<name>.key`.
+#[derive(Debug, Clone)]
+pub struct Pki {
+    pub dir: PathBuf,
+}
+
+impl Pki {
+    /// Creates a CA in `dir` (valid `ca_days`).
+    pub fn init(dir: &Path, ca_days: i64) -> Pki {
+        pki::init_ca(dir, "BSFG test CA", ca_days).unwrap();
+        Pki { dir: dir.to_path_buf() }
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join(pki::CA_CERT_FILE)
+    }
+
+    pub fn cert(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.pem"))
+    }
+
+    pub fn key(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.key"))
+    }
+
+    /// Issues `<name>` valid for 30 days (overwrites an existing one).
+    pub fn issue(&self, name: &str) -> pki::Issued {
+        self.issue_with(&pki::IssueRequest::new(name, 30))
+    }
+
+    pub fn issue_with(&self, request: &pki::IssueRequest) -> pki::Issued {
+        pki::issue(&self.dir, &self.dir, request).unwrap()
+    }
+
+    /// The node certificate: `plant-a-bsfg`, SANs localhost and 127.0.0.1.
+    pub fn node_request(valid_days: i64) -> pki::IssueRequest {
+        let mut r = pki::IssueRequest::new(NODE_CERT, valid_days);
+        r.extra_sans = vec!["localhost".into(), "127.0.0.1".into()];
+        r
+    }
+
+    /// An mTLS client configuration presenting `<name>` (issued on first use)
+    /// and trusting this CA.
+    pub fn client_config(&self, name: &str) -> Arc<rustls::ClientConfig> {
+        if !self.cert(name).exists() {
+            self.issue(name);
+        }
+        bsfg::tls::client::client_config(&self.ca(), &self.cert(name), &self.key(name)).unwrap()
+    }
+}
+
+/// The application principal `mes` (certificate `mes.plant-a`).
+pub fn app_principal(name: &str, identity: &str, consumers: &[&str], buckets_read: &[&str], buckets_write: &[&str]) -> PrincipalConfig {
+    let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    PrincipalConfig {
+        name: name.into(),
+        kind: PrincipalKind::App,
+        identities: vec![identity.into()],
+        zone: None,
+        origins: vec![],
+        consumers: v(consumers),
+        buckets_read: v(buckets_read),
+        buckets_write: v(buckets_write),
+        export: Default::default(),
+        import: Default::default(),
+    }
+}
 
 /// An external nats-server process; killed when dropped.
 pub struct NatsProc {
@@ -94,6 +175,13 @@ pub struct Opts {
     pub buckets: Vec<BucketConfig>,
     pub retention_interval: Duration,
     pub out_of_process: bool,
+    /// `None`: one app principal `mes` (certificate `mes.plant-a`) allowed
+    /// every configured consumer and bucket. `Some`: exactly these.
+    pub principals: Option<Vec<PrincipalConfig>>,
+    /// Run the boundary port in plaintext-dev mode (no TLS at all).
+    pub plaintext_dev: bool,
+    /// How often the node re-reads its TLS files.
+    pub tls_reload_interval: Duration,
 }
 
 pub fn category(name: &str, kinds: &[&str], default: bool) -> CategoryConfig {
@@ -130,6 +218,9 @@ impl Default for Opts {
             buckets: vec![BucketConfig { name: BUCKET.into(), capacity_bytes: 256 * 1024 * 1024 }],
             retention_interval: Duration::from_secs(5),
             out_of_process: false,
+            principals: None,
+            plaintext_dev: false,
+            tls_reload_interval: Duration::from_millis(200),
         }
     }
 }
@@ -146,6 +237,8 @@ pub struct Zone {
     pub node: Node,
     pub boundary_addr: SocketAddr,
     pub ops_addr: SocketAddr,
+    /// The zone's PKI (the node's files live here too).
+    pub pki: Pki,
     dir: tempfile::TempDir,
 }
 
@@ -153,20 +246,37 @@ impl Zone {
     pub async fn start(opts: Opts) -> Zone {
         let dir = tempfile::tempdir().unwrap();
         let nats = NatsProc::start(dir.path(), ZONE).await;
-        let config = ZoneConfig {
-            tls: bsfg::config::TlsConfig::plaintext_dev(),
-            principals: vec![],
-            zone: ZONE.into(),
-            listen: format!("127.0.0.1:{}", free_port().unwrap()).parse().unwrap(),
-            ops_listen: format!("127.0.0.1:{}", free_port().unwrap()).parse().unwrap(),
-            nats: NatsConfig { url: Some(nats.url()), store_dir: nats.store_dir.clone(), ..NatsConfig::default() },
-            limits: Default::default(),
-            fetch: Default::default(),
-            categories: opts.categories,
-            consumers: opts.consumers,
-            buckets: opts.buckets,
-            retention_interval: opts.retention_interval,
+        let pki = Pki::init(&dir.path().join("certs"), 30);
+        pki.issue_with(&Pki::node_request(30));
+        pki.issue(APP_CERT);
+        let tls = if opts.plaintext_dev {
+            TlsConfig::plaintext_dev()
+        } else {
+            let mut tls = TlsConfig::mtls(pki.ca(), pki.cert(NODE_CERT), pki.key(NODE_CERT));
+            tls.reload_interval = opts.tls_reload_interval;
+            tls
         };
+        let principals = opts.principals.unwrap_or_else(|| {
+            let consumers: Vec<&str> = opts.consumers.iter().map(|c| c.name.as_str()).collect();
+            let buckets: Vec<&str> = opts.buckets.iter().map(|b| b.name.as_str()).collect();
+            vec![app_principal("mes", APP_CERT, &consumers, &buckets, &buckets)]
+        });
+        // Start from the smallest valid TOML so fields added to ZoneConfig
+        // later (with serde defaults) need no change here.
+        let mut config: ZoneConfig = toml::from_str(
+            "zone = \"plant-a\"\nlisten = \"127.0.0.1:0\"\nops_listen = \"127.0.0.1:0\"\n[tls]\nmode = \"plaintext-dev\"\n",
+        )
+        .unwrap();
+        config.tls = tls;
+        config.principals = principals;
+        config.zone = ZONE.into();
+        config.listen = format!("127.0.0.1:{}", free_port().unwrap()).parse().unwrap();
+        config.ops_listen = format!("127.0.0.1:{}", free_port().unwrap()).parse().unwrap();
+        config.nats = NatsConfig { url: Some(nats.url()), store_dir: nats.store_dir.clone(), ..NatsConfig::default() };
+        config.categories = opts.categories;
+        config.consumers = opts.consumers;
+        config.buckets = opts.buckets;
+        config.retention_interval = opts.retention_interval;
         config.check().expect("test zone config is valid");
         let mut zone = Zone {
             nats,
@@ -174,6 +284,7 @@ impl Zone {
             ops_addr: config.ops_listen,
             config,
             node: Node::Stopped,
+            pki,
             dir,
         };
         if opts.out_of_process {
@@ -227,13 +338,47 @@ impl Zone {
         std::fs::read_to_string(self.dir.path().join("bsfg.log")).unwrap_or_default()
     }
 
-    pub fn url(&self) -> String {
-        format!("http://{}", self.boundary_addr)
+    pub fn is_tls(&self) -> bool {
+        self.config.tls.mode == bsfg::config::TlsMode::Mtls
     }
 
-    /// A new client (new connections) for the node as it currently runs.
+    pub fn url(&self) -> String {
+        let scheme = if self.is_tls() { "https" } else { "http" };
+        format!("{scheme}://{}", self.boundary_addr)
+    }
+
+    #[allow(dead_code)]
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A new client (new connections) for the node as it currently runs,
+    /// presenting `mes.plant-a` (mTLS) or nothing (plaintext-dev).
     pub fn client(&self) -> BsfgClient {
-        BsfgClient::connect(&self.url()).unwrap()
+        if self.is_tls() { self.client_as(APP_CERT) } else { BsfgClient::connect(&self.url()).unwrap() }
+    }
+
+    /// An mTLS client presenting the certificate `<name>` of the zone's PKI
+    /// (issued on first use).
+    pub fn client_as(&self, name: &str) -> BsfgClient {
+        self.client_with(self.pki.client_config(name))
+    }
+
+    /// An mTLS client with any rustls configuration.
+    pub fn client_with(&self, tls: Arc<rustls::ClientConfig>) -> BsfgClient {
+        BsfgClient::connect_tls(&format!("https://{}", self.boundary_addr), tls).unwrap()
+    }
+
+    /// The client configuration of `zone.client()` (mTLS as `mes.plant-a`).
+    pub fn tls_config(&self) -> Arc<rustls::ClientConfig> {
+        self.pki.client_config(APP_CERT)
+    }
+
+    /// The operations port's /metrics text.
+    pub async fn metrics_text(&self) -> String {
+        let (status, body) = http_raw(self.ops_addr, "GET", "/metrics", "text/plain", b"").await.unwrap();
+        assert_eq!(status, 200);
+        String::from_utf8(body).unwrap()
     }
 
     /// SIGKILL of the `bsfg serve` process.
@@ -319,10 +464,39 @@ async fn healthz_ok(addr: SocketAddr) -> bool {
     }
 }
 
-/// A hand-written HTTP/1.1 request (Connection: close); returns status and body.
+/// A hand-written HTTP/1.1 request (Connection: close) in plain TCP (the
+/// operations port, or a plaintext-dev boundary); returns status and body.
 pub async fn http_raw(addr: SocketAddr, method: &str, path: &str, content_type: &str, body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    http_over(stream, addr, method, path, content_type, body).await
+}
+
+/// A TLS connection to `addr` (server name 127.0.0.1) with ALPN narrowed to
+/// `alpn`; the handshake is complete when this returns.
+pub async fn tls_connect(addr: SocketAddr, tls: &Arc<rustls::ClientConfig>, alpn: &[&[u8]]) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let mut config = (**tls).clone();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    connector.connect(name, tcp).await
+}
+
+/// The same hand-written HTTP/1.1 request over mutual TLS (ALPN http/1.1).
+pub async fn https_raw(addr: SocketAddr, tls: &Arc<rustls::ClientConfig>, method: &str, path: &str, content_type: &str, body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+    let stream = tls_connect(addr, tls, &[b"http/1.1"]).await?;
+    http_over(stream, addr, method, path, content_type, body).await
+}
+
+async fn http_over<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> std::io::Result<(u16, Vec<u8>)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
