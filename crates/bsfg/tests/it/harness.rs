@@ -39,7 +39,11 @@ pub struct Pki {
 impl Pki {
     /// Creates a CA in `dir` (valid `ca_days`).
     pub fn init(dir: &Path, ca_days: i64) -> Pki {
-        pki::init_ca(dir, "BSFG test CA", ca_days).unwrap();
+        Self::init_named(dir, "BSFG test CA", ca_days)
+    }
+
+    pub fn init_named(dir: &Path, common_name: &str, ca_days: i64) -> Pki {
+        pki::init_ca(dir, common_name, ca_days).unwrap();
         Pki { dir: dir.to_path_buf() }
     }
 

@@ -7,3 +7,4 @@ mod contract;
 mod durability;
 mod harness;
 mod interop;
+mod security;

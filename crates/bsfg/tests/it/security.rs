@@ -1,0 +1,386 @@
+//! Zone identity over real TLS handshakes on real sockets: who gets in
+//! (mutual TLS 1.3 against the zone's CA), what each principal may do, the
+//! crossing policy on import and export, the crossing audit, third-party
+//! clients over mTLS, and certificate reload without a restart.
+
+use crate::harness::*;
+use bsfg::config::{BucketConfig, PrincipalConfig, PrincipalKind};
+use bsfg::tls::pki::IssueRequest;
+use bsfg_domain::policy::{FactPolicy, OriginRule};
+use bsfg_proto::bsfg::v1::*;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const SECRET_BUCKET: &str = "secret";
+
+fn strings(l: &[&str]) -> Vec<String> {
+    l.iter().map(|s| s.to_string()).collect()
+}
+
+/// plant-a with three principals: the app `mes` (mes.plant-a), the app `qa`
+/// (qa.plant-a, own consumer qa_inbox) and the peer `idmz` (idmz-bsfg),
+/// through which enterprise is routed. Export to idmz: operational only,
+/// never kind `asset`. Import from idmz: nothing from enterprise except
+/// kind `recipe`.
+async fn security_zone() -> Zone {
+    let mut idmz = PrincipalConfig {
+        name: "idmz".into(),
+        kind: PrincipalKind::Peer,
+        identities: strings(&["idmz-bsfg"]),
+        zone: Some("idmz".into()),
+        origins: strings(&["idmz", "enterprise"]),
+        consumers: strings(&["to_idmz", "to_idmz_docs"]),
+        buckets_read: vec![],
+        buckets_write: vec![],
+        export: FactPolicy { categories: strings(&["operational"]), deny_kinds: strings(&["asset"]), ..Default::default() },
+        import: FactPolicy::default(),
+    };
+    idmz.import.origin_rules = vec![OriginRule { origin: "enterprise".into(), allow_kinds: strings(&["recipe"]) }];
+    Zone::start(Opts {
+        categories: vec![
+            category("operational", &[], true),
+            category("audit", &["audit"], false),
+            category("documents", &["recipe", "document"], false),
+        ],
+        consumers: vec![
+            consumer("mes", "operational"),
+            consumer("auditor", "audit"),
+            consumer("qa_inbox", "operational"),
+            consumer("to_idmz", "operational"),
+            consumer("to_idmz_docs", "documents"),
+        ],
+        buckets: vec![
+            BucketConfig { name: BUCKET.into(), capacity_bytes: 64 * 1024 * 1024 },
+            BucketConfig { name: SECRET_BUCKET.into(), capacity_bytes: 64 * 1024 * 1024 },
+        ],
+        principals: Some(vec![
+            app_principal("mes", APP_CERT, &["mes", "auditor"], &[BUCKET], &[BUCKET]),
+            app_principal("qa", "qa.plant-a", &["qa_inbox"], &[], &[]),
+            idmz,
+        ]),
+        ..Opts::default()
+    })
+    .await
+}
+
+/// `sha256:<hex>` of the certificate file `<name>.pem` in `pki`.
+fn fingerprint(pki: &Pki, name: &str) -> String {
+    let der = bsfg::tls::read_certs(&pki.cert(name)).unwrap().remove(0);
+    bsfg::tls::identity::fingerprint(&der)
+}
+
+/// Audit records not read yet (the auditor consumer, confirmed as read).
+async fn new_audit_records(client: &bsfg::client::BsfgClient) -> Vec<serde_json::Value> {
+    let r = client.fetch("auditor", 1000, 0, 300).await.unwrap();
+    if let Some(last) = r.facts.last() {
+        client.confirm("auditor", last.offset).await.unwrap();
+    }
+    r.facts
+        .iter()
+        .map(|f| {
+            let fact = f.fact.as_option().unwrap();
+            assert!(fact.subject.starts_with("audit:plant-a/"), "{}", fact.subject);
+            serde_json::from_str(&fact.object_json).unwrap()
+        })
+        .collect()
+}
+
+/// Exactly one new audit record, with these fields.
+async fn expect_audit(client: &bsfg::client::BsfgClient, principal: &str, fingerprint: &str, reason: &str, decision: &str) -> serde_json::Value {
+    let records = new_audit_records(client).await;
+    assert_eq!(records.len(), 1, "one audit record for {reason}: {records:?}");
+    let r = records.into_iter().next().unwrap();
+    assert_eq!(r["principal"], principal, "{r}");
+    assert_eq!(r["certificate_sha256"], fingerprint, "{r}");
+    assert_eq!(r["reason"], reason, "{r}");
+    assert_eq!(r["decision"], decision, "{r}");
+    assert!(r["time_unix_ms"].as_i64().unwrap() > 0, "{r}");
+    r
+}
+
+fn env_from(message_id: &str, from_zone: &str, to_zone: &str) -> Envelope {
+    Envelope { message_id: message_id.into(), from_zone: from_zone.into(), to_zone: to_zone.into(), produced_at_unix_ms: now_ms(), ..Default::default() }
+}
+
+/// The error a raw TLS connection ends with: handshake, then one HTTP/1.1
+/// request; the server's verdict on the client certificate arrives as an
+/// alert (TLS 1.3 clients finish their side of the handshake first).
+async fn raw_tls_error(zone: &Zone, tls: &Arc<rustls::ClientConfig>) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut stream = match tls_connect(zone.boundary_addr, tls, &[b"http/1.1"]).await {
+        Ok(s) => s,
+        Err(e) => return e.to_string(),
+    };
+    // Read before writing: the alert is already on its way.
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+        Ok(Err(e)) => e.to_string(),
+        Ok(Ok(n)) => panic!("TLS connection was not refused (read {n} bytes)"),
+        Err(_) => panic!("TLS connection was not refused (no alert within 5 s)"),
+    }
+}
+
+/// Gauge value of `bsfg_certificate_expiry_days{certificate="<which>"}`.
+async fn expiry_days(zone: &Zone, which: &str) -> Option<f64> {
+    let text = zone.metrics_text().await;
+    let prefix = format!("bsfg_certificate_expiry_days{{certificate=\"{which}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(&prefix)).map(|v| v.trim().parse().unwrap())
+}
+
+fn metric_value(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|label| l.contains(label)))
+        .find_map(|l| l.rsplit(' ').next().and_then(|v| v.parse().ok()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_refuses_missing_foreign_and_expired_certificates() {
+    let zone = security_zone().await;
+    let before = zone.all_counts().await;
+
+    // No client certificate.
+    let anonymous = bsfg::tls::client::anonymous_client_config(&zone.pki.ca()).unwrap();
+    let e = raw_tls_error(&zone, &anonymous).await;
+    assert!(e.contains("CertificateRequired"), "no client certificate: {e}");
+    assert!(zone.client_with(anonymous).fetch("mes", 1, 0, 0).await.is_err());
+
+    // A certificate with the right name from a foreign CA.
+    let foreign = Pki::init_named(&zone.dir().join("foreign"), "Foreign CA", 30);
+    foreign.issue(APP_CERT);
+    let foreign_tls = bsfg::tls::client::client_config(&zone.pki.ca(), &foreign.cert(APP_CERT), &foreign.key(APP_CERT)).unwrap();
+    let e = raw_tls_error(&zone, &foreign_tls).await;
+    assert!(e.contains("UnknownCA"), "foreign CA: {e}");
+    assert!(zone.client_with(foreign_tls).append(envelope(&mid("foreign")), batch_fact(1)).await.is_err());
+    // A foreign CA that copies the site CA's name: the signature does not verify.
+    let impostor = Pki::init(&zone.dir().join("impostor"), 30);
+    impostor.issue(APP_CERT);
+    let impostor_tls = bsfg::tls::client::client_config(&zone.pki.ca(), &impostor.cert(APP_CERT), &impostor.key(APP_CERT)).unwrap();
+    let e = raw_tls_error(&zone, &impostor_tls).await;
+    assert!(e.contains("DecryptError"), "impostor CA with the site CA's name: {e}");
+
+    // An expired certificate of the zone's own CA, for a known identity.
+    let expired_dir = zone.dir().join("expired");
+    std::fs::create_dir_all(&expired_dir).unwrap();
+    let mut request = IssueRequest::new(APP_CERT, 1);
+    request.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(10);
+    request.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+    let issued = bsfg::tls::pki::issue(&zone.pki.dir, &expired_dir, &request).unwrap();
+    let expired_tls = bsfg::tls::client::client_config(&zone.pki.ca(), &issued.cert, &issued.key).unwrap();
+    let e = raw_tls_error(&zone, &expired_tls).await;
+    assert!(e.contains("CertificateExpired"), "expired certificate: {e}");
+    assert!(zone.client_with(expired_tls).append(envelope(&mid("expired")), batch_fact(2)).await.is_err());
+
+    // Refused in the handshake: no request reached the node, nothing stored
+    // (not even an audit record: there is no request to attribute it to).
+    assert_eq!(zone.all_counts().await, before);
+    // The zone's own valid certificate still gets in.
+    zone.client().append(envelope(&mid("ok")), batch_fact(3)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_refusals_are_precise_audited_and_store_nothing() {
+    let zone = security_zone().await;
+    let mes = zone.client();
+    let qa = zone.client_as("qa.plant-a");
+    let idmz = zone.client_as("idmz-bsfg");
+    let stranger = zone.client_as("stranger.plant-a");
+    let (mes_fp, idmz_fp, stranger_fp) = (fingerprint(&zone.pki, APP_CERT), fingerprint(&zone.pki, "idmz-bsfg"), fingerprint(&zone.pki, "stranger.plant-a"));
+    // One fact for qa_inbox, so a confirm would have something to confirm.
+    mes.append(envelope(&mid("seed")), batch_fact(0)).await.unwrap();
+    assert_eq!(qa.fetch("qa_inbox", 10, 0, 1000).await.unwrap().facts.len(), 1);
+    let operational = zone.message_count("operational").await;
+
+    // Unknown identity: valid for the site CA, mapped to no principal.
+    assert_rejected(stranger.append(envelope(&mid("stranger")), batch_fact(1)).await, "permission_denied", "unknown_identity");
+    let r = expect_audit(&mes, "unknown", &stranger_fp, "unknown_identity", "refused").await;
+    assert_eq!(r["identity"], "stranger.plant-a", "{r}");
+    assert_eq!(r["rpc"], "AppendFact", "{r}");
+    assert_rejected(stranger.fetch("mes", 1, 0, 0).await, "permission_denied", "unknown_identity");
+    expect_audit(&mes, "unknown", &stranger_fp, "unknown_identity", "refused").await;
+
+    // A local application asserting another zone's from_zone.
+    assert_rejected(mes.append(env_from(&mid("spoof"), "enterprise", "plant-a"), batch_fact(2)).await, "permission_denied", "from_zone_not_allowed");
+    let r = expect_audit(&mes, "mes", &mes_fp, "from_zone_not_allowed", "refused").await;
+    assert_eq!(r["identity"], APP_CERT, "{r}");
+
+    // A peer asserting an origin not routed through it.
+    assert_rejected(idmz.append(env_from(&mid("spoof"), "plant-b", "plant-a"), batch_fact(3)).await, "permission_denied", "from_zone_not_allowed");
+    expect_audit(&mes, "idmz", &idmz_fp, "from_zone_not_allowed", "refused").await;
+
+    // Fetching or confirming another principal's consumer.
+    assert_rejected(mes.fetch("qa_inbox", 10, 0, 0).await, "permission_denied", "consumer_not_allowed");
+    expect_audit(&mes, "mes", &mes_fp, "consumer_not_allowed", "refused").await;
+    assert_rejected(mes.confirm("qa_inbox", 1).await, "permission_denied", "consumer_not_allowed");
+    expect_audit(&mes, "mes", &mes_fp, "consumer_not_allowed", "refused").await;
+    assert_rejected(idmz.fetch("mes", 10, 0, 0).await, "permission_denied", "consumer_not_allowed");
+    expect_audit(&mes, "idmz", &idmz_fp, "consumer_not_allowed", "refused").await;
+
+    // A peer fetching a consumer whose category is not exported to it.
+    assert_rejected(idmz.fetch("to_idmz_docs", 10, 0, 0).await, "permission_denied", "category_not_exported");
+    expect_audit(&mes, "idmz", &idmz_fp, "category_not_exported", "refused").await;
+
+    // Writing (and reading) a bucket the principal has no right to.
+    assert_rejected(put(&mes, SECRET_BUCKET, "x/y.bin", b"not for mes", "").await, "permission_denied", "bucket_not_allowed");
+    expect_audit(&mes, "mes", &mes_fp, "bucket_not_allowed", "refused").await;
+    assert!(zone.list_bucket(SECRET_BUCKET).await.is_empty(), "nothing written to the bucket");
+    assert!(get(&qa, BUCKET, "any.bin", 0).await.unwrap_err().to_string().contains("bucket_not_allowed"));
+    expect_audit(&mes, "qa", &fingerprint(&zone.pki, "qa.plant-a"), "bucket_not_allowed", "refused").await;
+
+    // Import side of enterprise -> plant: nothing from enterprise through
+    // idmz except recipes.
+    assert_rejected(
+        idmz.append(env_from(&mid("ent-batch"), "enterprise", "plant-a"), batch_fact(4)).await,
+        "permission_denied",
+        "kind_not_allowed_from_origin",
+    );
+    let r = expect_audit(&mes, "idmz", &idmz_fp, "kind_not_allowed_from_origin", "refused").await;
+    assert!(r["detail"].as_str().unwrap().contains("recipe"), "{r}");
+
+    // Nothing reached the operational log, and the consumers did not move.
+    assert_eq!(zone.message_count("operational").await, operational);
+    assert_eq!(zone.message_count("documents").await, 0);
+    assert_eq!(qa.fetch("qa_inbox", 10, 0, 0).await.unwrap().frontier, 0);
+
+    // Allowed crossings still pass: a recipe from enterprise, a fact of idmz.
+    let recipe = fact("recipe:R-77", "version_released", r#"{"version":3}"#);
+    let ok = idmz.append(env_from(&mid("ent-recipe"), "enterprise", "plant-a"), recipe).await.unwrap();
+    assert_eq!(ok.category, "documents");
+    idmz.append(env_from(&mid("idmz-own"), "idmz", "plant-a"), batch_fact(5)).await.unwrap();
+    assert_eq!(zone.message_count("documents").await, 1);
+    assert_eq!(zone.message_count("operational").await, operational + 1);
+
+    let metrics = zone.metrics_text().await;
+    for reason in ["unknown_identity", "from_zone_not_allowed", "consumer_not_allowed", "category_not_exported", "bucket_not_allowed", "kind_not_allowed_from_origin"] {
+        let v = metric_value(&metrics, "bsfg_access_refusals", &[&format!("reason=\"{reason}\"")]);
+        assert!(v.is_some_and(|v| v >= 1.0), "bsfg_access_refusals for {reason}: {v:?}\n{metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_policy_withholds_denied_kinds_and_the_link_moves_past_them() {
+    let zone = security_zone().await;
+    let mes = zone.client();
+    let idmz = zone.client_as("idmz-bsfg");
+    let idmz_fp = fingerprint(&zone.pki, "idmz-bsfg");
+    let asset = fact("asset:FILLER-07", "state_changed", r#"{"state":"running"}"#);
+    let a = mes.append(env_from(&mid("b1"), ZONE, "enterprise"), batch_fact(1)).await.unwrap().offset;
+    let withheld = mes.append(env_from(&mid("asset"), ZONE, "enterprise"), asset).await.unwrap().offset;
+    let b = mes.append(env_from(&mid("b2"), ZONE, "enterprise"), batch_fact(2)).await.unwrap().offset;
+
+    let r = idmz.fetch("to_idmz", 100, 0, 1000).await.unwrap();
+    let served: Vec<u64> = r.facts.iter().map(|f| f.offset).collect();
+    assert_eq!(served, vec![a, b], "the asset fact at {withheld} is never served to idmz");
+    assert!(r.facts.iter().all(|f| !f.fact.as_option().unwrap().subject.starts_with("asset:")));
+    assert_eq!(r.last_delivered_offset, b);
+
+    let rec = expect_audit(&mes, "idmz", &idmz_fp, "kind_not_allowed", "withheld").await;
+    assert!(rec["key"].as_str().unwrap().contains(&format!("offset {withheld}")), "{rec}");
+    let metrics = zone.metrics_text().await;
+    let refusals = metric_value(&metrics, "bsfg_crossing_refusals", &["peer=\"idmz\"", "direction=\"export\"", "reason=\"kind_not_allowed\""]);
+    assert_eq!(refusals, Some(1.0), "{metrics}");
+
+    // Confirming last_delivered_offset moves the frontier past the withheld fact.
+    assert_eq!(idmz.confirm("to_idmz", r.last_delivered_offset).await.unwrap(), b);
+    // The link is not blocked: the next fact comes, the withheld one never.
+    let c = mes.append(env_from(&mid("b3"), ZONE, "enterprise"), batch_fact(3)).await.unwrap().offset;
+    let r = idmz.fetch("to_idmz", 100, 0, 1000).await.unwrap();
+    assert_eq!(r.facts.iter().map(|f| f.offset).collect::<Vec<_>>(), vec![c]);
+    // A local app sees its consumer whole.
+    assert_eq!(fetch_all(&mes, "mes", 4).await.len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buf_curl_over_mtls_with_a_valid_certificate_succeeds() {
+    let zone = security_zone().await;
+    let append = serde_json::json!({
+        "envelope": {"messageId": "buf-1", "fromZone": "plant-a", "toZone": "enterprise", "producedAtUnixMs": "1700000000000"},
+        "fact": {"subject": "batch:PlantA/B7", "predicate": "step_completed", "objectJson": "{\"step\":\"mixing\"}"}
+    });
+    let out = crate::interop::buf_curl_as(&zone, APP_CERT, "AppendFact", &append).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(r["offset"], "1", "{r}");
+    // The same tool with a certificate the zone does not know is refused.
+    let out = crate::interop::buf_curl_as(&zone, "stranger.plant-a", "AppendFact", &append).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("permission_denied") && stderr.contains("unknown_identity"), "{stderr}");
+    assert_eq!(zone.message_count("operational").await, 1);
+}
+
+/// The server's leaf certificate on a fresh connection.
+async fn presented_certificate(zone: &Zone, tls: &Arc<rustls::ClientConfig>) -> String {
+    let stream = tls_connect(zone.boundary_addr, tls, &[b"h2"]).await.unwrap();
+    let der = stream.get_ref().1.peer_certificates().unwrap()[0].clone();
+    bsfg::tls::identity::fingerprint(&der)
+}
+
+/// Atomically replaces `<name>.pem`/`<name>.key` in the zone's PKI by the
+/// ones in `from`.
+fn install(from: &Pki, to: &Pki, name: &str) {
+    let stage = to.dir.join(format!(".{name}.stage"));
+    std::fs::copy(from.key(name), &stage).unwrap();
+    std::fs::rename(&stage, to.key(name)).unwrap();
+    std::fs::copy(from.cert(name), &stage).unwrap();
+    std::fs::rename(&stage, to.cert(name)).unwrap();
+}
+
+async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_reload_without_restart_and_expiry_is_a_metric() {
+    let zone = security_zone().await;
+    assert_eq!(zone.config.tls.reload_interval, Duration::from_millis(200));
+    let mes_tls = zone.tls_config();
+    // The days-until-expiry gauge: node certificate and CA issued for 30 days.
+    wait_until("expiry gauges", || async { expiry_days(&zone, "node").await.is_some() && expiry_days(&zone, "ca").await.is_some() }).await;
+    let node_days = expiry_days(&zone, "node").await.unwrap();
+    assert!((29.9..=30.0).contains(&node_days), "node certificate days {node_days}");
+    let ca_days = expiry_days(&zone, "ca").await.unwrap();
+    assert!((29.9..=30.0).contains(&ca_days), "CA days {ca_days}");
+    let old = presented_certificate(&zone, &mes_tls).await;
+    assert_eq!(old, fingerprint(&zone.pki, NODE_CERT));
+
+    // 1. A new node certificate (same CA, 12 days) replaces the files on disk.
+    let stage = Pki { dir: zone.dir().join("stage1") };
+    std::fs::create_dir_all(&stage.dir).unwrap();
+    bsfg::tls::pki::issue(&zone.pki.dir, &stage.dir, &Pki::node_request(12)).unwrap();
+    install(&stage, &zone.pki, NODE_CERT);
+    let new = fingerprint(&zone.pki, NODE_CERT);
+    assert_ne!(new, old);
+    wait_until("node certificate gauge at 12 days", || async { expiry_days(&zone, "node").await.is_some_and(|d| d < 12.1) }).await;
+    assert_eq!(presented_certificate(&zone, &mes_tls).await, new, "a new connection sees the new certificate");
+    zone.client().append(envelope(&mid("after-reload")), batch_fact(1)).await.unwrap();
+
+    // 2. A new CA (valid 90 days), with a node certificate and an app
+    //    certificate from it. Afterwards its clients get in, the old CA's are refused.
+    let new_ca = Pki::init_named(&zone.dir().join("new-ca"), "BSFG test CA 2", 90);
+    new_ca.issue_with(&Pki::node_request(30));
+    new_ca.issue(APP_CERT);
+    install(&new_ca, &zone.pki, NODE_CERT);
+    let stage = zone.pki.dir.join(".ca.stage");
+    std::fs::copy(new_ca.ca(), &stage).unwrap();
+    std::fs::rename(&stage, zone.pki.ca()).unwrap();
+    wait_until("CA gauge at 90 days", || async { expiry_days(&zone, "ca").await.is_some_and(|d| d > 89.0) }).await;
+    wait_until("node certificate gauge at 30 days", || async { expiry_days(&zone, "node").await.is_some_and(|d| d > 29.0) }).await;
+
+    let new_client = new_ca.client_config(APP_CERT);
+    assert_eq!(presented_certificate(&zone, &new_client).await, fingerprint(&new_ca, NODE_CERT));
+    zone.client_with(new_client).append(envelope(&mid("new-ca")), batch_fact(2)).await.unwrap();
+    // The old app certificate, even trusting the new CA for the server, is refused.
+    let old_cert_dir = zone.pki.dir.clone();
+    let old_app = bsfg::tls::client::client_config(&new_ca.ca(), &old_cert_dir.join(format!("{APP_CERT}.pem")), &old_cert_dir.join(format!("{APP_CERT}.key"))).unwrap();
+    let e = raw_tls_error(&zone, &old_app).await;
+    assert!(e.contains("UnknownCA"), "old CA's client: {e}");
+    assert!(zone.client_with(old_app).append(envelope(&mid("old-ca")), batch_fact(3)).await.is_err());
+    assert_eq!(zone.message_count("operational").await, 2);
+    let failures = metric_value(&zone.metrics_text().await, "bsfg_tls_reload_failures", &[]);
+    assert!(failures.is_some(), "reload failure counter exported");
+}
