@@ -457,6 +457,10 @@ listen = "127.0.0.1:{port}"
 ops_listen = "127.0.0.1:{ops}"
 retention_interval = "5s"
 
+# Plaintext on both sides of the comparison: the echo baseline has no TLS either.
+[tls]
+mode = "plaintext-dev"
+
 [nats]
 url = "nats://127.0.0.1:{nats_port}"
 store_dir = "{}"

@@ -122,6 +122,25 @@ enum Command {
         #[arg(long)]
         confirm: bool,
     },
+    /// Show links (mode, frontier, backlog, lag, last confirmation) and consumers.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replay: move a consumer back to an offset or a time (RFC 3339).
+    ResetConsumer {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        consumer: String,
+        #[arg(long, conflicts_with = "time")]
+        offset: Option<u64>,
+        #[arg(long)]
+        time: Option<String>,
+    },
     /// Confirm everything delivered up to and including an offset.
     Confirm {
         #[command(flatten)]
@@ -253,6 +272,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Status { target, json } => {
+            let status = target.client()?.status().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", render_status(&status));
+            }
+            Ok(())
+        }
+        Command::ResetConsumer { target, consumer, offset, time } => {
+            use bsfg_proto::bsfg::v1::reset_consumer_request::Position;
+            let position = match (offset, time) {
+                (Some(o), None) => Position::Offset(o),
+                (None, Some(t)) => {
+                    let t = time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339)
+                        .map_err(|e| anyhow::anyhow!("--time {t:?} is not RFC 3339: {e}"))?;
+                    Position::TimeUnixMs((t.unix_timestamp_nanos() / 1_000_000) as i64)
+                }
+                _ => anyhow::bail!("give --offset or --time"),
+            };
+            let frontier = target.client()?.reset_consumer(&consumer, position).await?;
+            println!("{}", serde_json::json!({"consumer": consumer, "frontier": frontier}));
+            Ok(())
+        }
         Command::Confirm { target, consumer, offset } => {
             let client = target.client()?;
             let frontier = client.confirm(&consumer, offset).await?;
@@ -285,6 +328,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// A status table a person can read at a glance.
+pub fn render_status(s: &bsfg_proto::bsfg::v1::GetStatusResponse) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "zone {}", s.zone);
+    if !s.links.is_empty() {
+        let _ = writeln!(out, "  {:<14} {:<15} {:>10} {:>9} {:>9} {:>12} {:>10} {:>8}", "link (pull)", "mode", "frontier", "backlog", "lag s", "confirmed s", "replicated", "refused");
+        for l in &s.links {
+            let age = if l.last_confirm_age_seconds < 0.0 { "never".to_string() } else { format!("{:.1}", l.last_confirm_age_seconds) };
+            let _ = writeln!(
+                out,
+                "  {:<14} {:<15} {:>10} {:>9} {:>9.3} {:>12} {:>10} {:>8}",
+                l.peer, l.mode, l.remote_frontier, l.backlog, l.lag_seconds, age, l.facts_replicated, l.facts_refused
+            );
+        }
+    }
+    for c in &s.consumers {
+        let _ = writeln!(out, "  consumer {:<12} {:<12} frontier {:>8} delivered {:>8} unconfirmed {:>6}", c.name, c.category, c.frontier, c.delivered_max, c.unconfirmed);
+    }
+    out
 }
 
 fn parse_attachment(text: &str) -> anyhow::Result<AttachmentRef> {

@@ -9,6 +9,7 @@ use std::time::Duration;
 #[derive(Clone)]
 pub struct BsfgClient {
     inner: BoundaryServiceClient<HttpClient>,
+    ops: OperationsServiceClient<HttpClient>,
 }
 
 /// Every call has a deadline; a dead peer never hangs a caller forever.
@@ -20,7 +21,8 @@ impl BsfgClient {
     pub fn connect(base_url: &str) -> anyhow::Result<Self> {
         let uri: http::Uri = base_url.parse()?;
         let config = ClientConfig::new(uri).with_default_timeout(CALL_TIMEOUT_DEFAULT);
-        Ok(Self { inner: BoundaryServiceClient::new(HttpClient::plaintext(), config) })
+        let http = HttpClient::plaintext();
+        Ok(Self { inner: BoundaryServiceClient::new(http.clone(), config.clone()), ops: OperationsServiceClient::new(http, config) })
     }
 
     /// Mutual-TLS Connect client for `https://host:port`, presenting the
@@ -29,7 +31,8 @@ impl BsfgClient {
         let uri: http::Uri = base_url.parse()?;
         anyhow::ensure!(uri.scheme_str() == Some("https"), "a TLS client needs an https:// URL, got {base_url}");
         let config = ClientConfig::new(uri).with_default_timeout(CALL_TIMEOUT_DEFAULT);
-        Ok(Self { inner: BoundaryServiceClient::new(HttpClient::with_tls(tls), config) })
+        let http = HttpClient::with_tls(tls);
+        Ok(Self { inner: BoundaryServiceClient::new(http.clone(), config.clone()), ops: OperationsServiceClient::new(http, config) })
     }
 
     /// `https://` with the files, `http://` without: what the CLI uses.
@@ -39,6 +42,15 @@ impl BsfgClient {
             (None, None, None) => Self::connect(base_url),
             _ => anyhow::bail!("--ca, --cert and --key go together"),
         }
+    }
+
+    pub async fn status(&self) -> Result<GetStatusResponse, ConnectError> {
+        Ok(self.ops.get_status(GetStatusRequest::default()).await?.into_owned())
+    }
+
+    pub async fn reset_consumer(&self, consumer: &str, position: reset_consumer_request::Position) -> Result<u64, ConnectError> {
+        let request = ResetConsumerRequest { consumer_name: consumer.into(), position: Some(position), ..Default::default() };
+        Ok(self.ops.reset_consumer(request).await?.into_owned().frontier)
     }
 
     pub async fn append(&self, envelope: Envelope, fact: Fact) -> Result<AppendFactResponse, ConnectError> {

@@ -38,9 +38,71 @@ pub struct ZoneConfig {
     pub consumers: Vec<ConsumerConfig>,
     #[serde(default)]
     pub buckets: Vec<BucketConfig>,
+    /// Next hop per destination zone: a peer is served only the facts whose
+    /// `to_zone` routes through it. E.g. on plant-a: enterprise = "idmz".
+    #[serde(default)]
+    pub routes: std::collections::BTreeMap<String, String>,
+    /// Peers this node pulls facts from (the receiver pulls; nobody pushes).
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConfig>,
     /// How often retention and capacity accounting run.
     #[serde(default = "default_retention_interval", with = "humantime_serde")]
     pub retention_interval: Duration,
+}
+
+/// One peer this node replicates from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// The peer principal (must be a `kind = "peer"` principal of this zone:
+    /// its origins and import policy apply to what is pulled).
+    pub peer: String,
+    /// The peer's boundary URL (https:// with mTLS, this node's certificate).
+    pub url: String,
+    /// The consumer on the peer exported to this zone.
+    pub consumer: String,
+    #[serde(default = "default_batch_limit")]
+    pub batch_limit: u32,
+    #[serde(default = "default_batch_bytes")]
+    pub batch_bytes_max: u64,
+    /// Long-poll wait of each fetch.
+    #[serde(default = "default_wait_ms")]
+    pub wait_ms: u32,
+    /// Batches fetched ahead of the one being appended (memory bound:
+    /// pipeline_depth x batch_bytes_max).
+    #[serde(default = "default_pipeline_depth")]
+    pub pipeline_depth: usize,
+    /// Retry backoff bounds (with jitter).
+    #[serde(default = "default_backoff_min", with = "humantime_serde")]
+    pub backoff_min: Duration,
+    #[serde(default = "default_backoff_max", with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// Directory where artifacts are spooled while they are pulled, so an
+    /// interrupted transfer resumes where it stopped.
+    #[serde(default = "default_spool_dir")]
+    pub spool_dir: PathBuf,
+}
+
+fn default_batch_limit() -> u32 {
+    1000
+}
+fn default_batch_bytes() -> u64 {
+    4 * 1024 * 1024
+}
+fn default_wait_ms() -> u32 {
+    1000
+}
+fn default_pipeline_depth() -> usize {
+    2
+}
+fn default_backoff_min() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_spool_dir() -> PathBuf {
+    PathBuf::from("data/spool")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -345,7 +407,33 @@ impl ZoneConfig {
                 }
             }
         }
+        for u in &self.upstreams {
+            let ok = self.principals.iter().any(|p| p.name == u.peer && p.kind == PrincipalKind::Peer);
+            if !ok {
+                bail!("upstream {} needs a principal named {} with kind = \"peer\" (its origins and import policy apply)", u.url, u.peer);
+            }
+            if u.batch_limit == 0 || u.pipeline_depth == 0 {
+                bail!("upstream {}: batch_limit and pipeline_depth must be at least 1", u.peer);
+            }
+        }
+        for (destination, hop) in &self.routes {
+            bsfg_domain::validate::zone("route destination", destination).map_err(|r| anyhow::anyhow!("{r}"))?;
+            bsfg_domain::validate::zone("route next hop", hop).map_err(|r| anyhow::anyhow!("{r}"))?;
+        }
         Ok(())
+    }
+
+    /// The peer zone a fact addressed to `to_zone` leaves through, if any:
+    /// a configured route, else the peer itself when `to_zone` is a
+    /// neighbouring peer's zone. Facts for this zone never leave it.
+    pub fn next_hop(&self, to_zone: &str) -> Option<&str> {
+        if to_zone == self.zone {
+            return None;
+        }
+        if let Some(hop) = self.routes.get(to_zone) {
+            return Some(hop);
+        }
+        self.principals.iter().find(|p| p.kind == PrincipalKind::Peer && p.zone.as_deref() == Some(to_zone)).and_then(|p| p.zone.as_deref())
     }
 
     /// The category a subject kind is routed to.

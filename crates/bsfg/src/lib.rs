@@ -11,5 +11,6 @@ pub mod config;
 pub mod demo;
 pub mod metrics;
 pub mod node;
+pub mod replicator;
 pub mod store;
 pub mod tls;

@@ -27,6 +27,12 @@ pub struct Metrics {
     pub tls_reload_failures_total: Counter,
     pub access_refusals_total: Family<Labels, Counter>,
     pub crossing_refusals_total: Family<Labels, Counter>,
+    pub replication_lag_seconds: Family<Labels, Gauge<f64, AtomicU64>>,
+    pub replication_lag_high_watermark: Family<Labels, Gauge<f64, AtomicU64>>,
+    pub link_mode: Family<Labels, Gauge>,
+    pub last_confirm_age_seconds: Family<Labels, Gauge<f64, AtomicU64>>,
+    pub replicated_facts_total: Family<Labels, Counter>,
+    pub object_resume_bytes_total: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -50,6 +56,12 @@ impl Metrics {
             tls_reload_failures_total: Counter::default(),
             access_refusals_total: Family::default(),
             crossing_refusals_total: Family::default(),
+            replication_lag_seconds: Family::default(),
+            replication_lag_high_watermark: Family::default(),
+            link_mode: Family::default(),
+            last_confirm_age_seconds: Family::default(),
+            replicated_facts_total: Family::default(),
+            object_resume_bytes_total: Family::default(),
             registry: Registry::default(),
         };
         registry.register("bsfg_append_requests", "AppendFact requests by outcome", m.append_requests_total.clone());
@@ -75,6 +87,12 @@ impl Metrics {
         registry.register("bsfg_tls_reload_failures", "Changed TLS files that could not be loaded (the previous set stays live)", m.tls_reload_failures_total.clone());
         registry.register("bsfg_access_refusals", "Requests refused by authorization, by reason", m.access_refusals_total.clone());
         registry.register("bsfg_crossing_refusals", "Facts withheld or refused by the crossing policy, by peer and direction", m.crossing_refusals_total.clone());
+        registry.register("bsfg_replication_lag_seconds", "Source append to local append of the newest replicated fact, per link", m.replication_lag_seconds.clone());
+        registry.register("bsfg_replication_lag_high_watermark", "Highest replication lag seen, per link (seconds)", m.replication_lag_high_watermark.clone());
+        registry.register("bsfg_link_mode", "1 for the current mode of each link (normal, autonomous, reconciliation)", m.link_mode.clone());
+        registry.register("bsfg_link_last_confirm_age_seconds", "Seconds since the link last confirmed to its peer", m.last_confirm_age_seconds.clone());
+        registry.register("bsfg_replicated_facts", "Facts replicated into this zone, per link", m.replicated_facts_total.clone());
+        registry.register("bsfg_object_partial_bytes", "Bytes of interrupted artifact pulls kept for resumption, per link", m.object_resume_bytes_total.clone());
         Self { registry, ..m }
     }
 

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod auth;
 pub mod errors;
 pub mod nats_server;
+pub mod operations;
 pub mod ops_http;
 pub mod service;
 
@@ -15,7 +16,7 @@ use crate::config::{TlsMode, ZoneConfig};
 use crate::tls::server::{ReloadingTls, TlsFiles};
 use crate::metrics::Metrics;
 use crate::store::Store;
-use bsfg_proto::bsfg::v1::BoundaryServiceExt as _;
+use bsfg_proto::bsfg::v1::{BoundaryServiceExt as _, OperationsServiceExt as _};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +29,8 @@ pub struct RunningNode {
     pub metrics: Arc<Metrics>,
     /// The live TLS configuration (None in plaintext-dev mode).
     pub tls: Option<Arc<ReloadingTls>>,
+    /// Links to upstream peers (empty when none are configured).
+    pub replicator: Arc<crate::replicator::Replicator>,
     _embedded: Option<nats_server::EmbeddedNats>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -92,14 +95,32 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningNode> {
     if let Some(tls) = &tls {
         tasks.push(tokio::spawn(crate::tls::server::watch(tls.clone(), metrics.clone(), config.tls.reload_interval)));
     }
+    let audit = Arc::new(audit::Audit::new(&config.zone, store.facts.clone()));
+    let peer_tls = match config.tls.mode {
+        TlsMode::Mtls => Some(crate::tls::client::client_config(
+            config.tls.ca.as_deref().expect("config checked"),
+            config.tls.cert.as_deref().expect("config checked"),
+            config.tls.key.as_deref().expect("config checked"),
+        )?),
+        TlsMode::PlaintextDev => None,
+    };
+    let (replicator, replication_tasks) = crate::replicator::start(config.clone(), store.clone(), metrics.clone(), audit.clone(), peer_tls)?;
+    tasks.extend(replication_tasks);
+    tasks.push(tokio::spawn(crate::replicator::publish_confirm_age(replicator.clone(), metrics.clone())));
     let boundary = Arc::new(service::Boundary {
         config: config.clone(),
         store: store.clone(),
         metrics: metrics.clone(),
         auth: auth::Auth::new(&config),
-        audit: audit::Audit::new(&config.zone, store.facts.clone()),
+        audit,
     });
-    let router = boundary.register(connectrpc::Router::new());
+    let operations = Arc::new(operations::Operations {
+        config: config.clone(),
+        store: store.clone(),
+        auth: auth::Auth::new(&config),
+        replicator: replicator.clone(),
+    });
+    let router = operations.register(boundary.register(connectrpc::Router::new()));
     let limits = connectrpc::Limits::default()
         .with_max_message_size((config.limits.fact_bytes_max + 64 * 1024).max(4 * 1024 * 1024))
         .with_max_request_body_size((config.limits.fact_bytes_max + 64 * 1024).max(4 * 1024 * 1024));
@@ -122,7 +143,7 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningNode> {
     tracing::info!(zone = %config.zone, boundary = %boundary_addr, ops = %ops_addr, nats = %url, "zone node ready");
     let mut all_tasks = vec![server_task, retention, ops];
     all_tasks.extend(tasks);
-    Ok(RunningNode { boundary_addr, ops_addr, store, metrics, tls, _embedded: embedded, tasks: all_tasks })
+    Ok(RunningNode { boundary_addr, ops_addr, store, metrics, tls, replicator, _embedded: embedded, tasks: all_tasks })
 }
 
 async fn open_store_with_retry(url: &str, config: Arc<ZoneConfig>, metrics: Arc<Metrics>) -> anyhow::Result<Store> {

@@ -26,7 +26,7 @@ pub struct Boundary {
     pub store: Arc<Store>,
     pub metrics: Arc<Metrics>,
     pub auth: Auth,
-    pub audit: Audit,
+    pub audit: Arc<Audit>,
 }
 
 impl Boundary {
@@ -314,13 +314,19 @@ impl Boundary {
         let consumer = self.store.consumers.config(&request.consumer_name)?;
         self.auth.check_consumer(caller, &consumer.name, &consumer.category)?;
         let bounds = self.fetch_bounds(request);
-        let (facts, frontier) = self.store.consumers.fetch(&request.consumer_name, bounds).await?;
+        let (facts, frontier, backlog) = self.store.consumers.fetch(&request.consumer_name, bounds).await?;
         let last_delivered_offset = facts.iter().map(|f| f.offset).max().unwrap_or(frontier);
         let Some(policy) = self.auth.export_policy(caller) else {
-            return Ok(FetchFactsResponse { facts, frontier, last_delivered_offset, ..Default::default() });
+            return Ok(FetchFactsResponse { facts, frontier, last_delivered_offset, backlog, ..Default::default() });
         };
+        let peer_zone = caller.principal.zone.as_deref().unwrap_or_default();
         let mut served = Vec::with_capacity(facts.len());
         for f in facts {
+            // Routing: a peer is served only what is addressed to it or
+            // routed through it. Not a refusal: just not its traffic.
+            if self.config.next_hop(&f.envelope.to_zone) != Some(peer_zone) {
+                continue;
+            }
             let kind = f.fact.subject.split_once(':').map(|(k, _)| k).unwrap_or_default().to_string();
             let crossing = Crossing {
                 category: &f.category,
@@ -351,6 +357,6 @@ impl Boundary {
                 }
             }
         }
-        Ok(FetchFactsResponse { facts: served, frontier, last_delivered_offset, ..Default::default() })
+        Ok(FetchFactsResponse { facts: served, frontier, last_delivered_offset, backlog, ..Default::default() })
     }
 }

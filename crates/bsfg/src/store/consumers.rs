@@ -44,9 +44,12 @@ struct Delivery {
 
 pub struct Cursor {
     pub config: ConsumerConfig,
-    consumer: consumer::Consumer<pull::Config>,
-    /// Serialises fetches so each sees a consistent delivery order.
-    fetch_lock: tokio::sync::Mutex<()>,
+    /// The JetStream consumer; the lock also serialises fetches (a
+    /// consistent delivery order) and resets.
+    consumer: tokio::sync::Mutex<consumer::Consumer<pull::Config>>,
+    /// The explicit consumer configuration, re-used when it is re-created.
+    template: pull::Config,
+    stream: async_nats::jetstream::stream::Stream,
     delivery: Mutex<Delivery>,
 }
 
@@ -67,6 +70,7 @@ pub struct Consumers {
     request_timeout: Duration,
     /// Pull size that always fits one fact of the largest allowed size.
     single_fact_bytes: usize,
+    zone: String,
 }
 
 impl Consumers {
@@ -109,18 +113,24 @@ impl Consumers {
                 headers_only: false,
                 ..Default::default()
             };
-            let mut consumer: consumer::Consumer<pull::Config> = stream.create_consumer(consumer_config).await?;
+            let mut consumer: consumer::Consumer<pull::Config> = stream.create_consumer(consumer_config.clone()).await?;
             let info = consumer.info().await?;
             let frontier = kept_frontier.unwrap_or(info.ack_floor.stream_sequence);
             metrics.frontier_offset.get_or_create(&vec![("consumer".to_string(), c.name.clone())]).set(frontier as i64);
             let delivery = Delivery { frontier, unconfirmed: BTreeMap::new(), delivered_max: frontier };
             cursors.insert(
                 c.name.clone(),
-                Cursor { config: c.clone(), consumer, fetch_lock: Default::default(), delivery: Mutex::new(delivery) },
+                Cursor {
+                    config: c.clone(),
+                    consumer: tokio::sync::Mutex::new(consumer),
+                    template: consumer_config,
+                    stream: stream.clone(),
+                    delivery: Mutex::new(delivery),
+                },
             );
         }
         let single_fact_bytes = config.limits.fact_bytes_max + 8 * 1024;
-        Ok(Self { client, cursors, metrics, request_timeout: config.nats.request_timeout, single_fact_bytes })
+        Ok(Self { client, cursors, metrics, request_timeout: config.nats.request_timeout, single_fact_bytes, zone: config.zone.clone() })
     }
 
     fn cursor(&self, name: &str) -> Result<&Cursor, Rejection> {
@@ -167,19 +177,20 @@ impl Consumers {
     }
 
     /// The next facts for `name` after what it was already delivered.
-    pub async fn fetch(&self, name: &str, bounds: FetchBounds) -> Result<(Vec<StoredFact>, u64), Rejection> {
+    /// Returns the facts, the frontier and the backlog (facts still pending
+    /// for this consumer after the last one returned).
+    pub async fn fetch(&self, name: &str, bounds: FetchBounds) -> Result<(Vec<StoredFact>, u64, u64), Rejection> {
         let cursor = self.cursor(name)?;
-        let _serial = cursor.fetch_lock.lock().await;
-        let mut messages = pull_now(&cursor.consumer, bounds.limit, bounds.bytes_max).await?;
+        let consumer = cursor.consumer.lock().await;
+        let mut messages = pull_now(&consumer, bounds.limit, bounds.bytes_max).await?;
         if messages.is_empty() && bounds.bytes_max < self.single_fact_bytes {
             // The next fact alone may be larger than the caller's max_bytes;
             // JetStream then returns nothing. Deliver that one fact anyway.
-            messages = pull_now(&cursor.consumer, 1, self.single_fact_bytes).await?;
+            messages = pull_now(&consumer, 1, self.single_fact_bytes).await?;
         }
         if messages.is_empty() && !bounds.wait.is_zero() {
             // Long-poll for the first fact, then take whatever else is ready.
-            let first = cursor
-                .consumer
+            let first = consumer
                 .batch()
                 .max_messages(1)
                 .expires(bounds.wait)
@@ -190,17 +201,21 @@ impl Consumers {
             if !messages.is_empty() && bounds.limit > 1 {
                 let bytes_left = bounds.bytes_max.saturating_sub(messages[0].payload.len());
                 if bytes_left > 0 {
-                    messages.extend(pull_now(&cursor.consumer, bounds.limit - 1, bytes_left).await?);
+                    messages.extend(pull_now(&consumer, bounds.limit - 1, bytes_left).await?);
                 }
             }
         }
         let mut facts = Vec::with_capacity(messages.len());
         let mut delivery = Vec::with_capacity(messages.len());
+        let mut backlog = 0;
         for message in messages {
             let info = message.info().map_err(|e| unavailable("reading delivery info", e))?;
             let offset = info.stream_sequence;
+            backlog = info.pending;
             let reply = message.reply.clone().ok_or_else(|| unavailable("reading delivery info", "no ack subject"))?;
-            facts.push(decode_record(&message.payload, offset)?);
+            let mut record = decode_record(&message.payload, offset)?;
+            complete_provenance(&mut record, &self.zone);
+            facts.push(record);
             delivery.push((offset, reply));
         }
         let frontier = {
@@ -217,7 +232,26 @@ impl Consumers {
         // confirmed; they are never served again.
         facts.retain(|f| f.offset > frontier);
         facts.sort_by_key(|f| f.offset);
-        Ok((facts, frontier))
+        Ok((facts, frontier, backlog))
+    }
+
+    /// Replays: re-creates the consumer to deliver from `start` again. The
+    /// frontier moves to just before it; nothing is deleted from the log.
+    pub async fn reset(&self, name: &str, start: StartPosition) -> Result<u64, Rejection> {
+        let cursor = self.cursor(name)?;
+        let mut consumer = cursor.consumer.lock().await;
+        let deliver_policy = deliver_policy(&start).map_err(|e| Rejection::invalid("bad_start", e.to_string()))?;
+        let mut config = cursor.template.clone();
+        config.deliver_policy = deliver_policy;
+        cursor.stream.delete_consumer(name).await.map_err(|e| unavailable("resetting the consumer", e))?;
+        let mut fresh: consumer::Consumer<pull::Config> = cursor.stream.create_consumer(config).await.map_err(|e| unavailable("re-creating the consumer", e))?;
+        let info = fresh.info().await.map_err(|e| unavailable("reading the consumer", e))?;
+        let frontier = info.ack_floor.stream_sequence;
+        *consumer = fresh;
+        *cursor.delivery.lock().unwrap() = Delivery { frontier, unconfirmed: BTreeMap::new(), delivered_max: frontier };
+        self.metrics.frontier_offset.get_or_create(&vec![("consumer".to_string(), name.to_string())]).set(frontier as i64);
+        tracing::warn!(consumer = name, frontier, "consumer reset for replay");
+        Ok(frontier)
     }
 
     /// Confirms everything delivered to `name` up to and including `offset`.
@@ -263,6 +297,22 @@ impl Consumers {
         self.metrics.frontier_offset.get_or_create(&vec![("consumer".to_string(), name.to_string())]).set(frontier as i64);
         Ok(frontier)
     }
+}
+
+/// The stored record holds the hops before this zone; a served fact also
+/// carries this zone's hop (its local offset is known only once stored), and
+/// a fact that originated here gets its origin offset.
+pub fn complete_provenance(record: &mut StoredFact, zone: &str) {
+    let offset = record.offset;
+    let appended = record.appended_at_unix_ms;
+    let provenance = record.provenance.get_or_insert_default();
+    if provenance.origin_zone.is_empty() {
+        provenance.origin_zone = record.envelope.from_zone.clone();
+    }
+    if provenance.origin_offset == 0 {
+        provenance.origin_offset = offset;
+    }
+    provenance.hops.push(bsfg_proto::bsfg::v1::Hop { zone: zone.to_string(), offset, appended_at_unix_ms: appended, ..Default::default() });
 }
 
 async fn pull_now(consumer: &consumer::Consumer<pull::Config>, limit: usize, bytes_max: usize) -> Result<Vec<async_nats::jetstream::Message>, Rejection> {

@@ -1,0 +1,434 @@
+//! Receiver-pulled replication: one link per configured upstream peer.
+//!
+//! Each link is two tasks joined by a bounded channel: a *fetcher* long-polls
+//! the peer's `FetchFacts` (over mTLS, as this node's certificate) and keeps
+//! up to `pipeline_depth` batches in flight, so a round trip never caps
+//! throughput; an *appender* pulls each fact's artifacts, appends the fact to
+//! the local log (idempotent: a redelivered fact is stored once), and only
+//! then confirms the batch to the peer. Memory is bounded by
+//! `pipeline_depth x batch_bytes_max` whatever the backlog.
+//!
+//! A fact this zone refuses (origin not routed through the peer, import
+//! policy, conflicting duplicate, invalid) is recorded in the audit stream,
+//! counted, and passed: it never blocks the link and never vanishes silently.
+//! Errors of the link or of the local store are retried with jittered
+//! exponential backoff; nothing is confirmed before it is durable here.
+
+use crate::client::BsfgClient;
+use crate::config::{PrincipalConfig, UpstreamConfig, ZoneConfig};
+use crate::metrics::{Metrics, labels};
+use crate::node::audit::{Audit, AuditEvent};
+use crate::store::Store;
+use bsfg_domain::policy::Crossing;
+use bsfg_domain::{Code, Rejection, validate};
+use bsfg_proto::bsfg::v1::{AttachmentRef, FetchFactsResponse, StoredFact};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Link mode (REFERENCE §1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkMode {
+    /// Link up, backlog small.
+    Normal,
+    /// Peer unreachable; local work goes on.
+    Autonomous,
+    /// Link back, backlog being replayed.
+    Reconciliation,
+}
+
+impl LinkMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkMode::Normal => "normal",
+            LinkMode::Autonomous => "autonomous",
+            LinkMode::Reconciliation => "reconciliation",
+        }
+    }
+}
+
+/// What an operator sees of a link.
+#[derive(Debug, Clone)]
+pub struct LinkStatus {
+    pub peer: String,
+    pub url: String,
+    pub consumer: String,
+    pub mode: LinkMode,
+    /// The peer-side frontier of our consumer, as last confirmed.
+    pub remote_frontier: u64,
+    /// Facts waiting at the peer after the last fetch.
+    pub backlog: u64,
+    pub lag_seconds: f64,
+    pub lag_seconds_high_watermark: f64,
+    pub last_confirm_at: Option<Instant>,
+    pub facts_replicated: u64,
+    pub facts_refused: u64,
+    pub objects_pulled: u64,
+    pub last_error: String,
+}
+
+pub struct Link {
+    pub config: UpstreamConfig,
+    principal: Arc<PrincipalConfig>,
+    status: Mutex<LinkStatus>,
+}
+
+impl Link {
+    pub fn status(&self) -> LinkStatus {
+        self.status.lock().unwrap().clone()
+    }
+
+    fn set_mode(&self, mode: LinkMode, metrics: &Metrics) {
+        let mut s = self.status.lock().unwrap();
+        if s.mode != mode {
+            tracing::warn!(link = %self.config.peer, from = s.mode.as_str(), to = mode.as_str(), "link mode changed");
+            s.mode = mode;
+        }
+        for m in [LinkMode::Normal, LinkMode::Autonomous, LinkMode::Reconciliation] {
+            metrics.link_mode.get_or_create(&labels(&[("link", &self.config.peer), ("mode", m.as_str())])).set(i64::from(m == mode));
+        }
+    }
+}
+
+/// All links of a node.
+pub struct Replicator {
+    pub links: Vec<Arc<Link>>,
+}
+
+struct Context {
+    zone: Arc<ZoneConfig>,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    audit: Arc<Audit>,
+}
+
+/// Starts every configured link. `tls` is this node's client configuration
+/// (None in plaintext-dev mode).
+pub fn start(
+    zone: Arc<ZoneConfig>,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    audit: Arc<Audit>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> anyhow::Result<(Arc<Replicator>, Vec<tokio::task::JoinHandle<()>>)> {
+    let context = Arc::new(Context { zone: zone.clone(), store, metrics, audit });
+    let mut links = Vec::new();
+    let mut tasks = Vec::new();
+    for upstream in &zone.upstreams {
+        let principal = Arc::new(zone.principals.iter().find(|p| p.name == upstream.peer).cloned().expect("config checked"));
+        let client = match &tls {
+            Some(tls) => BsfgClient::connect_tls(&upstream.url, tls.clone())?,
+            None => BsfgClient::connect(&upstream.url)?,
+        };
+        std::fs::create_dir_all(&upstream.spool_dir)?;
+        let link = Arc::new(Link {
+            config: upstream.clone(),
+            principal,
+            status: Mutex::new(LinkStatus {
+                peer: upstream.peer.clone(),
+                url: upstream.url.clone(),
+                consumer: upstream.consumer.clone(),
+                mode: LinkMode::Autonomous,
+                remote_frontier: 0,
+                backlog: 0,
+                lag_seconds: 0.0,
+                lag_seconds_high_watermark: 0.0,
+                last_confirm_at: None,
+                facts_replicated: 0,
+                facts_refused: 0,
+                objects_pulled: 0,
+                last_error: "not connected yet".into(),
+            }),
+        });
+        let (batches_tx, batches_rx) = tokio::sync::mpsc::channel(upstream.pipeline_depth);
+        tasks.push(tokio::spawn(fetcher(link.clone(), client.clone(), context.clone(), batches_tx)));
+        tasks.push(tokio::spawn(appender(link.clone(), client, context.clone(), batches_rx)));
+        links.push(link);
+    }
+    Ok((Arc::new(Replicator { links }), tasks))
+}
+
+/// Exponential backoff with full jitter.
+struct Backoff {
+    next: Duration,
+    min: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(min: Duration, max: Duration) -> Self {
+        Self { next: min, min, max }
+    }
+    async fn wait(&mut self) {
+        let jittered = self.next.mul_f64(0.5 + rand::random::<f64>() * 0.5);
+        tokio::time::sleep(jittered).await;
+        self.next = (self.next * 2).min(self.max);
+    }
+    fn reset(&mut self) {
+        self.next = self.min;
+    }
+}
+
+async fn fetcher(link: Arc<Link>, client: BsfgClient, cx: Arc<Context>, batches: tokio::sync::mpsc::Sender<FetchFactsResponse>) {
+    let c = &link.config;
+    let mut backoff = Backoff::new(c.backoff_min, c.backoff_max);
+    loop {
+        match client.fetch(&c.consumer, c.batch_limit, c.batch_bytes_max, c.wait_ms).await {
+            Ok(batch) => {
+                backoff.reset();
+                let mode = if batch.backlog > u64::from(c.batch_limit) { LinkMode::Reconciliation } else { LinkMode::Normal };
+                link.set_mode(mode, &cx.metrics);
+                {
+                    let mut s = link.status.lock().unwrap();
+                    s.backlog = batch.backlog;
+                    s.last_error.clear();
+                }
+                if batch.last_delivered_offset <= batch.frontier && batch.facts.is_empty() {
+                    link.status.lock().unwrap().lag_seconds = 0.0;
+                    cx.metrics.replication_lag_seconds.get_or_create(&labels(&[("link", &c.peer)])).set(0.0);
+                    continue;
+                }
+                if batches.send(batch).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                link.set_mode(LinkMode::Autonomous, &cx.metrics);
+                link.status.lock().unwrap().last_error = format!("{}: {}", e.code.as_str(), e.message.clone().unwrap_or_default());
+                tracing::debug!(link = %c.peer, error = ?e, "fetch failed; backing off");
+                backoff.wait().await;
+            }
+        }
+    }
+}
+
+/// Whether a failure is worth retrying (link or local store) rather than a
+/// verdict on the fact.
+fn retriable(r: &Rejection) -> bool {
+    matches!(r.code, Code::Unavailable | Code::ResourceExhausted | Code::Internal)
+}
+
+async fn appender(link: Arc<Link>, client: BsfgClient, cx: Arc<Context>, mut batches: tokio::sync::mpsc::Receiver<FetchFactsResponse>) {
+    let c = link.config.clone();
+    let mut backoff = Backoff::new(c.backoff_min, c.backoff_max);
+    let mut confirm_pending: Option<u64> = None;
+    while let Some(batch) = batches.recv().await {
+        let mut accepted = Vec::new();
+        for fact in &batch.facts {
+            loop {
+                match replicate_one(&link, &client, &cx, fact).await {
+                    Ok(Some(id)) => {
+                        accepted.push(id);
+                        break;
+                    }
+                    Ok(None) => break,
+                    Err(r) => {
+                        link.status.lock().unwrap().last_error = r.to_string();
+                        tracing::warn!(link = %c.peer, error = %r, "could not replicate a fact yet; retrying");
+                        backoff.wait().await;
+                    }
+                }
+            }
+            backoff.reset();
+        }
+        if !accepted.is_empty() {
+            record_accepted(&link, &cx, &accepted, &batch).await;
+        }
+        update_lag(&link, &cx, &batch);
+        // Everything up to last_delivered_offset is durable here (or was
+        // refused and audited): confirm it, cumulatively.
+        let target = batch.last_delivered_offset.max(confirm_pending.unwrap_or(0));
+        match client.confirm(&c.consumer, target).await {
+            Ok(frontier) => {
+                confirm_pending = None;
+                let mut s = link.status.lock().unwrap();
+                s.remote_frontier = frontier;
+                s.last_confirm_at = Some(Instant::now());
+                cx.metrics.frontier_offset.get_or_create(&labels(&[("consumer", &format!("{}@{}", c.consumer, c.peer))])).set(frontier as i64);
+            }
+            Err(e) => {
+                // The next batch's confirm covers this one (cumulative); if
+                // none comes, the peer redelivers and we append idempotently.
+                confirm_pending = Some(target);
+                link.status.lock().unwrap().last_error = format!("confirm: {}", e.message.unwrap_or_default());
+            }
+        }
+    }
+}
+
+/// Replicates one fact. `Ok(Some(id))` appended (or already here),
+/// `Ok(None)` refused and audited, `Err` retriable.
+async fn replicate_one(link: &Link, client: &BsfgClient, cx: &Context, stored: &StoredFact) -> Result<Option<String>, Rejection> {
+    let envelope = stored.envelope.as_option().cloned().unwrap_or_default();
+    let fact = stored.fact.as_option().cloned().unwrap_or_default();
+    let id = format!("{}/{}", envelope.from_zone, envelope.message_id);
+    let id_ref = id.as_str();
+    let refuse = |reason: String, detail: String| async move {
+        cx.metrics
+            .crossing_refusals_total
+            .get_or_create(&labels(&[("peer", &link.config.peer), ("direction", "import"), ("reason", &reason)]))
+            .inc();
+        link.status.lock().unwrap().facts_refused += 1;
+        cx.audit
+            .record(AuditEvent {
+                principal: link.principal.name.clone(),
+                identity: link.config.url.clone(),
+                fingerprint: String::new(),
+                rpc: "Replicate",
+                subject_key: format!("{id_ref} origin offset {}", stored.provenance.origin_offset),
+                decision: "refused",
+                reason,
+                detail,
+            })
+            .await;
+        Ok(None)
+    };
+    // Defence in depth: the peer should not have served it, but this zone
+    // decides for itself.
+    if let Err(r) = validate::envelope(&envelope, &cx.zone.limits) {
+        return refuse(r.reason.to_string(), r.message).await;
+    }
+    let valid = match validate::fact(&fact, &cx.zone.limits) {
+        Ok(v) => v,
+        Err(r) => return refuse(r.reason.to_string(), r.message).await,
+    };
+    if !link.principal.origins.iter().any(|o| o == &envelope.from_zone) {
+        return refuse(
+            "from_zone_not_allowed".into(),
+            format!("peer {} may relay origins {:?}, not {}", link.principal.name, link.principal.origins, envelope.from_zone),
+        )
+        .await;
+    }
+    let category = cx.zone.category_for_kind(&valid.subject_kind).name.clone();
+    let crossing = Crossing {
+        category: &category,
+        origin_zone: &envelope.from_zone,
+        kind: &valid.subject_kind,
+        predicate: &valid.fact.predicate,
+        fact_bytes: valid.fact.object_json.len(),
+    };
+    if let Err(p) = link.principal.import.check(&crossing) {
+        return refuse(p.reason.to_string(), p.message).await;
+    }
+    for attachment in &valid.fact.attachments {
+        if let Err(p) = link.principal.import.check_object_size(attachment.size_bytes) {
+            return refuse(p.reason.to_string(), p.message).await;
+        }
+        match pull_object(link, client, cx, attachment).await {
+            Ok(()) => {}
+            Err(r) if retriable(&r) => return Err(r),
+            Err(r) => return refuse(r.reason.to_string(), r.message).await,
+        }
+    }
+    let provenance = stored.provenance.as_option().cloned();
+    match cx.store.facts.append(envelope, valid, provenance).await {
+        Ok(_) => {
+            link.status.lock().unwrap().facts_replicated += 1;
+            cx.metrics.replicated_facts_total.get_or_create(&labels(&[("link", &link.config.peer)])).inc();
+            Ok(Some(id))
+        }
+        Err(r) if retriable(&r) => Err(r),
+        Err(r) => refuse(r.reason.to_string(), r.message).await,
+    }
+}
+
+/// Makes an attachment present locally: skipped when an object with the
+/// same digest is already there; otherwise spooled to disk (resuming a
+/// partial spool file from its length), verified, and stored.
+async fn pull_object(link: &Link, client: &BsfgClient, cx: &Context, a: &AttachmentRef) -> Result<(), Rejection> {
+    if let Ok(local) = cx.store.objects.info(&a.bucket, &a.key).await {
+        if local.digest == a.digest && local.size_bytes == a.size_bytes {
+            return Ok(());
+        }
+    }
+    validate::digest("attachment digest", &a.digest)?;
+    let spool = link.config.spool_dir.join(a.digest.replace(':', "-"));
+    let have = std::fs::metadata(&spool).map(|m| m.len()).unwrap_or(0);
+    if have < a.size_bytes {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&spool)
+            .map_err(|e| Rejection::new(Code::Unavailable, "spool_unavailable", format!("{}: {e}", spool.display())))?;
+        let timeout = Duration::from_secs(60 + a.size_bytes / (1024 * 1024));
+        let pulled = client
+            .get_object(&a.bucket, &a.key, have, timeout, |_, chunk| {
+                file.write_all(chunk)?;
+                Ok(())
+            })
+            .await;
+        file.sync_all().map_err(|e| Rejection::new(Code::Unavailable, "spool_unavailable", e.to_string()))?;
+        if let Err(e) = pulled {
+            let bytes_now = std::fs::metadata(&spool).map(|m| m.len()).unwrap_or(0);
+            cx.metrics.object_resume_bytes_total.get_or_create(&labels(&[("link", &link.config.peer)])).inc_by(bytes_now.saturating_sub(have));
+            return Err(Rejection::new(Code::Unavailable, "object_pull_interrupted", format!("{}/{} at byte {bytes_now}: {e}", a.bucket, a.key)));
+        }
+    }
+    let digest = crate::cli::file_digest(&spool).map_err(|e| Rejection::new(Code::Unavailable, "spool_unavailable", e.to_string()))?;
+    if digest != a.digest {
+        let _ = std::fs::remove_file(&spool);
+        return Err(Rejection::new(Code::Unavailable, "object_digest_mismatch", format!("{}/{} arrived as {digest}, expected {}; pulling again", a.bucket, a.key, a.digest)));
+    }
+    let header = crate::store::objects::PutHeader {
+        bucket: a.bucket.clone(),
+        key: a.key.clone(),
+        media_type: a.media_type.clone(),
+        expected_digest: a.digest.clone(),
+        expected_size_bytes: a.size_bytes,
+    };
+    let file = tokio::fs::File::open(&spool).await.map_err(|e| Rejection::new(Code::Unavailable, "spool_unavailable", e.to_string()))?;
+    let chunks = tokio_util::io::ReaderStream::with_capacity(file, crate::store::objects::CHUNK_BYTES)
+        .map(|r: std::io::Result<bytes::Bytes>| r.map_err(|e| Rejection::new(Code::Unavailable, "spool_unavailable", e.to_string())));
+    let stored = cx.store.objects.put(header, Box::pin(chunks)).await?;
+    let _ = std::fs::remove_file(&spool);
+    link.status.lock().unwrap().objects_pulled += 1;
+    tracing::info!(link = %link.config.peer, bucket = %a.bucket, key = %a.key, digest = %stored.digest, "artifact pulled");
+    Ok(())
+}
+
+use futures::StreamExt as _;
+
+async fn record_accepted(link: &Link, cx: &Context, ids: &[String], batch: &FetchFactsResponse) {
+    cx.audit
+        .record(AuditEvent {
+            principal: link.principal.name.clone(),
+            identity: link.config.url.clone(),
+            fingerprint: String::new(),
+            rpc: "Replicate",
+            subject_key: ids.join(" "),
+            decision: "accepted",
+            reason: "replicated".into(),
+            detail: format!("{} facts through peer offset {}", ids.len(), batch.last_delivered_offset),
+        })
+        .await;
+}
+
+fn update_lag(link: &Link, cx: &Context, batch: &FetchFactsResponse) {
+    let now = crate::store::now_unix_ms();
+    let newest_source_ms = batch
+        .facts
+        .iter()
+        .filter_map(|f| f.provenance.hops.last().map(|h| h.appended_at_unix_ms))
+        .max()
+        .unwrap_or(now);
+    let lag = ((now - newest_source_ms).max(0) as f64) / 1000.0;
+    let mut s = link.status.lock().unwrap();
+    s.lag_seconds = lag;
+    s.lag_seconds_high_watermark = s.lag_seconds_high_watermark.max(lag);
+    let l = labels(&[("link", &link.config.peer)]);
+    cx.metrics.replication_lag_seconds.get_or_create(&l).set(lag);
+    cx.metrics.replication_lag_high_watermark.get_or_create(&l).set(s.lag_seconds_high_watermark);
+}
+
+/// Publishes per-link age of the last confirmation (a link is healthy only
+/// if confirmations keep coming).
+pub async fn publish_confirm_age(replicator: Arc<Replicator>, metrics: Arc<Metrics>) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        ticker.tick().await;
+        for link in &replicator.links {
+            let age = link.status().last_confirm_at.map(|t| t.elapsed().as_secs_f64()).unwrap_or(f64::INFINITY);
+            metrics.last_confirm_age_seconds.get_or_create(&labels(&[("link", &link.config.peer)])).set(age);
+        }
+    }
+}
