@@ -4,6 +4,7 @@
 mod bad_input;
 mod capacity;
 mod contract;
+mod crossing;
 mod durability;
 mod harness;
 mod interop;

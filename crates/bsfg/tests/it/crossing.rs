@@ -1,0 +1,238 @@
+//! Crossing zones: the reference topology (plant-a ⇄ idmz ⇄ enterprise,
+//! plant-b ⇄ idmz), each zone with its own nats-server and node, peers
+//! pulling from each other over mutual TLS as principals.
+
+use crate::harness::*;
+use bsfg::client::BsfgClient;
+use bsfg::config::*;
+use bsfg::node::RunningNode;
+use bsfg_proto::bsfg::v1::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub const ZONES: [&str; 4] = ["plant-a", "idmz", "enterprise", "plant-b"];
+
+/// Who each zone pulls from (and so serves), in the reference topology.
+pub fn neighbours(zone: &str) -> Vec<&'static str> {
+    match zone {
+        "idmz" => vec!["plant-a", "enterprise", "plant-b"],
+        _ => vec!["idmz"],
+    }
+}
+
+#[allow(dead_code)] // kept for fault tests: kill/restart nodes and servers
+pub struct SiteZone {
+    pub name: String,
+    pub nats: NatsProc,
+    pub node: Option<RunningNode>,
+    pub config: ZoneConfig,
+    pub app: BsfgClient,
+}
+
+#[allow(dead_code)]
+pub struct Site {
+    pub dir: tempfile::TempDir,
+    pub certs: PathBuf,
+    pub zones: BTreeMap<String, SiteZone>,
+}
+
+fn peer(zone: &str, origins: Vec<String>) -> PrincipalConfig {
+    PrincipalConfig {
+        name: zone.to_string(),
+        kind: PrincipalKind::Peer,
+        identities: vec![format!("{zone}-bsfg")],
+        zone: Some(zone.to_string()),
+        origins,
+        consumers: vec![format!("to-{zone}")],
+        buckets_read: vec![BUCKET.into()],
+        buckets_write: vec![],
+        export: Default::default(),
+        import: Default::default(),
+    }
+}
+
+/// Origins a neighbour may relay into `zone`.
+fn origins_via(zone: &str, neighbour: &str) -> Vec<String> {
+    if zone == "idmz" {
+        vec![neighbour.to_string()]
+    } else {
+        // A leaf's only neighbour is idmz, which relays every other zone.
+        ZONES.iter().filter(|z| **z != zone).map(|z| z.to_string()).collect()
+    }
+}
+
+pub fn zone_config(dir: &Path, certs: &Path, zone: &str, ports: &BTreeMap<String, u16>, nats_url: String) -> ZoneConfig {
+    let mut principals = vec![app_principal("app", &format!("app.{zone}"), &["local"], &[BUCKET], &[BUCKET])];
+    let mut consumers = vec![consumer("local", "operational")];
+    let mut upstreams = vec![];
+    for n in neighbours(zone) {
+        principals.push(peer(n, origins_via(zone, n)));
+        consumers.push(consumer(&format!("to-{n}"), "operational"));
+        upstreams.push(UpstreamConfig {
+            peer: n.to_string(),
+            url: format!("https://127.0.0.1:{}", ports[n]),
+            consumer: format!("to-{zone}"),
+            batch_limit: 500,
+            batch_bytes_max: 4 * 1024 * 1024,
+            wait_ms: 500,
+            pipeline_depth: 2,
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(500),
+            spool_dir: dir.join("spool"),
+        });
+    }
+    let routes = if zone == "idmz" {
+        BTreeMap::new()
+    } else {
+        ZONES.iter().filter(|z| **z != zone && **z != "idmz").map(|z| (z.to_string(), "idmz".to_string())).collect()
+    };
+    ZoneConfig {
+        zone: zone.into(),
+        listen: format!("127.0.0.1:{}", ports[zone]).parse().unwrap(),
+        ops_listen: "127.0.0.1:0".parse().unwrap(),
+        tls: TlsConfig::mtls(certs.join("ca.pem"), certs.join(format!("{zone}-bsfg.pem")), certs.join(format!("{zone}-bsfg.key"))),
+        principals,
+        nats: NatsConfig { url: Some(nats_url), store_dir: dir.join("unused"), port: 0, server_bin: None, request_timeout: Duration::from_secs(5) },
+        limits: Default::default(),
+        fetch: Default::default(),
+        categories: vec![category("operational", &[], true), category("audit", &["audit"], false)],
+        consumers,
+        buckets: vec![BucketConfig { name: BUCKET.into(), capacity_bytes: 1 << 30 }],
+        routes,
+        upstreams,
+        retention_interval: Duration::from_secs(5),
+    }
+}
+
+impl Site {
+    pub async fn start() -> Site {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        bsfg::tls::pki::init_ca(&certs, "site CA", 5).unwrap();
+        let mut ports = BTreeMap::new();
+        for z in ZONES {
+            let mut node = bsfg::tls::pki::IssueRequest::new(&format!("{z}-bsfg"), 5);
+            node.extra_sans = vec!["localhost".into(), "127.0.0.1".into()];
+            bsfg::tls::pki::issue(&certs, &certs, &node).unwrap();
+            bsfg::tls::pki::issue(&certs, &certs, &bsfg::tls::pki::IssueRequest::new(&format!("app.{z}"), 5)).unwrap();
+            ports.insert(z.to_string(), bsfg::node::nats_server::free_port().unwrap());
+        }
+        let mut zones = BTreeMap::new();
+        for z in ZONES {
+            let zdir = dir.path().join(z);
+            std::fs::create_dir_all(&zdir).unwrap();
+            let nats = NatsProc::start(&zdir, z).await;
+            let config = zone_config(&zdir, &certs, z, &ports, nats.url());
+            let node = bsfg::node::start(config.clone()).await.unwrap();
+            let tls = bsfg::tls::client::client_config(&certs.join("ca.pem"), &certs.join(format!("app.{z}.pem")), &certs.join(format!("app.{z}.key"))).unwrap();
+            let app = BsfgClient::connect_tls(&format!("https://127.0.0.1:{}", ports[z]), tls).unwrap();
+            zones.insert(z.to_string(), SiteZone { name: z.into(), nats, node: Some(node), config, app });
+        }
+        Site { dir, certs, zones }
+    }
+
+    pub fn app(&self, zone: &str) -> &BsfgClient {
+        &self.zones[zone].app
+    }
+
+    /// Appends at `from` a fact addressed to `to`.
+    pub async fn append(&self, from: &str, to: &str, message_id: &str, fact: Fact) -> AppendFactResponse {
+        let mut e = envelope(message_id);
+        e.from_zone = from.into();
+        e.to_zone = to.into();
+        self.app(from).append(e, fact).await.unwrap()
+    }
+
+    /// Facts of a zone's operational log, read through its `local` consumer
+    /// (fetched and confirmed).
+    pub async fn drain_local(&self, zone: &str) -> Vec<StoredFact> {
+        let mut out = Vec::new();
+        loop {
+            let r = self.app(zone).fetch("local", 1000, 0, 0).await.unwrap();
+            if r.facts.is_empty() {
+                return out;
+            }
+            self.app(zone).confirm("local", r.last_delivered_offset).await.unwrap();
+            out.extend(r.facts);
+        }
+    }
+
+    /// Waits until `zone` holds a fact with this message id (other facts
+    /// fetched on the way are returned too).
+    pub async fn wait_for(&self, zone: &str, message_ids: &[String], within: Duration) -> Vec<StoredFact> {
+        let deadline = Instant::now() + within;
+        let mut seen = Vec::new();
+        loop {
+            seen.extend(self.drain_local(zone).await);
+            if message_ids.iter().all(|m| seen.iter().any(|f| &f.envelope.message_id == m)) {
+                return seen;
+            }
+            assert!(Instant::now() < deadline, "{zone} did not receive {message_ids:?} within {within:?}; got {:?}", seen.iter().map(|f| &f.envelope.message_id).collect::<Vec<_>>());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hops_both_ways_with_routing_isolation_and_provenance() {
+    let site = Site::start().await;
+    let up = site.append("plant-a", "enterprise", "pa-1", fact("batch:PlantA/B1", "step_completed", r#"{"step":"mix"}"#)).await;
+    let down = site.append("enterprise", "plant-a", "en-1", fact("recipe:R7", "recipe_released", r#"{"version":3}"#)).await;
+    let to_b = site.append("enterprise", "plant-b", "en-b", fact("recipe:R8", "recipe_released", r#"{"version":1}"#)).await;
+
+    let at_enterprise = site.wait_for("enterprise", &["pa-1".into()], Duration::from_secs(20)).await;
+    let f = at_enterprise.iter().find(|f| f.envelope.message_id == "pa-1").unwrap();
+    assert_eq!(f.envelope.from_zone, "plant-a");
+    assert_eq!(f.envelope.to_zone, "enterprise");
+    assert_eq!(f.fact.object_json, r#"{"step":"mix"}"#);
+    let p = f.provenance.as_option().expect("provenance");
+    assert_eq!(p.origin_zone, "plant-a");
+    assert_eq!(p.origin_offset, up.offset);
+    let hop_zones: Vec<&str> = p.hops.iter().map(|h| h.zone.as_str()).collect();
+    assert_eq!(hop_zones, vec!["plant-a", "idmz", "enterprise"], "hops: origin, relay, here");
+    assert_eq!(p.hops[0].offset, up.offset);
+    assert_eq!(p.hops[2].offset, f.offset);
+    assert!(p.hops.windows(2).all(|w| w[0].appended_at_unix_ms <= w[1].appended_at_unix_ms));
+
+    let at_plant_a = site.wait_for("plant-a", &["en-1".into()], Duration::from_secs(20)).await;
+    let g = at_plant_a.iter().find(|f| f.envelope.message_id == "en-1").unwrap();
+    assert_eq!(g.provenance.origin_zone, "enterprise");
+    assert_eq!(g.provenance.origin_offset, down.offset);
+    let at_plant_b = site.wait_for("plant-b", &["en-b".into()], Duration::from_secs(20)).await;
+    assert!(at_plant_b.iter().any(|f| f.provenance.origin_offset == to_b.offset));
+
+    // Routing isolation: plant-b never sees plant-a's fact to enterprise nor
+    // enterprise's fact to plant-a; plant-a never sees the one for plant-b.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let b_all: Vec<String> = at_plant_b.into_iter().chain(site.drain_local("plant-b").await).map(|f| f.envelope.message_id.clone()).collect();
+    assert!(!b_all.contains(&"pa-1".to_string()) && !b_all.contains(&"en-1".to_string()), "plant-b saw {b_all:?}");
+    let a_all: Vec<String> = at_plant_a.into_iter().chain(site.drain_local("plant-a").await).map(|f| f.envelope.message_id.clone()).collect();
+    assert!(!a_all.contains(&"en-b".to_string()), "plant-a saw {a_all:?}");
+    // Exactly once at each destination.
+    assert_eq!(a_all.iter().filter(|m| *m == "en-1").count(), 1);
+
+    // Status: the enterprise link to idmz is up and confirming.
+    let status = site.app("enterprise").status().await.unwrap();
+    let link = status.links.iter().find(|l| l.peer == "idmz").unwrap();
+    assert_eq!(link.mode, "normal");
+    assert!(link.facts_replicated >= 1);
+    assert!(link.last_confirm_age_seconds >= 0.0 && link.last_confirm_age_seconds < 10.0, "{link:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifacts_cross_with_their_facts() {
+    let site = Site::start().await;
+    let bytes = pseudo_random_bytes(3 * 1024 * 1024 + 17, 7);
+    let digest = sha256(&bytes);
+    put(site.app("plant-a"), BUCKET, "batch/B9/record.bin", &bytes, &digest).await.unwrap();
+    let mut f = fact("batch:PlantA/B9", "has_artifact", r#"{"kind":"record"}"#);
+    f.attachments.push(AttachmentRef { bucket: BUCKET.into(), key: "batch/B9/record.bin".into(), digest: digest.clone(), size_bytes: bytes.len() as u64, ..Default::default() });
+    site.append("plant-a", "enterprise", "pa-art", f).await;
+    site.wait_for("enterprise", &["pa-art".into()], Duration::from_secs(30)).await;
+    let (info, got) = get(site.app("enterprise"), BUCKET, "batch/B9/record.bin", 0).await.unwrap();
+    assert_eq!(info.digest, digest);
+    assert!(got == bytes, "artifact byte-identical at enterprise");
+    let (_, relay) = get(site.app("idmz"), BUCKET, "batch/B9/record.bin", 0).await.unwrap();
+    assert!(relay == bytes, "and at the relay");
+}
