@@ -9,6 +9,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod faultproxy;
 pub mod metrics;
 pub mod node;
 pub mod replicator;
