@@ -186,6 +186,9 @@ pub struct Opts {
     pub plaintext_dev: bool,
     /// How often the node re-reads its TLS files.
     pub tls_reload_interval: Duration,
+    /// `[routes]` entries (destination zone, next hop): a peer is served
+    /// only facts whose to_zone routes through it.
+    pub routes: Vec<(&'static str, &'static str)>,
 }
 
 pub fn category(name: &str, kinds: &[&str], default: bool) -> CategoryConfig {
@@ -225,6 +228,7 @@ impl Default for Opts {
             principals: None,
             plaintext_dev: false,
             tls_reload_interval: Duration::from_millis(200),
+            routes: vec![],
         }
     }
 }
@@ -267,10 +271,20 @@ impl Zone {
         });
         // Start from the smallest valid TOML so fields added to ZoneConfig
         // later (with serde defaults) need no change here.
-        let mut config: ZoneConfig = toml::from_str(
-            "zone = \"plant-a\"\nlisten = \"127.0.0.1:0\"\nops_listen = \"127.0.0.1:0\"\n[tls]\nmode = \"plaintext-dev\"\n",
-        )
-        .unwrap();
+        let base = "zone = \"plant-a\"\nlisten = \"127.0.0.1:0\"\nops_listen = \"127.0.0.1:0\"\n[tls]\nmode = \"plaintext-dev\"\n".to_string();
+        let routes: String = opts.routes.iter().map(|(to, hop)| format!("{to:?} = {hop:?}\n")).collect();
+        let mut config: ZoneConfig = if routes.is_empty() {
+            toml::from_str(&base).unwrap()
+        } else {
+            // Nodes that predate [routes] (no replicator) serve peers
+            // regardless of to_zone; for them the routes are moot.
+            let with_routes = format!("{base}[routes]\n{routes}");
+            match toml::from_str(&with_routes) {
+                Ok(c) => c,
+                Err(e) if e.to_string().contains("unknown field `routes`") => toml::from_str(&base).unwrap(),
+                Err(e) => panic!("{e}"),
+            }
+        };
         config.tls = tls;
         config.principals = principals;
         config.zone = ZONE.into();

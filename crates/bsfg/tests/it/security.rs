@@ -53,6 +53,7 @@ async fn security_zone() -> Zone {
             BucketConfig { name: BUCKET.into(), capacity_bytes: 64 * 1024 * 1024 },
             BucketConfig { name: SECRET_BUCKET.into(), capacity_bytes: 64 * 1024 * 1024 },
         ],
+        routes: vec![("enterprise", "idmz")],
         principals: Some(vec![
             app_principal("mes", APP_CERT, &["mes", "auditor"], &[BUCKET], &[BUCKET]),
             app_principal("qa", "qa.plant-a", &["qa_inbox"], &[], &[]),
