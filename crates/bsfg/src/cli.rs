@@ -77,11 +77,16 @@ enum Command {
     /// Development PKI.
     #[command(subcommand)]
     Certs(CertsCommand),
-    /// Start a throw-away local zone and walk through the contract.
+    /// Start the reference site (enterprise, idmz, plant-a, plant-b) on this
+    /// machine, move facts and an artifact both ways, cut and restore the
+    /// idmz-enterprise link, and show what happened.
     Demo {
-        /// Directory for the zone's data (default: a fresh temporary one).
+        /// Directory for the zones' data (default: a fresh temporary one).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Instead: one local zone (plant-a), walked through the contract.
+        #[arg(long)]
+        single_zone: bool,
     },
     /// Append one fact.
     Append {
@@ -224,7 +229,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!("zone node stopping");
             result
         }
-        Command::Demo { dir } => crate::demo::run(dir).await,
+        Command::Demo { dir, single_zone } => crate::demo::run(dir, single_zone).await,
         Command::Certs(CertsCommand::Init { dir, name, days }) => {
             let issued = crate::tls::pki::init_ca(&dir, &name, days)?;
             println!("{}", serde_json::json!({"ca": issued.cert, "key": issued.key}));

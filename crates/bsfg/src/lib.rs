@@ -13,5 +13,6 @@ pub mod faultproxy;
 pub mod metrics;
 pub mod node;
 pub mod replicator;
+pub mod site;
 pub mod store;
 pub mod tls;
