@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# The main job: starts a local zone (plant-a) whose node starts and supervises
-# its own nats-server, and walks through append, duplicate retry, conflicting
-# retry, fetch/confirm and an artifact upload referenced by a fact.
+# The main job: starts the whole reference site on this machine — four zones
+# (enterprise, idmz, plant-a, plant-b), each node starting and supervising its
+# own nats-server (JetStream domain = zone name), mutual TLS with a dev PKI —
+# moves facts and an artifact both ways over two hops, cuts the
+# idmz <-> enterprise link while the plants keep appending, restores it,
+# watches the backlog drain and checks every fact arrived exactly once.
+# `scripts/demo.sh --single-zone` walks one zone through the contract instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh

@@ -223,8 +223,12 @@ use std::time::Instant;
 
 /// How long the plants keep appending while idmz ⇄ enterprise is cut.
 const PARTITION: Duration = Duration::from_secs(5);
-/// Pause between two appends of one plant while the link is cut.
-const APPEND_EVERY: Duration = Duration::from_millis(5);
+/// Pause between two appends of one producer while the link is cut.
+const APPEND_EVERY: Duration = Duration::from_millis(2);
+/// Concurrent producers per plant while the link is cut.
+const PRODUCERS_PER_PLANT: usize = 3;
+/// Batch size of enterprise's pull from idmz in the demo.
+const RECONCILE_BATCH: u32 = 100;
 
 struct DemoZone {
     node: crate::node::RunningNode,
@@ -362,7 +366,12 @@ pub async fn run_site(dir: PathBuf) -> anyhow::Result<()> {
             ("idmz", "enterprise") => format!("https://127.0.0.1:{}", idmz_to_enterprise.addr.port()),
             _ => format!("https://127.0.0.1:{}", ports[peer]),
         };
-        let config = site::reference_zone_config(z, &at, &peer_url);
+        let mut config = site::reference_zone_config(z, &at, &peer_url);
+        // Smaller batches on the link that will be cut, so the replay after
+        // the restore takes several round trips and can be watched.
+        for u in config.upstreams.iter_mut().filter(|u| z == "enterprise" && u.peer == "idmz") {
+            u.batch_limit = RECONCILE_BATCH;
+        }
         config.check()?;
         let node = crate::node::start(config).await?;
         let tls = crate::tls::client::client_config(&certs.join("ca.pem"), &certs.join(format!("{}.pem", site::app_identity(z))), &certs.join(format!("{}.key", site::app_identity(z))))?;
@@ -372,6 +381,7 @@ pub async fn run_site(dir: PathBuf) -> anyhow::Result<()> {
     }
     let site = DemoSite { zones, started };
     println!("  fault proxies on the idmz ⇄ enterprise link: enterprise pulls idmz via {}, idmz pulls enterprise via {}", enterprise_to_idmz.addr, idmz_to_enterprise.addr);
+    println!("  enterprise pulls idmz in batches of {RECONCILE_BATCH} facts (so the replay after the cut is visible); the other links in batches of 500");
     let pairs: Vec<(&str, &str)> = ZONES.iter().flat_map(|z| site::neighbours(z).into_iter().map(move |p| (*z, p))).collect();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -449,7 +459,7 @@ pub async fn run_site(dir: PathBuf) -> anyhow::Result<()> {
     let counters: BTreeMap<&str, std::sync::Arc<std::sync::atomic::AtomicU64>> =
         ["plant-a", "plant-b"].into_iter().map(|z| (z, std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)))).collect();
     let mut producers = Vec::new();
-    for plant in ["plant-a", "plant-b"] {
+    for (plant, worker) in ["plant-a", "plant-b"].into_iter().flat_map(|p| (0..PRODUCERS_PER_PLANT).map(move |w| (p, w))) {
         let app = site.app(plant).clone();
         let stop = stop.clone();
         let count = counters[plant].clone();
@@ -457,7 +467,7 @@ pub async fn run_site(dir: PathBuf) -> anyhow::Result<()> {
             let mut ids = Vec::new();
             let mut i = 0u64;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                let id = format!("{plant}-lot-{i:05}-{run_id}");
+                let id = format!("{plant}-w{worker}-lot-{i:05}-{run_id}");
                 let subject = if plant == "plant-a" { "equipment:PlantA/Mixer1" } else { "equipment:PlantB/Press2" };
                 let r = app.append(envelope_for(&id, plant, "enterprise"), fact_of(subject, "reading_recorded", &format!(r#"{{"seq":{i},"temp_c":{}}}"#, 20 + i % 7))).await;
                 match r {
@@ -494,8 +504,8 @@ pub async fn run_site(dir: PathBuf) -> anyhow::Result<()> {
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let mut lot_ids: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for (plant, p) in ["plant-a", "plant-b"].into_iter().zip(producers) {
-        lot_ids.insert(plant, p.await??);
+    for (plant, p) in ["plant-a", "plant-b"].into_iter().flat_map(|p| std::iter::repeat_n(p, PRODUCERS_PER_PLANT)).zip(producers) {
+        lot_ids.entry(plant).or_default().extend(p.await??);
     }
     let appended: usize = lot_ids.values().map(Vec::len).sum();
     println!("  every one of the {appended} appends at the plants was acknowledged by its own zone while enterprise was unreachable.");
@@ -539,7 +549,7 @@ pub async fn run_site(dir: PathBuf) -> anyhow::Result<()> {
         if Instant::now() > deadline {
             anyhow::bail!("the backlog did not drain within 30 s");
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(40)).await;
     }
     println!("  drained in {:.1} s; modes seen after restore: {}", restored_at.elapsed().as_secs_f64(), modes_seen.join(" → "));
 
@@ -573,6 +583,8 @@ pub async fn run_site(dir: PathBuf) -> anyhow::Result<()> {
     }
 
     step("9. End-to-end status of all four zones (bsfg status on each node)");
+    println!("  link (pull) = the neighbour this zone pulls from; frontier = what the neighbour has confirmed for it;");
+    println!("  backlog = facts still waiting at the neighbour; replicated = facts this zone appended from that link.");
     for z in ZONES {
         print!("{}", crate::cli::render_status(&site.app(z).status().await?));
     }
