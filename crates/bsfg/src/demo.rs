@@ -529,6 +529,8 @@ pub async fn run_site(dir: PathBuf) -> anyhow::Result<()> {
     idmz_to_enterprise.restore();
     let restored_at = Instant::now();
     println!("  {} link restored", site.t());
+    println!("  (backlog reported by idmz: what idmz still had for enterprise after the batch it just served;");
+    println!("   queued at idmz: what enterprise has not confirmed yet, including batches in flight)");
     let mut last = String::new();
     let mut modes_seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
