@@ -25,9 +25,15 @@ pub fn neighbours(zone: &str) -> Vec<&'static str> {
 pub struct SiteZone {
     pub name: String,
     pub nats: NatsProc,
+    /// The node when it runs in-process.
     pub node: Option<RunningNode>,
+    /// The `bsfg serve` child when the site runs nodes out-of-process.
+    pub process: Option<tokio::process::Child>,
     pub config: ZoneConfig,
     pub app: BsfgClient,
+    pub dir: PathBuf,
+    /// Operations port (/metrics, /healthz) of the running node.
+    pub ops_addr: std::net::SocketAddr,
 }
 
 #[allow(dead_code)]
@@ -35,6 +41,22 @@ pub struct Site {
     pub dir: tempfile::TempDir,
     pub certs: PathBuf,
     pub zones: BTreeMap<String, SiteZone>,
+    /// With `SiteOpts::proxies`: the fault proxy on each link, keyed by
+    /// (receiver, peer): the receiver's replicator reaches the peer only
+    /// through it.
+    pub proxies: BTreeMap<(String, String), bsfg::faultproxy::FaultProxy>,
+}
+
+/// How a site is started.
+#[derive(Default)]
+pub struct SiteOpts {
+    /// A FaultProxy between each receiver's replicator and its upstream peer.
+    pub proxies: bool,
+    /// Nodes as `bsfg serve --config` children (kill -9 and restart on the
+    /// same ports, config and stores).
+    pub out_of_process: bool,
+    /// Last word on each zone's configuration.
+    pub tweak: Option<fn(&str, &mut ZoneConfig)>,
 }
 
 fn peer(zone: &str, origins: Vec<String>) -> PrincipalConfig {
@@ -107,6 +129,10 @@ pub fn zone_config(dir: &Path, certs: &Path, zone: &str, ports: &BTreeMap<String
 
 impl Site {
     pub async fn start() -> Site {
+        Self::start_with(SiteOpts::default()).await
+    }
+
+    pub async fn start_with(opts: SiteOpts) -> Site {
         let dir = tempfile::tempdir().unwrap();
         let certs = dir.path().join("certs");
         bsfg::tls::pki::init_ca(&certs, "site CA", 5).unwrap();
@@ -118,18 +144,53 @@ impl Site {
             bsfg::tls::pki::issue(&certs, &certs, &bsfg::tls::pki::IssueRequest::new(&format!("app.{z}"), 5)).unwrap();
             ports.insert(z.to_string(), bsfg::node::nats_server::free_port().unwrap());
         }
+        let mut proxies = BTreeMap::new();
+        if opts.proxies {
+            for z in ZONES {
+                for n in neighbours(z) {
+                    let target = format!("127.0.0.1:{}", ports[n]).parse().unwrap();
+                    proxies.insert((z.to_string(), n.to_string()), bsfg::faultproxy::FaultProxy::start(target).await.unwrap());
+                }
+            }
+        }
         let mut zones = BTreeMap::new();
         for z in ZONES {
             let zdir = dir.path().join(z);
             std::fs::create_dir_all(&zdir).unwrap();
             let nats = NatsProc::start(&zdir, z).await;
-            let config = zone_config(&zdir, &certs, z, &ports, nats.url());
-            let node = bsfg::node::start(config.clone()).await.unwrap();
+            let mut config = zone_config(&zdir, &certs, z, &ports, nats.url());
+            for u in &mut config.upstreams {
+                if let Some(p) = proxies.get(&(z.to_string(), u.peer.clone())) {
+                    u.url = format!("https://127.0.0.1:{}", p.addr.port());
+                }
+            }
+            if opts.out_of_process {
+                config.ops_listen = format!("127.0.0.1:{}", bsfg::node::nats_server::free_port().unwrap()).parse().unwrap();
+            }
+            if let Some(tweak) = opts.tweak {
+                tweak(z, &mut config);
+            }
             let tls = bsfg::tls::client::client_config(&certs.join("ca.pem"), &certs.join(format!("app.{z}.pem")), &certs.join(format!("app.{z}.key"))).unwrap();
             let app = BsfgClient::connect_tls(&format!("https://127.0.0.1:{}", ports[z]), tls).unwrap();
-            zones.insert(z.to_string(), SiteZone { name: z.into(), nats, node: Some(node), config, app });
+            let mut zone = SiteZone { name: z.into(), nats, node: None, process: None, ops_addr: config.ops_listen, config, app, dir: zdir };
+            if opts.out_of_process {
+                zone.spawn_process().await;
+            } else {
+                let node = bsfg::node::start(zone.config.clone()).await.unwrap();
+                zone.ops_addr = node.ops_addr;
+                zone.node = Some(node);
+            }
+            zones.insert(z.to_string(), zone);
         }
-        Site { dir, certs, zones }
+        Site { dir, certs, zones, proxies }
+    }
+
+    pub fn proxy(&self, receiver: &str, peer: &str) -> &bsfg::faultproxy::FaultProxy {
+        &self.proxies[&(receiver.to_string(), peer.to_string())]
+    }
+
+    pub fn zone_mut(&mut self, zone: &str) -> &mut SiteZone {
+        self.zones.get_mut(zone).unwrap()
     }
 
     pub fn app(&self, zone: &str) -> &BsfgClient {
@@ -171,6 +232,64 @@ impl Site {
             assert!(Instant::now() < deadline, "{zone} did not receive {message_ids:?} within {within:?}; got {:?}", seen.iter().map(|f| &f.envelope.message_id).collect::<Vec<_>>());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+#[allow(dead_code)]
+impl SiteZone {
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("bsfg.log")
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Starts `bsfg serve --config` on the zone's fixed ports and waits
+    /// until its operations and boundary ports answer.
+    pub async fn spawn_process(&mut self) {
+        assert!(self.process.is_none() && self.node.is_none(), "already running");
+        let path = self.dir.join("zone.toml");
+        std::fs::write(&path, toml::to_string(&self.config).unwrap()).unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bsfg"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn bsfg serve");
+        self.process = Some(child);
+        self.ops_addr = self.config.ops_listen;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let healthy = matches!(http_raw(self.ops_addr, "GET", "/healthz", "text/plain", b"").await, Ok((200, _)));
+            if healthy && tokio::net::TcpStream::connect(self.config.listen).await.is_ok() {
+                return;
+            }
+            if let Some(status) = self.process.as_mut().unwrap().try_wait().unwrap() {
+                panic!("{}: bsfg serve exited with {status}; log: {}", self.name, self.log_text());
+            }
+            assert!(Instant::now() < deadline, "{}: bsfg serve not ready; log: {}", self.name, self.log_text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL of the `bsfg serve` process, waiting for it to be gone.
+    pub async fn kill9_node(&mut self) {
+        let mut child = self.process.take().expect("an out-of-process node");
+        child.start_kill().unwrap();
+        child.wait().await.unwrap();
+    }
+
+    /// The operations port's /metrics text.
+    pub async fn metrics_text(&self) -> String {
+        let (status, body) = http_raw(self.ops_addr, "GET", "/metrics", "text/plain", b"").await.unwrap();
+        assert_eq!(status, 200);
+        String::from_utf8(body).unwrap()
     }
 }
 

@@ -6,6 +6,7 @@ mod capacity;
 mod contract;
 mod crossing;
 mod durability;
+mod faults;
 mod harness;
 mod interop;
 mod security;
