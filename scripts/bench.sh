@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
-# Runs the BSFG end-to-end benchmark and writes the results section of
+# Runs the BSFG end-to-end benchmarks and writes their results sections of
 # BENCHMARKS.md. Extra arguments go to bsfg-bench, e.g.
-#   scripts/bench.sh --duration 2 --reps 1 --drain-facts 50000   # quick run
+#   scripts/bench.sh --duration 2 --reps 1 --drain-facts 50000   # single zone, quick
+#   scripts/bench.sh crossing                                      # crossing zones, full
+#   scripts/bench.sh crossing --facts 2000 --native-facts 100000 \
+#       --backlog-facts 5000 --artifact-mib 64 --lag-secs 3        # crossing zones, quick
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --release -p bsfg -p bsfg-bench
+if [ "${1:-}" = crossing ]; then
+  shift
+  exec target/release/bsfg-bench crossing --out BENCHMARKS.md "$@"
+fi
 exec target/release/bsfg-bench --out BENCHMARKS.md "$@"

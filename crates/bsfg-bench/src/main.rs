@@ -8,6 +8,8 @@
 //! runtime. Every configuration runs for a fixed duration (or a fixed count
 //! for drains), `--reps` times; the report gives medians.
 
+mod crossing;
+
 mod echo_proto {
     #![allow(missing_docs, clippy::all)]
     connectrpc::include_generated!();
@@ -69,6 +71,9 @@ struct Args {
 enum Cmd {
     /// Internal: serve the echo service on the given address (used by the bench).
     EchoServer { addr: String },
+    /// Replication across zones (plant-a -> idmz -> enterprise) vs native
+    /// JetStream stream sourcing over a leaf node; writes its own section.
+    Crossing(crossing::CrossArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -76,6 +81,7 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match &args.command {
         Some(Cmd::EchoServer { addr }) => rt.block_on(echo_server(addr.clone())),
+        Some(Cmd::Crossing(a)) => rt.block_on(crossing::run(a.clone())),
         None => rt.block_on(run(args)),
     }
 }

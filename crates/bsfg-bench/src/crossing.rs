@@ -1,0 +1,617 @@
+//! `bsfg-bench crossing`: replication across zones vs native JetStream
+//! stream sourcing over a leaf node, in the same run.
+//!
+//! Topology: three zones `plant-a` → `idmz` → `enterprise`, each its own
+//! nats-server (JetStream domain = zone name) and its own release
+//! `bsfg serve` process, `[tls] mode = "plaintext-dev"`. `idmz` pulls from
+//! `plant-a` and `enterprise` pulls from `idmz`, each through a
+//! `bsfg::faultproxy::FaultProxy` (cut / restore / delay). Facts of kind
+//! `hop1` are addressed to `idmz` (one hop), kind `hop2` to `enterprise`
+//! (two hops; idmz's `to-enterprise` consumer only carries `hop2`).
+//! Arrivals are counted from the destination zone's `facts_operational`
+//! stream state.
+//!
+//! Reference: a hub nats-server (domain `hub`) and a leaf nats-server
+//! (domain `leaf`) joined by `leafnodes` through another FaultProxy; a stream
+//! on the leaf `sources` the hub's stream with `external.api =
+//! "$JS.hub.API"`.
+
+use super::{Child, free_port, now_ms, object_json, pct_ms, rss_kib, spawn_logged, wait_tcp};
+use anyhow::{Context as _, bail};
+use async_nats::jetstream::{self, stream};
+use bsfg::client::BsfgClient;
+use bsfg::faultproxy::FaultProxy;
+use bsfg_proto::bsfg::v1::{AttachmentRef, Envelope, Fact, PutObjectHeader, StoredFact};
+use buffa::Message as _;
+use futures::StreamExt as _;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Clone)]
+pub struct CrossArgs {
+    /// Markdown file whose crossing results section is written/overwritten.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    out: PathBuf,
+    /// Facts per BSFG catch-up / steady-state measurement.
+    #[arg(long, default_value_t = 20_000)]
+    facts: u64,
+    /// Backlog of 256 B messages for native leaf-node sourcing.
+    #[arg(long, default_value_t = 1_000_000)]
+    native_facts: u64,
+    /// Backlog drained after a partition for the RSS measurement (e); 0 skips.
+    #[arg(long, default_value_t = 1_000_000)]
+    backlog_facts: u64,
+    /// Artifact size in MiB for (f).
+    #[arg(long, default_value_t = 1024)]
+    artifact_mib: u64,
+    /// Offered rate (facts/s) for the two-hop lag measurement.
+    #[arg(long, default_value_t = 5000.0)]
+    lag_rate: f64,
+    /// A second, lower offered rate for the lag measurement (0 skips).
+    #[arg(long, default_value_t = 1000.0)]
+    lag_low_rate: f64,
+    /// Seconds of offered load for the lag measurement.
+    #[arg(long, default_value_t = 10.0)]
+    lag_secs: f64,
+    /// One-way delay in ms of the "WAN" runs (RTT = 2x).
+    #[arg(long, default_value_t = 10)]
+    delay_ms: u64,
+    /// Concurrency of the AppendFact pre-fill at the source.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    #[arg(long, default_value = ".tools/bin/nats-server")]
+    nats_server: PathBuf,
+    #[arg(long, default_value = "target/release/bsfg")]
+    bsfg: PathBuf,
+}
+
+const ZONES: [&str; 3] = ["plant-a", "idmz", "enterprise"];
+
+struct Zone {
+    nats: Child,
+    node: Child,
+    port: u16,
+    js: jetstream::Context,
+    client: BsfgClient,
+}
+
+fn nats_conf(name: &str, port: u16, dir: &Path, extra: &str) -> String {
+    format!(
+        "server_name: \"{name}\"\nlisten: \"127.0.0.1:{port}\"\nmax_payload: 8MB\njetstream {{\n  domain: {name}\n  store_dir: \"{}\"\n}}\n{extra}\n",
+        dir.join(format!("js-{name}")).display()
+    )
+}
+
+async fn start_nats(bin: &Path, dir: &Path, name: &str, port: u16, extra: &str) -> anyhow::Result<(Child, jetstream::Context)> {
+    let conf = dir.join(format!("{name}.nats.conf"));
+    std::fs::write(&conf, nats_conf(name, port, dir, extra))?;
+    let child = spawn_logged(std::process::Command::new(bin).arg("-c").arg(&conf), &dir.join(format!("{name}.nats.log")))
+        .with_context(|| format!("starting {}", bin.display()))?;
+    wait_tcp(port, "nats-server").await?;
+    let nc = async_nats::ConnectOptions::new().connect(format!("nats://127.0.0.1:{port}")).await?;
+    let mut js = jetstream::new(nc);
+    js.set_timeout(Duration::from_secs(20));
+    Ok((child, js))
+}
+
+fn peer_toml(name: &str, origins: &[&str], consumers: &[&str]) -> String {
+    let q = |l: &[&str]| l.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
+    format!(
+        "\n[[principals]]\nname = \"{name}\"\nkind = \"peer\"\nidentities = [\"{name}-bsfg\"]\nzone = \"{name}\"\norigins = [{}]\nconsumers = [{}]\nbuckets_read = [\"records\"]\n",
+        q(origins),
+        q(consumers)
+    )
+}
+
+fn upstream_toml(peer: &str, url: &str, consumer: &str, spool: &Path) -> String {
+    format!(
+        "\n[[upstreams]]\npeer = \"{peer}\"\nurl = \"{url}\"\nconsumer = \"{consumer}\"\nbatch_limit = 1000\nbatch_bytes_max = 4194304\nwait_ms = 500\npipeline_depth = 4\nbackoff_min = \"20ms\"\nbackoff_max = \"200ms\"\nspool_dir = \"{}\"\n",
+        spool.display()
+    )
+}
+
+fn node_toml(zone: &str, port: u16, ops: u16, nats_port: u16, dir: &Path, upstream_urls: &BTreeMap<&str, String>) -> String {
+    let mut s = format!(
+        r#"zone = "{zone}"
+listen = "127.0.0.1:{port}"
+ops_listen = "127.0.0.1:{ops}"
+retention_interval = "5s"
+
+[tls]
+mode = "plaintext-dev"
+
+[nats]
+url = "nats://127.0.0.1:{nats_port}"
+store_dir = "{}"
+port = 0
+request_timeout = "10s"
+
+[[categories]]
+name = "operational"
+default = true
+capacity_bytes = 17179869184
+max_age = "30days"
+
+[[categories]]
+name = "audit"
+kinds = ["audit"]
+capacity_bytes = 4294967296
+max_age = "30days"
+
+[[buckets]]
+name = "records"
+capacity_bytes = 8589934592
+"#,
+        dir.join(format!("unused-{zone}")).display()
+    );
+    let spool = dir.join(format!("spool-{zone}"));
+    match zone {
+        "plant-a" => {
+            s.push_str("\n[routes]\nenterprise = \"idmz\"\n");
+            s.push_str("\n[[consumers]]\nname = \"to-idmz\"\ncategory = \"operational\"\n");
+            s.push_str(&peer_toml("idmz", &["enterprise"], &["to-idmz"]));
+        }
+        "idmz" => {
+            s.push_str("\n[[consumers]]\nname = \"to-enterprise\"\ncategory = \"operational\"\nkinds = [\"hop2\"]\n");
+            s.push_str(&peer_toml("plant-a", &["plant-a"], &[]));
+            s.push_str(&peer_toml("enterprise", &["enterprise"], &["to-enterprise"]));
+            s.push_str(&upstream_toml("plant-a", &upstream_urls["plant-a"], "to-idmz", &spool));
+        }
+        _ => {
+            s.push_str(&peer_toml("idmz", &["plant-a", "idmz"], &[]));
+            s.push_str(&upstream_toml("idmz", &upstream_urls["idmz"], "to-enterprise", &spool));
+        }
+    }
+    s
+}
+
+async fn count(js: &jetstream::Context) -> anyhow::Result<u64> {
+    let mut s = js.get_stream("facts_operational").await?;
+    Ok(s.info().await?.state.messages)
+}
+
+async fn wait_count(js: &jetstream::Context, target: u64, timeout: Duration) -> anyhow::Result<Instant> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let n = count(js).await?;
+        if n >= target {
+            return Ok(Instant::now());
+        }
+        if Instant::now() > deadline {
+            bail!("timed out at {n} of {target} facts");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn fact(kind: &str, i: u64, payload: &str) -> Fact {
+    Fact { subject: format!("{kind}:B{i}"), predicate: "step_completed".into(), object_json: payload.to_string(), ..Default::default() }
+}
+
+fn envelope(tag: &str, i: u64, to: &str) -> Envelope {
+    Envelope { message_id: format!("{tag}-{i}"), from_zone: "plant-a".into(), to_zone: to.into(), produced_at_unix_ms: now_ms(), ..Default::default() }
+}
+
+/// Appends `n` facts at plant-a with `concurrency` in flight. Returns facts/s.
+async fn append_many(client: &BsfgClient, concurrency: usize, n: u64, tag: &str, kind: &str, to: &str, size: usize) -> anyhow::Result<f64> {
+    let payload = Arc::new(object_json(size));
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (client, next, payload, tag, kind, to) = (client.clone(), next.clone(), payload.clone(), tag.to_string(), kind.to_string(), to.to_string());
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                let mut tries = 0;
+                while let Err(e) = client.append(envelope(&tag, i, &to), fact(&kind, i, &payload)).await {
+                    tries += 1;
+                    if tries > 20 {
+                        bail!("append {tag}-{i}: {e:?}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }));
+    }
+    for w in workers {
+        w.await??;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+struct Row {
+    name: String,
+    rate: f64,
+    detail: String,
+}
+
+fn tag(name: &str) -> String {
+    format!("{name}-{:x}", now_ms())
+}
+
+pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("bsfg-bench-crossing-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let _cleanup = super::scopeguard(dir.clone());
+    eprintln!("run dir {}", dir.display());
+    let delay = Duration::from_millis(a.delay_ms);
+    let started_at = now_ms();
+    let mut rows: Vec<Row> = Vec::new();
+    let mut rss_lines: Vec<String> = Vec::new();
+
+    // ---------------------------------------------------------- (b) native sourcing
+    let (native_loop, native_wan) = {
+        let (hub_port, hub_leaf_port, leaf_port) = (free_port()?, free_port()?, free_port()?);
+        let (hub, hub_js) = start_nats(&a.nats_server, &dir, "hub", hub_port, &format!("leafnodes {{\n  listen: \"127.0.0.1:{hub_leaf_port}\"\n}}")).await?;
+        let leaf_proxy = FaultProxy::start(format!("127.0.0.1:{hub_leaf_port}").parse()?).await?;
+        let (leaf, leaf_js) = start_nats(
+            &a.nats_server,
+            &dir,
+            "leaf",
+            leaf_port,
+            &format!("leafnodes {{\n  remotes: [ {{ url: \"nats-leaf://127.0.0.1:{}\" }} ]\n}}", leaf_proxy.addr.port()),
+        )
+        .await?;
+        hub_js
+            .create_stream(stream::Config { name: "SRC".into(), subjects: vec!["src.>".into()], storage: stream::StorageType::File, ..Default::default() })
+            .await?;
+        let payload = bytes::Bytes::from(vec![b'x'; 256]);
+        let t = Instant::now();
+        let mut inflight = std::collections::VecDeque::new();
+        for i in 0..a.native_facts {
+            inflight.push_back(hub_js.publish(format!("src.{}", i % 1024), payload.clone()).await?);
+            if inflight.len() >= 256 {
+                inflight.pop_front().unwrap().await?;
+            }
+        }
+        for f in inflight {
+            f.await?;
+        }
+        eprintln!("native pre-fill {} msgs: {:.0} msg/s", a.native_facts, a.native_facts as f64 / t.elapsed().as_secs_f64());
+        tokio::time::sleep(Duration::from_secs(2)).await; // leaf connects
+        let mut rates = Vec::new();
+        for (name, d) in [("DST_LOOPBACK", Duration::ZERO), ("DST_WAN", delay)] {
+            leaf_proxy.set_delay(d);
+            let t = Instant::now();
+            let mut source = stream::Source { name: "SRC".into(), ..Default::default() };
+            source.external = Some(stream::External { api_prefix: "$JS.hub.API".into(), delivery_prefix: None });
+            leaf_js
+                .create_stream(stream::Config { name: name.into(), storage: stream::StorageType::File, sources: Some(vec![source]), ..Default::default() })
+                .await?;
+            let deadline = Instant::now() + Duration::from_secs(1800);
+            loop {
+                let n = leaf_js.get_stream(name).await?.info().await?.state.messages;
+                if n >= a.native_facts {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("native sourcing timed out at {n}");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let rate = a.native_facts as f64 / t.elapsed().as_secs_f64();
+            eprintln!("native sourcing {name} (one-way delay {d:?}): {rate:.0} msg/s");
+            rates.push(rate);
+            leaf_js.delete_stream(name).await?;
+        }
+        rss_lines.push(format!(
+            "* native: hub nats-server VmHWM {:.1} MiB, leaf nats-server VmHWM {:.1} MiB",
+            rss_kib(hub.pid()).0 as f64 / 1024.0,
+            rss_kib(leaf.pid()).0 as f64 / 1024.0
+        ));
+        drop(leaf);
+        drop(hub);
+        (rates[0], rates[1])
+    };
+    rows.push(Row { name: format!("Native sourcing over leaf node, catch-up of {} × 256 B, loopback", a.native_facts), rate: native_loop, detail: String::new() });
+    rows.push(Row { name: format!("Native sourcing over leaf node, catch-up of {} × 256 B, RTT {} ms", a.native_facts, 2 * a.delay_ms), rate: native_wan, detail: String::new() });
+
+    // ---------------------------------------------------------- BSFG zones
+    let mut ports = BTreeMap::new();
+    for z in ZONES {
+        ports.insert(z, (free_port()?, free_port()?, free_port()?)); // boundary, ops, nats
+    }
+    // idmz pulls plant-a through p1; enterprise pulls idmz through p2.
+    let p1 = FaultProxy::start(format!("127.0.0.1:{}", ports["plant-a"].0).parse()?).await?;
+    let p2 = FaultProxy::start(format!("127.0.0.1:{}", ports["idmz"].0).parse()?).await?;
+    let mut upstream_urls = BTreeMap::new();
+    upstream_urls.insert("plant-a", format!("http://127.0.0.1:{}", p1.addr.port()));
+    upstream_urls.insert("idmz", format!("http://127.0.0.1:{}", p2.addr.port()));
+    let mut zones: BTreeMap<&str, Zone> = BTreeMap::new();
+    for z in ZONES {
+        let (port, ops, nats_port) = ports[z];
+        let (nats, js) = start_nats(&a.nats_server, &dir, z, nats_port, "").await?;
+        let toml = dir.join(format!("{z}.toml"));
+        std::fs::write(&toml, node_toml(z, port, ops, nats_port, &dir, &upstream_urls))?;
+        let node = spawn_logged(
+            std::process::Command::new(&a.bsfg).arg("serve").arg("--config").arg(&toml).env("RUST_LOG", "warn"),
+            &dir.join(format!("{z}.node.log")),
+        )
+        .with_context(|| format!("starting {}", a.bsfg.display()))?;
+        wait_tcp(port, "bsfg node").await?;
+        let client = BsfgClient::connect(&format!("http://127.0.0.1:{port}"))?;
+        zones.insert(z, Zone { nats, node, port, js, client });
+    }
+    let _ = zones["plant-a"].port;
+    let src = zones["plant-a"].client.clone();
+    let dest = |hops: u8| &zones[if hops == 1 { "idmz" } else { "enterprise" }].js;
+    let n = a.facts;
+    let timeout = Duration::from_secs(3600);
+
+    // ---------------------------------------------------------- (a)+(c) catch-up
+    let mut catchup_1hop_256_loop = 0.0;
+    let mut catchup_1hop_256_wan = 0.0;
+    for (hops, size, d) in [(1u8, 256usize, Duration::ZERO), (1, 4096, Duration::ZERO), (2, 256, Duration::ZERO), (2, 4096, Duration::ZERO), (1, 256, delay), (2, 256, delay)] {
+        p1.set_delay(d);
+        p2.set_delay(d);
+        p1.cut();
+        let kind = if hops == 1 { "hop1" } else { "hop2" };
+        let to = if hops == 1 { "idmz" } else { "enterprise" };
+        let base = count(dest(hops)).await?;
+        let fill = append_many(&src, a.concurrency, n, &tag("cu"), kind, to, size).await?;
+        let t = Instant::now();
+        p1.restore();
+        let done = wait_count(dest(hops), base + n, timeout).await?;
+        let rate = n as f64 / (done - t).as_secs_f64();
+        let rtt = 2 * d.as_millis();
+        eprintln!("catch-up {hops} hop(s) {size} B RTT {rtt} ms: {rate:.0} facts/s (pre-fill {fill:.0}/s)");
+        if hops == 1 && size == 256 {
+            if d.is_zero() {
+                catchup_1hop_256_loop = rate;
+            } else {
+                catchup_1hop_256_wan = rate;
+            }
+        }
+        rows.push(Row {
+            name: format!("BSFG catch-up, {hops} hop(s), {n} × {size} B backlog, {}", if d.is_zero() { "loopback".to_string() } else { format!("RTT {rtt} ms per link") }),
+            rate,
+            detail: format!("pre-fill by AppendFact c{}: {fill:.0} facts/s", a.concurrency),
+        });
+    }
+    p1.set_delay(Duration::ZERO);
+    p2.set_delay(Duration::ZERO);
+
+    // ---------------------------------------------------------- (a) steady state
+    for (hops, size) in [(1u8, 256usize), (1, 4096), (2, 256), (2, 4096)] {
+        let kind = if hops == 1 { "hop1" } else { "hop2" };
+        let to = if hops == 1 { "idmz" } else { "enterprise" };
+        let base = count(dest(hops)).await?;
+        let t = Instant::now();
+        let offered = append_many(&src, a.concurrency, n, &tag("ss"), kind, to, size).await?;
+        let done = wait_count(dest(hops), base + n, timeout).await?;
+        let rate = n as f64 / (done - t).as_secs_f64();
+        eprintln!("steady {hops} hop(s) {size} B: {rate:.0} facts/s delivered (appended at {offered:.0}/s)");
+        rows.push(Row {
+            name: format!("BSFG steady state, {hops} hop(s), {size} B, {n} facts appended c{} while links are up", a.concurrency),
+            rate,
+            detail: format!("source append rate {offered:.0} facts/s; rate = facts / (first append → last arrival)"),
+        });
+    }
+
+    // ---------------------------------------------------------- (d) two-hop lag at an offered rate
+    let lag = lag_run(&src, &zones["enterprise"].js, a.lag_rate, a.lag_secs, timeout).await?;
+    let lag_low = if a.lag_low_rate > 0.0 { Some(lag_run(&src, &zones["enterprise"].js, a.lag_low_rate, a.lag_secs, timeout).await?) } else { None };
+
+    let mut rss_lifetime = Vec::new();
+    for z in ZONES {
+        rss_lifetime.push((z, rss_kib(zones[z].node.pid()).0 as f64 / 1024.0));
+    }
+
+    // ---------------------------------------------------------- (e) backlog after a partition, RSS
+    let backlog = if a.backlog_facts > 0 {
+        p2.cut();
+        let ent = &zones["enterprise"].js;
+        let base = count(ent).await?;
+        let fill = append_many(&src, a.concurrency, a.backlog_facts, &tag("bl"), "hop2", "enterprise", 256).await?;
+        // idmz receives them while its link to enterprise is cut.
+        let idmz_target = count(&zones["idmz"].js).await?; // at least this many
+        let _ = idmz_target;
+        // Reset every node's VmHWM so that it shows the peak of the drain
+        // alone (the pre-fill's 64 concurrent appends at plant-a excluded).
+        for z in ZONES {
+            let _ = std::fs::write(format!("/proc/{}/clear_refs", zones[z].node.pid()), "5");
+        }
+        let t = Instant::now();
+        p2.restore();
+        let done = wait_count(ent, base + a.backlog_facts, timeout).await?;
+        let rate = a.backlog_facts as f64 / (done - t).as_secs_f64();
+        eprintln!("backlog drain idmz→enterprise {} facts: {rate:.0} facts/s (pre-fill {fill:.0}/s)", a.backlog_facts);
+        Some((rate, fill))
+    } else {
+        None
+    };
+    let mut rss = Vec::new();
+    for z in ZONES {
+        let (hwm, now) = rss_kib(zones[z].node.pid());
+        let (nhwm, _) = rss_kib(zones[z].nats.pid());
+        rss.push((z, hwm as f64 / 1024.0, now as f64 / 1024.0, nhwm as f64 / 1024.0));
+    }
+
+    // ---------------------------------------------------------- (f) artifact crossing
+    let artifact = if a.artifact_mib > 0 {
+        let size = a.artifact_mib * 1024 * 1024;
+        let key = tag("artifact");
+        let put = |key: String| {
+            let src = src.clone();
+            async move {
+                let chunks = futures::stream::iter((0..size / (1024 * 1024)).map(|i| {
+                    let mut c = vec![0u8; 1024 * 1024];
+                    for (j, b) in c.iter_mut().enumerate() {
+                        *b = ((i as usize * 7919 + j * 31) % 251) as u8;
+                    }
+                    c
+                }));
+                let header = PutObjectHeader { bucket: "records".into(), key, media_type: "application/octet-stream".into(), ..Default::default() };
+                let t = Instant::now();
+                let r = src.put_object(header, chunks, Duration::from_secs(3600)).await.map_err(|e| anyhow::anyhow!("put_object: {e:?}"))?;
+                Ok::<_, anyhow::Error>((r, t.elapsed().as_secs_f64()))
+            }
+        };
+        let (stored, put_secs) = put(key.clone()).await?;
+        let local_rate = size as f64 / put_secs / (1024.0 * 1024.0);
+        let idmz = &zones["idmz"].js;
+        let base = count(idmz).await?;
+        let mut f = fact("art", 0, &object_json(64));
+        f.attachments.push(AttachmentRef {
+            bucket: stored.bucket.clone(),
+            key: stored.key.clone(),
+            digest: stored.digest.clone(),
+            size_bytes: stored.size_bytes,
+            media_type: "application/octet-stream".into(),
+            ..Default::default()
+        });
+        let t = Instant::now();
+        src.append(envelope(&key, 0, "idmz"), f).await.map_err(|e| anyhow::anyhow!("append with attachment: {e:?}"))?;
+        wait_count(idmz, base + 1, timeout).await?;
+        let cross_secs = t.elapsed().as_secs_f64();
+        let cross_rate = size as f64 / cross_secs / (1024.0 * 1024.0);
+        eprintln!("artifact {} MiB: local put {local_rate:.1} MiB/s, crossing one hop {cross_rate:.1} MiB/s", a.artifact_mib);
+        Some((local_rate, cross_rate, put_secs, cross_secs))
+    } else {
+        None
+    };
+    let mut rss_after_artifact = Vec::new();
+    for z in ZONES {
+        rss_after_artifact.push((z, rss_kib(zones[z].node.pid()).0 as f64 / 1024.0));
+    }
+
+    // ---------------------------------------------------------- report
+    let mut md = String::new();
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let _ = writeln!(md, "## Results: crossing zones\n");
+    let _ = writeln!(
+        md,
+        "Generated by `bsfg-bench crossing` at unix ms {started_at}; BSFG measurements of {n} facts each, native backlog {} × 256 B, (e) backlog {} facts, artifact {} MiB, lag at {} facts/s offered for {} s, delay runs at {} ms one-way ({} ms RTT) per proxied link; nodes `[tls] mode = \"plaintext-dev\"`; host: {cpus} CPUs.\n",
+        a.native_facts, a.backlog_facts, a.artifact_mib, a.lag_rate, a.lag_secs, a.delay_ms, 2 * a.delay_ms
+    );
+    let verdict = |ok: bool| if ok { "**PASS**" } else { "**FAIL**" };
+    let _ = writeln!(md, "### Targets\n\n| Target | Measured | Result |\n|---|---|---|");
+    let r_loop = catchup_1hop_256_loop / native_loop;
+    let r_wan = catchup_1hop_256_wan / native_wan;
+    let _ = writeln!(md, "| one-hop catch-up ≥ 0.5 × native sourcing, loopback | {catchup_1hop_256_loop:.0} / {native_loop:.0} = {r_loop:.3}× | {} |", verdict(r_loop >= 0.5));
+    let _ = writeln!(md, "| one-hop catch-up ≥ 1.0 × native sourcing, RTT {} ms | {catchup_1hop_256_wan:.0} / {native_wan:.0} = {r_wan:.3}× | {} |", 2 * a.delay_ms, verdict(r_wan >= 1.0));
+    let (ok, total, offered_secs, p50, p99, max) = lag;
+    let achieved = ok as f64 / offered_secs;
+    let _ = writeln!(
+        md,
+        "| two-hop lag p99 ≤ 20 ms at {} facts/s | p99 {p99:.0} ms, p50 {p50:.0} ms, max {max:.0} ms ({ok}/{total} appended, achieved {achieved:.0}/s) | {} |",
+        a.lag_rate,
+        verdict(p99 <= 20.0 && achieved >= 0.95 * a.lag_rate)
+    );
+    let max_rss = rss.iter().map(|r| r.1).fold(0.0, f64::max);
+    let _ = writeln!(
+        md,
+        "| backlog drain, every node's RSS ≤ 128 MiB | max VmHWM {max_rss:.1} MiB ({}) | {} |",
+        rss.iter().map(|r| format!("{} {:.1}", r.0, r.1)).collect::<Vec<_>>().join(", "),
+        verdict(max_rss <= 128.0)
+    );
+    if let Some((local, cross, _, _)) = artifact {
+        let _ = writeln!(md, "| artifact crossing ≥ 0.5 × local put | {cross:.1} / {local:.1} MiB/s = {:.2}× | {} |", cross / local, verdict(cross / local >= 0.5));
+    }
+    let _ = writeln!(md, "\n### Measurements\n\n| Benchmark | Rate | Notes |\n|---|---|---|");
+    for r in &rows {
+        let _ = writeln!(md, "| {} | {:.0} /s | {} |", r.name, r.rate, r.detail);
+    }
+    if let Some((rate, fill)) = backlog {
+        let _ = writeln!(md, "| (e) BSFG drain of {} × 256 B two-hop facts held at idmz after cutting idmz ⇄ enterprise | {rate:.0} /s | pre-fill by AppendFact at plant-a {fill:.0} facts/s |", a.backlog_facts);
+    }
+    let _ = writeln!(md, "| (d) two-hop lag plant-a append → enterprise append, open loop {} facts/s × {} s | p50 {p50:.1} ms / p99 {p99:.1} ms / max {max:.1} ms | from `provenance.hops[0].appended_at_unix_ms` to the enterprise `StoredFact.appended_at_unix_ms` (ms resolution); {ok} of {total} appends succeeded over {offered_secs:.1} s |", a.lag_rate, a.lag_secs);
+    if let Some((ok, total, offered_secs, p50, p99, max)) = lag_low {
+        let _ = writeln!(md, "| (d) same, open loop {} facts/s × {} s | p50 {p50:.1} ms / p99 {p99:.1} ms / max {max:.1} ms | {ok} of {total} appends succeeded over {offered_secs:.1} s |", a.lag_low_rate, a.lag_secs);
+    }
+    if let Some((local, cross, put_secs, cross_secs)) = artifact {
+        let _ = writeln!(md, "| (f) artifact {} MiB: local PutObject at plant-a | {local:.1} MiB/s | {put_secs:.1} s |", a.artifact_mib);
+        let _ = writeln!(md, "| (f) same artifact crossing one hop (append → fact present at idmz, object pulled, verified, stored) | {cross:.1} MiB/s | {cross_secs:.1} s |");
+    }
+    let _ = writeln!(md, "\n### Resources\n");
+    for (z, hwm, now, nhwm) in &rss {
+        let _ = writeln!(md, "* `bsfg serve` {z}: VmHWM {hwm:.1} MiB during the backlog drain (reset just before it via /proc/pid/clear_refs) (VmRSS {now:.1} MiB); its nats-server VmHWM {nhwm:.1} MiB");
+    }
+    let _ = writeln!(
+        md,
+        "* `bsfg serve` lifetime VmHWM before (e) (includes the c{} pre-fills and the open-loop lag phase at plant-a): {}",
+        a.concurrency,
+        rss_lifetime.iter().map(|r| format!("{} {:.1} MiB", r.0, r.1)).collect::<Vec<_>>().join(", ")
+    );
+    let _ = writeln!(
+        md,
+        "* `bsfg serve` VmHWM after the artifact crossing (reset before (e)): {}",
+        rss_after_artifact.iter().map(|r| format!("{} {:.1} MiB", r.0, r.1)).collect::<Vec<_>>().join(", ")
+    );
+    for l in &rss_lines {
+        let _ = writeln!(md, "{l}");
+    }
+    println!("{md}");
+    write_section(&a.out, &md)?;
+    Ok(())
+}
+
+async fn lag_run(src: &BsfgClient, ent: &jetstream::Context, rate: f64, secs: f64, timeout: Duration) -> anyhow::Result<(u64, u64, f64, f64, f64, f64)> {
+    let base_seq = ent.get_stream("facts_operational").await?.info().await?.state.last_sequence;
+    let base = count(ent).await?;
+    let total = (rate * secs) as u64;
+    let payload = Arc::new(object_json(256));
+    let t0 = tokio::time::Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(4096));
+    let lagtag = tag("lag");
+    let mut handles = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        tokio::time::sleep_until(t0 + Duration::from_secs_f64(i as f64 / rate)).await;
+        let permit = sem.clone().acquire_owned().await?;
+        let (client, payload, lagtag) = (src.clone(), payload.clone(), lagtag.clone());
+        handles.push(tokio::spawn(async move {
+            let r = client.append(envelope(&lagtag, i, "enterprise"), fact("hop2", i, &payload)).await;
+            drop(permit);
+            r.is_ok()
+        }));
+    }
+    let offered_secs = t0.elapsed().as_secs_f64();
+    let mut ok = 0u64;
+    for h in handles {
+        ok += u64::from(h.await?);
+    }
+    wait_count(ent, base + ok, timeout).await?;
+    // Read the arrivals back and compute enterprise append − plant-a append.
+    let mut lags_us: Vec<u32> = Vec::new();
+    let consumer = ent
+        .get_stream("facts_operational")
+        .await?
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence: base_seq + 1 },
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    while (lags_us.len() as u64) < ok {
+        let Some(m) = tokio::time::timeout(Duration::from_secs(10), messages.next()).await? else { break };
+        let m = m?;
+        let sf = StoredFact::decode_from_slice(&m.payload)?;
+        let origin = sf.provenance.hops.first().map(|h| h.appended_at_unix_ms).unwrap_or(sf.appended_at_unix_ms);
+        lags_us.push(((sf.appended_at_unix_ms - origin).max(0) * 1000) as u32);
+    }
+    lags_us.sort_unstable();
+    let (p50, p99, max) = (pct_ms(&lags_us, 50.0), pct_ms(&lags_us, 99.0), pct_ms(&lags_us, 100.0));
+    eprintln!("lag two hops at {} facts/s offered: {ok} ok, p50 {p50} ms p99 {p99} ms max {max} ms", rate);
+    Ok((ok, total, offered_secs, p50, p99, max))
+}
+
+const BEGIN: &str = "<!-- bsfg-bench crossing results: begin (generated, do not edit) -->";
+const END: &str = "<!-- bsfg-bench crossing results: end -->";
+
+fn write_section(out: &Path, results: &str) -> anyhow::Result<()> {
+    let existing = std::fs::read_to_string(out).unwrap_or_else(|_| "# BSFG benchmarks\n\n".to_string());
+    let section = format!("{BEGIN}\n{results}{END}\n");
+    let text = match (existing.find(BEGIN), existing.find(END)) {
+        (Some(b), Some(e)) if e > b => format!("{}{}{}", &existing[..b], section, &existing[e + END.len()..].trim_start_matches('\n')),
+        _ => format!("{}\n\n{}", existing.trim_end(), section),
+    };
+    std::fs::write(out, text)?;
+    Ok(())
+}
