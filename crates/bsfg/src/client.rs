@@ -59,7 +59,12 @@ impl BsfgClient {
     }
 
     pub async fn fetch(&self, consumer: &str, limit: u32, max_bytes: u64, wait_ms: u32) -> Result<FetchFactsResponse, ConnectError> {
-        let request = FetchFactsRequest { consumer_name: consumer.into(), limit, max_bytes, wait_ms, ..Default::default() };
+        self.fetch_request(FetchFactsRequest { consumer_name: consumer.into(), limit, max_bytes, wait_ms, ..Default::default() }).await
+    }
+
+    /// FetchFacts with every field, e.g. `restart_from_frontier`.
+    pub async fn fetch_request(&self, request: FetchFactsRequest) -> Result<FetchFactsResponse, ConnectError> {
+        let wait_ms = request.wait_ms;
         let timeout = CALL_TIMEOUT_DEFAULT + Duration::from_millis(u64::from(wait_ms));
         let options = connectrpc::client::CallOptions::default().with_timeout(timeout);
         Ok(self.inner.fetch_facts_with_options(request, options).await?.into_owned())

@@ -21,7 +21,7 @@ use crate::node::audit::{Audit, AuditEvent};
 use crate::store::Store;
 use bsfg_domain::policy::Crossing;
 use bsfg_domain::{Code, Rejection, validate};
-use bsfg_proto::bsfg::v1::{AttachmentRef, FetchFactsResponse, StoredFact};
+use bsfg_proto::bsfg::v1::{AttachmentRef, FetchFactsRequest, FetchFactsResponse, StoredFact};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -171,9 +171,22 @@ impl Backoff {
 async fn fetcher(link: Arc<Link>, client: BsfgClient, cx: Arc<Context>, batches: tokio::sync::mpsc::Sender<FetchFactsResponse>) {
     let c = &link.config;
     let mut backoff = Backoff::new(c.backoff_min, c.backoff_max);
+    // Confirms are cumulative: facts delivered before this fetcher started,
+    // or in a response lost with a failed call, were never appended here
+    // and must be delivered again before a later confirm could cover them.
+    let mut restart_from_frontier = true;
     loop {
-        match client.fetch(&c.consumer, c.batch_limit, c.batch_bytes_max, c.wait_ms).await {
+        let request = FetchFactsRequest {
+            consumer_name: c.consumer.clone(),
+            limit: c.batch_limit,
+            max_bytes: c.batch_bytes_max,
+            wait_ms: c.wait_ms,
+            restart_from_frontier,
+            ..Default::default()
+        };
+        match client.fetch_request(request).await {
             Ok(batch) => {
+                restart_from_frontier = false;
                 backoff.reset();
                 let mode = if batch.backlog > u64::from(c.batch_limit) { LinkMode::Reconciliation } else { LinkMode::Normal };
                 link.set_mode(mode, &cx.metrics);
@@ -192,6 +205,7 @@ async fn fetcher(link: Arc<Link>, client: BsfgClient, cx: Arc<Context>, batches:
                 }
             }
             Err(e) => {
+                restart_from_frontier = true;
                 link.set_mode(LinkMode::Autonomous, &cx.metrics);
                 link.status.lock().unwrap().last_error = format!("{}: {}", e.code.as_str(), e.message.clone().unwrap_or_default());
                 tracing::debug!(link = %c.peer, error = ?e, "fetch failed; backing off");
@@ -212,24 +226,61 @@ async fn appender(link: Arc<Link>, client: BsfgClient, cx: Arc<Context>, mut bat
     let mut backoff = Backoff::new(c.backoff_min, c.backoff_max);
     let mut confirm_pending: Option<u64> = None;
     while let Some(batch) = batches.recv().await {
-        let mut accepted = Vec::new();
+        // Screen each fact (validation, origin, import policy, artifacts),
+        // in order; a refusal is audited and passed, a link or store error
+        // is retried.
+        let mut items = Vec::with_capacity(batch.facts.len());
         for fact in &batch.facts {
             loop {
-                match replicate_one(&link, &client, &cx, fact).await {
-                    Ok(Some(id)) => {
-                        accepted.push(id);
+                match screen(&link, &client, &cx, fact).await {
+                    Ok(Some(item)) => {
+                        items.push(item);
                         break;
                     }
                     Ok(None) => break,
                     Err(r) => {
                         link.status.lock().unwrap().last_error = r.to_string();
-                        tracing::warn!(link = %c.peer, error = %r, "could not replicate a fact yet; retrying");
+                        tracing::warn!(link = %c.peer, error = %r, "could not fetch an artifact yet; retrying");
                         backoff.wait().await;
                     }
                 }
             }
-            backoff.reset();
         }
+        backoff.reset();
+        // Append the screened facts in one pipelined batch. On a retriable
+        // failure, retry from the first failed fact on: what follows it was
+        // either refused too or is answered as a duplicate, and JetStream
+        // failures of one connection come in order.
+        let mut accepted = Vec::new();
+        let mut pending = items;
+        while !pending.is_empty() {
+            let ids: Vec<String> = pending.iter().map(|i| format!("{}/{}", i.envelope.from_zone, i.envelope.message_id)).collect();
+            let replay: Vec<crate::store::facts::AppendItem> = pending
+                .iter()
+                .map(|i| crate::store::facts::AppendItem { envelope: i.envelope.clone(), valid: i.valid.clone(), provenance: i.provenance.clone() })
+                .collect();
+            let results = cx.store.facts.append_batch(replay).await;
+            let first_retriable = results.iter().position(|r| matches!(r, Err(e) if retriable(e)));
+            let settled = first_retriable.unwrap_or(results.len());
+            for (index, result) in results.into_iter().enumerate().take(settled) {
+                match result {
+                    Ok(_) => {
+                        link.status.lock().unwrap().facts_replicated += 1;
+                        cx.metrics.replicated_facts_total.get_or_create(&labels(&[("link", &c.peer)])).inc();
+                        accepted.push(ids[index].clone());
+                    }
+                    Err(r) => {
+                        refuse(&link, &cx, &ids[index], pending[index].provenance.as_ref().map(|p| p.origin_offset).unwrap_or(0), r.reason.to_string(), r.message).await;
+                    }
+                }
+            }
+            pending.drain(..settled);
+            if !pending.is_empty() {
+                tracing::warn!(link = %c.peer, remaining = pending.len(), "local append failed; retrying");
+                backoff.wait().await;
+            }
+        }
+        backoff.reset();
         if !accepted.is_empty() {
             record_accepted(&link, &cx, &accepted, &batch).await;
         }
@@ -255,48 +306,52 @@ async fn appender(link: Arc<Link>, client: BsfgClient, cx: Arc<Context>, mut bat
     }
 }
 
-/// Replicates one fact. `Ok(Some(id))` appended (or already here),
-/// `Ok(None)` refused and audited, `Err` retriable.
-async fn replicate_one(link: &Link, client: &BsfgClient, cx: &Context, stored: &StoredFact) -> Result<Option<String>, Rejection> {
+/// Audits and counts a fact this zone refuses; the link moves past it.
+async fn refuse(link: &Link, cx: &Context, id: &str, origin_offset: u64, reason: String, detail: String) {
+    cx.metrics
+        .crossing_refusals_total
+        .get_or_create(&labels(&[("peer", &link.config.peer), ("direction", "import"), ("reason", &reason)]))
+        .inc();
+    link.status.lock().unwrap().facts_refused += 1;
+    cx.audit
+        .record(AuditEvent {
+            principal: link.principal.name.clone(),
+            identity: link.config.url.clone(),
+            fingerprint: String::new(),
+            rpc: "Replicate",
+            subject_key: format!("{id} origin offset {origin_offset}"),
+            decision: "refused",
+            reason,
+            detail,
+        })
+        .await;
+}
+
+/// Decides whether a pulled fact may enter this zone and makes its
+/// artifacts present. `Ok(Some)` to append, `Ok(None)` refused and audited,
+/// `Err` retriable (link or local store).
+async fn screen(link: &Link, client: &BsfgClient, cx: &Context, stored: &StoredFact) -> Result<Option<crate::store::facts::AppendItem>, Rejection> {
     let envelope = stored.envelope.as_option().cloned().unwrap_or_default();
     let fact = stored.fact.as_option().cloned().unwrap_or_default();
     let id = format!("{}/{}", envelope.from_zone, envelope.message_id);
-    let id_ref = id.as_str();
-    let refuse = |reason: String, detail: String| async move {
-        cx.metrics
-            .crossing_refusals_total
-            .get_or_create(&labels(&[("peer", &link.config.peer), ("direction", "import"), ("reason", &reason)]))
-            .inc();
-        link.status.lock().unwrap().facts_refused += 1;
-        cx.audit
-            .record(AuditEvent {
-                principal: link.principal.name.clone(),
-                identity: link.config.url.clone(),
-                fingerprint: String::new(),
-                rpc: "Replicate",
-                subject_key: format!("{id_ref} origin offset {}", stored.provenance.origin_offset),
-                decision: "refused",
-                reason,
-                detail,
-            })
-            .await;
-        Ok(None)
-    };
+    let origin_offset = stored.provenance.origin_offset;
     // Defence in depth: the peer should not have served it, but this zone
     // decides for itself.
     if let Err(r) = validate::envelope(&envelope, &cx.zone.limits) {
-        return refuse(r.reason.to_string(), r.message).await;
+        refuse(link, cx, &id, origin_offset, r.reason.to_string(), r.message).await;
+        return Ok(None);
     }
     let valid = match validate::fact(&fact, &cx.zone.limits) {
         Ok(v) => v,
-        Err(r) => return refuse(r.reason.to_string(), r.message).await,
+        Err(r) => {
+            refuse(link, cx, &id, origin_offset, r.reason.to_string(), r.message).await;
+            return Ok(None);
+        }
     };
     if !link.principal.origins.iter().any(|o| o == &envelope.from_zone) {
-        return refuse(
-            "from_zone_not_allowed".into(),
-            format!("peer {} may relay origins {:?}, not {}", link.principal.name, link.principal.origins, envelope.from_zone),
-        )
-        .await;
+        let detail = format!("peer {} may relay origins {:?}, not {}", link.principal.name, link.principal.origins, envelope.from_zone);
+        refuse(link, cx, &id, origin_offset, "from_zone_not_allowed".into(), detail).await;
+        return Ok(None);
     }
     let category = cx.zone.category_for_kind(&valid.subject_kind).name.clone();
     let crossing = Crossing {
@@ -307,28 +362,24 @@ async fn replicate_one(link: &Link, client: &BsfgClient, cx: &Context, stored: &
         fact_bytes: valid.fact.object_json.len(),
     };
     if let Err(p) = link.principal.import.check(&crossing) {
-        return refuse(p.reason.to_string(), p.message).await;
+        refuse(link, cx, &id, origin_offset, p.reason.to_string(), p.message).await;
+        return Ok(None);
     }
     for attachment in &valid.fact.attachments {
-        if let Err(p) = link.principal.import.check_object_size(attachment.size_bytes) {
-            return refuse(p.reason.to_string(), p.message).await;
-        }
-        match pull_object(link, client, cx, attachment).await {
+        let verdict = match link.principal.import.check_object_size(attachment.size_bytes) {
+            Err(p) => Err(Rejection::new(Code::PermissionDenied, p.reason, p.message)),
+            Ok(()) => pull_object(link, client, cx, attachment).await,
+        };
+        match verdict {
             Ok(()) => {}
             Err(r) if retriable(&r) => return Err(r),
-            Err(r) => return refuse(r.reason.to_string(), r.message).await,
+            Err(r) => {
+                refuse(link, cx, &id, origin_offset, r.reason.to_string(), r.message).await;
+                return Ok(None);
+            }
         }
     }
-    let provenance = stored.provenance.as_option().cloned();
-    match cx.store.facts.append(envelope, valid, provenance).await {
-        Ok(_) => {
-            link.status.lock().unwrap().facts_replicated += 1;
-            cx.metrics.replicated_facts_total.get_or_create(&labels(&[("link", &link.config.peer)])).inc();
-            Ok(Some(id))
-        }
-        Err(r) if retriable(&r) => Err(r),
-        Err(r) => refuse(r.reason.to_string(), r.message).await,
-    }
+    Ok(Some(crate::store::facts::AppendItem { envelope, valid, provenance: stored.provenance.as_option().cloned() }))
 }
 
 /// Makes an attachment present locally: skipped when an object with the

@@ -57,10 +57,13 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Writes the nats-server configuration for a zone.
+/// Writes the nats-server configuration for a zone. `sync_interval: always`:
+/// JetStream acknowledges a write only once it is on disk. Without it the
+/// file store acknowledges from its write buffer, and a `kill -9` of the
+/// server loses the last acknowledged facts (seen in the fault suite).
 pub fn write_server_config(path: &Path, zone: &str, port: u16, store_dir: &Path) -> anyhow::Result<()> {
     let text = format!(
-        "server_name: \"bsfg-{zone}\"\nlisten: \"127.0.0.1:{port}\"\nmax_payload: 8MB\njetstream {{\n  domain: \"{zone}\"\n  store_dir: \"{}\"\n}}\n",
+        "server_name: \"bsfg-{zone}\"\nlisten: \"127.0.0.1:{port}\"\nmax_payload: 8MB\njetstream {{\n  domain: \"{zone}\"\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n",
         store_dir.display()
     );
     std::fs::write(path, text)?;

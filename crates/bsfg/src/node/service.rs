@@ -99,6 +99,7 @@ impl Boundary {
         let limit = if request.limit == 0 { f.limit_default } else { request.limit.min(f.limit_max) };
         let bytes = if request.max_bytes == 0 { f.bytes_default } else { request.max_bytes.min(f.bytes_max) };
         FetchBounds {
+            restart_from_frontier: request.restart_from_frontier,
             limit: limit as usize,
             bytes_max: bytes as usize,
             wait: Duration::from_millis(u64::from(request.wait_ms.min(f.wait_ms_max))),

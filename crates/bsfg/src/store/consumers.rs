@@ -29,6 +29,8 @@ use std::time::Duration;
 /// A bounded fetch request, already capped by the node's limits.
 #[derive(Debug, Clone, Copy)]
 pub struct FetchBounds {
+    /// Redeliver everything after the frontier first (see the contract).
+    pub restart_from_frontier: bool,
     pub limit: usize,
     pub bytes_max: usize,
     pub wait: Duration,
@@ -181,7 +183,14 @@ impl Consumers {
     /// for this consumer after the last one returned).
     pub async fn fetch(&self, name: &str, bounds: FetchBounds) -> Result<(Vec<StoredFact>, u64, u64), Rejection> {
         let cursor = self.cursor(name)?;
-        let consumer = cursor.consumer.lock().await;
+        let mut consumer = cursor.consumer.lock().await;
+        if bounds.restart_from_frontier {
+            let frontier = cursor.delivery.lock().unwrap().frontier;
+            *consumer = self.recreate(cursor, DeliverPolicy::ByStartSequence { start_sequence: frontier + 1 }).await?;
+            let mut d = cursor.delivery.lock().unwrap();
+            d.unconfirmed.clear();
+            d.delivered_max = d.frontier;
+        }
         let mut messages = pull_now(&consumer, bounds.limit, bounds.bytes_max).await?;
         if messages.is_empty() && bounds.bytes_max < self.single_fact_bytes {
             // The next fact alone may be larger than the caller's max_bytes;
@@ -241,10 +250,7 @@ impl Consumers {
         let cursor = self.cursor(name)?;
         let mut consumer = cursor.consumer.lock().await;
         let deliver_policy = deliver_policy(&start).map_err(|e| Rejection::invalid("bad_start", e.to_string()))?;
-        let mut config = cursor.template.clone();
-        config.deliver_policy = deliver_policy;
-        cursor.stream.delete_consumer(name).await.map_err(|e| unavailable("resetting the consumer", e))?;
-        let mut fresh: consumer::Consumer<pull::Config> = cursor.stream.create_consumer(config).await.map_err(|e| unavailable("re-creating the consumer", e))?;
+        let mut fresh = self.recreate(cursor, deliver_policy).await?;
         let info = fresh.info().await.map_err(|e| unavailable("reading the consumer", e))?;
         let frontier = info.ack_floor.stream_sequence;
         *consumer = fresh;
@@ -252,6 +258,15 @@ impl Consumers {
         self.metrics.frontier_offset.get_or_create(&vec![("consumer".to_string(), name.to_string())]).set(frontier as i64);
         tracing::warn!(consumer = name, frontier, "consumer reset for replay");
         Ok(frontier)
+    }
+
+    /// Deletes and re-creates the JetStream consumer with a new start.
+    async fn recreate(&self, cursor: &Cursor, deliver_policy: DeliverPolicy) -> Result<consumer::Consumer<pull::Config>, Rejection> {
+        let mut config = cursor.template.clone();
+        config.deliver_policy = deliver_policy;
+        let name = cursor.config.name.as_str();
+        cursor.stream.delete_consumer(name).await.map_err(|e| unavailable("re-creating the consumer", e))?;
+        cursor.stream.create_consumer(config).await.map_err(|e| unavailable("re-creating the consumer", e))
     }
 
     /// Confirms everything delivered to `name` up to and including `offset`.
