@@ -212,6 +212,7 @@ async fn continuous_load_survives_partitions_and_kill9_exactly_once_in_order() {
     assert!(up_acked.len() >= count * 9 / 10 && down_acked.len() >= count * 9 / 10, "most appends are acknowledged despite the faults");
 
     // Drain (bounded), then check each destination.
+    let drain_started = Instant::now();
     for (dest, sent) in [("enterprise", &up_acked), ("plant-a", &down_acked)] {
         let deadline = Instant::now() + Duration::from_secs(if soak { 300 } else { 60 });
         let mut got = BTreeMap::new();
@@ -228,6 +229,7 @@ async fn continuous_load_survives_partitions_and_kill9_exactly_once_in_order() {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        eprintln!("{dest}: every acknowledged fact arrived {:?} after the load ended", drain_started.elapsed());
         // A little longer, so late duplicates would show.
         tokio::time::sleep(Duration::from_secs(2)).await;
         collect_local(site.app(dest), &mut got).await;
