@@ -396,8 +396,6 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
     }
 
     // ---------------------------------------------------------- (d) two-hop lag at an offered rate
-    let lag = lag_run(&src, &zones["enterprise"].js, a.lag_rate, a.lag_secs, timeout).await?;
-    let lag_low = if a.lag_low_rate > 0.0 { Some(lag_run(&src, &zones["enterprise"].js, a.lag_low_rate, a.lag_secs, timeout).await?) } else { None };
 
     let mut rss_lifetime = Vec::new();
     for z in ZONES {
@@ -433,6 +431,10 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
         let (nhwm, _) = rss_kib(zones[z].nats.pid());
         rss.push((z, hwm as f64 / 1024.0, now as f64 / 1024.0, nhwm as f64 / 1024.0));
     }
+
+    // ---------------------------------------------------------- (d) two-hop lag (after (e): the open-loop flood inflates plant-a's RSS)
+    let lag = lag_run(&src, &zones["enterprise"].js, a.lag_rate, a.lag_secs, timeout).await?;
+    let lag_low = if a.lag_low_rate > 0.0 { Some(lag_run(&src, &zones["enterprise"].js, a.lag_low_rate, a.lag_secs, timeout).await?) } else { None };
 
     // ---------------------------------------------------------- (f) artifact crossing
     let artifact = if a.artifact_mib > 0 {
@@ -536,7 +538,7 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
     }
     let _ = writeln!(
         md,
-        "* `bsfg serve` lifetime VmHWM before (e) (includes the c{} pre-fills and the open-loop lag phase at plant-a): {}",
+        "* `bsfg serve` lifetime VmHWM before (e) (includes the c{} pre-fills at plant-a): {}",
         a.concurrency,
         rss_lifetime.iter().map(|r| format!("{} {:.1} MiB", r.0, r.1)).collect::<Vec<_>>().join(", ")
     );
