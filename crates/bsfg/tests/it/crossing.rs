@@ -59,72 +59,11 @@ pub struct SiteOpts {
     pub tweak: Option<fn(&str, &mut ZoneConfig)>,
 }
 
-fn peer(zone: &str, origins: Vec<String>) -> PrincipalConfig {
-    PrincipalConfig {
-        name: zone.to_string(),
-        kind: PrincipalKind::Peer,
-        identities: vec![format!("{zone}-bsfg")],
-        zone: Some(zone.to_string()),
-        origins,
-        consumers: vec![format!("to-{zone}")],
-        buckets_read: vec![BUCKET.into()],
-        buckets_write: vec![],
-        export: Default::default(),
-        import: Default::default(),
-    }
-}
-
-/// Origins a neighbour may relay into `zone`.
-fn origins_via(zone: &str, neighbour: &str) -> Vec<String> {
-    if zone == "idmz" {
-        vec![neighbour.to_string()]
-    } else {
-        // A leaf's only neighbour is idmz, which relays every other zone.
-        ZONES.iter().filter(|z| **z != zone).map(|z| z.to_string()).collect()
-    }
-}
-
+/// The reference configuration of `zone` (shared with the demo), with
+/// this test's nats-server and ports.
 pub fn zone_config(dir: &Path, certs: &Path, zone: &str, ports: &BTreeMap<String, u16>, nats_url: String) -> ZoneConfig {
-    let mut principals = vec![app_principal("app", &format!("app.{zone}"), &["local"], &[BUCKET], &[BUCKET])];
-    let mut consumers = vec![consumer("local", "operational")];
-    let mut upstreams = vec![];
-    for n in neighbours(zone) {
-        principals.push(peer(n, origins_via(zone, n)));
-        consumers.push(consumer(&format!("to-{n}"), "operational"));
-        upstreams.push(UpstreamConfig {
-            peer: n.to_string(),
-            url: format!("https://127.0.0.1:{}", ports[n]),
-            consumer: format!("to-{zone}"),
-            batch_limit: 500,
-            batch_bytes_max: 4 * 1024 * 1024,
-            wait_ms: 500,
-            pipeline_depth: 2,
-            backoff_min: Duration::from_millis(50),
-            backoff_max: Duration::from_millis(500),
-            spool_dir: dir.join("spool"),
-        });
-    }
-    let routes = if zone == "idmz" {
-        BTreeMap::new()
-    } else {
-        ZONES.iter().filter(|z| **z != zone && **z != "idmz").map(|z| (z.to_string(), "idmz".to_string())).collect()
-    };
-    ZoneConfig {
-        zone: zone.into(),
-        listen: format!("127.0.0.1:{}", ports[zone]).parse().unwrap(),
-        ops_listen: "127.0.0.1:0".parse().unwrap(),
-        tls: TlsConfig::mtls(certs.join("ca.pem"), certs.join(format!("{zone}-bsfg.pem")), certs.join(format!("{zone}-bsfg.key"))),
-        principals,
-        nats: NatsConfig { url: Some(nats_url), store_dir: dir.join("unused"), port: 0, server_bin: None, request_timeout: Duration::from_secs(5) },
-        limits: Default::default(),
-        fetch: Default::default(),
-        categories: vec![category("operational", &[], true), category("audit", &["audit"], false)],
-        consumers,
-        buckets: vec![BucketConfig { name: BUCKET.into(), capacity_bytes: 1 << 30 }],
-        routes,
-        upstreams,
-        retention_interval: Duration::from_secs(5),
-    }
+    let at = bsfg::site::ZonePlacement { dir, certs, port: ports[zone], nats_url: Some(nats_url) };
+    bsfg::site::reference_zone_config(zone, &at, &|peer| format!("https://127.0.0.1:{}", ports[peer]))
 }
 
 impl Site {
