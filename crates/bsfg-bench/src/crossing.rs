@@ -62,6 +62,12 @@ pub struct CrossArgs {
     /// Concurrency of the AppendFact pre-fill at the source.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Node transport: plaintext-dev, or mtls (site CA, node and app certificates generated per run).
+    #[arg(long, default_value = "plaintext-dev")]
+    tls: String,
+    /// Run only the catch-up and steady-state phases (a)/(c) against BSFG (no native, lag, drain, artifact).
+    #[arg(long)]
+    only_bsfg_throughput: bool,
     #[arg(long, default_value = ".tools/bin/nats-server")]
     nats_server: PathBuf,
     #[arg(long, default_value = "target/release/bsfg")]
@@ -113,15 +119,14 @@ fn upstream_toml(peer: &str, url: &str, consumer: &str, spool: &Path) -> String 
     )
 }
 
-fn node_toml(zone: &str, port: u16, ops: u16, nats_port: u16, dir: &Path, upstream_urls: &BTreeMap<&str, String>) -> String {
+fn node_toml(zone: &str, port: u16, ops: u16, nats_port: u16, dir: &Path, upstream_urls: &BTreeMap<&str, String>, mtls: bool) -> String {
     let mut s = format!(
         r#"zone = "{zone}"
 listen = "127.0.0.1:{port}"
 ops_listen = "127.0.0.1:{ops}"
 retention_interval = "5s"
 
-[tls]
-mode = "plaintext-dev"
+{tls}
 
 [nats]
 url = "nats://127.0.0.1:{nats_port}"
@@ -145,7 +150,18 @@ max_age = "30days"
 name = "records"
 capacity_bytes = 8589934592
 "#,
-        dir.join(format!("unused-{zone}")).display()
+        dir.join(format!("unused-{zone}")).display(),
+        tls = if mtls {
+            let c = dir.join("certs");
+            format!(
+                "[tls]\nmode = \"mtls\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\n[[principals]]\nname = \"app\"\nkind = \"app\"\nidentities = [\"app.{zone}\"]\nbuckets_read = [\"records\"]\nbuckets_write = [\"records\"]\n",
+                c.join("ca.pem").display(),
+                c.join(format!("{zone}-bsfg.pem")).display(),
+                c.join(format!("{zone}-bsfg.key")).display()
+            )
+        } else {
+            "[tls]\nmode = \"plaintext-dev\"\n".to_string()
+        }
     );
     let spool = dir.join(format!("spool-{zone}"));
     match zone {
@@ -247,7 +263,7 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
     let mut rss_lines: Vec<String> = Vec::new();
 
     // ---------------------------------------------------------- (b) native sourcing
-    let (native_loop, native_wan) = {
+    let (native_loop, native_wan) = if a.only_bsfg_throughput { (f64::NAN, f64::NAN) } else {
         let (hub_port, hub_leaf_port, leaf_port) = (free_port()?, free_port()?, free_port()?);
         let (hub, hub_js) = start_nats(&a.nats_server, &dir, "hub", hub_port, &format!("leafnodes {{\n  listen: \"127.0.0.1:{hub_leaf_port}\"\n}}")).await?;
         let leaf_proxy = FaultProxy::start(format!("127.0.0.1:{hub_leaf_port}").parse()?).await?;
@@ -321,22 +337,43 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
     // idmz pulls plant-a through p1; enterprise pulls idmz through p2.
     let p1 = FaultProxy::start(format!("127.0.0.1:{}", ports["plant-a"].0).parse()?).await?;
     let p2 = FaultProxy::start(format!("127.0.0.1:{}", ports["idmz"].0).parse()?).await?;
+    let mtls = match a.tls.as_str() {
+        "mtls" => true,
+        "plaintext-dev" => false,
+        t => bail!("--tls {t}: expected mtls or plaintext-dev"),
+    };
+    let certs = dir.join("certs");
+    if mtls {
+        bsfg::tls::pki::init_ca(&certs, "bench CA", 5)?;
+        for z in ZONES {
+            let mut node = bsfg::tls::pki::IssueRequest::new(&format!("{z}-bsfg"), 5);
+            node.extra_sans = vec!["localhost".into(), "127.0.0.1".into()];
+            bsfg::tls::pki::issue(&certs, &certs, &node)?;
+            bsfg::tls::pki::issue(&certs, &certs, &bsfg::tls::pki::IssueRequest::new(&format!("app.{z}"), 5))?;
+        }
+    }
+    let scheme = if mtls { "https" } else { "http" };
     let mut upstream_urls = BTreeMap::new();
-    upstream_urls.insert("plant-a", format!("http://127.0.0.1:{}", p1.addr.port()));
-    upstream_urls.insert("idmz", format!("http://127.0.0.1:{}", p2.addr.port()));
+    upstream_urls.insert("plant-a", format!("{scheme}://127.0.0.1:{}", p1.addr.port()));
+    upstream_urls.insert("idmz", format!("{scheme}://127.0.0.1:{}", p2.addr.port()));
     let mut zones: BTreeMap<&str, Zone> = BTreeMap::new();
     for z in ZONES {
         let (port, ops, nats_port) = ports[z];
         let (nats, js) = start_nats(&a.nats_server, &dir, z, nats_port, "").await?;
         let toml = dir.join(format!("{z}.toml"));
-        std::fs::write(&toml, node_toml(z, port, ops, nats_port, &dir, &upstream_urls))?;
+        std::fs::write(&toml, node_toml(z, port, ops, nats_port, &dir, &upstream_urls, mtls))?;
         let node = spawn_logged(
             std::process::Command::new(&a.bsfg).arg("serve").arg("--config").arg(&toml).env("RUST_LOG", "warn"),
             &dir.join(format!("{z}.node.log")),
         )
         .with_context(|| format!("starting {}", a.bsfg.display()))?;
         wait_tcp(port, "bsfg node").await?;
-        let client = BsfgClient::connect(&format!("http://127.0.0.1:{port}"))?;
+        let client = if mtls {
+            let f = |ext: &str| certs.join(format!("app.{z}.{ext}"));
+            BsfgClient::from_files(&format!("https://127.0.0.1:{port}"), Some(&certs.join("ca.pem")), Some(&f("pem")), Some(&f("key")))?
+        } else {
+            BsfgClient::connect(&format!("http://127.0.0.1:{port}"))?
+        };
         zones.insert(z, Zone { nats, node, port, js, client });
     }
     let _ = zones["plant-a"].port;
@@ -397,6 +434,14 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
 
     // ---------------------------------------------------------- (d) two-hop lag at an offered rate
 
+    if a.only_bsfg_throughput {
+        let mut md = format!("### BSFG throughput with `[tls] mode = \"{}\"` (`bsfg-bench crossing --only-bsfg-throughput --tls {} --facts {n}`)\n\n| Benchmark | Rate | Notes |\n|---|---|---|\n", a.tls, a.tls);
+        for r in rows.iter().filter(|r| !r.rate.is_nan()) {
+            let _ = writeln!(md, "| {} | {:.0} /s | {} |", r.name, r.rate, r.detail);
+        }
+        println!("{md}");
+        return Ok(());
+    }
     let mut rss_lifetime = Vec::new();
     for z in ZONES {
         rss_lifetime.push((z, rss_kib(zones[z].node.pid()).0 as f64 / 1024.0));
@@ -490,8 +535,8 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
     let _ = writeln!(md, "## Results: crossing zones\n");
     let _ = writeln!(
         md,
-        "Generated by `bsfg-bench crossing` at unix ms {started_at}; BSFG measurements of {n} facts each, native backlog {} × 256 B, (e) backlog {} facts, artifact {} MiB, lag at {} facts/s offered for {} s, delay runs at {} ms one-way ({} ms RTT) per proxied link; nodes `[tls] mode = \"plaintext-dev\"`; host: {cpus} CPUs.\n",
-        a.native_facts, a.backlog_facts, a.artifact_mib, a.lag_rate, a.lag_secs, a.delay_ms, 2 * a.delay_ms
+        "Generated by `bsfg-bench crossing` at unix ms {started_at}; BSFG measurements of {n} facts each, native backlog {} × 256 B, (e) backlog {} facts, artifact {} MiB, lag at {} facts/s offered for {} s, delay runs at {} ms one-way ({} ms RTT) per proxied link; nodes `[tls] mode = \"{}\"`; host: {cpus} CPUs.\n",
+        a.native_facts, a.backlog_facts, a.artifact_mib, a.lag_rate, a.lag_secs, a.delay_ms, 2 * a.delay_ms, a.tls
     );
     let verdict = |ok: bool| if ok { "**PASS**" } else { "**FAIL**" };
     let _ = writeln!(md, "### Targets\n\n| Target | Measured | Result |\n|---|---|---|");
