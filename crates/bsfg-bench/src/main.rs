@@ -56,6 +56,11 @@ struct Args {
     /// In-flight window of the raw JetStream pipelined publisher.
     #[arg(long, default_value_t = 256)]
     window: usize,
+    /// JetStream `sync_interval` of the bench's nats-server (shared by the
+    /// raw baselines and the node): `2m` is JetStream's default, `always` is
+    /// what a zone node's embedded server uses.
+    #[arg(long, default_value = "2m")]
+    nats_sync: String,
     /// Wire protocol of the RPC clients (connect or grpc).
     #[arg(long, default_value = "connect")]
     protocol: String,
@@ -522,8 +527,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::write(
         &conf,
         format!(
-            "server_name: \"bench\"\nlisten: \"127.0.0.1:{nats_port}\"\nmax_payload: 8MB\njetstream {{\n  domain: bench\n  store_dir: \"{}\"\n}}\n",
-            dir.join("js").display()
+            "server_name: \"bench\"\nlisten: \"127.0.0.1:{nats_port}\"\nmax_payload: 8MB\njetstream {{\n  domain: bench\n  store_dir: \"{}\"\n  sync_interval: {}\n}}\n",
+            dir.join("js").display(),
+            args.nats_sync
         ),
     )?;
     let nats = spawn_logged(std::process::Command::new(&args.nats_server).arg("-c").arg(&conf), &dir.join("nats.log"))

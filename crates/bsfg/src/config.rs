@@ -196,6 +196,15 @@ pub struct NatsConfig {
     /// Timeout for every JetStream API call and publish acknowledgement.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Embedded server's JetStream `sync_interval`: `always` (default: an
+    /// acknowledged fact survives a power cut) or a duration such as `1s`
+    /// (much faster; a power cut can lose that much acknowledged data).
+    #[serde(default = "default_sync_interval")]
+    pub sync_interval: String,
+}
+
+fn default_sync_interval() -> String {
+    "always".into()
 }
 
 impl Default for NatsConfig {
@@ -206,6 +215,7 @@ impl Default for NatsConfig {
             port: 0,
             server_bin: None,
             request_timeout: Duration::from_secs(5),
+            sync_interval: default_sync_interval(),
         }
     }
 }
@@ -382,6 +392,9 @@ impl ZoneConfig {
         }
         if self.tls.mode == TlsMode::Mtls && (self.tls.ca.is_none() || self.tls.cert.is_none() || self.tls.key.is_none()) {
             bail!("[tls] mode = \"mtls\" needs ca, cert and key (create them with `bsfg certs init` and `bsfg certs issue`)");
+        }
+        if self.nats.sync_interval != "always" && humantime::parse_duration(&self.nats.sync_interval).is_err() {
+            bail!("[nats] sync_interval must be \"always\" or a duration such as \"1s\", not {:?}", self.nats.sync_interval);
         }
         let mut identities = std::collections::HashSet::new();
         for p in &self.principals {

@@ -172,6 +172,7 @@ pub fn reference_zone_config(zone: &str, at: &ZonePlacement<'_>, peer_url: &dyn 
             port: 0,
             server_bin: None,
             request_timeout: Duration::from_secs(5),
+            sync_interval: "always".into(),
         },
         limits: Default::default(),
         fetch: Default::default(),

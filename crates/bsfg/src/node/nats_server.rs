@@ -57,13 +57,19 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Writes the nats-server configuration for a zone. `sync_interval: always`:
-/// JetStream acknowledges a write only once it is on disk. Without it the
-/// file store acknowledges from its write buffer, and a `kill -9` of the
-/// server loses the last acknowledged facts (seen in the fault suite).
+/// Writes the nats-server configuration for a zone, syncing every write
+/// (the safe default; see [`write_server_config_with_sync`]).
 pub fn write_server_config(path: &Path, zone: &str, port: u16, store_dir: &Path) -> anyhow::Result<()> {
+    write_server_config_with_sync(path, zone, port, store_dir, "always")
+}
+
+/// `sync_interval`: `always` makes JetStream acknowledge a write only once
+/// it is fsynced, so an acknowledged fact survives a power cut. A duration
+/// (e.g. `1s`) syncs periodically: faster, but a power cut (not a process
+/// crash) can lose up to that much acknowledged data.
+pub fn write_server_config_with_sync(path: &Path, zone: &str, port: u16, store_dir: &Path, sync_interval: &str) -> anyhow::Result<()> {
     let text = format!(
-        "server_name: \"bsfg-{zone}\"\nlisten: \"127.0.0.1:{port}\"\nmax_payload: 8MB\njetstream {{\n  domain: \"{zone}\"\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n",
+        "server_name: \"bsfg-{zone}\"\nlisten: \"127.0.0.1:{port}\"\nmax_payload: 8MB\njetstream {{\n  domain: \"{zone}\"\n  store_dir: \"{}\"\n  sync_interval: {sync_interval}\n}}\n",
         store_dir.display()
     );
     std::fs::write(path, text)?;
@@ -95,7 +101,7 @@ pub async fn start(config: &ZoneConfig) -> anyhow::Result<EmbeddedNats> {
     let port = if config.nats.port == 0 { free_port()? } else { config.nats.port };
     let config_path = store_dir.join("nats-server.conf");
     let log_path = store_dir.join("nats-server.log");
-    write_server_config(&config_path, &config.zone, port, &store_dir)?;
+    write_server_config_with_sync(&config_path, &config.zone, port, &store_dir, &config.nats.sync_interval)?;
     let mut child = spawn(&binary, &config_path, &log_path)?;
     tracing::info!(binary = %binary.display(), port, store_dir = %store_dir.display(), "started embedded nats-server");
     let supervisor = tokio::spawn(async move {
