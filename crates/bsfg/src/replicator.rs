@@ -22,6 +22,7 @@ use crate::store::Store;
 use bsfg_domain::policy::Crossing;
 use bsfg_domain::{Code, Rejection, validate};
 use bsfg_proto::bsfg::v1::{AttachmentRef, FetchFactsRequest, FetchFactsResponse, StoredFact};
+use futures::StreamExt as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -436,8 +437,6 @@ async fn pull_object(link: &Link, client: &BsfgClient, cx: &Context, a: &Attachm
     tracing::info!(link = %link.config.peer, bucket = %a.bucket, key = %a.key, digest = %stored.digest, "artifact pulled");
     Ok(())
 }
-
-use futures::StreamExt as _;
 
 async fn record_accepted(link: &Link, cx: &Context, ids: &[String], batch: &FetchFactsResponse) {
     cx.audit

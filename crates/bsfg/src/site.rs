@@ -53,7 +53,8 @@ pub fn issue_site_pki(certs: &Path, ca_name: &str, valid_days: i64) -> anyhow::R
     Ok(())
 }
 
-fn category(name: &str, kinds: &[&str], default: bool) -> CategoryConfig {
+/// A category with the site's development sizes (64 MiB, one day).
+pub fn category(name: &str, kinds: &[&str], default: bool) -> CategoryConfig {
     CategoryConfig {
         name: name.into(),
         kinds: kinds.iter().map(|k| k.to_string()).collect(),

@@ -191,18 +191,7 @@ pub struct Opts {
     pub routes: Vec<(&'static str, &'static str)>,
 }
 
-pub fn category(name: &str, kinds: &[&str], default: bool) -> CategoryConfig {
-    CategoryConfig {
-        name: name.into(),
-        kinds: kinds.iter().map(|k| k.to_string()).collect(),
-        default,
-        capacity_bytes: 64 * 1024 * 1024,
-        fill_threshold_percent: 80,
-        retain_fill_percent: 60,
-        max_age: Duration::from_secs(24 * 3600),
-        duplicate_window: Duration::from_secs(120),
-    }
-}
+pub use bsfg::site::category;
 
 pub fn consumer(name: &str, category: &str) -> ConsumerConfig {
     ConsumerConfig {
