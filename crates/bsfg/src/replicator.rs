@@ -74,6 +74,20 @@ pub struct Link {
 }
 
 impl Link {
+    /// An audit record of this link's peer (the puller's side of a crossing).
+    fn audit_event(&self, subject_key: String, decision: &'static str, reason: String, detail: String) -> AuditEvent {
+        AuditEvent {
+            principal: self.principal.name.clone(),
+            identity: self.config.url.clone(),
+            fingerprint: String::new(),
+            rpc: "Replicate",
+            subject_key,
+            decision,
+            reason,
+            detail,
+        }
+    }
+
     pub fn status(&self) -> LinkStatus {
         self.status.lock().unwrap().clone()
     }
@@ -314,18 +328,7 @@ async fn refuse(link: &Link, cx: &Context, id: &str, origin_offset: u64, reason:
         .get_or_create(&labels(&[("peer", &link.config.peer), ("direction", "import"), ("reason", &reason)]))
         .inc();
     link.status.lock().unwrap().facts_refused += 1;
-    cx.audit
-        .record(AuditEvent {
-            principal: link.principal.name.clone(),
-            identity: link.config.url.clone(),
-            fingerprint: String::new(),
-            rpc: "Replicate",
-            subject_key: format!("{id} origin offset {origin_offset}"),
-            decision: "refused",
-            reason,
-            detail,
-        })
-        .await;
+    cx.audit.record(link.audit_event(format!("{id} origin offset {origin_offset}"), "refused", reason, detail)).await;
 }
 
 /// Decides whether a pulled fact may enter this zone and makes its
@@ -439,18 +442,8 @@ async fn pull_object(link: &Link, client: &BsfgClient, cx: &Context, a: &Attachm
 }
 
 async fn record_accepted(link: &Link, cx: &Context, ids: &[String], batch: &FetchFactsResponse) {
-    cx.audit
-        .record(AuditEvent {
-            principal: link.principal.name.clone(),
-            identity: link.config.url.clone(),
-            fingerprint: String::new(),
-            rpc: "Replicate",
-            subject_key: ids.join(" "),
-            decision: "accepted",
-            reason: "replicated".into(),
-            detail: format!("{} facts through peer offset {}", ids.len(), batch.last_delivered_offset),
-        })
-        .await;
+    let detail = format!("{} facts through peer offset {}", ids.len(), batch.last_delivered_offset);
+    cx.audit.record(link.audit_event(ids.join(" "), "accepted", "replicated".into(), detail)).await;
 }
 
 fn update_lag(link: &Link, cx: &Context, batch: &FetchFactsResponse) {

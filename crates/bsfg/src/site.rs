@@ -67,7 +67,8 @@ pub fn category(name: &str, kinds: &[&str], default: bool) -> CategoryConfig {
     }
 }
 
-fn consumer(name: &str, category: &str) -> ConsumerConfig {
+/// A consumer starting at the earliest fact, redelivering after 30 s.
+pub fn consumer(name: &str, category: &str) -> ConsumerConfig {
     ConsumerConfig {
         name: name.into(),
         category: category.into(),

@@ -10,7 +10,7 @@
 //! `zone.client_with(config)`.
 
 use bsfg::client::BsfgClient;
-use bsfg::config::{BucketConfig, CategoryConfig, ConsumerConfig, NatsConfig, PrincipalConfig, PrincipalKind, StartPosition, TlsConfig, ZoneConfig};
+use bsfg::config::{BucketConfig, CategoryConfig, ConsumerConfig, NatsConfig, PrincipalConfig, PrincipalKind, TlsConfig, ZoneConfig};
 use bsfg::tls::pki;
 use bsfg::node::nats_server::{find_binary, free_port, write_server_config};
 use bsfg_proto::bsfg::v1::*;
@@ -193,16 +193,7 @@ pub struct Opts {
 
 pub use bsfg::site::category;
 
-pub fn consumer(name: &str, category: &str) -> ConsumerConfig {
-    ConsumerConfig {
-        name: name.into(),
-        category: category.into(),
-        kinds: vec![],
-        start: StartPosition::Earliest,
-        redeliver_after: Duration::from_secs(30),
-        unconfirmed_max: 10_000,
-    }
-}
+pub use bsfg::site::consumer;
 
 impl Default for Opts {
     /// Categories `operational` (default) and `audit` (kind `audit`);
