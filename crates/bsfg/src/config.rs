@@ -32,6 +32,9 @@ pub struct ZoneConfig {
     pub limits: Limits,
     #[serde(default)]
     pub fetch: FetchConfig,
+    /// Group commit of concurrent appends.
+    #[serde(default)]
+    pub commit: CommitConfig,
     #[serde(default = "default_categories")]
     pub categories: Vec<CategoryConfig>,
     #[serde(default)]
@@ -220,6 +223,25 @@ impl Default for NatsConfig {
     }
 }
 
+/// Group commit: concurrent AppendFact calls are appended in batches (one
+/// key look-up per category and one pipelined publish per batch).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CommitConfig {
+    /// Most facts in one batch.
+    pub batch_facts_max: usize,
+    /// Most batches being appended at once.
+    pub batches_in_flight_max: usize,
+    /// Most appends waiting for a batch; beyond it callers wait.
+    pub queue_facts_max: usize,
+}
+
+impl Default for CommitConfig {
+    fn default() -> Self {
+        Self { batch_facts_max: 256, batches_in_flight_max: 2, queue_facts_max: 4096 }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FetchConfig {
@@ -228,6 +250,10 @@ pub struct FetchConfig {
     pub bytes_default: u64,
     pub bytes_max: u64,
     pub wait_ms_max: u32,
+    /// Compress FetchFacts responses (gzip) for clients that accept it.
+    /// Off by default: on a small gateway the CPU is scarcer than the link;
+    /// turn it on for thin WAN links.
+    pub compress: bool,
 }
 
 impl Default for FetchConfig {
@@ -238,6 +264,7 @@ impl Default for FetchConfig {
             bytes_default: 1024 * 1024,
             bytes_max: 16 * 1024 * 1024,
             wait_ms_max: 30_000,
+            compress: false,
         }
     }
 }
@@ -357,6 +384,10 @@ impl ZoneConfig {
         bsfg_domain::validate::zone("zone", &self.zone).map_err(|r| anyhow::anyhow!("{r}"))?;
         if self.categories.iter().filter(|c| c.default).count() != 1 {
             bail!("exactly one category must have default = true");
+        }
+        let k = &self.commit;
+        if !(1..=4096).contains(&k.batch_facts_max) || !(1..=64).contains(&k.batches_in_flight_max) || !(1..=1_000_000).contains(&k.queue_facts_max) {
+            bail!("[commit]: need 1 <= batch_facts_max <= 4096, 1 <= batches_in_flight_max <= 64, 1 <= queue_facts_max <= 1000000");
         }
         for c in &self.categories {
             let token_ok = !c.name.is_empty()

@@ -165,7 +165,9 @@ impl BoundaryService for Boundary {
             self.refused(&caller, "FetchFacts", name, r).await;
         }
         log_outcome("FetchFacts", name, started, &result);
-        result.map(Response::new).map_err(to_connect)
+        // `None` defers to the server's policy (gzip above 1 KiB).
+        let compress = if self.config.fetch.compress { None } else { Some(false) };
+        result.map(|r| Response::new(r).compress(compress)).map_err(to_connect)
     }
 
     async fn confirm_receipt(

@@ -21,13 +21,12 @@ use bsfg_domain::{Code, Rejection};
 use bsfg_proto::bsfg::v1::{Envelope, Provenance, StoredFact};
 use buffa::Message as _;
 use std::collections::HashMap;
+use super::commit::{CommitQueue, KeyGuard};
+use super::lookup;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 const CONTENT_HEADER: &str = "Bsfg-Content";
-/// Stripes of the in-process key lock: concurrent appends of one key are
-/// serialised so that a cross-category check and the publish are atomic.
-const KEY_LOCK_STRIPES: usize = 1024;
 
 /// One category's stream and its fill accounting.
 pub struct Category {
@@ -96,10 +95,6 @@ enum InFlight {
     Sent(async_nats::jetstream::context::PublishAckFuture, Ready),
 }
 
-fn stripe_of(token: &str) -> usize {
-    u16::from_str_radix(&token[..4], 16).expect("hex token") as usize % KEY_LOCK_STRIPES
-}
-
 /// The result of an append.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Appended {
@@ -113,7 +108,8 @@ pub struct FactLog {
     jetstream: jetstream::Context,
     categories: HashMap<String, Category>,
     objects: Arc<Objects>,
-    key_locks: Vec<tokio::sync::Mutex<()>>,
+    keys: KeyGuard,
+    commit: CommitQueue,
 }
 
 impl FactLog {
@@ -121,7 +117,8 @@ impl FactLog {
         jetstream: jetstream::Context,
         config: Arc<ZoneConfig>,
         objects: Arc<Objects>,
-    ) -> anyhow::Result<Self> {
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> anyhow::Result<Arc<Self>> {
         let mut categories = HashMap::new();
         for c in &config.categories {
             let stream_config = stream::Config {
@@ -142,6 +139,7 @@ impl FactLog {
                 storage: stream::StorageType::File,
                 num_replicas: 1,
                 duplicate_window: c.duplicate_window,
+                // Key look-ups are direct gets (batched: see `lookup`).
                 allow_direct: true,
                 allow_rollup: false,
                 deny_delete: true,
@@ -165,8 +163,14 @@ impl FactLog {
                 Category { config: c.clone(), stream, bytes_estimate: AtomicU64::new(bytes) },
             );
         }
-        let key_locks = (0..KEY_LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
-        Ok(Self { config, jetstream, categories, objects, key_locks })
+        Ok(Arc::new_cyclic(|log| Self {
+            commit: CommitQueue::start(log.clone(), config.commit.clone(), metrics),
+            config,
+            jetstream,
+            categories,
+            objects,
+            keys: KeyGuard::default(),
+        }))
     }
 
     pub fn category(&self, name: &str) -> Option<&Category> {
@@ -181,16 +185,16 @@ impl FactLog {
         &self.jetstream
     }
 
-    /// Appends a validated fact. `provenance` is set by the replicator for
-    /// facts that crossed zones; local appends start a fresh one.
+    /// Appends one validated fact through group commit (see `commit`).
+    /// `provenance` is set by the replicator for facts that crossed zones;
+    /// local appends start a fresh one.
     pub async fn append(
         &self,
         envelope: Envelope,
         valid: ValidFact,
         provenance: Option<Provenance>,
     ) -> Result<Appended, Rejection> {
-        let mut results = self.append_batch(vec![AppendItem { envelope, valid, provenance }]).await;
-        results.pop().expect("one result per item")
+        self.commit.append(AppendItem { envelope, valid, provenance }).await
     }
 
     /// Appends facts in order, one result per item. The publishes are
@@ -199,17 +203,37 @@ impl FactLog {
     /// order (per-origin order is kept) while one batch costs about one round
     /// trip instead of one per fact.
     pub async fn append_batch(&self, items: Vec<AppendItem>) -> Vec<Result<Appended, Rejection>> {
-        // Key locks for every key of the batch, taken in ascending stripe
-        // order so that concurrent batches cannot deadlock.
         let tokens: Vec<String> = items.iter().map(|i| key_token(&i.envelope.from_zone, &i.envelope.message_id)).collect();
-        let mut stripes: Vec<usize> = tokens.iter().map(|t| stripe_of(t)).collect();
-        stripes.sort_unstable();
-        stripes.dedup();
-        let mut guards = Vec::with_capacity(stripes.len());
-        for stripe in stripes {
-            guards.push(self.key_locks[stripe].lock().await);
+        let _held = self.keys.hold(&tokens).await;
+        // A key that occurs twice in one batch must see its first occurrence
+        // stored before it is looked up, so it goes into a later round.
+        let mut results: Vec<Option<Result<Appended, Rejection>>> = (0..items.len()).map(|_| None).collect();
+        let mut waiting: Vec<(usize, AppendItem, String)> =
+            items.into_iter().zip(tokens).enumerate().map(|(i, (item, token))| (i, item, token)).collect();
+        while !waiting.is_empty() {
+            let mut round_keys = std::collections::HashSet::new();
+            let (round, later): (Vec<_>, Vec<_>) = waiting.into_iter().partition(|(_, _, token)| round_keys.insert(token.clone()));
+            waiting = later;
+            let (indices, round): (Vec<usize>, Vec<(AppendItem, String)>) =
+                round.into_iter().map(|(i, item, token)| (i, (item, token))).unzip();
+            for (i, result) in indices.into_iter().zip(self.append_round(round).await) {
+                results[i] = Some(result);
+            }
         }
-        let prepared = futures::future::join_all(items.into_iter().zip(tokens).map(|(item, token)| self.prepare(item, token))).await;
+        results.into_iter().map(|r| r.expect("every item has a result")).collect()
+    }
+
+    /// One round of a batch: distinct keys, all held by the key guard.
+    async fn append_round(&self, items: Vec<(AppendItem, String)>) -> Vec<Result<Appended, Rejection>> {
+        let mut existing = match self.look_up_elsewhere(&items).await {
+            Ok(existing) => existing,
+            Err(r) => return items.iter().map(|_| Err(r.clone())).collect(),
+        };
+        let prepared = futures::future::join_all(items.into_iter().map(|(item, token)| {
+            let found = existing.remove(&token);
+            self.prepare(item, token, found)
+        }))
+        .await;
         let mut in_flight = Vec::with_capacity(prepared.len());
         for p in prepared {
             in_flight.push(match p {
@@ -223,39 +247,65 @@ impl FactLog {
                 }
             });
         }
-        let results = futures::future::join_all(in_flight.into_iter().map(|f| async move {
+        futures::future::join_all(in_flight.into_iter().map(|f| async move {
             match f {
                 InFlight::Done(result) => result,
                 InFlight::Sent(ack, ready) => self.finish(ack.await, ready).await,
             }
         }))
-        .await;
-        drop(guards);
-        results
+        .await
     }
 
-    /// Everything before the publish: routing to a category, the key
-    /// look-up in the other categories, capacity, attachments, encoding.
+    /// For every item, the fact already stored under its key in a category
+    /// other than the item's own (same key, different kind), if any: one
+    /// batched look-up per category, all categories concurrently. The own
+    /// category needs none: its publish is refused atomically.
+    async fn look_up_elsewhere(
+        &self,
+        items: &[(AppendItem, String)],
+    ) -> Result<HashMap<String, (String, StreamMessage)>, Rejection> {
+        let client = self.jetstream.client();
+        let timeout = self.config.nats.request_timeout;
+        let lookups = self.categories.values().map(|c| {
+            let subjects: Vec<String> = items
+                .iter()
+                .filter(|(item, _)| self.config.category_for_kind(&item.valid.subject_kind).name != c.config.name)
+                .map(|(_, token)| key_filter(&c.config.name, token))
+                .collect();
+            let client = client.clone();
+            async move {
+                if subjects.is_empty() {
+                    return Ok((c, HashMap::new()));
+                }
+                lookup::last_by_key(&client, &c.stream_name(), &subjects, timeout).await.map(|found| (c, found))
+            }
+        });
+        let mut existing = HashMap::new();
+        for answer in futures::future::join_all(lookups).await {
+            let (category, found) = answer?;
+            for (token, message) in found {
+                existing.insert(token, (category.config.name.clone(), message));
+            }
+        }
+        Ok(existing)
+    }
+
+    /// Everything before the publish: routing to a category, the answer for
+    /// a key found in another category, capacity, attachments, encoding.
     /// `Err` carries a final answer (a duplicate found elsewhere, or a
     /// rejection).
-    async fn prepare(&self, item: AppendItem, token: String) -> Result<Ready, Result<Appended, Rejection>> {
+    async fn prepare(
+        &self,
+        item: AppendItem,
+        token: String,
+        found_elsewhere: Option<(String, StreamMessage)>,
+    ) -> Result<Ready, Result<Appended, Rejection>> {
         let AppendItem { envelope, valid, provenance } = item;
         let category = self.config.category_for_kind(&valid.subject_kind);
         let log = &self.categories[&category.name];
         let content_hex = hex::encode(content_digest(&valid.fact));
-
-        // The same key may already live in another category (same key,
-        // different kind): look there concurrently. The own category needs no
-        // look-up: the publish is refused atomically if the key exists.
-        let others = self.categories.values().filter(|c| c.config.name != category.name);
-        let token_ref = token.as_str();
-        let found = futures::future::join_all(others.map(|c| async move { (c, self.find_by_token(c, token_ref).await) })).await;
-        for (other, result) in found {
-            match result {
-                Err(r) => return Err(Err(r)),
-                Ok(Some(existing)) => return Err(compare_existing(existing, &content_hex, &envelope, &other.config.name)),
-                Ok(None) => {}
-            }
+        if let Some((other, existing)) = found_elsewhere {
+            return Err(compare_existing(existing, &content_hex, &envelope, &other));
         }
         if log.is_full() {
             // A retry of something already stored is answered even when full.

@@ -10,8 +10,10 @@
 //! Nothing outside the zone is touched: the node connects only to its own
 //! nats-server.
 
+pub mod commit;
 pub mod consumers;
 pub mod facts;
+pub mod lookup;
 pub mod objects;
 pub mod retention;
 
@@ -46,7 +48,7 @@ impl Store {
         let mut jetstream = async_nats::jetstream::new(client.clone());
         jetstream.set_timeout(config.nats.request_timeout);
         let objects = Arc::new(Objects::open(jetstream.clone(), config.clone()).await?);
-        let facts = Arc::new(FactLog::open(jetstream.clone(), config.clone(), objects.clone()).await?);
+        let facts = FactLog::open(jetstream.clone(), config.clone(), objects.clone(), metrics.clone()).await?;
         let consumers = Arc::new(Consumers::open(client.clone(), &facts, config.clone(), metrics).await?);
         Ok(Self { client, jetstream, facts, consumers, objects })
     }

@@ -66,6 +66,44 @@ async fn concurrent_identical_appends_store_one_fact() {
     assert_eq!(zone.message_count("operational").await, 1);
 }
 
+/// Concurrent appends of one key whose kinds route to two categories land in
+/// the same group-commit batch: exactly one is stored, in one category; every
+/// other call is a duplicate of it or a conflicting duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_of_one_key_across_categories_store_one_fact() {
+    let zone = Zone::start(Opts::default()).await;
+    let client = zone.client();
+    for round in 0..8 {
+        let env = envelope(&mid("cross"));
+        let operational = batch_fact(round);
+        let audit = fact("audit:PlantA/x1", "step_completed", r#"{"a":1}"#);
+        let tasks: Vec<_> = (0..32)
+            .map(|i| {
+                let (client, env) = (client.clone(), env.clone());
+                let f = if i % 2 == 0 { operational.clone() } else { audit.clone() };
+                tokio::spawn(async move { (i % 2, client.append(env, f).await) })
+            })
+            .collect();
+        let mut originals = Vec::new();
+        let mut kinds_accepted = std::collections::BTreeSet::new();
+        for t in tasks {
+            match t.await.unwrap() {
+                (kind, Ok(r)) => {
+                    kinds_accepted.insert(kind);
+                    if !r.duplicate {
+                        originals.push(r);
+                    }
+                }
+                (_, Err(e)) => assert_rejected::<()>(Err(e), "already_exists", "conflicting_duplicate"),
+            }
+        }
+        assert_eq!(originals.len(), 1, "round {round}: exactly one original: {originals:?}");
+        assert_eq!(kinds_accepted.len(), 1, "round {round}: only the stored content is answered as a duplicate");
+    }
+    let stored = zone.message_count("operational").await + zone.message_count("audit").await;
+    assert_eq!(stored, 8, "one fact per key across both categories");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetch_is_ordered_and_bounded_and_confirm_rules_hold() {
     let mut opts = Opts::default();
