@@ -99,6 +99,23 @@ impl BsfgClient {
         timeout: Duration,
         mut sink: impl FnMut(u64, &[u8]) -> anyhow::Result<()>,
     ) -> Result<ObjectInfo, anyhow::Error> {
+        self.get_object_with(bucket, key, start, timeout, |offset, chunk| std::future::ready(sink(offset, &chunk))).await
+    }
+
+    /// Like [`Self::get_object`], with an asynchronous sink that owns each
+    /// chunk (e.g. forwards it over a bounded channel: back-pressure
+    /// reaches the network).
+    pub async fn get_object_with<F>(
+        &self,
+        bucket: &str,
+        key: &str,
+        start: u64,
+        timeout: Duration,
+        mut sink: impl FnMut(u64, Vec<u8>) -> F,
+    ) -> Result<ObjectInfo, anyhow::Error>
+    where
+        F: std::future::Future<Output = anyhow::Result<()>>,
+    {
         let request = GetObjectRequest { bucket: bucket.into(), key: key.into(), start_offset_bytes: start, ..Default::default() };
         let options = connectrpc::client::CallOptions::default().with_timeout(timeout);
         let mut stream = self.inner.get_object_with_options(request, options).await?;
@@ -109,7 +126,7 @@ impl BsfgClient {
                 info = Some(i);
             }
             if !message.chunk.is_empty() {
-                sink(message.offset_bytes, &message.chunk)?;
+                sink(message.offset_bytes, message.chunk).await?;
             }
         }
         if let Some(e) = stream.error() {

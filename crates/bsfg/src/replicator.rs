@@ -99,7 +99,10 @@ impl Link {
             s.mode = mode;
         }
         for m in [LinkMode::Normal, LinkMode::Autonomous, LinkMode::Reconciliation] {
-            metrics.link_mode.get_or_create(&labels(&[("link", &self.config.peer), ("mode", m.as_str())])).set(i64::from(m == mode));
+            metrics
+                .link_mode
+                .get_or_create(&labels(&[("link", &self.config.peer), ("mode", m.as_str())]))
+                .set(i64::from(m == mode));
         }
     }
 }
@@ -125,7 +128,12 @@ pub fn start(
     audit: Arc<Audit>,
     tls: Option<Arc<rustls::ClientConfig>>,
 ) -> anyhow::Result<(Arc<Replicator>, Vec<tokio::task::JoinHandle<()>>)> {
-    let context = Arc::new(Context { zone: zone.clone(), store, metrics, audit });
+    let context = Arc::new(Context {
+        zone: zone.clone(),
+        store,
+        metrics,
+        audit,
+    });
     let mut links = Vec::new();
     let mut tasks = Vec::new();
     for upstream in &zone.upstreams {
@@ -156,7 +164,9 @@ pub fn start(
         });
         let (batches_tx, batches_rx) = tokio::sync::mpsc::channel(upstream.pipeline_depth);
         tasks.push(tokio::spawn(fetcher(link.clone(), client.clone(), context.clone(), batches_tx)));
-        tasks.push(tokio::spawn(appender(link.clone(), client, context.clone(), batches_rx)));
+        let (confirms_tx, confirms_rx) = tokio::sync::watch::channel(0);
+        tasks.push(tokio::spawn(appender(link.clone(), client.clone(), context.clone(), batches_rx, confirms_tx)));
+        tasks.push(tokio::spawn(confirmer(link.clone(), client, context.clone(), confirms_rx)));
         links.push(link);
     }
     Ok((Arc::new(Replicator { links }), tasks))
@@ -203,7 +213,11 @@ async fn fetcher(link: Arc<Link>, client: BsfgClient, cx: Arc<Context>, batches:
             Ok(batch) => {
                 restart_from_frontier = false;
                 backoff.reset();
-                let mode = if batch.backlog > u64::from(c.batch_limit) { LinkMode::Reconciliation } else { LinkMode::Normal };
+                let mode = if batch.backlog > u64::from(c.batch_limit) {
+                    LinkMode::Reconciliation
+                } else {
+                    LinkMode::Normal
+                };
                 link.set_mode(mode, &cx.metrics);
                 {
                     let mut s = link.status.lock().unwrap();
@@ -236,10 +250,15 @@ fn retriable(r: &Rejection) -> bool {
     matches!(r.code, Code::Unavailable | Code::ResourceExhausted | Code::Internal)
 }
 
-async fn appender(link: Arc<Link>, client: BsfgClient, cx: Arc<Context>, mut batches: tokio::sync::mpsc::Receiver<FetchFactsResponse>) {
+async fn appender(
+    link: Arc<Link>,
+    client: BsfgClient,
+    cx: Arc<Context>,
+    mut batches: tokio::sync::mpsc::Receiver<FetchFactsResponse>,
+    confirms: tokio::sync::watch::Sender<u64>,
+) {
     let c = link.config.clone();
     let mut backoff = Backoff::new(c.backoff_min, c.backoff_max);
-    let mut confirm_pending: Option<u64> = None;
     while let Some(batch) = batches.recv().await {
         // Screen each fact (validation, origin, import policy, artifacts),
         // in order; a refusal is audited and passed, a link or store error
@@ -272,7 +291,11 @@ async fn appender(link: Arc<Link>, client: BsfgClient, cx: Arc<Context>, mut bat
             let ids: Vec<String> = pending.iter().map(|i| format!("{}/{}", i.envelope.from_zone, i.envelope.message_id)).collect();
             let replay: Vec<crate::store::facts::AppendItem> = pending
                 .iter()
-                .map(|i| crate::store::facts::AppendItem { envelope: i.envelope.clone(), valid: i.valid.clone(), provenance: i.provenance.clone() })
+                .map(|i| crate::store::facts::AppendItem {
+                    envelope: i.envelope.clone(),
+                    valid: i.valid.clone(),
+                    provenance: i.provenance.clone(),
+                })
                 .collect();
             let results = cx.store.facts.append_batch(replay).await;
             let first_retriable = results.iter().position(|r| matches!(r, Err(e) if retriable(e)));
@@ -285,7 +308,15 @@ async fn appender(link: Arc<Link>, client: BsfgClient, cx: Arc<Context>, mut bat
                         accepted.push(ids[index].clone());
                     }
                     Err(r) => {
-                        refuse(&link, &cx, &ids[index], pending[index].provenance.as_ref().map(|p| p.origin_offset).unwrap_or(0), r.reason.to_string(), r.message).await;
+                        refuse(
+                            &link,
+                            &cx,
+                            &ids[index],
+                            pending[index].provenance.as_ref().map(|p| p.origin_offset).unwrap_or(0),
+                            r.reason.to_string(),
+                            r.message,
+                        )
+                        .await;
                     }
                 }
             }
@@ -301,21 +332,44 @@ async fn appender(link: Arc<Link>, client: BsfgClient, cx: Arc<Context>, mut bat
         }
         update_lag(&link, &cx, &batch);
         // Everything up to last_delivered_offset is durable here (or was
-        // refused and audited): confirm it, cumulatively.
-        let target = batch.last_delivered_offset.max(confirm_pending.unwrap_or(0));
+        // refused and audited): confirm it, cumulatively. The confirm runs
+        // beside the next batch's append, not before it, so a round trip to
+        // the peer does not stall the pipeline.
+        confirms.send_modify(|target| *target = (*target).max(batch.last_delivered_offset));
+    }
+}
+
+/// Confirms the newest durable offset to the peer. Confirms are cumulative,
+/// so targets that arrive while one is in flight collapse into the newest;
+/// a failed confirm is retried with backoff (if none succeeds, the peer
+/// redelivers and the appends answer as duplicates).
+async fn confirmer(link: Arc<Link>, client: BsfgClient, cx: Arc<Context>, mut targets: tokio::sync::watch::Receiver<u64>) {
+    let c = link.config.clone();
+    let mut backoff = Backoff::new(c.backoff_min, c.backoff_max);
+    let mut confirmed = 0;
+    loop {
+        let target = *targets.borrow_and_update();
+        if target <= confirmed {
+            if targets.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
         match client.confirm(&c.consumer, target).await {
             Ok(frontier) => {
-                confirm_pending = None;
+                confirmed = target;
+                backoff.reset();
                 let mut s = link.status.lock().unwrap();
                 s.remote_frontier = frontier;
                 s.last_confirm_at = Some(Instant::now());
-                cx.metrics.frontier_offset.get_or_create(&labels(&[("consumer", &format!("{}@{}", c.consumer, c.peer))])).set(frontier as i64);
+                cx.metrics
+                    .frontier_offset
+                    .get_or_create(&labels(&[("consumer", &format!("{}@{}", c.consumer, c.peer))]))
+                    .set(frontier as i64);
             }
             Err(e) => {
-                // The next batch's confirm covers this one (cumulative); if
-                // none comes, the peer redelivers and we append idempotently.
-                confirm_pending = Some(target);
                 link.status.lock().unwrap().last_error = format!("confirm: {}", e.message.unwrap_or_default());
+                backoff.wait().await;
             }
         }
     }
@@ -328,7 +382,9 @@ async fn refuse(link: &Link, cx: &Context, id: &str, origin_offset: u64, reason:
         .get_or_create(&labels(&[("peer", &link.config.peer), ("direction", "import"), ("reason", &reason)]))
         .inc();
     link.status.lock().unwrap().facts_refused += 1;
-    cx.audit.record(link.audit_event(format!("{id} origin offset {origin_offset}"), "refused", reason, detail)).await;
+    cx.audit
+        .record(link.audit_event(format!("{id} origin offset {origin_offset}"), "refused", reason, detail))
+        .await;
 }
 
 /// Decides whether a pulled fact may enter this zone and makes its
@@ -353,7 +409,10 @@ async fn screen(link: &Link, client: &BsfgClient, cx: &Context, stored: &StoredF
         }
     };
     if !link.principal.origins.iter().any(|o| o == &envelope.from_zone) {
-        let detail = format!("peer {} may relay origins {:?}, not {}", link.principal.name, link.principal.origins, envelope.from_zone);
+        let detail = format!(
+            "peer {} may relay origins {:?}, not {}",
+            link.principal.name, link.principal.origins, envelope.from_zone
+        );
         refuse(link, cx, &id, origin_offset, "from_zone_not_allowed".into(), detail).await;
         return Ok(None);
     }
@@ -383,12 +442,19 @@ async fn screen(link: &Link, client: &BsfgClient, cx: &Context, stored: &StoredF
             }
         }
     }
-    Ok(Some(crate::store::facts::AppendItem { envelope, valid, provenance: stored.provenance.as_option().cloned() }))
+    Ok(Some(crate::store::facts::AppendItem {
+        envelope,
+        valid,
+        provenance: stored.provenance.as_option().cloned(),
+    }))
 }
 
 /// Makes an attachment present locally: skipped when an object with the
-/// same digest is already there; otherwise spooled to disk (resuming a
-/// partial spool file from its length), verified, and stored.
+/// same digest is already there. Otherwise pulled in one pass: each chunk
+/// is appended to a spool file (so an interrupted pull resumes from its
+/// length) and streamed straight into the local object store, which
+/// computes and checks the digest and size as it stores; on any failure
+/// nothing is stored and the spool keeps what arrived.
 async fn pull_object(link: &Link, client: &BsfgClient, cx: &Context, a: &AttachmentRef) -> Result<(), Rejection> {
     if let Ok(local) = cx.store.objects.info(&a.bucket, &a.key).await {
         if local.digest == a.digest && local.size_bytes == a.size_bytes {
@@ -396,33 +462,17 @@ async fn pull_object(link: &Link, client: &BsfgClient, cx: &Context, a: &Attachm
         }
     }
     validate::digest("attachment digest", &a.digest)?;
+    let spool_error = |e: std::io::Error| Rejection::new(Code::Unavailable, "spool_unavailable", e.to_string());
     let spool = link.config.spool_dir.join(a.digest.replace(':', "-"));
     let have = std::fs::metadata(&spool).map(|m| m.len()).unwrap_or(0);
-    if have < a.size_bytes {
-        use std::io::Write;
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&spool)
-            .map_err(|e| Rejection::new(Code::Unavailable, "spool_unavailable", format!("{}: {e}", spool.display())))?;
-        let timeout = Duration::from_secs(60 + a.size_bytes / (1024 * 1024));
-        let pulled = client
-            .get_object(&a.bucket, &a.key, have, timeout, |_, chunk| {
-                file.write_all(chunk)?;
-                Ok(())
-            })
-            .await;
-        file.sync_all().map_err(|e| Rejection::new(Code::Unavailable, "spool_unavailable", e.to_string()))?;
-        if let Err(e) = pulled {
-            let bytes_now = std::fs::metadata(&spool).map(|m| m.len()).unwrap_or(0);
-            cx.metrics.object_resume_bytes_total.get_or_create(&labels(&[("link", &link.config.peer)])).inc_by(bytes_now.saturating_sub(have));
-            return Err(Rejection::new(Code::Unavailable, "object_pull_interrupted", format!("{}/{} at byte {bytes_now}: {e}", a.bucket, a.key)));
-        }
-    }
-    let digest = crate::cli::file_digest(&spool).map_err(|e| Rejection::new(Code::Unavailable, "spool_unavailable", e.to_string()))?;
-    if digest != a.digest {
+    if have > a.size_bytes {
+        // Not a prefix of this object: start again.
         let _ = std::fs::remove_file(&spool);
-        return Err(Rejection::new(Code::Unavailable, "object_digest_mismatch", format!("{}/{} arrived as {digest}, expected {}; pulling again", a.bucket, a.key, a.digest)));
+        return Err(Rejection::new(
+            Code::Unavailable,
+            "object_spool_reset",
+            format!("{}/{}: the spool was longer than the object; pulling again", a.bucket, a.key),
+        ));
     }
     let header = crate::store::objects::PutHeader {
         bucket: a.bucket.clone(),
@@ -431,14 +481,99 @@ async fn pull_object(link: &Link, client: &BsfgClient, cx: &Context, a: &Attachm
         expected_digest: a.digest.clone(),
         expected_size_bytes: a.size_bytes,
     };
-    let file = tokio::fs::File::open(&spool).await.map_err(|e| Rejection::new(Code::Unavailable, "spool_unavailable", e.to_string()))?;
-    let chunks = tokio_util::io::ReaderStream::with_capacity(file, crate::store::objects::CHUNK_BYTES)
-        .map(|r: std::io::Result<bytes::Bytes>| r.map_err(|e| Rejection::new(Code::Unavailable, "spool_unavailable", e.to_string())));
-    let stored = cx.store.objects.put(header, Box::pin(chunks)).await?;
+    // The store reads what an earlier attempt spooled, then the chunks as
+    // they arrive; a few chunks in flight bound the memory.
+    let spooled = tokio::fs::File::open(&spool).await.ok().map(|f| {
+        tokio_util::io::ReaderStream::with_capacity(tokio::io::AsyncReadExt::take(f, have), crate::store::objects::CHUNK_BYTES)
+            .map(move |r: std::io::Result<bytes::Bytes>| r.map_err(spool_error))
+    });
+    let (chunks_tx, chunks_rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, Rejection>>(4);
+    let arriving = futures::stream::unfold(chunks_rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let chunks: std::pin::Pin<Box<dyn futures::Stream<Item = Result<bytes::Bytes, Rejection>> + Send>> = match spooled {
+        Some(spooled) => Box::pin(spooled.chain(arriving)),
+        None => Box::pin(arriving),
+    };
+    let spool_path = &spool;
+    // Owns the sender: when the pull ends, the store sees the end (or the
+    // error) of the chunks.
+    let pull = async move {
+        let pulled = pull_into(link, client, cx, a, spool_path, have, &chunks_tx).await;
+        // A failed pull must fail the store too (nothing stored), never end
+        // it early as if the object were complete.
+        if let Err(r) = &pulled {
+            let _ = chunks_tx.send(Err(r.clone())).await;
+        }
+        pulled
+    };
+    let (pulled, stored) = tokio::join!(pull, cx.store.objects.put(header, chunks));
+    let stored = match (pulled, stored) {
+        (_, Ok(stored)) => stored,
+        // The pull broke (and failed the store with it): resume later.
+        (Err(p), Err(_)) if p.reason != STORE_STOPPED => return Err(p),
+        (_, Err(r)) if r.code == Code::DataLoss || r.code == Code::InvalidArgument => {
+            // All bytes arrived, but not the announced object: pull afresh.
+            let _ = std::fs::remove_file(&spool);
+            return Err(Rejection::new(
+                Code::Unavailable,
+                "object_digest_mismatch",
+                format!("{}/{} did not arrive as {}: {}; pulling again", a.bucket, a.key, a.digest, r.message),
+            ));
+        }
+        // The local store refused or failed on its own.
+        (_, Err(r)) => return Err(r),
+    };
     let _ = std::fs::remove_file(&spool);
     link.status.lock().unwrap().objects_pulled += 1;
     tracing::info!(link = %link.config.peer, bucket = %a.bucket, key = %a.key, digest = %stored.digest, "artifact pulled");
     Ok(())
+}
+
+const STORE_STOPPED: &str = "local_store_stopped";
+
+/// Pulls the object from byte `have` on, appending each chunk to the spool
+/// file and forwarding it to the local store.
+async fn pull_into(
+    link: &Link,
+    client: &BsfgClient,
+    cx: &Context,
+    a: &AttachmentRef,
+    spool: &std::path::Path,
+    have: u64,
+    chunks_tx: &tokio::sync::mpsc::Sender<Result<bytes::Bytes, Rejection>>,
+) -> Result<(), Rejection> {
+    if have == a.size_bytes {
+        return Ok(());
+    }
+    use std::io::Write;
+    let spool_error = |e: std::io::Error| Rejection::new(Code::Unavailable, "spool_unavailable", e.to_string());
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(spool).map_err(spool_error)?;
+    let timeout = Duration::from_secs(60 + a.size_bytes / (1024 * 1024));
+    let pulled = client
+        .get_object_with(&a.bucket, &a.key, have, timeout, |_, chunk| {
+            let written = file.write_all(&chunk);
+            let chunks_tx = chunks_tx.clone();
+            async move {
+                written?;
+                chunks_tx.send(Ok(bytes::Bytes::from(chunk))).await.map_err(|_| anyhow::anyhow!(STORE_STOPPED))
+            }
+        })
+        .await;
+    let _ = file.sync_data();
+    pulled.map(|_| ()).map_err(|e| {
+        if e.to_string().contains(STORE_STOPPED) {
+            return Rejection::new(Code::Unavailable, STORE_STOPPED, "the local object store stopped reading");
+        }
+        let bytes_now = std::fs::metadata(spool).map(|m| m.len()).unwrap_or(0);
+        cx.metrics
+            .object_resume_bytes_total
+            .get_or_create(&labels(&[("link", &link.config.peer)]))
+            .inc_by(bytes_now.saturating_sub(have));
+        Rejection::new(
+            Code::Unavailable,
+            "object_pull_interrupted",
+            format!("{}/{} at byte {bytes_now}: {e}", a.bucket, a.key),
+        )
+    })
 }
 
 async fn record_accepted(link: &Link, cx: &Context, ids: &[String], batch: &FetchFactsResponse) {
