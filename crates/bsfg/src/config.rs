@@ -489,3 +489,26 @@ impl ZoneConfig {
             .expect("check() guarantees a default category")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The documented example must stay a valid configuration.
+    #[test]
+    fn the_example_configuration_loads_and_passes_its_checks() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/plant-a.toml");
+        let config = ZoneConfig::load(&path).expect("examples/plant-a.toml loads");
+        assert_eq!(config.zone, "plant-a");
+        assert_eq!(config.commit.batches_in_flight_max, 2);
+        assert!(!config.fetch.compress);
+    }
+
+    #[test]
+    fn commit_limits_are_checked() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/plant-a.toml");
+        let mut config = ZoneConfig::load(&path).unwrap();
+        config.commit.batch_facts_max = 0;
+        assert!(config.check().unwrap_err().to_string().contains("batch_facts_max"));
+    }
+}
