@@ -109,6 +109,7 @@ pub struct FactLog {
     categories: HashMap<String, Category>,
     objects: Arc<Objects>,
     keys: KeyGuard,
+    lookups: lookup::KeyLookups,
     commit: CommitQueue,
 }
 
@@ -163,7 +164,9 @@ impl FactLog {
                 Category { config: c.clone(), stream, bytes_estimate: AtomicU64::new(bytes) },
             );
         }
+        let lookups = lookup::KeyLookups::start(jetstream.client(), config.nats.request_timeout).await?;
         Ok(Arc::new_cyclic(|log| Self {
+            lookups,
             commit: CommitQueue::start(log.clone(), config.commit.clone(), metrics),
             config,
             jetstream,
@@ -264,20 +267,17 @@ impl FactLog {
         &self,
         items: &[(AppendItem, String)],
     ) -> Result<HashMap<String, (String, StreamMessage)>, Rejection> {
-        let client = self.jetstream.client();
-        let timeout = self.config.nats.request_timeout;
         let lookups = self.categories.values().map(|c| {
             let subjects: Vec<String> = items
                 .iter()
                 .filter(|(item, _)| self.config.category_for_kind(&item.valid.subject_kind).name != c.config.name)
                 .map(|(_, token)| key_filter(&c.config.name, token))
                 .collect();
-            let client = client.clone();
             async move {
                 if subjects.is_empty() {
                     return Ok((c, HashMap::new()));
                 }
-                lookup::last_by_key(&client, &c.stream_name(), &subjects, timeout).await.map(|found| (c, found))
+                self.lookups.last_by_key(&c.stream_name(), &subjects).await.map(|found| (c, found))
             }
         });
         let mut existing = HashMap::new();
