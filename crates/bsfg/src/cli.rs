@@ -29,14 +29,15 @@ struct Target {
     /// Client certificate (PEM) naming a principal of the zone.
     #[arg(long, env = "BSFG_CERT")]
     cert: Option<PathBuf>,
-    /// Its private key (PEM).
-    #[arg(long, env = "BSFG_KEY")]
-    key: Option<PathBuf>,
+    /// Its private key (PEM). Named --tls-key because --key names an
+    /// object key in put-object and get-object.
+    #[arg(long = "tls-key", env = "BSFG_KEY")]
+    tls_key: Option<PathBuf>,
 }
 
 impl Target {
     fn client(&self) -> anyhow::Result<BsfgClient> {
-        BsfgClient::from_files(&self.url, self.ca.as_deref(), self.cert.as_deref(), self.key.as_deref())
+        BsfgClient::from_files(&self.url, self.ca.as_deref(), self.cert.as_deref(), self.tls_key.as_deref())
     }
 }
 
@@ -435,4 +436,32 @@ pub async fn put_file(
     let r = client.put_object(header, chunks, timeout).await;
     bar.finish_and_clear();
     Ok(r?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        // Catches duplicate argument names (e.g. two different --key).
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn object_key_and_tls_key_are_distinct() {
+        let cli = Cli::try_parse_from([
+            "bsfg", "put-object", "--url", "https://n:7443", "--ca", "ca.pem", "--cert", "app.pem", "--tls-key", "app.key",
+            "--bucket", "records", "--key", "batch/B1/record.pdf", "--file", "record.pdf",
+        ])
+        .expect("parses");
+        match cli.command {
+            Command::PutObject { target, key, .. } => {
+                assert_eq!(key, "batch/B1/record.pdf");
+                assert_eq!(target.tls_key.as_deref(), Some(std::path::Path::new("app.key")));
+            }
+            _ => panic!("expected put-object"),
+        }
+    }
 }

@@ -40,7 +40,7 @@ impl BsfgClient {
         match (ca, cert, key) {
             (Some(ca), Some(cert), Some(key)) => Self::connect_tls(base_url, crate::tls::client::client_config(ca, cert, key)?),
             (None, None, None) => Self::connect(base_url),
-            _ => anyhow::bail!("--ca, --cert and --key go together"),
+            _ => anyhow::bail!("--ca, --cert and --tls-key (BSFG_CA, BSFG_CERT, BSFG_KEY) go together"),
         }
     }
 

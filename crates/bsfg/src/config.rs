@@ -185,7 +185,7 @@ pub struct PrincipalConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct NatsConfig {
     /// An external nats-server for this zone. When absent the node starts and
     /// supervises its own (the embedded default).
@@ -502,6 +502,16 @@ mod tests {
         assert_eq!(config.zone, "plant-a");
         assert_eq!(config.commit.batches_in_flight_max, 2);
         assert!(!config.fetch.compress);
+    }
+
+    /// Every field of a section has a default: naming one is enough.
+    #[test]
+    fn a_partial_nats_section_takes_defaults() {
+        let text = "zone = \"z1\"\nlisten = \"127.0.0.1:1\"\nops_listen = \"127.0.0.1:2\"\n[tls]\nmode = \"plaintext-dev\"\n[nats]\nsync_interval = \"1s\"\n";
+        let config: ZoneConfig = toml::from_str(text).expect("parses");
+        assert_eq!(config.nats.sync_interval, "1s");
+        assert_eq!(config.nats.port, 0);
+        assert_eq!(config.nats.request_timeout, NatsConfig::default().request_timeout);
     }
 
     #[test]
