@@ -104,6 +104,52 @@ async fn concurrent_appends_of_one_key_across_categories_store_one_fact() {
     assert_eq!(stored, 8, "one fact per key across both categories");
 }
 
+/// Concurrent appends are group-committed (atomic batches): every answered
+/// offset must hold exactly the fact it was given for, retries mixed into a
+/// batch are answered as duplicates, and nothing is stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_committed_offsets_point_at_their_own_facts() {
+    use buffa::Message as _;
+    let zone = Zone::start(Opts::default()).await;
+    let client = zone.client();
+    let envelopes: Vec<_> = (0..96).map(|_| envelope(&mid("gc"))).collect();
+    let mut answers = Vec::new();
+    for round in 0..2 {
+        // Round 1 re-sends the first half (retries) alongside new facts.
+        let chosen: Vec<_> = if round == 0 { envelopes[..48].to_vec() } else { envelopes.clone() };
+        let tasks: Vec<_> = chosen
+            .into_iter()
+            .enumerate()
+            .map(|(i, env)| {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let r = client.append(env.clone(), batch_fact(i % 48)).await.unwrap();
+                    (env.message_id, r)
+                })
+            })
+            .collect();
+        for t in tasks {
+            answers.push((round, t.await.unwrap()));
+        }
+    }
+    let js = zone.jetstream().await;
+    let stream = js.get_stream("facts_operational").await.unwrap();
+    let mut originals = std::collections::BTreeMap::new();
+    for (round, (message_id, r)) in &answers {
+        let stored = stream.direct_get(r.offset).await.unwrap();
+        let fact = StoredFact::decode_from_slice(&stored.payload).unwrap();
+        assert_eq!(&fact.envelope.message_id, message_id, "offset {} answered for {message_id} holds another fact", r.offset);
+        if !r.duplicate {
+            assert!(originals.insert(message_id.clone(), r.offset).is_none(), "{message_id} stored twice");
+        }
+        if *round == 1 && originals.get(message_id).is_some_and(|o| *o != r.offset) {
+            panic!("{message_id}: retry answered offset {} instead of {:?}", r.offset, originals.get(message_id));
+        }
+    }
+    assert_eq!(originals.len(), 96, "every fact stored once");
+    assert_eq!(zone.message_count("operational").await, 96);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetch_is_ordered_and_bounded_and_confirm_rules_hold() {
     let mut opts = Opts::default();
