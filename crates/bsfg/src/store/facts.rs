@@ -22,7 +22,7 @@ use bsfg_proto::bsfg::v1::{Envelope, Provenance, StoredFact};
 use buffa::Message as _;
 use std::collections::HashMap;
 use super::commit::{CommitQueue, KeyGuard};
-use super::lookup;
+use super::direct::DirectGets;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -109,7 +109,7 @@ pub struct FactLog {
     categories: HashMap<String, Category>,
     objects: Arc<Objects>,
     keys: KeyGuard,
-    lookups: lookup::KeyLookups,
+    lookups: Arc<DirectGets>,
     commit: CommitQueue,
 }
 
@@ -118,6 +118,7 @@ impl FactLog {
         jetstream: jetstream::Context,
         config: Arc<ZoneConfig>,
         objects: Arc<Objects>,
+        lookups: Arc<DirectGets>,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> anyhow::Result<Arc<Self>> {
         let mut categories = HashMap::new();
@@ -140,7 +141,7 @@ impl FactLog {
                 storage: stream::StorageType::File,
                 num_replicas: 1,
                 duplicate_window: c.duplicate_window,
-                // Key look-ups are direct gets (batched: see `lookup`).
+                // Key look-ups are direct gets (batched: see `direct`).
                 allow_direct: true,
                 allow_rollup: false,
                 deny_delete: true,
@@ -164,7 +165,6 @@ impl FactLog {
                 Category { config: c.clone(), stream, bytes_estimate: AtomicU64::new(bytes) },
             );
         }
-        let lookups = lookup::KeyLookups::start(jetstream.client(), config.nats.request_timeout).await?;
         Ok(Arc::new_cyclic(|log| Self {
             lookups,
             commit: CommitQueue::start(log.clone(), config.commit.clone(), metrics),

@@ -13,7 +13,7 @@
 pub mod commit;
 pub mod consumers;
 pub mod facts;
-pub mod lookup;
+pub mod direct;
 pub mod objects;
 pub mod retention;
 
@@ -47,8 +47,9 @@ impl Store {
             .await?;
         let mut jetstream = async_nats::jetstream::new(client.clone());
         jetstream.set_timeout(config.nats.request_timeout);
-        let objects = Arc::new(Objects::open(jetstream.clone(), config.clone()).await?);
-        let facts = FactLog::open(jetstream.clone(), config.clone(), objects.clone(), metrics.clone()).await?;
+        let direct = Arc::new(direct::DirectGets::start(client.clone(), config.nats.request_timeout).await?);
+        let objects = Arc::new(Objects::open(jetstream.clone(), config.clone(), direct.clone()).await?);
+        let facts = FactLog::open(jetstream.clone(), config.clone(), objects.clone(), direct, metrics.clone()).await?;
         let consumers = Arc::new(Consumers::open(client.clone(), &facts, config.clone(), metrics).await?);
         Ok(Self { client, jetstream, facts, consumers, objects })
     }

@@ -7,6 +7,7 @@
 //! previous version stays intact. A key referenced by a fact is frozen (a
 //! marker in the `bsfg_object_refs` KV bucket); overwriting it is refused.
 
+use super::direct::DirectGets;
 use super::unavailable;
 use crate::config::ZoneConfig;
 use async_nats::jetstream::{self, kv, object_store};
@@ -20,7 +21,6 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use tokio::io::AsyncReadExt;
 
 const REFS_BUCKET: &str = "bsfg_object_refs";
 const BLOB_PREFIX: &str = "_bsfg/blob/";
@@ -36,6 +36,8 @@ pub struct StoredObject {
     pub size_bytes: u64,
     pub media_type: String,
     blob: String,
+    /// The blob's chunk subject token (`$O.<bucket>.C.<nuid>`).
+    blob_nuid: String,
 }
 
 /// The header of an upload.
@@ -50,12 +52,13 @@ pub struct PutHeader {
 
 pub struct Objects {
     config: Arc<ZoneConfig>,
+    direct: Arc<DirectGets>,
     buckets: HashMap<String, object_store::ObjectStore>,
     refs: kv::Store,
 }
 
 impl Objects {
-    pub async fn open(jetstream: jetstream::Context, config: Arc<ZoneConfig>) -> anyhow::Result<Self> {
+    pub async fn open(jetstream: jetstream::Context, config: Arc<ZoneConfig>, direct: Arc<DirectGets>) -> anyhow::Result<Self> {
         let mut buckets = HashMap::new();
         for b in &config.buckets {
             let store = match jetstream.get_object_store(&b.name).await {
@@ -95,7 +98,7 @@ impl Objects {
                     .await?
             }
         };
-        Ok(Self { config, buckets, refs })
+        Ok(Self { config, direct, buckets, refs })
     }
 
     fn bucket(&self, name: &str) -> Result<&object_store::ObjectStore, Rejection> {
@@ -144,6 +147,7 @@ impl Objects {
             size_bytes: blob.size as u64,
             media_type: link.metadata.get("media_type").cloned().unwrap_or_default(),
             blob: blob_name,
+            blob_nuid: blob.nuid,
         })
     }
 
@@ -297,6 +301,7 @@ impl Objects {
             size_bytes,
             media_type: header.media_type,
             blob: blob_name,
+            blob_nuid: blob.nuid.clone(),
         })
     }
 
@@ -316,35 +321,102 @@ impl Objects {
                 format!("start_offset_bytes {start_offset_bytes} is beyond the object's {} bytes", info.size_bytes),
             ));
         }
-        let store = self.bucket(bucket)?.clone();
-        let mut object = store.get(&info.blob).await.map_err(|e| unavailable("opening the object", e))?;
-        // Skip to the start offset. The object store reads chunks in order;
-        // skipping costs local reads only, never bytes on the wire.
-        let mut to_skip = start_offset_bytes;
-        let mut sink = vec![0u8; CHUNK_BYTES];
-        while to_skip > 0 {
-            let want = to_skip.min(CHUNK_BYTES as u64) as usize;
-            let n = object.read(&mut sink[..want]).await.map_err(|e| unavailable("reading the object", e))?;
-            if n == 0 {
-                break;
-            }
-            to_skip -= n as u64;
-        }
-        let stream = futures::stream::try_unfold((object, start_offset_bytes), |(mut object, offset)| async move {
-            let mut buffer = bytes::BytesMut::with_capacity(CHUNK_BYTES);
-            while buffer.len() < CHUNK_BYTES {
-                let n = object.read_buf(&mut buffer).await.map_err(|e| unavailable("reading the object", e))?;
-                if n == 0 {
-                    break;
-                }
-            }
-            if buffer.is_empty() {
-                return Ok(None);
-            }
-            let len = buffer.len() as u64;
-            Ok(Some(((offset, buffer.freeze()), (object, offset + len))))
+        self.bucket(bucket)?;
+        // Read the blob's chunks a window at a time (see `direct`): memory
+        // per stream is the window, however slow the receiver. The digest
+        // is recomputed over every byte, skipped prefix included, and
+        // checked at the end: a damaged object never streams out as good.
+        let reader = ChunkReader {
+            direct: self.direct.clone(),
+            stream: format!("OBJ_{bucket}"),
+            subject: format!("$O.{bucket}.C.{}", info.blob_nuid),
+            next_seq: 1,
+            window: std::collections::VecDeque::new(),
+            position: 0,
+            start: start_offset_bytes,
+            size: info.size_bytes,
+            digest: info.digest.clone(),
+            hasher: Sha256::new(),
+            label: format!("{bucket}/{key}"),
+        };
+        let stream = futures::stream::try_unfold(reader, |mut reader| async move {
+            let chunk = reader.next_chunk().await?;
+            Ok(chunk.map(|chunk| (chunk, reader)))
         });
         Ok((info, stream))
+    }
+}
+
+/// Chunks of GetObject, read `CHUNK_WINDOW` at a time.
+struct ChunkReader {
+    direct: Arc<DirectGets>,
+    stream: String,
+    subject: String,
+    next_seq: u64,
+    window: std::collections::VecDeque<Bytes>,
+    /// Bytes of the object read so far (skipped or served).
+    position: u64,
+    /// The first byte to serve.
+    start: u64,
+    size: u64,
+    digest: String,
+    hasher: Sha256,
+    label: String,
+}
+
+/// Chunks asked for per direct-get request (1 MiB of 128 KiB chunks).
+const CHUNK_WINDOW: usize = 8;
+
+impl ChunkReader {
+    /// The next (offset, bytes) to serve, or `None` after the last byte
+    /// once the digest checked out.
+    async fn next_chunk(&mut self) -> Result<Option<(u64, Bytes)>, Rejection> {
+        loop {
+            if self.position >= self.size {
+                let raw: [u8; 32] = std::mem::take(&mut self.hasher).finalize().into();
+                let digest = digest_string(&raw);
+                if self.position != self.size || digest != self.digest {
+                    return Err(Rejection::new(
+                        Code::DataLoss,
+                        "object_corrupt",
+                        format!("{} read back as {} bytes with {digest}; stored as {} bytes with {}", self.label, self.position, self.size, self.digest),
+                    ));
+                }
+                return Ok(None);
+            }
+            let Some(chunk) = self.window.pop_front() else {
+                self.fill().await?;
+                continue;
+            };
+            let offset = self.position;
+            self.hasher.update(&chunk);
+            self.position += chunk.len() as u64;
+            if self.position <= self.start {
+                continue;
+            }
+            // Serve from `start` on, also when it falls inside this chunk.
+            let skip = self.start.saturating_sub(offset) as usize;
+            return Ok(Some((offset + skip as u64, chunk.slice(skip..))));
+        }
+    }
+
+    async fn fill(&mut self) -> Result<(), Rejection> {
+        let messages = self
+            .direct
+            .next_batch(&self.stream, &self.subject, self.next_seq, CHUNK_WINDOW, CHUNK_WINDOW * (CHUNK_BYTES + 1024))
+            .await?;
+        if messages.is_empty() {
+            return Err(Rejection::new(
+                Code::DataLoss,
+                "object_truncated",
+                format!("{} ends after {} of its {} bytes", self.label, self.position, self.size),
+            ));
+        }
+        for m in messages {
+            self.next_seq = m.sequence + 1;
+            self.window.push_back(m.payload);
+        }
+        Ok(())
     }
 }
 

@@ -262,6 +262,27 @@ async fn object_json_is_stored_canonical() {
     assert_eq!(got.facts[0].fact.as_option().unwrap().object_json, r#"{"a":{"b":true,"y":[1.5,"x"]},"m":100,"z":1}"#);
 }
 
+/// A stored object that lost a chunk is never served as if whole: the
+/// stream ends with data_loss instead of short or wrong bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_object_refuses_to_serve_a_damaged_object() {
+    let zone = Zone::start(Opts::default()).await;
+    let client = zone.client();
+    let js = zone.jetstream().await;
+    let mut stream = js.get_stream(format!("OBJ_{BUCKET}")).await.unwrap();
+    let before = stream.info().await.unwrap().state.last_sequence;
+    let bytes = pseudo_random_bytes(1024 * 1024 + 7, 9);
+    put(&client, BUCKET, "batch/B9/record.bin", &bytes, &sha256(&bytes)).await.unwrap();
+    let (_, back) = get(&client, BUCKET, "batch/B9/record.bin", 0).await.unwrap();
+    assert!(back == bytes);
+    // The upload's chunks follow `before`; remove the third.
+    assert!(stream.delete_message(before + 3).await.unwrap());
+    let err = get(&client, BUCKET, "batch/B9/record.bin", 0).await.unwrap_err().to_string();
+    assert!(err.contains("data_loss"), "{err}");
+    let err = get(&client, BUCKET, "batch/B9/record.bin", 600_000).await.unwrap_err().to_string();
+    assert!(err.contains("data_loss"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn objects_round_trip_resume_and_refuse_bad_uploads() {
     let zone = Zone::start(Opts::default()).await;
@@ -280,6 +301,11 @@ async fn objects_round_trip_resume_and_refuse_bad_uploads() {
     assert!(tail == bytes[start as usize..], "resume returns exactly the tail");
     let (_, empty) = get(&client, BUCKET, "batch/B1/record.bin", bytes.len() as u64).await.unwrap();
     assert!(empty.is_empty());
+    // Chunk and read-window boundaries (128 KiB chunks, 8 per window).
+    for start in [131_072u64, 131_071, 1_048_576, 2_097_153] {
+        let (_, tail) = get(&client, BUCKET, "batch/B1/record.bin", start).await.unwrap();
+        assert!(tail == bytes[start as usize..], "resume from {start} returns exactly the tail");
+    }
 
     // Expected digest mismatch: refused, and nothing is left behind.
     let before = zone.list_bucket(BUCKET).await;

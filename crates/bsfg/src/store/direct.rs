@@ -1,6 +1,6 @@
-//! Batched idempotency-key look-ups (JetStream "multi last" direct get).
+//! Batched reads of stored messages (JetStream direct get), for two uses.
 //!
-//! Why: a key may already live in a category other than the one a fact is
+//! **Idempotency-key look-ups** (`multi_last`). Why: a key may already live in a category other than the one a fact is
 //! routed to (same key, different kind), and JetStream's atomic
 //! expected-last-subject-sequence guard only covers one stream. Looking each
 //! key up with its own direct get cost a NATS round trip per fact and per
@@ -8,6 +8,11 @@
 //! per category answers for a whole batch of keys: the server replies with
 //! the last message of every matching subject, then an end-of-batch marker
 //! (`204 EOB`), or a single `404` when nothing matches.
+//!
+//! **Object chunks** (`next_by_subj` with `batch`). Why: async-nats' object
+//! reader is an ordered push consumer that reads far ahead of a slow
+//! receiver (a serving node peaked at ~243 MiB while a peer pulled one
+//! artifact). Asking for a few chunks at a time bounds that to the window.
 //!
 //! Replies arrive on one long-lived wildcard subscription and are routed to
 //! their request by the last subject token. A subscription per request would
@@ -29,7 +34,7 @@ pub const SUBJECTS_PER_REQUEST_MAX: usize = 1024;
 
 type Waiting = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<async_nats::Message>>>>;
 
-pub struct KeyLookups {
+pub struct DirectGets {
     client: async_nats::Client,
     reply_prefix: String,
     waiting: Waiting,
@@ -39,9 +44,9 @@ pub struct KeyLookups {
     _stop: oneshot::Sender<()>,
 }
 
-impl KeyLookups {
+impl DirectGets {
     pub async fn start(client: async_nats::Client, timeout: Duration) -> anyhow::Result<Self> {
-        let reply_prefix = format!("{}.keys", client.new_inbox());
+        let reply_prefix = format!("{}.direct", client.new_inbox());
         let mut replies = client.subscribe(format!("{reply_prefix}.*")).await?;
         let waiting: Waiting = Arc::default();
         let (stop, mut stopped) = oneshot::channel::<()>();
@@ -72,42 +77,52 @@ impl KeyLookups {
     pub async fn last_by_key(&self, stream: &str, subjects: &[String]) -> Result<HashMap<String, StreamMessage>, Rejection> {
         let mut found = HashMap::new();
         for chunk in subjects.chunks(SUBJECTS_PER_REQUEST_MAX) {
-            tokio::time::timeout(self.timeout, self.request(stream, chunk, &mut found))
-                .await
-                .map_err(|_| unavailable("looking up idempotency keys", format!("no complete answer within {:?}", self.timeout)))??;
+            let body = serde_json::json!({ "multi_last": chunk, "batch": chunk.len() });
+            for message in self.request(stream, body, "looking up idempotency keys").await? {
+                let token = message.subject.rsplit('.').next().unwrap_or_default().to_string();
+                found.insert(token, message);
+            }
         }
         Ok(found)
     }
 
-    async fn request(&self, stream: &str, subjects: &[String], found: &mut HashMap<String, StreamMessage>) -> Result<(), Rejection> {
+    /// Up to `batch` messages of `subject` from sequence `from` on, at most
+    /// about `bytes_max` bytes, in sequence order.
+    pub async fn next_batch(&self, stream: &str, subject: &str, from: u64, batch: usize, bytes_max: usize) -> Result<Vec<StreamMessage>, Rejection> {
+        let body = serde_json::json!({ "seq": from.max(1), "next_by_subj": subject, "batch": batch, "max_bytes": bytes_max });
+        self.request(stream, body, "reading stored chunks").await
+    }
+
+    /// One direct-get request and all its replies, within the timeout.
+    async fn request(&self, stream: &str, body: serde_json::Value, what: &str) -> Result<Vec<StreamMessage>, Rejection> {
+        tokio::time::timeout(self.timeout, self.request_untimed(stream, body, what))
+            .await
+            .map_err(|_| unavailable(what, format!("no complete answer within {:?}", self.timeout)))?
+    }
+
+    async fn request_untimed(&self, stream: &str, body: serde_json::Value, what: &str) -> Result<Vec<StreamMessage>, Rejection> {
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        // Replies are bounded by the request (its batch, plus the marker).
         let (tx, mut replies) = mpsc::unbounded_channel();
-        // At most subjects.len() + 1 replies: the channel is bounded by the request.
         self.waiting.lock().expect("router lock").insert(id, tx);
         let _registered = Registered { waiting: &self.waiting, id };
-        let body = serde_json::to_vec(&serde_json::json!({ "multi_last": subjects, "batch": subjects.len() })).expect("json");
+        let body = serde_json::to_vec(&body).expect("json");
         self.client
             .publish_with_reply(format!("$JS.API.DIRECT.GET.{stream}"), format!("{}.{id}", self.reply_prefix), body.into())
             .await
-            .map_err(|e| unavailable("requesting key look-ups", e))?;
+            .map_err(|e| unavailable(what, e))?;
+        let mut messages = Vec::new();
         while let Some(message) = replies.recv().await {
             match message.status.map(u16::from) {
                 None | Some(200) => {
-                    let message = StreamMessage::try_from(message).map_err(|e| unavailable("decoding a key look-up reply", e))?;
-                    let token = message.subject.rsplit('.').next().unwrap_or_default().to_string();
-                    found.insert(token, message);
+                    messages.push(StreamMessage::try_from(message).map_err(|e| unavailable(what, format!("undecodable reply: {e}")))?);
                 }
-                // End of batch, or no subject matched at all.
-                Some(204) | Some(404) => return Ok(()),
-                Some(code) => {
-                    return Err(unavailable(
-                        "looking up idempotency keys",
-                        format!("status {code} {}", message.description.unwrap_or_default()),
-                    ));
-                }
+                // End of batch, or nothing matched at all.
+                Some(204) | Some(404) => return Ok(messages),
+                Some(code) => return Err(unavailable(what, format!("status {code} {}", message.description.unwrap_or_default()))),
             }
         }
-        Err(unavailable("looking up idempotency keys", "the reply router stopped"))
+        Err(unavailable(what, "the reply router stopped"))
     }
 }
 
