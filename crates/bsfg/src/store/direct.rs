@@ -10,9 +10,9 @@
 //! (`204 EOB`), or a single `404` when nothing matches.
 //!
 //! **Object chunks** (`next_by_subj` with `batch`). Why: async-nats' object
-//! reader is an ordered push consumer that reads far ahead of a slow
-//! receiver (a serving node peaked at ~243 MiB while a peer pulled one
-//! artifact). Asking for a few chunks at a time bounds that to the window.
+//! reader is an ordered push consumer that may read ahead of a slow
+//! receiver as far as JetStream flow control lets it. Asking for a few
+//! chunks at a time bounds a GetObject stream to its window.
 //!
 //! Replies arrive on one long-lived wildcard subscription and are routed to
 //! their request by the last subject token. A subscription per request would
