@@ -16,7 +16,7 @@
 //! on the leaf `sources` the hub's stream with `external.api =
 //! "$JS.hub.API"`.
 
-use super::{Child, free_port, now_ms, object_json, pct_ms, rss_kib, spawn_logged, wait_tcp};
+use super::{Child, free_port, node_nats_section, now_ms, object_json, pct_ms, rss_kib, spawn_logged, wait_tcp};
 use anyhow::{Context as _, bail};
 use async_nats::jetstream::{self, stream};
 use bsfg::client::BsfgClient;
@@ -128,11 +128,7 @@ retention_interval = "5s"
 
 {tls}
 
-[nats]
-url = "nats://127.0.0.1:{nats_port}"
-store_dir = "{}"
-port = 0
-request_timeout = "10s"
+{nats}
 
 [[categories]]
 name = "operational"
@@ -150,7 +146,7 @@ max_age = "30days"
 name = "records"
 capacity_bytes = 8589934592
 "#,
-        dir.join(format!("unused-{zone}")).display(),
+        nats = node_nats_section(nats_port),
         tls = if mtls {
             let c = dir.join("certs");
             format!(

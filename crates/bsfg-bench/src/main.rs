@@ -461,7 +461,13 @@ async fn drain_raw(js: &jetstream::Context, name: &str, count: u64) -> anyhow::R
 
 // ------------------------------------------------------------------ main run
 
-fn node_config(port: u16, ops: u16, nats_port: u16, dir: &Path, drain_consumers: usize) -> String {
+/// The `[nats]` section of every bench node: an external nats-server
+/// started by the bench (the node's embedded-server settings are unused).
+fn node_nats_section(nats_port: u16) -> String {
+    format!("[nats]\nurl = \"nats://127.0.0.1:{nats_port}\"\nrequest_timeout = \"10s\"")
+}
+
+fn node_config(port: u16, ops: u16, nats_port: u16, drain_consumers: usize) -> String {
     let mut s = format!(
         r#"zone = "bench"
 listen = "127.0.0.1:{port}"
@@ -472,11 +478,7 @@ retention_interval = "5s"
 [tls]
 mode = "plaintext-dev"
 
-[nats]
-url = "nats://127.0.0.1:{nats_port}"
-store_dir = "{}"
-port = 0
-request_timeout = "10s"
+{nats}
 
 [[categories]]
 name = "operational"
@@ -490,7 +492,7 @@ kinds = ["drain"]
 capacity_bytes = 8589934592
 max_age = "30days"
 "#,
-        dir.join("unused").display()
+        nats = node_nats_section(nats_port)
     );
     for i in 1..=drain_consumers {
         let _ = write!(s, "\n[[consumers]]\nname = \"drain{i}\"\ncategory = \"drain\"\nstart = \"earliest\"\n");
@@ -543,7 +545,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // node
     let (port, ops) = (free_port()?, free_port()?);
     let node_toml = dir.join("node.toml");
-    std::fs::write(&node_toml, node_config(port, ops, nats_port, &dir, reps))?;
+    std::fs::write(&node_toml, node_config(port, ops, nats_port, reps))?;
     let node = spawn_logged(
         std::process::Command::new(&args.bsfg).arg("serve").arg("--config").arg(&node_toml).env("RUST_LOG", "warn"),
         &dir.join("node.log"),

@@ -462,7 +462,6 @@ async fn pull_object(link: &Link, client: &BsfgClient, cx: &Context, a: &Attachm
         }
     }
     validate::digest("attachment digest", &a.digest)?;
-    let spool_error = |e: std::io::Error| Rejection::new(Code::Unavailable, "spool_unavailable", e.to_string());
     let spool = link.config.spool_dir.join(a.digest.replace(':', "-"));
     let have = std::fs::metadata(&spool).map(|m| m.len()).unwrap_or(0);
     if have > a.size_bytes {
@@ -485,14 +484,11 @@ async fn pull_object(link: &Link, client: &BsfgClient, cx: &Context, a: &Attachm
     // they arrive; a few chunks in flight bound the memory.
     let spooled = tokio::fs::File::open(&spool).await.ok().map(|f| {
         tokio_util::io::ReaderStream::with_capacity(tokio::io::AsyncReadExt::take(f, have), crate::store::objects::CHUNK_BYTES)
-            .map(move |r: std::io::Result<bytes::Bytes>| r.map_err(spool_error))
+            .map(|r: std::io::Result<bytes::Bytes>| r.map_err(spool_error))
     });
     let (chunks_tx, chunks_rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, Rejection>>(4);
     let arriving = futures::stream::unfold(chunks_rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-    let chunks: std::pin::Pin<Box<dyn futures::Stream<Item = Result<bytes::Bytes, Rejection>> + Send>> = match spooled {
-        Some(spooled) => Box::pin(spooled.chain(arriving)),
-        None => Box::pin(arriving),
-    };
+    let chunks = Box::pin(futures::stream::iter(spooled).flatten().chain(arriving));
     let spool_path = &spool;
     // Owns the sender: when the pull ends, the store sees the end (or the
     // error) of the chunks.
@@ -530,6 +526,10 @@ async fn pull_object(link: &Link, client: &BsfgClient, cx: &Context, a: &Attachm
 
 const STORE_STOPPED: &str = "local_store_stopped";
 
+fn spool_error(e: std::io::Error) -> Rejection {
+    Rejection::new(Code::Unavailable, "spool_unavailable", e.to_string())
+}
+
 /// Pulls the object from byte `have` on, appending each chunk to the spool
 /// file and forwarding it to the local store.
 async fn pull_into(
@@ -545,7 +545,6 @@ async fn pull_into(
         return Ok(());
     }
     use std::io::Write;
-    let spool_error = |e: std::io::Error| Rejection::new(Code::Unavailable, "spool_unavailable", e.to_string());
     let mut file = std::fs::OpenOptions::new().create(true).append(true).open(spool).map_err(spool_error)?;
     let timeout = Duration::from_secs(60 + a.size_bytes / (1024 * 1024));
     let pulled = client

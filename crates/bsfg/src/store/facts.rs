@@ -228,13 +228,15 @@ impl FactLog {
 
     /// One round of a batch: distinct keys, all held by the key guard.
     async fn append_round(&self, items: Vec<(AppendItem, String)>) -> Vec<Result<Appended, Rejection>> {
-        let mut existing = match self.look_up_elsewhere(&items).await {
+        // Each fact's category, resolved once.
+        let homes: Vec<&CategoryConfig> = items.iter().map(|(item, _)| self.config.category_for_kind(&item.valid.subject_kind)).collect();
+        let mut existing = match self.look_up_elsewhere(&items, &homes).await {
             Ok(existing) => existing,
             Err(r) => return items.iter().map(|_| Err(r.clone())).collect(),
         };
-        let prepared = futures::future::join_all(items.into_iter().map(|(item, token)| {
+        let prepared = futures::future::join_all(items.into_iter().zip(homes).map(|((item, token), home)| {
             let found = existing.remove(&token);
-            self.prepare(item, token, found)
+            self.prepare(item, token, home, found)
         }))
         .await;
         let mut in_flight = Vec::with_capacity(prepared.len());
@@ -266,12 +268,14 @@ impl FactLog {
     async fn look_up_elsewhere(
         &self,
         items: &[(AppendItem, String)],
+        homes: &[&CategoryConfig],
     ) -> Result<HashMap<String, (String, StreamMessage)>, Rejection> {
         let lookups = self.categories.values().map(|c| {
             let subjects: Vec<String> = items
                 .iter()
-                .filter(|(item, _)| self.config.category_for_kind(&item.valid.subject_kind).name != c.config.name)
-                .map(|(_, token)| key_filter(&c.config.name, token))
+                .zip(homes)
+                .filter(|(_, home)| home.name != c.config.name)
+                .map(|((_, token), _)| key_filter(&c.config.name, token))
                 .collect();
             async move {
                 if subjects.is_empty() {
@@ -298,10 +302,10 @@ impl FactLog {
         &self,
         item: AppendItem,
         token: String,
+        category: &CategoryConfig,
         found_elsewhere: Option<(String, StreamMessage)>,
     ) -> Result<Ready, Result<Appended, Rejection>> {
         let AppendItem { envelope, valid, provenance } = item;
-        let category = self.config.category_for_kind(&valid.subject_kind);
         let log = &self.categories[&category.name];
         let content_hex = hex::encode(content_digest(&valid.fact));
         if let Some((other, existing)) = found_elsewhere {
