@@ -285,23 +285,10 @@ impl DemoSite {
     /// Facts in idmz's log its `to-enterprise` consumer has not had
     /// confirmed yet: what is queued at idmz for enterprise (read from
     /// idmz's own JetStream; enterprise cannot see it while cut off).
-    /// When enterprise reconnects it asks idmz to restart from the frontier,
-    /// and idmz re-creates the consumer: for a moment it does not exist, so
-    /// a failed read is retried briefly.
     async fn queued_at_idmz_for_enterprise(&self) -> anyhow::Result<u64> {
         let category = self.zones["idmz"].node.store.facts.category("operational").ok_or_else(|| anyhow::anyhow!("no operational category"))?;
-        let mut attempts = 0;
-        loop {
-            match category.stream.consumer_info("to-enterprise").await {
-                Ok(info) => return Ok(info.num_pending + info.num_ack_pending as u64),
-                Err(e) if attempts < 40 => {
-                    attempts += 1;
-                    tracing::debug!(error = %e, "consumer being re-created; reading again");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        let info = category.stream.consumer_info("to-enterprise").await?;
+        Ok(info.num_pending + info.num_ack_pending as u64)
     }
 
     fn t(&self) -> String {

@@ -11,14 +11,23 @@
 //! is also JetStream's `max_ack_pending`). That is how a confirm of an offset
 //! that was never delivered to this consumer is told apart and refused.
 //!
-//! At start-up every consumer is re-created at its frontier + 1: whatever
-//! was delivered but unconfirmed before a restart is delivered again at
-//! once, instead of after the redelivery timeout.
+//! A consumer is never deleted to move it. At start-up an existing consumer
+//! is kept (its configured limits and filter are applied with an update) and
+//! reset to its ack floor with JetStream's consumer reset (nats-server 2.14+):
+//! whatever was delivered but unconfirmed before a restart is delivered again
+//! at once, instead of after the redelivery timeout. The same reset serves a
+//! peer that restarts from the frontier, and an operator's replay. Deleting
+//! and re-creating instead would leave a window in which a crash loses the
+//! durable frontier. Only a replay to before the consumer's configured start
+//! (which JetStream refuses to reset to) still re-creates it.
 
 use super::{FactLog, facts::decode_record, unavailable};
 use crate::config::{ConsumerConfig, StartPosition, ZoneConfig};
 use crate::metrics::Metrics;
+use anyhow::Context as _;
 use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, ReplayPolicy, pull};
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
+use async_nats::jetstream::stream::ConsumerResetErrorKind;
 use bsfg_domain::{Code, Rejection};
 use bsfg_proto::bsfg::v1::StoredFact;
 use futures::StreamExt;
@@ -86,19 +95,13 @@ impl Consumers {
         for c in &config.consumers {
             let category = facts.category(&c.category).expect("config checked");
             let stream = &category.stream;
-            let (deliver_policy, kept_frontier) = match stream.consumer_info(&c.name).await {
-                Ok(info) => {
-                    let frontier = info.ack_floor.stream_sequence;
-                    stream.delete_consumer(&c.name).await?;
-                    (DeliverPolicy::ByStartSequence { start_sequence: frontier + 1 }, Some(frontier))
-                }
-                Err(_) => (deliver_policy(&c.start)?, None),
-            };
             let filter_subjects = c.kinds.iter().map(|k| format!("facts.{}.{k}.*", c.category)).collect();
-            let consumer_config = pull::Config {
+            let mut consumer_config = pull::Config {
                 durable_name: Some(c.name.clone()),
                 description: Some(format!("BSFG consumer {} of zone {}", c.name, config.zone)),
-                deliver_policy,
+                // Replaced below: the configured start for a new consumer,
+                // the existing one's (immutable) policy for a kept one.
+                deliver_policy: DeliverPolicy::All,
                 ack_policy: AckPolicy::All,
                 ack_wait: c.redeliver_after,
                 max_deliver: -1,
@@ -115,9 +118,24 @@ impl Consumers {
                 headers_only: false,
                 ..Default::default()
             };
-            let mut consumer: consumer::Consumer<pull::Config> = stream.create_consumer(consumer_config.clone()).await?;
-            let info = consumer.info().await?;
-            let frontier = kept_frontier.unwrap_or(info.ack_floor.stream_sequence);
+            let mut consumer: consumer::Consumer<pull::Config> = match stream.consumer_info(&c.name).await {
+                Ok(existing) => {
+                    consumer_config.deliver_policy = existing.config.deliver_policy;
+                    let mut kept = stream
+                        .update_consumer(consumer_config.clone())
+                        .await
+                        .with_context(|| format!("applying the configuration of consumer {} to its existing JetStream consumer", c.name))?;
+                    kept.reset(None).await.with_context(|| format!("redelivering the unconfirmed facts of consumer {}", c.name))?;
+                    kept
+                }
+                Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => {
+                    let last_sequence = stream.clone().info().await?.state.last_sequence;
+                    consumer_config.deliver_policy = deliver_policy(&c.start, last_sequence)?;
+                    stream.create_consumer(consumer_config.clone()).await?
+                }
+                Err(e) => return Err(anyhow::Error::new(e).context(format!("reading consumer {}", c.name))),
+            };
+            let frontier = consumer.info().await?.ack_floor.stream_sequence;
             metrics.frontier_offset.get_or_create(&vec![("consumer".to_string(), c.name.clone())]).set(frontier as i64);
             let delivery = Delivery { frontier, unconfirmed: BTreeMap::new(), delivered_max: frontier };
             cursors.insert(
@@ -185,8 +203,7 @@ impl Consumers {
         let cursor = self.cursor(name)?;
         let mut consumer = cursor.consumer.lock().await;
         if bounds.restart_from_frontier {
-            let frontier = cursor.delivery.lock().unwrap().frontier;
-            *consumer = self.recreate(cursor, DeliverPolicy::ByStartSequence { start_sequence: frontier + 1 }).await?;
+            consumer.reset(None).await.map_err(|e| unavailable("redelivering from the frontier", e))?;
             let mut d = cursor.delivery.lock().unwrap();
             d.unconfirmed.clear();
             d.delivered_max = d.frontier;
@@ -244,23 +261,45 @@ impl Consumers {
         Ok((facts, frontier, backlog))
     }
 
-    /// Replays: re-creates the consumer to deliver from `start` again. The
-    /// frontier moves to just before it; nothing is deleted from the log.
+    /// Replays: the consumer delivers from `start` again and its frontier
+    /// moves to just before it; nothing is deleted from the log. A JetStream
+    /// consumer reset, so the durable frontier is never absent; only a start
+    /// before the consumer's own configured start (which JetStream refuses)
+    /// re-creates the consumer.
     pub async fn reset(&self, name: &str, start: StartPosition) -> Result<u64, Rejection> {
         let cursor = self.cursor(name)?;
         let mut consumer = cursor.consumer.lock().await;
-        let deliver_policy = deliver_policy(&start).map_err(|e| Rejection::invalid("bad_start", e.to_string()))?;
-        let mut fresh = self.recreate(cursor, deliver_policy).await?;
-        let info = fresh.info().await.map_err(|e| unavailable("reading the consumer", e))?;
-        let frontier = info.ack_floor.stream_sequence;
-        *consumer = fresh;
+        let state = cursor.stream.clone().info().await.map_err(|e| unavailable("reading the stream", e))?.state.clone();
+        let next = match &start {
+            StartPosition::Earliest => state.first_sequence.max(1),
+            StartPosition::Latest => state.last_sequence + 1,
+            StartPosition::Offset(offset) => (*offset).max(1),
+            StartPosition::Time(text) => {
+                let at = parse_start_time(text).map_err(|e| Rejection::invalid("bad_start", e.to_string()))?;
+                super::retention::first_sequence_at_or_after(&self.client, &cursor.stream.cached_info().config.name, at, state.last_sequence)
+                    .await
+                    .map_err(|e| unavailable("finding the first fact at the replay time", e))?
+            }
+        };
+        let frontier = match consumer.reset(Some(next)).await {
+            Ok(response) => response.info.ack_floor.stream_sequence,
+            Err(e) if e.kind() == ConsumerResetErrorKind::InvalidReset => {
+                tracing::warn!(consumer = name, next, "replay starts before the consumer's configured start; re-creating it");
+                let mut fresh = self.recreate(cursor, DeliverPolicy::ByStartSequence { start_sequence: next }).await?;
+                let frontier = fresh.info().await.map_err(|e| unavailable("reading the consumer", e))?.ack_floor.stream_sequence;
+                *consumer = fresh;
+                frontier
+            }
+            Err(e) => return Err(unavailable("resetting the consumer", e)),
+        };
         *cursor.delivery.lock().unwrap() = Delivery { frontier, unconfirmed: BTreeMap::new(), delivered_max: frontier };
         self.metrics.frontier_offset.get_or_create(&vec![("consumer".to_string(), name.to_string())]).set(frontier as i64);
         tracing::warn!(consumer = name, frontier, "consumer reset for replay");
         Ok(frontier)
     }
 
-    /// Deletes and re-creates the JetStream consumer with a new start.
+    /// Deletes and re-creates the JetStream consumer with a new start (only
+    /// for a replay to before its configured start; see `reset`).
     async fn recreate(&self, cursor: &Cursor, deliver_policy: DeliverPolicy) -> Result<consumer::Consumer<pull::Config>, Rejection> {
         let mut config = cursor.template.clone();
         config.deliver_policy = deliver_policy;
@@ -356,14 +395,19 @@ async fn collect(mut batch: pull::Batch) -> Result<Vec<async_nats::jetstream::Me
     Ok(out)
 }
 
-fn deliver_policy(start: &StartPosition) -> anyhow::Result<DeliverPolicy> {
+/// The delivery policy of a new consumer. `latest` starts after the last
+/// fact stored now (a start sequence rather than JetStream's `New`, so a
+/// later replay can be a reset).
+fn deliver_policy(start: &StartPosition, last_sequence: u64) -> anyhow::Result<DeliverPolicy> {
     Ok(match start {
         StartPosition::Earliest => DeliverPolicy::All,
-        StartPosition::Latest => DeliverPolicy::New,
+        StartPosition::Latest => DeliverPolicy::ByStartSequence { start_sequence: last_sequence + 1 },
         StartPosition::Offset(seq) => DeliverPolicy::ByStartSequence { start_sequence: (*seq).max(1) },
-        StartPosition::Time(text) => DeliverPolicy::ByStartTime {
-            start_time: time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-                .map_err(|e| anyhow::anyhow!("consumer start time {text:?} is not RFC 3339: {e}"))?,
-        },
+        StartPosition::Time(text) => DeliverPolicy::ByStartTime { start_time: parse_start_time(text)? },
     })
+}
+
+fn parse_start_time(text: &str) -> anyhow::Result<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| anyhow::anyhow!("consumer start time {text:?} is not RFC 3339: {e}"))
 }

@@ -62,7 +62,7 @@ pub async fn run_once(client: &async_nats::Client, facts: &FactLog, consumers: &
 }
 
 /// The first sequence whose fact was stored at or after `cutoff`.
-async fn first_sequence_at_or_after(
+pub(crate) async fn first_sequence_at_or_after(
     client: &async_nats::Client,
     stream_name: &str,
     cutoff: time::OffsetDateTime,

@@ -218,18 +218,38 @@ async fn unconfirmed_facts_come_again_after_restart_and_after_redelivery_timeout
     assert_exactly_once_in_order(&again.facts, &sent);
 
     // Confirm the first; restart; the other two come again at once, frontier kept.
+    let created = consumer_created(&zone, "mes").await;
     assert_eq!(client.confirm("mes", sent[0].2).await.unwrap(), sent[0].2);
     zone.restart_node(false).await;
     let client = zone.client();
     let after = client.fetch("mes", 100, 0, 0).await.unwrap();
     assert_eq!(after.frontier, sent[0].2, "frontier survives a restart");
     assert_exactly_once_in_order(&after.facts, &sent[1..]);
+    // A peer restarting from the frontier gets the unconfirmed ones again.
+    let request = FetchFactsRequest { consumer_name: "mes".into(), limit: 100, restart_from_frontier: true, ..Default::default() };
+    let restarted = client.fetch_request(request).await.unwrap();
+    assert_eq!(restarted.frontier, sent[0].2);
+    assert_exactly_once_in_order(&restarted.facts, &sent[1..]);
     assert_eq!(client.confirm("mes", sent[2].2).await.unwrap(), sent[2].2);
     zone.restart_node(false).await;
     let client = zone.client();
     let after = client.fetch("mes", 100, 0, 300).await.unwrap();
     assert!(after.facts.is_empty(), "confirmed facts are not delivered again");
     assert_eq!(after.frontier, sent[2].2);
+    // Replay from the second fact: frontier moves back, the rest comes again.
+    let frontier = client.reset_consumer("mes", reset_consumer_request::Position::Offset(sent[1].2)).await.unwrap();
+    assert_eq!(frontier, sent[1].2 - 1, "a replay moves the frontier to just before its start");
+    let replayed = client.fetch("mes", 100, 0, 0).await.unwrap();
+    assert_exactly_once_in_order(&replayed.facts, &sent[1..]);
+    // None of this deleted the JetStream consumer: a crash at any moment
+    // finds the durable frontier in place.
+    assert_eq!(consumer_created(&zone, "mes").await, created, "restarts, restart-from-frontier and replay keep the one JetStream consumer");
+}
+
+/// When the JetStream consumer behind a BSFG consumer was created.
+async fn consumer_created(zone: &Zone, name: &str) -> time::OffsetDateTime {
+    let stream = zone.jetstream().await.get_stream("facts_operational").await.unwrap();
+    stream.consumer_info(name).await.unwrap().created
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
