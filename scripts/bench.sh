@@ -13,4 +13,9 @@ if [ "${1:-}" = crossing ]; then
   shift
   exec target/release/bsfg-bench crossing --out BENCHMARKS.md "$@"
 fi
+if [ "${1:-}" = substrate ]; then
+  # Prints its tables; they are copied into BENCHMARKS.md by hand.
+  shift
+  exec target/release/bsfg-bench substrate "$@"
+fi
 exec target/release/bsfg-bench --out BENCHMARKS.md "$@"

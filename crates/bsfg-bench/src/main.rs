@@ -9,6 +9,7 @@
 //! for drains), `--reps` times; the report gives medians.
 
 mod crossing;
+mod substrate;
 
 mod echo_proto {
     #![allow(missing_docs, clippy::all)]
@@ -79,6 +80,9 @@ enum Cmd {
     /// Replication across zones (plant-a -> idmz -> enterprise) vs native
     /// JetStream stream sourcing over a leaf node; writes its own section.
     Crossing(crossing::CrossArgs),
+    /// nats-server alone with the node's storage layout, variant by variant
+    /// (fixed subjects, one subject per fact, the idempotency guard).
+    Substrate(substrate::SubstrateArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -87,6 +91,7 @@ fn main() -> anyhow::Result<()> {
     match &args.command {
         Some(Cmd::EchoServer { addr }) => rt.block_on(echo_server(addr.clone())),
         Some(Cmd::Crossing(a)) => rt.block_on(crossing::run(a.clone())),
+        Some(Cmd::Substrate(a)) => rt.block_on(substrate::run(a.clone())),
         None => rt.block_on(run(args)),
     }
 }
@@ -337,7 +342,8 @@ async fn open_loop(client: BoundaryServiceClient<SharedHttp2Connection>, rate: f
     let payload: Arc<str> = object_json(256).into();
     let total = (rate * secs) as u64;
     let interval = Duration::from_secs_f64(1.0 / rate);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Option<u32>>();
+    let file_tag = tag.clone();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Option<(u32, u32)>>();
     let handle = tokio::runtime::Handle::current();
     let start = Instant::now() + Duration::from_millis(20);
     // A dedicated OS thread keeps the schedule with sub-millisecond sleeps
@@ -352,20 +358,28 @@ async fn open_loop(client: BoundaryServiceClient<SharedHttp2Connection>, rate: f
             let (client, tx, payload, id) = (client.clone(), tx.clone(), payload.clone(), format!("{tag}-{i}"));
             handle.spawn(async move {
                 let ok = client.append_fact(append_request(id, &payload)).await.is_ok();
-                let _ = tx.send(ok.then(|| scheduled.elapsed().as_micros().min(u32::MAX as u128) as u32));
+                let _ = tx.send(ok.then(|| scheduled.elapsed().as_micros().min(u32::MAX as u128) as u32).map(|l| (l, (scheduled - start).as_millis() as u32)));
             });
         }
     });
     let mut lat = Vec::with_capacity(total as usize);
+    let mut timeline = Vec::new();
     let mut errors = 0;
     for _ in 0..total {
         match rx.recv().await {
-            Some(Some(us)) => lat.push(us),
+            Some(Some((us, at))) => {
+                lat.push(us);
+                timeline.push((at, us));
+            }
             Some(None) => errors += 1,
             None => break,
         }
     }
     scheduler.join().unwrap();
+    if let Ok(path) = std::env::var("BENCH_TIMELINE") {
+        let text: String = timeline.iter().map(|(at, us)| format!("{at} {us}\n")).collect();
+        let _ = std::fs::write(format!("{path}.{file_tag}"), text);
+    }
     let elapsed = start.elapsed().as_secs_f64();
     lat.sort_unstable();
     Sample { rate: lat.len() as f64 / elapsed, p50_ms: pct_ms(&lat, 50.0), p99_ms: pct_ms(&lat, 99.0), errors }

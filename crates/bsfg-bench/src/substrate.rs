@@ -1,0 +1,166 @@
+//! `bsfg-bench substrate`: what one nats-server can do with the node's
+//! storage layout, with no node in the way.
+//!
+//! Every variant publishes 256 B payloads, pipelined (a window of
+//! in-flight acknowledgements) from one client, into a fresh stream, and
+//! reports messages/s and nats-server CPU per message. The variants add the
+//! node's storage choices one at a time, so the cost of each is visible:
+//! fixed subjects → one subject per fact → the node's idempotency guard →
+//! the guard without `Nats-Msg-Id`. The last guarded variant is the ceiling
+//! for any gateway that stores facts the way the node does on this machine.
+
+use super::{cpu_seconds, free_port, median, spawn_logged, wait_tcp};
+use anyhow::Context as _;
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, stream};
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Clone)]
+pub struct SubstrateArgs {
+    /// Seconds per variant and repetition.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// In-flight acknowledgements.
+    #[arg(long, default_value_t = 256)]
+    window: usize,
+    /// JetStream `sync_interval`.
+    #[arg(long, default_value = "2m")]
+    nats_sync: String,
+    #[arg(long, default_value = ".tools/bin/nats-server")]
+    nats_server: PathBuf,
+    /// Markdown file the results are printed to (appended to stdout only
+    /// when empty).
+    #[arg(long, default_value = "")]
+    out: String,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Variant {
+    /// 64 fixed subjects, `Nats-Msg-Id` (the single-zone raw baseline).
+    FixedSubjects,
+    /// One subject per fact (`facts.c.k.<token>`), `Nats-Msg-Id` and the
+    /// content header: the node's layout without its guard.
+    SubjectPerFact,
+    /// The node's exact headers: plus the expected-last-subject-sequence
+    /// guard over `facts.c.*.<token>`.
+    NodeGuarded,
+    /// The guard without `Nats-Msg-Id`.
+    GuardedNoMsgId,
+}
+
+const VARIANTS: [Variant; 4] = [Variant::FixedSubjects, Variant::SubjectPerFact, Variant::NodeGuarded, Variant::GuardedNoMsgId];
+
+impl Variant {
+    fn label(self) -> &'static str {
+        match self {
+            Variant::FixedSubjects => "64 fixed subjects, Nats-Msg-Id",
+            Variant::SubjectPerFact => "one subject per fact, Nats-Msg-Id + content header",
+            Variant::NodeGuarded => "one subject per fact + the node's guard (its exact headers)",
+            Variant::GuardedNoMsgId => "one subject per fact + guard, without Nats-Msg-Id",
+        }
+    }
+
+    fn message(self, run: &str, i: u64) -> (String, HeaderMap) {
+        let token = bsfg_domain::identity::key_token(run, &i.to_string());
+        let mut headers = HeaderMap::new();
+        let subject = match self {
+            Variant::FixedSubjects => format!("facts.c.k.{}", i % 64),
+            _ => format!("facts.c.k.{token}"),
+        };
+        if !matches!(self, Variant::GuardedNoMsgId) {
+            headers.insert("Nats-Msg-Id", token.as_str());
+        }
+        if !matches!(self, Variant::FixedSubjects) {
+            headers.insert("Bsfg-Content", "c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00");
+        }
+        if matches!(self, Variant::NodeGuarded | Variant::GuardedNoMsgId) {
+            headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
+            headers.insert("Nats-Expected-Last-Subject-Sequence-Subject", format!("facts.c.*.{token}").as_str());
+        }
+        (subject, headers)
+    }
+}
+
+pub async fn run(a: SubstrateArgs) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("bsfg-bench-substrate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let port = free_port()?;
+    let conf = dir.join("nats.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen: \"127.0.0.1:{port}\"\nmax_payload: 8MB\njetstream {{\n  store_dir: \"{}\"\n  sync_interval: {}\n}}\n",
+            dir.join("js").display(),
+            a.nats_sync
+        ),
+    )?;
+    let nats = spawn_logged(std::process::Command::new(&a.nats_server).arg("-c").arg(&conf), &dir.join("nats.log"))
+        .with_context(|| format!("starting {}", a.nats_server.display()))?;
+    wait_tcp(port, "nats-server").await?;
+    let js = jetstream::new(async_nats::connect(format!("nats://127.0.0.1:{port}")).await?);
+
+    let mut md = String::new();
+    writeln!(md, "| Variant | msgs/s (median; reps) | nats-server CPU µs/msg (median) |")?;
+    writeln!(md, "|---|---|---|")?;
+    for variant in VARIANTS {
+        let (mut rates, mut cpus) = (Vec::new(), Vec::new());
+        for rep in 0..a.reps.max(1) {
+            // A fresh stream per repetition: per-subject state starts empty.
+            let name = format!("sub{rep}");
+            let _ = js.delete_stream(&name).await;
+            js.create_stream(stream::Config {
+                name: name.clone(),
+                subjects: vec!["facts.c.>".into()],
+                storage: stream::StorageType::File,
+                duplicate_window: Duration::from_secs(120),
+                allow_direct: true,
+                ..Default::default()
+            })
+            .await?;
+            let cpu_before = cpu_seconds(nats.pid());
+            let (count, secs) = publish(&js, variant, a.window, a.duration, &format!("{rep}-{variant:?}")).await?;
+            let cpu = cpu_seconds(nats.pid()) - cpu_before;
+            let rate = count as f64 / secs;
+            eprintln!("{variant:?} rep {rep}: {rate:.0} msg/s, nats-server {:.1} µs/msg", cpu * 1e6 / count as f64);
+            rates.push(rate);
+            cpus.push(cpu * 1e6 / count as f64);
+            js.delete_stream(&name).await?;
+        }
+        let reps: Vec<String> = rates.iter().map(|r| format!("{r:.0}")).collect();
+        writeln!(md, "| {} | {:.0} ({}) | {:.1} |", variant.label(), median(rates), reps.join(" / "), median(cpus))?;
+    }
+    println!("{md}");
+    if !a.out.is_empty() {
+        std::fs::write(&a.out, &md)?;
+    }
+    drop(nats);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+async fn publish(js: &jetstream::Context, variant: Variant, window: usize, secs: f64, run: &str) -> anyhow::Result<(u64, f64)> {
+    let payload = bytes::Bytes::from(vec![b'x'; 256]);
+    let mut in_flight = VecDeque::with_capacity(window);
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    let (mut i, mut done) = (0u64, 0u64);
+    while Instant::now() < end {
+        let (subject, headers) = variant.message(run, i);
+        in_flight.push_back(js.publish_with_headers(subject, headers, payload.clone()).await?);
+        i += 1;
+        if in_flight.len() >= window {
+            in_flight.pop_front().expect("window is not empty").await.context("acknowledgement")?;
+            done += 1;
+        }
+    }
+    while let Some(ack) = in_flight.pop_front() {
+        ack.await.context("acknowledgement")?;
+        done += 1;
+    }
+    Ok((done, start.elapsed().as_secs_f64()))
+}
