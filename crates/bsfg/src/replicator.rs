@@ -70,6 +70,8 @@ pub struct LinkStatus {
 pub struct Link {
     pub config: UpstreamConfig,
     principal: Arc<PrincipalConfig>,
+    /// The peer's server certificate (mTLS only), for the audit record.
+    presented: Option<Arc<crate::tls::client::PresentedCertificate>>,
     status: Mutex<LinkStatus>,
 }
 
@@ -79,7 +81,7 @@ impl Link {
         AuditEvent {
             principal: self.principal.name.clone(),
             identity: self.config.url.clone(),
-            fingerprint: String::new(),
+            fingerprint: self.presented.as_ref().map(|p| p.fingerprint()).unwrap_or_default(),
             rpc: "Replicate",
             subject_key,
             decision,
@@ -119,14 +121,22 @@ struct Context {
     audit: Arc<Audit>,
 }
 
-/// Starts every configured link. `tls` is this node's client configuration
-/// (None in plaintext-dev mode).
+/// This node's client certificate files, for its peer links.
+pub struct PeerTls {
+    pub ca: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+/// Starts every configured link. `tls` is None in plaintext-dev mode; with
+/// it, each link has its own TLS configuration that remembers the server
+/// certificate its peer presented.
 pub fn start(
     zone: Arc<ZoneConfig>,
     store: Arc<Store>,
     metrics: Arc<Metrics>,
     audit: Arc<Audit>,
-    tls: Option<Arc<rustls::ClientConfig>>,
+    tls: Option<PeerTls>,
 ) -> anyhow::Result<(Arc<Replicator>, Vec<tokio::task::JoinHandle<()>>)> {
     let context = Arc::new(Context {
         zone: zone.clone(),
@@ -138,14 +148,18 @@ pub fn start(
     let mut tasks = Vec::new();
     for upstream in &zone.upstreams {
         let principal = Arc::new(zone.principals.iter().find(|p| p.name == upstream.peer).cloned().expect("config checked"));
-        let client = match &tls {
-            Some(tls) => BsfgClient::connect_tls(&upstream.url, tls.clone())?,
-            None => BsfgClient::connect(&upstream.url)?,
+        let (client, presented) = match &tls {
+            Some(files) => {
+                let (config, presented) = crate::tls::client::peer_client_config(&files.ca, &files.cert, &files.key)?;
+                (BsfgClient::connect_tls(&upstream.url, config)?, Some(presented))
+            }
+            None => (BsfgClient::connect(&upstream.url)?, None),
         };
         std::fs::create_dir_all(&upstream.spool_dir)?;
         let link = Arc::new(Link {
             config: upstream.clone(),
             principal,
+            presented,
             status: Mutex::new(LinkStatus {
                 peer: upstream.peer.clone(),
                 url: upstream.url.clone(),

@@ -97,11 +97,11 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningNode> {
     }
     let audit = Arc::new(audit::Audit::new(&config.zone, store.facts.clone()));
     let peer_tls = match config.tls.mode {
-        TlsMode::Mtls => Some(crate::tls::client::client_config(
-            config.tls.ca.as_deref().expect("config checked"),
-            config.tls.cert.as_deref().expect("config checked"),
-            config.tls.key.as_deref().expect("config checked"),
-        )?),
+        TlsMode::Mtls => Some(crate::replicator::PeerTls {
+            ca: config.tls.ca.clone().expect("config checked"),
+            cert: config.tls.cert.clone().expect("config checked"),
+            key: config.tls.key.clone().expect("config checked"),
+        }),
         TlsMode::PlaintextDev => None,
     };
     let (replicator, replication_tasks) = crate::replicator::start(config.clone(), store.clone(), metrics.clone(), audit.clone(), peer_tls)?;

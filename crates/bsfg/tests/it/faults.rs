@@ -425,6 +425,19 @@ async fn fact_refused_by_import_policy_is_audited_counted_and_passed() {
     assert_eq!(refused.len(), 1, "one refusal audited: {:?}", audit.iter().map(|f| &f.fact.object_json).collect::<Vec<_>>());
     let v: serde_json::Value = serde_json::from_str(&refused[0].fact.object_json).unwrap();
     assert_eq!(v["reason"], "kind_not_allowed");
+    // Every record of this crossing names the certificate idmz presented,
+    // the refusal as well as the accepted facts.
+    let idmz_cert = bsfg::tls::read_certs(&site.certs.join(format!("{}.pem", bsfg::site::node_identity("idmz")))).unwrap().remove(0);
+    let idmz_fingerprint = bsfg::tls::identity::fingerprint(&idmz_cert);
+    assert_eq!(v["certificate_sha256"], idmz_fingerprint, "{v}");
+    let accepted: Vec<serde_json::Value> = audit
+        .iter()
+        .map(|f| serde_json::from_str::<serde_json::Value>(&f.fact.object_json).unwrap())
+        .filter(|v| v["decision"] == "accepted" && v["key"].as_str().unwrap_or("").contains("pa-normal"))
+        .collect();
+    assert_eq!(accepted.len(), 1, "the accepted crossing is audited once");
+    assert_eq!(accepted[0]["principal"], "idmz");
+    assert_eq!(accepted[0]["certificate_sha256"], idmz_fingerprint, "{}", accepted[0]);
 
     // Counted on the operations port.
     let metrics = site.zones["enterprise"].metrics_text().await;
