@@ -497,7 +497,16 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
                 Ok::<_, anyhow::Error>((r, t.elapsed().as_secs_f64()))
             }
         };
+        let reset_hwm = || {
+            for z in ZONES {
+                let _ = std::fs::write(format!("/proc/{}/clear_refs", zones[z].node.pid()), "5");
+            }
+        };
+        let rss_before_put = rss_kib(zones["plant-a"].node.pid()).1 as f64 / 1024.0;
+        reset_hwm();
         let (stored, put_secs) = put(key.clone()).await?;
+        let hwm_put = rss_kib(zones["plant-a"].node.pid()).0 as f64 / 1024.0;
+        reset_hwm();
         let local_rate = size as f64 / put_secs / (1024.0 * 1024.0);
         let idmz = &zones["idmz"].js;
         let base = count(idmz).await?;
@@ -516,7 +525,7 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
         let cross_secs = t.elapsed().as_secs_f64();
         let cross_rate = size as f64 / cross_secs / (1024.0 * 1024.0);
         eprintln!("artifact {} MiB: local put {local_rate:.1} MiB/s, crossing one hop {cross_rate:.1} MiB/s", a.artifact_mib);
-        Some((local_rate, cross_rate, put_secs, cross_secs))
+        Some((local_rate, cross_rate, put_secs, cross_secs, hwm_put, rss_before_put))
     } else {
         None
     };
@@ -555,7 +564,7 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
         rss.iter().map(|r| format!("{} {:.1}", r.0, r.1)).collect::<Vec<_>>().join(", "),
         verdict(max_rss <= 128.0)
     );
-    if let Some((local, cross, _, _)) = artifact {
+    if let Some((local, cross, _, _, _, _)) = artifact {
         let _ = writeln!(md, "| artifact crossing ≥ 0.5 × local put | {cross:.1} / {local:.1} MiB/s = {:.2}× | {} |", cross / local, verdict(cross / local >= 0.5));
     }
     let _ = writeln!(md, "\n### Measurements\n\n| Benchmark | Rate | Notes |\n|---|---|---|");
@@ -569,7 +578,7 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
     if let Some((ok, total, offered_secs, p50, p99, max)) = lag_low {
         let _ = writeln!(md, "| (d) same, open loop {} facts/s × {} s | p50 {p50:.1} ms / p99 {p99:.1} ms / max {max:.1} ms | {ok} of {total} appends succeeded over {offered_secs:.1} s |", a.lag_low_rate, a.lag_secs);
     }
-    if let Some((local, cross, put_secs, cross_secs)) = artifact {
+    if let Some((local, cross, put_secs, cross_secs, _, _)) = artifact {
         let _ = writeln!(md, "| (f) artifact {} MiB: local PutObject at plant-a | {local:.1} MiB/s | {put_secs:.1} s |", a.artifact_mib);
         let _ = writeln!(md, "| (f) same artifact crossing one hop (append → fact present at idmz, object pulled, verified, stored) | {cross:.1} MiB/s | {cross_secs:.1} s |");
     }
@@ -585,7 +594,8 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
     );
     let _ = writeln!(
         md,
-        "* `bsfg serve` VmHWM after the artifact crossing (reset before (e)): {}",
+        "* `bsfg serve` VmHWM during the artifact crossing alone (reset after the local put){}: {}",
+        artifact.map(|a| format!("; plant-a during the local PutObject alone: {:.1} MiB (VmRSS {:.1} MiB just before it)", a.4, a.5)).unwrap_or_default(),
         rss_after_artifact.iter().map(|r| format!("{} {:.1} MiB", r.0, r.1)).collect::<Vec<_>>().join(", ")
     );
     for l in &rss_lines {

@@ -355,7 +355,11 @@ pub fn render_status(s: &bsfg_proto::bsfg::v1::GetStatusResponse) -> String {
         }
     }
     for c in &s.consumers {
-        let _ = writeln!(out, "  consumer {:<12} {:<12} frontier {:>8} delivered {:>8} unconfirmed {:>6}", c.name, c.category, c.frontier, c.delivered_max, c.unconfirmed);
+        let _ = writeln!(
+            out,
+            "  consumer {:<12} {:<12} frontier {:>8} delivered {:>8} unconfirmed {:>6} pending {:>8}",
+            c.name, c.category, c.frontier, c.delivered_max, c.unconfirmed, c.pending
+        );
     }
     out
 }

@@ -20,7 +20,7 @@ pub struct Operations {
 }
 
 impl Operations {
-    pub fn status(&self) -> GetStatusResponse {
+    pub async fn status(&self) -> GetStatusResponse {
         let links = self
             .replicator
             .links
@@ -49,6 +49,7 @@ impl Operations {
             .store
             .consumers
             .status()
+            .await
             .into_iter()
             .map(|c| ConsumerStatus {
                 name: c.name,
@@ -56,6 +57,7 @@ impl Operations {
                 frontier: c.frontier,
                 delivered_max: c.delivered_max,
                 unconfirmed: c.unconfirmed as u64,
+                pending: c.pending.unwrap_or(0),
                 ..Default::default()
             })
             .collect();
@@ -74,7 +76,7 @@ impl Operations {
 impl OperationsService for Operations {
     async fn get_status(&self, ctx: RequestContext, _request: ServiceRequest<'_, GetStatusRequest>) -> ServiceResult<GetStatusResponse> {
         self.auth.caller(&ctx).map_err(|u| to_connect(u.rejection))?;
-        Ok(Response::new(self.status()))
+        Ok(Response::new(self.status().await))
     }
 
     async fn reset_consumer(&self, ctx: RequestContext, request: ServiceRequest<'_, ResetConsumerRequest>) -> ServiceResult<ResetConsumerResponse> {

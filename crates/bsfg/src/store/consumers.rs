@@ -72,6 +72,9 @@ pub struct CursorStatus {
     pub frontier: u64,
     pub delivered_max: u64,
     pub unconfirmed: usize,
+    /// Facts after the frontier not yet confirmed, from JetStream (None if
+    /// it could not be read).
+    pub pending: Option<u64>,
 }
 
 pub struct Consumers {
@@ -168,21 +171,26 @@ impl Consumers {
         Ok(&self.cursor(name)?.config)
     }
 
-    pub fn status(&self) -> Vec<CursorStatus> {
-        let mut all: Vec<CursorStatus> = self
-            .cursors
-            .values()
-            .map(|c| {
-                let d = c.delivery.lock().unwrap();
-                CursorStatus {
-                    name: c.config.name.clone(),
-                    category: c.config.category.clone(),
-                    frontier: d.frontier,
-                    delivered_max: d.delivered_max,
-                    unconfirmed: d.unconfirmed.len(),
+    pub async fn status(&self) -> Vec<CursorStatus> {
+        let mut all = Vec::with_capacity(self.cursors.len());
+        for c in self.cursors.values() {
+            let pending = match c.stream.consumer_info(&c.config.name).await {
+                Ok(info) => Some(info.num_pending + info.num_ack_pending as u64),
+                Err(e) => {
+                    tracing::warn!(consumer = %c.config.name, error = %e, "could not read the consumer's pending count");
+                    None
                 }
-            })
-            .collect();
+            };
+            let d = c.delivery.lock().unwrap();
+            all.push(CursorStatus {
+                name: c.config.name.clone(),
+                category: c.config.category.clone(),
+                frontier: d.frontier,
+                delivered_max: d.delivered_max,
+                unconfirmed: d.unconfirmed.len(),
+                pending,
+            });
+        }
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }

@@ -253,6 +253,27 @@ async fn consumer_created(zone: &Zone, name: &str) -> time::OffsetDateTime {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_what_each_consumer_is_still_owed() {
+    let zone = Zone::start(Opts::default()).await;
+    let client = zone.client();
+    let pending = |s: &GetStatusResponse| s.consumers.iter().find(|c| c.name == "mes").map(|c| (c.pending, c.unconfirmed, c.frontier)).unwrap();
+    assert_eq!(pending(&client.status().await.unwrap()), (0, 0, 0));
+    let mut offsets = Vec::new();
+    for n in 0..5 {
+        offsets.push(client.append(envelope(&mid("owed")), batch_fact(n)).await.unwrap().offset);
+    }
+    // Nothing fetched yet: all five are owed (what a cut-off puller's
+    // backlog looks like on the serving side).
+    assert_eq!(pending(&client.status().await.unwrap()), (5, 0, 0));
+    let got = client.fetch("mes", 3, 0, 0).await.unwrap();
+    assert_eq!(got.facts.len(), 3);
+    // Delivered is not confirmed: still owed.
+    assert_eq!(pending(&client.status().await.unwrap()), (5, 3, 0));
+    client.confirm("mes", offsets[2]).await.unwrap();
+    assert_eq!(pending(&client.status().await.unwrap()), (2, 0, offsets[2]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_poll_returns_promptly_after_an_append() {
     let zone = Zone::start(Opts::default()).await;
     let client = zone.client();
