@@ -30,7 +30,6 @@ use futures::StreamExt;
 use echo_proto::bench::v1::{EchoRequest, EchoResponse, EchoService, EchoServiceClient, EchoServiceExt as _};
 use std::collections::VecDeque;
 use std::fmt::Write as _;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -140,7 +139,7 @@ impl Drop for Child {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    bsfg::node::nats_server::free_port()
 }
 
 fn spawn_logged(cmd: &mut std::process::Command, log: &Path) -> anyhow::Result<Child> {
