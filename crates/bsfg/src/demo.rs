@@ -231,7 +231,9 @@ const PRODUCERS_PER_PLANT: usize = 3;
 const RECONCILE_BATCH: u32 = 100;
 
 struct DemoZone {
-    node: crate::node::RunningNode,
+    /// Held so the node keeps running; everything is read through `app`,
+    /// as an operator would.
+    _node: crate::node::RunningNode,
     app: BsfgClient,
 }
 
@@ -283,12 +285,12 @@ impl DemoSite {
     }
 
     /// Facts in idmz's log its `to-enterprise` consumer has not had
-    /// confirmed yet: what is queued at idmz for enterprise (read from
-    /// idmz's own JetStream; enterprise cannot see it while cut off).
+    /// confirmed yet: what is queued at idmz for enterprise, as idmz's own
+    /// `bsfg status` shows it (enterprise cannot see it while cut off).
     async fn queued_at_idmz_for_enterprise(&self) -> anyhow::Result<u64> {
-        let category = self.zones["idmz"].node.store.facts.category("operational").ok_or_else(|| anyhow::anyhow!("no operational category"))?;
-        let info = category.stream.consumer_info("to-enterprise").await?;
-        Ok(info.num_pending + info.num_ack_pending as u64)
+        let s = self.app("idmz").status().await?;
+        let consumer = s.consumers.into_iter().find(|c| c.name == "to-enterprise").ok_or_else(|| anyhow::anyhow!("idmz has no consumer to-enterprise"))?;
+        Ok(consumer.pending)
     }
 
     fn t(&self) -> String {
@@ -377,7 +379,7 @@ pub async fn run_site(dir: PathBuf) -> anyhow::Result<()> {
         let tls = crate::tls::client::client_config(&certs.join("ca.pem"), &certs.join(format!("{}.pem", site::app_identity(z))), &certs.join(format!("{}.key", site::app_identity(z))))?;
         let app = BsfgClient::connect_tls(&format!("https://127.0.0.1:{}", node.boundary_addr.port()), tls)?;
         println!("  {:<11} {:<24} {:<17} {}", z, format!("https://{}", node.boundary_addr), z, zdir.join("jetstream").display());
-        zones.insert(z, DemoZone { node, app });
+        zones.insert(z, DemoZone { _node: node, app });
     }
     let site = DemoSite { zones, started };
     println!("  fault proxies on the idmz ⇄ enterprise link: enterprise pulls idmz via {}, idmz pulls enterprise via {}", enterprise_to_idmz.addr, idmz_to_enterprise.addr);
