@@ -5,6 +5,7 @@
 #   scripts/bench.sh crossing                                      # crossing zones, full
 #   scripts/bench.sh crossing --facts 2000 --native-facts 100000 \
 #       --backlog-facts 5000 --artifact-mib 64 --lag-secs 3        # crossing zones, quick
+#   scripts/bench.sh substrate [--window 8]                        # nats-server alone, node layout
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
