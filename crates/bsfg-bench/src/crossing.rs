@@ -16,7 +16,7 @@
 //! on the leaf `sources` the hub's stream with `external.api =
 //! "$JS.hub.API"`.
 
-use super::{Child, free_port, node_nats_section, now_ms, object_json, pct_ms, rss_kib, spawn_logged, wait_tcp};
+use super::{Child, free_port, node_nats_section, now_ms, object_json, pct_ms, rss_kib, spawn_logged, start_nats_server, wait_tcp};
 use anyhow::{Context as _, bail};
 use async_nats::jetstream::{self, stream};
 use bsfg::client::BsfgClient;
@@ -84,19 +84,27 @@ struct Zone {
     client: BsfgClient,
 }
 
-fn nats_conf(name: &str, port: u16, dir: &Path, extra: &str) -> String {
-    format!(
-        "server_name: \"{name}\"\nlisten: \"127.0.0.1:{port}\"\nmax_payload: 8MB\njetstream {{\n  domain: {name}\n  store_dir: \"{}\"\n}}\n{extra}\n",
-        dir.join(format!("js-{name}")).display()
-    )
+/// Resets every node's VmHWM to its current RSS (`/proc/<pid>/clear_refs`
+/// = 5), so the next reading is the peak of what follows.
+fn reset_peak_rss(zones: &BTreeMap<&str, Zone>) {
+    for z in ZONES {
+        let _ = std::fs::write(format!("/proc/{}/clear_refs", zones[z].node.pid()), "5");
+    }
+}
+
+/// Phase (f): rates, durations and plant-a's memory around the local put.
+#[derive(Clone, Copy)]
+struct ArtifactRun {
+    local_rate: f64,
+    cross_rate: f64,
+    put_secs: f64,
+    cross_secs: f64,
+    put_hwm_mib: f64,
+    rss_before_put_mib: f64,
 }
 
 async fn start_nats(bin: &Path, dir: &Path, name: &str, port: u16, extra: &str) -> anyhow::Result<(Child, jetstream::Context)> {
-    let conf = dir.join(format!("{name}.nats.conf"));
-    std::fs::write(&conf, nats_conf(name, port, dir, extra))?;
-    let child = spawn_logged(std::process::Command::new(bin).arg("-c").arg(&conf), &dir.join(format!("{name}.nats.log")))
-        .with_context(|| format!("starting {}", bin.display()))?;
-    wait_tcp(port, "nats-server").await?;
+    let child = start_nats_server(bin, dir, name, port, "", extra).await?;
     let nc = async_nats::ConnectOptions::new().connect(format!("nats://127.0.0.1:{port}")).await?;
     let mut js = jetstream::new(nc);
     js.set_timeout(Duration::from_secs(20));
@@ -450,13 +458,9 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
         let base = count(ent).await?;
         let fill = append_many(&src, a.concurrency, a.backlog_facts, &tag("bl"), "hop2", "enterprise", 256).await?;
         // idmz receives them while its link to enterprise is cut.
-        let idmz_target = count(&zones["idmz"].js).await?; // at least this many
-        let _ = idmz_target;
-        // Reset every node's VmHWM so that it shows the peak of the drain
-        // alone (the pre-fill's 64 concurrent appends at plant-a excluded).
-        for z in ZONES {
-            let _ = std::fs::write(format!("/proc/{}/clear_refs", zones[z].node.pid()), "5");
-        }
+        // Every node's VmHWM shows the peak of the drain alone (the
+        // pre-fill's 64 concurrent appends at plant-a excluded).
+        reset_peak_rss(&zones);
         let t = Instant::now();
         p2.restore();
         let done = wait_count(ent, base + a.backlog_facts, timeout).await?;
@@ -497,16 +501,11 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
                 Ok::<_, anyhow::Error>((r, t.elapsed().as_secs_f64()))
             }
         };
-        let reset_hwm = || {
-            for z in ZONES {
-                let _ = std::fs::write(format!("/proc/{}/clear_refs", zones[z].node.pid()), "5");
-            }
-        };
         let rss_before_put = rss_kib(zones["plant-a"].node.pid()).1 as f64 / 1024.0;
-        reset_hwm();
+        reset_peak_rss(&zones);
         let (stored, put_secs) = put(key.clone()).await?;
         let hwm_put = rss_kib(zones["plant-a"].node.pid()).0 as f64 / 1024.0;
-        reset_hwm();
+        reset_peak_rss(&zones);
         let local_rate = size as f64 / put_secs / (1024.0 * 1024.0);
         let idmz = &zones["idmz"].js;
         let base = count(idmz).await?;
@@ -525,7 +524,7 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
         let cross_secs = t.elapsed().as_secs_f64();
         let cross_rate = size as f64 / cross_secs / (1024.0 * 1024.0);
         eprintln!("artifact {} MiB: local put {local_rate:.1} MiB/s, crossing one hop {cross_rate:.1} MiB/s", a.artifact_mib);
-        Some((local_rate, cross_rate, put_secs, cross_secs, hwm_put, rss_before_put))
+        Some(ArtifactRun { local_rate, cross_rate, put_secs, cross_secs, put_hwm_mib: hwm_put, rss_before_put_mib: rss_before_put })
     } else {
         None
     };
@@ -564,7 +563,7 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
         rss.iter().map(|r| format!("{} {:.1}", r.0, r.1)).collect::<Vec<_>>().join(", "),
         verdict(max_rss <= 128.0)
     );
-    if let Some((local, cross, _, _, _, _)) = artifact {
+    if let Some(ArtifactRun { local_rate: local, cross_rate: cross, .. }) = artifact {
         let _ = writeln!(md, "| artifact crossing ≥ 0.5 × local put | {cross:.1} / {local:.1} MiB/s = {:.2}× | {} |", cross / local, verdict(cross / local >= 0.5));
     }
     let _ = writeln!(md, "\n### Measurements\n\n| Benchmark | Rate | Notes |\n|---|---|---|");
@@ -578,7 +577,7 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
     if let Some((ok, total, offered_secs, p50, p99, max)) = lag_low {
         let _ = writeln!(md, "| (d) same, open loop {} facts/s × {} s | p50 {p50:.1} ms / p99 {p99:.1} ms / max {max:.1} ms | {ok} of {total} appends succeeded over {offered_secs:.1} s |", a.lag_low_rate, a.lag_secs);
     }
-    if let Some((local, cross, put_secs, cross_secs, _, _)) = artifact {
+    if let Some(ArtifactRun { local_rate: local, cross_rate: cross, put_secs, cross_secs, .. }) = artifact {
         let _ = writeln!(md, "| (f) artifact {} MiB: local PutObject at plant-a | {local:.1} MiB/s | {put_secs:.1} s |", a.artifact_mib);
         let _ = writeln!(md, "| (f) same artifact crossing one hop (append → fact present at idmz, object pulled, verified, stored) | {cross:.1} MiB/s | {cross_secs:.1} s |");
     }
@@ -595,7 +594,7 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
     let _ = writeln!(
         md,
         "* `bsfg serve` VmHWM during the artifact crossing alone (reset after the local put){}: {}",
-        artifact.map(|a| format!("; plant-a during the local PutObject alone: {:.1} MiB (VmRSS {:.1} MiB just before it)", a.4, a.5)).unwrap_or_default(),
+        artifact.map(|a| format!("; plant-a during the local PutObject alone: {:.1} MiB (VmRSS {:.1} MiB just before it)", a.put_hwm_mib, a.rss_before_put_mib)).unwrap_or_default(),
         rss_after_artifact.iter().map(|r| format!("{} {:.1} MiB", r.0, r.1)).collect::<Vec<_>>().join(", ")
     );
     for l in &rss_lines {

@@ -142,6 +142,25 @@ fn free_port() -> anyhow::Result<u16> {
     bsfg::node::nats_server::free_port()
 }
 
+/// Writes `<dir>/<name>.nats.conf` and starts nats-server on `port`, with
+/// JetStream domain `name` and store `<dir>/js-<name>`; `jetstream_extra`
+/// goes inside the `jetstream` block, `extra` after it. Every bench mode
+/// starts its servers here.
+async fn start_nats_server(bin: &Path, dir: &Path, name: &str, port: u16, jetstream_extra: &str, extra: &str) -> anyhow::Result<Child> {
+    let conf = dir.join(format!("{name}.nats.conf"));
+    std::fs::write(
+        &conf,
+        format!(
+            "server_name: \"{name}\"\nlisten: \"127.0.0.1:{port}\"\nmax_payload: 8MB\njetstream {{\n  domain: {name}\n  store_dir: \"{}\"\n{jetstream_extra}}}\n{extra}\n",
+            dir.join(format!("js-{name}")).display()
+        ),
+    )?;
+    let child = spawn_logged(std::process::Command::new(bin).arg("-c").arg(&conf), &dir.join(format!("{name}.nats.log")))
+        .with_context(|| format!("starting {}", bin.display()))?;
+    wait_tcp(port, "nats-server").await?;
+    Ok(child)
+}
+
 fn spawn_logged(cmd: &mut std::process::Command, log: &Path) -> anyhow::Result<Child> {
     let file = std::fs::File::create(log)?;
     let child = cmd.stdout(file.try_clone()?).stderr(file).stdin(Stdio::null()).spawn()?;
@@ -341,7 +360,9 @@ async fn open_loop(client: BoundaryServiceClient<SharedHttp2Connection>, rate: f
     let payload: Arc<str> = object_json(256).into();
     let total = (rate * secs) as u64;
     let interval = Duration::from_secs_f64(1.0 / rate);
-    let file_tag = tag.clone();
+    // BENCH_TIMELINE=<path>: write each request's send time and latency to
+    // <path>.<tag> (to see when a tail happens, not only how long it is).
+    let timeline_path = std::env::var("BENCH_TIMELINE").ok().map(|path| format!("{path}.{tag}"));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Option<(u32, u32)>>();
     let handle = tokio::runtime::Handle::current();
     let start = Instant::now() + Duration::from_millis(20);
@@ -368,16 +389,18 @@ async fn open_loop(client: BoundaryServiceClient<SharedHttp2Connection>, rate: f
         match rx.recv().await {
             Some(Some((us, at))) => {
                 lat.push(us);
-                timeline.push((at, us));
+                if timeline_path.is_some() {
+                    timeline.push((at, us));
+                }
             }
             Some(None) => errors += 1,
             None => break,
         }
     }
     scheduler.join().unwrap();
-    if let Ok(path) = std::env::var("BENCH_TIMELINE") {
+    if let Some(path) = timeline_path {
         let text: String = timeline.iter().map(|(at, us)| format!("{at} {us}\n")).collect();
-        let _ = std::fs::write(format!("{path}.{file_tag}"), text);
+        let _ = std::fs::write(path, text);
     }
     let elapsed = start.elapsed().as_secs_f64();
     lat.sort_unstable();
@@ -538,18 +561,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     // nats-server
     let nats_port = free_port()?;
-    let conf = dir.join("nats.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "server_name: \"bench\"\nlisten: \"127.0.0.1:{nats_port}\"\nmax_payload: 8MB\njetstream {{\n  domain: bench\n  store_dir: \"{}\"\n  sync_interval: {}\n}}\n",
-            dir.join("js").display(),
-            args.nats_sync
-        ),
-    )?;
-    let nats = spawn_logged(std::process::Command::new(&args.nats_server).arg("-c").arg(&conf), &dir.join("nats.log"))
-        .with_context(|| format!("starting {}", args.nats_server.display()))?;
-    wait_tcp(nats_port, "nats-server").await?;
+    let nats = start_nats_server(&args.nats_server, &dir, "bench", nats_port, &format!("  sync_interval: {}\n", args.nats_sync), "").await?;
     let nats_url = format!("nats://127.0.0.1:{nats_port}");
     let nc = async_nats::ConnectOptions::new().connect(&nats_url).await?;
     let mut js = jetstream::new(nc.clone());

@@ -9,7 +9,7 @@
 //! the guard without `Nats-Msg-Id`. The last guarded variant is the ceiling
 //! for any gateway that stores facts the way the node does on this machine.
 
-use super::{cpu_seconds, free_port, median, spawn_logged, wait_tcp};
+use super::{cpu_seconds, free_port, median, scopeguard, start_nats_server};
 use anyhow::Context as _;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream};
@@ -89,19 +89,9 @@ impl Variant {
 pub async fn run(a: SubstrateArgs) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("bsfg-bench-substrate-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
+    let _cleanup = scopeguard(dir.clone());
     let port = free_port()?;
-    let conf = dir.join("nats.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "listen: \"127.0.0.1:{port}\"\nmax_payload: 8MB\njetstream {{\n  store_dir: \"{}\"\n  sync_interval: {}\n}}\n",
-            dir.join("js").display(),
-            a.nats_sync
-        ),
-    )?;
-    let nats = spawn_logged(std::process::Command::new(&a.nats_server).arg("-c").arg(&conf), &dir.join("nats.log"))
-        .with_context(|| format!("starting {}", a.nats_server.display()))?;
-    wait_tcp(port, "nats-server").await?;
+    let nats = start_nats_server(&a.nats_server, &dir, "substrate", port, &format!("  sync_interval: {}\n", a.nats_sync), "").await?;
     let js = jetstream::new(async_nats::connect(format!("nats://127.0.0.1:{port}")).await?);
 
     let mut md = String::new();
@@ -138,8 +128,6 @@ pub async fn run(a: SubstrateArgs) -> anyhow::Result<()> {
     if !a.out.is_empty() {
         std::fs::write(&a.out, &md)?;
     }
-    drop(nats);
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
