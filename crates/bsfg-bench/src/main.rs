@@ -354,10 +354,15 @@ fn append_request(message_id: String, payload: &str) -> AppendFactRequest {
 
 // ------------------------------------------------------------------ 5. open loop
 
-/// Offers appends at `rate`/s on a fixed schedule for `secs`; latency is
+/// Offers `call(i)` at `rate`/s on a fixed schedule for `secs`; latency is
 /// measured from each request's scheduled send time (no coordinated omission).
-async fn open_loop(client: BoundaryServiceClient<SharedHttp2Connection>, rate: f64, secs: f64, tag: String) -> Sample {
-    let payload: Arc<str> = object_json(256).into();
+/// The same driver offers appends, bare echo RPCs and raw JetStream
+/// publishes, so the three tails are comparable.
+async fn open_loop<F, Fut>(rate: f64, secs: f64, tag: String, call: F) -> Sample
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
+{
     let total = (rate * secs) as u64;
     let interval = Duration::from_secs_f64(1.0 / rate);
     // BENCH_TIMELINE=<path>: write each request's send time and latency to
@@ -375,9 +380,9 @@ async fn open_loop(client: BoundaryServiceClient<SharedHttp2Connection>, rate: f
             if scheduled > now {
                 std::thread::sleep(scheduled - now);
             }
-            let (client, tx, payload, id) = (client.clone(), tx.clone(), payload.clone(), format!("{tag}-{i}"));
+            let (tx, call) = (tx.clone(), call(i));
             handle.spawn(async move {
-                let ok = client.append_fact(append_request(id, &payload)).await.is_ok();
+                let ok = call.await;
                 let _ = tx.send(ok.then(|| scheduled.elapsed().as_micros().min(u32::MAX as u128) as u32).map(|l| (l, (scheduled - start).as_millis() as u32)));
             });
         }
@@ -676,11 +681,42 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // 5. p99 at half the max AppendFact rate (open loop)
     let max_rate = append_results.iter().filter(|(_, size, _)| *size == 256).map(|(_, _, s)| summarize(s).rate).fold(0.0, f64::max);
     let half = max_rate * 0.5;
-    let mut open = Vec::new();
+    // The same schedule offered to the bare echo RPC and to raw JetStream
+    // (publish with Nats-Msg-Id, await the ack) in each repetition: the
+    // tails the RPC stack and the substrate have by themselves at this rate.
+    let (mut open, mut open_echo, mut open_raw) = (Vec::new(), Vec::new(), Vec::new());
+    let payload: Arc<str> = object_json(256).into();
     for rep in 0..reps {
-        let s = open_loop(bsfg.clone(), half, secs, format!("{}-open-{rep}", run_id())).await;
+        let (c, p, tag) = (bsfg.clone(), payload.clone(), format!("{}-open-{rep}", run_id()));
+        let s = open_loop(half, secs, tag.clone(), move |i| {
+            let (c, request) = (c.clone(), append_request(format!("{tag}-{i}"), &p));
+            async move { c.append_fact(request).await.is_ok() }
+        })
+        .await;
         eprintln!("open loop {half:.0}/s rep {rep}: achieved {:.0}/s p50 {:.2} p99 {:.2} ms", s.rate, s.p50_ms, s.p99_ms);
         open.push(s);
+        let c = echo_client.clone();
+        let s = open_loop(half, secs, format!("{}-open-echo-{rep}", run_id()), move |_| {
+            let c = c.clone();
+            async move { c.echo(EchoRequest { payload: vec![b'x'; 256], ..Default::default() }).await.is_ok() }
+        })
+        .await;
+        eprintln!("open loop echo rep {rep}: p50 {:.2} p99 {:.2} ms", s.p50_ms, s.p99_ms);
+        open_echo.push(s);
+        let (j, tag) = (js.clone(), format!("{}-open-raw-{rep}", run_id()));
+        let s = open_loop(half, secs, tag.clone(), move |i| {
+            let (j, mut headers) = (j.clone(), HeaderMap::new());
+            headers.insert("Nats-Msg-Id", format!("{tag}-{i}").as_str());
+            async move {
+                match j.publish_with_headers(format!("rawpub.{}", i % 64), headers, bytes::Bytes::from(vec![b'x'; 256])).await {
+                    Ok(ack) => ack.await.is_ok(),
+                    Err(_) => false,
+                }
+            }
+        })
+        .await;
+        eprintln!("open loop raw JetStream rep {rep}: p50 {:.2} p99 {:.2} ms", s.p50_ms, s.p99_ms);
+        open_raw.push(s);
     }
 
     // 4. drain
@@ -715,6 +751,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let a = |c: usize, sz: usize| summarize(&append_results.iter().find(|(cc, s, _)| *cc == c && *s == sz).unwrap().2);
     let a64 = a(64, 256);
     let open_s = summarize(&open);
+    let open_echo_s = summarize(&open_echo);
+    let open_raw_s = summarize(&open_raw);
     let db = summarize(&drain_b);
     let dr = summarize(&drain_r);
     let ratio_append = a64.rate / echo_s.rate;
@@ -739,10 +777,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     r.line("|---|---|---|");
     r.line(format!("| AppendFact c64 ≥ 0.5 × echo rate | {:.0} / {:.0} = {:.2}× | {} |", a64.rate, echo_s.rate, ratio_append, pf(ratio_append >= 0.5)));
     r.line(format!(
-        "| p99 ≤ 5 ms at half max rate ({:.0} appends/s offered) | p99 {:.2} ms (p50 {:.2} ms) | {} |",
+        "| p99 ≤ 5 ms at half max rate ({:.0} appends/s offered) | p99 {:.2} ms (p50 {:.2} ms); same schedule: raw JetStream publish+ack p99 {:.2} ms, echo p99 {:.2} ms | {} |",
         half,
         open_s.p99_ms,
         open_s.p50_ms,
+        open_raw_s.p99_ms,
+        open_echo_s.p99_ms,
         pf(open_s.p99_ms <= 5.0)
     ));
     r.line(format!("| node peak RSS ≤ 64 MiB | VmHWM {:.1} MiB | {} |", rss_mib, pf(rss_mib <= 64.0)));
@@ -778,6 +818,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         fmt_rates(&open),
         open_s.errors
     ));
+    for (what, sample, runs) in [("Echo unary", &open_echo_s, &open_echo), ("Raw JetStream publish + ack, Nats-Msg-Id", &open_raw_s, &open_raw)] {
+        r.line(format!(
+            "| {what}, open loop at the same {:.0}/s, 256 B | {:.0} /s | {:.3} | {:.3} | {} | {} |",
+            half,
+            sample.rate,
+            sample.p50_ms,
+            sample.p99_ms,
+            fmt_rates(runs),
+            sample.errors
+        ));
+    }
     r.line(format!("| FetchFacts(limit 1000) + ConfirmReceipt drain | {:.0} facts/s | – | – | {} | – |", db.rate, fmt_rates(&drain_b)));
     r.line(format!("| Raw JetStream pull consumer drain (fetch 1000 + ack) | {:.0} msgs/s | – | – | {} | – |", dr.rate, fmt_rates(&drain_r)));
     r.line("");
