@@ -19,6 +19,8 @@ pub struct Metrics {
     pub confirm_requests_total: Family<Labels, Counter>,
     pub append_latency_seconds: Histogram,
     pub commit_batch_facts: Histogram,
+    pub key_filter_ready: Family<Labels, Gauge>,
+    pub key_lookups_ruled_out_total: Family<Labels, Counter>,
     pub frontier_offset: Family<Labels, Gauge>,
     pub store_buffer_fill_percent: Family<Labels, Gauge<f64, AtomicU64>>,
     pub retention_blocked: Family<Labels, Gauge>,
@@ -49,6 +51,8 @@ impl Metrics {
                 [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5].into_iter(),
             ),
             commit_batch_facts: Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0].into_iter()),
+            key_filter_ready: Family::default(),
+            key_lookups_ruled_out_total: Family::default(),
             frontier_offset: Family::default(),
             store_buffer_fill_percent: Family::default(),
             retention_blocked: Family::default(),
@@ -73,6 +77,16 @@ impl Metrics {
         registry.register("bsfg_confirm_requests", "ConfirmReceipt requests by consumer and outcome", m.confirm_requests_total.clone());
         registry.register("bsfg_append_latency_seconds", "AppendFact latency until durable", m.append_latency_seconds.clone());
         registry.register("bsfg_commit_batch_facts", "Facts per group-commit batch of AppendFact calls", m.commit_batch_facts.clone());
+        registry.register(
+            "bsfg_key_filter_ready",
+            "1 once a category's key filter holds every stored key (until then every cross-category key look-up goes to JetStream)",
+            m.key_filter_ready.clone(),
+        );
+        registry.register(
+            "bsfg_key_lookups_ruled_out",
+            "Cross-category key look-ups the key filter made unnecessary, by category",
+            m.key_lookups_ruled_out_total.clone(),
+        );
         registry.register("bsfg_frontier_offset", "Confirmed frontier per consumer", m.frontier_offset.clone());
         registry.register("bsfg_store_buffer_fill_percent", "Category log fill as percent of capacity", m.store_buffer_fill_percent.clone());
         registry.register(

@@ -9,6 +9,16 @@
 //! only a first line. On refusal we read the stored fact back and compare
 //! content: identical means a retry (original offset, duplicate = true),
 //! anything else a conflicting duplicate.
+//!
+//! The same key must not be stored in two categories either (same
+//! `message_id`, different subject kind), which the subject guard cannot
+//! see across streams: each batch looks its keys up in the other
+//! categories first. A per-category key filter (a fixed-size Bloom filter,
+//! `bsfg_domain::key_filter`) rules most of those look-ups out. It is filled
+//! from the stream's subjects at start-up and from every append *before*
+//! its publish, so it can only over-approximate what is stored; until it is
+//! filled, every look-up goes to JetStream. This relies on the node being
+//! the only writer of its zone's fact streams.
 
 use super::{now_unix_ms, objects::Objects, unavailable};
 use crate::config::{CategoryConfig, ZoneConfig};
@@ -16,6 +26,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::{self, context::PublishErrorKind, stream};
 use bsfg_domain::identity::{content_digest, key_token};
+use bsfg_domain::key_filter::KeyFilter;
 use bsfg_domain::validate::ValidFact;
 use bsfg_domain::{Code, Rejection};
 use bsfg_proto::bsfg::v1::{Envelope, Provenance, StoredFact};
@@ -23,8 +34,11 @@ use buffa::Message as _;
 use std::collections::HashMap;
 use super::commit::{CommitQueue, KeyGuard};
 use super::direct::DirectGets;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::metrics::{Metrics, labels};
+use futures::TryStreamExt as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 const CONTENT_HEADER: &str = "Bsfg-Content";
 
@@ -34,6 +48,11 @@ pub struct Category {
     pub stream: stream::Stream,
     /// Stream bytes at the last refresh plus bytes appended since.
     bytes_estimate: AtomicU64,
+    /// Every key token stored in this category may be in it (see module
+    /// docs); `None` when `[commit] key_filter_bits = 0`.
+    key_filter: Option<Mutex<KeyFilter>>,
+    /// Set once the start-up scan has put every stored key in the filter.
+    key_filter_ready: AtomicBool,
 }
 
 impl Category {
@@ -48,6 +67,20 @@ impl Category {
     }
     fn is_full(&self) -> bool {
         self.fill_percent() >= f64::from(self.config.fill_threshold_percent)
+    }
+    /// Records a key about to be stored here (before its publish, so that
+    /// an unanswered publish is still covered).
+    fn remember_key(&self, token: &str) {
+        if let Some(filter) = &self.key_filter {
+            filter.lock().expect("key filter poisoned").insert(token);
+        }
+    }
+    /// True only when the key is certainly not stored in this category.
+    fn rules_out_key(&self, token: &str) -> bool {
+        match &self.key_filter {
+            Some(filter) if self.key_filter_ready.load(Ordering::Acquire) => !filter.lock().expect("key filter poisoned").may_contain(token),
+            _ => false,
+        }
     }
 }
 
@@ -111,6 +144,7 @@ pub struct FactLog {
     keys: KeyGuard,
     lookups: Arc<DirectGets>,
     commit: CommitQueue,
+    metrics: Arc<Metrics>,
 }
 
 impl FactLog {
@@ -119,7 +153,7 @@ impl FactLog {
         config: Arc<ZoneConfig>,
         objects: Arc<Objects>,
         lookups: Arc<DirectGets>,
-        metrics: Arc<crate::metrics::Metrics>,
+        metrics: Arc<Metrics>,
     ) -> anyhow::Result<Arc<Self>> {
         let mut categories = HashMap::new();
         for c in &config.categories {
@@ -162,18 +196,29 @@ impl FactLog {
             let bytes = stream.info().await?.state.bytes;
             categories.insert(
                 c.name.clone(),
-                Category { config: c.clone(), stream, bytes_estimate: AtomicU64::new(bytes) },
+                Category {
+                    config: c.clone(),
+                    stream,
+                    bytes_estimate: AtomicU64::new(bytes),
+                    key_filter: (config.commit.key_filter_bits > 0).then(|| Mutex::new(KeyFilter::new(config.commit.key_filter_bits))),
+                    key_filter_ready: AtomicBool::new(false),
+                },
             );
         }
-        Ok(Arc::new_cyclic(|log| Self {
+        let log = Arc::new_cyclic(|log| Self {
             lookups,
-            commit: CommitQueue::start(log.clone(), config.commit.clone(), metrics),
+            commit: CommitQueue::start(log.clone(), config.commit.clone(), metrics.clone()),
             config,
             jetstream,
             categories,
             objects,
             keys: KeyGuard::default(),
-        }))
+            metrics,
+        });
+        for category in log.categories.values().filter(|c| c.key_filter.is_some()) {
+            tokio::spawn(fill_key_filter(Arc::downgrade(&log), category.config.name.clone()));
+        }
+        Ok(log)
     }
 
     pub fn category(&self, name: &str) -> Option<&Category> {
@@ -244,6 +289,7 @@ impl FactLog {
             in_flight.push(match p {
                 Err(done) => InFlight::Done(done),
                 Ok(ready) => {
+                    self.categories[&ready.category].remember_key(&ready.token);
                     let headers = ready.headers();
                     match self.jetstream.publish_with_headers(ready.subject.clone(), headers, ready.payload.clone()).await {
                         Ok(ack) => InFlight::Sent(ack, ready),
@@ -275,6 +321,13 @@ impl FactLog {
                 .iter()
                 .zip(homes)
                 .filter(|(_, home)| home.name != c.config.name)
+                .filter(|((_, token), _)| {
+                    let ruled_out = c.rules_out_key(token);
+                    if ruled_out {
+                        self.metrics.key_lookups_ruled_out_total.get_or_create(&labels(&[("category", c.config.name.as_str())])).inc();
+                    }
+                    !ruled_out
+                })
                 .map(|((_, token), _)| key_filter(&c.config.name, token))
                 .collect();
             async move {
@@ -411,6 +464,42 @@ impl FactLog {
         let message = log.stream.direct_get(offset).await.map_err(|e| unavailable("reading a fact", e))?;
         decode_record(&message.payload, offset)
     }
+}
+
+/// Start-up scan: puts every key stored in a category into its filter,
+/// then marks the filter ready. Retries with backoff; until it succeeds the
+/// category's look-ups simply all go to JetStream.
+async fn fill_key_filter(log: Weak<FactLog>, category: String) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let Some(log) = log.upgrade() else { return };
+        let c = &log.categories[&category];
+        match scan_key_tokens(c).await {
+            Ok(keys) => {
+                c.key_filter_ready.store(true, Ordering::Release);
+                log.metrics.key_filter_ready.get_or_create(&labels(&[("category", category.as_str())])).set(1);
+                tracing::info!(category, keys, "key filter filled from the stored facts");
+                return;
+            }
+            Err(e) => tracing::warn!(category, error = %e, retry_in_ms = backoff.as_millis() as u64, "filling the key filter failed; key look-ups all go to JetStream meanwhile"),
+        }
+        drop(log);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Every stored subject `facts.<category>.<kind>.<token>`, read page by page
+/// from JetStream's per-subject state (no message bodies).
+async fn scan_key_tokens(c: &Category) -> anyhow::Result<u64> {
+    let mut subjects = c.stream.info_with_subjects(format!("facts.{}.>", c.config.name)).await?;
+    let mut keys = 0;
+    while let Some((subject, _count)) = subjects.try_next().await? {
+        let token = subject.rsplit('.').next().unwrap_or_default();
+        c.remember_key(token);
+        keys += 1;
+    }
+    Ok(keys)
 }
 
 fn compare_existing(

@@ -551,6 +551,13 @@ pub fn envelope(message_id: &str) -> Envelope {
     }
 }
 
+/// The value of the first sample of `name` whose line carries every label.
+pub fn metric_value(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|label| l.contains(label)))
+        .find_map(|l| l.rsplit(' ').next().and_then(|v| v.parse().ok()))
+}
+
 pub fn fact(subject: &str, predicate: &str, object_json: &str) -> Fact {
     Fact { subject: subject.into(), predicate: predicate.into(), object_json: object_json.into(), ..Default::default() }
 }

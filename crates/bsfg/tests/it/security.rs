@@ -128,12 +128,6 @@ async fn expiry_days(zone: &Zone, which: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(&prefix)).map(|v| v.trim().parse().unwrap())
 }
 
-fn metric_value(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    text.lines()
-        .filter(|l| l.starts_with(name) && labels.iter().all(|label| l.contains(label)))
-        .find_map(|l| l.rsplit(' ').next().and_then(|v| v.parse().ok()))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_refuses_missing_foreign_and_expired_certificates() {
     let zone = security_zone().await;
