@@ -15,7 +15,7 @@
 //! see across streams: each batch looks its keys up in the other
 //! categories first. A per-category key filter (a fixed-size Bloom filter,
 //! `bsfg_domain::key_filter`) rules most of those look-ups out. It is filled
-//! from the stream's subjects at start-up and from every append *before*
+//! from the stored facts' subjects at start-up and from every append *before*
 //! its publish, so it can only over-approximate what is stored; until it is
 //! filled, every look-up goes to JetStream. This relies on the node being
 //! the only writer of its zone's fact streams.
@@ -489,17 +489,41 @@ async fn fill_key_filter(log: Weak<FactLog>, category: String) {
     }
 }
 
-/// Every stored subject `facts.<category>.<kind>.<token>`, read page by page
-/// from JetStream's per-subject state (no message bodies).
+/// Every stored key token of a category, read with an ordered consumer that
+/// delivers headers only (no bodies), in pulls of bounded size, so the
+/// scan's memory does not grow with the backlog. It stops at the last fact
+/// stored when it began; later facts were remembered by their appends.
 async fn scan_key_tokens(c: &Category) -> anyhow::Result<u64> {
-    let mut subjects = c.stream.info_with_subjects(format!("facts.{}.>", c.config.name)).await?;
-    let mut keys = 0;
-    while let Some((subject, _count)) = subjects.try_next().await? {
-        let token = subject.rsplit('.').next().unwrap_or_default();
-        c.remember_key(token);
-        keys += 1;
+    use async_nats::jetstream::consumer;
+    let mut stream = c.stream.clone();
+    let last_at_start = stream.info().await?.state.clone();
+    if last_at_start.messages == 0 {
+        return Ok(0);
     }
-    Ok(keys)
+    let scan = c
+        .stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: format!("facts.{}.>", c.config.name),
+            headers_only: true,
+            deliver_policy: consumer::DeliverPolicy::All,
+            replay_policy: consumer::ReplayPolicy::Instant,
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = scan.messages().await?;
+    let mut keys = 0;
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(30), messages.try_next()).await;
+        let Some(message) = next.map_err(|_| anyhow::anyhow!("no stored fact delivered within 30 s"))?? else {
+            anyhow::bail!("the scan ended before the last stored fact");
+        };
+        c.remember_key(message.subject.as_str().rsplit('.').next().unwrap_or_default());
+        keys += 1;
+        let info = message.info().map_err(|e| anyhow::anyhow!("scan message without JetStream metadata: {e}"))?;
+        if info.stream_sequence >= last_at_start.last_sequence || info.pending == 0 {
+            return Ok(keys);
+        }
+    }
 }
 
 fn compare_existing(
