@@ -317,19 +317,21 @@ impl FactLog {
         homes: &[&CategoryConfig],
     ) -> Result<HashMap<String, (String, StreamMessage)>, Rejection> {
         let lookups = self.categories.values().map(|c| {
+            let mut ruled_out_count = 0;
             let subjects: Vec<String> = items
                 .iter()
                 .zip(homes)
                 .filter(|(_, home)| home.name != c.config.name)
                 .filter(|((_, token), _)| {
                     let ruled_out = c.rules_out_key(token);
-                    if ruled_out {
-                        self.metrics.key_lookups_ruled_out_total.get_or_create(&labels(&[("category", c.config.name.as_str())])).inc();
-                    }
+                    ruled_out_count += u64::from(ruled_out);
                     !ruled_out
                 })
                 .map(|((_, token), _)| key_filter(&c.config.name, token))
                 .collect();
+            if ruled_out_count > 0 {
+                self.metrics.key_lookups_ruled_out_total.get_or_create(&labels(&[("category", c.config.name.as_str())])).inc_by(ruled_out_count);
+            }
             async move {
                 if subjects.is_empty() {
                     return Ok((c, HashMap::new()));
