@@ -352,6 +352,12 @@ fn append_request(message_id: String, payload: &str) -> AppendFactRequest {
     }
 }
 
+/// One bare echo RPC with a 256 B payload: the call of every echo row.
+fn echo_once(client: &EchoServiceClient<SharedHttp2Connection>) -> impl std::future::Future<Output = bool> + Send + use<> {
+    let client = client.clone();
+    async move { client.echo(EchoRequest { payload: vec![b'x'; 256], ..Default::default() }).await.is_ok() }
+}
+
 // ------------------------------------------------------------------ 5. open loop
 
 /// Offers `call(i)` at `rate`/s on a fixed schedule for `secs`; latency is
@@ -626,13 +632,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let c = echo_client.clone();
         let pid = echo.pid();
         async move {
-            let payload = vec![b'x'; 256];
             let cpu_before = cpu_seconds(pid);
-            let s = closed_loop(64, secs, move |_, _| {
-                let (c, payload) = (c.clone(), payload.clone());
-                async move { c.echo(EchoRequest { payload, ..Default::default() }).await.is_ok() }
-            })
-            .await;
+            let s = closed_loop(64, secs, move |_, _| echo_once(&c)).await;
             eprintln!("echo c64 rep {rep}: {:.0} req/s p99 {:.2} ms", s.rate, s.p99_ms);
             (s, cpu_seconds(pid) - cpu_before)
         }
@@ -640,12 +641,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut echo_c1 = Vec::new();
     for rep in 0..reps {
         let c = echo_client.clone();
-        let payload = vec![b'x'; 256];
-        let s = closed_loop(1, secs, move |_, _| {
-            let (c, payload) = (c.clone(), payload.clone());
-            async move { c.echo(EchoRequest { payload, ..Default::default() }).await.is_ok() }
-        })
-        .await;
+        let s = closed_loop(1, secs, move |_, _| echo_once(&c)).await;
         eprintln!("echo c1 rep {rep}: {:.0} req/s", s.rate);
         echo_c1.push(s);
     }
@@ -706,11 +702,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         eprintln!("open loop {half:.0}/s rep {rep}: achieved {:.0}/s p50 {:.2} p99 {:.2} ms", s.rate, s.p50_ms, s.p99_ms);
         open.push(s);
         let c = echo_client.clone();
-        let s = open_loop(half, secs, format!("{}-open-echo-{rep}", run_id()), move |_| {
-            let c = c.clone();
-            async move { c.echo(EchoRequest { payload: vec![b'x'; 256], ..Default::default() }).await.is_ok() }
-        })
-        .await;
+        let s = open_loop(half, secs, format!("{}-open-echo-{rep}", run_id()), move |_| echo_once(&c)).await;
         eprintln!("open loop echo rep {rep}: p50 {:.2} p99 {:.2} ms", s.p50_ms, s.p99_ms);
         open_echo.push(s);
         let (j, tag) = (js.clone(), format!("{}-open-raw-{rep}", run_id()));

@@ -75,12 +75,11 @@ impl Category {
             filter.lock().expect("key filter poisoned").insert(token);
         }
     }
-    /// True only when the key is certainly not stored in this category.
-    fn rules_out_key(&self, token: &str) -> bool {
-        match &self.key_filter {
-            Some(filter) if self.key_filter_ready.load(Ordering::Acquire) => !filter.lock().expect("key filter poisoned").may_contain(token),
-            _ => false,
-        }
+    /// The filter, once it holds every stored key: a key it does not
+    /// contain is certainly not stored in this category.
+    fn ready_key_filter(&self) -> Option<std::sync::MutexGuard<'_, KeyFilter>> {
+        let filter = self.key_filter.as_ref().filter(|_| self.key_filter_ready.load(Ordering::Acquire))?;
+        Some(filter.lock().expect("key filter poisoned"))
     }
 }
 
@@ -317,18 +316,21 @@ impl FactLog {
         homes: &[&CategoryConfig],
     ) -> Result<HashMap<String, (String, StreamMessage)>, Rejection> {
         let lookups = self.categories.values().map(|c| {
+            // One lock per category and batch; released before any await.
+            let filter = c.ready_key_filter();
             let mut ruled_out_count = 0;
             let subjects: Vec<String> = items
                 .iter()
                 .zip(homes)
                 .filter(|(_, home)| home.name != c.config.name)
                 .filter(|((_, token), _)| {
-                    let ruled_out = c.rules_out_key(token);
+                    let ruled_out = filter.as_ref().is_some_and(|f| !f.may_contain(token));
                     ruled_out_count += u64::from(ruled_out);
                     !ruled_out
                 })
                 .map(|((_, token), _)| key_filter(&c.config.name, token))
                 .collect();
+            drop(filter);
             if ruled_out_count > 0 {
                 self.metrics.key_lookups_ruled_out_total.get_or_create(&labels(&[("category", c.config.name.as_str())])).inc_by(ruled_out_count);
             }
