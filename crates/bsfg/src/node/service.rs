@@ -11,6 +11,7 @@ use crate::node::errors::to_connect;
 use bsfg_domain::policy::Crossing;
 use crate::store::Store;
 use crate::store::consumers::FetchBounds;
+use crate::store::served::ServedFacts;
 use crate::store::objects::PutHeader;
 use crate::config::ZoneConfig;
 use bsfg_domain::{Code, Rejection, validate};
@@ -153,7 +154,7 @@ impl BoundaryService for Boundary {
         &self,
         ctx: RequestContext,
         request: ServiceRequest<'_, FetchFactsRequest>,
-    ) -> ServiceResult<FetchFactsResponse> {
+    ) -> ServiceResult<ServedFacts> {
         let started = Instant::now();
         let request = request.to_owned_message();
         let name = request.consumer_name.as_str();
@@ -313,53 +314,70 @@ impl Boundary {
     /// FetchFacts after identification: authorization, the fetch, and the
     /// export policy (facts a peer may not see are withheld and audited; the
     /// caller moves past them by confirming `last_delivered_offset`).
-    async fn fetch(&self, caller: &Caller, request: &FetchFactsRequest) -> Result<FetchFactsResponse, Rejection> {
+    async fn fetch(&self, caller: &Caller, request: &FetchFactsRequest) -> Result<ServedFacts, Rejection> {
         let consumer = self.store.consumers.config(&request.consumer_name)?;
         self.auth.check_consumer(caller, &consumer.name, &consumer.category)?;
         let bounds = self.fetch_bounds(request);
         let (facts, frontier, backlog) = self.store.consumers.fetch(&request.consumer_name, bounds).await?;
         let last_delivered_offset = facts.iter().map(|f| f.offset).max().unwrap_or(frontier);
         let Some(policy) = self.auth.export_policy(caller) else {
-            return Ok(FetchFactsResponse { facts, frontier, last_delivered_offset, backlog, ..Default::default() });
+            return Ok(ServedFacts { facts, frontier, last_delivered_offset, backlog });
         };
         let peer_zone = caller.principal.zone.as_deref().unwrap_or_default();
         let mut served = Vec::with_capacity(facts.len());
         for f in facts {
-            // Routing: a peer is served only what is addressed to it or
-            // routed through it. Not a refusal: just not its traffic.
-            if self.config.next_hop(&f.envelope.to_zone) != Some(peer_zone) {
-                continue;
-            }
-            let kind = f.fact.subject.split_once(':').map(|(k, _)| k).unwrap_or_default().to_string();
-            let crossing = Crossing {
-                category: &f.category,
-                origin_zone: &f.provenance.origin_zone,
-                kind: &kind,
-                predicate: &f.fact.predicate,
-                fact_bytes: f.fact.object_json.len(),
-            };
-            match policy.check(&crossing) {
-                Ok(()) => served.push(f),
-                Err(refusal) => {
-                    self.metrics
-                        .crossing_refusals_total
-                        .get_or_create(&labels(&[("peer", &caller.principal.name), ("direction", "export"), ("reason", refusal.reason)]))
-                        .inc();
-                    self.audit
-                        .record(AuditEvent {
-                            principal: caller.principal.name.clone(),
-                            identity: caller.identity.clone(),
-                            fingerprint: caller.fingerprint.clone(),
-                            rpc: "FetchFacts",
-                            subject_key: format!("{}/{} offset {}", f.envelope.from_zone, f.envelope.message_id, f.offset),
-                            decision: "withheld",
-                            reason: refusal.reason.to_string(),
-                            detail: refusal.message,
-                        })
-                        .await;
+            let withheld = {
+                let v = f.view();
+                // Routing: a peer is served only what is addressed to it or
+                // routed through it. Not a refusal: just not its traffic.
+                if self.config.next_hop(v.envelope.to_zone) != Some(peer_zone) {
+                    continue;
                 }
+                let kind = v.fact.subject.split_once(':').map(|(k, _)| k).unwrap_or_default();
+                let crossing = Crossing {
+                    category: v.category,
+                    origin_zone: v.provenance.origin_zone,
+                    kind,
+                    predicate: v.fact.predicate,
+                    fact_bytes: v.fact.object_json.len(),
+                };
+                policy.check(&crossing).err().map(|refusal| (refusal, format!("{}/{} offset {}", v.envelope.from_zone, v.envelope.message_id, f.offset)))
+            };
+            let Some((refusal, subject_key)) = withheld else {
+                served.push(f);
+                continue;
+            };
+            self.metrics
+                .crossing_refusals_total
+                .get_or_create(&labels(&[("peer", &caller.principal.name), ("direction", "export"), ("reason", refusal.reason)]))
+                .inc();
+            self.audit
+                .record(AuditEvent {
+                    principal: caller.principal.name.clone(),
+                    identity: caller.identity.clone(),
+                    fingerprint: caller.fingerprint.clone(),
+                    rpc: "FetchFacts",
+                    subject_key,
+                    decision: "withheld",
+                    reason: refusal.reason.to_string(),
+                    detail: refusal.message,
+                })
+                .await;
+        }
+        Ok(ServedFacts { facts: served, frontier, last_delivered_offset, backlog })
+    }
+}
+
+/// FetchFacts answers are encoded from the served records' bytes (see
+/// `store::served`); JSON callers get the same answer decoded first.
+impl connectrpc::Encodable<FetchFactsResponse> for ServedFacts {
+    fn encode(&self, codec: connectrpc::CodecFormat) -> Result<bytes::Bytes, connectrpc::ConnectError> {
+        match codec {
+            connectrpc::CodecFormat::Proto => Ok(self.to_proto()),
+            other => {
+                let message = self.to_message().map_err(|e| connectrpc::ConnectError::internal(format!("a served FetchFacts answer does not decode: {e}")))?;
+                <FetchFactsResponse as connectrpc::Encodable<FetchFactsResponse>>::encode(&message, other)
             }
         }
-        Ok(FetchFactsResponse { facts: served, frontier, last_delivered_offset, backlog, ..Default::default() })
     }
 }

@@ -21,7 +21,7 @@
 //! durable frontier. Only a replay to before the consumer's configured start
 //! (which JetStream refuses to reset to) still re-creates it.
 
-use super::{FactLog, facts::decode_record, unavailable};
+use super::{FactLog, served::ServedFact, unavailable};
 use crate::config::{ConsumerConfig, StartPosition, ZoneConfig};
 use crate::metrics::Metrics;
 use anyhow::Context as _;
@@ -29,7 +29,6 @@ use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, ReplayPoli
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::stream::ConsumerResetErrorKind;
 use bsfg_domain::{Code, Rejection};
-use bsfg_proto::bsfg::v1::StoredFact;
 use futures::StreamExt;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -207,7 +206,7 @@ impl Consumers {
     /// The next facts for `name` after what it was already delivered.
     /// Returns the facts, the frontier and the backlog (facts still pending
     /// for this consumer after the last one returned).
-    pub async fn fetch(&self, name: &str, bounds: FetchBounds) -> Result<(Vec<StoredFact>, u64, u64), Rejection> {
+    pub async fn fetch(&self, name: &str, bounds: FetchBounds) -> Result<(Vec<ServedFact>, u64, u64), Rejection> {
         let cursor = self.cursor(name)?;
         let mut consumer = cursor.consumer.lock().await;
         if bounds.restart_from_frontier {
@@ -247,9 +246,7 @@ impl Consumers {
             let offset = info.stream_sequence;
             backlog = info.pending;
             let reply = message.reply.clone().ok_or_else(|| unavailable("reading delivery info", "no ack subject"))?;
-            let mut record = decode_record(&message.payload, offset)?;
-            complete_provenance(&mut record, &self.zone);
-            facts.push(record);
+            facts.push(ServedFact::from_stored(&message.payload, offset, &self.zone)?);
             delivery.push((offset, reply));
         }
         let frontier = {
@@ -359,22 +356,6 @@ impl Consumers {
         self.metrics.frontier_offset.get_or_create(&vec![("consumer".to_string(), name.to_string())]).set(frontier as i64);
         Ok(frontier)
     }
-}
-
-/// The stored record holds the hops before this zone; a served fact also
-/// carries this zone's hop (its local offset is known only once stored), and
-/// a fact that originated here gets its origin offset.
-pub fn complete_provenance(record: &mut StoredFact, zone: &str) {
-    let offset = record.offset;
-    let appended = record.appended_at_unix_ms;
-    let provenance = record.provenance.get_or_insert_default();
-    if provenance.origin_zone.is_empty() {
-        provenance.origin_zone = record.envelope.from_zone.clone();
-    }
-    if provenance.origin_offset == 0 {
-        provenance.origin_offset = offset;
-    }
-    provenance.hops.push(bsfg_proto::bsfg::v1::Hop { zone: zone.to_string(), offset, appended_at_unix_ms: appended, ..Default::default() });
 }
 
 async fn pull_now(consumer: &consumer::Consumer<pull::Config>, limit: usize, bytes_max: usize) -> Result<Vec<async_nats::jetstream::Message>, Rejection> {

@@ -5,7 +5,8 @@
 //!   `facts.<category>.<kind>.<key-token>`), see [`facts`];
 //! * one durable pull consumer per configured consumer, see [`consumers`];
 //! * one object store bucket per configured bucket, see [`objects`];
-//! * retention and capacity accounting, see [`retention`].
+//! * retention and capacity accounting, see [`retention`];
+//! * facts as served (stored bytes, checked and completed), see [`served`].
 //!
 //! Nothing outside the zone is touched: the node connects only to its own
 //! nats-server.
@@ -16,6 +17,7 @@ pub mod facts;
 pub mod direct;
 pub mod objects;
 pub mod retention;
+pub mod served;
 
 use crate::config::ZoneConfig;
 use bsfg_domain::{Code, Rejection};
