@@ -832,18 +832,36 @@ async fn run(args: Args) -> anyhow::Result<()> {
     eprintln!("prefilled {drain_n} facts at {prefill_rate:.0}/s");
     let mut drain_b = Vec::new();
     let mut drain_r = Vec::new();
+    // CPU per drained fact of each process (node, nats-server, this client),
+    // which the shared machine's noise moves less than the rates.
+    let pids = [node.pid(), nats.pid(), std::process::id()];
+    let cpu_now = || pids.map(cpu_seconds);
+    let per_fact_us = |before: [f64; 3], after: [f64; 3]| [0, 1, 2].map(|i| (after[i] - before[i]) * 1e6 / drain_n as f64);
+    let (mut drain_b_cpu, mut drain_r_cpu) = (Vec::new(), Vec::new());
     for rep in 0..reps {
         // Alternate the order so neither side always gets the warm page cache.
-        let (b, raw) = if rep % 2 == 0 {
-            let b = drain_bsfg(&bsfg, &format!("drain{}", rep + 1), drain_n).await?;
-            (b, drain_raw(&js, &format!("raw{}", rep + 1), drain_n).await?)
-        } else {
-            let raw = drain_raw(&js, &format!("raw{}", rep + 1), drain_n).await?;
-            (drain_bsfg(&bsfg, &format!("drain{}", rep + 1), drain_n).await?, raw)
+        let bsfg_drain = async {
+            let before = cpu_now();
+            let rate = drain_bsfg(&bsfg, &format!("drain{}", rep + 1), drain_n).await?;
+            anyhow::Ok((rate, per_fact_us(before, cpu_now())))
         };
-        eprintln!("drain rep {rep}: bsfg {b:.0}/s raw {raw:.0}/s");
+        let raw_drain = async {
+            let before = cpu_now();
+            let rate = drain_raw(&js, &format!("raw{}", rep + 1), drain_n).await?;
+            anyhow::Ok((rate, per_fact_us(before, cpu_now())))
+        };
+        let ((b, b_cpu), (raw, raw_cpu)) = if rep % 2 == 0 {
+            let b = bsfg_drain.await?;
+            (b, raw_drain.await?)
+        } else {
+            let raw = raw_drain.await?;
+            (bsfg_drain.await?, raw)
+        };
+        eprintln!("drain rep {rep}: bsfg {b:.0}/s raw {raw:.0}/s; CPU µs/fact node+nats+client bsfg {b_cpu:.1?} raw {raw_cpu:.1?}");
         drain_b.push(Sample { rate: b, ..Default::default() });
         drain_r.push(Sample { rate: raw, ..Default::default() });
+        drain_b_cpu.push(b_cpu);
+        drain_r_cpu.push(raw_cpu);
     }
 
     // nats-server's periodic stream-state file for the node's stream: it
@@ -980,6 +998,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "* nats-server's stream-state file (index.db) of the node's operational stream at the end: {state_file_mib} for {operational_facts} stored facts (one subject per fact)"
     ));
     r.line(format!("* Drain FetchFacts+ConfirmReceipt / raw pull consumer: **{:.2}×**", ratio_drain));
+    let cpu_median = |runs: &[[f64; 3]], i: usize| median(runs.iter().map(|c| c[i]).collect());
+    r.line(format!(
+        "* Drain CPU per fact (medians): FetchFacts+ConfirmReceipt node {:.1} µs + nats-server {:.1} µs + client {:.1} µs; raw pull consumer nats-server {:.1} µs + client {:.1} µs",
+        cpu_median(&drain_b_cpu, 0),
+        cpu_median(&drain_b_cpu, 1),
+        cpu_median(&drain_b_cpu, 2),
+        cpu_median(&drain_r_cpu, 1),
+        cpu_median(&drain_r_cpu, 2)
+    ));
     r.line(format!("* Pre-fill of the drain category ({} facts, raw pipelined publish in the node's layout): {:.0} facts/s", drain_n, prefill_rate));
     r.line(format!("* Node (`bsfg serve`) peak RSS (VmHWM): **{:.1} MiB**, RSS at end {:.1} MiB", rss_mib, node_rss as f64 / 1024.0));
     r.line(format!("* nats-server peak RSS: {:.1} MiB; echo server peak RSS: {:.1} MiB", nats_hwm as f64 / 1024.0, echo_hwm as f64 / 1024.0));
