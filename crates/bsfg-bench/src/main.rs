@@ -116,7 +116,9 @@ async fn echo_server(addr: String) -> anyhow::Result<()> {
     let server = connectrpc::Server::from_listener(listener)
         .with_header_read_timeout(Duration::from_secs(10))
         .with_max_connection_idle(Duration::from_secs(300))
-        .with_max_concurrent_streams(1024);
+        .with_max_concurrent_streams(bsfg::node::MAX_CONCURRENT_STREAMS)
+        .with_http2_initial_connection_window_size(bsfg::node::CONNECTION_WINDOW_BYTES)
+        .with_http2_initial_stream_window_size(bsfg::node::STREAM_WINDOW_BYTES);
     server.serve_with_service(service).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
 }

@@ -22,6 +22,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// A running node, with the addresses it actually bound.
+/// Concurrent RPCs per HTTP/2 connection; more wait in the client.
+pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// Fixed HTTP/2 receive windows instead of adaptive ones. Why: adaptive
+/// windows start at 64 KiB. When the node pauses (a stall on a busy host)
+/// with hundreds of appends in flight on one connection, that window fills,
+/// the client then sends each request body in slivers as the window
+/// reopens, and h2's defence against floods of small DATA frames closes the
+/// whole connection (GOAWAY ENHANCE_YOUR_CALM "too_many_data_frames"),
+/// failing every call on it. 8 MiB holds 1,024 streams of ordinary facts
+/// (4 KiB objects) whole; it is also the most request data one connection
+/// can make the node buffer. 1 MiB per stream caps one PutObject upload at
+/// about 50 MB/s over a 20 ms round trip.
+pub const CONNECTION_WINDOW_BYTES: u32 = 8 << 20;
+pub const STREAM_WINDOW_BYTES: u32 = 1 << 20;
+
 pub struct RunningNode {
     pub boundary_addr: SocketAddr,
     pub ops_addr: SocketAddr,
@@ -134,7 +149,9 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningNode> {
     let server = server
         .with_header_read_timeout(Duration::from_secs(10))
         .with_max_connection_idle(Duration::from_secs(300))
-        .with_max_concurrent_streams(1024);
+        .with_max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .with_http2_initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .with_http2_initial_stream_window_size(STREAM_WINDOW_BYTES);
     let server_task = tokio::spawn(async move {
         if let Err(e) = server.serve_with_service(service).await {
             tracing::error!(error = %e, "boundary server stopped");

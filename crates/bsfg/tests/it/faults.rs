@@ -448,3 +448,48 @@ async fn fact_refused_by_import_policy_is_audited_counted_and_passed() {
     let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(value >= 1.0, "{line}");
 }
+
+/// A node that pauses (SIGSTOP, as a stall on a busy host does) while one
+/// client has many appends in flight on one HTTP/2 connection answers every
+/// one of them when it resumes, and stores each once. With hyper's adaptive
+/// windows (64 KiB at first) the client sent the bodies in slivers as the
+/// window reopened, h2's guard against floods of small DATA frames closed
+/// the whole connection (GOAWAY ENHANCE_YOUR_CALM "too_many_data_frames"),
+/// and every call on it failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_in_flight_across_a_paused_node_are_all_answered() {
+    let zone = Zone::start(Opts { plaintext_dev: true, out_of_process: true, ..Default::default() }).await;
+    let client = zone.client();
+    // A first call opens the connection before the pause.
+    client.append(envelope(&mid("warm")), batch_fact(0)).await.unwrap();
+    zone.signal_node("STOP");
+    let padding = "x".repeat(1024);
+    let sent: Vec<(Envelope, Fact)> = (0..2000)
+        .map(|i| (envelope(&mid("paused")), fact(&format!("batch:PlantA/B{i}"), "step_completed", &format!(r#"{{"n":{i},"note":"{padding}"}}"#))))
+        .collect();
+    let calls: Vec<_> = sent
+        .iter()
+        .cloned()
+        .map(|(e, f)| {
+            let c = client.clone();
+            tokio::spawn(async move { c.append(e, f).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    zone.signal_node("CONT");
+    let mut offsets = BTreeSet::new();
+    let mut failures = Vec::new();
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(answer) => {
+                assert!(!answer.duplicate, "each fact is new");
+                offsets.insert(answer.offset);
+            }
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    assert!(failures.is_empty(), "{} of 2000 appends failed across the pause, first: {:?}", failures.len(), failures.first());
+    assert_eq!(offsets.len(), 2000, "every append has its own offset");
+    assert_eq!(zone.message_count("operational").await, 2001, "each fact stored once (plus the first)");
+}
+

@@ -379,6 +379,14 @@ impl Zone {
         String::from_utf8(body).unwrap()
     }
 
+    /// Sends `signal` (e.g. "STOP", "CONT") to the `bsfg serve` process.
+    pub fn signal_node(&self, signal: &str) {
+        let Node::Process(child) = &self.node else { panic!("signal_node needs an out-of-process node") };
+        let pid = child.id().expect("the node process is running");
+        let status = std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap();
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
     /// SIGKILL of the `bsfg serve` process.
     pub async fn kill9_node(&mut self) {
         match std::mem::replace(&mut self.node, Node::Stopped) {
