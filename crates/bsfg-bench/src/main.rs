@@ -679,6 +679,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         raw_pub.push(s);
         // What AppendFact asks of JetStream, without the node: the same
         // subjects, guard headers and records into the node's own stream.
+        // (Their keys bypass the node's key filter; no AppendFact of this
+        // run reuses them, so no answer depends on it.)
         let cpu_before = cpu_seconds(nats.pid());
         let s = raw_publish(&js, args.window, secs, |i| {
             node_layout_message("operational", "batch:PlantA/B1042", &format!("{}-guarded-{rep}-{i}", run_id()), &object_256, true)

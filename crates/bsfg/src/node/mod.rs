@@ -21,7 +21,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A running node, with the addresses it actually bound.
 /// Concurrent RPCs per HTTP/2 connection; more wait in the client.
 pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
 /// Fixed HTTP/2 receive windows instead of adaptive ones. Why: adaptive
@@ -35,8 +34,10 @@ pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
 /// can make the node buffer. 1 MiB per stream caps one PutObject upload at
 /// about 50 MB/s over a 20 ms round trip.
 pub const CONNECTION_WINDOW_BYTES: u32 = 8 << 20;
+/// Per-stream receive window; see [`CONNECTION_WINDOW_BYTES`].
 pub const STREAM_WINDOW_BYTES: u32 = 1 << 20;
 
+/// A running node, with the addresses it actually bound.
 pub struct RunningNode {
     pub boundary_addr: SocketAddr,
     pub ops_addr: SocketAddr,
