@@ -372,11 +372,26 @@ where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = bool> + Send + 'static,
 {
-    let total = (rate * secs) as u64;
-    let interval = Duration::from_secs_f64(1.0 / rate);
     // BENCH_TIMELINE=<path>: write each request's send time and latency to
     // <path>.<tag> (to see when a tail happens, not only how long it is).
     let timeline_path = std::env::var("BENCH_TIMELINE").ok().map(|path| format!("{path}.{tag}"));
+    let (sample, timeline) = open_loop_timeline(rate, secs, call).await;
+    if let Some(path) = timeline_path {
+        let text: String = timeline.iter().map(|(at, us)| format!("{at} {us}\n")).collect();
+        let _ = std::fs::write(path, text);
+    }
+    sample
+}
+
+/// `open_loop`, also returning every answered request's scheduled send
+/// time (ms from the start) and latency (µs), in completion order.
+pub(crate) async fn open_loop_timeline<F, Fut>(rate: f64, secs: f64, call: F) -> (Sample, Vec<(u32, u32)>)
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
+{
+    let total = (rate * secs) as u64;
+    let interval = Duration::from_secs_f64(1.0 / rate);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Option<(u32, u32)>>();
     let handle = tokio::runtime::Handle::current();
     let start = Instant::now() + Duration::from_millis(20);
@@ -403,22 +418,16 @@ where
         match rx.recv().await {
             Some(Some((us, at))) => {
                 lat.push(us);
-                if timeline_path.is_some() {
-                    timeline.push((at, us));
-                }
+                timeline.push((at, us));
             }
             Some(None) => errors += 1,
             None => break,
         }
     }
     scheduler.join().unwrap();
-    if let Some(path) = timeline_path {
-        let text: String = timeline.iter().map(|(at, us)| format!("{at} {us}\n")).collect();
-        let _ = std::fs::write(path, text);
-    }
     let elapsed = start.elapsed().as_secs_f64();
     lat.sort_unstable();
-    Sample { rate: lat.len() as f64 / elapsed, p50_ms: pct_ms(&lat, 50.0), p99_ms: pct_ms(&lat, 99.0), errors }
+    (Sample { rate: lat.len() as f64 / elapsed, p50_ms: pct_ms(&lat, 50.0), p99_ms: pct_ms(&lat, 99.0), errors }, timeline)
 }
 
 /// The node's Prometheus text from its operations port (plain HTTP/1.0).

@@ -37,6 +37,22 @@ pub struct SubstrateArgs {
     /// when empty).
     #[arg(long, default_value = "")]
     out: String,
+    /// Instead of the throughput variants: pre-fill a fresh stream, then
+    /// publish on a fixed open-loop schedule across nats-server's periodic
+    /// stream-state write, for 64 fixed subjects and for the node's layout,
+    /// and report when requests stalled and when `index.db` was rewritten.
+    #[arg(long)]
+    stalls: bool,
+    /// `--stalls`: messages pre-filled before the open loop.
+    #[arg(long, default_value_t = 800_000)]
+    prefill: u64,
+    /// `--stalls`: open-loop rate, messages/s.
+    #[arg(long, default_value_t = 4000.0)]
+    rate: f64,
+    /// `--stalls`: seconds of open loop (nats-server first writes the state
+    /// file 120–150 s after the stream is created).
+    #[arg(long, default_value_t = 160.0)]
+    probe_secs: f64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -93,6 +109,14 @@ pub async fn run(a: SubstrateArgs) -> anyhow::Result<()> {
     let port = free_port()?;
     let nats = start_nats_server(&a.nats_server, &dir, "substrate", port, &format!("  sync_interval: {}\n", a.nats_sync), "").await?;
     let js = jetstream::new(async_nats::connect(format!("nats://127.0.0.1:{port}")).await?);
+    if a.stalls {
+        let md = stall_probe(&a, &js, &dir).await?;
+        println!("{md}");
+        if !a.out.is_empty() {
+            std::fs::write(&a.out, &md)?;
+        }
+        return Ok(());
+    }
 
     let mut md = String::new();
     writeln!(md, "| Variant | msgs/s (median; reps) | nats-server CPU µs/msg (median) |")?;
@@ -102,18 +126,9 @@ pub async fn run(a: SubstrateArgs) -> anyhow::Result<()> {
         for rep in 0..a.reps.max(1) {
             // A fresh stream per repetition: per-subject state starts empty.
             let name = format!("sub{rep}");
-            let _ = js.delete_stream(&name).await;
-            js.create_stream(stream::Config {
-                name: name.clone(),
-                subjects: vec!["facts.c.>".into()],
-                storage: stream::StorageType::File,
-                duplicate_window: Duration::from_secs(120),
-                allow_direct: true,
-                ..Default::default()
-            })
-            .await?;
+            fresh_stream(&js, &name).await?;
             let cpu_before = cpu_seconds(nats.pid());
-            let (count, secs) = publish(&js, variant, a.window, a.duration, &format!("{rep}-{variant:?}")).await?;
+            let (count, secs) = publish(&js, variant, a.window, a.duration, u64::MAX, &format!("{rep}-{variant:?}")).await?;
             let cpu = cpu_seconds(nats.pid()) - cpu_before;
             let rate = count as f64 / secs;
             eprintln!("{variant:?} rep {rep}: {rate:.0} msg/s, nats-server {:.1} µs/msg", cpu * 1e6 / count as f64);
@@ -131,13 +146,29 @@ pub async fn run(a: SubstrateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn publish(js: &jetstream::Context, variant: Variant, window: usize, secs: f64, run: &str) -> anyhow::Result<(u64, f64)> {
+/// Deletes `name` if it exists and creates it empty.
+async fn fresh_stream(js: &jetstream::Context, name: &str) -> anyhow::Result<()> {
+    let _ = js.delete_stream(name).await;
+    js.create_stream(stream::Config {
+        name: name.into(),
+        subjects: vec!["facts.c.>".into()],
+        storage: stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        allow_direct: true,
+        ..Default::default()
+    })
+    .await?;
+    Ok(())
+}
+
+/// Publishes pipelined until `secs` have passed or `count_max` are sent.
+async fn publish(js: &jetstream::Context, variant: Variant, window: usize, secs: f64, count_max: u64, run: &str) -> anyhow::Result<(u64, f64)> {
     let payload = bytes::Bytes::from(vec![b'x'; 256]);
     let mut in_flight = VecDeque::with_capacity(window);
     let start = Instant::now();
-    let end = start + Duration::from_secs_f64(secs);
+    let end = start + Duration::from_secs_f64(secs.min(1e6));
     let (mut i, mut done) = (0u64, 0u64);
-    while Instant::now() < end {
+    while Instant::now() < end && i < count_max {
         let (subject, headers) = variant.message(run, i);
         in_flight.push_back(js.publish_with_headers(subject, headers, payload.clone()).await?);
         i += 1;
@@ -152,3 +183,77 @@ async fn publish(js: &jetstream::Context, variant: Variant, window: usize, secs:
     }
     Ok((done, start.elapsed().as_secs_f64()))
 }
+
+/// `--stalls` (see the flag). Why: the node's half-load tail showed stalls
+/// of up to hundreds of ms on two-minute marks, and its exact publishes
+/// stall without the node too. nats-server rewrites a stream's state file,
+/// one record per subject, every 2–2.5 min under the stream's lock; this
+/// probe puts request stalls and those rewrites on one clock.
+async fn stall_probe(a: &SubstrateArgs, js: &jetstream::Context, dir: &std::path::Path) -> anyhow::Result<String> {
+    let mut md = String::new();
+    writeln!(md, "| Layout | pre-filled | open loop | p50 ms | p99 ms | max ms | seconds with a request > 50 ms (s after stream creation) | index.db rewritten at (s) | index.db size |")?;
+    writeln!(md, "|---|---|---|---|---|---|---|---|---|")?;
+    for (n, variant) in [Variant::FixedSubjects, Variant::NodeGuarded].into_iter().enumerate() {
+        let name = format!("stall{n}");
+        fresh_stream(js, &name).await?;
+        let created = Instant::now();
+        // Every change of the state file's modification time, on the same clock.
+        let state_file = dir.join(format!("js-substrate/jetstream/$G/streams/{name}/msgs/index.db"));
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let watcher = tokio::spawn(async move {
+            let (mut last, mut writes) = (None, Vec::new());
+            loop {
+                let modified = std::fs::metadata(&state_file).and_then(|m| m.modified()).ok();
+                if modified.is_some() && modified != last {
+                    writes.push(created.elapsed().as_secs_f64());
+                    last = modified;
+                }
+                tokio::select! {
+                    _ = &mut stopped => return (writes, std::fs::metadata(&state_file).map(|m| m.len()).unwrap_or(0)),
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+        });
+        let (prefilled, prefill_secs) = publish(js, variant, a.window, f64::INFINITY, a.prefill, &format!("prefill-{n}")).await?;
+        eprintln!("{variant:?}: pre-filled {prefilled} in {prefill_secs:.1} s");
+        let loop_started = created.elapsed().as_secs_f64();
+        let (j, run) = (js.clone(), format!("probe-{n}"));
+        let payload = bytes::Bytes::from(vec![b'x'; 256]);
+        let (sample, timeline) = super::open_loop_timeline(a.rate, a.probe_secs, move |i| {
+            let (subject, headers) = variant.message(&run, i);
+            let (j, payload) = (j.clone(), payload.clone());
+            async move {
+                match j.publish_with_headers(subject, headers, payload).await {
+                    Ok(ack) => ack.await.is_ok(),
+                    Err(_) => false,
+                }
+            }
+        })
+        .await;
+        let _ = stop.send(());
+        let (writes, state_bytes) = watcher.await?;
+        let max_us = timeline.iter().map(|(_, us)| *us).max().unwrap_or(0);
+        let mut stalled: Vec<u64> = timeline.iter().filter(|(_, us)| *us > 50_000).map(|(at, _)| (loop_started + f64::from(*at) / 1e3) as u64).collect();
+        stalled.sort_unstable();
+        stalled.dedup();
+        let writes: Vec<String> = writes.iter().map(|w| format!("{w:.0}")).collect();
+        let stalled: Vec<String> = stalled.iter().map(|s| s.to_string()).collect();
+        writeln!(
+            md,
+            "| {} | {prefilled} | {:.0}/s × {:.0} s from {loop_started:.0} s | {:.2} | {:.2} | {:.0} | {} | {} | {:.1} MiB |",
+            variant.label(),
+            a.rate,
+            a.probe_secs,
+            sample.p50_ms,
+            sample.p99_ms,
+            f64::from(max_us) / 1e3,
+            if stalled.is_empty() { "none".to_string() } else { stalled.join(", ") },
+            if writes.is_empty() { "none".to_string() } else { writes.join(", ") },
+            state_bytes as f64 / 1048576.0
+        )?;
+        eprintln!("{variant:?}: p99 {:.2} ms, max {:.0} ms", sample.p99_ms, f64::from(max_us) / 1e3);
+        js.delete_stream(&name).await?;
+    }
+    Ok(md)
+}
+
