@@ -259,23 +259,37 @@ fn run_id() -> &'static str {
 
 // ------------------------------------------------------------------ 1. raw JetStream publish
 
-async fn raw_publish<M>(js: &jetstream::Context, window: usize, secs: f64, message: M) -> anyhow::Result<Sample>
+/// What one pipelined publish run did.
+pub(crate) struct Published {
+    pub done: u64,
+    pub errors: u64,
+    pub secs: f64,
+}
+
+impl Published {
+    fn sample(&self) -> Sample {
+        Sample { rate: self.done as f64 / self.secs, errors: self.errors, ..Default::default() }
+    }
+}
+
+/// Publishes `message(0)`, `message(1)`, … keeping `window` acknowledgements
+/// in flight, until `secs` have passed or `count_max` are sent: the one
+/// pipelined-publish driver of the raw rows, the pre-fill and `substrate`.
+pub(crate) async fn raw_publish<M>(js: &jetstream::Context, window: usize, secs: f64, count_max: u64, message: M) -> anyhow::Result<Published>
 where
     M: Fn(u64) -> (String, HeaderMap, bytes::Bytes),
 {
     let mut inflight = VecDeque::with_capacity(window);
-    let mut done = 0u64;
-    let mut errors = 0u64;
+    let (mut done, mut errors) = (0u64, 0u64);
     let start = Instant::now();
-    let end = start + Duration::from_secs_f64(secs);
+    let end = start + Duration::from_secs_f64(secs.min(1e6));
     let mut i = 0u64;
-    while Instant::now() < end {
+    while Instant::now() < end && i < count_max {
         let (subject, headers, payload) = message(i);
-        let fut = js.publish_with_headers(subject, headers, payload).await?;
-        inflight.push_back(fut);
+        inflight.push_back(js.publish_with_headers(subject, headers, payload).await?);
         i += 1;
         if inflight.len() >= window {
-            match inflight.pop_front().unwrap().await {
+            match inflight.pop_front().expect("window is not empty").await {
                 Ok(_) => done += 1,
                 Err(_) => errors += 1,
             }
@@ -287,8 +301,19 @@ where
             Err(_) => errors += 1,
         }
     }
-    let elapsed = start.elapsed().as_secs_f64();
-    Ok(Sample { rate: done as f64 / elapsed, errors, ..Default::default() })
+    Ok(Published { done, errors, secs: start.elapsed().as_secs_f64() })
+}
+
+/// One publish awaited to its acknowledgement: the call of every raw
+/// open-loop row.
+pub(crate) fn publish_acked(js: &jetstream::Context, subject: String, headers: HeaderMap, payload: bytes::Bytes) -> impl std::future::Future<Output = bool> + Send + use<> {
+    let js = js.clone();
+    async move {
+        match js.publish_with_headers(subject, headers, payload).await {
+            Ok(ack) => ack.await.is_ok(),
+            Err(_) => false,
+        }
+    }
 }
 
 // ------------------------------------------------------------------ closed-loop RPC driver
@@ -467,20 +492,12 @@ fn histogram_quantile_between(before: &[(f64, f64)], after: &[(f64, f64)], p: f6
 /// straight to JetStream exactly as FactLog::append lays them out.
 async fn prefill(js: &jetstream::Context, count: u64, window: usize) -> anyhow::Result<f64> {
     let object = object_json(256);
-    let mut inflight = VecDeque::with_capacity(window);
-    let start = Instant::now();
-    for i in 0..count {
-        let (subject, headers, payload) = node_layout_message("drain", &format!("drain:PlantA/B{i}"), &format!("drain-{}-{i}", run_id()), &object, false);
-        let fut = js.publish_with_headers(subject, headers, payload).await?;
-        inflight.push_back(fut);
-        if inflight.len() >= window {
-            inflight.pop_front().unwrap().await.context("prefill ack")?;
-        }
-    }
-    while let Some(f) = inflight.pop_front() {
-        f.await.context("prefill ack")?;
-    }
-    Ok(count as f64 / start.elapsed().as_secs_f64())
+    let published = raw_publish(js, window, f64::INFINITY, count, |i| {
+        node_layout_message("drain", &format!("drain:PlantA/B{i}"), &format!("drain-{}-{i}", run_id()), &object, false)
+    })
+    .await?;
+    anyhow::ensure!(published.errors == 0 && published.done == count, "prefill: {} of {count} facts acknowledged", published.done);
+    Ok(published.sample().rate)
 }
 
 /// One fact exactly as `FactLog` stores it: subject, headers and record.
@@ -677,12 +694,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let object_256 = object_json(256);
     for rep in 0..reps {
         let cpu_before = cpu_seconds(nats.pid());
-        let s = raw_publish(&js, args.window, secs, |i| {
+        let s = raw_publish(&js, args.window, secs, u64::MAX, |i| {
             let mut headers = HeaderMap::new();
             headers.insert("Nats-Msg-Id", format!("{}-{rep}-{i}", run_id()).as_str());
             (format!("rawpub.{}", i % 64), headers, payload_256.clone())
         })
-        .await?;
+        .await?
+        .sample();
         raw_cpu_us.push((cpu_seconds(nats.pid()) - cpu_before) * 1e6 / (s.rate * secs).max(1.0));
         eprintln!("raw publish rep {rep}: {:.0} msg/s", s.rate);
         raw_pub.push(s);
@@ -691,10 +709,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         // (Their keys bypass the node's key filter; no AppendFact of this
         // run reuses them, so no answer depends on it.)
         let cpu_before = cpu_seconds(nats.pid());
-        let s = raw_publish(&js, args.window, secs, |i| {
+        let s = raw_publish(&js, args.window, secs, u64::MAX, |i| {
             node_layout_message("operational", "batch:PlantA/B1042", &format!("{}-guarded-{rep}-{i}", run_id()), &object_256, true)
         })
-        .await?;
+        .await?
+        .sample();
         guarded_cpu_us.push((cpu_seconds(nats.pid()) - cpu_before) * 1e6 / (s.rate * secs).max(1.0));
         eprintln!("raw guarded publish rep {rep}: {:.0} msg/s", s.rate);
         raw_guarded.push(s);
@@ -808,14 +827,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         open_echo.push(s);
         let (j, tag) = (js.clone(), format!("{}-open-raw-{rep}", run_id()));
         let s = open_loop(half, secs, tag.clone(), move |i| {
-            let (j, mut headers) = (j.clone(), HeaderMap::new());
+            let mut headers = HeaderMap::new();
             headers.insert("Nats-Msg-Id", format!("{tag}-{i}").as_str());
-            async move {
-                match j.publish_with_headers(format!("rawpub.{}", i % 64), headers, bytes::Bytes::from(vec![b'x'; 256])).await {
-                    Ok(ack) => ack.await.is_ok(),
-                    Err(_) => false,
-                }
-            }
+            publish_acked(&j, format!("rawpub.{}", i % 64), headers, bytes::Bytes::from(vec![b'x'; 256]))
         })
         .await;
         eprintln!("open loop raw JetStream rep {rep}: p50 {:.2} p99 {:.2} ms", s.p50_ms, s.p99_ms);
@@ -826,13 +840,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let (j, p, tag) = (js.clone(), payload.clone(), format!("{}-open-guarded-{rep}", run_id()));
         let s = open_loop(half, secs, tag.clone(), move |i| {
             let (subject, headers, body) = node_layout_message("operational", "batch:PlantA/B1042", &format!("{tag}-{i}"), &p, true);
-            let j = j.clone();
-            async move {
-                match j.publish_with_headers(subject, headers, body).await {
-                    Ok(ack) => ack.await.is_ok(),
-                    Err(_) => false,
-                }
-            }
+            publish_acked(&j, subject, headers, body)
         })
         .await;
         eprintln!("open loop raw guarded rep {rep}: p50 {:.2} p99 {:.2} ms", s.p50_ms, s.p99_ms);

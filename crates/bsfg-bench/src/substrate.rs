@@ -10,10 +10,8 @@
 //! for any gateway that stores facts the way the node does on this machine.
 
 use super::{cpu_seconds, free_port, median, scopeguard, start_nats_server};
-use anyhow::Context as _;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream};
-use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -161,27 +159,17 @@ async fn fresh_stream(js: &jetstream::Context, name: &str) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Publishes pipelined until `secs` have passed or `count_max` are sent.
+/// Publishes `variant`'s messages pipelined (see `raw_publish`); every one
+/// must be acknowledged. Returns messages and seconds.
 async fn publish(js: &jetstream::Context, variant: Variant, window: usize, secs: f64, count_max: u64, run: &str) -> anyhow::Result<(u64, f64)> {
     let payload = bytes::Bytes::from(vec![b'x'; 256]);
-    let mut in_flight = VecDeque::with_capacity(window);
-    let start = Instant::now();
-    let end = start + Duration::from_secs_f64(secs.min(1e6));
-    let (mut i, mut done) = (0u64, 0u64);
-    while Instant::now() < end && i < count_max {
+    let published = super::raw_publish(js, window, secs, count_max, |i| {
         let (subject, headers) = variant.message(run, i);
-        in_flight.push_back(js.publish_with_headers(subject, headers, payload.clone()).await?);
-        i += 1;
-        if in_flight.len() >= window {
-            in_flight.pop_front().expect("window is not empty").await.context("acknowledgement")?;
-            done += 1;
-        }
-    }
-    while let Some(ack) = in_flight.pop_front() {
-        ack.await.context("acknowledgement")?;
-        done += 1;
-    }
-    Ok((done, start.elapsed().as_secs_f64()))
+        (subject, headers, payload.clone())
+    })
+    .await?;
+    anyhow::ensure!(published.errors == 0, "{} publishes were not acknowledged", published.errors);
+    Ok((published.done, published.secs))
 }
 
 /// `--stalls` (see the flag). Why: the node's half-load tail showed stalls
@@ -221,13 +209,7 @@ async fn stall_probe(a: &SubstrateArgs, js: &jetstream::Context, dir: &std::path
         let payload = bytes::Bytes::from(vec![b'x'; 256]);
         let (sample, timeline) = super::open_loop_timeline(a.rate, a.probe_secs, move |i| {
             let (subject, headers) = variant.message(&run, i);
-            let (j, payload) = (j.clone(), payload.clone());
-            async move {
-                match j.publish_with_headers(subject, headers, payload).await {
-                    Ok(ack) => ack.await.is_ok(),
-                    Err(_) => false,
-                }
-            }
+            super::publish_acked(&j, subject, headers, payload.clone())
         })
         .await;
         let _ = stop.send(());
