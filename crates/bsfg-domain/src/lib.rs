@@ -5,15 +5,15 @@
 //!   checks the boundary makes; business schemas are never validated).
 //! * [`identity`]: the idempotency key and the content digest that decide
 //!   whether a retry is a duplicate or a conflict.
-//! * [`key_filter`]: a fixed-size Bloom filter that rules out most key
-//!   look-ups in other categories.
+//! * [`indexed_runs`]: which offsets the key index covers, and the
+//!   contiguous prefix it may persist.
 //! * [`retention`]: how far a category log may be truncated (frontier arithmetic).
 //! * [`policy`]: the declarative crossing policy per peer and direction.
 //! * [`rejection`]: a rejection carries a protocol-neutral code, a stable
 //!   machine reason and a message a person can act on.
 
 pub mod identity;
-pub mod key_filter;
+pub mod indexed_runs;
 pub mod limits;
 pub mod policy;
 pub mod retention;

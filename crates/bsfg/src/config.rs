@@ -224,7 +224,8 @@ impl Default for NatsConfig {
 }
 
 /// Group commit: concurrent AppendFact calls are appended in batches (one
-/// key look-up per category and one pipelined publish per batch).
+/// key-index look-up and one pipelined publish per batch), and the
+/// idempotency key index they are checked against (`store::key_index`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CommitConfig {
@@ -234,17 +235,28 @@ pub struct CommitConfig {
     pub batches_in_flight_max: usize,
     /// Most appends waiting for a batch; beyond it callers wait.
     pub queue_facts_max: usize,
-    /// Size of each category's key filter in bits (fixed memory; 0 turns
-    /// the filter off and every cross-category key look-up goes to
-    /// JetStream). About 10 bits per stored key keeps needless look-ups
-    /// near 1 %; the default (8 Mi bits = 1 MiB) suits ~800k keys per
-    /// category and degrades gracefully beyond.
-    pub key_filter_bits: u64,
+    /// The key index file; by default `key-index.redb` beside the
+    /// nats store directory (`[nats] store_dir`).
+    pub key_index_path: Option<PathBuf>,
+    /// Page cache of the key index (fixed memory; the file itself grows
+    /// with the retained facts, about 100 bytes each).
+    pub key_index_cache_bytes: usize,
+    /// How often the key index is made durable (an fsync). Losing the
+    /// last interval costs only a re-read of those facts at start-up.
+    #[serde(with = "humantime_serde")]
+    pub key_index_sync_interval: Duration,
 }
 
 impl Default for CommitConfig {
     fn default() -> Self {
-        Self { batch_facts_max: 256, batches_in_flight_max: 2, queue_facts_max: 4096, key_filter_bits: 8 << 20 }
+        Self {
+            batch_facts_max: 256,
+            batches_in_flight_max: 2,
+            queue_facts_max: 4096,
+            key_index_path: None,
+            key_index_cache_bytes: 16 << 20,
+            key_index_sync_interval: Duration::from_secs(1),
+        }
     }
 }
 
@@ -395,8 +407,11 @@ impl ZoneConfig {
         if !(1..=4096).contains(&k.batch_facts_max) || !(1..=64).contains(&k.batches_in_flight_max) || !(1..=1_000_000).contains(&k.queue_facts_max) {
             bail!("[commit]: need 1 <= batch_facts_max <= 4096, 1 <= batches_in_flight_max <= 64, 1 <= queue_facts_max <= 1000000");
         }
-        if k.key_filter_bits > 1 << 33 {
-            bail!("[commit] key_filter_bits is {}; at most 8589934592 (1 GiB per category)", k.key_filter_bits);
+        if !((1 << 20)..=(1 << 30)).contains(&k.key_index_cache_bytes) {
+            bail!("[commit] key_index_cache_bytes is {}; need 1 MiB to 1 GiB", k.key_index_cache_bytes);
+        }
+        if !(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&k.key_index_sync_interval) {
+            bail!("[commit] key_index_sync_interval must be between 10ms and 60s");
         }
         for c in &self.categories {
             let token_ok = !c.name.is_empty()
@@ -487,6 +502,13 @@ impl ZoneConfig {
             return Some(hop);
         }
         self.principals.iter().find(|p| p.kind == PrincipalKind::Peer && p.zone.as_deref() == Some(to_zone)).and_then(|p| p.zone.as_deref())
+    }
+
+    /// Where the idempotency key index lives (see `CommitConfig`).
+    pub fn key_index_path(&self) -> PathBuf {
+        self.commit.key_index_path.clone().unwrap_or_else(|| {
+            self.nats.store_dir.parent().unwrap_or_else(|| std::path::Path::new("")).join("key-index.redb")
+        })
     }
 
     /// The category a subject kind is routed to.

@@ -19,8 +19,9 @@ pub struct Metrics {
     pub confirm_requests_total: Family<Labels, Counter>,
     pub append_latency_seconds: Histogram,
     pub commit_batch_facts: Histogram,
-    pub key_filter_ready: Family<Labels, Gauge>,
-    pub key_lookups_ruled_out_total: Family<Labels, Counter>,
+    pub key_index_ready: Gauge,
+    pub key_index_through_offset: Family<Labels, Gauge>,
+    pub key_index_read_in_facts_total: Family<Labels, Counter>,
     pub frontier_offset: Family<Labels, Gauge>,
     pub store_buffer_fill_percent: Family<Labels, Gauge<f64, AtomicU64>>,
     pub retention_blocked: Family<Labels, Gauge>,
@@ -51,8 +52,9 @@ impl Metrics {
                 [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5].into_iter(),
             ),
             commit_batch_facts: Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0].into_iter()),
-            key_filter_ready: Family::default(),
-            key_lookups_ruled_out_total: Family::default(),
+            key_index_ready: Gauge::default(),
+            key_index_through_offset: Family::default(),
+            key_index_read_in_facts_total: Family::default(),
             frontier_offset: Family::default(),
             store_buffer_fill_percent: Family::default(),
             retention_blocked: Family::default(),
@@ -78,14 +80,19 @@ impl Metrics {
         registry.register("bsfg_append_latency_seconds", "AppendFact latency until durable", m.append_latency_seconds.clone());
         registry.register("bsfg_commit_batch_facts", "Facts per group-commit batch of AppendFact calls", m.commit_batch_facts.clone());
         registry.register(
-            "bsfg_key_filter_ready",
-            "1 once a category's key filter holds every stored key (until then every cross-category key look-up goes to JetStream)",
-            m.key_filter_ready.clone(),
+            "bsfg_key_index_ready",
+            "1 once the idempotency key index has read every stored fact (until then AppendFact answers unavailable)",
+            m.key_index_ready.clone(),
         );
         registry.register(
-            "bsfg_key_lookups_ruled_out",
-            "Cross-category key look-ups the key filter made unnecessary, by category",
-            m.key_lookups_ruled_out_total.clone(),
+            "bsfg_key_index_through_offset",
+            "Offset through which the key index covers each category without a gap",
+            m.key_index_through_offset.clone(),
+        );
+        registry.register(
+            "bsfg_key_index_read_in_facts",
+            "Stored facts the key index read from the stream (start-up catch-up, lost acknowledgements, writes not made by this node), by category",
+            m.key_index_read_in_facts_total.clone(),
         );
         registry.register("bsfg_frontier_offset", "Confirmed frontier per consumer", m.frontier_offset.clone());
         registry.register("bsfg_store_buffer_fill_percent", "Category log fill as percent of capacity", m.store_buffer_fill_percent.clone());

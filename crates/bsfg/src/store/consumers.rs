@@ -97,7 +97,7 @@ impl Consumers {
         for c in &config.consumers {
             let category = facts.category(&c.category).expect("config checked");
             let stream = &category.stream;
-            let filter_subjects = c.kinds.iter().map(|k| format!("facts.{}.{k}.*", c.category)).collect();
+            let filter_subjects = c.kinds.iter().map(|k| super::facts::fact_subject(&c.category, k)).collect();
             let mut consumer_config = pull::Config {
                 durable_name: Some(c.name.clone()),
                 description: Some(format!("BSFG consumer {} of zone {}", c.name, config.zone)),

@@ -1,18 +1,8 @@
-//! Batched reads of stored messages (JetStream direct get), for two uses.
-//!
-//! **Idempotency-key look-ups** (`multi_last`). Why: a key may already live in a category other than the one a fact is
-//! routed to (same key, different kind), and JetStream's atomic
-//! expected-last-subject-sequence guard only covers one stream. Looking each
-//! key up with its own direct get cost a NATS round trip per fact and per
-//! other category, more than the publish itself. One `multi_last` request
-//! per category answers for a whole batch of keys: the server replies with
-//! the last message of every matching subject, then an end-of-batch marker
-//! (`204 EOB`), or a single `404` when nothing matches.
-//!
-//! **Object chunks** (`next_by_subj` with `batch`). Why: async-nats' object
-//! reader is an ordered push consumer that may read ahead of a slow
-//! receiver as far as JetStream flow control lets it. Asking for a few
-//! chunks at a time bounds a GetObject stream to its window.
+//! Batched reads of stored messages (JetStream direct get with `batch`),
+//! for object chunks. Why: async-nats' object reader is an ordered push
+//! consumer that may read ahead of a slow receiver as far as JetStream flow
+//! control lets it. Asking for a few chunks at a time bounds a GetObject
+//! stream to its window.
 //!
 //! Replies arrive on one long-lived wildcard subscription and are routed to
 //! their request by the last subject token. A subscription per request would
@@ -28,9 +18,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
-
-/// The server refuses multi-subject requests matching more subjects.
-pub const SUBJECTS_PER_REQUEST_MAX: usize = 1024;
 
 type Waiting = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<async_nats::Message>>>>;
 
@@ -70,20 +57,6 @@ impl DirectGets {
             }
         });
         Ok(Self { client, reply_prefix, waiting, next_request: AtomicU64::new(1), timeout, _stop: stop })
-    }
-
-    /// The last stored message of every subject in `subjects` that exists in
-    /// `stream`, keyed by its subject's last token (the key token).
-    pub async fn last_by_key(&self, stream: &str, subjects: &[String]) -> Result<HashMap<String, StreamMessage>, Rejection> {
-        let mut found = HashMap::new();
-        for chunk in subjects.chunks(SUBJECTS_PER_REQUEST_MAX) {
-            let body = serde_json::json!({ "multi_last": chunk, "batch": chunk.len() });
-            for message in self.request(stream, body, "looking up idempotency keys").await? {
-                let token = message.subject.rsplit('.').next().unwrap_or_default().to_string();
-                found.insert(token, message);
-            }
-        }
-        Ok(found)
     }
 
     /// Up to `batch` messages of `subject` from sequence `from` on, at most

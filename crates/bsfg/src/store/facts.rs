@@ -1,46 +1,49 @@
 //! The zone's fact log: one JetStream stream per category.
 //!
-//! Idempotency without a side index: every fact is published to
-//! `facts.<category>.<kind>.<key-token>`, where the token is the hash of
-//! (`from_zone`, `message_id`), with `Nats-Expected-Last-Subject-Sequence: 0`
-//! over `facts.<category>.*.<token>`. JetStream refuses the write atomically
-//! when that key already has a fact, for as long as the fact is retained and
-//! across restarts of the node and of nats-server; the duplicate window is
-//! only a first line. On refusal we read the stored fact back and compare
-//! content: identical means a retry (original offset, duplicate = true),
-//! anything else a conflicting duplicate.
-//!
-//! The same key must not be stored in two categories either (same
-//! `message_id`, different subject kind), which the subject guard cannot
-//! see across streams: each batch looks its keys up in the other
-//! categories first. A per-category key filter (a fixed-size Bloom filter,
-//! `bsfg_domain::key_filter`) rules most of those look-ups out. It is filled
-//! from the stored facts' subjects at start-up and from every append *before*
-//! its publish, so it can only over-approximate what is stored; until it is
-//! filled, every look-up goes to JetStream. This relies on the node being
-//! the only writer of its zone's fact streams.
+//! Facts are published to `facts.<category>.<kind>` (a subject per kind,
+//! so nats-server's per-subject state stays small whatever the backlog) with
+//! the key token of (`from_zone`, `message_id`) as `Nats-Msg-Id` and the
+//! content digest as a header. Idempotency for as long as a fact is retained
+//! comes from the key index (`key_index`): every batch looks its keys up
+//! there first, in every category (the same key must not be stored twice
+//! under different kinds either); a hit is read back and compared, so an
+//! identical retry gets the original offset and `duplicate = true`, anything
+//! else `conflicting_duplicate`. Only after JetStream has acknowledged the
+//! new facts are they added to the index. The in-process key guard
+//! (`commit::KeyGuard`) makes the look-up and the publish atomic per key,
+//! which relies on the node being the only writer of its zone's fact
+//! streams; JetStream's duplicate window still catches a retry whose first
+//! acknowledgement was lost, and the key index's gap filler reads such a
+//! fact in within a second.
 
+use super::key_index::{KeyIndex, Token, token_bytes};
 use super::{now_unix_ms, objects::Objects, unavailable};
 use crate::config::{CategoryConfig, ZoneConfig};
 use async_nats::HeaderMap;
 use async_nats::jetstream::message::StreamMessage;
-use async_nats::jetstream::{self, context::PublishErrorKind, stream};
+use async_nats::jetstream::{self, stream};
 use bsfg_domain::identity::{content_digest, key_token};
-use bsfg_domain::key_filter::KeyFilter;
 use bsfg_domain::validate::ValidFact;
 use bsfg_domain::{Code, Rejection};
 use bsfg_proto::bsfg::v1::{Envelope, Provenance, StoredFact};
 use buffa::Message as _;
 use std::collections::HashMap;
 use super::commit::{CommitQueue, KeyGuard};
-use super::direct::DirectGets;
 use crate::metrics::{Metrics, labels};
 use futures::TryStreamExt as _;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 const CONTENT_HEADER: &str = "Bsfg-Content";
+const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+
+/// Facts read into the key index per write transaction (catch-up, gaps).
+const READ_IN_CHUNK_FACTS: usize = 4096;
+
+/// How long an append waits for the key index to finish its start-up
+/// catch-up before it is refused as unavailable.
+const INDEX_READY_WAIT: Duration = Duration::from_secs(5);
 
 /// One category's stream and its fill accounting.
 pub struct Category {
@@ -48,11 +51,6 @@ pub struct Category {
     pub stream: stream::Stream,
     /// Stream bytes at the last refresh plus bytes appended since.
     bytes_estimate: AtomicU64,
-    /// Every key token stored in this category may be in it (see module
-    /// docs); `None` when `[commit] key_filter_bits = 0`.
-    key_filter: Option<Mutex<KeyFilter>>,
-    /// Set once the start-up scan has put every stored key in the filter.
-    key_filter_ready: AtomicBool,
 }
 
 impl Category {
@@ -68,27 +66,15 @@ impl Category {
     fn is_full(&self) -> bool {
         self.fill_percent() >= f64::from(self.config.fill_threshold_percent)
     }
-    /// Records a key about to be stored here (before its publish, so that
-    /// an unanswered publish is still covered).
-    fn remember_key(&self, token: &str) {
-        if let Some(filter) = &self.key_filter {
-            filter.lock().expect("key filter poisoned").insert(token);
-        }
-    }
-    /// The filter, once it holds every stored key: a key it does not
-    /// contain is certainly not stored in this category.
-    fn ready_key_filter(&self) -> Option<std::sync::MutexGuard<'_, KeyFilter>> {
-        let filter = self.key_filter.as_ref().filter(|_| self.key_filter_ready.load(Ordering::Acquire))?;
-        Some(filter.lock().expect("key filter poisoned"))
-    }
 }
 
 pub fn stream_name(category: &str) -> String {
     format!("facts_{category}")
 }
 
-fn key_filter(category: &str, token: &str) -> String {
-    format!("facts.{category}.*.{token}")
+/// The subject a fact of `kind` is stored under in `category`.
+pub fn fact_subject(category: &str, kind: &str) -> String {
+    format!("facts.{category}.{kind}")
 }
 
 /// One fact to append.
@@ -110,13 +96,11 @@ struct Ready {
 }
 
 impl Ready {
-    /// Idempotency: refuse the write if the key already has a fact in this
-    /// category (any kind); the duplicate window is only a first line.
     fn headers(&self) -> HeaderMap {
         let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", self.token.as_str());
-        headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
-        headers.insert("Nats-Expected-Last-Subject-Sequence-Subject", key_filter(&self.category, &self.token).as_str());
+        // A retry whose first acknowledgement was lost is answered by the
+        // duplicate window before the key index has read the fact in.
+        headers.insert(MSG_ID_HEADER, self.token.as_str());
         headers.insert(CONTENT_HEADER, self.content_hex.as_str());
         headers
     }
@@ -135,13 +119,18 @@ pub struct Appended {
     pub category: String,
 }
 
+/// An answer plus the key-index entry it stored, if any.
+type Finished = (Result<Appended, Rejection>, Option<(Token, u64)>);
+
 pub struct FactLog {
     config: Arc<ZoneConfig>,
     jetstream: jetstream::Context,
     categories: HashMap<String, Category>,
     objects: Arc<Objects>,
     keys: KeyGuard,
-    lookups: Arc<DirectGets>,
+    index: Arc<KeyIndex>,
+    /// True once the key index has read every fact stored before start-up.
+    index_ready: tokio::sync::watch::Sender<bool>,
     commit: CommitQueue,
     metrics: Arc<Metrics>,
 }
@@ -151,7 +140,6 @@ impl FactLog {
         jetstream: jetstream::Context,
         config: Arc<ZoneConfig>,
         objects: Arc<Objects>,
-        lookups: Arc<DirectGets>,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Arc<Self>> {
         let mut categories = HashMap::new();
@@ -174,7 +162,7 @@ impl FactLog {
                 storage: stream::StorageType::File,
                 num_replicas: 1,
                 duplicate_window: c.duplicate_window,
-                // Key look-ups are direct gets (batched: see `direct`).
+                // Reading a fact back by offset is a direct get.
                 allow_direct: true,
                 allow_rollup: false,
                 deny_delete: true,
@@ -193,30 +181,24 @@ impl FactLog {
             }
             let mut stream = jetstream.get_stream(&stream_config.name).await?;
             let bytes = stream.info().await?.state.bytes;
-            categories.insert(
-                c.name.clone(),
-                Category {
-                    config: c.clone(),
-                    stream,
-                    bytes_estimate: AtomicU64::new(bytes),
-                    key_filter: (config.commit.key_filter_bits > 0).then(|| Mutex::new(KeyFilter::new(config.commit.key_filter_bits))),
-                    key_filter_ready: AtomicBool::new(false),
-                },
-            );
+            categories.insert(c.name.clone(), Category { config: c.clone(), stream, bytes_estimate: AtomicU64::new(bytes) });
         }
+        let names: Vec<String> = config.categories.iter().map(|c| c.name.clone()).collect();
+        let (path, cache_bytes) = (config.key_index_path(), config.commit.key_index_cache_bytes);
+        let index = Arc::new(open_key_index(path, cache_bytes, names).await?);
+        let sync_interval = config.commit.key_index_sync_interval;
         let log = Arc::new_cyclic(|log| Self {
-            lookups,
             commit: CommitQueue::start(log.clone(), config.commit.clone(), metrics.clone()),
             config,
             jetstream,
             categories,
             objects,
             keys: KeyGuard::default(),
+            index,
+            index_ready: tokio::sync::watch::Sender::new(false),
             metrics,
         });
-        for category in log.categories.values().filter(|c| c.key_filter.is_some()) {
-            tokio::spawn(fill_key_filter(Arc::downgrade(&log), category.config.name.clone()));
-        }
+        tokio::spawn(maintain_index(Arc::downgrade(&log), sync_interval));
         Ok(log)
     }
 
@@ -250,10 +232,13 @@ impl FactLog {
     /// order (per-origin order is kept) while one batch costs about one round
     /// trip instead of one per fact.
     pub async fn append_batch(&self, items: Vec<AppendItem>) -> Vec<Result<Appended, Rejection>> {
+        if let Err(r) = self.wait_for_index().await {
+            return items.iter().map(|_| Err(r.clone())).collect();
+        }
         let tokens: Vec<String> = items.iter().map(|i| key_token(&i.envelope.from_zone, &i.envelope.message_id)).collect();
         let _held = self.keys.hold(&tokens).await;
         // A key that occurs twice in one batch must see its first occurrence
-        // stored before it is looked up, so it goes into a later round.
+        // indexed before it is looked up, so it goes into a later round.
         let mut results: Vec<Option<Result<Appended, Rejection>>> = (0..items.len()).map(|_| None).collect();
         let mut waiting: Vec<(usize, AppendItem, String)> =
             items.into_iter().zip(tokens).enumerate().map(|(i, (item, token))| (i, item, token)).collect();
@@ -270,25 +255,40 @@ impl FactLog {
         results.into_iter().map(|r| r.expect("every item has a result")).collect()
     }
 
+    async fn wait_for_index(&self) -> Result<(), Rejection> {
+        let mut ready = self.index_ready.subscribe();
+        match tokio::time::timeout(INDEX_READY_WAIT, ready.wait_for(|r| *r)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(Rejection::new(
+                Code::Unavailable,
+                "key_index_catching_up",
+                "the node is still reading the stored facts into its idempotency key index (after a restart or a lost index file); appends resume when bsfg_key_index_ready is 1, retry with backoff",
+            )),
+        }
+    }
+
     /// One round of a batch: distinct keys, all held by the key guard.
     async fn append_round(&self, items: Vec<(AppendItem, String)>) -> Vec<Result<Appended, Rejection>> {
         // Each fact's category, resolved once.
         let homes: Vec<&CategoryConfig> = items.iter().map(|(item, _)| self.config.category_for_kind(&item.valid.subject_kind)).collect();
-        let mut existing = match self.look_up_elsewhere(&items, &homes).await {
-            Ok(existing) => existing,
-            Err(r) => return items.iter().map(|_| Err(r.clone())).collect(),
+        let tokens: Vec<Token> = items.iter().map(|(_, t)| token_bytes(t).expect("key tokens are 32 hex digits")).collect();
+        let look_up = tokens.clone();
+        let found = match self.blocking(move |index| index.look_up(&look_up)).await {
+            Ok(found) => found,
+            Err(e) => {
+                let r = index_unavailable("looking up idempotency keys", e);
+                return items.iter().map(|_| Err(r.clone())).collect();
+            }
         };
-        let prepared = futures::future::join_all(items.into_iter().zip(homes).map(|((item, token), home)| {
-            let found = existing.remove(&token);
-            self.prepare(item, token, home, found)
-        }))
+        let prepared = futures::future::join_all(
+            items.into_iter().zip(homes).zip(tokens).zip(found).map(|((((item, token), home), raw), found)| self.prepare(item, token, raw, home, found)),
+        )
         .await;
         let mut in_flight = Vec::with_capacity(prepared.len());
         for p in prepared {
             in_flight.push(match p {
                 Err(done) => InFlight::Done(done),
                 Ok(ready) => {
-                    self.categories[&ready.category].remember_key(&ready.token);
                     let headers = ready.headers();
                     match self.jetstream.publish_with_headers(ready.subject.clone(), headers, ready.payload.clone()).await {
                         Ok(ack) => InFlight::Sent(ack, ready),
@@ -297,93 +297,73 @@ impl FactLog {
                 }
             });
         }
-        futures::future::join_all(in_flight.into_iter().map(|f| async move {
+        let finished: Vec<Finished> = futures::future::join_all(in_flight.into_iter().map(|f| async move {
             match f {
-                InFlight::Done(result) => result,
+                InFlight::Done(result) => (result, None),
                 InFlight::Sent(ack, ready) => self.finish(ack.await, ready).await,
             }
         }))
-        .await
+        .await;
+        self.index_stored(finished).await
     }
 
-    /// For every item, the fact already stored under its key in a category
-    /// other than the item's own (same key, different kind), if any: one
-    /// batched look-up per category, all categories concurrently. The own
-    /// category needs none: its publish is refused atomically.
-    async fn look_up_elsewhere(
-        &self,
-        items: &[(AppendItem, String)],
-        homes: &[&CategoryConfig],
-    ) -> Result<HashMap<String, (String, StreamMessage)>, Rejection> {
-        let lookups = self.categories.values().map(|c| {
-            // One lock per category and batch; released before any await.
-            let filter = c.ready_key_filter();
-            let mut ruled_out_count = 0;
-            let subjects: Vec<String> = items
-                .iter()
-                .zip(homes)
-                .filter(|(_, home)| home.name != c.config.name)
-                .filter(|((_, token), _)| {
-                    let ruled_out = filter.as_ref().is_some_and(|f| !f.may_contain(token));
-                    ruled_out_count += u64::from(ruled_out);
-                    !ruled_out
-                })
-                .map(|((_, token), _)| key_filter(&c.config.name, token))
-                .collect();
-            drop(filter);
-            if ruled_out_count > 0 {
-                self.metrics.key_lookups_ruled_out_total.get_or_create(&labels(&[("category", c.config.name.as_str())])).inc_by(ruled_out_count);
-            }
-            async move {
-                if subjects.is_empty() {
-                    return Ok((c, HashMap::new()));
-                }
-                self.lookups.last_by_key(&c.stream_name(), &subjects).await.map(|found| (c, found))
-            }
-        });
-        let mut existing = HashMap::new();
-        for answer in futures::future::join_all(lookups).await {
-            let (category, found) = answer?;
-            for (token, message) in found {
-                existing.insert(token, (category.config.name.clone(), message));
+    /// Adds the facts this round stored to the key index (before the key
+    /// guard is released). If that fails, their appends are answered as
+    /// unavailable: they are stored, and a retry is a duplicate.
+    async fn index_stored(&self, finished: Vec<Finished>) -> Vec<Result<Appended, Rejection>> {
+        let mut per_category: HashMap<String, Vec<(Token, u64)>> = HashMap::new();
+        for (result, entry) in &finished {
+            if let (Ok(appended), Some(entry)) = (result, entry) {
+                per_category.entry(appended.category.clone()).or_default().push(*entry);
             }
         }
-        Ok(existing)
+        let mut failed: HashMap<String, Rejection> = HashMap::new();
+        for (category, entries) in per_category {
+            let c = category.clone();
+            if let Err(e) = self.blocking(move |index| index.record(&c, &entries, &[])).await {
+                failed.insert(category, index_unavailable("recording stored facts (they are stored; retrying the same appends answers them as duplicates)", e));
+            }
+        }
+        finished
+            .into_iter()
+            .map(|(result, entry)| match (&result, entry) {
+                (Ok(a), Some(_)) if failed.contains_key(&a.category) => Err(failed[&a.category].clone()),
+                _ => result,
+            })
+            .collect()
     }
 
-    /// Everything before the publish: routing to a category, the answer for
-    /// a key found in another category, capacity, attachments, encoding.
-    /// `Err` carries a final answer (a duplicate found elsewhere, or a
-    /// rejection).
+    /// Everything before the publish: the answer for a key already stored,
+    /// routing to a category, capacity, attachments, encoding. `Err`
+    /// carries a final answer (a duplicate, or a rejection).
     async fn prepare(
         &self,
         item: AppendItem,
         token: String,
+        raw_token: Token,
         category: &CategoryConfig,
-        found_elsewhere: Option<(String, StreamMessage)>,
+        found: Option<(usize, u64)>,
     ) -> Result<Ready, Result<Appended, Rejection>> {
         let AppendItem { envelope, valid, provenance } = item;
         let log = &self.categories[&category.name];
         let content_hex = hex::encode(content_digest(&valid.fact));
-        if let Some((other, existing)) = found_elsewhere {
-            return Err(compare_existing(existing, &content_hex, &envelope, &other));
+        if let Some((position, offset)) = found {
+            let home = &self.index.categories()[position];
+            if let Some(existing) = self.stored_under(home, offset, &raw_token).await.map_err(Err)? {
+                return Err(compare_existing(existing, &content_hex, &envelope, home));
+            }
         }
         if log.is_full() {
-            // A retry of something already stored is answered even when full.
-            return Err(match self.find_by_token(log, &token).await {
-                Err(r) => Err(r),
-                Ok(Some(existing)) => compare_existing(existing, &content_hex, &envelope, &category.name),
-                Ok(None) => Err(Rejection::new(
-                    Code::ResourceExhausted,
-                    "category_full",
-                    format!(
-                        "category {} is {:.1}% full (threshold {}%); appends are refused until confirmed facts are truncated. Consumers must confirm, or raise capacity_bytes",
-                        category.name,
-                        log.fill_percent(),
-                        category.fill_threshold_percent
-                    ),
-                )),
-            });
+            return Err(Err(Rejection::new(
+                Code::ResourceExhausted,
+                "category_full",
+                format!(
+                    "category {} is {:.1}% full (threshold {}%); appends are refused until confirmed facts are truncated. Consumers must confirm, or raise capacity_bytes",
+                    category.name,
+                    log.fill_percent(),
+                    category.fill_threshold_percent
+                ),
+            )));
         }
         self.objects.check_and_freeze(&valid.fact.attachments).await.map_err(Err)?;
 
@@ -403,62 +383,73 @@ impl FactLog {
                 format!("the fact record is {} bytes; the limit is {}", payload.len(), self.config.limits.fact_bytes_max),
             )));
         }
-        Ok(Ready {
-            subject: format!("facts.{}.{}.{}", category.name, valid.subject_kind, token),
-            category: category.name.clone(),
-            token,
-            content_hex,
-            envelope,
-            payload: payload.into(),
-        })
+        Ok(Ready { subject: fact_subject(&category.name, &valid.subject_kind), category: category.name.clone(), token, content_hex, envelope, payload: payload.into() })
     }
 
-    /// Turns a JetStream acknowledgement into the append's answer.
-    async fn finish(&self, ack: Result<async_nats::jetstream::publish::PublishAck, async_nats::jetstream::context::PublishError>, ready: Ready) -> Result<Appended, Rejection> {
+    /// The fact stored at `offset` of `category` if it carries `token`. An
+    /// index entry whose fact is gone (retention) or is another fact is
+    /// dropped and the key counts as not stored.
+    async fn stored_under(&self, category: &str, offset: u64, token: &Token) -> Result<Option<StreamMessage>, Rejection> {
+        use async_nats::jetstream::stream::DirectGetErrorKind;
+        let log = &self.categories[category];
+        let stale = match log.stream.direct_get(offset).await {
+            Ok(message) if header_value(&message, MSG_ID_HEADER).as_deref().and_then(token_bytes).as_ref() == Some(token) => {
+                return Ok(Some(message));
+            }
+            Ok(_) => {
+                tracing::error!(category, offset, "key index entry points at another fact; dropping the entry");
+                true
+            }
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => true,
+            Err(e) => return Err(unavailable("reading back the fact stored under an idempotency key", e)),
+        };
+        debug_assert!(stale);
+        let (category, token) = (category.to_string(), *token);
+        self.blocking(move |index| index.forget(&category, &token, offset))
+            .await
+            .map(|()| None)
+            .map_err(|e| index_unavailable("dropping a stale key index entry", e))
+    }
+
+    /// Turns a JetStream acknowledgement into the append's answer and the
+    /// key-index entry to record.
+    async fn finish(&self, ack: Result<async_nats::jetstream::publish::PublishAck, async_nats::jetstream::context::PublishError>, ready: Ready) -> Finished {
         let log = &self.categories[&ready.category];
+        let raw = token_bytes(&ready.token).expect("key tokens are 32 hex digits");
         match ack {
             Ok(ack) if !ack.duplicate => {
                 log.bytes_estimate.fetch_add(ready.payload.len() as u64 + 100, Ordering::Relaxed);
-                Ok(Appended { offset: ack.sequence, duplicate: false, category: ready.category })
+                (Ok(Appended { offset: ack.sequence, duplicate: false, category: ready.category }), Some((raw, ack.sequence)))
             }
-            // Duplicate window hit, or the key already has a fact: read it
-            // back and compare content.
-            Ok(_) => self.resolve_existing(log, &ready.token, &ready.content_hex, &ready.envelope).await,
-            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
-                self.resolve_existing(log, &ready.token, &ready.content_hex, &ready.envelope).await
-            }
+            // The duplicate window knew the key: an earlier attempt was
+            // stored (its acknowledgement lost) but may not be indexed yet.
+            Ok(ack) => match self.stored_under(&ready.category, ack.sequence, &raw).await {
+                Ok(Some(existing)) => {
+                    let entry = Some((raw, existing.sequence));
+                    (compare_existing(existing, &ready.content_hex, &ready.envelope, &ready.category), entry)
+                }
+                Ok(None) => (
+                    Err(Rejection::new(
+                        Code::Internal,
+                        "key_lookup_failed",
+                        format!("JetStream reported message_id {} as stored at offset {}, but that fact cannot be read back", ready.envelope.message_id, ack.sequence),
+                    )),
+                    None,
+                ),
+                Err(r) => (Err(r), None),
+            },
             Err(e) if e.to_string().contains("maximum bytes") || e.to_string().contains("10077") => {
                 log.set_bytes(log.config.capacity_bytes);
-                Err(Rejection::new(
-                    Code::ResourceExhausted,
-                    "category_full",
-                    format!("category {} reached its capacity; appends are refused until confirmed facts are truncated", ready.category),
-                ))
+                (
+                    Err(Rejection::new(
+                        Code::ResourceExhausted,
+                        "category_full",
+                        format!("category {} reached its capacity; appends are refused until confirmed facts are truncated", ready.category),
+                    )),
+                    None,
+                )
             }
-            Err(e) => Err(unavailable("waiting for the JetStream acknowledgement", e)),
-        }
-    }
-
-    async fn resolve_existing(
-        &self,
-        log: &Category,
-        token: &str,
-        content_hex: &str,
-        envelope: &Envelope,
-    ) -> Result<Appended, Rejection> {
-        let existing = self.find_by_token(log, token).await?.ok_or_else(|| {
-            Rejection::new(Code::Internal, "key_lookup_failed", format!("JetStream reported the key of message_id {} as stored, but it cannot be read back", envelope.message_id))
-        })?;
-        compare_existing(existing, content_hex, envelope, &log.config.name)
-    }
-
-    /// The fact stored under a key token in a category, if any.
-    async fn find_by_token(&self, log: &Category, token: &str) -> Result<Option<StreamMessage>, Rejection> {
-        use async_nats::jetstream::stream::DirectGetErrorKind;
-        match log.stream.direct_get_last_for_subject(key_filter(&log.config.name, token)).await {
-            Ok(message) => Ok(Some(message)),
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
-            Err(e) => Err(unavailable("looking up the idempotency key", e)),
+            Err(e) => (Err(unavailable("waiting for the JetStream acknowledgement", e)), None),
         }
     }
 
@@ -468,64 +459,201 @@ impl FactLog {
         let message = log.stream.direct_get(offset).await.map_err(|e| unavailable("reading a fact", e))?;
         decode_record(&message.payload, offset)
     }
+
+    /// Start-up: makes one category's key index match its stream (a
+    /// recreated stream empties it; a lost stream tail or retention drops
+    /// entries) and reads in every fact after the covered prefix.
+    async fn catch_up(&self, c: &Category) -> anyhow::Result<u64> {
+        let name = c.config.name.clone();
+        let mut stream = c.stream.clone();
+        let info = stream.info().await?.clone();
+        let identity = u64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(0);
+        let stored = self.blocking({
+            let name = name.clone();
+            move |index| index.stream_identity(&name)
+        })
+        .await?;
+        if stored != Some(identity) {
+            if stored.is_some() {
+                tracing::warn!(category = name, "the category's stream was recreated; rebuilding its key index from it");
+            }
+            let name = name.clone();
+            self.blocking(move |index| index.reset(&name, identity)).await?;
+        }
+        let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+        let lost = self.blocking({
+            let name = name.clone();
+            move |index| index.forget_after(&name, last)
+        })
+        .await?;
+        if lost > 0 {
+            tracing::warn!(category = name, lost, last, "key index entries above the stream's last offset dropped (the stream lost its tail)");
+        }
+        self.blocking({
+            let name = name.clone();
+            move |index| index.forget_below(&name, first)
+        })
+        .await?;
+        let from = self.index.through(&name) + 1;
+        self.read_in(c, from, last).await
+    }
+
+    /// Maintenance for one category, once per tick: drops entries below the
+    /// stream's first offset (retention) and reads in offsets that stayed
+    /// unindexed for a whole tick (a lost acknowledgement, a write not made
+    /// by this node). `seen_last` is the stream's last offset at the
+    /// previous tick: anything at or below it had a tick to be indexed.
+    async fn maintain(&self, c: &Category, seen_last: &mut u64) -> anyhow::Result<()> {
+        let name = c.config.name.clone();
+        let mut stream = c.stream.clone();
+        let state = stream.info().await?.state.clone();
+        let first = state.first_sequence;
+        self.blocking({
+            let name = name.clone();
+            move |index| index.forget_below(&name, first)
+        })
+        .await?;
+        let target = (*seen_last).min(state.last_sequence);
+        let through = self.index.through(&name);
+        if through < target {
+            let last = self.index.first_gap(&name).map_or(target, |(_, gap_last)| gap_last.min(target));
+            self.read_in(c, through + 1, last).await?;
+        }
+        *seen_last = state.last_sequence;
+        self.metrics.key_index_through_offset.get_or_create(&labels(&[("category", name.as_str())])).set(self.index.through(&name) as i64);
+        Ok(())
+    }
+
+    /// Reads the stored facts at offsets `first..=last` into the key index,
+    /// with an ordered consumer that delivers headers only, in bounded
+    /// chunks (memory does not grow with the backlog).
+    async fn read_in(&self, c: &Category, first: u64, last: u64) -> anyhow::Result<u64> {
+        use async_nats::jetstream::consumer;
+        if first > last {
+            return Ok(0);
+        }
+        let name = c.config.name.clone();
+        let scan = c
+            .stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: format!("facts.{name}.>"),
+                headers_only: true,
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: first },
+                replay_policy: consumer::ReplayPolicy::Instant,
+                ..Default::default()
+            })
+            .await?;
+        let mut messages = scan.messages().await?;
+        let (mut read, mut chunk_first, mut chunk) = (0u64, first, Vec::with_capacity(READ_IN_CHUNK_FACTS));
+        let mut done = false;
+        while !done {
+            let next = tokio::time::timeout(Duration::from_secs(30), messages.try_next()).await;
+            let message = next.map_err(|_| anyhow::anyhow!("no stored fact delivered within 30 s"))??;
+            // No message at all: nothing is stored from `first` on any more.
+            let mut chunk_last = last;
+            if let Some(message) = message {
+                let info = message.info().map_err(|e| anyhow::anyhow!("scan message without JetStream metadata: {e}"))?;
+                let offset = info.stream_sequence.min(last);
+                if info.stream_sequence <= last {
+                    match message.headers.as_ref().and_then(|h| h.get(MSG_ID_HEADER)).and_then(|v| token_bytes(v.as_str())) {
+                        Some(token) => chunk.push((token, offset)),
+                        None => tracing::warn!(category = name, offset, "stored fact without a key token header; not indexed"),
+                    }
+                }
+                done = info.stream_sequence >= last || info.pending == 0;
+                chunk_last = if done { last } else { offset };
+            } else {
+                done = true;
+            }
+            if done || chunk.len() >= READ_IN_CHUNK_FACTS {
+                read += chunk.len() as u64;
+                let entries = std::mem::take(&mut chunk);
+                let (n, covered) = (name.clone(), [(chunk_first, chunk_last)]);
+                self.blocking(move |index| index.record(&n, &entries, &covered)).await?;
+                chunk_first = chunk_last + 1;
+            }
+        }
+        if read > 0 {
+            self.metrics.key_index_read_in_facts_total.get_or_create(&labels(&[("category", name.as_str())])).inc_by(read);
+            tracing::info!(category = name, read, first, last, "stored facts read into the key index");
+        }
+        Ok(read)
+    }
+
+    /// Runs a key-index call on the blocking pool (redb does file I/O).
+    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&KeyIndex) -> anyhow::Result<T> + Send + 'static) -> anyhow::Result<T> {
+        let index = self.index.clone();
+        tokio::task::spawn_blocking(move || f(&index)).await?
+    }
 }
 
-/// Start-up scan: puts every key stored in a category into its filter,
-/// then marks the filter ready. Retries with backoff; until it succeeds the
-/// category's look-ups simply all go to JetStream.
-async fn fill_key_filter(log: Weak<FactLog>, category: String) {
+/// Opens the key index, waiting up to 10 s while a node that is shutting
+/// down (in this process or another) still holds the file's lock.
+async fn open_key_index(path: std::path::PathBuf, cache_bytes: usize, categories: Vec<String>) -> anyhow::Result<KeyIndex> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (p, c) = (path.clone(), categories.clone());
+        match tokio::task::spawn_blocking(move || KeyIndex::open(&p, cache_bytes, &c)).await? {
+            Err(e) if e.downcast_ref::<super::key_index::AlreadyOpen>().is_some() && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
+fn index_unavailable(what: &str, err: impl std::fmt::Display) -> Rejection {
+    Rejection::new(Code::Unavailable, "key_index_unavailable", format!("{what}: {err}; the node's idempotency key index is unavailable (disk full or failing?), retry with backoff"))
+}
+
+/// The key index's background work: the start-up catch-up (retried with
+/// backoff; appends wait for it), then every `sync_interval` a durable
+/// commit, retention pruning and gap filling. Ends when the log is dropped.
+async fn maintain_index(log: Weak<FactLog>, sync_interval: Duration) {
     let mut backoff = Duration::from_millis(200);
+    let mut seen_last: HashMap<String, u64> = HashMap::new();
     loop {
         let Some(log) = log.upgrade() else { return };
-        let c = &log.categories[&category];
-        match scan_key_tokens(c).await {
-            Ok(keys) => {
-                c.key_filter_ready.store(true, Ordering::Release);
-                log.metrics.key_filter_ready.get_or_create(&labels(&[("category", category.as_str())])).set(1);
-                tracing::info!(category, keys, "key filter filled from the stored facts");
-                return;
+        let mut result = Ok(0);
+        for c in log.categories.values() {
+            result = log.catch_up(c).await.map(|n| n + result.as_ref().copied().unwrap_or(0));
+            if result.is_err() {
+                break;
             }
-            Err(e) => tracing::warn!(category, error = %e, retry_in_ms = backoff.as_millis() as u64, "filling the key filter failed; key look-ups all go to JetStream meanwhile"),
+            let mut stream = c.stream.clone();
+            if let Ok(info) = stream.info().await {
+                seen_last.insert(c.config.name.clone(), info.state.last_sequence);
+            }
+        }
+        if result.is_ok() {
+            result = log.blocking(|index| index.sync()).await.and(result);
+        }
+        match result {
+            Ok(read) => {
+                log.index_ready.send_replace(true);
+                log.metrics.key_index_ready.set(1);
+                tracing::info!(read, "key index caught up with the stored facts; appends accepted");
+                break;
+            }
+            Err(e) => tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "key index catch-up failed; appends wait"),
         }
         drop(log);
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(30));
     }
-}
-
-/// Every stored key token of a category, read with an ordered consumer that
-/// delivers headers only (no bodies), in pulls of bounded size, so the
-/// scan's memory does not grow with the backlog. It stops at the last fact
-/// stored when it began; later facts were remembered by their appends.
-async fn scan_key_tokens(c: &Category) -> anyhow::Result<u64> {
-    use async_nats::jetstream::consumer;
-    let mut stream = c.stream.clone();
-    let last_at_start = stream.info().await?.state.clone();
-    if last_at_start.messages == 0 {
-        return Ok(0);
-    }
-    let scan = c
-        .stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: format!("facts.{}.>", c.config.name),
-            headers_only: true,
-            deliver_policy: consumer::DeliverPolicy::All,
-            replay_policy: consumer::ReplayPolicy::Instant,
-            ..Default::default()
-        })
-        .await?;
-    let mut messages = scan.messages().await?;
-    let mut keys = 0;
+    let mut ticker = tokio::time::interval(sync_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let next = tokio::time::timeout(Duration::from_secs(30), messages.try_next()).await;
-        let Some(message) = next.map_err(|_| anyhow::anyhow!("no stored fact delivered within 30 s"))?? else {
-            anyhow::bail!("the scan ended before the last stored fact");
-        };
-        c.remember_key(message.subject.as_str().rsplit('.').next().unwrap_or_default());
-        keys += 1;
-        let info = message.info().map_err(|e| anyhow::anyhow!("scan message without JetStream metadata: {e}"))?;
-        if info.stream_sequence >= last_at_start.last_sequence || info.pending == 0 {
-            return Ok(keys);
+        ticker.tick().await;
+        let Some(log) = log.upgrade() else { return };
+        for c in log.categories.values() {
+            let seen = seen_last.entry(c.config.name.clone()).or_insert(0);
+            if let Err(e) = log.maintain(c, seen).await {
+                tracing::warn!(category = c.config.name, error = %e, "key index maintenance failed; will retry");
+            }
+        }
+        if let Err(e) = log.blocking(|index| index.sync()).await {
+            tracing::warn!(error = %e, "making the key index durable failed; will retry");
         }
     }
 }

@@ -2,19 +2,22 @@
 //!
 //! Everything persistent lives in the zone's own JetStream domain:
 //! * one stream per category (`facts_<category>`, subjects
-//!   `facts.<category>.<kind>.<key-token>`), see [`facts`];
+//!   `facts.<category>.<kind>`), see [`facts`];
+//! * the idempotency key index, a file derived from those streams, see
+//!   [`key_index`];
 //! * one durable pull consumer per configured consumer, see [`consumers`];
 //! * one object store bucket per configured bucket, see [`objects`];
 //! * retention and capacity accounting, see [`retention`];
 //! * facts as served (stored bytes, checked and completed), see [`served`].
 //!
 //! Nothing outside the zone is touched: the node connects only to its own
-//! nats-server.
+//! nats-server, and its one file of its own (the key index) is derived.
 
 pub mod commit;
 pub mod consumers;
 pub mod facts;
 pub mod direct;
+pub mod key_index;
 pub mod objects;
 pub mod retention;
 pub mod served;
@@ -51,7 +54,7 @@ impl Store {
         jetstream.set_timeout(config.nats.request_timeout);
         let direct = Arc::new(direct::DirectGets::start(client.clone(), config.nats.request_timeout).await?);
         let objects = Arc::new(Objects::open(jetstream.clone(), config.clone(), direct.clone()).await?);
-        let facts = FactLog::open(jetstream.clone(), config.clone(), objects.clone(), direct, metrics.clone()).await?;
+        let facts = FactLog::open(jetstream.clone(), config.clone(), objects.clone(), metrics.clone()).await?;
         let consumers = Arc::new(Consumers::open(client.clone(), &facts, config.clone(), metrics).await?);
         Ok(Self { client, jetstream, facts, consumers, objects })
     }

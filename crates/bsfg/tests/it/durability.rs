@@ -124,3 +124,75 @@ async fn idempotent_after_the_duplicate_window() {
     assert_rejected(zone.client().append(sent[0].0.clone(), other).await, "already_exists", "conflicting_duplicate");
     assert_eq!(zone.message_count("operational").await, 3);
 }
+
+/// The key index is derived from the streams: with its file deleted while
+/// the node is down, the node rebuilds it from the stored facts before it
+/// accepts an append, so every retry is still a duplicate and a key stored
+/// in one category is still refused in another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_after_the_key_index_file_is_lost() {
+    let mut opts = Opts::default();
+    opts.categories[0].duplicate_window = Duration::from_secs(1);
+    let mut zone = Zone::start(opts).await;
+    let sent = append_batch(&zone.client(), "lost-index", 4).await;
+    // Past the duplicate window: only the key index can answer the retries.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    zone.stop_node().await;
+    let index_file = zone.config.key_index_path();
+    assert!(index_file.exists(), "the node keeps its key index at {}", index_file.display());
+    std::fs::remove_file(&index_file).unwrap();
+    zone.restart_node(false).await;
+    retry_all_and_verify(&zone, &sent).await;
+    let (e, _, offset) = &sent[0];
+    let refused = zone.client().append(e.clone(), fact("audit:PlantA/lost", "step_completed", r#"{"a":1}"#)).await;
+    assert_rejected(refused, "already_exists", "conflicting_duplicate");
+    assert_eq!(zone.message_count("audit").await, 0, "nothing stored in the other category");
+    let text = zone.metrics_text().await;
+    let read_in = metric_value(&text, "bsfg_key_index_read_in_facts_total", &["category=\"operational\""]).unwrap_or(0.0);
+    assert_eq!(read_in, sent.len() as f64, "the rebuild read every stored fact in ({offset} was the first)");
+}
+
+/// A fact that reached the stream without the node seeing its
+/// acknowledgement (simulated by publishing the node's exact record
+/// directly) is read into the key index by the gap filler, so a retry after
+/// the duplicate window is still answered as a duplicate, not stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_fact_whose_acknowledgement_was_lost_is_still_a_duplicate() {
+    use buffa::Message as _;
+    let mut opts = Opts::default();
+    opts.categories[0].duplicate_window = Duration::from_secs(1);
+    let zone = Zone::start(opts).await;
+    let client = zone.client();
+    // The node's own appends before and after, so the lost one is a gap
+    // below facts the index already holds.
+    let before = append_batch(&client, "before-gap", 2).await;
+    let (e, f) = (envelope(&mid("lost-ack")), fact("batch:PlantA/B7", "step_completed", r#"{"step":7}"#));
+    let record = StoredFact {
+        category: "operational".into(),
+        envelope: e.clone().into(),
+        fact: f.clone().into(),
+        provenance: Provenance { origin_zone: e.from_zone.clone(), ..Default::default() }.into(),
+        appended_at_unix_ms: now_ms(),
+        ..Default::default()
+    };
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", bsfg_domain::identity::key_token(&e.from_zone, &e.message_id).as_str());
+    headers.insert("Bsfg-Content", hex::encode(bsfg_domain::identity::content_digest(&f)).as_str());
+    let js = zone.jetstream().await;
+    let ack = js.publish_with_headers("facts.operational.batch", headers, record.encode_to_vec().into()).await.unwrap().await.unwrap();
+    let after = append_batch(&client, "after-gap", 2).await;
+    assert_eq!(ack.sequence, before[1].2 + 1);
+    // Past the duplicate window, and past two maintenance ticks (1 s each).
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let retry = client.append(e.clone(), f.clone()).await.unwrap();
+    assert!(retry.duplicate, "the retry is answered from the key index");
+    assert_eq!(retry.offset, ack.sequence);
+    assert_eq!(zone.message_count("operational").await, 5, "stored once");
+    for (e, f, offset) in before.iter().chain(&after) {
+        let r = client.append(e.clone(), f.clone()).await.unwrap();
+        assert!(r.duplicate && r.offset == *offset, "the node's own facts stay duplicates");
+    }
+    let text = zone.metrics_text().await;
+    assert!(metric_value(&text, "bsfg_key_index_read_in_facts_total", &["category=\"operational\""]).unwrap_or(0.0) >= 1.0);
+    assert_eq!(metric_value(&text, "bsfg_key_index_through_offset", &["category=\"operational\""]), Some(5.0));
+}
