@@ -1,13 +1,16 @@
-//! `bsfg-bench substrate`: what one nats-server can do with the node's
-//! storage layout, with no node in the way.
+//! `bsfg-bench substrate`: what one nats-server can do with the storage
+//! layouts the node has used, with no node in the way. The node now stores
+//! facts under one subject per kind with `Nats-Msg-Id` and a content
+//! header (the first variant, plus that header); the per-fact-subject
+//! variants are the layout before the key index (docs/key-index.md), kept
+//! so the reason for the change stays measurable.
 //!
 //! Every variant publishes 256 B payloads, pipelined (a window of
 //! in-flight acknowledgements) from one client, into a fresh stream, and
 //! reports messages/s and nats-server CPU per message. The variants add the
 //! node's storage choices one at a time, so the cost of each is visible:
-//! fixed subjects → one subject per fact → the node's idempotency guard →
-//! the guard without `Nats-Msg-Id`. The last guarded variant is the ceiling
-//! for any gateway that stores facts the way the node does on this machine.
+//! fixed subjects → one subject per fact → the former idempotency guard →
+//! the guard without `Nats-Msg-Id`.
 
 use super::{cpu_seconds, free_port, median, scopeguard, start_nats_server};
 use async_nats::HeaderMap;
@@ -37,7 +40,7 @@ pub struct SubstrateArgs {
     out: String,
     /// Instead of the throughput variants: pre-fill a fresh stream, then
     /// publish on a fixed open-loop schedule across nats-server's periodic
-    /// stream-state write, for 64 fixed subjects and for the node's layout,
+    /// stream-state write, for 64 fixed subjects and for the former layout,
     /// and report when requests stalled and when `index.db` was rewritten.
     #[arg(long)]
     stalls: bool,
@@ -58,7 +61,7 @@ enum Variant {
     /// 64 fixed subjects, `Nats-Msg-Id` (the single-zone raw baseline).
     FixedSubjects,
     /// One subject per fact (`facts.c.k.<token>`), `Nats-Msg-Id` and the
-    /// content header: the node's layout without its guard.
+    /// content header: the former layout without its guard.
     SubjectPerFact,
     /// The node's exact headers: plus the expected-last-subject-sequence
     /// guard over `facts.c.*.<token>`.
@@ -74,7 +77,7 @@ impl Variant {
         match self {
             Variant::FixedSubjects => "64 fixed subjects, Nats-Msg-Id",
             Variant::SubjectPerFact => "one subject per fact, Nats-Msg-Id + content header",
-            Variant::NodeGuarded => "one subject per fact + the node's guard (its exact headers)",
+            Variant::NodeGuarded => "one subject per fact + guard (the layout before the key index)",
             Variant::GuardedNoMsgId => "one subject per fact + guard, without Nats-Msg-Id",
         }
     }

@@ -245,6 +245,9 @@ pub struct CommitConfig {
     /// last interval costs only a re-read of those facts at start-up.
     #[serde(with = "humantime_serde")]
     pub key_index_sync_interval: Duration,
+    /// Most acknowledged facts waiting in memory for the key index's
+    /// writer; beyond it appends wait (a failing disk), then are refused.
+    pub key_index_staged_facts_max: usize,
 }
 
 impl Default for CommitConfig {
@@ -256,6 +259,7 @@ impl Default for CommitConfig {
             key_index_path: None,
             key_index_cache_bytes: 16 << 20,
             key_index_sync_interval: Duration::from_secs(1),
+            key_index_staged_facts_max: 65_536,
         }
     }
 }
@@ -409,6 +413,9 @@ impl ZoneConfig {
         }
         if !((1 << 20)..=(1 << 30)).contains(&k.key_index_cache_bytes) {
             bail!("[commit] key_index_cache_bytes is {}; need 1 MiB to 1 GiB", k.key_index_cache_bytes);
+        }
+        if !(1024..=4_194_304).contains(&k.key_index_staged_facts_max) {
+            bail!("[commit] key_index_staged_facts_max is {}; need 1024 to 4194304", k.key_index_staged_facts_max);
         }
         if !(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&k.key_index_sync_interval) {
             bail!("[commit] key_index_sync_interval must be between 10ms and 60s");

@@ -16,7 +16,7 @@
 //! acknowledgement was lost, and the key index's gap filler reads such a
 //! fact in within a second.
 
-use super::key_index::{KeyIndex, Token, token_bytes};
+use super::key_index::{IndexWriter, KeyIndex, Token, token_bytes};
 use super::{now_unix_ms, objects::Objects, unavailable};
 use crate::config::{CategoryConfig, ZoneConfig};
 use async_nats::HeaderMap;
@@ -129,6 +129,8 @@ pub struct FactLog {
     objects: Arc<Objects>,
     keys: KeyGuard,
     index: Arc<KeyIndex>,
+    /// Stages acknowledged facts for the index's writer thread.
+    index_writer: IndexWriter,
     /// True once the key index has read every fact stored before start-up.
     index_ready: tokio::sync::watch::Sender<bool>,
     commit: CommitQueue,
@@ -186,6 +188,7 @@ impl FactLog {
         let names: Vec<String> = config.categories.iter().map(|c| c.name.clone()).collect();
         let (path, cache_bytes) = (config.key_index_path(), config.commit.key_index_cache_bytes);
         let index = Arc::new(open_key_index(path, cache_bytes, names).await?);
+        let index_writer = IndexWriter::start(index.clone(), config.commit.key_index_sync_interval, config.commit.key_index_staged_facts_max);
         let sync_interval = config.commit.key_index_sync_interval;
         let log = Arc::new_cyclic(|log| Self {
             commit: CommitQueue::start(log.clone(), config.commit.clone(), metrics.clone()),
@@ -195,6 +198,7 @@ impl FactLog {
             objects,
             keys: KeyGuard::default(),
             index,
+            index_writer,
             index_ready: tokio::sync::watch::Sender::new(false),
             metrics,
         });
@@ -272,13 +276,9 @@ impl FactLog {
         // Each fact's category, resolved once.
         let homes: Vec<&CategoryConfig> = items.iter().map(|(item, _)| self.config.category_for_kind(&item.valid.subject_kind)).collect();
         let tokens: Vec<Token> = items.iter().map(|(_, t)| token_bytes(t).expect("key tokens are 32 hex digits")).collect();
-        let look_up = tokens.clone();
-        let found = match self.blocking(move |index| index.look_up(&look_up)).await {
+        let found = match self.look_up(&tokens).await {
             Ok(found) => found,
-            Err(e) => {
-                let r = index_unavailable("looking up idempotency keys", e);
-                return items.iter().map(|_| Err(r.clone())).collect();
-            }
+            Err(r) => return items.iter().map(|_| Err(r.clone())).collect(),
         };
         let prepared = futures::future::join_all(
             items.into_iter().zip(homes).zip(tokens).zip(found).map(|((((item, token), home), raw), found)| self.prepare(item, token, raw, home, found)),
@@ -307,9 +307,26 @@ impl FactLog {
         self.index_stored(finished).await
     }
 
-    /// Adds the facts this round stored to the key index (before the key
-    /// guard is released). If that fails, their appends are answered as
-    /// unavailable: they are stored, and a retry is a duplicate.
+    /// Where each key is stored, if it is: staged entries first, then the
+    /// file (an entry leaves the stage only once it is in the file).
+    async fn look_up(&self, tokens: &[Token]) -> Result<Vec<Option<(usize, u64)>>, Rejection> {
+        let mut found = self.index_writer.look_up_staged(tokens);
+        let misses: Vec<Token> = tokens.iter().zip(&found).filter(|(_, f)| f.is_none()).map(|(t, _)| *t).collect();
+        if misses.is_empty() {
+            return Ok(found);
+        }
+        let from_file = self.blocking(move |index| index.look_up(&misses)).await.map_err(|e| index_unavailable("looking up idempotency keys", e))?;
+        let mut from_file = from_file.into_iter();
+        for slot in found.iter_mut().filter(|f| f.is_none()) {
+            *slot = from_file.next().expect("one answer per miss");
+        }
+        Ok(found)
+    }
+
+    /// Stages the facts this round stored for the key index (before the key
+    /// guard is released). If there is no room (the index writer is
+    /// failing), their appends are answered as unavailable: they are stored,
+    /// and a retry is a duplicate.
     async fn index_stored(&self, finished: Vec<Finished>) -> Vec<Result<Appended, Rejection>> {
         let mut per_category: HashMap<String, Vec<(Token, u64)>> = HashMap::new();
         for (result, entry) in &finished {
@@ -319,8 +336,8 @@ impl FactLog {
         }
         let mut failed: HashMap<String, Rejection> = HashMap::new();
         for (category, entries) in per_category {
-            let c = category.clone();
-            if let Err(e) = self.blocking(move |index| index.record(&c, &entries, &[])).await {
+            let position = self.index.categories().iter().position(|c| *c == category).expect("a configured category");
+            if let Err(e) = self.index_writer.stage(position, &entries, INDEX_READY_WAIT).await {
                 failed.insert(category, index_unavailable("recording stored facts (they are stored; retrying the same appends answers them as duplicates)", e));
             }
         }
@@ -607,8 +624,9 @@ fn index_unavailable(what: &str, err: impl std::fmt::Display) -> Rejection {
 }
 
 /// The key index's background work: the start-up catch-up (retried with
-/// backoff; appends wait for it), then every `sync_interval` a durable
-/// commit, retention pruning and gap filling. Ends when the log is dropped.
+/// backoff; appends wait for it), then every `sync_interval` retention
+/// pruning and gap filling (the writer thread makes the file durable).
+/// Ends when the log is dropped.
 async fn maintain_index(log: Weak<FactLog>, sync_interval: Duration) {
     let mut backoff = Duration::from_millis(200);
     let mut seen_last: HashMap<String, u64> = HashMap::new();
@@ -651,9 +669,6 @@ async fn maintain_index(log: Weak<FactLog>, sync_interval: Duration) {
             if let Err(e) = log.maintain(c, seen).await {
                 tracing::warn!(category = c.config.name, error = %e, "key index maintenance failed; will retry");
             }
-        }
-        if let Err(e) = log.blocking(|index| index.sync()).await {
-            tracing::warn!(error = %e, "making the key index durable failed; will retry");
         }
     }
 }

@@ -30,9 +30,11 @@
 
 use bsfg_domain::indexed_runs::IndexedRuns;
 use redb::{Database, Durability, ReadableDatabase as _, ReadableTable as _, TableDefinition};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 /// A key token (`bsfg_domain::identity::key_token`) as 16 raw bytes.
 pub type Token = [u8; 16];
@@ -198,18 +200,62 @@ impl KeyIndex {
     /// Writes the category's new covered prefix into `txn`, commits, and
     /// only then adopts the new coverage in memory.
     fn commit_coverage(&self, txn: redb::WriteTransaction, category: &str, change: impl FnOnce(&mut IndexedRuns)) -> anyhow::Result<()> {
+        let mut change = Some(change);
+        self.commit_coverages(txn, &[category], |_, runs| (change.take().expect("one category"))(runs))
+    }
+
+    /// As `commit_coverage`, for several categories at once.
+    fn commit_coverages(
+        &self,
+        txn: redb::WriteTransaction,
+        categories: &[&str],
+        mut change: impl FnMut(&str, &mut IndexedRuns),
+    ) -> anyhow::Result<()> {
         // Write transactions are serial, so holding the lock across the
         // commit cannot deadlock and keeps memory in commit order.
         let mut all = self.runs();
-        let mut runs = all[category].clone();
-        change(&mut runs);
+        let mut changed = Vec::with_capacity(categories.len());
         {
             let mut meta = txn.open_table(META)?;
-            meta.insert(through_key(category).as_str(), runs.through())?;
+            for category in categories {
+                let mut runs = all[*category].clone();
+                change(category, &mut runs);
+                meta.insert(through_key(category).as_str(), runs.through())?;
+                changed.push((category.to_string(), runs));
+            }
         }
         txn.commit()?;
-        all.insert(category.to_string(), runs);
+        all.extend(changed);
         Ok(())
+    }
+
+    /// Records stored facts of several categories, `(category position,
+    /// token, offset)`, in one unsynced transaction (the staged writer's).
+    fn record_many(&self, entries: &[(usize, Token, u64)]) -> anyhow::Result<()> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::None)?;
+        let mut touched = vec![false; self.categories.len()];
+        for (position, category) in self.categories.iter().enumerate() {
+            let mut mine = entries.iter().filter(|(p, _, _)| *p == position).peekable();
+            if mine.peek().is_none() {
+                continue;
+            }
+            touched[position] = true;
+            let mut keys = txn.open_table(TableDefinition::<Token, u64>::new(&keys_table(category)))?;
+            let mut offsets = txn.open_table(TableDefinition::<u64, Token>::new(&offsets_table(category)))?;
+            for (_, token, offset) in mine {
+                keys.insert(token, offset)?;
+                offsets.insert(offset, token)?;
+            }
+        }
+        let names: Vec<&str> = self.categories.iter().zip(&touched).filter(|(_, t)| **t).map(|(c, _)| c.as_str()).collect();
+        let position = |name: &str| self.categories.iter().position(|c| c == name).expect("a configured category");
+        self.commit_coverages(txn, &names, |name, runs| {
+            let p = position(name);
+            for (_, _, offset) in entries.iter().filter(|(q, _, _)| *q == p) {
+                runs.cover(*offset, *offset);
+            }
+        })
     }
 
     /// Removes one entry that no longer matches its fact.
@@ -296,6 +342,160 @@ impl KeyIndex {
     }
 }
 
+/// Facts staged per write transaction of the writer thread.
+const WRITE_BATCH_MAX: usize = 8192;
+
+/// Facts acknowledged by JetStream and not yet in the file. Why: a write
+/// transaction per AppendFact batch put redb's commit (and, once a second,
+/// its fsync) on every append's path, and stalled appends behind the fsync.
+/// The append path now stages its entries in memory (microseconds, still
+/// under its key guard, so a concurrent append of the same key sees them)
+/// and one writer thread commits whatever has been staged, in batches, and
+/// makes the file durable every `sync_interval`. Look-ups consult the
+/// staged entries first, then the file; an entry leaves the stage only
+/// after its commit, so no key is ever in neither. The stage is bounded
+/// (`staged_facts_max`): when the writer falls behind (a failing disk),
+/// appends wait, then are refused, rather than memory growing.
+pub struct IndexWriter {
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    staged_facts_max: usize,
+}
+
+#[derive(Default)]
+struct Staged {
+    by_token: HashMap<Token, (usize, u64)>,
+    queue: VecDeque<(usize, Token, u64)>,
+}
+
+#[derive(Default)]
+struct Shared {
+    staged: Mutex<Staged>,
+    /// Wakes the writer when something is staged or it must stop.
+    wake: Condvar,
+    /// Wakes appends waiting for room on the stage.
+    room: tokio::sync::Notify,
+    stop: AtomicBool,
+    /// The writer's last error while it cannot commit, for refusals.
+    failure: Mutex<Option<String>>,
+}
+
+impl IndexWriter {
+    pub fn start(index: Arc<KeyIndex>, sync_interval: Duration, staged_facts_max: usize) -> Self {
+        let shared = Arc::new(Shared::default());
+        let thread = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("bsfg-key-index".into())
+                .spawn(move || write_loop(&index, &shared, sync_interval))
+                .expect("spawning the key index writer")
+        };
+        Self { shared, thread: Some(thread), staged_facts_max: staged_facts_max.max(1) }
+    }
+
+    fn staged(&self) -> std::sync::MutexGuard<'_, Staged> {
+        self.shared.staged.lock().expect("key index stage poisoned")
+    }
+
+    /// For each token, where it is staged, if it is.
+    pub fn look_up_staged(&self, tokens: &[Token]) -> Vec<Option<(usize, u64)>> {
+        let staged = self.staged();
+        tokens.iter().map(|t| staged.by_token.get(t).copied()).collect()
+    }
+
+    /// Stages stored facts of the category at `position`. Waits up to
+    /// `wait` for room on the stage; `Err` says why there is none.
+    pub async fn stage(&self, position: usize, entries: &[(Token, u64)], wait: Duration) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let room = self.shared.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            {
+                let mut staged = self.staged();
+                if staged.queue.is_empty() || staged.queue.len() + entries.len() <= self.staged_facts_max {
+                    for (token, offset) in entries {
+                        staged.by_token.insert(*token, (position, *offset));
+                        staged.queue.push_back((position, *token, *offset));
+                    }
+                    drop(staged);
+                    self.shared.wake.notify_one();
+                    return Ok(());
+                }
+            }
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                let failure = self.shared.failure.lock().expect("failure lock").clone();
+                return Err(failure.unwrap_or_else(|| format!("{} facts wait to be written to the key index", self.staged_facts_max)));
+            }
+        }
+    }
+}
+
+impl Drop for IndexWriter {
+    /// Stops the writer after it wrote (and synced) what is staged, so the
+    /// file's lock is released when the log is dropped.
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.wake.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn write_loop(index: &KeyIndex, shared: &Shared, sync_interval: Duration) {
+    let mut last_sync = Instant::now();
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let stopping = shared.stop.load(Ordering::Acquire);
+        let batch: Vec<(usize, Token, u64)> = {
+            let mut staged = shared.staged.lock().expect("key index stage poisoned");
+            if staged.queue.is_empty() && !stopping {
+                let until_sync = sync_interval.saturating_sub(last_sync.elapsed()).max(Duration::from_millis(1));
+                staged = shared.wake.wait_timeout(staged, until_sync).expect("key index stage poisoned").0;
+            }
+            staged.queue.iter().take(WRITE_BATCH_MAX).copied().collect()
+        };
+        if !batch.is_empty() {
+            match index.record_many(&batch) {
+                Ok(()) => {
+                    let mut staged = shared.staged.lock().expect("key index stage poisoned");
+                    for (position, token, offset) in &batch {
+                        let front = staged.queue.pop_front();
+                        debug_assert_eq!(front, Some((*position, *token, *offset)), "only the writer takes from the stage");
+                        if staged.by_token.get(token) == Some(&(*position, *offset)) {
+                            staged.by_token.remove(token);
+                        }
+                    }
+                    drop(staged);
+                    *shared.failure.lock().expect("failure lock") = None;
+                    shared.room.notify_waiters();
+                    backoff = Duration::from_millis(50);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, staged = batch.len(), retry_in_ms = backoff.as_millis() as u64, "writing the key index failed; appends wait for it");
+                    *shared.failure.lock().expect("failure lock") = Some(format!("writing the key index failed: {e}"));
+                    if stopping {
+                        return;
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            }
+        }
+        if last_sync.elapsed() >= sync_interval || (stopping && batch.is_empty()) {
+            if let Err(e) = index.sync() {
+                tracing::warn!(error = %e, "making the key index durable failed; will retry");
+            }
+            last_sync = Instant::now();
+        }
+        if stopping && batch.is_empty() {
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,5 +558,40 @@ mod tests {
         index.reset("ops", 42).unwrap();
         assert_eq!(index.look_up(&[token(1), token(2)]).unwrap(), vec![None, Some((1, 1))]);
         assert_eq!((index.through("ops"), index.stream_identity("ops").unwrap()), (0, Some(42)));
+    }
+
+    #[tokio::test]
+    async fn staged_entries_are_found_at_once_and_reach_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Arc::new(open(dir.path()));
+        let writer = IndexWriter::start(index.clone(), Duration::from_millis(20), 1024);
+        writer.stage(0, &[(token(1), 1), (token(2), 2)], Duration::from_secs(1)).await.unwrap();
+        writer.stage(1, &[(token(3), 1)], Duration::from_secs(1)).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while index.through("ops") < 2 || index.through("audit") < 1 {
+            assert!(Instant::now() < deadline, "the writer commits staged entries");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(writer.look_up_staged(&[token(1), token(3)]), vec![None, None], "committed entries leave the stage");
+        assert_eq!(index.look_up(&[token(1), token(2), token(3)]).unwrap(), vec![Some((0, 1)), Some((0, 2)), Some((1, 1))]);
+        // Dropping the writer and the index releases the file, synced.
+        drop(writer);
+        drop(index);
+        let reopened = open(dir.path());
+        assert_eq!((reopened.through("ops"), reopened.through("audit")), (2, 1));
+    }
+
+    #[tokio::test]
+    async fn a_full_stage_refuses_after_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Arc::new(open(dir.path()));
+        let writer = IndexWriter::start(index.clone(), Duration::from_secs(1), 2);
+        // A write transaction held here keeps the writer from committing
+        // (a stuck disk); two staged facts fill the stage.
+        let txn = index.db.begin_write().unwrap();
+        writer.stage(0, &[(token(1), 1), (token(2), 2)], Duration::from_millis(100)).await.unwrap();
+        let refused = writer.stage(0, &[(token(9), 9)], Duration::from_millis(100)).await;
+        assert!(refused.is_err(), "no room while the writer cannot commit");
+        drop(txn);
     }
 }
