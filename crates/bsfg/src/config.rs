@@ -257,7 +257,7 @@ impl Default for CommitConfig {
             batches_in_flight_max: 2,
             queue_facts_max: 4096,
             key_index_path: None,
-            key_index_cache_bytes: 16 << 20,
+            key_index_cache_bytes: 8 << 20,
             key_index_sync_interval: Duration::from_secs(1),
             key_index_staged_facts_max: 65_536,
         }

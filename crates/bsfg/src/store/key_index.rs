@@ -345,6 +345,9 @@ impl KeyIndex {
 /// Facts staged per write transaction of the writer thread.
 const WRITE_BATCH_MAX: usize = 8192;
 
+/// A small batch waits this long after the previous commit to grow.
+const WRITE_INTERVAL_MIN: Duration = Duration::from_millis(10);
+
 /// Facts acknowledged by JetStream and not yet in the file. Why: a write
 /// transaction per AppendFact batch put redb's commit (and, once a second,
 /// its fsync) on every append's path, and stalled appends behind the fsync.
@@ -445,6 +448,7 @@ impl Drop for IndexWriter {
 
 fn write_loop(index: &KeyIndex, shared: &Shared, sync_interval: Duration) {
     let mut last_sync = Instant::now();
+    let mut last_commit = Instant::now();
     let mut backoff = Duration::from_millis(50);
     loop {
         let stopping = shared.stop.load(Ordering::Acquire);
@@ -454,8 +458,17 @@ fn write_loop(index: &KeyIndex, shared: &Shared, sync_interval: Duration) {
                 let until_sync = sync_interval.saturating_sub(last_sync.elapsed()).max(Duration::from_millis(1));
                 staged = shared.wake.wait_timeout(staged, until_sync).expect("key index stage poisoned").0;
             }
+            // Half of a commit's cost is fixed (roots, header, checksums):
+            // let a small batch grow for a few milliseconds. Nobody waits
+            // for it; look-ups see the stage.
+            let grow_until = last_commit + WRITE_INTERVAL_MIN;
+            while !shared.stop.load(Ordering::Acquire) && !staged.queue.is_empty() && staged.queue.len() < WRITE_BATCH_MAX / 2 {
+                let Some(left) = grow_until.checked_duration_since(Instant::now()) else { break };
+                staged = shared.wake.wait_timeout(staged, left).expect("key index stage poisoned").0;
+            }
             staged.queue.iter().take(WRITE_BATCH_MAX).copied().collect()
         };
+        last_commit = Instant::now();
         if !batch.is_empty() {
             match index.record_many(&batch) {
                 Ok(()) => {
