@@ -926,7 +926,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     // nats-server's periodic stream-state file for the node's stream: it
-    // holds a record per subject, i.e. per stored fact in the node's layout.
+    // holds a record per subject (per kind now; per fact before the key index).
     let state_file_mib = std::fs::metadata(dir.join("js-bench/jetstream/$G/streams/facts_operational/msgs/index.db"))
         .map_or_else(|_| "not written yet".to_string(), |m| format!("{:.1} MiB", m.len() as f64 / 1048576.0));
     let operational_facts = js.get_stream("facts_operational").await?.info().await?.state.messages;
@@ -1056,7 +1056,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "* The open-loop appends as the node timed them (handler entry to answer; histogram bucket bounds, median of the repetitions): p50 ≤ {node_side_p50:.1} ms, p99 ≤ {node_side_p99:.1} ms"
     ));
     r.line(format!(
-        "* nats-server's stream-state file (index.db) of the node's operational stream at the end: {state_file_mib} for {operational_facts} stored facts (one subject per fact)"
+        "* nats-server's stream-state file (index.db) of the node's operational stream at the end: {state_file_mib} for {operational_facts} stored facts (one subject per kind; it held one record per fact before the key index)"
     ));
     r.line(format!("* Drain FetchFacts+ConfirmReceipt / raw pull consumer: **{:.2}×**", ratio_drain));
     let cpu_median = |runs: &[[f64; 3]], i: usize| median(runs.iter().map(|c| c[i]).collect());

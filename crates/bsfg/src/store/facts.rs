@@ -412,18 +412,15 @@ impl FactLog {
     async fn stored_under(&self, category: &str, offset: u64, token: &Token) -> Result<Option<StreamMessage>, Rejection> {
         use async_nats::jetstream::stream::DirectGetErrorKind;
         let log = &self.categories[category];
-        let stale = match log.stream.direct_get(offset).await {
+        match log.stream.direct_get(offset).await {
             Ok(message) if header_value(&message, MSG_ID_HEADER).as_deref().and_then(token_bytes).as_ref() == Some(token) => {
                 return Ok(Some(message));
             }
-            Ok(_) => {
-                tracing::error!(category, offset, "key index entry points at another fact; dropping the entry");
-                true
-            }
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => true,
+            Ok(_) => tracing::error!(category, offset, "key index entry points at another fact; dropping the entry"),
+            // Gone: retention truncated the fact before the index was pruned.
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => {}
             Err(e) => return Err(unavailable("reading back the fact stored under an idempotency key", e)),
-        };
-        debug_assert!(stale);
+        }
         let (category, token) = (category.to_string(), *token);
         self.blocking(move |index| index.forget(&category, &token, offset))
             .await
@@ -482,8 +479,9 @@ impl FactLog {
 
     /// Start-up: makes one category's key index match its stream (a
     /// recreated stream empties it; a lost stream tail or retention drops
-    /// entries) and reads in every fact after the covered prefix.
-    async fn catch_up(&self, c: &Category) -> anyhow::Result<u64> {
+    /// entries) and reads in every fact after the covered prefix. Returns
+    /// the facts read in and the stream's last offset.
+    async fn catch_up(&self, c: &Category) -> anyhow::Result<(u64, u64)> {
         let name = c.config.name.clone();
         let mut stream = c.stream.clone();
         let info = stream.info().await?.clone();
@@ -515,7 +513,7 @@ impl FactLog {
         })
         .await?;
         let from = self.index.through(&name) + 1;
-        self.read_in(c, from, last).await
+        Ok((self.read_in(c, from, last).await?, last))
     }
 
     /// Maintenance for one category, once per tick: drops entries below the
@@ -627,29 +625,25 @@ fn index_unavailable(what: &str, err: impl std::fmt::Display) -> Rejection {
 }
 
 /// The key index's background work: the start-up catch-up (retried with
-/// backoff; appends wait for it), then every `sync_interval` retention
-/// pruning and gap filling (the writer thread makes the file durable).
-/// Ends when the log is dropped.
+/// backoff; appends wait for it), then every `sync_interval` (the same
+/// cadence at which the writer thread makes the file durable) retention
+/// pruning and gap filling. Ends when the log is dropped.
 async fn maintain_index(log: Weak<FactLog>, sync_interval: Duration) {
     let mut backoff = Duration::from_millis(200);
     let mut seen_last: HashMap<String, u64> = HashMap::new();
     loop {
         let Some(log) = log.upgrade() else { return };
-        let mut result = Ok(0);
-        for c in log.categories.values() {
-            result = log.catch_up(c).await.map(|n| n + result.as_ref().copied().unwrap_or(0));
-            if result.is_err() {
-                break;
+        let caught_up = async {
+            let mut read = 0;
+            for c in log.categories.values() {
+                let (n, last) = log.catch_up(c).await?;
+                read += n;
+                seen_last.insert(c.config.name.clone(), last);
             }
-            let mut stream = c.stream.clone();
-            if let Ok(info) = stream.info().await {
-                seen_last.insert(c.config.name.clone(), info.state.last_sequence);
-            }
-        }
-        if result.is_ok() {
-            result = log.blocking(|index| index.sync()).await.and(result);
-        }
-        match result {
+            log.blocking(|index| index.sync()).await?;
+            anyhow::Ok(read)
+        };
+        match caught_up.await {
             Ok(read) => {
                 log.index_ready.send_replace(true);
                 log.metrics.key_index_ready.set(1);
