@@ -16,7 +16,7 @@
 //! on the leaf `sources` the hub's stream with `external.api =
 //! "$JS.hub.API"`.
 
-use super::{Child, free_port, node_nats_section, now_ms, object_json, pct_ms, rss_kib, spawn_logged, start_nats_server, wait_tcp};
+use super::{Child, free_port, node_commit_section, node_nats_section, now_ms, object_json, pct_ms, rss_kib, spawn_logged, start_nats_server, wait_tcp};
 use anyhow::{Context as _, bail};
 use async_nats::jetstream::{self, stream};
 use bsfg::client::BsfgClient;
@@ -138,6 +138,8 @@ retention_interval = "5s"
 
 {nats}
 
+{commit}
+
 [[categories]]
 name = "operational"
 default = true
@@ -154,6 +156,7 @@ max_age = "30days"
 name = "records"
 capacity_bytes = 8589934592
 "#,
+        commit = node_commit_section(dir, zone),
         nats = node_nats_section(nats_port),
         tls = if mtls {
             let c = dir.join("certs");

@@ -623,7 +623,13 @@ fn node_nats_section(nats_port: u16) -> String {
     format!("[nats]\nurl = \"nats://127.0.0.1:{nats_port}\"\nrequest_timeout = \"10s\"")
 }
 
-fn node_config(port: u16, ops: u16, nats_port: u16, drain_consumers: usize) -> String {
+/// The `[commit]` section of every bench node: its key index file in the
+/// run directory (the default would be relative to the working directory).
+fn node_commit_section(dir: &std::path::Path, zone: &str) -> String {
+    format!("[commit]\nkey_index_path = \"{}\"", dir.join(format!("key-index.{zone}.redb")).display())
+}
+
+fn node_config(port: u16, ops: u16, nats_port: u16, drain_consumers: usize, dir: &std::path::Path) -> String {
     let mut s = format!(
         r#"zone = "bench"
 listen = "127.0.0.1:{port}"
@@ -635,6 +641,8 @@ retention_interval = "5s"
 mode = "plaintext-dev"
 
 {nats}
+
+{commit}
 
 [[categories]]
 name = "operational"
@@ -648,6 +656,7 @@ kinds = ["drain"]
 capacity_bytes = 8589934592
 max_age = "30days"
 "#,
+        commit = node_commit_section(dir, "bench"),
         nats = node_nats_section(nats_port)
     );
     for i in 1..=drain_consumers {
@@ -690,7 +699,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // node
     let (port, ops) = (free_port()?, free_port()?);
     let node_toml = dir.join("node.toml");
-    std::fs::write(&node_toml, node_config(port, ops, nats_port, reps))?;
+    std::fs::write(&node_toml, node_config(port, ops, nats_port, reps, &dir))?;
     let node = spawn_logged(
         std::process::Command::new(&args.bsfg).arg("serve").arg("--config").arg(&node_toml).env("RUST_LOG", "warn"),
         &dir.join("node.log"),

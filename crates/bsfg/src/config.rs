@@ -235,7 +235,7 @@ pub struct CommitConfig {
     pub batches_in_flight_max: usize,
     /// Most appends waiting for a batch; beyond it callers wait.
     pub queue_facts_max: usize,
-    /// The key index file; by default `key-index.redb` beside the
+    /// The key index file; by default `key-index.<zone>.redb` beside the
     /// nats store directory (`[nats] store_dir`).
     pub key_index_path: Option<PathBuf>,
     /// Page cache of the key index (fixed memory; the file itself grows
@@ -514,7 +514,10 @@ impl ZoneConfig {
     /// Where the idempotency key index lives (see `CommitConfig`).
     pub fn key_index_path(&self) -> PathBuf {
         self.commit.key_index_path.clone().unwrap_or_else(|| {
-            self.nats.store_dir.parent().unwrap_or_else(|| std::path::Path::new("")).join("key-index.redb")
+            // The zone in the name: nodes of different zones that share a
+            // working directory (external nats, default store_dir) must
+            // not share a file.
+            self.nats.store_dir.parent().unwrap_or_else(|| std::path::Path::new("")).join(format!("key-index.{}.redb", self.zone))
         })
     }
 
