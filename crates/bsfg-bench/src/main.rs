@@ -79,8 +79,9 @@ enum Cmd {
     /// Replication across zones (plant-a -> idmz -> enterprise) vs native
     /// JetStream stream sourcing over a leaf node; writes its own section.
     Crossing(crossing::CrossArgs),
-    /// nats-server alone with the node's storage layout, variant by variant
-    /// (fixed subjects, one subject per fact, the idempotency guard).
+    /// nats-server alone with the storage layouts the node has used, variant
+    /// by variant (fixed subjects as now; one subject per fact and its
+    /// guard, as before the key index).
     Substrate(substrate::SubstrateArgs),
 }
 
