@@ -49,6 +49,8 @@ const INDEX_READY_WAIT: Duration = Duration::from_secs(5);
 pub struct Category {
     pub config: CategoryConfig,
     pub stream: stream::Stream,
+    /// Position in the configured categories (the key index's numbering).
+    position: usize,
     /// Stream bytes at the last refresh plus bytes appended since.
     bytes_estimate: AtomicU64,
 }
@@ -90,6 +92,7 @@ struct Ready {
     subject: String,
     category: String,
     token: String,
+    raw_token: Token,
     content_hex: String,
     envelope: Envelope,
     payload: bytes::Bytes,
@@ -120,7 +123,8 @@ pub struct Appended {
 }
 
 /// An answer plus the key-index entry it stored, if any.
-type Finished = (Result<Appended, Rejection>, Option<(Token, u64)>);
+/// The entry is `(category position, token, offset)`.
+type Finished = (Result<Appended, Rejection>, Option<(usize, Token, u64)>);
 
 pub struct FactLog {
     config: Arc<ZoneConfig>,
@@ -145,7 +149,7 @@ impl FactLog {
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Arc<Self>> {
         let mut categories = HashMap::new();
-        for c in &config.categories {
+        for (position, c) in config.categories.iter().enumerate() {
             let stream_config = stream::Config {
                 name: stream_name(&c.name),
                 description: Some(format!("BSFG zone {} category {}", config.zone, c.name)),
@@ -183,7 +187,7 @@ impl FactLog {
             }
             let mut stream = jetstream.get_stream(&stream_config.name).await?;
             let bytes = stream.info().await?.state.bytes;
-            categories.insert(c.name.clone(), Category { config: c.clone(), stream, bytes_estimate: AtomicU64::new(bytes) });
+            categories.insert(c.name.clone(), Category { config: c.clone(), stream, position, bytes_estimate: AtomicU64::new(bytes) });
         }
         let names: Vec<String> = config.categories.iter().map(|c| c.name.clone()).collect();
         let (path, cache_bytes) = (config.key_index_path(), config.commit.key_index_cache_bytes);
@@ -276,7 +280,7 @@ impl FactLog {
         // Each fact's category, resolved once.
         let homes: Vec<&CategoryConfig> = items.iter().map(|(item, _)| self.config.category_for_kind(&item.valid.subject_kind)).collect();
         let tokens: Vec<Token> = items.iter().map(|(_, t)| token_bytes(t).expect("key tokens are 32 hex digits")).collect();
-        let found = match self.look_up(&tokens).await {
+        let found = match self.look_up(&tokens) {
             Ok(found) => found,
             Err(r) => return items.iter().map(|_| Err(r.clone())).collect(),
         };
@@ -309,7 +313,7 @@ impl FactLog {
 
     /// Where each key is stored, if it is: staged entries first, then the
     /// file (an entry leaves the stage only once it is in the file).
-    async fn look_up(&self, tokens: &[Token]) -> Result<Vec<Option<(usize, u64)>>, Rejection> {
+    fn look_up(&self, tokens: &[Token]) -> Result<Vec<Option<(usize, u64)>>, Rejection> {
         let mut found = self.index_writer.look_up_staged(tokens);
         let misses: Vec<Token> = tokens.iter().zip(&found).filter(|(_, f)| f.is_none()).map(|(t, _)| *t).collect();
         if misses.is_empty() {
@@ -331,24 +335,16 @@ impl FactLog {
     /// failing), their appends are answered as unavailable: they are stored,
     /// and a retry is a duplicate.
     async fn index_stored(&self, finished: Vec<Finished>) -> Vec<Result<Appended, Rejection>> {
-        let mut per_category: HashMap<String, Vec<(Token, u64)>> = HashMap::new();
-        for (result, entry) in &finished {
-            if let (Ok(appended), Some(entry)) = (result, entry) {
-                per_category.entry(appended.category.clone()).or_default().push(*entry);
-            }
-        }
-        let mut failed: HashMap<String, Rejection> = HashMap::new();
-        for (category, entries) in per_category {
-            let position = self.index.categories().iter().position(|c| *c == category).expect("a configured category");
-            if let Err(e) = self.index_writer.stage(position, &entries, INDEX_READY_WAIT).await {
-                failed.insert(category, index_unavailable("recording stored facts (they are stored; retrying the same appends answers them as duplicates)", e));
-            }
-        }
+        let entries: Vec<(usize, Token, u64)> = finished.iter().filter(|(result, _)| result.is_ok()).filter_map(|(_, entry)| *entry).collect();
+        let Err(e) = self.index_writer.stage(&entries, INDEX_READY_WAIT).await else {
+            return finished.into_iter().map(|(result, _)| result).collect();
+        };
+        let refused = index_unavailable("recording stored facts (they are stored; retrying the same appends answers them as duplicates)", e);
         finished
             .into_iter()
-            .map(|(result, entry)| match (&result, entry) {
-                (Ok(a), Some(_)) if failed.contains_key(&a.category) => Err(failed[&a.category].clone()),
-                _ => result,
+            .map(|(result, entry)| match (result, entry) {
+                (Ok(_), Some(_)) => Err(refused.clone()),
+                (result, _) => result,
             })
             .collect()
     }
@@ -403,7 +399,7 @@ impl FactLog {
                 format!("the fact record is {} bytes; the limit is {}", payload.len(), self.config.limits.fact_bytes_max),
             )));
         }
-        Ok(Ready { subject: fact_subject(&category.name, &valid.subject_kind), category: category.name.clone(), token, content_hex, envelope, payload: payload.into() })
+        Ok(Ready { subject: fact_subject(&category.name, &valid.subject_kind), category: category.name.clone(), token, raw_token, content_hex, envelope, payload: payload.into() })
     }
 
     /// The fact stored at `offset` of `category` if it carries `token`. An
@@ -432,17 +428,17 @@ impl FactLog {
     /// key-index entry to record.
     async fn finish(&self, ack: Result<async_nats::jetstream::publish::PublishAck, async_nats::jetstream::context::PublishError>, ready: Ready) -> Finished {
         let log = &self.categories[&ready.category];
-        let raw = token_bytes(&ready.token).expect("key tokens are 32 hex digits");
+        let raw = ready.raw_token;
         match ack {
             Ok(ack) if !ack.duplicate => {
                 log.bytes_estimate.fetch_add(ready.payload.len() as u64 + 100, Ordering::Relaxed);
-                (Ok(Appended { offset: ack.sequence, duplicate: false, category: ready.category }), Some((raw, ack.sequence)))
+                (Ok(Appended { offset: ack.sequence, duplicate: false, category: ready.category }), Some((log.position, raw, ack.sequence)))
             }
             // The duplicate window knew the key: an earlier attempt was
             // stored (its acknowledgement lost) but may not be indexed yet.
             Ok(ack) => match self.stored_under(&ready.category, ack.sequence, &raw).await {
                 Ok(Some(existing)) => {
-                    let entry = Some((raw, existing.sequence));
+                    let entry = Some((log.position, raw, existing.sequence));
                     (compare_existing(existing, &ready.content_hex, &ready.envelope, &ready.category), entry)
                 }
                 Ok(None) => (
@@ -574,7 +570,7 @@ impl FactLog {
                 let offset = info.stream_sequence.min(last);
                 if info.stream_sequence <= last {
                     match message.headers.as_ref().and_then(|h| h.get(MSG_ID_HEADER)).and_then(|v| token_bytes(v.as_str())) {
-                        Some(token) => chunk.push((token, offset)),
+                        Some(token) => chunk.push((c.position, token, offset)),
                         None => tracing::warn!(category = name, offset, "stored fact without a key token header; not indexed"),
                     }
                 }
@@ -586,8 +582,8 @@ impl FactLog {
             if done || chunk.len() >= READ_IN_CHUNK_FACTS {
                 read += chunk.len() as u64;
                 let entries = std::mem::take(&mut chunk);
-                let (n, covered) = (name.clone(), [(chunk_first, chunk_last)]);
-                self.blocking(move |index| index.record(&n, &entries, &covered)).await?;
+                let covered = [(c.position, chunk_first, chunk_last)];
+                self.blocking(move |index| index.record(&entries, &covered)).await?;
                 chunk_first = chunk_last + 1;
             }
         }

@@ -173,89 +173,59 @@ impl KeyIndex {
         Ok(found)
     }
 
-    /// Records stored facts of `category` (token, offset) and marks
-    /// `covered` ranges (inclusive) as read, whether or not they held a key.
-    /// Not fsynced: see the module docs.
-    pub fn record(&self, category: &str, entries: &[(Token, u64)], covered: &[(u64, u64)]) -> anyhow::Result<()> {
+    fn position(&self, category: &str) -> usize {
+        self.categories.iter().position(|c| c == category).expect("a configured category")
+    }
+
+    /// Records stored facts, `(category position, token, offset)`, and marks
+    /// `covered` ranges `(category position, first, last)` as read, whether
+    /// or not they held a key, in one transaction. Not fsynced: see the
+    /// module docs.
+    pub fn record(&self, entries: &[(usize, Token, u64)], covered: &[(usize, u64, u64)]) -> anyhow::Result<()> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::None)?;
-        {
+        let mut touched: Vec<usize> = entries.iter().map(|(p, _, _)| *p).chain(covered.iter().map(|(p, _, _)| *p)).collect();
+        touched.sort_unstable();
+        touched.dedup();
+        for &position in &touched {
+            let category = &self.categories[position];
             let mut keys = txn.open_table(TableDefinition::<Token, u64>::new(&keys_table(category)))?;
             let mut offsets = txn.open_table(TableDefinition::<u64, Token>::new(&offsets_table(category)))?;
-            for (token, offset) in entries {
+            for (_, token, offset) in entries.iter().filter(|(p, _, _)| *p == position) {
                 keys.insert(token, offset)?;
                 offsets.insert(offset, token)?;
             }
         }
-        self.commit_coverage(txn, category, |runs| {
-            for (_, offset) in entries {
+        self.commit_coverage(txn, &touched, |position, runs| {
+            for (_, _, offset) in entries.iter().filter(|(p, _, _)| *p == position) {
                 runs.cover(*offset, *offset);
             }
-            for (first, last) in covered {
+            for (_, first, last) in covered.iter().filter(|(p, _, _)| *p == position) {
                 runs.cover(*first, *last);
             }
         })
     }
 
-    /// Writes the category's new covered prefix into `txn`, commits, and
-    /// only then adopts the new coverage in memory.
-    fn commit_coverage(&self, txn: redb::WriteTransaction, category: &str, change: impl FnOnce(&mut IndexedRuns)) -> anyhow::Result<()> {
-        let mut change = Some(change);
-        self.commit_coverages(txn, &[category], |_, runs| (change.take().expect("one category"))(runs))
-    }
-
-    /// As `commit_coverage`, for several categories at once.
-    fn commit_coverages(
-        &self,
-        txn: redb::WriteTransaction,
-        categories: &[&str],
-        mut change: impl FnMut(&str, &mut IndexedRuns),
-    ) -> anyhow::Result<()> {
+    /// Writes the new covered prefix of each category in `positions` into
+    /// `txn`, commits, and only then adopts the new coverage in memory.
+    fn commit_coverage(&self, txn: redb::WriteTransaction, positions: &[usize], mut change: impl FnMut(usize, &mut IndexedRuns)) -> anyhow::Result<()> {
         // Write transactions are serial, so holding the lock across the
         // commit cannot deadlock and keeps memory in commit order.
         let mut all = self.runs();
-        let mut changed = Vec::with_capacity(categories.len());
+        let mut changed = Vec::with_capacity(positions.len());
         {
             let mut meta = txn.open_table(META)?;
-            for category in categories {
-                let mut runs = all[*category].clone();
-                change(category, &mut runs);
+            for &position in positions {
+                let category = &self.categories[position];
+                let mut runs = all[category].clone();
+                change(position, &mut runs);
                 meta.insert(through_key(category).as_str(), runs.through())?;
-                changed.push((category.to_string(), runs));
+                changed.push((category.clone(), runs));
             }
         }
         txn.commit()?;
         all.extend(changed);
         Ok(())
-    }
-
-    /// Records stored facts of several categories, `(category position,
-    /// token, offset)`, in one unsynced transaction (the staged writer's).
-    fn record_many(&self, entries: &[(usize, Token, u64)]) -> anyhow::Result<()> {
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::None)?;
-        let mut touched = vec![false; self.categories.len()];
-        for (position, category) in self.categories.iter().enumerate() {
-            let mut mine = entries.iter().filter(|(p, _, _)| *p == position).peekable();
-            if mine.peek().is_none() {
-                continue;
-            }
-            touched[position] = true;
-            let mut keys = txn.open_table(TableDefinition::<Token, u64>::new(&keys_table(category)))?;
-            let mut offsets = txn.open_table(TableDefinition::<u64, Token>::new(&offsets_table(category)))?;
-            for (_, token, offset) in mine {
-                keys.insert(token, offset)?;
-                offsets.insert(offset, token)?;
-            }
-        }
-        let names: Vec<&str> = self.categories.iter().zip(&touched).filter(|(_, t)| **t).map(|(c, _)| c.as_str()).collect();
-        let position = |name: &str| self.categories.iter().position(|c| c == name).expect("a configured category");
-        self.commit_coverages(txn, &names, |name, runs| {
-            let p = position(name);
-            for (_, _, offset) in entries.iter().filter(|(q, _, _)| *q == p) {
-                runs.cover(*offset, *offset);
-            }
-        })
     }
 
     /// Removes one entry that no longer matches its fact.
@@ -275,62 +245,56 @@ impl KeyIndex {
     }
 
     /// Removes the entries of offsets below `first_offset` (the stream no
-    /// longer holds them), a bounded chunk per transaction. Returns how
-    /// many were removed.
+    /// longer holds them). Returns how many were removed.
     pub fn forget_below(&self, category: &str, first_offset: u64) -> anyhow::Result<u64> {
-        let mut removed = 0;
-        loop {
-            let n = self.remove_offsets(category, ..first_offset)?;
-            removed += n as u64;
-            if n < PRUNE_CHUNK_MAX {
-                break;
-            }
-        }
+        let removed = self.remove_offsets(category, ..first_offset)?;
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::None)?;
-        self.commit_coverage(txn, category, |runs| runs.forget_below(first_offset))?;
+        self.commit_coverage(txn, &[self.position(category)], |_, runs| runs.forget_below(first_offset))?;
         Ok(removed)
     }
 
     /// Removes the entries of offsets after `last_offset` (the stream lost
     /// its tail, e.g. nats-server restarted without syncing).
     pub fn forget_after(&self, category: &str, last_offset: u64) -> anyhow::Result<u64> {
-        let mut removed = 0;
-        loop {
-            let n = self.remove_offsets(category, last_offset + 1..)?;
-            removed += n as u64;
-            if n < PRUNE_CHUNK_MAX {
-                break;
-            }
-        }
+        let removed = self.remove_offsets(category, last_offset + 1..)?;
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
-        self.commit_coverage(txn, category, |runs| {
+        self.commit_coverage(txn, &[self.position(category)], |_, runs| {
             runs.truncate_after(last_offset);
         })?;
         Ok(removed)
     }
 
-    /// Removes up to `PRUNE_CHUNK_MAX` entries whose offsets are in `range`.
-    fn remove_offsets(&self, category: &str, range: impl std::ops::RangeBounds<u64>) -> anyhow::Result<usize> {
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::None)?;
-        let mut n = 0;
-        {
-            let mut offsets = txn.open_table(TableDefinition::<u64, Token>::new(&offsets_table(category)))?;
-            let mut keys = txn.open_table(TableDefinition::<Token, u64>::new(&keys_table(category)))?;
-            let doomed: Vec<(u64, Token)> =
-                offsets.range(range)?.take(PRUNE_CHUNK_MAX).map(|e| e.map(|(o, t)| (o.value(), t.value()))).collect::<Result<_, _>>()?;
-            for (offset, token) in &doomed {
-                offsets.remove(offset)?;
-                if keys.get(token)?.is_some_and(|o| o.value() == *offset) {
-                    keys.remove(token)?;
+    /// Removes the entries whose offsets are in `range`, at most
+    /// `PRUNE_CHUNK_MAX` per transaction (bounds its memory).
+    fn remove_offsets(&self, category: &str, range: impl std::ops::RangeBounds<u64> + Clone) -> anyhow::Result<u64> {
+        let mut removed = 0;
+        loop {
+            let mut txn = self.db.begin_write()?;
+            txn.set_durability(Durability::None)?;
+            let chunk = {
+                let mut offsets = txn.open_table(TableDefinition::<u64, Token>::new(&offsets_table(category)))?;
+                let mut keys = txn.open_table(TableDefinition::<Token, u64>::new(&keys_table(category)))?;
+                let doomed: Vec<(u64, Token)> = offsets
+                    .range(range.clone())?
+                    .take(PRUNE_CHUNK_MAX)
+                    .map(|e| e.map(|(o, t)| (o.value(), t.value())))
+                    .collect::<Result<_, _>>()?;
+                for (offset, token) in &doomed {
+                    offsets.remove(offset)?;
+                    if keys.get(token)?.is_some_and(|o| o.value() == *offset) {
+                        keys.remove(token)?;
+                    }
                 }
+                doomed.len()
+            };
+            txn.commit()?;
+            removed += chunk as u64;
+            if chunk < PRUNE_CHUNK_MAX {
+                return Ok(removed);
             }
-            n = n.max(doomed.len());
         }
-        txn.commit()?;
-        Ok(n)
     }
 
     /// Makes every earlier commit durable (one fsync).
@@ -406,9 +370,12 @@ impl IndexWriter {
         tokens.iter().map(|t| staged.by_token.get(t).copied()).collect()
     }
 
-    /// Stages stored facts of the category at `position`. Waits up to
-    /// `wait` for room on the stage; `Err` says why there is none.
-    pub async fn stage(&self, position: usize, entries: &[(Token, u64)], wait: Duration) -> Result<(), String> {
+    /// Stages stored facts, `(category position, token, offset)`. Waits up
+    /// to `wait` for room on the stage; `Err` says why there is none.
+    pub async fn stage(&self, entries: &[(usize, Token, u64)], wait: Duration) -> Result<(), String> {
+        if entries.is_empty() {
+            return Ok(());
+        }
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let room = self.shared.room.notified();
@@ -417,9 +384,9 @@ impl IndexWriter {
             {
                 let mut staged = self.staged();
                 if staged.queue.is_empty() || staged.queue.len() + entries.len() <= self.staged_facts_max {
-                    for (token, offset) in entries {
-                        staged.by_token.insert(*token, (position, *offset));
-                        staged.queue.push_back((position, *token, *offset));
+                    for &(position, token, offset) in entries {
+                        staged.by_token.insert(token, (position, offset));
+                        staged.queue.push_back((position, token, offset));
                     }
                     drop(staged);
                     self.shared.wake.notify_one();
@@ -470,7 +437,7 @@ fn write_loop(index: &KeyIndex, shared: &Shared, sync_interval: Duration) {
         };
         last_commit = Instant::now();
         if !batch.is_empty() {
-            match index.record_many(&batch) {
+            match index.record(&batch, &[]) {
                 Ok(()) => {
                     let mut staged = shared.staged.lock().expect("key index stage poisoned");
                     for (position, token, offset) in &batch {
@@ -525,9 +492,9 @@ mod tests {
     fn entries_and_coverage_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let index = open(dir.path());
-        index.record("ops", &[(token(1), 1), (token(2), 2)], &[]).unwrap();
-        index.record("audit", &[(token(3), 1)], &[]).unwrap();
-        index.record("ops", &[(token(5), 5)], &[(3, 4)]).unwrap();
+        index.record(&[(0, token(1), 1), (0, token(2), 2)], &[]).unwrap();
+        index.record(&[(1, token(3), 1)], &[]).unwrap();
+        index.record(&[(0, token(5), 5)], &[(0, 3, 4)]).unwrap();
         index.sync().unwrap();
         drop(index);
         let index = open(dir.path());
@@ -539,7 +506,7 @@ mod tests {
     fn a_gap_holds_the_persisted_prefix_back() {
         let dir = tempfile::tempdir().unwrap();
         let index = open(dir.path());
-        index.record("ops", &[(token(1), 1), (token(4), 4)], &[]).unwrap();
+        index.record(&[(0, token(1), 1), (0, token(4), 4)], &[]).unwrap();
         assert_eq!((index.through("ops"), index.first_gap("ops")), (1, Some((2, 3))));
         index.sync().unwrap();
         drop(index);
@@ -550,11 +517,11 @@ mod tests {
     fn pruning_removes_entries_on_both_sides() {
         let dir = tempfile::tempdir().unwrap();
         let index = open(dir.path());
-        let entries: Vec<(Token, u64)> = (1..=10).map(|n| (token(n), u64::from(n))).collect();
-        index.record("ops", &entries, &[]).unwrap();
+        let entries: Vec<(usize, Token, u64)> = (1..=10).map(|n| (0, token(n), u64::from(n))).collect();
+        index.record(&entries, &[]).unwrap();
         assert_eq!(index.forget_below("ops", 4).unwrap(), 3);
         assert_eq!(index.forget_after("ops", 8).unwrap(), 2);
-        let found = index.look_up(&entries.iter().map(|(t, _)| *t).collect::<Vec<_>>()).unwrap();
+        let found = index.look_up(&entries.iter().map(|(_, t, _)| *t).collect::<Vec<_>>()).unwrap();
         let kept: Vec<u64> = found.iter().flatten().map(|(_, o)| *o).collect();
         assert_eq!(kept, vec![4, 5, 6, 7, 8]);
         assert_eq!(index.through("ops"), 8);
@@ -566,8 +533,8 @@ mod tests {
     fn reset_empties_one_category() {
         let dir = tempfile::tempdir().unwrap();
         let index = open(dir.path());
-        index.record("ops", &[(token(1), 1)], &[]).unwrap();
-        index.record("audit", &[(token(2), 1)], &[]).unwrap();
+        index.record(&[(0, token(1), 1)], &[]).unwrap();
+        index.record(&[(1, token(2), 1)], &[]).unwrap();
         index.reset("ops", 42).unwrap();
         assert_eq!(index.look_up(&[token(1), token(2)]).unwrap(), vec![None, Some((1, 1))]);
         assert_eq!((index.through("ops"), index.stream_identity("ops").unwrap()), (0, Some(42)));
@@ -578,8 +545,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let index = Arc::new(open(dir.path()));
         let writer = IndexWriter::start(index.clone(), Duration::from_millis(20), 1024);
-        writer.stage(0, &[(token(1), 1), (token(2), 2)], Duration::from_secs(1)).await.unwrap();
-        writer.stage(1, &[(token(3), 1)], Duration::from_secs(1)).await.unwrap();
+        writer.stage(&[(0, token(1), 1), (0, token(2), 2)], Duration::from_secs(1)).await.unwrap();
+        writer.stage(&[(1, token(3), 1)], Duration::from_secs(1)).await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         while index.through("ops") < 2 || index.through("audit") < 1 {
             assert!(Instant::now() < deadline, "the writer commits staged entries");
@@ -602,8 +569,8 @@ mod tests {
         // A write transaction held here keeps the writer from committing
         // (a stuck disk); two staged facts fill the stage.
         let txn = index.db.begin_write().unwrap();
-        writer.stage(0, &[(token(1), 1), (token(2), 2)], Duration::from_millis(100)).await.unwrap();
-        let refused = writer.stage(0, &[(token(9), 9)], Duration::from_millis(100)).await;
+        writer.stage(&[(0, token(1), 1), (0, token(2), 2)], Duration::from_millis(100)).await.unwrap();
+        let refused = writer.stage(&[(0, token(9), 9)], Duration::from_millis(100)).await;
         assert!(refused.is_err(), "no room while the writer cannot commit");
         drop(txn);
     }
