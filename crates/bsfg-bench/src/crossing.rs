@@ -68,6 +68,9 @@ pub struct CrossArgs {
     /// Run only the catch-up and steady-state phases (a)/(c) against BSFG (no native, lag, drain, artifact).
     #[arg(long)]
     only_bsfg_throughput: bool,
+    /// Run only the two-hop lag measurement (d) and print it (nothing written); for quick A/B runs.
+    #[arg(long)]
+    only_lag: bool,
     #[arg(long, default_value = ".tools/bin/nats-server")]
     nats_server: PathBuf,
     #[arg(long, default_value = "target/release/bsfg")]
@@ -270,7 +273,7 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
     let mut rss_lines: Vec<String> = Vec::new();
 
     // ---------------------------------------------------------- (b) native sourcing
-    let (native_loop, native_wan) = if a.only_bsfg_throughput { (f64::NAN, f64::NAN) } else {
+    let (native_loop, native_wan) = if a.only_bsfg_throughput || a.only_lag { (f64::NAN, f64::NAN) } else {
         let (hub_port, hub_leaf_port, leaf_port) = (free_port()?, free_port()?, free_port()?);
         let (hub, hub_js) = start_nats(&a.nats_server, &dir, "hub", hub_port, &format!("leafnodes {{\n  listen: \"127.0.0.1:{hub_leaf_port}\"\n}}")).await?;
         let leaf_proxy = FaultProxy::start(format!("127.0.0.1:{hub_leaf_port}").parse()?).await?;
@@ -392,7 +395,8 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
     // ---------------------------------------------------------- (a)+(c) catch-up
     let mut catchup_1hop_256_loop = 0.0;
     let mut catchup_1hop_256_wan = 0.0;
-    for (hops, size, d) in [(1u8, 256usize, Duration::ZERO), (1, 4096, Duration::ZERO), (2, 256, Duration::ZERO), (2, 4096, Duration::ZERO), (1, 256, delay), (2, 256, delay)] {
+    let catch_up_runs = [(1u8, 256usize, Duration::ZERO), (1, 4096, Duration::ZERO), (2, 256, Duration::ZERO), (2, 4096, Duration::ZERO), (1, 256, delay), (2, 256, delay)];
+    for (hops, size, d) in catch_up_runs.into_iter().filter(|_| !a.only_lag) {
         p1.set_delay(d);
         p2.set_delay(d);
         p1.cut();
@@ -423,7 +427,7 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
     p2.set_delay(Duration::ZERO);
 
     // ---------------------------------------------------------- (a) steady state
-    for (hops, size) in [(1u8, 256usize), (1, 4096), (2, 256), (2, 4096)] {
+    for (hops, size) in [(1u8, 256usize), (1, 4096), (2, 256), (2, 4096)].into_iter().filter(|_| !a.only_lag) {
         let kind = if hops == 1 { "hop1" } else { "hop2" };
         let to = if hops == 1 { "idmz" } else { "enterprise" };
         let base = count(dest(hops)).await?;
@@ -455,7 +459,7 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
     }
 
     // ---------------------------------------------------------- (e) backlog after a partition, RSS
-    let backlog = if a.backlog_facts > 0 {
+    let backlog = if a.backlog_facts > 0 && !a.only_lag {
         p2.cut();
         let ent = &zones["enterprise"].js;
         let base = count(ent).await?;
@@ -481,8 +485,34 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
     }
 
     // ---------------------------------------------------------- (d) two-hop lag (after (e): the open-loop flood inflates plant-a's RSS)
+    let bench_cpu_before = super::cpu_seconds(std::process::id());
+    let cpu_before: Vec<(f64, f64)> = ZONES.iter().map(|z| (super::cpu_seconds(zones[z].node.pid()), super::cpu_seconds(zones[z].nats.pid()))).collect();
     let lag = lag_run(&src, &zones["enterprise"].js, a.lag_rate, a.lag_secs, timeout).await?;
+    let lag_cpu: String = ZONES
+        .iter()
+        .zip(&cpu_before)
+        .map(|(z, (node, nats))| {
+            let per_fact = |now: f64, before: f64| (now - before) * 1e6 / lag.0.max(1) as f64;
+            format!(
+                "{z} node {:.0} µs + nats-server {:.0} µs",
+                per_fact(super::cpu_seconds(zones[z].node.pid()), *node),
+                per_fact(super::cpu_seconds(zones[z].nats.pid()), *nats)
+            )
+        })
+        .chain(std::iter::once(format!(
+            "load generator (this bench) {:.0} µs",
+            (super::cpu_seconds(std::process::id()) - bench_cpu_before) * 1e6 / lag.0.max(1) as f64
+        )))
+        .collect::<Vec<_>>()
+        .join("; ");
+    eprintln!("CPU per fact during the lag run at {} facts/s: {lag_cpu}", a.lag_rate);
     let lag_low = if a.lag_low_rate > 0.0 { Some(lag_run(&src, &zones["enterprise"].js, a.lag_low_rate, a.lag_secs, timeout).await?) } else { None };
+    if a.only_lag {
+        for (z, hwm, _, nhwm) in &rss {
+            eprintln!("{z}: node VmHWM {hwm:.1} MiB, nats-server VmHWM {nhwm:.1} MiB");
+        }
+        return Ok(());
+    }
 
     // ---------------------------------------------------------- (f) artifact crossing
     let artifact = if a.artifact_mib > 0 {
@@ -590,7 +620,8 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
     }
     let _ = writeln!(
         md,
-        "* `bsfg serve` lifetime VmHWM before (e) (includes the c{} pre-fills at plant-a): {}",
+        "* CPU per fact during the two-hop lag run at {} facts/s (from /proc/pid/stat, includes everything each process did meanwhile): {lag_cpu}\n* `bsfg serve` lifetime VmHWM before (e) (includes the c{} pre-fills at plant-a): {}",
+        a.lag_rate,
         a.concurrency,
         rss_lifetime.iter().map(|r| format!("{} {:.1} MiB", r.0, r.1)).collect::<Vec<_>>().join(", ")
     );
@@ -635,6 +666,7 @@ async fn lag_run(src: &BsfgClient, ent: &jetstream::Context, rate: f64, secs: f6
     wait_count(ent, base + ok, timeout).await?;
     // Read the arrivals back and compute enterprise append − plant-a append.
     let mut lags_us: Vec<u32> = Vec::new();
+    let mut first_hop_us: Vec<u32> = Vec::new();
     let consumer = ent
         .get_stream("facts_operational")
         .await?
@@ -649,11 +681,19 @@ async fn lag_run(src: &BsfgClient, ent: &jetstream::Context, rate: f64, secs: f6
         let m = m?;
         let sf = StoredFact::decode_from_slice(&m.payload)?;
         let origin = sf.provenance.hops.first().map(|h| h.appended_at_unix_ms).unwrap_or(sf.appended_at_unix_ms);
+        let relay = sf.provenance.hops.get(1).map(|h| h.appended_at_unix_ms).unwrap_or(origin);
         lags_us.push(((sf.appended_at_unix_ms - origin).max(0) * 1000) as u32);
+        first_hop_us.push(((relay - origin).max(0) * 1000) as u32);
     }
     lags_us.sort_unstable();
+    first_hop_us.sort_unstable();
     let (p50, p99, max) = (pct_ms(&lags_us, 50.0), pct_ms(&lags_us, 99.0), pct_ms(&lags_us, 100.0));
-    eprintln!("lag two hops at {} facts/s offered: {ok} ok, p50 {p50} ms p99 {p99} ms max {max} ms", rate);
+    eprintln!(
+        "lag two hops at {} facts/s offered: {ok} ok, p50 {p50} ms p99 {p99} ms max {max} ms (first hop plant-a → idmz: p50 {} ms p99 {} ms)",
+        rate,
+        pct_ms(&first_hop_us, 50.0),
+        pct_ms(&first_hop_us, 99.0)
+    );
     Ok((ok, total, offered_secs, p50, p99, max))
 }
 
