@@ -50,6 +50,10 @@ struct Delivery {
     /// offset -> ack reply subject, for delivered and unconfirmed facts.
     unconfirmed: BTreeMap<u64, async_nats::Subject>,
     delivered_max: u64,
+    /// Facts JetStream reported still pending after the last fetch. When
+    /// none were, a long-poll fetch waits at once instead of first asking
+    /// for what is ready: one JetStream round trip, not two.
+    pending_after_last_fetch: u64,
 }
 
 pub struct Cursor {
@@ -139,7 +143,7 @@ impl Consumers {
             };
             let frontier = consumer.info().await?.ack_floor.stream_sequence;
             metrics.frontier_offset.get_or_create(&vec![("consumer".to_string(), c.name.clone())]).set(frontier as i64);
-            let delivery = Delivery { frontier, unconfirmed: BTreeMap::new(), delivered_max: frontier };
+            let delivery = Delivery { frontier, unconfirmed: BTreeMap::new(), delivered_max: frontier, ..Default::default() };
             cursors.insert(
                 c.name.clone(),
                 Cursor {
@@ -215,8 +219,9 @@ impl Consumers {
             d.unconfirmed.clear();
             d.delivered_max = d.frontier;
         }
-        let mut messages = pull_now(&consumer, bounds.limit, bounds.bytes_max).await?;
-        if messages.is_empty() && bounds.bytes_max < self.single_fact_bytes {
+        let maybe_ready = bounds.restart_from_frontier || bounds.wait.is_zero() || cursor.delivery.lock().unwrap().pending_after_last_fetch > 0;
+        let mut messages = if maybe_ready { pull_now(&consumer, bounds.limit, bounds.bytes_max).await? } else { Vec::new() };
+        if maybe_ready && messages.is_empty() && bounds.bytes_max < self.single_fact_bytes {
             // The next fact alone may be larger than the caller's max_bytes;
             // JetStream then returns nothing. Deliver that one fact anyway.
             messages = pull_now(&consumer, 1, self.single_fact_bytes).await?;
@@ -231,7 +236,12 @@ impl Consumers {
                 .await
                 .map_err(|e| unavailable("waiting for facts", e))?;
             messages = collect(first).await?;
-            if !messages.is_empty() && bounds.limit > 1 {
+            // Only when more may be ready: new facts pending, or this one a
+            // redelivery (JetStream's pending count leaves redeliveries out,
+            // and others may be due with it). At low rates the first fact
+            // is usually the only one.
+            let more_pending = messages.first().and_then(|m| m.info().ok()).is_some_and(|info| info.pending > 0 || info.delivered > 1);
+            if more_pending && bounds.limit > 1 {
                 let bytes_left = bounds.bytes_max.saturating_sub(messages[0].payload.len());
                 if bytes_left > 0 {
                     messages.extend(pull_now(&consumer, bounds.limit - 1, bytes_left).await?);
@@ -251,6 +261,7 @@ impl Consumers {
         }
         let frontier = {
             let mut d = cursor.delivery.lock().unwrap();
+            d.pending_after_last_fetch = backlog;
             for (offset, reply) in delivery {
                 if offset > d.frontier {
                     d.delivered_max = d.delivered_max.max(offset);
@@ -297,7 +308,7 @@ impl Consumers {
             }
             Err(e) => return Err(unavailable("resetting the consumer", e)),
         };
-        *cursor.delivery.lock().unwrap() = Delivery { frontier, unconfirmed: BTreeMap::new(), delivered_max: frontier };
+        *cursor.delivery.lock().unwrap() = Delivery { frontier, unconfirmed: BTreeMap::new(), delivered_max: frontier, ..Default::default() };
         self.metrics.frontier_offset.get_or_create(&vec![("consumer".to_string(), name.to_string())]).set(frontier as i64);
         tracing::warn!(consumer = name, frontier, "consumer reset for replay");
         Ok(frontier)
