@@ -9,6 +9,7 @@
 //! for drains), `--reps` times; the report gives medians.
 
 mod crossing;
+mod key_index;
 mod substrate;
 
 mod echo_proto {
@@ -83,6 +84,9 @@ enum Cmd {
     /// by variant (fixed subjects as now; one subject per fact and its
     /// guard, as before the key index).
     Substrate(substrate::SubstrateArgs),
+    /// The idempotency key index alone: CPU per recorded entry and per
+    /// look-up as it grows (prints a Markdown table).
+    KeyIndex(key_index::KeyIndexArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -92,6 +96,7 @@ fn main() -> anyhow::Result<()> {
         Some(Cmd::EchoServer { addr }) => rt.block_on(echo_server(addr.clone())),
         Some(Cmd::Crossing(a)) => rt.block_on(crossing::run(a.clone())),
         Some(Cmd::Substrate(a)) => rt.block_on(substrate::run(a.clone())),
+        Some(Cmd::KeyIndex(a)) => key_index::run(a.clone()),
         None => rt.block_on(run(args)),
     }
 }
