@@ -6,6 +6,8 @@
 #   scripts/bench.sh crossing --facts 2000 --native-facts 100000 \
 #       --backlog-facts 5000 --artifact-mib 64 --lag-secs 3        # crossing zones, quick
 #   scripts/bench.sh substrate [--window 8]                        # nats-server alone, node layout
+#   scripts/bench.sh crossing --only-lag [--lag-rate 1000]         # two-hop lag only, printed
+#   scripts/bench.sh key-index [--entries 4000000]                 # the key index alone, printed
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -14,9 +16,10 @@ if [ "${1:-}" = crossing ]; then
   shift
   exec target/release/bsfg-bench crossing --out BENCHMARKS.md "$@"
 fi
-if [ "${1:-}" = substrate ]; then
+if [ "${1:-}" = substrate ] || [ "${1:-}" = key-index ]; then
   # Prints its tables; they are copied into BENCHMARKS.md by hand.
+  command=$1
   shift
-  exec target/release/bsfg-bench substrate "$@"
+  exec target/release/bsfg-bench "$command" "$@"
 fi
 exec target/release/bsfg-bench --out BENCHMARKS.md "$@"
