@@ -22,6 +22,9 @@ pub struct Metrics {
     pub key_index_ready: Gauge,
     pub key_index_through_offset: Family<Labels, Gauge>,
     pub key_index_read_in_facts_total: Family<Labels, Counter>,
+    pub key_index_recorded_facts_total: Counter,
+    pub key_index_write_seconds_total: Counter<f64, AtomicU64>,
+    pub key_index_staged_facts: Gauge,
     pub frontier_offset: Family<Labels, Gauge>,
     pub store_buffer_fill_percent: Family<Labels, Gauge<f64, AtomicU64>>,
     pub retention_blocked: Family<Labels, Gauge>,
@@ -55,6 +58,9 @@ impl Metrics {
             key_index_ready: Gauge::default(),
             key_index_through_offset: Family::default(),
             key_index_read_in_facts_total: Family::default(),
+            key_index_recorded_facts_total: Counter::default(),
+            key_index_write_seconds_total: Counter::default(),
+            key_index_staged_facts: Gauge::default(),
             frontier_offset: Family::default(),
             store_buffer_fill_percent: Family::default(),
             retention_blocked: Family::default(),
@@ -93,6 +99,21 @@ impl Metrics {
             "bsfg_key_index_read_in_facts",
             "Stored facts the key index read from the stream (start-up catch-up, lost acknowledgements, writes not made by this node), by category",
             m.key_index_read_in_facts_total.clone(),
+        );
+        registry.register(
+            "bsfg_key_index_recorded_facts",
+            "Entries the key index writer committed to its file",
+            m.key_index_recorded_facts_total.clone(),
+        );
+        registry.register(
+            "bsfg_key_index_write_seconds",
+            "Wall time the key index writer spent committing; divided by bsfg_key_index_recorded_facts it is the index's cost per fact, which grows with the index",
+            m.key_index_write_seconds_total.clone(),
+        );
+        registry.register(
+            "bsfg_key_index_staged_facts",
+            "Stored facts waiting for the key index writer (appends wait, then are refused, at [commit] key_index_staged_facts_max)",
+            m.key_index_staged_facts.clone(),
         );
         registry.register("bsfg_frontier_offset", "Confirmed frontier per consumer", m.frontier_offset.clone());
         registry.register("bsfg_store_buffer_fill_percent", "Category log fill as percent of capacity", m.store_buffer_fill_percent.clone());

@@ -16,7 +16,7 @@
 //! acknowledgement was lost, and the key index's gap filler reads such a
 //! fact in within a second.
 
-use super::key_index::{IndexWriter, KeyIndex, Token, token_bytes};
+use super::key_index::{IndexWriter, KeyIndex, Token, WriterStats, token_bytes};
 use super::{now_unix_ms, objects::Objects, unavailable};
 use crate::config::{CategoryConfig, ZoneConfig};
 use async_nats::HeaderMap;
@@ -654,9 +654,15 @@ async fn maintain_index(log: Weak<FactLog>, sync_interval: Duration) {
     }
     let mut ticker = tokio::time::interval(sync_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut published = WriterStats::default();
     loop {
         ticker.tick().await;
         let Some(log) = log.upgrade() else { return };
+        let stats = log.index_writer.stats();
+        log.metrics.key_index_recorded_facts_total.inc_by(stats.recorded_entries - published.recorded_entries);
+        log.metrics.key_index_write_seconds_total.inc_by(stats.record_seconds - published.record_seconds);
+        log.metrics.key_index_staged_facts.set(stats.staged_entries as i64);
+        published = stats;
         for c in log.categories.values() {
             let seen = seen_last.entry(c.config.name.clone()).or_insert(0);
             if let Err(e) = log.maintain(c, seen).await {

@@ -32,7 +32,7 @@ use bsfg_domain::indexed_runs::IndexedRuns;
 use redb::{Database, Durability, ReadableDatabase as _, ReadableTable as _, TableDefinition};
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -345,6 +345,20 @@ struct Shared {
     stop: AtomicBool,
     /// The writer's last error while it cannot commit, for refusals.
     failure: Mutex<Option<String>>,
+    /// Entries committed to the file, and the wall time the writer spent
+    /// in those commits: their ratio is what the index costs per fact,
+    /// which grows with the index (BENCHMARKS.md, "The key index as it
+    /// grows"), so operators see it.
+    recorded_entries: AtomicU64,
+    record_nanos: AtomicU64,
+}
+
+/// The writer thread's counters, and how many entries wait on the stage.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct WriterStats {
+    pub recorded_entries: u64,
+    pub record_seconds: f64,
+    pub staged_entries: usize,
 }
 
 impl IndexWriter {
@@ -358,6 +372,14 @@ impl IndexWriter {
                 .expect("spawning the key index writer")
         };
         Self { shared, thread: Some(thread), staged_facts_max: staged_facts_max.max(1) }
+    }
+
+    pub fn stats(&self) -> WriterStats {
+        WriterStats {
+            recorded_entries: self.shared.recorded_entries.load(Ordering::Relaxed),
+            record_seconds: self.shared.record_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+            staged_entries: self.staged().queue.len(),
+        }
     }
 
     fn staged(&self) -> std::sync::MutexGuard<'_, Staged> {
@@ -437,8 +459,11 @@ fn write_loop(index: &KeyIndex, shared: &Shared, sync_interval: Duration) {
         };
         last_commit = Instant::now();
         if !batch.is_empty() {
+            let started = Instant::now();
             match index.record(&batch, &[]) {
                 Ok(()) => {
+                    shared.record_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    shared.recorded_entries.fetch_add(batch.len() as u64, Ordering::Relaxed);
                     let mut staged = shared.staged.lock().expect("key index stage poisoned");
                     for (position, token, offset) in &batch {
                         let front = staged.queue.pop_front();
@@ -554,6 +579,9 @@ mod tests {
         }
         assert_eq!(writer.look_up_staged(&[token(1), token(3)]), vec![None, None], "committed entries leave the stage");
         assert_eq!(index.look_up(&[token(1), token(2), token(3)]).unwrap(), vec![Some((0, 1)), Some((0, 2)), Some((1, 1))]);
+        let stats = writer.stats();
+        assert_eq!((stats.recorded_entries, stats.staged_entries), (3, 0), "the writer counts what it committed: {stats:?}");
+        assert!(stats.record_seconds > 0.0, "and the time its commits took: {stats:?}");
         // Dropping the writer and the index releases the file, synced.
         drop(writer);
         drop(index);

@@ -126,6 +126,19 @@ async fn a_key_stored_in_one_category_is_refused_in_another_after_restart() {
     assert_eq!(zone.message_count("audit").await, 1, "the key stored in operational is not stored again in audit");
     let again = client.append(env, batch_fact(1)).await.unwrap();
     assert!(again.duplicate && again.offset == first.offset, "{again:?}");
+    // The index writer's cost is visible: the fact appended after the
+    // restart is committed to the file and counted within a few ticks.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = zone.metrics_text().await;
+        let recorded = metric_value(&text, "bsfg_key_index_recorded_facts_total", &[]);
+        let seconds = metric_value(&text, "bsfg_key_index_write_seconds_total", &[]);
+        if recorded == Some(1.0) && seconds.is_some_and(|s| s > 0.0) && metric_value(&text, "bsfg_key_index_staged_facts", &[]) == Some(0.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "key index writer metrics: recorded {recorded:?}, seconds {seconds:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Concurrent appends are group-committed (atomic batches): every answered
