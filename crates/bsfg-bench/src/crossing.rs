@@ -488,21 +488,14 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
     let bench_cpu_before = super::cpu_seconds(std::process::id());
     let cpu_before: Vec<(f64, f64)> = ZONES.iter().map(|z| (super::cpu_seconds(zones[z].node.pid()), super::cpu_seconds(zones[z].nats.pid()))).collect();
     let lag = lag_run(&src, &zones["enterprise"].js, a.lag_rate, a.lag_secs, timeout).await?;
+    let per_fact_us = |pid: u32, before: f64| (super::cpu_seconds(pid) - before) * 1e6 / lag.0.max(1) as f64;
     let lag_cpu: String = ZONES
         .iter()
         .zip(&cpu_before)
         .map(|(z, (node, nats))| {
-            let per_fact = |now: f64, before: f64| (now - before) * 1e6 / lag.0.max(1) as f64;
-            format!(
-                "{z} node {:.0} µs + nats-server {:.0} µs",
-                per_fact(super::cpu_seconds(zones[z].node.pid()), *node),
-                per_fact(super::cpu_seconds(zones[z].nats.pid()), *nats)
-            )
+            format!("{z} node {:.0} µs + nats-server {:.0} µs", per_fact_us(zones[z].node.pid(), *node), per_fact_us(zones[z].nats.pid(), *nats))
         })
-        .chain(std::iter::once(format!(
-            "load generator (this bench) {:.0} µs",
-            (super::cpu_seconds(std::process::id()) - bench_cpu_before) * 1e6 / lag.0.max(1) as f64
-        )))
+        .chain(std::iter::once(format!("load generator (this bench) {:.0} µs", per_fact_us(std::process::id(), bench_cpu_before))))
         .collect::<Vec<_>>()
         .join("; ");
     eprintln!("CPU per fact during the lag run at {} facts/s: {lag_cpu}", a.lag_rate);

@@ -539,23 +539,17 @@ fn node_layout_message(category: &str, subject: &str, message_id: &str, object: 
 const LAYOUT_COPY: &str = "layoutcopy";
 
 async fn create_layout_copy_stream(js: &jetstream::Context) -> anyhow::Result<()> {
-    js.create_stream(stream::Config {
-        name: format!("facts_{LAYOUT_COPY}"),
-        subjects: vec![format!("facts.{LAYOUT_COPY}.>")],
-        retention: stream::RetentionPolicy::Limits,
-        max_bytes: 8 << 30,
-        max_messages: -1,
-        max_messages_per_subject: -1,
+    let category = bsfg::config::CategoryConfig {
+        name: LAYOUT_COPY.into(),
+        kinds: Vec::new(),
+        default: false,
+        capacity_bytes: 8 << 30,
+        fill_threshold_percent: 80,
+        retain_fill_percent: 50,
         max_age: Duration::ZERO,
-        discard: stream::DiscardPolicy::New,
-        storage: stream::StorageType::File,
-        num_replicas: 1,
         duplicate_window: Duration::from_secs(120),
-        allow_direct: true,
-        deny_delete: true,
-        ..Default::default()
-    })
-    .await?;
+    };
+    js.create_stream(bsfg::store::facts::stream_config("bench", bsfg_domain::limits::Limits::default().fact_bytes_max, &category)).await?;
     Ok(())
 }
 

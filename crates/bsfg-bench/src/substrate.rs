@@ -63,7 +63,7 @@ enum Variant {
     /// One subject per fact (`facts.c.k.<token>`), `Nats-Msg-Id` and the
     /// content header: the former layout without its guard.
     SubjectPerFact,
-    /// The node's exact headers: plus the expected-last-subject-sequence
+    /// The former layout's exact headers: plus the expected-last-subject-sequence
     /// guard over `facts.c.*.<token>`.
     NodeGuarded,
     /// The guard without `Nats-Msg-Id`.

@@ -313,7 +313,7 @@ pub struct CategoryConfig {
     /// Facts older than this are removed once every consumer confirmed them.
     #[serde(with = "humantime_serde")]
     pub max_age: Duration,
-    /// JetStream duplicate window (idempotency beyond it is kept by subject).
+    /// JetStream duplicate window (beyond it, the key index answers retries).
     #[serde(default = "default_duplicate_window", with = "humantime_serde")]
     pub duplicate_window: Duration,
 }

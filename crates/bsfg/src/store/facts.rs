@@ -75,6 +75,37 @@ pub fn stream_name(category: &str) -> String {
 }
 
 /// The subject a fact of `kind` is stored under in `category`.
+/// The JetStream stream of a category, every option explicit.
+pub fn stream_config(zone: &str, fact_bytes_max: usize, c: &CategoryConfig) -> stream::Config {
+    stream::Config {
+        name: stream_name(&c.name),
+        description: Some(format!("BSFG zone {zone} category {}", c.name)),
+        subjects: vec![format!("facts.{}.>", c.name)],
+        retention: stream::RetentionPolicy::Limits,
+        // Hard stop; the node refuses earlier, at the fill threshold.
+        max_bytes: c.capacity_bytes as i64,
+        max_messages: -1,
+        max_messages_per_subject: -1,
+        // Age and confirmed-prefix truncation is done by the node's
+        // retention task: JetStream's max_age would ignore consumers.
+        max_age: std::time::Duration::ZERO,
+        max_message_size: (fact_bytes_max + 4096) as i32,
+        discard: stream::DiscardPolicy::New,
+        discard_new_per_subject: false,
+        storage: stream::StorageType::File,
+        num_replicas: 1,
+        duplicate_window: c.duplicate_window,
+        // Reading a fact back by offset is a direct get.
+        allow_direct: true,
+        allow_rollup: false,
+        deny_delete: true,
+        deny_purge: false,
+        max_consumers: -1,
+        no_ack: false,
+        ..Default::default()
+    }
+}
+
 pub fn fact_subject(category: &str, kind: &str) -> String {
     format!("facts.{category}.{kind}")
 }
@@ -150,33 +181,7 @@ impl FactLog {
     ) -> anyhow::Result<Arc<Self>> {
         let mut categories = HashMap::new();
         for (position, c) in config.categories.iter().enumerate() {
-            let stream_config = stream::Config {
-                name: stream_name(&c.name),
-                description: Some(format!("BSFG zone {} category {}", config.zone, c.name)),
-                subjects: vec![format!("facts.{}.>", c.name)],
-                retention: stream::RetentionPolicy::Limits,
-                // Hard stop; the node refuses earlier, at the fill threshold.
-                max_bytes: c.capacity_bytes as i64,
-                max_messages: -1,
-                max_messages_per_subject: -1,
-                // Age and confirmed-prefix truncation is done by the node's
-                // retention task: JetStream's max_age would ignore consumers.
-                max_age: std::time::Duration::ZERO,
-                max_message_size: (config.limits.fact_bytes_max + 4096) as i32,
-                discard: stream::DiscardPolicy::New,
-                discard_new_per_subject: false,
-                storage: stream::StorageType::File,
-                num_replicas: 1,
-                duplicate_window: c.duplicate_window,
-                // Reading a fact back by offset is a direct get.
-                allow_direct: true,
-                allow_rollup: false,
-                deny_delete: true,
-                deny_purge: false,
-                max_consumers: -1,
-                no_ack: false,
-                ..Default::default()
-            };
+            let stream_config = stream_config(&config.zone, config.limits.fact_bytes_max, c);
             match jetstream.get_stream(&stream_config.name).await {
                 Ok(_) => {
                     jetstream.update_stream(stream_config.clone()).await?;

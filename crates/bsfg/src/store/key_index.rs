@@ -459,10 +459,9 @@ fn write_loop(index: &KeyIndex, shared: &Shared, sync_interval: Duration) {
         };
         last_commit = Instant::now();
         if !batch.is_empty() {
-            let started = Instant::now();
             match index.record(&batch, &[]) {
                 Ok(()) => {
-                    shared.record_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    shared.record_nanos.fetch_add(last_commit.elapsed().as_nanos() as u64, Ordering::Relaxed);
                     shared.recorded_entries.fetch_add(batch.len() as u64, Ordering::Relaxed);
                     let mut staged = shared.staged.lock().expect("key index stage poisoned");
                     for (position, token, offset) in &batch {
