@@ -9,9 +9,9 @@
 //! Keys are the node's own tokens (digests of `from_zone`/`message_id`),
 //! offsets ascend, one category. CPU is the process's user+system time
 //! around the index's calls only (making the tokens is not counted), so it
-//! includes the page-cache writes of each non-durable commit; the file is
-//! fsynced every `--sync-interval-ms`, as the writer does every
-//! `key_index_sync_interval`.
+//! includes the page-cache writes of each record; the file is
+//! checkpointed (fsynced, and the table grown) every `--sync-interval-ms`,
+//! as the writer does every `key_index_sync_interval`.
 
 use super::cpu_seconds;
 use bsfg::store::key_index::{KeyIndex, Token, token_bytes};
@@ -27,12 +27,9 @@ pub struct KeyIndexArgs {
     /// Entries per report line.
     #[arg(long, default_value_t = 500_000)]
     step: u64,
-    /// Entries per write transaction (the writer thread's batch maximum is 8192).
+    /// Entries per record call (the writer thread's batch maximum is 8192).
     #[arg(long, default_value_t = 8192)]
     batch: u64,
-    /// Page cache of the index in MiB (the node's default `key_index_cache_bytes` is 8 MiB).
-    #[arg(long, default_value_t = 8)]
-    cache_mib: usize,
     /// Look-ups per measurement (misses, then hits).
     #[arg(long, default_value_t = 100_000)]
     lookups: u64,
@@ -53,12 +50,12 @@ pub fn run(a: KeyIndexArgs) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("bsfg-bench-key-index-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let _cleanup = super::scopeguard(dir.clone());
-    let path = dir.join("key-index.redb");
-    let index = KeyIndex::open(&path, a.cache_mib << 20, &["operational".to_string()])?;
+    let path = dir.join("key-index.kix");
+    let index = KeyIndex::open(&path, &["operational".to_string()])?;
     let me = std::process::id();
     let mut md = format!(
-        "### Key index alone (`bsfg-bench key-index --entries {} --batch {} --cache-mib {} --sync-interval-ms {}`)\n\n| Index size (entries) | record CPU µs/entry | look-up miss CPU µs/key | look-up hit CPU µs/key | file MiB |\n|---|---|---|---|---|\n",
-        a.entries, a.batch, a.cache_mib, a.sync_interval_ms
+        "### Key index alone (`bsfg-bench key-index --entries {} --batch {} --sync-interval-ms {}`)\n\n| Index size (entries) | record CPU µs/entry | look-up miss CPU µs/key | look-up hit CPU µs/key | file MiB |\n|---|---|---|---|---|\n",
+        a.entries, a.batch, a.sync_interval_ms
     );
     let mut offset = 0u64;
     let sync_interval = std::time::Duration::from_millis(a.sync_interval_ms);

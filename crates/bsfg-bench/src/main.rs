@@ -628,7 +628,7 @@ fn node_nats_section(nats_port: u16) -> String {
 /// plus any lines in `BENCH_COMMIT_EXTRA` (for A/B runs of commit settings,
 /// e.g. `batches_in_flight_max = 4`).
 fn node_commit_section(dir: &std::path::Path, zone: &str) -> String {
-    format!("[commit]\nkey_index_path = \"{}\"\n{}", dir.join(format!("key-index.{zone}.redb")).display(), std::env::var("BENCH_COMMIT_EXTRA").unwrap_or_default())
+    format!("[commit]\nkey_index_path = \"{}\"\n{}", dir.join(format!("key-index.{zone}.kix")).display(), std::env::var("BENCH_COMMIT_EXTRA").unwrap_or_default())
 }
 
 fn node_config(port: u16, ops: u16, nats_port: u16, drain_consumers: usize, dir: &std::path::Path) -> String {

@@ -235,12 +235,9 @@ pub struct CommitConfig {
     pub batches_in_flight_max: usize,
     /// Most appends waiting for a batch; beyond it callers wait.
     pub queue_facts_max: usize,
-    /// The key index file; by default `key-index.<zone>.redb` beside the
+    /// The key index file; by default `key-index.<zone>.kix` beside the
     /// nats store directory (`[nats] store_dir`).
     pub key_index_path: Option<PathBuf>,
-    /// Page cache of the key index (fixed memory; the file itself grows
-    /// with the retained facts, about 100 bytes each).
-    pub key_index_cache_bytes: usize,
     /// How often the key index is made durable (an fsync). Losing the
     /// last interval costs only a re-read of those facts at start-up.
     #[serde(with = "humantime_serde")]
@@ -257,7 +254,6 @@ impl Default for CommitConfig {
             batches_in_flight_max: 2,
             queue_facts_max: 4096,
             key_index_path: None,
-            key_index_cache_bytes: 8 << 20,
             key_index_sync_interval: Duration::from_secs(1),
             key_index_staged_facts_max: 65_536,
         }
@@ -411,9 +407,6 @@ impl ZoneConfig {
         if !(1..=4096).contains(&k.batch_facts_max) || !(1..=64).contains(&k.batches_in_flight_max) || !(1..=1_000_000).contains(&k.queue_facts_max) {
             bail!("[commit]: need 1 <= batch_facts_max <= 4096, 1 <= batches_in_flight_max <= 64, 1 <= queue_facts_max <= 1000000");
         }
-        if !((1 << 20)..=(1 << 30)).contains(&k.key_index_cache_bytes) {
-            bail!("[commit] key_index_cache_bytes is {}; need 1 MiB to 1 GiB", k.key_index_cache_bytes);
-        }
         if !(1024..=4_194_304).contains(&k.key_index_staged_facts_max) {
             bail!("[commit] key_index_staged_facts_max is {}; need 1024 to 4194304", k.key_index_staged_facts_max);
         }
@@ -517,7 +510,7 @@ impl ZoneConfig {
             // The zone in the name: nodes of different zones that share a
             // working directory (external nats, default store_dir) must
             // not share a file.
-            self.nats.store_dir.parent().unwrap_or_else(|| std::path::Path::new("")).join(format!("key-index.{}.redb", self.zone))
+            self.nats.store_dir.parent().unwrap_or_else(|| std::path::Path::new("")).join(format!("key-index.{}.kix", self.zone))
         })
     }
 

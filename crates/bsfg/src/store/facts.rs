@@ -195,8 +195,7 @@ impl FactLog {
             categories.insert(c.name.clone(), Category { config: c.clone(), stream, position, bytes_estimate: AtomicU64::new(bytes) });
         }
         let names: Vec<String> = config.categories.iter().map(|c| c.name.clone()).collect();
-        let (path, cache_bytes) = (config.key_index_path(), config.commit.key_index_cache_bytes);
-        let index = Arc::new(open_key_index(path, cache_bytes, names).await?);
+        let index = Arc::new(open_key_index(config.key_index_path(), names).await?);
         let index_writer = IndexWriter::start(index.clone(), config.commit.key_index_sync_interval, config.commit.key_index_staged_facts_max);
         let sync_interval = config.commit.key_index_sync_interval;
         let log = Arc::new_cyclic(|log| Self {
@@ -324,9 +323,8 @@ impl FactLog {
         if misses.is_empty() {
             return Ok(found);
         }
-        // On this thread: look-ups read pages from redb's cache or the OS
-        // page cache (microseconds), and a hop to the blocking pool cost
-        // more than the look-up.
+        // On this thread: a look-up reads one page from the OS page cache
+        // (microseconds), and a hop to the blocking pool cost more.
         let from_file = self.index.look_up(&misses).map_err(|e| index_unavailable("looking up idempotency keys", e))?;
         let mut from_file = from_file.into_iter();
         for slot in found.iter_mut().filter(|f| f.is_none()) {
@@ -506,7 +504,7 @@ impl FactLog {
         })
         .await?;
         if lost > 0 {
-            tracing::warn!(category = name, lost, last, "key index entries above the stream's last offset dropped (the stream lost its tail)");
+            tracing::warn!(category = name, lost, last, "key index coverage above the stream's last offset dropped (the stream lost its tail); those offsets are read in again");
         }
         self.blocking({
             let name = name.clone();
@@ -599,7 +597,7 @@ impl FactLog {
         Ok(read)
     }
 
-    /// Runs a key-index call on the blocking pool (redb does file I/O).
+    /// Runs a key-index call on the blocking pool (it does file I/O).
     async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&KeyIndex) -> anyhow::Result<T> + Send + 'static) -> anyhow::Result<T> {
         let index = self.index.clone();
         tokio::task::spawn_blocking(move || f(&index)).await?
@@ -608,11 +606,11 @@ impl FactLog {
 
 /// Opens the key index, waiting up to 10 s while a node that is shutting
 /// down (in this process or another) still holds the file's lock.
-async fn open_key_index(path: std::path::PathBuf, cache_bytes: usize, categories: Vec<String>) -> anyhow::Result<KeyIndex> {
+async fn open_key_index(path: std::path::PathBuf, categories: Vec<String>) -> anyhow::Result<KeyIndex> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let (p, c) = (path.clone(), categories.clone());
-        match tokio::task::spawn_blocking(move || KeyIndex::open(&p, cache_bytes, &c)).await? {
+        match tokio::task::spawn_blocking(move || KeyIndex::open(&p, &c)).await? {
             Err(e) if e.downcast_ref::<super::key_index::AlreadyOpen>().is_some() && tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
