@@ -373,7 +373,7 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
         let toml = dir.join(format!("{z}.toml"));
         std::fs::write(&toml, node_toml(z, port, ops, nats_port, &dir, &upstream_urls, mtls))?;
         let node = spawn_logged(
-            std::process::Command::new(&a.bsfg).arg("serve").arg("--config").arg(&toml).env("RUST_LOG", "warn"),
+            std::process::Command::new(&a.bsfg).arg("serve").arg("--config").arg(&toml),
             &dir.join(format!("{z}.node.log")),
         )
         .with_context(|| format!("starting {}", a.bsfg.display()))?;

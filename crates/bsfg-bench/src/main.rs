@@ -703,7 +703,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let node_toml = dir.join("node.toml");
     std::fs::write(&node_toml, node_config(port, ops, nats_port, reps, &dir))?;
     let node = spawn_logged(
-        std::process::Command::new(&args.bsfg).arg("serve").arg("--config").arg(&node_toml).env("RUST_LOG", "warn"),
+        std::process::Command::new(&args.bsfg).arg("serve").arg("--config").arg(&node_toml),
         &dir.join("node.log"),
     )
     .with_context(|| format!("starting {}", args.bsfg.display()))?;

@@ -26,9 +26,13 @@ pub struct SubstrateArgs {
     duration: f64,
     #[arg(long, default_value_t = 3)]
     reps: usize,
-    /// In-flight acknowledgements.
+    /// In-flight acknowledgements (for atomic batches: messages in flight,
+    /// rounded down to whole batches, at least one).
     #[arg(long, default_value_t = 256)]
     window: usize,
+    /// Messages per atomic batch (nats-server allows at most 1000).
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
     /// JetStream `sync_interval`.
     #[arg(long, default_value = "2m")]
     nats_sync: String,
@@ -68,9 +72,14 @@ enum Variant {
     NodeGuarded,
     /// The guard without `Nats-Msg-Id`.
     GuardedNoMsgId,
+    /// The node's current layout (one subject per kind, `Nats-Msg-Id`, the
+    /// content header) sent as JetStream atomic batches (ADR-50) of
+    /// `--batch` messages: only the commit is a request, so nats-server
+    /// sends one acknowledgement per batch instead of one per message.
+    AtomicBatch,
 }
 
-const VARIANTS: [Variant; 4] = [Variant::FixedSubjects, Variant::SubjectPerFact, Variant::NodeGuarded, Variant::GuardedNoMsgId];
+const VARIANTS: [Variant; 5] = [Variant::FixedSubjects, Variant::SubjectPerFact, Variant::NodeGuarded, Variant::GuardedNoMsgId, Variant::AtomicBatch];
 
 impl Variant {
     fn label(self) -> &'static str {
@@ -79,6 +88,7 @@ impl Variant {
             Variant::SubjectPerFact => "one subject per fact, Nats-Msg-Id + content header",
             Variant::NodeGuarded => "one subject per fact + guard (the layout before the key index)",
             Variant::GuardedNoMsgId => "one subject per fact + guard, without Nats-Msg-Id",
+            Variant::AtomicBatch => "64 fixed subjects, Nats-Msg-Id + content header, atomic batches (one ack per batch)",
         }
     }
 
@@ -86,7 +96,7 @@ impl Variant {
         let token = bsfg_domain::identity::key_token(run, &i.to_string());
         let mut headers = HeaderMap::new();
         let subject = match self {
-            Variant::FixedSubjects => format!("facts.c.k.{}", i % 64),
+            Variant::FixedSubjects | Variant::AtomicBatch => format!("facts.c.k.{}", i % 64),
             _ => format!("facts.c.k.{token}"),
         };
         if !matches!(self, Variant::GuardedNoMsgId) {
@@ -129,7 +139,11 @@ pub async fn run(a: SubstrateArgs) -> anyhow::Result<()> {
             let name = format!("sub{rep}");
             fresh_stream(&js, &name).await?;
             let cpu_before = cpu_seconds(nats.pid());
-            let (count, secs) = publish(&js, variant, a.window, a.duration, u64::MAX, &format!("{rep}-{variant:?}")).await?;
+            let run = format!("{rep}-{variant:?}");
+            let (count, secs) = match variant {
+                Variant::AtomicBatch => publish_atomic(&js, &name, a.batch, a.window, a.duration, &run).await?,
+                _ => publish(&js, variant, a.window, a.duration, u64::MAX, &run).await?,
+            };
             let cpu = cpu_seconds(nats.pid()) - cpu_before;
             let rate = count as f64 / secs;
             eprintln!("{variant:?} rep {rep}: {rate:.0} msg/s, nats-server {:.1} µs/msg", cpu * 1e6 / count as f64);
@@ -156,10 +170,53 @@ async fn fresh_stream(js: &jetstream::Context, name: &str) -> anyhow::Result<()>
         storage: stream::StorageType::File,
         duplicate_window: Duration::from_secs(120),
         allow_direct: true,
+        allow_atomic_publish: true,
         ..Default::default()
     })
     .await?;
     Ok(())
+}
+
+/// Publishes `AtomicBatch` messages in batches of `batch`: every message
+/// but the last without a reply subject, the last (`Nats-Batch-Commit`) as
+/// a request whose acknowledgement must cover the whole batch; up to
+/// `window / batch` batches in flight. Returns messages and seconds.
+async fn publish_atomic(js: &jetstream::Context, stream: &str, batch: usize, window: usize, secs: f64, run: &str) -> anyhow::Result<(u64, f64)> {
+    use futures::StreamExt as _;
+    anyhow::ensure!((1..=1000).contains(&batch), "--batch must be 1 to 1000 (nats-server's limit)");
+    let client = js.client();
+    let payload = bytes::Bytes::from(vec![b'x'; 256]);
+    let in_flight_max = (window / batch).max(1);
+    let started = Instant::now();
+    let (mut sent, mut done, mut n) = (0u64, 0u64, 0u64);
+    let mut commits = futures::stream::FuturesUnordered::new();
+    while started.elapsed().as_secs_f64() < secs || !commits.is_empty() {
+        if started.elapsed().as_secs_f64() < secs && commits.len() < in_flight_max {
+            let id = format!("{run}-{n}");
+            n += 1;
+            for seq in 1..=batch {
+                let (subject, mut headers) = Variant::AtomicBatch.message(run, sent);
+                sent += 1;
+                headers.insert("Nats-Batch-Id", id.as_str());
+                headers.insert("Nats-Batch-Sequence", seq.to_string().as_str());
+                if seq < batch {
+                    client.publish_with_headers(subject, headers, payload.clone()).await?;
+                } else {
+                    headers.insert("Nats-Batch-Commit", "1");
+                    let client = client.clone();
+                    let payload = payload.clone();
+                    commits.push(async move { client.request_with_headers(subject, headers, payload).await });
+                }
+            }
+            continue;
+        }
+        let Some(reply) = commits.next().await else { continue };
+        let ack: serde_json::Value = serde_json::from_slice(&reply?.payload)?;
+        anyhow::ensure!(ack.get("error").is_none() && ack["stream"] == stream, "batch not stored: {ack}");
+        anyhow::ensure!(ack["count"].as_u64() == Some(batch as u64), "the commit acknowledges the whole batch: {ack}");
+        done += batch as u64;
+    }
+    Ok((done, started.elapsed().as_secs_f64()))
 }
 
 /// Publishes `variant`'s messages pipelined (see `raw_publish`); every one
