@@ -87,6 +87,29 @@ struct Zone {
     client: BsfgClient,
 }
 
+/// CPU seconds so far of every zone's node and nats-server, and of this
+/// bench process, in `ZONES` order (the bench last).
+fn cpu_snapshot(zones: &BTreeMap<&str, Zone>) -> Vec<f64> {
+    ZONES
+        .iter()
+        .flat_map(|z| [super::cpu_seconds(zones[z].node.pid()), super::cpu_seconds(zones[z].nats.pid())])
+        .chain(std::iter::once(super::cpu_seconds(std::process::id())))
+        .collect()
+}
+
+/// Each process's CPU per fact since `before` (a `cpu_snapshot`).
+fn cpu_per_fact(zones: &BTreeMap<&str, Zone>, before: &[f64], facts: u64, generator: &str) -> String {
+    let now = cpu_snapshot(zones);
+    let us = |i: usize| (now[i] - before[i]) * 1e6 / facts.max(1) as f64;
+    ZONES
+        .iter()
+        .enumerate()
+        .map(|(i, z)| format!("{z} node {:.0} µs + nats-server {:.0} µs", us(2 * i), us(2 * i + 1)))
+        .chain(std::iter::once(format!("{generator} (this bench) {:.0} µs", us(2 * ZONES.len()))))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Resets every node's VmHWM to its current RSS (`/proc/<pid>/clear_refs`
 /// = 5), so the next reading is the peak of what follows.
 fn reset_peak_rss(zones: &BTreeMap<&str, Zone>) {
@@ -405,11 +428,13 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
         let base = count(dest(hops)).await?;
         let fill = append_many(&src, a.concurrency, n, &tag("cu"), kind, to, size).await?;
         let t = Instant::now();
+        let cpu_before = cpu_snapshot(&zones);
         p1.restore();
         let done = wait_count(dest(hops), base + n, timeout).await?;
         let rate = n as f64 / (done - t).as_secs_f64();
         let rtt = 2 * d.as_millis();
-        eprintln!("catch-up {hops} hop(s) {size} B RTT {rtt} ms: {rate:.0} facts/s (pre-fill {fill:.0}/s)");
+        let cpu = cpu_per_fact(&zones, &cpu_before, n, "arrival poller");
+        eprintln!("catch-up {hops} hop(s) {size} B RTT {rtt} ms: {rate:.0} facts/s (pre-fill {fill:.0}/s); CPU per fact: {cpu}");
         if hops == 1 && size == 256 {
             if d.is_zero() {
                 catchup_1hop_256_loop = rate;
@@ -420,7 +445,7 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
         rows.push(Row {
             name: format!("BSFG catch-up, {hops} hop(s), {n} × {size} B backlog, {}", if d.is_zero() { "loopback".to_string() } else { format!("RTT {rtt} ms per link") }),
             rate,
-            detail: format!("pre-fill by AppendFact c{}: {fill:.0} facts/s", a.concurrency),
+            detail: format!("pre-fill by AppendFact c{}: {fill:.0} facts/s; CPU per fact during the catch-up: {cpu}", a.concurrency),
         });
     }
     p1.set_delay(Duration::ZERO);
@@ -485,19 +510,9 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
     }
 
     // ---------------------------------------------------------- (d) two-hop lag (after (e): the open-loop flood inflates plant-a's RSS)
-    let bench_cpu_before = super::cpu_seconds(std::process::id());
-    let cpu_before: Vec<(f64, f64)> = ZONES.iter().map(|z| (super::cpu_seconds(zones[z].node.pid()), super::cpu_seconds(zones[z].nats.pid()))).collect();
+    let cpu_before = cpu_snapshot(&zones);
     let lag = lag_run(&src, &zones["enterprise"].js, a.lag_rate, a.lag_secs, timeout).await?;
-    let per_fact_us = |pid: u32, before: f64| (super::cpu_seconds(pid) - before) * 1e6 / lag.0.max(1) as f64;
-    let lag_cpu: String = ZONES
-        .iter()
-        .zip(&cpu_before)
-        .map(|(z, (node, nats))| {
-            format!("{z} node {:.0} µs + nats-server {:.0} µs", per_fact_us(zones[z].node.pid(), *node), per_fact_us(zones[z].nats.pid(), *nats))
-        })
-        .chain(std::iter::once(format!("load generator (this bench) {:.0} µs", per_fact_us(std::process::id(), bench_cpu_before))))
-        .collect::<Vec<_>>()
-        .join("; ");
+    let lag_cpu = cpu_per_fact(&zones, &cpu_before, lag.0, "load generator");
     eprintln!("CPU per fact during the lag run at {} facts/s: {lag_cpu}", a.lag_rate);
     let lag_low = if a.lag_low_rate > 0.0 { Some(lag_run(&src, &zones["enterprise"].js, a.lag_low_rate, a.lag_secs, timeout).await?) } else { None };
     if a.only_lag {
