@@ -25,6 +25,8 @@ pub struct Metrics {
     pub key_index_recorded_facts_total: Counter,
     pub key_index_write_seconds_total: Counter<f64, AtomicU64>,
     pub key_index_staged_facts: Gauge,
+    pub key_index_entries: Gauge,
+    pub key_index_file_bytes: Gauge,
     pub frontier_offset: Family<Labels, Gauge>,
     pub store_buffer_fill_percent: Family<Labels, Gauge<f64, AtomicU64>>,
     pub retention_blocked: Family<Labels, Gauge>,
@@ -61,6 +63,8 @@ impl Metrics {
             key_index_recorded_facts_total: Counter::default(),
             key_index_write_seconds_total: Counter::default(),
             key_index_staged_facts: Gauge::default(),
+            key_index_entries: Gauge::default(),
+            key_index_file_bytes: Gauge::default(),
             frontier_offset: Family::default(),
             store_buffer_fill_percent: Family::default(),
             retention_blocked: Family::default(),
@@ -102,12 +106,12 @@ impl Metrics {
         );
         registry.register(
             "bsfg_key_index_recorded_facts",
-            "Entries the key index writer committed to its file",
+            "Entries the key index writer recorded in its file",
             m.key_index_recorded_facts_total.clone(),
         );
         registry.register(
             "bsfg_key_index_write_seconds",
-            "Wall time the key index writer spent committing; divided by bsfg_key_index_recorded_facts it is the index's cost per fact, which grows with the index",
+            "Wall time the key index writer spent recording; divided by bsfg_key_index_recorded_facts it is the index's cost per fact",
             m.key_index_write_seconds_total.clone(),
         );
         registry.register(
@@ -115,6 +119,12 @@ impl Metrics {
             "Stored facts waiting for the key index writer (appends wait, then are refused, at [commit] key_index_staged_facts_max)",
             m.key_index_staged_facts.clone(),
         );
+        registry.register(
+            "bsfg_key_index_entries",
+            "Entries in the key index file (entries of facts retention removed count until their page is next written)",
+            m.key_index_entries.clone(),
+        );
+        registry.register("bsfg_key_index_file_bytes", "Size of the key index file (it grows by whole buckets as entries are added)", m.key_index_file_bytes.clone());
         registry.register("bsfg_frontier_offset", "Confirmed frontier per consumer", m.frontier_offset.clone());
         registry.register("bsfg_store_buffer_fill_percent", "Category log fill as percent of capacity", m.store_buffer_fill_percent.clone());
         registry.register(

@@ -665,6 +665,9 @@ async fn maintain_index(log: Weak<FactLog>, sync_interval: Duration) {
         log.metrics.key_index_recorded_facts_total.inc_by(stats.recorded_entries - published.recorded_entries);
         log.metrics.key_index_write_seconds_total.inc_by(stats.record_seconds - published.record_seconds);
         log.metrics.key_index_staged_facts.set(stats.staged_entries as i64);
+        let size = log.index.size();
+        log.metrics.key_index_entries.set(size.entries as i64);
+        log.metrics.key_index_file_bytes.set(size.file_bytes as i64);
         published = stats;
         for c in log.categories.values() {
             let seen = seen_last.entry(c.config.name.clone()).or_insert(0);

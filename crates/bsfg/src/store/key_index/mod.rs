@@ -85,6 +85,15 @@ const LEVEL_MAX: u32 = 34;
 /// Bucket pages read per call by the start-up check.
 const CHECK_CHUNK_PAGES: usize = 256;
 
+/// How large the index is (for operators: metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexSize {
+    /// Entries in the pages, stale ones included until their page is
+    /// next written.
+    pub entries: u64,
+    pub file_bytes: u64,
+}
+
 pub struct KeyIndex {
     file: File,
     /// Categories in a fixed order; entries and look-ups name them by
@@ -102,6 +111,9 @@ pub struct KeyIndex {
     firsts: Vec<AtomicU64>,
     /// Everything only writers change; one writer at a time.
     writes: Mutex<Writes>,
+    /// `Writes::entries` as of the last write, readable without waiting
+    /// for a writer.
+    entries_published: AtomicU64,
     /// What each category's entries cover. Changed after the pages are
     /// written, so a checkpoint's snapshot never vouches for an unwritten
     /// page.
@@ -181,6 +193,7 @@ impl KeyIndex {
                 page: Box::new([0; PAGE_BYTES]),
             }),
             runs: Mutex::new(header.categories.iter().map(|c| IndexedRuns::new(c.through)).collect()),
+            entries_published: AtomicU64::new(header.entries),
         };
         // From here on a crash leaves the file marked for the page check.
         index.checkpoint(&mut index.writes(), 0)?;
@@ -189,6 +202,11 @@ impl KeyIndex {
 
     pub fn categories(&self) -> &[String] {
         &self.categories
+    }
+
+    pub fn size(&self) -> IndexSize {
+        let buckets = self.geometry.read().expect("key index geometry poisoned").buckets();
+        IndexSize { entries: self.entries_published.load(Ordering::Relaxed), file_bytes: page_position(buckets) }
     }
 
     fn writes(&self) -> MutexGuard<'_, Writes> {
@@ -289,6 +307,7 @@ impl KeyIndex {
             }
         }
         loop {
+            self.entries_published.store(writes.entries, Ordering::Relaxed);
             let geometry = *self.geometry.read().expect("key index geometry poisoned");
             if writes.entries * 100 <= geometry.slots() * LOAD_URGENT_PERCENT {
                 return Ok(());
@@ -404,6 +423,7 @@ impl KeyIndex {
             writes.entries -= before - entries.len() as u64;
             split = next;
         }
+        self.entries_published.store(writes.entries, Ordering::Relaxed);
         Ok(())
     }
 
@@ -441,6 +461,7 @@ impl KeyIndex {
         if entries.len() < before {
             self.write_bucket(&mut writes, bucket, &entries)?;
             writes.entries -= 1;
+            self.entries_published.store(writes.entries, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -671,6 +692,8 @@ pub(super) mod tests {
         assert!(geometry.buckets() > BUCKETS_INITIAL * 4, "the table split as it filled: {geometry:?}");
         assert!(index.writes().entries * 100 <= geometry.slots() * LOAD_URGENT_PERCENT);
         assert_eq!(index.writes().entries, total, "no entry lost or copied by the splits");
+        assert_eq!(index.size(), IndexSize { entries: total, file_bytes: page_position(geometry.buckets()) });
+        assert_eq!(std::fs::metadata(dir.path().join("keys.kix")).unwrap().len(), index.size().file_bytes, "the file is as large as its buckets");
         let tokens: Vec<Token> = (1..=total).map(spread).collect();
         let found = index.look_up(&tokens).unwrap();
         assert!(found.iter().zip(1..).all(|(f, n)| *f == Some((0, n))), "every key found at its offset");
