@@ -238,8 +238,9 @@ pub struct CommitConfig {
     /// The key index file; by default `key-index.<zone>.kix` beside the
     /// nats store directory (`[nats] store_dir`).
     pub key_index_path: Option<PathBuf>,
-    /// How often the key index is made durable (an fsync). Losing the
-    /// last interval costs only a re-read of those facts at start-up.
+    /// How often the key index is checkpointed (its pages fsynced, its
+    /// header written, its table grown). Losing the last interval costs
+    /// only a re-read of those facts at start-up.
     #[serde(with = "humantime_serde")]
     pub key_index_sync_interval: Duration,
     /// Most acknowledged facts waiting in memory for the key index's
