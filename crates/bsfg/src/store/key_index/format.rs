@@ -18,7 +18,7 @@
 //! of a page write can tear it; each page carries a CRC-32 of its bucket
 //! number and contents, and a node that was not shut down cleanly checks
 //! every page at start-up and rebuilds the index from the streams if one
-//! is torn (the index is derived; see the module above).
+//! is torn (the index is derived from the streams; see `super`).
 
 use super::Token;
 use std::hash::Hasher as _;
