@@ -51,8 +51,48 @@ pub struct Category {
     pub stream: stream::Stream,
     /// Position in the configured categories (the key index's numbering).
     position: usize,
-    /// Stream bytes at the last refresh plus bytes appended since.
-    bytes_estimate: AtomicU64,
+    fill: FillAccount,
+}
+
+/// A category's stored bytes, for the fill threshold: the stream's bytes as
+/// JetStream last reported them, plus the bytes this node appended since
+/// that report was requested. Why not one counter overwritten by each
+/// report: a report requested before some appends were acknowledged and
+/// applied after them overwrote their bytes, and the fill read low until
+/// the next report, letting appends through above the threshold (seen as a
+/// capacity test failing under load).
+pub struct FillAccount {
+    /// (reported bytes, `appended` when that report was requested)
+    reported: std::sync::Mutex<(u64, u64)>,
+    /// Bytes of the facts this node appended (monotonic).
+    appended: AtomicU64,
+}
+
+impl FillAccount {
+    pub fn new(reported: u64) -> Self {
+        Self { reported: std::sync::Mutex::new((reported, 0)), appended: AtomicU64::new(0) }
+    }
+
+    /// An append acknowledged after the report was requested but already
+    /// in it is counted twice until the next report: the estimate errs
+    /// toward full.
+    pub fn bytes(&self) -> u64 {
+        let (reported, appended_then) = *self.reported.lock().expect("fill accounting poisoned");
+        reported + self.appended.load(Ordering::Acquire).saturating_sub(appended_then)
+    }
+
+    pub fn add_appended(&self, bytes: u64) {
+        self.appended.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    /// Read before requesting the stream's state; pass to `set_reported`.
+    pub fn appended_counter(&self) -> u64 {
+        self.appended.load(Ordering::Acquire)
+    }
+
+    pub fn set_reported(&self, reported: u64, appended_counter_before: u64) {
+        *self.reported.lock().expect("fill accounting poisoned") = (reported, appended_counter_before);
+    }
 }
 
 impl Category {
@@ -60,10 +100,10 @@ impl Category {
         stream_name(&self.config.name)
     }
     pub fn fill_percent(&self) -> f64 {
-        self.bytes_estimate.load(Ordering::Relaxed) as f64 * 100.0 / self.config.capacity_bytes as f64
+        self.fill.bytes() as f64 * 100.0 / self.config.capacity_bytes as f64
     }
-    pub fn set_bytes(&self, bytes: u64) {
-        self.bytes_estimate.store(bytes, Ordering::Relaxed);
+    pub fn fill(&self) -> &FillAccount {
+        &self.fill
     }
     fn is_full(&self) -> bool {
         self.fill_percent() >= f64::from(self.config.fill_threshold_percent)
@@ -192,7 +232,10 @@ impl FactLog {
             }
             let mut stream = jetstream.get_stream(&stream_config.name).await?;
             let bytes = stream.info().await?.state.bytes;
-            categories.insert(c.name.clone(), Category { config: c.clone(), stream, position, bytes_estimate: AtomicU64::new(bytes) });
+            categories.insert(
+                c.name.clone(),
+                Category { config: c.clone(), stream, position, fill: FillAccount::new(bytes) },
+            );
         }
         let names: Vec<String> = config.categories.iter().map(|c| c.name.clone()).collect();
         let index = Arc::new(open_key_index(config.key_index_path(), names).await?);
@@ -434,7 +477,7 @@ impl FactLog {
         let raw = ready.raw_token;
         match ack {
             Ok(ack) if !ack.duplicate => {
-                log.bytes_estimate.fetch_add(ready.payload.len() as u64 + 100, Ordering::Relaxed);
+                log.fill.add_appended(ready.payload.len() as u64 + 100);
                 (Ok(Appended { offset: ack.sequence, duplicate: false, category: ready.category }), Some((log.position, raw, ack.sequence)))
             }
             // The duplicate window knew the key: an earlier attempt was
@@ -455,7 +498,7 @@ impl FactLog {
                 Err(r) => (Err(r), None),
             },
             Err(e) if e.to_string().contains("maximum bytes") || e.to_string().contains("10077") => {
-                log.set_bytes(log.config.capacity_bytes);
+                log.fill.set_reported(log.config.capacity_bytes, log.fill.appended_counter());
                 (
                     Err(Rejection::new(
                         Code::ResourceExhausted,
@@ -713,4 +756,27 @@ pub fn decode_record(payload: &[u8], offset: u64) -> Result<StoredFact, Rejectio
     }
     record.offset = offset;
     Ok(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FillAccount;
+
+    #[test]
+    fn a_late_stream_report_does_not_lose_the_appends_made_meanwhile() {
+        let fill = FillAccount::new(1_000);
+        fill.add_appended(100);
+        assert_eq!(fill.bytes(), 1_100);
+        // A report is requested; two appends are acknowledged before its
+        // answer (1,150 bytes: it saw the first of them) is applied.
+        let before = fill.appended_counter();
+        fill.add_appended(50);
+        fill.add_appended(70);
+        fill.set_reported(1_150, before);
+        assert_eq!(fill.bytes(), 1_270, "both appends counted on top of the report (one twice, erring toward full)");
+        // The next report, requested after them, is exact.
+        let before = fill.appended_counter();
+        fill.set_reported(1_220, before);
+        assert_eq!(fill.bytes(), 1_220);
+    }
 }

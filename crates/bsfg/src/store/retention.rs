@@ -17,8 +17,9 @@ pub async fn run_once(client: &async_nats::Client, facts: &FactLog, consumers: &
     let mut purged_total = 0;
     for category in facts.categories() {
         let mut stream = category.stream.clone();
+        let appended_before = category.fill().appended_counter();
         let state = stream.info().await?.state.clone();
-        category.set_bytes(state.bytes);
+        category.fill().set_reported(state.bytes, appended_before);
         let name = category.config.name.as_str();
         let lbl = labels(&[("category", name)]);
         // Everything at or below this offset is confirmed by all consumers.
@@ -41,7 +42,8 @@ pub async fn run_once(client: &async_nats::Client, facts: &FactLog, consumers: &
             let response = category.stream.purge().sequence(allowed).await?;
             purged_total += response.purged;
             let mut stream = category.stream.clone();
-            category.set_bytes(stream.info().await?.state.bytes);
+            let appended_before = category.fill().appended_counter();
+            category.fill().set_reported(stream.info().await?.state.bytes, appended_before);
             tracing::info!(category = name, purged = response.purged, below = allowed, "retention truncated confirmed facts");
         }
         metrics.store_buffer_fill_percent.get_or_create(&lbl).set(category.fill_percent());
