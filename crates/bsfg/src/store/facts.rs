@@ -61,7 +61,7 @@ pub struct Category {
 /// applied after them overwrote their bytes, and the fill read low until
 /// the next report, letting appends through above the threshold (seen as a
 /// capacity test failing under load).
-pub struct FillAccount {
+struct FillAccount {
     /// (reported bytes, `appended` when that report was requested)
     reported: std::sync::Mutex<(u64, u64)>,
     /// Bytes of the facts this node appended (monotonic).
@@ -69,28 +69,28 @@ pub struct FillAccount {
 }
 
 impl FillAccount {
-    pub fn new(reported: u64) -> Self {
+    fn new(reported: u64) -> Self {
         Self { reported: std::sync::Mutex::new((reported, 0)), appended: AtomicU64::new(0) }
     }
 
     /// An append acknowledged after the report was requested but already
     /// in it is counted twice until the next report: the estimate errs
     /// toward full.
-    pub fn bytes(&self) -> u64 {
+    fn bytes(&self) -> u64 {
         let (reported, appended_then) = *self.reported.lock().expect("fill accounting poisoned");
         reported + self.appended.load(Ordering::Acquire).saturating_sub(appended_then)
     }
 
-    pub fn add_appended(&self, bytes: u64) {
+    fn add_appended(&self, bytes: u64) {
         self.appended.fetch_add(bytes, Ordering::AcqRel);
     }
 
     /// Read before requesting the stream's state; pass to `set_reported`.
-    pub fn appended_counter(&self) -> u64 {
+    fn appended_counter(&self) -> u64 {
         self.appended.load(Ordering::Acquire)
     }
 
-    pub fn set_reported(&self, reported: u64, appended_counter_before: u64) {
+    fn set_reported(&self, reported: u64, appended_counter_before: u64) {
         *self.reported.lock().expect("fill accounting poisoned") = (reported, appended_counter_before);
     }
 }
@@ -102,8 +102,14 @@ impl Category {
     pub fn fill_percent(&self) -> f64 {
         self.fill.bytes() as f64 * 100.0 / self.config.capacity_bytes as f64
     }
-    pub fn fill(&self) -> &FillAccount {
-        &self.fill
+    /// The stream's state, fetched from JetStream; its bytes become the
+    /// base of the fill estimate.
+    pub async fn report_state(&self) -> anyhow::Result<stream::State> {
+        let mut stream = self.stream.clone();
+        let appended_before = self.fill.appended_counter();
+        let state = stream.info().await?.state.clone();
+        self.fill.set_reported(state.bytes, appended_before);
+        Ok(state)
     }
     fn is_full(&self) -> bool {
         self.fill_percent() >= f64::from(self.config.fill_threshold_percent)
@@ -114,7 +120,6 @@ pub fn stream_name(category: &str) -> String {
     format!("facts_{category}")
 }
 
-/// The subject a fact of `kind` is stored under in `category`.
 /// The JetStream stream of a category, every option explicit.
 pub fn stream_config(zone: &str, fact_bytes_max: usize, c: &CategoryConfig) -> stream::Config {
     stream::Config {
@@ -146,6 +151,7 @@ pub fn stream_config(zone: &str, fact_bytes_max: usize, c: &CategoryConfig) -> s
     }
 }
 
+/// The subject a fact of `kind` is stored under in `category`.
 pub fn fact_subject(category: &str, kind: &str) -> String {
     format!("facts.{category}.{kind}")
 }

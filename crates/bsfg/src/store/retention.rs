@@ -16,10 +16,7 @@ use std::time::Duration;
 pub async fn run_once(client: &async_nats::Client, facts: &FactLog, consumers: &Consumers, metrics: &Metrics) -> anyhow::Result<u64> {
     let mut purged_total = 0;
     for category in facts.categories() {
-        let mut stream = category.stream.clone();
-        let appended_before = category.fill().appended_counter();
-        let state = stream.info().await?.state.clone();
-        category.fill().set_reported(state.bytes, appended_before);
+        let state = category.report_state().await?;
         let name = category.config.name.as_str();
         let lbl = labels(&[("category", name)]);
         // Everything at or below this offset is confirmed by all consumers.
@@ -41,9 +38,7 @@ pub async fn run_once(client: &async_nats::Client, facts: &FactLog, consumers: &
         if allowed > state.first_sequence {
             let response = category.stream.purge().sequence(allowed).await?;
             purged_total += response.purged;
-            let mut stream = category.stream.clone();
-            let appended_before = category.fill().appended_counter();
-            category.fill().set_reported(stream.info().await?.state.bytes, appended_before);
+            category.report_state().await?;
             tracing::info!(category = name, purged = response.purged, below = allowed, "retention truncated confirmed facts");
         }
         metrics.store_buffer_fill_percent.get_or_create(&lbl).set(category.fill_percent());

@@ -327,8 +327,7 @@ impl KeyIndex {
         while at < sorted.len() {
             let bucket = geometry.bucket_of(sorted[at].0);
             let end = at + sorted[at..].iter().take_while(|(hash, _)| geometry.bucket_of(*hash) == bucket).count();
-            read_page(&self.file, bucket, &mut writes.page)?;
-            format::decode_page(bucket, &writes.page, &mut kept)?;
+            self.load_bucket(writes, bucket, &mut kept)?;
             let before = kept.len() as u64;
             kept.retain(|e| self.is_live(e));
             for (_, entry) in &sorted[at..end] {
@@ -345,6 +344,14 @@ impl KeyIndex {
             at = end;
         }
         Ok(None)
+    }
+
+    /// The writer's read of a bucket's entries (readers take the geometry
+    /// lock instead; only the writer changes pages).
+    fn load_bucket(&self, writes: &mut Writes, bucket: u64, into: &mut Vec<Entry>) -> anyhow::Result<()> {
+        read_page(&self.file, bucket, &mut writes.page)?;
+        format::decode_page(bucket, &writes.page, into)?;
+        Ok(())
     }
 
     /// Writes a bucket page readers may be reading.
@@ -387,6 +394,12 @@ impl KeyIndex {
     ///    from the old buckets (a left-over copy is never addressed and is
     ///    dropped when that bucket is split again).
     fn checkpoint(&self, writes: &mut Writes, splits: u64) -> anyhow::Result<()> {
+        self.checkpoint_marked(writes, splits, false)
+    }
+
+    /// `checkpoint`, with the header marked `clean` (only an orderly close
+    /// does that: no page can be written after it).
+    fn checkpoint_marked(&self, writes: &mut Writes, splits: u64, clean: bool) -> anyhow::Result<()> {
         let throughs: Vec<u64> = self.runs().iter().map(IndexedRuns::through).collect();
         self.file.sync_data()?;
         let old_geometry = *self.geometry.read().expect("key index geometry poisoned");
@@ -395,8 +408,7 @@ impl KeyIndex {
         let mut entries = Vec::with_capacity(SLOTS_PER_PAGE);
         for _ in 0..splits {
             let (next, old, new) = geometry.next_split();
-            read_page(&self.file, old, &mut writes.page)?;
-            format::decode_page(old, &writes.page, &mut entries)?;
+            self.load_bucket(writes, old, &mut entries)?;
             entries.retain(|e| self.is_live(e) && next.bucket_of(self.hash(&e.token)) == new);
             // Not yet addressed by any reader: no lock needed.
             format::encode_page(new, &entries, &mut writes.page);
@@ -407,14 +419,13 @@ impl KeyIndex {
         if splits > 0 {
             self.file.sync_data()?;
         }
-        self.write_header(writes, geometry, &throughs, false)?;
+        self.write_header(writes, geometry, &throughs, clean)?;
         self.file.sync_data()?;
         *self.geometry.write().expect("key index geometry poisoned") = geometry;
         let mut split = old_geometry;
         for _ in 0..splits {
             let (next, old, _) = split.next_split();
-            read_page(&self.file, old, &mut writes.page)?;
-            format::decode_page(old, &writes.page, &mut entries)?;
+            self.load_bucket(writes, old, &mut entries)?;
             let before = entries.len() as u64;
             entries.retain(|e| self.is_live(e) && next.bucket_of(self.hash(&e.token)) == old);
             self.write_bucket(writes, old, &entries)?;
@@ -454,8 +465,7 @@ impl KeyIndex {
         let mut writes = self.writes();
         let bucket = self.geometry.read().expect("key index geometry poisoned").bucket_of(self.hash(token));
         let mut entries = Vec::with_capacity(SLOTS_PER_PAGE);
-        read_page(&self.file, bucket, &mut writes.page)?;
-        format::decode_page(bucket, &writes.page, &mut entries)?;
+        self.load_bucket(&mut writes, bucket, &mut entries)?;
         let before = entries.len();
         entries.retain(|e| !(e.token == *token && e.offset == offset && usize::from(e.category) == position));
         if entries.len() < before {
@@ -519,12 +529,7 @@ impl Drop for KeyIndex {
     fn drop(&mut self) {
         let close = || -> anyhow::Result<()> {
             let mut writes = self.writes.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-            let throughs: Vec<u64> = self.runs().iter().map(IndexedRuns::through).collect();
-            self.file.sync_data()?;
-            let geometry = *self.geometry.read().map_err(|_| anyhow::anyhow!("poisoned"))?;
-            self.write_header(&mut writes, geometry, &throughs, true)?;
-            self.file.sync_data()?;
-            Ok(())
+            self.checkpoint_marked(&mut writes, 0, true)
         };
         if let Err(e) = close() {
             tracing::warn!(error = %e, "closing the key index cleanly failed; the next start-up checks its pages");
