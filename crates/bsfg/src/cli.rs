@@ -202,25 +202,10 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// JSON logs on stderr. Lines are handed to a writer thread through a
-/// bounded queue, so a slow terminal or pipe slows logging, not the request
-/// path; the guard flushes the queue when the process ends. The writer
-/// thread drains whatever has queued into a buffer and flushes once per
-/// drain: one write per burst of lines, not one per line.
-pub fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BSFG_LOG").unwrap_or_else(|_| "info,async_nats=warn".into());
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .buffered_lines_limit(64 * 1024)
-        .lossy(false)
-        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
-    let _ = tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(writer).try_init();
-    guard
-}
-
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => {
-            let _log_guard = init_logging();
+            let _log_guard = crate::logs::init();
             let config = ZoneConfig::load(&config)?;
             let node = crate::node::start(config).await?;
             let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

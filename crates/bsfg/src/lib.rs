@@ -10,6 +10,7 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod faultproxy;
+pub mod logs;
 pub mod metrics;
 pub mod node;
 pub mod replicator;

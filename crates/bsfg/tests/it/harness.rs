@@ -336,6 +336,26 @@ impl Zone {
         std::fs::read_to_string(self.dir.path().join("bsfg.log")).unwrap_or_default()
     }
 
+    /// Waits (the node writes its log in bursts) until a log line with
+    /// `fields[key] == value` for every pair has been written, and returns
+    /// the matching lines. Every line must be one JSON object.
+    pub async fn log_lines_with(&self, pairs: &[(&str, &str)]) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = self.log_text();
+            let matching: Vec<serde_json::Value> = text
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("a log line is not JSON ({e}): {l}")))
+                .filter(|l| pairs.iter().all(|(k, v)| l["fields"][*k] == *v))
+                .collect();
+            if !matching.is_empty() {
+                return matching;
+            }
+            assert!(Instant::now() < deadline, "no log line with {pairs:?}; log:\n{text}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn is_tls(&self) -> bool {
         self.config.tls.mode == bsfg::config::TlsMode::Mtls
     }
