@@ -46,13 +46,13 @@ async fn append_is_idempotent_and_conflicts_are_refused() {
 
     // Every outcome is a JSON log line naming the RPC, the key and the outcome.
     let key = format!("{}/{}", env.from_zone, env.message_id);
-    let ok = zone.log_lines_with(&[("rpc", "AppendFact"), ("key", &key), ("outcome", "ok")]).await;
+    let ok = zone.log_lines_with(3, &[("rpc", "AppendFact"), ("key", &key), ("outcome", "ok")]).await;
     assert_eq!(ok.len(), 3, "the first append and its two identical retries answered: {ok:?}");
     assert!(ok.iter().all(|l| l["level"] == "INFO" && l["fields"]["elapsed_us"].is_u64()), "{ok:?}");
-    let duplicates = zone.log_lines_with(&[("rpc", "AppendFact"), ("key", &key), ("outcome", "duplicate")]).await;
+    let duplicates = zone.log_lines_with(2, &[("rpc", "AppendFact"), ("key", &key), ("outcome", "duplicate")]).await;
     assert_eq!(duplicates.len(), 2, "{duplicates:?}");
     assert!(duplicates.iter().all(|l| l["fields"]["offset"] == first.offset), "a duplicate names the original offset: {duplicates:?}");
-    let rejected = zone.log_lines_with(&[("rpc", "AppendFact"), ("key", &key), ("outcome", "rejected"), ("reason", "conflicting_duplicate")]).await;
+    let rejected = zone.log_lines_with(2, &[("rpc", "AppendFact"), ("key", &key), ("outcome", "rejected"), ("reason", "conflicting_duplicate")]).await;
     assert_eq!(rejected.len(), 2, "{rejected:?}");
     assert!(rejected.iter().all(|l| l["fields"]["message"].as_str().is_some_and(|m| m.contains(&env.message_id))), "{rejected:?}");
 }

@@ -336,10 +336,10 @@ impl Zone {
         std::fs::read_to_string(self.dir.path().join("bsfg.log")).unwrap_or_default()
     }
 
-    /// Waits (the node writes its log in bursts) until a log line with
-    /// `fields[key] == value` for every pair has been written, and returns
-    /// the matching lines. Every line must be one JSON object.
-    pub async fn log_lines_with(&self, pairs: &[(&str, &str)]) -> Vec<serde_json::Value> {
+    /// Waits (the node writes its log in bursts) until at least `n` log
+    /// lines with `fields[key] == value` for every pair have been written,
+    /// and returns the matching lines. Every line must be one JSON object.
+    pub async fn log_lines_with(&self, n: usize, pairs: &[(&str, &str)]) -> Vec<serde_json::Value> {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let text = self.log_text();
@@ -348,10 +348,10 @@ impl Zone {
                 .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("a log line is not JSON ({e}): {l}")))
                 .filter(|l| pairs.iter().all(|(k, v)| l["fields"][*k] == *v))
                 .collect();
-            if !matching.is_empty() {
+            if matching.len() >= n {
                 return matching;
             }
-            assert!(Instant::now() < deadline, "no log line with {pairs:?}; log:\n{text}");
+            assert!(Instant::now() < deadline, "{} of {n} log lines with {pairs:?}; log:\n{text}", matching.len());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
