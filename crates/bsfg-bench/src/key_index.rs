@@ -34,9 +34,17 @@ pub struct KeyIndexArgs {
     #[arg(long, default_value_t = 100_000)]
     lookups: u64,
     /// Make the file durable this often, as the writer thread does every
-    /// `key_index_sync_interval` (1 s by default).
-    #[arg(long, default_value_t = 1000)]
+    /// `key_index_sync_interval` (10 s by default).
+    #[arg(long, default_value_t = 10_000)]
     sync_interval_ms: u64,
+    /// After the growth steps: record at this steady rate (entries/s, in
+    /// batches every 10 ms as the writer thread does) and report CPU and
+    /// disk bytes written per entry. 0 skips it.
+    #[arg(long, default_value_t = 10_000)]
+    paced_rate: u64,
+    /// Seconds of the paced phase.
+    #[arg(long, default_value_t = 30)]
+    paced_seconds: u64,
 }
 
 /// The token the node derives for message `n` of a made-up zone: the
@@ -88,8 +96,56 @@ pub fn run(a: KeyIndexArgs) -> anyhow::Result<()> {
         eprintln!("{offset} entries: record {record_us:.2} µs/entry, miss {miss_us:.2} µs, hit {hit_us:.2} µs, file {file_mib:.0} MiB");
         let _ = writeln!(md, "| {offset} | {record_us:.2} | {miss_us:.2} | {hit_us:.2} | {file_mib:.0} |");
     }
+    if a.paced_rate > 0 {
+        let (cpu_us, disk_bytes) = paced(&index, &a, &mut offset, me)?;
+        let _ = writeln!(
+            md,
+            "\nThen {} s at {} entries/s (batches every 10 ms, sync every {} ms), from {} entries: record {cpu_us:.2} µs of CPU and **{:.0} bytes written to disk per entry** (`/proc/self/io` write_bytes).",
+            a.paced_seconds, a.paced_rate, a.sync_interval_ms, a.entries, disk_bytes
+        );
+    }
     println!("{md}");
     Ok(())
+}
+
+/// Records at a steady rate as the writer thread does (a batch every
+/// 10 ms, a sync every interval); returns CPU µs and disk bytes written
+/// per entry.
+fn paced(index: &KeyIndex, a: &KeyIndexArgs, offset: &mut u64, me: u32) -> anyhow::Result<(f64, f64)> {
+    let tick = std::time::Duration::from_millis(10);
+    let per_tick = (a.paced_rate / 100).max(1);
+    let sync_interval = std::time::Duration::from_millis(a.sync_interval_ms);
+    // Start from a durable file, so only this phase's writes are counted.
+    index.sync()?;
+    let (cpu_before, bytes_before, first) = (cpu_seconds(me), written_bytes()?, *offset);
+    let start = Instant::now();
+    let mut last_sync = start;
+    let mut next = start;
+    while start.elapsed().as_secs() < a.paced_seconds {
+        let entries: Vec<(usize, Token, u64)> = (*offset + 1..=*offset + per_tick).map(|o| (0, token("stored", o), o)).collect();
+        index.record(&entries, &[])?;
+        *offset += per_tick;
+        if last_sync.elapsed() >= sync_interval {
+            index.sync()?;
+            last_sync = Instant::now();
+        }
+        next += tick;
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+    index.sync()?;
+    let n = (*offset - first) as f64;
+    Ok(((cpu_seconds(me) - cpu_before) * 1e6 / n, (written_bytes()? - bytes_before) as f64 / n))
+}
+
+/// Bytes this process has caused to be written to storage.
+fn written_bytes() -> anyhow::Result<u64> {
+    let io = std::fs::read_to_string("/proc/self/io")?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes: "))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no write_bytes in /proc/self/io"))
 }
 
 /// CPU µs per key of single-key look-ups (as each append round makes),

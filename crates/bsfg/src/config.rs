@@ -240,7 +240,10 @@ pub struct CommitConfig {
     pub key_index_path: Option<PathBuf>,
     /// How often the key index is checkpointed (its pages fsynced, its
     /// header written, its table grown). Losing the last interval costs
-    /// only a re-read of those facts at start-up.
+    /// only a re-read of those facts at start-up. Each checkpoint writes
+    /// every page dirtied since the last one, so a longer interval writes
+    /// far less to disk: at 10,000 facts/s on a 1M-entry index, 3.3 KB per
+    /// fact at 1 s, 1.2 KB at 10 s (`bsfg-bench key-index`).
     #[serde(with = "humantime_serde")]
     pub key_index_sync_interval: Duration,
     /// Most acknowledged facts waiting in memory for the key index's
@@ -255,7 +258,7 @@ impl Default for CommitConfig {
             batches_in_flight_max: 2,
             queue_facts_max: 4096,
             key_index_path: None,
-            key_index_sync_interval: Duration::from_secs(1),
+            key_index_sync_interval: Duration::from_secs(10),
             key_index_staged_facts_max: 65_536,
         }
     }

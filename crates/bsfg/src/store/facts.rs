@@ -44,6 +44,11 @@ const READ_IN_CHUNK_FACTS: usize = 4096;
 /// How long an append waits for the key index to finish its start-up
 /// catch-up before it is refused as unavailable.
 const INDEX_READY_WAIT: Duration = Duration::from_secs(5);
+/// How often facts stored around the node (an acknowledgement lost on the
+/// way back) are read into the key index, at most. It is independent of
+/// the (longer) checkpoint interval: until a fact is read in, only
+/// JetStream's duplicate window answers its retry.
+const GAP_FILL_INTERVAL_MAX: Duration = Duration::from_secs(1);
 
 /// One category's stream and its fill accounting.
 pub struct Category {
@@ -259,7 +264,7 @@ impl FactLog {
             index_ready: tokio::sync::watch::Sender::new(false),
             metrics,
         });
-        tokio::spawn(maintain_index(Arc::downgrade(&log), sync_interval));
+        tokio::spawn(maintain_index(Arc::downgrade(&log), sync_interval.min(GAP_FILL_INTERVAL_MAX)));
         Ok(log)
     }
 
@@ -673,10 +678,9 @@ fn index_unavailable(what: &str, err: impl std::fmt::Display) -> Rejection {
 }
 
 /// The key index's background work: the start-up catch-up (retried with
-/// backoff; appends wait for it), then every `sync_interval` (the same
-/// cadence at which the writer thread makes the file durable) retention
-/// pruning and gap filling. Ends when the log is dropped.
-async fn maintain_index(log: Weak<FactLog>, sync_interval: Duration) {
+/// backoff; appends wait for it), then every `tick` retention pruning, gap
+/// filling and the index's metrics. Ends when the log is dropped.
+async fn maintain_index(log: Weak<FactLog>, tick: Duration) {
     let mut backoff = Duration::from_millis(200);
     let mut seen_last: HashMap<String, u64> = HashMap::new();
     loop {
@@ -704,7 +708,7 @@ async fn maintain_index(log: Weak<FactLog>, sync_interval: Duration) {
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(30));
     }
-    let mut ticker = tokio::time::interval(sync_interval);
+    let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut published = WriterStats::default();
     loop {
