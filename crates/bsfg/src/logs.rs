@@ -37,8 +37,9 @@ pub fn init() -> LogGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("BSFG_LOG").unwrap_or_else(|_| "info,async_nats=warn".into());
     let (layer, guard) = JsonLines::to_writer(Box::new(std::io::stderr()), BUFFER_BYTES_MAX);
     use tracing_subscriber::layer::SubscriberExt as _;
-    let subscriber = tracing_subscriber::registry().with(filter).with(layer);
-    let _ = tracing::subscriber::set_global_default(subscriber);
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    // `try_init` also forwards `log` records (rustls's) into these lines.
+    let _ = tracing_subscriber::registry().with(filter).with(layer).try_init();
     guard
 }
 
