@@ -20,6 +20,7 @@ pub struct Metrics {
     pub append_latency_seconds: Histogram,
     pub commit_batch_facts: Histogram,
     pub key_index_ready: Gauge,
+    pub key_index_rebuilds_total: Counter,
     pub key_index_through_offset: Family<Labels, Gauge>,
     pub key_index_read_in_facts_total: Family<Labels, Counter>,
     pub key_index_recorded_facts_total: Counter,
@@ -58,6 +59,7 @@ impl Metrics {
             ),
             commit_batch_facts: Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0].into_iter()),
             key_index_ready: Gauge::default(),
+            key_index_rebuilds_total: Counter::default(),
             key_index_through_offset: Family::default(),
             key_index_read_in_facts_total: Family::default(),
             key_index_recorded_facts_total: Counter::default(),
@@ -93,6 +95,11 @@ impl Metrics {
             "bsfg_key_index_ready",
             "1 once the idempotency key index has read every stored fact (until then AppendFact answers unavailable)",
             m.key_index_ready.clone(),
+        );
+        registry.register(
+            "bsfg_key_index_rebuilds",
+            "Times a damaged key index page found while running made the node start the index over and read the streams in again",
+            m.key_index_rebuilds_total.clone(),
         );
         registry.register(
             "bsfg_key_index_through_offset",

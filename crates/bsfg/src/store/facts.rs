@@ -219,6 +219,9 @@ pub struct FactLog {
     index_writer: IndexWriter,
     /// True once the key index has read every fact stored before start-up.
     index_ready: tokio::sync::watch::Sender<bool>,
+    /// Append batches hold it shared; a rebuild of the key index holds it
+    /// exclusively, so no batch looks a key up in an index being emptied.
+    index_epoch: tokio::sync::RwLock<()>,
     commit: CommitQueue,
     metrics: Arc<Metrics>,
 }
@@ -262,6 +265,7 @@ impl FactLog {
             index,
             index_writer,
             index_ready: tokio::sync::watch::Sender::new(false),
+            index_epoch: tokio::sync::RwLock::new(()),
             metrics,
         });
         tokio::spawn(maintain_index(Arc::downgrade(&log), sync_interval.min(GAP_FILL_INTERVAL_MAX)));
@@ -298,9 +302,10 @@ impl FactLog {
     /// order (per-origin order is kept) while one batch costs about one round
     /// trip instead of one per fact.
     pub async fn append_batch(&self, items: Vec<AppendItem>) -> Vec<Result<Appended, Rejection>> {
-        if let Err(r) = self.wait_for_index().await {
-            return items.iter().map(|_| Err(r.clone())).collect();
-        }
+        let _epoch = match self.enter_index_epoch().await {
+            Ok(epoch) => epoch,
+            Err(r) => return items.iter().map(|_| Err(r.clone())).collect(),
+        };
         let tokens: Vec<String> = items.iter().map(|i| key_token(&i.envelope.from_zone, &i.envelope.message_id)).collect();
         let _held = self.keys.hold(&tokens).await;
         // A key that occurs twice in one batch must see its first occurrence
@@ -319,6 +324,31 @@ impl FactLog {
             }
         }
         results.into_iter().map(|r| r.expect("every item has a result")).collect()
+    }
+
+    /// Waits until the key index is ready and holds it there (a rebuild
+    /// waits for the batches inside).
+    async fn enter_index_epoch(&self) -> Result<tokio::sync::RwLockReadGuard<'_, ()>, Rejection> {
+        loop {
+            self.wait_for_index().await?;
+            let epoch = self.index_epoch.read().await;
+            if *self.index_ready.borrow() {
+                return Ok(epoch);
+            }
+        }
+    }
+
+    /// A page of the key index failed its check while running: appends
+    /// wait (they are answered `key_index_catching_up` after a while) while
+    /// the index starts over, empty; the caller then reads every stream in
+    /// again, as at start-up.
+    async fn rebuild_index(&self) -> anyhow::Result<()> {
+        tracing::error!("a key index page is damaged (disk error, or the file was written by something else); rebuilding the index from the streams, appends wait until it is done");
+        self.metrics.key_index_ready.set(0);
+        self.metrics.key_index_rebuilds_total.inc();
+        let _no_batches = self.index_epoch.write().await;
+        self.index_ready.send_replace(false);
+        self.blocking(|index| index.rebuild()).await
     }
 
     async fn wait_for_index(&self) -> Result<(), Rejection> {
@@ -681,39 +711,24 @@ fn index_unavailable(what: &str, err: impl std::fmt::Display) -> Rejection {
 /// backoff; appends wait for it), then every `tick` retention pruning, gap
 /// filling and the index's metrics. Ends when the log is dropped.
 async fn maintain_index(log: Weak<FactLog>, tick: Duration) {
-    let mut backoff = Duration::from_millis(200);
     let mut seen_last: HashMap<String, u64> = HashMap::new();
-    loop {
-        let Some(log) = log.upgrade() else { return };
-        let caught_up = async {
-            let mut read = 0;
-            for c in log.categories.values() {
-                let (n, last) = log.catch_up(c).await?;
-                read += n;
-                seen_last.insert(c.config.name.clone(), last);
-            }
-            log.blocking(|index| index.sync()).await?;
-            anyhow::Ok(read)
-        };
-        match caught_up.await {
-            Ok(read) => {
-                log.index_ready.send_replace(true);
-                log.metrics.key_index_ready.set(1);
-                tracing::info!(read, "key index caught up with the stored facts; appends accepted");
-                break;
-            }
-            Err(e) => tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "key index catch-up failed; appends wait"),
-        }
-        drop(log);
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(30));
+    if !catch_up_index(&log, &mut seen_last).await {
+        return;
     }
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut published = WriterStats::default();
     loop {
         ticker.tick().await;
-        let Some(log) = log.upgrade() else { return };
+        let Some(strong) = log.upgrade() else { return };
+        if strong.index.is_damaged() {
+            drop(strong);
+            if !catch_up_index(&log, &mut seen_last).await {
+                return;
+            }
+            continue;
+        }
+        let log = strong;
         let stats = log.index_writer.stats();
         log.metrics.key_index_recorded_facts_total.inc_by(stats.recorded_entries - published.recorded_entries);
         log.metrics.key_index_write_seconds_total.inc_by(stats.record_seconds - published.record_seconds);
@@ -728,6 +743,41 @@ async fn maintain_index(log: Weak<FactLog>, tick: Duration) {
                 tracing::warn!(category = c.config.name, error = %e, "key index maintenance failed; will retry");
             }
         }
+    }
+}
+
+/// Makes the key index hold every stored fact (at start-up, and after a
+/// rebuild of a damaged index), retrying with backoff; then accepts
+/// appends. False if the log was dropped meanwhile.
+async fn catch_up_index(log: &Weak<FactLog>, seen_last: &mut HashMap<String, u64>) -> bool {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let Some(log) = log.upgrade() else { return false };
+        let caught_up = async {
+            if log.index.is_damaged() {
+                log.rebuild_index().await?;
+            }
+            let mut read = 0;
+            for c in log.categories.values() {
+                let (n, last) = log.catch_up(c).await?;
+                read += n;
+                seen_last.insert(c.config.name.clone(), last);
+            }
+            log.blocking(|index| index.sync()).await?;
+            anyhow::Ok(read)
+        };
+        match caught_up.await {
+            Ok(read) => {
+                log.index_ready.send_replace(true);
+                log.metrics.key_index_ready.set(1);
+                tracing::info!(read, "key index caught up with the stored facts; appends accepted");
+                return true;
+            }
+            Err(e) => tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "key index catch-up failed; appends wait"),
+        }
+        drop(log);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }
 

@@ -162,7 +162,7 @@ async fn idempotent_after_the_key_index_file_is_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_after_a_torn_key_index_page() {
     use std::os::unix::fs::FileExt as _;
-    let mut opts = Opts { out_of_process: true, ..Opts::default() };
+    let mut opts = Opts { out_of_process: true, key_index_sync_interval: Some(Duration::from_secs(1)), ..Opts::default() };
     opts.categories[0].duplicate_window = Duration::from_secs(1);
     let mut zone = Zone::start(opts).await;
     let sent = append_batch(&zone.client(), "torn-page", 6).await;
@@ -178,6 +178,43 @@ async fn idempotent_after_a_torn_key_index_page() {
     let text = zone.metrics_text().await;
     let read_in = metric_value(&text, "bsfg_key_index_read_in_facts_total", &["category=\"operational\""]).unwrap_or(0.0);
     assert_eq!(read_in, sent.len() as f64, "the torn index was started over and every stored fact read in again");
+}
+
+/// A key index page damaged while the node runs (a disk error, or the file
+/// written by something else) is caught by the next look-up that reads it:
+/// that append is refused, the node starts the index over and reads the
+/// stream in again by itself, and every earlier key is still a duplicate
+/// after JetStream's duplicate window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_index_damaged_while_running_is_rebuilt_by_the_node() {
+    use std::os::unix::fs::FileExt as _;
+    let mut opts = Opts::default();
+    opts.categories[0].duplicate_window = Duration::from_secs(1);
+    let zone = Zone::start(opts).await;
+    let client = zone.client();
+    let mut sent = append_batch(&client, "damaged", 6).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Garbage over every bucket page (the two header copies stay).
+    let index_file = zone.config.key_index_path();
+    let pages_bytes = std::fs::metadata(&index_file).unwrap().len() - 16 * 1024;
+    let file = std::fs::OpenOptions::new().write(true).open(&index_file).unwrap();
+    file.write_all_at(&vec![0xA5; pages_bytes as usize], 16 * 1024).unwrap();
+    drop(file);
+    let (e, f) = (envelope(&mid("after-damage")), batch_fact(99));
+    let refused = client.append(e.clone(), f.clone()).await.expect_err("an append reading a damaged page is refused");
+    assert_eq!(refused.code.as_str(), "unavailable", "{refused:?}");
+    assert!(refused.message.as_deref().unwrap_or_default().contains("key_index_unavailable"), "{refused:?}");
+    assert_eq!(zone.message_count("operational").await, sent.len() as u64, "nothing stored by the refused append");
+    // The node rebuilds by itself: the same append goes through, once.
+    let appended = append_retrying(&client, &e, &f).await;
+    assert!(!appended.duplicate);
+    sent.push((e, f, appended.offset));
+    retry_all_and_verify(&zone, &sent).await;
+    let text = zone.metrics_text().await;
+    assert_eq!(metric_value(&text, "bsfg_key_index_rebuilds_total", &[]), Some(1.0), "one rebuild");
+    assert_eq!(metric_value(&text, "bsfg_key_index_ready", &[]), Some(1.0));
+    let read_in = metric_value(&text, "bsfg_key_index_read_in_facts_total", &["category=\"operational\""]).unwrap_or(0.0);
+    assert!(read_in >= 6.0, "the stream was read in again: {read_in}");
 }
 
 /// A fact that reached the stream without the node seeing its

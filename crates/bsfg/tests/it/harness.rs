@@ -189,6 +189,8 @@ pub struct Opts {
     /// `[routes]` entries (destination zone, next hop): a peer is served
     /// only facts whose to_zone routes through it.
     pub routes: Vec<(&'static str, &'static str)>,
+    /// `[commit] key_index_sync_interval`; `None`: the node's default.
+    pub key_index_sync_interval: Option<Duration>,
 }
 
 pub use bsfg::site::category;
@@ -209,6 +211,7 @@ impl Default for Opts {
             plaintext_dev: false,
             tls_reload_interval: Duration::from_millis(200),
             routes: vec![],
+            key_index_sync_interval: None,
         }
     }
 }
@@ -275,6 +278,9 @@ impl Zone {
         config.consumers = opts.consumers;
         config.buckets = opts.buckets;
         config.retention_interval = opts.retention_interval;
+        if let Some(interval) = opts.key_index_sync_interval {
+            config.commit.key_index_sync_interval = interval;
+        }
         config.check().expect("test zone config is valid");
         let mut zone = Zone {
             nats,

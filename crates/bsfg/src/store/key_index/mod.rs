@@ -29,12 +29,16 @@
 //! recreated stream) is dropped rather than trusted: that is why pruning
 //! can be lazy. A node that did not close the file cleanly checks every
 //! page's checksum at start-up and starts an empty index (rebuilt from the
-//! streams) if a page was torn. The file can be deleted at any time the
-//! node is stopped.
+//! streams) if a page was torn; a page that fails its checksum while
+//! running marks the index damaged, and the node rebuilds it the same way
+//! ([`KeyIndex::rebuild`]). The file can be deleted at any time the node is
+//! stopped.
 //!
 //! Why not fsync every write: nothing is lost if the file lags, only
-//! re-read. Pages are written to the page cache; a checkpoint about once a
-//! second makes them durable and grows the table.
+//! re-read. Pages are written to the page cache; a checkpoint every
+//! `key_index_sync_interval` (10 s by default) makes them durable and grows
+//! the table. It is that long because a checkpoint writes every page
+//! dirtied since the last one, about a page per recorded fact at 1 s.
 //!
 //! The file is locked (flock), so a second node started on the same zone
 //! store fails at start-up instead of writing beside the first.
@@ -49,7 +53,7 @@ use format::{BUCKETS_FILE_OFFSET, CATEGORIES_MAX, CATEGORY_NAME_BYTES_MAX, Categ
 use std::fs::File;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock};
 
 /// A key token (`bsfg_domain::identity::key_token`) as 16 raw bytes.
@@ -118,6 +122,9 @@ pub struct KeyIndex {
     /// written, so a checkpoint's snapshot never vouches for an unwritten
     /// page.
     runs: Mutex<Vec<IndexedRuns>>,
+    /// Set when a page failed its checksum while running (a disk error, or
+    /// the file written by something else); the node then rebuilds.
+    damaged: AtomicBool,
 }
 
 struct Writes {
@@ -194,6 +201,7 @@ impl KeyIndex {
             }),
             runs: Mutex::new(header.categories.iter().map(|c| IndexedRuns::new(c.through)).collect()),
             entries_published: AtomicU64::new(header.entries),
+            damaged: AtomicBool::new(false),
         };
         // From here on a crash leaves the file marked for the page check.
         index.checkpoint(&mut index.writes(), 0)?;
@@ -271,7 +279,7 @@ impl KeyIndex {
                 read_page(&self.file, bucket, &mut page)?;
                 bucket
             };
-            format::decode_page(bucket, &page, &mut entries)?;
+            self.decode(bucket, &page, &mut entries)?;
             found.push(entries.iter().find(|e| e.token == *token && self.is_live(e)).map(|e| (usize::from(e.category), e.offset)));
         }
         Ok(found)
@@ -350,7 +358,43 @@ impl KeyIndex {
     /// lock instead; only the writer changes pages).
     fn load_bucket(&self, writes: &mut Writes, bucket: u64, into: &mut Vec<Entry>) -> anyhow::Result<()> {
         read_page(&self.file, bucket, &mut writes.page)?;
-        format::decode_page(bucket, &writes.page, into)?;
+        self.decode(bucket, &writes.page, into)
+    }
+
+    /// A page's entries; a page that fails its check marks the index
+    /// damaged (see [`KeyIndex::rebuild`]).
+    fn decode(&self, bucket: u64, page: &[u8; PAGE_BYTES], into: &mut Vec<Entry>) -> anyhow::Result<()> {
+        format::decode_page(bucket, page, into).map_err(|damaged| {
+            self.damaged.store(true, Ordering::Release);
+            anyhow::Error::from(damaged)
+        })
+    }
+
+    /// True once a page failed its checksum while running.
+    pub fn is_damaged(&self) -> bool {
+        self.damaged.load(Ordering::Acquire)
+    }
+
+    /// Starts the index over, empty (as start-up does with a torn page):
+    /// every category's facts must then be read in again before an append
+    /// may rely on it. The caller keeps appends out meanwhile.
+    pub fn rebuild(&self) -> anyhow::Result<()> {
+        let mut writes = self.writes();
+        // First a header that vouches for nothing, so a crash from here on
+        // reads every stream in again; only then the pages go.
+        writes.identities.iter_mut().for_each(|identity| *identity = None);
+        self.runs().iter_mut().for_each(|runs| *runs = IndexedRuns::new(0));
+        self.checkpoint(&mut writes, 0)?;
+        {
+            let mut geometry = self.geometry.write().expect("key index geometry poisoned");
+            self.file.set_len(BUCKETS_FILE_OFFSET)?;
+            self.file.set_len(BUCKETS_FILE_OFFSET + BUCKETS_INITIAL * PAGE_BYTES as u64)?;
+            *geometry = Geometry::new(BUCKETS_INITIAL);
+        }
+        writes.entries = 0;
+        self.firsts.iter().for_each(|first| first.store(0, Ordering::Release));
+        self.checkpoint(&mut writes, 0)?;
+        self.damaged.store(false, Ordering::Release);
         Ok(())
     }
 
@@ -681,6 +725,35 @@ pub(super) mod tests {
         let index = open(dir.path());
         assert_eq!((index.through("ops"), index.stream_identity("audit").unwrap()), (0, None), "everything is read in again");
         assert_eq!(index.look_up(&[token(1)]).unwrap(), vec![None]);
+    }
+
+    #[test]
+    fn a_page_damaged_while_running_marks_the_index_and_a_rebuild_starts_it_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = open(dir.path());
+        let entries: Vec<(usize, Token, u64)> = (1..=20_000u64).map(|n| (0, spread(n), n)).collect();
+        index.record(&entries, &[]).unwrap();
+        index.reset("audit", 77).unwrap();
+        index.sync().unwrap();
+        assert!(index.geometry.read().unwrap().buckets() > BUCKETS_INITIAL, "the table has split");
+        assert!(!index.is_damaged());
+        // Something else writes into a page of the running index.
+        let bucket = index.geometry.read().unwrap().bucket_of(index.hash(&spread(1)));
+        index.file.write_all_at(&[0xA5; 64], page_position(bucket) + 100).unwrap();
+        assert!(index.look_up(&[spread(1)]).is_err(), "a damaged page is an error, not a miss");
+        assert!(index.is_damaged());
+        index.rebuild().unwrap();
+        assert!(!index.is_damaged());
+        assert_eq!((index.through("ops"), index.stream_identity("audit").unwrap()), (0, None), "every stream is to be read in again");
+        assert_eq!(index.size(), IndexSize { entries: 0, file_bytes: page_position(BUCKETS_INITIAL) });
+        assert_eq!(index.look_up(&[spread(1), spread(2)]).unwrap(), vec![None, None]);
+        // It works as new, and a crash now keeps what was recorded since.
+        index.record(&[(0, spread(1), 1)], &[]).unwrap();
+        index.sync().unwrap();
+        crash(index);
+        let index = open(dir.path());
+        assert_eq!(index.look_up(&[spread(1), spread(2)]).unwrap(), vec![Some((0, 1)), None]);
+        assert_eq!(index.through("ops"), 1);
     }
 
     #[test]
