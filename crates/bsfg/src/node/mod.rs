@@ -164,12 +164,27 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningNode> {
     Ok(RunningNode { boundary_addr, ops_addr, store, metrics, tls, replicator, _embedded: embedded, tasks: all_tasks })
 }
 
+/// What to do when JetStream refuses to reserve the zone's streams and
+/// buckets (error 10047, "insufficient storage resources").
+fn storage_refused(config: &ZoneConfig) -> String {
+    let gib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0 * 1024.0);
+    let categories: u64 = config.categories.iter().map(|c| c.capacity_bytes).sum();
+    let buckets: u64 = config.buckets.iter().map(|b| b.capacity_bytes).sum();
+    format!(
+        "JetStream cannot reserve the zone's storage: the categories' capacity_bytes add up to {:.1} GiB and the object buckets' to {:.1} GiB, more than this nats-server may use (its max_file_store; by default 75% of the disk space free when it started). Lower capacity_bytes in the zone config, or free disk space (or raise max_file_store) and restart",
+        gib(categories),
+        gib(buckets)
+    )
+}
+
 async fn open_store_with_retry(url: &str, config: Arc<ZoneConfig>, metrics: Arc<Metrics>) -> anyhow::Result<Store> {
     let deadline = tokio::time::Instant::now() + STORE_READY_TIMEOUT;
     let mut delay = Duration::from_millis(50);
     loop {
         match tokio::time::timeout(Duration::from_secs(10), Store::open(url, config.clone(), metrics.clone())).await {
             Ok(Ok(store)) => return Ok(store),
+            // Retrying cannot help: the configured capacity does not fit.
+            Ok(Err(e)) if format!("{e:#}").contains("10047") => return Err(e.context(storage_refused(&config))),
             Ok(Err(e)) if tokio::time::Instant::now() < deadline => {
                 tracing::info!(error = %e, "zone store not ready yet; retrying");
             }

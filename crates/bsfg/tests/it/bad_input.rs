@@ -241,3 +241,23 @@ async fn invalid_utf8_in_a_string_field_is_refused() {
     assert_eq!(json["code"], "invalid_argument", "{json}");
     assert_eq!(zone.message_count("operational").await, 1, "nothing stored");
 }
+
+/// A zone whose categories reserve more than JetStream may store refuses to
+/// start at once, saying which setting to change (JetStream's error 10047
+/// alone names neither the setting nor the fix, and retrying cannot help).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capacity_jetstream_cannot_reserve_is_a_clear_start_up_error() {
+    let mut zone = Zone::start(Opts::default()).await;
+    zone.stop_node().await;
+    let mut config = zone.config.clone();
+    let mut huge = category("huge", &["huge"], false);
+    huge.capacity_bytes = 1 << 60;
+    config.categories.push(huge);
+    let refused = bsfg::node::start(config).await.err().expect("the node refuses to start");
+    let message = format!("{refused:#}");
+    assert!(message.contains("capacity_bytes add up to 1073741824") && message.contains("max_file_store"), "{message}");
+    assert!(!message.contains("not ready after"), "refused at once, not after the start-up retries: {message}");
+    // The zone's own streams are untouched: the node starts with its config.
+    zone.restart_node(false).await;
+    assert_eq!(zone.message_count("operational").await, 0);
+}
