@@ -129,8 +129,14 @@ struct ArtifactRun {
     rss_before_put_mib: f64,
 }
 
+/// The zone nodes reserve their categories' capacity in JetStream (28 GiB
+/// with the default categories). JetStream's own limit is 75 % of the disk
+/// free at start-up, so on a disk with less than ~38 GB free the nodes
+/// would refuse to start; the bench writes a few GB, so it sets the limit.
+const ZONE_MAX_FILE_STORE_BYTES: u64 = 64 << 30;
+
 async fn start_nats(bin: &Path, dir: &Path, name: &str, port: u16, extra: &str) -> anyhow::Result<(Child, jetstream::Context)> {
-    let child = start_nats_server(bin, dir, name, port, "", extra).await?;
+    let child = start_nats_server(bin, dir, name, port, &format!("  max_file_store: {ZONE_MAX_FILE_STORE_BYTES}\n"), extra).await?;
     let nc = async_nats::ConnectOptions::new().connect(format!("nats://127.0.0.1:{port}")).await?;
     let mut js = jetstream::new(nc);
     js.set_timeout(Duration::from_secs(20));
