@@ -401,12 +401,10 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
         let (nats, js) = start_nats(&a.nats_server, &dir, z, nats_port, "").await?;
         let toml = dir.join(format!("{z}.toml"));
         std::fs::write(&toml, node_toml(z, port, ops, nats_port, &dir, &upstream_urls, mtls))?;
-        let node = spawn_logged(
-            std::process::Command::new(&a.bsfg).arg("serve").arg("--config").arg(&toml),
-            &dir.join(format!("{z}.node.log")),
-        )
-        .with_context(|| format!("starting {}", a.bsfg.display()))?;
-        wait_tcp(port, "bsfg node").await?;
+        let node_log = dir.join(format!("{z}.node.log"));
+        let node = spawn_logged(std::process::Command::new(&a.bsfg).arg("serve").arg("--config").arg(&toml), &node_log)
+            .with_context(|| format!("starting {}", a.bsfg.display()))?;
+        wait_tcp(port, "bsfg node", &node_log).await?;
         let client = if mtls {
             let f = |ext: &str| certs.join(format!("app.{z}.{ext}"));
             BsfgClient::from_files(&format!("https://127.0.0.1:{port}"), Some(&certs.join("ca.pem")), Some(&f("pem")), Some(&f("key")))?

@@ -163,9 +163,9 @@ async fn start_nats_server(bin: &Path, dir: &Path, name: &str, port: u16, jetstr
             dir.join(format!("js-{name}")).display()
         ),
     )?;
-    let child = spawn_logged(std::process::Command::new(bin).arg("-c").arg(&conf), &dir.join(format!("{name}.nats.log")))
-        .with_context(|| format!("starting {}", bin.display()))?;
-    wait_tcp(port, "nats-server").await?;
+    let log = dir.join(format!("{name}.nats.log"));
+    let child = spawn_logged(std::process::Command::new(bin).arg("-c").arg(&conf), &log).with_context(|| format!("starting {}", bin.display()))?;
+    wait_tcp(port, "nats-server", &log).await?;
     Ok(child)
 }
 
@@ -175,7 +175,9 @@ fn spawn_logged(cmd: &mut std::process::Command, log: &Path) -> anyhow::Result<C
     Ok(Child { child })
 }
 
-async fn wait_tcp(port: u16, what: &str) -> anyhow::Result<()> {
+/// Waits for a started process to listen; if it does not, the error
+/// carries the end of its log (the run directory is removed on exit).
+async fn wait_tcp(port: u16, what: &str, log: &Path) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
@@ -183,7 +185,9 @@ async fn wait_tcp(port: u16, what: &str) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    bail!("{what} did not listen on {port} within 30 s")
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
+    bail!("{what} did not listen on {port} within 30 s; the end of its log {}:\n{}", log.display(), tail.join("\n"))
 }
 
 /// (VmHWM, VmRSS) in KiB.
@@ -702,20 +706,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (port, ops) = (free_port()?, free_port()?);
     let node_toml = dir.join("node.toml");
     std::fs::write(&node_toml, node_config(port, ops, nats_port, reps, &dir))?;
-    let node = spawn_logged(
-        std::process::Command::new(&args.bsfg).arg("serve").arg("--config").arg(&node_toml),
-        &dir.join("node.log"),
-    )
-    .with_context(|| format!("starting {}", args.bsfg.display()))?;
-    wait_tcp(port, "bsfg node").await?;
+    let node_log = dir.join("node.log");
+    let node = spawn_logged(std::process::Command::new(&args.bsfg).arg("serve").arg("--config").arg(&node_toml), &node_log)
+        .with_context(|| format!("starting {}", args.bsfg.display()))?;
+    wait_tcp(port, "bsfg node", &node_log).await?;
 
     // echo server (separate process, same RPC stack as the node)
     let echo_port = free_port()?;
-    let echo = spawn_logged(
-        std::process::Command::new(std::env::current_exe()?).arg("echo-server").arg(format!("127.0.0.1:{echo_port}")),
-        &dir.join("echo.log"),
-    )?;
-    wait_tcp(echo_port, "echo server").await?;
+    let echo_log = dir.join("echo.log");
+    let echo = spawn_logged(std::process::Command::new(std::env::current_exe()?).arg("echo-server").arg(format!("127.0.0.1:{echo_port}")), &echo_log)?;
+    wait_tcp(echo_port, "echo server", &echo_log).await?;
 
     let client_config = |p: u16| ClientConfig::new(format!("http://127.0.0.1:{p}").parse().unwrap()).with_protocol(protocol).with_default_timeout(Duration::from_secs(30));
     let node_conn = Http2Connection::connect_plaintext(format!("http://127.0.0.1:{port}").parse()?).await?.shared(1024);
