@@ -171,7 +171,7 @@ fn storage_refused(config: &ZoneConfig) -> String {
     let categories: u64 = config.categories.iter().map(|c| c.capacity_bytes).sum();
     let buckets: u64 = config.buckets.iter().map(|b| b.capacity_bytes).sum();
     format!(
-        "JetStream cannot reserve the zone's storage: the categories' capacity_bytes add up to {:.1} GiB and the object buckets' to {:.1} GiB, more than this nats-server may use (its max_file_store; by default 75% of the disk space free when it started). Lower capacity_bytes in the zone config, or free disk space (or raise max_file_store) and restart",
+        "JetStream cannot reserve the zone's storage: the categories' capacity_bytes add up to {:.1} GiB and the object buckets' to {:.1} GiB, more than this nats-server lets JetStream use (max_file_store, by default 75% of the disk space free when the server started). Lower capacity_bytes in the zone config, or free disk space and restart (the embedded nats-server restarts with the node; an external one can also be given a larger max_file_store)",
         gib(categories),
         gib(buckets)
     )
