@@ -20,6 +20,19 @@ async fn append_retrying(client: &BsfgClient, e: &Envelope, f: &Fact) -> AppendF
     }
 }
 
+/// Facts the node has read into its key index from the operational stream.
+fn read_in_facts(metrics_text: &str) -> f64 {
+    metric_value(metrics_text, "bsfg_key_index_read_in_facts_total", &["category=\"operational\""]).unwrap_or(0.0)
+}
+
+/// Garbage over `bytes` of the key index's bucket pages, which start after
+/// the two 8 KiB header copies (`store::key_index::format`).
+fn overwrite_key_index_pages(index_file: &std::path::Path, bytes: usize) {
+    use std::os::unix::fs::FileExt as _;
+    let file = std::fs::OpenOptions::new().write(true).open(index_file).unwrap();
+    file.write_all_at(&vec![0xA5; bytes], 16 * 1024).unwrap();
+}
+
 async fn append_batch(client: &BsfgClient, prefix: &str, n: usize) -> Vec<(Envelope, Fact, u64)> {
     let mut sent = Vec::new();
     for i in 0..n {
@@ -148,7 +161,7 @@ async fn idempotent_after_the_key_index_file_is_lost() {
     assert_rejected(refused, "already_exists", "conflicting_duplicate");
     assert_eq!(zone.message_count("audit").await, 0, "nothing stored in the other category");
     let text = zone.metrics_text().await;
-    let read_in = metric_value(&text, "bsfg_key_index_read_in_facts_total", &["category=\"operational\""]).unwrap_or(0.0);
+    let read_in = read_in_facts(&text);
     assert_eq!(read_in, sent.len() as f64, "the rebuild read every stored fact in ({offset} was the first)");
 }
 
@@ -161,7 +174,6 @@ async fn idempotent_after_the_key_index_file_is_lost() {
 /// with garbage while the node is down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_after_a_torn_key_index_page() {
-    use std::os::unix::fs::FileExt as _;
     let mut opts = Opts { out_of_process: true, key_index_sync_interval: Some(Duration::from_secs(1)), ..Opts::default() };
     opts.categories[0].duplicate_window = Duration::from_secs(1);
     let mut zone = Zone::start(opts).await;
@@ -170,13 +182,11 @@ async fn idempotent_after_a_torn_key_index_page() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     zone.kill9_node().await;
     let index_file = zone.config.key_index_path();
-    let file = std::fs::OpenOptions::new().write(true).open(&index_file).unwrap();
-    file.write_all_at(&vec![0xA5; 64 * 4096], 16 * 1024).unwrap();
-    drop(file);
+    overwrite_key_index_pages(&index_file, 64 * 4096);
     zone.restart_node(true).await;
     retry_all_and_verify(&zone, &sent).await;
     let text = zone.metrics_text().await;
-    let read_in = metric_value(&text, "bsfg_key_index_read_in_facts_total", &["category=\"operational\""]).unwrap_or(0.0);
+    let read_in = read_in_facts(&text);
     assert_eq!(read_in, sent.len() as f64, "the torn index was started over and every stored fact read in again");
 }
 
@@ -187,7 +197,6 @@ async fn idempotent_after_a_torn_key_index_page() {
 /// after JetStream's duplicate window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_index_damaged_while_running_is_rebuilt_by_the_node() {
-    use std::os::unix::fs::FileExt as _;
     let mut opts = Opts::default();
     opts.categories[0].duplicate_window = Duration::from_secs(1);
     let zone = Zone::start(opts).await;
@@ -197,9 +206,7 @@ async fn a_key_index_damaged_while_running_is_rebuilt_by_the_node() {
     // Garbage over every bucket page (the two header copies stay).
     let index_file = zone.config.key_index_path();
     let pages_bytes = std::fs::metadata(&index_file).unwrap().len() - 16 * 1024;
-    let file = std::fs::OpenOptions::new().write(true).open(&index_file).unwrap();
-    file.write_all_at(&vec![0xA5; pages_bytes as usize], 16 * 1024).unwrap();
-    drop(file);
+    overwrite_key_index_pages(&index_file, pages_bytes as usize);
     let (e, f) = (envelope(&mid("after-damage")), batch_fact(99));
     let refused = client.append(e.clone(), f.clone()).await.expect_err("an append reading a damaged page is refused");
     assert_eq!(refused.code.as_str(), "unavailable", "{refused:?}");
@@ -213,7 +220,7 @@ async fn a_key_index_damaged_while_running_is_rebuilt_by_the_node() {
     let text = zone.metrics_text().await;
     assert_eq!(metric_value(&text, "bsfg_key_index_rebuilds_total", &[]), Some(1.0), "one rebuild");
     assert_eq!(metric_value(&text, "bsfg_key_index_ready", &[]), Some(1.0));
-    let read_in = metric_value(&text, "bsfg_key_index_read_in_facts_total", &["category=\"operational\""]).unwrap_or(0.0);
+    let read_in = read_in_facts(&text);
     assert!(read_in >= 6.0, "the stream was read in again: {read_in}");
 }
 
@@ -258,6 +265,6 @@ async fn a_stored_fact_whose_acknowledgement_was_lost_is_still_a_duplicate() {
         assert!(r.duplicate && r.offset == *offset, "the node's own facts stay duplicates");
     }
     let text = zone.metrics_text().await;
-    assert!(metric_value(&text, "bsfg_key_index_read_in_facts_total", &["category=\"operational\""]).unwrap_or(0.0) >= 1.0);
+    assert!(read_in_facts(&text) >= 1.0);
     assert_eq!(metric_value(&text, "bsfg_key_index_through_offset", &["category=\"operational\""]), Some(5.0));
 }

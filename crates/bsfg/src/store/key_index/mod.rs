@@ -176,12 +176,11 @@ impl KeyIndex {
             Some(h) => h,
             None => {
                 file.set_len(0)?;
-                file.set_len(BUCKETS_FILE_OFFSET + BUCKETS_INITIAL * PAGE_BYTES as u64)?;
                 Header {
                     seq: 0,
                     clean: false,
                     hash_key: rand::random(),
-                    geometry: Geometry::new(BUCKETS_INITIAL),
+                    geometry: empty_table(&file)?,
                     entries: 0,
                     categories: categories.iter().map(|name| CategoryState { name: name.clone(), through: 0, identity: None }).collect(),
                 }
@@ -387,9 +386,7 @@ impl KeyIndex {
         self.checkpoint(&mut writes, 0)?;
         {
             let mut geometry = self.geometry.write().expect("key index geometry poisoned");
-            self.file.set_len(BUCKETS_FILE_OFFSET)?;
-            self.file.set_len(BUCKETS_FILE_OFFSET + BUCKETS_INITIAL * PAGE_BYTES as u64)?;
-            *geometry = Geometry::new(BUCKETS_INITIAL);
+            *geometry = empty_table(&self.file)?;
         }
         writes.entries = 0;
         self.firsts.iter().for_each(|first| first.store(0, Ordering::Release));
@@ -579,6 +576,14 @@ impl Drop for KeyIndex {
             tracing::warn!(error = %e, "closing the key index cleanly failed; the next start-up checks its pages");
         }
     }
+}
+
+/// Cuts the file to its header and the initial, empty buckets, and
+/// returns their geometry.
+fn empty_table(file: &File) -> std::io::Result<Geometry> {
+    file.set_len(BUCKETS_FILE_OFFSET)?;
+    file.set_len(page_position(BUCKETS_INITIAL))?;
+    Ok(Geometry::new(BUCKETS_INITIAL))
 }
 
 fn page_position(bucket: u64) -> u64 {
