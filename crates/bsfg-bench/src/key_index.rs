@@ -9,9 +9,10 @@
 //! Keys are the node's own tokens (digests of `from_zone`/`message_id`),
 //! offsets ascend, one category. CPU is the process's user+system time
 //! around the index's calls only (making the tokens is not counted), so it
-//! includes the page-cache writes of each record; the file is
-//! checkpointed (fsynced, and the table grown) every `--sync-interval-ms`,
-//! as the writer does every `key_index_sync_interval`.
+//! includes the merges of the buffered entries into the pages (when the
+//! buffer is full, `--buffered`); the file is also merged and checkpointed
+//! (fsynced, and the table grown) every `--sync-interval-ms`, as the
+//! writer does every `key_index_sync_interval`.
 
 use super::cpu_seconds;
 use bsfg::store::key_index::{KeyIndex, Token, token_bytes};
@@ -33,15 +34,19 @@ pub struct KeyIndexArgs {
     /// Look-ups per measurement (misses, then hits).
     #[arg(long, default_value_t = 100_000)]
     lookups: u64,
-    /// Make the file durable this often, as the writer thread does every
-    /// `key_index_sync_interval` (10 s by default).
-    #[arg(long, default_value_t = 10_000)]
+    /// Merge and make the file durable this often, as the writer thread
+    /// does every `key_index_sync_interval` (5 min by default).
+    #[arg(long, default_value_t = 300_000)]
     sync_interval_ms: u64,
     /// After the growth steps: record at this steady rate (entries/s, in
     /// batches every 10 ms as the writer thread does) and report CPU and
     /// disk bytes written per entry. 0 skips it.
     #[arg(long, default_value_t = 10_000)]
     paced_rate: u64,
+    /// Entries the index buffers in memory before merging them into its
+    /// pages (the node's `key_index_buffered_facts_max`).
+    #[arg(long, default_value_t = bsfg::store::key_index::BUFFERED_ENTRIES_MAX_DEFAULT)]
+    buffered: usize,
     /// Seconds of the paced phase.
     #[arg(long, default_value_t = 30)]
     paced_seconds: u64,
@@ -59,7 +64,7 @@ pub fn run(a: KeyIndexArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let _cleanup = super::scopeguard(dir.clone());
     let path = dir.join("key-index.kix");
-    let index = KeyIndex::open(&path, &["operational".to_string()])?;
+    let index = KeyIndex::open(&path, &["operational".to_string()], a.buffered)?;
     let me = std::process::id();
     let mut md = format!(
         "### Key index alone (`bsfg-bench key-index --entries {} --batch {} --sync-interval-ms {}`)\n\n| Index size (entries) | record CPU µs/entry | look-up miss CPU µs/key | look-up hit CPU µs/key | file MiB |\n|---|---|---|---|---|\n",

@@ -238,14 +238,18 @@ pub struct CommitConfig {
     /// The key index file; by default `key-index.<zone>.kix` beside the
     /// nats store directory (`[nats] store_dir`).
     pub key_index_path: Option<PathBuf>,
-    /// How often the key index is checkpointed (its pages fsynced, its
-    /// header written, its table grown). Losing the last interval costs
-    /// only a re-read of those facts at start-up. Each checkpoint writes
-    /// every page dirtied since the last one, so a longer interval writes
-    /// far less to disk: at 10,000 facts/s on a 1M-entry index, 3.3 KB per
-    /// fact at 1 s, 1.2 KB at 10 s (`bsfg-bench key-index`).
+    /// How often the key index is checkpointed at the latest: its buffered
+    /// entries merged into the pages, the pages fsynced, the header written,
+    /// the table grown. A full buffer checkpoints sooner. Losing the
+    /// buffer costs only a re-read of those facts at start-up (at most
+    /// `key_index_buffered_facts_max`, about 1 s per 100,000). Each merge
+    /// writes every page its entries touch, once, so merging rarely writes
+    /// far less to disk (`bsfg-bench key-index`, BENCHMARKS.md).
     #[serde(with = "humantime_serde")]
     pub key_index_sync_interval: Duration,
+    /// Recorded key index entries held in memory (about 40 bytes each)
+    /// before they are merged into the index file's pages.
+    pub key_index_buffered_facts_max: usize,
     /// Most acknowledged facts waiting in memory for the key index's
     /// writer; beyond it appends wait (a failing disk), then are refused.
     pub key_index_staged_facts_max: usize,
@@ -258,7 +262,8 @@ impl Default for CommitConfig {
             batches_in_flight_max: 2,
             queue_facts_max: 4096,
             key_index_path: None,
-            key_index_sync_interval: Duration::from_secs(10),
+            key_index_sync_interval: Duration::from_secs(300),
+            key_index_buffered_facts_max: crate::store::key_index::BUFFERED_ENTRIES_MAX_DEFAULT,
             key_index_staged_facts_max: 65_536,
         }
     }
@@ -414,8 +419,11 @@ impl ZoneConfig {
         if !(1024..=4_194_304).contains(&k.key_index_staged_facts_max) {
             bail!("[commit] key_index_staged_facts_max is {}; need 1024 to 4194304", k.key_index_staged_facts_max);
         }
-        if !(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&k.key_index_sync_interval) {
-            bail!("[commit] key_index_sync_interval must be between 10ms and 60s");
+        if !(1024..=4_194_304).contains(&k.key_index_buffered_facts_max) {
+            bail!("[commit] key_index_buffered_facts_max is {}; need 1024 to 4194304", k.key_index_buffered_facts_max);
+        }
+        if !(Duration::from_millis(10)..=Duration::from_secs(3600)).contains(&k.key_index_sync_interval) {
+            bail!("[commit] key_index_sync_interval must be between 10ms and 1h");
         }
         for c in &self.categories {
             let token_ok = !c.name.is_empty()

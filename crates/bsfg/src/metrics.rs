@@ -28,6 +28,7 @@ pub struct Metrics {
     pub key_index_staged_facts: Gauge,
     pub key_index_entries: Gauge,
     pub key_index_file_bytes: Gauge,
+    pub key_index_buffered_facts: Gauge,
     pub frontier_offset: Family<Labels, Gauge>,
     pub store_buffer_fill_percent: Family<Labels, Gauge<f64, AtomicU64>>,
     pub retention_blocked: Family<Labels, Gauge>,
@@ -67,6 +68,7 @@ impl Metrics {
             key_index_staged_facts: Gauge::default(),
             key_index_entries: Gauge::default(),
             key_index_file_bytes: Gauge::default(),
+            key_index_buffered_facts: Gauge::default(),
             frontier_offset: Family::default(),
             store_buffer_fill_percent: Family::default(),
             retention_blocked: Family::default(),
@@ -130,6 +132,11 @@ impl Metrics {
             "bsfg_key_index_entries",
             "Entries in the key index file (entries of facts retention removed count until their page is next written)",
             m.key_index_entries.clone(),
+        );
+        registry.register(
+            "bsfg_key_index_buffered_facts",
+            "Recorded key index entries in memory, not yet merged into the file (a crash re-reads at most these from the streams; merged at [commit] key_index_buffered_facts_max or every key_index_sync_interval)",
+            m.key_index_buffered_facts.clone(),
         );
         registry.register("bsfg_key_index_file_bytes", "Size of the key index file (it grows by whole buckets as entries are added)", m.key_index_file_bytes.clone());
         registry.register("bsfg_frontier_offset", "Confirmed frontier per consumer", m.frontier_offset.clone());
