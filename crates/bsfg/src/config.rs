@@ -242,13 +242,14 @@ pub struct CommitConfig {
     /// entries merged into the pages, the pages fsynced, the header written,
     /// the table grown. A full buffer checkpoints sooner. Losing the
     /// buffer costs only a re-read of those facts at start-up (at most
-    /// `key_index_buffered_facts_max`, about 1 s per 100,000). Each merge
+    /// `key_index_buffered_facts_max`; 100,000 take about 0.2 s). Each merge
     /// writes every page its entries touch, once, so merging rarely writes
     /// far less to disk (`bsfg-bench key-index`, BENCHMARKS.md).
     #[serde(with = "humantime_serde")]
     pub key_index_sync_interval: Duration,
-    /// Recorded key index entries held in memory (about 40 bytes each)
-    /// before they are merged into the index file's pages.
+    /// Recorded key index entries held in memory (about 40 bytes each,
+    /// twice that while a merge sorts them) before they are merged into
+    /// the index file's pages.
     pub key_index_buffered_facts_max: usize,
     /// Most acknowledged facts waiting in memory for the key index's
     /// writer; beyond it appends wait (a failing disk), then are refused.

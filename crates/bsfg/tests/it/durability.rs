@@ -70,22 +70,32 @@ async fn idempotent_across_kill9_of_the_node() {
     // is stored once; retrying every attempt fills in the rest exactly once.
     let client = zone.client();
     let attempted = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(Envelope, Fact)>::new()));
+    let acked_count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let writer = {
-        let attempted = attempted.clone();
+        let (attempted, acked_count) = (attempted.clone(), acked_count.clone());
         tokio::spawn(async move {
             let mut acked = Vec::new();
             for i in 0..100_000 {
                 let (e, f) = (envelope(&mid("inflight")), batch_fact(100 + i));
                 attempted.lock().unwrap().push((e.clone(), f.clone()));
                 match client.append(e, f).await {
-                    Ok(r) => acked.push(r.offset),
+                    Ok(r) => {
+                        acked.push(r.offset);
+                        acked_count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     Err(_) => break,
                 }
             }
             acked
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Kill once appends are flowing (not after a fixed time: a loaded
+    // machine can take longer than that for the first one).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acked_count.load(std::sync::atomic::Ordering::Relaxed) < 50 {
+        assert!(Instant::now() < deadline, "no appends acknowledged within 30 s of the restart");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     zone.kill9_node().await;
     let acked = writer.await.unwrap();
     let attempts = attempted.lock().unwrap().clone();
