@@ -81,6 +81,7 @@ impl Geometry {
         self.base() + self.split
     }
 
+    #[cfg(test)]
     pub fn slots(&self) -> u64 {
         self.buckets() * SLOTS_PER_PAGE as u64
     }

@@ -86,8 +86,10 @@ const BUCKETS_INITIAL: u64 = 256;
 /// the slots. Linear hashing leaves the not-yet-split buckets up to twice
 /// as full as the split ones, so the average stays well below full.
 const LOAD_TARGET_PERCENT: u64 = 40;
-/// Above this share a record splits at once rather than at the next
-/// checkpoint (a fast catch-up into a small table).
+/// The load a grown table must stay at or below (tests): a merge grows the
+/// table to the target load before it writes, so only the buckets not yet
+/// split in a round run fuller.
+#[cfg(test)]
 const LOAD_URGENT_PERCENT: u64 = 55;
 /// Most splits per checkpoint: bounds the time the writer holds the file
 /// (a split is two page reads and two writes).
@@ -242,8 +244,13 @@ impl KeyIndex {
     }
 
     pub fn size(&self) -> IndexSize {
-        let buckets = self.geometry.read().expect("key index geometry poisoned").buckets();
+        let buckets = self.geometry().buckets();
         IndexSize { entries: self.entries_published.load(Ordering::Relaxed), file_bytes: page_position(buckets), buffered: self.buffer().len() as u64 }
+    }
+
+    /// The current geometry (a copy: the lock is not held).
+    fn geometry(&self) -> Geometry {
+        *self.geometry.read().expect("key index geometry poisoned")
     }
 
     fn writes(&self) -> MutexGuard<'_, Writes> {
@@ -369,7 +376,7 @@ impl KeyIndex {
         // Grow first (the pages still vouched for are untouched by a split),
         // so that a large merge into a small table rarely overfills a bucket.
         loop {
-            let geometry = *self.geometry.read().expect("key index geometry poisoned");
+            let geometry = self.geometry();
             let splits = geometry.splits_for_load(writes.entries + pending.len() as u64, LOAD_TARGET_PERCENT).min(CHECKPOINT_SPLITS_MAX);
             if splits == 0 {
                 break;
@@ -377,22 +384,18 @@ impl KeyIndex {
             self.checkpoint(writes, splits)?;
         }
         while !pending.is_empty() {
-            let geometry = *self.geometry.read().expect("key index geometry poisoned");
+            let geometry = self.geometry();
             pending.sort_unstable_by_key(|(hash, _)| geometry.bucket_of(*hash));
             let Some((written, overfull)) = self.insert_sorted(writes, &geometry, &pending)? else { break };
             pending.drain(..written);
             self.split_through(writes, overfull)?;
         }
+        // No split is due here: the table grew above for at least as many
+        // entries as the pages now hold (replacements and stale entries only
+        // lower the count).
+        debug_assert_eq!(self.geometry().splits_for_load(writes.entries, LOAD_TARGET_PERCENT), 0);
         writes.vouched = vouched;
-        self.entries_published.store(writes.entries, Ordering::Relaxed);
-        loop {
-            let geometry = *self.geometry.read().expect("key index geometry poisoned");
-            let splits = geometry.splits_for_load(writes.entries, LOAD_TARGET_PERCENT).min(CHECKPOINT_SPLITS_MAX);
-            self.checkpoint(writes, splits)?;
-            if writes.entries * 100 <= self.geometry.read().expect("key index geometry poisoned").slots() * LOAD_URGENT_PERCENT {
-                break;
-            }
-        }
+        self.checkpoint(writes, 0)?;
         self.buffer.write().expect("key index buffer poisoned").clear();
         Ok(())
     }
@@ -479,7 +482,7 @@ impl KeyIndex {
 
     /// `bucket` cannot take its entries: splits until it has been split.
     fn split_through(&self, writes: &mut Writes, bucket: u64) -> anyhow::Result<()> {
-        let geometry = *self.geometry.read().expect("key index geometry poisoned");
+        let geometry = self.geometry();
         anyhow::ensure!(
             geometry.level < LEVEL_MAX,
             "the key index cannot split bucket {bucket} further ({} buckets): its hash no longer spreads the keys",
@@ -518,7 +521,7 @@ impl KeyIndex {
     fn checkpoint_marked(&self, writes: &mut Writes, splits: u64, clean: bool) -> anyhow::Result<()> {
         let throughs = writes.vouched.clone();
         self.file.sync_data()?;
-        let old_geometry = *self.geometry.read().expect("key index geometry poisoned");
+        let old_geometry = self.geometry();
         assert!(splits <= old_geometry.splits_left_in_round(), "a checkpoint splits within one round");
         let mut geometry = old_geometry;
         let mut entries = Vec::with_capacity(SLOTS_PER_PAGE);
@@ -585,7 +588,7 @@ impl KeyIndex {
                 buffer.remove(token);
             }
         }
-        let bucket = self.geometry.read().expect("key index geometry poisoned").bucket_of(self.hash(token));
+        let bucket = self.geometry().bucket_of(self.hash(token));
         let mut entries = Vec::with_capacity(SLOTS_PER_PAGE);
         self.load_bucket(&mut writes, bucket, &mut entries)?;
         let before = entries.len();
@@ -631,8 +634,7 @@ impl KeyIndex {
     }
 
     /// Merges the buffer into the pages and makes them durable, growing the
-    /// table if it is fuller than the target load (one checkpoint, or more
-    /// while it is above the urgent load).
+    /// table first if it would be fuller than the target load.
     pub fn sync(&self) -> anyhow::Result<()> {
         self.merge(&mut self.writes())
     }
