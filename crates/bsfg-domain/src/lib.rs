@@ -3,6 +3,8 @@
 //! * [`limits`]: every size limit in one place, with units in the names.
 //! * [`validate`]: transport validity of envelopes, facts, names (the only
 //!   checks the boundary makes; business schemas are never validated).
+//! * [`canonical`]: recognising object_json that is canonical already, so
+//!   it is kept as it is instead of canonicalised again.
 //! * [`identity`]: the idempotency key and the content digest that decide
 //!   whether a retry is a duplicate or a conflict.
 //! * [`indexed_runs`]: which offsets the key index covers, and the
@@ -12,6 +14,7 @@
 //! * [`rejection`]: a rejection carries a protocol-neutral code, a stable
 //!   machine reason and a message a person can act on.
 
+pub mod canonical;
 pub mod identity;
 pub mod indexed_runs;
 pub mod limits;

@@ -115,12 +115,22 @@ pub fn predicate(value: &str) -> Result<(), Rejection> {
 /// Parses object_json, requires a JSON object and returns its RFC 8785
 /// canonical form.
 pub fn canonical_object_json(value: &str, limits: &Limits) -> Result<String, Rejection> {
+    Ok(recanonicalised_object_json(value, limits)?.unwrap_or_else(|| value.to_owned()))
+}
+
+/// As `canonical_object_json`, but `None` when `value` is canonical already
+/// (the common case: facts that crossed a zone, most producers), which
+/// spares parsing it and writing it again.
+fn recanonicalised_object_json(value: &str, limits: &Limits) -> Result<Option<String>, Rejection> {
     required("fact.object_json", value)?;
     if value.len() > limits.object_json_bytes_max {
         return Err(Rejection::invalid(
             "fact_too_large",
             format!("fact.object_json is {} bytes; the limit is {}", value.len(), limits.object_json_bytes_max),
         ));
+    }
+    if crate::canonical::is_canonical_object(value) {
+        return Ok(None);
     }
     let parsed: serde_json::Value = serde_json::from_str(value).map_err(|e| {
         Rejection::invalid("bad_object_json", format!("fact.object_json is not valid JSON: {e}"))
@@ -131,7 +141,7 @@ pub fn canonical_object_json(value: &str, limits: &Limits) -> Result<String, Rej
             "fact.object_json must be a JSON object ({...}), not an array, string, number, boolean or null",
         ));
     }
-    serde_json_canonicalizer::to_string(&parsed).map_err(|e| {
+    serde_json_canonicalizer::to_string(&parsed).map(Some).map_err(|e| {
         Rejection::invalid("bad_object_json", format!("fact.object_json cannot be canonicalised (RFC 8785): {e}"))
     })
 }
@@ -250,11 +260,12 @@ pub fn envelope(e: &Envelope, limits: &Limits) -> Result<(), Rejection> {
     Ok(())
 }
 
-/// Validates a fact and returns it with canonical object_json.
-pub fn fact(f: &Fact, limits: &Limits) -> Result<ValidFact, Rejection> {
+/// Validates a fact and returns it with canonical object_json. It takes
+/// the fact so that a canonical one is kept without a copy.
+pub fn fact(mut f: Fact, limits: &Limits) -> Result<ValidFact, Rejection> {
     let subject_kind = subject(&f.subject)?.to_string();
     predicate(&f.predicate)?;
-    let canonical = canonical_object_json(&f.object_json, limits)?;
+    let canonical = recanonicalised_object_json(&f.object_json, limits)?;
     if f.attachments.len() > limits.attachments_count_max {
         return Err(Rejection::invalid(
             "too_many_attachments",
@@ -264,9 +275,10 @@ pub fn fact(f: &Fact, limits: &Limits) -> Result<ValidFact, Rejection> {
     for (index, a) in f.attachments.iter().enumerate() {
         attachment(index, a, limits)?;
     }
-    let mut fact = f.clone();
-    fact.object_json = canonical;
-    Ok(ValidFact { fact, subject_kind })
+    if let Some(canonical) = canonical {
+        f.object_json = canonical;
+    }
+    Ok(ValidFact { fact: f, subject_kind })
 }
 
 #[cfg(test)]

@@ -415,7 +415,7 @@ async fn screen(link: &Link, client: &BsfgClient, cx: &Context, stored: &StoredF
         refuse(link, cx, &id, origin_offset, r.reason.to_string(), r.message).await;
         return Ok(None);
     }
-    let valid = match validate::fact(&fact, &cx.zone.limits) {
+    let valid = match validate::fact(fact, &cx.zone.limits) {
         Ok(v) => v,
         Err(r) => {
             refuse(link, cx, &id, origin_offset, r.reason.to_string(), r.message).await;

@@ -73,7 +73,7 @@ impl Audit {
             ..Default::default()
         };
         tracing::info!(audit = true, principal = %event.principal, identity = %event.identity, rpc = event.rpc, key = %event.subject_key, decision = event.decision, reason = %event.reason, "audit");
-        let valid = match bsfg_domain::validate::fact(&fact, &bsfg_domain::limits::Limits::default()) {
+        let valid = match bsfg_domain::validate::fact(fact, &bsfg_domain::limits::Limits::default()) {
             Ok(v) => v,
             Err(e) => {
                 tracing::error!(error = %e, "audit record invalid; not stored");

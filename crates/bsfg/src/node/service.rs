@@ -37,7 +37,7 @@ impl Boundary {
         let envelope = request.envelope.into_option().ok_or_else(|| Rejection::invalid("missing_field", "envelope is required"))?;
         let fact = request.fact.into_option().ok_or_else(|| Rejection::invalid("missing_field", "fact is required"))?;
         validate::envelope(&envelope, &self.config.limits)?;
-        let valid = validate::fact(&fact, &self.config.limits)?;
+        let valid = validate::fact(fact, &self.config.limits)?;
         self.auth.check_from_zone(caller, &envelope.from_zone)?;
         let category = &self.config.category_for_kind(&valid.subject_kind).name;
         let crossing = Crossing {
