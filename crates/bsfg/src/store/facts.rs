@@ -380,9 +380,10 @@ impl FactLog {
         for p in prepared {
             in_flight.push(match p {
                 Err(done) => InFlight::Done(done),
-                Ok(ready) => {
+                Ok(mut ready) => {
                     let headers = ready.headers();
-                    match self.jetstream.publish_with_headers(ready.subject.clone(), headers, ready.payload.clone()).await {
+                    let subject = std::mem::take(&mut ready.subject);
+                    match self.jetstream.publish_with_headers(subject, headers, ready.payload.clone()).await {
                         Ok(ack) => InFlight::Sent(ack, ready),
                         Err(e) => InFlight::Done(Err(unavailable("publishing the fact", e))),
                     }
@@ -470,23 +471,27 @@ impl FactLog {
         }
         self.objects.check_and_freeze(&valid.fact.attachments).await.map_err(Err)?;
 
-        let record = StoredFact {
+        let subject = fact_subject(&category.name, &valid.subject_kind);
+        // The record takes the envelope and fact; the envelope comes back
+        // after encoding (a duplicate's answer names it), nothing is copied.
+        let mut record = StoredFact {
             offset: 0,
             category: category.name.clone(),
-            envelope: envelope.clone().into(),
-            fact: valid.fact.clone().into(),
             provenance: provenance.unwrap_or_else(|| Provenance { origin_zone: envelope.from_zone.clone(), ..Default::default() }).into(),
+            envelope: envelope.into(),
+            fact: valid.fact.into(),
             appended_at_unix_ms: now_unix_ms(),
             ..Default::default()
         };
         let payload = record.encode_to_vec();
+        let envelope = record.envelope.take().expect("the record was given the envelope");
         if payload.len() > self.config.limits.fact_bytes_max {
             return Err(Err(Rejection::invalid(
                 "fact_too_large",
                 format!("the fact record is {} bytes; the limit is {}", payload.len(), self.config.limits.fact_bytes_max),
             )));
         }
-        Ok(Ready { subject: fact_subject(&category.name, &valid.subject_kind), category: category.name.clone(), token, raw_token, content_hex, envelope, payload: payload.into() })
+        Ok(Ready { subject, category: category.name.clone(), token, raw_token, content_hex, envelope, payload: payload.into() })
     }
 
     /// The fact stored at `offset` of `category` if it carries `token`. An
