@@ -48,15 +48,23 @@
 //! that vouches for what they hold, so after a crash the node re-reads at
 //! most the buffered facts from the streams.
 //!
+//! Why a filter in front of the pages: most look-ups are of new keys, and
+//! each used to read a page only to find the key absent. A fixed-size
+//! Bloom filter (`filter`, 4 MiB) over every token in the index answers
+//! most of them from memory. It is filled from the pages at start-up,
+//! which therefore reads (and checks) every page once.
+//!
 //! The file is locked (flock), so a second node started on the same zone
 //! store fails at start-up instead of writing beside the first.
 
+mod filter;
 mod format;
 mod writer;
 
 pub use writer::{IndexWriter, WriterStats};
 
 use bsfg_domain::indexed_runs::IndexedRuns;
+use filter::{FILTER_BYTES, KeyFilter};
 use format::{BUCKETS_FILE_OFFSET, CATEGORIES_MAX, CATEGORY_NAME_BYTES_MAX, CategoryState, Entry, Geometry, HEADER_SLOT_BYTES, Header, PAGE_BYTES, SLOTS_PER_PAGE};
 use std::fs::File;
 use std::os::unix::fs::FileExt as _;
@@ -147,6 +155,8 @@ pub struct KeyIndex {
     /// it in the page.
     buffer: RwLock<HashMap<Token, (u64, u8)>>,
     buffered_entries_max: usize,
+    /// Every token in the buffer or the pages (and some gone since).
+    filter: KeyFilter,
 }
 
 struct Writes {
@@ -179,6 +189,7 @@ impl KeyIndex {
         let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
         lock_exclusively(&file, path)?;
         let found = read_header(&file)?;
+        let filter = KeyFilter::new(FILTER_BYTES);
         let usable = match found {
             None if file.metadata()?.len() > 0 => {
                 tracing::warn!(path = %path.display(), "the key index file has no readable header; starting it empty (the streams are read in again)");
@@ -189,14 +200,18 @@ impl KeyIndex {
                 tracing::warn!(path = %path.display(), "the configured categories changed; starting the key index empty (the streams are read in again)");
                 None
             }
-            Some(h) if h.clean => Some(h),
-            Some(mut h) => match check_pages(&file, &h.geometry)? {
+            // Every page is read once, to fill the filter; an index not
+            // closed cleanly also takes its entry count from them.
+            Some(mut h) => match check_pages(&file, &h.geometry, &filter)? {
                 Ok(entries) => {
-                    h.entries = entries;
+                    if !h.clean {
+                        h.entries = entries;
+                    }
                     Some(h)
                 }
                 Err(damaged) => {
-                    tracing::warn!(path = %path.display(), error = %damaged, "the key index was not closed cleanly and a page is torn; starting it empty (the streams are read in again)");
+                    let how = if h.clean { "a page is damaged" } else { "the key index was not closed cleanly and a page is torn" };
+                    tracing::warn!(path = %path.display(), error = %damaged, "{how}; starting it empty (the streams are read in again)");
                     None
                 }
             },
@@ -233,6 +248,7 @@ impl KeyIndex {
             damaged: AtomicBool::new(false),
             buffer: RwLock::new(HashMap::new()),
             buffered_entries_max,
+            filter,
         };
         // From here on a crash leaves the file marked for the page check.
         index.checkpoint(&mut index.writes(), 0)?;
@@ -314,6 +330,10 @@ impl KeyIndex {
                 found.push(Some((usize::from(entry.category), entry.offset)));
                 continue;
             }
+            if !self.filter.may_contain(token) {
+                found.push(None);
+                continue;
+            }
             let hash = self.hash(token);
             let bucket = {
                 let geometry = self.geometry.read().expect("key index geometry poisoned");
@@ -341,6 +361,9 @@ impl KeyIndex {
             let mut buffer = self.buffer.write().expect("key index buffer poisoned");
             for &(position, token, offset) in entries {
                 assert!(position < self.categories.len(), "category position {position} is configured");
+                // Into the filter first: a look-up that finds the entry
+                // anywhere must have passed the filter.
+                self.filter.insert(&token);
                 buffer.insert(token, (offset, position as u8));
             }
             buffer.len()
@@ -703,9 +726,9 @@ fn read_header(file: &File) -> std::io::Result<Option<Header>> {
     Ok([Header::decode(a), Header::decode(b)].into_iter().flatten().max_by_key(|h| h.seq))
 }
 
-/// Checks every bucket page of `geometry`; the entries they hold, or the
-/// first damaged page.
-fn check_pages(file: &File, geometry: &Geometry) -> std::io::Result<Result<u64, format::DamagedPage>> {
+/// Checks every bucket page of `geometry` and adds their tokens to
+/// `filter`; the entries they hold, or the first damaged page.
+fn check_pages(file: &File, geometry: &Geometry, filter: &KeyFilter) -> std::io::Result<Result<u64, format::DamagedPage>> {
     let mut chunk = vec![0u8; CHECK_CHUNK_PAGES * PAGE_BYTES];
     let (mut entries, mut count, mut bucket) = (Vec::with_capacity(SLOTS_PER_PAGE), 0u64, 0u64);
     while bucket < geometry.buckets() {
@@ -716,6 +739,7 @@ fn check_pages(file: &File, geometry: &Geometry) -> std::io::Result<Result<u64, 
             if let Err(damaged) = format::decode_page(bucket + i as u64, page, &mut entries) {
                 return Ok(Err(damaged));
             }
+            entries.iter().for_each(|e| filter.insert(&e.token));
             count += entries.len() as u64;
         }
         bucket += pages as u64;
