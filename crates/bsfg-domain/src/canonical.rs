@@ -25,11 +25,14 @@ const DEPTH_MAX: usize = 100;
 /// Whether `json` is a JSON object already in RFC 8785 canonical form, i.e.
 /// canonicalising it would return the same bytes.
 pub fn is_canonical_object(json: &str) -> bool {
-    let mut scan = Scan { bytes: json.as_bytes(), at: 0 };
+    let mut scan = Scan { text: json, bytes: json.as_bytes(), at: 0 };
     scan.bytes.first() == Some(&b'{') && scan.value(0).is_some() && scan.at == scan.bytes.len()
 }
 
 struct Scan<'a> {
+    /// The same text as `bytes`: slices of it at ASCII boundaries need no
+    /// second UTF-8 check.
+    text: &'a str,
     bytes: &'a [u8],
     at: usize,
 }
@@ -116,11 +119,12 @@ impl<'a> Scan<'a> {
     /// control characters, everything else literal. Returns the text between
     /// the quotes and whether it held an escape.
     fn string(&mut self) -> Option<(&'a str, bool)> {
-        let bytes: &'a [u8] = self.bytes;
+        let text: &'a str = self.text;
         self.expect(b'"')?;
         let start = self.at;
         let mut escaped = false;
         loop {
+            self.skip_plain_string_bytes();
             match self.peek()? {
                 b'"' => break,
                 0x00..=0x1f => return None,
@@ -154,9 +158,28 @@ impl<'a> Scan<'a> {
                 _ => self.at += 1,
             }
         }
-        let text = std::str::from_utf8(&bytes[start..self.at]).ok()?;
+        let content = &text[start..self.at];
         self.at += 1;
-        Some((text, escaped))
+        Some((content, escaped))
+    }
+
+    /// Skips string bytes that need no attention (not `"`, `\`, or a
+    /// control character) eight at a time: most of a fact's bytes are
+    /// string contents, and a byte-at-a-time loop was most of the scan.
+    fn skip_plain_string_bytes(&mut self) {
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const HIGHS: u64 = 0x8080_8080_8080_8080;
+        // Non-zero exactly when some byte of `v` is zero (or, with `n`,
+        // below `n`; `n` <= 0x80).
+        let any_below = |v: u64, n: u8| v.wrapping_sub(ONES * u64::from(n)) & !v & HIGHS;
+        while let Some(chunk) = self.bytes.get(self.at..self.at + 8) {
+            let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+            let special = any_below(word, 0x20) | any_below(word ^ (ONES * u64::from(b'"')), 1) | any_below(word ^ (ONES * u64::from(b'\\')), 1);
+            if special != 0 {
+                return;
+            }
+            self.at += 8;
+        }
     }
 
     /// A number written exactly as ECMAScript prints its double (what the
@@ -166,7 +189,7 @@ impl<'a> Scan<'a> {
         while matches!(self.peek(), Some(b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')) {
             self.at += 1;
         }
-        let token = std::str::from_utf8(&self.bytes[start..self.at]).ok()?;
+        let token = &self.text[start..self.at];
         if is_plain_integer(token) {
             return Some(());
         }
@@ -295,6 +318,11 @@ mod tests {
             r#"[1,2]"#,
             r#""text""#,
             "{\"a\":\"\u{7f}\"}",
+            r#"{"a":"0123456789abcdef0123"}"#,
+            r#"{"a":"0123456789abc\"ef0123"}"#,
+            r#"{"a":"0123456789abc\/ef0123"}"#,
+            "{\"a\":\"01234567\u{1}9abcdef\"}",
+            "{\"a\":\"0123456789abcdef\u{1f}\"}",
             "{\"a\":\"\u{2028}\"}",
             // UTF-16 order differs from code point order here.
             "{\"\u{e000}\":1,\"\u{10000}\":2}",
@@ -346,7 +374,13 @@ mod tests {
 
     fn value(next: &mut impl FnMut() -> u64, depth: usize) -> serde_json::Value {
         use serde_json::Value;
-        let strings = ["", "x", "/", "\u{1}", "\t", "é😀", "\\", "\u{7f}"];
+        // Long ones put quotes, escapes and control characters at every
+        // position of the scan's eight-byte steps.
+        let strings = [
+            "", "x", "/", "\u{1}", "\t", "é😀", "\\", "\u{7f}",
+            "0123456789abcdefghij", "01234567\"9abcdef", "0123456789ab\\def", "0123456\u{1f}89abcdef",
+            "0123456789abcd\nfghijk", "0123456é89abcdef😀x", "\u{7f}\u{80}\u{ff}\u{7f}\u{7f}\u{7f}\u{7f}\u{7f}\u{7f}\u{7f}",
+        ];
         let numbers = [0.0, -0.0, 1.0, -17.0, 0.1, 1.5e300, 123456789012345680.0, 1e21, 1e-7, 21.5, 2f64.powi(53)];
         match next() % if depth > 3 { 5 } else { 7 } {
             0 => Value::Null,
