@@ -63,12 +63,30 @@ impl<'a> Scan<'a> {
         }
     }
 
-    fn object(&mut self, depth: usize) -> Option<()> {
+    /// Enters a container opened by `open`: `Some(true)` if it is empty
+    /// (and already left), `None` if it nests too deep.
+    fn open(&mut self, open: u8, close: u8, depth: usize) -> Option<bool> {
         if depth > DEPTH_MAX {
             return None;
         }
-        self.expect(b'{')?;
-        if self.expect(b'}').is_some() {
+        self.expect(open)?;
+        Some(self.expect(close).is_some())
+    }
+
+    /// After a member or element: `,` (`false`: another follows) or the
+    /// container's `close` (`true`: left).
+    fn separator(&mut self, close: u8) -> Option<bool> {
+        let byte = self.peek()?;
+        self.at += 1;
+        match byte {
+            b',' => Some(false),
+            _ if byte == close => Some(true),
+            _ => None,
+        }
+    }
+
+    fn object(&mut self, depth: usize) -> Option<()> {
+        if self.open(b'{', b'}', depth)? {
             return Some(());
         }
         let mut previous: Option<std::borrow::Cow<'a, str>> = None;
@@ -82,34 +100,20 @@ impl<'a> Scan<'a> {
             previous = Some(key);
             self.expect(b':')?;
             self.value(depth)?;
-            match self.peek()? {
-                b',' => self.at += 1,
-                b'}' => {
-                    self.at += 1;
-                    return Some(());
-                }
-                _ => return None,
+            if self.separator(b'}')? {
+                return Some(());
             }
         }
     }
 
     fn array(&mut self, depth: usize) -> Option<()> {
-        if depth > DEPTH_MAX {
-            return None;
-        }
-        self.expect(b'[')?;
-        if self.expect(b']').is_some() {
+        if self.open(b'[', b']', depth)? {
             return Some(());
         }
         loop {
             self.value(depth)?;
-            match self.peek()? {
-                b',' => self.at += 1,
-                b']' => {
-                    self.at += 1;
-                    return Some(());
-                }
-                _ => return None,
+            if self.separator(b']')? {
+                return Some(());
             }
         }
     }
@@ -314,6 +318,9 @@ mod tests {
             r#"{"a":[1,[2,[3]]]}"#,
             r#"{"a":tru}"#,
             r#"{"a":1,}"#,
+            r#"{"a":1]"#,
+            r#"{"a":[1}"#,
+            r#"{"a":[1]]"#,
             r#"{"a"}"#,
             r#"[1,2]"#,
             r#""text""#,
@@ -338,6 +345,7 @@ mod tests {
         assert!(!is_canonical_object(r#"{"a":1,"a":2}"#), "duplicate keys are not canonical");
         assert!(!is_canonical_object(r#"{"a":1.0}"#));
         assert!(!is_canonical_object(r#"{"a":-0}"#));
+        assert!(!is_canonical_object(r#"{"a":[1}}"#), "brackets must match");
     }
 
     /// Generated documents: their compact serde_json form, their pretty
