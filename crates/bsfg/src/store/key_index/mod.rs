@@ -319,19 +319,22 @@ impl KeyIndex {
     }
 
     /// For each token, the category (index into `categories()`) and offset
-    /// it is indexed at, if any: from the buffer, else one page read.
+    /// it is indexed at, if any: absent if the filter says so, else from
+    /// the buffer, else one page read.
     pub fn look_up(&self, tokens: &[Token]) -> anyhow::Result<Vec<Option<(usize, u64)>>> {
         let mut page = [0u8; PAGE_BYTES];
         let mut entries = Vec::with_capacity(SLOTS_PER_PAGE);
         let mut found = Vec::with_capacity(tokens.len());
         for token in tokens {
+            // The filter holds every buffered token too, so a new key skips
+            // the buffer's lock as well as the page.
+            if !self.filter.may_contain(token) {
+                found.push(None);
+                continue;
+            }
             let buffered = self.buffer().get(token).map(|&(offset, category)| Entry { token: *token, offset, category });
             if let Some(entry) = buffered.filter(|e| self.is_live(e)) {
                 found.push(Some((usize::from(entry.category), entry.offset)));
-                continue;
-            }
-            if !self.filter.may_contain(token) {
-                found.push(None);
                 continue;
             }
             let hash = self.hash(token);
