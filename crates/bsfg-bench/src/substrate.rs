@@ -33,6 +33,9 @@ pub struct SubstrateArgs {
     /// Messages per atomic batch (nats-server allows at most 1000).
     #[arg(long, default_value_t = 64)]
     batch: usize,
+    /// Fast-ingest batches: a flow acknowledgement every this many messages.
+    #[arg(long, default_value_t = 64)]
+    flow: usize,
     /// JetStream `sync_interval`.
     #[arg(long, default_value = "2m")]
     nats_sync: String,
@@ -77,9 +80,15 @@ enum Variant {
     /// `--batch` messages: only the commit is a request, so nats-server
     /// sends one acknowledgement per batch instead of one per message.
     AtomicBatch,
+    /// The same messages as JetStream fast-ingest batches (ADR-50, 2.14+):
+    /// every message is stored as it arrives, nats-server sends a flow
+    /// acknowledgement every `--flow` messages and one acknowledgement for
+    /// the commit; one batch of `--batch` messages per stream at a time, so
+    /// the batch's stream sequences are contiguous.
+    FastBatch,
 }
 
-const VARIANTS: [Variant; 5] = [Variant::FixedSubjects, Variant::SubjectPerFact, Variant::NodeGuarded, Variant::GuardedNoMsgId, Variant::AtomicBatch];
+const VARIANTS: [Variant; 6] = [Variant::FixedSubjects, Variant::SubjectPerFact, Variant::NodeGuarded, Variant::GuardedNoMsgId, Variant::AtomicBatch, Variant::FastBatch];
 
 impl Variant {
     fn label(self) -> &'static str {
@@ -89,6 +98,7 @@ impl Variant {
             Variant::NodeGuarded => "one subject per fact + guard (the layout before the key index)",
             Variant::GuardedNoMsgId => "one subject per fact + guard, without Nats-Msg-Id",
             Variant::AtomicBatch => "64 fixed subjects, Nats-Msg-Id + content header, atomic batches (one ack per batch)",
+            Variant::FastBatch => "64 fixed subjects, Nats-Msg-Id + content header, fast-ingest batches (one batch at a time)",
         }
     }
 
@@ -96,7 +106,7 @@ impl Variant {
         let token = bsfg_domain::identity::key_token(run, &i.to_string());
         let mut headers = HeaderMap::new();
         let subject = match self {
-            Variant::FixedSubjects | Variant::AtomicBatch => format!("facts.c.k.{}", i % 64),
+            Variant::FixedSubjects | Variant::AtomicBatch | Variant::FastBatch => format!("facts.c.k.{}", i % 64),
             _ => format!("facts.c.k.{token}"),
         };
         if !matches!(self, Variant::GuardedNoMsgId) {
@@ -142,6 +152,7 @@ pub async fn run(a: SubstrateArgs) -> anyhow::Result<()> {
             let run = format!("{rep}-{variant:?}");
             let (count, secs) = match variant {
                 Variant::AtomicBatch => publish_atomic(&js, &name, a.batch, a.window, a.duration, &run).await?,
+                Variant::FastBatch => publish_fast(&js, &name, a.batch, a.flow, a.duration, &run).await?,
                 _ => publish(&js, variant, a.window, a.duration, u64::MAX, &run).await?,
             };
             let cpu = cpu_seconds(nats.pid()) - cpu_before;
@@ -171,6 +182,7 @@ async fn fresh_stream(js: &jetstream::Context, name: &str) -> anyhow::Result<()>
         duplicate_window: Duration::from_secs(120),
         allow_direct: true,
         allow_atomic_publish: true,
+        allow_batch_publish: true,
         ..Default::default()
     })
     .await?;
@@ -214,6 +226,51 @@ async fn publish_atomic(js: &jetstream::Context, stream: &str, batch: usize, win
         let ack: serde_json::Value = serde_json::from_slice(&reply?.payload)?;
         anyhow::ensure!(ack.get("error").is_none() && ack["stream"] == stream, "batch not stored: {ack}");
         anyhow::ensure!(ack["count"].as_u64() == Some(batch as u64), "the commit acknowledges the whole batch: {ack}");
+        done += batch as u64;
+    }
+    Ok((done, started.elapsed().as_secs_f64()))
+}
+
+/// Publishes `FastBatch` messages in fast-ingest batches of `batch`, one
+/// batch at a time: every message's reply subject carries the batch id,
+/// its position and the operation; the last one commits. The commit's
+/// acknowledgement must count the whole batch, and its sequence must be
+/// the previous commit's plus the batch size (contiguous offsets, which is
+/// what a node would need to answer every append with its offset).
+async fn publish_fast(js: &jetstream::Context, stream: &str, batch: usize, flow: usize, secs: f64, run: &str) -> anyhow::Result<(u64, f64)> {
+    use futures::StreamExt as _;
+    let client = js.client();
+    let payload = bytes::Bytes::from(vec![b'x'; 256]);
+    let started = Instant::now();
+    let (mut sent, mut done, mut n, mut last_seq) = (0u64, 0u64, 0u64, 0u64);
+    let flow_text = flow.max(1).to_string();
+    while started.elapsed().as_secs_f64() < secs {
+        let id = format!("{run}-{n}");
+        n += 1;
+        // nats-server 2.15 reads a fast batch's id, flow, gap mode, position
+        // and operation (0 start, 1 append, 2 commit) from the reply subject.
+        let inbox = client.new_inbox();
+        let mut replies = client.subscribe(format!("{inbox}.>")).await?;
+        for seq in 1..=batch {
+            let (subject, headers) = Variant::FastBatch.message(run, sent);
+            sent += 1;
+            let op = if seq == batch { 2 } else if seq == 1 { 0 } else { 1 };
+            let reply = format!("{inbox}.{id}.{flow_text}.fail.{seq}.{op}.$FI");
+            client.publish_with_reply_and_headers(subject, reply, headers, payload.clone()).await?;
+        }
+        loop {
+            let reply = tokio::time::timeout(Duration::from_secs(10), replies.next()).await?.ok_or_else(|| anyhow::anyhow!("reply subscription ended"))?;
+            let ack: serde_json::Value = serde_json::from_slice(&reply.payload)?;
+            anyhow::ensure!(ack.get("error").is_none(), "fast batch refused: {ack}");
+            if ack.get("batch").is_none() {
+                continue; // a flow acknowledgement
+            }
+            anyhow::ensure!(ack["stream"] == stream && ack["count"].as_u64() == Some(batch as u64), "the commit acknowledges the whole batch: {ack}");
+            let seq = ack["seq"].as_u64().unwrap_or(0);
+            anyhow::ensure!(last_seq == 0 || seq == last_seq + batch as u64, "batch sequences are contiguous: {last_seq} then {seq}");
+            last_seq = seq;
+            break;
+        }
         done += batch as u64;
     }
     Ok((done, started.elapsed().as_secs_f64()))
