@@ -175,6 +175,26 @@ async fn idempotent_after_the_key_index_file_is_lost() {
     assert_eq!(read_in, sent.len() as f64, "the rebuild read every stored fact in ({offset} was the first)");
 }
 
+/// A clean stop saves the key filter beside the index and the restarted
+/// node loads it instead of reading every page. Every retry past the
+/// duplicate window must still be a duplicate: a loaded filter missing a
+/// stored key would answer "absent" and let the fact be stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_across_a_clean_restart_with_the_saved_key_filter() {
+    let mut opts = Opts::default();
+    opts.categories[0].duplicate_window = Duration::from_secs(1);
+    let mut zone = Zone::start(opts).await;
+    let sent = append_batch(&zone.client(), "saved-filter", 5).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    zone.stop_node().await;
+    let saved = std::path::PathBuf::from(format!("{}.filter", zone.config.key_index_path().display()));
+    assert!(saved.exists(), "a clean stop saves the key filter at {}", saved.display());
+    zone.restart_node(false).await;
+    assert!(!saved.exists(), "the restarted node took the saved filter");
+    retry_all_and_verify(&zone, &sent).await;
+    assert_eq!(read_in_facts(&zone.metrics_text().await), 0.0, "a clean restart reads nothing in from the stream");
+}
+
 /// A power loss can tear a key-index page being rewritten. After a kill -9
 /// (no clean close) the node checks every page at start-up; a torn one
 /// makes it start the index empty and read the streams in again before it

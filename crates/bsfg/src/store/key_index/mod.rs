@@ -51,8 +51,9 @@
 //! Why a filter in front of the pages: most look-ups are of new keys, and
 //! each used to read a page only to find the key absent. A fixed-size
 //! Bloom filter (`filter`, 4 MiB) over every token in the index answers
-//! most of them from memory. It is filled from the pages at start-up,
-//! which therefore reads (and checks) every page once.
+//! most of them from memory. A clean close saves it beside the file
+//! (`<file>.filter`) and the next start-up loads it; otherwise start-up
+//! fills it from the pages, reading (and checking) every page once.
 //!
 //! The file is locked (flock), so a second node started on the same zone
 //! store fails at start-up instead of writing beside the first.
@@ -124,6 +125,8 @@ pub struct IndexSize {
 
 pub struct KeyIndex {
     file: File,
+    /// Where a clean close saves the filter (`filter` module docs).
+    filter_path: PathBuf,
     /// Categories in a fixed order; entries and look-ups name them by
     /// position.
     categories: Vec<String>,
@@ -189,7 +192,17 @@ impl KeyIndex {
         let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
         lock_exclusively(&file, path)?;
         let found = read_header(&file)?;
-        let filter = KeyFilter::new(FILTER_BYTES);
+        let filter_path = saved_filter_path(path);
+        // A clean close saved the filter for its header: no page is read.
+        let saved = found.as_ref().filter(|h| h.clean).and_then(|h| KeyFilter::load(&filter_path, &h.hash_key, h.seq, FILTER_BYTES));
+        // Whatever happens next, the saved copy describes this file only
+        // until its next checkpoint.
+        let _ = std::fs::remove_file(&filter_path);
+        let loaded = saved.is_some();
+        if loaded {
+            tracing::info!(path = %filter_path.display(), "key filter loaded as saved at the last clean stop; the index pages are not read");
+        }
+        let filter = saved.unwrap_or_else(|| KeyFilter::new(FILTER_BYTES));
         let usable = match found {
             None if file.metadata()?.len() > 0 => {
                 tracing::warn!(path = %path.display(), "the key index file has no readable header; starting it empty (the streams are read in again)");
@@ -200,6 +213,7 @@ impl KeyIndex {
                 tracing::warn!(path = %path.display(), "the configured categories changed; starting the key index empty (the streams are read in again)");
                 None
             }
+            Some(h) if loaded => Some(h),
             // Every page is read once, to fill the filter; an index not
             // closed cleanly also takes its entry count from them.
             Some(mut h) => match check_pages(&file, &h.geometry, &filter)? {
@@ -232,6 +246,7 @@ impl KeyIndex {
         };
         let index = Self {
             file,
+            filter_path,
             categories: categories.to_vec(),
             hash_key: header.hash_key,
             geometry: RwLock::new(header.geometry),
@@ -673,18 +688,34 @@ impl KeyIndex {
 }
 
 impl Drop for KeyIndex {
-    /// Marks the file cleanly closed (after making it durable), so the next
-    /// start-up skips the page check.
+    /// Marks the file cleanly closed (after making it durable) and saves the
+    /// filter, so the next start-up reads neither the pages nor the streams.
     fn drop(&mut self) {
-        let close = || -> anyhow::Result<()> {
+        let close = || -> anyhow::Result<u64> {
             let mut writes = self.writes.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
             self.merge(&mut writes)?;
-            self.checkpoint_marked(&mut writes, 0, true)
+            self.checkpoint_marked(&mut writes, 0, true)?;
+            Ok(writes.seq)
         };
-        if let Err(e) = close() {
-            tracing::warn!(error = %e, "closing the key index cleanly failed; the next start-up checks its pages");
+        match close() {
+            // Saved after the clean header: it holds every token in the
+            // pages that header describes (it only ever grows).
+            Ok(seq) => {
+                if let Err(e) = self.filter.save(&self.filter_path, &self.hash_key, seq) {
+                    let _ = std::fs::remove_file(&self.filter_path);
+                    tracing::warn!(error = %e, "saving the key filter failed; the next start-up reads the pages to fill it");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "closing the key index cleanly failed; the next start-up checks its pages"),
         }
     }
+}
+
+/// The saved filter's file: beside the index, `<index file>.filter`.
+fn saved_filter_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(".filter");
+    PathBuf::from(name)
 }
 
 /// Cuts the file to its header and the initial, empty buckets, and
@@ -793,6 +824,33 @@ pub(super) mod tests {
         let index = open(dir.path());
         assert_eq!(index.look_up(&[token(1), token(3), token(5), token(9)]).unwrap(), vec![Some((0, 1)), Some((1, 1)), Some((0, 5)), None]);
         assert_eq!((index.through("ops"), index.through("audit")), (5, 1));
+    }
+
+    #[test]
+    fn a_clean_close_saves_the_filter_and_only_the_next_open_may_use_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let saved = dir.path().join("keys.kix.filter");
+        let index = open(dir.path());
+        index.record(&[(0, token(1), 1)], &[]).unwrap();
+        drop(index);
+        assert!(saved.exists(), "a clean close saves the filter");
+        let stale = std::fs::read(&saved).unwrap();
+        let index = open(dir.path());
+        assert!(!saved.exists(), "an open takes the saved filter away: it describes the file only until the next checkpoint");
+        assert_eq!(index.look_up(&[token(1), token(2)]).unwrap(), vec![Some((0, 1)), None], "the loaded filter holds the stored key");
+        index.record(&[(0, token(2), 2)], &[]).unwrap();
+        drop(index);
+        // A filter from an earlier close lacks token 2: it must not be used.
+        std::fs::write(&saved, &stale).unwrap();
+        let index = open(dir.path());
+        assert_eq!(index.look_up(&[token(1), token(2)]).unwrap(), vec![Some((0, 1)), Some((0, 2))], "a stale filter is ignored and the pages fill a new one");
+        // After a crash there is no saved filter, and the pages fill it.
+        index.record(&[(0, token(3), 3)], &[]).unwrap();
+        index.sync().unwrap();
+        crash(index);
+        assert!(!saved.exists());
+        let index = open(dir.path());
+        assert_eq!(index.look_up(&[token(3)]).unwrap(), vec![Some((0, 3))]);
     }
 
     /// What kill -9 leaves: the pages written so far (in the page cache),
