@@ -34,6 +34,9 @@ pub struct KeyIndexArgs {
     /// Look-ups per measurement (misses, then hits).
     #[arg(long, default_value_t = 100_000)]
     lookups: u64,
+    /// The key filter's size (`[commit] key_filter_bytes`).
+    #[arg(long, default_value_t = bsfg::store::key_index::FILTER_BYTES_DEFAULT)]
+    filter_bytes: usize,
     /// Merge and make the file durable this often, as the writer thread
     /// does every `key_index_sync_interval` (5 min by default).
     #[arg(long, default_value_t = 300_000)]
@@ -64,7 +67,7 @@ pub fn run(a: KeyIndexArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let _cleanup = super::scopeguard(dir.clone());
     let path = dir.join("key-index.kix");
-    let index = KeyIndex::open(&path, &["operational".to_string()], a.buffered)?;
+    let index = KeyIndex::open(&path, &["operational".to_string()], a.buffered, a.filter_bytes)?;
     let me = std::process::id();
     let mut md = format!(
         "### Key index alone (`bsfg-bench key-index --entries {} --batch {} --sync-interval-ms {}`)\n\n| Index size (entries) | record CPU µs/entry | look-up miss CPU µs/key | look-up hit CPU µs/key | file MiB |\n|---|---|---|---|---|\n",
@@ -127,7 +130,7 @@ pub fn run(a: KeyIndexArgs) -> anyhow::Result<()> {
             }
         }
         let started = Instant::now();
-        let reopened = KeyIndex::open(&path, &["operational".to_string()], a.buffered)?;
+        let reopened = KeyIndex::open(&path, &["operational".to_string()], a.buffered, a.filter_bytes)?;
         let ms = started.elapsed().as_secs_f64() * 1e3;
         let entries = reopened.size().entries;
         anyhow::ensure!(entries > 0, "the reopened index lost its entries");

@@ -252,7 +252,7 @@ impl FactLog {
             );
         }
         let names: Vec<String> = config.categories.iter().map(|c| c.name.clone()).collect();
-        let index = Arc::new(open_key_index(config.key_index_path(), names, config.commit.key_index_buffered_facts_max).await?);
+        let index = Arc::new(open_key_index(config.key_index_path(), names, config.commit.key_index_buffered_facts_max, config.commit.key_filter_bytes).await?);
         let index_writer = IndexWriter::start(index.clone(), config.commit.key_index_sync_interval, config.commit.key_index_staged_facts_max);
         let sync_interval = config.commit.key_index_sync_interval;
         let log = Arc::new_cyclic(|log| Self {
@@ -695,11 +695,11 @@ impl FactLog {
 
 /// Opens the key index, waiting up to 10 s while a node that is shutting
 /// down (in this process or another) still holds the file's lock.
-async fn open_key_index(path: std::path::PathBuf, categories: Vec<String>, buffered_entries_max: usize) -> anyhow::Result<KeyIndex> {
+async fn open_key_index(path: std::path::PathBuf, categories: Vec<String>, buffered_entries_max: usize, filter_bytes: usize) -> anyhow::Result<KeyIndex> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let (p, c) = (path.clone(), categories.clone());
-        match tokio::task::spawn_blocking(move || KeyIndex::open(&p, &c, buffered_entries_max)).await? {
+        match tokio::task::spawn_blocking(move || KeyIndex::open(&p, &c, buffered_entries_max, filter_bytes)).await? {
             Err(e) if e.downcast_ref::<super::key_index::AlreadyOpen>().is_some() && tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }

@@ -1,4 +1,4 @@
-//! A fixed-size Bloom filter over every token the index holds.
+//! A Bloom filter of fixed size (configured) over every token the index holds.
 //!
 //! Why: almost every append looks up a key that is new, and without the
 //! filter each such look-up reads and checks a 4 KiB page only to find the
@@ -28,9 +28,10 @@ use std::io::Write as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// 4 MiB: with 4 probes, a new key still reads a page with probability
-/// ≈ 0.02 % at 1M entries, 2.4 % at 4M and 14 % at 8M.
-pub const FILTER_BYTES: usize = 4 << 20;
+/// 4 MiB by default (`[commit] key_filter_bytes`): with 4 probes, a new
+/// key still reads a page with probability ≈ 0.02 % at 1M entries, 2.4 %
+/// at 4M and 14 % at 8M.
+pub const FILTER_BYTES_DEFAULT: usize = 4 << 20;
 const PROBES: u64 = 4;
 
 pub struct KeyFilter {

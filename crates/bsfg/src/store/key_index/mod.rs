@@ -50,7 +50,7 @@
 //!
 //! Why a filter in front of the pages: most look-ups are of new keys, and
 //! each used to read a page only to find the key absent. A fixed-size
-//! Bloom filter (`filter`, 4 MiB) over every token in the index answers
+//! Bloom filter (`filter`, 4 MiB by default) over every token in the index answers
 //! most of them from memory. A clean close saves it beside the file
 //! (`<file>.filter`) and the next start-up loads it; otherwise start-up
 //! fills it from the pages, reading (and checking) every page once.
@@ -65,7 +65,8 @@ mod writer;
 pub use writer::{IndexWriter, WriterStats};
 
 use bsfg_domain::indexed_runs::IndexedRuns;
-use filter::{FILTER_BYTES, KeyFilter};
+pub use filter::FILTER_BYTES_DEFAULT;
+use filter::KeyFilter;
 use format::{BUCKETS_FILE_OFFSET, CATEGORIES_MAX, CATEGORY_NAME_BYTES_MAX, CategoryState, Entry, Geometry, HEADER_SLOT_BYTES, Header, PAGE_BYTES, SLOTS_PER_PAGE};
 use std::fs::File;
 use std::os::unix::fs::FileExt as _;
@@ -179,9 +180,11 @@ impl KeyIndex {
     /// the node then reads the streams in again.
     ///
     /// `buffered_entries_max`: recorded entries held in memory before they
-    /// are merged into the pages (see module docs).
-    pub fn open(path: &Path, categories: &[String], buffered_entries_max: usize) -> anyhow::Result<Self> {
+    /// are merged into the pages (see module docs). `filter_bytes`: the key
+    /// filter's size (a power of two).
+    pub fn open(path: &Path, categories: &[String], buffered_entries_max: usize, filter_bytes: usize) -> anyhow::Result<Self> {
         anyhow::ensure!(buffered_entries_max > 0, "the key index buffers at least one entry");
+        anyhow::ensure!(filter_bytes.is_power_of_two() && filter_bytes >= 8, "the key filter is a power of two of at least 8 bytes");
         anyhow::ensure!(
             categories.len() <= CATEGORIES_MAX && categories.iter().all(|c| c.len() <= CATEGORY_NAME_BYTES_MAX),
             "the key index holds at most {CATEGORIES_MAX} categories with names of at most {CATEGORY_NAME_BYTES_MAX} bytes"
@@ -194,7 +197,7 @@ impl KeyIndex {
         let found = read_header(&file)?;
         let filter_path = saved_filter_path(path);
         // A clean close saved the filter for its header: no page is read.
-        let saved = found.as_ref().filter(|h| h.clean).and_then(|h| KeyFilter::load(&filter_path, &h.hash_key, h.seq, FILTER_BYTES));
+        let saved = found.as_ref().filter(|h| h.clean).and_then(|h| KeyFilter::load(&filter_path, &h.hash_key, h.seq, filter_bytes));
         // Whatever happens next, the saved copy describes this file only
         // until its next checkpoint.
         let _ = std::fs::remove_file(&filter_path);
@@ -202,7 +205,7 @@ impl KeyIndex {
         if loaded {
             tracing::info!(path = %filter_path.display(), "key filter loaded as saved at the last clean stop; the index pages are not read");
         }
-        let filter = saved.unwrap_or_else(|| KeyFilter::new(FILTER_BYTES));
+        let filter = saved.unwrap_or_else(|| KeyFilter::new(filter_bytes));
         let usable = match found {
             None if file.metadata()?.len() > 0 => {
                 tracing::warn!(path = %path.display(), "the key index file has no readable header; starting it empty (the streams are read in again)");
@@ -804,7 +807,7 @@ pub(super) mod tests {
     }
 
     pub fn open(dir: &Path) -> KeyIndex {
-        KeyIndex::open(&dir.join("keys.kix"), &["ops".into(), "audit".into()], BUFFERED_ENTRIES_MAX_DEFAULT).unwrap()
+        KeyIndex::open(&dir.join("keys.kix"), &["ops".into(), "audit".into()], BUFFERED_ENTRIES_MAX_DEFAULT, FILTER_BYTES_DEFAULT).unwrap()
     }
 
     /// A token from a counter, spread like real tokens (digests).
@@ -865,7 +868,7 @@ pub(super) mod tests {
     fn a_second_open_of_the_same_file_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let _index = open(dir.path());
-        let second = KeyIndex::open(&dir.path().join("keys.kix"), &["ops".into(), "audit".into()], BUFFERED_ENTRIES_MAX_DEFAULT);
+        let second = KeyIndex::open(&dir.path().join("keys.kix"), &["ops".into(), "audit".into()], BUFFERED_ENTRIES_MAX_DEFAULT, FILTER_BYTES_DEFAULT);
         assert!(matches!(second, Err(ref e) if e.downcast_ref::<AlreadyOpen>().is_some()), "the lock is held while the file is open");
     }
 
@@ -888,7 +891,7 @@ pub(super) mod tests {
     #[test]
     fn a_full_buffer_is_merged_into_the_pages_and_vouched_for() {
         let dir = tempfile::tempdir().unwrap();
-        let index = KeyIndex::open(&dir.path().join("keys.kix"), &["ops".into(), "audit".into()], 3).unwrap();
+        let index = KeyIndex::open(&dir.path().join("keys.kix"), &["ops".into(), "audit".into()], 3, FILTER_BYTES_DEFAULT).unwrap();
         index.record(&[(0, token(1), 1), (0, token(2), 2)], &[]).unwrap();
         assert_eq!((index.buffer().len(), index.writes().entries), (2, 0), "below the limit the entries wait in memory");
         index.record(&[(1, token(3), 1)], &[]).unwrap();
@@ -1023,7 +1026,7 @@ pub(super) mod tests {
         let index = open(dir.path());
         index.record(&[(0, token(1), 1)], &[]).unwrap();
         drop(index);
-        let other = KeyIndex::open(&dir.path().join("keys.kix"), &["audit".into(), "ops".into()], BUFFERED_ENTRIES_MAX_DEFAULT).unwrap();
+        let other = KeyIndex::open(&dir.path().join("keys.kix"), &["audit".into(), "ops".into()], BUFFERED_ENTRIES_MAX_DEFAULT, FILTER_BYTES_DEFAULT).unwrap();
         assert_eq!((other.through("ops"), other.look_up(&[token(1)]).unwrap()), (0, vec![None]));
     }
 }
