@@ -277,21 +277,12 @@ async fn appender(
         // Screen each fact (validation, origin, import policy, artifacts),
         // in order; a refusal is audited and passed, a link or store error
         // is retried.
-        let mut items = Vec::with_capacity(batch.facts.len());
-        for fact in &batch.facts {
-            loop {
-                match screen(&link, &client, &cx, fact).await {
-                    Ok(Some(item)) => {
-                        items.push(item);
-                        break;
-                    }
-                    Ok(None) => break,
-                    Err(r) => {
-                        link.status.lock().unwrap().last_error = r.to_string();
-                        tracing::warn!(link = %c.peer, error = %r, "could not fetch an artifact yet; retrying");
-                        backoff.wait().await;
-                    }
-                }
+        let mut pending = Vec::with_capacity(batch.facts.len());
+        let mut pending_at = Vec::with_capacity(batch.facts.len());
+        for (at, fact) in batch.facts.iter().enumerate() {
+            if let Some(item) = screen_until_settled(&link, &client, &cx, fact, &mut backoff).await {
+                pending.push(item);
+                pending_at.push(at);
             }
         }
         backoff.reset();
@@ -300,18 +291,12 @@ async fn appender(
         // either refused too or is answered as a duplicate, and JetStream
         // failures of one connection come in order.
         let mut accepted = Vec::new();
-        let mut pending = items;
         while !pending.is_empty() {
             let ids: Vec<String> = pending.iter().map(|i| format!("{}/{}", i.envelope.from_zone, i.envelope.message_id)).collect();
-            let replay: Vec<crate::store::facts::AppendItem> = pending
-                .iter()
-                .map(|i| crate::store::facts::AppendItem {
-                    envelope: i.envelope.clone(),
-                    valid: i.valid.clone(),
-                    provenance: i.provenance.clone(),
-                })
-                .collect();
-            let results = cx.store.facts.append_batch(replay).await;
+            let origin_offsets: Vec<u64> = pending.iter().map(|i| i.provenance.as_ref().map(|p| p.origin_offset).unwrap_or(0)).collect();
+            // The appends take the items (no copy per attempt); a retry
+            // screens the facts it needs again from the batch.
+            let results = cx.store.facts.append_batch(std::mem::take(&mut pending)).await;
             let first_retriable = results.iter().position(|r| matches!(r, Err(e) if retriable(e)));
             let settled = first_retriable.unwrap_or(results.len());
             for (index, result) in results.into_iter().enumerate().take(settled) {
@@ -321,24 +306,23 @@ async fn appender(
                         cx.metrics.replicated_facts_total.get_or_create(&labels(&[("link", &c.peer)])).inc();
                         accepted.push(ids[index].clone());
                     }
-                    Err(r) => {
-                        refuse(
-                            &link,
-                            &cx,
-                            &ids[index],
-                            pending[index].provenance.as_ref().map(|p| p.origin_offset).unwrap_or(0),
-                            r.reason.to_string(),
-                            r.message,
-                        )
-                        .await;
-                    }
+                    Err(r) => refuse(&link, &cx, &ids[index], origin_offsets[index], r.reason.to_string(), r.message).await,
                 }
             }
-            pending.drain(..settled);
-            if !pending.is_empty() {
-                tracing::warn!(link = %c.peer, remaining = pending.len(), "local append failed; retrying");
-                backoff.wait().await;
+            pending_at.drain(..settled);
+            if pending_at.is_empty() {
+                break;
             }
+            tracing::warn!(link = %c.peer, remaining = pending_at.len(), "local append failed; retrying");
+            backoff.wait().await;
+            let mut still_at = Vec::with_capacity(pending_at.len());
+            for at in pending_at {
+                if let Some(item) = screen_until_settled(&link, &client, &cx, &batch.facts[at], &mut backoff).await {
+                    pending.push(item);
+                    still_at.push(at);
+                }
+            }
+            pending_at = still_at;
         }
         backoff.reset();
         if !accepted.is_empty() {
@@ -399,6 +383,21 @@ async fn refuse(link: &Link, cx: &Context, id: &str, origin_offset: u64, reason:
     cx.audit
         .record(link.audit_event(format!("{id} origin offset {origin_offset}"), "refused", reason, detail))
         .await;
+}
+
+/// `screen`, retried with backoff until it settles: the fact to append, or
+/// None if it was refused (and audited). The caller resets the backoff.
+async fn screen_until_settled(link: &Link, client: &BsfgClient, cx: &Context, stored: &StoredFact, backoff: &mut Backoff) -> Option<crate::store::facts::AppendItem> {
+    loop {
+        match screen(link, client, cx, stored).await {
+            Ok(item) => return item,
+            Err(r) => {
+                link.status.lock().unwrap().last_error = r.to_string();
+                tracing::warn!(link = %link.config.peer, error = %r, "could not fetch an artifact yet; retrying");
+                backoff.wait().await;
+            }
+        }
+    }
 }
 
 /// Decides whether a pulled fact may enter this zone and makes its
