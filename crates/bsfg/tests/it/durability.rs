@@ -148,19 +148,26 @@ async fn idempotent_after_the_duplicate_window() {
     assert_eq!(zone.message_count("operational").await, 3);
 }
 
+/// A zone (in-process node, 1 s duplicate window) with `n` facts appended,
+/// its node stopped cleanly once the window has passed: from then on only
+/// the key index can answer the retries.
+async fn appended_then_stopped_past_the_duplicate_window(prefix: &str, n: usize) -> (Zone, Vec<(Envelope, Fact, u64)>) {
+    let mut opts = Opts::default();
+    opts.categories[0].duplicate_window = Duration::from_secs(1);
+    let mut zone = Zone::start(opts).await;
+    let sent = append_batch(&zone.client(), prefix, n).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    zone.stop_node().await;
+    (zone, sent)
+}
+
 /// The key index is derived from the streams: with its file deleted while
 /// the node is down, the node rebuilds it from the stored facts before it
 /// accepts an append, so every retry is still a duplicate and a key stored
 /// in one category is still refused in another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_after_the_key_index_file_is_lost() {
-    let mut opts = Opts::default();
-    opts.categories[0].duplicate_window = Duration::from_secs(1);
-    let mut zone = Zone::start(opts).await;
-    let sent = append_batch(&zone.client(), "lost-index", 4).await;
-    // Past the duplicate window: only the key index can answer the retries.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    zone.stop_node().await;
+    let (mut zone, sent) = appended_then_stopped_past_the_duplicate_window("lost-index", 4).await;
     let index_file = zone.config.key_index_path();
     assert!(index_file.exists(), "the node keeps its key index at {}", index_file.display());
     std::fs::remove_file(&index_file).unwrap();
@@ -181,12 +188,7 @@ async fn idempotent_after_the_key_index_file_is_lost() {
 /// stored key would answer "absent" and let the fact be stored twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_across_a_clean_restart_with_the_saved_key_filter() {
-    let mut opts = Opts::default();
-    opts.categories[0].duplicate_window = Duration::from_secs(1);
-    let mut zone = Zone::start(opts).await;
-    let sent = append_batch(&zone.client(), "saved-filter", 5).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    zone.stop_node().await;
+    let (mut zone, sent) = appended_then_stopped_past_the_duplicate_window("saved-filter", 5).await;
     let saved = std::path::PathBuf::from(format!("{}.filter", zone.config.key_index_path().display()));
     assert!(saved.exists(), "a clean stop saves the key filter at {}", saved.display());
     zone.restart_node(false).await;
