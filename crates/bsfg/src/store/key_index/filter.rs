@@ -19,12 +19,12 @@
 //! index, which grows with the retained facts (0.35–0.68 s at 4M entries
 //! on this machine's disk, minutes at a billion). A clean close writes the
 //! filter beside the index, bound to that close's header; the next start
-//! loads it (one 4 MiB read) instead. After a crash, or if the saved copy
+//! loads it (one sequential read of its size) instead. After a crash, or if the saved copy
 //! does not match, the pages are read as before; they have to be checked
 //! then anyway.
 
 use super::Token;
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -68,43 +68,54 @@ impl KeyFilter {
     /// index file it describes (`hash_key`, random per file) and to the
     /// header it was saved with (`seq`, which every checkpoint raises):
     /// magic, hash key, seq, length, the bits, a CRC-32 of all before it.
+    /// Streamed, so saving costs no second copy of the filter in memory.
     pub fn save(&self, path: &Path, hash_key: &[u8; 16], seq: u64) -> std::io::Result<()> {
-        let mut bytes = Vec::with_capacity(SAVED_HEAD_BYTES + self.words.len() * 8 + 4);
-        bytes.extend_from_slice(SAVED_MAGIC);
-        bytes.extend_from_slice(hash_key);
-        bytes.extend_from_slice(&seq.to_le_bytes());
-        bytes.extend_from_slice(&(self.words.len() as u64 * 8).to_le_bytes());
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, std::fs::File::create(path)?);
+        let mut crc = crc32fast::Hasher::new();
+        let mut put = |bytes: &[u8]| -> std::io::Result<()> {
+            crc.update(bytes);
+            out.write_all(bytes)
+        };
+        put(SAVED_MAGIC)?;
+        put(hash_key)?;
+        put(&seq.to_le_bytes())?;
+        put(&(self.words.len() as u64 * 8).to_le_bytes())?;
         for word in self.words.iter() {
-            bytes.extend_from_slice(&word.load(Ordering::Acquire).to_le_bytes());
+            put(&word.load(Ordering::Acquire).to_le_bytes())?;
         }
-        let crc = crc32fast::hash(&bytes);
-        bytes.extend_from_slice(&crc.to_le_bytes());
-        let mut file = std::fs::File::create(path)?;
-        file.write_all(&bytes)?;
-        file.sync_data()
+        out.write_all(&crc.finalize().to_le_bytes())?;
+        out.into_inner().map_err(|e| e.into_error())?.sync_data()
     }
 
     /// The filter saved at `path` for exactly this file and header, if it
     /// reads back intact; anything else (missing, torn, another file, an
     /// older or newer checkpoint, another size) is None, and the caller
-    /// fills a filter from the pages instead.
+    /// fills a filter from the pages instead. Streamed, like `save`.
     pub fn load(path: &Path, hash_key: &[u8; 16], seq: u64, bytes_expected: usize) -> Option<Self> {
-        let bytes = std::fs::read(path).ok()?;
-        let (body, crc) = bytes.split_at_checked(bytes.len().checked_sub(4)?)?;
-        if crc32fast::hash(body).to_le_bytes() != crc || body.len() != SAVED_HEAD_BYTES + bytes_expected {
+        let file = std::fs::File::open(path).ok()?;
+        if file.metadata().ok()?.len() != (SAVED_HEAD_BYTES + bytes_expected + 4) as u64 {
             return None;
         }
-        let (head, bits) = body.split_at(SAVED_HEAD_BYTES);
+        let mut input = std::io::BufReader::with_capacity(1 << 16, file);
+        let mut crc = crc32fast::Hasher::new();
+        let mut head = [0u8; SAVED_HEAD_BYTES];
+        input.read_exact(&mut head).ok()?;
+        crc.update(&head);
         let seq_saved = u64::from_le_bytes(head[24..32].try_into().ok()?);
         let len_saved = u64::from_le_bytes(head[32..40].try_into().ok()?);
         if &head[..8] != SAVED_MAGIC || &head[8..24] != hash_key || seq_saved != seq || len_saved != bytes_expected as u64 {
             return None;
         }
         let filter = Self::new(bytes_expected);
-        for (word, saved) in filter.words.iter().zip(bits.chunks_exact(8)) {
-            word.store(u64::from_le_bytes(saved.try_into().expect("8 bytes")), Ordering::Relaxed);
+        let mut word = [0u8; 8];
+        for slot in filter.words.iter() {
+            input.read_exact(&mut word).ok()?;
+            crc.update(&word);
+            slot.store(u64::from_le_bytes(word), Ordering::Relaxed);
         }
-        Some(filter)
+        let mut saved_crc = [0u8; 4];
+        input.read_exact(&mut saved_crc).ok()?;
+        (crc.finalize().to_le_bytes() == saved_crc).then_some(filter)
     }
 }
 

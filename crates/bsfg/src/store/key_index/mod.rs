@@ -50,8 +50,8 @@
 //!
 //! Why a filter in front of the pages: most look-ups are of new keys, and
 //! each used to read a page only to find the key absent. A fixed-size
-//! Bloom filter (`filter`, 4 MiB by default) over every token in the index answers
-//! most of them from memory. A clean close saves it beside the file
+//! Bloom filter (`filter`, 4 MiB by default) over every token in the index
+//! answers most of them from memory. A clean close saves it beside the file
 //! (`<file>.filter`) and the next start-up loads it; otherwise start-up
 //! fills it from the pages, reading (and checking) every page once.
 //!
@@ -205,7 +205,7 @@ impl KeyIndex {
         if loaded {
             tracing::info!(path = %filter_path.display(), "key filter loaded as saved at the last clean stop; the index pages are not read");
         }
-        let filter = saved.unwrap_or_else(|| KeyFilter::new(filter_bytes));
+        let mut filter = saved.unwrap_or_else(|| KeyFilter::new(filter_bytes));
         let usable = match found {
             None if file.metadata()?.len() > 0 => {
                 tracing::warn!(path = %path.display(), "the key index file has no readable header; starting it empty (the streams are read in again)");
@@ -237,6 +237,8 @@ impl KeyIndex {
             Some(h) => h,
             None => {
                 file.set_len(0)?;
+                // An index started empty starts with an empty filter.
+                filter = KeyFilter::new(filter_bytes);
                 Header {
                     seq: 0,
                     clean: false,
