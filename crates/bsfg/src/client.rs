@@ -1,7 +1,10 @@
 //! A typed client for the boundary contract, used by the CLI, the tests and
-//! the benchmarks. Thin: it picks the transport and returns owned messages.
+//! the benchmarks. Thin: it picks the transport and returns owned messages
+//! (and, for FetchFacts, optionally a view of the received bytes).
 
+use bsfg_proto::bsfg::v1::__buffa::view::FetchFactsResponseView;
 use bsfg_proto::bsfg::v1::*;
+use buffa::view::OwnedView;
 use connectrpc::ConnectError;
 use connectrpc::client::{ClientConfig, HttpClient};
 use std::time::Duration;
@@ -68,10 +71,17 @@ impl BsfgClient {
 
     /// FetchFacts with every field, e.g. `restart_from_frontier`.
     pub async fn fetch_request(&self, request: FetchFactsRequest) -> Result<FetchFactsResponse, ConnectError> {
+        Ok(self.fetch_view(request).await?.to_owned_message())
+    }
+
+    /// FetchFacts, the answer left as a view of the received bytes: a
+    /// caller that copies out only what it keeps (the replicator) copies
+    /// each fact once.
+    pub async fn fetch_view(&self, request: FetchFactsRequest) -> Result<OwnedView<FetchFactsResponseView<'static>>, ConnectError> {
         let wait_ms = request.wait_ms;
         let timeout = CALL_TIMEOUT_DEFAULT + Duration::from_millis(u64::from(wait_ms));
         let options = connectrpc::client::CallOptions::default().with_timeout(timeout);
-        Ok(self.inner.fetch_facts_with_options(request, options).await?.into_owned())
+        Ok(self.inner.fetch_facts_with_options(request, options).await?.into_view())
     }
 
     pub async fn confirm(&self, consumer: &str, offset: u64) -> Result<u64, ConnectError> {

@@ -6,7 +6,9 @@
 //! throughput; an *appender* pulls each fact's artifacts, appends the fact to
 //! the local log (idempotent: a redelivered fact is stored once), and only
 //! then confirms the batch to the peer. Memory is bounded by
-//! `pipeline_depth x batch_bytes_max` whatever the backlog.
+//! `pipeline_depth x batch_bytes_max` whatever the backlog. Batches travel
+//! as views of the received bytes: the appender copies out each fact it
+//! appends, once.
 //!
 //! A fact this zone refuses (origin not routed through the peer, import
 //! policy, conflicting duplicate, invalid) is recorded in the audit stream,
@@ -21,7 +23,10 @@ use crate::node::audit::{Audit, AuditEvent};
 use crate::store::Store;
 use bsfg_domain::policy::Crossing;
 use bsfg_domain::{Code, Rejection, validate};
-use bsfg_proto::bsfg::v1::{AttachmentRef, FetchFactsRequest, FetchFactsResponse, StoredFact};
+use bsfg_proto::bsfg::v1::__buffa::view::{FetchFactsResponseView, StoredFactView};
+use bsfg_proto::bsfg::v1::{AttachmentRef, FetchFactsRequest};
+use buffa::MessageView as _;
+use buffa::view::OwnedView;
 use futures::StreamExt as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -207,7 +212,10 @@ impl Backoff {
     }
 }
 
-async fn fetcher(link: Arc<Link>, client: BsfgClient, cx: Arc<Context>, batches: tokio::sync::mpsc::Sender<FetchFactsResponse>) {
+/// A FetchFacts answer as received.
+type Batch = OwnedView<FetchFactsResponseView<'static>>;
+
+async fn fetcher(link: Arc<Link>, client: BsfgClient, cx: Arc<Context>, batches: tokio::sync::mpsc::Sender<Batch>) {
     let c = &link.config;
     let mut backoff = Backoff::new(c.backoff_min, c.backoff_max);
     // Confirms are cumulative: facts delivered before this fetcher started,
@@ -223,11 +231,12 @@ async fn fetcher(link: Arc<Link>, client: BsfgClient, cx: Arc<Context>, batches:
             restart_from_frontier,
             ..Default::default()
         };
-        match client.fetch_request(request).await {
+        match client.fetch_view(request).await {
             Ok(batch) => {
                 restart_from_frontier = false;
                 backoff.reset();
-                let mode = if batch.backlog > u64::from(c.batch_limit) {
+                let answer = batch.reborrow();
+                let mode = if answer.backlog > u64::from(c.batch_limit) {
                     LinkMode::Reconciliation
                 } else {
                     LinkMode::Normal
@@ -235,10 +244,10 @@ async fn fetcher(link: Arc<Link>, client: BsfgClient, cx: Arc<Context>, batches:
                 link.set_mode(mode, &cx.metrics);
                 {
                     let mut s = link.status.lock().unwrap();
-                    s.backlog = batch.backlog;
+                    s.backlog = answer.backlog;
                     s.last_error.clear();
                 }
-                if batch.last_delivered_offset <= batch.frontier && batch.facts.is_empty() {
+                if answer.last_delivered_offset <= answer.frontier && answer.facts.is_empty() {
                     link.status.lock().unwrap().lag_seconds = 0.0;
                     cx.metrics.replication_lag_seconds.get_or_create(&labels(&[("link", &c.peer)])).set(0.0);
                     continue;
@@ -268,12 +277,13 @@ async fn appender(
     link: Arc<Link>,
     client: BsfgClient,
     cx: Arc<Context>,
-    mut batches: tokio::sync::mpsc::Receiver<FetchFactsResponse>,
+    mut batches: tokio::sync::mpsc::Receiver<Batch>,
     confirms: tokio::sync::watch::Sender<u64>,
 ) {
     let c = link.config.clone();
     let mut backoff = Backoff::new(c.backoff_min, c.backoff_max);
-    while let Some(batch) = batches.recv().await {
+    while let Some(received) = batches.recv().await {
+        let batch = received.reborrow();
         // Screen each fact (validation, origin, import policy, artifacts),
         // in order; a refusal is audited and passed, a link or store error
         // is retried.
@@ -326,9 +336,9 @@ async fn appender(
         }
         backoff.reset();
         if !accepted.is_empty() {
-            record_accepted(&link, &cx, &accepted, &batch).await;
+            record_accepted(&link, &cx, &accepted, batch).await;
         }
-        update_lag(&link, &cx, &batch);
+        update_lag(&link, &cx, batch);
         // Everything up to last_delivered_offset is durable here (or was
         // refused and audited): confirm it, cumulatively. The confirm runs
         // beside the next batch's append, not before it, so a round trip to
@@ -387,7 +397,7 @@ async fn refuse(link: &Link, cx: &Context, id: &str, origin_offset: u64, reason:
 
 /// `screen`, retried with backoff until it settles: the fact to append, or
 /// None if it was refused (and audited). The caller resets the backoff.
-async fn screen_until_settled(link: &Link, client: &BsfgClient, cx: &Context, stored: &StoredFact, backoff: &mut Backoff) -> Option<crate::store::facts::AppendItem> {
+async fn screen_until_settled(link: &Link, client: &BsfgClient, cx: &Context, stored: &StoredFactView<'_>, backoff: &mut Backoff) -> Option<crate::store::facts::AppendItem> {
     loop {
         match screen(link, client, cx, stored).await {
             Ok(item) => return item,
@@ -403,11 +413,20 @@ async fn screen_until_settled(link: &Link, client: &BsfgClient, cx: &Context, st
 /// Decides whether a pulled fact may enter this zone and makes its
 /// artifacts present. `Ok(Some)` to append, `Ok(None)` refused and audited,
 /// `Err` retriable (link or local store).
-async fn screen(link: &Link, client: &BsfgClient, cx: &Context, stored: &StoredFact) -> Result<Option<crate::store::facts::AppendItem>, Rejection> {
-    let envelope = stored.envelope.as_option().cloned().unwrap_or_default();
-    let fact = stored.fact.as_option().cloned().unwrap_or_default();
+async fn screen(link: &Link, client: &BsfgClient, cx: &Context, stored: &StoredFactView<'_>) -> Result<Option<crate::store::facts::AppendItem>, Rejection> {
+    let envelope = stored.envelope.as_option().map(|e| e.to_owned_message()).transpose();
+    let fact = stored.fact.as_option().map(|f| f.to_owned_message()).transpose();
+    let provenance = stored.provenance.as_option().map(|p| p.to_owned_message()).transpose();
+    let origin_offset = stored.provenance.as_option().map_or(0, |p| p.origin_offset);
+    let (envelope, fact, provenance) = match (envelope, fact, provenance) {
+        (Ok(envelope), Ok(fact), Ok(provenance)) => (envelope.unwrap_or_default(), fact.unwrap_or_default(), provenance),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+            let id = format!("offset {}", stored.offset);
+            refuse(link, cx, &id, origin_offset, "undecodable_fact".into(), e.to_string()).await;
+            return Ok(None);
+        }
+    };
     let id = format!("{}/{}", envelope.from_zone, envelope.message_id);
-    let origin_offset = stored.provenance.origin_offset;
     // Defence in depth: the peer should not have served it, but this zone
     // decides for itself.
     if let Err(r) = validate::envelope(&envelope, &cx.zone.limits) {
@@ -455,11 +474,7 @@ async fn screen(link: &Link, client: &BsfgClient, cx: &Context, stored: &StoredF
             }
         }
     }
-    Ok(Some(crate::store::facts::AppendItem {
-        envelope,
-        valid,
-        provenance: stored.provenance.as_option().cloned(),
-    }))
+    Ok(Some(crate::store::facts::AppendItem { envelope, valid, provenance }))
 }
 
 /// Makes an attachment present locally: skipped when an object with the
@@ -588,17 +603,17 @@ async fn pull_into(
     })
 }
 
-async fn record_accepted(link: &Link, cx: &Context, ids: &[String], batch: &FetchFactsResponse) {
+async fn record_accepted(link: &Link, cx: &Context, ids: &[String], batch: &FetchFactsResponseView<'_>) {
     let detail = format!("{} facts through peer offset {}", ids.len(), batch.last_delivered_offset);
     cx.audit.record(link.audit_event(ids.join(" "), "accepted", "replicated".into(), detail)).await;
 }
 
-fn update_lag(link: &Link, cx: &Context, batch: &FetchFactsResponse) {
+fn update_lag(link: &Link, cx: &Context, batch: &FetchFactsResponseView<'_>) {
     let now = crate::store::now_unix_ms();
     let newest_source_ms = batch
         .facts
         .iter()
-        .filter_map(|f| f.provenance.hops.last().map(|h| h.appended_at_unix_ms))
+        .filter_map(|f| f.provenance.as_option().and_then(|p| p.hops.last()).map(|h| h.appended_at_unix_ms))
         .max()
         .unwrap_or(now);
     let lag = ((now - newest_source_ms).max(0) as f64) / 1000.0;
