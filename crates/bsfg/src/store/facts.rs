@@ -372,13 +372,30 @@ impl FactLog {
             Ok(found) => found,
             Err(r) => return items.iter().map(|_| Err(r.clone())).collect(),
         };
-        let prepared = futures::future::join_all(
-            items.into_iter().zip(homes).zip(tokens).zip(found).map(|((((item, token), home), raw), found)| self.prepare(item, token, raw, home, found)),
-        )
-        .await;
+        // A new key without attachments (nearly every append) is prepared
+        // without waiting for anything; only the others (a key already
+        // stored, attachments to check) wait, concurrently. Preparing the
+        // common case inline, not as one future per fact, spares boxing and
+        // moving those futures (6 % of a receiving node's CPU in a profile).
+        let mut prepared: Vec<Option<Result<Ready, Result<Appended, Rejection>>>> = Vec::with_capacity(items.len());
+        let mut waiting = Vec::new();
+        for ((((item, token), home), raw), found) in items.into_iter().zip(homes).zip(tokens).zip(found) {
+            if found.is_none() && item.valid.fact.attachments.is_empty() {
+                prepared.push(Some(self.refuse_if_full(home).map_err(Err).and_then(|()| self.encode(item, token, raw, home))));
+            } else {
+                waiting.push((prepared.len(), self.prepare(item, token, raw, home, found)));
+                prepared.push(None);
+            }
+        }
+        if !waiting.is_empty() {
+            let (slots, futures): (Vec<usize>, Vec<_>) = waiting.into_iter().unzip();
+            for (slot, p) in slots.into_iter().zip(futures::future::join_all(futures).await) {
+                prepared[slot] = Some(p);
+            }
+        }
         let mut in_flight = Vec::with_capacity(prepared.len());
         for p in prepared {
-            in_flight.push(match p {
+            in_flight.push(match p.expect("every fact was prepared") {
                 Err(done) => InFlight::Done(done),
                 Ok(mut ready) => {
                     let headers = ready.headers();
@@ -390,13 +407,30 @@ impl FactLog {
                 }
             });
         }
-        let finished: Vec<Finished> = futures::future::join_all(in_flight.into_iter().map(|f| async move {
+        // Every publish is on its way: the acknowledgements are awaited in
+        // order (they arrive in order), and only the unusual ones (a
+        // duplicate, an error) are finished concurrently afterwards.
+        let mut finished: Vec<Option<Finished>> = Vec::with_capacity(in_flight.len());
+        let mut unusual = Vec::new();
+        for f in in_flight {
             match f {
-                InFlight::Done(result) => (result, None),
-                InFlight::Sent(ack, ready) => self.finish(ack.await, ready).await,
+                InFlight::Done(result) => finished.push(Some((result, None))),
+                InFlight::Sent(ack, ready) => match ack.await {
+                    Ok(ack) if !ack.duplicate => finished.push(Some(self.stored(&ack, ready))),
+                    other => {
+                        unusual.push((finished.len(), self.finish(other, ready)));
+                        finished.push(None);
+                    }
+                },
             }
-        }))
-        .await;
+        }
+        if !unusual.is_empty() {
+            let (slots, futures): (Vec<usize>, Vec<_>) = unusual.into_iter().unzip();
+            for (slot, f) in slots.into_iter().zip(futures::future::join_all(futures).await) {
+                finished[slot] = Some(f);
+            }
+        }
+        let finished = finished.into_iter().map(|f| f.expect("every fact was finished")).collect();
         self.index_stored(finished).await
     }
 
@@ -437,8 +471,8 @@ impl FactLog {
             .collect()
     }
 
-    /// Everything before the publish: the answer for a key already stored,
-    /// routing to a category, capacity, attachments, encoding. `Err`
+    /// Everything before the publish that may wait: the answer for a key
+    /// already stored, the attachments' presence; then `encode`. `Err`
     /// carries a final answer (a duplicate, or a rejection).
     async fn prepare(
         &self,
@@ -448,29 +482,44 @@ impl FactLog {
         category: &CategoryConfig,
         found: Option<(usize, u64)>,
     ) -> Result<Ready, Result<Appended, Rejection>> {
-        let AppendItem { envelope, valid, provenance } = item;
-        let log = &self.categories[&category.name];
-        let content_hex = hex::encode(content_digest(&valid.fact));
         if let Some((position, offset)) = found {
             let home = &self.index.categories()[position];
             if let Some(existing) = self.stored_under(home, offset, &raw_token).await.map_err(Err)? {
-                return Err(compare_existing(existing, &content_hex, &envelope, home));
+                let content_hex = hex::encode(content_digest(&item.valid.fact));
+                return Err(compare_existing(existing, &content_hex, &item.envelope, home));
             }
         }
-        if log.is_full() {
-            return Err(Err(Rejection::new(
-                Code::ResourceExhausted,
-                "category_full",
-                format!(
-                    "category {} is {:.1}% full (threshold {}%); appends are refused until confirmed facts are truncated. Consumers must confirm, or raise capacity_bytes",
-                    category.name,
-                    log.fill_percent(),
-                    category.fill_threshold_percent
-                ),
-            )));
-        }
-        self.objects.check_and_freeze(&valid.fact.attachments).await.map_err(Err)?;
+        // Capacity before the attachments: a refused append must not freeze
+        // the objects it names.
+        self.refuse_if_full(category).map_err(Err)?;
+        self.objects.check_and_freeze(&item.valid.fact.attachments).await.map_err(Err)?;
+        self.encode(item, token, raw_token, category)
+    }
 
+    /// `category_full` at the fill threshold (nothing is dropped to make room).
+    fn refuse_if_full(&self, category: &CategoryConfig) -> Result<(), Rejection> {
+        let log = &self.categories[&category.name];
+        if !log.is_full() {
+            return Ok(());
+        }
+        Err(Rejection::new(
+            Code::ResourceExhausted,
+            "category_full",
+            format!(
+                "category {} is {:.1}% full (threshold {}%); appends are refused until confirmed facts are truncated. Consumers must confirm, or raise capacity_bytes",
+                category.name,
+                log.fill_percent(),
+                category.fill_threshold_percent
+            ),
+        ))
+    }
+
+    /// Everything before the publish that does not wait: routing to a
+    /// category, encoding the record (after `refuse_if_full`). `Err`
+    /// carries a rejection.
+    fn encode(&self, item: AppendItem, token: String, raw_token: Token, category: &CategoryConfig) -> Result<Ready, Result<Appended, Rejection>> {
+        let AppendItem { envelope, valid, provenance } = item;
+        let content_hex = hex::encode(content_digest(&valid.fact));
         let subject = fact_subject(&category.name, &valid.subject_kind);
         // The record takes the envelope and fact; the envelope comes back
         // after encoding (a duplicate's answer names it), nothing is copied.
@@ -516,16 +565,21 @@ impl FactLog {
             .map_err(|e| index_unavailable("dropping a stale key index entry", e))
     }
 
+    /// The answer for a fact JetStream has just stored, and its key-index
+    /// entry.
+    fn stored(&self, ack: &async_nats::jetstream::publish::PublishAck, ready: Ready) -> Finished {
+        let log = &self.categories[&ready.category];
+        log.fill.add_appended(ready.payload.len() as u64 + 100);
+        (Ok(Appended { offset: ack.sequence, duplicate: false, category: ready.category }), Some((log.position, ready.raw_token, ack.sequence)))
+    }
+
     /// Turns a JetStream acknowledgement into the append's answer and the
     /// key-index entry to record.
     async fn finish(&self, ack: Result<async_nats::jetstream::publish::PublishAck, async_nats::jetstream::context::PublishError>, ready: Ready) -> Finished {
         let log = &self.categories[&ready.category];
         let raw = ready.raw_token;
         match ack {
-            Ok(ack) if !ack.duplicate => {
-                log.fill.add_appended(ready.payload.len() as u64 + 100);
-                (Ok(Appended { offset: ack.sequence, duplicate: false, category: ready.category }), Some((log.position, raw, ack.sequence)))
-            }
+            Ok(ack) if !ack.duplicate => self.stored(&ack, ready),
             // The duplicate window knew the key: an earlier attempt was
             // stored (its acknowledgement lost) but may not be indexed yet.
             Ok(ack) => match self.stored_under(&ready.category, ack.sequence, &raw).await {
