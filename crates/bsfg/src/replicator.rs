@@ -603,9 +603,43 @@ async fn pull_into(
     })
 }
 
+/// Most bytes of fact keys named by one audit record. An audit record is a
+/// fact like any other (object_json ≤ 192 KiB by default); a batch of up to
+/// 10,000 keys of up to 128-byte message ids, doubled by JSON escaping in
+/// the worst case, would not fit in one, and a record that does not fit is
+/// not stored. 48 KiB, doubled, leaves room for the other fields.
+const AUDIT_KEYS_BYTES_MAX: usize = 48 * 1024;
+
+/// Audits the accepted facts of a batch: one record per chunk of keys.
 async fn record_accepted(link: &Link, cx: &Context, ids: &[String], batch: &FetchFactsResponseView<'_>) {
-    let detail = format!("{} facts through peer offset {}", ids.len(), batch.last_delivered_offset);
-    cx.audit.record(link.audit_event(ids.join(" "), "accepted", "replicated".into(), detail)).await;
+    let chunks = key_chunks(ids, AUDIT_KEYS_BYTES_MAX);
+    let parts = chunks.len();
+    for (part, (keys, count)) in chunks.into_iter().enumerate() {
+        let detail = if parts == 1 {
+            format!("{count} facts through peer offset {}", batch.last_delivered_offset)
+        } else {
+            format!("{count} facts (part {} of {parts}) through peer offset {}", part + 1, batch.last_delivered_offset)
+        };
+        cx.audit.record(link.audit_event(keys, "accepted", "replicated".into(), detail)).await;
+    }
+}
+
+/// `ids` joined by spaces, in order, in chunks of at most `bytes_max`
+/// bytes (an id longer than that gets a chunk of its own); each with the
+/// number of ids it holds.
+fn key_chunks(ids: &[String], bytes_max: usize) -> Vec<(String, usize)> {
+    let mut chunks: Vec<(String, usize)> = Vec::new();
+    for id in ids {
+        match chunks.last_mut() {
+            Some((keys, count)) if keys.len() + 1 + id.len() <= bytes_max => {
+                keys.push(' ');
+                keys.push_str(id);
+                *count += 1;
+            }
+            _ => chunks.push((id.clone(), 1)),
+        }
+    }
+    chunks
 }
 
 fn update_lag(link: &Link, cx: &Context, batch: &FetchFactsResponseView<'_>) {
@@ -635,5 +669,23 @@ pub async fn publish_confirm_age(replicator: Arc<Replicator>, metrics: Arc<Metri
             let age = link.status().last_confirm_at.map(|t| t.elapsed().as_secs_f64()).unwrap_or(f64::INFINITY);
             metrics.last_confirm_age_seconds.get_or_create(&labels(&[("link", &link.config.peer)])).set(age);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_chunks;
+
+    #[test]
+    fn audited_keys_are_chunked_in_order_within_the_bound() {
+        let ids: Vec<String> = (0..1000).map(|i| format!("plant-a/{}-{i}", "\"".repeat(100))).collect();
+        let chunks = key_chunks(&ids, 10_000);
+        assert!(chunks.len() > 1, "1000 ids of ~110 bytes need several chunks of 10,000 bytes");
+        assert!(chunks.iter().all(|(keys, _)| keys.len() <= 10_000), "every chunk within the bound");
+        let rejoined: Vec<&str> = chunks.iter().flat_map(|(keys, _)| keys.split(' ')).collect();
+        assert_eq!(rejoined, ids.iter().map(String::as_str).collect::<Vec<_>>(), "every id once, in order");
+        assert_eq!(chunks.iter().map(|(_, n)| n).sum::<usize>(), ids.len());
+        assert_eq!(key_chunks(&ids[..3], 10_000).len(), 1, "a small batch is one record");
+        assert_eq!(key_chunks(&[], 10_000), vec![]);
     }
 }
