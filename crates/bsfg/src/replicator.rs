@@ -309,14 +309,14 @@ async fn appender(
             let results = cx.store.facts.append_batch(std::mem::take(&mut pending)).await;
             let first_retriable = results.iter().position(|r| matches!(r, Err(e) if retriable(e)));
             let settled = first_retriable.unwrap_or(results.len());
-            for (index, result) in results.into_iter().enumerate().take(settled) {
+            for ((result, id), origin_offset) in results.into_iter().zip(ids).zip(origin_offsets).take(settled) {
                 match result {
                     Ok(_) => {
                         link.status.lock().unwrap().facts_replicated += 1;
                         cx.metrics.replicated_facts_total.get_or_create(&labels(&[("link", &c.peer)])).inc();
-                        accepted.push(ids[index].clone());
+                        accepted.push(id);
                     }
-                    Err(r) => refuse(&link, &cx, &ids[index], origin_offsets[index], r.reason.to_string(), r.message).await,
+                    Err(r) => refuse(&link, &cx, &id, origin_offset, r.reason.to_string(), r.message).await,
                 }
             }
             pending_at.drain(..settled);

@@ -387,12 +387,7 @@ impl FactLog {
                 prepared.push(None);
             }
         }
-        if !waiting.is_empty() {
-            let (slots, futures): (Vec<usize>, Vec<_>) = waiting.into_iter().unzip();
-            for (slot, p) in slots.into_iter().zip(futures::future::join_all(futures).await) {
-                prepared[slot] = Some(p);
-            }
-        }
+        fill_slots(&mut prepared, waiting).await;
         let mut in_flight = Vec::with_capacity(prepared.len());
         for p in prepared {
             in_flight.push(match p.expect("every fact was prepared") {
@@ -424,12 +419,7 @@ impl FactLog {
                 },
             }
         }
-        if !unusual.is_empty() {
-            let (slots, futures): (Vec<usize>, Vec<_>) = unusual.into_iter().unzip();
-            for (slot, f) in slots.into_iter().zip(futures::future::join_all(futures).await) {
-                finished[slot] = Some(f);
-            }
-        }
+        fill_slots(&mut finished, unusual).await;
         let finished = finished.into_iter().map(|f| f.expect("every fact was finished")).collect();
         self.index_stored(finished).await
     }
@@ -744,6 +734,18 @@ impl FactLog {
     async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&KeyIndex) -> anyhow::Result<T> + Send + 'static) -> anyhow::Result<T> {
         let index = self.index.clone();
         tokio::task::spawn_blocking(move || f(&index)).await?
+    }
+}
+
+/// Runs the `(slot, future)` pairs concurrently and puts each output in
+/// its slot (the few facts of an append round that have to wait).
+async fn fill_slots<T, F: std::future::Future<Output = T>>(slots: &mut [Option<T>], waiting: Vec<(usize, F)>) {
+    if waiting.is_empty() {
+        return;
+    }
+    let (at, futures): (Vec<usize>, Vec<F>) = waiting.into_iter().unzip();
+    for (slot, output) in at.into_iter().zip(futures::future::join_all(futures).await) {
+        slots[slot] = Some(output);
     }
 }
 
