@@ -124,6 +124,26 @@ impl Site {
         Site { dir, certs, zones, proxies }
     }
 
+    /// What a failed run leaves for diagnosis: every zone's link status,
+    /// and a copy of every node's and nats-server's log in a directory that
+    /// outlives the site (its path is in the answer).
+    pub async fn diagnose(&self, label: &str) -> String {
+        let keep = std::env::temp_dir().join(format!("bsfg-diagnosis-{label}"));
+        std::fs::create_dir_all(&keep).unwrap();
+        let mut out = format!("logs kept in {}", keep.display());
+        for (name, z) in &self.zones {
+            for file in ["bsfg.log", "nats-server.log"] {
+                let _ = std::fs::copy(z.dir.join(file), keep.join(format!("{name}-{file}")));
+            }
+            let links = match z.app.status().await {
+                Ok(s) => format!("{:?}", s.links),
+                Err(e) => format!("status failed: {e:?}"),
+            };
+            out.push_str(&format!("\n{name}: {links}"));
+        }
+        out
+    }
+
     pub fn proxy(&self, receiver: &str, peer: &str) -> &bsfg::faultproxy::FaultProxy {
         &self.proxies[&(receiver.to_string(), peer.to_string())]
     }

@@ -224,8 +224,8 @@ async fn continuous_load_survives_partitions_and_kill9_exactly_once_in_order() {
                 break;
             }
             if Instant::now() > deadline {
-                let status = site.app(dest).status().await.map(|s| format!("{:?}", s.links)).unwrap_or_default();
-                panic!("seed {seed}: {dest} is missing {} acknowledged facts, e.g. {:?}; links {status}", missing.len(), &missing[..missing.len().min(10)]);
+                let diagnosis = site.diagnose(&format!("fault-{seed}")).await;
+                panic!("seed {seed}: {dest} is missing {} acknowledged facts, e.g. {:?}; {diagnosis}", missing.len(), &missing[..missing.len().min(10)]);
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
