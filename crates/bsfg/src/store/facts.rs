@@ -388,16 +388,33 @@ impl FactLog {
             }
         }
         fill_slots(&mut prepared, waiting).await;
+        // One deadline for the whole round, sends and acknowledgements
+        // alike. Why: each acknowledgement's own timeout starts when it is
+        // awaited, so awaiting a stalled server's acknowledgements one after
+        // another took one timeout per fact (a round of 40 facts, 200 s).
+        let due = tokio::time::Instant::now() + self.config.nats.request_timeout;
         let mut in_flight = Vec::with_capacity(prepared.len());
+        let mut send_failed = false;
         for p in prepared {
             in_flight.push(match p.expect("every fact was prepared") {
                 Err(done) => InFlight::Done(done),
+                // Nothing after a fact that could not be sent is sent: a
+                // later fact stored before its retry would break the order.
+                Ok(_) if send_failed => InFlight::Done(Err(unavailable("publishing the fact", "an earlier fact of the same batch could not be sent"))),
                 Ok(mut ready) => {
                     let headers = ready.headers();
                     let subject = std::mem::take(&mut ready.subject);
-                    match self.jetstream.publish_with_headers(subject, headers, ready.payload.clone()).await {
-                        Ok(ack) => InFlight::Sent(ack, ready),
-                        Err(e) => InFlight::Done(Err(unavailable("publishing the fact", e))),
+                    let sent = tokio::time::timeout_at(due, self.jetstream.publish_with_headers(subject, headers, ready.payload.clone())).await;
+                    match sent {
+                        Ok(Ok(ack)) => InFlight::Sent(ack, ready),
+                        Ok(Err(e)) => {
+                            send_failed = true;
+                            InFlight::Done(Err(unavailable("publishing the fact", e)))
+                        }
+                        Err(_) => {
+                            send_failed = true;
+                            InFlight::Done(Err(unavailable("publishing the fact", "not sent within the request timeout")))
+                        }
                     }
                 }
             });
@@ -410,7 +427,7 @@ impl FactLog {
         for f in in_flight {
             match f {
                 InFlight::Done(result) => finished.push(Some((result, None))),
-                InFlight::Sent(ack, ready) => match ack.await {
+                InFlight::Sent(ack, ready) => match ack_by(due, ack).await {
                     Ok(ack) if !ack.duplicate => finished.push(Some(self.stored(&ack, ready))),
                     other => {
                         unusual.push((finished.len(), self.finish(other, ready)));
@@ -735,6 +752,17 @@ impl FactLog {
         let index = self.index.clone();
         tokio::task::spawn_blocking(move || f(&index)).await?
     }
+}
+
+/// A publish acknowledgement, or `TimedOut` once `due` has passed.
+async fn ack_by(
+    due: tokio::time::Instant,
+    ack: async_nats::jetstream::context::PublishAckFuture,
+) -> Result<async_nats::jetstream::publish::PublishAck, async_nats::jetstream::context::PublishError> {
+    use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+    tokio::time::timeout_at(due, std::future::IntoFuture::into_future(ack))
+        .await
+        .unwrap_or_else(|_| Err(PublishError::new(PublishErrorKind::TimedOut)))
 }
 
 /// Runs the `(slot, future)` pairs concurrently and puts each output in

@@ -493,3 +493,61 @@ async fn appends_in_flight_across_a_paused_node_are_all_answered() {
     assert_eq!(zone.message_count("operational").await, 2001, "each fact stored once (plus the first)");
 }
 
+
+/// A nats-server that stalls (SIGSTOP) with appends in flight: every append
+/// is answered within about the configured request timeout, a whole batch
+/// at once, not one timeout after another (a regression once: a batch of n
+/// facts took n timeouts, and a replicator stalled for minutes after its
+/// zone's nats-server was killed). Once the server resumes, retrying every
+/// append stores each fact exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_in_flight_across_a_stalled_nats_server_are_answered_within_the_timeout() {
+    let zone = Zone::start(Opts { plaintext_dev: true, ..Default::default() }).await;
+    let client = zone.client();
+    client.append(envelope(&mid("warm")), batch_fact(0)).await.unwrap();
+    let timeout = zone.config.nats.request_timeout;
+    let sent: Vec<(Envelope, Fact)> = (1..=200).map(|i| (envelope(&mid("stalled")), batch_fact(i))).collect();
+    zone.nats.signal("STOP");
+    let started = Instant::now();
+    let calls: Vec<_> = sent
+        .iter()
+        .cloned()
+        .map(|(e, f)| {
+            let c = client.clone();
+            tokio::spawn(async move { c.append(e, f).await })
+        })
+        .collect();
+    // Two batches in flight, each answered within one timeout; a third
+    // formed while they wait: three timeouts at most, plus slack.
+    let bound = timeout * 3 + Duration::from_secs(3);
+    let answers = tokio::time::timeout(bound, futures::future::join_all(calls)).await;
+    let answered_in = started.elapsed();
+    zone.nats.signal("CONT");
+    let answers = answers.unwrap_or_else(|_| panic!("appends to a stalled nats-server still unanswered after {bound:?} (request timeout {timeout:?})"));
+    for answer in answers {
+        let e = answer.unwrap().expect_err("nothing is acknowledged while nats-server is stopped");
+        assert_eq!(e.code, connectrpc::ErrorCode::Unavailable, "{e:?}");
+    }
+    eprintln!("200 appends to a stalled nats-server answered in {answered_in:?} (request timeout {timeout:?})");
+
+    // Resumed: what reached nats-server before the stall is stored; every
+    // retry is then a duplicate or a new fact, never a second copy.
+    let mut offsets = BTreeSet::new();
+    for (e, f) in sent {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match client.append(e.clone(), f.clone()).await {
+                Ok(answer) => {
+                    offsets.insert(answer.offset);
+                    break;
+                }
+                Err(err) => {
+                    assert!(Instant::now() < deadline, "retry of {} still failing: {err:?}", e.message_id);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+    assert_eq!(offsets.len(), 200, "every fact has its own offset");
+    assert_eq!(zone.message_count("operational").await, 201, "each fact stored once (plus the first)");
+}

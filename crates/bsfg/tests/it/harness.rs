@@ -164,6 +164,13 @@ impl NatsProc {
         child.wait().await.unwrap();
     }
 
+    /// Sends `signal` (e.g. "STOP", "CONT") to the nats-server process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().and_then(|c| c.id()).expect("nats-server is running");
+        let status = std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap();
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
     /// Starts again on the same port with the same store directory.
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "kill first");
