@@ -393,6 +393,8 @@ impl FactLog {
         // awaited, so awaiting a stalled server's acknowledgements one after
         // another took one timeout per fact (a round of 40 facts, 200 s).
         let due = tokio::time::Instant::now() + self.config.nats.request_timeout;
+        let deadline = tokio::time::sleep_until(due);
+        tokio::pin!(deadline);
         let mut in_flight = Vec::with_capacity(prepared.len());
         let mut send_failed = false;
         for p in prepared {
@@ -427,7 +429,7 @@ impl FactLog {
         for f in in_flight {
             match f {
                 InFlight::Done(result) => finished.push(Some((result, None))),
-                InFlight::Sent(ack, ready) => match ack_by(due, ack).await {
+                InFlight::Sent(ack, ready) => match ack_by(&mut deadline, ack).await {
                     Ok(ack) if !ack.duplicate => finished.push(Some(self.stored(&ack, ready))),
                     other => {
                         unusual.push((finished.len(), self.finish(other, ready)));
@@ -754,15 +756,18 @@ impl FactLog {
     }
 }
 
-/// A publish acknowledgement, or `TimedOut` once `due` has passed.
+/// A publish acknowledgement, or `TimedOut` once the round's deadline has
+/// passed. One timer for the round, not one more per fact.
 async fn ack_by(
-    due: tokio::time::Instant,
+    deadline: &mut std::pin::Pin<&mut tokio::time::Sleep>,
     ack: async_nats::jetstream::context::PublishAckFuture,
 ) -> Result<async_nats::jetstream::publish::PublishAck, async_nats::jetstream::context::PublishError> {
     use async_nats::jetstream::context::{PublishError, PublishErrorKind};
-    tokio::time::timeout_at(due, std::future::IntoFuture::into_future(ack))
-        .await
-        .unwrap_or_else(|_| Err(PublishError::new(PublishErrorKind::TimedOut)))
+    tokio::select! {
+        biased;
+        answer = ack => answer,
+        () = deadline.as_mut() => Err(PublishError::new(PublishErrorKind::TimedOut)),
+    }
 }
 
 /// Runs the `(slot, future)` pairs concurrently and puts each output in
