@@ -309,6 +309,9 @@ async fn appender(
             let results = cx.store.facts.append_batch(std::mem::take(&mut pending)).await;
             let first_retriable = results.iter().position(|r| matches!(r, Err(e) if retriable(e)));
             let settled = first_retriable.unwrap_or(results.len());
+            // Shown by `bsfg status`: a link stuck on its own zone's store
+            // reads "normal" otherwise.
+            let retry_reason = first_retriable.and_then(|at| results[at].as_ref().err()).map(|e| format!("local append: {e}"));
             for ((result, id), origin_offset) in results.into_iter().zip(ids).zip(origin_offsets).take(settled) {
                 match result {
                     Ok(_) => {
@@ -323,7 +326,9 @@ async fn appender(
             if pending_at.is_empty() {
                 break;
             }
-            tracing::warn!(link = %c.peer, remaining = pending_at.len(), "local append failed; retrying");
+            let reason = retry_reason.unwrap_or_default();
+            tracing::warn!(link = %c.peer, remaining = pending_at.len(), error = %reason, "local append failed; retrying");
+            link.status.lock().unwrap().last_error = reason;
             backoff.wait().await;
             let mut still_at = Vec::with_capacity(pending_at.len());
             for at in pending_at {
