@@ -306,7 +306,7 @@ async fn appender(
             let origin_offsets: Vec<u64> = pending.iter().map(|i| i.provenance.as_ref().map(|p| p.origin_offset).unwrap_or(0)).collect();
             // The appends take the items (no copy per attempt); a retry
             // screens the facts it needs again from the batch.
-            let results = cx.store.facts.append_batch(std::mem::take(&mut pending)).await;
+            let results = cx.store.facts.append_batch(std::mem::take(&mut pending), crate::store::facts::Order::AsGiven).await;
             let first_retriable = results.iter().position(|r| matches!(r, Err(e) if retriable(e)));
             let settled = first_retriable.unwrap_or(results.len());
             // Shown by `bsfg status`: a link stuck on its own zone's store

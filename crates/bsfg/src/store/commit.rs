@@ -75,7 +75,7 @@ async fn run(log: Weak<FactLog>, mut pending: mpsc::Receiver<Pending>, config: C
         let Some(log) = log.upgrade() else { return };
         tokio::spawn(async move {
             let (items, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.item, p.reply)).unzip();
-            let results = log.append_batch(items).await;
+            let results = log.append_batch(items, super::facts::Order::Any).await;
             debug_assert_eq!(results.len(), replies.len());
             for (reply, result) in replies.into_iter().zip(results) {
                 // A caller that went away (deadline) no longer needs its answer.

@@ -37,6 +37,7 @@ use std::time::Duration;
 
 const CONTENT_HEADER: &str = "Bsfg-Content";
 const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+const EXPECTED_LAST_MSG_ID_HEADER: &str = "Nats-Expected-Last-Msg-Id";
 
 /// Facts read into the key index per write transaction (catch-up, gaps).
 const READ_IN_CHUNK_FACTS: usize = 4096;
@@ -169,6 +170,44 @@ pub struct AppendItem {
     pub provenance: Option<Provenance>,
 }
 
+/// Whether the facts of a batch must be stored in the order given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Replicated facts, whose per-origin order is kept. Each fact published
+    /// names the one published before it in the same stream and batch
+    /// (`Nats-Expected-Last-Msg-Id`). Why: pipelined publishes can lose a
+    /// middle part when the NATS connection breaks (what was written to the
+    /// dead socket is gone, what was queued goes out after the reconnect),
+    /// and a later fact stored before the retry of an earlier one would break
+    /// the order for good. Named predecessors make JetStream refuse every
+    /// fact after the gap instead; the retry then stores them in order.
+    AsGiven,
+    /// Independent appends (the group commit of concurrent AppendFact calls).
+    Any,
+}
+
+/// For each fact published in a batch, the key token of the fact published
+/// before it in the same category, if any (what `Order::AsGiven` names as
+/// the expected last message of the stream).
+#[derive(Default)]
+struct Predecessors {
+    last: Vec<(String, String)>,
+}
+
+impl Predecessors {
+    /// Records `token` as published to `category`; returns the token it
+    /// follows there.
+    fn follow(&mut self, category: &str, token: &str) -> Option<String> {
+        match self.last.iter_mut().find(|(c, _)| c == category) {
+            Some((_, last)) => Some(std::mem::replace(last, token.to_string())),
+            None => {
+                self.last.push((category.to_string(), token.to_string()));
+                None
+            }
+        }
+    }
+}
+
 /// A fact ready to publish.
 struct Ready {
     subject: String,
@@ -222,6 +261,10 @@ pub struct FactLog {
     /// Append batches hold it shared; a rebuild of the key index holds it
     /// exclusively, so no batch looks a key up in an index being emptied.
     index_epoch: tokio::sync::RwLock<()>,
+    /// Held while a round's facts are handed to the NATS client, so the
+    /// facts of one round reach each stream back to back: what
+    /// `Order::AsGiven` relies on (this node is its streams' only writer).
+    sending: tokio::sync::Mutex<()>,
     commit: CommitQueue,
     metrics: Arc<Metrics>,
 }
@@ -266,6 +309,7 @@ impl FactLog {
             index_writer,
             index_ready: tokio::sync::watch::Sender::new(false),
             index_epoch: tokio::sync::RwLock::new(()),
+            sending: tokio::sync::Mutex::new(()),
             metrics,
         });
         tokio::spawn(maintain_index(Arc::downgrade(&log), sync_interval.min(GAP_FILL_INTERVAL_MAX)));
@@ -300,8 +344,9 @@ impl FactLog {
     /// pipelined: all are sent on the one NATS connection, in order, before
     /// any acknowledgement is awaited, so JetStream assigns offsets in item
     /// order (per-origin order is kept) while one batch costs about one round
-    /// trip instead of one per fact.
-    pub async fn append_batch(&self, items: Vec<AppendItem>) -> Vec<Result<Appended, Rejection>> {
+    /// trip instead of one per fact. With `Order::AsGiven` a fact is never
+    /// stored after a later one of the same batch (see `Order`).
+    pub async fn append_batch(&self, items: Vec<AppendItem>, order: Order) -> Vec<Result<Appended, Rejection>> {
         let _epoch = match self.enter_index_epoch().await {
             Ok(epoch) => epoch,
             Err(r) => return items.iter().map(|_| Err(r.clone())).collect(),
@@ -319,7 +364,7 @@ impl FactLog {
             waiting = later;
             let (indices, round): (Vec<usize>, Vec<(AppendItem, String)>) =
                 round.into_iter().map(|(i, item, token)| (i, (item, token))).unzip();
-            for (i, result) in indices.into_iter().zip(self.append_round(round).await) {
+            for (i, result) in indices.into_iter().zip(self.append_round(round, order).await) {
                 results[i] = Some(result);
             }
         }
@@ -364,7 +409,7 @@ impl FactLog {
     }
 
     /// One round of a batch: distinct keys, all held by the key guard.
-    async fn append_round(&self, items: Vec<(AppendItem, String)>) -> Vec<Result<Appended, Rejection>> {
+    async fn append_round(&self, items: Vec<(AppendItem, String)>, order: Order) -> Vec<Result<Appended, Rejection>> {
         // Each fact's category, resolved once.
         let homes: Vec<&CategoryConfig> = items.iter().map(|(item, _)| self.config.category_for_kind(&item.valid.subject_kind)).collect();
         let tokens: Vec<Token> = items.iter().map(|(_, t)| token_bytes(t).expect("key tokens are 32 hex digits")).collect();
@@ -396,15 +441,22 @@ impl FactLog {
         let deadline = tokio::time::sleep_until(due);
         tokio::pin!(deadline);
         let mut in_flight = Vec::with_capacity(prepared.len());
-        let mut send_failed = false;
+        let sending = tokio::time::timeout_at(due, self.sending.lock()).await.ok();
+        let mut send_failed = sending.is_none();
+        let mut predecessors = Predecessors::default();
         for p in prepared {
             in_flight.push(match p.expect("every fact was prepared") {
                 Err(done) => InFlight::Done(done),
                 // Nothing after a fact that could not be sent is sent: a
                 // later fact stored before its retry would break the order.
-                Ok(_) if send_failed => InFlight::Done(Err(unavailable("publishing the fact", "an earlier fact of the same batch could not be sent"))),
+                Ok(_) if send_failed => InFlight::Done(Err(unavailable("publishing the fact", "it or an earlier fact of the same batch could not be sent within the request timeout"))),
                 Ok(mut ready) => {
-                    let headers = ready.headers();
+                    let mut headers = ready.headers();
+                    if order == Order::AsGiven {
+                        if let Some(previous) = predecessors.follow(&ready.category, &ready.token) {
+                            headers.insert(EXPECTED_LAST_MSG_ID_HEADER, previous.as_str());
+                        }
+                    }
                     let subject = std::mem::take(&mut ready.subject);
                     let sent = tokio::time::timeout_at(due, self.jetstream.publish_with_headers(subject, headers, ready.payload.clone())).await;
                     match sent {
@@ -421,6 +473,7 @@ impl FactLog {
                 }
             });
         }
+        drop(sending);
         // Every publish is on its way: the acknowledgements are awaited in
         // order (they arrive in order), and only the unusual ones (a
         // duplicate, an error) are finished concurrently afterwards.
@@ -617,6 +670,17 @@ impl FactLog {
                     None,
                 )
             }
+            Err(e) if e.kind() == async_nats::jetstream::context::PublishErrorKind::WrongLastMessageId => (
+                Err(Rejection::new(
+                    Code::Unavailable,
+                    "order_guard",
+                    format!(
+                        "message_id {} was not stored: an earlier fact of its batch did not reach the stream (a lost publish); it is retried after that one, in order",
+                        ready.envelope.message_id
+                    ),
+                )),
+                None,
+            ),
             Err(e) => (Err(unavailable("waiting for the JetStream acknowledgement", e)), None),
         }
     }
@@ -915,7 +979,18 @@ pub fn decode_record(payload: &[u8], offset: u64) -> Result<StoredFact, Rejectio
 
 #[cfg(test)]
 mod tests {
-    use super::FillAccount;
+    use super::{FillAccount, Predecessors};
+
+    #[test]
+    fn each_published_fact_names_the_one_before_it_in_its_own_stream() {
+        let mut p = Predecessors::default();
+        let named: Vec<Option<String>> = [("ops", "a1"), ("docs", "d1"), ("ops", "a2"), ("ops", "a3"), ("docs", "d2")]
+            .iter()
+            .map(|(category, token)| p.follow(category, token))
+            .collect();
+        let expected = [None, None, Some("a1"), Some("a2"), Some("d1")];
+        assert_eq!(named, expected.map(|t| t.map(String::from)));
+    }
 
     #[test]
     fn a_late_stream_report_does_not_lose_the_appends_made_meanwhile() {

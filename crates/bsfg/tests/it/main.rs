@@ -10,3 +10,4 @@ mod faults;
 mod harness;
 mod interop;
 mod security;
+mod substrate;
