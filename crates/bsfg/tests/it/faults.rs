@@ -449,6 +449,18 @@ async fn fact_refused_by_import_policy_is_audited_counted_and_passed() {
     assert!(value >= 1.0, "{line}");
 }
 
+/// One concurrent AppendFact call per fact.
+fn spawn_appends(client: &BsfgClient, facts: &[(Envelope, Fact)]) -> Vec<tokio::task::JoinHandle<Result<AppendFactResponse, connectrpc::ConnectError>>> {
+    facts
+        .iter()
+        .cloned()
+        .map(|(e, f)| {
+            let c = client.clone();
+            tokio::spawn(async move { c.append(e, f).await })
+        })
+        .collect()
+}
+
 /// A node that pauses (SIGSTOP, as a stall on a busy host does) while one
 /// client has many appends in flight on one HTTP/2 connection answers every
 /// one of them when it resumes, and stores each once. With hyper's adaptive
@@ -467,14 +479,7 @@ async fn appends_in_flight_across_a_paused_node_are_all_answered() {
     let sent: Vec<(Envelope, Fact)> = (0..2000)
         .map(|i| (envelope(&mid("paused")), fact(&format!("batch:PlantA/B{i}"), "step_completed", &format!(r#"{{"n":{i},"note":"{padding}"}}"#))))
         .collect();
-    let calls: Vec<_> = sent
-        .iter()
-        .cloned()
-        .map(|(e, f)| {
-            let c = client.clone();
-            tokio::spawn(async move { c.append(e, f).await })
-        })
-        .collect();
+    let calls = spawn_appends(&client, &sent);
     tokio::time::sleep(Duration::from_secs(1)).await;
     zone.signal_node("CONT");
     let mut offsets = BTreeSet::new();
@@ -509,14 +514,7 @@ async fn appends_in_flight_across_a_stalled_nats_server_are_answered_within_the_
     let sent: Vec<(Envelope, Fact)> = (1..=200).map(|i| (envelope(&mid("stalled")), batch_fact(i))).collect();
     zone.nats.signal("STOP");
     let started = Instant::now();
-    let calls: Vec<_> = sent
-        .iter()
-        .cloned()
-        .map(|(e, f)| {
-            let c = client.clone();
-            tokio::spawn(async move { c.append(e, f).await })
-        })
-        .collect();
+    let calls = spawn_appends(&client, &sent);
     // Two batches in flight, each answered within one timeout; a third
     // formed while they wait: three timeouts at most, plus slack.
     let bound = timeout * 3 + Duration::from_secs(3);
