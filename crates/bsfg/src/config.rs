@@ -196,7 +196,8 @@ pub struct NatsConfig {
     pub port: u16,
     /// nats-server binary; defaults to `.tools/bin/nats-server`, then PATH.
     pub server_bin: Option<PathBuf>,
-    /// Timeout for every JetStream API call and publish acknowledgement.
+    /// Timeout for every JetStream API call, and for a whole append round:
+    /// its publishes and all their acknowledgements share one deadline.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     /// Embedded server's JetStream `sync_interval`: `always` (default: an
