@@ -20,6 +20,7 @@ use super::key_index::{IndexWriter, KeyIndex, Token, WriterStats, token_bytes};
 use super::{now_unix_ms, objects::Objects, unavailable};
 use crate::config::{CategoryConfig, ZoneConfig};
 use async_nats::HeaderMap;
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::{self, stream};
 use bsfg_domain::identity::{content_digest, key_token};
@@ -437,11 +438,10 @@ impl FactLog {
         // alike. Why: each acknowledgement's own timeout starts when it is
         // awaited, so awaiting a stalled server's acknowledgements one after
         // another took one timeout per fact (a round of 40 facts, 200 s).
-        let due = tokio::time::Instant::now() + self.config.nats.request_timeout;
-        let deadline = tokio::time::sleep_until(due);
+        let deadline = tokio::time::sleep(self.config.nats.request_timeout);
         tokio::pin!(deadline);
         let mut in_flight = Vec::with_capacity(prepared.len());
-        let sending = tokio::time::timeout_at(due, self.sending.lock()).await.ok();
+        let sending = by_deadline(&mut deadline, self.sending.lock()).await;
         let mut send_failed = sending.is_none();
         let mut predecessors = Predecessors::default();
         for p in prepared {
@@ -458,14 +458,13 @@ impl FactLog {
                         }
                     }
                     let subject = std::mem::take(&mut ready.subject);
-                    let sent = tokio::time::timeout_at(due, self.jetstream.publish_with_headers(subject, headers, ready.payload.clone())).await;
-                    match sent {
-                        Ok(Ok(ack)) => InFlight::Sent(ack, ready),
-                        Ok(Err(e)) => {
+                    match by_deadline(&mut deadline, self.jetstream.publish_with_headers(subject, headers, ready.payload.clone())).await {
+                        Some(Ok(ack)) => InFlight::Sent(ack, ready),
+                        Some(Err(e)) => {
                             send_failed = true;
                             InFlight::Done(Err(unavailable("publishing the fact", e)))
                         }
-                        Err(_) => {
+                        None => {
                             send_failed = true;
                             InFlight::Done(Err(unavailable("publishing the fact", "not sent within the request timeout")))
                         }
@@ -482,7 +481,7 @@ impl FactLog {
         for f in in_flight {
             match f {
                 InFlight::Done(result) => finished.push(Some((result, None))),
-                InFlight::Sent(ack, ready) => match ack_by(&mut deadline, ack).await {
+                InFlight::Sent(ack, ready) => match by_deadline(&mut deadline, ack).await.unwrap_or_else(|| Err(PublishError::new(PublishErrorKind::TimedOut))) {
                     Ok(ack) if !ack.duplicate => finished.push(Some(self.stored(&ack, ready))),
                     other => {
                         unusual.push((finished.len(), self.finish(other, ready)));
@@ -637,7 +636,7 @@ impl FactLog {
 
     /// Turns a JetStream acknowledgement into the append's answer and the
     /// key-index entry to record.
-    async fn finish(&self, ack: Result<async_nats::jetstream::publish::PublishAck, async_nats::jetstream::context::PublishError>, ready: Ready) -> Finished {
+    async fn finish(&self, ack: Result<async_nats::jetstream::publish::PublishAck, PublishError>, ready: Ready) -> Finished {
         let log = &self.categories[&ready.category];
         let raw = ready.raw_token;
         match ack {
@@ -670,7 +669,7 @@ impl FactLog {
                     None,
                 )
             }
-            Err(e) if e.kind() == async_nats::jetstream::context::PublishErrorKind::WrongLastMessageId => (
+            Err(e) if e.kind() == PublishErrorKind::WrongLastMessageId => (
                 Err(Rejection::new(
                     Code::Unavailable,
                     "order_guard",
@@ -820,17 +819,14 @@ impl FactLog {
     }
 }
 
-/// A publish acknowledgement, or `TimedOut` once the round's deadline has
-/// passed. One timer for the round, not one more per fact.
-async fn ack_by(
-    deadline: &mut std::pin::Pin<&mut tokio::time::Sleep>,
-    ack: async_nats::jetstream::context::PublishAckFuture,
-) -> Result<async_nats::jetstream::publish::PublishAck, async_nats::jetstream::context::PublishError> {
-    use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+/// `work`'s output, or None once the round's deadline has passed: one
+/// timer for the whole round (its send lock, publishes and
+/// acknowledgements), not one more per fact.
+async fn by_deadline<T>(deadline: &mut std::pin::Pin<&mut tokio::time::Sleep>, work: impl std::future::IntoFuture<Output = T>) -> Option<T> {
     tokio::select! {
         biased;
-        answer = ack => answer,
-        () = deadline.as_mut() => Err(PublishError::new(PublishErrorKind::TimedOut)),
+        output = work => Some(output),
+        () = deadline.as_mut() => None,
     }
 }
 

@@ -166,9 +166,7 @@ impl NatsProc {
 
     /// Sends `signal` (e.g. "STOP", "CONT") to the nats-server process.
     pub fn signal(&self, signal: &str) {
-        let pid = self.child.as_ref().and_then(|c| c.id()).expect("nats-server is running");
-        let status = std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap();
-        assert!(status.success(), "kill -{signal} {pid}");
+        signal_process(self.child.as_ref().and_then(|c| c.id()).expect("nats-server is running"), signal);
     }
 
     /// Starts again on the same port with the same store directory.
@@ -176,6 +174,12 @@ impl NatsProc {
         assert!(self.child.is_none(), "kill first");
         self.spawn().await;
     }
+}
+
+/// `kill -<signal> <pid>`, which must succeed.
+fn signal_process(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
 }
 
 /// Options for a test zone.
@@ -415,9 +419,7 @@ impl Zone {
     /// Sends `signal` (e.g. "STOP", "CONT") to the `bsfg serve` process.
     pub fn signal_node(&self, signal: &str) {
         let Node::Process(child) = &self.node else { panic!("signal_node needs an out-of-process node") };
-        let pid = child.id().expect("the node process is running");
-        let status = std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap();
-        assert!(status.success(), "kill -{signal} {pid}");
+        signal_process(child.id().expect("the node process is running"), signal);
     }
 
     /// SIGKILL of the `bsfg serve` process.
