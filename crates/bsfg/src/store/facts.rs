@@ -20,7 +20,6 @@ use super::key_index::{IndexWriter, KeyIndex, Token, WriterStats, token_bytes};
 use super::{now_unix_ms, objects::Objects, unavailable};
 use crate::config::{CategoryConfig, ZoneConfig};
 use async_nats::HeaderMap;
-use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::{self, stream};
 use bsfg_domain::identity::{content_digest, key_token};
@@ -30,6 +29,7 @@ use bsfg_proto::bsfg::v1::{Envelope, Provenance, StoredFact};
 use buffa::Message as _;
 use std::collections::HashMap;
 use super::commit::{CommitQueue, KeyGuard};
+use super::publish::{Ack, ERR_WRONG_LAST_MSG_ID, Publisher};
 use crate::metrics::{Metrics, labels};
 use futures::TryStreamExt as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -233,7 +233,9 @@ impl Ready {
 
 enum InFlight {
     Done(Result<Appended, Rejection>),
-    Sent(async_nats::jetstream::context::PublishAckFuture, Ready),
+    /// Handed to the NATS client; its acknowledgement is in the round's
+    /// slot of the same position.
+    Sent(Ready),
 }
 
 /// The result of an append.
@@ -266,6 +268,8 @@ pub struct FactLog {
     /// facts of one round reach each stream back to back: what
     /// `Order::AsGiven` relies on (this node is its streams' only writer).
     sending: tokio::sync::Mutex<()>,
+    /// Publishes facts; their acknowledgements come back per round.
+    publisher: Publisher,
     commit: CommitQueue,
     metrics: Arc<Metrics>,
 }
@@ -297,6 +301,7 @@ impl FactLog {
         }
         let names: Vec<String> = config.categories.iter().map(|c| c.name.clone()).collect();
         let index = Arc::new(open_key_index(config.key_index_path(), names, config.commit.key_index_buffered_facts_max, config.commit.key_filter_bytes).await?);
+        let publisher = Publisher::start(jetstream.client()).await?;
         let index_writer = IndexWriter::start(index.clone(), config.commit.key_index_sync_interval, config.commit.key_index_staged_facts_max);
         let sync_interval = config.commit.key_index_sync_interval;
         let log = Arc::new_cyclic(|log| Self {
@@ -311,6 +316,7 @@ impl FactLog {
             index_ready: tokio::sync::watch::Sender::new(false),
             index_epoch: tokio::sync::RwLock::new(()),
             sending: tokio::sync::Mutex::new(()),
+            publisher,
             metrics,
         });
         tokio::spawn(maintain_index(Arc::downgrade(&log), sync_interval.min(GAP_FILL_INTERVAL_MAX)));
@@ -441,16 +447,21 @@ impl FactLog {
         let deadline = tokio::time::sleep(self.config.nats.request_timeout);
         tokio::pin!(deadline);
         let mut in_flight = Vec::with_capacity(prepared.len());
-        let sending = by_deadline(&mut deadline, self.sending.lock()).await;
+        let mut round = by_deadline(&mut deadline, self.publisher.round(prepared.len())).await;
+        let sending = match round {
+            Some(_) => by_deadline(&mut deadline, self.sending.lock()).await,
+            None => None,
+        };
         let mut send_failed = sending.is_none();
         let mut predecessors = Predecessors::default();
-        for p in prepared {
-            in_flight.push(match p.expect("every fact was prepared") {
-                Err(done) => InFlight::Done(done),
+        for (slot, p) in prepared.into_iter().enumerate() {
+            in_flight.push(match (p.expect("every fact was prepared"), round.as_mut()) {
+                (Err(done), _) => InFlight::Done(done),
                 // Nothing after a fact that could not be sent is sent: a
                 // later fact stored before its retry would break the order.
-                Ok(_) if send_failed => InFlight::Done(Err(unavailable("publishing the fact", "it or an earlier fact of the same batch could not be sent within the request timeout"))),
-                Ok(mut ready) => {
+                (Ok(_), Some(_)) if send_failed => InFlight::Done(Err(unavailable("publishing the fact", "it or an earlier fact of the same batch could not be sent within the request timeout"))),
+                (Ok(_), None) => InFlight::Done(Err(unavailable("publishing the fact", "too many acknowledgements awaited; none could be sent within the request timeout"))),
+                (Ok(mut ready), Some(round)) => {
                     let mut headers = ready.headers();
                     if order == Order::AsGiven {
                         if let Some(previous) = predecessors.follow(&ready.category, &ready.token) {
@@ -458,31 +469,39 @@ impl FactLog {
                         }
                     }
                     let subject = std::mem::take(&mut ready.subject);
-                    match by_deadline(&mut deadline, self.jetstream.publish_with_headers(subject, headers, ready.payload.clone())).await {
-                        Some(Ok(ack)) => InFlight::Sent(ack, ready),
-                        Some(Err(e)) => {
+                    match by_deadline(&mut deadline, round.publish(slot, subject, headers, ready.payload.clone())).await {
+                        Some(Ok(())) => InFlight::Sent(ready),
+                        failed => {
                             send_failed = true;
-                            InFlight::Done(Err(unavailable("publishing the fact", e)))
-                        }
-                        None => {
-                            send_failed = true;
-                            InFlight::Done(Err(unavailable("publishing the fact", "not sent within the request timeout")))
+                            let why = match failed {
+                                Some(Err(e)) => e.to_string(),
+                                _ => "not sent within the request timeout".to_string(),
+                            };
+                            InFlight::Done(Err(unavailable("publishing the fact", why)))
                         }
                     }
                 }
             });
         }
         drop(sending);
-        // Every publish is on its way: the acknowledgements are awaited in
-        // order (they arrive in order), and only the unusual ones (a
-        // duplicate, an error) are finished concurrently afterwards.
+        // Every publish is on its way: wait for their acknowledgements (one
+        // wake-up for the round), then answer in order. Only the unusual
+        // ones (a duplicate, an error, none in time) are finished
+        // concurrently afterwards.
+        let mut acks = match round {
+            Some(round) => {
+                by_deadline(&mut deadline, round.acknowledged()).await;
+                round.into_acks()
+            }
+            None => Vec::new(),
+        };
         let mut finished: Vec<Option<Finished>> = Vec::with_capacity(in_flight.len());
         let mut unusual = Vec::new();
-        for f in in_flight {
+        for (slot, f) in in_flight.into_iter().enumerate() {
             match f {
                 InFlight::Done(result) => finished.push(Some((result, None))),
-                InFlight::Sent(ack, ready) => match by_deadline(&mut deadline, ack).await.unwrap_or_else(|| Err(PublishError::new(PublishErrorKind::TimedOut))) {
-                    Ok(ack) if !ack.duplicate => finished.push(Some(self.stored(&ack, ready))),
+                InFlight::Sent(ready) => match acks.get_mut(slot).and_then(Option::take) {
+                    Some(Ack::Stored { sequence, duplicate: false }) => finished.push(Some(self.stored(sequence, ready))),
                     other => {
                         unusual.push((finished.len(), self.finish(other, ready)));
                         finished.push(None);
@@ -628,22 +647,22 @@ impl FactLog {
 
     /// The answer for a fact JetStream has just stored, and its key-index
     /// entry.
-    fn stored(&self, ack: &async_nats::jetstream::publish::PublishAck, ready: Ready) -> Finished {
+    fn stored(&self, offset: u64, ready: Ready) -> Finished {
         let log = &self.categories[&ready.category];
         log.fill.add_appended(ready.payload.len() as u64 + 100);
-        (Ok(Appended { offset: ack.sequence, duplicate: false, category: ready.category }), Some((log.position, ready.raw_token, ack.sequence)))
+        (Ok(Appended { offset, duplicate: false, category: ready.category }), Some((log.position, ready.raw_token, offset)))
     }
 
-    /// Turns a JetStream acknowledgement into the append's answer and the
-    /// key-index entry to record.
-    async fn finish(&self, ack: Result<async_nats::jetstream::publish::PublishAck, PublishError>, ready: Ready) -> Finished {
+    /// Turns a JetStream acknowledgement (None: none within the request
+    /// timeout) into the append's answer and the key-index entry to record.
+    async fn finish(&self, ack: Option<Ack>, ready: Ready) -> Finished {
         let log = &self.categories[&ready.category];
         let raw = ready.raw_token;
         match ack {
-            Ok(ack) if !ack.duplicate => self.stored(&ack, ready),
+            Some(Ack::Stored { sequence, duplicate: false }) => self.stored(sequence, ready),
             // The duplicate window knew the key: an earlier attempt was
             // stored (its acknowledgement lost) but may not be indexed yet.
-            Ok(ack) => match self.stored_under(&ready.category, ack.sequence, &raw).await {
+            Some(Ack::Stored { sequence, duplicate: true }) => match self.stored_under(&ready.category, sequence, &raw).await {
                 Ok(Some(existing)) => {
                     let entry = Some((log.position, raw, existing.sequence));
                     (compare_existing(existing, &ready.content_hex, &ready.envelope, &ready.category), entry)
@@ -652,13 +671,13 @@ impl FactLog {
                     Err(Rejection::new(
                         Code::Internal,
                         "key_lookup_failed",
-                        format!("JetStream reported message_id {} as stored at offset {}, but that fact cannot be read back", ready.envelope.message_id, ack.sequence),
+                        format!("JetStream reported message_id {} as stored at offset {sequence}, but that fact cannot be read back", ready.envelope.message_id),
                     )),
                     None,
                 ),
                 Err(r) => (Err(r), None),
             },
-            Err(e) if e.to_string().contains("maximum bytes") || e.to_string().contains("10077") => {
+            Some(Ack::Refused { err_code, description }) if description.contains("maximum bytes") || err_code == 10077 => {
                 log.fill.set_reported(log.config.capacity_bytes, log.fill.appended_counter());
                 (
                     Err(Rejection::new(
@@ -669,7 +688,7 @@ impl FactLog {
                     None,
                 )
             }
-            Err(e) if e.kind() == PublishErrorKind::WrongLastMessageId => (
+            Some(Ack::Refused { err_code: ERR_WRONG_LAST_MSG_ID, .. }) => (
                 Err(Rejection::new(
                     Code::Unavailable,
                     "order_guard",
@@ -680,7 +699,10 @@ impl FactLog {
                 )),
                 None,
             ),
-            Err(e) => (Err(unavailable("waiting for the JetStream acknowledgement", e)), None),
+            Some(Ack::Refused { err_code, description }) => (Err(unavailable("storing the fact", format_args!("JetStream error {err_code}: {description}"))), None),
+            Some(Ack::NoResponders) => (Err(unavailable("storing the fact", format_args!("no stream takes the subject of category {}", ready.category))), None),
+            Some(Ack::Unreadable(what)) => (Err(unavailable("reading the JetStream acknowledgement", what)), None),
+            None => (Err(unavailable("waiting for the JetStream acknowledgement", "none within the request timeout")), None),
         }
     }
 

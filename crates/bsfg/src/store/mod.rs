@@ -19,6 +19,7 @@ pub mod facts;
 pub mod direct;
 pub mod key_index;
 pub mod objects;
+pub mod publish;
 pub mod retention;
 pub mod served;
 
@@ -47,6 +48,7 @@ impl Store {
         let client = async_nats::ConnectOptions::new()
             .name(format!("bsfg-{}", config.zone))
             .request_timeout(Some(config.nats.request_timeout))
+            .subscription_capacity(publish::SUBSCRIPTION_CAPACITY)
             .retry_on_initial_connect()
             .connect(url)
             .await?;

@@ -49,3 +49,60 @@ async fn a_publish_naming_a_predecessor_the_stream_did_not_store_last_is_refused
     assert_eq!(publish(&js, "c", Some("b")).await, Ok((3, false)));
     assert_eq!(guarded.info().await.unwrap().state.messages, 3);
 }
+
+fn message_id(id: &str, after: Option<&str>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", id);
+    if let Some(previous) = after {
+        headers.insert("Nats-Expected-Last-Msg-Id", previous);
+    }
+    headers
+}
+
+/// The node's own publish path (store/publish.rs) reads what nats-server
+/// answers, each answer in the slot of the publish it answers: stored,
+/// duplicate, wrong predecessor, and no stream at all; and a later round
+/// gets only its own answers.
+#[tokio::test]
+async fn a_rounds_acknowledgements_are_read_into_their_own_slots() {
+    use bsfg::store::publish::{Ack, ERR_WRONG_LAST_MSG_ID, Publisher};
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsProc::start(dir.path(), "substrate").await;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = jetstream::new(client.clone());
+    js.create_stream(stream::Config {
+        name: "guarded".into(),
+        subjects: vec!["guarded.>".into()],
+        storage: stream::StorageType::File,
+        duplicate_window: Duration::from_secs(60),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let publisher = Publisher::start(client).await.unwrap();
+
+    let mut round = publisher.round(6).await;
+    let sends = [
+        (0, "guarded.x", "a", None),
+        (1, "guarded.x", "b", Some("a")),
+        (2, "guarded.x", "c", Some("x")),
+        (3, "guarded.x", "a", None),
+        (5, "nowhere.x", "d", None),
+    ];
+    for (slot, subject, id, after) in sends {
+        round.publish(slot, subject.into(), message_id(id, after), id.as_bytes().to_vec().into()).await.unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(10), round.acknowledged()).await.expect("every publish is answered");
+    let acks = round.into_acks();
+    assert_eq!(acks[0], Some(Ack::Stored { sequence: 1, duplicate: false }));
+    assert_eq!(acks[1], Some(Ack::Stored { sequence: 2, duplicate: false }));
+    assert!(matches!(&acks[2], Some(Ack::Refused { err_code: ERR_WRONG_LAST_MSG_ID, .. })), "{:?}", acks[2]);
+    assert_eq!(acks[3], Some(Ack::Stored { sequence: 1, duplicate: true }));
+    assert_eq!(acks[4], None, "nothing was published for slot 4");
+    assert_eq!(acks[5], Some(Ack::NoResponders));
+
+    let mut next = publisher.round(1).await;
+    next.publish(0, "guarded.x".into(), message_id("c", Some("b")), "c".into()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), next.acknowledged()).await.expect("answered");
+    assert_eq!(next.into_acks(), vec![Some(Ack::Stored { sequence: 3, duplicate: false })]);
+}
