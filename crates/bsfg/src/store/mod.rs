@@ -2,7 +2,8 @@
 //!
 //! Everything persistent lives in the zone's own JetStream domain:
 //! * one stream per category (`facts_<category>`, subjects
-//!   `facts.<category>.<kind>`), see [`facts`];
+//!   `facts.<category>.<kind>`), see [`facts`], written through
+//!   [`publish`];
 //! * the idempotency key index, a file derived from those streams, see
 //!   [`key_index`];
 //! * one durable pull consumer per configured consumer, see [`consumers`];
