@@ -1,14 +1,19 @@
 //! Receiver-pulled replication: one link per configured upstream peer.
 //!
-//! Each link is two tasks joined by a bounded channel: a *fetcher* long-polls
-//! the peer's `FetchFacts` (over mTLS, as this node's certificate) and keeps
-//! up to `pipeline_depth` batches in flight, so a round trip never caps
-//! throughput; an *appender* pulls each fact's artifacts, appends the fact to
-//! the local log (idempotent: a redelivered fact is stored once), and only
-//! then confirms the batch to the peer. Memory is bounded by
-//! `pipeline_depth x batch_bytes_max` whatever the backlog. Batches travel
-//! as views of the received bytes: the appender copies out each fact it
-//! appends, once.
+//! Each link is a chain of tasks joined by bounded channels: a *fetcher*
+//! long-polls the peer's `FetchFacts` (over mTLS, as this node's
+//! certificate) and keeps up to `pipeline_depth` batches in flight, so a
+//! round trip never caps throughput; a *screener* decides for each fact
+//! whether it may enter this zone and pulls its artifacts; an *appender*
+//! appends the screened facts to the local log (idempotent: a redelivered
+//! fact is stored once) and only then has the batch confirmed to the peer
+//! (a *confirmer*). The screener works on the next batch while the appender
+//! waits for JetStream's acknowledgements of the current one, so neither
+//! this node's CPU nor its nats-server idles while the other works. Memory
+//! is bounded by `(pipeline_depth + 3) x batch_bytes_max` (the fetched
+//! batches, one being screened, one screened, one being appended) whatever
+//! the backlog. Batches travel as views of the received bytes: the screener
+//! copies out each fact to append, once.
 //!
 //! A fact this zone refuses (origin not routed through the peer, import
 //! policy, conflicting duplicate, invalid) is recorded in the audit stream,
@@ -183,8 +188,10 @@ pub fn start(
         });
         let (batches_tx, batches_rx) = tokio::sync::mpsc::channel(upstream.pipeline_depth);
         tasks.push(tokio::spawn(fetcher(link.clone(), client.clone(), context.clone(), batches_tx)));
+        let (screened_tx, screened_rx) = tokio::sync::mpsc::channel(1);
+        tasks.push(tokio::spawn(screener(link.clone(), client.clone(), context.clone(), batches_rx, screened_tx)));
         let (confirms_tx, confirms_rx) = tokio::sync::watch::channel(0);
-        tasks.push(tokio::spawn(appender(link.clone(), client.clone(), context.clone(), batches_rx, confirms_tx)));
+        tasks.push(tokio::spawn(appender(link.clone(), client.clone(), context.clone(), screened_rx, confirms_tx)));
         tasks.push(tokio::spawn(confirmer(link.clone(), client, context.clone(), confirms_rx)));
         links.push(link);
     }
@@ -273,20 +280,27 @@ fn retriable(r: &Rejection) -> bool {
     matches!(r.code, Code::Unavailable | Code::ResourceExhausted | Code::Internal)
 }
 
-async fn appender(
+/// A batch as received, with the facts screened in to append and their
+/// positions in the batch.
+struct Screened {
+    received: Batch,
+    pending: Vec<crate::store::facts::AppendItem>,
+    pending_at: Vec<usize>,
+}
+
+/// Screens each fact of each batch (validation, origin, import policy,
+/// artifacts), in order; a refusal is audited and passed, a link or store
+/// error is retried.
+async fn screener(
     link: Arc<Link>,
     client: BsfgClient,
     cx: Arc<Context>,
     mut batches: tokio::sync::mpsc::Receiver<Batch>,
-    confirms: tokio::sync::watch::Sender<u64>,
+    screened: tokio::sync::mpsc::Sender<Screened>,
 ) {
-    let c = link.config.clone();
-    let mut backoff = Backoff::new(c.backoff_min, c.backoff_max);
+    let mut backoff = Backoff::new(link.config.backoff_min, link.config.backoff_max);
     while let Some(received) = batches.recv().await {
         let batch = received.reborrow();
-        // Screen each fact (validation, origin, import policy, artifacts),
-        // in order; a refusal is audited and passed, a link or store error
-        // is retried.
         let mut pending = Vec::with_capacity(batch.facts.len());
         let mut pending_at = Vec::with_capacity(batch.facts.len());
         for (at, fact) in batch.facts.iter().enumerate() {
@@ -296,6 +310,23 @@ async fn appender(
             }
         }
         backoff.reset();
+        if screened.send(Screened { received, pending, pending_at }).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn appender(
+    link: Arc<Link>,
+    client: BsfgClient,
+    cx: Arc<Context>,
+    mut batches: tokio::sync::mpsc::Receiver<Screened>,
+    confirms: tokio::sync::watch::Sender<u64>,
+) {
+    let c = link.config.clone();
+    let mut backoff = Backoff::new(c.backoff_min, c.backoff_max);
+    while let Some(Screened { received, mut pending, mut pending_at }) = batches.recv().await {
+        let batch = received.reborrow();
         // Append the screened facts in one pipelined batch. On a retriable
         // failure, retry from the first failed fact on: what follows it was
         // either refused too or is answered as a duplicate, and JetStream
