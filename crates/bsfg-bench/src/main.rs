@@ -792,10 +792,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     // 3. AppendFact
     let mut append_results = Vec::new();
+    // Node and nats-server CPU seconds by configuration (the closed loops
+    // only): c1 and c64 cost very differently per append, and the phase
+    // total below mixes them.
+    let mut append_cpu_by_config: Vec<(usize, usize, f64, f64)> = Vec::new();
     let cpu_before = cpu_seconds(node.pid());
     let nats_cpu_before = cpu_seconds(nats.pid());
     for &(conc, size) in &[(1usize, 256usize), (64, 256), (1, 4096), (64, 4096)] {
         let mut samples = Vec::new();
+        let (mut config_node_cpu, mut config_nats_cpu) = (0.0, 0.0);
         for rep in 0..reps {
             if (conc, size) == (64, 256) {
                 let (s, cpu) = echo_c64(rep).await;
@@ -805,6 +810,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let c = bsfg.clone();
             let payload: Arc<str> = object_json(size).into();
             let tag = format!("{}-a{conc}-{size}-{rep}", run_id());
+            let (node_before, nats_before) = (cpu_seconds(node.pid()), cpu_seconds(nats.pid()));
             let s = closed_loop(conc, secs, move |w, seq| {
                 let (c, payload, id) = (c.clone(), payload.clone(), format!("{tag}-{w}-{seq}"));
                 async move {
@@ -818,9 +824,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 }
             })
             .await;
+            config_node_cpu += cpu_seconds(node.pid()) - node_before;
+            config_nats_cpu += cpu_seconds(nats.pid()) - nats_before;
             eprintln!("append c{conc} {size}B rep {rep}: {:.0} facts/s p50 {:.2} p99 {:.2} ms", s.rate, s.p50_ms, s.p99_ms);
             samples.push(s);
         }
+        let appended: f64 = samples.iter().map(|x| x.rate * secs).sum();
+        append_cpu_by_config.push((conc, size, config_node_cpu * 1e6 / appended.max(1.0), config_nats_cpu * 1e6 / appended.max(1.0)));
         append_results.push((conc, size, samples));
     }
     let echo_total: f64 = echo_samples.iter().map(|x| x.rate * secs).sum();
@@ -1091,6 +1101,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         append_cpu,
         append_cpu * 1e6 / append_total.max(1.0),
         node_cpu_total
+    ));
+    r.line(format!(
+        "* CPU per append by configuration (node + its nats-server, the closed loops only): {}",
+        append_cpu_by_config
+            .iter()
+            .map(|(conc, size, node_us, nats_us)| format!("c{conc} {size} B {node_us:.0} + {nats_us:.0} µs"))
+            .collect::<Vec<_>>()
+            .join("; ")
     ));
     r.line(format!(
         "* nats-server CPU during the closed-loop AppendFact phase: {:.0} µs per append; echo server CPU during echo c64: {:.0} µs per request",
