@@ -71,8 +71,8 @@ pub struct UpstreamConfig {
     /// Long-poll wait of each fetch.
     #[serde(default = "default_wait_ms")]
     pub wait_ms: u32,
-    /// Batches fetched ahead of the one being appended (memory bound:
-    /// pipeline_depth x batch_bytes_max).
+    /// Batches fetched ahead of the one being screened (memory bound:
+    /// (pipeline_depth + 3) x batch_bytes_max, see `replicator`).
     #[serde(default = "default_pipeline_depth")]
     pub pipeline_depth: usize,
     /// Retry backoff bounds (with jitter).
