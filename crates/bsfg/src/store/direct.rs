@@ -12,7 +12,6 @@
 use super::unavailable;
 use async_nats::jetstream::message::StreamMessage;
 use bsfg_domain::Rejection;
-use futures::StreamExt as _;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,14 +38,7 @@ impl DirectGets {
         let (stop, mut stopped) = oneshot::channel::<()>();
         let router_waiting = waiting.clone();
         tokio::spawn(async move {
-            loop {
-                let message = tokio::select! {
-                    _ = &mut stopped => return,
-                    message = replies.next() => match message {
-                        Some(message) => message,
-                        None => return,
-                    },
-                };
+            while let Some(message) = super::next_reply(&mut replies, &mut stopped).await {
                 let request = message.subject.rsplit('.').next().and_then(|t| t.parse::<u64>().ok());
                 if let Some(request) = request {
                     if let Some(tx) = router_waiting.lock().expect("router lock").get(&request) {

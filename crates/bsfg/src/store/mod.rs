@@ -71,3 +71,13 @@ pub fn now_unix_ms() -> i64 {
 pub fn unavailable(what: &str, err: impl std::fmt::Display) -> Rejection {
     Rejection::new(Code::Unavailable, "store_unavailable", format!("{what}: {err}; the zone store is unavailable, retry with backoff"))
 }
+
+/// The next message of a reply subscription owned by a router task; None
+/// once the router's owner dropped `stopped` or the subscription ended.
+async fn next_reply(replies: &mut async_nats::Subscriber, stopped: &mut tokio::sync::oneshot::Receiver<()>) -> Option<async_nats::Message> {
+    use futures::StreamExt as _;
+    tokio::select! {
+        _ = stopped => None,
+        message = replies.next() => message,
+    }
+}

@@ -17,7 +17,6 @@
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use futures::StreamExt as _;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -208,14 +207,7 @@ fn round_and_slot(tail: &str) -> Option<(u64, usize)> {
 /// round found is kept instead of looked up again.
 async fn route(mut replies: async_nats::Subscriber, rounds: Rounds, prefix_len: usize, mut stopped: oneshot::Receiver<()>) {
     let mut current: Option<(u64, Arc<RoundAcks>)> = None;
-    loop {
-        let message = tokio::select! {
-            _ = &mut stopped => return,
-            message = replies.next() => match message {
-                Some(message) => message,
-                None => return,
-            },
-        };
+    while let Some(message) = super::next_reply(&mut replies, &mut stopped).await {
         let Some((round, slot)) = message.subject.get(prefix_len..).and_then(round_and_slot) else {
             tracing::warn!(subject = %message.subject, "acknowledgement on an unexpected subject; ignored");
             continue;

@@ -7,13 +7,22 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, context::PublishErrorKind, stream};
 use std::time::Duration;
 
+/// `Nats-Msg-Id` = `id`, naming `after` as the stream's last message id.
+/// A stream `guarded` on `guarded.>`, with a duplicate window.
+async fn guarded_stream(js: &jetstream::Context) -> stream::Stream {
+    js.create_stream(stream::Config {
+        name: "guarded".into(),
+        subjects: vec!["guarded.>".into()],
+        storage: stream::StorageType::File,
+        duplicate_window: Duration::from_secs(60),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
 async fn publish(js: &jetstream::Context, id: &str, after: Option<&str>) -> Result<(u64, bool), PublishErrorKind> {
-    let mut headers = HeaderMap::new();
-    headers.insert("Nats-Msg-Id", id);
-    if let Some(previous) = after {
-        headers.insert("Nats-Expected-Last-Msg-Id", previous);
-    }
-    let ack = js.publish_with_headers("guarded.x", headers, id.as_bytes().to_vec().into()).await.map_err(|e| e.kind())?;
+    let ack = js.publish_with_headers("guarded.x", message_id(id, after), id.as_bytes().to_vec().into()).await.map_err(|e| e.kind())?;
     ack.await.map(|a| (a.sequence, a.duplicate)).map_err(|e| e.kind())
 }
 
@@ -26,16 +35,7 @@ async fn a_publish_naming_a_predecessor_the_stream_did_not_store_last_is_refused
     let dir = tempfile::tempdir().unwrap();
     let nats = NatsProc::start(dir.path(), "substrate").await;
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-    let mut guarded = js
-        .create_stream(stream::Config {
-            name: "guarded".into(),
-            subjects: vec!["guarded.>".into()],
-            storage: stream::StorageType::File,
-            duplicate_window: Duration::from_secs(60),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let mut guarded = guarded_stream(&js).await;
 
     assert_eq!(publish(&js, "a", None).await, Ok((1, false)));
     assert_eq!(publish(&js, "b", Some("a")).await, Ok((2, false)), "b follows a");
@@ -70,15 +70,7 @@ async fn a_rounds_acknowledgements_are_read_into_their_own_slots() {
     let nats = NatsProc::start(dir.path(), "substrate").await;
     let client = async_nats::connect(nats.url()).await.unwrap();
     let js = jetstream::new(client.clone());
-    js.create_stream(stream::Config {
-        name: "guarded".into(),
-        subjects: vec!["guarded.>".into()],
-        storage: stream::StorageType::File,
-        duplicate_window: Duration::from_secs(60),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    guarded_stream(&js).await;
     let publisher = Publisher::start(client).await.unwrap();
 
     let mut round = publisher.round(6).await;
