@@ -4,10 +4,9 @@
 //! control lets it. Asking for a few chunks at a time bounds a GetObject
 //! stream to its window.
 //!
-//! Replies arrive on one long-lived wildcard subscription and are routed to
-//! their request by the last subject token. A subscription per request would
-//! cost a SUB and an UNSUB each, and every subscription change invalidates
-//! nats-server's subject-match cache that every publish goes through.
+//! Replies arrive on one long-lived wildcard subscription
+//! ([`super::ReplyRouter`]) and are routed to their request by the last
+//! subject token.
 
 use super::unavailable;
 use async_nats::jetstream::message::StreamMessage;
@@ -16,39 +15,32 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 type Waiting = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<async_nats::Message>>>>;
 
 pub struct DirectGets {
     client: async_nats::Client,
-    reply_prefix: String,
+    replies: super::ReplyRouter,
     waiting: Waiting,
     next_request: AtomicU64,
     timeout: Duration,
-    /// Dropping it stops the reply router.
-    _stop: oneshot::Sender<()>,
 }
 
 impl DirectGets {
     pub async fn start(client: async_nats::Client, timeout: Duration) -> anyhow::Result<Self> {
-        let reply_prefix = format!("{}.direct", client.new_inbox());
-        let mut replies = client.subscribe(format!("{reply_prefix}.*")).await?;
         let waiting: Waiting = Arc::default();
-        let (stop, mut stopped) = oneshot::channel::<()>();
         let router_waiting = waiting.clone();
-        tokio::spawn(async move {
-            while let Some(message) = super::next_reply(&mut replies, &mut stopped).await {
-                let request = message.subject.rsplit('.').next().and_then(|t| t.parse::<u64>().ok());
-                if let Some(request) = request {
-                    if let Some(tx) = router_waiting.lock().expect("router lock").get(&request) {
-                        // The request may have timed out and gone: fine.
-                        let _ = tx.send(message);
-                    }
+        let replies = super::ReplyRouter::start(&client, "direct", move |tail, message| {
+            if let Ok(request) = tail.parse::<u64>() {
+                if let Some(tx) = router_waiting.lock().expect("router lock").get(&request) {
+                    // The request may have timed out and gone: fine.
+                    let _ = tx.send(message);
                 }
             }
-        });
-        Ok(Self { client, reply_prefix, waiting, next_request: AtomicU64::new(1), timeout, _stop: stop })
+        })
+        .await?;
+        Ok(Self { client, replies, waiting, next_request: AtomicU64::new(1), timeout })
     }
 
     /// Up to `batch` messages of `subject` from sequence `from` on, at most
@@ -72,8 +64,9 @@ impl DirectGets {
         self.waiting.lock().expect("router lock").insert(id, tx);
         let _registered = Registered { waiting: &self.waiting, id };
         let body = serde_json::to_vec(&body).expect("json");
+        let reply = self.replies.reply_to(format_args!("{id}"));
         self.client
-            .publish_with_reply(format!("$JS.API.DIRECT.GET.{stream}"), format!("{}.{id}", self.reply_prefix), body.into())
+            .publish_with_reply(format!("$JS.API.DIRECT.GET.{stream}"), reply, body.into())
             .await
             .map_err(|e| unavailable(what, e))?;
         let mut messages = Vec::new();

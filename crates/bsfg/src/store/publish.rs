@@ -19,10 +19,9 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::{Notify, Semaphore, SemaphorePermit, oneshot};
+use tokio::sync::{Notify, Semaphore, SemaphorePermit};
 
 /// Messages the router's subscription can hold undelivered; async-nats
 /// drops what does not fit (a "slow consumer"), so it is set explicitly on
@@ -115,22 +114,17 @@ type Rounds = Arc<Mutex<HashMap<u64, Arc<RoundAcks>>>>;
 /// Publishes to JetStream with acknowledgements routed per round.
 pub struct Publisher {
     client: async_nats::Client,
-    reply_prefix: String,
+    acks: super::ReplyRouter,
     rounds: Rounds,
     next_round: AtomicU64,
     permits: Semaphore,
-    /// Dropping it stops the router.
-    _stop: oneshot::Sender<()>,
 }
 
 impl Publisher {
     pub async fn start(client: async_nats::Client) -> anyhow::Result<Self> {
-        let reply_prefix = format!("{}.acks", client.new_inbox());
-        let replies = client.subscribe(format!("{reply_prefix}.>")).await?;
         let rounds: Rounds = Arc::default();
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(route(replies, rounds.clone(), reply_prefix.len() + 1, stopped));
-        Ok(Self { client, reply_prefix, rounds, next_round: AtomicU64::new(1), permits: Semaphore::new(ACKS_IN_FLIGHT_MAX), _stop: stop })
+        let acks = super::ReplyRouter::start(&client, "acks", filer(rounds.clone())).await?;
+        Ok(Self { client, acks, rounds, next_round: AtomicU64::new(1), permits: Semaphore::new(ACKS_IN_FLIGHT_MAX) })
     }
 
     /// A round of up to `slots` publishes; waits while too many
@@ -162,9 +156,7 @@ impl Round<'_> {
     /// Hands one message to the NATS client; its acknowledgement goes to
     /// `slot`.
     pub async fn publish(&mut self, slot: usize, subject: String, headers: HeaderMap, payload: Bytes) -> Result<(), async_nats::PublishError> {
-        let prefix = &self.publisher.reply_prefix;
-        let mut reply = String::with_capacity(prefix.len() + 42);
-        write!(reply, "{prefix}.{}.{slot}", self.id).expect("writing to a String");
+        let reply = self.publisher.acks.reply_to(format_args!("{}.{slot}", self.id));
         self.publisher.client.publish_with_reply_and_headers(subject, reply, headers, payload).await?;
         self.sent += 1;
         Ok(())
@@ -202,15 +194,15 @@ fn round_and_slot(tail: &str) -> Option<(u64, usize)> {
     Some((round.parse().ok()?, slot.parse().ok()?))
 }
 
-/// Files every acknowledgement in its round's slot. Consecutive
-/// acknowledgements nearly always belong to the same round, so the last
-/// round found is kept instead of looked up again.
-async fn route(mut replies: async_nats::Subscriber, rounds: Rounds, prefix_len: usize, mut stopped: oneshot::Receiver<()>) {
+/// Files every acknowledgement (by its subject's tail) in its round's
+/// slot. Consecutive acknowledgements nearly always belong to the same
+/// round, so the last round found is kept instead of looked up again.
+fn filer(rounds: Rounds) -> impl FnMut(&str, async_nats::Message) + Send + 'static {
     let mut current: Option<(u64, Arc<RoundAcks>)> = None;
-    while let Some(message) = super::next_reply(&mut replies, &mut stopped).await {
-        let Some((round, slot)) = message.subject.get(prefix_len..).and_then(round_and_slot) else {
+    move |tail, message| {
+        let Some((round, slot)) = round_and_slot(tail) else {
             tracing::warn!(subject = %message.subject, "acknowledgement on an unexpected subject; ignored");
-            continue;
+            return;
         };
         if current.as_ref().map(|(id, _)| *id) != Some(round) {
             current = rounds.lock().expect("rounds lock").get(&round).map(|acks| (round, acks.clone()));
