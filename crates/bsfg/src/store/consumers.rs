@@ -20,6 +20,17 @@
 //! and re-creating instead would leave a window in which a crash loses the
 //! durable frontier. Only a replay to before the consumer's configured start
 //! (which JetStream refuses to reset to) still re-creates it.
+//!
+//! **Read-ahead.** A consumer that is behind fetches, confirms and fetches
+//! again; without help, JetStream's read of the next batch waits for all of
+//! that. When a fetch leaves facts pending, the node pulls the next batch
+//! (same size, at most `[fetch] read_ahead_bytes_max`) while the caller is
+//! busy with this one, and the next fetch is served from it. Facts pulled
+//! ahead are delivered as far as JetStream knows, so they are never dropped
+//! quietly: a later cumulative confirm would cover them. They are served
+//! first, before anything pulled after them, and the only ways to drop them
+//! are the consumer resets (restart from the frontier, replay), which make
+//! JetStream deliver them again. Memory: one read-ahead batch per consumer.
 
 use super::{FactLog, served::ServedFact, unavailable};
 use crate::config::{ConsumerConfig, StartPosition, ZoneConfig};
@@ -30,7 +41,7 @@ use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::stream::ConsumerResetErrorKind;
 use bsfg_domain::{Code, Rejection};
 use futures::StreamExt;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -56,11 +67,91 @@ struct Delivery {
     pending_after_last_fetch: u64,
 }
 
+/// Facts pulled from JetStream for the next fetch (see the module docs).
+#[derive(Default)]
+enum ReadAhead {
+    #[default]
+    Empty,
+    /// A no-wait pull in flight.
+    Pulling(tokio::task::JoinHandle<Result<Vec<JsMessage>, Rejection>>),
+    /// Pulled and not yet served, in delivery order.
+    Ready(VecDeque<JsMessage>),
+}
+
+type JsMessage = async_nats::jetstream::Message;
+
+/// The JetStream consumer and what was pulled from it ahead. Behind one
+/// lock: fetches are served in delivery order, and resets drop the
+/// read-ahead in the same step.
+struct Puller {
+    consumer: consumer::Consumer<pull::Config>,
+    ahead: ReadAhead,
+}
+
+impl Puller {
+    /// Up to `limit` facts and `bytes_max` bytes (at least one fact) from
+    /// the read-ahead, in delivery order; the rest stays for the next fetch.
+    /// Empty if nothing was read ahead or the pull failed (the caller then
+    /// pulls itself).
+    async fn take_ahead(&mut self, limit: usize, bytes_max: usize) -> Vec<JsMessage> {
+        if let ReadAhead::Pulling(task) = &mut self.ahead {
+            // Awaited in place: if this fetch is dropped meanwhile, the
+            // pulled facts stay for the next one.
+            self.ahead = match task.await {
+                Ok(Ok(messages)) => ReadAhead::Ready(messages.into()),
+                Ok(Err(rejection)) => {
+                    tracing::debug!(error = %rejection.message, "read-ahead pull failed; pulling again");
+                    ReadAhead::Empty
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "read-ahead task ended without an answer; pulling again");
+                    ReadAhead::Empty
+                }
+            };
+        }
+        let ReadAhead::Ready(ready) = &mut self.ahead else { return Vec::new() };
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(next) = ready.front() {
+            let taken_enough = out.len() >= limit || (!out.is_empty() && bytes + next.payload.len() > bytes_max);
+            if taken_enough {
+                break;
+            }
+            bytes += next.payload.len();
+            out.push(ready.pop_front().expect("front exists"));
+        }
+        if ready.is_empty() {
+            self.ahead = ReadAhead::Empty;
+        }
+        out
+    }
+
+    /// Starts pulling the next batch, unless something is already ahead.
+    fn read_ahead(&mut self, limit: usize, bytes_max: usize) {
+        if matches!(self.ahead, ReadAhead::Empty) && limit > 0 && bytes_max > 0 {
+            let consumer = self.consumer.clone();
+            self.ahead = ReadAhead::Pulling(tokio::spawn(async move { pull_now(&consumer, limit, bytes_max).await }));
+        }
+    }
+
+    /// Before a reset: lets a pull in flight finish (a no-wait pull, quick)
+    /// so JetStream has delivered whatever it will before the reset makes it
+    /// deliver them again, then drops what was read ahead.
+    async fn drop_ahead(&mut self, timeout: Duration) {
+        if let ReadAhead::Pulling(task) = &mut self.ahead {
+            if tokio::time::timeout(timeout, &mut *task).await.is_err() {
+                task.abort();
+            }
+        }
+        self.ahead = ReadAhead::Empty;
+    }
+}
+
 pub struct Cursor {
     pub config: ConsumerConfig,
-    /// The JetStream consumer; the lock also serialises fetches (a
-    /// consistent delivery order) and resets.
-    consumer: tokio::sync::Mutex<consumer::Consumer<pull::Config>>,
+    /// The JetStream consumer and its read-ahead; the lock also serialises
+    /// fetches (a consistent delivery order) and resets.
+    puller: tokio::sync::Mutex<Puller>,
     /// The explicit consumer configuration, re-used when it is re-created.
     template: pull::Config,
     stream: async_nats::jetstream::stream::Stream,
@@ -87,6 +178,8 @@ pub struct Consumers {
     request_timeout: Duration,
     /// Pull size that always fits one fact of the largest allowed size.
     single_fact_bytes: usize,
+    /// Most bytes pulled ahead per consumer (0: no read-ahead).
+    read_ahead_bytes_max: usize,
     zone: String,
 }
 
@@ -148,7 +241,7 @@ impl Consumers {
                 c.name.clone(),
                 Cursor {
                     config: c.clone(),
-                    consumer: tokio::sync::Mutex::new(consumer),
+                    puller: tokio::sync::Mutex::new(Puller { consumer, ahead: ReadAhead::Empty }),
                     template: consumer_config,
                     stream: stream.clone(),
                     delivery: Mutex::new(delivery),
@@ -156,7 +249,8 @@ impl Consumers {
             );
         }
         let single_fact_bytes = config.limits.fact_bytes_max + 8 * 1024;
-        Ok(Self { client, cursors, metrics, request_timeout: config.nats.request_timeout, single_fact_bytes, zone: config.zone.clone() })
+        let read_ahead_bytes_max = usize::try_from(config.fetch.read_ahead_bytes_max).unwrap_or(usize::MAX);
+        Ok(Self { client, cursors, metrics, request_timeout: config.nats.request_timeout, single_fact_bytes, read_ahead_bytes_max, zone: config.zone.clone() })
     }
 
     fn cursor(&self, name: &str) -> Result<&Cursor, Rejection> {
@@ -212,19 +306,38 @@ impl Consumers {
     /// for this consumer after the last one returned).
     pub async fn fetch(&self, name: &str, bounds: FetchBounds) -> Result<(Vec<ServedFact>, u64, u64), Rejection> {
         let cursor = self.cursor(name)?;
-        let mut consumer = cursor.consumer.lock().await;
+        let mut puller = cursor.puller.lock().await;
         if bounds.restart_from_frontier {
-            consumer.reset(None).await.map_err(|e| unavailable("redelivering from the frontier", e))?;
+            puller.drop_ahead(self.request_timeout).await;
+            puller.consumer.reset(None).await.map_err(|e| unavailable("redelivering from the frontier", e))?;
             let mut d = cursor.delivery.lock().unwrap();
             d.unconfirmed.clear();
             d.delivered_max = d.frontier;
         }
+        let mut messages = puller.take_ahead(bounds.limit, bounds.bytes_max).await;
+        let consumer = &puller.consumer;
+        if !messages.is_empty() && matches!(puller.ahead, ReadAhead::Empty) && messages.len() < bounds.limit {
+            // The read-ahead was smaller than this request and more was
+            // pending then (a caller that asks for more than before): the
+            // rest as a normal fetch would have returned it.
+            let more_pending = messages.last().and_then(|m| m.info().ok()).is_some_and(|info| info.pending > 0);
+            let bytes_left = bounds.bytes_max.saturating_sub(messages.iter().map(|m| m.payload.len()).sum());
+            if more_pending && bytes_left > 0 {
+                // A failed top-up still serves what was read ahead.
+                match pull_now(consumer, bounds.limit - messages.len(), bytes_left).await {
+                    Ok(more) => messages.extend(more),
+                    Err(rejection) => tracing::debug!(error = %rejection.message, "topping up a read-ahead batch failed"),
+                }
+            }
+        }
         let maybe_ready = bounds.restart_from_frontier || bounds.wait.is_zero() || cursor.delivery.lock().unwrap().pending_after_last_fetch > 0;
-        let mut messages = if maybe_ready { pull_now(&consumer, bounds.limit, bounds.bytes_max).await? } else { Vec::new() };
+        if messages.is_empty() && maybe_ready {
+            messages = pull_now(consumer, bounds.limit, bounds.bytes_max).await?;
+        }
         if maybe_ready && messages.is_empty() && bounds.bytes_max < self.single_fact_bytes {
             // The next fact alone may be larger than the caller's max_bytes;
             // JetStream then returns nothing. Deliver that one fact anyway.
-            messages = pull_now(&consumer, 1, self.single_fact_bytes).await?;
+            messages = pull_now(consumer, 1, self.single_fact_bytes).await?;
         }
         if messages.is_empty() && !bounds.wait.is_zero() {
             // Long-poll for the first fact, then take whatever else is ready.
@@ -244,7 +357,7 @@ impl Consumers {
             if more_pending && bounds.limit > 1 {
                 let bytes_left = bounds.bytes_max.saturating_sub(messages[0].payload.len());
                 if bytes_left > 0 {
-                    messages.extend(pull_now(&consumer, bounds.limit - 1, bytes_left).await?);
+                    messages.extend(pull_now(consumer, bounds.limit - 1, bytes_left).await?);
                 }
             }
         }
@@ -270,6 +383,10 @@ impl Consumers {
             }
             d.frontier
         };
+        if backlog > 0 && self.read_ahead_bytes_max > 0 {
+            puller.read_ahead(bounds.limit, bounds.bytes_max.min(self.read_ahead_bytes_max));
+        }
+        drop(puller);
         // A redelivery that raced with a confirm can bring back facts already
         // confirmed; they are never served again.
         facts.retain(|f| f.offset > frontier);
@@ -284,7 +401,9 @@ impl Consumers {
     /// re-creates the consumer.
     pub async fn reset(&self, name: &str, start: StartPosition) -> Result<u64, Rejection> {
         let cursor = self.cursor(name)?;
-        let mut consumer = cursor.consumer.lock().await;
+        let mut puller = cursor.puller.lock().await;
+        puller.drop_ahead(self.request_timeout).await;
+        let consumer = &mut puller.consumer;
         let state = cursor.stream.clone().info().await.map_err(|e| unavailable("reading the stream", e))?.state.clone();
         let next = match &start {
             StartPosition::Earliest => state.first_sequence.max(1),
@@ -369,7 +488,7 @@ impl Consumers {
     }
 }
 
-async fn pull_now(consumer: &consumer::Consumer<pull::Config>, limit: usize, bytes_max: usize) -> Result<Vec<async_nats::jetstream::Message>, Rejection> {
+async fn pull_now(consumer: &consumer::Consumer<pull::Config>, limit: usize, bytes_max: usize) -> Result<Vec<JsMessage>, Rejection> {
     let batch = consumer
         .fetch()
         .max_messages(limit)
@@ -380,7 +499,7 @@ async fn pull_now(consumer: &consumer::Consumer<pull::Config>, limit: usize, byt
     collect(batch).await
 }
 
-async fn collect(mut batch: pull::Batch) -> Result<Vec<async_nats::jetstream::Message>, Rejection> {
+async fn collect(mut batch: pull::Batch) -> Result<Vec<JsMessage>, Rejection> {
     let mut out = Vec::new();
     while let Some(message) = batch.next().await {
         match message {

@@ -308,6 +308,72 @@ async fn unconfirmed_facts_come_again_after_restart_and_after_redelivery_timeout
     assert_eq!(consumer_created(&zone, "mes").await, created, "restarts, restart-from-frontier and replay keep the one JetStream consumer");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn facts_read_ahead_for_a_consumer_that_is_behind_are_served_once_in_order() {
+    let zone = Zone::start(Opts::default()).await;
+    let client = zone.client();
+    let mut sent = Vec::new();
+    for n in 0..40 {
+        let (e, f) = (envelope(&mid("ahead")), batch_fact(n));
+        let r = client.append(e.clone(), f.clone()).await.unwrap();
+        sent.push((e, f, r.offset));
+    }
+    let js = zone.jetstream().await;
+    let stream = js.get_stream("facts_operational").await.unwrap();
+    // JetStream counts facts read ahead as delivered; the node does not
+    // until it serves them.
+    let read_ahead_to = |delivered: usize| {
+        let stream = stream.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let info = stream.consumer_info("mes").await.unwrap();
+                if info.num_ack_pending == delivered {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "expected {delivered} facts delivered by JetStream (served + read ahead): {info:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    // A consumer that is behind: the node pulls the next batch while the
+    // caller handles this one.
+    let first = client.fetch("mes", 10, 0, 0).await.unwrap();
+    assert_exactly_once_in_order(&first.facts, &sent[..10]);
+    read_ahead_to(20).await;
+    assert_rejected(client.confirm("mes", sent[15].2).await, "failed_precondition", "not_delivered");
+    // A smaller fetch takes part of the read-ahead, a larger one the rest
+    // plus what follows it.
+    let small = client.fetch("mes", 3, 0, 0).await.unwrap();
+    assert_exactly_once_in_order(&small.facts, &sent[10..13]);
+    let large = client.fetch("mes", 15, 0, 0).await.unwrap();
+    assert_exactly_once_in_order(&large.facts, &sent[13..28]);
+    assert_eq!(client.confirm("mes", sent[19].2).await.unwrap(), sent[19].2);
+    // Served and unconfirmed: 20..28; read ahead: the remaining 12.
+    read_ahead_to(20).await;
+
+    // A restart from the frontier drops the read-ahead and delivers
+    // everything unconfirmed again, exactly once.
+    let served = client.fetch("mes", 5, 0, 0).await.unwrap();
+    assert_exactly_once_in_order(&served.facts, &sent[28..33]);
+    let request = FetchFactsRequest { consumer_name: "mes".into(), limit: 5, restart_from_frontier: true, ..Default::default() };
+    let restarted = client.fetch_request(request).await.unwrap();
+    assert_exactly_once_in_order(&restarted.facts, &sent[20..25]);
+    let rest = client.fetch("mes", 100, 0, 0).await.unwrap();
+    assert_exactly_once_in_order(&rest.facts, &sent[25..]);
+
+    // So does a replay while facts are read ahead.
+    client.reset_consumer("mes", reset_consumer_request::Position::Offset(sent[0].2)).await.unwrap();
+    let head = client.fetch("mes", 10, 0, 0).await.unwrap();
+    assert_exactly_once_in_order(&head.facts, &sent[..10]);
+    read_ahead_to(20).await;
+    let frontier = client.reset_consumer("mes", reset_consumer_request::Position::Offset(sent[4].2)).await.unwrap();
+    assert_eq!(frontier, sent[4].2 - 1);
+    let replayed = fetch_all(&client, "mes", 36).await;
+    assert_exactly_once_in_order(&replayed, &sent[4..]);
+    assert_eq!(client.confirm("mes", sent[39].2).await.unwrap(), sent[39].2);
+}
+
 /// When the JetStream consumer behind a BSFG consumer was created.
 async fn consumer_created(zone: &Zone, name: &str) -> time::OffsetDateTime {
     let stream = zone.jetstream().await.get_stream("facts_operational").await.unwrap();
