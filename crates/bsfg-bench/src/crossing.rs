@@ -177,6 +177,7 @@ name = "operational"
 default = true
 capacity_bytes = 17179869184
 max_age = "30days"
+{operational_extra}
 
 [[categories]]
 name = "audit"
@@ -189,6 +190,9 @@ name = "records"
 capacity_bytes = 8589934592
 "#,
         commit = node_commit_section(dir, zone),
+        // Lines added to the operational category, for A/B runs of its
+        // settings (e.g. `duplicate_window = "30s"`).
+        operational_extra = std::env::var("BENCH_OPERATIONAL_EXTRA").unwrap_or_default(),
         nats = node_nats_section(nats_port),
         tls = if mtls {
             let c = dir.join("certs");
