@@ -521,7 +521,6 @@ fn node_layout_message(category: &str, subject: &str, message_id: &str, object: 
     };
     let fact = Fact { subject: subject.into(), predicate: "step_completed".into(), object_json: object.into(), ..Default::default() };
     let token = bsfg_domain::identity::key_token("bench", message_id);
-    let content = hex::encode(bsfg_domain::identity::content_digest(&fact));
     let record = StoredFact {
         category: category.into(),
         envelope: envelope.into(),
@@ -532,7 +531,6 @@ fn node_layout_message(category: &str, subject: &str, message_id: &str, object: 
     };
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Msg-Id", token.as_str());
-    headers.insert("Bsfg-Content", content.as_str());
     let kind = subject.split(':').next().unwrap_or_default();
     (format!("facts.{category}.{kind}"), headers, record.encode_to_vec().into())
 }
@@ -796,11 +794,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // only): c1 and c64 cost very differently per append, and the phase
     // total below mixes them.
     let mut append_cpu_by_config: Vec<(usize, usize, f64, f64)> = Vec::new();
+    // What a fact costs in JetStream's storage (record, subject, headers),
+    // by payload size: the capacity a category's bytes buy.
+    let mut stored_bytes_per_fact: Vec<(usize, f64)> = Vec::new();
+    let stored_state = || async { anyhow::Ok(js.get_stream("facts_operational").await?.info().await?.state.clone()) };
     let cpu_before = cpu_seconds(node.pid());
     let nats_cpu_before = cpu_seconds(nats.pid());
     for &(conc, size) in &[(1usize, 256usize), (64, 256), (1, 4096), (64, 4096)] {
         let mut samples = Vec::new();
         let (mut config_node_cpu, mut config_nats_cpu) = (0.0, 0.0);
+        let state_before = stored_state().await?;
         for rep in 0..reps {
             if (conc, size) == (64, 256) {
                 let (s, cpu) = echo_c64(rep).await;
@@ -830,6 +833,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             samples.push(s);
         }
         let appended: f64 = samples.iter().map(|x| x.rate * secs).sum();
+        if conc == 64 {
+            let state_after = stored_state().await?;
+            let stored = state_after.messages.saturating_sub(state_before.messages).max(1);
+            stored_bytes_per_fact.push((size, state_after.bytes.saturating_sub(state_before.bytes) as f64 / stored as f64));
+        }
         append_cpu_by_config.push((conc, size, config_node_cpu * 1e6 / appended.max(1.0), config_nats_cpu * 1e6 / appended.max(1.0)));
         append_results.push((conc, size, samples));
     }
@@ -1101,6 +1109,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         append_cpu,
         append_cpu * 1e6 / append_total.max(1.0),
         node_cpu_total
+    ));
+    r.line(format!(
+        "* JetStream's stored bytes per fact (record, subject and headers, as its stream state counts them): {}",
+        stored_bytes_per_fact.iter().map(|(size, bytes)| format!("{size} B object {bytes:.0} B")).collect::<Vec<_>>().join(", ")
     ));
     r.line(format!(
         "* CPU per append by configuration (node + its nats-server, the closed loops only): {}",

@@ -1,7 +1,8 @@
 //! `bsfg-bench substrate`: what one nats-server can do with the storage
 //! layouts the node has used, with no node in the way. The node now stores
-//! facts under one subject per kind with `Nats-Msg-Id` and a content
-//! header (the first variant, plus that header); the per-fact-subject
+//! facts under one subject per kind with `Nats-Msg-Id` (the first variant;
+//! until the eleventh session also with a content header, which the other
+//! variants still carry so earlier results stay comparable); the per-fact-subject
 //! variants are the layout before the key index (docs/key-index.md), kept
 //! so the reason for the change stays measurable.
 //!

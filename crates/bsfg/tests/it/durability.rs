@@ -305,6 +305,15 @@ async fn a_stored_fact_whose_acknowledgement_was_lost_is_still_a_duplicate() {
         let r = client.append(e.clone(), f.clone()).await.unwrap();
         assert!(r.duplicate && r.offset == *offset, "the node's own facts stay duplicates");
     }
+    // Different content under a stored key is refused, whether the stored
+    // fact carries its content digest as a header (the format written
+    // before the eleventh session, as above) or not (the node's own now).
+    let changed = fact("batch:PlantA/B7", "step_completed", r#"{"step":8}"#);
+    assert_rejected(client.append(e.clone(), changed.clone()).await, "already_exists", "conflicting_duplicate");
+    assert_rejected(client.append(after[0].0.clone(), changed).await, "already_exists", "conflicting_duplicate");
+    let stored = js.get_stream("facts_operational").await.unwrap().direct_get(after[0].2).await.unwrap();
+    assert!(stored.headers.get("Bsfg-Content").is_none(), "the content digest is no longer stored as a header: {:?}", stored.headers);
+    assert_eq!(zone.message_count("operational").await, 5, "nothing stored by the refusals");
     let text = zone.metrics_text().await;
     assert!(read_in_facts(&text) >= 1.0);
     assert_eq!(metric_value(&text, "bsfg_key_index_through_offset", &["category=\"operational\""]), Some(5.0));
