@@ -316,18 +316,14 @@ impl Consumers {
         }
         let mut messages = puller.take_ahead(bounds.limit, bounds.bytes_max).await;
         let consumer = &puller.consumer;
-        if !messages.is_empty() && matches!(puller.ahead, ReadAhead::Empty) && messages.len() < bounds.limit {
-            // The read-ahead was smaller than this request and more was
-            // pending then (a caller that asks for more than before): the
-            // rest as a normal fetch would have returned it.
-            let more_pending = messages.last().and_then(|m| m.info().ok()).is_some_and(|info| info.pending > 0);
-            let bytes_left = bounds.bytes_max.saturating_sub(messages.iter().map(|m| m.payload.len()).sum());
-            if more_pending && bytes_left > 0 {
-                // A failed top-up still serves what was read ahead.
-                match pull_now(consumer, bounds.limit - messages.len(), bytes_left).await {
-                    Ok(more) => messages.extend(more),
-                    Err(rejection) => tracing::debug!(error = %rejection.message, "topping up a read-ahead batch failed"),
-                }
+        // The read-ahead was smaller than this request and more was pending
+        // then (a caller that asks for more than before): the rest, as a
+        // normal fetch would have returned it.
+        let ahead_used_up = !messages.is_empty() && matches!(puller.ahead, ReadAhead::Empty);
+        if ahead_used_up && messages.last().and_then(|m| m.info().ok()).is_some_and(|info| info.pending > 0) {
+            if let Err(rejection) = top_up(consumer, &mut messages, &bounds).await {
+                // What was read ahead is still served.
+                tracing::debug!(error = %rejection.message, "topping up a read-ahead batch failed");
             }
         }
         let maybe_ready = bounds.restart_from_frontier || bounds.wait.is_zero() || cursor.delivery.lock().unwrap().pending_after_last_fetch > 0;
@@ -354,11 +350,8 @@ impl Consumers {
             // and others may be due with it). At low rates the first fact
             // is usually the only one.
             let more_pending = messages.first().and_then(|m| m.info().ok()).is_some_and(|info| info.pending > 0 || info.delivered > 1);
-            if more_pending && bounds.limit > 1 {
-                let bytes_left = bounds.bytes_max.saturating_sub(messages[0].payload.len());
-                if bytes_left > 0 {
-                    messages.extend(pull_now(consumer, bounds.limit - 1, bytes_left).await?);
-                }
+            if more_pending {
+                top_up(consumer, &mut messages, &bounds).await?;
             }
         }
         let mut facts = Vec::with_capacity(messages.len());
@@ -497,6 +490,15 @@ async fn pull_now(consumer: &consumer::Consumer<pull::Config>, limit: usize, byt
         .await
         .map_err(|e| unavailable("fetching facts", e))?;
     collect(batch).await
+}
+
+/// Adds what is ready after `messages`, within the fetch's bounds.
+async fn top_up(consumer: &consumer::Consumer<pull::Config>, messages: &mut Vec<JsMessage>, bounds: &FetchBounds) -> Result<(), Rejection> {
+    let bytes_left = bounds.bytes_max.saturating_sub(messages.iter().map(|m| m.payload.len()).sum());
+    if messages.len() < bounds.limit && bytes_left > 0 {
+        messages.extend(pull_now(consumer, bounds.limit - messages.len(), bytes_left).await?);
+    }
+    Ok(())
 }
 
 async fn collect(mut batch: pull::Batch) -> Result<Vec<JsMessage>, Rejection> {
