@@ -7,6 +7,7 @@
 #       --backlog-facts 5000 --artifact-mib 64 --lag-secs 3        # crossing zones, quick
 #   scripts/bench.sh substrate [--window 8]                        # nats-server alone, node layout
 #   scripts/bench.sh crossing --only-lag [--lag-rate 1000]         # two-hop lag only, printed
+#   scripts/bench.sh crossing --only-reference                     # native sourcing + bare bridge, printed
 #   scripts/bench.sh key-index [--entries 4000000]                 # the key index alone, printed
 set -euo pipefail
 cd "$(dirname "$0")/.."
