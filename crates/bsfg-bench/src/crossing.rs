@@ -14,7 +14,9 @@
 //! Reference: a hub nats-server (domain `hub`) and a leaf nats-server
 //! (domain `leaf`) joined by `leafnodes` through another FaultProxy; a stream
 //! on the leaf `sources` the hub's stream with `external.api =
-//! "$JS.hub.API"`.
+//! "$JS.hub.API"`. Beside it, on the same servers and backlog, a bare bridge
+//! (see `reference_runs`): the substrate's ceiling for any crossing that
+//! stores one JetStream message per fact.
 
 use super::{Child, free_port, node_commit_section, node_nats_section, now_ms, object_json, pct_ms, rss_kib, spawn_logged, start_nats_server, wait_tcp};
 use anyhow::{Context as _, bail};
