@@ -3,11 +3,12 @@
 //!
 //! Processes: the bench starts its own nats-server (free loopback port,
 //! temporary store, `jetstream { domain: bench }`), a release `bsfg serve`
-//! node pointed at it, and two echo-server processes (this binary, `echo-server`
-//! subcommand): the bare RPC stack, and a bare append (an echo that stores
-//! each request in JetStream before it answers). Clients run in this process on a multi-threaded tokio
-//! runtime. Every configuration runs for a fixed duration (or a fixed count
-//! for drains), `--reps` times; the report gives medians.
+//! node pointed at it, and two echo-server processes (this binary,
+//! `echo-server` subcommand): the bare RPC stack, and a bare append (an echo
+//! that stores each request in JetStream before it answers). Clients run in
+//! this process on a multi-threaded tokio runtime. Every configuration runs
+//! for a fixed duration (or a fixed count for drains), `--reps` times; the
+//! report gives medians.
 
 mod crossing;
 mod key_index;
