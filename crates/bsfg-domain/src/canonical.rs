@@ -392,7 +392,7 @@ mod tests {
         let numbers = [0.0, -0.0, 1.0, -17.0, 0.1, 1.5e300, 123456789012345680.0, 1e21, 1e-7, 21.5, 2f64.powi(53)];
         match next() % if depth > 3 { 5 } else { 7 } {
             0 => Value::Null,
-            1 => Value::Bool(next() % 2 == 0),
+            1 => Value::Bool(next().is_multiple_of(2)),
             2 => Value::String(strings[(next() % strings.len() as u64) as usize].into()),
             3 => serde_json::Number::from_f64(numbers[(next() % numbers.len() as u64) as usize]).map_or(Value::Null, Value::Number),
             4 => Value::Number(((next() % 2_000_001) as i64 - 1_000_000).into()),

@@ -56,21 +56,21 @@ impl FactPolicy {
         if self.deny_kinds.iter().any(|k| k == c.kind) || !allowed(&self.kinds, c.kind) {
             return refuse("kind_not_allowed", format!("subject kind {} is not allowed across this link", c.kind));
         }
-        if let Some(rule) = self.origin_rules.iter().find(|r| r.origin == c.origin_zone) {
-            if !rule.allow_kinds.iter().any(|k| k == c.kind) {
-                return refuse(
-                    "kind_not_allowed_from_origin",
-                    format!("nothing from {} crosses this link except kinds {:?}; this fact is of kind {}", c.origin_zone, rule.allow_kinds, c.kind),
-                );
-            }
+        if let Some(rule) = self.origin_rules.iter().find(|r| r.origin == c.origin_zone)
+            && !rule.allow_kinds.iter().any(|k| k == c.kind)
+        {
+            return refuse(
+                "kind_not_allowed_from_origin",
+                format!("nothing from {} crosses this link except kinds {:?}; this fact is of kind {}", c.origin_zone, rule.allow_kinds, c.kind),
+            );
         }
         if !allowed(&self.predicates, c.predicate) {
             return refuse("predicate_not_allowed", format!("predicate {} is not allowed across this link", c.predicate));
         }
-        if let Some(max) = self.fact_bytes_max {
-            if c.fact_bytes > max {
-                return refuse("fact_too_large_for_link", format!("fact is {} bytes; this link allows {max}", c.fact_bytes));
-            }
+        if let Some(max) = self.fact_bytes_max
+            && c.fact_bytes > max
+        {
+            return refuse("fact_too_large_for_link", format!("fact is {} bytes; this link allows {max}", c.fact_bytes));
         }
         Ok(())
     }

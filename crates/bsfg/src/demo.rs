@@ -358,7 +358,7 @@ pub async fn run_site(dir: PathBuf) -> anyhow::Result<()> {
     let enterprise_to_idmz = FaultProxy::start(loopback(ports["idmz"])).await?;
     let idmz_to_enterprise = FaultProxy::start(loopback(ports["enterprise"])).await?;
     let mut zones = BTreeMap::new();
-    println!("  {:<11} {:<24} {:<17} {}", "zone", "boundary (mTLS 1.3)", "JetStream domain", "store");
+    println!("  {:<11} {:<24} {:<17} store", "zone", "boundary (mTLS 1.3)", "JetStream domain");
     for z in ZONES {
         let zdir = dir.join(z);
         std::fs::create_dir_all(&zdir)?;
@@ -443,7 +443,7 @@ pub async fn run_site(dir: PathBuf) -> anyhow::Result<()> {
     }
     println!("  at enterprise: object {BUCKET}/{record_key}, {} bytes, byte-identical (pulled by idmz, then by enterprise, before the fact was appended)", got.len());
     let mut at_plant_a = Vec::new();
-    site.wait_for("plant-a", "enterprise", &[recipe_id.clone()], &mut at_plant_a, Duration::from_secs(20)).await?;
+    site.wait_for("plant-a", "enterprise", std::slice::from_ref(&recipe_id), &mut at_plant_a, Duration::from_secs(20)).await?;
     for f in at_plant_a.iter().filter(|f| f.envelope.message_id == recipe_id) {
         println!("  at plant-a:    {} {} {}  via {}", f.fact.subject, f.fact.predicate, f.fact.object_json, hops(f));
     }

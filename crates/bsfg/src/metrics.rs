@@ -56,9 +56,9 @@ impl Metrics {
             fetch_requests_total: Family::default(),
             confirm_requests_total: Family::default(),
             append_latency_seconds: Histogram::new(
-                [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5].into_iter(),
+                [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5],
             ),
-            commit_batch_facts: Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0].into_iter()),
+            commit_batch_facts: Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]),
             key_index_ready: Gauge::default(),
             key_index_rebuilds_total: Counter::default(),
             key_index_through_offset: Family::default(),

@@ -520,10 +520,10 @@ async fn screen(link: &Link, client: &BsfgClient, cx: &Context, stored: &StoredF
 /// computes and checks the digest and size as it stores; on any failure
 /// nothing is stored and the spool keeps what arrived.
 async fn pull_object(link: &Link, client: &BsfgClient, cx: &Context, a: &AttachmentRef) -> Result<(), Rejection> {
-    if let Ok(local) = cx.store.objects.info(&a.bucket, &a.key).await {
-        if local.digest == a.digest && local.size_bytes == a.size_bytes {
-            return Ok(());
-        }
+    if let Ok(local) = cx.store.objects.info(&a.bucket, &a.key).await
+        && local.digest == a.digest && local.size_bytes == a.size_bytes
+    {
+        return Ok(());
     }
     validate::digest("attachment digest", &a.digest)?;
     let spool = link.config.spool_dir.join(a.digest.replace(':', "-"));

@@ -138,10 +138,10 @@ impl Puller {
     /// so JetStream has delivered whatever it will before the reset makes it
     /// deliver them again, then drops what was read ahead.
     async fn drop_ahead(&mut self, timeout: Duration) {
-        if let ReadAhead::Pulling(task) = &mut self.ahead {
-            if tokio::time::timeout(timeout, &mut *task).await.is_err() {
-                task.abort();
-            }
+        if let ReadAhead::Pulling(task) = &mut self.ahead
+            && tokio::time::timeout(timeout, &mut *task).await.is_err()
+        {
+            task.abort();
         }
         self.ahead = ReadAhead::Empty;
     }
@@ -320,11 +320,11 @@ impl Consumers {
         // then (a caller that asks for more than before): the rest, as a
         // normal fetch would have returned it.
         let ahead_used_up = !messages.is_empty() && matches!(puller.ahead, ReadAhead::Empty);
-        if ahead_used_up && messages.last().and_then(|m| m.info().ok()).is_some_and(|info| info.pending > 0) {
-            if let Err(rejection) = top_up(consumer, &mut messages, &bounds).await {
-                // What was read ahead is still served.
-                tracing::debug!(error = %rejection.message, "topping up a read-ahead batch failed");
-            }
+        if ahead_used_up && messages.last().and_then(|m| m.info().ok()).is_some_and(|info| info.pending > 0)
+            && let Err(rejection) = top_up(consumer, &mut messages, &bounds).await
+        {
+            // What was read ahead is still served.
+            tracing::debug!(error = %rejection.message, "topping up a read-ahead batch failed");
         }
         let maybe_ready = bounds.restart_from_frontier || bounds.wait.is_zero() || cursor.delivery.lock().unwrap().pending_after_last_fetch > 0;
         if messages.is_empty() && maybe_ready {

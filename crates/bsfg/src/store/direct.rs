@@ -32,11 +32,11 @@ impl DirectGets {
         let waiting: Waiting = Arc::default();
         let router_waiting = waiting.clone();
         let replies = super::ReplyRouter::start(&client, "direct", move |tail, message| {
-            if let Ok(request) = tail.parse::<u64>() {
-                if let Some(tx) = router_waiting.lock().expect("router lock").get(&request) {
-                    // The request may have timed out and gone: fine.
-                    let _ = tx.send(message);
-                }
+            if let Ok(request) = tail.parse::<u64>()
+                && let Some(tx) = router_waiting.lock().expect("router lock").get(&request)
+            {
+                // The request may have timed out and gone: fine.
+                let _ = tx.send(message);
             }
         })
         .await?;

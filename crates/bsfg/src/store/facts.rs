@@ -233,6 +233,9 @@ impl Ready {
     }
 }
 
+// One per fact of an append round, in a Vec that lives for the round:
+// boxing `Ready` would cost an allocation per fact for no memory saved.
+#[allow(clippy::large_enum_variant)]
 enum InFlight {
     Done(Result<Appended, Rejection>),
     /// Handed to the NATS client; its acknowledgement is in the round's
@@ -465,10 +468,10 @@ impl FactLog {
                 (Ok(_), None) => InFlight::Done(Err(unavailable("publishing the fact", "too many acknowledgements awaited; none could be sent within the request timeout"))),
                 (Ok(mut ready), Some(round)) => {
                     let mut headers = ready.headers();
-                    if order == Order::AsGiven {
-                        if let Some(previous) = predecessors.follow(&ready.category, &ready.token) {
-                            headers.insert(EXPECTED_LAST_MSG_ID_HEADER, previous.as_str());
-                        }
+                    if order == Order::AsGiven
+                        && let Some(previous) = predecessors.follow(&ready.category, &ready.token)
+                    {
+                        headers.insert(EXPECTED_LAST_MSG_ID_HEADER, previous.as_str());
                     }
                     let subject = std::mem::take(&mut ready.subject);
                     match by_deadline(&mut deadline, round.publish(slot, subject, headers, ready.payload.clone())).await {

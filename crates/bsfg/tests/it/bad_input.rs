@@ -6,6 +6,8 @@ use bsfg::client::BsfgClient;
 use bsfg_proto::bsfg::v1::*;
 use connectrpc::ConnectError;
 
+// A table of a few dozen cases, built once.
+#[allow(clippy::large_enum_variant)]
 enum Call {
     Append(Option<Envelope>, Option<Fact>),
     Fetch(&'static str),

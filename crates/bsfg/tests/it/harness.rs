@@ -361,10 +361,10 @@ impl Zone {
         self.ops_addr = self.config.ops_listen;
         let deadline = Instant::now() + Duration::from_secs(30);
         while !healthz_ok(self.ops_addr).await || tokio::net::TcpStream::connect(self.boundary_addr).await.is_err() {
-            if let Node::Process(child) = &mut self.node {
-                if let Some(status) = child.try_wait().unwrap() {
-                    panic!("bsfg serve exited with {status}; log: {}", self.log_text());
-                }
+            if let Node::Process(child) = &mut self.node
+                && let Some(status) = child.try_wait().unwrap()
+            {
+                panic!("bsfg serve exited with {status}; log: {}", self.log_text());
             }
             assert!(Instant::now() < deadline, "bsfg serve not ready; log: {}", self.log_text());
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -585,8 +585,7 @@ async fn http_over<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") else { break };
+    while let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") {
         let size = usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().split(';').next().unwrap().trim(), 16).unwrap_or(0);
         if size == 0 {
             break;
