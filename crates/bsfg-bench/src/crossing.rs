@@ -238,14 +238,20 @@ async fn count(js: &jetstream::Context) -> anyhow::Result<u64> {
 }
 
 async fn wait_count(js: &jetstream::Context, target: u64, timeout: Duration) -> anyhow::Result<Instant> {
+    wait_messages(js, "facts_operational", target, timeout).await
+}
+
+/// Polls stream `name` every 10 ms until it holds `target` messages;
+/// returns when it saw them.
+async fn wait_messages(js: &jetstream::Context, name: &str, target: u64, timeout: Duration) -> anyhow::Result<Instant> {
     let deadline = Instant::now() + timeout;
     loop {
-        let n = count(js).await?;
+        let n = js.get_stream(name).await?.info().await?.state.messages;
         if n >= target {
             return Ok(Instant::now());
         }
         if Instant::now() > deadline {
-            bail!("timed out at {n} of {target} facts");
+            bail!("{name}: timed out at {n} of {target} messages");
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -686,7 +692,7 @@ async fn reference_runs(a: &CrossArgs, dir: &Path, delay: Duration) -> anyhow::R
         leaf_js
             .create_stream(stream::Config { name: name.into(), storage: stream::StorageType::File, sources: Some(vec![source]), ..Default::default() })
             .await?;
-        wait_stream(&leaf_js, name, a.native_facts).await?;
+        wait_messages(&leaf_js, name, a.native_facts, Duration::from_secs(1800)).await?;
         let rate = a.native_facts as f64 / t.elapsed().as_secs_f64();
         eprintln!("native sourcing {name} (one-way delay {d:?}): {rate:.0} msg/s");
         native.push(ReferenceRun { rate, cpu: cpu_line(before, "the leaf link's proxy") });
@@ -711,21 +717,6 @@ async fn reference_runs(a: &CrossArgs, dir: &Path, delay: Duration) -> anyhow::R
     );
     let pair = |v: Vec<ReferenceRun>| <[ReferenceRun; 2]>::try_from(v).map_err(|_| anyhow::anyhow!("two runs each"));
     Ok(Reference { native: pair(native)?, bridge: pair(bridge)?, rss_line })
-}
-
-/// Waits until stream `name` holds `target` messages (30 min at most).
-async fn wait_stream(js: &jetstream::Context, name: &str, target: u64) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(1800);
-    loop {
-        let n = js.get_stream(name).await?.info().await?.state.messages;
-        if n >= target {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("{name}: timed out at {n} of {target} messages");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Acknowledgements of the bridge's publishes awaited at once. 1,024 was

@@ -831,25 +831,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // from other tenants of this machine)
     let mut echo_samples = Vec::new();
     let mut echo_cpu = 0.0;
-    let echo_c64 = |rep: usize| {
-        let c = echo_client.clone();
-        let pid = echo.pid();
+    // One c64 closed loop against an echo server: its sample and the
+    // server's CPU seconds meanwhile.
+    let echo_c64 = |what: &'static str, client: &EchoServiceClient<SharedHttp2Connection>, pid: u32, rep: usize| {
+        let c = client.clone();
         async move {
             let cpu_before = cpu_seconds(pid);
             let s = closed_loop(64, secs, move |_, _| echo_once(&c)).await;
-            eprintln!("echo c64 rep {rep}: {:.0} req/s p99 {:.2} ms", s.rate, s.p99_ms);
+            eprintln!("{what} c64 rep {rep}: {:.0} req/s p99 {:.2} ms", s.rate, s.p99_ms);
             (s, cpu_seconds(pid) - cpu_before)
         }
     };
     let mut bare_samples = Vec::new();
-    let bare_c64 = |rep: usize| {
-        let c = bare_client.clone();
-        async move {
-            let s = closed_loop(64, secs, move |_, _| echo_once(&c)).await;
-            eprintln!("bare append c64 rep {rep}: {:.0} req/s p99 {:.2} ms", s.rate, s.p99_ms);
-            s
-        }
-    };
     let mut echo_c1 = Vec::new();
     for rep in 0..reps {
         let c = echo_client.clone();
@@ -876,10 +869,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let state_before = stored_state().await?;
         for rep in 0..reps {
             if (conc, size) == (64, 256) {
-                let (s, cpu) = echo_c64(rep).await;
+                let (s, cpu) = echo_c64("echo", &echo_client, echo.pid(), rep).await;
                 echo_samples.push(s);
                 echo_cpu += cpu;
-                bare_samples.push(bare_c64(rep).await);
+                bare_samples.push(echo_c64("bare append", &bare_client, bare.pid(), rep).await.0);
             }
             let c = bsfg.clone();
             let payload: Arc<str> = object_json(size).into();
