@@ -44,6 +44,8 @@ pub struct Metrics {
     pub last_confirm_age_seconds: Family<Labels, Gauge<f64, AtomicU64>>,
     pub replicated_facts_total: Family<Labels, Counter>,
     pub object_resume_bytes_total: Family<Labels, Counter>,
+    pub delivery_gaps_total: Family<Labels, Counter>,
+    pub quarantined_facts_total: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -84,6 +86,8 @@ impl Metrics {
             last_confirm_age_seconds: Family::default(),
             replicated_facts_total: Family::default(),
             object_resume_bytes_total: Family::default(),
+            delivery_gaps_total: Family::default(),
+            quarantined_facts_total: Family::default(),
             registry: Registry::default(),
         };
         registry.register("bsfg_append_requests", "AppendFact requests by outcome", m.append_requests_total.clone());
@@ -162,6 +166,16 @@ impl Metrics {
         registry.register("bsfg_link_last_confirm_age_seconds", "Seconds since the link last confirmed to its peer", m.last_confirm_age_seconds.clone());
         registry.register("bsfg_replicated_facts", "Facts replicated into this zone, per link", m.replicated_facts_total.clone());
         registry.register("bsfg_object_partial_bytes", "Bytes of interrupted artifact pulls kept for resumption, per link", m.object_resume_bytes_total.clone());
+        registry.register(
+            "bsfg_delivery_gaps",
+            "Deliveries JetStream made to a consumer that this node did not take in (a stall or a lost pull), each answered by redelivering from the frontier, per consumer",
+            m.delivery_gaps_total.clone(),
+        );
+        registry.register(
+            "bsfg_quarantined_facts",
+            "Stored records a consumer was not served because they cannot be decoded (each audited; the consumer moves past them), per consumer",
+            m.quarantined_facts_total.clone(),
+        );
         Self { registry, ..m }
     }
 

@@ -18,7 +18,7 @@ pub struct AuditEvent {
     pub rpc: &'static str,
     /// message_id, object digest, consumer or key concerned.
     pub subject_key: String,
-    /// accepted | refused | withheld
+    /// accepted | refused | withheld | quarantined
     pub decision: &'static str,
     pub reason: String,
     pub detail: String,
@@ -57,6 +57,7 @@ impl Audit {
         let predicate = match event.decision {
             "accepted" => "crossing_accepted",
             "withheld" => "crossing_withheld",
+            "quarantined" => "record_quarantined",
             _ => "access_refused",
         };
         let envelope = Envelope {

@@ -10,7 +10,7 @@ use crate::node::auth::{Auth, Caller, Unidentified};
 use crate::node::errors::to_connect;
 use bsfg_domain::policy::Crossing;
 use crate::store::Store;
-use crate::store::consumers::FetchBounds;
+use crate::store::consumers::{FetchBounds, Fetched, Quarantined};
 use crate::store::served::ServedFacts;
 use crate::store::objects::PutHeader;
 use crate::config::ZoneConfig;
@@ -318,8 +318,9 @@ impl Boundary {
         let consumer = self.store.consumers.config(&request.consumer_name)?;
         self.auth.check_consumer(caller, &consumer.name, &consumer.category)?;
         let bounds = self.fetch_bounds(request);
-        let (facts, frontier, backlog) = self.store.consumers.fetch(&request.consumer_name, bounds).await?;
-        let last_delivered_offset = facts.iter().map(|f| f.offset).max().unwrap_or(frontier);
+        let fetched = self.store.consumers.fetch(&request.consumer_name, bounds).await?;
+        self.quarantine(caller, &consumer.name, &fetched.quarantined).await;
+        let Fetched { facts, frontier, last_delivered_offset, backlog, .. } = fetched;
         let Some(policy) = self.auth.export_policy(caller) else {
             return Ok(ServedFacts { facts, frontier, last_delivered_offset, backlog });
         };
@@ -365,6 +366,28 @@ impl Boundary {
                 .await;
         }
         Ok(ServedFacts { facts: served, frontier, last_delivered_offset, backlog })
+    }
+}
+
+impl Boundary {
+    /// Audits and counts stored records a fetch could not serve.
+    async fn quarantine(&self, caller: &Caller, consumer: &str, records: &[Quarantined]) {
+        for q in records {
+            self.metrics.quarantined_facts_total.get_or_create(&labels(&[("consumer", consumer)])).inc();
+            tracing::error!(consumer, offset = q.offset, reason = %q.reason, "stored record cannot be served; quarantined (skipped)");
+            self.audit
+                .record(AuditEvent {
+                    principal: caller.principal.name.clone(),
+                    identity: caller.identity.clone(),
+                    fingerprint: caller.fingerprint.clone(),
+                    rpc: "FetchFacts",
+                    subject_key: format!("{consumer} offset {}", q.offset),
+                    decision: "quarantined",
+                    reason: "corrupt_record".into(),
+                    detail: q.reason.clone(),
+                })
+                .await;
+        }
     }
 }
 

@@ -5,6 +5,7 @@ mod bad_input;
 mod capacity;
 mod contract;
 mod crossing;
+mod delivery;
 mod durability;
 mod faults;
 mod harness;

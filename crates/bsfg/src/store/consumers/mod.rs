@@ -31,8 +31,18 @@
 //! first, before anything pulled after them, and the only ways to drop them
 //! are the consumer resets (restart from the frontier, replay), which make
 //! JetStream deliver them again. Memory: one read-ahead batch per consumer.
+//!
+//! **A frontier only passes what was served.** Every delivery JetStream
+//! makes to a consumer is numbered; the node serves nothing past a delivery
+//! it did not take in, and resets the consumer to its frontier instead (see
+//! [`puller`] for the invariants and why a cumulative confirm needs them).
+//! A stored record that cannot be decoded is quarantined, not served: the
+//! caller of `fetch` audits and counts it, and the consumer moves past it.
+
+mod puller;
 
 use super::{FactLog, served::ServedFact, unavailable};
+use puller::{JsMessage, PullError, Puller};
 use crate::config::{ConsumerConfig, StartPosition, ZoneConfig};
 use crate::metrics::Metrics;
 use anyhow::Context as _;
@@ -40,8 +50,7 @@ use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, ReplayPoli
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::stream::ConsumerResetErrorKind;
 use bsfg_domain::{Code, Rejection};
-use futures::StreamExt;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -67,84 +76,25 @@ struct Delivery {
     pending_after_last_fetch: u64,
 }
 
-/// Facts pulled from JetStream for the next fetch (see the module docs).
-#[derive(Default)]
-enum ReadAhead {
-    #[default]
-    Empty,
-    /// A no-wait pull in flight.
-    Pulling(tokio::task::JoinHandle<Result<Vec<JsMessage>, Rejection>>),
-    /// Pulled and not yet served, in delivery order.
-    Ready(VecDeque<JsMessage>),
+/// What one fetch hands out.
+#[derive(Debug)]
+pub struct Fetched {
+    pub facts: Vec<ServedFact>,
+    /// Delivered records this node could not decode: not served, counted
+    /// as delivered so the consumer moves past them (the caller audits them).
+    pub quarantined: Vec<Quarantined>,
+    pub frontier: u64,
+    /// The highest offset delivered by this fetch (served or quarantined),
+    /// or the frontier if none was: what the caller confirms to move on.
+    pub last_delivered_offset: u64,
+    pub backlog: u64,
 }
 
-type JsMessage = async_nats::jetstream::Message;
-
-/// The JetStream consumer and what was pulled from it ahead. Behind one
-/// lock: fetches are served in delivery order, and resets drop the
-/// read-ahead in the same step.
-struct Puller {
-    consumer: consumer::Consumer<pull::Config>,
-    ahead: ReadAhead,
-}
-
-impl Puller {
-    /// Up to `limit` facts and `bytes_max` bytes (at least one fact) from
-    /// the read-ahead, in delivery order; the rest stays for the next fetch.
-    /// Empty if nothing was read ahead or the pull failed (the caller then
-    /// pulls itself).
-    async fn take_ahead(&mut self, limit: usize, bytes_max: usize) -> Vec<JsMessage> {
-        if let ReadAhead::Pulling(task) = &mut self.ahead {
-            // Awaited in place: if this fetch is dropped meanwhile, the
-            // pulled facts stay for the next one.
-            self.ahead = match task.await {
-                Ok(Ok(messages)) => ReadAhead::Ready(messages.into()),
-                Ok(Err(rejection)) => {
-                    tracing::debug!(error = %rejection.message, "read-ahead pull failed; pulling again");
-                    ReadAhead::Empty
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "read-ahead task ended without an answer; pulling again");
-                    ReadAhead::Empty
-                }
-            };
-        }
-        let ReadAhead::Ready(ready) = &mut self.ahead else { return Vec::new() };
-        let mut out = Vec::new();
-        let mut bytes = 0usize;
-        while let Some(next) = ready.front() {
-            let taken_enough = out.len() >= limit || (!out.is_empty() && bytes + next.payload.len() > bytes_max);
-            if taken_enough {
-                break;
-            }
-            bytes += next.payload.len();
-            out.push(ready.pop_front().expect("front exists"));
-        }
-        if ready.is_empty() {
-            self.ahead = ReadAhead::Empty;
-        }
-        out
-    }
-
-    /// Starts pulling the next batch, unless something is already ahead.
-    fn read_ahead(&mut self, limit: usize, bytes_max: usize) {
-        if matches!(self.ahead, ReadAhead::Empty) && limit > 0 && bytes_max > 0 {
-            let consumer = self.consumer.clone();
-            self.ahead = ReadAhead::Pulling(tokio::spawn(async move { pull_now(&consumer, limit, bytes_max).await }));
-        }
-    }
-
-    /// Before a reset: lets a pull in flight finish (a no-wait pull, quick)
-    /// so JetStream has delivered whatever it will before the reset makes it
-    /// deliver them again, then drops what was read ahead.
-    async fn drop_ahead(&mut self, timeout: Duration) {
-        if let ReadAhead::Pulling(task) = &mut self.ahead
-            && tokio::time::timeout(timeout, &mut *task).await.is_err()
-        {
-            task.abort();
-        }
-        self.ahead = ReadAhead::Empty;
-    }
+/// A stored record that could not be served.
+#[derive(Debug, Clone)]
+pub struct Quarantined {
+    pub offset: u64,
+    pub reason: String,
 }
 
 pub struct Cursor {
@@ -234,14 +184,15 @@ impl Consumers {
                 }
                 Err(e) => return Err(anyhow::Error::new(e).context(format!("reading consumer {}", c.name))),
             };
-            let frontier = consumer.info().await?.ack_floor.stream_sequence;
+            let info = consumer.info().await?.clone();
+            let frontier = info.ack_floor.stream_sequence;
             metrics.frontier_offset.get_or_create(&vec![("consumer".to_string(), c.name.clone())]).set(frontier as i64);
             let delivery = Delivery { frontier, unconfirmed: BTreeMap::new(), delivered_max: frontier, ..Default::default() };
             cursors.insert(
                 c.name.clone(),
                 Cursor {
                     config: c.clone(),
-                    puller: tokio::sync::Mutex::new(Puller { consumer, ahead: ReadAhead::Empty }),
+                    puller: tokio::sync::Mutex::new(Puller::new(consumer, info.delivered.consumer_sequence, config.nats.request_timeout)),
                     template: consumer_config,
                     stream: stream.clone(),
                     delivery: Mutex::new(delivery),
@@ -301,74 +252,114 @@ impl Consumers {
             .min()
     }
 
-    /// The next facts for `name` after what it was already delivered.
-    /// Returns the facts, the frontier and the backlog (facts still pending
-    /// for this consumer after the last one returned).
-    pub async fn fetch(&self, name: &str, bounds: FetchBounds) -> Result<(Vec<ServedFact>, u64, u64), Rejection> {
+    /// The next facts for `name` after what it was already delivered, with
+    /// the frontier and the backlog (facts still pending for this consumer
+    /// after the last one returned). A delivery gap (see [`puller`]) resets
+    /// the consumer to its frontier and pulls again, once; a second gap in
+    /// the same fetch answers nothing, and the next fetch starts over.
+    pub async fn fetch(&self, name: &str, bounds: FetchBounds) -> Result<Fetched, Rejection> {
         let cursor = self.cursor(name)?;
         let mut puller = cursor.puller.lock().await;
-        if bounds.restart_from_frontier {
-            puller.drop_ahead(self.request_timeout).await;
-            puller.consumer.reset(None).await.map_err(|e| unavailable("redelivering from the frontier", e))?;
-            let mut d = cursor.delivery.lock().unwrap();
-            d.unconfirmed.clear();
-            d.delivered_max = d.frontier;
+        let mut restart = bounds.restart_from_frontier;
+        for _attempt in 0..2 {
+            if puller.is_suspect() && !puller.verify().await? {
+                self.count_gap(name, "a pull was lost; JetStream delivered more than this node took in");
+                restart = true;
+            }
+            if restart {
+                self.restart_from_frontier(cursor, &mut puller).await?;
+            }
+            match self.pull(cursor, &mut puller, &bounds).await {
+                Ok(messages) => return Ok(self.serve(cursor, &mut puller, messages, &bounds)),
+                Err(PullError::Store(rejection)) => return Err(rejection),
+                Err(PullError::Gap(gap)) => {
+                    self.count_gap(name, &format!("delivery {} arrived where {} was due", gap.got, gap.expected));
+                    restart = true;
+                }
+            }
         }
-        let mut messages = puller.take_ahead(bounds.limit, bounds.bytes_max).await;
-        let consumer = &puller.consumer;
+        let frontier = cursor.delivery.lock().unwrap().frontier;
+        Ok(Fetched { facts: Vec::new(), quarantined: Vec::new(), frontier, last_delivered_offset: frontier, backlog: 0 })
+    }
+
+    fn count_gap(&self, consumer: &str, what: &str) {
+        self.metrics.delivery_gaps_total.get_or_create(&vec![("consumer".to_string(), consumer.to_string())]).inc();
+        tracing::warn!(consumer, gap = what, "deliveries this node did not take in; redelivering from the frontier");
+    }
+
+    /// Resets the consumer to its ack floor: whatever was delivered and not
+    /// confirmed is delivered again, and no earlier delivery can be
+    /// confirmed any more.
+    async fn restart_from_frontier(&self, cursor: &Cursor, puller: &mut Puller) -> Result<(), Rejection> {
+        puller.reset(None).await.map_err(|e| unavailable("redelivering from the frontier", e))?;
+        let mut d = cursor.delivery.lock().unwrap();
+        d.unconfirmed.clear();
+        d.delivered_max = d.frontier;
+        d.pending_after_last_fetch = 1;
+        Ok(())
+    }
+
+    /// The deliveries for one fetch: what was read ahead, then what is
+    /// ready, then (if nothing was) a long poll for the first fact.
+    async fn pull(&self, cursor: &Cursor, puller: &mut Puller, bounds: &FetchBounds) -> Result<Vec<JsMessage>, PullError> {
+        let mut messages = puller.take_ahead(bounds.limit, bounds.bytes_max).await?;
         // The read-ahead was smaller than this request and more was pending
         // then (a caller that asks for more than before): the rest, as a
         // normal fetch would have returned it.
-        let ahead_used_up = !messages.is_empty() && matches!(puller.ahead, ReadAhead::Empty);
-        if ahead_used_up && messages.last().and_then(|m| m.info().ok()).is_some_and(|info| info.pending > 0)
-            && let Err(rejection) = top_up(consumer, &mut messages, &bounds).await
-        {
-            // What was read ahead is still served.
-            tracing::debug!(error = %rejection.message, "topping up a read-ahead batch failed");
+        let ahead_used_up = !messages.is_empty() && puller.ahead_is_empty();
+        if ahead_used_up && messages.last().and_then(|m| m.info().ok()).is_some_and(|info| info.pending > 0) {
+            top_up(puller, &mut messages, bounds).await?;
         }
-        let maybe_ready = bounds.restart_from_frontier || bounds.wait.is_zero() || cursor.delivery.lock().unwrap().pending_after_last_fetch > 0;
+        // A reset marks facts as maybe pending (see `restart_from_frontier`).
+        let maybe_ready = bounds.wait.is_zero() || cursor.delivery.lock().unwrap().pending_after_last_fetch > 0;
         if messages.is_empty() && maybe_ready {
-            messages = pull_now(consumer, bounds.limit, bounds.bytes_max).await?;
+            messages = puller.pull_now(bounds.limit, bounds.bytes_max).await?;
         }
         if maybe_ready && messages.is_empty() && bounds.bytes_max < self.single_fact_bytes {
             // The next fact alone may be larger than the caller's max_bytes;
             // JetStream then returns nothing. Deliver that one fact anyway.
-            messages = pull_now(consumer, 1, self.single_fact_bytes).await?;
+            messages = puller.pull_now(1, self.single_fact_bytes).await?;
         }
         if messages.is_empty() && !bounds.wait.is_zero() {
-            // Long-poll for the first fact, then take whatever else is ready.
-            let first = consumer
-                .batch()
-                .max_messages(1)
-                .expires(bounds.wait)
-                .messages()
-                .await
-                .map_err(|e| unavailable("waiting for facts", e))?;
-            messages = collect(first).await?;
+            messages = puller.long_poll(bounds.wait).await?;
             // Only when more may be ready: new facts pending, or this one a
             // redelivery (JetStream's pending count leaves redeliveries out,
             // and others may be due with it). At low rates the first fact
             // is usually the only one.
             let more_pending = messages.first().and_then(|m| m.info().ok()).is_some_and(|info| info.pending > 0 || info.delivered > 1);
             if more_pending {
-                top_up(consumer, &mut messages, &bounds).await?;
+                top_up(puller, &mut messages, bounds).await?;
             }
         }
+        Ok(messages)
+    }
+
+    /// Turns deliveries into served facts and records them as delivered to
+    /// the consumer (so they can be confirmed). A record this node cannot
+    /// decode is not served: it is quarantined (reported to the caller of
+    /// `fetch`, which audits it) and counts as delivered, so the consumer
+    /// moves past it instead of failing on it forever.
+    fn serve(&self, cursor: &Cursor, puller: &mut Puller, messages: Vec<JsMessage>, bounds: &FetchBounds) -> Fetched {
         let mut facts = Vec::with_capacity(messages.len());
-        let mut delivery = Vec::with_capacity(messages.len());
+        let mut quarantined = Vec::new();
+        let mut delivered = Vec::with_capacity(messages.len());
         let mut backlog = 0;
         for message in messages {
-            let info = message.info().map_err(|e| unavailable("reading delivery info", e))?;
+            let (Ok(info), Some(reply)) = (message.info(), message.reply.clone()) else {
+                unreachable!("take_in read the delivery info of every message it took in");
+            };
             let offset = info.stream_sequence;
             backlog = info.pending;
-            let reply = message.reply.clone().ok_or_else(|| unavailable("reading delivery info", "no ack subject"))?;
-            facts.push(ServedFact::from_stored(&message.payload, offset, &self.zone)?);
-            delivery.push((offset, reply));
+            match ServedFact::from_stored(&message.payload, offset, &self.zone) {
+                Ok(fact) => facts.push(fact),
+                Err(rejection) => quarantined.push(Quarantined { offset, reason: rejection.message }),
+            }
+            delivered.push((offset, reply));
         }
         let frontier = {
             let mut d = cursor.delivery.lock().unwrap();
             d.pending_after_last_fetch = backlog;
-            for (offset, reply) in delivery {
+            for (offset, reply) in delivered {
                 if offset > d.frontier {
                     d.delivered_max = d.delivered_max.max(offset);
                     d.unconfirmed.insert(offset, reply);
@@ -379,12 +370,13 @@ impl Consumers {
         if backlog > 0 && self.read_ahead_bytes_max > 0 {
             puller.read_ahead(bounds.limit, bounds.bytes_max.min(self.read_ahead_bytes_max));
         }
-        drop(puller);
         // A redelivery that raced with a confirm can bring back facts already
         // confirmed; they are never served again.
         facts.retain(|f| f.offset > frontier);
         facts.sort_by_key(|f| f.offset);
-        Ok((facts, frontier, backlog))
+        quarantined.retain(|q| q.offset > frontier);
+        let last_delivered_offset = facts.iter().map(|f| f.offset).chain(quarantined.iter().map(|q| q.offset)).max().unwrap_or(frontier);
+        Fetched { facts, quarantined, frontier, last_delivered_offset, backlog }
     }
 
     /// Replays: the consumer delivers from `start` again and its frontier
@@ -395,8 +387,6 @@ impl Consumers {
     pub async fn reset(&self, name: &str, start: StartPosition) -> Result<u64, Rejection> {
         let cursor = self.cursor(name)?;
         let mut puller = cursor.puller.lock().await;
-        puller.drop_ahead(self.request_timeout).await;
-        let consumer = &mut puller.consumer;
         let state = cursor.stream.clone().info().await.map_err(|e| unavailable("reading the stream", e))?.state.clone();
         let next = match &start {
             StartPosition::Earliest => state.first_sequence.max(1),
@@ -409,18 +399,19 @@ impl Consumers {
                     .map_err(|e| unavailable("finding the first fact at the replay time", e))?
             }
         };
-        let frontier = match consumer.reset(Some(next)).await {
-            Ok(response) => response.info.ack_floor.stream_sequence,
+        let frontier = match puller.reset(Some(next)).await {
+            Ok(frontier) => frontier,
             Err(e) if e.kind() == ConsumerResetErrorKind::InvalidReset => {
                 tracing::warn!(consumer = name, next, "replay starts before the consumer's configured start; re-creating it");
                 let mut fresh = self.recreate(cursor, DeliverPolicy::ByStartSequence { start_sequence: next }).await?;
-                let frontier = fresh.info().await.map_err(|e| unavailable("reading the consumer", e))?.ack_floor.stream_sequence;
-                *consumer = fresh;
-                frontier
+                let info = fresh.info().await.map_err(|e| unavailable("reading the consumer", e))?.clone();
+                puller.consumer = fresh;
+                puller.restarted(info.delivered.consumer_sequence);
+                info.ack_floor.stream_sequence
             }
             Err(e) => return Err(unavailable("resetting the consumer", e)),
         };
-        *cursor.delivery.lock().unwrap() = Delivery { frontier, unconfirmed: BTreeMap::new(), delivered_max: frontier, ..Default::default() };
+        *cursor.delivery.lock().unwrap() = Delivery { frontier, unconfirmed: BTreeMap::new(), delivered_max: frontier, pending_after_last_fetch: 1 };
         self.metrics.frontier_offset.get_or_create(&vec![("consumer".to_string(), name.to_string())]).set(frontier as i64);
         tracing::warn!(consumer = name, frontier, "consumer reset for replay");
         Ok(frontier)
@@ -481,39 +472,18 @@ impl Consumers {
     }
 }
 
-async fn pull_now(consumer: &consumer::Consumer<pull::Config>, limit: usize, bytes_max: usize) -> Result<Vec<JsMessage>, Rejection> {
-    let batch = consumer
-        .fetch()
-        .max_messages(limit)
-        .max_bytes(bytes_max)
-        .messages()
-        .await
-        .map_err(|e| unavailable("fetching facts", e))?;
-    collect(batch).await
-}
-
 /// Adds what is ready after `messages`, within the fetch's bounds.
-async fn top_up(consumer: &consumer::Consumer<pull::Config>, messages: &mut Vec<JsMessage>, bounds: &FetchBounds) -> Result<(), Rejection> {
+async fn top_up(puller: &mut Puller, messages: &mut Vec<JsMessage>, bounds: &FetchBounds) -> Result<(), PullError> {
     let bytes_left = bounds.bytes_max.saturating_sub(messages.iter().map(|m| m.payload.len()).sum());
     if messages.len() < bounds.limit && bytes_left > 0 {
-        messages.extend(pull_now(consumer, bounds.limit - messages.len(), bytes_left).await?);
-    }
-    Ok(())
-}
-
-async fn collect(mut batch: pull::Batch) -> Result<Vec<JsMessage>, Rejection> {
-    let mut out = Vec::new();
-    while let Some(message) = batch.next().await {
-        match message {
-            Ok(m) => out.push(m),
-            Err(e) => {
-                // A batch that ends early (timeout, size) still returns what it has.
-                tracing::debug!(error = %e, "pull batch ended");
-                break;
-            }
+        match puller.pull_now(bounds.limit - messages.len(), bytes_left).await {
+            Ok(more) => messages.extend(more),
+            // What was pulled before is still served.
+            Err(PullError::Store(rejection)) => tracing::debug!(error = %rejection.message, "topping up a batch failed"),
+            Err(gap) => return Err(gap),
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The delivery policy of a new consumer. `latest` starts after the last
