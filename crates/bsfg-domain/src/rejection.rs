@@ -18,6 +18,7 @@ pub enum Code {
     DataLoss,
     Unavailable,
     OutOfRange,
+    DeadlineExceeded,
     Internal,
 }
 

@@ -32,6 +32,9 @@ pub struct ZoneConfig {
     pub limits: Limits,
     #[serde(default)]
     pub fetch: FetchConfig,
+    /// What callers of the boundary port can make the node hold.
+    #[serde(default)]
+    pub boundary: BoundaryConfig,
     /// Group commit of concurrent appends.
     #[serde(default)]
     pub commit: CommitConfig,
@@ -278,6 +281,40 @@ impl Default for CommitConfig {
     }
 }
 
+/// Bounds of the boundary port (see `node::boundary`). Every field caps
+/// what callers can make the node hold or wait for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BoundaryConfig {
+    /// Open connections at once; more are closed at accept and counted
+    /// (`bsfg_connections_refused`). Each can buffer up to 8 MiB of
+    /// request data it has sent but the node has not read yet.
+    pub connections_max: usize,
+    /// Request memory the node admits at once, in bytes. A request is
+    /// admitted with about four times its largest possible message (a
+    /// declared, uncompressed body counts its length) and waits for room
+    /// for up to `body_timeout`, then is refused `node_busy`.
+    pub request_memory_bytes_max: usize,
+    /// A unary request's body must arrive within it; a streamed upload must
+    /// send something at least this often.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub connection_idle_timeout: Duration,
+}
+
+impl Default for BoundaryConfig {
+    fn default() -> Self {
+        Self {
+            connections_max: 256,
+            request_memory_bytes_max: 64 * 1024 * 1024,
+            body_timeout: Duration::from_secs(30),
+            connection_idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FetchConfig {
@@ -441,6 +478,17 @@ impl ZoneConfig {
         }
         if !(Duration::from_millis(10)..=Duration::from_secs(3600)).contains(&k.key_index_sync_interval) {
             bail!("[commit] key_index_sync_interval must be between 10ms and 1h");
+        }
+        let b = &self.boundary;
+        let largest_request = crate::node::boundary::routes::Routes::new(self).cost_bytes_max();
+        if !(1..=65_536).contains(&b.connections_max) || !(largest_request..=u32::MAX as usize).contains(&b.request_memory_bytes_max) {
+            bail!(
+                "[boundary]: need 1 <= connections_max <= 65536 and {largest_request} <= request_memory_bytes_max <= {} (the largest request must fit)",
+                u32::MAX
+            );
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&b.body_timeout) || b.connection_idle_timeout < Duration::from_secs(1) {
+            bail!("[boundary]: body_timeout must be between 1s and 1h, connection_idle_timeout at least 1s");
         }
         for c in &self.categories {
             let token_ok = !c.name.is_empty()

@@ -46,6 +46,10 @@ pub struct Metrics {
     pub object_resume_bytes_total: Family<Labels, Counter>,
     pub delivery_gaps_total: Family<Labels, Counter>,
     pub quarantined_facts_total: Family<Labels, Counter>,
+    pub boundary_refusals_total: Family<Labels, Counter>,
+    pub tls_handshake_refusals_total: Family<Labels, Counter>,
+    pub connections_refused_total: Counter,
+    pub connections_open: Gauge,
 }
 
 impl Metrics {
@@ -88,6 +92,10 @@ impl Metrics {
             object_resume_bytes_total: Family::default(),
             delivery_gaps_total: Family::default(),
             quarantined_facts_total: Family::default(),
+            boundary_refusals_total: Family::default(),
+            tls_handshake_refusals_total: Family::default(),
+            connections_refused_total: Counter::default(),
+            connections_open: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("bsfg_append_requests", "AppendFact requests by outcome", m.append_requests_total.clone());
@@ -176,6 +184,14 @@ impl Metrics {
             "Stored records a consumer was not served because they cannot be decoded (each audited; the consumer moves past them), per consumer",
             m.quarantined_facts_total.clone(),
         );
+        registry.register(
+            "bsfg_boundary_refusals",
+            "Requests the boundary port refused before the RPC layer answered (unknown identity, node_busy, oversized or late bodies), by rpc and reason",
+            m.boundary_refusals_total.clone(),
+        );
+        registry.register("bsfg_tls_handshake_refusals", "TLS handshakes the boundary port refused, by reason", m.tls_handshake_refusals_total.clone());
+        registry.register("bsfg_connections_refused", "Connections closed at accept because the node had [boundary] connections_max open", m.connections_refused_total.clone());
+        registry.register("bsfg_connections_open", "Open connections on the boundary port", m.connections_open.clone());
         Self { registry, ..m }
     }
 

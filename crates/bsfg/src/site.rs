@@ -178,6 +178,7 @@ pub fn reference_zone_config(zone: &str, at: &ZonePlacement<'_>, peer_url: &dyn 
         },
         limits: Default::default(),
         fetch: Default::default(),
+        boundary: Default::default(),
         commit: Default::default(),
         categories: vec![category("operational", &[], true), category("audit", &["audit"], false)],
         consumers,

@@ -68,6 +68,12 @@ impl Auth {
 
     /// Identifies the caller from the TLS client certificate.
     pub fn caller(&self, ctx: &RequestContext) -> Result<Caller, Unidentified> {
+        self.identify(ctx.peer_certs())
+    }
+
+    /// Identifies a caller from its verified certificate chain (leaf
+    /// first), before anything of its request is read.
+    pub fn identify(&self, chain: Option<&[rustls::pki_types::CertificateDer<'static>]>) -> Result<Caller, Unidentified> {
         if self.mode == TlsMode::PlaintextDev {
             return Ok(Caller { principal: self.dev.clone(), identity: "plaintext-dev".into(), fingerprint: String::new() });
         }
@@ -76,7 +82,7 @@ impl Auth {
             fingerprint,
             rejection: Rejection::new(Code::PermissionDenied, "unknown_identity", message),
         };
-        let Some(leaf) = ctx.peer_certs().and_then(|c| c.first()) else {
+        let Some(leaf) = chain.and_then(|c| c.first()) else {
             return Err(unidentified(vec![], String::new(), "no client certificate was presented".into()));
         };
         let id = crate::tls::identity::of_certificate(leaf.as_ref())

@@ -15,6 +15,7 @@ pub fn connect_code(code: Code) -> ErrorCode {
         Code::DataLoss => ErrorCode::DataLoss,
         Code::Unavailable => ErrorCode::Unavailable,
         Code::OutOfRange => ErrorCode::OutOfRange,
+        Code::DeadlineExceeded => ErrorCode::DeadlineExceeded,
         Code::Internal => ErrorCode::Internal,
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod boundary;
 pub mod errors;
 pub mod nats_server;
 pub mod operations;
@@ -31,11 +32,31 @@ pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
 /// whole connection (GOAWAY ENHANCE_YOUR_CALM "too_many_data_frames"),
 /// failing every call on it. 8 MiB holds 1,024 streams of ordinary facts
 /// (4 KiB objects) whole; it is also the most request data one connection
-/// can make the node buffer. 1 MiB per stream caps one PutObject upload at
+/// can make the node buffer before the node reads it (what it reads is
+/// admitted into `[boundary] request_memory_bytes_max`). 1 MiB per stream caps one PutObject upload at
 /// about 50 MB/s over a 20 ms round trip.
 pub const CONNECTION_WINDOW_BYTES: u32 = 8 << 20;
 /// Per-stream receive window; see [`CONNECTION_WINDOW_BYTES`].
 pub const STREAM_WINDOW_BYTES: u32 = 1 << 20;
+
+/// The boundary port's connection settings: the configured bounds and the
+/// fixed ones above.
+fn listener_settings(config: &ZoneConfig) -> boundary::listener::ListenerSettings {
+    boundary::listener::ListenerSettings {
+        connections_max: config.boundary.connections_max,
+        tls_handshake_timeout: Duration::from_secs(10),
+        header_read_timeout: Duration::from_secs(10),
+        connection_idle_timeout: config.boundary.connection_idle_timeout,
+        streams_per_connection_max: MAX_CONCURRENT_STREAMS,
+        connection_window_bytes: CONNECTION_WINDOW_BYTES,
+        stream_window_bytes: STREAM_WINDOW_BYTES,
+        header_bytes_max: HEADER_BYTES_MAX,
+    }
+}
+
+/// Largest request header block: names, a deadline, a few metadata
+/// headers. hyper's HTTP/2 default is 16 MiB per request.
+pub const HEADER_BYTES_MAX: u32 = 64 * 1024;
 
 /// A running node, with the addresses it actually bound.
 pub struct RunningNode {
@@ -123,7 +144,8 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningNode> {
     let (replicator, replication_tasks) = crate::replicator::start(config.clone(), store.clone(), metrics.clone(), audit.clone(), peer_tls)?;
     tasks.extend(replication_tasks);
     tasks.push(tokio::spawn(crate::replicator::publish_confirm_age(replicator.clone(), metrics.clone())));
-    let boundary = Arc::new(service::Boundary {
+    let audit_for_gate = audit.clone();
+    let service = Arc::new(service::Boundary {
         config: config.clone(),
         store: store.clone(),
         metrics: metrics.clone(),
@@ -136,28 +158,24 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningNode> {
         auth: auth::Auth::new(&config),
         replicator: replicator.clone(),
     });
-    let router = operations.register(boundary.register(connectrpc::Router::new()));
-    let limits = connectrpc::Limits::default()
-        .with_max_message_size((config.limits.fact_bytes_max + 64 * 1024).max(4 * 1024 * 1024))
-        .with_max_request_body_size((config.limits.fact_bytes_max + 64 * 1024).max(4 * 1024 * 1024));
-    let service = connectrpc::ConnectRpcService::new(router).with_limits(limits);
+    let routes = boundary::routes::Routes::new(&config);
+    let mut router = operations.register(service.register(connectrpc::Router::new()));
+    for (path, route) in routes.all() {
+        router = router.with_route_limits(path, route.rpc_limits());
+    }
+    let gate = Arc::new(boundary::gate::Gate::new(
+        connectrpc::ConnectRpcService::new(router),
+        routes,
+        auth::Auth::new(&config),
+        audit_for_gate,
+        metrics.clone(),
+        config.boundary.request_memory_bytes_max,
+        config.boundary.body_timeout,
+    ));
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let boundary_addr = listener.local_addr()?;
-    let mut server = connectrpc::Server::from_listener(listener);
-    if let Some(tls) = &tls {
-        server = server.with_tls(tls.server_config()?).with_tls_handshake_timeout(Duration::from_secs(10));
-    }
-    let server = server
-        .with_header_read_timeout(Duration::from_secs(10))
-        .with_max_connection_idle(Duration::from_secs(300))
-        .with_max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .with_http2_initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-        .with_http2_initial_stream_window_size(STREAM_WINDOW_BYTES);
-    let server_task = tokio::spawn(async move {
-        if let Err(e) = server.serve_with_service(service).await {
-            tracing::error!(error = %e, "boundary server stopped");
-        }
-    });
+    let server_tls = tls.as_ref().map(|t| t.server_config()).transpose()?;
+    let server_task = tokio::spawn(boundary::listener::serve(listener, server_tls, gate, listener_settings(&config), metrics.clone()));
     tracing::info!(zone = %config.zone, boundary = %boundary_addr, ops = %ops_addr, nats = %url, "zone node ready");
     let mut all_tasks = vec![server_task, retention, ops];
     all_tasks.extend(tasks);

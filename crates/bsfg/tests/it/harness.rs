@@ -224,6 +224,8 @@ pub struct Opts {
     pub routes: Vec<(&'static str, &'static str)>,
     /// `[commit] key_index_sync_interval`; `None`: the node's default.
     pub key_index_sync_interval: Option<Duration>,
+    /// `[boundary]`; `None`: the node's defaults.
+    pub boundary: Option<bsfg::config::BoundaryConfig>,
 }
 
 pub use bsfg::site::category;
@@ -245,6 +247,7 @@ impl Default for Opts {
             tls_reload_interval: Duration::from_millis(200),
             routes: vec![],
             key_index_sync_interval: None,
+            boundary: None,
         }
     }
 }
@@ -313,6 +316,9 @@ impl Zone {
         config.retention_interval = opts.retention_interval;
         if let Some(interval) = opts.key_index_sync_interval {
             config.commit.key_index_sync_interval = interval;
+        }
+        if let Some(boundary) = opts.boundary {
+            config.boundary = boundary;
         }
         config.check().expect("test zone config is valid");
         let mut zone = Zone {
@@ -442,6 +448,23 @@ impl Zone {
     pub fn signal_node(&self, signal: &str) {
         let Node::Process(child) = &self.node else { panic!("signal_node needs an out-of-process node") };
         signal_process(child.id().expect("the node process is running"), signal);
+    }
+
+    /// The `bsfg serve` process id.
+    pub fn node_pid(&self) -> u32 {
+        let Node::Process(child) = &self.node else { panic!("node_pid needs an out-of-process node") };
+        child.id().expect("the node process is running")
+    }
+
+    /// The node process's peak resident memory so far (VmHWM), in bytes.
+    pub fn node_peak_rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.node_pid())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/<pid>/status");
+        kib * 1024
     }
 
     /// SIGKILL of the `bsfg serve` process.

@@ -1,6 +1,7 @@
 //! BSFG integration tests: one binary, real nats-server processes, real
 //! sockets, no mocks. See harness.rs for how zones are started.
 
+mod abuse;
 mod bad_input;
 mod capacity;
 mod contract;
