@@ -238,6 +238,13 @@ impl SiteZone {
     }
 
     /// SIGKILL of the `bsfg serve` process, waiting for it to be gone.
+    /// Sends `signal` (e.g. "STOP", "CONT") to the zone's `bsfg serve`.
+    pub fn signal_node(&self, signal: &str) {
+        let pid = self.process.as_ref().and_then(|c| c.id()).expect("an out-of-process node");
+        let status = std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap();
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
     pub async fn kill9_node(&mut self) {
         let mut child = self.process.take().expect("an out-of-process node");
         child.start_kill().unwrap();

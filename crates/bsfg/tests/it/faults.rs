@@ -1,11 +1,14 @@
 //! Fault injection across the reference site: partitions through fault
 //! proxies on every replication link, `kill -9` of bsfg nodes and of
+//! nats-servers, freezes (SIGSTOP … SIGCONT, 1–12 s: longer than a long
+//! poll's wait plus the client library's grace) of nodes and of
 //! nats-servers, all during continuous load in both directions; then a
 //! checker. Also: artifact resume after a cut mid-object, replay without
 //! duplicates, and a fact refused by the receiving zone's import policy.
 //!
 //! Replay a failing run with `BSFG_FAULT_SEED=<seed>` (the seed is printed);
-//! `BSFG_SOAK=1` runs longer with more faults.
+//! `BSFG_SOAK_MINUTES=<n>` runs the load and the faults for n minutes
+//! (`scripts/soak.sh`).
 
 use crate::crossing::*;
 use crate::harness::*;
@@ -46,13 +49,13 @@ struct Sent {
     artifact: Option<(String, Vec<u8>)>,
 }
 
-/// Appends `count` facts from `from` to `to`, paced, retrying each (same
+/// Appends up to `count` facts from `from` to `to` until `until`, paced, retrying each (same
 /// message id, so idempotent) until acknowledged or `give_up` passes.
 /// Every 40th fact carries an artifact.
-async fn produce(app: BsfgClient, from: &'static str, to: &'static str, count: usize, pace: Duration, seed: u64) -> (Vec<Sent>, Vec<String>) {
+async fn produce(app: BsfgClient, from: &'static str, to: &'static str, (count, until): (usize, Instant), pace: Duration, seed: u64) -> (Vec<Sent>, Vec<String>) {
     let mut acked = Vec::new();
     let mut unacked = Vec::new();
-    for i in 0..count {
+    for i in (0..count).take_while(|_| Instant::now() < until) {
         let message_id = format!("{from}-to-{to}-{i}");
         let object_json = format!(r#"{{ "i": {i}, "from": "{from}", "note": "fault run {seed}" }}"#);
         let mut f = fact(&format!("batch:{from}/B{i}"), "step_completed", &object_json);
@@ -104,19 +107,36 @@ enum Fault {
     Cut { receiver: &'static str, peer: &'static str },
     KillNode(&'static str),
     KillNats(&'static str),
+    FreezeNode(&'static str),
+    FreezeNats(&'static str),
+}
+
+impl Fault {
+    fn kind(self) -> &'static str {
+        match self {
+            Fault::Cut { .. } => "partition",
+            Fault::KillNode(_) => "kill -9 node",
+            Fault::KillNats(_) => "kill -9 nats-server",
+            Fault::FreezeNode(_) => "freeze node",
+            Fault::FreezeNats(_) => "freeze nats-server",
+        }
+    }
 }
 
 const LINKS: [(&str, &str); 4] = [("idmz", "plant-a"), ("enterprise", "idmz"), ("idmz", "enterprise"), ("plant-a", "idmz")];
 const FAULT_ZONES: [&str; 3] = ["plant-a", "idmz", "enterprise"];
 
 fn pick(rng: &mut Rng) -> Fault {
-    match rng.below(3) {
+    let zone = FAULT_ZONES[rng.below(3) as usize];
+    match rng.below(5) {
         0 => {
             let (receiver, peer) = LINKS[rng.below(LINKS.len() as u64) as usize];
             Fault::Cut { receiver, peer }
         }
-        1 => Fault::KillNode(FAULT_ZONES[rng.below(3) as usize]),
-        _ => Fault::KillNats(FAULT_ZONES[rng.below(3) as usize]),
+        1 => Fault::KillNode(zone),
+        2 => Fault::KillNats(zone),
+        3 => Fault::FreezeNode(zone),
+        _ => Fault::FreezeNats(zone),
     }
 }
 
@@ -144,6 +164,22 @@ async fn apply(site: &mut Site, fault: Fault, rng: &mut Rng) {
             z.nats.kill9().await;
             tokio::time::sleep(down).await;
             z.nats.restart().await;
+        }
+        Fault::FreezeNode(zone) => {
+            let hold = rng.millis(1000, 12_000);
+            eprintln!("fault: freeze bsfg node {zone} for {hold:?}");
+            let z = site.zone_mut(zone);
+            z.signal_node("STOP");
+            tokio::time::sleep(hold).await;
+            z.signal_node("CONT");
+        }
+        Fault::FreezeNats(zone) => {
+            let hold = rng.millis(1000, 12_000);
+            eprintln!("fault: freeze nats-server {zone} for {hold:?}");
+            let z = site.zone_mut(zone);
+            z.nats.signal("STOP");
+            tokio::time::sleep(hold).await;
+            z.nats.signal("CONT");
         }
     }
 }
@@ -177,95 +213,165 @@ async fn collect_local(app: &BsfgClient, into: &mut BTreeMap<u64, StoredFact>) {
     }
 }
 
+/// How long and how hard a fault run goes.
+struct RunShape {
+    /// Facts each way (at most).
+    count: usize,
+    pace: Duration,
+    /// Producers stop appending then (a soak is bounded by time).
+    until: Instant,
+    faults_max: usize,
+    drain: Duration,
+}
+
+fn run_shape(started: Instant) -> RunShape {
+    match std::env::var("BSFG_SOAK_MINUTES").ok().and_then(|m| m.parse::<u64>().ok()) {
+        Some(minutes) => RunShape {
+            count: usize::MAX,
+            pace: Duration::from_millis(15),
+            until: started + Duration::from_secs(60 * minutes),
+            faults_max: usize::MAX,
+            drain: Duration::from_secs(300),
+        },
+        None => RunShape { count: 300, pace: Duration::from_millis(30), until: started + Duration::from_secs(3600), faults_max: 8, drain: Duration::from_secs(90) },
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn continuous_load_survives_partitions_and_kill9_exactly_once_in_order() {
+async fn continuous_load_survives_partitions_kills_and_freezes_exactly_once_in_order() {
     let seed: u64 = std::env::var("BSFG_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 % 1_000_000_007
     });
-    let soak = std::env::var("BSFG_SOAK").is_ok_and(|v| v == "1");
-    let (count, pace, max_faults) = if soak { (3000, Duration::from_millis(15), 60) } else { (300, Duration::from_millis(30), 8) };
-    eprintln!("fault injection seed {seed} (replay: BSFG_FAULT_SEED={seed}); soak={soak}, {count} facts each way, up to {max_faults} faults");
-    let mut rng = Rng::new(seed);
     let started = Instant::now();
+    let shape = run_shape(started);
+    eprintln!(
+        "fault injection seed {seed} (replay: BSFG_FAULT_SEED={seed}); up to {} facts each way for at most {:?}, up to {} faults",
+        shape.count,
+        shape.until - started,
+        shape.faults_max
+    );
+    let mut rng = Rng::new(seed);
     let mut site = Site::start_with(SiteOpts { proxies: true, out_of_process: true, tweak: Some(fast_redelivery) }).await;
 
-    let up = tokio::spawn(produce(site.app("plant-a").clone(), "plant-a", "enterprise", count, pace, seed));
-    let down = tokio::spawn(produce(site.app("enterprise").clone(), "enterprise", "plant-a", count, pace, seed));
-    let mut faults = Vec::new();
-    while !(up.is_finished() && down.is_finished()) && faults.len() < max_faults {
+    let up = tokio::spawn(produce(site.app("plant-a").clone(), "plant-a", "enterprise", (shape.count, shape.until), shape.pace, seed));
+    let down = tokio::spawn(produce(site.app("enterprise").clone(), "enterprise", "plant-a", (shape.count, shape.until), shape.pace, seed));
+    let mut faults: BTreeMap<&'static str, usize> = BTreeMap::new();
+    while !(up.is_finished() && down.is_finished()) && faults.values().sum::<usize>() < shape.faults_max {
         tokio::time::sleep(rng.millis(300, 1500)).await;
         let fault = pick(&mut rng);
         apply(&mut site, fault, &mut rng).await;
-        faults.push(fault);
+        *faults.entry(fault.kind()).or_default() += 1;
     }
     let (up_acked, up_unacked) = up.await.unwrap();
     let (down_acked, down_unacked) = down.await.unwrap();
     eprintln!(
-        "load done after {:?}: {} faults; acked {} up, {} down; unacked {:?} {:?}",
+        "load done after {:?}: faults {faults:?}; acked {} up, {} down; unacked {} up, {} down",
         started.elapsed(),
-        faults.len(),
         up_acked.len(),
         down_acked.len(),
-        up_unacked,
-        down_unacked
+        up_unacked.len(),
+        down_unacked.len()
     );
-    assert!(up_acked.len() >= count * 9 / 10 && down_acked.len() >= count * 9 / 10, "most appends are acknowledged despite the faults");
+    let most = |acked: &[Sent], unacked: &[String]| acked.len() >= (acked.len() + unacked.len()) * 9 / 10;
+    assert!(most(&up_acked, &up_unacked) && most(&down_acked, &down_unacked), "most appends are acknowledged despite the faults");
 
-    // Drain (bounded), then check each destination.
     let drain_started = Instant::now();
+    let mut verdicts = Vec::new();
     for (dest, sent) in [("enterprise", &up_acked), ("plant-a", &down_acked)] {
-        let deadline = Instant::now() + Duration::from_secs(if soak { 300 } else { 60 });
-        let mut got = BTreeMap::new();
-        loop {
-            collect_local(site.app(dest), &mut got).await;
-            let ids: BTreeSet<&str> = got.values().map(|f| f.envelope.message_id.as_str()).collect();
-            let missing: Vec<&str> = sent.iter().map(|s| s.message_id.as_str()).filter(|m| !ids.contains(m)).collect();
-            if missing.is_empty() {
-                break;
-            }
-            if Instant::now() > deadline {
-                let diagnosis = site.diagnose(&format!("fault-{seed}")).await;
-                panic!("seed {seed}: {dest} is missing {} acknowledged facts, e.g. {:?}; {diagnosis}", missing.len(), &missing[..missing.len().min(10)]);
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        eprintln!("{dest}: every acknowledged fact arrived {:?} after the load ended", drain_started.elapsed());
-        // A little longer, so late duplicates would show.
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        collect_local(site.app(dest), &mut got).await;
-        check_destination(seed, dest, &got, sent);
+        let got = drain(&site, seed, dest, sent, shape.drain).await;
+        eprintln!("{dest}: drained {:?} after the load ended", drain_started.elapsed());
+        let verdict = judge(dest, &got, sent);
+        eprintln!("seed {seed}: {verdict:?}");
         for s in sent.iter().filter(|s| s.artifact.is_some()) {
             let (key, bytes) = s.artifact.as_ref().unwrap();
             let (info, at_dest) = get(site.app(dest), BUCKET, key, 0).await.unwrap();
             assert_eq!(info.digest, sha256(bytes), "seed {seed}: digest of {key} at {dest}");
             assert!(at_dest == *bytes, "seed {seed}: artifact {key} byte-identical at {dest}");
         }
-        eprintln!("{dest}: {} facts from {} checked, {} artifacts", sent.len(), sent[0].from, sent.iter().filter(|s| s.artifact.is_some()).count());
+        verdicts.push(verdict);
     }
-    eprintln!("fault run seed {seed} passed in {:?}", started.elapsed());
+    eprintln!("fault run seed {seed} in {:?}: faults {faults:?}", started.elapsed());
+    for v in &verdicts {
+        eprintln!(
+            "{}: acknowledged {}, lost {}, duplicated {}, reordered {}, altered {}",
+            v.dest,
+            v.acknowledged,
+            v.lost.len(),
+            v.duplicated.len(),
+            v.reordered,
+            v.altered.len()
+        );
+    }
+    for v in &verdicts {
+        assert!(v.lost.is_empty() && v.duplicated.is_empty() && v.reordered == 0 && v.altered.is_empty(), "seed {seed}: {v:?}");
+    }
+}
+
+/// Collects `dest`'s local consumer until every acknowledged fact arrived
+/// or `bound` passes (then prints a diagnosis), and a little longer so
+/// late duplicates would show.
+async fn drain(site: &Site, seed: u64, dest: &str, sent: &[Sent], bound: Duration) -> BTreeMap<u64, StoredFact> {
+    let deadline = Instant::now() + bound;
+    let mut got = BTreeMap::new();
+    loop {
+        collect_local(site.app(dest), &mut got).await;
+        let ids: BTreeSet<&str> = got.values().map(|f| f.envelope.message_id.as_str()).collect();
+        let missing = sent.iter().filter(|s| !ids.contains(s.message_id.as_str())).count();
+        if missing == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            eprintln!("seed {seed}: {dest} is missing {missing} acknowledged facts; {}", site.diagnose(&format!("fault-{seed}")).await);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    collect_local(site.app(dest), &mut got).await;
+    got
+}
+
+/// What a destination holds of what was acknowledged at its origin.
+#[derive(Debug)]
+struct Verdict {
+    dest: &'static str,
+    acknowledged: usize,
+    lost: Vec<String>,
+    duplicated: Vec<String>,
+    /// Adjacent facts of one origin stored out of origin order.
+    reordered: usize,
+    /// Stored with other content or provenance than acknowledged.
+    altered: Vec<String>,
 }
 
 /// Every acknowledged fact present exactly once, per-origin order preserved,
-/// content identical.
-fn check_destination(seed: u64, dest: &str, got: &BTreeMap<u64, StoredFact>, sent: &[Sent]) {
+/// content and provenance identical.
+fn judge(dest: &'static str, got: &BTreeMap<u64, StoredFact>, sent: &[Sent]) -> Verdict {
     let origin = sent[0].from;
     let mut by_id: BTreeMap<&str, Vec<&StoredFact>> = BTreeMap::new();
     for f in got.values() {
         by_id.entry(f.envelope.message_id.as_str()).or_default().push(f);
     }
-    let duplicates: Vec<(&str, Vec<u64>)> = by_id.iter().filter(|(_, v)| v.len() > 1).map(|(k, v)| (*k, v.iter().map(|f| f.offset).collect())).collect();
-    assert!(duplicates.is_empty(), "seed {seed}: duplicates at {dest}: {duplicates:?}");
+    let duplicated = by_id.iter().filter(|(_, v)| v.len() > 1).map(|(k, _)| k.to_string()).collect();
+    let mut lost = Vec::new();
+    let mut altered = Vec::new();
     for s in sent {
-        let f = by_id[s.message_id.as_str()][0];
-        assert_eq!(f.envelope.from_zone, s.from);
-        assert_eq!(f.provenance.origin_zone, s.from, "seed {seed}: provenance of {}", s.message_id);
-        assert_eq!(f.provenance.origin_offset, s.origin_offset, "seed {seed}: origin offset of {}", s.message_id);
-        assert_eq!(f.fact.object_json.as_bytes(), s.object_json.as_bytes(), "seed {seed}: content of {}", s.message_id);
+        let Some(f) = by_id.get(s.message_id.as_str()).map(|v| v[0]) else {
+            lost.push(s.message_id.clone());
+            continue;
+        };
+        let same = f.envelope.from_zone == s.from
+            && f.provenance.origin_zone == s.from
+            && f.provenance.origin_offset == s.origin_offset
+            && f.fact.object_json.as_bytes() == s.object_json.as_bytes();
+        if !same {
+            altered.push(s.message_id.clone());
+        }
     }
     // Local order (BTreeMap by local offset) follows origin order.
     let origin_offsets: Vec<u64> = got.values().filter(|f| f.provenance.origin_zone == origin).map(|f| f.provenance.origin_offset).collect();
-    let inversions: Vec<&[u64]> = origin_offsets.windows(2).filter(|w| w[0] >= w[1]).collect();
-    assert!(inversions.is_empty(), "seed {seed}: per-origin order broken at {dest}: {inversions:?}");
+    let reordered = origin_offsets.windows(2).filter(|w| w[0] >= w[1]).count();
+    Verdict { dest, acknowledged: sent.len(), lost, duplicated, reordered, altered }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
