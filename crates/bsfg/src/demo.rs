@@ -130,7 +130,7 @@ pub async fn run_single_zone(dir: PathBuf) -> anyhow::Result<()> {
     let envelope = Envelope {
         message_id: format!("demo-{}", crate::store::now_unix_ms()),
         from_zone: "plant-a".into(),
-        to_zone: "enterprise".into(),
+        to_zone: "plant-a".into(),
         produced_at_unix_ms: crate::store::now_unix_ms(),
         ..Default::default()
     };

@@ -48,6 +48,7 @@ impl Boundary {
             fact_bytes: valid.fact.object_json.len(),
         };
         self.auth.check_import(caller, &crossing)?;
+        self.config.check_route(&envelope.to_zone, category)?;
         let appended = self.store.facts.append(envelope, valid, None).await?;
         Ok(AppendFactResponse { offset: appended.offset, duplicate: appended.duplicate, category: appended.category, ..Default::default() })
     }

@@ -221,7 +221,7 @@ async fn invalid_utf8_in_a_string_field_is_refused() {
     let build = |message_id: &[u8]| {
         let mut env = field(1, message_id);
         env.extend(field(2, b"plant-a"));
-        env.extend(field(3, b"enterprise"));
+        env.extend(field(3, b"plant-a"));
         env.extend([0x20, 0x01]); // produced_at_unix_ms = 1 (field 4, varint)
         let mut fact = field(1, b"batch:B1");
         fact.extend(field(2, b"step_completed"));

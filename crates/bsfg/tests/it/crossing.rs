@@ -330,3 +330,24 @@ async fn the_main_job_site_demo_completes() {
     let dir = tempfile::tempdir().unwrap();
     bsfg::demo::run_site(dir.path().to_path_buf()).await.expect("the site demo completes with every check passing");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fact_that_could_never_cross_is_refused_at_append() {
+    let site = Site::start().await;
+    let app = site.app("plant-a");
+    let to = |zone: &str, id: &str| {
+        let mut e = envelope(&mid(id));
+        e.from_zone = "plant-a".into();
+        e.to_zone = zone.into();
+        e
+    };
+    let typo = app.append(to("enterprize", "typo"), batch_fact(1)).await;
+    assert_rejected(typo, "invalid_argument", "no_route_to_zone");
+    let audit_kind = fact("audit:plant-a/x", "access_refused", r#"{"k":1}"#);
+    let not_carried = app.append(to("enterprise", "audit-kind"), audit_kind.clone()).await;
+    assert_rejected(not_carried, "failed_precondition", "category_not_routed");
+    // The same kind stays in its own zone; routed zones two hops away are fine.
+    app.append(to("plant-a", "audit-local"), audit_kind).await.unwrap();
+    app.append(to("plant-b", "two-hops"), batch_fact(2)).await.unwrap();
+    app.append(to("enterprise", "two-hops"), batch_fact(3)).await.unwrap();
+}

@@ -49,7 +49,7 @@ async fn buf_curl(zone: &Zone, method: &str, body: &serde_json::Value) -> serde_
 async fn buf_curl_and_plain_http_json_interoperate() {
     let zone = Zone::start(Opts::default()).await;
     let append = serde_json::json!({
-        "envelope": {"messageId": "interop-1", "fromZone": "plant-a", "toZone": "enterprise", "producedAtUnixMs": "1700000000000",
+        "envelope": {"messageId": "interop-1", "fromZone": "plant-a", "toZone": "plant-a", "producedAtUnixMs": "1700000000000",
                      "labels": {"classification": "GMP"}},
         "fact": {"subject": "batch:PlantA/B1042", "predicate": "step_completed", "objectJson": "{ \"step\": \"mixing\", \"t\": 2.0 }"}
     });
@@ -62,7 +62,7 @@ async fn buf_curl_and_plain_http_json_interoperate() {
 
     // Plain HTTP/1.1, Connect unary with a JSON body, no client library at all.
     let body = serde_json::json!({
-        "envelope": {"message_id": "interop-2", "from_zone": "plant-a", "to_zone": "enterprise", "produced_at_unix_ms": 1700000000001i64},
+        "envelope": {"message_id": "interop-2", "from_zone": "plant-a", "to_zone": "plant-a", "produced_at_unix_ms": 1700000000001i64},
         "fact": {"subject": "asset:FILLER-07", "predicate": "state_changed", "object_json": "{\"state\":\"running\"}"}
     });
     let tls = zone.tls_config();
