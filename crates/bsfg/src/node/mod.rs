@@ -203,6 +203,7 @@ async fn open_store_with_retry(url: &str, config: Arc<ZoneConfig>, metrics: Arc<
             Ok(Ok(store)) => return Ok(store),
             // Retrying cannot help: the configured capacity does not fit.
             Ok(Err(e)) if format!("{e:#}").contains("10047") => return Err(e.context(storage_refused(&config))),
+            Ok(Err(e)) if e.downcast_ref::<crate::store::WrongDomain>().is_some() => return Err(e),
             Ok(Err(e)) if tokio::time::Instant::now() < deadline => {
                 tracing::info!(error = %e, "zone store not ready yet; retrying");
             }

@@ -55,6 +55,7 @@ impl Store {
             .await?;
         let mut jetstream = async_nats::jetstream::new(client.clone());
         jetstream.set_timeout(config.nats.request_timeout);
+        check_domain(&jetstream, url, &config.zone).await?;
         let direct = Arc::new(direct::DirectGets::start(client.clone(), config.nats.request_timeout).await?);
         let objects = Arc::new(Objects::open(jetstream.clone(), config.clone(), direct.clone()).await?);
         let facts = FactLog::open(jetstream.clone(), config.clone(), objects.clone(), metrics.clone()).await?;
@@ -62,6 +63,34 @@ impl Store {
         Ok(Self { client, jetstream, facts, consumers, objects })
     }
 }
+
+/// The server must serve this zone's own JetStream domain (domain = zone
+/// name): a node pointed at another zone's server (two zones given the same
+/// `[nats] port`, a mistyped `url`) would store its facts in that zone.
+async fn check_domain(jetstream: &async_nats::jetstream::Context, url: &str, zone: &str) -> anyhow::Result<()> {
+    let account = jetstream.query_account().await.map_err(|e| anyhow::anyhow!("reading the JetStream account at {url}: {e}"))?;
+    if account.domain.as_deref() == Some(zone) {
+        return Ok(());
+    }
+    Err(WrongDomain(format!(
+        "the nats-server at {url} serves JetStream domain {:?}, not this zone's {zone:?}: it belongs to another zone (two zones given the same [nats] port, or a wrong [nats] url); give each zone its own server",
+        account.domain.unwrap_or_default()
+    ))
+    .into())
+}
+
+/// A zone node connected to a server of another JetStream domain; retrying
+/// cannot help.
+#[derive(Debug)]
+pub struct WrongDomain(pub String);
+
+impl std::fmt::Display for WrongDomain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for WrongDomain {}
 
 pub fn now_unix_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)

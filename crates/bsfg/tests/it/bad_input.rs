@@ -5,6 +5,7 @@ use crate::harness::*;
 use bsfg::client::BsfgClient;
 use bsfg_proto::bsfg::v1::*;
 use connectrpc::ConnectError;
+use std::time::{Duration, Instant};
 
 // A table of a few dozen cases, built once.
 #[allow(clippy::large_enum_variant)]
@@ -262,4 +263,37 @@ async fn a_capacity_jetstream_cannot_reserve_is_a_clear_start_up_error() {
     // The zone's own streams are untouched: the node starts with its config.
     zone.restart_node(false).await;
     assert_eq!(zone.message_count("operational").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refuses_another_zones_nats_server() {
+    // External url: plant-b pointed at plant-a's server.
+    let zone = Zone::start(Opts::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut other = zone.config.clone();
+    other.zone = "plant-b".into();
+    other.commit.key_index_path = Some(dir.path().join("plant-b.kix"));
+    other.listen = "127.0.0.1:0".parse().unwrap();
+    other.ops_listen = "127.0.0.1:0".parse().unwrap();
+    let started = Instant::now();
+    let refused = bsfg::node::start(other.clone()).await.err().expect("the node refuses another zone's server");
+    let message = format!("{refused:#}");
+    assert!(message.contains("serves JetStream domain \"plant-a\", not this zone's \"plant-b\""), "{message}");
+    assert!(started.elapsed() < Duration::from_secs(10), "refused at once, not after the start-up retries");
+
+    // Embedded servers: two zones given the same [nats] port. The second
+    // server cannot bind; its node must not use the first zone's store.
+    let port = bsfg::node::nats_server::free_port().unwrap();
+    let embedded = |zone: &str| {
+        let mut c = other.clone();
+        c.zone = zone.into();
+        c.nats = bsfg::config::NatsConfig { url: None, port, store_dir: dir.path().join(zone).join("jetstream"), ..Default::default() };
+        c.commit.key_index_path = Some(dir.path().join(format!("{zone}.kix")));
+        c
+    };
+    let first = bsfg::node::start(embedded("plant-c")).await.expect("the first zone starts");
+    let refused = bsfg::node::start(embedded("plant-d")).await.err().expect("the second zone refuses to start");
+    let message = format!("{refused:#}");
+    assert!(message.contains("serves JetStream domain \"plant-c\", not this zone's \"plant-d\""), "{message}");
+    drop(first);
 }
