@@ -128,6 +128,8 @@ async fn bad_input_is_refused_precisely_and_changes_nothing() {
         Case { name: "hyphen predicate", call: Call::Append(env_with(|_| {}), fact_with(|f| f.predicate = "step-completed".into())), code: "invalid_argument", reason: "bad_predicate" },
         Case { name: "object_json array", call: Call::Append(env_with(|_| {}), fact_with(|f| f.object_json = "[1,2]".into())), code: "invalid_argument", reason: "object_json_not_object" },
         Case { name: "object_json string", call: Call::Append(env_with(|_| {}), fact_with(|f| f.object_json = "\"s\"".into())), code: "invalid_argument", reason: "object_json_not_object" },
+        Case { name: "object_json key twice", call: Call::Append(env_with(|_| {}), fact_with(|f| f.object_json = r#"{"a":1,"a":2}"#.into())), code: "invalid_argument", reason: "bad_object_json" },
+        Case { name: "nested object_json key twice", call: Call::Append(env_with(|_| {}), fact_with(|f| f.object_json = r#"{"a":{"b":1,"c":2,"b":1}}"#.into())), code: "invalid_argument", reason: "bad_object_json" },
         Case { name: "invalid JSON", call: Call::Append(env_with(|_| {}), fact_with(|f| f.object_json = "{\"a\":".into())), code: "invalid_argument", reason: "bad_object_json" },
         Case {
             name: "oversize object_json",
@@ -186,6 +188,12 @@ async fn bad_input_is_refused_precisely_and_changes_nothing() {
         }
     }
     assert!(failures.is_empty(), "{} cases failed:\n{}", failures.len(), failures.join("\n"));
+    // A repeated key is named (serde_json alone kept the last value).
+    let refused = client.append(envelope(&mid("key-twice")), fact("batch:B1", "step_completed", r#"{"a":1,"a":2}"#)).await.unwrap_err();
+    assert_eq!(
+        refused.message.as_deref(),
+        Some(r#"bad_object_json: fact.object_json has the key "a" twice; RFC 8785 requires unique member names"#)
+    );
 
     assert_eq!(zone.all_counts().await, counts_before, "no fact stored by any refused request");
     assert_eq!(zone.list_bucket(BUCKET).await, objects_before, "object store unchanged");
