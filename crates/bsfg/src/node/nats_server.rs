@@ -73,7 +73,8 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Writes the nats-server configuration for a zone, syncing every write
+/// Writes the nats-server configuration for a zone (owner-only, see
+/// [`crate::owner_only`]), syncing every write
 /// (the safe default; see [`write_server_config_with_sync`]).
 pub fn write_server_config(path: &Path, zone: &str, port: u16, store_dir: &Path) -> anyhow::Result<()> {
     write_server_config_with_sync(path, zone, port, store_dir, "always")
@@ -88,12 +89,13 @@ pub fn write_server_config_with_sync(path: &Path, zone: &str, port: u16, store_d
         "server_name: \"bsfg-{zone}\"\nlisten: \"127.0.0.1:{port}\"\nmax_payload: 8MB\njetstream {{\n  domain: \"{zone}\"\n  store_dir: \"{}\"\n  sync_interval: {sync_interval}\n}}\n",
         store_dir.display()
     );
-    std::fs::write(path, text)?;
+    crate::owner_only::write(path, text.as_bytes())?;
     Ok(())
 }
 
 fn spawn(binary: &Path, config_path: &Path, log_path: &Path) -> anyhow::Result<Child> {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(log_path)?;
+    let log = crate::owner_only::open_options().create(true).append(true).open(log_path)?;
+    crate::owner_only::restrict(&log)?;
     let mut command = Command::new(binary);
     command.arg("-c").arg(config_path).stdout(log.try_clone()?).stderr(log).kill_on_drop(true);
     // The embedded server belongs to this node: if the node dies, even by
@@ -113,7 +115,8 @@ fn spawn(binary: &Path, config_path: &Path, log_path: &Path) -> anyhow::Result<C
 pub async fn start(config: &ZoneConfig) -> anyhow::Result<EmbeddedNats> {
     let binary = find_binary(config.nats.server_bin.as_deref())?;
     let store_dir = std::path::absolute(&config.nats.store_dir)?;
-    std::fs::create_dir_all(&store_dir)?;
+    // The store directory belongs to the node (and its server) alone.
+    crate::owner_only::create_private_dir(&store_dir)?;
     let port = if config.nats.port == 0 { free_port()? } else { config.nats.port };
     let config_path = store_dir.join("nats-server.conf");
     let log_path = store_dir.join("nats-server.log");
