@@ -10,6 +10,37 @@ use tokio::process::{Child, Command};
 /// Restart backoff bounds for a crashed embedded nats-server.
 const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(200);
 const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// A server that ran at least this long before it exited had started and
+/// served: its crash is a new incident, and it is restarted after the
+/// shortest backoff again. Why: the backoff never came down before, so
+/// after six crashes in a node's life every later crash cost at least 10 s
+/// of store outage. A crash loop (a bad binary, a port taken, a full disk)
+/// exits within seconds of each start and keeps backing off.
+const HEALTHY_RUN: Duration = Duration::from_secs(30);
+
+/// The delay before each restart of the embedded server.
+#[derive(Debug)]
+struct RestartBackoff {
+    next: Duration,
+}
+
+impl RestartBackoff {
+    fn new() -> Self {
+        Self { next: RESTART_BACKOFF_MIN }
+    }
+
+    /// The delay before restarting a server that ran for `ran_for` before it
+    /// exited: doubling from the minimum to the maximum while it keeps
+    /// exiting soon after each start, back to the minimum after a healthy run.
+    fn after_exit(&mut self, ran_for: Duration) -> Duration {
+        if ran_for >= HEALTHY_RUN {
+            self.next = RESTART_BACKOFF_MIN;
+        }
+        let delay = self.next;
+        self.next = (self.next * 2).min(RESTART_BACKOFF_MAX);
+        delay
+    }
+}
 
 pub struct EmbeddedNats {
     pub url: String,
@@ -124,12 +155,15 @@ pub async fn start(config: &ZoneConfig) -> anyhow::Result<EmbeddedNats> {
     let mut child = spawn(&binary, &config_path, &log_path)?;
     tracing::info!(binary = %binary.display(), port, store_dir = %store_dir.display(), "started embedded nats-server");
     let supervisor = tokio::spawn(async move {
-        let mut backoff = RESTART_BACKOFF_MIN;
+        let mut backoff = RestartBackoff::new();
+        let mut started = std::time::Instant::now();
         loop {
             let status = child.wait().await;
-            tracing::error!(?status, "embedded nats-server exited; restarting");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
+            let delay = backoff.after_exit(started.elapsed());
+            tracing::error!(?status, ?delay, "embedded nats-server exited; restarting");
+            tokio::time::sleep(delay).await;
+            // A failed spawn counts as a run of no time: the backoff grows.
+            started = std::time::Instant::now();
             match spawn(&binary, &config_path, &log_path) {
                 Ok(c) => child = c,
                 Err(e) => tracing::error!(error = %e, "could not restart nats-server"),
@@ -137,4 +171,25 @@ pub async fn start(config: &ZoneConfig) -> anyhow::Result<EmbeddedNats> {
         }
     });
     Ok(EmbeddedNats { url: format!("nats://127.0.0.1:{port}"), supervisor })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_backoff_grows_while_crashing_and_resets_after_a_healthy_run() {
+        let mut backoff = RestartBackoff::new();
+        let quick = Duration::from_secs(1);
+        let delays: Vec<Duration> = (0..8).map(|_| backoff.after_exit(quick)).collect();
+        let ms = |d: &[Duration]| d.iter().map(|d| d.as_millis()).collect::<Vec<_>>();
+        assert_eq!(ms(&delays), [200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]);
+        // A run just short of healthy keeps the maximum.
+        assert_eq!(backoff.after_exit(HEALTHY_RUN - Duration::from_millis(1)), RESTART_BACKOFF_MAX);
+        // After a healthy run the next crash is restarted at once again,
+        // and a new crash loop backs off from the start.
+        assert_eq!(backoff.after_exit(HEALTHY_RUN), RESTART_BACKOFF_MIN);
+        assert_eq!(backoff.after_exit(quick), RESTART_BACKOFF_MIN * 2);
+        assert_eq!(backoff.after_exit(Duration::from_secs(3600)), RESTART_BACKOFF_MIN);
+    }
 }
