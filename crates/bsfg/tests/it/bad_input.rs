@@ -141,6 +141,12 @@ async fn bad_input_is_refused_precisely_and_changes_nothing() {
         Case { name: "attachment digest mismatch", call: Call::Append(env_with(|_| {}), attach(BUCKET, "batch/B1/record.txt", &other_digest, object.len() as u64)), code: "failed_precondition", reason: "attachment_mismatch" },
         Case { name: "attachment size mismatch", call: Call::Append(env_with(|_| {}), attach(BUCKET, "batch/B1/record.txt", &digest, 1)), code: "failed_precondition", reason: "attachment_mismatch" },
         Case { name: "bad attachment digest format", call: Call::Append(env_with(|_| {}), attach(BUCKET, "batch/B1/record.txt", "md5:abc", 1)), code: "invalid_argument", reason: "bad_digest" },
+        Case {
+            name: "bad attachment media type",
+            call: Call::Append(env_with(|_| {}), fact_with(|f| f.attachments.push(AttachmentRef { bucket: BUCKET.into(), key: "batch/B1/record.txt".into(), digest: digest.clone(), size_bytes: object.len() as u64, media_type: "pdf".into(), ..Default::default() }))),
+            code: "invalid_argument",
+            reason: "bad_media_type",
+        },
         Case { name: "attachment unknown bucket", call: Call::Append(env_with(|_| {}), attach("nope", "batch/B1/record.txt", &digest, 1)), code: "failed_precondition", reason: "attachment_missing" },
         Case { name: "conflicting duplicate", call: Call::Append(None, None), code: "already_exists", reason: "conflicting_duplicate" },
         Case { name: "unknown consumer (fetch)", call: Call::Fetch("nobody"), code: "not_found", reason: "unknown_consumer" },
