@@ -95,6 +95,13 @@ impl Boundary {
         }
     }
 
+    /// A request's consumer name as a metric label value: itself if it is a
+    /// configured consumer, otherwise [`crate::metrics::UNKNOWN_CONSUMER`]
+    /// (request values never become labels).
+    fn consumer_label<'a>(&self, name: &'a str) -> &'a str {
+        if self.config.consumers.iter().any(|c| c.name == name) { name } else { crate::metrics::UNKNOWN_CONSUMER }
+    }
+
     fn fetch_bounds(&self, request: &FetchFactsRequest) -> FetchBounds {
         let f = &self.config.fetch;
         let limit = if request.limit == 0 { f.limit_default } else { request.limit.min(f.limit_max) };
@@ -161,7 +168,7 @@ impl BoundaryService for Boundary {
         let caller = self.caller(&ctx, "FetchFacts", name).await?;
         let result = self.fetch(&caller, &request).await;
         let outcome = if result.is_ok() { "ok" } else { "rejected" };
-        self.metrics.fetch_requests_total.get_or_create(&labels(&[("consumer", name), ("outcome", outcome)])).inc();
+        self.metrics.fetch_requests_total.get_or_create(&labels(&[("consumer", self.consumer_label(name)), ("outcome", outcome)])).inc();
         if let Err(r) = &result {
             self.refused(&caller, "FetchFacts", name, r).await;
         }
@@ -187,7 +194,7 @@ impl BoundaryService for Boundary {
         }
         .await;
         let outcome = if result.is_ok() { "ok" } else { "rejected" };
-        self.metrics.confirm_requests_total.get_or_create(&labels(&[("consumer", &request.consumer_name), ("outcome", outcome)])).inc();
+        self.metrics.confirm_requests_total.get_or_create(&labels(&[("consumer", self.consumer_label(&request.consumer_name)), ("outcome", outcome)])).inc();
         if let Err(r) = &result {
             self.refused(&caller, "ConfirmReceipt", &key, r).await;
         }

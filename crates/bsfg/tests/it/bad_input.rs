@@ -277,3 +277,30 @@ async fn a_capacity_jetstream_cannot_reserve_is_a_clear_start_up_error() {
     zone.restart_node(false).await;
     assert_eq!(zone.message_count("operational").await, 0);
 }
+
+/// Only configured consumer names become metric label values: refused
+/// fetches and confirms with unknown or oversize names are counted under
+/// `consumer="(unknown)"`. (80 refused calls with 1 MiB names used to add
+/// 105 MiB to the node and 84 MB to /metrics.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_values_never_become_metric_labels() {
+    let zone = Zone::start(Opts::default()).await;
+    let client = zone.client();
+    client.fetch("mes", 10, 0, 0).await.unwrap();
+    let baseline = zone.metrics_text().await.len();
+    let long = "q".repeat(1024 * 1024);
+    let names = [long.as_str(), "nobody-zz", "bad name zz", &long[..65]];
+    for name in names {
+        for _ in 0..5 {
+            assert!(client.fetch(name, 10, 0, 0).await.is_err());
+            assert!(client.confirm(name, 1).await.is_err());
+        }
+    }
+    let text = zone.metrics_text().await;
+    assert!(!text.contains("qqqq") && !text.contains("zz"), "a request's consumer name became a label");
+    assert!(text.len() < baseline + 4096, "/metrics grew from {baseline} to {} bytes", text.len());
+    let unknown = ["consumer=\"(unknown)\"", "outcome=\"rejected\""];
+    assert_eq!(metric_value(&text, "bsfg_fetch_requests_total", &unknown), Some(20.0), "{text}");
+    assert_eq!(metric_value(&text, "bsfg_confirm_requests_total", &unknown), Some(20.0), "{text}");
+    assert_eq!(metric_value(&text, "bsfg_fetch_requests_total", &["consumer=\"mes\"", "outcome=\"ok\""]), Some(1.0), "configured names still label");
+}
