@@ -5,6 +5,7 @@
 //! lenient but bounded everywhere else. Nothing here looks at business
 //! meaning.
 
+use crate::bounded::bounded;
 use crate::limits::*;
 use crate::rejection::Rejection;
 use bsfg_proto::bsfg::v1::{AttachmentRef, Envelope, Fact};
@@ -53,7 +54,7 @@ pub fn zone(field: &str, value: &str) -> Result<(), Rejection> {
     if !ok {
         return Err(Rejection::invalid(
             "bad_zone",
-            format!("{field} {value:?} must be lower-case letters, digits and '-', starting with a letter, at most {ZONE_BYTES_MAX} bytes"),
+            format!("{field} {:?} must be lower-case letters, digits and '-', starting with a letter, at most {ZONE_BYTES_MAX} bytes", bounded(value)),
         ));
     }
     Ok(())
@@ -72,7 +73,7 @@ pub fn subject(value: &str) -> Result<&str, Rejection> {
     let bad = |why: &str| {
         Rejection::invalid(
             "bad_subject",
-            format!("fact.subject {value:?} {why}; expected kind:id or kind:scope/id, e.g. batch:PlantA/B1042"),
+            format!("fact.subject {:?} {why}; expected kind:id or kind:scope/id, e.g. batch:PlantA/B1042", bounded(value)),
         )
     };
     if value.len() > SUBJECT_BYTES_MAX {
@@ -106,7 +107,7 @@ pub fn predicate(value: &str) -> Result<(), Rejection> {
     if value.len() > PREDICATE_BYTES_MAX || !is_snake_token(value) {
         return Err(Rejection::invalid(
             "bad_predicate",
-            format!("fact.predicate {value:?} must be lower_snake_case (e.g. step_completed), at most {PREDICATE_BYTES_MAX} bytes"),
+            format!("fact.predicate {:?} must be lower_snake_case (e.g. step_completed), at most {PREDICATE_BYTES_MAX} bytes", bounded(value)),
         ));
     }
     Ok(())
@@ -150,6 +151,7 @@ fn recanonicalised_object_json(value: &str, limits: &Limits) -> Result<Option<St
 /// first value silently lost; RFC 8785 requires unique member names of its
 /// input (section 3.1), so such a document has no canonical form.
 mod unique {
+    use crate::bounded::bounded;
     use crate::rejection::Rejection;
     use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
     use serde_json::{Map, Number, Value};
@@ -163,7 +165,7 @@ mod unique {
         parsed.map_err(|e| match duplicate.take() {
             Some(key) => Rejection::invalid(
                 "bad_object_json",
-                format!("fact.object_json has the key {key:?} twice; RFC 8785 requires unique member names"),
+                format!("fact.object_json has the key {:?} twice; RFC 8785 requires unique member names", bounded(&key)),
             ),
             None => Rejection::invalid("bad_object_json", format!("fact.object_json is not valid JSON: {e}")),
         })
@@ -220,9 +222,8 @@ mod unique {
             let mut members = Map::new();
             while let Some(key) = map.next_key::<String>()? {
                 if members.contains_key(&key) {
-                    let message = format!("the key {key:?} twice");
                     *self.duplicate.borrow_mut() = Some(key);
-                    return Err(A::Error::custom(message));
+                    return Err(A::Error::custom("a key twice"));
                 }
                 let value = map.next_value_seed(self)?;
                 members.insert(key, value);
@@ -240,7 +241,7 @@ pub fn consumer_name(value: &str) -> Result<(), Rejection> {
     if !ok {
         return Err(Rejection::invalid(
             "bad_consumer_name",
-            format!("consumer_name {value:?} must be 1-64 characters of A-Z a-z 0-9 _ -"),
+            format!("consumer_name {:?} must be 1-64 characters of A-Z a-z 0-9 _ -", bounded(value)),
         ));
     }
     Ok(())
@@ -255,7 +256,7 @@ pub fn bucket(value: &str) -> Result<(), Rejection> {
     if !ok {
         return Err(Rejection::invalid(
             "bad_bucket",
-            format!("bucket {value:?} must be lower-case letters, digits, '_' and '-', at most {BUCKET_BYTES_MAX} bytes"),
+            format!("bucket {:?} must be lower-case letters, digits, '_' and '-', at most {BUCKET_BYTES_MAX} bytes", bounded(value)),
         ));
     }
     Ok(())
@@ -267,7 +268,7 @@ pub fn bucket(value: &str) -> Result<(), Rejection> {
 pub fn object_key(value: &str, limits: &Limits) -> Result<(), Rejection> {
     required("key", value)?;
     bounded_text("key", value, limits.object_key_bytes_max)?;
-    let bad = |why: &str| Rejection::invalid("bad_object_key", format!("key {value:?} {why}"));
+    let bad = |why: &str| Rejection::invalid("bad_object_key", format!("key {:?} {why}", bounded(value)));
     if value.contains('\\') {
         return Err(bad("contains a backslash; use '/' to separate segments"));
     }
@@ -305,7 +306,7 @@ pub fn media_type(field: &str, value: &str) -> Result<(), Rejection> {
     let bad = |why: &str| {
         Rejection::invalid(
             "bad_media_type",
-            format!("{field} {value:?} {why}; expected type/subtype with optional parameters, e.g. application/pdf or text/plain; charset=utf-8"),
+            format!("{field} {:?} {why}; expected type/subtype with optional parameters, e.g. application/pdf or text/plain; charset=utf-8", bounded(value)),
         )
     };
     if value.len() > TEXT_FIELD_BYTES_MAX {
@@ -358,7 +359,7 @@ pub fn digest(field: &str, value: &str) -> Result<(), Rejection> {
     if !ok {
         return Err(Rejection::invalid(
             "bad_digest",
-            format!("{field} {value:?} must be sha256: followed by 64 lower-case hex digits"),
+            format!("{field} {:?} must be sha256: followed by 64 lower-case hex digits", bounded(value)),
         ));
     }
     Ok(())
@@ -405,7 +406,7 @@ pub fn envelope(e: &Envelope, limits: &Limits) -> Result<(), Rejection> {
         if !key_ok {
             return Err(Rejection::invalid(
                 "bad_label",
-                format!("label key {key:?} must be 1-{LABEL_KEY_BYTES_MAX} characters of A-Z a-z 0-9 _ - . /"),
+                format!("label key {:?} must be 1-{LABEL_KEY_BYTES_MAX} characters of A-Z a-z 0-9 _ - . /", bounded(key)),
             ));
         }
         bounded_text(&format!("label {key}"), value, limits.label_value_bytes_max)?;
@@ -532,6 +533,28 @@ mod tests {
         }
         let long = format!("application/{}", "x".repeat(TEXT_FIELD_BYTES_MAX));
         assert_eq!(media_type("media_type", &long).unwrap_err().reason, "bad_media_type");
+    }
+
+    /// Rejection messages echo request values bounded (they are logged,
+    /// and returned to the caller).
+    #[test]
+    fn rejections_echo_long_values_bounded() {
+        let limits = Limits::default();
+        let long = "Q".repeat(1024 * 1024);
+        let refusals = [
+            zone("envelope.from_zone", &long).unwrap_err(),
+            subject(&long).unwrap_err(),
+            predicate(&long).unwrap_err(),
+            consumer_name(&long).unwrap_err(),
+            bucket(&long).unwrap_err(),
+            digest("d", &long).unwrap_err(),
+            media_type("media_type", &long).unwrap_err(),
+            canonical_object_json(&format!("{{\"{long}\":1,\"{long}\":2}}"), &Limits { object_json_bytes_max: 4 << 20, ..limits.clone() }).unwrap_err(),
+        ];
+        for r in refusals {
+            assert!(r.message.len() < 1024, "{}: {} bytes", r.reason, r.message.len());
+            assert!(r.message.contains("…(1048576 bytes, sha256 "), "{}", r.message);
+        }
     }
 
     #[test]

@@ -304,3 +304,37 @@ async fn request_values_never_become_metric_labels() {
     assert_eq!(metric_value(&text, "bsfg_confirm_requests_total", &unknown), Some(20.0), "{text}");
     assert_eq!(metric_value(&text, "bsfg_fetch_requests_total", &["consumer=\"mes\"", "outcome=\"ok\""]), Some(1.0), "configured names still label");
 }
+
+/// Request values in log lines (the outcome line's key and message, the
+/// audit line) are bounded: a 1 MiB message_id, subject, consumer name or
+/// object key makes no line longer than a few KiB. (A 1 MiB message_id
+/// used to make a 1 MiB log line.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_lines_stay_short_whatever_the_request() {
+    let zone = Zone::start(Opts { out_of_process: true, ..Opts::default() }).await;
+    let client = zone.client();
+    let long = "q".repeat(1024 * 1024);
+    assert_rejected(client.append(envelope(&long), batch_fact(1)).await, "invalid_argument", "field_too_long");
+    let mut f = batch_fact(1);
+    f.subject = format!("batch:{long}");
+    assert_rejected(client.append(envelope(&mid("long-subject")), f).await, "invalid_argument", "bad_subject");
+    assert_rejected(client.fetch(&long, 10, 0, 0).await, "invalid_argument", "bad_consumer_name");
+    assert_rejected(client.confirm(&long, 1).await, "invalid_argument", "bad_consumer_name");
+    assert_rejected(put(&client, BUCKET, &long, b"x", "").await, "invalid_argument", "field_too_long");
+    assert!(get(&client, BUCKET, &long, 0).await.is_err());
+    // A certificate of the site CA that names no principal: audited.
+    let stranger = zone.client_as("stranger.plant-a");
+    assert_rejected(stranger.append(envelope(&long), batch_fact(1)).await, "permission_denied", "unknown_identity");
+
+    let refused = zone.log_lines_with(1, &[("rpc", "AppendFact"), ("outcome", "rejected"), ("reason", "field_too_long")]).await;
+    let key = refused[0]["fields"]["key"].as_str().unwrap();
+    assert!(key.starts_with("plant-a/qqq") && key.contains("…(1048584 bytes, sha256 "), "{key}");
+    zone.log_lines_with(1, &[("rpc", "AppendFact"), ("outcome", "rejected"), ("reason", "bad_subject")]).await;
+    zone.log_lines_with(2, &[("outcome", "rejected"), ("reason", "bad_consumer_name")]).await;
+    zone.log_lines_with(1, &[("outcome", "rejected"), ("reason", "field_too_long"), ("rpc", "PutObject")]).await;
+    zone.log_lines_with(1, &[("decision", "refused"), ("reason", "unknown_identity")]).await;
+    zone.log_lines_with(1, &[("rpc", "GetObject"), ("outcome", "rejected")]).await;
+    let text = zone.log_text();
+    let longest = text.lines().map(str::len).max().unwrap();
+    assert!(longest < 6 * 1024, "a log line of {longest} bytes: {}", &text.lines().find(|l| l.len() == longest).unwrap()[..1024]);
+}
