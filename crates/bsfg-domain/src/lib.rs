@@ -11,9 +11,12 @@
 //!   contiguous prefix it may persist.
 //! * [`retention`]: how far a category log may be truncated (frontier arithmetic).
 //! * [`policy`]: the declarative crossing policy per peer and direction.
+//! * [`bounded`]: request text cut to a bound before it is echoed in a log
+//!   line, an audit record or a message.
 //! * [`rejection`]: a rejection carries a protocol-neutral code, a stable
 //!   machine reason and a message a person can act on.
 
+pub mod bounded;
 pub mod canonical;
 pub mod identity;
 pub mod indexed_runs;

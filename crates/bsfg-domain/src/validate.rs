@@ -5,6 +5,7 @@
 //! lenient but bounded everywhere else. Nothing here looks at business
 //! meaning.
 
+use crate::bounded::bounded;
 use crate::limits::*;
 use crate::rejection::Rejection;
 use bsfg_proto::bsfg::v1::{AttachmentRef, Envelope, Fact};
@@ -53,7 +54,7 @@ pub fn zone(field: &str, value: &str) -> Result<(), Rejection> {
     if !ok {
         return Err(Rejection::invalid(
             "bad_zone",
-            format!("{field} {value:?} must be lower-case letters, digits and '-', starting with a letter, at most {ZONE_BYTES_MAX} bytes"),
+            format!("{field} {:?} must be lower-case letters, digits and '-', starting with a letter, at most {ZONE_BYTES_MAX} bytes", bounded(value)),
         ));
     }
     Ok(())
@@ -72,7 +73,7 @@ pub fn subject(value: &str) -> Result<&str, Rejection> {
     let bad = |why: &str| {
         Rejection::invalid(
             "bad_subject",
-            format!("fact.subject {value:?} {why}; expected kind:id or kind:scope/id, e.g. batch:PlantA/B1042"),
+            format!("fact.subject {:?} {why}; expected kind:id or kind:scope/id, e.g. batch:PlantA/B1042", bounded(value)),
         )
     };
     if value.len() > SUBJECT_BYTES_MAX {
@@ -106,7 +107,7 @@ pub fn predicate(value: &str) -> Result<(), Rejection> {
     if value.len() > PREDICATE_BYTES_MAX || !is_snake_token(value) {
         return Err(Rejection::invalid(
             "bad_predicate",
-            format!("fact.predicate {value:?} must be lower_snake_case (e.g. step_completed), at most {PREDICATE_BYTES_MAX} bytes"),
+            format!("fact.predicate {:?} must be lower_snake_case (e.g. step_completed), at most {PREDICATE_BYTES_MAX} bytes", bounded(value)),
         ));
     }
     Ok(())
@@ -132,9 +133,7 @@ fn recanonicalised_object_json(value: &str, limits: &Limits) -> Result<Option<St
     if crate::canonical::is_canonical_object(value) {
         return Ok(None);
     }
-    let parsed: serde_json::Value = serde_json::from_str(value).map_err(|e| {
-        Rejection::invalid("bad_object_json", format!("fact.object_json is not valid JSON: {e}"))
-    })?;
+    let parsed = unique::parse(value)?;
     if !parsed.is_object() {
         return Err(Rejection::invalid(
             "object_json_not_object",
@@ -146,6 +145,94 @@ fn recanonicalised_object_json(value: &str, limits: &Limits) -> Result<Option<St
     })
 }
 
+/// Parsing object_json into a `serde_json::Value` while refusing an object
+/// that has a member name twice. Why: serde_json keeps the last value of a
+/// repeated name, so `{"a":1,"a":2}` would be stored as `{"a":2}` and the
+/// first value silently lost; RFC 8785 requires unique member names of its
+/// input (section 3.1), so such a document has no canonical form.
+mod unique {
+    use crate::bounded::bounded;
+    use crate::rejection::Rejection;
+    use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
+    use serde_json::{Map, Number, Value};
+    use std::cell::RefCell;
+    use std::fmt;
+
+    pub(super) fn parse(value: &str) -> Result<Value, Rejection> {
+        let duplicate = RefCell::new(None);
+        let mut deserializer = serde_json::Deserializer::from_str(value);
+        let parsed = UniqueKeys { duplicate: &duplicate }.deserialize(&mut deserializer).and_then(|v| deserializer.end().map(|()| v));
+        parsed.map_err(|e| match duplicate.take() {
+            Some(key) => Rejection::invalid(
+                "bad_object_json",
+                format!("fact.object_json has the key {:?} twice; RFC 8785 requires unique member names", bounded(&key)),
+            ),
+            None => Rejection::invalid("bad_object_json", format!("fact.object_json is not valid JSON: {e}")),
+        })
+    }
+
+    /// Builds the same `Value` serde_json's own visitor builds, but records
+    /// the first repeated member name (at any depth) in `duplicate` and fails.
+    #[derive(Clone, Copy)]
+    struct UniqueKeys<'a> {
+        duplicate: &'a RefCell<Option<String>>,
+    }
+
+    impl<'de> DeserializeSeed<'de> for UniqueKeys<'_> {
+        type Value = Value;
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+            deserializer.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for UniqueKeys<'_> {
+        type Value = Value;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+            Ok(Value::Bool(v))
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+            Ok(Value::Number(v.into()))
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+            Ok(Value::Number(v.into()))
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+            Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+            Ok(Value::String(v.to_owned()))
+        }
+        fn visit_string<E>(self, v: String) -> Result<Value, E> {
+            Ok(Value::String(v))
+        }
+        fn visit_unit<E>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+            let mut items = Vec::new();
+            while let Some(item) = seq.next_element_seed(self)? {
+                items.push(item);
+            }
+            Ok(Value::Array(items))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+            let mut members = Map::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if members.contains_key(&key) {
+                    *self.duplicate.borrow_mut() = Some(key);
+                    return Err(A::Error::custom("a key twice"));
+                }
+                let value = map.next_value_seed(self)?;
+                members.insert(key, value);
+            }
+            Ok(Value::Object(members))
+        }
+    }
+}
+
 /// A consumer name from configuration or a request: `[A-Za-z0-9_-]{1,64}`
 /// (it becomes a JetStream durable name).
 pub fn consumer_name(value: &str) -> Result<(), Rejection> {
@@ -154,7 +241,7 @@ pub fn consumer_name(value: &str) -> Result<(), Rejection> {
     if !ok {
         return Err(Rejection::invalid(
             "bad_consumer_name",
-            format!("consumer_name {value:?} must be 1-64 characters of A-Z a-z 0-9 _ -"),
+            format!("consumer_name {:?} must be 1-64 characters of A-Z a-z 0-9 _ -", bounded(value)),
         ));
     }
     Ok(())
@@ -169,7 +256,7 @@ pub fn bucket(value: &str) -> Result<(), Rejection> {
     if !ok {
         return Err(Rejection::invalid(
             "bad_bucket",
-            format!("bucket {value:?} must be lower-case letters, digits, '_' and '-', at most {BUCKET_BYTES_MAX} bytes"),
+            format!("bucket {:?} must be lower-case letters, digits, '_' and '-', at most {BUCKET_BYTES_MAX} bytes", bounded(value)),
         ));
     }
     Ok(())
@@ -181,7 +268,7 @@ pub fn bucket(value: &str) -> Result<(), Rejection> {
 pub fn object_key(value: &str, limits: &Limits) -> Result<(), Rejection> {
     required("key", value)?;
     bounded_text("key", value, limits.object_key_bytes_max)?;
-    let bad = |why: &str| Rejection::invalid("bad_object_key", format!("key {value:?} {why}"));
+    let bad = |why: &str| Rejection::invalid("bad_object_key", format!("key {:?} {why}", bounded(value)));
     if value.contains('\\') {
         return Err(bad("contains a backslash; use '/' to separate segments"));
     }
@@ -190,6 +277,73 @@ pub fn object_key(value: &str, limits: &Limits) -> Result<(), Rejection> {
     }
     if value.starts_with(RESERVED_KEY_PREFIX) {
         return Err(bad("is in the reserved _bsfg/ namespace"));
+    }
+    Ok(())
+}
+
+/// RFC 6838 `restricted-name`: a media type's type or subtype.
+fn is_media_type_name(value: &str) -> bool {
+    (1..=127).contains(&value.len())
+        && value.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && value.chars().all(|c| c.is_ascii_alphanumeric() || "!#$&-^_.+".contains(c))
+}
+
+/// RFC 9110 `token`: a parameter name or unquoted value.
+fn is_token(value: &str) -> bool {
+    !value.is_empty() && value.chars().all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c))
+}
+
+/// A media type (of an object or an attachment): empty (none declared) or
+/// `type/subtype` with optional `; name=value` parameters (a value is a
+/// token or a quoted string), printable ASCII, at most
+/// [`TEXT_FIELD_BYTES_MAX`] bytes, e.g. `application/pdf` or
+/// `text/plain; charset=utf-8`. It is stored with the object and returned
+/// to every reader, in every zone it reaches.
+pub fn media_type(field: &str, value: &str) -> Result<(), Rejection> {
+    if value.is_empty() {
+        return Ok(());
+    }
+    let bad = |why: &str| {
+        Rejection::invalid(
+            "bad_media_type",
+            format!("{field} {:?} {why}; expected type/subtype with optional parameters, e.g. application/pdf or text/plain; charset=utf-8", bounded(value)),
+        )
+    };
+    if value.len() > TEXT_FIELD_BYTES_MAX {
+        return Err(bad(&format!("is longer than {TEXT_FIELD_BYTES_MAX} bytes")));
+    }
+    if !value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err(bad("has a character other than printable ASCII"));
+    }
+    let (essence, mut rest) = value.split_at(value.find(';').unwrap_or(value.len()));
+    let names_ok = essence.trim_end_matches(' ').split_once('/').is_some_and(|(t, s)| is_media_type_name(t) && is_media_type_name(s));
+    if !names_ok {
+        return Err(bad("is not type/subtype (letters, digits and ! # $ & - ^ _ . +, each starting with a letter or digit)"));
+    }
+    while let Some(parameter) = rest.strip_prefix(';') {
+        let (name, value) = parameter.trim_start_matches(' ').split_once('=').ok_or_else(|| bad("has a parameter that is not name=value"))?;
+        if !is_token(name) {
+            return Err(bad("has a parameter name that is not a token"));
+        }
+        let after = if let Some(quoted) = value.strip_prefix('"') {
+            let mut escaped = false;
+            let end = quoted.char_indices().find_map(|(i, c)| {
+                let closes = c == '"' && !escaped;
+                escaped = c == '\\' && !escaped;
+                closes.then_some(i)
+            });
+            &quoted[end.ok_or_else(|| bad("has a quoted parameter value without its closing quote"))? + 1..]
+        } else {
+            let end = value.find([';', ' ']).unwrap_or(value.len());
+            if !is_token(&value[..end]) {
+                return Err(bad("has a parameter value that is neither a token nor a quoted string"));
+            }
+            &value[end..]
+        };
+        rest = after.trim_start_matches(' ');
+    }
+    if !rest.is_empty() {
+        return Err(bad("has text after a parameter"));
     }
     Ok(())
 }
@@ -205,7 +359,7 @@ pub fn digest(field: &str, value: &str) -> Result<(), Rejection> {
     if !ok {
         return Err(Rejection::invalid(
             "bad_digest",
-            format!("{field} {value:?} must be sha256: followed by 64 lower-case hex digits"),
+            format!("{field} {:?} must be sha256: followed by 64 lower-case hex digits", bounded(value)),
         ));
     }
     Ok(())
@@ -215,7 +369,7 @@ fn attachment(index: usize, a: &AttachmentRef, limits: &Limits) -> Result<(), Re
     bucket(&a.bucket)?;
     object_key(&a.key, limits)?;
     digest(&format!("fact.attachments[{index}].digest"), &a.digest)?;
-    bounded_text("attachment media_type", &a.media_type, TEXT_FIELD_BYTES_MAX)?;
+    media_type(&format!("fact.attachments[{index}].media_type"), &a.media_type)?;
     bounded_text("attachment file_name", &a.file_name, TEXT_FIELD_BYTES_MAX)?;
     Ok(())
 }
@@ -252,7 +406,7 @@ pub fn envelope(e: &Envelope, limits: &Limits) -> Result<(), Rejection> {
         if !key_ok {
             return Err(Rejection::invalid(
                 "bad_label",
-                format!("label key {key:?} must be 1-{LABEL_KEY_BYTES_MAX} characters of A-Z a-z 0-9 _ - . /"),
+                format!("label key {:?} must be 1-{LABEL_KEY_BYTES_MAX} characters of A-Z a-z 0-9 _ - . /", bounded(key)),
             ));
         }
         bounded_text(&format!("label {key}"), value, limits.label_value_bytes_max)?;
@@ -311,8 +465,96 @@ mod tests {
         for bad in ["[]", "1", "\"s\"", "null", "{", "{\"a\":}"] {
             assert!(canonical_object_json(bad, &limits).is_err(), "{bad}");
         }
+        assert_eq!(canonical_object_json(r#"{ "a": [{"x": 1}], "b": "s" }"#, &limits).unwrap(), r#"{"a":[{"x":1}],"b":"s"}"#);
         let big = format!("{{\"a\":\"{}\"}}", "x".repeat(limits.object_json_bytes_max));
         assert_eq!(canonical_object_json(&big, &limits).unwrap_err().reason, "fact_too_large");
+    }
+
+    /// RFC 8785 requires unique member names; serde_json alone would keep
+    /// the last value and lose the first.
+    #[test]
+    fn object_json_with_a_key_twice_is_refused() {
+        let limits = Limits::default();
+        for (json, key) in [
+            (r#"{"a":1,"a":2}"#, "a"),
+            (r#"{"a":1,"a":1}"#, "a"),
+            (r#"{"b":0, "a":{"x":1,"y":2,"x":3}}"#, "x"),
+            (r#"{"a":[1,{"k":true,"k":false}]}"#, "k"),
+            (r#"{"\u0061":1,"a":2}"#, "a"),
+        ] {
+            let refused = canonical_object_json(json, &limits).unwrap_err();
+            assert_eq!((refused.code, refused.reason), (crate::Code::InvalidArgument, "bad_object_json"), "{json}");
+            assert_eq!(
+                refused.message,
+                format!("fact.object_json has the key {key:?} twice; RFC 8785 requires unique member names"),
+                "{json}"
+            );
+        }
+        // The same name in different objects is fine.
+        assert_eq!(canonical_object_json(r#"{"b":{"a":1},"a":{"a":2}}"#, &limits).unwrap(), r#"{"a":{"a":2},"b":{"a":1}}"#);
+        // Other errors keep their message.
+        assert!(canonical_object_json(r#"{"a":1,"b":}"#, &limits).unwrap_err().message.starts_with("fact.object_json is not valid JSON"));
+    }
+
+    #[test]
+    fn media_types() {
+        for good in [
+            "",
+            "application/pdf",
+            "image/svg+xml",
+            "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+            "text/plain; charset=utf-8",
+            "text/plain;charset=UTF-8;format=flowed",
+            "text/plain ; charset=utf-8",
+            r#"multipart/mixed; boundary="a b;c\"d""#,
+            "application/x.batch-record+json; version=2",
+        ] {
+            media_type("media_type", good).unwrap_or_else(|e| panic!("{good:?}: {e}"));
+        }
+        for bad in [
+            "pdf",
+            "application/",
+            "/pdf",
+            "application/pdf/x",
+            " application/pdf",
+            "application/pdf\n",
+            "application/pdf\u{7f}",
+            "applicatión/pdf",
+            "text/plain; charset",
+            "text/plain; charset=",
+            "text/plain; =utf-8",
+            "text/plain; charset=\"utf-8",
+            "text/plain; charset=utf 8",
+            "text/plain; charset=\"utf-8\"x",
+            "application/(pdf)",
+        ] {
+            let refused = media_type("media_type", bad).expect_err(bad);
+            assert_eq!((refused.code, refused.reason), (crate::Code::InvalidArgument, "bad_media_type"), "{bad:?}");
+        }
+        let long = format!("application/{}", "x".repeat(TEXT_FIELD_BYTES_MAX));
+        assert_eq!(media_type("media_type", &long).unwrap_err().reason, "bad_media_type");
+    }
+
+    /// Rejection messages echo request values bounded (they are logged,
+    /// and returned to the caller).
+    #[test]
+    fn rejections_echo_long_values_bounded() {
+        let limits = Limits::default();
+        let long = "Q".repeat(1024 * 1024);
+        let refusals = [
+            zone("envelope.from_zone", &long).unwrap_err(),
+            subject(&long).unwrap_err(),
+            predicate(&long).unwrap_err(),
+            consumer_name(&long).unwrap_err(),
+            bucket(&long).unwrap_err(),
+            digest("d", &long).unwrap_err(),
+            media_type("media_type", &long).unwrap_err(),
+            canonical_object_json(&format!("{{\"{long}\":1,\"{long}\":2}}"), &Limits { object_json_bytes_max: 4 << 20, ..limits.clone() }).unwrap_err(),
+        ];
+        for r in refusals {
+            assert!(r.message.len() < 1024, "{}: {} bytes", r.reason, r.message.len());
+            assert!(r.message.contains("…(1048576 bytes, sha256 "), "{}", r.message);
+        }
     }
 
     #[test]

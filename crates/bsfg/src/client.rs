@@ -113,18 +113,20 @@ impl BsfgClient {
         timeout: Duration,
         mut sink: impl FnMut(u64, &[u8]) -> anyhow::Result<()>,
     ) -> Result<ObjectInfo, anyhow::Error> {
-        self.get_object_with(bucket, key, start, timeout, |offset, chunk| std::future::ready(sink(offset, &chunk))).await
+        self.get_object_with(bucket, key, start, timeout, |_| {}, |offset, chunk| std::future::ready(sink(offset, &chunk))).await
     }
 
     /// Like [`Self::get_object`], with an asynchronous sink that owns each
     /// chunk (e.g. forwards it over a bounded channel: back-pressure
-    /// reaches the network).
+    /// reaches the network). `on_info` sees the object's info as soon as it
+    /// arrives, before any chunk (the node sends it first).
     pub async fn get_object_with<F>(
         &self,
         bucket: &str,
         key: &str,
         start: u64,
         timeout: Duration,
+        mut on_info: impl FnMut(&ObjectInfo),
         mut sink: impl FnMut(u64, Vec<u8>) -> F,
     ) -> Result<ObjectInfo, anyhow::Error>
     where
@@ -137,6 +139,7 @@ impl BsfgClient {
         while let Some(message) = stream.message::<GetObjectResponse>().await? {
             let message = message.to_owned_message();
             if let Some(i) = message.info.into_option() {
+                on_info(&i);
                 info = Some(i);
             }
             if !message.chunk.is_empty() {

@@ -3,7 +3,8 @@
 //! Layout: [`config`] (the zone TOML), [`store`] (the JetStream adapter:
 //! fact log, consumers, objects, retention), [`node`] (the running process:
 //! boundary service, operations port, embedded nats-server), [`client`]
-//! (a typed client for the CLI, tests and benchmarks), [`cli`].
+//! (a typed client for the CLI, tests and benchmarks), [`cli`];
+//! [`owner_only`] creates the node's private files and directories.
 
 pub mod cli;
 pub mod client;
@@ -13,6 +14,7 @@ pub mod faultproxy;
 pub mod logs;
 pub mod metrics;
 pub mod node;
+pub mod owner_only;
 pub mod replicator;
 pub mod site;
 pub mod store;

@@ -101,8 +101,8 @@ impl Metrics {
         registry.register("bsfg_append_requests", "AppendFact requests by outcome", m.append_requests_total.clone());
         registry.register("bsfg_append_failures", "AppendFact rejections by reason", m.append_failures_total.clone());
         registry.register("bsfg_append_duplicates", "AppendFact identical retries answered with the original offset", m.append_duplicates_total.clone());
-        registry.register("bsfg_fetch_requests", "FetchFacts requests by consumer and outcome", m.fetch_requests_total.clone());
-        registry.register("bsfg_confirm_requests", "ConfirmReceipt requests by consumer and outcome", m.confirm_requests_total.clone());
+        registry.register("bsfg_fetch_requests", "FetchFacts requests by consumer (\"(unknown)\" for a name that is not configured) and outcome", m.fetch_requests_total.clone());
+        registry.register("bsfg_confirm_requests", "ConfirmReceipt requests by consumer (\"(unknown)\" for a name that is not configured) and outcome", m.confirm_requests_total.clone());
         registry.register("bsfg_append_latency_seconds", "AppendFact latency until durable", m.append_latency_seconds.clone());
         registry.register("bsfg_commit_batch_facts", "Facts per group-commit batch of AppendFact calls", m.commit_batch_facts.clone());
         registry.register(
@@ -207,6 +207,16 @@ impl Default for Metrics {
         Self::new()
     }
 }
+
+/// The `consumer` label of a request naming no configured consumer.
+///
+/// Why: a label value is kept for the life of the process and printed on
+/// every scrape, so only values from the configuration may become one. A
+/// request's consumer name did (before it was validated): 80 refused
+/// fetches with 1 MiB names added 105 MiB to the node and 84 MB to
+/// /metrics. Parentheses cannot occur in a consumer name, so this never
+/// collides with one.
+pub const UNKNOWN_CONSUMER: &str = "(unknown)";
 
 pub fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()

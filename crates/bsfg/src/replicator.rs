@@ -537,13 +537,7 @@ async fn pull_object(link: &Link, client: &BsfgClient, cx: &Context, a: &Attachm
             format!("{}/{}: the spool was longer than the object; pulling again", a.bucket, a.key),
         ));
     }
-    let header = crate::store::objects::PutHeader {
-        bucket: a.bucket.clone(),
-        key: a.key.clone(),
-        media_type: a.media_type.clone(),
-        expected_digest: a.digest.clone(),
-        expected_size_bytes: a.size_bytes,
-    };
+    let (media_type_tx, media_type_rx) = tokio::sync::oneshot::channel::<String>();
     // The store reads what an earlier attempt spooled, then the chunks as
     // they arrive; a few chunks in flight bound the memory.
     let spooled = tokio::fs::File::open(&spool).await.ok().map(|f| {
@@ -557,7 +551,7 @@ async fn pull_object(link: &Link, client: &BsfgClient, cx: &Context, a: &Attachm
     // Owns the sender: when the pull ends, the store sees the end (or the
     // error) of the chunks.
     let pull = async move {
-        let pulled = pull_into(link, client, cx, a, spool_path, have, &chunks_tx).await;
+        let pulled = pull_into(link, client, cx, a, spool_path, have, &chunks_tx, media_type_tx).await;
         // A failed pull must fail the store too (nothing stored), never end
         // it early as if the object were complete.
         if let Err(r) = &pulled {
@@ -565,7 +559,22 @@ async fn pull_object(link: &Link, client: &BsfgClient, cx: &Context, a: &Attachm
         }
         pulled
     };
-    let (pulled, stored) = tokio::join!(pull, cx.store.objects.put(header, chunks));
+    // The object keeps the media type declared where it was uploaded, as
+    // the origin's GetObject reports it (known before the first chunk);
+    // the fact's attachment reference says it otherwise (nothing left to
+    // pull, or an origin that did not keep it).
+    let store = async move {
+        let origin = media_type_rx.await.ok().filter(|m| !m.is_empty() && validate::media_type("media_type", m).is_ok());
+        let header = crate::store::objects::PutHeader {
+            bucket: a.bucket.clone(),
+            key: a.key.clone(),
+            media_type: origin.unwrap_or_else(|| a.media_type.clone()),
+            expected_digest: a.digest.clone(),
+            expected_size_bytes: a.size_bytes,
+        };
+        cx.store.objects.put(header, chunks).await
+    };
+    let (pulled, stored) = tokio::join!(pull, store);
     let stored = match (pulled, stored) {
         (_, Ok(stored)) => stored,
         // The pull broke (and failed the store with it): resume later.
@@ -595,7 +604,10 @@ fn spool_error(e: std::io::Error) -> Rejection {
 }
 
 /// Pulls the object from byte `have` on, appending each chunk to the spool
-/// file and forwarding it to the local store.
+/// file and forwarding it to the local store. The media type the origin
+/// reports goes to `media_type_tx` before any chunk (the store waits for it;
+/// it is dropped unsent if none arrives first).
+#[allow(clippy::too_many_arguments)]
 async fn pull_into(
     link: &Link,
     client: &BsfgClient,
@@ -604,6 +616,7 @@ async fn pull_into(
     spool: &std::path::Path,
     have: u64,
     chunks_tx: &tokio::sync::mpsc::Sender<Result<bytes::Bytes, Rejection>>,
+    media_type_tx: tokio::sync::oneshot::Sender<String>,
 ) -> Result<(), Rejection> {
     if have == a.size_bytes {
         return Ok(());
@@ -611,8 +624,17 @@ async fn pull_into(
     use std::io::Write;
     let mut file = std::fs::OpenOptions::new().create(true).append(true).open(spool).map_err(spool_error)?;
     let timeout = Duration::from_secs(60 + a.size_bytes / (1024 * 1024));
+    let media_type_tx = std::sync::Mutex::new(Some(media_type_tx));
+    let on_info = |info: &bsfg_proto::bsfg::v1::ObjectInfo| {
+        if let Some(tx) = media_type_tx.lock().unwrap().take() {
+            let _ = tx.send(info.media_type.clone());
+        }
+    };
     let pulled = client
-        .get_object_with(&a.bucket, &a.key, have, timeout, |_, chunk| {
+        .get_object_with(&a.bucket, &a.key, have, timeout, on_info, |_, chunk| {
+            // Never leave the store waiting for a media type while chunks
+            // fill the channel.
+            drop(media_type_tx.lock().unwrap().take());
             let written = file.write_all(&chunk);
             let chunks_tx = chunks_tx.clone();
             async move {

@@ -4,6 +4,7 @@
 //! consumer) and it is retained, replicated and confirmed like one.
 
 use crate::store::{FactLog, now_unix_ms};
+use bsfg_domain::bounded::{MESSAGE_BYTES_MAX, bounded_owned, bounded_to};
 use bsfg_proto::bsfg::v1::{Envelope, Fact};
 use std::sync::Arc;
 
@@ -41,7 +42,17 @@ impl Audit {
 
     /// Appends the event. A failure to audit is logged, never hidden, and
     /// does not change the answer given to the caller.
-    pub async fn record(&self, event: AuditEvent) {
+    /// Request-controlled text is bounded first (`bsfg_domain::bounded`),
+    /// in the log line and in the record: the certificate names here, the
+    /// key by the caller (it is cut again only past `MESSAGE_BYTES_MAX`, so
+    /// a bounded key keeps its length and hash), the detail as a message.
+    pub async fn record(&self, mut event: AuditEvent) {
+        event.identity = bounded_owned(event.identity);
+        for text in [&mut event.subject_key, &mut event.detail] {
+            if text.len() > MESSAGE_BYTES_MAX {
+                *text = bounded_to(text, MESSAGE_BYTES_MAX).into_owned();
+            }
+        }
         let now = now_unix_ms();
         let object = serde_json::json!({
             "principal": event.principal,

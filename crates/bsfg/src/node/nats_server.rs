@@ -10,6 +10,37 @@ use tokio::process::{Child, Command};
 /// Restart backoff bounds for a crashed embedded nats-server.
 const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(200);
 const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// A server that ran at least this long before it exited had started and
+/// served: its crash is a new incident, and it is restarted after the
+/// shortest backoff again. Why: the backoff never came down before, so
+/// after six crashes in a node's life every later crash cost at least 10 s
+/// of store outage. A crash loop (a bad binary, a port taken, a full disk)
+/// exits within seconds of each start and keeps backing off.
+const HEALTHY_RUN: Duration = Duration::from_secs(30);
+
+/// The delay before each restart of the embedded server.
+#[derive(Debug)]
+struct RestartBackoff {
+    next: Duration,
+}
+
+impl RestartBackoff {
+    fn new() -> Self {
+        Self { next: RESTART_BACKOFF_MIN }
+    }
+
+    /// The delay before restarting a server that ran for `ran_for` before it
+    /// exited: doubling from the minimum to the maximum while it keeps
+    /// exiting soon after each start, back to the minimum after a healthy run.
+    fn after_exit(&mut self, ran_for: Duration) -> Duration {
+        if ran_for >= HEALTHY_RUN {
+            self.next = RESTART_BACKOFF_MIN;
+        }
+        let delay = self.next;
+        self.next = (self.next * 2).min(RESTART_BACKOFF_MAX);
+        delay
+    }
+}
 
 pub struct EmbeddedNats {
     pub url: String,
@@ -73,7 +104,8 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Writes the nats-server configuration for a zone, syncing every write
+/// Writes the nats-server configuration for a zone (owner-only, see
+/// [`crate::owner_only`]), syncing every write
 /// (the safe default; see [`write_server_config_with_sync`]).
 pub fn write_server_config(path: &Path, zone: &str, port: u16, store_dir: &Path) -> anyhow::Result<()> {
     write_server_config_with_sync(path, zone, port, store_dir, "always")
@@ -88,12 +120,13 @@ pub fn write_server_config_with_sync(path: &Path, zone: &str, port: u16, store_d
         "server_name: \"bsfg-{zone}\"\nlisten: \"127.0.0.1:{port}\"\nmax_payload: 8MB\njetstream {{\n  domain: \"{zone}\"\n  store_dir: \"{}\"\n  sync_interval: {sync_interval}\n}}\n",
         store_dir.display()
     );
-    std::fs::write(path, text)?;
+    crate::owner_only::write(path, text.as_bytes())?;
     Ok(())
 }
 
 fn spawn(binary: &Path, config_path: &Path, log_path: &Path) -> anyhow::Result<Child> {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(log_path)?;
+    let log = crate::owner_only::open_options().create(true).append(true).open(log_path)?;
+    crate::owner_only::restrict(&log)?;
     let mut command = Command::new(binary);
     command.arg("-c").arg(config_path).stdout(log.try_clone()?).stderr(log).kill_on_drop(true);
     // The embedded server belongs to this node: if the node dies, even by
@@ -113,7 +146,8 @@ fn spawn(binary: &Path, config_path: &Path, log_path: &Path) -> anyhow::Result<C
 pub async fn start(config: &ZoneConfig) -> anyhow::Result<EmbeddedNats> {
     let binary = find_binary(config.nats.server_bin.as_deref())?;
     let store_dir = std::path::absolute(&config.nats.store_dir)?;
-    std::fs::create_dir_all(&store_dir)?;
+    // The store directory belongs to the node (and its server) alone.
+    crate::owner_only::create_private_dir(&store_dir)?;
     let port = if config.nats.port == 0 { free_port()? } else { config.nats.port };
     let config_path = store_dir.join("nats-server.conf");
     let log_path = store_dir.join("nats-server.log");
@@ -121,12 +155,15 @@ pub async fn start(config: &ZoneConfig) -> anyhow::Result<EmbeddedNats> {
     let mut child = spawn(&binary, &config_path, &log_path)?;
     tracing::info!(binary = %binary.display(), port, store_dir = %store_dir.display(), "started embedded nats-server");
     let supervisor = tokio::spawn(async move {
-        let mut backoff = RESTART_BACKOFF_MIN;
+        let mut backoff = RestartBackoff::new();
+        let mut started = std::time::Instant::now();
         loop {
             let status = child.wait().await;
-            tracing::error!(?status, "embedded nats-server exited; restarting");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
+            let delay = backoff.after_exit(started.elapsed());
+            tracing::error!(?status, ?delay, "embedded nats-server exited; restarting");
+            tokio::time::sleep(delay).await;
+            // A failed spawn counts as a run of no time: the backoff grows.
+            started = std::time::Instant::now();
             match spawn(&binary, &config_path, &log_path) {
                 Ok(c) => child = c,
                 Err(e) => tracing::error!(error = %e, "could not restart nats-server"),
@@ -134,4 +171,25 @@ pub async fn start(config: &ZoneConfig) -> anyhow::Result<EmbeddedNats> {
         }
     });
     Ok(EmbeddedNats { url: format!("nats://127.0.0.1:{port}"), supervisor })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_backoff_grows_while_crashing_and_resets_after_a_healthy_run() {
+        let mut backoff = RestartBackoff::new();
+        let quick = Duration::from_secs(1);
+        let delays: Vec<Duration> = (0..8).map(|_| backoff.after_exit(quick)).collect();
+        let ms = |d: &[Duration]| d.iter().map(|d| d.as_millis()).collect::<Vec<_>>();
+        assert_eq!(ms(&delays), [200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]);
+        // A run just short of healthy keeps the maximum.
+        assert_eq!(backoff.after_exit(HEALTHY_RUN - Duration::from_millis(1)), RESTART_BACKOFF_MAX);
+        // After a healthy run the next crash is restarted at once again,
+        // and a new crash loop backs off from the start.
+        assert_eq!(backoff.after_exit(HEALTHY_RUN), RESTART_BACKOFF_MIN);
+        assert_eq!(backoff.after_exit(quick), RESTART_BACKOFF_MIN * 2);
+        assert_eq!(backoff.after_exit(Duration::from_secs(3600)), RESTART_BACKOFF_MIN);
+    }
 }

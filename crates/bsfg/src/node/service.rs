@@ -14,6 +14,7 @@ use crate::store::consumers::{FetchBounds, Fetched, Quarantined};
 use crate::store::served::ServedFacts;
 use crate::store::objects::PutHeader;
 use crate::config::ZoneConfig;
+use bsfg_domain::bounded::{MESSAGE_BYTES_MAX, bounded, bounded_owned, bounded_to};
 use bsfg_domain::{Code, Rejection, validate};
 use bsfg_proto::bsfg::v1::*;
 use buffa::MessageField;
@@ -96,6 +97,13 @@ impl Boundary {
         }
     }
 
+    /// A request's consumer name as a metric label value: itself if it is a
+    /// configured consumer, otherwise [`crate::metrics::UNKNOWN_CONSUMER`]
+    /// (request values never become labels).
+    fn consumer_label<'a>(&self, name: &'a str) -> &'a str {
+        if self.config.consumers.iter().any(|c| c.name == name) { name } else { crate::metrics::UNKNOWN_CONSUMER }
+    }
+
     fn fetch_bounds(&self, request: &FetchFactsRequest) -> FetchBounds {
         let f = &self.config.fetch;
         let limit = if request.limit == 0 { f.limit_default } else { request.limit.min(f.limit_max) };
@@ -109,14 +117,22 @@ impl Boundary {
     }
 }
 
+/// One log line per RPC outcome. `key` comes from the request: callers
+/// bound it (`bounded_owned`) where they build it, since it also goes into
+/// audit records. Key and message are cut again at `MESSAGE_BYTES_MAX` (a
+/// guard that leaves a bounded key as it is): a line never carries a
+/// request's full size.
 fn log_outcome<T>(rpc: &'static str, key: &str, started: Instant, result: &Result<T, Rejection>) {
     let elapsed_us = started.elapsed().as_micros() as u64;
+    let bounded_key = bounded_to(key, MESSAGE_BYTES_MAX);
+    let key: &str = &bounded_key;
+    let message = |r: &Rejection| bounded_to(&r.message, MESSAGE_BYTES_MAX).into_owned();
     match result {
         Ok(_) => tracing::info!(rpc, key, elapsed_us, outcome = "ok"),
         Err(r) if matches!(r.code, Code::Unavailable | Code::Internal | Code::DataLoss) => {
-            tracing::error!(rpc, key, elapsed_us, outcome = "error", reason = r.reason, message = %r.message)
+            tracing::error!(rpc, key, elapsed_us, outcome = "error", reason = r.reason, message = %message(r))
         }
-        Err(r) => tracing::info!(rpc, key, elapsed_us, outcome = "rejected", reason = r.reason, message = %r.message),
+        Err(r) => tracing::info!(rpc, key, elapsed_us, outcome = "rejected", reason = r.reason, message = %message(r)),
     }
 }
 
@@ -129,7 +145,7 @@ impl BoundaryService for Boundary {
     ) -> ServiceResult<AppendFactResponse> {
         let started = Instant::now();
         let request = request.to_owned_message();
-        let key = format!("{}/{}", request.envelope.from_zone, request.envelope.message_id);
+        let key = bounded_owned(format!("{}/{}", request.envelope.from_zone, request.envelope.message_id));
         let caller = self.caller(&ctx, "AppendFact", &key).await?;
         let result = self.append(&caller, request).await;
         self.metrics.append_latency_seconds.observe(started.elapsed().as_secs_f64());
@@ -159,14 +175,15 @@ impl BoundaryService for Boundary {
         let started = Instant::now();
         let request = request.to_owned_message();
         let name = request.consumer_name.as_str();
-        let caller = self.caller(&ctx, "FetchFacts", name).await?;
+        let key = bounded(name);
+        let caller = self.caller(&ctx, "FetchFacts", &key).await?;
         let result = self.fetch(&caller, &request).await;
         let outcome = if result.is_ok() { "ok" } else { "rejected" };
-        self.metrics.fetch_requests_total.get_or_create(&labels(&[("consumer", name), ("outcome", outcome)])).inc();
+        self.metrics.fetch_requests_total.get_or_create(&labels(&[("consumer", self.consumer_label(name)), ("outcome", outcome)])).inc();
         if let Err(r) = &result {
-            self.refused(&caller, "FetchFacts", name, r).await;
+            self.refused(&caller, "FetchFacts", &key, r).await;
         }
-        log_outcome("FetchFacts", name, started, &result);
+        log_outcome("FetchFacts", &key, started, &result);
         // `None` defers to the server's policy (gzip above 1 KiB).
         let compress = if self.config.fetch.compress { None } else { Some(false) };
         result.map(|r| Response::new(r).compress(compress)).map_err(to_connect)
@@ -179,7 +196,7 @@ impl BoundaryService for Boundary {
     ) -> ServiceResult<ConfirmReceiptResponse> {
         let started = Instant::now();
         let request = request.to_owned_message();
-        let key = format!("{}@{}", request.consumer_name, request.offset);
+        let key = bounded_owned(format!("{}@{}", request.consumer_name, request.offset));
         let caller = self.caller(&ctx, "ConfirmReceipt", &key).await?;
         let result = async {
             let consumer = self.store.consumers.config(&request.consumer_name)?;
@@ -188,7 +205,7 @@ impl BoundaryService for Boundary {
         }
         .await;
         let outcome = if result.is_ok() { "ok" } else { "rejected" };
-        self.metrics.confirm_requests_total.get_or_create(&labels(&[("consumer", &request.consumer_name), ("outcome", outcome)])).inc();
+        self.metrics.confirm_requests_total.get_or_create(&labels(&[("consumer", self.consumer_label(&request.consumer_name)), ("outcome", outcome)])).inc();
         if let Err(r) = &result {
             self.refused(&caller, "ConfirmReceipt", &key, r).await;
         }
@@ -217,7 +234,7 @@ impl BoundaryService for Boundary {
             },
             _ => return Err(to_connect(Rejection::invalid("missing_header", "the first PutObject message must carry the header (bucket, key)"))),
         };
-        let key = format!("{}/{}", header.bucket, header.key);
+        let key = bounded_owned(format!("{}/{}", header.bucket, header.key));
         let caller = self.caller(&ctx, "PutObject", &key).await?;
         let allowed = self.auth.check_bucket(&caller, &header.bucket, true).and_then(|()| {
             match self.auth.export_policy(&caller) {
@@ -256,7 +273,7 @@ impl BoundaryService for Boundary {
     ) -> ServiceResult<ServiceStream<GetObjectResponse>> {
         let started = Instant::now();
         let request = request.to_owned_message();
-        let key = format!("{}/{}", request.bucket, request.key);
+        let key = bounded_owned(format!("{}/{}", request.bucket, request.key));
         let caller = self.caller(&ctx, "GetObject", &key).await?;
         let result = async {
             self.auth.check_bucket(&caller, &request.bucket, false)?;

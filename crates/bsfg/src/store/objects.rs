@@ -24,6 +24,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 const REFS_BUCKET: &str = "bsfg_object_refs";
 const BLOB_PREFIX: &str = "_bsfg/blob/";
+/// The blob's object-store metadata entry that holds the media type the
+/// upload declared. On the blob, written with it, because async-nats'
+/// `update_metadata` does not write metadata (only name and description)
+/// and `add_link` writes none: the link's entry was always empty, and
+/// GetObject answered `media_type ""` whatever PutObject declared.
+const MEDIA_TYPE_METADATA: &str = "media_type";
 /// Size of each chunk message in the object store and on GetObject.
 pub const CHUNK_BYTES: usize = 128 * 1024;
 
@@ -145,7 +151,7 @@ impl Objects {
             key: key.to_string(),
             digest,
             size_bytes: blob.size as u64,
-            media_type: link.metadata.get("media_type").cloned().unwrap_or_default(),
+            media_type: blob.metadata.get(MEDIA_TYPE_METADATA).cloned().unwrap_or_default(),
             blob: blob_name,
             blob_nuid: blob.nuid,
         })
@@ -181,6 +187,7 @@ impl Objects {
     pub async fn check_put(&self, header: &PutHeader) -> Result<(), Rejection> {
         self.bucket(&header.bucket)?;
         validate::object_key(&header.key, &self.config.limits)?;
+        validate::media_type("media_type", &header.media_type)?;
         if !header.expected_digest.is_empty() {
             validate::digest("expected_digest", &header.expected_digest)?;
         }
@@ -239,6 +246,7 @@ impl Objects {
         let meta = object_store::ObjectMetadata {
             name: blob_name.clone(),
             chunk_size: Some(CHUNK_BYTES),
+            metadata: if header.media_type.is_empty() { HashMap::new() } else { HashMap::from([(MEDIA_TYPE_METADATA.to_string(), header.media_type.clone())]) },
             ..Default::default()
         };
         let put_result = store.put(meta, &mut reader).await;
@@ -284,13 +292,7 @@ impl Objects {
             return cleanup(frozen(&header.bucket, &header.key)).await;
         }
         let previous_blob = self.info(&header.bucket, &header.key).await.ok().map(|o| o.blob);
-        let mut link_meta = HashMap::new();
-        link_meta.insert("media_type".to_string(), header.media_type.clone());
         store.add_link(&header.key, &blob).await.map_err(|e| unavailable("linking the object key", e))?;
-        if !header.media_type.is_empty() {
-            let meta = object_store::UpdateMetadata { name: header.key.clone(), metadata: link_meta, ..Default::default() };
-            store.update_metadata(&header.key, meta).await.map_err(|e| unavailable("recording the media type", e))?;
-        }
         if let Some(old) = previous_blob.filter(|old| old != &blob_name) {
             let _ = store.delete(&old).await;
         }

@@ -143,7 +143,8 @@ impl ClientCertVerifier for Verifier {
     ) -> Result<ClientCertVerified, rustls::Error> {
         let result = self.current().verify_client_cert(end_entity, intermediates, now);
         if let Err(e) = &result {
-            let names = super::identity::of_certificate(end_entity).map(|i| i.names.join(",")).unwrap_or_default();
+            // Names of a certificate the node does not trust: bounded.
+            let names = bsfg_domain::bounded::bounded_owned(super::identity::of_certificate(end_entity).map(|i| i.names.join(",")).unwrap_or_default());
             tracing::warn!(error = %e, names, fingerprint = %super::identity::fingerprint(end_entity), "TLS client certificate refused");
         }
         result

@@ -129,6 +129,8 @@ async fn bad_input_is_refused_precisely_and_changes_nothing() {
         Case { name: "hyphen predicate", call: Call::Append(env_with(|_| {}), fact_with(|f| f.predicate = "step-completed".into())), code: "invalid_argument", reason: "bad_predicate" },
         Case { name: "object_json array", call: Call::Append(env_with(|_| {}), fact_with(|f| f.object_json = "[1,2]".into())), code: "invalid_argument", reason: "object_json_not_object" },
         Case { name: "object_json string", call: Call::Append(env_with(|_| {}), fact_with(|f| f.object_json = "\"s\"".into())), code: "invalid_argument", reason: "object_json_not_object" },
+        Case { name: "object_json key twice", call: Call::Append(env_with(|_| {}), fact_with(|f| f.object_json = r#"{"a":1,"a":2}"#.into())), code: "invalid_argument", reason: "bad_object_json" },
+        Case { name: "nested object_json key twice", call: Call::Append(env_with(|_| {}), fact_with(|f| f.object_json = r#"{"a":{"b":1,"c":2,"b":1}}"#.into())), code: "invalid_argument", reason: "bad_object_json" },
         Case { name: "invalid JSON", call: Call::Append(env_with(|_| {}), fact_with(|f| f.object_json = "{\"a\":".into())), code: "invalid_argument", reason: "bad_object_json" },
         Case {
             name: "oversize object_json",
@@ -140,6 +142,12 @@ async fn bad_input_is_refused_precisely_and_changes_nothing() {
         Case { name: "attachment digest mismatch", call: Call::Append(env_with(|_| {}), attach(BUCKET, "batch/B1/record.txt", &other_digest, object.len() as u64)), code: "failed_precondition", reason: "attachment_mismatch" },
         Case { name: "attachment size mismatch", call: Call::Append(env_with(|_| {}), attach(BUCKET, "batch/B1/record.txt", &digest, 1)), code: "failed_precondition", reason: "attachment_mismatch" },
         Case { name: "bad attachment digest format", call: Call::Append(env_with(|_| {}), attach(BUCKET, "batch/B1/record.txt", "md5:abc", 1)), code: "invalid_argument", reason: "bad_digest" },
+        Case {
+            name: "bad attachment media type",
+            call: Call::Append(env_with(|_| {}), fact_with(|f| f.attachments.push(AttachmentRef { bucket: BUCKET.into(), key: "batch/B1/record.txt".into(), digest: digest.clone(), size_bytes: object.len() as u64, media_type: "pdf".into(), ..Default::default() }))),
+            code: "invalid_argument",
+            reason: "bad_media_type",
+        },
         Case { name: "attachment unknown bucket", call: Call::Append(env_with(|_| {}), attach("nope", "batch/B1/record.txt", &digest, 1)), code: "failed_precondition", reason: "attachment_missing" },
         Case { name: "conflicting duplicate", call: Call::Append(None, None), code: "already_exists", reason: "conflicting_duplicate" },
         Case { name: "unknown consumer (fetch)", call: Call::Fetch("nobody"), code: "not_found", reason: "unknown_consumer" },
@@ -187,6 +195,12 @@ async fn bad_input_is_refused_precisely_and_changes_nothing() {
         }
     }
     assert!(failures.is_empty(), "{} cases failed:\n{}", failures.len(), failures.join("\n"));
+    // A repeated key is named (serde_json alone kept the last value).
+    let refused = client.append(envelope(&mid("key-twice")), fact("batch:B1", "step_completed", r#"{"a":1,"a":2}"#)).await.unwrap_err();
+    assert_eq!(
+        refused.message.as_deref(),
+        Some(r#"bad_object_json: fact.object_json has the key "a" twice; RFC 8785 requires unique member names"#)
+    );
 
     assert_eq!(zone.all_counts().await, counts_before, "no fact stored by any refused request");
     assert_eq!(zone.list_bucket(BUCKET).await, objects_before, "object store unchanged");
@@ -296,4 +310,72 @@ async fn a_node_refuses_another_zones_nats_server() {
     let message = format!("{refused:#}");
     assert!(message.contains("serves JetStream domain \"plant-c\", not this zone's \"plant-d\""), "{message}");
     drop(first);
+}
+
+/// Only configured consumer names become metric label values: refused
+/// fetches and confirms with unknown or oversize names are counted under
+/// `consumer="(unknown)"`. (80 refused calls with 1 MiB names used to add
+/// 105 MiB to the node and 84 MB to /metrics; the gate now refuses such a
+/// request as too large before it is read, so the names here stay within
+/// the 64 KiB a fetch may have.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_values_never_become_metric_labels() {
+    let zone = Zone::start(Opts::default()).await;
+    let client = zone.client();
+    client.fetch("mes", 10, 0, 0).await.unwrap();
+    let baseline = zone.metrics_text().await.len();
+    let long = "q".repeat(60 * 1024);
+    let names = [long.as_str(), "nobody-zz", "bad name zz", &long[..65]];
+    for name in names {
+        for _ in 0..5 {
+            assert!(client.fetch(name, 10, 0, 0).await.is_err());
+            assert!(client.confirm(name, 1).await.is_err());
+        }
+    }
+    let text = zone.metrics_text().await;
+    assert!(!text.contains("qqqq") && !text.contains("zz"), "a request's consumer name became a label");
+    assert!(text.len() < baseline + 4096, "/metrics grew from {baseline} to {} bytes", text.len());
+    let unknown = ["consumer=\"(unknown)\"", "outcome=\"rejected\""];
+    assert_eq!(metric_value(&text, "bsfg_fetch_requests_total", &unknown), Some(20.0), "{text}");
+    assert_eq!(metric_value(&text, "bsfg_confirm_requests_total", &unknown), Some(20.0), "{text}");
+    assert_eq!(metric_value(&text, "bsfg_fetch_requests_total", &["consumer=\"mes\"", "outcome=\"ok\""]), Some(1.0), "configured names still label");
+}
+
+/// Request values in log lines (the outcome line's key and message, the
+/// audit line) are bounded: a 200 KiB message_id or subject, a 60 KiB
+/// consumer name or object key (the most their requests may carry) makes
+/// no line longer than a few KiB. (A 1 MiB message_id used to make a 1 MiB
+/// log line.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_lines_stay_short_whatever_the_request() {
+    let zone = Zone::start(Opts { out_of_process: true, ..Opts::default() }).await;
+    let client = zone.client();
+    let long = "q".repeat(200 * 1024);
+    let name = "q".repeat(60 * 1024);
+    assert_rejected(client.append(envelope(&long), batch_fact(1)).await, "invalid_argument", "field_too_long");
+    let mut f = batch_fact(1);
+    f.subject = format!("batch:{long}");
+    assert_rejected(client.append(envelope(&mid("long-subject")), f).await, "invalid_argument", "bad_subject");
+    assert_rejected(client.fetch(&name, 10, 0, 0).await, "invalid_argument", "bad_consumer_name");
+    assert_rejected(client.confirm(&name, 1).await, "invalid_argument", "bad_consumer_name");
+    assert_rejected(put(&client, BUCKET, &name, b"x", "").await, "invalid_argument", "field_too_long");
+    assert!(get(&client, BUCKET, &name, 0).await.is_err());
+    // Beyond what a request may carry: refused before it is read.
+    let huge = "q".repeat(1024 * 1024);
+    assert_rejected(client.append(envelope(&huge), batch_fact(1)).await, "invalid_argument", "fact_too_large");
+    // A certificate of the site CA that names no principal: audited.
+    let stranger = zone.client_as("stranger.plant-a");
+    assert_rejected(stranger.append(envelope(&long), batch_fact(1)).await, "permission_denied", "unknown_identity");
+
+    let refused = zone.log_lines_with(1, &[("rpc", "AppendFact"), ("outcome", "rejected"), ("reason", "field_too_long")]).await;
+    let key = refused[0]["fields"]["key"].as_str().unwrap();
+    assert!(key.starts_with("plant-a/qqq") && key.contains(&format!("…({} bytes, sha256 ", long.len() + 8)), "{key}");
+    zone.log_lines_with(1, &[("rpc", "AppendFact"), ("outcome", "rejected"), ("reason", "bad_subject")]).await;
+    zone.log_lines_with(2, &[("outcome", "rejected"), ("reason", "bad_consumer_name")]).await;
+    zone.log_lines_with(1, &[("outcome", "rejected"), ("reason", "field_too_long"), ("rpc", "PutObject")]).await;
+    zone.log_lines_with(1, &[("decision", "refused"), ("reason", "unknown_identity")]).await;
+    zone.log_lines_with(1, &[("rpc", "GetObject"), ("outcome", "rejected")]).await;
+    let text = zone.log_text();
+    let longest = text.lines().map(str::len).max().unwrap();
+    assert!(longest < 6 * 1024, "a log line of {longest} bytes: {}", &text.lines().find(|l| l.len() == longest).unwrap()[..1024]);
 }

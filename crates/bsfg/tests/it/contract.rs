@@ -515,3 +515,39 @@ async fn objects_round_trip_resume_and_refuse_bad_uploads() {
     let (_, back) = get(&client, BUCKET, "batch/B1/record.bin", 0).await.unwrap();
     assert!(back == bytes, "referenced object unchanged");
 }
+
+/// PutObject's media type is kept with the object and GetObject returns
+/// it (it used to answer "" whatever was declared); a malformed one is
+/// refused before any byte is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_keep_their_media_type() {
+    let zone = Zone::start(Opts::default()).await;
+    let client = zone.client();
+    let put_as = |key: &'static str, media_type: &'static str, bytes: &'static [u8]| {
+        let client = client.clone();
+        async move {
+            let header = PutObjectHeader { bucket: BUCKET.into(), key: key.into(), media_type: media_type.into(), ..Default::default() };
+            client.put_object(header, futures::stream::iter(vec![bytes.to_vec()]), Duration::from_secs(60)).await
+        }
+    };
+    put_as("batch/B1/record.pdf", "application/pdf", b"%PDF-1.7").await.unwrap();
+    let (info, back) = get(&client, BUCKET, "batch/B1/record.pdf", 0).await.unwrap();
+    assert_eq!((info.media_type.as_str(), back.as_slice()), ("application/pdf", &b"%PDF-1.7"[..]));
+    // Also when read from an offset, and with parameters.
+    assert_eq!(get(&client, BUCKET, "batch/B1/record.pdf", 4).await.unwrap().0.media_type, "application/pdf");
+    put_as("batch/B1/notes.txt", "text/plain; charset=utf-8", b"notes").await.unwrap();
+    assert_eq!(get(&client, BUCKET, "batch/B1/notes.txt", 0).await.unwrap().0.media_type, "text/plain; charset=utf-8");
+    // A new version carries its own (or none).
+    put_as("batch/B1/notes.txt", "text/markdown", b"# notes").await.unwrap();
+    assert_eq!(get(&client, BUCKET, "batch/B1/notes.txt", 0).await.unwrap().0.media_type, "text/markdown");
+    put_as("batch/B1/notes.txt", "", b"notes").await.unwrap();
+    assert_eq!(get(&client, BUCKET, "batch/B1/notes.txt", 0).await.unwrap().0.media_type, "");
+
+    let before = zone.list_bucket(BUCKET).await;
+    for bad in ["pdf", "application/pdf\n", "text/plain; charset"] {
+        assert_rejected(put_as("batch/B1/bad.bin", bad, b"x").await, "invalid_argument", "bad_media_type");
+    }
+    let long: &'static str = Box::leak(format!("application/{}", "x".repeat(300)).into_boxed_str());
+    assert_rejected(put_as("batch/B1/bad.bin", long, b"x").await, "invalid_argument", "bad_media_type");
+    assert_eq!(zone.list_bucket(BUCKET).await, before, "nothing stored by a refused upload");
+}

@@ -310,16 +310,22 @@ async fn artifacts_cross_with_their_facts() {
     let site = Site::start().await;
     let bytes = pseudo_random_bytes(3 * 1024 * 1024 + 17, 7);
     let digest = sha256(&bytes);
-    put(site.app("plant-a"), BUCKET, "batch/B9/record.bin", &bytes, &digest).await.unwrap();
+    // Declared on upload only (the fact's reference leaves it empty): it
+    // must still reach every zone with the object.
+    let header = PutObjectHeader { bucket: BUCKET.into(), key: "batch/B9/record.bin".into(), media_type: "application/pdf".into(), expected_digest: digest.clone(), ..Default::default() };
+    let chunks: Vec<Vec<u8>> = bytes.chunks(64 * 1024).map(<[u8]>::to_vec).collect();
+    site.app("plant-a").put_object(header, futures::stream::iter(chunks), Duration::from_secs(60)).await.unwrap();
     let mut f = fact("batch:PlantA/B9", "has_artifact", r#"{"kind":"record"}"#);
     f.attachments.push(AttachmentRef { bucket: BUCKET.into(), key: "batch/B9/record.bin".into(), digest: digest.clone(), size_bytes: bytes.len() as u64, ..Default::default() });
     site.append("plant-a", "enterprise", "pa-art", f).await;
     site.wait_for("enterprise", &["pa-art".into()], Duration::from_secs(30)).await;
     let (info, got) = get(site.app("enterprise"), BUCKET, "batch/B9/record.bin", 0).await.unwrap();
     assert_eq!(info.digest, digest);
+    assert_eq!(info.media_type, "application/pdf", "the media type declared at the origin");
     assert!(got == bytes, "artifact byte-identical at enterprise");
-    let (_, relay) = get(site.app("idmz"), BUCKET, "batch/B9/record.bin", 0).await.unwrap();
+    let (relay_info, relay) = get(site.app("idmz"), BUCKET, "batch/B9/record.bin", 0).await.unwrap();
     assert!(relay == bytes, "and at the relay");
+    assert_eq!(relay_info.media_type, "application/pdf");
 }
 
 /// The README's main job, end to end (four zones with embedded

@@ -181,7 +181,7 @@ impl NatsProc {
 /// filter are written. Why: dropping a node aborts its tasks, and the last
 /// of them lets go of the index a moment later on a worker thread (under
 /// load, later than a fixed pause; seen as a missing saved filter in CI).
-async fn wait_until_key_index_closed(path: &Path) {
+pub async fn wait_until_key_index_closed(path: &Path) {
     use std::os::fd::AsRawFd as _;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

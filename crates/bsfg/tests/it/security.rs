@@ -379,3 +379,57 @@ async fn certificates_reload_without_restart_and_expiry_is_a_metric() {
     let failures = metric_value(&zone.metrics_text().await, "bsfg_tls_reload_failures", &[]);
     assert!(failures.is_some(), "reload failure counter exported");
 }
+
+/// The key index (it holds the secret hash key), its saved filter and the
+/// embedded nats-server's config, log and store directory are the node's
+/// alone: files 0600, directories 0700, also where an earlier version left
+/// them world-readable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_files_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::path::Path;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).permissions().mode() & 0o777;
+    let set_mode = |p: &Path, mode: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    let filter_of = |index: &Path| index.with_extension("kix.filter");
+
+    // A node on an external nats-server: its key index and saved filter.
+    let mut zone = Zone::start(Opts::default()).await;
+    let index = zone.config.key_index_path();
+    assert_eq!(mode(&index), 0o600, "key index file");
+    zone.stop_node().await;
+    assert_eq!(mode(&filter_of(&index)), 0o600, "saved key filter");
+    // As an earlier version left them: the next start tightens the index.
+    set_mode(&index, 0o644);
+    set_mode(&filter_of(&index), 0o644);
+    zone.restart_node(false).await;
+    assert_eq!(mode(&index), 0o600, "existing key index file");
+    zone.stop_node().await;
+    assert_eq!(mode(&filter_of(&index)), 0o600, "saved key filter, saved again");
+
+    // A node with its own nats-server: a store directory, config and log
+    // left world-readable, and a key index directory that does not exist.
+    let root = zone.dir().join("embedded");
+    let store_dir = root.join("jetstream");
+    std::fs::create_dir_all(&store_dir).unwrap();
+    set_mode(&store_dir, 0o755);
+    for file in ["nats-server.conf", "nats-server.log"] {
+        std::fs::write(store_dir.join(file), "").unwrap();
+        set_mode(&store_dir.join(file), 0o644);
+    }
+    let mut config = zone.config.clone();
+    config.nats.url = None;
+    config.nats.store_dir = store_dir.clone();
+    let index = root.join("index/keys.kix");
+    config.commit.key_index_path = Some(index.clone());
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.ops_listen = "127.0.0.1:0".parse().unwrap();
+    let node = bsfg::node::start(config).await.expect("a node with an embedded nats-server starts");
+    assert_eq!(mode(&store_dir), 0o700, "nats store directory");
+    assert_eq!(mode(&store_dir.join("nats-server.conf")), 0o600, "nats-server config");
+    assert_eq!(mode(&store_dir.join("nats-server.log")), 0o600, "nats-server log");
+    assert_eq!(mode(index.parent().unwrap()), 0o700, "key index directory");
+    assert_eq!(mode(&index), 0o600, "key index file");
+    drop(node);
+    wait_until_key_index_closed(&index).await;
+    assert_eq!(mode(&filter_of(&index)), 0o600, "saved key filter");
+}

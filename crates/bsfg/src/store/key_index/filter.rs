@@ -70,7 +70,10 @@ impl KeyFilter {
     /// magic, hash key, seq, length, the bits, a CRC-32 of all before it.
     /// Streamed, so saving costs no second copy of the filter in memory.
     pub fn save(&self, path: &Path, hash_key: &[u8; 16], seq: u64) -> std::io::Result<()> {
-        let mut out = std::io::BufWriter::with_capacity(1 << 16, std::fs::File::create(path)?);
+        // Owner-only, like the index it is bound to.
+        let file = crate::owner_only::open_options().write(true).create(true).truncate(true).open(path)?;
+        crate::owner_only::restrict(&file)?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, file);
         let mut crc = crc32fast::Hasher::new();
         let mut put = |bytes: &[u8]| -> std::io::Result<()> {
             crc.update(bytes);

@@ -189,10 +189,14 @@ impl KeyIndex {
             categories.len() <= CATEGORIES_MAX && categories.iter().all(|c| c.len() <= CATEGORY_NAME_BYTES_MAX),
             "the key index holds at most {CATEGORIES_MAX} categories with names of at most {CATEGORY_NAME_BYTES_MAX} bytes"
         );
+        // Owner-only: the file holds the secret hash key. A directory that
+        // exists already keeps its mode (by default it is the parent of the
+        // nats store directory, which may be shared).
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
+            crate::owner_only::create_dir_all(dir)?;
         }
-        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        let file = crate::owner_only::open_options().read(true).write(true).create(true).truncate(false).open(path)?;
+        crate::owner_only::restrict(&file)?;
         lock_exclusively(&file, path)?;
         let found = read_header(&file)?;
         let filter_path = saved_filter_path(path);
