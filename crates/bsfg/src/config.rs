@@ -191,8 +191,16 @@ pub struct PrincipalConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct NatsConfig {
     /// An external nats-server for this zone. When absent the node starts and
-    /// supervises its own (the embedded default).
+    /// supervises its own (the embedded default), loopback only, with a
+    /// password generated at each start.
     pub url: Option<String>,
+    /// How the node logs in to an external server: a user and a file
+    /// holding its password (keep it owner-only), or a NATS credentials
+    /// file (`.creds`, JWT and nkey seed). Neither: no login (then anyone
+    /// who reaches the server can read and write the zone's store).
+    pub user: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub creds_file: Option<PathBuf>,
     /// Store directory of the embedded nats-server.
     pub store_dir: PathBuf,
     /// Client port of the embedded nats-server (0 picks a free one).
@@ -218,6 +226,9 @@ impl Default for NatsConfig {
     fn default() -> Self {
         Self {
             url: None,
+            user: None,
+            password_file: None,
+            creds_file: None,
             store_dir: PathBuf::from("data/jetstream"),
             port: 0,
             server_bin: None,

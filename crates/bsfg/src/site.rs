@@ -175,6 +175,7 @@ pub fn reference_zone_config(zone: &str, at: &ZonePlacement<'_>, peer_url: &dyn 
             server_bin: None,
             request_timeout: Duration::from_secs(5),
             sync_interval: "always".into(),
+            ..Default::default()
         },
         limits: Default::default(),
         fetch: Default::default(),

@@ -100,7 +100,11 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningNode> {
     };
     let url = config.nats.url.clone().or_else(|| embedded.as_ref().map(|e| e.url.clone())).expect("one of the two");
     let metrics = Arc::new(Metrics::new());
-    let store = Arc::new(open_store_with_retry(&url, config.clone(), metrics.clone()).await?);
+    let login = match &embedded {
+        Some(e) => crate::store::Login::UserPassword { user: e.auth.user.clone(), password: e.auth.password.clone() },
+        None => crate::store::Login::from_config(&config.nats)?,
+    };
+    let store = Arc::new(open_store_with_retry(&url, &login, config.clone(), metrics.clone()).await?);
 
     let retention = tokio::spawn(crate::store::retention::run(
         store.client.clone(),
@@ -195,11 +199,11 @@ fn storage_refused(config: &ZoneConfig) -> String {
     )
 }
 
-async fn open_store_with_retry(url: &str, config: Arc<ZoneConfig>, metrics: Arc<Metrics>) -> anyhow::Result<Store> {
+async fn open_store_with_retry(url: &str, login: &crate::store::Login, config: Arc<ZoneConfig>, metrics: Arc<Metrics>) -> anyhow::Result<Store> {
     let deadline = tokio::time::Instant::now() + STORE_READY_TIMEOUT;
     let mut delay = Duration::from_millis(50);
     loop {
-        match tokio::time::timeout(Duration::from_secs(10), Store::open(url, config.clone(), metrics.clone())).await {
+        match tokio::time::timeout(Duration::from_secs(10), Store::open(url, login, config.clone(), metrics.clone())).await {
             Ok(Ok(store)) => return Ok(store),
             // Retrying cannot help: the configured capacity does not fit.
             Ok(Err(e)) if format!("{e:#}").contains("10047") => return Err(e.context(storage_refused(&config))),

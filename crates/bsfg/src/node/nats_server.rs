@@ -44,7 +44,31 @@ impl RestartBackoff {
 
 pub struct EmbeddedNats {
     pub url: String,
+    /// The credentials generated for this run (see [`ServerAuth`]).
+    pub auth: ServerAuth,
     supervisor: tokio::task::JoinHandle<()>,
+}
+
+/// The one user of an embedded server: generated at each start, written
+/// only to the server's owner-only config file, known only to the node.
+/// Why: without it, any local process could read the zone's store and
+/// write into it (a forged record once wedged every fetch of a link).
+#[derive(Clone)]
+pub struct ServerAuth {
+    pub user: String,
+    pub password: String,
+}
+
+impl ServerAuth {
+    pub fn generate() -> Self {
+        Self { user: "bsfg".into(), password: hex::encode(rand::random::<[u8; 32]>()) }
+    }
+}
+
+impl std::fmt::Debug for ServerAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerAuth").field("user", &self.user).field("password", &"<redacted>").finish()
+    }
 }
 
 impl Drop for EmbeddedNats {
@@ -116,10 +140,18 @@ pub fn write_server_config(path: &Path, zone: &str, port: u16, store_dir: &Path)
 /// (e.g. `1s`) syncs periodically: faster, but a power cut (not a process
 /// crash) can lose up to that much acknowledged data.
 pub fn write_server_config_with_sync(path: &Path, zone: &str, port: u16, store_dir: &Path, sync_interval: &str) -> anyhow::Result<()> {
-    let text = format!(
+    write_config(path, zone, port, store_dir, sync_interval, None)
+}
+
+/// The configuration text; with `auth`, clients must log in as its user.
+fn write_config(path: &Path, zone: &str, port: u16, store_dir: &Path, sync_interval: &str, auth: Option<&ServerAuth>) -> anyhow::Result<()> {
+    let mut text = format!(
         "server_name: \"bsfg-{zone}\"\nlisten: \"127.0.0.1:{port}\"\nmax_payload: 8MB\njetstream {{\n  domain: \"{zone}\"\n  store_dir: \"{}\"\n  sync_interval: {sync_interval}\n}}\n",
         store_dir.display()
     );
+    if let Some(auth) = auth {
+        text.push_str(&format!("authorization {{\n  user: \"{}\"\n  password: \"{}\"\n}}\n", auth.user, auth.password));
+    }
     crate::owner_only::write(path, text.as_bytes())?;
     Ok(())
 }
@@ -151,7 +183,8 @@ pub async fn start(config: &ZoneConfig) -> anyhow::Result<EmbeddedNats> {
     let port = if config.nats.port == 0 { free_port()? } else { config.nats.port };
     let config_path = store_dir.join("nats-server.conf");
     let log_path = store_dir.join("nats-server.log");
-    write_server_config_with_sync(&config_path, &config.zone, port, &store_dir, &config.nats.sync_interval)?;
+    let auth = ServerAuth::generate();
+    write_config(&config_path, &config.zone, port, &store_dir, &config.nats.sync_interval, Some(&auth))?;
     let mut child = spawn(&binary, &config_path, &log_path)?;
     tracing::info!(binary = %binary.display(), port, store_dir = %store_dir.display(), "started embedded nats-server");
     let supervisor = tokio::spawn(async move {
@@ -170,7 +203,7 @@ pub async fn start(config: &ZoneConfig) -> anyhow::Result<EmbeddedNats> {
             }
         }
     });
-    Ok(EmbeddedNats { url: format!("nats://127.0.0.1:{port}"), supervisor })
+    Ok(EmbeddedNats { url: format!("nats://127.0.0.1:{port}"), auth, supervisor })
 }
 
 #[cfg(test)]

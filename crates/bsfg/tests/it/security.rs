@@ -433,3 +433,37 @@ async fn private_files_are_owner_only() {
     wait_until_key_index_closed(&index).await;
     assert_eq!(mode(&filter_of(&index)), 0o600, "saved key filter");
 }
+
+/// The embedded nats-server admits only its own node: a local process
+/// without the generated password can neither read nor write the zone's
+/// store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_nats_server_admits_only_its_node() {
+    let zone = Zone::start(Opts::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = bsfg::node::nats_server::free_port().unwrap();
+    let mut config = zone.config.clone();
+    config.zone = "plant-e".into();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.ops_listen = "127.0.0.1:0".parse().unwrap();
+    config.nats = bsfg::config::NatsConfig { url: None, port, store_dir: dir.path().join("jetstream"), ..Default::default() };
+    config.commit.key_index_path = Some(dir.path().join("plant-e.kix"));
+    let node = bsfg::node::start(config).await.expect("the node starts its own server");
+
+    let url = format!("nats://127.0.0.1:{port}");
+    let anonymous = async_nats::ConnectOptions::new().connect(&url).await;
+    assert!(anonymous.is_err(), "a client without credentials is refused");
+    let guessed = async_nats::ConnectOptions::with_user_and_password("bsfg".into(), "guess".into()).connect(&url).await;
+    assert!(guessed.is_err(), "a wrong password is refused");
+    let conf = std::fs::read_to_string(dir.path().join("jetstream/nats-server.conf")).unwrap();
+    assert!(conf.contains("authorization") && conf.contains("listen: \"127.0.0.1:"), "{conf}");
+
+    // The node itself works through it.
+    let client = bsfg::client::BsfgClient::connect_tls(&format!("https://{}", node.boundary_addr), zone.tls_config()).unwrap();
+    let mut e = envelope(&mid("through-auth"));
+    e.from_zone = "plant-e".into();
+    e.to_zone = "plant-e".into();
+    let appended = client.append(e, batch_fact(1)).await;
+    assert!(appended.is_ok(), "{appended:?}");
+    drop(node);
+}
