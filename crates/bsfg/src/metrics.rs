@@ -50,6 +50,9 @@ pub struct Metrics {
     pub tls_handshake_refusals_total: Family<Labels, Counter>,
     pub connections_refused_total: Counter,
     pub connections_open: Gauge,
+    pub audit_records_dropped_total: Counter,
+    pub audit_records_pending: Gauge,
+    pub audit_refusals_summarized_total: Counter,
 }
 
 impl Metrics {
@@ -96,6 +99,9 @@ impl Metrics {
             tls_handshake_refusals_total: Family::default(),
             connections_refused_total: Counter::default(),
             connections_open: Gauge::default(),
+            audit_records_dropped_total: Counter::default(),
+            audit_records_pending: Gauge::default(),
+            audit_refusals_summarized_total: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("bsfg_append_requests", "AppendFact requests by outcome", m.append_requests_total.clone());
@@ -192,6 +198,17 @@ impl Metrics {
         registry.register("bsfg_tls_handshake_refusals", "TLS handshakes the boundary port refused, by reason", m.tls_handshake_refusals_total.clone());
         registry.register("bsfg_connections_refused", "Connections closed at accept because the node had [boundary] connections_max open", m.connections_refused_total.clone());
         registry.register("bsfg_connections_open", "Open connections on the boundary port", m.connections_open.clone());
+        registry.register(
+            "bsfg_audit_records_dropped",
+            "Audit records that could not be kept (retry buffer full, or refused for good); each is logged with its content",
+            m.audit_records_dropped_total.clone(),
+        );
+        registry.register("bsfg_audit_records_pending", "Audit records waiting to be appended again after a failed append", m.audit_records_pending.clone());
+        registry.register(
+            "bsfg_audit_refusals_summarized",
+            "Refusals past an identity's rate of individual audit records, counted into its next summary record",
+            m.audit_refusals_summarized_total.clone(),
+        );
         Self { registry, ..m }
     }
 

@@ -136,7 +136,8 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningNode> {
     if let Some(tls) = &tls {
         tasks.push(tokio::spawn(crate::tls::server::watch(tls.clone(), metrics.clone(), config.tls.reload_interval)));
     }
-    let audit = Arc::new(audit::Audit::new(&config.zone, store.facts.clone()));
+    let (audit, audit_tasks) = audit::Audit::start(&config.zone, store.facts.clone(), metrics.clone());
+    tasks.extend(audit_tasks);
     let peer_tls = match config.tls.mode {
         TlsMode::Mtls => Some(crate::replicator::PeerTls {
             ca: config.tls.ca.clone().expect("config checked"),

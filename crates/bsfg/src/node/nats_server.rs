@@ -175,6 +175,46 @@ fn spawn(binary: &Path, config_path: &Path, log_path: &Path) -> anyhow::Result<C
     Ok(command.spawn()?)
 }
 
+/// How long a starting nats-server may take to say it is ready.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Waits until the server logs that it is ready. A server that exits first
+/// (its port taken by another zone's server, a bad store) stops the node's
+/// start with the end of its log, instead of the node quietly using
+/// whatever else answers on that port.
+async fn wait_started(child: &mut Child, log_path: &Path, log_from: u64, port: u16) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    loop {
+        let log = read_log_from(log_path, log_from);
+        if log.contains("Server is ready") {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            let tail: Vec<&str> = log.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
+            anyhow::bail!(
+                "the embedded nats-server exited at start ({status}) on port {port}; its log {} ends: {}",
+                log_path.display(),
+                tail.join(" | ")
+            );
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("the embedded nats-server did not become ready within {START_TIMEOUT:?}; see {}", log_path.display());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn read_log_from(path: &Path, from: u64) -> String {
+    use std::io::{Read as _, Seek as _};
+    let mut text = String::new();
+    if let Ok(mut file) = std::fs::File::open(path)
+        && file.seek(std::io::SeekFrom::Start(from)).is_ok()
+    {
+        let _ = file.take(1 << 20).read_to_string(&mut text);
+    }
+    text
+}
+
 pub async fn start(config: &ZoneConfig) -> anyhow::Result<EmbeddedNats> {
     let binary = find_binary(config.nats.server_bin.as_deref())?;
     let store_dir = std::path::absolute(&config.nats.store_dir)?;
@@ -185,7 +225,9 @@ pub async fn start(config: &ZoneConfig) -> anyhow::Result<EmbeddedNats> {
     let log_path = store_dir.join("nats-server.log");
     let auth = ServerAuth::generate();
     write_config(&config_path, &config.zone, port, &store_dir, &config.nats.sync_interval, Some(&auth))?;
+    let log_from = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
     let mut child = spawn(&binary, &config_path, &log_path)?;
+    wait_started(&mut child, &log_path, log_from, port).await?;
     tracing::info!(binary = %binary.display(), port, store_dir = %store_dir.display(), "started embedded nats-server");
     let supervisor = tokio::spawn(async move {
         let mut backoff = RestartBackoff::new();

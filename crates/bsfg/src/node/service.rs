@@ -23,6 +23,9 @@ use futures::StreamExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The subject kind of audit records: written by the node only.
+pub const AUDIT_KIND: &str = "audit";
+
 pub struct Boundary {
     pub config: Arc<ZoneConfig>,
     pub store: Arc<Store>,
@@ -39,6 +42,13 @@ impl Boundary {
         let fact = request.fact.into_option().ok_or_else(|| Rejection::invalid("missing_field", "fact is required"))?;
         validate::envelope(&envelope, &self.config.limits)?;
         let valid = validate::fact(fact, &self.config.limits)?;
+        if valid.subject_kind == AUDIT_KIND {
+            return Err(Rejection::new(
+                Code::PermissionDenied,
+                "kind_reserved",
+                format!("subject kind {AUDIT_KIND:?} is reserved for this node's own audit records; use another kind"),
+            ));
+        }
         self.auth.check_from_zone(caller, &envelope.from_zone)?;
         let category = &self.config.category_for_kind(&valid.subject_kind).name;
         let crossing = Crossing {

@@ -33,10 +33,10 @@ async fn append_is_idempotent_and_conflicts_are_refused() {
     different.object_json = r#"{"step":"drying"}"#.into();
     assert_rejected(client.append(env.clone(), different).await, "already_exists", "conflicting_duplicate");
     // Same key, kind routed to another category: still a conflict, nothing stored.
-    let audit = fact("audit:PlantA/x1", "step_completed", r#"{"a":1}"#);
+    let audit = fact("document:PlantA/x1", "step_completed", r#"{"a":1}"#);
     assert_rejected(client.append(env.clone(), audit).await, "already_exists", "conflicting_duplicate");
     assert_eq!(zone.message_count("operational").await, 1);
-    assert_eq!(zone.message_count("audit").await, 0);
+    assert_eq!(zone.message_count("documents").await, 0);
 
     // A different message_id is a new fact.
     let second = client.append(envelope(&mid("idem")), f.clone()).await.unwrap();
@@ -89,7 +89,7 @@ async fn concurrent_appends_of_one_key_across_categories_store_one_fact() {
     for round in 0..8 {
         let env = envelope(&mid("cross"));
         let operational = batch_fact(round);
-        let audit = fact("audit:PlantA/x1", "step_completed", r#"{"a":1}"#);
+        let audit = fact("document:PlantA/x1", "step_completed", r#"{"a":1}"#);
         let tasks: Vec<_> = (0..32)
             .map(|i| {
                 let (client, env) = (client.clone(), env.clone());
@@ -113,7 +113,7 @@ async fn concurrent_appends_of_one_key_across_categories_store_one_fact() {
         assert_eq!(originals.len(), 1, "round {round}: exactly one original: {originals:?}");
         assert_eq!(kinds_accepted.len(), 1, "round {round}: only the stored content is answered as a duplicate");
     }
-    let stored = zone.message_count("operational").await + zone.message_count("audit").await;
+    let stored = zone.message_count("operational").await + zone.message_count("documents").await;
     assert_eq!(stored, 8, "one fact per key across both categories");
 }
 
@@ -132,11 +132,11 @@ async fn a_key_stored_in_one_category_is_refused_in_another_after_restart() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let client = zone.client();
-    client.append(envelope(&mid("filter-new")), fact("audit:PlantA/x1", "step_completed", r#"{"a":1}"#)).await.unwrap();
+    client.append(envelope(&mid("filter-new")), fact("document:PlantA/x1", "step_completed", r#"{"a":1}"#)).await.unwrap();
 
-    let refused = client.append(env.clone(), fact("audit:PlantA/x2", "step_completed", r#"{"a":2}"#)).await;
+    let refused = client.append(env.clone(), fact("document:PlantA/x2", "step_completed", r#"{"a":2}"#)).await;
     assert_rejected(refused, "already_exists", "conflicting_duplicate");
-    assert_eq!(zone.message_count("audit").await, 1, "the key stored in operational is not stored again in audit");
+    assert_eq!(zone.message_count("documents").await, 1, "the key stored in operational is not stored again in documents");
     let again = client.append(env, batch_fact(1)).await.unwrap();
     assert!(again.duplicate && again.offset == first.offset, "{again:?}");
     // The index writer's cost is visible: the fact appended after the
@@ -253,8 +253,8 @@ async fn fetch_is_ordered_and_bounded_and_confirm_rules_hold() {
     let offsets: Vec<u64> = got.iter().map(|f| f.offset).collect();
     assert!(offsets.contains(&batch.offset) && !offsets.contains(&asset.offset), "{offsets:?}");
     assert_rejected(client.confirm("batches", asset.offset).await, "invalid_argument", "not_delivered_to_consumer");
-    // An offset of another category's log (audit offset 1 was never delivered to auditor).
-    client.append(envelope(&mid("ord")), fact("audit:x1", "signed", r#"{"by":"qa"}"#)).await.unwrap();
+    // An offset the auditor was never delivered.
+    client.append(envelope(&mid("ord")), fact("document:x1", "signed", r#"{"by":"qa"}"#)).await.unwrap();
     assert_rejected(client.confirm("auditor", 1).await, "failed_precondition", "not_delivered");
 }
 

@@ -339,7 +339,13 @@ async fn the_main_job_site_demo_completes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fact_that_could_never_cross_is_refused_at_append() {
-    let site = Site::start().await;
+    // plant-a keeps a `documents` category that no link carries.
+    fn documents(zone: &str, config: &mut ZoneConfig) {
+        if zone == "plant-a" {
+            config.categories.push(category("documents", &["document"], false));
+        }
+    }
+    let site = Site::start_with(SiteOpts { tweak: Some(documents), ..Default::default() }).await;
     let app = site.app("plant-a");
     let to = |zone: &str, id: &str| {
         let mut e = envelope(&mid(id));
@@ -349,11 +355,11 @@ async fn a_fact_that_could_never_cross_is_refused_at_append() {
     };
     let typo = app.append(to("enterprize", "typo"), batch_fact(1)).await;
     assert_rejected(typo, "invalid_argument", "no_route_to_zone");
-    let audit_kind = fact("audit:plant-a/x", "access_refused", r#"{"k":1}"#);
-    let not_carried = app.append(to("enterprise", "audit-kind"), audit_kind.clone()).await;
+    let document = fact("document:SOP-7", "revised", r#"{"rev":2}"#);
+    let not_carried = app.append(to("enterprise", "document"), document.clone()).await;
     assert_rejected(not_carried, "failed_precondition", "category_not_routed");
     // The same kind stays in its own zone; routed zones two hops away are fine.
-    app.append(to("plant-a", "audit-local"), audit_kind).await.unwrap();
+    app.append(to("plant-a", "document-local"), document).await.unwrap();
     app.append(to("plant-b", "two-hops"), batch_fact(2)).await.unwrap();
     app.append(to("enterprise", "two-hops"), batch_fact(3)).await.unwrap();
 }

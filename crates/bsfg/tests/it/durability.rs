@@ -174,9 +174,9 @@ async fn idempotent_after_the_key_index_file_is_lost() {
     zone.restart_node(false).await;
     retry_all_and_verify(&zone, &sent).await;
     let (e, _, offset) = &sent[0];
-    let refused = zone.client().append(e.clone(), fact("audit:PlantA/lost", "step_completed", r#"{"a":1}"#)).await;
+    let refused = zone.client().append(e.clone(), fact("document:PlantA/lost", "step_completed", r#"{"a":1}"#)).await;
     assert_rejected(refused, "already_exists", "conflicting_duplicate");
-    assert_eq!(zone.message_count("audit").await, 0, "nothing stored in the other category");
+    assert_eq!(zone.message_count("documents").await, 0, "nothing stored in the other category");
     let text = zone.metrics_text().await;
     let read_in = read_in_facts(&text);
     assert_eq!(read_in, sent.len() as f64, "the rebuild read every stored fact in ({offset} was the first)");

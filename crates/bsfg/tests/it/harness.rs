@@ -233,11 +233,12 @@ pub use bsfg::site::category;
 pub use bsfg::site::consumer;
 
 impl Default for Opts {
-    /// Categories `operational` (default) and `audit` (kind `audit`);
+    /// Categories `operational` (default), `audit` (kind `audit`, written
+    /// by the node only) and `documents` (kind `document`);
     /// consumer `mes` on operational, `auditor` on audit; bucket `records`.
     fn default() -> Self {
         Opts {
-            categories: vec![category("operational", &[], true), category("audit", &["audit"], false)],
+            categories: vec![category("operational", &[], true), category("audit", &["audit"], false), category("documents", &["document"], false)],
             consumers: vec![consumer("mes", "operational"), consumer("auditor", "audit")],
             buckets: vec![BucketConfig { name: BUCKET.into(), capacity_bytes: 256 * 1024 * 1024 }],
             retention_interval: Duration::from_secs(5),

@@ -467,3 +467,68 @@ async fn the_embedded_nats_server_admits_only_its_node() {
     assert!(appended.is_ok(), "{appended:?}");
     drop(node);
 }
+
+/// Only the node writes audit records: a caller's fact of the audit kind
+/// is refused, so the trail cannot be forged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_records_cannot_be_forged() {
+    let zone = Zone::start(Opts::default()).await;
+    let forged = fact("audit:plant-a/mes", "access_refused", r#"{"decision":"refused"}"#);
+    assert_rejected(zone.client().append(envelope(&mid("forged")), forged).await, "permission_denied", "kind_reserved");
+    assert_eq!(zone.message_count("audit").await, 1, "only the node's record of the refusal");
+}
+
+/// A flood of refusals from one certificate gets a burst of records and
+/// then one summary that counts the rest: the trail is neither filled nor
+/// silenced, and another caller's refusal is still recorded on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_refusals_is_summarized_not_stored_one_by_one() {
+    let zone = Zone::start(Opts::default()).await;
+    let flood = 1400;
+    let stranger = zone.client_as("stranger.plant-a");
+    let calls = (0..flood).map(|i| {
+        let stranger = stranger.clone();
+        async move { stranger.append(envelope(&format!("flood-{i}")), batch_fact(1)).await }
+    });
+    for r in futures::future::join_all(calls).await {
+        assert_rejected(r, "permission_denied", "unknown_identity");
+    }
+    let other = zone.client_as("intruder.plant-a");
+    assert_rejected(other.append(envelope(&mid("other")), batch_fact(1)).await, "permission_denied", "unknown_identity");
+
+    let audit_client = zone.client();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut records = Vec::new();
+    let summarized = loop {
+        records.extend(audit_client.fetch("auditor", 1000, 0, 500).await.unwrap().facts);
+        let summary = records.iter().find(|f| f.fact.predicate == "refusals_summarized").cloned();
+        if let Some(summary) = summary {
+            break summary;
+        }
+        assert!(Instant::now() < deadline, "no summary record within 20 s; {} records", records.len());
+    };
+    let individual = records.iter().filter(|f| f.fact.predicate == "access_refused").count();
+    assert!(individual <= 2 * bsfg::node::audit::limiter::BURST_RECORDS as usize, "{individual} individual records for {flood} refusals");
+    assert!(records.iter().any(|f| f.fact.object_json.contains("intruder.plant-a")), "the other caller's refusal is recorded");
+    let counted: u64 = summarized.fact.object_json.split("further refusals").next().unwrap().rsplit('"').next().unwrap().trim().parse().unwrap_or(0);
+    assert!(counted >= flood as u64 - 2 * bsfg::node::audit::limiter::BURST_RECORDS as u64, "{}", summarized.fact.object_json);
+    let text = zone.metrics_text().await;
+    assert_eq!(metric_value(&text, "bsfg_audit_records_dropped_total", &[]), Some(0.0));
+}
+
+/// An audit record whose append fails while the store stalls is retried,
+/// not lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_record_survives_a_store_stall() {
+    let zone = Zone::start(Opts::default()).await;
+    let stranger = zone.client_as("stranger.plant-a");
+    zone.nats.signal("STOP");
+    let refused = tokio::spawn(async move { stranger.append(envelope(&mid("during-stall")), batch_fact(1)).await });
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    zone.nats.signal("CONT");
+    assert_rejected(refused.await.unwrap(), "permission_denied", "unknown_identity");
+    let audit = fetch_all(&zone.client(), "auditor", 1).await;
+    assert!(audit.iter().any(|f| f.fact.object_json.contains("stranger.plant-a")), "{audit:?}");
+    let text = zone.metrics_text().await;
+    assert_eq!(metric_value(&text, "bsfg_audit_records_dropped_total", &[]), Some(0.0));
+}
