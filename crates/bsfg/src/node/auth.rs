@@ -28,6 +28,12 @@ pub struct Unidentified {
     pub rejection: Rejection,
 }
 
+/// Who a connection's certificate names, worked out once per connection
+/// (a certificate is fixed for the life of a TLS connection) and handed to
+/// every request on it, instead of parsing the certificate per request.
+#[derive(Debug)]
+pub struct Identified(pub Result<Caller, Unidentified>);
+
 pub struct Auth {
     zone: String,
     buckets: Vec<String>,
@@ -66,9 +72,13 @@ impl Auth {
         Self { zone: config.zone.clone(), buckets, mode: config.tls.mode, by_identity, dev }
     }
 
-    /// Identifies the caller from the TLS client certificate.
+    /// Identifies the caller of a request: as its connection was
+    /// identified (see [`Identified`]), else from its certificate.
     pub fn caller(&self, ctx: &RequestContext) -> Result<Caller, Unidentified> {
-        self.identify(ctx.peer_certs())
+        match ctx.extensions().get::<Arc<Identified>>() {
+            Some(identified) => identified.0.clone(),
+            None => self.identify(ctx.peer_certs()),
+        }
     }
 
     /// Identifies a caller from its verified certificate chain (leaf

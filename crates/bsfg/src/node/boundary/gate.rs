@@ -14,7 +14,8 @@ use super::body::{BodyBounds, BodyFault, FaultCell, GuardedBody};
 use super::routes::{Route, Routes};
 use crate::metrics::{Metrics, labels};
 use crate::node::audit::{Audit, AuditEvent};
-use crate::node::auth::{Auth, Unidentified};
+use crate::node::auth::{Auth, Identified, Unidentified};
+use connectrpc::server::PeerCerts;
 use crate::node::errors::to_connect;
 use bsfg_domain::{Code, Rejection};
 use connectrpc::{ConnectRpcBody, ConnectRpcService, Router};
@@ -62,8 +63,11 @@ impl Gate {
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         let route = self.routes.find(request.uri().path());
-        let chain = request.extensions().get::<connectrpc::server::PeerCerts>().map(|c| &c.0[..]);
-        if let Err(unidentified) = self.auth.identify(chain) {
+        let identified = match request.extensions().get::<Arc<Identified>>() {
+            Some(identified) => identified.0.clone(),
+            None => self.auth.identify(request.extensions().get::<PeerCerts>().map(|c| &c.0[..])),
+        };
+        if let Err(unidentified) = identified {
             return self.unidentified(route, unidentified, request.headers()).await;
         }
         let (declared, compressed) = body_shape(request.headers());
@@ -86,6 +90,11 @@ impl Gate {
             Some(fault) => self.refuse(route, body_rejection(route, *fault), &headers),
             None => response,
         }
+    }
+
+    /// Identifies a connection's caller once, for all its requests.
+    pub fn identify(&self, chain: Option<&PeerCerts>) -> Arc<Identified> {
+        Arc::new(Identified(self.auth.identify(chain.map(|c| &c.0[..]))))
     }
 
     /// Waits (at most a body timeout) for `cost_bytes` of the budget.

@@ -113,10 +113,12 @@ impl Connection {
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let activity = Arc::new(Activity::new());
+        let identified = self.gate.identify(chain.as_ref());
         let service = {
             let (gate, activity, peer) = (self.gate.clone(), activity.clone(), self.peer);
             hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
                 request.extensions_mut().insert(PeerAddr(peer));
+                request.extensions_mut().insert(identified.clone());
                 if let Some(chain) = &chain {
                     request.extensions_mut().insert(PeerCerts(chain.0.clone()));
                 }
