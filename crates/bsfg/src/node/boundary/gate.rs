@@ -76,7 +76,12 @@ impl Gate {
             Ok(permit) => permit,
             Err(rejection) => return self.refuse(route, rejection, request.headers()),
         };
-        let headers = request.headers().clone();
+        // What answering in the caller's protocol needs (its content type),
+        // kept in case the body fails a bound after the request moved on.
+        let mut headers = HeaderMap::new();
+        if let Some(content_type) = request.headers().get(http::header::CONTENT_TYPE) {
+            headers.insert(http::header::CONTENT_TYPE, content_type.clone());
+        }
         let fault = FaultCell::default();
         let wire_declared = if compressed { None } else { declared };
         let bounds = BodyBounds {

@@ -346,7 +346,7 @@ impl Consumers {
         let mut backlog = 0;
         for message in messages {
             let (Ok(info), Some(reply)) = (message.info(), message.reply.clone()) else {
-                unreachable!("take_in read the delivery info of every message it took in");
+                unreachable!("take_in checked the delivery info and reply of every message it took in");
             };
             let offset = info.stream_sequence;
             backlog = info.pending;

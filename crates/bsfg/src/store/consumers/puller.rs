@@ -102,10 +102,14 @@ impl Puller {
     }
 
     /// Checks that each delivery follows the last one taken in, in order,
-    /// and takes them in (invariant 2).
+    /// and carries its delivery info and acknowledgement subject, and takes
+    /// them in (invariant 2).
     fn take_in(&mut self, messages: Vec<JsMessage>) -> Result<Vec<JsMessage>, PullError> {
         for message in &messages {
             let info = message.info().map_err(|e| unavailable("reading delivery info", e))?;
+            if message.reply.is_none() {
+                return Err(unavailable("reading delivery info", "a delivery without its acknowledgement subject").into());
+            }
             let expected = self.taken_in + 1;
             if info.consumer_sequence != expected {
                 self.suspect = true;
