@@ -50,6 +50,17 @@ impl Boundary {
         };
         self.auth.check_import(caller, &crossing)?;
         self.config.check_route(&envelope.to_zone, category)?;
+        // Referencing an object needs read access to its bucket, checked
+        // before the object store is consulted: otherwise the answer
+        // (attachment_missing / attachment_mismatch) would disclose whether
+        // it exists, its digest and size, and the reference would freeze it.
+        // An unconfigured bucket holds nothing: attachment_missing, as before.
+        for (i, a) in valid.fact.attachments.iter().enumerate() {
+            self.auth.check_bucket(caller, &a.bucket, false).map_err(|r| match r.code {
+                Code::NotFound => Rejection::new(Code::FailedPrecondition, "attachment_missing", format!("attachments[{i}]: {}", r.message)),
+                _ => Rejection { message: format!("attachments[{i}]: {}", r.message), ..r },
+            })?;
+        }
         let appended = self.store.facts.append(envelope, valid, None).await?;
         Ok(AppendFactResponse { offset: appended.offset, duplicate: appended.duplicate, category: appended.category, ..Default::default() })
     }

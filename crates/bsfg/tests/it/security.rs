@@ -284,6 +284,53 @@ async fn export_policy_withholds_denied_kinds_and_the_link_moves_past_them() {
     assert_eq!(fetch_all(&mes, "mes", 4).await.len(), 4);
 }
 
+/// Referencing an object in a fact needs read access to its bucket: a
+/// principal without it learns nothing about the object (existence, digest,
+/// size) and cannot freeze it against its owner's overwrite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attachments_need_read_access_to_their_bucket() {
+    let zone = security_zone().await;
+    let mes = zone.client();
+    let qa = zone.client_as("qa.plant-a");
+    let qa_fp = fingerprint(&zone.pki, "qa.plant-a");
+    let bytes = b"batch record B9, owned by mes".to_vec();
+    let stored = put(&mes, BUCKET, "batch/B9/record.bin", &bytes, "").await.unwrap();
+    let reference = |key: &str, digest: &str, size_bytes: u64| {
+        let mut f = batch_fact(9);
+        f.attachments.push(AttachmentRef {
+            bucket: BUCKET.into(),
+            key: key.into(),
+            digest: digest.into(),
+            size_bytes,
+            media_type: "application/octet-stream".into(),
+            ..Default::default()
+        });
+        f
+    };
+    let operational = zone.message_count("operational").await;
+    let wrong = sha256(b"a guess");
+    let mut messages = vec![];
+    for (key, digest, size) in [
+        ("batch/B9/record.bin", stored.digest.as_str(), bytes.len() as u64),
+        ("batch/B9/record.bin", wrong.as_str(), 1),
+        ("batch/B9/absent.bin", wrong.as_str(), 1),
+    ] {
+        let r = qa.append(envelope(&mid("qa-ref")), reference(key, digest, size)).await;
+        let message = r.as_ref().err().and_then(|e| e.message.clone()).unwrap_or_default();
+        assert_rejected(r, "permission_denied", "bucket_not_allowed");
+        assert!(!message.contains(&stored.digest) && !message.contains(&bytes.len().to_string()), "{message}");
+        expect_audit(&mes, "qa", &qa_fp, "bucket_not_allowed", "refused").await;
+        messages.push(message);
+    }
+    assert!(messages.iter().all(|m| *m == messages[0]), "identical refusals whether the object exists or matches: {messages:?}");
+    assert_eq!(zone.message_count("operational").await, operational, "nothing appended");
+
+    // Not frozen: the owner can still replace it, and reference it itself.
+    let replacement = put(&mes, BUCKET, "batch/B9/record.bin", b"corrected record", "").await.unwrap();
+    mes.append(envelope(&mid("mes-ref")), reference("batch/B9/record.bin", &replacement.digest, replacement.size_bytes)).await.unwrap();
+    assert_rejected(put(&mes, BUCKET, "batch/B9/record.bin", b"again", "").await, "failed_precondition", "object_immutable");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buf_curl_over_mtls_with_a_valid_certificate_succeeds() {
     let zone = security_zone().await;
