@@ -133,7 +133,7 @@ impl Boundary {
 /// audit records. Key and message are cut again at `MESSAGE_BYTES_MAX` (a
 /// guard that leaves a bounded key as it is): a line never carries a
 /// request's full size.
-fn log_outcome<T>(rpc: &'static str, key: &str, started: Instant, result: &Result<T, Rejection>) {
+pub(crate) fn log_outcome<T>(rpc: &'static str, key: &str, started: Instant, result: &Result<T, Rejection>) {
     let elapsed_us = started.elapsed().as_micros() as u64;
     let bounded_key = bounded_to(key, MESSAGE_BYTES_MAX);
     let key: &str = &bounded_key;
