@@ -55,6 +55,7 @@ impl Operations {
                     facts_refused: s.facts_refused,
                     objects_pulled: s.objects_pulled,
                     last_error: s.last_error,
+                    backlog_age_seconds: s.backlog_reported_at.map(|t| t.elapsed().as_secs_f64()).unwrap_or(-1.0),
                     ..Default::default()
                 }
             })
