@@ -332,10 +332,12 @@ pub fn render_status(s: &bsfg_proto::bsfg::v1::GetStatusResponse) -> String {
         let _ = writeln!(out, "  {:<14} {:<15} {:>10} {:>9} {:>9} {:>12} {:>10} {:>8}", "link (pull)", "mode", "frontier", "backlog", "lag s", "confirmed s", "replicated", "refused");
         for l in &s.links {
             let age = if l.last_confirm_age_seconds < 0.0 { "never".to_string() } else { format!("{:.1}", l.last_confirm_age_seconds) };
+            // Cut off, the backlog is the last one the peer reported: at least that.
+            let backlog = if l.mode == "autonomous" { format!(">={}", l.backlog) } else { l.backlog.to_string() };
             let _ = writeln!(
                 out,
                 "  {:<14} {:<15} {:>10} {:>9} {:>9.3} {:>12} {:>10} {:>8}",
-                l.peer, l.mode, l.remote_frontier, l.backlog, l.lag_seconds, age, l.facts_replicated, l.facts_refused
+                l.peer, l.mode, l.remote_frontier, backlog, l.lag_seconds, age, l.facts_replicated, l.facts_refused
             );
         }
     }

@@ -179,6 +179,12 @@ pub struct PrincipalConfig {
     pub buckets_read: Vec<String>,
     #[serde(default)]
     pub buckets_write: Vec<String>,
+    /// The zone's operator (OperationsService): sees every link and
+    /// consumer in GetStatus (others see only the consumers they are
+    /// granted, and no links) and may replay any consumer with
+    /// ResetConsumer (nobody else may). Apps only; default false.
+    #[serde(default)]
+    pub operator: bool,
     /// For a peer: what this zone serves to it.
     #[serde(default)]
     pub export: bsfg_domain::policy::FactPolicy,
@@ -552,6 +558,9 @@ impl ZoneConfig {
             if p.kind == PrincipalKind::Peer && p.zone.is_none() {
                 bail!("peer principal {} needs zone", p.name);
             }
+            if p.kind == PrincipalKind::Peer && p.operator {
+                bail!("peer principal {} cannot be an operator: operator = true is for this zone's own people and tools (kind = \"app\")", p.name);
+            }
             for c in &p.consumers {
                 if !self.consumers.iter().any(|k| &k.name == c) {
                     bail!("principal {} names unknown consumer {c}", p.name);
@@ -658,6 +667,8 @@ mod tests {
         assert_eq!(config.zone, "plant-a");
         assert_eq!(config.commit.batches_in_flight_max, 2);
         assert!(!config.fetch.compress);
+        let operators: Vec<&str> = config.principals.iter().filter(|p| p.operator).map(|p| p.name.as_str()).collect();
+        assert_eq!(operators, ["operator"], "operator = true is read; it defaults to false");
     }
 
     /// Every field of a section has a default: naming one is enough.

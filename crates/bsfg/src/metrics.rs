@@ -174,7 +174,7 @@ impl Metrics {
         registry.register("bsfg_tls_reload_failures", "Changed TLS files that could not be loaded (the previous set stays live)", m.tls_reload_failures_total.clone());
         registry.register("bsfg_access_refusals", "Requests refused by authorization, by reason", m.access_refusals_total.clone());
         registry.register("bsfg_crossing_refusals", "Facts withheld or refused by the crossing policy, by peer and direction", m.crossing_refusals_total.clone());
-        registry.register("bsfg_replication_lag_seconds", "Source append to local append of the newest replicated fact, per link", m.replication_lag_seconds.clone());
+        registry.register("bsfg_replication_lag_seconds", "Age of the oldest fact of the peer that may not be here yet, per link; keeps growing while the link is cut (README, Lag)", m.replication_lag_seconds.clone());
         registry.register("bsfg_replication_lag_high_watermark", "Highest replication lag seen, per link (seconds)", m.replication_lag_high_watermark.clone());
         registry.register("bsfg_link_mode", "1 for the current mode of each link (normal, autonomous, reconciliation)", m.link_mode.clone());
         registry.register("bsfg_link_last_confirm_age_seconds", "Seconds since the link last confirmed to its peer", m.last_confirm_age_seconds.clone());

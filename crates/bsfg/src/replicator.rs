@@ -33,6 +33,7 @@ use bsfg_proto::bsfg::v1::{AttachmentRef, FetchFactsRequest};
 use buffa::MessageView as _;
 use buffa::view::OwnedView;
 use futures::StreamExt as _;
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -66,8 +67,12 @@ pub struct LinkStatus {
     pub mode: LinkMode,
     /// The peer-side frontier of our consumer, as last confirmed.
     pub remote_frontier: u64,
-    /// Facts waiting at the peer after the last fetch.
+    /// Facts waiting at the peer after the last fetch. While the link is
+    /// cut this is the last known value (it can only have grown since).
     pub backlog: u64,
+    /// When the peer last reported `backlog` (None: never).
+    pub backlog_reported_at: Option<Instant>,
+    /// See [`Freshness::lag_ms`]: keeps growing while the link is cut.
     pub lag_seconds: f64,
     pub lag_seconds_high_watermark: f64,
     pub last_confirm_at: Option<Instant>,
@@ -83,6 +88,53 @@ pub struct Link {
     /// The peer's server certificate (mTLS only), for the audit record.
     presented: Option<Arc<crate::tls::client::PresentedCertificate>>,
     status: Mutex<LinkStatus>,
+    freshness: Mutex<Freshness>,
+}
+
+/// How long past its `wait_ms` a long-poll may stay unanswered before the
+/// link no longer counts as caught up (round trip, a busy peer).
+const POLL_GRACE_MS: i64 = 2_000;
+
+/// What a link knows of how far this zone is behind its peer; times are
+/// unix ms (a fact's time is the peer's append time, from its hop).
+struct Freshness {
+    /// Per batch fetched and not yet through the appender, oldest first:
+    /// the time of its first fact (of its answer if it carries none).
+    in_pipeline: VecDeque<i64>,
+    /// When the last answer arrived (the link's start before any).
+    answered_ms: i64,
+    /// Whether the last answer left nothing waiting at the peer (backlog 0).
+    drained: bool,
+    /// The time of the newest fact fetched.
+    newest_fetched_ms: Option<i64>,
+    /// A fetch sent after a drained answer and not answered yet: when.
+    polling_since_ms: Option<i64>,
+}
+
+impl Freshness {
+    /// The replication lag at `now`: the age of the oldest fact of the peer
+    /// that may not be here yet, from what this node knows.
+    /// * batches fetched but not yet appended: the age of the first fact of
+    ///   the oldest (everything before it is here);
+    /// * else, if the last answer still left facts at the peer: the age of
+    ///   the newest fact fetched (those left are younger: an upper bound);
+    /// * else the link was caught up when that answer arrived: 0 while the
+    ///   long-poll sent since is answered in time (the peer answers at once
+    ///   when a fact arrives), otherwise, e.g. while the link is cut, the
+    ///   time since that answer: it keeps growing until the peer is heard
+    ///   from again. Before any answer, the time since the link started.
+    fn lag_ms(&self, now: i64, wait_ms: i64) -> i64 {
+        let since = if let Some(first) = self.in_pipeline.front() {
+            *first
+        } else if !self.drained {
+            self.newest_fetched_ms.unwrap_or(self.answered_ms)
+        } else if self.polling_since_ms.is_some_and(|p| now - p <= wait_ms + POLL_GRACE_MS) {
+            now
+        } else {
+            self.answered_ms
+        };
+        (now - since).max(0)
+    }
 }
 
 impl Link {
@@ -100,8 +152,24 @@ impl Link {
         }
     }
 
+    /// The link's status, its lag computed now.
     pub fn status(&self) -> LinkStatus {
+        self.refresh_lag(None);
         self.status.lock().unwrap().clone()
+    }
+
+    /// Recomputes the lag (and its high watermark) from what the link knows
+    /// now; with `metrics`, publishes both.
+    fn refresh_lag(&self, metrics: Option<&Metrics>) {
+        let lag = self.freshness.lock().unwrap().lag_ms(crate::store::now_unix_ms(), i64::from(self.config.wait_ms)) as f64 / 1000.0;
+        let mut s = self.status.lock().unwrap();
+        s.lag_seconds = lag;
+        s.lag_seconds_high_watermark = s.lag_seconds_high_watermark.max(lag);
+        if let Some(metrics) = metrics {
+            let l = labels(&[("link", &self.config.peer)]);
+            metrics.replication_lag_seconds.get_or_create(&l).set(lag);
+            metrics.replication_lag_high_watermark.get_or_create(&l).set(s.lag_seconds_high_watermark);
+        }
     }
 
     fn set_mode(&self, mode: LinkMode, metrics: &Metrics) {
@@ -177,6 +245,7 @@ pub fn start(
                 mode: LinkMode::Autonomous,
                 remote_frontier: 0,
                 backlog: 0,
+                backlog_reported_at: None,
                 lag_seconds: 0.0,
                 lag_seconds_high_watermark: 0.0,
                 last_confirm_at: None,
@@ -184,6 +253,13 @@ pub fn start(
                 facts_refused: 0,
                 objects_pulled: 0,
                 last_error: "not connected yet".into(),
+            }),
+            freshness: Mutex::new(Freshness {
+                in_pipeline: VecDeque::new(),
+                answered_ms: crate::store::now_unix_ms(),
+                drained: true,
+                newest_fetched_ms: None,
+                polling_since_ms: None,
             }),
         });
         let (batches_tx, batches_rx) = tokio::sync::mpsc::channel(upstream.pipeline_depth);
@@ -238,11 +314,31 @@ async fn fetcher(link: Arc<Link>, client: BsfgClient, cx: Arc<Context>, batches:
             restart_from_frontier,
             ..Default::default()
         };
-        match client.fetch_view(request).await {
+        {
+            let mut f = link.freshness.lock().unwrap();
+            if f.drained {
+                f.polling_since_ms = Some(crate::store::now_unix_ms());
+            }
+        }
+        let fetched = client.fetch_view(request).await;
+        link.freshness.lock().unwrap().polling_since_ms = None;
+        match fetched {
             Ok(batch) => {
                 restart_from_frontier = false;
                 backoff.reset();
                 let answer = batch.reborrow();
+                let caught_up = answer.last_delivered_offset <= answer.frontier && answer.facts.is_empty();
+                {
+                    let now = crate::store::now_unix_ms();
+                    let times: Vec<i64> = answer.facts.iter().filter_map(|f| f.provenance.as_option().and_then(|p| p.hops.last()).map(|h| h.appended_at_unix_ms)).collect();
+                    let mut f = link.freshness.lock().unwrap();
+                    f.answered_ms = now;
+                    f.drained = answer.backlog == 0;
+                    f.newest_fetched_ms = times.iter().copied().max().or(f.newest_fetched_ms);
+                    if !caught_up {
+                        f.in_pipeline.push_back(times.first().copied().unwrap_or(now));
+                    }
+                }
                 let mode = if answer.backlog > u64::from(c.batch_limit) {
                     LinkMode::Reconciliation
                 } else {
@@ -252,11 +348,11 @@ async fn fetcher(link: Arc<Link>, client: BsfgClient, cx: Arc<Context>, batches:
                 {
                     let mut s = link.status.lock().unwrap();
                     s.backlog = answer.backlog;
+                    s.backlog_reported_at = Some(Instant::now());
                     s.last_error.clear();
                 }
-                if answer.last_delivered_offset <= answer.frontier && answer.facts.is_empty() {
-                    link.status.lock().unwrap().lag_seconds = 0.0;
-                    cx.metrics.replication_lag_seconds.get_or_create(&labels(&[("link", &c.peer)])).set(0.0);
+                link.refresh_lag(Some(&cx.metrics));
+                if caught_up {
                     continue;
                 }
                 if batches.send(batch).await.is_err() {
@@ -268,6 +364,7 @@ async fn fetcher(link: Arc<Link>, client: BsfgClient, cx: Arc<Context>, batches:
                 link.set_mode(LinkMode::Autonomous, &cx.metrics);
                 link.status.lock().unwrap().last_error = format!("{}: {}", e.code.as_str(), e.message.clone().unwrap_or_default());
                 tracing::debug!(link = %c.peer, error = ?e, "fetch failed; backing off");
+                link.refresh_lag(Some(&cx.metrics));
                 backoff.wait().await;
             }
         }
@@ -374,7 +471,9 @@ async fn appender(
         if !accepted.is_empty() {
             record_accepted(&link, &cx, &accepted, batch).await;
         }
-        update_lag(&link, &cx, batch);
+        // This batch is through: the pipeline's oldest.
+        link.freshness.lock().unwrap().in_pipeline.pop_front();
+        link.refresh_lag(Some(&cx.metrics));
         // Everything up to last_delivered_offset is durable here (or was
         // refused and audited): confirm it, cumulatively. The confirm runs
         // beside the next batch's append, not before it, so a round trip to
@@ -700,30 +799,15 @@ fn key_chunks(ids: &[String], bytes_max: usize) -> Vec<(String, usize)> {
     chunks
 }
 
-fn update_lag(link: &Link, cx: &Context, batch: &FetchFactsResponseView<'_>) {
-    let now = crate::store::now_unix_ms();
-    let newest_source_ms = batch
-        .facts
-        .iter()
-        .filter_map(|f| f.provenance.as_option().and_then(|p| p.hops.last()).map(|h| h.appended_at_unix_ms))
-        .max()
-        .unwrap_or(now);
-    let lag = ((now - newest_source_ms).max(0) as f64) / 1000.0;
-    let mut s = link.status.lock().unwrap();
-    s.lag_seconds = lag;
-    s.lag_seconds_high_watermark = s.lag_seconds_high_watermark.max(lag);
-    let l = labels(&[("link", &link.config.peer)]);
-    cx.metrics.replication_lag_seconds.get_or_create(&l).set(lag);
-    cx.metrics.replication_lag_high_watermark.get_or_create(&l).set(s.lag_seconds_high_watermark);
-}
-
 /// Publishes per-link age of the last confirmation (a link is healthy only
-/// if confirmations keep coming).
+/// if confirmations keep coming) and the lag, every second: the lag keeps
+/// growing while a link is cut, when no fetch or append updates it.
 pub async fn publish_confirm_age(replicator: Arc<Replicator>, metrics: Arc<Metrics>) {
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     loop {
         ticker.tick().await;
         for link in &replicator.links {
+            link.refresh_lag(Some(&metrics));
             let age = link.status().last_confirm_at.map(|t| t.elapsed().as_secs_f64()).unwrap_or(f64::INFINITY);
             metrics.last_confirm_age_seconds.get_or_create(&labels(&[("link", &link.config.peer)])).set(age);
         }
@@ -732,7 +816,28 @@ pub async fn publish_confirm_age(replicator: Arc<Replicator>, metrics: Arc<Metri
 
 #[cfg(test)]
 mod tests {
-    use super::key_chunks;
+    use super::{Freshness, key_chunks};
+
+    #[test]
+    fn lag_is_the_age_of_the_oldest_fact_that_may_be_missing() {
+        let mut f = Freshness { in_pipeline: Default::default(), answered_ms: 10_000, drained: true, newest_fetched_ms: None, polling_since_ms: Some(10_000) };
+        // Caught up and polling: 0 while the poll is in time (wait 1 s + grace).
+        assert_eq!(f.lag_ms(12_900, 1_000), 0);
+        // An overdue poll, or none (the link is cut): since the last answer.
+        assert_eq!(f.lag_ms(13_500, 1_000), 3_500);
+        f.polling_since_ms = None;
+        assert_eq!(f.lag_ms(30_000, 1_000), 20_000);
+        // A batch in the pipeline: the age of its first fact.
+        f.in_pipeline.push_back(29_000);
+        assert_eq!(f.lag_ms(30_000, 1_000), 1_000);
+        // Appended, but the answer left facts at the peer: the newest fetched.
+        f.in_pipeline.clear();
+        f.drained = false;
+        f.newest_fetched_ms = Some(29_500);
+        assert_eq!(f.lag_ms(30_000, 1_000), 500);
+        // Never negative (clocks of two nodes).
+        assert_eq!(f.lag_ms(29_000, 1_000), 0);
+    }
 
     #[test]
     fn audited_keys_are_chunked_in_order_within_the_bound() {

@@ -89,6 +89,7 @@ fn peer(zone: &str, origins: Vec<String>) -> PrincipalConfig {
         consumers: vec![format!("to-{zone}")],
         buckets_read: vec![BUCKET.into()],
         buckets_write: vec![],
+        operator: false,
         export: Default::default(),
         import: Default::default(),
     }
@@ -122,7 +123,7 @@ pub struct ZonePlacement<'a> {
 /// in front of it).
 ///
 /// Principals: `app` (certificate `app.<zone>`, consumer `local`, bucket
-/// `records`) and one peer principal per neighbour (certificate
+/// `records`; also the zone's operator, for `bsfg status` and replays) and one peer principal per neighbour (certificate
 /// `<peer>-bsfg`, consumer `to-<peer>`, the origins routed through it).
 /// Routes: the plants and enterprise reach every other zone through `idmz`.
 pub fn reference_zone_config(zone: &str, at: &ZonePlacement<'_>, peer_url: &dyn Fn(&str) -> String) -> ZoneConfig {
@@ -135,6 +136,7 @@ pub fn reference_zone_config(zone: &str, at: &ZonePlacement<'_>, peer_url: &dyn 
         consumers: vec!["local".into()],
         buckets_read: vec![BUCKET.into()],
         buckets_write: vec![BUCKET.into()],
+        operator: true,
         export: Default::default(),
         import: Default::default(),
     }];

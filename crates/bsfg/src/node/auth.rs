@@ -65,6 +65,7 @@ impl Auth {
             consumers: config.consumers.iter().map(|c| c.name.clone()).collect(),
             buckets_read: config.buckets.iter().map(|b| b.name.clone()).collect(),
             buckets_write: config.buckets.iter().map(|b| b.name.clone()).collect(),
+            operator: true,
             export: FactPolicy::default(),
             import: FactPolicy::default(),
         });
@@ -146,6 +147,17 @@ impl Auth {
             return Err(denied("category_not_exported", format!("category {category} is not exported to peer {}", p.name)));
         }
         Ok(())
+    }
+
+    /// May `caller` do an operator's act (`what`) on this zone?
+    pub fn check_operator(&self, caller: &Caller, what: &str) -> Result<(), Rejection> {
+        if caller.principal.operator {
+            return Ok(());
+        }
+        Err(denied(
+            "operator_required",
+            format!("principal {} is not an operator of zone {}; {what} needs operator = true in its [[principals]] entry", caller.principal.name, self.zone),
+        ))
     }
 
     /// A malformed or unconfigured bucket is reported as such (bucket names

@@ -160,7 +160,9 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningNode> {
     let operations = Arc::new(operations::Operations {
         config: config.clone(),
         store: store.clone(),
+        metrics: metrics.clone(),
         auth: auth::Auth::new(&config),
+        audit: audit_for_gate.clone(),
         replicator: replicator.clone(),
     });
     let routes = boundary::routes::Routes::new(&config);

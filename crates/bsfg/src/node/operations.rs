@@ -1,30 +1,44 @@
 //! OperationsService: link and consumer status, and consumer replay. Same
-//! port, same mutual TLS and principals as the boundary; a principal may
-//! read status, and may reset only a consumer it is allowed to use.
+//! port, same mutual TLS and principals as the boundary. An operator
+//! (`operator = true`) sees every link and consumer and may replay any
+//! consumer; any other principal sees only the consumers it is granted (no
+//! links) and may replay none. Every refusal is audited and logged; those
+//! of authorization are counted in `bsfg_access_refusals`.
 
 use crate::config::{StartPosition, ZoneConfig};
-use crate::node::auth::Auth;
+use crate::metrics::{Metrics, labels};
+use crate::node::audit::{Audit, AuditEvent};
+use crate::node::auth::{Auth, Caller};
 use crate::node::errors::to_connect;
+use crate::node::service::log_outcome;
 use crate::replicator::Replicator;
 use crate::store::Store;
-use bsfg_domain::Rejection;
+use bsfg_domain::bounded::bounded_owned;
+use bsfg_domain::{Code, Rejection};
 use bsfg_proto::bsfg::v1::*;
 use connectrpc::{RequestContext, Response, ServiceRequest, ServiceResult};
 use std::sync::Arc;
+use std::time::Instant;
 
 pub struct Operations {
     pub config: Arc<ZoneConfig>,
     pub store: Arc<Store>,
+    pub metrics: Arc<Metrics>,
     pub auth: Auth,
+    pub audit: Arc<Audit>,
     pub replicator: Arc<Replicator>,
 }
 
 impl Operations {
-    pub async fn status(&self) -> GetStatusResponse {
+    /// The zone's status as `caller` may see it: everything for an
+    /// operator; for anyone else the consumers it is granted, no links.
+    pub async fn status(&self, caller: &Caller) -> GetStatusResponse {
+        let operator = caller.principal.operator;
         let links = self
             .replicator
             .links
             .iter()
+            .filter(|_| operator)
             .map(|l| {
                 let s = l.status();
                 LinkStatus {
@@ -41,6 +55,7 @@ impl Operations {
                     facts_refused: s.facts_refused,
                     objects_pulled: s.objects_pulled,
                     last_error: s.last_error,
+                    backlog_age_seconds: s.backlog_reported_at.map(|t| t.elapsed().as_secs_f64()).unwrap_or(-1.0),
                     ..Default::default()
                 }
             })
@@ -51,6 +66,7 @@ impl Operations {
             .status()
             .await
             .into_iter()
+            .filter(|c| operator || caller.principal.consumers.contains(&c.name))
             .map(|c| ConsumerStatus {
                 name: c.name,
                 category: c.category,
@@ -70,34 +86,77 @@ impl Operations {
         categories.sort_by(|a, b| a.name.cmp(&b.name));
         GetStatusResponse { zone: self.config.zone.clone(), links, consumers, categories, ..Default::default() }
     }
+
+    /// Records a refusal of an identified caller: audited (every refusal
+    /// of an operations call: a refused replay is worth a trail; not the
+    /// node's own failures), counted in `bsfg_access_refusals` when it is
+    /// an authorization refusal.
+    async fn refused(&self, caller: &Caller, rpc: &'static str, key: &str, r: &Rejection) {
+        if matches!(r.code, Code::Unavailable | Code::Internal | Code::DataLoss | Code::DeadlineExceeded) {
+            return;
+        }
+        if r.code == Code::PermissionDenied {
+            self.metrics.access_refusals_total.get_or_create(&labels(&[("reason", r.reason)])).inc();
+        }
+        self.audit
+            .record(AuditEvent {
+                principal: caller.principal.name.clone(),
+                identity: caller.identity.clone(),
+                fingerprint: caller.fingerprint.clone(),
+                rpc,
+                subject_key: key.to_string(),
+                decision: "refused",
+                reason: r.reason.to_string(),
+                detail: r.message.clone(),
+            })
+            .await;
+    }
+
+    /// ResetConsumer after identification: the operator right, then the
+    /// consumer, the position and the reset.
+    async fn reset(&self, caller: &Caller, request: &ResetConsumerRequest) -> Result<u64, Rejection> {
+        self.auth.check_operator(caller, "replaying a consumer (ResetConsumer)")?;
+        let consumer = self.store.consumers.config(&request.consumer_name)?;
+        let start = match request.position {
+            Some(reset_consumer_request::Position::Offset(o)) => StartPosition::Offset(o),
+            Some(reset_consumer_request::Position::TimeUnixMs(ms)) => {
+                let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+                    .map_err(|e| Rejection::invalid("bad_time", e.to_string()))?;
+                StartPosition::Time(t.format(&time::format_description::well_known::Rfc3339).map_err(|e| Rejection::invalid("bad_time", e.to_string()))?)
+            }
+            None => return Err(Rejection::invalid("missing_field", "offset or time_unix_ms is required")),
+        };
+        tracing::warn!(principal = %caller.principal.name, consumer = %consumer.name, ?start, "consumer reset requested");
+        self.store.consumers.reset(&consumer.name, start).await
+    }
 }
 
 #[allow(refining_impl_trait)]
 impl OperationsService for Operations {
     async fn get_status(&self, ctx: RequestContext, _request: ServiceRequest<'_, GetStatusRequest>) -> ServiceResult<GetStatusResponse> {
-        self.auth.caller(&ctx).map_err(|u| to_connect(u.rejection))?;
-        Ok(Response::new(self.status().await))
+        let started = Instant::now();
+        // The gate has already refused (and audited) an unknown identity.
+        let caller = self.auth.caller(&ctx).map_err(|u| to_connect(u.rejection))?;
+        let status = self.status(&caller).await;
+        log_outcome("GetStatus", &caller.principal.name, started, &Ok::<(), Rejection>(()));
+        Ok(Response::new(status))
     }
 
     async fn reset_consumer(&self, ctx: RequestContext, request: ServiceRequest<'_, ResetConsumerRequest>) -> ServiceResult<ResetConsumerResponse> {
+        let started = Instant::now();
         let caller = self.auth.caller(&ctx).map_err(|u| to_connect(u.rejection))?;
         let request = request.to_owned_message();
-        let result = async {
-            let consumer = self.store.consumers.config(&request.consumer_name)?;
-            self.auth.check_consumer(&caller, &consumer.name, &consumer.category)?;
-            let start = match request.position {
-                Some(reset_consumer_request::Position::Offset(o)) => StartPosition::Offset(o),
-                Some(reset_consumer_request::Position::TimeUnixMs(ms)) => {
-                    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-                        .map_err(|e| Rejection::invalid("bad_time", e.to_string()))?;
-                    StartPosition::Time(t.format(&time::format_description::well_known::Rfc3339).map_err(|e| Rejection::invalid("bad_time", e.to_string()))?)
-                }
-                None => return Err(Rejection::invalid("missing_field", "offset or time_unix_ms is required")),
-            };
-            tracing::warn!(principal = %caller.principal.name, consumer = %request.consumer_name, ?start, "consumer reset requested");
-            self.store.consumers.reset(&request.consumer_name, start).await
+        let position = match request.position {
+            Some(reset_consumer_request::Position::Offset(o)) => format!("offset {o}"),
+            Some(reset_consumer_request::Position::TimeUnixMs(ms)) => format!("time_unix_ms {ms}"),
+            None => "no position".into(),
+        };
+        let key = bounded_owned(format!("{} {position}", request.consumer_name));
+        let result = self.reset(&caller, &request).await;
+        if let Err(r) = &result {
+            self.refused(&caller, "ResetConsumer", &key, r).await;
         }
-        .await;
+        log_outcome("ResetConsumer", &key, started, &result);
         result.map(|frontier| Response::new(ResetConsumerResponse { frontier, ..Default::default() })).map_err(to_connect)
     }
 }

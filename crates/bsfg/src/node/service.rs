@@ -60,6 +60,17 @@ impl Boundary {
         };
         self.auth.check_import(caller, &crossing)?;
         self.config.check_route(&envelope.to_zone, category)?;
+        // Referencing an object needs read access to its bucket, checked
+        // before the object store is consulted: otherwise the answer
+        // (attachment_missing / attachment_mismatch) would disclose whether
+        // it exists, its digest and size, and the reference would freeze it.
+        // An unconfigured bucket holds nothing: attachment_missing, as before.
+        for (i, a) in valid.fact.attachments.iter().enumerate() {
+            self.auth.check_bucket(caller, &a.bucket, false).map_err(|r| match r.code {
+                Code::NotFound => Rejection::new(Code::FailedPrecondition, "attachment_missing", format!("attachments[{i}]: {}", r.message)),
+                _ => Rejection { message: format!("attachments[{i}]: {}", r.message), ..r },
+            })?;
+        }
         let appended = self.store.facts.append(envelope, valid, None).await?;
         Ok(AppendFactResponse { offset: appended.offset, duplicate: appended.duplicate, category: appended.category, ..Default::default() })
     }
@@ -132,7 +143,7 @@ impl Boundary {
 /// audit records. Key and message are cut again at `MESSAGE_BYTES_MAX` (a
 /// guard that leaves a bounded key as it is): a line never carries a
 /// request's full size.
-fn log_outcome<T>(rpc: &'static str, key: &str, started: Instant, result: &Result<T, Rejection>) {
+pub(crate) fn log_outcome<T>(rpc: &'static str, key: &str, started: Instant, result: &Result<T, Rejection>) {
     let elapsed_us = started.elapsed().as_micros() as u64;
     let bounded_key = bounded_to(key, MESSAGE_BYTES_MAX);
     let key: &str = &bounded_key;

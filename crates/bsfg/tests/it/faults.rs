@@ -435,6 +435,64 @@ async fn artifact_pull_resumes_after_a_cut_mid_object() {
     assert!(resent <= window, "re-sent after reconnect at most one chunk window: {resent} B > {window} B");
 }
 
+/// A link's lag keeps growing while the link is cut, in `bsfg status` and
+/// in `bsfg_replication_lag_seconds` (it used to stay at its last value: a
+/// sampled 2.5 s while facts were 19.9 s behind), the backlog is marked as
+/// last known, and the lag returns to about 0 once the link has caught up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_keeps_growing_while_a_link_is_cut() {
+    let site = Site::start_with(SiteOpts { proxies: true, ..Default::default() }).await;
+    let idmz = site.app("idmz");
+    let ops = site.zones["idmz"].ops_addr;
+    let link = |s: GetStatusResponse| s.links.into_iter().find(|l| l.peer == "plant-a").unwrap();
+    let gauge = || async move {
+        let (_, body) = http_raw(ops, "GET", "/metrics", "text/plain", b"").await.unwrap();
+        metric_value(&String::from_utf8(body).unwrap(), "bsfg_replication_lag_seconds", &["link=\"plant-a\""]).unwrap()
+    };
+    let caught_up = |what: &'static str| async move {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let l = link(idmz.status().await.unwrap());
+            let g = gauge().await;
+            if l.mode == "normal" && l.lag_seconds < 1.0 && g < 1.0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}: lag {} s in status, {g} s in the gauge; {l:?}", l.lag_seconds);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    site.append("plant-a", "enterprise", "lag-0", batch_fact(0)).await;
+    site.wait_for("idmz", &["lag-0".into()], Duration::from_secs(30)).await;
+    caught_up("before the cut").await;
+
+    // Cut idmz ⇄ plant-a for about 5 s while plant-a keeps appending.
+    site.proxy("idmz", "plant-a").cut();
+    let cut_at = Instant::now();
+    let mut ids = vec![];
+    while cut_at.elapsed() < Duration::from_millis(4500) {
+        let id = format!("lag-{}", ids.len() + 1);
+        site.append("plant-a", "enterprise", &id, batch_fact(ids.len() + 1)).await;
+        ids.push(id);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let during = link(idmz.status().await.unwrap());
+    let g = gauge().await;
+    eprintln!("after {:.1} s of cut: lag {:.2} s in status, {g:.2} s in the gauge; {during:?}", cut_at.elapsed().as_secs_f64(), during.lag_seconds);
+    assert_eq!(during.mode, "autonomous");
+    assert!(during.lag_seconds > 3.0, "status lag grows during the cut: {during:?}");
+    assert!(during.lag_seconds_high_watermark >= during.lag_seconds, "{during:?}");
+    assert!(during.backlog_age_seconds > 3.0, "the backlog is the last known one: {during:?}");
+    assert!(g > 3.0, "the gauge grows during the cut: {g}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    site.proxy("idmz", "plant-a").restore();
+
+    site.wait_for("idmz", &ids, Duration::from_secs(30)).await;
+    caught_up("after the restore").await;
+    let after = link(idmz.status().await.unwrap());
+    assert!(after.lag_seconds_high_watermark > 3.0, "the high watermark keeps the cut: {after:?}");
+    assert!((0.0..1.0).contains(&after.backlog_age_seconds), "{after:?}");
+}
+
 fn replay_consumers(zone: &str, config: &mut ZoneConfig) {
     // The app principal may reset the consumer exported to the next hop.
     let exported = match zone {

@@ -85,7 +85,7 @@ impl Pki {
     }
 }
 
-/// The application principal `mes` (certificate `mes.plant-a`).
+/// An application principal (not an operator), e.g. `mes` (certificate `mes.plant-a`).
 pub fn app_principal(name: &str, identity: &str, consumers: &[&str], buckets_read: &[&str], buckets_write: &[&str]) -> PrincipalConfig {
     let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     PrincipalConfig {
@@ -97,6 +97,7 @@ pub fn app_principal(name: &str, identity: &str, consumers: &[&str], buckets_rea
         consumers: v(consumers),
         buckets_read: v(buckets_read),
         buckets_write: v(buckets_write),
+        operator: false,
         export: Default::default(),
         import: Default::default(),
     }
@@ -213,7 +214,8 @@ pub struct Opts {
     pub retention_interval: Duration,
     pub out_of_process: bool,
     /// `None`: one app principal `mes` (certificate `mes.plant-a`) allowed
-    /// every configured consumer and bucket. `Some`: exactly these.
+    /// every configured consumer and bucket, and the zone's operator.
+    /// `Some`: exactly these.
     pub principals: Option<Vec<PrincipalConfig>>,
     /// Run the boundary port in plaintext-dev mode (no TLS at all).
     pub plaintext_dev: bool,
@@ -287,7 +289,7 @@ impl Zone {
         let principals = opts.principals.unwrap_or_else(|| {
             let consumers: Vec<&str> = opts.consumers.iter().map(|c| c.name.as_str()).collect();
             let buckets: Vec<&str> = opts.buckets.iter().map(|b| b.name.as_str()).collect();
-            vec![app_principal("mes", APP_CERT, &consumers, &buckets, &buckets)]
+            vec![PrincipalConfig { operator: true, ..app_principal("mes", APP_CERT, &consumers, &buckets, &buckets) }]
         });
         // Start from the smallest valid TOML so fields added to ZoneConfig
         // later (with serde defaults) need no change here.

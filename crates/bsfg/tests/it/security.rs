@@ -32,6 +32,7 @@ async fn security_zone() -> Zone {
         consumers: strings(&["to_idmz", "to_idmz_docs"]),
         buckets_read: vec![],
         buckets_write: vec![],
+        operator: false,
         export: FactPolicy { categories: strings(&["operational"]), deny_kinds: strings(&["asset"]), ..Default::default() },
         import: FactPolicy::default(),
     };
@@ -284,6 +285,53 @@ async fn export_policy_withholds_denied_kinds_and_the_link_moves_past_them() {
     assert_eq!(fetch_all(&mes, "mes", 4).await.len(), 4);
 }
 
+/// Referencing an object in a fact needs read access to its bucket: a
+/// principal without it learns nothing about the object (existence, digest,
+/// size) and cannot freeze it against its owner's overwrite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attachments_need_read_access_to_their_bucket() {
+    let zone = security_zone().await;
+    let mes = zone.client();
+    let qa = zone.client_as("qa.plant-a");
+    let qa_fp = fingerprint(&zone.pki, "qa.plant-a");
+    let bytes = b"batch record B9, owned by mes".to_vec();
+    let stored = put(&mes, BUCKET, "batch/B9/record.bin", &bytes, "").await.unwrap();
+    let reference = |key: &str, digest: &str, size_bytes: u64| {
+        let mut f = batch_fact(9);
+        f.attachments.push(AttachmentRef {
+            bucket: BUCKET.into(),
+            key: key.into(),
+            digest: digest.into(),
+            size_bytes,
+            media_type: "application/octet-stream".into(),
+            ..Default::default()
+        });
+        f
+    };
+    let operational = zone.message_count("operational").await;
+    let wrong = sha256(b"a guess");
+    let mut messages = vec![];
+    for (key, digest, size) in [
+        ("batch/B9/record.bin", stored.digest.as_str(), bytes.len() as u64),
+        ("batch/B9/record.bin", wrong.as_str(), 1),
+        ("batch/B9/absent.bin", wrong.as_str(), 1),
+    ] {
+        let r = qa.append(envelope(&mid("qa-ref")), reference(key, digest, size)).await;
+        let message = r.as_ref().err().and_then(|e| e.message.clone()).unwrap_or_default();
+        assert_rejected(r, "permission_denied", "bucket_not_allowed");
+        assert!(!message.contains(&stored.digest) && !message.contains(&bytes.len().to_string()), "{message}");
+        expect_audit(&mes, "qa", &qa_fp, "bucket_not_allowed", "refused").await;
+        messages.push(message);
+    }
+    assert!(messages.iter().all(|m| *m == messages[0]), "identical refusals whether the object exists or matches: {messages:?}");
+    assert_eq!(zone.message_count("operational").await, operational, "nothing appended");
+
+    // Not frozen: the owner can still replace it, and reference it itself.
+    let replacement = put(&mes, BUCKET, "batch/B9/record.bin", b"corrected record", "").await.unwrap();
+    mes.append(envelope(&mid("mes-ref")), reference("batch/B9/record.bin", &replacement.digest, replacement.size_bytes)).await.unwrap();
+    assert_rejected(put(&mes, BUCKET, "batch/B9/record.bin", b"again", "").await, "failed_precondition", "object_immutable");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buf_curl_over_mtls_with_a_valid_certificate_succeeds() {
     let zone = security_zone().await;
@@ -531,4 +579,99 @@ async fn an_audit_record_survives_a_store_stall() {
     assert!(audit.iter().any(|f| f.fact.object_json.contains("stranger.plant-a")), "{audit:?}");
     let text = zone.metrics_text().await;
     assert_eq!(metric_value(&text, "bsfg_audit_records_dropped_total", &[]), Some(0.0));
+}
+
+/// plant-a of the reference site, plus an `auditor` consumer for the app
+/// (the operator) and the app principal `viewer` (certificate
+/// `viewer.plant-a`, not an operator) granted that consumer too.
+fn operations_zone(zone: &str, config: &mut bsfg::config::ZoneConfig) {
+    if zone != "plant-a" {
+        return;
+    }
+    config.consumers.push(consumer("auditor", "audit"));
+    config.principals.iter_mut().find(|p| p.name == "app").unwrap().consumers.push("auditor".into());
+    config.principals.push(app_principal("viewer", "viewer.plant-a", &["auditor"], &[], &[]));
+}
+
+/// The ResetConsumer refusals recorded in plant-a's audit since the last call.
+async fn reset_refusals(operator: &bsfg::client::BsfgClient) -> Vec<serde_json::Value> {
+    let r = operator.fetch("auditor", 1000, 0, 300).await.unwrap();
+    if let Some(last) = r.facts.last() {
+        operator.confirm("auditor", last.offset).await.unwrap();
+    }
+    r.facts
+        .iter()
+        .map(|f| serde_json::from_str::<serde_json::Value>(&f.fact.as_option().unwrap().object_json).unwrap())
+        .filter(|r| r["rpc"] == "ResetConsumer")
+        .collect()
+}
+
+/// OperationsService: an operator sees every link and consumer and may
+/// replay; anyone else (an app granted the auditor consumer, a peer) sees
+/// only its own consumers and no links, and may not replay (refused,
+/// audited, counted). A replay beyond the end of the log is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_need_the_operator_right() {
+    use bsfg_proto::bsfg::v1::reset_consumer_request::Position;
+    let site = crate::crossing::Site::start_with(crate::crossing::SiteOpts { tweak: Some(operations_zone), ..Default::default() }).await;
+    let plant = &site.zones["plant-a"];
+    let client_as = |name: &str| {
+        if !site.certs.join(format!("{name}.pem")).exists() {
+            bsfg::tls::pki::issue(&site.certs, &site.certs, &IssueRequest::new(name, 5)).unwrap();
+        }
+        let tls = bsfg::tls::client::client_config(&site.certs.join("ca.pem"), &site.certs.join(format!("{name}.pem")), &site.certs.join(format!("{name}.key"))).unwrap();
+        bsfg::client::BsfgClient::connect_tls(&format!("https://{}", plant.config.listen), tls).unwrap()
+    };
+    let operator = site.app("plant-a");
+    let (viewer, peer) = (client_as("viewer.plant-a"), client_as("idmz-bsfg"));
+
+    // Who sees what.
+    let names = |s: &GetStatusResponse| {
+        let mut n: Vec<String> = s.consumers.iter().map(|c| c.name.clone()).collect();
+        n.sort();
+        n
+    };
+    let all = operator.status().await.unwrap();
+    assert_eq!(all.links.iter().map(|l| l.peer.as_str()).collect::<Vec<_>>(), ["idmz"]);
+    assert_eq!(names(&all), ["auditor", "local", "to-idmz"]);
+    for (who, client, own) in [("viewer", &viewer, "auditor"), ("peer idmz", &peer, "to-idmz")] {
+        let s = client.status().await.unwrap();
+        assert_eq!(s.zone, "plant-a");
+        assert!(s.links.is_empty(), "{who} sees no links: {:?}", s.links);
+        assert_eq!(names(&s), [own], "{who} sees only its own consumers");
+    }
+
+    // Only an operator replays: a principal granted the auditor consumer
+    // cannot blank it, nor a peer replay its own.
+    reset_refusals(operator).await;
+    assert_rejected(viewer.reset_consumer("auditor", Position::Offset(u64::MAX)).await, "permission_denied", "operator_required");
+    assert_rejected(peer.reset_consumer("to-idmz", Position::Offset(1)).await, "permission_denied", "operator_required");
+    let records = reset_refusals(operator).await;
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!((&records[0]["principal"], &records[0]["reason"], &records[0]["decision"]), (&"viewer".into(), &"operator_required".into(), &"refused".into()));
+    assert!(records[0]["key"].as_str().unwrap().starts_with("auditor "), "{}", records[0]);
+    assert_eq!((&records[1]["principal"], &records[1]["reason"]), (&"idmz".into(), &"operator_required".into()));
+    let (_, metrics) = http_raw(plant.ops_addr, "GET", "/metrics", "text/plain", b"").await.unwrap();
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert_eq!(metric_value(&metrics, "bsfg_access_refusals", &["reason=\"operator_required\""]), Some(2.0), "{metrics}");
+
+    // An operator's replay past the end of the log is refused (and audited);
+    // to the end it moves nothing, from the start it delivers all again.
+    let ids: Vec<String> = (0..3).map(|i| mid(&format!("ops-{i}"))).collect();
+    let mut offsets = vec![];
+    for (i, id) in ids.iter().enumerate() {
+        offsets.push(site.append("plant-a", "plant-a", id, batch_fact(i)).await.offset);
+    }
+    assert_eq!(site.drain_local("plant-a").await.len(), 3);
+    let last = *offsets.last().unwrap();
+    for beyond in [u64::MAX, last + 2] {
+        assert_rejected(operator.reset_consumer("local", Position::Offset(beyond)).await, "out_of_range", "offset_beyond_end");
+    }
+    let records = reset_refusals(operator).await;
+    assert_eq!(records.iter().map(|r| (r["principal"].as_str().unwrap(), r["reason"].as_str().unwrap())).collect::<Vec<_>>(), [("app", "offset_beyond_end"); 2]);
+    assert_eq!(operator.reset_consumer("local", Position::Offset(last + 1)).await.unwrap(), last);
+    assert!(site.drain_local("plant-a").await.is_empty());
+    assert_eq!(operator.reset_consumer("local", Position::Offset(offsets[0])).await.unwrap(), offsets[0] - 1);
+    let again = site.drain_local("plant-a").await;
+    assert_eq!(again.iter().map(|f| f.envelope.message_id.clone()).collect::<Vec<_>>(), ids);
 }

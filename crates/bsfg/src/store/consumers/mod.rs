@@ -391,6 +391,15 @@ impl Consumers {
         let next = match &start {
             StartPosition::Earliest => state.first_sequence.max(1),
             StartPosition::Latest => state.last_sequence + 1,
+            // Past the end of the log a replay would skip facts not yet
+            // appended (2^64-1 would blank the consumer for good).
+            StartPosition::Offset(offset) if *offset > state.last_sequence.saturating_add(1) => {
+                return Err(Rejection::new(
+                    Code::OutOfRange,
+                    "offset_beyond_end",
+                    format!("offset {offset} is beyond the end of consumer {name}'s stream (last offset {}); replay from at most {}", state.last_sequence, state.last_sequence + 1),
+                ));
+            }
             StartPosition::Offset(offset) => (*offset).max(1),
             StartPosition::Time(text) => {
                 let at = parse_start_time(text).map_err(|e| Rejection::invalid("bad_start", e.to_string()))?;
