@@ -153,8 +153,23 @@ impl OperationsService for Operations {
         };
         let key = bounded_owned(format!("{} {position}", request.consumer_name));
         let result = self.reset(&caller, &request).await;
-        if let Err(r) = &result {
-            self.refused(&caller, "ResetConsumer", &key, r).await;
+        match &result {
+            Err(r) => self.refused(&caller, "ResetConsumer", &key, r).await,
+            // A replay changes what a consumer has been delivered: on the trail.
+            Ok(frontier) => {
+                self.audit
+                    .record(AuditEvent {
+                        principal: caller.principal.name.clone(),
+                        identity: caller.identity.clone(),
+                        fingerprint: caller.fingerprint.clone(),
+                        rpc: "ResetConsumer",
+                        subject_key: key.clone(),
+                        decision: "operated",
+                        reason: "consumer_reset".into(),
+                        detail: format!("frontier now {frontier}"),
+                    })
+                    .await
+            }
         }
         log_outcome("ResetConsumer", &key, started, &result);
         result.map(|frontier| Response::new(ResetConsumerResponse { frontier, ..Default::default() })).map_err(to_connect)

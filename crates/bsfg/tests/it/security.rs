@@ -674,4 +674,8 @@ async fn operations_need_the_operator_right() {
     assert_eq!(operator.reset_consumer("local", Position::Offset(offsets[0])).await.unwrap(), offsets[0] - 1);
     let again = site.drain_local("plant-a").await;
     assert_eq!(again.iter().map(|f| f.envelope.message_id.clone()).collect::<Vec<_>>(), ids);
+    // Each replay is on the trail as an operator's act.
+    let records = reset_refusals(operator).await;
+    let done: Vec<(&str, &str)> = records.iter().map(|r| (r["decision"].as_str().unwrap(), r["reason"].as_str().unwrap())).collect();
+    assert_eq!(done, [("operated", "consumer_reset"); 2], "{records:?}");
 }

@@ -34,7 +34,8 @@ pub struct AuditEvent {
     pub rpc: &'static str,
     /// message_id, object digest, consumer or key concerned.
     pub subject_key: String,
-    /// accepted | refused | withheld | quarantined | refusals_summarized
+    /// accepted | refused | withheld | quarantined | refusals_summarized |
+    /// operated (an operator's act, e.g. a replay)
     pub decision: &'static str,
     pub reason: String,
     pub detail: String,
@@ -139,6 +140,7 @@ impl Audit {
             "withheld" => "crossing_withheld",
             "quarantined" => "record_quarantined",
             "refusals_summarized" => "refusals_summarized",
+            "operated" => "operator_action",
             _ => "access_refused",
         };
         let envelope = Envelope {
