@@ -99,16 +99,7 @@ impl Operations {
             self.metrics.access_refusals_total.get_or_create(&labels(&[("reason", r.reason)])).inc();
         }
         self.audit
-            .record(AuditEvent {
-                principal: caller.principal.name.clone(),
-                identity: caller.identity.clone(),
-                fingerprint: caller.fingerprint.clone(),
-                rpc,
-                subject_key: key.to_string(),
-                decision: "refused",
-                reason: r.reason.to_string(),
-                detail: r.message.clone(),
-            })
+            .record(AuditEvent::about(caller, rpc, "refused", key.to_string(), r.reason.to_string(), r.message.clone()))
             .await;
     }
 
@@ -158,16 +149,7 @@ impl OperationsService for Operations {
             // A replay changes what a consumer has been delivered: on the trail.
             Ok(frontier) => {
                 self.audit
-                    .record(AuditEvent {
-                        principal: caller.principal.name.clone(),
-                        identity: caller.identity.clone(),
-                        fingerprint: caller.fingerprint.clone(),
-                        rpc: "ResetConsumer",
-                        subject_key: key.clone(),
-                        decision: "operated",
-                        reason: "consumer_reset".into(),
-                        detail: format!("frontier now {frontier}"),
-                    })
+                    .record(AuditEvent::about(&caller, "ResetConsumer", "operated", key.clone(), "consumer_reset".into(), format!("frontier now {frontier}")))
                     .await
             }
         }

@@ -104,16 +104,7 @@ impl Boundary {
         if r.code == Code::PermissionDenied {
             self.metrics.access_refusals_total.get_or_create(&labels(&[("reason", r.reason)])).inc();
             self.audit
-                .record(AuditEvent {
-                    principal: caller.principal.name.clone(),
-                    identity: caller.identity.clone(),
-                    fingerprint: caller.fingerprint.clone(),
-                    rpc,
-                    subject_key: key.to_string(),
-                    decision: "refused",
-                    reason: r.reason.to_string(),
-                    detail: r.message.clone(),
-                })
+                .record(AuditEvent::about(caller, rpc, "refused", key.to_string(), r.reason.to_string(), r.message.clone()))
                 .await;
         }
     }
@@ -312,16 +303,7 @@ impl BoundaryService for Boundary {
         let (info, chunks) = result.map_err(to_connect)?;
         if caller.principal.kind == crate::config::PrincipalKind::Peer {
             self.audit
-                .record(AuditEvent {
-                    principal: caller.principal.name.clone(),
-                    identity: caller.identity.clone(),
-                    fingerprint: caller.fingerprint.clone(),
-                    rpc: "GetObject",
-                    subject_key: format!("{key} {}", info.digest),
-                    decision: "accepted",
-                    reason: "object_served".into(),
-                    detail: format!("{} bytes from offset {}", info.size_bytes, request.start_offset_bytes),
-                })
+                .record(AuditEvent::about(&caller, "GetObject", "accepted", format!("{key} {}", info.digest), "object_served".into(), format!("{} bytes from offset {}", info.size_bytes, request.start_offset_bytes)))
                 .await;
         }
         let metrics = self.metrics.clone();
@@ -392,16 +374,7 @@ impl Boundary {
                 .get_or_create(&labels(&[("peer", &caller.principal.name), ("direction", "export"), ("reason", refusal.reason)]))
                 .inc();
             self.audit
-                .record(AuditEvent {
-                    principal: caller.principal.name.clone(),
-                    identity: caller.identity.clone(),
-                    fingerprint: caller.fingerprint.clone(),
-                    rpc: "FetchFacts",
-                    subject_key,
-                    decision: "withheld",
-                    reason: refusal.reason.to_string(),
-                    detail: refusal.message,
-                })
+                .record(AuditEvent::about(caller, "FetchFacts", "withheld", subject_key, refusal.reason.to_string(), refusal.message))
                 .await;
         }
         Ok(ServedFacts { facts: served, frontier, last_delivered_offset, backlog })
@@ -415,16 +388,7 @@ impl Boundary {
             self.metrics.quarantined_facts_total.get_or_create(&labels(&[("consumer", consumer)])).inc();
             tracing::error!(consumer, offset = q.offset, reason = %q.reason, "stored record cannot be served; quarantined (skipped)");
             self.audit
-                .record(AuditEvent {
-                    principal: caller.principal.name.clone(),
-                    identity: caller.identity.clone(),
-                    fingerprint: caller.fingerprint.clone(),
-                    rpc: "FetchFacts",
-                    subject_key: format!("{consumer} offset {}", q.offset),
-                    decision: "quarantined",
-                    reason: "corrupt_record".into(),
-                    detail: q.reason.clone(),
-                })
+                .record(AuditEvent::about(caller, "FetchFacts", "quarantined", format!("{consumer} offset {}", q.offset), "corrupt_record".into(), q.reason.clone()))
                 .await;
         }
     }

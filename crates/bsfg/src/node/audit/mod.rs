@@ -41,6 +41,22 @@ pub struct AuditEvent {
     pub detail: String,
 }
 
+impl AuditEvent {
+    /// A decision about an identified caller's request.
+    pub fn about(caller: &crate::node::auth::Caller, rpc: &'static str, decision: &'static str, subject_key: String, reason: String, detail: String) -> Self {
+        Self {
+            principal: caller.principal.name.clone(),
+            identity: caller.identity.clone(),
+            fingerprint: caller.fingerprint.clone(),
+            rpc,
+            subject_key,
+            decision,
+            reason,
+            detail,
+        }
+    }
+}
+
 /// Records whose first append failed, waiting to be retried: at most this
 /// many (about 1 KiB each). Past it a record is dropped, counted and logged
 /// with its content.
