@@ -169,6 +169,11 @@ async fn tls_refuses_missing_foreign_and_expired_certificates() {
     // Refused in the handshake: no request reached the node, nothing stored
     // (not even an audit record: there is no request to attribute it to).
     assert_eq!(zone.all_counts().await, before);
+    // Refused handshakes are counted by reason (and logged, rate-limited).
+    let text = zone.metrics_text().await;
+    let refused = |reason: &str| metric_value(&text, "bsfg_tls_handshake_refusals_total", &[&format!("reason=\"{reason}\"")]).unwrap_or(0.0);
+    assert!(refused("no_client_certificate") >= 1.0, "{text}");
+    assert!(refused("certificate_refused") >= 3.0, "foreign, impostor and expired certificates: {text}");
     // The zone's own valid certificate still gets in.
     zone.client().append(envelope(&mid("ok")), batch_fact(3)).await.unwrap();
 }
