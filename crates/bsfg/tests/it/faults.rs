@@ -62,7 +62,9 @@ async fn produce(app: BsfgClient, from: &'static str, to: &'static str, (count, 
         let mut artifact = None;
         let give_up = Instant::now() + Duration::from_secs(60);
         if i % 40 == 7 {
-            let bytes = pseudo_random_bytes(200 * 1024 + i * 31, seed ^ (i as u64) ^ from.len() as u64);
+            // Sizes vary but stay bounded, so a long soak's artifacts fit the
+            // relay's bucket (1 GiB holds both directions' for about an hour).
+            let bytes = pseudo_random_bytes(200 * 1024 + (i % 997) * 31, seed ^ (i as u64) ^ from.len() as u64);
             let digest = sha256(&bytes);
             let key = format!("{from}/{i}.bin");
             let mut stored = false;
@@ -280,30 +282,27 @@ async fn continuous_load_survives_partitions_kills_and_freezes_exactly_once_in_o
     for (dest, sent) in [("enterprise", &up_acked), ("plant-a", &down_acked)] {
         let got = drain(&site, seed, dest, sent, shape.drain).await;
         eprintln!("{dest}: drained {:?} after the load ended", drain_started.elapsed());
-        let verdict = judge(dest, &got, sent);
-        eprintln!("seed {seed}: {verdict:?}");
+        let mut verdict = judge(dest, &got, sent);
         for s in sent.iter().filter(|s| s.artifact.is_some()) {
             let (key, bytes) = s.artifact.as_ref().unwrap();
-            let (info, at_dest) = get(site.app(dest), BUCKET, key, 0).await.unwrap();
-            assert_eq!(info.digest, sha256(bytes), "seed {seed}: digest of {key} at {dest}");
-            assert!(at_dest == *bytes, "seed {seed}: artifact {key} byte-identical at {dest}");
+            let same = match get(site.app(dest), BUCKET, key, 0).await {
+                Ok((info, at_dest)) => info.digest == sha256(bytes) && at_dest == *bytes,
+                Err(_) => false,
+            };
+            if !same {
+                verdict.artifacts_missing_or_altered.push(key.clone());
+            }
         }
+        eprintln!("seed {seed}: {}", verdict.summary());
         verdicts.push(verdict);
     }
     eprintln!("fault run seed {seed} in {:?}: faults {faults:?}", started.elapsed());
     for v in &verdicts {
-        eprintln!(
-            "{}: acknowledged {}, lost {}, duplicated {}, reordered {}, altered {}",
-            v.dest,
-            v.acknowledged,
-            v.lost.len(),
-            v.duplicated.len(),
-            v.reordered,
-            v.altered.len()
-        );
+        eprintln!("{}", v.summary());
     }
     for v in &verdicts {
-        assert!(v.lost.is_empty() && v.duplicated.is_empty() && v.reordered == 0 && v.altered.is_empty(), "seed {seed}: {v:?}");
+        let clean = v.lost.is_empty() && v.duplicated.is_empty() && v.reordered == 0 && v.altered.is_empty() && v.artifacts_missing_or_altered.is_empty();
+        assert!(clean, "seed {seed}: {v:?}");
     }
 }
 
@@ -342,6 +341,24 @@ struct Verdict {
     reordered: usize,
     /// Stored with other content or provenance than acknowledged.
     altered: Vec<String>,
+    /// Artifacts of acknowledged facts not at the destination byte for byte.
+    artifacts_missing_or_altered: Vec<String>,
+}
+
+impl Verdict {
+    fn summary(&self) -> String {
+        format!(
+            "{}: acknowledged {}, lost {}, duplicated {}, reordered {}, altered {}, artifacts missing or altered {} (first lost: {:?})",
+            self.dest,
+            self.acknowledged,
+            self.lost.len(),
+            self.duplicated.len(),
+            self.reordered,
+            self.altered.len(),
+            self.artifacts_missing_or_altered.len(),
+            self.lost.first()
+        )
+    }
 }
 
 /// Every acknowledged fact present exactly once, per-origin order preserved,
@@ -371,7 +388,7 @@ fn judge(dest: &'static str, got: &BTreeMap<u64, StoredFact>, sent: &[Sent]) -> 
     // Local order (BTreeMap by local offset) follows origin order.
     let origin_offsets: Vec<u64> = got.values().filter(|f| f.provenance.origin_zone == origin).map(|f| f.provenance.origin_offset).collect();
     let reordered = origin_offsets.windows(2).filter(|w| w[0] >= w[1]).count();
-    Verdict { dest, acknowledged: sent.len(), lost, duplicated, reordered, altered }
+    Verdict { dest, acknowledged: sent.len(), lost, duplicated, reordered, altered, artifacts_missing_or_altered: Vec::new() }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
