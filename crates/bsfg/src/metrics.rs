@@ -31,6 +31,8 @@ pub struct Metrics {
     pub key_index_buffered_facts: Gauge,
     pub frontier_offset: Family<Labels, Gauge>,
     pub store_buffer_fill_percent: Family<Labels, Gauge<f64, AtomicU64>>,
+    pub store_free_bytes: Family<Labels, Gauge>,
+    pub disk_full: Gauge,
     pub retention_blocked: Family<Labels, Gauge>,
     pub oldest_unconfirmed_age_seconds: Family<Labels, Gauge<f64, AtomicU64>>,
     pub object_bytes_total: Family<Labels, Counter>,
@@ -80,6 +82,8 @@ impl Metrics {
             key_index_buffered_facts: Gauge::default(),
             frontier_offset: Family::default(),
             store_buffer_fill_percent: Family::default(),
+            store_free_bytes: Family::default(),
+            disk_full: Gauge::default(),
             retention_blocked: Family::default(),
             oldest_unconfirmed_age_seconds: Family::default(),
             object_bytes_total: Family::default(),
@@ -159,6 +163,16 @@ impl Metrics {
         registry.register("bsfg_key_index_file_bytes", "Size of the key index file (it grows by whole buckets as entries are added)", m.key_index_file_bytes.clone());
         registry.register("bsfg_frontier_offset", "Confirmed frontier per consumer", m.frontier_offset.clone());
         registry.register("bsfg_store_buffer_fill_percent", "Category log fill as percent of capacity", m.store_buffer_fill_percent.clone());
+        registry.register(
+            "bsfg_store_free_bytes",
+            "Free bytes of each watched filesystem: the embedded store's (filesystem=\"store\") and the key index's (filesystem=\"key_index\")",
+            m.store_free_bytes.clone(),
+        );
+        registry.register(
+            "bsfg_disk_full",
+            "1 while a watched filesystem has less free space than [nats] store_free_bytes_min (appends are refused disk_full)",
+            m.disk_full.clone(),
+        );
         registry.register(
             "bsfg_retention_blocked",
             "1 when unconfirmed facts are near or past max_age, or kept past the fill mark, because a consumer has not confirmed them (alarm)",

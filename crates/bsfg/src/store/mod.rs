@@ -18,6 +18,7 @@ pub mod commit;
 pub mod consumers;
 pub mod facts;
 pub mod direct;
+pub mod disk;
 pub mod key_index;
 pub mod objects;
 pub mod publish;
@@ -40,6 +41,8 @@ pub struct Store {
     pub facts: Arc<FactLog>,
     pub consumers: Arc<Consumers>,
     pub objects: Arc<Objects>,
+    /// Free space of the store's and the key index's filesystems.
+    pub disk: Arc<disk::DiskWatch>,
 }
 
 impl Store {
@@ -59,10 +62,14 @@ impl Store {
         jetstream.set_timeout(config.nats.request_timeout);
         check_domain(&jetstream, url, &config.zone).await?;
         let direct = Arc::new(direct::DirectGets::start(client.clone(), config.nats.request_timeout).await?);
-        let objects = Arc::new(Objects::open(jetstream.clone(), config.clone(), direct.clone()).await?);
-        let facts = FactLog::open(jetstream.clone(), config.clone(), objects.clone(), metrics.clone()).await?;
+        // An external server's store is not the node's to watch.
+        let store_dir = config.nats.url.is_none().then_some(config.nats.store_dir.as_path());
+        let disk = disk::DiskWatch::new(store_dir, &config.key_index_path(), config.nats.store_free_bytes_min, metrics.clone());
+        disk.spawn_poller();
+        let objects = Arc::new(Objects::open(jetstream.clone(), config.clone(), direct.clone(), disk.clone()).await?);
+        let facts = FactLog::open(jetstream.clone(), config.clone(), objects.clone(), disk.clone(), metrics.clone()).await?;
         let consumers = Arc::new(Consumers::open(client.clone(), &facts, config.clone(), metrics).await?);
-        Ok(Self { client, jetstream, facts, consumers, objects })
+        Ok(Self { client, jetstream, facts, consumers, objects, disk })
     }
 }
 

@@ -1,0 +1,171 @@
+//! A full disk: a zone whose embedded store (and key index) lives on a
+//! small tmpfs the test mounts (as root) and fills with a file of its own.
+//! Skipped, with the reason printed, where tmpfs cannot be mounted.
+
+use crate::harness::*;
+use bsfg::client::BsfgClient;
+use bsfg::config::{BucketConfig, NatsConfig, ZoneConfig};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const MIB: u64 = 1 << 20;
+
+/// A tmpfs mounted on a fresh directory; unmounted when dropped (also
+/// when the test fails), lazily, so a server still closing its files
+/// cannot keep it mounted.
+pub struct Tmpfs {
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// None (and the reason printed) where mounting is not possible.
+    pub fn mount(size_mib: u64) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m,mode=0700"), "tmpfs"])
+            .arg(&path)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Tmpfs { path, _dir: dir }),
+            Ok(o) => {
+                eprintln!("SKIPPED: cannot mount a tmpfs (root needed): {}", String::from_utf8_lossy(&o.stderr).trim());
+                None
+            }
+            Err(e) => {
+                eprintln!("SKIPPED: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+
+    pub fn free_bytes(&self) -> u64 {
+        use std::os::unix::ffi::OsStrExt as _;
+        let c_path = std::ffi::CString::new(self.path.as_os_str().as_bytes()).unwrap();
+        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid path and a statvfs owned here.
+        assert_eq!(unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) }, 0);
+        stat.f_bavail * stat.f_frsize
+    }
+
+    /// Writes `filler` until the filesystem has at most `leave` bytes free
+    /// (0: until it is full); returns the bytes written.
+    pub fn fill(&self, filler: &Path, leave: u64) -> u64 {
+        use std::io::Write as _;
+        let mut file = std::fs::File::create(filler).unwrap();
+        let chunk = vec![0x5a_u8; MIB as usize];
+        let mut written = 0;
+        loop {
+            let free = self.free_bytes();
+            if free <= leave || (leave == 0 && free == 0) {
+                break;
+            }
+            let n = (free - leave).min(MIB) as usize;
+            match file.write(&chunk[..n]) {
+                Ok(0) => break,
+                Ok(w) => written += w as u64,
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("filling {}: {e}", filler.display()),
+            }
+        }
+        written
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// A zone with its own nats-server whose store directory and key index are
+/// under `root`; plaintext-dev; small capacities so JetStream's
+/// reservation fits a small filesystem.
+pub fn embedded_config(root: &Path, floor: u64) -> ZoneConfig {
+    let base = "zone = \"plant-a\"\nlisten = \"127.0.0.1:0\"\nops_listen = \"127.0.0.1:0\"\n[tls]\nmode = \"plaintext-dev\"\n";
+    let mut config: ZoneConfig = toml::from_str(base).unwrap();
+    config.nats = NatsConfig { url: None, port: 0, store_dir: root.join("jetstream"), store_free_bytes_min: floor, ..NatsConfig::default() };
+    let small = |mut c: bsfg::config::CategoryConfig| {
+        c.capacity_bytes = 4 * MIB;
+        c
+    };
+    config.categories = vec![small(category("operational", &[], true)), small(category("audit", &["audit"], false))];
+    config.consumers = vec![consumer("mes", "operational")];
+    config.buckets = vec![BucketConfig { name: BUCKET.into(), capacity_bytes: 4 * MIB }];
+    // A small key filter: its saved copy lives on the small filesystem too.
+    config.commit.key_filter_bytes = 1 << 20;
+    config.check().expect("valid config");
+    config
+}
+
+pub fn plain_client(node: &bsfg::node::RunningNode) -> BsfgClient {
+    BsfgClient::connect(&format!("http://{}", node.boundary_addr)).unwrap()
+}
+
+/// Appends a fact (a new message_id from `next_id` each time: a retry of
+/// a stored one would be answered before any check) every 100 ms until `done` says the answer is
+/// the awaited one or `within` passes; returns the answer and when it came.
+pub async fn append_until(
+    client: &BsfgClient,
+    mut next_id: impl FnMut() -> String,
+    n: usize,
+    within: Duration,
+    done: impl Fn(&Result<bsfg_proto::bsfg::v1::AppendFactResponse, connectrpc::ConnectError>) -> bool,
+) -> (Result<bsfg_proto::bsfg::v1::AppendFactResponse, connectrpc::ConnectError>, Duration) {
+    let start = Instant::now();
+    loop {
+        let answer = client.append(envelope(&next_id()), batch_fact(n)).await;
+        if done(&answer) || start.elapsed() > within {
+            return (answer, start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Below the free-space floor appends are refused `disk_full` at once,
+/// naming the filesystem; a retry of a stored fact is still answered; once
+/// the filler is deleted appends are accepted again, and the old
+/// message_id is still a duplicate at its original offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_are_refused_below_the_free_space_floor_and_resume_when_space_is_freed() {
+    let Some(fs) = Tmpfs::mount(64) else { return };
+    let floor = 16 * MIB;
+    let node = bsfg::node::start(embedded_config(&fs.path, floor)).await.expect("the node starts on the tmpfs");
+    let client = plain_client(&node);
+    let first_id = mid("before-full");
+    let first = client.append(envelope(&first_id), batch_fact(1)).await.expect("append with room");
+
+    let filler = fs.path.join("filler");
+    fs.fill(&filler, floor / 2);
+    let (refused, after) = append_until(&client, || mid("while-full"), 2, Duration::from_secs(5), |a| a.is_err()).await;
+    assert!(after < Duration::from_millis(2500), "refused within a poll (1 s) of the fill, took {after:?}");
+    let e = refused.expect_err("refused while below the floor");
+    let message = e.message.clone().unwrap_or_default();
+    assert_eq!(e.code.as_str(), "resource_exhausted", "{message}");
+    assert!(message.starts_with("disk_full"), "{message}");
+    assert!(message.contains(&fs.path.display().to_string()) && message.contains(&floor.to_string()), "names the filesystem and the floor: {message}");
+    // At once, not after the request timeout.
+    let started = Instant::now();
+    assert_rejected(client.append(envelope(&mid("while-full")), batch_fact(3)).await, "resource_exhausted", "disk_full");
+    assert!(started.elapsed() < Duration::from_secs(1), "refused at once, took {:?}", started.elapsed());
+    // A retry of a stored fact writes nothing and is still answered.
+    let again = client.append(envelope(&first_id), batch_fact(1)).await.expect("a retry while full");
+    assert_eq!((again.offset, again.duplicate), (first.offset, true));
+    let metrics = node.metrics.render();
+    assert_eq!(metric_value(&metrics, "bsfg_disk_full", &[]), Some(1.0), "{metrics}");
+    let free = metric_value(&metrics, "bsfg_store_free_bytes", &["filesystem=\"store\""]).expect("store free bytes exported");
+    assert!(free < floor as f64, "{free}");
+
+    std::fs::remove_file(&filler).unwrap();
+    let (resumed, after) = append_until(&client, || mid("after-free"), 4, Duration::from_secs(10), |a| a.is_ok()).await;
+    let resumed = resumed.expect("appends accepted again after the filler is deleted");
+    assert!(after < Duration::from_secs(3), "resumed within a few seconds, took {after:?}");
+    assert!(!resumed.duplicate && resumed.offset > first.offset);
+    let again = client.append(envelope(&first_id), batch_fact(1)).await.expect("a retry after");
+    assert_eq!((again.offset, again.duplicate), (first.offset, true), "the key index still knows the old message_id");
+    assert_eq!(metric_value(&node.metrics.render(), "bsfg_disk_full", &[]), Some(0.0));
+    drop(client);
+    drop(node);
+    wait_until_key_index_closed(&fs.path.join("key-index.plant-a.kix")).await;
+}
