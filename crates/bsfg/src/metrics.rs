@@ -33,6 +33,7 @@ pub struct Metrics {
     pub store_buffer_fill_percent: Family<Labels, Gauge<f64, AtomicU64>>,
     pub store_free_bytes: Family<Labels, Gauge>,
     pub disk_full: Gauge,
+    pub jetstream_available: Gauge,
     pub retention_blocked: Family<Labels, Gauge>,
     pub oldest_unconfirmed_age_seconds: Family<Labels, Gauge<f64, AtomicU64>>,
     pub object_bytes_total: Family<Labels, Counter>,
@@ -84,6 +85,7 @@ impl Metrics {
             store_buffer_fill_percent: Family::default(),
             store_free_bytes: Family::default(),
             disk_full: Gauge::default(),
+            jetstream_available: Gauge::default(),
             retention_blocked: Family::default(),
             oldest_unconfirmed_age_seconds: Family::default(),
             object_bytes_total: Family::default(),
@@ -172,6 +174,11 @@ impl Metrics {
             "bsfg_disk_full",
             "1 while a watched filesystem has less free space than [nats] store_free_bytes_min (appends are refused disk_full)",
             m.disk_full.clone(),
+        );
+        registry.register(
+            "bsfg_jetstream_available",
+            "1 while the zone's JetStream answers account requests (0: disabled, e.g. after a storage error, or unreachable)",
+            m.jetstream_available.clone(),
         );
         registry.register(
             "bsfg_retention_blocked",

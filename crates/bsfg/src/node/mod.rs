@@ -116,7 +116,7 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningNode> {
 
     let ops_listener = tokio::net::TcpListener::bind(config.ops_listen).await?;
     let ops_addr = ops_listener.local_addr()?;
-    let ops = tokio::spawn(ops_http::serve(ops_listener, metrics.clone(), store.client.clone()));
+    let ops = tokio::spawn(ops_http::serve(ops_listener, metrics.clone(), store.clone()));
 
     let tls = match config.tls.mode {
         TlsMode::Mtls => {

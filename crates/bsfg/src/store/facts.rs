@@ -344,6 +344,15 @@ impl FactLog {
         &self.jetstream
     }
 
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// True once the key index holds every stored fact (appends accepted).
+    pub fn index_ready(&self) -> bool {
+        *self.index_ready.borrow()
+    }
+
     /// Appends one validated fact through group commit (see `commit`).
     /// `provenance` is set by the replicator for facts that crossed zones;
     /// local appends start a fresh one.

@@ -169,3 +169,92 @@ async fn appends_are_refused_below_the_free_space_floor_and_resume_when_space_is
     drop(node);
     wait_until_key_index_closed(&fs.path.join("key-index.plant-a.kix")).await;
 }
+
+/// `/healthz` (readiness) and `/livez` (liveness) of a node.
+pub async fn probe(node: &bsfg::node::RunningNode, path: &str) -> (u16, String) {
+    let (status, body) = http_raw(node.ops_addr, "GET", path, "text/plain", b"").await.expect("the ops port answers");
+    (status, String::from_utf8(body).unwrap())
+}
+
+/// `/healthz` is 503 with the reason `disk_full` while the store's
+/// filesystem is below its floor, 200 again once space is freed; `/livez`
+/// is 200 throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_is_not_ready_while_the_disk_is_below_its_floor_and_livez_stays_ok() {
+    let Some(fs) = Tmpfs::mount(64) else { return };
+    let floor = 16 * MIB;
+    let node = bsfg::node::start(embedded_config(&fs.path, floor)).await.expect("the node starts on the tmpfs");
+    let ready_within = |within: Duration| {
+        let node = &node;
+        async move {
+            let deadline = Instant::now() + within;
+            loop {
+                let answer = probe(node, "/healthz").await;
+                if answer.0 == 200 || Instant::now() > deadline {
+                    return answer;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    // Ready once the key index has caught up.
+    assert_eq!(ready_within(Duration::from_secs(10)).await, (200, "ok\n".to_string()));
+    assert_eq!(probe(&node, "/livez").await, (200, "ok\n".to_string()));
+
+    let filler = fs.path.join("filler");
+    fs.fill(&filler, floor / 2);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let (status, body) = loop {
+        let answer = probe(&node, "/healthz").await;
+        if answer.0 != 200 || Instant::now() > deadline {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("disk_full: ") && body.contains(&fs.path.display().to_string()), "{body}");
+    assert_eq!(body.lines().count(), 1, "one line: {body}");
+    assert_eq!(probe(&node, "/livez").await, (200, "ok\n".to_string()), "alive while not ready");
+
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(ready_within(Duration::from_secs(3)).await, (200, "ok\n".to_string()), "ready again once space is freed");
+    assert_eq!(probe(&node, "/livez").await, (200, "ok\n".to_string()));
+    drop(node);
+    wait_until_key_index_closed(&fs.path.join("key-index.plant-a.kix")).await;
+}
+
+/// `/healthz` is 503 `store_disconnected` while the zone's nats-server is
+/// down and 200 once it is back; `/livez` stays 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_is_not_ready_while_the_store_is_down() {
+    let mut zone = Zone::start(Opts::default()).await;
+    let get = |path: &'static str| {
+        let addr = zone.ops_addr;
+        async move {
+            let (status, body) = http_raw(addr, "GET", path, "text/plain", b"").await.unwrap();
+            (status, String::from_utf8(body).unwrap())
+        }
+    };
+    let until = |path: &'static str, want: fn(&(u16, String)) -> bool, within: Duration| {
+        let get = &get;
+        async move {
+            let deadline = Instant::now() + within;
+            loop {
+                let answer = get(path).await;
+                if want(&answer) || Instant::now() > deadline {
+                    return answer;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(until("/healthz", |a| a.0 == 200, Duration::from_secs(10)).await.0, 200);
+    zone.nats.kill9().await;
+    let (status, body) = until("/healthz", |a| a.0 != 200, Duration::from_secs(5)).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("store_disconnected: ") || body.starts_with("jetstream_unavailable: "), "{body}");
+    assert_eq!(get("/livez").await, (200, "ok\n".to_string()));
+    zone.nats.restart().await;
+    let (status, body) = until("/healthz", |a| a.0 == 200, Duration::from_secs(15)).await;
+    assert_eq!(status, 200, "ready again once the store is back: {body}");
+}
