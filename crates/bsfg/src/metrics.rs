@@ -34,6 +34,8 @@ pub struct Metrics {
     pub store_free_bytes: Family<Labels, Gauge>,
     pub disk_full: Gauge,
     pub jetstream_available: Gauge,
+    pub store_storage_fault: Gauge,
+    pub embedded_nats_storage_restarts_total: Counter,
     pub retention_blocked: Family<Labels, Gauge>,
     pub oldest_unconfirmed_age_seconds: Family<Labels, Gauge<f64, AtomicU64>>,
     pub object_bytes_total: Family<Labels, Counter>,
@@ -86,6 +88,8 @@ impl Metrics {
             store_free_bytes: Family::default(),
             disk_full: Gauge::default(),
             jetstream_available: Gauge::default(),
+            store_storage_fault: Gauge::default(),
+            embedded_nats_storage_restarts_total: Counter::default(),
             retention_blocked: Family::default(),
             oldest_unconfirmed_age_seconds: Family::default(),
             object_bytes_total: Family::default(),
@@ -179,6 +183,16 @@ impl Metrics {
             "bsfg_jetstream_available",
             "1 while the zone's JetStream answers account requests (0: disabled, e.g. after a storage error, or unreachable)",
             m.jetstream_available.clone(),
+        );
+        registry.register(
+            "bsfg_store_storage_fault",
+            "1 while the embedded nats-server has hit storage errors (its filesystem ran out of space, or it logged them) and has not been restarted since",
+            m.store_storage_fault.clone(),
+        );
+        registry.register(
+            "bsfg_embedded_nats_storage_restarts",
+            "Restarts of the embedded nats-server to clear storage errors once its filesystem had room again",
+            m.embedded_nats_storage_restarts_total.clone(),
         );
         registry.register(
             "bsfg_retention_blocked",

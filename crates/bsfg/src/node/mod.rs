@@ -133,6 +133,9 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningNode> {
         }
     };
     let mut tasks = Vec::new();
+    if let Some(embedded) = &embedded {
+        tasks.push(embedded.watch_storage(store.disk.clone(), store.jetstream_health.clone(), metrics.clone()));
+    }
     if let Some(tls) = &tls {
         tasks.push(tokio::spawn(crate::tls::server::watch(tls.clone(), metrics.clone(), config.tls.reload_interval)));
     }

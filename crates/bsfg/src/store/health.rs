@@ -15,6 +15,9 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct JetStreamHealth {
     /// A one-line reason while JetStream does not answer.
     problem: Mutex<Option<String>>,
+    /// A one-line reason while the store has storage errors (set by the
+    /// embedded server's watcher, `node::nats_server`).
+    storage_fault: Mutex<Option<String>>,
     metrics: Arc<Metrics>,
 }
 
@@ -23,7 +26,7 @@ impl JetStreamHealth {
     /// until dropped.
     pub fn start(jetstream: async_nats::jetstream::Context, metrics: Arc<Metrics>) -> Arc<Self> {
         metrics.jetstream_available.set(1);
-        let health = Arc::new(Self { problem: Mutex::new(None), metrics });
+        let health = Arc::new(Self { problem: Mutex::new(None), storage_fault: Mutex::new(None), metrics });
         let weak = Arc::downgrade(&health);
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(POLL_INTERVAL);
@@ -52,6 +55,14 @@ impl JetStreamHealth {
         }
         self.metrics.jetstream_available.set(i64::from(problem.is_none()));
         *current = problem;
+    }
+
+    pub fn set_storage_fault(&self, fault: Option<String>) {
+        *self.storage_fault.lock().expect("jetstream health poisoned") = fault;
+    }
+
+    pub fn storage_fault(&self) -> Option<String> {
+        self.storage_fault.lock().expect("jetstream health poisoned").clone()
     }
 
     /// A one-line reason while JetStream does not answer.

@@ -85,6 +85,9 @@ impl Store {
         if let Some(why) = self.jetstream_health.problem() {
             return Some(format!("jetstream_unavailable: {why}"));
         }
+        if let Some(why) = self.jetstream_health.storage_fault() {
+            return Some(format!("store_storage_error: {why}"));
+        }
         if let Some(why) = self.disk.full() {
             return Some(format!("disk_full: {why}"));
         }

@@ -258,3 +258,48 @@ async fn healthz_is_not_ready_while_the_store_is_down() {
     let (status, body) = until("/healthz", |a| a.0 == 200, Duration::from_secs(15)).await;
     assert_eq!(status, 200, "ready again once the store is back: {body}");
 }
+
+/// The store's filesystem actually fills (the floor is 0 here, so the node
+/// lets writes through, as when something else fills the disk): appends
+/// fail; once the filler is deleted they succeed again within seconds,
+/// without restarting the node, and the key index is consistent (an old
+/// message_id is a duplicate at its original offset).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_whose_disk_filled_recovers_by_itself_once_space_is_freed() {
+    let Some(fs) = Tmpfs::mount(64) else { return };
+    let node = bsfg::node::start(embedded_config(&fs.path, 0)).await.expect("the node starts on the tmpfs");
+    let client = plain_client(&node);
+    let first_id = mid("before-full");
+    let first = client.append(envelope(&first_id), batch_fact(1)).await.expect("append with room");
+
+    let filler = fs.path.join("filler");
+    fs.fill(&filler, 0);
+    assert_eq!(fs.free_bytes(), 0, "the filesystem is full");
+    let (failed, after) = append_until(&client, || mid("while-full"), 2, Duration::from_secs(30), |a| a.is_err()).await;
+    let failed = failed.expect_err("appends fail on a full disk");
+    eprintln!("full: appends fail after {after:?}: {failed:?}");
+    let (status, body) = probe(&node, "/healthz").await;
+    assert_eq!(status, 503, "not ready while the store cannot write: {body}");
+    assert!(body.starts_with("store_storage_error: ") || body.starts_with("jetstream_unavailable: "), "{body}");
+
+    std::fs::remove_file(&filler).unwrap();
+    let freed = Instant::now();
+    let (resumed, _) = append_until(&client, || mid("after-free"), 4, Duration::from_secs(60), |a| a.is_ok()).await;
+    let took = freed.elapsed();
+    eprintln!("freed: appends succeed again after {took:?}: {resumed:?}");
+    let resumed = resumed.expect("appends succeed again after space is freed");
+    assert!(took < Duration::from_secs(10), "recovered within ~10 s of the space being freed, took {took:?}");
+    assert!(!resumed.duplicate && resumed.offset > first.offset);
+    let again = client.append(envelope(&first_id), batch_fact(1)).await.expect("a retry after recovery");
+    assert_eq!((again.offset, again.duplicate), (first.offset, true), "the key index still knows the old message_id");
+    let (status, body) = probe(&node, "/healthz").await;
+    assert_eq!(status, 200, "{body}");
+    let metrics = node.metrics.render();
+    // Observed with nats-server 2.15.1: without a restart it kept failing
+    // writes for over 60 s after the space was freed.
+    assert!(metric_value(&metrics, "bsfg_embedded_nats_storage_restarts_total", &[]).is_some_and(|n| n >= 1.0), "{metrics}");
+    assert_eq!(metric_value(&metrics, "bsfg_store_storage_fault", &[]), Some(0.0));
+    drop(client);
+    drop(node);
+    wait_until_key_index_closed(&fs.path.join("key-index.plant-a.kix")).await;
+}
