@@ -222,7 +222,15 @@ pub struct NatsConfig {
     /// (much faster; a power cut can lose that much acknowledged data).
     #[serde(default = "default_sync_interval")]
     pub sync_interval: String,
+    /// Appends (and uploads) are refused `disk_full` while the filesystem
+    /// of the embedded server's store directory, or of the key index, has
+    /// less free space than this (bytes; 0 turns the refusal off). See
+    /// `store::disk` for why 256 MiB and why not a percentage.
+    pub store_free_bytes_min: u64,
 }
+
+/// The default `[nats] store_free_bytes_min`: 256 MiB.
+pub const STORE_FREE_BYTES_MIN_DEFAULT: u64 = 256 << 20;
 
 fn default_sync_interval() -> String {
     "always".into()
@@ -240,6 +248,7 @@ impl Default for NatsConfig {
             server_bin: None,
             request_timeout: Duration::from_secs(5),
             sync_interval: default_sync_interval(),
+            store_free_bytes_min: STORE_FREE_BYTES_MIN_DEFAULT,
         }
     }
 }

@@ -31,6 +31,11 @@ pub struct Metrics {
     pub key_index_buffered_facts: Gauge,
     pub frontier_offset: Family<Labels, Gauge>,
     pub store_buffer_fill_percent: Family<Labels, Gauge<f64, AtomicU64>>,
+    pub store_free_bytes: Family<Labels, Gauge>,
+    pub disk_full: Gauge,
+    pub jetstream_available: Gauge,
+    pub store_storage_fault: Gauge,
+    pub embedded_nats_storage_restarts_total: Counter,
     pub retention_blocked: Family<Labels, Gauge>,
     pub oldest_unconfirmed_age_seconds: Family<Labels, Gauge<f64, AtomicU64>>,
     pub object_bytes_total: Family<Labels, Counter>,
@@ -80,6 +85,11 @@ impl Metrics {
             key_index_buffered_facts: Gauge::default(),
             frontier_offset: Family::default(),
             store_buffer_fill_percent: Family::default(),
+            store_free_bytes: Family::default(),
+            disk_full: Gauge::default(),
+            jetstream_available: Gauge::default(),
+            store_storage_fault: Gauge::default(),
+            embedded_nats_storage_restarts_total: Counter::default(),
             retention_blocked: Family::default(),
             oldest_unconfirmed_age_seconds: Family::default(),
             object_bytes_total: Family::default(),
@@ -159,6 +169,31 @@ impl Metrics {
         registry.register("bsfg_key_index_file_bytes", "Size of the key index file (it grows by whole buckets as entries are added)", m.key_index_file_bytes.clone());
         registry.register("bsfg_frontier_offset", "Confirmed frontier per consumer", m.frontier_offset.clone());
         registry.register("bsfg_store_buffer_fill_percent", "Category log fill as percent of capacity", m.store_buffer_fill_percent.clone());
+        registry.register(
+            "bsfg_store_free_bytes",
+            "Free bytes of each watched filesystem: the embedded store's (filesystem=\"store\") and the key index's (filesystem=\"key_index\")",
+            m.store_free_bytes.clone(),
+        );
+        registry.register(
+            "bsfg_disk_full",
+            "1 while a watched filesystem has less free space than [nats] store_free_bytes_min (appends are refused disk_full)",
+            m.disk_full.clone(),
+        );
+        registry.register(
+            "bsfg_jetstream_available",
+            "1 while the zone's JetStream answers account requests (0: disabled, e.g. after a storage error, or unreachable)",
+            m.jetstream_available.clone(),
+        );
+        registry.register(
+            "bsfg_store_storage_fault",
+            "1 while the embedded nats-server has hit storage errors (its filesystem ran out of space, or it logged them) and has not been restarted since",
+            m.store_storage_fault.clone(),
+        );
+        registry.register(
+            "bsfg_embedded_nats_storage_restarts",
+            "Restarts of the embedded nats-server to clear storage errors once its filesystem had room again",
+            m.embedded_nats_storage_restarts_total.clone(),
+        );
         registry.register(
             "bsfg_retention_blocked",
             "1 when unconfirmed facts are near or past max_age, or kept past the fill mark, because a consumer has not confirmed them (alarm)",

@@ -116,7 +116,7 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningNode> {
 
     let ops_listener = tokio::net::TcpListener::bind(config.ops_listen).await?;
     let ops_addr = ops_listener.local_addr()?;
-    let ops = tokio::spawn(ops_http::serve(ops_listener, metrics.clone(), store.client.clone()));
+    let ops = tokio::spawn(ops_http::serve(ops_listener, metrics.clone(), store.clone()));
 
     let tls = match config.tls.mode {
         TlsMode::Mtls => {
@@ -133,6 +133,9 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningNode> {
         }
     };
     let mut tasks = Vec::new();
+    if let Some(embedded) = &embedded {
+        tasks.push(embedded.watch_storage(store.disk.clone(), store.jetstream_health.clone(), metrics.clone()));
+    }
     if let Some(tls) = &tls {
         tasks.push(tokio::spawn(crate::tls::server::watch(tls.clone(), metrics.clone(), config.tls.reload_interval)));
     }

@@ -4,6 +4,7 @@
 
 use crate::config::ZoneConfig;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::process::{Child, Command};
 
@@ -46,7 +47,20 @@ pub struct EmbeddedNats {
     pub url: String,
     /// The credentials generated for this run (see [`ServerAuth`]).
     pub auth: ServerAuth,
+    /// The server's log (in its store directory).
+    pub log_path: PathBuf,
+    /// Asks the supervisor to stop the server and start it again at once.
+    restart: Arc<tokio::sync::Notify>,
     supervisor: tokio::task::JoinHandle<()>,
+}
+
+impl EmbeddedNats {
+    /// Stops the server (SIGKILL: it writes nothing acknowledged after
+    /// its fsync, see `sync_interval`) and starts it again at once, on the
+    /// same port and store; the node's connection reconnects by itself.
+    pub fn request_restart(&self) {
+        self.restart.notify_one();
+    }
 }
 
 /// The one user of an embedded server: generated at each start, written
@@ -229,28 +243,137 @@ pub async fn start(config: &ZoneConfig) -> anyhow::Result<EmbeddedNats> {
     let mut child = spawn(&binary, &config_path, &log_path)?;
     wait_started(&mut child, &log_path, log_from, port).await?;
     tracing::info!(binary = %binary.display(), port, store_dir = %store_dir.display(), "started embedded nats-server");
+    let restart = Arc::new(tokio::sync::Notify::new());
+    let requested = restart.clone();
+    let supervisor_log = log_path.clone();
+    let log_path = supervisor_log.clone();
     let supervisor = tokio::spawn(async move {
         let mut backoff = RestartBackoff::new();
         let mut started = std::time::Instant::now();
         loop {
-            let status = child.wait().await;
+            let status = tokio::select! {
+                status = child.wait() => status,
+                () = requested.notified() => {
+                    tracing::warn!("restarting the embedded nats-server as asked");
+                    let _ = child.start_kill();
+                    let _ = child.wait().await;
+                    started = std::time::Instant::now();
+                    match spawn(&binary, &config_path, &supervisor_log) {
+                        Ok(c) => child = c,
+                        Err(e) => tracing::error!(error = %e, "could not restart nats-server"),
+                    }
+                    continue;
+                }
+            };
             let delay = backoff.after_exit(started.elapsed());
             tracing::error!(?status, ?delay, "embedded nats-server exited; restarting");
             tokio::time::sleep(delay).await;
             // A failed spawn counts as a run of no time: the backoff grows.
             started = std::time::Instant::now();
-            match spawn(&binary, &config_path, &log_path) {
+            match spawn(&binary, &config_path, &supervisor_log) {
                 Ok(c) => child = c,
                 Err(e) => tracing::error!(error = %e, "could not restart nats-server"),
             }
         }
     });
-    Ok(EmbeddedNats { url: format!("nats://127.0.0.1:{port}"), auth, supervisor })
+    Ok(EmbeddedNats { url: format!("nats://127.0.0.1:{port}"), auth, log_path, restart, supervisor })
+}
+
+/// The store's filesystem counts as exhausted below this many free bytes.
+const EXHAUSTED_BYTES: u64 = 1 << 20;
+/// A server that hit storage errors is restarted once its filesystem has
+/// this much free (and at least the floor): room to start and recover.
+const RESTART_FREE_BYTES_MIN: u64 = 8 << 20;
+/// At most one storage restart per this long (a disk that fails again at
+/// once does not make a restart loop).
+const STORAGE_RESTART_COOLDOWN: Duration = Duration::from_secs(10);
+/// What the server logs when its disk fails it (lower case).
+const STORAGE_ERRORS: [&str; 3] = ["no space left on device", "will be disabled", "jetstream out of"];
+
+/// Lines of the embedded server's log that tell of storage errors.
+fn storage_errors_in(log: &str) -> Option<&str> {
+    log.lines().find(|line| {
+        let line = line.to_ascii_lowercase();
+        STORAGE_ERRORS.iter().any(|pattern| line.contains(pattern))
+    })
+}
+
+impl EmbeddedNats {
+    /// Watches for storage trouble and restarts the server once space is
+    /// back. Why: after its filesystem filled, nats-server kept failing
+    /// writes ("no space left on device" for a stream's block file) long
+    /// after space was freed, and only a restart helped. Trouble is the
+    /// store's filesystem seen exhausted (under 1 MiB free), or storage
+    /// errors in the server's log (written once there is room for it
+    /// again). While it lasts `/healthz` says `store_storage_error`.
+    pub fn watch_storage(&self, disk: Arc<crate::store::disk::DiskWatch>, health: Arc<crate::store::health::JetStreamHealth>, metrics: Arc<crate::metrics::Metrics>) -> tokio::task::JoinHandle<()> {
+        let restart = self.restart.clone();
+        let log_path = self.log_path.clone();
+        tokio::spawn(async move {
+            let mut log_from = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
+            let mut trouble: Option<String> = None;
+            let mut last_restart: Option<std::time::Instant> = None;
+            // After a restart the stopped server's last lines are not news.
+            let mut quiet_until: Option<std::time::Instant> = None;
+            let mut ticker = tokio::time::interval(crate::store::disk::POLL_INTERVAL);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let log_len = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
+                if log_len < log_from {
+                    log_from = 0;
+                }
+                if quiet_until.is_some_and(|until| std::time::Instant::now() < until) {
+                    log_from = log_len;
+                }
+                if log_len > log_from {
+                    let text = read_log_from(&log_path, log_from);
+                    log_from = log_len;
+                    if trouble.is_none()
+                        && let Some(line) = storage_errors_in(&text)
+                    {
+                        trouble = Some(format!("the embedded nats-server logged a storage error: {}", line.trim()));
+                    }
+                }
+                let free = disk.store_free();
+                if trouble.is_none()
+                    && let Some(free) = free.filter(|f| *f < EXHAUSTED_BYTES)
+                {
+                    trouble = Some(format!("the store's filesystem ran out of space ({free} bytes free)"));
+                }
+                let Some(why) = &trouble else { continue };
+                if health.storage_fault().is_none() {
+                    tracing::warn!(problem = %why, "the embedded nats-server hit storage errors; it is restarted once its filesystem has room again");
+                    metrics.store_storage_fault.set(1);
+                    health.set_storage_fault(Some(why.clone()));
+                }
+                let room = RESTART_FREE_BYTES_MIN.max(disk.floor());
+                let cooled = last_restart.is_none_or(|at| at.elapsed() >= STORAGE_RESTART_COOLDOWN);
+                if free.is_some_and(|f| f >= room) && cooled {
+                    tracing::warn!(problem = %why, free_bytes = free, "space is back: restarting the embedded nats-server to clear its storage errors");
+                    metrics.embedded_nats_storage_restarts_total.inc();
+                    restart.notify_one();
+                    last_restart = Some(std::time::Instant::now());
+                    trouble = None;
+                    metrics.store_storage_fault.set(0);
+                    health.set_storage_fault(None);
+                    quiet_until = Some(std::time::Instant::now() + Duration::from_secs(2));
+                }
+            }
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn storage_errors_are_found_in_the_server_log() {
+        let log = "[1] [INF] Server is ready\n[1] [ERR] JetStream failed to store a msg on stream '$G > facts_operational': write /s/msgs/1.blk: no space left on device\n";
+        assert!(storage_errors_in(log).is_some_and(|l| l.contains("1.blk")));
+        assert!(storage_errors_in("[1] [INF] Server is ready\n").is_none());
+    }
 
     #[test]
     fn restart_backoff_grows_while_crashing_and_resets_after_a_healthy_run() {

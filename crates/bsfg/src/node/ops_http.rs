@@ -1,30 +1,40 @@
-//! The operations port: `/metrics` (Prometheus text) and `/healthz`, plain
-//! HTTP/1.1, kept off the boundary port so scraping never needs a client
-//! certificate and never competes with boundary traffic.
+//! The operations port: `/metrics` (Prometheus text), `/healthz` and
+//! `/livez`, plain HTTP/1.1, kept off the boundary port so scraping never
+//! needs a client certificate and never competes with boundary traffic.
+//!
+//! `/healthz` is readiness: 200 `ok` only while the node can take appends,
+//! else 503 with one line that starts with a reason token (the store
+//! connection down, JetStream disabled or unreachable, a filesystem below
+//! its free-space floor, the key index catching up); see
+//! [`Store::not_ready`]. Why: it answered 200 while every append failed on
+//! a full disk. `/livez` is liveness: 200 while the process serves
+//! (restarting a node that is merely not ready would not help it).
 
 use crate::metrics::Metrics;
+use crate::store::Store;
 use http_body_util::Full;
 use hyper::{Request, Response, body::Bytes, service::service_fn};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, nats: async_nats::Client) {
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, store: Arc<Store>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let metrics = metrics.clone();
-        let nats = nats.clone();
+        let store = store.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<hyper::body::Incoming>| {
                 let metrics = metrics.clone();
-                let nats = nats.clone();
+                let store = store.clone();
                 async move {
                     let (status, body) = match request.uri().path() {
                         "/metrics" => (200, metrics.render()),
-                        "/healthz" => match nats.connection_state() {
-                            async_nats::connection::State::Connected => (200, "ok\n".to_string()),
-                            state => (503, format!("zone store not connected: {state:?}\n")),
+                        "/healthz" => match store.not_ready() {
+                            None => (200, "ok\n".to_string()),
+                            Some(why) => (503, format!("{why}\n")),
                         },
-                        _ => (404, "not found: try /metrics or /healthz\n".to_string()),
+                        "/livez" => (200, "ok\n".to_string()),
+                        _ => (404, "not found: try /metrics, /healthz or /livez\n".to_string()),
                     };
                     Ok::<_, std::convert::Infallible>(
                         Response::builder()

@@ -260,6 +260,8 @@ pub struct FactLog {
     jetstream: jetstream::Context,
     categories: HashMap<String, Category>,
     objects: Arc<Objects>,
+    /// Free space of the store's and the key index's filesystems.
+    disk: Arc<super::disk::DiskWatch>,
     keys: KeyGuard,
     index: Arc<KeyIndex>,
     /// Stages acknowledged facts for the index's writer thread.
@@ -284,6 +286,7 @@ impl FactLog {
         jetstream: jetstream::Context,
         config: Arc<ZoneConfig>,
         objects: Arc<Objects>,
+        disk: Arc<super::disk::DiskWatch>,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Arc<Self>> {
         let mut categories = HashMap::new();
@@ -315,6 +318,7 @@ impl FactLog {
             jetstream,
             categories,
             objects,
+            disk,
             keys: KeyGuard::default(),
             index,
             index_writer,
@@ -338,6 +342,15 @@ impl FactLog {
 
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.jetstream
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// True once the key index holds every stored fact (appends accepted).
+    pub fn index_ready(&self) -> bool {
+        *self.index_ready.borrow()
     }
 
     /// Appends one validated fact through group commit (see `commit`).
@@ -580,8 +593,13 @@ impl FactLog {
         self.encode(item, token, raw_token, category)
     }
 
-    /// `category_full` at the fill threshold (nothing is dropped to make room).
+    /// `disk_full` while the store's or the key index's filesystem is
+    /// below its free-space floor (`store::disk`); `category_full` at the
+    /// fill threshold (nothing is dropped to make room). Every append path
+    /// (AppendFact, the replicator, audit records) comes through here; a
+    /// retry of a stored fact is answered before it, writing nothing.
     fn refuse_if_full(&self, category: &CategoryConfig) -> Result<(), Rejection> {
+        self.disk.check()?;
         let log = &self.categories[&category.name];
         if !log.is_full() {
             return Ok(());

@@ -17,7 +17,9 @@
 pub mod commit;
 pub mod consumers;
 pub mod facts;
+pub mod health;
 pub mod direct;
+pub mod disk;
 pub mod key_index;
 pub mod objects;
 pub mod publish;
@@ -40,6 +42,10 @@ pub struct Store {
     pub facts: Arc<FactLog>,
     pub consumers: Arc<Consumers>,
     pub objects: Arc<Objects>,
+    /// Free space of the store's and the key index's filesystems.
+    pub disk: Arc<disk::DiskWatch>,
+    /// Whether JetStream answers (see [`health`]).
+    pub jetstream_health: Arc<health::JetStreamHealth>,
 }
 
 impl Store {
@@ -59,10 +65,36 @@ impl Store {
         jetstream.set_timeout(config.nats.request_timeout);
         check_domain(&jetstream, url, &config.zone).await?;
         let direct = Arc::new(direct::DirectGets::start(client.clone(), config.nats.request_timeout).await?);
-        let objects = Arc::new(Objects::open(jetstream.clone(), config.clone(), direct.clone()).await?);
-        let facts = FactLog::open(jetstream.clone(), config.clone(), objects.clone(), metrics.clone()).await?;
+        // An external server's store is not the node's to watch.
+        let store_dir = config.nats.url.is_none().then_some(config.nats.store_dir.as_path());
+        let disk = disk::DiskWatch::new(store_dir, &config.key_index_path(), config.nats.store_free_bytes_min, metrics.clone());
+        disk.spawn_poller();
+        let objects = Arc::new(Objects::open(jetstream.clone(), config.clone(), direct.clone(), disk.clone()).await?);
+        let facts = FactLog::open(jetstream.clone(), config.clone(), objects.clone(), disk.clone(), metrics.clone()).await?;
         let consumers = Arc::new(Consumers::open(client.clone(), &facts, config.clone(), metrics).await?);
-        Ok(Self { client, jetstream, facts, consumers, objects })
+        let jetstream_health = health::JetStreamHealth::start(jetstream.clone(), facts.metrics().clone());
+        Ok(Self { client, jetstream, facts, consumers, objects, disk, jetstream_health })
+    }
+
+    /// Why the node cannot take appends now (a one-line reason that starts
+    /// with a reason token), or None when it is ready: `/healthz`.
+    pub fn not_ready(&self) -> Option<String> {
+        if let state @ (async_nats::connection::State::Disconnected | async_nats::connection::State::Pending) = self.client.connection_state() {
+            return Some(format!("store_disconnected: the zone's nats-server is not connected ({state:?})"));
+        }
+        if let Some(why) = self.jetstream_health.problem() {
+            return Some(format!("jetstream_unavailable: {why}"));
+        }
+        if let Some(why) = self.jetstream_health.storage_fault() {
+            return Some(format!("store_storage_error: {why}"));
+        }
+        if let Some(why) = self.disk.full() {
+            return Some(format!("disk_full: {why}"));
+        }
+        if !self.facts.index_ready() {
+            return Some("key_index_catching_up: the idempotency key index is still reading the stored facts (bsfg_key_index_ready 0)".into());
+        }
+        None
     }
 }
 

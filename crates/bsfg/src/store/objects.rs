@@ -61,10 +61,11 @@ pub struct Objects {
     direct: Arc<DirectGets>,
     buckets: HashMap<String, object_store::ObjectStore>,
     refs: kv::Store,
+    disk: Arc<super::disk::DiskWatch>,
 }
 
 impl Objects {
-    pub async fn open(jetstream: jetstream::Context, config: Arc<ZoneConfig>, direct: Arc<DirectGets>) -> anyhow::Result<Self> {
+    pub async fn open(jetstream: jetstream::Context, config: Arc<ZoneConfig>, direct: Arc<DirectGets>, disk: Arc<super::disk::DiskWatch>) -> anyhow::Result<Self> {
         let mut buckets = HashMap::new();
         for b in &config.buckets {
             let store = match jetstream.get_object_store(&b.name).await {
@@ -104,7 +105,7 @@ impl Objects {
                     .await?
             }
         };
-        Ok(Self { config, direct, buckets, refs })
+        Ok(Self { config, direct, buckets, refs, disk })
     }
 
     fn bucket(&self, name: &str) -> Result<&object_store::ObjectStore, Rejection> {
@@ -197,7 +198,8 @@ impl Objects {
         if self.is_frozen(&header.bucket, &header.key).await? {
             return Err(frozen(&header.bucket, &header.key));
         }
-        Ok(())
+        // An upload is written to the store's disk like a fact.
+        self.disk.check()
     }
 
     /// Streams an upload into a new blob, verifies it, and points the key at

@@ -7,6 +7,7 @@ mod capacity;
 mod contract;
 mod crossing;
 mod delivery;
+mod disk;
 mod durability;
 mod faults;
 mod harness;
