@@ -7,6 +7,12 @@ scripts/setup.sh
 export PATH="$PWD/.tools/bin:$PATH"
 echo "[test] buf lint (proto/)"
 buf lint
+if cargo fmt --version >/dev/null 2>&1; then
+  echo "[test] cargo fmt --all --check"
+  cargo fmt --all --check
+else
+  echo "[test] rustfmt is not installed with this toolchain: formatting not checked"
+fi
 if cargo clippy --version >/dev/null 2>&1; then
   echo "[test] cargo clippy --workspace --all-targets -D warnings"
   cargo clippy --workspace --all-targets -- -D warnings

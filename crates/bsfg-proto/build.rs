@@ -5,7 +5,10 @@ fn main() {
     // SAFETY: build scripts are single-threaded.
     unsafe { std::env::set_var("PROTOC", protoc) };
     connectrpc_build::Config::new()
-        .files(&["../../proto/bsfg/v1/boundary.proto", "../../proto/bsfg/v1/operations.proto"])
+        .files(&[
+            "../../proto/bsfg/v1/boundary.proto",
+            "../../proto/bsfg/v1/operations.proto",
+        ])
         .includes(&["../../proto"])
         .include_file("_connectrpc.rs")
         .compile()

@@ -18,7 +18,10 @@
 //! (see `reference_runs`): the substrate's ceiling for any crossing that
 //! stores one JetStream message per fact.
 
-use super::{Child, free_port, node_commit_section, node_nats_section, now_ms, object_json, pct_ms, rss_kib, spawn_logged, start_nats_server, wait_tcp};
+use super::{
+    Child, free_port, node_commit_section, node_nats_section, now_ms, object_json, pct_ms, rss_kib,
+    spawn_logged, start_nats_server, wait_tcp,
+};
 use anyhow::{Context as _, bail};
 use async_nats::jetstream::{self, stream};
 use bsfg::client::BsfgClient;
@@ -97,20 +100,39 @@ struct Zone {
 fn cpu_snapshot(zones: &BTreeMap<&str, Zone>) -> Vec<f64> {
     ZONES
         .iter()
-        .flat_map(|z| [super::cpu_seconds(zones[z].node.pid()), super::cpu_seconds(zones[z].nats.pid())])
+        .flat_map(|z| {
+            [
+                super::cpu_seconds(zones[z].node.pid()),
+                super::cpu_seconds(zones[z].nats.pid()),
+            ]
+        })
         .chain(std::iter::once(super::cpu_seconds(std::process::id())))
         .collect()
 }
 
 /// Each process's CPU per fact since `before` (a `cpu_snapshot`).
-fn cpu_per_fact(zones: &BTreeMap<&str, Zone>, before: &[f64], facts: u64, generator: &str) -> String {
+fn cpu_per_fact(
+    zones: &BTreeMap<&str, Zone>,
+    before: &[f64],
+    facts: u64,
+    generator: &str,
+) -> String {
     let now = cpu_snapshot(zones);
     let us = |i: usize| (now[i] - before[i]) * 1e6 / facts.max(1) as f64;
     ZONES
         .iter()
         .enumerate()
-        .map(|(i, z)| format!("{z} node {:.0} µs + nats-server {:.0} µs", us(2 * i), us(2 * i + 1)))
-        .chain(std::iter::once(format!("{generator} (this bench) {:.0} µs", us(2 * ZONES.len()))))
+        .map(|(i, z)| {
+            format!(
+                "{z} node {:.0} µs + nats-server {:.0} µs",
+                us(2 * i),
+                us(2 * i + 1)
+            )
+        })
+        .chain(std::iter::once(format!(
+            "{generator} (this bench) {:.0} µs",
+            us(2 * ZONES.len())
+        )))
         .collect::<Vec<_>>()
         .join("; ")
 }
@@ -140,16 +162,37 @@ struct ArtifactRun {
 /// would refuse to start; the bench writes a few GB, so it sets the limit.
 const ZONE_MAX_FILE_STORE_BYTES: u64 = 64 << 30;
 
-async fn start_nats(bin: &Path, dir: &Path, name: &str, port: u16, extra: &str) -> anyhow::Result<(Child, jetstream::Context)> {
-    let child = start_nats_server(bin, dir, name, port, &format!("  max_file_store: {ZONE_MAX_FILE_STORE_BYTES}\n"), extra).await?;
-    let nc = async_nats::ConnectOptions::new().connect(format!("nats://127.0.0.1:{port}")).await?;
+async fn start_nats(
+    bin: &Path,
+    dir: &Path,
+    name: &str,
+    port: u16,
+    extra: &str,
+) -> anyhow::Result<(Child, jetstream::Context)> {
+    let child = start_nats_server(
+        bin,
+        dir,
+        name,
+        port,
+        &format!("  max_file_store: {ZONE_MAX_FILE_STORE_BYTES}\n"),
+        extra,
+    )
+    .await?;
+    let nc = async_nats::ConnectOptions::new()
+        .connect(format!("nats://127.0.0.1:{port}"))
+        .await?;
     let mut js = jetstream::new(nc);
     js.set_timeout(Duration::from_secs(20));
     Ok((child, js))
 }
 
 fn peer_toml(name: &str, origins: &[&str], consumers: &[&str]) -> String {
-    let q = |l: &[&str]| l.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
+    let q = |l: &[&str]| {
+        l.iter()
+            .map(|s| format!("\"{s}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     format!(
         "\n[[principals]]\nname = \"{name}\"\nkind = \"peer\"\nidentities = [\"{name}-bsfg\"]\nzone = \"{name}\"\norigins = [{}]\nconsumers = [{}]\nbuckets_read = [\"records\"]\n",
         q(origins),
@@ -164,7 +207,15 @@ fn upstream_toml(peer: &str, url: &str, consumer: &str, spool: &Path) -> String 
     )
 }
 
-fn node_toml(zone: &str, port: u16, ops: u16, nats_port: u16, dir: &Path, upstream_urls: &BTreeMap<&str, String>, mtls: bool) -> String {
+fn node_toml(
+    zone: &str,
+    port: u16,
+    ops: u16,
+    nats_port: u16,
+    dir: &Path,
+    upstream_urls: &BTreeMap<&str, String>,
+    mtls: bool,
+) -> String {
     let mut s = format!(
         r#"zone = "{zone}"
 listen = "127.0.0.1:{port}"
@@ -221,12 +272,26 @@ capacity_bytes = 8589934592
         "idmz" => {
             s.push_str("\n[[consumers]]\nname = \"to-enterprise\"\ncategory = \"operational\"\nkinds = [\"hop2\"]\n");
             s.push_str(&peer_toml("plant-a", &["plant-a"], &[]));
-            s.push_str(&peer_toml("enterprise", &["enterprise"], &["to-enterprise"]));
-            s.push_str(&upstream_toml("plant-a", &upstream_urls["plant-a"], "to-idmz", &spool));
+            s.push_str(&peer_toml(
+                "enterprise",
+                &["enterprise"],
+                &["to-enterprise"],
+            ));
+            s.push_str(&upstream_toml(
+                "plant-a",
+                &upstream_urls["plant-a"],
+                "to-idmz",
+                &spool,
+            ));
         }
         _ => {
             s.push_str(&peer_toml("idmz", &["plant-a", "idmz"], &[]));
-            s.push_str(&upstream_toml("idmz", &upstream_urls["idmz"], "to-enterprise", &spool));
+            s.push_str(&upstream_toml(
+                "idmz",
+                &upstream_urls["idmz"],
+                "to-enterprise",
+                &spool,
+            ));
         }
     }
     s
@@ -237,13 +302,22 @@ async fn count(js: &jetstream::Context) -> anyhow::Result<u64> {
     Ok(s.info().await?.state.messages)
 }
 
-async fn wait_count(js: &jetstream::Context, target: u64, timeout: Duration) -> anyhow::Result<Instant> {
+async fn wait_count(
+    js: &jetstream::Context,
+    target: u64,
+    timeout: Duration,
+) -> anyhow::Result<Instant> {
     wait_messages(js, "facts_operational", target, timeout).await
 }
 
 /// Polls stream `name` every 10 ms until it holds `target` messages;
 /// returns when it saw them.
-async fn wait_messages(js: &jetstream::Context, name: &str, target: u64, timeout: Duration) -> anyhow::Result<Instant> {
+async fn wait_messages(
+    js: &jetstream::Context,
+    name: &str,
+    target: u64,
+    timeout: Duration,
+) -> anyhow::Result<Instant> {
     let deadline = Instant::now() + timeout;
     loop {
         let n = js.get_stream(name).await?.info().await?.state.messages;
@@ -258,21 +332,47 @@ async fn wait_messages(js: &jetstream::Context, name: &str, target: u64, timeout
 }
 
 fn fact(kind: &str, i: u64, payload: &str) -> Fact {
-    Fact { subject: format!("{kind}:B{i}"), predicate: "step_completed".into(), object_json: payload.to_string(), ..Default::default() }
+    Fact {
+        subject: format!("{kind}:B{i}"),
+        predicate: "step_completed".into(),
+        object_json: payload.to_string(),
+        ..Default::default()
+    }
 }
 
 fn envelope(tag: &str, i: u64, to: &str) -> Envelope {
-    Envelope { message_id: format!("{tag}-{i}"), from_zone: "plant-a".into(), to_zone: to.into(), produced_at_unix_ms: now_ms(), ..Default::default() }
+    Envelope {
+        message_id: format!("{tag}-{i}"),
+        from_zone: "plant-a".into(),
+        to_zone: to.into(),
+        produced_at_unix_ms: now_ms(),
+        ..Default::default()
+    }
 }
 
 /// Appends `n` facts at plant-a with `concurrency` in flight. Returns facts/s.
-async fn append_many(client: &BsfgClient, concurrency: usize, n: u64, tag: &str, kind: &str, to: &str, size: usize) -> anyhow::Result<f64> {
+async fn append_many(
+    client: &BsfgClient,
+    concurrency: usize,
+    n: u64,
+    tag: &str,
+    kind: &str,
+    to: &str,
+    size: usize,
+) -> anyhow::Result<f64> {
     let payload = Arc::new(object_json(size));
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..concurrency {
-        let (client, next, payload, tag, kind, to) = (client.clone(), next.clone(), payload.clone(), tag.to_string(), kind.to_string(), to.to_string());
+        let (client, next, payload, tag, kind, to) = (
+            client.clone(),
+            next.clone(),
+            payload.clone(),
+            tag.to_string(),
+            kind.to_string(),
+            to.to_string(),
+        );
         workers.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -280,7 +380,10 @@ async fn append_many(client: &BsfgClient, concurrency: usize, n: u64, tag: &str,
                     return Ok::<_, anyhow::Error>(());
                 }
                 let mut tries = 0;
-                while let Err(e) = client.append(envelope(&tag, i, &to), fact(&kind, i, &payload)).await {
+                while let Err(e) = client
+                    .append(envelope(&tag, i, &to), fact(&kind, i, &payload))
+                    .await
+                {
                     tries += 1;
                     if tries > 20 {
                         bail!("append {tag}-{i}: {e:?}");
@@ -317,13 +420,32 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
     let mut rss_lines: Vec<String> = Vec::new();
 
     // ---------------------------------------------------------- (b) native sourcing, and a bare bridge
-    let reference = if a.only_bsfg_throughput || a.only_lag { None } else { Some(reference_runs(&a, &dir, delay).await?) };
-    let (native_loop, native_wan) = reference.as_ref().map_or((f64::NAN, f64::NAN), |r| (r.native[0].rate, r.native[1].rate));
+    let reference = if a.only_bsfg_throughput || a.only_lag {
+        None
+    } else {
+        Some(reference_runs(&a, &dir, delay).await?)
+    };
+    let (native_loop, native_wan) = reference.as_ref().map_or((f64::NAN, f64::NAN), |r| {
+        (r.native[0].rate, r.native[1].rate)
+    });
     if let Some(r) = &reference {
         let rtt = 2 * a.delay_ms;
-        for (what, runs) in [("Native sourcing over leaf node", &r.native), ("Bare bridge (substrate reference: one async-nats client pulls the hub's stream and publishes each message with `Nats-Msg-Id` into the leaf's domain)", &r.bridge)] {
-            for (run, link) in runs.iter().zip(["loopback".to_string(), format!("RTT {rtt} ms")]) {
-                rows.push(Row { name: format!("{what}, catch-up of {} × 256 B, {link}", a.native_facts), rate: run.rate, detail: format!("CPU per message: {}", run.cpu) });
+        for (what, runs) in [
+            ("Native sourcing over leaf node", &r.native),
+            (
+                "Bare bridge (substrate reference: one async-nats client pulls the hub's stream and publishes each message with `Nats-Msg-Id` into the leaf's domain)",
+                &r.bridge,
+            ),
+        ] {
+            for (run, link) in runs
+                .iter()
+                .zip(["loopback".to_string(), format!("RTT {rtt} ms")])
+            {
+                rows.push(Row {
+                    name: format!("{what}, catch-up of {} × 256 B, {link}", a.native_facts),
+                    rate: run.rate,
+                    detail: format!("CPU per message: {}", run.cpu),
+                });
             }
         }
         rss_lines.push(r.rss_line.clone());
@@ -355,30 +477,60 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
             let mut node = bsfg::tls::pki::IssueRequest::new(&format!("{z}-bsfg"), 5);
             node.extra_sans = vec!["localhost".into(), "127.0.0.1".into()];
             bsfg::tls::pki::issue(&certs, &certs, &node)?;
-            bsfg::tls::pki::issue(&certs, &certs, &bsfg::tls::pki::IssueRequest::new(&format!("app.{z}"), 5))?;
+            bsfg::tls::pki::issue(
+                &certs,
+                &certs,
+                &bsfg::tls::pki::IssueRequest::new(&format!("app.{z}"), 5),
+            )?;
         }
     }
     let scheme = if mtls { "https" } else { "http" };
     let mut upstream_urls = BTreeMap::new();
-    upstream_urls.insert("plant-a", format!("{scheme}://127.0.0.1:{}", p1.addr.port()));
+    upstream_urls.insert(
+        "plant-a",
+        format!("{scheme}://127.0.0.1:{}", p1.addr.port()),
+    );
     upstream_urls.insert("idmz", format!("{scheme}://127.0.0.1:{}", p2.addr.port()));
     let mut zones: BTreeMap<&str, Zone> = BTreeMap::new();
     for z in ZONES {
         let (port, ops, nats_port) = ports[z];
         let (nats, js) = start_nats(&a.nats_server, &dir, z, nats_port, "").await?;
         let toml = dir.join(format!("{z}.toml"));
-        std::fs::write(&toml, node_toml(z, port, ops, nats_port, &dir, &upstream_urls, mtls))?;
+        std::fs::write(
+            &toml,
+            node_toml(z, port, ops, nats_port, &dir, &upstream_urls, mtls),
+        )?;
         let node_log = dir.join(format!("{z}.node.log"));
-        let node = spawn_logged(std::process::Command::new(&a.bsfg).arg("serve").arg("--config").arg(&toml), &node_log)
-            .with_context(|| format!("starting {}", a.bsfg.display()))?;
+        let node = spawn_logged(
+            std::process::Command::new(&a.bsfg)
+                .arg("serve")
+                .arg("--config")
+                .arg(&toml),
+            &node_log,
+        )
+        .with_context(|| format!("starting {}", a.bsfg.display()))?;
         wait_tcp(port, "bsfg node", &node_log).await?;
         let client = if mtls {
             let f = |ext: &str| certs.join(format!("app.{z}.{ext}"));
-            BsfgClient::from_files(&format!("https://127.0.0.1:{port}"), Some(&certs.join("ca.pem")), Some(&f("pem")), Some(&f("key")))?
+            BsfgClient::from_files(
+                &format!("https://127.0.0.1:{port}"),
+                Some(&certs.join("ca.pem")),
+                Some(&f("pem")),
+                Some(&f("key")),
+            )?
         } else {
             BsfgClient::connect(&format!("http://127.0.0.1:{port}"))?
         };
-        zones.insert(z, Zone { nats, node, port, js, client });
+        zones.insert(
+            z,
+            Zone {
+                nats,
+                node,
+                port,
+                js,
+                client,
+            },
+        );
     }
     let _ = zones["plant-a"].port;
     let src = zones["plant-a"].client.clone();
@@ -389,7 +541,14 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
     // ---------------------------------------------------------- (a)+(c) catch-up
     let mut catchup_1hop_256_loop = 0.0;
     let mut catchup_1hop_256_wan = 0.0;
-    let catch_up_runs = [(1u8, 256usize, Duration::ZERO), (1, 4096, Duration::ZERO), (2, 256, Duration::ZERO), (2, 4096, Duration::ZERO), (1, 256, delay), (2, 256, delay)];
+    let catch_up_runs = [
+        (1u8, 256usize, Duration::ZERO),
+        (1, 4096, Duration::ZERO),
+        (2, 256, Duration::ZERO),
+        (2, 4096, Duration::ZERO),
+        (1, 256, delay),
+        (2, 256, delay),
+    ];
     for (hops, size, d) in catch_up_runs.into_iter().filter(|_| !a.only_lag) {
         p1.set_delay(d);
         p2.set_delay(d);
@@ -405,7 +564,9 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
         let rate = n as f64 / (done - t).as_secs_f64();
         let rtt = 2 * d.as_millis();
         let cpu = cpu_per_fact(&zones, &cpu_before, n, "arrival poller");
-        eprintln!("catch-up {hops} hop(s) {size} B RTT {rtt} ms: {rate:.0} facts/s (pre-fill {fill:.0}/s); CPU per fact: {cpu}");
+        eprintln!(
+            "catch-up {hops} hop(s) {size} B RTT {rtt} ms: {rate:.0} facts/s (pre-fill {fill:.0}/s); CPU per fact: {cpu}"
+        );
         if hops == 1 && size == 256 {
             if d.is_zero() {
                 catchup_1hop_256_loop = rate;
@@ -423,7 +584,10 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
     p2.set_delay(Duration::ZERO);
 
     // ---------------------------------------------------------- (a) steady state
-    for (hops, size) in [(1u8, 256usize), (1, 4096), (2, 256), (2, 4096)].into_iter().filter(|_| !a.only_lag) {
+    for (hops, size) in [(1u8, 256usize), (1, 4096), (2, 256), (2, 4096)]
+        .into_iter()
+        .filter(|_| !a.only_lag)
+    {
         let kind = if hops == 1 { "hop1" } else { "hop2" };
         let to = if hops == 1 { "idmz" } else { "enterprise" };
         let base = count(dest(hops)).await?;
@@ -431,7 +595,9 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
         let offered = append_many(&src, a.concurrency, n, &tag("ss"), kind, to, size).await?;
         let done = wait_count(dest(hops), base + n, timeout).await?;
         let rate = n as f64 / (done - t).as_secs_f64();
-        eprintln!("steady {hops} hop(s) {size} B: {rate:.0} facts/s delivered (appended at {offered:.0}/s)");
+        eprintln!(
+            "steady {hops} hop(s) {size} B: {rate:.0} facts/s delivered (appended at {offered:.0}/s)"
+        );
         rows.push(Row {
             name: format!("BSFG steady state, {hops} hop(s), {size} B, {n} facts appended c{} while links are up", a.concurrency),
             rate,
@@ -442,7 +608,10 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
     // ---------------------------------------------------------- (d) two-hop lag at an offered rate
 
     if a.only_bsfg_throughput {
-        let mut md = format!("### BSFG throughput with `[tls] mode = \"{}\"` (`bsfg-bench crossing --only-bsfg-throughput --tls {} --facts {n}`)\n\n| Benchmark | Rate | Notes |\n|---|---|---|\n", a.tls, a.tls);
+        let mut md = format!(
+            "### BSFG throughput with `[tls] mode = \"{}\"` (`bsfg-bench crossing --only-bsfg-throughput --tls {} --facts {n}`)\n\n| Benchmark | Rate | Notes |\n|---|---|---|\n",
+            a.tls, a.tls
+        );
         for r in rows.iter().filter(|r| !r.rate.is_nan()) {
             let _ = writeln!(md, "| {} | {:.0} /s | {} |", r.name, r.rate, r.detail);
         }
@@ -459,7 +628,16 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
         p2.cut();
         let ent = &zones["enterprise"].js;
         let base = count(ent).await?;
-        let fill = append_many(&src, a.concurrency, a.backlog_facts, &tag("bl"), "hop2", "enterprise", 256).await?;
+        let fill = append_many(
+            &src,
+            a.concurrency,
+            a.backlog_facts,
+            &tag("bl"),
+            "hop2",
+            "enterprise",
+            256,
+        )
+        .await?;
         // idmz receives them while its link to enterprise is cut.
         // Every node's VmHWM shows the peak of the drain alone (the
         // pre-fill's 64 concurrent appends at plant-a excluded).
@@ -468,7 +646,10 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
         p2.restore();
         let done = wait_count(ent, base + a.backlog_facts, timeout).await?;
         let rate = a.backlog_facts as f64 / (done - t).as_secs_f64();
-        eprintln!("backlog drain idmz→enterprise {} facts: {rate:.0} facts/s (pre-fill {fill:.0}/s)", a.backlog_facts);
+        eprintln!(
+            "backlog drain idmz→enterprise {} facts: {rate:.0} facts/s (pre-fill {fill:.0}/s)",
+            a.backlog_facts
+        );
         Some((rate, fill))
     } else {
         None
@@ -477,15 +658,43 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
     for z in ZONES {
         let (hwm, now) = rss_kib(zones[z].node.pid());
         let (nhwm, _) = rss_kib(zones[z].nats.pid());
-        rss.push((z, hwm as f64 / 1024.0, now as f64 / 1024.0, nhwm as f64 / 1024.0));
+        rss.push((
+            z,
+            hwm as f64 / 1024.0,
+            now as f64 / 1024.0,
+            nhwm as f64 / 1024.0,
+        ));
     }
 
     // ---------------------------------------------------------- (d) two-hop lag (after (e): the open-loop flood inflates plant-a's RSS)
     let cpu_before = cpu_snapshot(&zones);
-    let lag = lag_run(&src, &zones["enterprise"].js, a.lag_rate, a.lag_secs, timeout).await?;
+    let lag = lag_run(
+        &src,
+        &zones["enterprise"].js,
+        a.lag_rate,
+        a.lag_secs,
+        timeout,
+    )
+    .await?;
     let lag_cpu = cpu_per_fact(&zones, &cpu_before, lag.0, "load generator");
-    eprintln!("CPU per fact during the lag run at {} facts/s: {lag_cpu}", a.lag_rate);
-    let lag_low = if a.lag_low_rate > 0.0 { Some(lag_run(&src, &zones["enterprise"].js, a.lag_low_rate, a.lag_secs, timeout).await?) } else { None };
+    eprintln!(
+        "CPU per fact during the lag run at {} facts/s: {lag_cpu}",
+        a.lag_rate
+    );
+    let lag_low = if a.lag_low_rate > 0.0 {
+        Some(
+            lag_run(
+                &src,
+                &zones["enterprise"].js,
+                a.lag_low_rate,
+                a.lag_secs,
+                timeout,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
     if a.only_lag {
         for (z, hwm, _, nhwm) in &rss {
             eprintln!("{z}: node VmHWM {hwm:.1} MiB, nats-server VmHWM {nhwm:.1} MiB");
@@ -507,9 +716,17 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
                     }
                     c
                 }));
-                let header = PutObjectHeader { bucket: "records".into(), key, media_type: "application/octet-stream".into(), ..Default::default() };
+                let header = PutObjectHeader {
+                    bucket: "records".into(),
+                    key,
+                    media_type: "application/octet-stream".into(),
+                    ..Default::default()
+                };
                 let t = Instant::now();
-                let r = src.put_object(header, chunks, Duration::from_secs(3600)).await.map_err(|e| anyhow::anyhow!("put_object: {e:?}"))?;
+                let r = src
+                    .put_object(header, chunks, Duration::from_secs(3600))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("put_object: {e:?}"))?;
                 Ok::<_, anyhow::Error>((r, t.elapsed().as_secs_f64()))
             }
         };
@@ -531,12 +748,24 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
             ..Default::default()
         });
         let t = Instant::now();
-        src.append(envelope(&key, 0, "idmz"), f).await.map_err(|e| anyhow::anyhow!("append with attachment: {e:?}"))?;
+        src.append(envelope(&key, 0, "idmz"), f)
+            .await
+            .map_err(|e| anyhow::anyhow!("append with attachment: {e:?}"))?;
         wait_count(idmz, base + 1, timeout).await?;
         let cross_secs = t.elapsed().as_secs_f64();
         let cross_rate = size as f64 / cross_secs / (1024.0 * 1024.0);
-        eprintln!("artifact {} MiB: local put {local_rate:.1} MiB/s, crossing one hop {cross_rate:.1} MiB/s", a.artifact_mib);
-        Some(ArtifactRun { local_rate, cross_rate, put_secs, cross_secs, put_hwm_mib: hwm_put, rss_before_put_mib: rss_before_put })
+        eprintln!(
+            "artifact {} MiB: local put {local_rate:.1} MiB/s, crossing one hop {cross_rate:.1} MiB/s",
+            a.artifact_mib
+        );
+        Some(ArtifactRun {
+            local_rate,
+            cross_rate,
+            put_secs,
+            cross_secs,
+            put_hwm_mib: hwm_put,
+            rss_before_put_mib: rss_before_put,
+        })
     } else {
         None
     };
@@ -547,22 +776,54 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
 
     // ---------------------------------------------------------- report
     let mut md = String::new();
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let _ = writeln!(md, "## Results: crossing zones\n");
     let _ = writeln!(
         md,
         "Generated by `bsfg-bench crossing` at unix ms {started_at}; BSFG measurements of {n} facts each, native backlog {} × 256 B, (e) backlog {} facts, artifact {} MiB, lag at {} facts/s offered for {} s, delay runs at {} ms one-way ({} ms RTT) per proxied link; nodes `[tls] mode = \"{}\"`; host: {cpus} CPUs.\n",
-        a.native_facts, a.backlog_facts, a.artifact_mib, a.lag_rate, a.lag_secs, a.delay_ms, 2 * a.delay_ms, a.tls
+        a.native_facts,
+        a.backlog_facts,
+        a.artifact_mib,
+        a.lag_rate,
+        a.lag_secs,
+        a.delay_ms,
+        2 * a.delay_ms,
+        a.tls
     );
     let verdict = |ok: bool| if ok { "**PASS**" } else { "**FAIL**" };
-    let _ = writeln!(md, "### Targets\n\n| Target | Measured | Result |\n|---|---|---|");
+    let _ = writeln!(
+        md,
+        "### Targets\n\n| Target | Measured | Result |\n|---|---|---|"
+    );
     let r_loop = catchup_1hop_256_loop / native_loop;
     let r_wan = catchup_1hop_256_wan / native_wan;
     // What the substrate leaves for this design: the bare bridge's share of
     // native sourcing, measured on the same servers just before.
-    let ceiling = |i: usize| reference.as_ref().map_or(String::new(), |r| format!(" (bare bridge, no BSFG logic: {:.0} / {:.0} = {:.2}×)", r.bridge[i].rate, r.native[i].rate, r.bridge[i].rate / r.native[i].rate));
-    let _ = writeln!(md, "| one-hop catch-up ≥ 0.5 × native sourcing, loopback | {catchup_1hop_256_loop:.0} / {native_loop:.0} = {r_loop:.3}×{} | {} |", ceiling(0), verdict(r_loop >= 0.5));
-    let _ = writeln!(md, "| one-hop catch-up ≥ 1.0 × native sourcing, RTT {} ms | {catchup_1hop_256_wan:.0} / {native_wan:.0} = {r_wan:.3}×{} | {} |", 2 * a.delay_ms, ceiling(1), verdict(r_wan >= 1.0));
+    let ceiling = |i: usize| {
+        reference.as_ref().map_or(String::new(), |r| {
+            format!(
+                " (bare bridge, no BSFG logic: {:.0} / {:.0} = {:.2}×)",
+                r.bridge[i].rate,
+                r.native[i].rate,
+                r.bridge[i].rate / r.native[i].rate
+            )
+        })
+    };
+    let _ = writeln!(
+        md,
+        "| one-hop catch-up ≥ 0.5 × native sourcing, loopback | {catchup_1hop_256_loop:.0} / {native_loop:.0} = {r_loop:.3}×{} | {} |",
+        ceiling(0),
+        verdict(r_loop >= 0.5)
+    );
+    let _ = writeln!(
+        md,
+        "| one-hop catch-up ≥ 1.0 × native sourcing, RTT {} ms | {catchup_1hop_256_wan:.0} / {native_wan:.0} = {r_wan:.3}×{} | {} |",
+        2 * a.delay_ms,
+        ceiling(1),
+        verdict(r_wan >= 1.0)
+    );
     let (ok, total, offered_secs, p50, p99, max) = lag;
     let achieved = ok as f64 / offered_secs;
     let _ = writeln!(
@@ -575,37 +836,86 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
     let _ = writeln!(
         md,
         "| backlog drain, every node's RSS ≤ 128 MiB | max VmHWM {max_rss:.1} MiB ({}) | {} |",
-        rss.iter().map(|r| format!("{} {:.1}", r.0, r.1)).collect::<Vec<_>>().join(", "),
+        rss.iter()
+            .map(|r| format!("{} {:.1}", r.0, r.1))
+            .collect::<Vec<_>>()
+            .join(", "),
         verdict(max_rss <= 128.0)
     );
-    if let Some(ArtifactRun { local_rate: local, cross_rate: cross, .. }) = artifact {
-        let _ = writeln!(md, "| artifact crossing ≥ 0.5 × local put | {cross:.1} / {local:.1} MiB/s = {:.2}× | {} |", cross / local, verdict(cross / local >= 0.5));
+    if let Some(ArtifactRun {
+        local_rate: local,
+        cross_rate: cross,
+        ..
+    }) = artifact
+    {
+        let _ = writeln!(
+            md,
+            "| artifact crossing ≥ 0.5 × local put | {cross:.1} / {local:.1} MiB/s = {:.2}× | {} |",
+            cross / local,
+            verdict(cross / local >= 0.5)
+        );
     }
-    let _ = writeln!(md, "\n### Measurements\n\n| Benchmark | Rate | Notes |\n|---|---|---|");
+    let _ = writeln!(
+        md,
+        "\n### Measurements\n\n| Benchmark | Rate | Notes |\n|---|---|---|"
+    );
     for r in &rows {
         let _ = writeln!(md, "| {} | {:.0} /s | {} |", r.name, r.rate, r.detail);
     }
     if let Some((rate, fill)) = backlog {
-        let _ = writeln!(md, "| (e) BSFG drain of {} × 256 B two-hop facts held at idmz after cutting idmz ⇄ enterprise | {rate:.0} /s | pre-fill by AppendFact at plant-a {fill:.0} facts/s |", a.backlog_facts);
+        let _ = writeln!(
+            md,
+            "| (e) BSFG drain of {} × 256 B two-hop facts held at idmz after cutting idmz ⇄ enterprise | {rate:.0} /s | pre-fill by AppendFact at plant-a {fill:.0} facts/s |",
+            a.backlog_facts
+        );
     }
-    let _ = writeln!(md, "| (d) two-hop lag plant-a append → enterprise append, open loop {} facts/s × {} s | p50 {p50:.1} ms / p99 {p99:.1} ms / max {max:.1} ms | from `provenance.hops[0].appended_at_unix_ms` to the enterprise `StoredFact.appended_at_unix_ms` (ms resolution); {ok} of {total} appends succeeded over {offered_secs:.1} s |", a.lag_rate, a.lag_secs);
+    let _ = writeln!(
+        md,
+        "| (d) two-hop lag plant-a append → enterprise append, open loop {} facts/s × {} s | p50 {p50:.1} ms / p99 {p99:.1} ms / max {max:.1} ms | from `provenance.hops[0].appended_at_unix_ms` to the enterprise `StoredFact.appended_at_unix_ms` (ms resolution); {ok} of {total} appends succeeded over {offered_secs:.1} s |",
+        a.lag_rate, a.lag_secs
+    );
     if let Some((ok, total, offered_secs, p50, p99, max)) = lag_low {
-        let _ = writeln!(md, "| (d) same, open loop {} facts/s × {} s | p50 {p50:.1} ms / p99 {p99:.1} ms / max {max:.1} ms | {ok} of {total} appends succeeded over {offered_secs:.1} s |", a.lag_low_rate, a.lag_secs);
+        let _ = writeln!(
+            md,
+            "| (d) same, open loop {} facts/s × {} s | p50 {p50:.1} ms / p99 {p99:.1} ms / max {max:.1} ms | {ok} of {total} appends succeeded over {offered_secs:.1} s |",
+            a.lag_low_rate, a.lag_secs
+        );
     }
-    if let Some(ArtifactRun { local_rate: local, cross_rate: cross, put_secs, cross_secs, .. }) = artifact {
-        let _ = writeln!(md, "| (f) artifact {} MiB: local PutObject at plant-a | {local:.1} MiB/s | {put_secs:.1} s |", a.artifact_mib);
-        let _ = writeln!(md, "| (f) same artifact crossing one hop (append → fact present at idmz, object pulled, verified, stored) | {cross:.1} MiB/s | {cross_secs:.1} s |");
+    if let Some(ArtifactRun {
+        local_rate: local,
+        cross_rate: cross,
+        put_secs,
+        cross_secs,
+        ..
+    }) = artifact
+    {
+        let _ = writeln!(
+            md,
+            "| (f) artifact {} MiB: local PutObject at plant-a | {local:.1} MiB/s | {put_secs:.1} s |",
+            a.artifact_mib
+        );
+        let _ = writeln!(
+            md,
+            "| (f) same artifact crossing one hop (append → fact present at idmz, object pulled, verified, stored) | {cross:.1} MiB/s | {cross_secs:.1} s |"
+        );
     }
     let _ = writeln!(md, "\n### Resources\n");
     for (z, hwm, now, nhwm) in &rss {
-        let _ = writeln!(md, "* `bsfg serve` {z}: VmHWM {hwm:.1} MiB during the backlog drain (reset just before it via /proc/pid/clear_refs) (VmRSS {now:.1} MiB); its nats-server VmHWM {nhwm:.1} MiB");
+        let _ = writeln!(
+            md,
+            "* `bsfg serve` {z}: VmHWM {hwm:.1} MiB during the backlog drain (reset just before it via /proc/pid/clear_refs) (VmRSS {now:.1} MiB); its nats-server VmHWM {nhwm:.1} MiB"
+        );
     }
     let _ = writeln!(
         md,
         "* CPU per fact during the two-hop lag run at {} facts/s (from /proc/pid/stat, includes everything each process did meanwhile): {lag_cpu}\n* `bsfg serve` lifetime VmHWM before (e) (includes the c{} pre-fills at plant-a): {}",
         a.lag_rate,
         a.concurrency,
-        rss_lifetime.iter().map(|r| format!("{} {:.1} MiB", r.0, r.1)).collect::<Vec<_>>().join(", ")
+        rss_lifetime
+            .iter()
+            .map(|r| format!("{} {:.1} MiB", r.0, r.1))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let _ = writeln!(
         md,
@@ -648,24 +958,43 @@ struct Reference {
 /// leaves for such a design.
 async fn reference_runs(a: &CrossArgs, dir: &Path, delay: Duration) -> anyhow::Result<Reference> {
     let (hub_port, hub_leaf_port, leaf_port) = (free_port()?, free_port()?, free_port()?);
-    let (hub, hub_js) = start_nats(&a.nats_server, dir, "hub", hub_port, &format!("leafnodes {{\n  listen: \"127.0.0.1:{hub_leaf_port}\"\n}}")).await?;
+    let (hub, hub_js) = start_nats(
+        &a.nats_server,
+        dir,
+        "hub",
+        hub_port,
+        &format!("leafnodes {{\n  listen: \"127.0.0.1:{hub_leaf_port}\"\n}}"),
+    )
+    .await?;
     let leaf_proxy = FaultProxy::start(format!("127.0.0.1:{hub_leaf_port}").parse()?).await?;
     let (leaf, leaf_js) = start_nats(
         &a.nats_server,
         dir,
         "leaf",
         leaf_port,
-        &format!("leafnodes {{\n  remotes: [ {{ url: \"nats-leaf://127.0.0.1:{}\" }} ]\n}}", leaf_proxy.addr.port()),
+        &format!(
+            "leafnodes {{\n  remotes: [ {{ url: \"nats-leaf://127.0.0.1:{}\" }} ]\n}}",
+            leaf_proxy.addr.port()
+        ),
     )
     .await?;
     hub_js
-        .create_stream(stream::Config { name: "SRC".into(), subjects: vec!["src.>".into()], storage: stream::StorageType::File, ..Default::default() })
+        .create_stream(stream::Config {
+            name: "SRC".into(),
+            subjects: vec!["src.>".into()],
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
         .await?;
     let payload = bytes::Bytes::from(vec![b'x'; 256]);
     let t = Instant::now();
     let mut inflight = std::collections::VecDeque::new();
     for i in 0..a.native_facts {
-        inflight.push_back(hub_js.publish(format!("src.{}", i % 1024), payload.clone()).await?);
+        inflight.push_back(
+            hub_js
+                .publish(format!("src.{}", i % 1024), payload.clone())
+                .await?,
+        );
         if inflight.len() >= 256 {
             inflight.pop_front().unwrap().await?;
         }
@@ -673,41 +1002,71 @@ async fn reference_runs(a: &CrossArgs, dir: &Path, delay: Duration) -> anyhow::R
     for f in inflight {
         f.await?;
     }
-    eprintln!("native pre-fill {} msgs: {:.0} msg/s", a.native_facts, a.native_facts as f64 / t.elapsed().as_secs_f64());
+    eprintln!(
+        "native pre-fill {} msgs: {:.0} msg/s",
+        a.native_facts,
+        a.native_facts as f64 / t.elapsed().as_secs_f64()
+    );
     tokio::time::sleep(Duration::from_secs(2)).await; // leaf connects
     let pids = [hub.pid(), leaf.pid(), std::process::id()];
     let cpu_now = || pids.map(super::cpu_seconds);
     let cpu_line = |before: [f64; 3], what: &str| {
         let now = cpu_now();
         let us = |i: usize| (now[i] - before[i]) * 1e6 / a.native_facts.max(1) as f64;
-        format!("hub nats-server {:.0} µs + leaf nats-server {:.0} µs; this bench ({what}) {:.0} µs", us(0), us(1), us(2))
+        format!(
+            "hub nats-server {:.0} µs + leaf nats-server {:.0} µs; this bench ({what}) {:.0} µs",
+            us(0),
+            us(1),
+            us(2)
+        )
     };
     let mut native = Vec::new();
     for (name, d) in [("DST_LOOPBACK", Duration::ZERO), ("DST_WAN", delay)] {
         leaf_proxy.set_delay(d);
         let before = cpu_now();
         let t = Instant::now();
-        let mut source = stream::Source { name: "SRC".into(), ..Default::default() };
-        source.external = Some(stream::External { api_prefix: "$JS.hub.API".into(), delivery_prefix: None });
+        let mut source = stream::Source {
+            name: "SRC".into(),
+            ..Default::default()
+        };
+        source.external = Some(stream::External {
+            api_prefix: "$JS.hub.API".into(),
+            delivery_prefix: None,
+        });
         leaf_js
-            .create_stream(stream::Config { name: name.into(), storage: stream::StorageType::File, sources: Some(vec![source]), ..Default::default() })
+            .create_stream(stream::Config {
+                name: name.into(),
+                storage: stream::StorageType::File,
+                sources: Some(vec![source]),
+                ..Default::default()
+            })
             .await?;
         wait_messages(&leaf_js, name, a.native_facts, Duration::from_secs(1800)).await?;
         let rate = a.native_facts as f64 / t.elapsed().as_secs_f64();
         eprintln!("native sourcing {name} (one-way delay {d:?}): {rate:.0} msg/s");
-        native.push(ReferenceRun { rate, cpu: cpu_line(before, "the leaf link's proxy") });
+        native.push(ReferenceRun {
+            rate,
+            cpu: cpu_line(before, "the leaf link's proxy"),
+        });
         leaf_js.delete_stream(name).await?;
     }
     leaf_proxy.set_delay(Duration::ZERO);
     let hub_proxy = FaultProxy::start(format!("127.0.0.1:{hub_port}").parse()?).await?;
-    let bridge_hub = jetstream::new(async_nats::ConnectOptions::new().connect(format!("nats://127.0.0.1:{}", hub_proxy.addr.port())).await?);
+    let bridge_hub = jetstream::new(
+        async_nats::ConnectOptions::new()
+            .connect(format!("nats://127.0.0.1:{}", hub_proxy.addr.port()))
+            .await?,
+    );
     let mut bridge = Vec::new();
     for (name, d) in [("BRIDGE_LOOPBACK", Duration::ZERO), ("BRIDGE_WAN", delay)] {
         hub_proxy.set_delay(d);
         let before = cpu_now();
         let rate = bare_bridge(&bridge_hub, &leaf_js, name, a.native_facts).await?;
         eprintln!("bare bridge {name} (one-way delay {d:?}): {rate:.0} msg/s");
-        bridge.push(ReferenceRun { rate, cpu: cpu_line(before, "the bridge and the hub link's proxy") });
+        bridge.push(ReferenceRun {
+            rate,
+            cpu: cpu_line(before, "the bridge and the hub link's proxy"),
+        });
         leaf_js.delete_stream(name).await?;
     }
     let rss_line = format!(
@@ -715,8 +1074,14 @@ async fn reference_runs(a: &CrossArgs, dir: &Path, delay: Duration) -> anyhow::R
         rss_kib(hub.pid()).0 as f64 / 1024.0,
         rss_kib(leaf.pid()).0 as f64 / 1024.0
     );
-    let pair = |v: Vec<ReferenceRun>| <[ReferenceRun; 2]>::try_from(v).map_err(|_| anyhow::anyhow!("two runs each"));
-    Ok(Reference { native: pair(native)?, bridge: pair(bridge)?, rss_line })
+    let pair = |v: Vec<ReferenceRun>| {
+        <[ReferenceRun; 2]>::try_from(v).map_err(|_| anyhow::anyhow!("two runs each"))
+    };
+    Ok(Reference {
+        native: pair(native)?,
+        bridge: pair(bridge)?,
+        rss_line,
+    })
 }
 
 /// Acknowledgements of the bridge's publishes awaited at once. 1,024 was
@@ -735,7 +1100,12 @@ const BRIDGE_PULL_BATCH: usize = 5000;
 /// acknowledged cumulatively (every 500 messages) only once the publishes
 /// before it are acknowledged, as a receiver-pulled crossing must. Returns
 /// messages/s, counted until the last publish is acknowledged.
-async fn bare_bridge(hub: &jetstream::Context, leaf: &jetstream::Context, name: &str, count: u64) -> anyhow::Result<f64> {
+async fn bare_bridge(
+    hub: &jetstream::Context,
+    leaf: &jetstream::Context,
+    name: &str,
+    count: u64,
+) -> anyhow::Result<f64> {
     use async_nats::jetstream::consumer;
     super::create_plain_stream(leaf, name).await?;
     let consumer: consumer::PullConsumer = hub
@@ -749,22 +1119,40 @@ async fn bare_bridge(hub: &jetstream::Context, leaf: &jetstream::Context, name: 
             ..Default::default()
         })
         .await?;
-    let mut messages = consumer.stream().max_messages_per_batch(BRIDGE_PULL_BATCH).messages().await?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(BRIDGE_PULL_BATCH)
+        .messages()
+        .await?;
     let t = Instant::now();
     let mut inflight = std::collections::VecDeque::with_capacity(BRIDGE_WINDOW);
-    let settle = |(ack, source): (jetstream::context::PublishAckFuture, Option<jetstream::Message>)| async move {
+    let settle = |(ack, source): (
+        jetstream::context::PublishAckFuture,
+        Option<jetstream::Message>,
+    )| async move {
         ack.await?;
         if let Some(m) = source {
-            m.ack().await.map_err(|e| anyhow::anyhow!("ack on the hub: {e}"))?;
+            m.ack()
+                .await
+                .map_err(|e| anyhow::anyhow!("ack on the hub: {e}"))?;
         }
         Ok::<_, anyhow::Error>(())
     };
     for taken in 1..=count {
-        let m = messages.next().await.context("the hub's pull ended")?.map_err(|e| anyhow::anyhow!("pull: {e}"))?;
-        let sequence = m.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
+        let m = messages
+            .next()
+            .await
+            .context("the hub's pull ended")?
+            .map_err(|e| anyhow::anyhow!("pull: {e}"))?;
+        let sequence = m
+            .info()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .stream_sequence;
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", sequence.to_string().as_str());
-        let ack = leaf.publish_with_headers(format!("{name}.{}", m.subject), headers, m.payload.clone()).await?;
+        let ack = leaf
+            .publish_with_headers(format!("{name}.{}", m.subject), headers, m.payload.clone())
+            .await?;
         inflight.push_back((ack, (taken % 500 == 0 || taken == count).then_some(m)));
         if inflight.len() >= BRIDGE_WINDOW {
             settle(inflight.pop_front().expect("window is not empty")).await?;
@@ -775,12 +1163,27 @@ async fn bare_bridge(hub: &jetstream::Context, leaf: &jetstream::Context, name: 
     }
     let rate = count as f64 / t.elapsed().as_secs_f64();
     let stored = leaf.get_stream(name).await?.info().await?.state.messages;
-    anyhow::ensure!(stored == count, "the bridge stored {stored} of {count} messages");
+    anyhow::ensure!(
+        stored == count,
+        "the bridge stored {stored} of {count} messages"
+    );
     Ok(rate)
 }
 
-async fn lag_run(src: &BsfgClient, ent: &jetstream::Context, rate: f64, secs: f64, timeout: Duration) -> anyhow::Result<(u64, u64, f64, f64, f64, f64)> {
-    let base_seq = ent.get_stream("facts_operational").await?.info().await?.state.last_sequence;
+async fn lag_run(
+    src: &BsfgClient,
+    ent: &jetstream::Context,
+    rate: f64,
+    secs: f64,
+    timeout: Duration,
+) -> anyhow::Result<(u64, u64, f64, f64, f64, f64)> {
+    let base_seq = ent
+        .get_stream("facts_operational")
+        .await?
+        .info()
+        .await?
+        .state
+        .last_sequence;
     let base = count(ent).await?;
     let total = (rate * secs) as u64;
     let payload = Arc::new(object_json(256));
@@ -793,7 +1196,12 @@ async fn lag_run(src: &BsfgClient, ent: &jetstream::Context, rate: f64, secs: f6
         let permit = sem.clone().acquire_owned().await?;
         let (client, payload, lagtag) = (src.clone(), payload.clone(), lagtag.clone());
         handles.push(tokio::spawn(async move {
-            let r = client.append(envelope(&lagtag, i, "enterprise"), fact("hop2", i, &payload)).await;
+            let r = client
+                .append(
+                    envelope(&lagtag, i, "enterprise"),
+                    fact("hop2", i, &payload),
+                )
+                .await;
             drop(permit);
             r.is_ok()
         }));
@@ -811,23 +1219,41 @@ async fn lag_run(src: &BsfgClient, ent: &jetstream::Context, rate: f64, secs: f6
         .get_stream("facts_operational")
         .await?
         .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence: base_seq + 1 },
+            deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: base_seq + 1,
+            },
             ..Default::default()
         })
         .await?;
     let mut messages = consumer.messages().await?;
     while (lags_us.len() as u64) < ok {
-        let Some(m) = tokio::time::timeout(Duration::from_secs(10), messages.next()).await? else { break };
+        let Some(m) = tokio::time::timeout(Duration::from_secs(10), messages.next()).await? else {
+            break;
+        };
         let m = m?;
         let sf = StoredFact::decode_from_slice(&m.payload)?;
-        let origin = sf.provenance.hops.first().map(|h| h.appended_at_unix_ms).unwrap_or(sf.appended_at_unix_ms);
-        let relay = sf.provenance.hops.get(1).map(|h| h.appended_at_unix_ms).unwrap_or(origin);
+        let origin = sf
+            .provenance
+            .hops
+            .first()
+            .map(|h| h.appended_at_unix_ms)
+            .unwrap_or(sf.appended_at_unix_ms);
+        let relay = sf
+            .provenance
+            .hops
+            .get(1)
+            .map(|h| h.appended_at_unix_ms)
+            .unwrap_or(origin);
         lags_us.push(((sf.appended_at_unix_ms - origin).max(0) * 1000) as u32);
         first_hop_us.push(((relay - origin).max(0) * 1000) as u32);
     }
     lags_us.sort_unstable();
     first_hop_us.sort_unstable();
-    let (p50, p99, max) = (pct_ms(&lags_us, 50.0), pct_ms(&lags_us, 99.0), pct_ms(&lags_us, 100.0));
+    let (p50, p99, max) = (
+        pct_ms(&lags_us, 50.0),
+        pct_ms(&lags_us, 99.0),
+        pct_ms(&lags_us, 100.0),
+    );
     eprintln!(
         "lag two hops at {} facts/s offered: {ok} ok, p50 {p50} ms p99 {p99} ms max {max} ms (first hop plant-a → idmz: p50 {} ms p99 {} ms)",
         rate,
@@ -841,10 +1267,16 @@ const BEGIN: &str = "<!-- bsfg-bench crossing results: begin (generated, do not 
 const END: &str = "<!-- bsfg-bench crossing results: end -->";
 
 fn write_section(out: &Path, results: &str) -> anyhow::Result<()> {
-    let existing = std::fs::read_to_string(out).unwrap_or_else(|_| "# BSFG benchmarks\n\n".to_string());
+    let existing =
+        std::fs::read_to_string(out).unwrap_or_else(|_| "# BSFG benchmarks\n\n".to_string());
     let section = format!("{BEGIN}\n{results}{END}\n");
     let text = match (existing.find(BEGIN), existing.find(END)) {
-        (Some(b), Some(e)) if e > b => format!("{}{}{}", &existing[..b], section, &existing[e + END.len()..].trim_start_matches('\n')),
+        (Some(b), Some(e)) if e > b => format!(
+            "{}{}{}",
+            &existing[..b],
+            section,
+            &existing[e + END.len()..].trim_start_matches('\n')
+        ),
         _ => format!("{}\n\n{}", existing.trim_end(), section),
     };
     std::fs::write(out, text)?;

@@ -62,12 +62,20 @@ fn token(kind: &str, n: u64) -> Token {
 }
 
 pub fn run(a: KeyIndexArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(a.step > 0 && a.batch > 0 && a.entries >= a.step, "--entries must be at least --step, and both --step and --batch above 0");
+    anyhow::ensure!(
+        a.step > 0 && a.batch > 0 && a.entries >= a.step,
+        "--entries must be at least --step, and both --step and --batch above 0"
+    );
     let dir = std::env::temp_dir().join(format!("bsfg-bench-key-index-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let _cleanup = super::scopeguard(dir.clone());
     let path = dir.join("key-index.kix");
-    let index = KeyIndex::open(&path, &["operational".to_string()], a.buffered, a.filter_bytes)?;
+    let index = KeyIndex::open(
+        &path,
+        &["operational".to_string()],
+        a.buffered,
+        a.filter_bytes,
+    )?;
     let me = std::process::id();
     let mut md = format!(
         "### Key index alone (`bsfg-bench key-index --entries {} --batch {} --sync-interval-ms {}`)\n\n| Index size (entries) | record CPU µs/entry | look-up miss CPU µs/key | look-up hit CPU µs/key | file MiB |\n|---|---|---|---|---|\n",
@@ -82,7 +90,9 @@ pub fn run(a: KeyIndexArgs) -> anyhow::Result<()> {
         let mut record_cpu_s = 0.0;
         while offset < step_end {
             let n = a.batch.min(step_end - offset);
-            let entries: Vec<(usize, Token, u64)> = (offset + 1..=offset + n).map(|o| (0, token("stored", o), o)).collect();
+            let entries: Vec<(usize, Token, u64)> = (offset + 1..=offset + n)
+                .map(|o| (0, token("stored", o), o))
+                .collect();
             let cpu_before = cpu_seconds(me);
             index.record(&entries, &[])?;
             if last_sync.elapsed() >= sync_interval {
@@ -94,15 +104,31 @@ pub fn run(a: KeyIndexArgs) -> anyhow::Result<()> {
         }
         let record_us = record_cpu_s * 1e6 / (offset - step_start) as f64;
         // Misses: keys never stored. Hits: keys of this step, again.
-        let misses: Vec<Token> = (0..a.lookups).map(|n| token(&format!("absent{offset}"), n)).collect();
-        let hits: Vec<Token> = (offset - a.lookups.min(offset) + 1..=offset).map(|o| token("stored", o)).collect();
+        let misses: Vec<Token> = (0..a.lookups)
+            .map(|n| token(&format!("absent{offset}"), n))
+            .collect();
+        let hits: Vec<Token> = (offset - a.lookups.min(offset) + 1..=offset)
+            .map(|o| token("stored", o))
+            .collect();
         let (miss_us, missed_found) = time_look_ups(&index, &misses, me)?;
-        anyhow::ensure!(missed_found == 0, "{missed_found} keys never stored were found in the index");
+        anyhow::ensure!(
+            missed_found == 0,
+            "{missed_found} keys never stored were found in the index"
+        );
         let (hit_us, hits_found) = time_look_ups(&index, &hits, me)?;
-        anyhow::ensure!(hits_found == hits.len(), "only {hits_found} of {} stored keys were found", hits.len());
+        anyhow::ensure!(
+            hits_found == hits.len(),
+            "only {hits_found} of {} stored keys were found",
+            hits.len()
+        );
         let file_mib = std::fs::metadata(&path)?.len() as f64 / (1024.0 * 1024.0);
-        eprintln!("{offset} entries: record {record_us:.2} µs/entry, miss {miss_us:.2} µs, hit {hit_us:.2} µs, file {file_mib:.0} MiB");
-        let _ = writeln!(md, "| {offset} | {record_us:.2} | {miss_us:.2} | {hit_us:.2} | {file_mib:.0} |");
+        eprintln!(
+            "{offset} entries: record {record_us:.2} µs/entry, miss {miss_us:.2} µs, hit {hit_us:.2} µs, file {file_mib:.0} MiB"
+        );
+        let _ = writeln!(
+            md,
+            "| {offset} | {record_us:.2} | {miss_us:.2} | {hit_us:.2} | {file_mib:.0} |"
+        );
     }
     if a.paced_rate > 0 {
         let (cpu_us, disk_bytes) = paced(&index, &a, &mut offset, me)?;
@@ -130,7 +156,12 @@ pub fn run(a: KeyIndexArgs) -> anyhow::Result<()> {
             }
         }
         let started = Instant::now();
-        let reopened = KeyIndex::open(&path, &["operational".to_string()], a.buffered, a.filter_bytes)?;
+        let reopened = KeyIndex::open(
+            &path,
+            &["operational".to_string()],
+            a.buffered,
+            a.filter_bytes,
+        )?;
         let ms = started.elapsed().as_secs_f64() * 1e3;
         let entries = reopened.size().entries;
         anyhow::ensure!(entries > 0, "the reopened index lost its entries");
@@ -164,7 +195,12 @@ fn evict_from_page_cache(path: &std::path::Path) -> anyhow::Result<()> {
 /// Records at a steady rate as the writer thread does (a batch every
 /// 10 ms, a sync every interval); returns CPU µs and disk bytes written
 /// per entry.
-fn paced(index: &KeyIndex, a: &KeyIndexArgs, offset: &mut u64, me: u32) -> anyhow::Result<(f64, f64)> {
+fn paced(
+    index: &KeyIndex,
+    a: &KeyIndexArgs,
+    offset: &mut u64,
+    me: u32,
+) -> anyhow::Result<(f64, f64)> {
     let tick = std::time::Duration::from_millis(10);
     let per_tick = (a.paced_rate / 100).max(1);
     let sync_interval = std::time::Duration::from_millis(a.sync_interval_ms);
@@ -175,7 +211,9 @@ fn paced(index: &KeyIndex, a: &KeyIndexArgs, offset: &mut u64, me: u32) -> anyho
     let mut last_sync = start;
     let mut next = start;
     while start.elapsed().as_secs() < a.paced_seconds {
-        let entries: Vec<(usize, Token, u64)> = (*offset + 1..=*offset + per_tick).map(|o| (0, token("stored", o), o)).collect();
+        let entries: Vec<(usize, Token, u64)> = (*offset + 1..=*offset + per_tick)
+            .map(|o| (0, token("stored", o), o))
+            .collect();
         index.record(&entries, &[])?;
         *offset += per_tick;
         if last_sync.elapsed() >= sync_interval {
@@ -189,7 +227,10 @@ fn paced(index: &KeyIndex, a: &KeyIndexArgs, offset: &mut u64, me: u32) -> anyho
     }
     index.sync()?;
     let n = (*offset - first) as f64;
-    Ok(((cpu_seconds(me) - cpu_before) * 1e6 / n, (written_bytes()? - bytes_before) as f64 / n))
+    Ok((
+        (cpu_seconds(me) - cpu_before) * 1e6 / n,
+        (written_bytes()? - bytes_before) as f64 / n,
+    ))
 }
 
 /// Bytes this process has caused to be written to storage.
@@ -207,7 +248,14 @@ fn time_look_ups(index: &KeyIndex, tokens: &[Token], me: u32) -> anyhow::Result<
     let cpu_before = cpu_seconds(me);
     let mut found = 0;
     for t in tokens {
-        found += index.look_up(std::slice::from_ref(t))?.iter().flatten().count();
+        found += index
+            .look_up(std::slice::from_ref(t))?
+            .iter()
+            .flatten()
+            .count();
     }
-    Ok(((cpu_seconds(me) - cpu_before) * 1e6 / tokens.len().max(1) as f64, found))
+    Ok((
+        (cpu_seconds(me) - cpu_before) * 1e6 / tokens.len().max(1) as f64,
+        found,
+    ))
 }

@@ -23,14 +23,17 @@ use anyhow::{Context as _, bail};
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer, stream};
 use bsfg_proto::bsfg::v1::{
-    AppendFactRequest, BoundaryServiceClient, ConfirmReceiptRequest, Envelope, Fact, FetchFactsRequest, Provenance, StoredFact,
+    AppendFactRequest, BoundaryServiceClient, ConfirmReceiptRequest, Envelope, Fact,
+    FetchFactsRequest, Provenance, StoredFact,
 };
 use buffa::Message as _;
 use clap::{Parser, Subcommand};
 use connectrpc::client::{ClientConfig, Http2Connection, SharedHttp2Connection};
 use connectrpc::{Protocol, RequestContext, Response, ServiceRequest, ServiceResult};
+use echo_proto::bench::v1::{
+    EchoRequest, EchoResponse, EchoService, EchoServiceClient, EchoServiceExt as _,
+};
 use futures::StreamExt;
-use echo_proto::bench::v1::{EchoRequest, EchoResponse, EchoService, EchoServiceClient, EchoServiceExt as _};
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -100,9 +103,13 @@ enum Cmd {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match &args.command {
-        Some(Cmd::EchoServer { addr, jetstream }) => rt.block_on(echo_server(addr.clone(), jetstream.clone())),
+        Some(Cmd::EchoServer { addr, jetstream }) => {
+            rt.block_on(echo_server(addr.clone(), jetstream.clone()))
+        }
         Some(Cmd::Crossing(a)) => rt.block_on(crossing::run(a.clone())),
         Some(Cmd::Substrate(a)) => rt.block_on(substrate::run(a.clone())),
         Some(Cmd::KeyIndex(a)) => key_index::run(a.clone()),
@@ -129,22 +136,40 @@ struct BareStore {
 
 #[allow(refining_impl_trait)]
 impl EchoService for Echo {
-    async fn echo(&self, _ctx: RequestContext, request: ServiceRequest<'_, EchoRequest>) -> ServiceResult<EchoResponse> {
+    async fn echo(
+        &self,
+        _ctx: RequestContext,
+        request: ServiceRequest<'_, EchoRequest>,
+    ) -> ServiceResult<EchoResponse> {
         // Owned decode, like the node's handlers do.
         let request = request.to_owned_message();
         if let Some(store) = &self.store {
             let n = store.next.fetch_add(1, Ordering::Relaxed);
             let mut headers = HeaderMap::new();
             headers.insert("Nats-Msg-Id", format!("{}-{n}", store.id_prefix).as_str());
-            let stored = match store.js.publish_with_headers(format!("bareappend.{}", n % 64), headers, bytes::Bytes::copy_from_slice(&request.payload)).await {
+            let stored = match store
+                .js
+                .publish_with_headers(
+                    format!("bareappend.{}", n % 64),
+                    headers,
+                    bytes::Bytes::copy_from_slice(&request.payload),
+                )
+                .await
+            {
                 Ok(ack) => ack.await.is_ok(),
                 Err(_) => false,
             };
             if !stored {
-                return Err(connectrpc::ConnectError::new(connectrpc::ErrorCode::Unavailable, "JetStream did not acknowledge the bare append"));
+                return Err(connectrpc::ConnectError::new(
+                    connectrpc::ErrorCode::Unavailable,
+                    "JetStream did not acknowledge the bare append",
+                ));
             }
         }
-        Ok(Response::new(EchoResponse { payload: request.payload, ..Default::default() }))
+        Ok(Response::new(EchoResponse {
+            payload: request.payload,
+            ..Default::default()
+        }))
     }
 }
 
@@ -153,7 +178,11 @@ async fn echo_server(addr: String, jetstream_url: Option<String>) -> anyhow::Res
         Some(url) => {
             let mut js = jetstream::new(async_nats::ConnectOptions::new().connect(url).await?);
             js.set_timeout(Duration::from_secs(10));
-            Some(BareStore { js, next: AtomicU64::new(0), id_prefix: format!("bare-{}-{}", std::process::id(), now_ms()) })
+            Some(BareStore {
+                js,
+                next: AtomicU64::new(0),
+                id_prefix: format!("bare-{}-{}", std::process::id(), now_ms()),
+            })
         }
         None => None,
     };
@@ -167,7 +196,10 @@ async fn echo_server(addr: String, jetstream_url: Option<String>) -> anyhow::Res
         .with_max_concurrent_streams(bsfg::node::MAX_CONCURRENT_STREAMS)
         .with_http2_initial_connection_window_size(bsfg::node::CONNECTION_WINDOW_BYTES)
         .with_http2_initial_stream_window_size(bsfg::node::STREAM_WINDOW_BYTES);
-    server.serve_with_service(service).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    server
+        .serve_with_service(service)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
 }
 
@@ -196,7 +228,14 @@ fn free_port() -> anyhow::Result<u16> {
 /// JetStream domain `name` and store `<dir>/js-<name>`; `jetstream_extra`
 /// goes inside the `jetstream` block, `extra` after it. Every bench mode
 /// starts its servers here.
-async fn start_nats_server(bin: &Path, dir: &Path, name: &str, port: u16, jetstream_extra: &str, extra: &str) -> anyhow::Result<Child> {
+async fn start_nats_server(
+    bin: &Path,
+    dir: &Path,
+    name: &str,
+    port: u16,
+    jetstream_extra: &str,
+    extra: &str,
+) -> anyhow::Result<Child> {
     let conf = dir.join(format!("{name}.nats.conf"));
     std::fs::write(
         &conf,
@@ -206,14 +245,19 @@ async fn start_nats_server(bin: &Path, dir: &Path, name: &str, port: u16, jetstr
         ),
     )?;
     let log = dir.join(format!("{name}.nats.log"));
-    let child = spawn_logged(std::process::Command::new(bin).arg("-c").arg(&conf), &log).with_context(|| format!("starting {}", bin.display()))?;
+    let child = spawn_logged(std::process::Command::new(bin).arg("-c").arg(&conf), &log)
+        .with_context(|| format!("starting {}", bin.display()))?;
     wait_tcp(port, "nats-server", &log).await?;
     Ok(child)
 }
 
 fn spawn_logged(cmd: &mut std::process::Command, log: &Path) -> anyhow::Result<Child> {
     let file = std::fs::File::create(log)?;
-    let child = cmd.stdout(file.try_clone()?).stderr(file).stdin(Stdio::null()).spawn()?;
+    let child = cmd
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .stdin(Stdio::null())
+        .spawn()?;
     Ok(Child { child })
 }
 
@@ -222,14 +266,28 @@ fn spawn_logged(cmd: &mut std::process::Command, log: &Path) -> anyhow::Result<C
 async fn wait_tcp(port: u16, what: &str, log: &Path) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    let tail: Vec<&str> = text.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
-    bail!("{what} did not listen on {port} within 30 s; the end of its log {}:\n{}", log.display(), tail.join("\n"))
+    let tail: Vec<&str> = text
+        .lines()
+        .rev()
+        .take(5)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    bail!(
+        "{what} did not listen on {port} within 30 s; the end of its log {}:\n{}",
+        log.display(),
+        tail.join("\n")
+    )
 }
 
 /// (VmHWM, VmRSS) in KiB.
@@ -250,7 +308,8 @@ fn cpu_seconds(pid: u32) -> f64 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = text.rsplit(')').next().unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
     ticks as f64 / 100.0
 }
 
@@ -291,11 +350,18 @@ fn summarize(samples: &[Sample]) -> Sample {
 }
 
 fn fmt_rates(samples: &[Sample]) -> String {
-    samples.iter().map(|s| format!("{:.0}", s.rate)).collect::<Vec<_>>().join(" / ")
+    samples
+        .iter()
+        .map(|s| format!("{:.0}", s.rate))
+        .collect::<Vec<_>>()
+        .join(" / ")
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }
 
 /// A canonical JSON object of exactly `size` bytes.
@@ -320,14 +386,24 @@ pub(crate) struct Published {
 
 impl Published {
     fn sample(&self) -> Sample {
-        Sample { rate: self.done as f64 / self.secs, errors: self.errors, ..Default::default() }
+        Sample {
+            rate: self.done as f64 / self.secs,
+            errors: self.errors,
+            ..Default::default()
+        }
     }
 }
 
 /// Publishes `message(0)`, `message(1)`, … keeping `window` acknowledgements
 /// in flight, until `secs` have passed or `count_max` are sent: the one
 /// pipelined-publish driver of the raw rows, the pre-fill and `substrate`.
-pub(crate) async fn raw_publish<M>(js: &jetstream::Context, window: usize, secs: f64, count_max: u64, message: M) -> anyhow::Result<Published>
+pub(crate) async fn raw_publish<M>(
+    js: &jetstream::Context,
+    window: usize,
+    secs: f64,
+    count_max: u64,
+    message: M,
+) -> anyhow::Result<Published>
 where
     M: Fn(u64) -> (String, HeaderMap, bytes::Bytes),
 {
@@ -353,7 +429,11 @@ where
             Err(_) => errors += 1,
         }
     }
-    Ok(Published { done, errors, secs: start.elapsed().as_secs_f64() })
+    Ok(Published {
+        done,
+        errors,
+        secs: start.elapsed().as_secs_f64(),
+    })
 }
 
 /// A file stream `name` on the subjects `name.>`, with JetStream's
@@ -372,7 +452,12 @@ pub(crate) async fn create_plain_stream(js: &jetstream::Context, name: &str) -> 
 
 /// One publish awaited to its acknowledgement: the call of every raw
 /// open-loop row.
-pub(crate) fn publish_acked(js: &jetstream::Context, subject: String, headers: HeaderMap, payload: bytes::Bytes) -> impl std::future::Future<Output = bool> + Send + use<> {
+pub(crate) fn publish_acked(
+    js: &jetstream::Context,
+    subject: String,
+    headers: HeaderMap,
+    payload: bytes::Bytes,
+) -> impl std::future::Future<Output = bool> + Send + use<> {
     let js = js.clone();
     async move {
         match js.publish_with_headers(subject, headers, payload).await {
@@ -422,7 +507,12 @@ where
     }
     let elapsed = start.elapsed().as_secs_f64();
     all.sort_unstable();
-    Sample { rate: all.len() as f64 / elapsed, p50_ms: pct_ms(&all, 50.0), p99_ms: pct_ms(&all, 99.0), errors: errors.load(Ordering::Relaxed) }
+    Sample {
+        rate: all.len() as f64 / elapsed,
+        p50_ms: pct_ms(&all, 50.0),
+        p99_ms: pct_ms(&all, 99.0),
+        errors: errors.load(Ordering::Relaxed),
+    }
 }
 
 fn append_request(message_id: String, payload: &str) -> AppendFactRequest {
@@ -447,9 +537,19 @@ fn append_request(message_id: String, payload: &str) -> AppendFactRequest {
 }
 
 /// One bare echo RPC with a 256 B payload: the call of every echo row.
-fn echo_once(client: &EchoServiceClient<SharedHttp2Connection>) -> impl std::future::Future<Output = bool> + Send + use<> {
+fn echo_once(
+    client: &EchoServiceClient<SharedHttp2Connection>,
+) -> impl std::future::Future<Output = bool> + Send + use<> {
     let client = client.clone();
-    async move { client.echo(EchoRequest { payload: vec![b'x'; 256], ..Default::default() }).await.is_ok() }
+    async move {
+        client
+            .echo(EchoRequest {
+                payload: vec![b'x'; 256],
+                ..Default::default()
+            })
+            .await
+            .is_ok()
+    }
 }
 
 // ------------------------------------------------------------------ 5. open loop
@@ -465,10 +565,15 @@ where
 {
     // BENCH_TIMELINE=<path>: write each request's send time and latency to
     // <path>.<tag> (to see when a tail happens, not only how long it is).
-    let timeline_path = std::env::var("BENCH_TIMELINE").ok().map(|path| format!("{path}.{tag}"));
+    let timeline_path = std::env::var("BENCH_TIMELINE")
+        .ok()
+        .map(|path| format!("{path}.{tag}"));
     let (sample, timeline) = open_loop_timeline(rate, secs, call).await;
     if let Some(path) = timeline_path {
-        let text: String = timeline.iter().map(|(at, us)| format!("{at} {us}\n")).collect();
+        let text: String = timeline
+            .iter()
+            .map(|(at, us)| format!("{at} {us}\n"))
+            .collect();
         let _ = std::fs::write(path, text);
     }
     sample
@@ -476,7 +581,11 @@ where
 
 /// `open_loop`, also returning every answered request's scheduled send
 /// time (ms from the start) and latency (µs), in completion order.
-pub(crate) async fn open_loop_timeline<F, Fut>(rate: f64, secs: f64, call: F) -> (Sample, Vec<(u32, u32)>)
+pub(crate) async fn open_loop_timeline<F, Fut>(
+    rate: f64,
+    secs: f64,
+    call: F,
+) -> (Sample, Vec<(u32, u32)>)
 where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = bool> + Send + 'static,
@@ -498,7 +607,10 @@ where
             let (tx, call) = (tx.clone(), call(i));
             handle.spawn(async move {
                 let ok = call.await;
-                let _ = tx.send(ok.then(|| scheduled.elapsed().as_micros().min(u32::MAX as u128) as u32).map(|l| (l, (scheduled - start).as_millis() as u32)));
+                let _ = tx.send(
+                    ok.then(|| scheduled.elapsed().as_micros().min(u32::MAX as u128) as u32)
+                        .map(|l| (l, (scheduled - start).as_millis() as u32)),
+                );
             });
         }
     });
@@ -518,14 +630,23 @@ where
     scheduler.join().unwrap();
     let elapsed = start.elapsed().as_secs_f64();
     lat.sort_unstable();
-    (Sample { rate: lat.len() as f64 / elapsed, p50_ms: pct_ms(&lat, 50.0), p99_ms: pct_ms(&lat, 99.0), errors }, timeline)
+    (
+        Sample {
+            rate: lat.len() as f64 / elapsed,
+            p50_ms: pct_ms(&lat, 50.0),
+            p99_ms: pct_ms(&lat, 99.0),
+            errors,
+        },
+        timeline,
+    )
 }
 
 /// The node's Prometheus text from its operations port (plain HTTP/1.0).
 async fn scrape_metrics(ops_port: u16) -> anyhow::Result<String> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", ops_port)).await?;
-    tcp.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").await?;
+    tcp.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .await?;
     let mut text = String::new();
     tcp.read_to_string(&mut text).await?;
     Ok(text)
@@ -538,7 +659,11 @@ fn histogram_buckets(text: &str, name: &str) -> Vec<(f64, f64)> {
         .filter_map(|line| line.strip_prefix(prefix.as_str()))
         .filter_map(|rest| {
             let (le, count) = rest.split_once("\"} ")?;
-            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
             Some((le, count.trim().parse().ok()?))
         })
         .collect()
@@ -547,9 +672,20 @@ fn histogram_buckets(text: &str, name: &str) -> Vec<(f64, f64)> {
 /// The bucket bound under which `p` percent of the observations made
 /// between two scrapes fall (a histogram quantile, so an upper bound).
 fn histogram_quantile_between(before: &[(f64, f64)], after: &[(f64, f64)], p: f64) -> f64 {
-    let deltas: Vec<(f64, f64)> = after.iter().map(|&(le, n)| (le, n - before.iter().find(|b| b.0 == le).map_or(0.0, |b| b.1))).collect();
+    let deltas: Vec<(f64, f64)> = after
+        .iter()
+        .map(|&(le, n)| {
+            (
+                le,
+                n - before.iter().find(|b| b.0 == le).map_or(0.0, |b| b.1),
+            )
+        })
+        .collect();
     let total = deltas.last().map_or(0.0, |d| d.1);
-    deltas.iter().find(|d| d.1 >= total * p / 100.0).map_or(f64::NAN, |d| d.0)
+    deltas
+        .iter()
+        .find(|d| d.1 >= total * p / 100.0)
+        .map_or(f64::NAN, |d| d.0)
 }
 
 // ------------------------------------------------------------------ 4. drain
@@ -559,15 +695,29 @@ fn histogram_quantile_between(before: &[(f64, f64)], after: &[(f64, f64)], p: f6
 async fn prefill(js: &jetstream::Context, count: u64, window: usize) -> anyhow::Result<f64> {
     let object = object_json(256);
     let published = raw_publish(js, window, f64::INFINITY, count, |i| {
-        node_layout_message("drain", &format!("drain:PlantA/B{i}"), &format!("drain-{}-{i}", run_id()), &object)
+        node_layout_message(
+            "drain",
+            &format!("drain:PlantA/B{i}"),
+            &format!("drain-{}-{i}", run_id()),
+            &object,
+        )
     })
     .await?;
-    anyhow::ensure!(published.errors == 0 && published.done == count, "prefill: {} of {count} facts acknowledged", published.done);
+    anyhow::ensure!(
+        published.errors == 0 && published.done == count,
+        "prefill: {} of {count} facts acknowledged",
+        published.done
+    );
     Ok(published.sample().rate)
 }
 
 /// One fact exactly as `FactLog` stores it: subject, headers and record.
-fn node_layout_message(category: &str, subject: &str, message_id: &str, object: &str) -> (String, HeaderMap, bytes::Bytes) {
+fn node_layout_message(
+    category: &str,
+    subject: &str,
+    message_id: &str,
+    object: &str,
+) -> (String, HeaderMap, bytes::Bytes) {
     let envelope = Envelope {
         message_id: message_id.into(),
         from_zone: "bench".into(),
@@ -575,20 +725,33 @@ fn node_layout_message(category: &str, subject: &str, message_id: &str, object: 
         produced_at_unix_ms: now_ms(),
         ..Default::default()
     };
-    let fact = Fact { subject: subject.into(), predicate: "step_completed".into(), object_json: object.into(), ..Default::default() };
+    let fact = Fact {
+        subject: subject.into(),
+        predicate: "step_completed".into(),
+        object_json: object.into(),
+        ..Default::default()
+    };
     let token = bsfg_domain::identity::key_token("bench", message_id);
     let record = StoredFact {
         category: category.into(),
         envelope: envelope.into(),
         fact: fact.into(),
-        provenance: Provenance { origin_zone: "bench".into(), ..Default::default() }.into(),
+        provenance: Provenance {
+            origin_zone: "bench".into(),
+            ..Default::default()
+        }
+        .into(),
         appended_at_unix_ms: now_ms(),
         ..Default::default()
     };
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Msg-Id", token.as_str());
     let kind = subject.split(':').next().unwrap_or_default();
-    (format!("facts.{category}.{kind}"), headers, record.encode_to_vec().into())
+    (
+        format!("facts.{category}.{kind}"),
+        headers,
+        record.encode_to_vec().into(),
+    )
 }
 
 /// The category the raw node-layout rows publish to: a stream configured
@@ -607,36 +770,68 @@ async fn create_layout_copy_stream(js: &jetstream::Context) -> anyhow::Result<()
         max_age: Duration::ZERO,
         duplicate_window: Duration::from_secs(120),
     };
-    js.create_stream(bsfg::store::facts::stream_config("bench", bsfg_domain::limits::Limits::default().fact_bytes_max, &category)).await?;
+    js.create_stream(bsfg::store::facts::stream_config(
+        "bench",
+        bsfg_domain::limits::Limits::default().fact_bytes_max,
+        &category,
+    ))
+    .await?;
     Ok(())
 }
 
 /// Waits until the node's key index covers every fact of `category` (facts
 /// written around the node, like the drain pre-fill, are read in by its gap
 /// filler). Returns the seconds it took.
-async fn wait_for_key_index(ops_port: u16, category: &str, last_offset: u64) -> anyhow::Result<f64> {
+async fn wait_for_key_index(
+    ops_port: u16,
+    category: &str,
+    last_offset: u64,
+) -> anyhow::Result<f64> {
     let start = Instant::now();
     let label = format!("bsfg_key_index_through_offset{{category=\"{category}\"}} ");
     loop {
         let text = scrape_metrics(ops_port).await?;
-        let through = text.lines().find_map(|l| l.strip_prefix(label.as_str())).and_then(|v| v.trim().parse::<f64>().ok()).unwrap_or(0.0);
+        let through = text
+            .lines()
+            .find_map(|l| l.strip_prefix(label.as_str()))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
         if through >= last_offset as f64 {
             return Ok(start.elapsed().as_secs_f64());
         }
-        anyhow::ensure!(start.elapsed() < Duration::from_secs(600), "key index of {category} at {through} of {last_offset} after 600 s");
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(600),
+            "key index of {category} at {through} of {last_offset} after 600 s"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-async fn drain_bsfg(client: &BoundaryServiceClient<SharedHttp2Connection>, consumer: &str, count: u64) -> anyhow::Result<f64> {
+async fn drain_bsfg(
+    client: &BoundaryServiceClient<SharedHttp2Connection>,
+    consumer: &str,
+    count: u64,
+) -> anyhow::Result<f64> {
     let start = Instant::now();
     let mut got = 0u64;
     while got < count {
-        let request = FetchFactsRequest { consumer_name: consumer.into(), limit: 1000, max_bytes: 8 << 20, wait_ms: 1000, ..Default::default() };
+        let request = FetchFactsRequest {
+            consumer_name: consumer.into(),
+            limit: 1000,
+            max_bytes: 8 << 20,
+            wait_ms: 1000,
+            ..Default::default()
+        };
         let response = client.fetch_facts(request).await?.into_owned();
-        let Some(last) = response.facts.last() else { bail!("FetchFacts returned nothing after {got} facts") };
+        let Some(last) = response.facts.last() else {
+            bail!("FetchFacts returned nothing after {got} facts")
+        };
         got += response.facts.len() as u64;
-        let confirm = ConfirmReceiptRequest { consumer_name: consumer.into(), offset: last.offset, ..Default::default() };
+        let confirm = ConfirmReceiptRequest {
+            consumer_name: consumer.into(),
+            offset: last.offset,
+            ..Default::default()
+        };
         client.confirm_receipt(confirm).await?;
     }
     Ok(got as f64 / start.elapsed().as_secs_f64())
@@ -657,7 +852,12 @@ async fn drain_raw(js: &jetstream::Context, name: &str, count: u64) -> anyhow::R
     let start = Instant::now();
     let mut got = 0u64;
     while got < count {
-        let mut batch = consumer.fetch().max_messages(1000).max_bytes(8 << 20).messages().await?;
+        let mut batch = consumer
+            .fetch()
+            .max_messages(1000)
+            .max_bytes(8 << 20)
+            .messages()
+            .await?;
         let mut last = None;
         while let Some(m) = batch.next().await {
             let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -666,9 +866,13 @@ async fn drain_raw(js: &jetstream::Context, name: &str, count: u64) -> anyhow::R
             got += 1;
             last = Some(m);
         }
-        let Some(last) = last else { bail!("raw fetch returned nothing after {got}") };
+        let Some(last) = last else {
+            bail!("raw fetch returned nothing after {got}")
+        };
         // Cumulative ack with server confirmation, as ConfirmReceipt does.
-        last.double_ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        last.double_ack()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     Ok(got as f64 / start.elapsed().as_secs_f64())
 }
@@ -686,10 +890,20 @@ fn node_nats_section(nats_port: u16) -> String {
 /// plus any lines in `BENCH_COMMIT_EXTRA` (for A/B runs of commit settings,
 /// e.g. `batches_in_flight_max = 4`).
 fn node_commit_section(dir: &std::path::Path, zone: &str) -> String {
-    format!("[commit]\nkey_index_path = \"{}\"\n{}", dir.join(format!("key-index.{zone}.kix")).display(), std::env::var("BENCH_COMMIT_EXTRA").unwrap_or_default())
+    format!(
+        "[commit]\nkey_index_path = \"{}\"\n{}",
+        dir.join(format!("key-index.{zone}.kix")).display(),
+        std::env::var("BENCH_COMMIT_EXTRA").unwrap_or_default()
+    )
 }
 
-fn node_config(port: u16, ops: u16, nats_port: u16, drain_consumers: usize, dir: &std::path::Path) -> String {
+fn node_config(
+    port: u16,
+    ops: u16,
+    nats_port: u16,
+    drain_consumers: usize,
+    dir: &std::path::Path,
+) -> String {
     let mut s = format!(
         r#"zone = "bench"
 listen = "127.0.0.1:{port}"
@@ -720,7 +934,10 @@ max_age = "30days"
         nats = node_nats_section(nats_port)
     );
     for i in 1..=drain_consumers {
-        let _ = write!(s, "\n[[consumers]]\nname = \"drain{i}\"\ncategory = \"drain\"\nstart = \"earliest\"\n");
+        let _ = write!(
+            s,
+            "\n[[consumers]]\nname = \"drain{i}\"\ncategory = \"drain\"\nstart = \"earliest\"\n"
+        );
     }
     s
 }
@@ -750,7 +967,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     // nats-server
     let nats_port = free_port()?;
-    let nats = start_nats_server(&args.nats_server, &dir, "bench", nats_port, &format!("  sync_interval: {}\n", args.nats_sync), "").await?;
+    let nats = start_nats_server(
+        &args.nats_server,
+        &dir,
+        "bench",
+        nats_port,
+        &format!("  sync_interval: {}\n", args.nats_sync),
+        "",
+    )
+    .await?;
     let nats_url = format!("nats://127.0.0.1:{nats_port}");
     let nc = async_nats::ConnectOptions::new().connect(&nats_url).await?;
     let mut js = jetstream::new(nc.clone());
@@ -761,14 +986,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let node_toml = dir.join("node.toml");
     std::fs::write(&node_toml, node_config(port, ops, nats_port, reps, &dir))?;
     let node_log = dir.join("node.log");
-    let node = spawn_logged(std::process::Command::new(&args.bsfg).arg("serve").arg("--config").arg(&node_toml), &node_log)
-        .with_context(|| format!("starting {}", args.bsfg.display()))?;
+    let node = spawn_logged(
+        std::process::Command::new(&args.bsfg)
+            .arg("serve")
+            .arg("--config")
+            .arg(&node_toml),
+        &node_log,
+    )
+    .with_context(|| format!("starting {}", args.bsfg.display()))?;
     wait_tcp(port, "bsfg node", &node_log).await?;
 
     // echo server (separate process, same RPC stack as the node)
     let echo_port = free_port()?;
     let echo_log = dir.join("echo.log");
-    let echo = spawn_logged(std::process::Command::new(std::env::current_exe()?).arg("echo-server").arg(format!("127.0.0.1:{echo_port}")), &echo_log)?;
+    let echo = spawn_logged(
+        std::process::Command::new(std::env::current_exe()?)
+            .arg("echo-server")
+            .arg(format!("127.0.0.1:{echo_port}")),
+        &echo_log,
+    )?;
     wait_tcp(echo_port, "echo server", &echo_log).await?;
     // The bare append: the same echo server, storing each request in
     // JetStream before it answers (AppendFact's floor, see `Echo`).
@@ -776,17 +1012,33 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let bare_port = free_port()?;
     let bare_log = dir.join("bare-append.log");
     let bare = spawn_logged(
-        std::process::Command::new(std::env::current_exe()?).arg("echo-server").arg(format!("127.0.0.1:{bare_port}")).arg("--jetstream").arg(format!("nats://127.0.0.1:{nats_port}")),
+        std::process::Command::new(std::env::current_exe()?)
+            .arg("echo-server")
+            .arg(format!("127.0.0.1:{bare_port}"))
+            .arg("--jetstream")
+            .arg(format!("nats://127.0.0.1:{nats_port}")),
         &bare_log,
     )?;
     wait_tcp(bare_port, "bare append server", &bare_log).await?;
 
-    let client_config = |p: u16| ClientConfig::new(format!("http://127.0.0.1:{p}").parse().unwrap()).with_protocol(protocol).with_default_timeout(Duration::from_secs(30));
-    let node_conn = Http2Connection::connect_plaintext(format!("http://127.0.0.1:{port}").parse()?).await?.shared(1024);
+    let client_config = |p: u16| {
+        ClientConfig::new(format!("http://127.0.0.1:{p}").parse().unwrap())
+            .with_protocol(protocol)
+            .with_default_timeout(Duration::from_secs(30))
+    };
+    let node_conn = Http2Connection::connect_plaintext(format!("http://127.0.0.1:{port}").parse()?)
+        .await?
+        .shared(1024);
     let bsfg = BoundaryServiceClient::new(node_conn, client_config(port));
-    let echo_conn = Http2Connection::connect_plaintext(format!("http://127.0.0.1:{echo_port}").parse()?).await?.shared(1024);
+    let echo_conn =
+        Http2Connection::connect_plaintext(format!("http://127.0.0.1:{echo_port}").parse()?)
+            .await?
+            .shared(1024);
     let echo_client = EchoServiceClient::new(echo_conn, client_config(echo_port));
-    let bare_conn = Http2Connection::connect_plaintext(format!("http://127.0.0.1:{bare_port}").parse()?).await?.shared(1024);
+    let bare_conn =
+        Http2Connection::connect_plaintext(format!("http://127.0.0.1:{bare_port}").parse()?)
+            .await?
+            .shared(1024);
     let bare_client = EchoServiceClient::new(bare_conn, client_config(bare_port));
 
     let mut r = Report { md: String::new() };
@@ -797,7 +1049,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     create_plain_stream(&js, "rawpub").await?;
     create_layout_copy_stream(&js).await?;
     let mut raw_pub = Vec::new();
-    let (mut raw_guarded, mut raw_cpu_us, mut guarded_cpu_us) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut raw_guarded, mut raw_cpu_us, mut guarded_cpu_us) =
+        (Vec::new(), Vec::new(), Vec::new());
     let payload_256 = bytes::Bytes::from(vec![b'x'; 256]);
     let object_256 = object_json(256);
     for rep in 0..reps {
@@ -817,11 +1070,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         // node's.
         let cpu_before = cpu_seconds(nats.pid());
         let s = raw_publish(&js, args.window, secs, u64::MAX, |i| {
-            node_layout_message(LAYOUT_COPY, "batch:PlantA/B1042", &format!("{}-guarded-{rep}-{i}", run_id()), &object_256)
+            node_layout_message(
+                LAYOUT_COPY,
+                "batch:PlantA/B1042",
+                &format!("{}-guarded-{rep}-{i}", run_id()),
+                &object_256,
+            )
         })
         .await?
         .sample();
-        guarded_cpu_us.push((cpu_seconds(nats.pid()) - cpu_before) * 1e6 / (s.rate * secs).max(1.0));
+        guarded_cpu_us
+            .push((cpu_seconds(nats.pid()) - cpu_before) * 1e6 / (s.rate * secs).max(1.0));
         eprintln!("raw guarded publish rep {rep}: {:.0} msg/s", s.rate);
         raw_guarded.push(s);
     }
@@ -833,12 +1092,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut echo_cpu = 0.0;
     // One c64 closed loop against an echo server: its sample and the
     // server's CPU seconds meanwhile.
-    let echo_c64 = |what: &'static str, client: &EchoServiceClient<SharedHttp2Connection>, pid: u32, rep: usize| {
+    let echo_c64 = |what: &'static str,
+                    client: &EchoServiceClient<SharedHttp2Connection>,
+                    pid: u32,
+                    rep: usize| {
         let c = client.clone();
         async move {
             let cpu_before = cpu_seconds(pid);
             let s = closed_loop(64, secs, move |_, _| echo_once(&c)).await;
-            eprintln!("{what} c64 rep {rep}: {:.0} req/s p99 {:.2} ms", s.rate, s.p99_ms);
+            eprintln!(
+                "{what} c64 rep {rep}: {:.0} req/s p99 {:.2} ms",
+                s.rate, s.p99_ms
+            );
             (s, cpu_seconds(pid) - cpu_before)
         }
     };
@@ -860,7 +1125,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // What a fact costs in JetStream's storage (record, subject, headers),
     // by payload size: the capacity a category's bytes buy.
     let mut stored_bytes_per_fact: Vec<(usize, f64)> = Vec::new();
-    let stored_state = || async { anyhow::Ok(js.get_stream("facts_operational").await?.info().await?.state.clone()) };
+    let stored_state = || async {
+        anyhow::Ok(
+            js.get_stream("facts_operational")
+                .await?
+                .info()
+                .await?
+                .state
+                .clone(),
+        )
+    };
     let cpu_before = cpu_seconds(node.pid());
     let nats_cpu_before = cpu_seconds(nats.pid());
     for &(conc, size) in &[(1usize, 256usize), (64, 256), (1, 4096), (64, 4096)] {
@@ -872,7 +1146,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 let (s, cpu) = echo_c64("echo", &echo_client, echo.pid(), rep).await;
                 echo_samples.push(s);
                 echo_cpu += cpu;
-                bare_samples.push(echo_c64("bare append", &bare_client, bare.pid(), rep).await.0);
+                bare_samples.push(
+                    echo_c64("bare append", &bare_client, bare.pid(), rep)
+                        .await
+                        .0,
+                );
             }
             let c = bsfg.clone();
             let payload: Arc<str> = object_json(size).into();
@@ -893,35 +1171,61 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .await;
             config_node_cpu += cpu_seconds(node.pid()) - node_before;
             config_nats_cpu += cpu_seconds(nats.pid()) - nats_before;
-            eprintln!("append c{conc} {size}B rep {rep}: {:.0} facts/s p50 {:.2} p99 {:.2} ms", s.rate, s.p50_ms, s.p99_ms);
+            eprintln!(
+                "append c{conc} {size}B rep {rep}: {:.0} facts/s p50 {:.2} p99 {:.2} ms",
+                s.rate, s.p50_ms, s.p99_ms
+            );
             samples.push(s);
         }
         let appended: f64 = samples.iter().map(|x| x.rate * secs).sum();
         if conc == 64 {
             let state_after = stored_state().await?;
-            let stored = state_after.messages.saturating_sub(state_before.messages).max(1);
-            stored_bytes_per_fact.push((size, state_after.bytes.saturating_sub(state_before.bytes) as f64 / stored as f64));
+            let stored = state_after
+                .messages
+                .saturating_sub(state_before.messages)
+                .max(1);
+            stored_bytes_per_fact.push((
+                size,
+                state_after.bytes.saturating_sub(state_before.bytes) as f64 / stored as f64,
+            ));
         }
-        append_cpu_by_config.push((conc, size, config_node_cpu * 1e6 / appended.max(1.0), config_nats_cpu * 1e6 / appended.max(1.0)));
+        append_cpu_by_config.push((
+            conc,
+            size,
+            config_node_cpu * 1e6 / appended.max(1.0),
+            config_nats_cpu * 1e6 / appended.max(1.0),
+        ));
         append_results.push((conc, size, samples));
     }
     let echo_total: f64 = echo_samples.iter().map(|x| x.rate * secs).sum();
     let append_cpu = cpu_seconds(node.pid()) - cpu_before;
     let append_nats_cpu = cpu_seconds(nats.pid()) - nats_cpu_before;
-    let append_total: f64 = append_results.iter().flat_map(|(_, _, s)| s.iter().map(|x| x.rate * secs)).sum();
+    let append_total: f64 = append_results
+        .iter()
+        .flat_map(|(_, _, s)| s.iter().map(|x| x.rate * secs))
+        .sum();
 
     // 5. p99 at half the max AppendFact rate (open loop)
-    let max_rate = append_results.iter().filter(|(_, size, _)| *size == 256).map(|(_, _, s)| summarize(s).rate).fold(0.0, f64::max);
+    let max_rate = append_results
+        .iter()
+        .filter(|(_, size, _)| *size == 256)
+        .map(|(_, _, s)| summarize(s).rate)
+        .fold(0.0, f64::max);
     let half = max_rate * 0.5;
     // The same schedule offered to the bare echo RPC and to raw JetStream
     // (publish with Nats-Msg-Id, await the ack) in each repetition: the
     // tails the RPC stack and the substrate have by themselves at this rate.
-    let (mut open, mut open_echo, mut open_raw, mut open_guarded, mut open_bare) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut open, mut open_echo, mut open_raw, mut open_guarded, mut open_bare) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let payload: Arc<str> = object_json(256).into();
     let mut node_side = Vec::new();
     for rep in 0..reps {
         let before = scrape_metrics(ops).await?;
-        let (c, p, tag) = (bsfg.clone(), payload.clone(), format!("{}-open-{rep}", run_id()));
+        let (c, p, tag) = (
+            bsfg.clone(),
+            payload.clone(),
+            format!("{}-open-{rep}", run_id()),
+        );
         let s = open_loop(half, secs, tag.clone(), move |i| {
             let (c, request) = (c.clone(), append_request(format!("{tag}-{i}"), &p));
             async move {
@@ -935,13 +1239,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
         })
         .await;
-        eprintln!("open loop {half:.0}/s rep {rep}: achieved {:.0}/s p50 {:.2} p99 {:.2} ms", s.rate, s.p50_ms, s.p99_ms);
+        eprintln!(
+            "open loop {half:.0}/s rep {rep}: achieved {:.0}/s p50 {:.2} p99 {:.2} ms",
+            s.rate, s.p50_ms, s.p99_ms
+        );
         // The same appends as the node timed them (handler entry to answer),
         // at its histogram's bucket resolution.
         let after = scrape_metrics(ops).await?;
-        let (b, a) = (histogram_buckets(&before, "bsfg_append_latency_seconds"), histogram_buckets(&after, "bsfg_append_latency_seconds"));
-        let (b_batch, a_batch) = (histogram_buckets(&before, "bsfg_commit_batch_facts"), histogram_buckets(&after, "bsfg_commit_batch_facts"));
-        let inside = (histogram_quantile_between(&b, &a, 50.0) * 1e3, histogram_quantile_between(&b, &a, 99.0) * 1e3);
+        let (b, a) = (
+            histogram_buckets(&before, "bsfg_append_latency_seconds"),
+            histogram_buckets(&after, "bsfg_append_latency_seconds"),
+        );
+        let (b_batch, a_batch) = (
+            histogram_buckets(&before, "bsfg_commit_batch_facts"),
+            histogram_buckets(&after, "bsfg_commit_batch_facts"),
+        );
+        let inside = (
+            histogram_quantile_between(&b, &a, 50.0) * 1e3,
+            histogram_quantile_between(&b, &a, 99.0) * 1e3,
+        );
         eprintln!(
             "  node-side: p50 <= {:.1} ms, p99 <= {:.1} ms; batch p50 <= {} p99 <= {} facts",
             inside.0,
@@ -952,32 +1268,66 @@ async fn run(args: Args) -> anyhow::Result<()> {
         node_side.push(inside);
         open.push(s);
         let c = echo_client.clone();
-        let s = open_loop(half, secs, format!("{}-open-echo-{rep}", run_id()), move |_| echo_once(&c)).await;
-        eprintln!("open loop echo rep {rep}: p50 {:.2} p99 {:.2} ms", s.p50_ms, s.p99_ms);
+        let s = open_loop(
+            half,
+            secs,
+            format!("{}-open-echo-{rep}", run_id()),
+            move |_| echo_once(&c),
+        )
+        .await;
+        eprintln!(
+            "open loop echo rep {rep}: p50 {:.2} p99 {:.2} ms",
+            s.p50_ms, s.p99_ms
+        );
         open_echo.push(s);
         let c = bare_client.clone();
-        let s = open_loop(half, secs, format!("{}-open-bare-{rep}", run_id()), move |_| echo_once(&c)).await;
-        eprintln!("open loop bare append rep {rep}: p50 {:.2} p99 {:.2} ms", s.p50_ms, s.p99_ms);
+        let s = open_loop(
+            half,
+            secs,
+            format!("{}-open-bare-{rep}", run_id()),
+            move |_| echo_once(&c),
+        )
+        .await;
+        eprintln!(
+            "open loop bare append rep {rep}: p50 {:.2} p99 {:.2} ms",
+            s.p50_ms, s.p99_ms
+        );
         open_bare.push(s);
         let (j, tag) = (js.clone(), format!("{}-open-raw-{rep}", run_id()));
         let s = open_loop(half, secs, tag.clone(), move |i| {
             let mut headers = HeaderMap::new();
             headers.insert("Nats-Msg-Id", format!("{tag}-{i}").as_str());
-            publish_acked(&j, format!("rawpub.{}", i % 64), headers, bytes::Bytes::from(vec![b'x'; 256]))
+            publish_acked(
+                &j,
+                format!("rawpub.{}", i % 64),
+                headers,
+                bytes::Bytes::from(vec![b'x'; 256]),
+            )
         })
         .await;
-        eprintln!("open loop raw JetStream rep {rep}: p50 {:.2} p99 {:.2} ms", s.p50_ms, s.p99_ms);
+        eprintln!(
+            "open loop raw JetStream rep {rep}: p50 {:.2} p99 {:.2} ms",
+            s.p50_ms, s.p99_ms
+        );
         open_raw.push(s);
         // The same publishes the node makes (its subjects, headers and
         // records, a stream configured like its own), without the node: the
         // substrate's share of the AppendFact tail.
-        let (j, p, tag) = (js.clone(), payload.clone(), format!("{}-open-guarded-{rep}", run_id()));
+        let (j, p, tag) = (
+            js.clone(),
+            payload.clone(),
+            format!("{}-open-guarded-{rep}", run_id()),
+        );
         let s = open_loop(half, secs, tag.clone(), move |i| {
-            let (subject, headers, body) = node_layout_message(LAYOUT_COPY, "batch:PlantA/B1042", &format!("{tag}-{i}"), &p);
+            let (subject, headers, body) =
+                node_layout_message(LAYOUT_COPY, "batch:PlantA/B1042", &format!("{tag}-{i}"), &p);
             publish_acked(&j, subject, headers, body)
         })
         .await;
-        eprintln!("open loop raw guarded rep {rep}: p50 {:.2} p99 {:.2} ms", s.p50_ms, s.p99_ms);
+        eprintln!(
+            "open loop raw guarded rep {rep}: p50 {:.2} p99 {:.2} ms",
+            s.p50_ms, s.p99_ms
+        );
         open_guarded.push(s);
     }
 
@@ -985,7 +1335,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let drain_n = args.drain_facts;
     let prefill_rate = prefill(&js, drain_n, args.window).await?;
     eprintln!("prefilled {drain_n} facts at {prefill_rate:.0}/s");
-    let drain_last = js.get_stream("facts_drain").await?.info().await?.state.last_sequence;
+    let drain_last = js
+        .get_stream("facts_drain")
+        .await?
+        .info()
+        .await?
+        .state
+        .last_sequence;
     let read_in_secs = wait_for_key_index(ops, "drain", drain_last).await?;
     eprintln!("the node's key index read the pre-fill in after {read_in_secs:.1} s");
     let mut drain_b = Vec::new();
@@ -994,7 +1350,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // which the shared machine's noise moves less than the rates.
     let pids = [node.pid(), nats.pid(), std::process::id()];
     let cpu_now = || pids.map(cpu_seconds);
-    let per_fact_us = |before: [f64; 3], after: [f64; 3]| [0, 1, 2].map(|i| (after[i] - before[i]) * 1e6 / drain_n as f64);
+    let per_fact_us = |before: [f64; 3], after: [f64; 3]| {
+        [0, 1, 2].map(|i| (after[i] - before[i]) * 1e6 / drain_n as f64)
+    };
     let (mut drain_b_cpu, mut drain_r_cpu) = (Vec::new(), Vec::new());
     for rep in 0..reps {
         // Alternate the order so neither side always gets the warm page cache.
@@ -1015,18 +1373,37 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let raw = raw_drain.await?;
             (bsfg_drain.await?, raw)
         };
-        eprintln!("drain rep {rep}: bsfg {b:.0}/s raw {raw:.0}/s; CPU µs/fact node+nats+client bsfg {b_cpu:.1?} raw {raw_cpu:.1?}");
-        drain_b.push(Sample { rate: b, ..Default::default() });
-        drain_r.push(Sample { rate: raw, ..Default::default() });
+        eprintln!(
+            "drain rep {rep}: bsfg {b:.0}/s raw {raw:.0}/s; CPU µs/fact node+nats+client bsfg {b_cpu:.1?} raw {raw_cpu:.1?}"
+        );
+        drain_b.push(Sample {
+            rate: b,
+            ..Default::default()
+        });
+        drain_r.push(Sample {
+            rate: raw,
+            ..Default::default()
+        });
         drain_b_cpu.push(b_cpu);
         drain_r_cpu.push(raw_cpu);
     }
 
     // nats-server's periodic stream-state file for the node's stream: it
     // holds a record per subject (per kind now; per fact before the key index).
-    let state_file_mib = std::fs::metadata(dir.join("js-bench/jetstream/$G/streams/facts_operational/msgs/index.db"))
-        .map_or_else(|_| "not written yet".to_string(), |m| format!("{:.1} MiB", m.len() as f64 / 1048576.0));
-    let operational_facts = js.get_stream("facts_operational").await?.info().await?.state.messages;
+    let state_file_mib = std::fs::metadata(
+        dir.join("js-bench/jetstream/$G/streams/facts_operational/msgs/index.db"),
+    )
+    .map_or_else(
+        |_| "not written yet".to_string(),
+        |m| format!("{:.1} MiB", m.len() as f64 / 1048576.0),
+    );
+    let operational_facts = js
+        .get_stream("facts_operational")
+        .await?
+        .info()
+        .await?
+        .state
+        .messages;
     let (node_hwm, node_rss) = rss_kib(node.pid());
     let (nats_hwm, _) = rss_kib(nats.pid());
     let (echo_hwm, _) = rss_kib(echo.pid());
@@ -1037,7 +1414,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let raw_guarded_s = summarize(&raw_guarded);
     let echo_s = summarize(&echo_samples);
     let echo1_s = summarize(&echo_c1);
-    let a = |c: usize, sz: usize| summarize(&append_results.iter().find(|(cc, s, _)| *cc == c && *s == sz).unwrap().2);
+    let a = |c: usize, sz: usize| {
+        summarize(
+            &append_results
+                .iter()
+                .find(|(cc, s, _)| *cc == c && *s == sz)
+                .unwrap()
+                .2,
+        )
+    };
     let a64 = a(64, 256);
     let open_s = summarize(&open);
     let open_echo_s = summarize(&open_echo);
@@ -1068,8 +1453,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     r.line("| Target | Measured | Result |");
     r.line("|---|---|---|");
     // Each echo c64 repetition ran right before its AppendFact c64 one.
-    let a64_runs = &append_results.iter().find(|(c, s, _)| (*c, *s) == (64, 256)).expect("c64 256 B measured").2;
-    let paired: Vec<String> = a64_runs.iter().zip(&echo_samples).map(|(a, e)| format!("{:.2}", a.rate / e.rate)).collect();
+    let a64_runs = &append_results
+        .iter()
+        .find(|(c, s, _)| (*c, *s) == (64, 256))
+        .expect("c64 256 B measured")
+        .2;
+    let paired: Vec<String> = a64_runs
+        .iter()
+        .zip(&echo_samples)
+        .map(|(a, e)| format!("{:.2}", a.rate / e.rate))
+        .collect();
     r.line(format!(
         "| AppendFact c64 ≥ 0.5 × echo rate | {:.0} / {:.0} = {:.2}× (paired repetitions: {}; the bare append, an echo that stores each request in JetStream first: {:.0} / {:.0} = {:.2}×) | {} |",
         a64.rate,
@@ -1092,14 +1485,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
         open_bare_s.p99_ms,
         pf(open_s.p99_ms <= 5.0)
     ));
-    r.line(format!("| node peak RSS ≤ 64 MiB | VmHWM {:.1} MiB | {} |", rss_mib, pf(rss_mib <= 64.0)));
-    r.line(format!("| drain ≥ 0.5 × raw pull consumer | {:.0} / {:.0} = {:.2}× | {} |", db.rate, dr.rate, ratio_drain, pf(ratio_drain >= 0.5)));
+    r.line(format!(
+        "| node peak RSS ≤ 64 MiB | VmHWM {:.1} MiB | {} |",
+        rss_mib,
+        pf(rss_mib <= 64.0)
+    ));
+    r.line(format!(
+        "| drain ≥ 0.5 × raw pull consumer | {:.0} / {:.0} = {:.2}× | {} |",
+        db.rate,
+        dr.rate,
+        ratio_drain,
+        pf(ratio_drain >= 0.5)
+    ));
     r.line("");
     r.line("### Throughput and latency");
     r.line("");
     r.line("| Benchmark | Rate (median) | p50 ms | p99 ms | Runs | Errors |");
     r.line("|---|---|---|---|---|---|");
-    r.line(format!("| Raw JetStream publish, 256 B, Nats-Msg-Id, window {} | {:.0} msg/s | – | – | {} | {} |", args.window, raw_s.rate, fmt_rates(&raw_pub), raw_s.errors));
+    r.line(format!(
+        "| Raw JetStream publish, 256 B, Nats-Msg-Id, window {} | {:.0} msg/s | – | – | {} | {} |",
+        args.window,
+        raw_s.rate,
+        fmt_rates(&raw_pub),
+        raw_s.errors
+    ));
     r.line(format!(
         "| Raw JetStream publish in the node's layout (its subjects, headers, record; a stream configured like its own), window {} | {:.0} msg/s | – | – | {} | {} |",
         args.window,
@@ -1107,8 +1516,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
         fmt_rates(&raw_guarded),
         raw_guarded_s.errors
     ));
-    r.line(format!("| Echo unary, 256 B, c1 | {:.0} req/s | {:.3} | {:.3} | {} | {} |", echo1_s.rate, echo1_s.p50_ms, echo1_s.p99_ms, fmt_rates(&echo_c1), echo1_s.errors));
-    r.line(format!("| Echo unary, 256 B, c64 | {:.0} req/s | {:.3} | {:.3} | {} | {} |", echo_s.rate, echo_s.p50_ms, echo_s.p99_ms, fmt_rates(&echo_samples), echo_s.errors));
+    r.line(format!(
+        "| Echo unary, 256 B, c1 | {:.0} req/s | {:.3} | {:.3} | {} | {} |",
+        echo1_s.rate,
+        echo1_s.p50_ms,
+        echo1_s.p99_ms,
+        fmt_rates(&echo_c1),
+        echo1_s.errors
+    ));
+    r.line(format!(
+        "| Echo unary, 256 B, c64 | {:.0} req/s | {:.3} | {:.3} | {} | {} |",
+        echo_s.rate,
+        echo_s.p50_ms,
+        echo_s.p99_ms,
+        fmt_rates(&echo_samples),
+        echo_s.errors
+    ));
     r.line(format!(
         "| Bare append (the echo server storing each request in JetStream, Nats-Msg-Id, before it answers), 256 B, c64 | {:.0} req/s | {:.3} | {:.3} | {} | {} |",
         bare_s.rate,
@@ -1142,9 +1565,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
     ));
     for (what, sample, runs) in [
         ("Echo unary", &open_echo_s, &open_echo),
-        ("Bare append (echo + JetStream publish + ack)", &open_bare_s, &open_bare),
-        ("Raw JetStream publish + ack, Nats-Msg-Id", &open_raw_s, &open_raw),
-        ("Raw JetStream publish + ack in the node's layout (its subjects, headers, record; a stream configured like its own)", &open_guarded_s, &open_guarded),
+        (
+            "Bare append (echo + JetStream publish + ack)",
+            &open_bare_s,
+            &open_bare,
+        ),
+        (
+            "Raw JetStream publish + ack, Nats-Msg-Id",
+            &open_raw_s,
+            &open_raw,
+        ),
+        (
+            "Raw JetStream publish + ack in the node's layout (its subjects, headers, record; a stream configured like its own)",
+            &open_guarded_s,
+            &open_guarded,
+        ),
     ] {
         r.line(format!(
             "| {what}, open loop at the same {:.0}/s, 256 B | {:.0} /s | {:.3} | {:.3} | {} | {} |",
@@ -1156,8 +1591,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
             sample.errors
         ));
     }
-    r.line(format!("| FetchFacts(limit 1000) + ConfirmReceipt drain | {:.0} facts/s | – | – | {} | – |", db.rate, fmt_rates(&drain_b)));
-    r.line(format!("| Raw JetStream pull consumer drain (fetch 1000 + ack) | {:.0} msgs/s | – | – | {} | – |", dr.rate, fmt_rates(&drain_r)));
+    r.line(format!(
+        "| FetchFacts(limit 1000) + ConfirmReceipt drain | {:.0} facts/s | – | – | {} | – |",
+        db.rate,
+        fmt_rates(&drain_b)
+    ));
+    r.line(format!(
+        "| Raw JetStream pull consumer drain (fetch 1000 + ack) | {:.0} msgs/s | – | – | {} | – |",
+        dr.rate,
+        fmt_rates(&drain_r)
+    ));
     r.line("");
     r.line("### Ratios and resources");
     r.line("");
@@ -1170,7 +1613,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     r.line(format!(
         "* nats-server's stream-state file (index.db) of the node's operational stream at the end: {state_file_mib} for {operational_facts} stored facts (one subject per kind; it held one record per fact before the key index)"
     ));
-    r.line(format!("* Drain FetchFacts+ConfirmReceipt / raw pull consumer: **{:.2}×**", ratio_drain));
+    r.line(format!(
+        "* Drain FetchFacts+ConfirmReceipt / raw pull consumer: **{:.2}×**",
+        ratio_drain
+    ));
     let cpu_median = |runs: &[[f64; 3]], i: usize| median(runs.iter().map(|c| c[i]).collect());
     r.line(format!(
         "* Drain CPU per fact (medians): FetchFacts+ConfirmReceipt node {:.1} µs + nats-server {:.1} µs + client {:.1} µs; raw pull consumer nats-server {:.1} µs + client {:.1} µs",
@@ -1185,8 +1631,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "* The node's key index (gap filler, headers only) had read those {} facts (written around the node) in {:.1} s after the pre-fill ended; the drain started after that",
         drain_n, read_in_secs
     ));
-    r.line(format!("* Node (`bsfg serve`) peak RSS (VmHWM): **{:.1} MiB**, RSS at end {:.1} MiB", rss_mib, node_rss as f64 / 1024.0));
-    r.line(format!("* nats-server peak RSS: {:.1} MiB; echo server peak RSS: {:.1} MiB", nats_hwm as f64 / 1024.0, echo_hwm as f64 / 1024.0));
+    r.line(format!(
+        "* Node (`bsfg serve`) peak RSS (VmHWM): **{:.1} MiB**, RSS at end {:.1} MiB",
+        rss_mib,
+        node_rss as f64 / 1024.0
+    ));
+    r.line(format!(
+        "* nats-server peak RSS: {:.1} MiB; echo server peak RSS: {:.1} MiB",
+        nats_hwm as f64 / 1024.0,
+        echo_hwm as f64 / 1024.0
+    ));
     r.line(format!(
         "* Node CPU: {:.1} s during the closed-loop AppendFact phase ({:.0} µs of node CPU per append), {:.1} s in total",
         append_cpu,
@@ -1201,7 +1655,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "* CPU per append by configuration (node + its nats-server, the closed loops only): {}",
         append_cpu_by_config
             .iter()
-            .map(|(conc, size, node_us, nats_us)| format!("c{conc} {size} B {node_us:.0} + {nats_us:.0} µs"))
+            .map(|(conc, size, node_us, nats_us)| format!(
+                "c{conc} {size} B {node_us:.0} + {nats_us:.0} µs"
+            ))
             .collect::<Vec<_>>()
             .join("; ")
     ));
@@ -1230,10 +1686,16 @@ const END: &str = "<!-- bsfg-bench results: end -->";
 
 /// Replaces the generated section of `out`, keeping everything else.
 fn write_results(out: &Path, results: &str) -> anyhow::Result<()> {
-    let existing = std::fs::read_to_string(out).unwrap_or_else(|_| "# BSFG benchmarks\n\n".to_string());
+    let existing =
+        std::fs::read_to_string(out).unwrap_or_else(|_| "# BSFG benchmarks\n\n".to_string());
     let section = format!("{BEGIN}\n{results}{END}\n");
     let text = match (existing.find(BEGIN), existing.find(END)) {
-        (Some(b), Some(e)) if e > b => format!("{}{}{}", &existing[..b], section, &existing[e + END.len()..].trim_start_matches('\n')),
+        (Some(b), Some(e)) if e > b => format!(
+            "{}{}{}",
+            &existing[..b],
+            section,
+            &existing[e + END.len()..].trim_start_matches('\n')
+        ),
         _ => format!("{}\n{}", existing.trim_end(), "\n".to_string() + &section),
     };
     std::fs::write(out, text)?;

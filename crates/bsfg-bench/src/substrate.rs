@@ -89,17 +89,30 @@ enum Variant {
     FastBatch,
 }
 
-const VARIANTS: [Variant; 6] = [Variant::FixedSubjects, Variant::SubjectPerFact, Variant::NodeGuarded, Variant::GuardedNoMsgId, Variant::AtomicBatch, Variant::FastBatch];
+const VARIANTS: [Variant; 6] = [
+    Variant::FixedSubjects,
+    Variant::SubjectPerFact,
+    Variant::NodeGuarded,
+    Variant::GuardedNoMsgId,
+    Variant::AtomicBatch,
+    Variant::FastBatch,
+];
 
 impl Variant {
     fn label(self) -> &'static str {
         match self {
             Variant::FixedSubjects => "64 fixed subjects, Nats-Msg-Id",
             Variant::SubjectPerFact => "one subject per fact, Nats-Msg-Id + content header",
-            Variant::NodeGuarded => "one subject per fact + guard (the layout before the key index)",
+            Variant::NodeGuarded => {
+                "one subject per fact + guard (the layout before the key index)"
+            }
             Variant::GuardedNoMsgId => "one subject per fact + guard, without Nats-Msg-Id",
-            Variant::AtomicBatch => "64 fixed subjects, Nats-Msg-Id + content header, atomic batches (one ack per batch)",
-            Variant::FastBatch => "64 fixed subjects, Nats-Msg-Id + content header, fast-ingest batches (one batch at a time)",
+            Variant::AtomicBatch => {
+                "64 fixed subjects, Nats-Msg-Id + content header, atomic batches (one ack per batch)"
+            }
+            Variant::FastBatch => {
+                "64 fixed subjects, Nats-Msg-Id + content header, fast-ingest batches (one batch at a time)"
+            }
         }
     }
 
@@ -107,18 +120,26 @@ impl Variant {
         let token = bsfg_domain::identity::key_token(run, &i.to_string());
         let mut headers = HeaderMap::new();
         let subject = match self {
-            Variant::FixedSubjects | Variant::AtomicBatch | Variant::FastBatch => format!("facts.c.k.{}", i % 64),
+            Variant::FixedSubjects | Variant::AtomicBatch | Variant::FastBatch => {
+                format!("facts.c.k.{}", i % 64)
+            }
             _ => format!("facts.c.k.{token}"),
         };
         if !matches!(self, Variant::GuardedNoMsgId) {
             headers.insert("Nats-Msg-Id", token.as_str());
         }
         if !matches!(self, Variant::FixedSubjects) {
-            headers.insert("Bsfg-Content", "c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00");
+            headers.insert(
+                "Bsfg-Content",
+                "c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00",
+            );
         }
         if matches!(self, Variant::NodeGuarded | Variant::GuardedNoMsgId) {
             headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
-            headers.insert("Nats-Expected-Last-Subject-Sequence-Subject", format!("facts.c.*.{token}").as_str());
+            headers.insert(
+                "Nats-Expected-Last-Subject-Sequence-Subject",
+                format!("facts.c.*.{token}").as_str(),
+            );
         }
         (subject, headers)
     }
@@ -129,7 +150,15 @@ pub async fn run(a: SubstrateArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let _cleanup = scopeguard(dir.clone());
     let port = free_port()?;
-    let nats = start_nats_server(&a.nats_server, &dir, "substrate", port, &format!("  sync_interval: {}\n", a.nats_sync), "").await?;
+    let nats = start_nats_server(
+        &a.nats_server,
+        &dir,
+        "substrate",
+        port,
+        &format!("  sync_interval: {}\n", a.nats_sync),
+        "",
+    )
+    .await?;
     let js = jetstream::new(async_nats::connect(format!("nats://127.0.0.1:{port}")).await?);
     if a.stalls {
         let md = stall_probe(&a, &js, &dir).await?;
@@ -141,7 +170,10 @@ pub async fn run(a: SubstrateArgs) -> anyhow::Result<()> {
     }
 
     let mut md = String::new();
-    writeln!(md, "| Variant | msgs/s (median; reps) | nats-server CPU µs/msg (median) |")?;
+    writeln!(
+        md,
+        "| Variant | msgs/s (median; reps) | nats-server CPU µs/msg (median) |"
+    )?;
     writeln!(md, "|---|---|---|")?;
     for variant in VARIANTS {
         let (mut rates, mut cpus) = (Vec::new(), Vec::new());
@@ -152,19 +184,33 @@ pub async fn run(a: SubstrateArgs) -> anyhow::Result<()> {
             let cpu_before = cpu_seconds(nats.pid());
             let run = format!("{rep}-{variant:?}");
             let (count, secs) = match variant {
-                Variant::AtomicBatch => publish_atomic(&js, &name, a.batch, a.window, a.duration, &run).await?,
-                Variant::FastBatch => publish_fast(&js, &name, a.batch, a.flow, a.duration, &run).await?,
+                Variant::AtomicBatch => {
+                    publish_atomic(&js, &name, a.batch, a.window, a.duration, &run).await?
+                }
+                Variant::FastBatch => {
+                    publish_fast(&js, &name, a.batch, a.flow, a.duration, &run).await?
+                }
                 _ => publish(&js, variant, a.window, a.duration, u64::MAX, &run).await?,
             };
             let cpu = cpu_seconds(nats.pid()) - cpu_before;
             let rate = count as f64 / secs;
-            eprintln!("{variant:?} rep {rep}: {rate:.0} msg/s, nats-server {:.1} µs/msg", cpu * 1e6 / count as f64);
+            eprintln!(
+                "{variant:?} rep {rep}: {rate:.0} msg/s, nats-server {:.1} µs/msg",
+                cpu * 1e6 / count as f64
+            );
             rates.push(rate);
             cpus.push(cpu * 1e6 / count as f64);
             js.delete_stream(&name).await?;
         }
         let reps: Vec<String> = rates.iter().map(|r| format!("{r:.0}")).collect();
-        writeln!(md, "| {} | {:.0} ({}) | {:.1} |", variant.label(), median(rates), reps.join(" / "), median(cpus))?;
+        writeln!(
+            md,
+            "| {} | {:.0} ({}) | {:.1} |",
+            variant.label(),
+            median(rates),
+            reps.join(" / "),
+            median(cpus)
+        )?;
     }
     println!("{md}");
     if !a.out.is_empty() {
@@ -194,9 +240,19 @@ async fn fresh_stream(js: &jetstream::Context, name: &str) -> anyhow::Result<()>
 /// but the last without a reply subject, the last (`Nats-Batch-Commit`) as
 /// a request whose acknowledgement must cover the whole batch; up to
 /// `window / batch` batches in flight. Returns messages and seconds.
-async fn publish_atomic(js: &jetstream::Context, stream: &str, batch: usize, window: usize, secs: f64, run: &str) -> anyhow::Result<(u64, f64)> {
+async fn publish_atomic(
+    js: &jetstream::Context,
+    stream: &str,
+    batch: usize,
+    window: usize,
+    secs: f64,
+    run: &str,
+) -> anyhow::Result<(u64, f64)> {
     use futures::StreamExt as _;
-    anyhow::ensure!((1..=1000).contains(&batch), "--batch must be 1 to 1000 (nats-server's limit)");
+    anyhow::ensure!(
+        (1..=1000).contains(&batch),
+        "--batch must be 1 to 1000 (nats-server's limit)"
+    );
     let client = js.client();
     let payload = bytes::Bytes::from(vec![b'x'; 256]);
     let in_flight_max = (window / batch).max(1);
@@ -213,20 +269,32 @@ async fn publish_atomic(js: &jetstream::Context, stream: &str, batch: usize, win
                 headers.insert("Nats-Batch-Id", id.as_str());
                 headers.insert("Nats-Batch-Sequence", seq.to_string().as_str());
                 if seq < batch {
-                    client.publish_with_headers(subject, headers, payload.clone()).await?;
+                    client
+                        .publish_with_headers(subject, headers, payload.clone())
+                        .await?;
                 } else {
                     headers.insert("Nats-Batch-Commit", "1");
                     let client = client.clone();
                     let payload = payload.clone();
-                    commits.push(async move { client.request_with_headers(subject, headers, payload).await });
+                    commits.push(async move {
+                        client.request_with_headers(subject, headers, payload).await
+                    });
                 }
             }
             continue;
         }
-        let Some(reply) = commits.next().await else { continue };
+        let Some(reply) = commits.next().await else {
+            continue;
+        };
         let ack: serde_json::Value = serde_json::from_slice(&reply?.payload)?;
-        anyhow::ensure!(ack.get("error").is_none() && ack["stream"] == stream, "batch not stored: {ack}");
-        anyhow::ensure!(ack["count"].as_u64() == Some(batch as u64), "the commit acknowledges the whole batch: {ack}");
+        anyhow::ensure!(
+            ack.get("error").is_none() && ack["stream"] == stream,
+            "batch not stored: {ack}"
+        );
+        anyhow::ensure!(
+            ack["count"].as_u64() == Some(batch as u64),
+            "the commit acknowledges the whole batch: {ack}"
+        );
         done += batch as u64;
     }
     Ok((done, started.elapsed().as_secs_f64()))
@@ -238,7 +306,14 @@ async fn publish_atomic(js: &jetstream::Context, stream: &str, batch: usize, win
 /// acknowledgement must count the whole batch, and its sequence must be
 /// the previous commit's plus the batch size (contiguous offsets, which is
 /// what a node would need to answer every append with its offset).
-async fn publish_fast(js: &jetstream::Context, stream: &str, batch: usize, flow: usize, secs: f64, run: &str) -> anyhow::Result<(u64, f64)> {
+async fn publish_fast(
+    js: &jetstream::Context,
+    stream: &str,
+    batch: usize,
+    flow: usize,
+    secs: f64,
+    run: &str,
+) -> anyhow::Result<(u64, f64)> {
     use futures::StreamExt as _;
     let client = js.client();
     let payload = bytes::Bytes::from(vec![b'x'; 256]);
@@ -255,20 +330,36 @@ async fn publish_fast(js: &jetstream::Context, stream: &str, batch: usize, flow:
         for seq in 1..=batch {
             let (subject, headers) = Variant::FastBatch.message(run, sent);
             sent += 1;
-            let op = if seq == batch { 2 } else if seq == 1 { 0 } else { 1 };
+            let op = if seq == batch {
+                2
+            } else if seq == 1 {
+                0
+            } else {
+                1
+            };
             let reply = format!("{inbox}.{id}.{flow_text}.fail.{seq}.{op}.$FI");
-            client.publish_with_reply_and_headers(subject, reply, headers, payload.clone()).await?;
+            client
+                .publish_with_reply_and_headers(subject, reply, headers, payload.clone())
+                .await?;
         }
         loop {
-            let reply = tokio::time::timeout(Duration::from_secs(10), replies.next()).await?.ok_or_else(|| anyhow::anyhow!("reply subscription ended"))?;
+            let reply = tokio::time::timeout(Duration::from_secs(10), replies.next())
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("reply subscription ended"))?;
             let ack: serde_json::Value = serde_json::from_slice(&reply.payload)?;
             anyhow::ensure!(ack.get("error").is_none(), "fast batch refused: {ack}");
             if ack.get("batch").is_none() {
                 continue; // a flow acknowledgement
             }
-            anyhow::ensure!(ack["stream"] == stream && ack["count"].as_u64() == Some(batch as u64), "the commit acknowledges the whole batch: {ack}");
+            anyhow::ensure!(
+                ack["stream"] == stream && ack["count"].as_u64() == Some(batch as u64),
+                "the commit acknowledges the whole batch: {ack}"
+            );
             let seq = ack["seq"].as_u64().unwrap_or(0);
-            anyhow::ensure!(last_seq == 0 || seq == last_seq + batch as u64, "batch sequences are contiguous: {last_seq} then {seq}");
+            anyhow::ensure!(
+                last_seq == 0 || seq == last_seq + batch as u64,
+                "batch sequences are contiguous: {last_seq} then {seq}"
+            );
             last_seq = seq;
             break;
         }
@@ -279,14 +370,25 @@ async fn publish_fast(js: &jetstream::Context, stream: &str, batch: usize, flow:
 
 /// Publishes `variant`'s messages pipelined (see `raw_publish`); every one
 /// must be acknowledged. Returns messages and seconds.
-async fn publish(js: &jetstream::Context, variant: Variant, window: usize, secs: f64, count_max: u64, run: &str) -> anyhow::Result<(u64, f64)> {
+async fn publish(
+    js: &jetstream::Context,
+    variant: Variant,
+    window: usize,
+    secs: f64,
+    count_max: u64,
+    run: &str,
+) -> anyhow::Result<(u64, f64)> {
     let payload = bytes::Bytes::from(vec![b'x'; 256]);
     let published = super::raw_publish(js, window, secs, count_max, |i| {
         let (subject, headers) = variant.message(run, i);
         (subject, headers, payload.clone())
     })
     .await?;
-    anyhow::ensure!(published.errors == 0, "{} publishes were not acknowledged", published.errors);
+    anyhow::ensure!(
+        published.errors == 0,
+        "{} publishes were not acknowledged",
+        published.errors
+    );
     Ok((published.done, published.secs))
 }
 
@@ -295,21 +397,35 @@ async fn publish(js: &jetstream::Context, variant: Variant, window: usize, secs:
 /// stall without the node too. nats-server rewrites a stream's state file,
 /// one record per subject, every 2–2.5 min under the stream's lock; this
 /// probe puts request stalls and those rewrites on one clock.
-async fn stall_probe(a: &SubstrateArgs, js: &jetstream::Context, dir: &std::path::Path) -> anyhow::Result<String> {
+async fn stall_probe(
+    a: &SubstrateArgs,
+    js: &jetstream::Context,
+    dir: &std::path::Path,
+) -> anyhow::Result<String> {
     let mut md = String::new();
-    writeln!(md, "| Layout | pre-filled | open loop | p50 ms | p99 ms | max ms | seconds with a request > 50 ms (s after stream creation) | index.db rewritten at (s) | index.db size |")?;
+    writeln!(
+        md,
+        "| Layout | pre-filled | open loop | p50 ms | p99 ms | max ms | seconds with a request > 50 ms (s after stream creation) | index.db rewritten at (s) | index.db size |"
+    )?;
     writeln!(md, "|---|---|---|---|---|---|---|---|---|")?;
-    for (n, variant) in [Variant::FixedSubjects, Variant::NodeGuarded].into_iter().enumerate() {
+    for (n, variant) in [Variant::FixedSubjects, Variant::NodeGuarded]
+        .into_iter()
+        .enumerate()
+    {
         let name = format!("stall{n}");
         fresh_stream(js, &name).await?;
         let created = Instant::now();
         // Every change of the state file's modification time, on the same clock.
-        let state_file = dir.join(format!("js-substrate/jetstream/$G/streams/{name}/msgs/index.db"));
+        let state_file = dir.join(format!(
+            "js-substrate/jetstream/$G/streams/{name}/msgs/index.db"
+        ));
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let watcher = tokio::spawn(async move {
             let (mut last, mut writes) = (None, Vec::new());
             loop {
-                let modified = std::fs::metadata(&state_file).and_then(|m| m.modified()).ok();
+                let modified = std::fs::metadata(&state_file)
+                    .and_then(|m| m.modified())
+                    .ok();
                 if modified.is_some() && modified != last {
                     writes.push(created.elapsed().as_secs_f64());
                     last = modified;
@@ -320,7 +436,15 @@ async fn stall_probe(a: &SubstrateArgs, js: &jetstream::Context, dir: &std::path
                 }
             }
         });
-        let (prefilled, prefill_secs) = publish(js, variant, a.window, f64::INFINITY, a.prefill, &format!("prefill-{n}")).await?;
+        let (prefilled, prefill_secs) = publish(
+            js,
+            variant,
+            a.window,
+            f64::INFINITY,
+            a.prefill,
+            &format!("prefill-{n}"),
+        )
+        .await?;
         eprintln!("{variant:?}: pre-filled {prefilled} in {prefill_secs:.1} s");
         let loop_started = created.elapsed().as_secs_f64();
         let (j, run) = (js.clone(), format!("probe-{n}"));
@@ -333,7 +457,11 @@ async fn stall_probe(a: &SubstrateArgs, js: &jetstream::Context, dir: &std::path
         let _ = stop.send(());
         let (writes, state_bytes) = watcher.await?;
         let max_us = timeline.iter().map(|(_, us)| *us).max().unwrap_or(0);
-        let mut stalled: Vec<u64> = timeline.iter().filter(|(_, us)| *us > 50_000).map(|(at, _)| (loop_started + f64::from(*at) / 1e3) as u64).collect();
+        let mut stalled: Vec<u64> = timeline
+            .iter()
+            .filter(|(_, us)| *us > 50_000)
+            .map(|(at, _)| (loop_started + f64::from(*at) / 1e3) as u64)
+            .collect();
         stalled.sort_unstable();
         stalled.dedup();
         let writes: Vec<String> = writes.iter().map(|w| format!("{w:.0}")).collect();
@@ -347,13 +475,24 @@ async fn stall_probe(a: &SubstrateArgs, js: &jetstream::Context, dir: &std::path
             sample.p50_ms,
             sample.p99_ms,
             f64::from(max_us) / 1e3,
-            if stalled.is_empty() { "none".to_string() } else { stalled.join(", ") },
-            if writes.is_empty() { "none".to_string() } else { writes.join(", ") },
+            if stalled.is_empty() {
+                "none".to_string()
+            } else {
+                stalled.join(", ")
+            },
+            if writes.is_empty() {
+                "none".to_string()
+            } else {
+                writes.join(", ")
+            },
             state_bytes as f64 / 1048576.0
         )?;
-        eprintln!("{variant:?}: p99 {:.2} ms, max {:.0} ms", sample.p99_ms, f64::from(max_us) / 1e3);
+        eprintln!(
+            "{variant:?}: p99 {:.2} ms, max {:.0} ms",
+            sample.p99_ms,
+            f64::from(max_us) / 1e3
+        );
         js.delete_stream(&name).await?;
     }
     Ok(md)
 }
-

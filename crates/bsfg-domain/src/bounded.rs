@@ -22,7 +22,11 @@ pub fn bounded(value: &str) -> Cow<'_, str> {
 
 /// As [`bounded`], keeping `value` itself when it is short enough.
 pub fn bounded_owned(value: String) -> String {
-    if value.len() <= ECHO_BYTES_MAX { value } else { bounded(&value).into_owned() }
+    if value.len() <= ECHO_BYTES_MAX {
+        value
+    } else {
+        bounded(&value).into_owned()
+    }
 }
 
 /// The most bytes of a whole message (e.g. a rejection's) in a log line. The
@@ -41,7 +45,11 @@ pub fn bounded_to(value: &str, bytes_max: usize) -> Cow<'_, str> {
         end -= 1;
     }
     let hash = hex::encode(&Sha256::digest(value.as_bytes())[..8]);
-    Cow::Owned(format!("{}…({} bytes, sha256 {hash})", &value[..end], value.len()))
+    Cow::Owned(format!(
+        "{}…({} bytes, sha256 {hash})",
+        &value[..end],
+        value.len()
+    ))
 }
 
 #[cfg(test)]
@@ -56,7 +64,13 @@ mod tests {
         let long = "x".repeat(1024 * 1024);
         let cut = bounded(&long);
         let hash = hex::encode(&Sha256::digest(long.as_bytes())[..8]);
-        assert_eq!(cut, format!("{}…(1048576 bytes, sha256 {hash})", "x".repeat(ECHO_BYTES_MAX)));
+        assert_eq!(
+            cut,
+            format!(
+                "{}…(1048576 bytes, sha256 {hash})",
+                "x".repeat(ECHO_BYTES_MAX)
+            )
+        );
         assert!(cut.len() < ECHO_BYTES_MAX + 64);
         // Cut on a character boundary: 'é' is two bytes, so 128 of them
         // fill the bound exactly and the 129th is left out whole.

@@ -25,7 +25,11 @@ const DEPTH_MAX: usize = 100;
 /// Whether `json` is a JSON object already in RFC 8785 canonical form, i.e.
 /// canonicalising it would return the same bytes.
 pub fn is_canonical_object(json: &str) -> bool {
-    let mut scan = Scan { text: json, bytes: json.as_bytes(), at: 0 };
+    let mut scan = Scan {
+        text: json,
+        bytes: json.as_bytes(),
+        at: 0,
+    };
     scan.bytes.first() == Some(&b'{') && scan.value(0).is_some() && scan.at == scan.bytes.len()
 }
 
@@ -47,7 +51,9 @@ impl<'a> Scan<'a> {
     }
 
     fn literal(&mut self, text: &[u8]) -> Option<()> {
-        self.bytes[self.at..].starts_with(text).then(|| self.at += text.len())
+        self.bytes[self.at..]
+            .starts_with(text)
+            .then(|| self.at += text.len())
     }
 
     fn value(&mut self, depth: usize) -> Option<()> {
@@ -93,7 +99,11 @@ impl<'a> Scan<'a> {
         loop {
             let (key, escaped) = self.string()?;
             // Keys are ordered by their text, not by their escapes.
-            let key = if escaped { std::borrow::Cow::Owned(unescape(key)) } else { std::borrow::Cow::Borrowed(key) };
+            let key = if escaped {
+                std::borrow::Cow::Owned(unescape(key))
+            } else {
+                std::borrow::Cow::Borrowed(key)
+            };
             if previous.as_deref().is_some_and(|p| !utf16_less(p, &key)) {
                 return None;
             }
@@ -178,7 +188,9 @@ impl<'a> Scan<'a> {
         let any_below = |v: u64, n: u8| v.wrapping_sub(ONES * u64::from(n)) & !v & HIGHS;
         while let Some(chunk) = self.bytes.get(self.at..self.at + 8) {
             let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
-            let special = any_below(word, 0x20) | any_below(word ^ (ONES * u64::from(b'"')), 1) | any_below(word ^ (ONES * u64::from(b'\\')), 1);
+            let special = any_below(word, 0x20)
+                | any_below(word ^ (ONES * u64::from(b'"')), 1)
+                | any_below(word ^ (ONES * u64::from(b'\\')), 1);
             if special != 0 {
                 return;
             }
@@ -190,7 +202,10 @@ impl<'a> Scan<'a> {
     /// canonicaliser writes for every JSON number).
     fn number(&mut self) -> Option<()> {
         let start = self.at;
-        while matches!(self.peek(), Some(b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')) {
+        while matches!(
+            self.peek(),
+            Some(b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+        ) {
             self.at += 1;
         }
         let token = &self.text[start..self.at];
@@ -224,7 +239,10 @@ fn unescape(escaped: &str) -> String {
             Some('t') => '\t',
             Some('u') => {
                 let hex: String = chars.by_ref().take(4).collect();
-                char::from_u32(u32::from_str_radix(&hex, 16).expect("the scan checked the hex digits")).expect("a control character")
+                char::from_u32(
+                    u32::from_str_radix(&hex, 16).expect("the scan checked the hex digits"),
+                )
+                .expect("a control character")
             }
             Some(other) => other,
             None => unreachable!("the scan ends a string only at its closing quote"),
@@ -241,7 +259,9 @@ fn is_plain_integer(token: &str) -> bool {
     if token == "0" {
         return true;
     }
-    (1..=15).contains(&digits.len()) && !digits.starts_with('0') && digits.bytes().all(|b| b.is_ascii_digit())
+    (1..=15).contains(&digits.len())
+        && !digits.starts_with('0')
+        && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// RFC 8785 orders keys by their UTF-16 code units. UTF-8 byte order agrees
@@ -262,7 +282,9 @@ mod tests {
 
     fn canonicalise(json: &str) -> Option<String> {
         let value: serde_json::Value = serde_json::from_str(json).ok()?;
-        value.is_object().then(|| serde_json_canonicalizer::to_string(&value).unwrap())
+        value
+            .is_object()
+            .then(|| serde_json_canonicalizer::to_string(&value).unwrap())
     }
 
     /// The property the node relies on, both ways: whatever the scan
@@ -271,10 +293,17 @@ mod tests {
     fn check(json: &str) {
         let canonical = canonicalise(json);
         if is_canonical_object(json) {
-            assert_eq!(canonical.as_deref(), Some(json), "the scan accepted {json:?}, which canonicalises differently");
+            assert_eq!(
+                canonical.as_deref(),
+                Some(json),
+                "the scan accepted {json:?}, which canonicalises differently"
+            );
         }
         if let Some(canonical) = canonical {
-            assert!(is_canonical_object(&canonical), "the scan refused canonical output {canonical:?} (of {json:?})");
+            assert!(
+                is_canonical_object(&canonical),
+                "the scan refused canonical output {canonical:?} (of {json:?})"
+            );
         }
     }
 
@@ -339,10 +368,18 @@ mod tests {
         for case in cases {
             check(case);
         }
-        assert!(is_canonical_object(r#"{"a":1,"b":[true,false,null,"x",{}]}"#));
-        assert!(is_canonical_object("{\"\u{10000}\":1,\"\u{e000}\":2}"), "U+10000 sorts first in UTF-16");
+        assert!(is_canonical_object(
+            r#"{"a":1,"b":[true,false,null,"x",{}]}"#
+        ));
+        assert!(
+            is_canonical_object("{\"\u{10000}\":1,\"\u{e000}\":2}"),
+            "U+10000 sorts first in UTF-16"
+        );
         assert!(!is_canonical_object("{\"\u{e000}\":1,\"\u{10000}\":2}"));
-        assert!(!is_canonical_object(r#"{"a":1,"a":2}"#), "duplicate keys are not canonical");
+        assert!(
+            !is_canonical_object(r#"{"a":1,"a":2}"#),
+            "duplicate keys are not canonical"
+        );
         assert!(!is_canonical_object(r#"{"a":1.0}"#));
         assert!(!is_canonical_object(r#"{"a":-0}"#));
         assert!(!is_canonical_object(r#"{"a":[1}}"#), "brackets must match");
@@ -372,12 +409,38 @@ mod tests {
         }
         // Most compact documents differ from canonical only in numbers or
         // key order; some are canonical already. Both kinds must occur.
-        assert!(accepted > 100 && accepted < 2900, "{accepted} of 3000 compact documents were canonical");
+        assert!(
+            accepted > 100 && accepted < 2900,
+            "{accepted} of 3000 compact documents were canonical"
+        );
     }
 
-    fn object(next: &mut impl FnMut() -> u64, depth: usize) -> serde_json::Map<String, serde_json::Value> {
-        let keys = ["a", "b", "B", "ab", "é", "\u{e000}", "\u{10000}", "\u{ffff}", "z\n", "\"", "k1", ""];
-        (0..next() % 4).map(|_| (keys[(next() % keys.len() as u64) as usize].to_string(), value(next, depth + 1))).collect()
+    fn object(
+        next: &mut impl FnMut() -> u64,
+        depth: usize,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        let keys = [
+            "a",
+            "b",
+            "B",
+            "ab",
+            "é",
+            "\u{e000}",
+            "\u{10000}",
+            "\u{ffff}",
+            "z\n",
+            "\"",
+            "k1",
+            "",
+        ];
+        (0..next() % 4)
+            .map(|_| {
+                (
+                    keys[(next() % keys.len() as u64) as usize].to_string(),
+                    value(next, depth + 1),
+                )
+            })
+            .collect()
     }
 
     fn value(next: &mut impl FnMut() -> u64, depth: usize) -> serde_json::Value {
@@ -385,16 +448,41 @@ mod tests {
         // Long ones put quotes, escapes and control characters at every
         // position of the scan's eight-byte steps.
         let strings = [
-            "", "x", "/", "\u{1}", "\t", "é😀", "\\", "\u{7f}",
-            "0123456789abcdefghij", "01234567\"9abcdef", "0123456789ab\\def", "0123456\u{1f}89abcdef",
-            "0123456789abcd\nfghijk", "0123456é89abcdef😀x", "\u{7f}\u{80}\u{ff}\u{7f}\u{7f}\u{7f}\u{7f}\u{7f}\u{7f}\u{7f}",
+            "",
+            "x",
+            "/",
+            "\u{1}",
+            "\t",
+            "é😀",
+            "\\",
+            "\u{7f}",
+            "0123456789abcdefghij",
+            "01234567\"9abcdef",
+            "0123456789ab\\def",
+            "0123456\u{1f}89abcdef",
+            "0123456789abcd\nfghijk",
+            "0123456é89abcdef😀x",
+            "\u{7f}\u{80}\u{ff}\u{7f}\u{7f}\u{7f}\u{7f}\u{7f}\u{7f}\u{7f}",
         ];
-        let numbers = [0.0, -0.0, 1.0, -17.0, 0.1, 1.5e300, 123456789012345680.0, 1e21, 1e-7, 21.5, 2f64.powi(53)];
+        let numbers = [
+            0.0,
+            -0.0,
+            1.0,
+            -17.0,
+            0.1,
+            1.5e300,
+            123456789012345680.0,
+            1e21,
+            1e-7,
+            21.5,
+            2f64.powi(53),
+        ];
         match next() % if depth > 3 { 5 } else { 7 } {
             0 => Value::Null,
             1 => Value::Bool(next().is_multiple_of(2)),
             2 => Value::String(strings[(next() % strings.len() as u64) as usize].into()),
-            3 => serde_json::Number::from_f64(numbers[(next() % numbers.len() as u64) as usize]).map_or(Value::Null, Value::Number),
+            3 => serde_json::Number::from_f64(numbers[(next() % numbers.len() as u64) as usize])
+                .map_or(Value::Null, Value::Number),
             4 => Value::Number(((next() % 2_000_001) as i64 - 1_000_000).into()),
             5 => Value::Array((0..next() % 3).map(|_| value(next, depth + 1)).collect()),
             _ => Value::Object(object(next, depth)),

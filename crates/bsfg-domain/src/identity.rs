@@ -40,7 +40,16 @@ pub fn content_digest(fact: &Fact) -> [u8; 32] {
     field(fact.predicate.as_bytes());
     field(fact.object_json.as_bytes());
     field(&(fact.attachments.len() as u64).to_be_bytes());
-    for AttachmentRef { bucket, key, digest, size_bytes, media_type, file_name, .. } in &fact.attachments {
+    for AttachmentRef {
+        bucket,
+        key,
+        digest,
+        size_bytes,
+        media_type,
+        file_name,
+        ..
+    } in &fact.attachments
+    {
         field(bucket.as_bytes());
         field(key.as_bytes());
         field(digest.as_bytes());

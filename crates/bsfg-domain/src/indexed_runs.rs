@@ -23,7 +23,10 @@ pub struct IndexedRuns {
 
 impl IndexedRuns {
     pub fn new(through: u64) -> Self {
-        Self { through, runs: BTreeMap::new() }
+        Self {
+            through,
+            runs: BTreeMap::new(),
+        }
     }
 
     /// Every offset at or below this one is covered.
@@ -34,7 +37,10 @@ impl IndexedRuns {
     /// Marks `first..=last` covered (any overlap with what is covered is
     /// fine: covering is idempotent).
     pub fn cover(&mut self, first: u64, last: u64) {
-        assert!(first >= 1 && first <= last, "offsets start at 1 and a run is not empty: {first}..={last}");
+        assert!(
+            first >= 1 && first <= last,
+            "offsets start at 1 and a run is not empty: {first}..={last}"
+        );
         if last <= self.through {
             return;
         }
@@ -57,7 +63,13 @@ impl IndexedRuns {
         } else {
             self.runs.insert(start, end);
         }
-        debug_assert!(self.runs.keys().next().is_none_or(|s| *s > self.through + 1), "a run never touches the prefix");
+        debug_assert!(
+            self.runs
+                .keys()
+                .next()
+                .is_none_or(|s| *s > self.through + 1),
+            "a run never touches the prefix"
+        );
     }
 
     /// The first offsets not covered while something above them is:
@@ -69,7 +81,11 @@ impl IndexedRuns {
 
     /// The highest covered offset (prefix or run).
     pub fn highest(&self) -> u64 {
-        self.runs.values().next_back().copied().unwrap_or(self.through)
+        self.runs
+            .values()
+            .next_back()
+            .copied()
+            .unwrap_or(self.through)
     }
 
     /// Forgets everything above `last` (the log lost its tail) and returns
@@ -145,7 +161,10 @@ mod tests {
         let mut r = IndexedRuns::new(10);
         r.cover(15, 20);
         assert!(r.truncate_after(17));
-        assert_eq!((r.through(), r.highest(), r.first_gap()), (10, 17, Some((11, 14))));
+        assert_eq!(
+            (r.through(), r.highest(), r.first_gap()),
+            (10, 17, Some((11, 14)))
+        );
         assert!(r.truncate_after(8));
         assert_eq!((r.through(), r.runs()), (8, 0));
         assert!(!r.truncate_after(100), "nothing above 100 to forget");

@@ -22,8 +22,8 @@ pub mod identity;
 pub mod indexed_runs;
 pub mod limits;
 pub mod policy;
-pub mod retention;
 pub mod rejection;
+pub mod retention;
 pub mod validate;
 
 pub use rejection::{Code, Rejection};

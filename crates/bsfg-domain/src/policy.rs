@@ -51,26 +51,41 @@ impl FactPolicy {
     pub fn check(&self, c: &Crossing<'_>) -> Result<(), PolicyRefusal> {
         let refuse = |reason, message: String| Err(PolicyRefusal { reason, message });
         if !allowed(&self.categories, c.category) {
-            return refuse("category_not_allowed", format!("category {} is not allowed across this link", c.category));
+            return refuse(
+                "category_not_allowed",
+                format!("category {} is not allowed across this link", c.category),
+            );
         }
         if self.deny_kinds.iter().any(|k| k == c.kind) || !allowed(&self.kinds, c.kind) {
-            return refuse("kind_not_allowed", format!("subject kind {} is not allowed across this link", c.kind));
+            return refuse(
+                "kind_not_allowed",
+                format!("subject kind {} is not allowed across this link", c.kind),
+            );
         }
         if let Some(rule) = self.origin_rules.iter().find(|r| r.origin == c.origin_zone)
             && !rule.allow_kinds.iter().any(|k| k == c.kind)
         {
             return refuse(
                 "kind_not_allowed_from_origin",
-                format!("nothing from {} crosses this link except kinds {:?}; this fact is of kind {}", c.origin_zone, rule.allow_kinds, c.kind),
+                format!(
+                    "nothing from {} crosses this link except kinds {:?}; this fact is of kind {}",
+                    c.origin_zone, rule.allow_kinds, c.kind
+                ),
             );
         }
         if !allowed(&self.predicates, c.predicate) {
-            return refuse("predicate_not_allowed", format!("predicate {} is not allowed across this link", c.predicate));
+            return refuse(
+                "predicate_not_allowed",
+                format!("predicate {} is not allowed across this link", c.predicate),
+            );
         }
         if let Some(max) = self.fact_bytes_max
             && c.fact_bytes > max
         {
-            return refuse("fact_too_large_for_link", format!("fact is {} bytes; this link allows {max}", c.fact_bytes));
+            return refuse(
+                "fact_too_large_for_link",
+                format!("fact is {} bytes; this link allows {max}", c.fact_bytes),
+            );
         }
         Ok(())
     }
@@ -91,44 +106,94 @@ mod tests {
     use super::*;
 
     fn crossing<'a>(origin: &'a str, kind: &'a str) -> Crossing<'a> {
-        Crossing { category: "operational", origin_zone: origin, kind, predicate: "step_completed", fact_bytes: 100 }
+        Crossing {
+            category: "operational",
+            origin_zone: origin,
+            kind,
+            predicate: "step_completed",
+            fact_bytes: 100,
+        }
     }
 
     #[test]
     fn empty_policy_allows_everything() {
-        FactPolicy::default().check(&crossing("plant-a", "batch")).unwrap();
+        FactPolicy::default()
+            .check(&crossing("plant-a", "batch"))
+            .unwrap();
     }
 
     #[test]
     fn lists_restrict_and_deny_wins() {
-        let p = FactPolicy { kinds: vec!["batch".into(), "asset".into()], deny_kinds: vec!["asset".into()], ..Default::default() };
+        let p = FactPolicy {
+            kinds: vec!["batch".into(), "asset".into()],
+            deny_kinds: vec!["asset".into()],
+            ..Default::default()
+        };
         p.check(&crossing("plant-a", "batch")).unwrap();
-        assert_eq!(p.check(&crossing("plant-a", "asset")).unwrap_err().reason, "kind_not_allowed");
-        assert_eq!(p.check(&crossing("plant-a", "recipe")).unwrap_err().reason, "kind_not_allowed");
-        let p = FactPolicy { categories: vec!["documents".into()], ..Default::default() };
-        assert_eq!(p.check(&crossing("plant-a", "batch")).unwrap_err().reason, "category_not_allowed");
-        let p = FactPolicy { predicates: vec!["step_started".into()], ..Default::default() };
-        assert_eq!(p.check(&crossing("plant-a", "batch")).unwrap_err().reason, "predicate_not_allowed");
-        let p = FactPolicy { fact_bytes_max: Some(99), ..Default::default() };
-        assert_eq!(p.check(&crossing("plant-a", "batch")).unwrap_err().reason, "fact_too_large_for_link");
+        assert_eq!(
+            p.check(&crossing("plant-a", "asset")).unwrap_err().reason,
+            "kind_not_allowed"
+        );
+        assert_eq!(
+            p.check(&crossing("plant-a", "recipe")).unwrap_err().reason,
+            "kind_not_allowed"
+        );
+        let p = FactPolicy {
+            categories: vec!["documents".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            p.check(&crossing("plant-a", "batch")).unwrap_err().reason,
+            "category_not_allowed"
+        );
+        let p = FactPolicy {
+            predicates: vec!["step_started".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            p.check(&crossing("plant-a", "batch")).unwrap_err().reason,
+            "predicate_not_allowed"
+        );
+        let p = FactPolicy {
+            fact_bytes_max: Some(99),
+            ..Default::default()
+        };
+        assert_eq!(
+            p.check(&crossing("plant-a", "batch")).unwrap_err().reason,
+            "fact_too_large_for_link"
+        );
     }
 
     #[test]
     fn nothing_from_enterprise_except_listed_kinds() {
         let p = FactPolicy {
-            origin_rules: vec![OriginRule { origin: "enterprise".into(), allow_kinds: vec!["recipe".into(), "work_order".into()] }],
+            origin_rules: vec![OriginRule {
+                origin: "enterprise".into(),
+                allow_kinds: vec!["recipe".into(), "work_order".into()],
+            }],
             ..Default::default()
         };
         p.check(&crossing("enterprise", "recipe")).unwrap();
-        assert_eq!(p.check(&crossing("enterprise", "batch")).unwrap_err().reason, "kind_not_allowed_from_origin");
+        assert_eq!(
+            p.check(&crossing("enterprise", "batch"))
+                .unwrap_err()
+                .reason,
+            "kind_not_allowed_from_origin"
+        );
         // Other origins are not affected by the rule.
         p.check(&crossing("idmz", "batch")).unwrap();
     }
 
     #[test]
     fn object_size() {
-        let p = FactPolicy { object_bytes_max: Some(10), ..Default::default() };
+        let p = FactPolicy {
+            object_bytes_max: Some(10),
+            ..Default::default()
+        };
         p.check_object_size(10).unwrap();
-        assert_eq!(p.check_object_size(11).unwrap_err().reason, "object_too_large_for_link");
+        assert_eq!(
+            p.check_object_size(11).unwrap_err().reason,
+            "object_too_large_for_link"
+        );
     }
 }

@@ -27,7 +27,12 @@ pub struct Truncation {
 /// * `confirmed_through`: the lowest frontier of the category's consumers
 ///   (`last_offset` when it has none);
 /// * `retain_bytes`: the fill above which confirmed facts are removed.
-pub fn truncation(state: LogState, first_young_offset: u64, confirmed_through: u64, retain_bytes: u64) -> Truncation {
+pub fn truncation(
+    state: LogState,
+    first_young_offset: u64,
+    confirmed_through: u64,
+    retain_bytes: u64,
+) -> Truncation {
     let mut wanted_below = state.first_offset.max(first_young_offset);
     if state.facts > 0 && state.bytes > retain_bytes {
         let average_bytes = (state.bytes / state.facts).max(1);
@@ -35,20 +40,38 @@ pub fn truncation(state: LogState, first_young_offset: u64, confirmed_through: u
         wanted_below = wanted_below.max(state.first_offset + excess_facts);
     }
     wanted_below = wanted_below.min(state.last_offset + 1);
-    let purge_below = wanted_below.min(confirmed_through.saturating_add(1)).max(state.first_offset);
-    Truncation { wanted_below, purge_below, blocked: purge_below < wanted_below }
+    let purge_below = wanted_below
+        .min(confirmed_through.saturating_add(1))
+        .max(state.first_offset);
+    Truncation {
+        wanted_below,
+        purge_below,
+        blocked: purge_below < wanted_below,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const STATE: LogState = LogState { first_offset: 11, last_offset: 110, facts: 100, bytes: 100_000 };
+    const STATE: LogState = LogState {
+        first_offset: 11,
+        last_offset: 110,
+        facts: 100,
+        bytes: 100_000,
+    };
 
     #[test]
     fn nothing_to_do_when_young_and_small() {
         let t = truncation(STATE, 11, 110, 1_000_000);
-        assert_eq!(t, Truncation { wanted_below: 11, purge_below: 11, blocked: false });
+        assert_eq!(
+            t,
+            Truncation {
+                wanted_below: 11,
+                purge_below: 11,
+                blocked: false
+            }
+        );
     }
 
     #[test]
@@ -81,7 +104,12 @@ mod tests {
 
     #[test]
     fn empty_log() {
-        let empty = LogState { first_offset: 111, last_offset: 110, facts: 0, bytes: 0 };
+        let empty = LogState {
+            first_offset: 111,
+            last_offset: 110,
+            facts: 0,
+            bytes: 0,
+        };
         assert_eq!(truncation(empty, 111, 110, 0).purge_below, 111);
     }
 }

@@ -40,7 +40,10 @@ fn bounded_text(field: &str, value: &str, bytes_max: usize) -> Result<(), Reject
 
 fn required(field: &str, value: &str) -> Result<(), Rejection> {
     if value.is_empty() {
-        return Err(Rejection::invalid("missing_field", format!("{field} is required")));
+        return Err(Rejection::invalid(
+            "missing_field",
+            format!("{field} is required"),
+        ));
     }
     Ok(())
 }
@@ -50,11 +53,16 @@ pub fn zone(field: &str, value: &str) -> Result<(), Rejection> {
     required(field, value)?;
     let ok = value.len() <= ZONE_BYTES_MAX
         && value.starts_with(|c: char| c.is_ascii_lowercase())
-        && value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        && value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if !ok {
         return Err(Rejection::invalid(
             "bad_zone",
-            format!("{field} {:?} must be lower-case letters, digits and '-', starting with a letter, at most {ZONE_BYTES_MAX} bytes", bounded(value)),
+            format!(
+                "{field} {:?} must be lower-case letters, digits and '-', starting with a letter, at most {ZONE_BYTES_MAX} bytes",
+                bounded(value)
+            ),
         ));
     }
     Ok(())
@@ -64,7 +72,9 @@ fn is_snake_token(value: &str) -> bool {
     value.starts_with(|c: char| c.is_ascii_lowercase())
         && !value.ends_with('_')
         && !value.contains("__")
-        && value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 /// Parses `kind:id` or `kind:scope/id` and returns the kind.
@@ -73,7 +83,10 @@ pub fn subject(value: &str) -> Result<&str, Rejection> {
     let bad = |why: &str| {
         Rejection::invalid(
             "bad_subject",
-            format!("fact.subject {:?} {why}; expected kind:id or kind:scope/id, e.g. batch:PlantA/B1042", bounded(value)),
+            format!(
+                "fact.subject {:?} {why}; expected kind:id or kind:scope/id, e.g. batch:PlantA/B1042",
+                bounded(value)
+            ),
         )
     };
     if value.len() > SUBJECT_BYTES_MAX {
@@ -81,11 +94,15 @@ pub fn subject(value: &str) -> Result<&str, Rejection> {
     }
     let (kind, rest) = value.split_once(':').ok_or_else(|| bad("has no ':'"))?;
     if kind.len() > SUBJECT_KIND_BYTES_MAX || !is_snake_token(kind) {
-        return Err(bad("has a kind that is not a lower-case noun (a-z, 0-9, _)"));
+        return Err(bad(
+            "has a kind that is not a lower-case noun (a-z, 0-9, _)",
+        ));
     }
     let id_ok = |part: &str| {
         !part.is_empty()
-            && part.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '@' | '+'))
+            && part.chars().all(|c| {
+                c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '@' | '+')
+            })
             && part != "."
             && part != ".."
     };
@@ -96,7 +113,9 @@ pub fn subject(value: &str) -> Result<&str, Rejection> {
         _ => false,
     };
     if !ok {
-        return Err(bad("has a scope or id that is empty or uses characters other than A-Z a-z 0-9 . _ - : @ +"));
+        return Err(bad(
+            "has a scope or id that is empty or uses characters other than A-Z a-z 0-9 . _ - : @ +",
+        ));
     }
     Ok(kind)
 }
@@ -107,7 +126,10 @@ pub fn predicate(value: &str) -> Result<(), Rejection> {
     if value.len() > PREDICATE_BYTES_MAX || !is_snake_token(value) {
         return Err(Rejection::invalid(
             "bad_predicate",
-            format!("fact.predicate {:?} must be lower_snake_case (e.g. step_completed), at most {PREDICATE_BYTES_MAX} bytes", bounded(value)),
+            format!(
+                "fact.predicate {:?} must be lower_snake_case (e.g. step_completed), at most {PREDICATE_BYTES_MAX} bytes",
+                bounded(value)
+            ),
         ));
     }
     Ok(())
@@ -127,7 +149,11 @@ fn recanonicalised_object_json(value: &str, limits: &Limits) -> Result<Option<St
     if value.len() > limits.object_json_bytes_max {
         return Err(Rejection::invalid(
             "fact_too_large",
-            format!("fact.object_json is {} bytes; the limit is {}", value.len(), limits.object_json_bytes_max),
+            format!(
+                "fact.object_json is {} bytes; the limit is {}",
+                value.len(),
+                limits.object_json_bytes_max
+            ),
         ));
     }
     if crate::canonical::is_canonical_object(value) {
@@ -140,9 +166,14 @@ fn recanonicalised_object_json(value: &str, limits: &Limits) -> Result<Option<St
             "fact.object_json must be a JSON object ({...}), not an array, string, number, boolean or null",
         ));
     }
-    serde_json_canonicalizer::to_string(&parsed).map(Some).map_err(|e| {
-        Rejection::invalid("bad_object_json", format!("fact.object_json cannot be canonicalised (RFC 8785): {e}"))
-    })
+    serde_json_canonicalizer::to_string(&parsed)
+        .map(Some)
+        .map_err(|e| {
+            Rejection::invalid(
+                "bad_object_json",
+                format!("fact.object_json cannot be canonicalised (RFC 8785): {e}"),
+            )
+        })
 }
 
 /// Parsing object_json into a `serde_json::Value` while refusing an object
@@ -161,7 +192,11 @@ mod unique {
     pub(super) fn parse(value: &str) -> Result<Value, Rejection> {
         let duplicate = RefCell::new(None);
         let mut deserializer = serde_json::Deserializer::from_str(value);
-        let parsed = UniqueKeys { duplicate: &duplicate }.deserialize(&mut deserializer).and_then(|v| deserializer.end().map(|()| v));
+        let parsed = UniqueKeys {
+            duplicate: &duplicate,
+        }
+        .deserialize(&mut deserializer)
+        .and_then(|v| deserializer.end().map(|()| v));
         parsed.map_err(|e| match duplicate.take() {
             Some(key) => Rejection::invalid(
                 "bad_object_json",
@@ -237,11 +272,17 @@ mod unique {
 /// (it becomes a JetStream durable name).
 pub fn consumer_name(value: &str) -> Result<(), Rejection> {
     required("consumer_name", value)?;
-    let ok = value.len() <= 64 && value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    let ok = value.len() <= 64
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
     if !ok {
         return Err(Rejection::invalid(
             "bad_consumer_name",
-            format!("consumer_name {:?} must be 1-64 characters of A-Z a-z 0-9 _ -", bounded(value)),
+            format!(
+                "consumer_name {:?} must be 1-64 characters of A-Z a-z 0-9 _ -",
+                bounded(value)
+            ),
         ));
     }
     Ok(())
@@ -252,11 +293,16 @@ pub fn bucket(value: &str) -> Result<(), Rejection> {
     required("bucket", value)?;
     let ok = value.len() <= BUCKET_BYTES_MAX
         && value.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        && value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
     if !ok {
         return Err(Rejection::invalid(
             "bad_bucket",
-            format!("bucket {:?} must be lower-case letters, digits, '_' and '-', at most {BUCKET_BYTES_MAX} bytes", bounded(value)),
+            format!(
+                "bucket {:?} must be lower-case letters, digits, '_' and '-', at most {BUCKET_BYTES_MAX} bytes",
+                bounded(value)
+            ),
         ));
     }
     Ok(())
@@ -268,12 +314,18 @@ pub fn bucket(value: &str) -> Result<(), Rejection> {
 pub fn object_key(value: &str, limits: &Limits) -> Result<(), Rejection> {
     required("key", value)?;
     bounded_text("key", value, limits.object_key_bytes_max)?;
-    let bad = |why: &str| Rejection::invalid("bad_object_key", format!("key {:?} {why}", bounded(value)));
+    let bad =
+        |why: &str| Rejection::invalid("bad_object_key", format!("key {:?} {why}", bounded(value)));
     if value.contains('\\') {
         return Err(bad("contains a backslash; use '/' to separate segments"));
     }
-    if value.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
-        return Err(bad("has an empty, '.' or '..' segment (no absolute paths, no traversal)"));
+    if value
+        .split('/')
+        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
+        return Err(bad(
+            "has an empty, '.' or '..' segment (no absolute paths, no traversal)",
+        ));
     }
     if value.starts_with(RESERVED_KEY_PREFIX) {
         return Err(bad("is in the reserved _bsfg/ namespace"));
@@ -285,12 +337,17 @@ pub fn object_key(value: &str, limits: &Limits) -> Result<(), Rejection> {
 fn is_media_type_name(value: &str) -> bool {
     (1..=127).contains(&value.len())
         && value.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && value.chars().all(|c| c.is_ascii_alphanumeric() || "!#$&-^_.+".contains(c))
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "!#$&-^_.+".contains(c))
 }
 
 /// RFC 9110 `token`: a parameter name or unquoted value.
 fn is_token(value: &str) -> bool {
-    !value.is_empty() && value.chars().all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c))
+    !value.is_empty()
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c))
 }
 
 /// A media type (of an object or an attachment): empty (none declared) or
@@ -306,7 +363,10 @@ pub fn media_type(field: &str, value: &str) -> Result<(), Rejection> {
     let bad = |why: &str| {
         Rejection::invalid(
             "bad_media_type",
-            format!("{field} {:?} {why}; expected type/subtype with optional parameters, e.g. application/pdf or text/plain; charset=utf-8", bounded(value)),
+            format!(
+                "{field} {:?} {why}; expected type/subtype with optional parameters, e.g. application/pdf or text/plain; charset=utf-8",
+                bounded(value)
+            ),
         )
     };
     if value.len() > TEXT_FIELD_BYTES_MAX {
@@ -316,12 +376,20 @@ pub fn media_type(field: &str, value: &str) -> Result<(), Rejection> {
         return Err(bad("has a character other than printable ASCII"));
     }
     let (essence, mut rest) = value.split_at(value.find(';').unwrap_or(value.len()));
-    let names_ok = essence.trim_end_matches(' ').split_once('/').is_some_and(|(t, s)| is_media_type_name(t) && is_media_type_name(s));
+    let names_ok = essence
+        .trim_end_matches(' ')
+        .split_once('/')
+        .is_some_and(|(t, s)| is_media_type_name(t) && is_media_type_name(s));
     if !names_ok {
-        return Err(bad("is not type/subtype (letters, digits and ! # $ & - ^ _ . +, each starting with a letter or digit)"));
+        return Err(bad(
+            "is not type/subtype (letters, digits and ! # $ & - ^ _ . +, each starting with a letter or digit)",
+        ));
     }
     while let Some(parameter) = rest.strip_prefix(';') {
-        let (name, value) = parameter.trim_start_matches(' ').split_once('=').ok_or_else(|| bad("has a parameter that is not name=value"))?;
+        let (name, value) = parameter
+            .trim_start_matches(' ')
+            .split_once('=')
+            .ok_or_else(|| bad("has a parameter that is not name=value"))?;
         if !is_token(name) {
             return Err(bad("has a parameter name that is not a token"));
         }
@@ -332,11 +400,15 @@ pub fn media_type(field: &str, value: &str) -> Result<(), Rejection> {
                 escaped = c == '\\' && !escaped;
                 closes.then_some(i)
             });
-            &quoted[end.ok_or_else(|| bad("has a quoted parameter value without its closing quote"))? + 1..]
+            &quoted[end
+                .ok_or_else(|| bad("has a quoted parameter value without its closing quote"))?
+                + 1..]
         } else {
             let end = value.find([';', ' ']).unwrap_or(value.len());
             if !is_token(&value[..end]) {
-                return Err(bad("has a parameter value that is neither a token nor a quoted string"));
+                return Err(bad(
+                    "has a parameter value that is neither a token nor a quoted string",
+                ));
             }
             &value[end..]
         };
@@ -353,13 +425,19 @@ pub const RESERVED_KEY_PREFIX: &str = "_bsfg/";
 
 /// `sha256:` followed by 64 lower-case hex digits.
 pub fn digest(field: &str, value: &str) -> Result<(), Rejection> {
-    let ok = value
-        .strip_prefix("sha256:")
-        .is_some_and(|hex| hex.len() == 64 && hex.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)));
+    let ok = value.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64
+            && hex
+                .chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+    });
     if !ok {
         return Err(Rejection::invalid(
             "bad_digest",
-            format!("{field} {:?} must be sha256: followed by 64 lower-case hex digits", bounded(value)),
+            format!(
+                "{field} {:?} must be sha256: followed by 64 lower-case hex digits",
+                bounded(value)
+            ),
         ));
     }
     Ok(())
@@ -369,7 +447,10 @@ fn attachment(index: usize, a: &AttachmentRef, limits: &Limits) -> Result<(), Re
     bucket(&a.bucket)?;
     object_key(&a.key, limits)?;
     digest(&format!("fact.attachments[{index}].digest"), &a.digest)?;
-    media_type(&format!("fact.attachments[{index}].media_type"), &a.media_type)?;
+    media_type(
+        &format!("fact.attachments[{index}].media_type"),
+        &a.media_type,
+    )?;
     bounded_text("attachment file_name", &a.file_name, TEXT_FIELD_BYTES_MAX)?;
     Ok(())
 }
@@ -377,9 +458,16 @@ fn attachment(index: usize, a: &AttachmentRef, limits: &Limits) -> Result<(), Re
 /// Validates the envelope (every required field present and well formed).
 pub fn envelope(e: &Envelope, limits: &Limits) -> Result<(), Rejection> {
     required("envelope.message_id", &e.message_id)?;
-    bounded_text("envelope.message_id", &e.message_id, limits.message_id_bytes_max)?;
+    bounded_text(
+        "envelope.message_id",
+        &e.message_id,
+        limits.message_id_bytes_max,
+    )?;
     if e.message_id.chars().any(char::is_whitespace) {
-        return Err(Rejection::invalid("bad_message_id", "envelope.message_id must not contain whitespace"));
+        return Err(Rejection::invalid(
+            "bad_message_id",
+            "envelope.message_id must not contain whitespace",
+        ));
     }
     zone("envelope.from_zone", &e.from_zone)?;
     zone("envelope.to_zone", &e.to_zone)?;
@@ -389,24 +477,49 @@ pub fn envelope(e: &Envelope, limits: &Limits) -> Result<(), Rejection> {
             "envelope.produced_at_unix_ms is required (producer clock, milliseconds since the Unix epoch)",
         ));
     }
-    bounded_text("envelope.correlation_id", &e.correlation_id, limits.message_id_bytes_max)?;
-    bounded_text("envelope.causation_id", &e.causation_id, limits.message_id_bytes_max)?;
-    bounded_text("envelope.object_media_type", &e.object_media_type, TEXT_FIELD_BYTES_MAX)?;
-    bounded_text("envelope.object_schema", &e.object_schema, TEXT_FIELD_BYTES_MAX)?;
+    bounded_text(
+        "envelope.correlation_id",
+        &e.correlation_id,
+        limits.message_id_bytes_max,
+    )?;
+    bounded_text(
+        "envelope.causation_id",
+        &e.causation_id,
+        limits.message_id_bytes_max,
+    )?;
+    bounded_text(
+        "envelope.object_media_type",
+        &e.object_media_type,
+        TEXT_FIELD_BYTES_MAX,
+    )?;
+    bounded_text(
+        "envelope.object_schema",
+        &e.object_schema,
+        TEXT_FIELD_BYTES_MAX,
+    )?;
     if e.labels.len() > limits.labels_count_max {
         return Err(Rejection::invalid(
             "too_many_labels",
-            format!("envelope.labels has {} entries; the limit is {}", e.labels.len(), limits.labels_count_max),
+            format!(
+                "envelope.labels has {} entries; the limit is {}",
+                e.labels.len(),
+                limits.labels_count_max
+            ),
         ));
     }
     for (key, value) in &e.labels {
         let key_ok = !key.is_empty()
             && key.len() <= LABEL_KEY_BYTES_MAX
-            && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'));
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'));
         if !key_ok {
             return Err(Rejection::invalid(
                 "bad_label",
-                format!("label key {:?} must be 1-{LABEL_KEY_BYTES_MAX} characters of A-Z a-z 0-9 _ - . /", bounded(key)),
+                format!(
+                    "label key {:?} must be 1-{LABEL_KEY_BYTES_MAX} characters of A-Z a-z 0-9 _ - . /",
+                    bounded(key)
+                ),
             ));
         }
         bounded_text(&format!("label {key}"), value, limits.label_value_bytes_max)?;
@@ -423,7 +536,11 @@ pub fn fact(mut f: Fact, limits: &Limits) -> Result<ValidFact, Rejection> {
     if f.attachments.len() > limits.attachments_count_max {
         return Err(Rejection::invalid(
             "too_many_attachments",
-            format!("fact has {} attachments; the limit is {}", f.attachments.len(), limits.attachments_count_max),
+            format!(
+                "fact has {} attachments; the limit is {}",
+                f.attachments.len(),
+                limits.attachments_count_max
+            ),
         ));
     }
     for (index, a) in f.attachments.iter().enumerate() {
@@ -432,7 +549,10 @@ pub fn fact(mut f: Fact, limits: &Limits) -> Result<ValidFact, Rejection> {
     if let Some(canonical) = canonical {
         f.object_json = canonical;
     }
-    Ok(ValidFact { fact: f, subject_kind })
+    Ok(ValidFact {
+        fact: f,
+        subject_kind,
+    })
 }
 
 #[cfg(test)]
@@ -443,8 +563,25 @@ mod tests {
     fn subjects() {
         assert_eq!(subject("batch:PlantA/B1042").unwrap(), "batch");
         assert_eq!(subject("asset:FILLER-07").unwrap(), "asset");
-        for bad in ["", "batch", "Batch:x", "batch:", "batch:a/b/c", "batch:a/", "batch:/b", "ba tch:x", "batch:a b", "batch:../x", "ba.tch:x", "batch_:x"] {
-            assert_eq!(subject(bad).unwrap_err().code, crate::Code::InvalidArgument, "{bad}");
+        for bad in [
+            "",
+            "batch",
+            "Batch:x",
+            "batch:",
+            "batch:a/b/c",
+            "batch:a/",
+            "batch:/b",
+            "ba tch:x",
+            "batch:a b",
+            "batch:../x",
+            "ba.tch:x",
+            "batch_:x",
+        ] {
+            assert_eq!(
+                subject(bad).unwrap_err().code,
+                crate::Code::InvalidArgument,
+                "{bad}"
+            );
         }
     }
 
@@ -452,7 +589,15 @@ mod tests {
     fn predicates() {
         predicate("step_completed").unwrap();
         predicate("temperature_recorded2").unwrap();
-        for bad in ["", "StepCompleted", "step-completed", "_step", "step_", "step__done", "2step"] {
+        for bad in [
+            "",
+            "StepCompleted",
+            "step-completed",
+            "_step",
+            "step_",
+            "step__done",
+            "2step",
+        ] {
             assert!(predicate(bad).is_err(), "{bad}");
         }
     }
@@ -460,14 +605,26 @@ mod tests {
     #[test]
     fn object_json_is_canonicalised_and_must_be_an_object() {
         let limits = Limits::default();
-        assert_eq!(canonical_object_json(r#"{ "b": 1.0, "a": [true, null] }"#, &limits).unwrap(), r#"{"a":[true,null],"b":1}"#);
-        assert_eq!(canonical_object_json(r#"{"e":1e3}"#, &limits).unwrap(), r#"{"e":1000}"#);
+        assert_eq!(
+            canonical_object_json(r#"{ "b": 1.0, "a": [true, null] }"#, &limits).unwrap(),
+            r#"{"a":[true,null],"b":1}"#
+        );
+        assert_eq!(
+            canonical_object_json(r#"{"e":1e3}"#, &limits).unwrap(),
+            r#"{"e":1000}"#
+        );
         for bad in ["[]", "1", "\"s\"", "null", "{", "{\"a\":}"] {
             assert!(canonical_object_json(bad, &limits).is_err(), "{bad}");
         }
-        assert_eq!(canonical_object_json(r#"{ "a": [{"x": 1}], "b": "s" }"#, &limits).unwrap(), r#"{"a":[{"x":1}],"b":"s"}"#);
+        assert_eq!(
+            canonical_object_json(r#"{ "a": [{"x": 1}], "b": "s" }"#, &limits).unwrap(),
+            r#"{"a":[{"x":1}],"b":"s"}"#
+        );
         let big = format!("{{\"a\":\"{}\"}}", "x".repeat(limits.object_json_bytes_max));
-        assert_eq!(canonical_object_json(&big, &limits).unwrap_err().reason, "fact_too_large");
+        assert_eq!(
+            canonical_object_json(&big, &limits).unwrap_err().reason,
+            "fact_too_large"
+        );
     }
 
     /// RFC 8785 requires unique member names; serde_json alone would keep
@@ -483,17 +640,31 @@ mod tests {
             (r#"{"\u0061":1,"a":2}"#, "a"),
         ] {
             let refused = canonical_object_json(json, &limits).unwrap_err();
-            assert_eq!((refused.code, refused.reason), (crate::Code::InvalidArgument, "bad_object_json"), "{json}");
+            assert_eq!(
+                (refused.code, refused.reason),
+                (crate::Code::InvalidArgument, "bad_object_json"),
+                "{json}"
+            );
             assert_eq!(
                 refused.message,
-                format!("fact.object_json has the key {key:?} twice; RFC 8785 requires unique member names"),
+                format!(
+                    "fact.object_json has the key {key:?} twice; RFC 8785 requires unique member names"
+                ),
                 "{json}"
             );
         }
         // The same name in different objects is fine.
-        assert_eq!(canonical_object_json(r#"{"b":{"a":1},"a":{"a":2}}"#, &limits).unwrap(), r#"{"a":{"a":2},"b":{"a":1}}"#);
+        assert_eq!(
+            canonical_object_json(r#"{"b":{"a":1},"a":{"a":2}}"#, &limits).unwrap(),
+            r#"{"a":{"a":2},"b":{"a":1}}"#
+        );
         // Other errors keep their message.
-        assert!(canonical_object_json(r#"{"a":1,"b":}"#, &limits).unwrap_err().message.starts_with("fact.object_json is not valid JSON"));
+        assert!(
+            canonical_object_json(r#"{"a":1,"b":}"#, &limits)
+                .unwrap_err()
+                .message
+                .starts_with("fact.object_json is not valid JSON")
+        );
     }
 
     #[test]
@@ -529,10 +700,17 @@ mod tests {
             "application/(pdf)",
         ] {
             let refused = media_type("media_type", bad).expect_err(bad);
-            assert_eq!((refused.code, refused.reason), (crate::Code::InvalidArgument, "bad_media_type"), "{bad:?}");
+            assert_eq!(
+                (refused.code, refused.reason),
+                (crate::Code::InvalidArgument, "bad_media_type"),
+                "{bad:?}"
+            );
         }
         let long = format!("application/{}", "x".repeat(TEXT_FIELD_BYTES_MAX));
-        assert_eq!(media_type("media_type", &long).unwrap_err().reason, "bad_media_type");
+        assert_eq!(
+            media_type("media_type", &long).unwrap_err().reason,
+            "bad_media_type"
+        );
     }
 
     /// Rejection messages echo request values bounded (they are logged,
@@ -549,11 +727,27 @@ mod tests {
             bucket(&long).unwrap_err(),
             digest("d", &long).unwrap_err(),
             media_type("media_type", &long).unwrap_err(),
-            canonical_object_json(&format!("{{\"{long}\":1,\"{long}\":2}}"), &Limits { object_json_bytes_max: 4 << 20, ..limits.clone() }).unwrap_err(),
+            canonical_object_json(
+                &format!("{{\"{long}\":1,\"{long}\":2}}"),
+                &Limits {
+                    object_json_bytes_max: 4 << 20,
+                    ..limits.clone()
+                },
+            )
+            .unwrap_err(),
         ];
         for r in refusals {
-            assert!(r.message.len() < 1024, "{}: {} bytes", r.reason, r.message.len());
-            assert!(r.message.contains("…(1048576 bytes, sha256 "), "{}", r.message);
+            assert!(
+                r.message.len() < 1024,
+                "{}: {} bytes",
+                r.reason,
+                r.message.len()
+            );
+            assert!(
+                r.message.contains("…(1048576 bytes, sha256 "),
+                "{}",
+                r.message
+            );
         }
     }
 
@@ -561,7 +755,17 @@ mod tests {
     fn object_keys_refuse_traversal() {
         let limits = Limits::default();
         object_key("batch/B1042/record.pdf", &limits).unwrap();
-        for bad in ["", "/abs", "a/../b", "..", "a//b", "a\\b", "a\u{7}b", "_bsfg/blob", "a/."] {
+        for bad in [
+            "",
+            "/abs",
+            "a/../b",
+            "..",
+            "a//b",
+            "a\\b",
+            "a\u{7}b",
+            "_bsfg/blob",
+            "a/.",
+        ] {
             assert!(object_key(bad, &limits).is_err(), "{bad:?}");
         }
         assert!(object_key(&"k".repeat(limits.object_key_bytes_max + 1), &limits).is_err());

@@ -12,7 +12,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "bsfg", version, about = "Bidirectional Store-and-Forward Gateway")]
+#[command(
+    name = "bsfg",
+    version,
+    about = "Bidirectional Store-and-Forward Gateway"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -37,7 +41,12 @@ struct Target {
 
 impl Target {
     fn client(&self) -> anyhow::Result<BsfgClient> {
-        BsfgClient::from_files(&self.url, self.ca.as_deref(), self.cert.as_deref(), self.tls_key.as_deref())
+        BsfgClient::from_files(
+            &self.url,
+            self.ca.as_deref(),
+            self.cert.as_deref(),
+            self.tls_key.as_deref(),
+        )
     }
 }
 
@@ -187,12 +196,19 @@ enum Command {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if let Some(c) = e.downcast_ref::<connectrpc::ConnectError>() {
-                eprintln!("error: {}: {}", c.code.as_str(), c.message.clone().unwrap_or_default());
+                eprintln!(
+                    "error: {}: {}",
+                    c.code.as_str(),
+                    c.message.clone().unwrap_or_default()
+                );
                 ExitCode::from(1)
             } else {
                 eprintln!("error: {e:#}");
@@ -208,7 +224,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let _log_guard = crate::logs::init();
             let config = ZoneConfig::load(&config)?;
             let node = crate::node::start(config).await?;
-            let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let mut terminate =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             let result = tokio::select! {
                 r = node.wait() => r,
                 _ = tokio::signal::ctrl_c() => Ok(()),
@@ -220,31 +237,64 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo { dir, single_zone } => crate::demo::run(dir, single_zone).await,
         Command::Certs(CertsCommand::Init { dir, name, days }) => {
             let issued = crate::tls::pki::init_ca(&dir, &name, days)?;
-            println!("{}", serde_json::json!({"ca": issued.cert, "key": issued.key}));
+            println!(
+                "{}",
+                serde_json::json!({"ca": issued.cert, "key": issued.key})
+            );
             Ok(())
         }
-        Command::Certs(CertsCommand::Issue { dir, name, sans, days }) => {
+        Command::Certs(CertsCommand::Issue {
+            dir,
+            name,
+            sans,
+            days,
+        }) => {
             let mut request = crate::tls::pki::IssueRequest::new(&name, days);
             request.extra_sans.extend(sans);
             let issued = crate::tls::pki::issue(&dir, &dir, &request)?;
-            println!("{}", serde_json::json!({"cert": issued.cert, "key": issued.key}));
+            println!(
+                "{}",
+                serde_json::json!({"cert": issued.cert, "key": issued.key})
+            );
             Ok(())
         }
-        Command::Append { target, from_zone, to_zone, message_id, subject, predicate, json, labels, attachments } => {
+        Command::Append {
+            target,
+            from_zone,
+            to_zone,
+            message_id,
+            subject,
+            predicate,
+            json,
+            labels,
+            attachments,
+        } => {
             let client = target.client()?;
             let mut envelope = Envelope {
-                message_id: message_id.unwrap_or_else(|| format!("cli-{}", hex::encode(rand::random::<[u8; 8]>()))),
+                message_id: message_id
+                    .unwrap_or_else(|| format!("cli-{}", hex::encode(rand::random::<[u8; 8]>()))),
                 from_zone,
                 to_zone,
                 produced_at_unix_ms: crate::store::now_unix_ms(),
                 ..Default::default()
             };
             for label in labels {
-                let (k, v) = label.split_once('=').ok_or_else(|| anyhow::anyhow!("--label {label:?}: expected key=value"))?;
+                let (k, v) = label
+                    .split_once('=')
+                    .ok_or_else(|| anyhow::anyhow!("--label {label:?}: expected key=value"))?;
                 envelope.labels.insert(k.into(), v.into());
             }
-            let attachments = attachments.iter().map(|a| parse_attachment(a)).collect::<anyhow::Result<Vec<_>>>()?;
-            let fact = Fact { subject, predicate, object_json: json, attachments, ..Default::default() };
+            let attachments = attachments
+                .iter()
+                .map(|a| parse_attachment(a))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let fact = Fact {
+                subject,
+                predicate,
+                object_json: json,
+                attachments,
+                ..Default::default()
+            };
             let r = client.append(envelope.clone(), fact).await?;
             println!(
                 "{}",
@@ -252,7 +302,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Fetch { target, consumer, limit, wait_ms, confirm } => {
+        Command::Fetch {
+            target,
+            consumer,
+            limit,
+            wait_ms,
+            confirm,
+        } => {
             let client = target.client()?;
             let r = client.fetch(&consumer, limit, 0, wait_ms).await?;
             for fact in &r.facts {
@@ -274,50 +330,96 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::ResetConsumer { target, consumer, offset, time } => {
+        Command::ResetConsumer {
+            target,
+            consumer,
+            offset,
+            time,
+        } => {
             use bsfg_proto::bsfg::v1::reset_consumer_request::Position;
             let position = match (offset, time) {
                 (Some(o), None) => Position::Offset(o),
                 (None, Some(t)) => {
-                    let t = time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339)
-                        .map_err(|e| anyhow::anyhow!("--time {t:?} is not RFC 3339: {e}"))?;
+                    let t = time::OffsetDateTime::parse(
+                        &t,
+                        &time::format_description::well_known::Rfc3339,
+                    )
+                    .map_err(|e| anyhow::anyhow!("--time {t:?} is not RFC 3339: {e}"))?;
                     Position::TimeUnixMs((t.unix_timestamp_nanos() / 1_000_000) as i64)
                 }
                 _ => anyhow::bail!("give --offset or --time"),
             };
             let frontier = target.client()?.reset_consumer(&consumer, position).await?;
-            println!("{}", serde_json::json!({"consumer": consumer, "frontier": frontier}));
+            println!(
+                "{}",
+                serde_json::json!({"consumer": consumer, "frontier": frontier})
+            );
             Ok(())
         }
-        Command::Confirm { target, consumer, offset } => {
+        Command::Confirm {
+            target,
+            consumer,
+            offset,
+        } => {
             let client = target.client()?;
             let frontier = client.confirm(&consumer, offset).await?;
             println!("{}", serde_json::json!({"frontier": frontier}));
             Ok(())
         }
-        Command::PutObject { target, bucket, key, file, media_type, quiet } => {
+        Command::PutObject {
+            target,
+            bucket,
+            key,
+            file,
+            media_type,
+            quiet,
+        } => {
             let client = target.client()?;
             let r = put_file(&client, &bucket, &key, &file, &media_type, !quiet).await?;
-            println!("{}", serde_json::json!({"bucket": r.bucket, "key": r.key, "digest": r.digest, "size_bytes": r.size_bytes}));
+            println!(
+                "{}",
+                serde_json::json!({"bucket": r.bucket, "key": r.key, "digest": r.digest, "size_bytes": r.size_bytes})
+            );
             Ok(())
         }
-        Command::GetObject { target, bucket, key, out } => {
+        Command::GetObject {
+            target,
+            bucket,
+            key,
+            out,
+        } => {
             let client = target.client()?;
             let start = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
-            let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&out)?;
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&out)?;
             let info = client
-                .get_object(&bucket, &key, start, Duration::from_secs(3600), |_, chunk| {
-                    use std::io::Write;
-                    file.write_all(chunk)?;
-                    Ok(())
-                })
+                .get_object(
+                    &bucket,
+                    &key,
+                    start,
+                    Duration::from_secs(3600),
+                    |_, chunk| {
+                        use std::io::Write;
+                        file.write_all(chunk)?;
+                        Ok(())
+                    },
+                )
                 .await?;
             file.sync_all()?;
             let digest = file_digest(&out)?;
             if digest != info.digest {
-                anyhow::bail!("downloaded file hashes to {digest}, the node says {}; delete {} and download again", info.digest, out.display());
+                anyhow::bail!(
+                    "downloaded file hashes to {digest}, the node says {}; delete {} and download again",
+                    info.digest,
+                    out.display()
+                );
             }
-            println!("{}", serde_json::json!({"bucket": info.bucket, "key": info.key, "digest": info.digest, "size_bytes": info.size_bytes, "resumed_from": start}));
+            println!(
+                "{}",
+                serde_json::json!({"bucket": info.bucket, "key": info.key, "digest": info.digest, "size_bytes": info.size_bytes, "resumed_from": start})
+            );
             Ok(())
         }
     }
@@ -329,15 +431,41 @@ pub fn render_status(s: &bsfg_proto::bsfg::v1::GetStatusResponse) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "zone {}", s.zone);
     if !s.links.is_empty() {
-        let _ = writeln!(out, "  {:<14} {:<15} {:>10} {:>9} {:>9} {:>12} {:>10} {:>8}", "link (pull)", "mode", "frontier", "backlog", "lag s", "confirmed s", "replicated", "refused");
+        let _ = writeln!(
+            out,
+            "  {:<14} {:<15} {:>10} {:>9} {:>9} {:>12} {:>10} {:>8}",
+            "link (pull)",
+            "mode",
+            "frontier",
+            "backlog",
+            "lag s",
+            "confirmed s",
+            "replicated",
+            "refused"
+        );
         for l in &s.links {
-            let age = if l.last_confirm_age_seconds < 0.0 { "never".to_string() } else { format!("{:.1}", l.last_confirm_age_seconds) };
+            let age = if l.last_confirm_age_seconds < 0.0 {
+                "never".to_string()
+            } else {
+                format!("{:.1}", l.last_confirm_age_seconds)
+            };
             // Cut off, the backlog is the last one the peer reported: at least that.
-            let backlog = if l.mode == "autonomous" { format!(">={}", l.backlog) } else { l.backlog.to_string() };
+            let backlog = if l.mode == "autonomous" {
+                format!(">={}", l.backlog)
+            } else {
+                l.backlog.to_string()
+            };
             let _ = writeln!(
                 out,
                 "  {:<14} {:<15} {:>10} {:>9} {:>9.3} {:>12} {:>10} {:>8}",
-                l.peer, l.mode, l.remote_frontier, backlog, l.lag_seconds, age, l.facts_replicated, l.facts_refused
+                l.peer,
+                l.mode,
+                l.remote_frontier,
+                backlog,
+                l.lag_seconds,
+                age,
+                l.facts_replicated,
+                l.facts_refused
             );
         }
     }
@@ -356,7 +484,13 @@ fn parse_attachment(text: &str) -> anyhow::Result<AttachmentRef> {
     let (path, rest) = text.split_once('=').ok_or_else(bad)?;
     let (bucket, key) = path.split_once('/').ok_or_else(bad)?;
     let (digest, size) = rest.rsplit_once(':').ok_or_else(bad)?;
-    Ok(AttachmentRef { bucket: bucket.into(), key: key.into(), digest: digest.into(), size_bytes: size.parse().map_err(|_| bad())?, ..Default::default() })
+    Ok(AttachmentRef {
+        bucket: bucket.into(),
+        key: key.into(),
+        digest: digest.into(),
+        size_bytes: size.parse().map_err(|_| bad())?,
+        ..Default::default()
+    })
 }
 
 /// `sha256:<hex>` of a file.
@@ -389,10 +523,16 @@ pub async fn put_file(
     const CHUNK_BYTES: usize = 256 * 1024;
     let size = std::fs::metadata(file)?.len();
     let digest = file_digest(file)?;
-    let bar = if progress { indicatif::ProgressBar::new(size) } else { indicatif::ProgressBar::hidden() };
+    let bar = if progress {
+        indicatif::ProgressBar::new(size)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-            .expect("static template"),
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("static template"),
     );
     let header = PutObjectHeader {
         bucket: bucket.into(),
@@ -445,14 +585,31 @@ mod tests {
     #[test]
     fn object_key_and_tls_key_are_distinct() {
         let cli = Cli::try_parse_from([
-            "bsfg", "put-object", "--url", "https://n:7443", "--ca", "ca.pem", "--cert", "app.pem", "--tls-key", "app.key",
-            "--bucket", "records", "--key", "batch/B1/record.pdf", "--file", "record.pdf",
+            "bsfg",
+            "put-object",
+            "--url",
+            "https://n:7443",
+            "--ca",
+            "ca.pem",
+            "--cert",
+            "app.pem",
+            "--tls-key",
+            "app.key",
+            "--bucket",
+            "records",
+            "--key",
+            "batch/B1/record.pdf",
+            "--file",
+            "record.pdf",
         ])
         .expect("parses");
         match cli.command {
             Command::PutObject { target, key, .. } => {
                 assert_eq!(key, "batch/B1/record.pdf");
-                assert_eq!(target.tls_key.as_deref(), Some(std::path::Path::new("app.key")));
+                assert_eq!(
+                    target.tls_key.as_deref(),
+                    Some(std::path::Path::new("app.key"))
+                );
             }
             _ => panic!("expected put-object"),
         }

@@ -29,68 +29,151 @@ impl BsfgClient {
         let uri: http::Uri = base_url.parse()?;
         let config = ClientConfig::new(uri).with_default_timeout(CALL_TIMEOUT_DEFAULT);
         let http = HttpClient::plaintext_http2_only();
-        Ok(Self { inner: BoundaryServiceClient::new(http.clone(), config.clone()), ops: OperationsServiceClient::new(http, config) })
+        Ok(Self {
+            inner: BoundaryServiceClient::new(http.clone(), config.clone()),
+            ops: OperationsServiceClient::new(http, config),
+        })
     }
 
     /// Mutual-TLS Connect client for `https://host:port`, presenting the
     /// given certificate and trusting only the given CA.
-    pub fn connect_tls(base_url: &str, tls: std::sync::Arc<rustls::ClientConfig>) -> anyhow::Result<Self> {
+    pub fn connect_tls(
+        base_url: &str,
+        tls: std::sync::Arc<rustls::ClientConfig>,
+    ) -> anyhow::Result<Self> {
         let uri: http::Uri = base_url.parse()?;
-        anyhow::ensure!(uri.scheme_str() == Some("https"), "a TLS client needs an https:// URL, got {base_url}");
+        anyhow::ensure!(
+            uri.scheme_str() == Some("https"),
+            "a TLS client needs an https:// URL, got {base_url}"
+        );
         let config = ClientConfig::new(uri).with_default_timeout(CALL_TIMEOUT_DEFAULT);
         let http = HttpClient::with_tls(tls);
-        Ok(Self { inner: BoundaryServiceClient::new(http.clone(), config.clone()), ops: OperationsServiceClient::new(http, config) })
+        Ok(Self {
+            inner: BoundaryServiceClient::new(http.clone(), config.clone()),
+            ops: OperationsServiceClient::new(http, config),
+        })
     }
 
     /// `https://` with the files, `http://` without: what the CLI uses.
-    pub fn from_files(base_url: &str, ca: Option<&std::path::Path>, cert: Option<&std::path::Path>, key: Option<&std::path::Path>) -> anyhow::Result<Self> {
+    pub fn from_files(
+        base_url: &str,
+        ca: Option<&std::path::Path>,
+        cert: Option<&std::path::Path>,
+        key: Option<&std::path::Path>,
+    ) -> anyhow::Result<Self> {
         match (ca, cert, key) {
-            (Some(ca), Some(cert), Some(key)) => Self::connect_tls(base_url, crate::tls::client::client_config(ca, cert, key)?),
+            (Some(ca), Some(cert), Some(key)) => {
+                Self::connect_tls(base_url, crate::tls::client::client_config(ca, cert, key)?)
+            }
             (None, None, None) => Self::connect(base_url),
-            _ => anyhow::bail!("--ca, --cert and --tls-key (BSFG_CA, BSFG_CERT, BSFG_KEY) go together"),
+            _ => anyhow::bail!(
+                "--ca, --cert and --tls-key (BSFG_CA, BSFG_CERT, BSFG_KEY) go together"
+            ),
         }
     }
 
     pub async fn status(&self) -> Result<GetStatusResponse, ConnectError> {
-        Ok(self.ops.get_status(GetStatusRequest::default()).await?.into_owned())
+        Ok(self
+            .ops
+            .get_status(GetStatusRequest::default())
+            .await?
+            .into_owned())
     }
 
-    pub async fn reset_consumer(&self, consumer: &str, position: reset_consumer_request::Position) -> Result<u64, ConnectError> {
-        let request = ResetConsumerRequest { consumer_name: consumer.into(), position: Some(position), ..Default::default() };
-        Ok(self.ops.reset_consumer(request).await?.into_owned().frontier)
+    pub async fn reset_consumer(
+        &self,
+        consumer: &str,
+        position: reset_consumer_request::Position,
+    ) -> Result<u64, ConnectError> {
+        let request = ResetConsumerRequest {
+            consumer_name: consumer.into(),
+            position: Some(position),
+            ..Default::default()
+        };
+        Ok(self
+            .ops
+            .reset_consumer(request)
+            .await?
+            .into_owned()
+            .frontier)
     }
 
-    pub async fn append(&self, envelope: Envelope, fact: Fact) -> Result<AppendFactResponse, ConnectError> {
-        let request = AppendFactRequest { envelope: envelope.into(), fact: fact.into(), ..Default::default() };
+    pub async fn append(
+        &self,
+        envelope: Envelope,
+        fact: Fact,
+    ) -> Result<AppendFactResponse, ConnectError> {
+        let request = AppendFactRequest {
+            envelope: envelope.into(),
+            fact: fact.into(),
+            ..Default::default()
+        };
         Ok(self.inner.append_fact(request).await?.into_owned())
     }
 
-    pub async fn fetch(&self, consumer: &str, limit: u32, max_bytes: u64, wait_ms: u32) -> Result<FetchFactsResponse, ConnectError> {
-        self.fetch_request(FetchFactsRequest { consumer_name: consumer.into(), limit, max_bytes, wait_ms, ..Default::default() }).await
+    pub async fn fetch(
+        &self,
+        consumer: &str,
+        limit: u32,
+        max_bytes: u64,
+        wait_ms: u32,
+    ) -> Result<FetchFactsResponse, ConnectError> {
+        self.fetch_request(FetchFactsRequest {
+            consumer_name: consumer.into(),
+            limit,
+            max_bytes,
+            wait_ms,
+            ..Default::default()
+        })
+        .await
     }
 
     /// FetchFacts with every field, e.g. `restart_from_frontier`.
-    pub async fn fetch_request(&self, request: FetchFactsRequest) -> Result<FetchFactsResponse, ConnectError> {
+    pub async fn fetch_request(
+        &self,
+        request: FetchFactsRequest,
+    ) -> Result<FetchFactsResponse, ConnectError> {
         Ok(self.fetch_view(request).await?.to_owned_message())
     }
 
     /// FetchFacts, the answer left as a view of the received bytes: a
     /// caller that copies out only what it keeps (the replicator) copies
     /// each fact once.
-    pub async fn fetch_view(&self, request: FetchFactsRequest) -> Result<OwnedView<FetchFactsResponseView<'static>>, ConnectError> {
+    pub async fn fetch_view(
+        &self,
+        request: FetchFactsRequest,
+    ) -> Result<OwnedView<FetchFactsResponseView<'static>>, ConnectError> {
         let wait_ms = request.wait_ms;
         let timeout = CALL_TIMEOUT_DEFAULT + Duration::from_millis(u64::from(wait_ms));
         let options = connectrpc::client::CallOptions::default().with_timeout(timeout);
-        Ok(self.inner.fetch_facts_with_options(request, options).await?.into_view())
+        Ok(self
+            .inner
+            .fetch_facts_with_options(request, options)
+            .await?
+            .into_view())
     }
 
     pub async fn confirm(&self, consumer: &str, offset: u64) -> Result<u64, ConnectError> {
-        let request = ConfirmReceiptRequest { consumer_name: consumer.into(), offset, ..Default::default() };
-        Ok(self.inner.confirm_receipt(request).await?.into_owned().frontier)
+        let request = ConfirmReceiptRequest {
+            consumer_name: consumer.into(),
+            offset,
+            ..Default::default()
+        };
+        Ok(self
+            .inner
+            .confirm_receipt(request)
+            .await?
+            .into_owned()
+            .frontier)
     }
 
     /// Uploads from any stream of chunks; the header goes first.
-    pub async fn put_object<S>(&self, header: PutObjectHeader, chunks: S, timeout: Duration) -> Result<PutObjectResponse, ConnectError>
+    pub async fn put_object<S>(
+        &self,
+        header: PutObjectHeader,
+        chunks: S,
+        timeout: Duration,
+    ) -> Result<PutObjectResponse, ConnectError>
     where
         S: futures::Stream<Item = Vec<u8>> + Send + 'static,
     {
@@ -99,9 +182,16 @@ impl BsfgClient {
             part: Some(put_object_request::Part::Header(Box::new(header))),
             ..Default::default()
         }));
-        let rest = chunks.map(|chunk| PutObjectRequest { part: Some(put_object_request::Part::Chunk(chunk)), ..Default::default() });
+        let rest = chunks.map(|chunk| PutObjectRequest {
+            part: Some(put_object_request::Part::Chunk(chunk)),
+            ..Default::default()
+        });
         let options = connectrpc::client::CallOptions::default().with_timeout(timeout);
-        Ok(self.inner.put_object_with_options(first.chain(rest), options).await?.into_owned())
+        Ok(self
+            .inner
+            .put_object_with_options(first.chain(rest), options)
+            .await?
+            .into_owned())
     }
 
     /// Streams an object to `sink`, starting at `start`. Returns its info.
@@ -113,7 +203,15 @@ impl BsfgClient {
         timeout: Duration,
         mut sink: impl FnMut(u64, &[u8]) -> anyhow::Result<()>,
     ) -> Result<ObjectInfo, anyhow::Error> {
-        self.get_object_with(bucket, key, start, timeout, |_| {}, |offset, chunk| std::future::ready(sink(offset, &chunk))).await
+        self.get_object_with(
+            bucket,
+            key,
+            start,
+            timeout,
+            |_| {},
+            |offset, chunk| std::future::ready(sink(offset, &chunk)),
+        )
+        .await
     }
 
     /// Like [`Self::get_object`], with an asynchronous sink that owns each
@@ -132,7 +230,12 @@ impl BsfgClient {
     where
         F: std::future::Future<Output = anyhow::Result<()>>,
     {
-        let request = GetObjectRequest { bucket: bucket.into(), key: key.into(), start_offset_bytes: start, ..Default::default() };
+        let request = GetObjectRequest {
+            bucket: bucket.into(),
+            key: key.into(),
+            start_offset_bytes: start,
+            ..Default::default()
+        };
         let options = connectrpc::client::CallOptions::default().with_timeout(timeout);
         let mut stream = self.inner.get_object_with_options(request, options).await?;
         let mut info = None;
@@ -147,7 +250,11 @@ impl BsfgClient {
             }
         }
         if let Some(e) = stream.error() {
-            return Err(anyhow::anyhow!("{}: {}", e.code.as_str(), e.message.clone().unwrap_or_default()));
+            return Err(anyhow::anyhow!(
+                "{}: {}",
+                e.code.as_str(),
+                e.message.clone().unwrap_or_default()
+            ));
         }
         info.ok_or_else(|| anyhow::anyhow!("GetObject ended without object info"))
     }

@@ -136,10 +136,22 @@ pub struct TlsConfig {
 
 impl TlsConfig {
     pub fn plaintext_dev() -> Self {
-        Self { mode: TlsMode::PlaintextDev, ca: None, cert: None, key: None, reload_interval: default_tls_reload() }
+        Self {
+            mode: TlsMode::PlaintextDev,
+            ca: None,
+            cert: None,
+            key: None,
+            reload_interval: default_tls_reload(),
+        }
     }
     pub fn mtls(ca: PathBuf, cert: PathBuf, key: PathBuf) -> Self {
-        Self { mode: TlsMode::Mtls, ca: Some(ca), cert: Some(cert), key: Some(key), reload_interval: default_tls_reload() }
+        Self {
+            mode: TlsMode::Mtls,
+            ca: Some(ca),
+            cert: Some(cert),
+            key: Some(key),
+            reload_interval: default_tls_reload(),
+        }
     }
 }
 
@@ -490,43 +502,80 @@ impl ZoneConfig {
             bail!("exactly one category must have default = true");
         }
         let k = &self.commit;
-        if !(1..=4096).contains(&k.batch_facts_max) || !(1..=64).contains(&k.batches_in_flight_max) || !(1..=1_000_000).contains(&k.queue_facts_max) {
-            bail!("[commit]: need 1 <= batch_facts_max <= 4096, 1 <= batches_in_flight_max <= 64, 1 <= queue_facts_max <= 1000000");
+        if !(1..=4096).contains(&k.batch_facts_max)
+            || !(1..=64).contains(&k.batches_in_flight_max)
+            || !(1..=1_000_000).contains(&k.queue_facts_max)
+        {
+            bail!(
+                "[commit]: need 1 <= batch_facts_max <= 4096, 1 <= batches_in_flight_max <= 64, 1 <= queue_facts_max <= 1000000"
+            );
         }
         if !(1024..=4_194_304).contains(&k.key_index_staged_facts_max) {
-            bail!("[commit] key_index_staged_facts_max is {}; need 1024 to 4194304", k.key_index_staged_facts_max);
+            bail!(
+                "[commit] key_index_staged_facts_max is {}; need 1024 to 4194304",
+                k.key_index_staged_facts_max
+            );
         }
         if !(1024..=4_194_304).contains(&k.key_index_buffered_facts_max) {
-            bail!("[commit] key_index_buffered_facts_max is {}; need 1024 to 4194304", k.key_index_buffered_facts_max);
+            bail!(
+                "[commit] key_index_buffered_facts_max is {}; need 1024 to 4194304",
+                k.key_index_buffered_facts_max
+            );
         }
-        if !k.key_filter_bytes.is_power_of_two() || !((1 << 20)..=(1 << 30)).contains(&k.key_filter_bytes) {
-            bail!("[commit] key_filter_bytes is {}; need a power of two from 1048576 (1 MiB) to 1073741824 (1 GiB)", k.key_filter_bytes);
+        if !k.key_filter_bytes.is_power_of_two()
+            || !((1 << 20)..=(1 << 30)).contains(&k.key_filter_bytes)
+        {
+            bail!(
+                "[commit] key_filter_bytes is {}; need a power of two from 1048576 (1 MiB) to 1073741824 (1 GiB)",
+                k.key_filter_bytes
+            );
         }
-        if !(Duration::from_millis(10)..=Duration::from_secs(3600)).contains(&k.key_index_sync_interval) {
+        if !(Duration::from_millis(10)..=Duration::from_secs(3600))
+            .contains(&k.key_index_sync_interval)
+        {
             bail!("[commit] key_index_sync_interval must be between 10ms and 1h");
         }
         let b = &self.boundary;
         let largest_request = crate::node::boundary::routes::Routes::new(self).cost_bytes_max();
-        if !(1..=65_536).contains(&b.connections_max) || !(largest_request..=u32::MAX as usize).contains(&b.request_memory_bytes_max) {
+        if !(1..=65_536).contains(&b.connections_max)
+            || !(largest_request..=u32::MAX as usize).contains(&b.request_memory_bytes_max)
+        {
             bail!(
                 "[boundary]: need 1 <= connections_max <= 65536 and {largest_request} <= request_memory_bytes_max <= {} (the largest request must fit)",
                 u32::MAX
             );
         }
-        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&b.body_timeout) || b.connection_idle_timeout < Duration::from_secs(1) {
-            bail!("[boundary]: body_timeout must be between 1s and 1h, connection_idle_timeout at least 1s");
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&b.body_timeout)
+            || b.connection_idle_timeout < Duration::from_secs(1)
+        {
+            bail!(
+                "[boundary]: body_timeout must be between 1s and 1h, connection_idle_timeout at least 1s"
+            );
         }
         for c in &self.categories {
             let token_ok = !c.name.is_empty()
-                && c.name.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_');
+                && c.name
+                    .chars()
+                    .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_');
             if !token_ok {
-                bail!("category name {:?} must be lower-case letters, digits and _", c.name);
+                bail!(
+                    "category name {:?} must be lower-case letters, digits and _",
+                    c.name
+                );
             }
-            if !(1..=100).contains(&c.fill_threshold_percent) || c.retain_fill_percent > c.fill_threshold_percent {
-                bail!("category {}: need 1 <= retain_fill_percent <= fill_threshold_percent <= 100", c.name);
+            if !(1..=100).contains(&c.fill_threshold_percent)
+                || c.retain_fill_percent > c.fill_threshold_percent
+            {
+                bail!(
+                    "category {}: need 1 <= retain_fill_percent <= fill_threshold_percent <= 100",
+                    c.name
+                );
             }
             if c.capacity_bytes < 64 * 1024 {
-                bail!("category {}: capacity_bytes must be at least 64 KiB", c.name);
+                bail!(
+                    "category {}: capacity_bytes must be at least 64 KiB",
+                    c.name
+                );
             }
         }
         for (i, c) in self.categories.iter().enumerate() {
@@ -537,22 +586,42 @@ impl ZoneConfig {
             }
         }
         for consumer in &self.consumers {
-            bsfg_domain::validate::consumer_name(&consumer.name).map_err(|r| anyhow::anyhow!("{r}"))?;
+            bsfg_domain::validate::consumer_name(&consumer.name)
+                .map_err(|r| anyhow::anyhow!("{r}"))?;
             if !self.categories.iter().any(|c| c.name == consumer.category) {
-                bail!("consumer {} names unknown category {}", consumer.name, consumer.category);
+                bail!(
+                    "consumer {} names unknown category {}",
+                    consumer.name,
+                    consumer.category
+                );
             }
-            if self.consumers.iter().filter(|c| c.name == consumer.name).count() > 1 {
+            if self
+                .consumers
+                .iter()
+                .filter(|c| c.name == consumer.name)
+                .count()
+                > 1
+            {
                 bail!("consumer {} is declared twice", consumer.name);
             }
         }
         for b in &self.buckets {
             bsfg_domain::validate::bucket(&b.name).map_err(|r| anyhow::anyhow!("{r}"))?;
         }
-        if self.tls.mode == TlsMode::Mtls && (self.tls.ca.is_none() || self.tls.cert.is_none() || self.tls.key.is_none()) {
-            bail!("[tls] mode = \"mtls\" needs ca, cert and key (create them with `bsfg certs init` and `bsfg certs issue`)");
+        if self.tls.mode == TlsMode::Mtls
+            && (self.tls.ca.is_none() || self.tls.cert.is_none() || self.tls.key.is_none())
+        {
+            bail!(
+                "[tls] mode = \"mtls\" needs ca, cert and key (create them with `bsfg certs init` and `bsfg certs issue`)"
+            );
         }
-        if self.nats.sync_interval != "always" && humantime::parse_duration(&self.nats.sync_interval).is_err() {
-            bail!("[nats] sync_interval must be \"always\" or a duration such as \"1s\", not {:?}", self.nats.sync_interval);
+        if self.nats.sync_interval != "always"
+            && humantime::parse_duration(&self.nats.sync_interval).is_err()
+        {
+            bail!(
+                "[nats] sync_interval must be \"always\" or a duration such as \"1s\", not {:?}",
+                self.nats.sync_interval
+            );
         }
         let mut identities = std::collections::HashSet::new();
         for p in &self.principals {
@@ -568,7 +637,10 @@ impl ZoneConfig {
                 bail!("peer principal {} needs zone", p.name);
             }
             if p.kind == PrincipalKind::Peer && p.operator {
-                bail!("peer principal {} cannot be an operator: operator = true is for this zone's own people and tools (kind = \"app\")", p.name);
+                bail!(
+                    "peer principal {} cannot be an operator: operator = true is for this zone's own people and tools (kind = \"app\")",
+                    p.name
+                );
             }
             for c in &p.consumers {
                 if !self.consumers.iter().any(|k| &k.name == c) {
@@ -582,17 +654,29 @@ impl ZoneConfig {
             }
         }
         for u in &self.upstreams {
-            let ok = self.principals.iter().any(|p| p.name == u.peer && p.kind == PrincipalKind::Peer);
+            let ok = self
+                .principals
+                .iter()
+                .any(|p| p.name == u.peer && p.kind == PrincipalKind::Peer);
             if !ok {
-                bail!("upstream {} needs a principal named {} with kind = \"peer\" (its origins and import policy apply)", u.url, u.peer);
+                bail!(
+                    "upstream {} needs a principal named {} with kind = \"peer\" (its origins and import policy apply)",
+                    u.url,
+                    u.peer
+                );
             }
             if u.batch_limit == 0 || u.pipeline_depth == 0 {
-                bail!("upstream {}: batch_limit and pipeline_depth must be at least 1", u.peer);
+                bail!(
+                    "upstream {}: batch_limit and pipeline_depth must be at least 1",
+                    u.peer
+                );
             }
         }
         for (destination, hop) in &self.routes {
-            bsfg_domain::validate::zone("route destination", destination).map_err(|r| anyhow::anyhow!("{r}"))?;
-            bsfg_domain::validate::zone("route next hop", hop).map_err(|r| anyhow::anyhow!("{r}"))?;
+            bsfg_domain::validate::zone("route destination", destination)
+                .map_err(|r| anyhow::anyhow!("{r}"))?;
+            bsfg_domain::validate::zone("route next hop", hop)
+                .map_err(|r| anyhow::anyhow!("{r}"))?;
         }
         Ok(())
     }
@@ -607,7 +691,10 @@ impl ZoneConfig {
         if let Some(hop) = self.routes.get(to_zone) {
             return Some(hop);
         }
-        self.principals.iter().find(|p| p.kind == PrincipalKind::Peer && p.zone.as_deref() == Some(to_zone)).and_then(|p| p.zone.as_deref())
+        self.principals
+            .iter()
+            .find(|p| p.kind == PrincipalKind::Peer && p.zone.as_deref() == Some(to_zone))
+            .and_then(|p| p.zone.as_deref())
     }
 
     /// Whether a fact of `category` addressed to `to_zone` can ever leave
@@ -623,24 +710,44 @@ impl ZoneConfig {
             }
             let reachable: Vec<&str> = std::iter::once(self.zone.as_str())
                 .chain(self.routes.keys().map(String::as_str))
-                .chain(self.principals.iter().filter(|p| p.kind == PrincipalKind::Peer).filter_map(|p| p.zone.as_deref()))
+                .chain(
+                    self.principals
+                        .iter()
+                        .filter(|p| p.kind == PrincipalKind::Peer)
+                        .filter_map(|p| p.zone.as_deref()),
+                )
                 .collect();
             return Err(Rejection::invalid(
                 "no_route_to_zone",
-                format!("no link of zone {} leads to zone {to_zone:?}; zones reachable from here: {reachable:?} (a [routes] entry or a peer principal makes a zone reachable)", self.zone),
+                format!(
+                    "no link of zone {} leads to zone {to_zone:?}; zones reachable from here: {reachable:?} (a [routes] entry or a peer principal makes a zone reachable)",
+                    self.zone
+                ),
             ));
         };
-        let carried = self.principals.iter().filter(|p| p.kind == PrincipalKind::Peer && p.zone.as_deref() == Some(hop)).any(|p| {
-            let exported = p.export.categories.is_empty() || p.export.categories.iter().any(|c| c == category);
-            exported && p.consumers.iter().any(|name| self.consumers.iter().any(|c| &c.name == name && c.category == category))
-        });
+        let carried = self
+            .principals
+            .iter()
+            .filter(|p| p.kind == PrincipalKind::Peer && p.zone.as_deref() == Some(hop))
+            .any(|p| {
+                let exported = p.export.categories.is_empty()
+                    || p.export.categories.iter().any(|c| c == category);
+                exported
+                    && p.consumers.iter().any(|name| {
+                        self.consumers
+                            .iter()
+                            .any(|c| &c.name == name && c.category == category)
+                    })
+            });
         if carried {
             return Ok(());
         }
         Err(Rejection::new(
             Code::FailedPrecondition,
             "category_not_routed",
-            format!("facts for zone {to_zone} leave through peer {hop}, but no consumer of category {category} is granted to it: this fact would never cross; an operator grants {hop}'s principal a consumer of {category}, or the producer uses a kind of a category that crosses"),
+            format!(
+                "facts for zone {to_zone} leave through peer {hop}, but no consumer of category {category} is granted to it: this fact would never cross; an operator grants {hop}'s principal a consumer of {category}, or the producer uses a kind of a category that crosses"
+            ),
         ))
     }
 
@@ -650,7 +757,11 @@ impl ZoneConfig {
             // The zone in the name: nodes of different zones that share a
             // working directory (external nats, default store_dir) must
             // not share a file.
-            self.nats.store_dir.parent().unwrap_or_else(|| std::path::Path::new("")).join(format!("key-index.{}.kix", self.zone))
+            self.nats
+                .store_dir
+                .parent()
+                .unwrap_or_else(|| std::path::Path::new(""))
+                .join(format!("key-index.{}.kix", self.zone))
         })
     }
 
@@ -671,13 +782,23 @@ mod tests {
     /// The documented example must stay a valid configuration.
     #[test]
     fn the_example_configuration_loads_and_passes_its_checks() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/plant-a.toml");
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/plant-a.toml");
         let config = ZoneConfig::load(&path).expect("examples/plant-a.toml loads");
         assert_eq!(config.zone, "plant-a");
         assert_eq!(config.commit.batches_in_flight_max, 2);
         assert!(!config.fetch.compress);
-        let operators: Vec<&str> = config.principals.iter().filter(|p| p.operator).map(|p| p.name.as_str()).collect();
-        assert_eq!(operators, ["operator"], "operator = true is read; it defaults to false");
+        let operators: Vec<&str> = config
+            .principals
+            .iter()
+            .filter(|p| p.operator)
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(
+            operators,
+            ["operator"],
+            "operator = true is read; it defaults to false"
+        );
     }
 
     /// Every field of a section has a default: naming one is enough.
@@ -687,19 +808,36 @@ mod tests {
         let config: ZoneConfig = toml::from_str(text).expect("parses");
         assert_eq!(config.nats.sync_interval, "1s");
         assert_eq!(config.nats.port, 0);
-        assert_eq!(config.nats.request_timeout, NatsConfig::default().request_timeout);
+        assert_eq!(
+            config.nats.request_timeout,
+            NatsConfig::default().request_timeout
+        );
     }
 
     #[test]
     fn commit_limits_are_checked() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/plant-a.toml");
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/plant-a.toml");
         let mut config = ZoneConfig::load(&path).unwrap();
         config.commit.batch_facts_max = 0;
-        assert!(config.check().unwrap_err().to_string().contains("batch_facts_max"));
+        assert!(
+            config
+                .check()
+                .unwrap_err()
+                .to_string()
+                .contains("batch_facts_max")
+        );
         config.commit.batch_facts_max = 256;
         for bytes in [3 << 20, 1 << 19, 1 << 31] {
             config.commit.key_filter_bytes = bytes;
-            assert!(config.check().unwrap_err().to_string().contains("key_filter_bytes"), "{bytes} bytes");
+            assert!(
+                config
+                    .check()
+                    .unwrap_err()
+                    .to_string()
+                    .contains("key_filter_bytes"),
+                "{bytes} bytes"
+            );
         }
         config.commit.key_filter_bytes = 64 << 20;
         config.check().unwrap();

@@ -64,7 +64,10 @@ buckets_write = ["records"]
         store = dir.join("jetstream").display()
     );
     let mut config: ZoneConfig = toml::from_str(&text)?;
-    config.nats = NatsConfig { store_dir: dir.join("jetstream"), ..config.nats };
+    config.nats = NatsConfig {
+        store_dir: dir.join("jetstream"),
+        ..config.nats
+    };
     config.consumers.push(ConsumerConfig {
         name: "mes".into(),
         category: "operational".into(),
@@ -81,7 +84,10 @@ buckets_write = ["records"]
         redeliver_after: Duration::from_secs(30),
         unconfirmed_max: 10_000,
     });
-    config.buckets.push(BucketConfig { name: "records".into(), capacity_bytes: 1 << 30 });
+    config.buckets.push(BucketConfig {
+        name: "records".into(),
+        capacity_bytes: 1 << 30,
+    });
     config.check()?;
     Ok(config)
 }
@@ -92,8 +98,13 @@ fn step(title: &str) {
 
 /// `bsfg demo`: the site demo, or the single-zone walkthrough.
 pub async fn run(dir: Option<PathBuf>, single_zone: bool) -> anyhow::Result<()> {
-    let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("bsfg-demo-{}", std::process::id())));
-    if single_zone { run_single_zone(dir).await } else { run_site(dir).await }
+    let dir = dir
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("bsfg-demo-{}", std::process::id())));
+    if single_zone {
+        run_single_zone(dir).await
+    } else {
+        run_site(dir).await
+    }
 }
 
 pub async fn run_single_zone(dir: PathBuf) -> anyhow::Result<()> {
@@ -101,29 +112,67 @@ pub async fn run_single_zone(dir: PathBuf) -> anyhow::Result<()> {
     let certs = dir.join("certs");
     step("Development PKI (bsfg certs init / issue)");
     demo_pki(&certs)?;
-    println!("CA, node certificate plant-a-bsfg and client certificates mes.plant-a, stranger.plant-a in {}", certs.display());
+    println!(
+        "CA, node certificate plant-a-bsfg and client certificates mes.plant-a, stranger.plant-a in {}",
+        certs.display()
+    );
     let node = crate::node::start(demo_config(&dir)?).await?;
     let url = format!("https://127.0.0.1:{}", node.boundary_addr.port());
-    println!("zone plant-a is up: boundary {url} (mutual TLS 1.3), metrics http://{}/metrics, data in {}", node.ops_addr, dir.display());
-    let tls_for = |name: &str| crate::tls::client::client_config(&certs.join("ca.pem"), &certs.join(format!("{name}.pem")), &certs.join(format!("{name}.key")));
+    println!(
+        "zone plant-a is up: boundary {url} (mutual TLS 1.3), metrics http://{}/metrics, data in {}",
+        node.ops_addr,
+        dir.display()
+    );
+    let tls_for = |name: &str| {
+        crate::tls::client::client_config(
+            &certs.join("ca.pem"),
+            &certs.join(format!("{name}.pem")),
+            &certs.join(format!("{name}.key")),
+        )
+    };
     let client = BsfgClient::connect_tls(&url, tls_for("mes.plant-a")?)?;
 
     step("Callers the zone does not know are refused");
-    let anonymous = BsfgClient::connect_tls(&url, crate::tls::client::anonymous_client_config(&certs.join("ca.pem"))?)?;
+    let anonymous = BsfgClient::connect_tls(
+        &url,
+        crate::tls::client::anonymous_client_config(&certs.join("ca.pem"))?,
+    )?;
     match anonymous.fetch("mes", 1, 0, 0).await {
-        Err(e) => println!("no client certificate: refused in the TLS handshake ({})", e.code.as_str()),
+        Err(e) => println!(
+            "no client certificate: refused in the TLS handshake ({})",
+            e.code.as_str()
+        ),
         Ok(_) => anyhow::bail!("a client without a certificate was served"),
     }
     let stranger = BsfgClient::connect_tls(&url, tls_for("stranger.plant-a")?)?;
     match stranger.fetch("mes", 1, 0, 0).await {
-        Err(e) => println!("valid certificate, unknown identity: {} — {}", e.code.as_str(), e.message.unwrap_or_default()),
+        Err(e) => println!(
+            "valid certificate, unknown identity: {} — {}",
+            e.code.as_str(),
+            e.message.unwrap_or_default()
+        ),
         Ok(_) => anyhow::bail!("an unknown identity was served"),
     }
-    let mut foreign = Envelope { message_id: "spoof-1".into(), from_zone: "enterprise".into(), to_zone: "plant-a".into(), produced_at_unix_ms: 1, ..Default::default() };
+    let mut foreign = Envelope {
+        message_id: "spoof-1".into(),
+        from_zone: "enterprise".into(),
+        to_zone: "plant-a".into(),
+        produced_at_unix_ms: 1,
+        ..Default::default()
+    };
     foreign.produced_at_unix_ms = crate::store::now_unix_ms();
-    let spoof = Fact { subject: "batch:PlantA/B1".into(), predicate: "step_completed".into(), object_json: "{}".into(), ..Default::default() };
+    let spoof = Fact {
+        subject: "batch:PlantA/B1".into(),
+        predicate: "step_completed".into(),
+        object_json: "{}".into(),
+        ..Default::default()
+    };
     match client.append(foreign, spoof).await {
-        Err(e) => println!("the mes app claiming from_zone enterprise: {} — {}", e.code.as_str(), e.message.unwrap_or_default()),
+        Err(e) => println!(
+            "the mes app claiming from_zone enterprise: {} — {}",
+            e.code.as_str(),
+            e.message.unwrap_or_default()
+        ),
         Ok(_) => anyhow::bail!("a false from_zone claim was accepted"),
     }
 
@@ -137,29 +186,46 @@ pub async fn run_single_zone(dir: PathBuf) -> anyhow::Result<()> {
     let fact = Fact {
         subject: "batch:PlantA/B1042".into(),
         predicate: "step_completed".into(),
-        object_json: r#"{ "step": "granulation", "operator": "op-17", "duration_s": 5400.0 }"#.into(),
+        object_json: r#"{ "step": "granulation", "operator": "op-17", "duration_s": 5400.0 }"#
+            .into(),
         ..Default::default()
     };
     step("AppendFact: a batch step completed");
     let first = client.append(envelope.clone(), fact.clone()).await?;
-    println!("stored at offset {} in category {} (duplicate = {})", first.offset, first.category, first.duplicate);
+    println!(
+        "stored at offset {} in category {} (duplicate = {})",
+        first.offset, first.category, first.duplicate
+    );
 
     step("AppendFact again, same message_id and content (a producer retry)");
     let retry = client.append(envelope.clone(), fact.clone()).await?;
-    println!("answered with the original offset {} (duplicate = {}); nothing new stored", retry.offset, retry.duplicate);
+    println!(
+        "answered with the original offset {} (duplicate = {}); nothing new stored",
+        retry.offset, retry.duplicate
+    );
 
     step("AppendFact with the same message_id but different content");
     let mut changed = fact.clone();
     changed.object_json = r#"{"step":"drying"}"#.into();
     match client.append(envelope.clone(), changed).await {
-        Err(e) => println!("refused: {} — {}", e.code.as_str(), e.message.unwrap_or_default()),
-        Ok(r) => anyhow::bail!("a conflicting duplicate was accepted at offset {}", r.offset),
+        Err(e) => println!(
+            "refused: {} — {}",
+            e.code.as_str(),
+            e.message.unwrap_or_default()
+        ),
+        Ok(r) => anyhow::bail!(
+            "a conflicting duplicate was accepted at offset {}",
+            r.offset
+        ),
     }
 
     step("FetchFacts for consumer mes, then ConfirmReceipt");
     let fetched = client.fetch("mes", 10, 0, 1000).await?;
     for f in &fetched.facts {
-        println!("offset {}: {} {} {}", f.offset, f.fact.subject, f.fact.predicate, f.fact.object_json);
+        println!(
+            "offset {}: {} {} {}",
+            f.offset, f.fact.subject, f.fact.predicate, f.fact.object_json
+        );
     }
     let last = fetched.facts.last().map(|f| f.offset).unwrap_or(0);
     let frontier = client.confirm("mes", last).await?;
@@ -168,7 +234,15 @@ pub async fn run_single_zone(dir: PathBuf) -> anyhow::Result<()> {
     step("PutObject: upload a batch record, then a fact that references it");
     let record_path = dir.join("B1042-record.txt");
     std::fs::write(&record_path, "Batch B1042 record\n".repeat(50_000))?;
-    let put = crate::cli::put_file(&client, "records", "batch/B1042/record.txt", &record_path, "text/plain", false).await?;
+    let put = crate::cli::put_file(
+        &client,
+        "records",
+        "batch/B1042/record.txt",
+        &record_path,
+        "text/plain",
+        false,
+    )
+    .await?;
     println!("stored {} bytes as {}", put.size_bytes, put.digest);
     let with_artifact = Fact {
         subject: "batch:PlantA/B1042".into(),
@@ -188,7 +262,15 @@ pub async fn run_single_zone(dir: PathBuf) -> anyhow::Result<()> {
     envelope2.message_id.push_str("-artifact");
     let appended = client.append(envelope2, with_artifact).await?;
     println!("fact with attachment stored at offset {}", appended.offset);
-    let overwrite = crate::cli::put_file(&client, "records", "batch/B1042/record.txt", &record_path, "text/plain", false).await;
+    let overwrite = crate::cli::put_file(
+        &client,
+        "records",
+        "batch/B1042/record.txt",
+        &record_path,
+        "text/plain",
+        false,
+    )
+    .await;
     match overwrite {
         Err(e) => println!("overwriting the referenced object is refused: {e}"),
         Ok(_) => anyhow::bail!("a referenced object was overwritten"),
@@ -197,7 +279,10 @@ pub async fn run_single_zone(dir: PathBuf) -> anyhow::Result<()> {
     step("The audit stream records every refusal (bsfg fetch --consumer auditor)");
     let audit = client.fetch("auditor", 100, 0, 1000).await?;
     for f in &audit.facts {
-        println!("offset {}: {} {}", f.offset, f.fact.predicate, f.fact.object_json);
+        println!(
+            "offset {}: {} {}",
+            f.offset, f.fact.predicate, f.fact.object_json
+        );
     }
     if audit.facts.is_empty() {
         anyhow::bail!("no audit records were written");
@@ -205,10 +290,18 @@ pub async fn run_single_zone(dir: PathBuf) -> anyhow::Result<()> {
 
     step("Metrics (excerpt)");
     let metrics = node.metrics.render();
-    for line in metrics.lines().filter(|l| l.starts_with("bsfg_append_requests") || l.starts_with("bsfg_frontier") || l.starts_with("bsfg_append_duplicates") || l.starts_with("bsfg_access_refusals") || l.starts_with("bsfg_certificate_expiry")) {
+    for line in metrics.lines().filter(|l| {
+        l.starts_with("bsfg_append_requests")
+            || l.starts_with("bsfg_frontier")
+            || l.starts_with("bsfg_append_duplicates")
+            || l.starts_with("bsfg_access_refusals")
+            || l.starts_with("bsfg_certificate_expiry")
+    }) {
         println!("{line}");
     }
-    println!("\ndemo complete: every step above ran against a real zone node and its own JetStream domain.");
+    println!(
+        "\ndemo complete: every step above ran against a real zone node and its own JetStream domain."
+    );
     Ok(())
 }
 
@@ -253,7 +346,9 @@ impl DemoSite {
         loop {
             let r = self.app(zone).fetch("local", 1000, 0, 0).await?;
             if r.last_delivered_offset > r.frontier {
-                self.app(zone).confirm("local", r.last_delivered_offset).await?;
+                self.app(zone)
+                    .confirm("local", r.last_delivered_offset)
+                    .await?;
             }
             if r.facts.is_empty() {
                 return Ok(out);
@@ -263,11 +358,25 @@ impl DemoSite {
     }
 
     /// Waits until `zone` holds every message id in `ids` (from `from`).
-    async fn wait_for(&self, zone: &str, from: &str, ids: &[String], seen: &mut Vec<StoredFact>, within: Duration) -> anyhow::Result<()> {
+    async fn wait_for(
+        &self,
+        zone: &str,
+        from: &str,
+        ids: &[String],
+        seen: &mut Vec<StoredFact>,
+        within: Duration,
+    ) -> anyhow::Result<()> {
         let deadline = Instant::now() + within;
         loop {
             seen.extend(self.drain(zone).await?);
-            let missing: Vec<&String> = ids.iter().filter(|m| !seen.iter().any(|f| f.envelope.from_zone == from && &f.envelope.message_id == *m)).collect();
+            let missing: Vec<&String> = ids
+                .iter()
+                .filter(|m| {
+                    !seen
+                        .iter()
+                        .any(|f| f.envelope.from_zone == from && &f.envelope.message_id == *m)
+                })
+                .collect();
             if missing.is_empty() {
                 return Ok(());
             }
@@ -281,7 +390,10 @@ impl DemoSite {
     /// The link `zone` pulls `peer` through.
     async fn link(&self, zone: &str, peer: &str) -> anyhow::Result<LinkStatus> {
         let s = self.app(zone).status().await?;
-        s.links.into_iter().find(|l| l.peer == peer).ok_or_else(|| anyhow::anyhow!("{zone} has no link to {peer}"))
+        s.links
+            .into_iter()
+            .find(|l| l.peer == peer)
+            .ok_or_else(|| anyhow::anyhow!("{zone} has no link to {peer}"))
     }
 
     /// Facts in idmz's log its `to-enterprise` consumer has not had
@@ -289,7 +401,11 @@ impl DemoSite {
     /// `bsfg status` shows it (enterprise cannot see it while cut off).
     async fn queued_at_idmz_for_enterprise(&self) -> anyhow::Result<u64> {
         let s = self.app("idmz").status().await?;
-        let consumer = s.consumers.into_iter().find(|c| c.name == "to-enterprise").ok_or_else(|| anyhow::anyhow!("idmz has no consumer to-enterprise"))?;
+        let consumer = s
+            .consumers
+            .into_iter()
+            .find(|c| c.name == "to-enterprise")
+            .ok_or_else(|| anyhow::anyhow!("idmz has no consumer to-enterprise"))?;
         Ok(consumer.pending)
     }
 
@@ -299,11 +415,22 @@ impl DemoSite {
 }
 
 fn envelope_for(id: &str, from: &str, to: &str) -> Envelope {
-    Envelope { message_id: id.into(), from_zone: from.into(), to_zone: to.into(), produced_at_unix_ms: crate::store::now_unix_ms(), ..Default::default() }
+    Envelope {
+        message_id: id.into(),
+        from_zone: from.into(),
+        to_zone: to.into(),
+        produced_at_unix_ms: crate::store::now_unix_ms(),
+        ..Default::default()
+    }
 }
 
 fn fact_of(subject: &str, predicate: &str, json: &str) -> Fact {
-    Fact { subject: subject.into(), predicate: predicate.into(), object_json: json.into(), ..Default::default() }
+    Fact {
+        subject: subject.into(),
+        predicate: predicate.into(),
+        object_json: json.into(),
+        ..Default::default()
+    }
 }
 
 /// `plant-a#3 → idmz#5 (+12 ms) → enterprise#4 (+9 ms)`
@@ -337,15 +464,22 @@ pub async fn run_site(dir: PathBuf) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let dir = std::path::absolute(&dir)?;
     println!("BSFG reference site on this machine");
-    println!("  plant-a ⇄ idmz ⇄ enterprise, plant-b ⇄ idmz. Each zone: its own nats-server (JetStream domain = zone name)");
-    println!("  and its own bsfg node. Nothing is shared: every receiver PULLS from its neighbour's node over mutual TLS.");
+    println!(
+        "  plant-a ⇄ idmz ⇄ enterprise, plant-b ⇄ idmz. Each zone: its own nats-server (JetStream domain = zone name)"
+    );
+    println!(
+        "  and its own bsfg node. Nothing is shared: every receiver PULLS from its neighbour's node over mutual TLS."
+    );
     println!("  Data: {}", dir.display());
 
     step("1. Development PKI (what `bsfg certs init` / `bsfg certs issue` do)");
     let certs = dir.join("certs");
     site::issue_site_pki(&certs, "BSFG demo site CA", 30)?;
-    println!("  CA, node certificates {} and application certificates {}",
-        ZONES.map(site::node_identity).join(", "), ZONES.map(site::app_identity).join(", "));
+    println!(
+        "  CA, node certificates {} and application certificates {}",
+        ZONES.map(site::node_identity).join(", "),
+        ZONES.map(site::app_identity).join(", ")
+    );
 
     step("2. Four zones, each node starting and supervising its own nats-server");
     let mut ports = BTreeMap::new();
@@ -358,33 +492,70 @@ pub async fn run_site(dir: PathBuf) -> anyhow::Result<()> {
     let enterprise_to_idmz = FaultProxy::start(loopback(ports["idmz"])).await?;
     let idmz_to_enterprise = FaultProxy::start(loopback(ports["enterprise"])).await?;
     let mut zones = BTreeMap::new();
-    println!("  {:<11} {:<24} {:<17} store", "zone", "boundary (mTLS 1.3)", "JetStream domain");
+    println!(
+        "  {:<11} {:<24} {:<17} store",
+        "zone", "boundary (mTLS 1.3)", "JetStream domain"
+    );
     for z in ZONES {
         let zdir = dir.join(z);
         std::fs::create_dir_all(&zdir)?;
-        let at = site::ZonePlacement { dir: &zdir, certs: &certs, port: ports[z], nats_url: None };
+        let at = site::ZonePlacement {
+            dir: &zdir,
+            certs: &certs,
+            port: ports[z],
+            nats_url: None,
+        };
         let peer_url = |peer: &str| match (z, peer) {
-            ("enterprise", "idmz") => format!("https://127.0.0.1:{}", enterprise_to_idmz.addr.port()),
-            ("idmz", "enterprise") => format!("https://127.0.0.1:{}", idmz_to_enterprise.addr.port()),
+            ("enterprise", "idmz") => {
+                format!("https://127.0.0.1:{}", enterprise_to_idmz.addr.port())
+            }
+            ("idmz", "enterprise") => {
+                format!("https://127.0.0.1:{}", idmz_to_enterprise.addr.port())
+            }
             _ => format!("https://127.0.0.1:{}", ports[peer]),
         };
         let mut config = site::reference_zone_config(z, &at, &peer_url);
         // Smaller batches on the link that will be cut, so the replay after
         // the restore takes several round trips and can be watched.
-        for u in config.upstreams.iter_mut().filter(|u| z == "enterprise" && u.peer == "idmz") {
+        for u in config
+            .upstreams
+            .iter_mut()
+            .filter(|u| z == "enterprise" && u.peer == "idmz")
+        {
             u.batch_limit = RECONCILE_BATCH;
         }
         config.check()?;
         let node = crate::node::start(config).await?;
-        let tls = crate::tls::client::client_config(&certs.join("ca.pem"), &certs.join(format!("{}.pem", site::app_identity(z))), &certs.join(format!("{}.key", site::app_identity(z))))?;
-        let app = BsfgClient::connect_tls(&format!("https://127.0.0.1:{}", node.boundary_addr.port()), tls)?;
-        println!("  {:<11} {:<24} {:<17} {}", z, format!("https://{}", node.boundary_addr), z, zdir.join("jetstream").display());
+        let tls = crate::tls::client::client_config(
+            &certs.join("ca.pem"),
+            &certs.join(format!("{}.pem", site::app_identity(z))),
+            &certs.join(format!("{}.key", site::app_identity(z))),
+        )?;
+        let app = BsfgClient::connect_tls(
+            &format!("https://127.0.0.1:{}", node.boundary_addr.port()),
+            tls,
+        )?;
+        println!(
+            "  {:<11} {:<24} {:<17} {}",
+            z,
+            format!("https://{}", node.boundary_addr),
+            z,
+            zdir.join("jetstream").display()
+        );
         zones.insert(z, DemoZone { _node: node, app });
     }
     let site = DemoSite { zones, started };
-    println!("  fault proxies on the idmz ⇄ enterprise link: enterprise pulls idmz via {}, idmz pulls enterprise via {}", enterprise_to_idmz.addr, idmz_to_enterprise.addr);
-    println!("  enterprise pulls idmz in batches of {RECONCILE_BATCH} facts (so the replay after the cut is visible); the other links in batches of 500");
-    let pairs: Vec<(&str, &str)> = ZONES.iter().flat_map(|z| site::neighbours(z).into_iter().map(move |p| (*z, p))).collect();
+    println!(
+        "  fault proxies on the idmz ⇄ enterprise link: enterprise pulls idmz via {}, idmz pulls enterprise via {}",
+        enterprise_to_idmz.addr, idmz_to_enterprise.addr
+    );
+    println!(
+        "  enterprise pulls idmz in batches of {RECONCILE_BATCH} facts (so the replay after the cut is visible); the other links in batches of 500"
+    );
+    let pairs: Vec<(&str, &str)> = ZONES
+        .iter()
+        .flat_map(|z| site::neighbours(z).into_iter().map(move |p| (*z, p)))
+        .collect();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let mut down = Vec::new();
@@ -401,67 +572,188 @@ pub async fn run_site(dir: PathBuf) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    println!("  {} all {} pull links are up (mode normal)", site.t(), pairs.len());
+    println!(
+        "  {} all {} pull links are up (mode normal)",
+        site.t(),
+        pairs.len()
+    );
 
     step("3. plant-a → enterprise: batch facts and the batch record (appended at plant-a only)");
     let run_id = crate::store::now_unix_ms();
-    let record = format!("Batch B1042 record (demo run {run_id})\n").repeat(25_000).into_bytes();
+    let record = format!("Batch B1042 record (demo run {run_id})\n")
+        .repeat(25_000)
+        .into_bytes();
     let record_path = dir.join("B1042-record.txt");
     std::fs::write(&record_path, &record)?;
     let record_key = "batch/B1042/record.txt";
-    let put = crate::cli::put_file(site.app("plant-a"), BUCKET, record_key, &record_path, "text/plain", false).await?;
-    println!("  PutObject   {BUCKET}/{record_key}: {} bytes, {}", put.size_bytes, put.digest);
+    let put = crate::cli::put_file(
+        site.app("plant-a"),
+        BUCKET,
+        record_key,
+        &record_path,
+        "text/plain",
+        false,
+    )
+    .await?;
+    println!(
+        "  PutObject   {BUCKET}/{record_key}: {} bytes, {}",
+        put.size_bytes, put.digest
+    );
     let mut up_ids = Vec::new();
     for (i, step_name) in ["weighing", "granulation", "drying"].iter().enumerate() {
         let id = format!("B1042-step-{i}-{run_id}");
-        let r = site.app("plant-a").append(envelope_for(&id, "plant-a", "enterprise"), fact_of("batch:PlantA/B1042", "step_completed", &format!(r#"{{"step":"{step_name}"}}"#))).await?;
-        println!("  AppendFact  batch:PlantA/B1042 step_completed {{\"step\":\"{step_name}\"}} → plant-a offset {}", r.offset);
+        let r = site
+            .app("plant-a")
+            .append(
+                envelope_for(&id, "plant-a", "enterprise"),
+                fact_of(
+                    "batch:PlantA/B1042",
+                    "step_completed",
+                    &format!(r#"{{"step":"{step_name}"}}"#),
+                ),
+            )
+            .await?;
+        println!(
+            "  AppendFact  batch:PlantA/B1042 step_completed {{\"step\":\"{step_name}\"}} → plant-a offset {}",
+            r.offset
+        );
         up_ids.push(id);
     }
-    let mut with_record = fact_of("batch:PlantA/B1042", "has_artifact", r#"{"kind":"batch_record"}"#);
-    with_record.attachments.push(AttachmentRef { bucket: BUCKET.into(), key: record_key.into(), digest: put.digest.clone(), size_bytes: put.size_bytes, media_type: "text/plain".into(), ..Default::default() });
+    let mut with_record = fact_of(
+        "batch:PlantA/B1042",
+        "has_artifact",
+        r#"{"kind":"batch_record"}"#,
+    );
+    with_record.attachments.push(AttachmentRef {
+        bucket: BUCKET.into(),
+        key: record_key.into(),
+        digest: put.digest.clone(),
+        size_bytes: put.size_bytes,
+        media_type: "text/plain".into(),
+        ..Default::default()
+    });
     let id = format!("B1042-record-{run_id}");
-    let r = site.app("plant-a").append(envelope_for(&id, "plant-a", "enterprise"), with_record).await?;
-    println!("  AppendFact  batch:PlantA/B1042 has_artifact (attachment {BUCKET}/{record_key}) → plant-a offset {}", r.offset);
+    let r = site
+        .app("plant-a")
+        .append(envelope_for(&id, "plant-a", "enterprise"), with_record)
+        .await?;
+    println!(
+        "  AppendFact  batch:PlantA/B1042 has_artifact (attachment {BUCKET}/{record_key}) → plant-a offset {}",
+        r.offset
+    );
     up_ids.push(id);
 
     step("4. enterprise → plant-a: a recipe release (appended at enterprise only)");
     let recipe_id = format!("R7-v3-{run_id}");
-    let r = site.app("enterprise").append(envelope_for(&recipe_id, "enterprise", "plant-a"), fact_of("recipe:R7", "recipe_released", r#"{"version":3,"product":"P-100"}"#)).await?;
-    println!("  AppendFact  recipe:R7 recipe_released {{\"version\":3}} → enterprise offset {}", r.offset);
+    let r = site
+        .app("enterprise")
+        .append(
+            envelope_for(&recipe_id, "enterprise", "plant-a"),
+            fact_of(
+                "recipe:R7",
+                "recipe_released",
+                r#"{"version":3,"product":"P-100"}"#,
+            ),
+        )
+        .await?;
+    println!(
+        "  AppendFact  recipe:R7 recipe_released {{\"version\":3}} → enterprise offset {}",
+        r.offset
+    );
 
-    step("5. Arrivals two hops away, with provenance (zone#offset per hop, time since the previous hop)");
+    step(
+        "5. Arrivals two hops away, with provenance (zone#offset per hop, time since the previous hop)",
+    );
     let mut at_enterprise = Vec::new();
-    site.wait_for("enterprise", "plant-a", &up_ids, &mut at_enterprise, Duration::from_secs(20)).await?;
-    for f in at_enterprise.iter().filter(|f| up_ids.contains(&f.envelope.message_id)) {
-        println!("  at enterprise: {} {} {}  via {}", f.fact.subject, f.fact.predicate, f.fact.object_json, hops(f));
+    site.wait_for(
+        "enterprise",
+        "plant-a",
+        &up_ids,
+        &mut at_enterprise,
+        Duration::from_secs(20),
+    )
+    .await?;
+    for f in at_enterprise
+        .iter()
+        .filter(|f| up_ids.contains(&f.envelope.message_id))
+    {
+        println!(
+            "  at enterprise: {} {} {}  via {}",
+            f.fact.subject,
+            f.fact.predicate,
+            f.fact.object_json,
+            hops(f)
+        );
     }
     let mut got = Vec::new();
-    let info = site.app("enterprise").get_object(BUCKET, record_key, 0, Duration::from_secs(60), |_, c| { got.extend_from_slice(c); Ok(()) }).await?;
+    let info = site
+        .app("enterprise")
+        .get_object(BUCKET, record_key, 0, Duration::from_secs(60), |_, c| {
+            got.extend_from_slice(c);
+            Ok(())
+        })
+        .await?;
     if sha256_of(&got) != put.digest || info.digest != put.digest {
         anyhow::bail!("the batch record at enterprise is not byte-identical");
     }
-    println!("  at enterprise: object {BUCKET}/{record_key}, {} bytes, byte-identical (pulled by idmz, then by enterprise, before the fact was appended)", got.len());
+    println!(
+        "  at enterprise: object {BUCKET}/{record_key}, {} bytes, byte-identical (pulled by idmz, then by enterprise, before the fact was appended)",
+        got.len()
+    );
     let mut at_plant_a = Vec::new();
-    site.wait_for("plant-a", "enterprise", std::slice::from_ref(&recipe_id), &mut at_plant_a, Duration::from_secs(20)).await?;
-    for f in at_plant_a.iter().filter(|f| f.envelope.message_id == recipe_id) {
-        println!("  at plant-a:    {} {} {}  via {}", f.fact.subject, f.fact.predicate, f.fact.object_json, hops(f));
+    site.wait_for(
+        "plant-a",
+        "enterprise",
+        std::slice::from_ref(&recipe_id),
+        &mut at_plant_a,
+        Duration::from_secs(20),
+    )
+    .await?;
+    for f in at_plant_a
+        .iter()
+        .filter(|f| f.envelope.message_id == recipe_id)
+    {
+        println!(
+            "  at plant-a:    {} {} {}  via {}",
+            f.fact.subject,
+            f.fact.predicate,
+            f.fact.object_json,
+            hops(f)
+        );
     }
     let at_plant_b = site.drain("plant-b").await?;
-    if at_plant_b.iter().any(|f| up_ids.contains(&f.envelope.message_id) || f.envelope.message_id == recipe_id) {
+    if at_plant_b
+        .iter()
+        .any(|f| up_ids.contains(&f.envelope.message_id) || f.envelope.message_id == recipe_id)
+    {
         anyhow::bail!("plant-b received a fact not addressed to it");
     }
-    println!("  at plant-b:    none of these ({} facts in its log): idmz serves a peer only what routes through it", at_plant_b.len());
+    println!(
+        "  at plant-b:    none of these ({} facts in its log): idmz serves a peer only what routes through it",
+        at_plant_b.len()
+    );
 
-    step(&format!("6. Cut idmz ⇄ enterprise; plant-a and plant-b keep appending for {} s", PARTITION.as_secs()));
+    step(&format!(
+        "6. Cut idmz ⇄ enterprise; plant-a and plant-b keep appending for {} s",
+        PARTITION.as_secs()
+    ));
     enterprise_to_idmz.cut();
     idmz_to_enterprise.cut();
-    println!("  {} link cut (both fault proxies drop every connection and refuse new ones)", site.t());
+    println!(
+        "  {} link cut (both fault proxies drop every connection and refuse new ones)",
+        site.t()
+    );
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let counters: BTreeMap<&str, std::sync::Arc<std::sync::atomic::AtomicU64>> =
-        ["plant-a", "plant-b"].into_iter().map(|z| (z, std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)))).collect();
+        ["plant-a", "plant-b"]
+            .into_iter()
+            .map(|z| (z, std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0))))
+            .collect();
     let mut producers = Vec::new();
-    for (plant, worker) in ["plant-a", "plant-b"].into_iter().flat_map(|p| (0..PRODUCERS_PER_PLANT).map(move |w| (p, w))) {
+    for (plant, worker) in ["plant-a", "plant-b"]
+        .into_iter()
+        .flat_map(|p| (0..PRODUCERS_PER_PLANT).map(move |w| (p, w)))
+    {
         let app = site.app(plant).clone();
         let stop = stop.clone();
         let count = counters[plant].clone();
@@ -470,15 +762,34 @@ pub async fn run_site(dir: PathBuf) -> anyhow::Result<()> {
             let mut i = 0u64;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 let id = format!("{plant}-w{worker}-lot-{i:05}-{run_id}");
-                let subject = if plant == "plant-a" { "equipment:PlantA/Mixer1" } else { "equipment:PlantB/Press2" };
-                let r = app.append(envelope_for(&id, plant, "enterprise"), fact_of(subject, "reading_recorded", &format!(r#"{{"seq":{i},"temp_c":{}}}"#, 20 + i % 7))).await;
+                let subject = if plant == "plant-a" {
+                    "equipment:PlantA/Mixer1"
+                } else {
+                    "equipment:PlantB/Press2"
+                };
+                let r = app
+                    .append(
+                        envelope_for(&id, plant, "enterprise"),
+                        fact_of(
+                            subject,
+                            "reading_recorded",
+                            &format!(r#"{{"seq":{i},"temp_c":{}}}"#, 20 + i % 7),
+                        ),
+                    )
+                    .await;
                 match r {
                     Ok(_) => {
                         ids.push(id);
                         count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         i += 1;
                     }
-                    Err(e) => return Err(anyhow::anyhow!("{plant}: append refused while the link was cut: {}: {}", e.code.as_str(), e.message.unwrap_or_default())),
+                    Err(e) => {
+                        return Err(anyhow::anyhow!(
+                            "{plant}: append refused while the link was cut: {}: {}",
+                            e.code.as_str(),
+                            e.message.unwrap_or_default()
+                        ));
+                    }
                 }
                 tokio::time::sleep(APPEND_EVERY).await;
             }
@@ -486,14 +797,29 @@ pub async fn run_site(dir: PathBuf) -> anyhow::Result<()> {
         }));
     }
     let cut_at = Instant::now();
-    println!("  {:<8} {:>9} {:>9} {:>14} {:>13}   enterprise ← idmz link", "", "plant-a", "plant-b", "idmz received", "queued at");
-    println!("  {:<8} {:>9} {:>9} {:>14} {:>13}", "", "appended", "appended", "from plants", "idmz for ent.");
+    println!(
+        "  {:<8} {:>9} {:>9} {:>14} {:>13}   enterprise ← idmz link",
+        "", "plant-a", "plant-b", "idmz received", "queued at"
+    );
+    println!(
+        "  {:<8} {:>9} {:>9} {:>14} {:>13}",
+        "", "appended", "appended", "from plants", "idmz for ent."
+    );
     while cut_at.elapsed() < PARTITION {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let idmz = site.app("idmz").status().await?;
-        let received: u64 = idmz.links.iter().filter(|l| l.peer.starts_with("plant-")).map(|l| l.facts_replicated).sum();
+        let received: u64 = idmz
+            .links
+            .iter()
+            .filter(|l| l.peer.starts_with("plant-"))
+            .map(|l| l.facts_replicated)
+            .sum();
         let link = site.link("enterprise", "idmz").await?;
-        let age = if link.last_confirm_age_seconds < 0.0 { "never".into() } else { format!("{:.1} s", link.last_confirm_age_seconds) };
+        let age = if link.last_confirm_age_seconds < 0.0 {
+            "never".into()
+        } else {
+            format!("{:.1} s", link.last_confirm_age_seconds)
+        };
         println!(
             "  {} {:>9} {:>9} {:>14} {:>13}   {}, last confirmation {age} ago",
             site.t(),
@@ -506,33 +832,62 @@ pub async fn run_site(dir: PathBuf) -> anyhow::Result<()> {
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let mut lot_ids: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for (plant, p) in ["plant-a", "plant-b"].into_iter().flat_map(|p| std::iter::repeat_n(p, PRODUCERS_PER_PLANT)).zip(producers) {
+    for (plant, p) in ["plant-a", "plant-b"]
+        .into_iter()
+        .flat_map(|p| std::iter::repeat_n(p, PRODUCERS_PER_PLANT))
+        .zip(producers)
+    {
         lot_ids.entry(plant).or_default().extend(p.await??);
     }
     let appended: usize = lot_ids.values().map(Vec::len).sum();
-    println!("  every one of the {appended} appends at the plants was acknowledged by its own zone while enterprise was unreachable.");
+    println!(
+        "  every one of the {appended} appends at the plants was acknowledged by its own zone while enterprise was unreachable."
+    );
     // Let idmz finish pulling the last few from the plants, then show status.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let idmz = site.app("idmz").status().await?;
-        let ok = ["plant-a", "plant-b"].iter().all(|p| idmz.links.iter().any(|l| &l.peer == p && l.backlog == 0 && l.mode == "normal"));
-        if (ok && site.queued_at_idmz_for_enterprise().await? as usize >= appended) || Instant::now() > deadline {
+        let ok = ["plant-a", "plant-b"].iter().all(|p| {
+            idmz.links
+                .iter()
+                .any(|l| &l.peer == p && l.backlog == 0 && l.mode == "normal")
+        });
+        if (ok && site.queued_at_idmz_for_enterprise().await? as usize >= appended)
+            || Instant::now() > deadline
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     println!("  {} status during the partition (bsfg status):", site.t());
-    print!("{}", indent(&crate::cli::render_status(&site.app("enterprise").status().await?)));
-    print!("{}", indent(&crate::cli::render_status(&site.app("idmz").status().await?)));
-    println!("  enterprise's link to idmz is autonomous; idmz keeps pulling the plants; {} facts wait at idmz for enterprise.", site.queued_at_idmz_for_enterprise().await?);
+    print!(
+        "{}",
+        indent(&crate::cli::render_status(
+            &site.app("enterprise").status().await?
+        ))
+    );
+    print!(
+        "{}",
+        indent(&crate::cli::render_status(
+            &site.app("idmz").status().await?
+        ))
+    );
+    println!(
+        "  enterprise's link to idmz is autonomous; idmz keeps pulling the plants; {} facts wait at idmz for enterprise.",
+        site.queued_at_idmz_for_enterprise().await?
+    );
 
     step("7. Restore the link: reconciliation, then normal, backlog drained");
     enterprise_to_idmz.restore();
     idmz_to_enterprise.restore();
     let restored_at = Instant::now();
     println!("  {} link restored", site.t());
-    println!("  (backlog reported by idmz: what idmz still had for enterprise after the batch it just served;");
-    println!("   queued at idmz: what enterprise has not confirmed yet, including batches in flight)");
+    println!(
+        "  (backlog reported by idmz: what idmz still had for enterprise after the batch it just served;"
+    );
+    println!(
+        "   queued at idmz: what enterprise has not confirmed yet, including batches in flight)"
+    );
     let mut last = String::new();
     let mut modes_seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -542,7 +897,10 @@ pub async fn run_site(dir: PathBuf) -> anyhow::Result<()> {
         if modes_seen.last() != Some(&link.mode) {
             modes_seen.push(link.mode.clone());
         }
-        let line = format!("enterprise ← idmz: {:<14} backlog reported by idmz {:>5}, queued at idmz {:>5}, replicated {:>5}", link.mode, link.backlog, queued, link.facts_replicated);
+        let line = format!(
+            "enterprise ← idmz: {:<14} backlog reported by idmz {:>5}, queued at idmz {:>5}, replicated {:>5}",
+            link.mode, link.backlog, queued, link.facts_replicated
+        );
         if line != last {
             println!("  {} {line}", site.t());
             last = line;
@@ -555,23 +913,38 @@ pub async fn run_site(dir: PathBuf) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(40)).await;
     }
-    println!("  drained in {:.1} s; modes seen after restore: {}", restored_at.elapsed().as_secs_f64(), modes_seen.join(" → "));
+    println!(
+        "  drained in {:.1} s; modes seen after restore: {}",
+        restored_at.elapsed().as_secs_f64(),
+        modes_seen.join(" → ")
+    );
 
-    step("8. Check: every fact appended for enterprise arrived there exactly once, in per-origin order");
+    step(
+        "8. Check: every fact appended for enterprise arrived there exactly once, in per-origin order",
+    );
     at_enterprise.extend(site.drain("enterprise").await?);
-    let mut expected: Vec<(String, String)> = up_ids.iter().map(|m| ("plant-a".to_string(), m.clone())).collect();
+    let mut expected: Vec<(String, String)> = up_ids
+        .iter()
+        .map(|m| ("plant-a".to_string(), m.clone()))
+        .collect();
     for (plant, ids) in &lot_ids {
         expected.extend(ids.iter().map(|m| (plant.to_string(), m.clone())));
     }
     let mut copies: BTreeMap<(String, String), usize> = BTreeMap::new();
     for f in &at_enterprise {
-        *copies.entry((f.envelope.from_zone.clone(), f.envelope.message_id.clone())).or_default() += 1;
+        *copies
+            .entry((f.envelope.from_zone.clone(), f.envelope.message_id.clone()))
+            .or_default() += 1;
     }
     let missing = expected.iter().filter(|k| !copies.contains_key(*k)).count();
     let duplicated = copies.values().filter(|n| **n > 1).count();
     let mut ordered = true;
     for origin in ["plant-a", "plant-b"] {
-        let offsets: Vec<u64> = at_enterprise.iter().filter(|f| f.provenance.origin_zone == origin).map(|f| f.provenance.origin_offset).collect();
+        let offsets: Vec<u64> = at_enterprise
+            .iter()
+            .filter(|f| f.provenance.origin_zone == origin)
+            .map(|f| f.provenance.origin_offset)
+            .collect();
         ordered &= offsets.windows(2).all(|w| w[0] < w[1]);
     }
     println!(
@@ -587,10 +960,17 @@ pub async fn run_site(dir: PathBuf) -> anyhow::Result<()> {
     }
 
     step("9. End-to-end status of all four zones (bsfg status on each node)");
-    println!("  link (pull) = the neighbour this zone pulls from; frontier = what the neighbour has confirmed for it;");
-    println!("  backlog = facts still waiting at the neighbour; replicated = facts this zone appended from that link.");
+    println!(
+        "  link (pull) = the neighbour this zone pulls from; frontier = what the neighbour has confirmed for it;"
+    );
+    println!(
+        "  backlog = facts still waiting at the neighbour; replicated = facts this zone appended from that link."
+    );
     for z in ZONES {
-        print!("{}", crate::cli::render_status(&site.app(z).status().await?));
+        print!(
+            "{}",
+            crate::cli::render_status(&site.app(z).status().await?)
+        );
     }
 
     println!(

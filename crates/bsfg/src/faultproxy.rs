@@ -54,14 +54,18 @@ impl FaultProxy {
         let accept_state = state.clone();
         let acceptor = tokio::spawn(async move {
             loop {
-                let Ok((inbound, _)) = listener.accept().await else { continue };
+                let Ok((inbound, _)) = listener.accept().await else {
+                    continue;
+                };
                 if accept_state.cut.load(Ordering::SeqCst) {
                     drop(inbound);
                     continue;
                 }
                 let state = accept_state.clone();
                 let handle = tokio::spawn(async move {
-                    let Ok(outbound) = TcpStream::connect(target).await else { return };
+                    let Ok(outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
                     let _ = inbound.set_nodelay(true);
                     let _ = outbound.set_nodelay(true);
                     let (ir, iw) = inbound.into_split();
@@ -75,7 +79,11 @@ impl FaultProxy {
                 connections.push(handle);
             }
         });
-        Ok(Self { addr, state, acceptor })
+        Ok(Self {
+            addr,
+            state,
+            acceptor,
+        })
     }
 
     /// Cuts the link: every open connection is dropped, new ones refused.
@@ -96,17 +104,28 @@ impl FaultProxy {
 
     /// One-way delay added to every byte in both directions (RTT = 2x).
     pub fn set_delay(&self, one_way: Duration) {
-        self.state.delay_us.store(one_way.as_micros() as u64, Ordering::SeqCst);
+        self.state
+            .delay_us
+            .store(one_way.as_micros() as u64, Ordering::SeqCst);
     }
 
     /// Bytes forwarded (client → target, target → client).
     pub fn bytes(&self) -> (u64, u64) {
-        (self.state.bytes_to_target.load(Ordering::Relaxed), self.state.bytes_from_target.load(Ordering::Relaxed))
+        (
+            self.state.bytes_to_target.load(Ordering::Relaxed),
+            self.state.bytes_from_target.load(Ordering::Relaxed),
+        )
     }
 }
 
-async fn pump(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, state: Arc<State>, upstream: bool) {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(tokio::time::Instant, Vec<u8>)>(DELAY_QUEUE_CHUNKS_MAX);
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    state: Arc<State>,
+    upstream: bool,
+) {
+    let (tx, mut rx) =
+        tokio::sync::mpsc::channel::<(tokio::time::Instant, Vec<u8>)>(DELAY_QUEUE_CHUNKS_MAX);
     let counter_state = state.clone();
     let writer = tokio::spawn(async move {
         while let Some((due, chunk)) = rx.recv().await {
@@ -115,7 +134,11 @@ async fn pump(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp:
             if counter_state.cut.load(Ordering::SeqCst) || to.write_all(&chunk).await.is_err() {
                 return;
             }
-            let counter = if upstream { &counter_state.bytes_to_target } else { &counter_state.bytes_from_target };
+            let counter = if upstream {
+                &counter_state.bytes_to_target
+            } else {
+                &counter_state.bytes_from_target
+            };
             counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         }
         let _ = to.shutdown().await;
@@ -126,7 +149,8 @@ async fn pump(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp:
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        let due = tokio::time::Instant::now() + Duration::from_micros(state.delay_us.load(Ordering::Relaxed));
+        let due = tokio::time::Instant::now()
+            + Duration::from_micros(state.delay_us.load(Ordering::Relaxed));
         if tx.send((due, buf[..n].to_vec())).await.is_err() {
             break;
         }

@@ -34,12 +34,16 @@ pub const BUFFER_BYTES_MAX: usize = 1 << 20;
 /// Installs the JSON log layer (filter from `BSFG_LOG`, default `info`)
 /// writing to stderr. Dropping the guard writes what is buffered.
 pub fn init() -> LogGuard {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BSFG_LOG").unwrap_or_else(|_| "info,async_nats=warn".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BSFG_LOG")
+        .unwrap_or_else(|_| "info,async_nats=warn".into());
     let (layer, guard) = JsonLines::to_writer(Box::new(std::io::stderr()), BUFFER_BYTES_MAX);
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     // `try_init` also forwards `log` records (rustls's) into these lines.
-    let _ = tracing_subscriber::registry().with(filter).with(layer).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(layer)
+        .try_init();
     guard
 }
 
@@ -63,7 +67,10 @@ impl LineSink {
     /// the whole buffer is taken when the buffer is empty.
     pub fn push(&self, line: &[u8]) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        while !state.buffer.is_empty() && state.buffer.len() + line.len() > self.bytes_max && !state.stop {
+        while !state.buffer.is_empty()
+            && state.buffer.len() + line.len() > self.bytes_max
+            && !state.stop
+        {
             state = self.room.wait(state).unwrap_or_else(|p| p.into_inner());
         }
         let was_empty = state.buffer.is_empty();
@@ -86,8 +93,14 @@ impl LineSink {
             // Let the lines of the next few milliseconds join this write.
             let deadline = Instant::now() + FLUSH_INTERVAL;
             while !state.stop && state.buffer.len() < self.bytes_max / 2 {
-                let Some(left) = deadline.checked_duration_since(Instant::now()) else { break };
-                state = self.queued.wait_timeout(state, left).unwrap_or_else(|p| p.into_inner()).0;
+                let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                    break;
+                };
+                state = self
+                    .queued
+                    .wait_timeout(state, left)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
             }
             std::mem::swap(&mut state.buffer, &mut taken);
             drop(state);
@@ -107,7 +120,11 @@ pub struct LogGuard {
 
 impl Drop for LogGuard {
     fn drop(&mut self) {
-        self.sink.state.lock().unwrap_or_else(|p| p.into_inner()).stop = true;
+        self.sink
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .stop = true;
         self.sink.queued.notify_one();
         self.sink.room.notify_all();
         if let Some(thread) = self.thread.take() {
@@ -125,7 +142,10 @@ impl JsonLines {
     /// A layer writing to `out` through a buffer of `bytes_max` bytes.
     pub fn to_writer(out: Box<dyn Write + Send>, bytes_max: usize) -> (Self, LogGuard) {
         let sink = Arc::new(LineSink {
-            state: Mutex::new(SinkState { buffer: Vec::with_capacity(bytes_max.min(64 * 1024)), stop: false }),
+            state: Mutex::new(SinkState {
+                buffer: Vec::with_capacity(bytes_max.min(64 * 1024)),
+                stop: false,
+            }),
             queued: Condvar::new(),
             room: Condvar::new(),
             bytes_max: bytes_max.max(1),
@@ -135,7 +155,13 @@ impl JsonLines {
             .name("bsfg-log-writer".into())
             .spawn(move || writer.write_loop(out))
             .expect("spawning the log writer thread");
-        (Self { sink: sink.clone() }, LogGuard { sink, thread: Some(thread) })
+        (
+            Self { sink: sink.clone() },
+            LogGuard {
+                sink,
+                thread: Some(thread),
+            },
+        )
     }
 }
 
@@ -145,7 +171,10 @@ thread_local! {
 
 impl<S: Subscriber> Layer<S> for JsonLines {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        let now_us = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
+        let now_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
         let write = |line: &mut String| {
             line.clear();
             format_line(line, now_us, event);
@@ -288,11 +317,16 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let day_of_era = z.rem_euclid(146_097);
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_index = (5 * day_of_year + 2) / 153;
     let day = (day_of_year - (153 * month_index + 2) / 5 + 1) as u32;
-    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 } as u32;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    } as u32;
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     (year, month, day)
 }
@@ -322,8 +356,13 @@ mod tests {
         tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), log);
         drop(guard);
         let text = String::from_utf8(out.0.lock().unwrap().clone()).expect("log lines are UTF-8");
-        assert!(text.ends_with('\n'), "every line ends with a newline: {text:?}");
-        text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect()
+        assert!(
+            text.ends_with('\n'),
+            "every line ends with a newline: {text:?}"
+        );
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
     }
 
     #[test]
@@ -337,7 +376,10 @@ mod tests {
         assert_eq!(line["level"], "WARN");
         assert_eq!(line["target"], module_path!());
         let fields = &line["fields"];
-        assert_eq!(fields["message"], "quote \" backslash \\ newline \n tab \t bell \u{7} ü");
+        assert_eq!(
+            fields["message"],
+            "quote \" backslash \\ newline \n tab \t bell \u{7} ü"
+        );
         assert_eq!(fields["rpc"], "AppendFact");
         assert_eq!(fields["offset"], 42);
         assert_eq!(fields["delta"], -3);
@@ -346,9 +388,14 @@ mod tests {
         assert_eq!(fields["nan"], "NaN");
         assert_eq!(fields["detail"], "Some(\"x\\\"y\")");
         let stamp = line["timestamp"].as_str().unwrap();
-        let parsed = time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339).expect("RFC 3339");
+        let parsed =
+            time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339)
+                .expect("RFC 3339");
         let age = time::OffsetDateTime::now_utc() - parsed;
-        assert!(age >= time::Duration::ZERO && age < time::Duration::seconds(10), "timestamp is now: {stamp}");
+        assert!(
+            age >= time::Duration::ZERO && age < time::Duration::seconds(10),
+            "timestamp is now: {stamp}"
+        );
     }
 
     #[test]
@@ -375,8 +422,16 @@ mod tests {
         });
         assert_eq!(lines.len(), 2000, "every line arrives");
         for t in 0..4u64 {
-            let seen: Vec<u64> = lines.iter().filter(|l| l["fields"]["thread"] == t).map(|l| l["fields"]["i"].as_u64().unwrap()).collect();
-            assert_eq!(seen, (0..500).collect::<Vec<_>>(), "thread {t}'s lines arrive once each, in order");
+            let seen: Vec<u64> = lines
+                .iter()
+                .filter(|l| l["fields"]["thread"] == t)
+                .map(|l| l["fields"]["i"].as_u64().unwrap())
+                .collect();
+            assert_eq!(
+                seen,
+                (0..500).collect::<Vec<_>>(),
+                "thread {t}'s lines arrive once each, in order"
+            );
         }
     }
 
@@ -389,7 +444,15 @@ mod tests {
         };
         assert_eq!(format(0), "1970-01-01T00:00:00.000000Z");
         // Leap days, century rules and the end of a year, against `time`.
-        for seconds in [951_782_400u64, 951_868_799, 1_709_208_000, 4_107_542_399, 1_795_780_841, 4_102_444_800 - 1, 253_402_300_799] {
+        for seconds in [
+            951_782_400u64,
+            951_868_799,
+            1_709_208_000,
+            4_107_542_399,
+            1_795_780_841,
+            4_102_444_800 - 1,
+            253_402_300_799,
+        ] {
             let us = seconds * 1_000_000 + 123_456;
             let expected = time::OffsetDateTime::from_unix_timestamp(seconds as i64).unwrap();
             let expected = format!(

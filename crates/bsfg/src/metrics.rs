@@ -69,10 +69,12 @@ impl Metrics {
             append_duplicates_total: Counter::default(),
             fetch_requests_total: Family::default(),
             confirm_requests_total: Family::default(),
-            append_latency_seconds: Histogram::new(
-                [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5],
-            ),
-            commit_batch_facts: Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]),
+            append_latency_seconds: Histogram::new([
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+            commit_batch_facts: Histogram::new([
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
+            ]),
             key_index_ready: Gauge::default(),
             key_index_rebuilds_total: Counter::default(),
             key_index_through_offset: Family::default(),
@@ -114,13 +116,33 @@ impl Metrics {
             audit_refusals_summarized_total: Counter::default(),
             registry: Registry::default(),
         };
-        registry.register("bsfg_append_requests", "AppendFact requests by outcome", m.append_requests_total.clone());
-        registry.register("bsfg_append_failures", "AppendFact rejections by reason", m.append_failures_total.clone());
-        registry.register("bsfg_append_duplicates", "AppendFact identical retries answered with the original offset", m.append_duplicates_total.clone());
+        registry.register(
+            "bsfg_append_requests",
+            "AppendFact requests by outcome",
+            m.append_requests_total.clone(),
+        );
+        registry.register(
+            "bsfg_append_failures",
+            "AppendFact rejections by reason",
+            m.append_failures_total.clone(),
+        );
+        registry.register(
+            "bsfg_append_duplicates",
+            "AppendFact identical retries answered with the original offset",
+            m.append_duplicates_total.clone(),
+        );
         registry.register("bsfg_fetch_requests", "FetchFacts requests by consumer (\"(unknown)\" for a name that is not configured) and outcome", m.fetch_requests_total.clone());
         registry.register("bsfg_confirm_requests", "ConfirmReceipt requests by consumer (\"(unknown)\" for a name that is not configured) and outcome", m.confirm_requests_total.clone());
-        registry.register("bsfg_append_latency_seconds", "AppendFact latency until durable", m.append_latency_seconds.clone());
-        registry.register("bsfg_commit_batch_facts", "Facts per group-commit batch of AppendFact calls", m.commit_batch_facts.clone());
+        registry.register(
+            "bsfg_append_latency_seconds",
+            "AppendFact latency until durable",
+            m.append_latency_seconds.clone(),
+        );
+        registry.register(
+            "bsfg_commit_batch_facts",
+            "Facts per group-commit batch of AppendFact calls",
+            m.commit_batch_facts.clone(),
+        );
         registry.register(
             "bsfg_key_index_ready",
             "1 once the idempotency key index has read every stored fact (until then AppendFact answers unavailable)",
@@ -166,9 +188,21 @@ impl Metrics {
             "Recorded key index entries in memory, not yet merged into the file (a crash re-reads at most these from the streams; merged at [commit] key_index_buffered_facts_max or every key_index_sync_interval)",
             m.key_index_buffered_facts.clone(),
         );
-        registry.register("bsfg_key_index_file_bytes", "Size of the key index file (it grows by whole buckets as entries are added)", m.key_index_file_bytes.clone());
-        registry.register("bsfg_frontier_offset", "Confirmed frontier per consumer", m.frontier_offset.clone());
-        registry.register("bsfg_store_buffer_fill_percent", "Category log fill as percent of capacity", m.store_buffer_fill_percent.clone());
+        registry.register(
+            "bsfg_key_index_file_bytes",
+            "Size of the key index file (it grows by whole buckets as entries are added)",
+            m.key_index_file_bytes.clone(),
+        );
+        registry.register(
+            "bsfg_frontier_offset",
+            "Confirmed frontier per consumer",
+            m.frontier_offset.clone(),
+        );
+        registry.register(
+            "bsfg_store_buffer_fill_percent",
+            "Category log fill as percent of capacity",
+            m.store_buffer_fill_percent.clone(),
+        );
         registry.register(
             "bsfg_store_free_bytes",
             "Free bytes of each watched filesystem: the embedded store's (filesystem=\"store\") and the key index's (filesystem=\"key_index\")",
@@ -204,17 +238,57 @@ impl Metrics {
             "Age of the oldest fact some consumer of the category has not confirmed",
             m.oldest_unconfirmed_age_seconds.clone(),
         );
-        registry.register("bsfg_object_bytes", "Object bytes written and read", m.object_bytes_total.clone());
-        registry.register("bsfg_certificate_expiry_days", "Days until the node certificate and the trusted CA expire", m.certificate_expiry_days.clone());
-        registry.register("bsfg_tls_reload_failures", "Changed TLS files that could not be loaded (the previous set stays live)", m.tls_reload_failures_total.clone());
-        registry.register("bsfg_access_refusals", "Requests refused by authorization, by reason", m.access_refusals_total.clone());
-        registry.register("bsfg_crossing_refusals", "Facts withheld or refused by the crossing policy, by peer and direction", m.crossing_refusals_total.clone());
+        registry.register(
+            "bsfg_object_bytes",
+            "Object bytes written and read",
+            m.object_bytes_total.clone(),
+        );
+        registry.register(
+            "bsfg_certificate_expiry_days",
+            "Days until the node certificate and the trusted CA expire",
+            m.certificate_expiry_days.clone(),
+        );
+        registry.register(
+            "bsfg_tls_reload_failures",
+            "Changed TLS files that could not be loaded (the previous set stays live)",
+            m.tls_reload_failures_total.clone(),
+        );
+        registry.register(
+            "bsfg_access_refusals",
+            "Requests refused by authorization, by reason",
+            m.access_refusals_total.clone(),
+        );
+        registry.register(
+            "bsfg_crossing_refusals",
+            "Facts withheld or refused by the crossing policy, by peer and direction",
+            m.crossing_refusals_total.clone(),
+        );
         registry.register("bsfg_replication_lag_seconds", "Age of the oldest fact of the peer that may not be here yet, per link; keeps growing while the link is cut (README, Lag)", m.replication_lag_seconds.clone());
-        registry.register("bsfg_replication_lag_high_watermark", "Highest replication lag seen, per link (seconds)", m.replication_lag_high_watermark.clone());
-        registry.register("bsfg_link_mode", "1 for the current mode of each link (normal, autonomous, reconciliation)", m.link_mode.clone());
-        registry.register("bsfg_link_last_confirm_age_seconds", "Seconds since the link last confirmed to its peer", m.last_confirm_age_seconds.clone());
-        registry.register("bsfg_replicated_facts", "Facts replicated into this zone, per link", m.replicated_facts_total.clone());
-        registry.register("bsfg_object_partial_bytes", "Bytes of interrupted artifact pulls kept for resumption, per link", m.object_resume_bytes_total.clone());
+        registry.register(
+            "bsfg_replication_lag_high_watermark",
+            "Highest replication lag seen, per link (seconds)",
+            m.replication_lag_high_watermark.clone(),
+        );
+        registry.register(
+            "bsfg_link_mode",
+            "1 for the current mode of each link (normal, autonomous, reconciliation)",
+            m.link_mode.clone(),
+        );
+        registry.register(
+            "bsfg_link_last_confirm_age_seconds",
+            "Seconds since the link last confirmed to its peer",
+            m.last_confirm_age_seconds.clone(),
+        );
+        registry.register(
+            "bsfg_replicated_facts",
+            "Facts replicated into this zone, per link",
+            m.replicated_facts_total.clone(),
+        );
+        registry.register(
+            "bsfg_object_partial_bytes",
+            "Bytes of interrupted artifact pulls kept for resumption, per link",
+            m.object_resume_bytes_total.clone(),
+        );
         registry.register(
             "bsfg_delivery_gaps",
             "Deliveries JetStream made to a consumer that this node did not take in (a stall or a lost pull), each answered by redelivering from the frontier, per consumer",
@@ -230,15 +304,31 @@ impl Metrics {
             "Requests the boundary port refused before the RPC layer answered (unknown identity, node_busy, oversized or late bodies), by rpc and reason",
             m.boundary_refusals_total.clone(),
         );
-        registry.register("bsfg_tls_handshake_refusals", "TLS handshakes the boundary port refused, by reason", m.tls_handshake_refusals_total.clone());
-        registry.register("bsfg_connections_refused", "Connections closed at accept because the node had [boundary] connections_max open", m.connections_refused_total.clone());
-        registry.register("bsfg_connections_open", "Open connections on the boundary port", m.connections_open.clone());
+        registry.register(
+            "bsfg_tls_handshake_refusals",
+            "TLS handshakes the boundary port refused, by reason",
+            m.tls_handshake_refusals_total.clone(),
+        );
+        registry.register(
+            "bsfg_connections_refused",
+            "Connections closed at accept because the node had [boundary] connections_max open",
+            m.connections_refused_total.clone(),
+        );
+        registry.register(
+            "bsfg_connections_open",
+            "Open connections on the boundary port",
+            m.connections_open.clone(),
+        );
         registry.register(
             "bsfg_audit_records_dropped",
             "Audit records that could not be kept (retry buffer full, or refused for good); each is logged with its content",
             m.audit_records_dropped_total.clone(),
         );
-        registry.register("bsfg_audit_records_pending", "Audit records waiting to be appended again after a failed append", m.audit_records_pending.clone());
+        registry.register(
+            "bsfg_audit_records_pending",
+            "Audit records waiting to be appended again after a failed append",
+            m.audit_records_pending.clone(),
+        );
         registry.register(
             "bsfg_audit_refusals_summarized",
             "Refusals past an identity's rate of individual audit records, counted into its next summary record",
@@ -271,5 +361,8 @@ impl Default for Metrics {
 pub const UNKNOWN_CONSUMER: &str = "(unknown)";
 
 pub fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }

@@ -34,7 +34,10 @@ pub fn restrict(file: &File) -> io::Result<()> {
 /// Creates `dir` and any missing parents with [`DIR_MODE`]; existing
 /// directories keep their mode.
 pub fn create_dir_all(dir: &Path) -> io::Result<()> {
-    std::fs::DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir)
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
 }
 
 /// Creates `dir` (as [`create_dir_all`]) and sets it to [`DIR_MODE`] even if
@@ -47,7 +50,11 @@ pub fn create_private_dir(dir: &Path) -> io::Result<()> {
 /// Writes `contents` to `path` (created or truncated) with [`FILE_MODE`].
 pub fn write(path: &Path, contents: &[u8]) -> io::Result<()> {
     use std::io::Write as _;
-    let mut file = open_options().write(true).create(true).truncate(true).open(path)?;
+    let mut file = open_options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
     restrict(&file)?;
     file.write_all(contents)
 }

@@ -128,7 +128,10 @@ impl Freshness {
             *first
         } else if !self.drained {
             self.newest_fetched_ms.unwrap_or(self.answered_ms)
-        } else if self.polling_since_ms.is_some_and(|p| now - p <= wait_ms + POLL_GRACE_MS) {
+        } else if self
+            .polling_since_ms
+            .is_some_and(|p| now - p <= wait_ms + POLL_GRACE_MS)
+        {
             now
         } else {
             self.answered_ms
@@ -139,11 +142,21 @@ impl Freshness {
 
 impl Link {
     /// An audit record of this link's peer (the puller's side of a crossing).
-    fn audit_event(&self, subject_key: String, decision: &'static str, reason: String, detail: String) -> AuditEvent {
+    fn audit_event(
+        &self,
+        subject_key: String,
+        decision: &'static str,
+        reason: String,
+        detail: String,
+    ) -> AuditEvent {
         AuditEvent {
             principal: self.principal.name.clone(),
             identity: self.config.url.clone(),
-            fingerprint: self.presented.as_ref().map(|p| p.fingerprint()).unwrap_or_default(),
+            fingerprint: self
+                .presented
+                .as_ref()
+                .map(|p| p.fingerprint())
+                .unwrap_or_default(),
             rpc: "Replicate",
             subject_key,
             decision,
@@ -161,14 +174,23 @@ impl Link {
     /// Recomputes the lag (and its high watermark) from what the link knows
     /// now; with `metrics`, publishes both.
     fn refresh_lag(&self, metrics: Option<&Metrics>) {
-        let lag = self.freshness.lock().unwrap().lag_ms(crate::store::now_unix_ms(), i64::from(self.config.wait_ms)) as f64 / 1000.0;
+        let lag = self
+            .freshness
+            .lock()
+            .unwrap()
+            .lag_ms(crate::store::now_unix_ms(), i64::from(self.config.wait_ms))
+            as f64
+            / 1000.0;
         let mut s = self.status.lock().unwrap();
         s.lag_seconds = lag;
         s.lag_seconds_high_watermark = s.lag_seconds_high_watermark.max(lag);
         if let Some(metrics) = metrics {
             let l = labels(&[("link", &self.config.peer)]);
             metrics.replication_lag_seconds.get_or_create(&l).set(lag);
-            metrics.replication_lag_high_watermark.get_or_create(&l).set(s.lag_seconds_high_watermark);
+            metrics
+                .replication_lag_high_watermark
+                .get_or_create(&l)
+                .set(s.lag_seconds_high_watermark);
         }
     }
 
@@ -178,10 +200,17 @@ impl Link {
             tracing::warn!(link = %self.config.peer, from = s.mode.as_str(), to = mode.as_str(), "link mode changed");
             s.mode = mode;
         }
-        for m in [LinkMode::Normal, LinkMode::Autonomous, LinkMode::Reconciliation] {
+        for m in [
+            LinkMode::Normal,
+            LinkMode::Autonomous,
+            LinkMode::Reconciliation,
+        ] {
             metrics
                 .link_mode
-                .get_or_create(&labels(&[("link", &self.config.peer), ("mode", m.as_str())]))
+                .get_or_create(&labels(&[
+                    ("link", &self.config.peer),
+                    ("mode", m.as_str()),
+                ]))
                 .set(i64::from(m == mode));
         }
     }
@@ -225,11 +254,21 @@ pub fn start(
     let mut links = Vec::new();
     let mut tasks = Vec::new();
     for upstream in &zone.upstreams {
-        let principal = Arc::new(zone.principals.iter().find(|p| p.name == upstream.peer).cloned().expect("config checked"));
+        let principal = Arc::new(
+            zone.principals
+                .iter()
+                .find(|p| p.name == upstream.peer)
+                .cloned()
+                .expect("config checked"),
+        );
         let (client, presented) = match &tls {
             Some(files) => {
-                let (config, presented) = crate::tls::client::peer_client_config(&files.ca, &files.cert, &files.key)?;
-                (BsfgClient::connect_tls(&upstream.url, config)?, Some(presented))
+                let (config, presented) =
+                    crate::tls::client::peer_client_config(&files.ca, &files.cert, &files.key)?;
+                (
+                    BsfgClient::connect_tls(&upstream.url, config)?,
+                    Some(presented),
+                )
             }
             None => (BsfgClient::connect(&upstream.url)?, None),
         };
@@ -263,12 +302,34 @@ pub fn start(
             }),
         });
         let (batches_tx, batches_rx) = tokio::sync::mpsc::channel(upstream.pipeline_depth);
-        tasks.push(tokio::spawn(fetcher(link.clone(), client.clone(), context.clone(), batches_tx)));
+        tasks.push(tokio::spawn(fetcher(
+            link.clone(),
+            client.clone(),
+            context.clone(),
+            batches_tx,
+        )));
         let (screened_tx, screened_rx) = tokio::sync::mpsc::channel(1);
-        tasks.push(tokio::spawn(screener(link.clone(), client.clone(), context.clone(), batches_rx, screened_tx)));
+        tasks.push(tokio::spawn(screener(
+            link.clone(),
+            client.clone(),
+            context.clone(),
+            batches_rx,
+            screened_tx,
+        )));
         let (confirms_tx, confirms_rx) = tokio::sync::watch::channel(0);
-        tasks.push(tokio::spawn(appender(link.clone(), client.clone(), context.clone(), screened_rx, confirms_tx)));
-        tasks.push(tokio::spawn(confirmer(link.clone(), client, context.clone(), confirms_rx)));
+        tasks.push(tokio::spawn(appender(
+            link.clone(),
+            client.clone(),
+            context.clone(),
+            screened_rx,
+            confirms_tx,
+        )));
+        tasks.push(tokio::spawn(confirmer(
+            link.clone(),
+            client,
+            context.clone(),
+            confirms_rx,
+        )));
         links.push(link);
     }
     Ok((Arc::new(Replicator { links }), tasks))
@@ -283,7 +344,11 @@ struct Backoff {
 
 impl Backoff {
     fn new(min: Duration, max: Duration) -> Self {
-        Self { next: min, min, max }
+        Self {
+            next: min,
+            min,
+            max,
+        }
     }
     async fn wait(&mut self) {
         let jittered = self.next.mul_f64(0.5 + rand::random::<f64>() * 0.5);
@@ -298,7 +363,12 @@ impl Backoff {
 /// A FetchFacts answer as received.
 type Batch = OwnedView<FetchFactsResponseView<'static>>;
 
-async fn fetcher(link: Arc<Link>, client: BsfgClient, cx: Arc<Context>, batches: tokio::sync::mpsc::Sender<Batch>) {
+async fn fetcher(
+    link: Arc<Link>,
+    client: BsfgClient,
+    cx: Arc<Context>,
+    batches: tokio::sync::mpsc::Sender<Batch>,
+) {
     let c = &link.config;
     let mut backoff = Backoff::new(c.backoff_min, c.backoff_max);
     // Confirms are cumulative: facts delivered before this fetcher started,
@@ -327,16 +397,27 @@ async fn fetcher(link: Arc<Link>, client: BsfgClient, cx: Arc<Context>, batches:
                 restart_from_frontier = false;
                 backoff.reset();
                 let answer = batch.reborrow();
-                let caught_up = answer.last_delivered_offset <= answer.frontier && answer.facts.is_empty();
+                let caught_up =
+                    answer.last_delivered_offset <= answer.frontier && answer.facts.is_empty();
                 {
                     let now = crate::store::now_unix_ms();
-                    let times: Vec<i64> = answer.facts.iter().filter_map(|f| f.provenance.as_option().and_then(|p| p.hops.last()).map(|h| h.appended_at_unix_ms)).collect();
+                    let times: Vec<i64> = answer
+                        .facts
+                        .iter()
+                        .filter_map(|f| {
+                            f.provenance
+                                .as_option()
+                                .and_then(|p| p.hops.last())
+                                .map(|h| h.appended_at_unix_ms)
+                        })
+                        .collect();
                     let mut f = link.freshness.lock().unwrap();
                     f.answered_ms = now;
                     f.drained = answer.backlog == 0;
                     f.newest_fetched_ms = times.iter().copied().max().or(f.newest_fetched_ms);
                     if !caught_up {
-                        f.in_pipeline.push_back(times.first().copied().unwrap_or(now));
+                        f.in_pipeline
+                            .push_back(times.first().copied().unwrap_or(now));
                     }
                 }
                 let mode = if answer.backlog > u64::from(c.batch_limit) {
@@ -362,7 +443,11 @@ async fn fetcher(link: Arc<Link>, client: BsfgClient, cx: Arc<Context>, batches:
             Err(e) => {
                 restart_from_frontier = true;
                 link.set_mode(LinkMode::Autonomous, &cx.metrics);
-                link.status.lock().unwrap().last_error = format!("{}: {}", e.code.as_str(), e.message.clone().unwrap_or_default());
+                link.status.lock().unwrap().last_error = format!(
+                    "{}: {}",
+                    e.code.as_str(),
+                    e.message.clone().unwrap_or_default()
+                );
                 tracing::debug!(link = %c.peer, error = ?e, "fetch failed; backing off");
                 link.refresh_lag(Some(&cx.metrics));
                 backoff.wait().await;
@@ -374,7 +459,10 @@ async fn fetcher(link: Arc<Link>, client: BsfgClient, cx: Arc<Context>, batches:
 /// Whether a failure is worth retrying (link or local store) rather than a
 /// verdict on the fact.
 fn retriable(r: &Rejection) -> bool {
-    matches!(r.code, Code::Unavailable | Code::ResourceExhausted | Code::Internal)
+    matches!(
+        r.code,
+        Code::Unavailable | Code::ResourceExhausted | Code::Internal
+    )
 }
 
 /// A batch as received, with the facts screened in to append and their
@@ -401,13 +489,22 @@ async fn screener(
         let mut pending = Vec::with_capacity(batch.facts.len());
         let mut pending_at = Vec::with_capacity(batch.facts.len());
         for (at, fact) in batch.facts.iter().enumerate() {
-            if let Some(item) = screen_until_settled(&link, &client, &cx, fact, &mut backoff).await {
+            if let Some(item) = screen_until_settled(&link, &client, &cx, fact, &mut backoff).await
+            {
                 pending.push(item);
                 pending_at.push(at);
             }
         }
         backoff.reset();
-        if screened.send(Screened { received, pending, pending_at }).await.is_err() {
+        if screened
+            .send(Screened {
+                received,
+                pending,
+                pending_at,
+            })
+            .await
+            .is_err()
+        {
             return;
         }
     }
@@ -422,7 +519,12 @@ async fn appender(
 ) {
     let c = link.config.clone();
     let mut backoff = Backoff::new(c.backoff_min, c.backoff_max);
-    while let Some(Screened { received, mut pending, mut pending_at }) = batches.recv().await {
+    while let Some(Screened {
+        received,
+        mut pending,
+        mut pending_at,
+    }) = batches.recv().await
+    {
         let batch = received.reborrow();
         // Append the screened facts in one pipelined batch. On a retriable
         // failure, retry from the first failed fact on: what follows it was
@@ -430,24 +532,59 @@ async fn appender(
         // failures of one connection come in order.
         let mut accepted = Vec::new();
         while !pending.is_empty() {
-            let ids: Vec<String> = pending.iter().map(|i| format!("{}/{}", i.envelope.from_zone, i.envelope.message_id)).collect();
-            let origin_offsets: Vec<u64> = pending.iter().map(|i| i.provenance.as_ref().map(|p| p.origin_offset).unwrap_or(0)).collect();
+            let ids: Vec<String> = pending
+                .iter()
+                .map(|i| format!("{}/{}", i.envelope.from_zone, i.envelope.message_id))
+                .collect();
+            let origin_offsets: Vec<u64> = pending
+                .iter()
+                .map(|i| i.provenance.as_ref().map(|p| p.origin_offset).unwrap_or(0))
+                .collect();
             // The appends take the items (no copy per attempt); a retry
             // screens the facts it needs again from the batch.
-            let results = cx.store.facts.append_batch(std::mem::take(&mut pending), crate::store::facts::Order::AsGiven).await;
-            let first_retriable = results.iter().position(|r| matches!(r, Err(e) if retriable(e)));
+            let results = cx
+                .store
+                .facts
+                .append_batch(
+                    std::mem::take(&mut pending),
+                    crate::store::facts::Order::AsGiven,
+                )
+                .await;
+            let first_retriable = results
+                .iter()
+                .position(|r| matches!(r, Err(e) if retriable(e)));
             let settled = first_retriable.unwrap_or(results.len());
             // Shown by `bsfg status`: a link stuck on its own zone's store
             // reads "normal" otherwise.
-            let retry_reason = first_retriable.and_then(|at| results[at].as_ref().err()).map(|e| format!("local append: {e}"));
-            for ((result, id), origin_offset) in results.into_iter().zip(ids).zip(origin_offsets).take(settled) {
+            let retry_reason = first_retriable
+                .and_then(|at| results[at].as_ref().err())
+                .map(|e| format!("local append: {e}"));
+            for ((result, id), origin_offset) in results
+                .into_iter()
+                .zip(ids)
+                .zip(origin_offsets)
+                .take(settled)
+            {
                 match result {
                     Ok(_) => {
                         link.status.lock().unwrap().facts_replicated += 1;
-                        cx.metrics.replicated_facts_total.get_or_create(&labels(&[("link", &c.peer)])).inc();
+                        cx.metrics
+                            .replicated_facts_total
+                            .get_or_create(&labels(&[("link", &c.peer)]))
+                            .inc();
                         accepted.push(id);
                     }
-                    Err(r) => refuse(&link, &cx, &id, origin_offset, r.reason.to_string(), r.message).await,
+                    Err(r) => {
+                        refuse(
+                            &link,
+                            &cx,
+                            &id,
+                            origin_offset,
+                            r.reason.to_string(),
+                            r.message,
+                        )
+                        .await
+                    }
                 }
             }
             pending_at.drain(..settled);
@@ -460,7 +597,9 @@ async fn appender(
             backoff.wait().await;
             let mut still_at = Vec::with_capacity(pending_at.len());
             for at in pending_at {
-                if let Some(item) = screen_until_settled(&link, &client, &cx, &batch.facts[at], &mut backoff).await {
+                if let Some(item) =
+                    screen_until_settled(&link, &client, &cx, &batch.facts[at], &mut backoff).await
+                {
                     pending.push(item);
                     still_at.push(at);
                 }
@@ -486,7 +625,12 @@ async fn appender(
 /// so targets that arrive while one is in flight collapse into the newest;
 /// a failed confirm is retried with backoff (if none succeeds, the peer
 /// redelivers and the appends answer as duplicates).
-async fn confirmer(link: Arc<Link>, client: BsfgClient, cx: Arc<Context>, mut targets: tokio::sync::watch::Receiver<u64>) {
+async fn confirmer(
+    link: Arc<Link>,
+    client: BsfgClient,
+    cx: Arc<Context>,
+    mut targets: tokio::sync::watch::Receiver<u64>,
+) {
     let c = link.config.clone();
     let mut backoff = Backoff::new(c.backoff_min, c.backoff_max);
     let mut confirmed = 0;
@@ -507,11 +651,15 @@ async fn confirmer(link: Arc<Link>, client: BsfgClient, cx: Arc<Context>, mut ta
                 s.last_confirm_at = Some(Instant::now());
                 cx.metrics
                     .frontier_offset
-                    .get_or_create(&labels(&[("consumer", &format!("{}@{}", c.consumer, c.peer))]))
+                    .get_or_create(&labels(&[(
+                        "consumer",
+                        &format!("{}@{}", c.consumer, c.peer),
+                    )]))
                     .set(frontier as i64);
             }
             Err(e) => {
-                link.status.lock().unwrap().last_error = format!("confirm: {}", e.message.unwrap_or_default());
+                link.status.lock().unwrap().last_error =
+                    format!("confirm: {}", e.message.unwrap_or_default());
                 backoff.wait().await;
             }
         }
@@ -519,20 +667,42 @@ async fn confirmer(link: Arc<Link>, client: BsfgClient, cx: Arc<Context>, mut ta
 }
 
 /// Audits and counts a fact this zone refuses; the link moves past it.
-async fn refuse(link: &Link, cx: &Context, id: &str, origin_offset: u64, reason: String, detail: String) {
+async fn refuse(
+    link: &Link,
+    cx: &Context,
+    id: &str,
+    origin_offset: u64,
+    reason: String,
+    detail: String,
+) {
     cx.metrics
         .crossing_refusals_total
-        .get_or_create(&labels(&[("peer", &link.config.peer), ("direction", "import"), ("reason", &reason)]))
+        .get_or_create(&labels(&[
+            ("peer", &link.config.peer),
+            ("direction", "import"),
+            ("reason", &reason),
+        ]))
         .inc();
     link.status.lock().unwrap().facts_refused += 1;
     cx.audit
-        .record(link.audit_event(format!("{id} origin offset {origin_offset}"), "refused", reason, detail))
+        .record(link.audit_event(
+            format!("{id} origin offset {origin_offset}"),
+            "refused",
+            reason,
+            detail,
+        ))
         .await;
 }
 
 /// `screen`, retried with backoff until it settles: the fact to append, or
 /// None if it was refused (and audited). The caller resets the backoff.
-async fn screen_until_settled(link: &Link, client: &BsfgClient, cx: &Context, stored: &StoredFactView<'_>, backoff: &mut Backoff) -> Option<crate::store::facts::AppendItem> {
+async fn screen_until_settled(
+    link: &Link,
+    client: &BsfgClient,
+    cx: &Context,
+    stored: &StoredFactView<'_>,
+    backoff: &mut Backoff,
+) -> Option<crate::store::facts::AppendItem> {
     loop {
         match screen(link, client, cx, stored).await {
             Ok(item) => return item,
@@ -548,16 +718,45 @@ async fn screen_until_settled(link: &Link, client: &BsfgClient, cx: &Context, st
 /// Decides whether a pulled fact may enter this zone and makes its
 /// artifacts present. `Ok(Some)` to append, `Ok(None)` refused and audited,
 /// `Err` retriable (link or local store).
-async fn screen(link: &Link, client: &BsfgClient, cx: &Context, stored: &StoredFactView<'_>) -> Result<Option<crate::store::facts::AppendItem>, Rejection> {
-    let envelope = stored.envelope.as_option().map(|e| e.to_owned_message()).transpose();
-    let fact = stored.fact.as_option().map(|f| f.to_owned_message()).transpose();
-    let provenance = stored.provenance.as_option().map(|p| p.to_owned_message()).transpose();
+async fn screen(
+    link: &Link,
+    client: &BsfgClient,
+    cx: &Context,
+    stored: &StoredFactView<'_>,
+) -> Result<Option<crate::store::facts::AppendItem>, Rejection> {
+    let envelope = stored
+        .envelope
+        .as_option()
+        .map(|e| e.to_owned_message())
+        .transpose();
+    let fact = stored
+        .fact
+        .as_option()
+        .map(|f| f.to_owned_message())
+        .transpose();
+    let provenance = stored
+        .provenance
+        .as_option()
+        .map(|p| p.to_owned_message())
+        .transpose();
     let origin_offset = stored.provenance.as_option().map_or(0, |p| p.origin_offset);
     let (envelope, fact, provenance) = match (envelope, fact, provenance) {
-        (Ok(envelope), Ok(fact), Ok(provenance)) => (envelope.unwrap_or_default(), fact.unwrap_or_default(), provenance),
+        (Ok(envelope), Ok(fact), Ok(provenance)) => (
+            envelope.unwrap_or_default(),
+            fact.unwrap_or_default(),
+            provenance,
+        ),
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
             let id = format!("offset {}", stored.offset);
-            refuse(link, cx, &id, origin_offset, "undecodable_fact".into(), e.to_string()).await;
+            refuse(
+                link,
+                cx,
+                &id,
+                origin_offset,
+                "undecodable_fact".into(),
+                e.to_string(),
+            )
+            .await;
             return Ok(None);
         }
     };
@@ -565,22 +764,51 @@ async fn screen(link: &Link, client: &BsfgClient, cx: &Context, stored: &StoredF
     // Defence in depth: the peer should not have served it, but this zone
     // decides for itself.
     if let Err(r) = validate::envelope(&envelope, &cx.zone.limits) {
-        refuse(link, cx, &id, origin_offset, r.reason.to_string(), r.message).await;
+        refuse(
+            link,
+            cx,
+            &id,
+            origin_offset,
+            r.reason.to_string(),
+            r.message,
+        )
+        .await;
         return Ok(None);
     }
     let valid = match validate::fact(fact, &cx.zone.limits) {
         Ok(v) => v,
         Err(r) => {
-            refuse(link, cx, &id, origin_offset, r.reason.to_string(), r.message).await;
+            refuse(
+                link,
+                cx,
+                &id,
+                origin_offset,
+                r.reason.to_string(),
+                r.message,
+            )
+            .await;
             return Ok(None);
         }
     };
-    if !link.principal.origins.iter().any(|o| o == &envelope.from_zone) {
+    if !link
+        .principal
+        .origins
+        .iter()
+        .any(|o| o == &envelope.from_zone)
+    {
         let detail = format!(
             "peer {} may relay origins {:?}, not {}",
             link.principal.name, link.principal.origins, envelope.from_zone
         );
-        refuse(link, cx, &id, origin_offset, "from_zone_not_allowed".into(), detail).await;
+        refuse(
+            link,
+            cx,
+            &id,
+            origin_offset,
+            "from_zone_not_allowed".into(),
+            detail,
+        )
+        .await;
         return Ok(None);
     }
     let category = cx.zone.category_for_kind(&valid.subject_kind).name.clone();
@@ -592,11 +820,23 @@ async fn screen(link: &Link, client: &BsfgClient, cx: &Context, stored: &StoredF
         fact_bytes: valid.fact.object_json.len(),
     };
     if let Err(p) = link.principal.import.check(&crossing) {
-        refuse(link, cx, &id, origin_offset, p.reason.to_string(), p.message).await;
+        refuse(
+            link,
+            cx,
+            &id,
+            origin_offset,
+            p.reason.to_string(),
+            p.message,
+        )
+        .await;
         return Ok(None);
     }
     for attachment in &valid.fact.attachments {
-        let verdict = match link.principal.import.check_object_size(attachment.size_bytes) {
+        let verdict = match link
+            .principal
+            .import
+            .check_object_size(attachment.size_bytes)
+        {
             Err(p) => Err(Rejection::new(Code::PermissionDenied, p.reason, p.message)),
             Ok(()) => pull_object(link, client, cx, attachment).await,
         };
@@ -604,12 +844,24 @@ async fn screen(link: &Link, client: &BsfgClient, cx: &Context, stored: &StoredF
             Ok(()) => {}
             Err(r) if retriable(&r) => return Err(r),
             Err(r) => {
-                refuse(link, cx, &id, origin_offset, r.reason.to_string(), r.message).await;
+                refuse(
+                    link,
+                    cx,
+                    &id,
+                    origin_offset,
+                    r.reason.to_string(),
+                    r.message,
+                )
+                .await;
                 return Ok(None);
             }
         }
     }
-    Ok(Some(crate::store::facts::AppendItem { envelope, valid, provenance }))
+    Ok(Some(crate::store::facts::AppendItem {
+        envelope,
+        valid,
+        provenance,
+    }))
 }
 
 /// Makes an attachment present locally: skipped when an object with the
@@ -618,9 +870,15 @@ async fn screen(link: &Link, client: &BsfgClient, cx: &Context, stored: &StoredF
 /// length) and streamed straight into the local object store, which
 /// computes and checks the digest and size as it stores; on any failure
 /// nothing is stored and the spool keeps what arrived.
-async fn pull_object(link: &Link, client: &BsfgClient, cx: &Context, a: &AttachmentRef) -> Result<(), Rejection> {
+async fn pull_object(
+    link: &Link,
+    client: &BsfgClient,
+    cx: &Context,
+    a: &AttachmentRef,
+) -> Result<(), Rejection> {
     if let Ok(local) = cx.store.objects.info(&a.bucket, &a.key).await
-        && local.digest == a.digest && local.size_bytes == a.size_bytes
+        && local.digest == a.digest
+        && local.size_bytes == a.size_bytes
     {
         return Ok(());
     }
@@ -633,24 +891,42 @@ async fn pull_object(link: &Link, client: &BsfgClient, cx: &Context, a: &Attachm
         return Err(Rejection::new(
             Code::Unavailable,
             "object_spool_reset",
-            format!("{}/{}: the spool was longer than the object; pulling again", a.bucket, a.key),
+            format!(
+                "{}/{}: the spool was longer than the object; pulling again",
+                a.bucket, a.key
+            ),
         ));
     }
     let (media_type_tx, media_type_rx) = tokio::sync::oneshot::channel::<String>();
     // The store reads what an earlier attempt spooled, then the chunks as
     // they arrive; a few chunks in flight bound the memory.
     let spooled = tokio::fs::File::open(&spool).await.ok().map(|f| {
-        tokio_util::io::ReaderStream::with_capacity(tokio::io::AsyncReadExt::take(f, have), crate::store::objects::CHUNK_BYTES)
-            .map(|r: std::io::Result<bytes::Bytes>| r.map_err(spool_error))
+        tokio_util::io::ReaderStream::with_capacity(
+            tokio::io::AsyncReadExt::take(f, have),
+            crate::store::objects::CHUNK_BYTES,
+        )
+        .map(|r: std::io::Result<bytes::Bytes>| r.map_err(spool_error))
     });
     let (chunks_tx, chunks_rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, Rejection>>(4);
-    let arriving = futures::stream::unfold(chunks_rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let arriving = futures::stream::unfold(chunks_rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
     let chunks = Box::pin(futures::stream::iter(spooled).flatten().chain(arriving));
     let spool_path = &spool;
     // Owns the sender: when the pull ends, the store sees the end (or the
     // error) of the chunks.
     let pull = async move {
-        let pulled = pull_into(link, client, cx, a, spool_path, have, &chunks_tx, media_type_tx).await;
+        let pulled = pull_into(
+            link,
+            client,
+            cx,
+            a,
+            spool_path,
+            have,
+            &chunks_tx,
+            media_type_tx,
+        )
+        .await;
         // A failed pull must fail the store too (nothing stored), never end
         // it early as if the object were complete.
         if let Err(r) = &pulled {
@@ -663,7 +939,10 @@ async fn pull_object(link: &Link, client: &BsfgClient, cx: &Context, a: &Attachm
     // the fact's attachment reference says it otherwise (nothing left to
     // pull, or an origin that did not keep it).
     let store = async move {
-        let origin = media_type_rx.await.ok().filter(|m| !m.is_empty() && validate::media_type("media_type", m).is_ok());
+        let origin = media_type_rx
+            .await
+            .ok()
+            .filter(|m| !m.is_empty() && validate::media_type("media_type", m).is_ok());
         let header = crate::store::objects::PutHeader {
             bucket: a.bucket.clone(),
             key: a.key.clone(),
@@ -684,7 +963,10 @@ async fn pull_object(link: &Link, client: &BsfgClient, cx: &Context, a: &Attachm
             return Err(Rejection::new(
                 Code::Unavailable,
                 "object_digest_mismatch",
-                format!("{}/{} did not arrive as {}: {}; pulling again", a.bucket, a.key, a.digest, r.message),
+                format!(
+                    "{}/{} did not arrive as {}: {}; pulling again",
+                    a.bucket, a.key, a.digest, r.message
+                ),
             ));
         }
         // The local store refused or failed on its own.
@@ -721,7 +1003,11 @@ async fn pull_into(
         return Ok(());
     }
     use std::io::Write;
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(spool).map_err(spool_error)?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(spool)
+        .map_err(spool_error)?;
     let timeout = Duration::from_secs(60 + a.size_bytes / (1024 * 1024));
     let media_type_tx = std::sync::Mutex::new(Some(media_type_tx));
     let on_info = |info: &bsfg_proto::bsfg::v1::ObjectInfo| {
@@ -738,14 +1024,21 @@ async fn pull_into(
             let chunks_tx = chunks_tx.clone();
             async move {
                 written?;
-                chunks_tx.send(Ok(bytes::Bytes::from(chunk))).await.map_err(|_| anyhow::anyhow!(STORE_STOPPED))
+                chunks_tx
+                    .send(Ok(bytes::Bytes::from(chunk)))
+                    .await
+                    .map_err(|_| anyhow::anyhow!(STORE_STOPPED))
             }
         })
         .await;
     let _ = file.sync_data();
     pulled.map(|_| ()).map_err(|e| {
         if e.to_string().contains(STORE_STOPPED) {
-            return Rejection::new(Code::Unavailable, STORE_STOPPED, "the local object store stopped reading");
+            return Rejection::new(
+                Code::Unavailable,
+                STORE_STOPPED,
+                "the local object store stopped reading",
+            );
         }
         let bytes_now = std::fs::metadata(spool).map(|m| m.len()).unwrap_or(0);
         cx.metrics
@@ -768,16 +1061,30 @@ async fn pull_into(
 const AUDIT_KEYS_BYTES_MAX: usize = 48 * 1024;
 
 /// Audits the accepted facts of a batch: one record per chunk of keys.
-async fn record_accepted(link: &Link, cx: &Context, ids: &[String], batch: &FetchFactsResponseView<'_>) {
+async fn record_accepted(
+    link: &Link,
+    cx: &Context,
+    ids: &[String],
+    batch: &FetchFactsResponseView<'_>,
+) {
     let chunks = key_chunks(ids, AUDIT_KEYS_BYTES_MAX);
     let parts = chunks.len();
     for (part, (keys, count)) in chunks.into_iter().enumerate() {
         let detail = if parts == 1 {
-            format!("{count} facts through peer offset {}", batch.last_delivered_offset)
+            format!(
+                "{count} facts through peer offset {}",
+                batch.last_delivered_offset
+            )
         } else {
-            format!("{count} facts (part {} of {parts}) through peer offset {}", part + 1, batch.last_delivered_offset)
+            format!(
+                "{count} facts (part {} of {parts}) through peer offset {}",
+                part + 1,
+                batch.last_delivered_offset
+            )
         };
-        cx.audit.record(link.audit_event(keys, "accepted", "replicated".into(), detail)).await;
+        cx.audit
+            .record(link.audit_event(keys, "accepted", "replicated".into(), detail))
+            .await;
     }
 }
 
@@ -808,8 +1115,15 @@ pub async fn publish_confirm_age(replicator: Arc<Replicator>, metrics: Arc<Metri
         ticker.tick().await;
         for link in &replicator.links {
             link.refresh_lag(Some(&metrics));
-            let age = link.status().last_confirm_at.map(|t| t.elapsed().as_secs_f64()).unwrap_or(f64::INFINITY);
-            metrics.last_confirm_age_seconds.get_or_create(&labels(&[("link", &link.config.peer)])).set(age);
+            let age = link
+                .status()
+                .last_confirm_at
+                .map(|t| t.elapsed().as_secs_f64())
+                .unwrap_or(f64::INFINITY);
+            metrics
+                .last_confirm_age_seconds
+                .get_or_create(&labels(&[("link", &link.config.peer)]))
+                .set(age);
         }
     }
 }
@@ -820,7 +1134,13 @@ mod tests {
 
     #[test]
     fn lag_is_the_age_of_the_oldest_fact_that_may_be_missing() {
-        let mut f = Freshness { in_pipeline: Default::default(), answered_ms: 10_000, drained: true, newest_fetched_ms: None, polling_since_ms: Some(10_000) };
+        let mut f = Freshness {
+            in_pipeline: Default::default(),
+            answered_ms: 10_000,
+            drained: true,
+            newest_fetched_ms: None,
+            polling_since_ms: Some(10_000),
+        };
         // Caught up and polling: 0 while the poll is in time (wait 1 s + grace).
         assert_eq!(f.lag_ms(12_900, 1_000), 0);
         // An overdue poll, or none (the link is cut): since the last answer.
@@ -841,14 +1161,33 @@ mod tests {
 
     #[test]
     fn audited_keys_are_chunked_in_order_within_the_bound() {
-        let ids: Vec<String> = (0..1000).map(|i| format!("plant-a/{}-{i}", "\"".repeat(100))).collect();
+        let ids: Vec<String> = (0..1000)
+            .map(|i| format!("plant-a/{}-{i}", "\"".repeat(100)))
+            .collect();
         let chunks = key_chunks(&ids, 10_000);
-        assert!(chunks.len() > 1, "1000 ids of ~110 bytes need several chunks of 10,000 bytes");
-        assert!(chunks.iter().all(|(keys, _)| keys.len() <= 10_000), "every chunk within the bound");
-        let rejoined: Vec<&str> = chunks.iter().flat_map(|(keys, _)| keys.split(' ')).collect();
-        assert_eq!(rejoined, ids.iter().map(String::as_str).collect::<Vec<_>>(), "every id once, in order");
+        assert!(
+            chunks.len() > 1,
+            "1000 ids of ~110 bytes need several chunks of 10,000 bytes"
+        );
+        assert!(
+            chunks.iter().all(|(keys, _)| keys.len() <= 10_000),
+            "every chunk within the bound"
+        );
+        let rejoined: Vec<&str> = chunks
+            .iter()
+            .flat_map(|(keys, _)| keys.split(' '))
+            .collect();
+        assert_eq!(
+            rejoined,
+            ids.iter().map(String::as_str).collect::<Vec<_>>(),
+            "every id once, in order"
+        );
         assert_eq!(chunks.iter().map(|(_, n)| n).sum::<usize>(), ids.len());
-        assert_eq!(key_chunks(&ids[..3], 10_000).len(), 1, "a small batch is one record");
+        assert_eq!(
+            key_chunks(&ids[..3], 10_000).len(),
+            1,
+            "a small batch is one record"
+        );
         assert_eq!(key_chunks(&[], 10_000), vec![]);
     }
 }

@@ -48,7 +48,11 @@ pub fn issue_site_pki(certs: &Path, ca_name: &str, valid_days: i64) -> anyhow::R
         let mut node = pki::IssueRequest::new(&node_identity(z), valid_days);
         node.extra_sans = vec!["localhost".into(), "127.0.0.1".into()];
         pki::issue(certs, certs, &node)?;
-        pki::issue(certs, certs, &pki::IssueRequest::new(&app_identity(z), valid_days))?;
+        pki::issue(
+            certs,
+            certs,
+            &pki::IssueRequest::new(&app_identity(z), valid_days),
+        )?;
     }
     Ok(())
 }
@@ -101,7 +105,11 @@ fn origins_via(zone: &str, neighbour: &str) -> Vec<String> {
         vec![neighbour.to_string()]
     } else {
         // A leaf's only neighbour is idmz, which relays every other zone.
-        ZONES.iter().filter(|z| **z != zone).map(|z| z.to_string()).collect()
+        ZONES
+            .iter()
+            .filter(|z| **z != zone)
+            .map(|z| z.to_string())
+            .collect()
     }
 }
 
@@ -126,7 +134,11 @@ pub struct ZonePlacement<'a> {
 /// `records`; also the zone's operator, for `bsfg status` and replays) and one peer principal per neighbour (certificate
 /// `<peer>-bsfg`, consumer `to-<peer>`, the origins routed through it).
 /// Routes: the plants and enterprise reach every other zone through `idmz`.
-pub fn reference_zone_config(zone: &str, at: &ZonePlacement<'_>, peer_url: &dyn Fn(&str) -> String) -> ZoneConfig {
+pub fn reference_zone_config(
+    zone: &str,
+    at: &ZonePlacement<'_>,
+    peer_url: &dyn Fn(&str) -> String,
+) -> ZoneConfig {
     let mut principals = vec![PrincipalConfig {
         name: "app".into(),
         kind: PrincipalKind::App,
@@ -161,14 +173,22 @@ pub fn reference_zone_config(zone: &str, at: &ZonePlacement<'_>, peer_url: &dyn 
     let routes = if zone == "idmz" {
         BTreeMap::new()
     } else {
-        ZONES.iter().filter(|z| **z != zone && **z != "idmz").map(|z| (z.to_string(), "idmz".to_string())).collect()
+        ZONES
+            .iter()
+            .filter(|z| **z != zone && **z != "idmz")
+            .map(|z| (z.to_string(), "idmz".to_string()))
+            .collect()
     };
     let node = node_identity(zone);
     ZoneConfig {
         zone: zone.into(),
         listen: std::net::SocketAddr::from(([127, 0, 0, 1], at.port)),
         ops_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        tls: TlsConfig::mtls(at.certs.join("ca.pem"), at.certs.join(format!("{node}.pem")), at.certs.join(format!("{node}.key"))),
+        tls: TlsConfig::mtls(
+            at.certs.join("ca.pem"),
+            at.certs.join(format!("{node}.pem")),
+            at.certs.join(format!("{node}.key")),
+        ),
         principals,
         nats: NatsConfig {
             url: at.nats_url.clone(),
@@ -183,9 +203,15 @@ pub fn reference_zone_config(zone: &str, at: &ZonePlacement<'_>, peer_url: &dyn 
         fetch: Default::default(),
         boundary: Default::default(),
         commit: Default::default(),
-        categories: vec![category("operational", &[], true), category("audit", &["audit"], false)],
+        categories: vec![
+            category("operational", &[], true),
+            category("audit", &["audit"], false),
+        ],
         consumers,
-        buckets: vec![BucketConfig { name: BUCKET.into(), capacity_bytes: 1 << 30 }],
+        buckets: vec![BucketConfig {
+            name: BUCKET.into(),
+            capacity_bytes: 1 << 30,
+        }],
         routes,
         upstreams,
         retention_interval: Duration::from_secs(5),
@@ -200,12 +226,22 @@ mod tests {
     fn every_zone_config_passes_its_checks() {
         let dir = std::path::PathBuf::from("/tmp/site");
         for z in ZONES {
-            let at = ZonePlacement { dir: &dir, certs: &dir, port: 7443, nats_url: None };
+            let at = ZonePlacement {
+                dir: &dir,
+                certs: &dir,
+                port: 7443,
+                nats_url: None,
+            };
             let c = reference_zone_config(z, &at, &|p| format!("https://127.0.0.1:1/{p}"));
             c.check().unwrap();
             assert_eq!(c.upstreams.len(), neighbours(z).len());
         }
-        let at = ZonePlacement { dir: &dir, certs: &dir, port: 7443, nats_url: None };
+        let at = ZonePlacement {
+            dir: &dir,
+            certs: &dir,
+            port: 7443,
+            nats_url: None,
+        };
         let a = reference_zone_config("plant-a", &at, &|_| String::new());
         assert_eq!(a.next_hop("enterprise"), Some("idmz"));
         assert_eq!(a.next_hop("plant-b"), Some("idmz"));

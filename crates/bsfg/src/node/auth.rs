@@ -70,7 +70,13 @@ impl Auth {
             import: FactPolicy::default(),
         });
         let buckets = config.buckets.iter().map(|b| b.name.clone()).collect();
-        Self { zone: config.zone.clone(), buckets, mode: config.tls.mode, by_identity, dev }
+        Self {
+            zone: config.zone.clone(),
+            buckets,
+            mode: config.tls.mode,
+            by_identity,
+            dev,
+        }
     }
 
     /// Identifies the caller of a request: as its connection was
@@ -84,23 +90,44 @@ impl Auth {
 
     /// Identifies a caller from its verified certificate chain (leaf
     /// first), before anything of its request is read.
-    pub fn identify(&self, chain: Option<&[rustls::pki_types::CertificateDer<'static>]>) -> Result<Caller, Unidentified> {
+    pub fn identify(
+        &self,
+        chain: Option<&[rustls::pki_types::CertificateDer<'static>]>,
+    ) -> Result<Caller, Unidentified> {
         if self.mode == TlsMode::PlaintextDev {
-            return Ok(Caller { principal: self.dev.clone(), identity: "plaintext-dev".into(), fingerprint: String::new() });
+            return Ok(Caller {
+                principal: self.dev.clone(),
+                identity: "plaintext-dev".into(),
+                fingerprint: String::new(),
+            });
         }
-        let unidentified = |names: Vec<String>, fingerprint: String, message: String| Unidentified {
-            names,
-            fingerprint,
-            rejection: Rejection::new(Code::PermissionDenied, "unknown_identity", message),
-        };
+        let unidentified =
+            |names: Vec<String>, fingerprint: String, message: String| Unidentified {
+                names,
+                fingerprint,
+                rejection: Rejection::new(Code::PermissionDenied, "unknown_identity", message),
+            };
         let Some(leaf) = chain.and_then(|c| c.first()) else {
-            return Err(unidentified(vec![], String::new(), "no client certificate was presented".into()));
+            return Err(unidentified(
+                vec![],
+                String::new(),
+                "no client certificate was presented".into(),
+            ));
         };
-        let id = crate::tls::identity::of_certificate(leaf.as_ref())
-            .map_err(|e| unidentified(vec![], crate::tls::identity::fingerprint(leaf.as_ref()), e.to_string()))?;
+        let id = crate::tls::identity::of_certificate(leaf.as_ref()).map_err(|e| {
+            unidentified(
+                vec![],
+                crate::tls::identity::fingerprint(leaf.as_ref()),
+                e.to_string(),
+            )
+        })?;
         for name in &id.names {
             if let Some(p) = self.by_identity.get(name) {
-                return Ok(Caller { principal: p.clone(), identity: name.clone(), fingerprint: id.fingerprint });
+                return Ok(Caller {
+                    principal: p.clone(),
+                    identity: name.clone(),
+                    fingerprint: id.fingerprint,
+                });
             }
         }
         let message = format!(
@@ -126,7 +153,10 @@ impl Auth {
         };
         Err(denied(
             "from_zone_not_allowed",
-            format!("principal {} may assert from_zone {:?} only, not {from_zone:?}", p.name, allowed),
+            format!(
+                "principal {} may assert from_zone {:?} only, not {from_zone:?}",
+                p.name, allowed
+            ),
         ))
     }
 
@@ -135,16 +165,35 @@ impl Auth {
         if caller.principal.kind != PrincipalKind::Peer {
             return Ok(());
         }
-        caller.principal.import.check(crossing).map_err(|r| denied(r.reason, format!("import from {}: {}", caller.principal.name, r.message)))
+        caller.principal.import.check(crossing).map_err(|r| {
+            denied(
+                r.reason,
+                format!("import from {}: {}", caller.principal.name, r.message),
+            )
+        })
     }
 
-    pub fn check_consumer(&self, caller: &Caller, consumer: &str, category: &str) -> Result<(), Rejection> {
+    pub fn check_consumer(
+        &self,
+        caller: &Caller,
+        consumer: &str,
+        category: &str,
+    ) -> Result<(), Rejection> {
         let p = &caller.principal;
         if !p.consumers.iter().any(|c| c == consumer) {
-            return Err(denied("consumer_not_allowed", format!("principal {} may not use consumer {consumer}", p.name)));
+            return Err(denied(
+                "consumer_not_allowed",
+                format!("principal {} may not use consumer {consumer}", p.name),
+            ));
         }
-        if p.kind == PrincipalKind::Peer && !p.export.categories.is_empty() && !p.export.categories.iter().any(|c| c == category) {
-            return Err(denied("category_not_exported", format!("category {category} is not exported to peer {}", p.name)));
+        if p.kind == PrincipalKind::Peer
+            && !p.export.categories.is_empty()
+            && !p.export.categories.iter().any(|c| c == category)
+        {
+            return Err(denied(
+                "category_not_exported",
+                format!("category {category} is not exported to peer {}", p.name),
+            ));
         }
         Ok(())
     }
@@ -156,24 +205,46 @@ impl Auth {
         }
         Err(denied(
             "operator_required",
-            format!("principal {} is not an operator of zone {}; {what} needs operator = true in its [[principals]] entry", caller.principal.name, self.zone),
+            format!(
+                "principal {} is not an operator of zone {}; {what} needs operator = true in its [[principals]] entry",
+                caller.principal.name, self.zone
+            ),
         ))
     }
 
     /// A malformed or unconfigured bucket is reported as such (bucket names
     /// are configuration, not secrets); a configured one needs the right.
-    pub fn check_bucket(&self, caller: &Caller, bucket: &str, write: bool) -> Result<(), Rejection> {
+    pub fn check_bucket(
+        &self,
+        caller: &Caller,
+        bucket: &str,
+        write: bool,
+    ) -> Result<(), Rejection> {
         bsfg_domain::validate::bucket(bucket)?;
         if !self.buckets.iter().any(|b| b == bucket) {
-            return Err(Rejection::new(Code::NotFound, "unknown_bucket", format!("bucket {bucket:?} is not configured in zone {} (configured: {:?})", self.zone, self.buckets)));
+            return Err(Rejection::new(
+                Code::NotFound,
+                "unknown_bucket",
+                format!(
+                    "bucket {bucket:?} is not configured in zone {} (configured: {:?})",
+                    self.zone, self.buckets
+                ),
+            ));
         }
         let p = &caller.principal;
-        let list = if write { &p.buckets_write } else { &p.buckets_read };
+        let list = if write {
+            &p.buckets_write
+        } else {
+            &p.buckets_read
+        };
         if list.iter().any(|b| b == bucket) {
             return Ok(());
         }
         let verb = if write { "write" } else { "read" };
-        Err(denied("bucket_not_allowed", format!("principal {} may not {verb} bucket {bucket}", p.name)))
+        Err(denied(
+            "bucket_not_allowed",
+            format!("principal {} may not {verb} bucket {bucket}", p.name),
+        ))
     }
 
     /// A peer's export policy (None for apps: they see their consumers whole).

@@ -25,5 +25,6 @@ pub fn to_connect(r: Rejection) -> ConnectError {
     if let Ok(value) = http::HeaderValue::from_str(r.reason) {
         headers.insert("bsfg-reason", value);
     }
-    ConnectError::new(connect_code(r.code), format!("{}: {}", r.reason, r.message)).with_headers(headers)
+    ConnectError::new(connect_code(r.code), format!("{}: {}", r.reason, r.message))
+        .with_headers(headers)
 }

@@ -14,9 +14,9 @@ pub mod ops_http;
 pub mod service;
 
 use crate::config::{TlsMode, ZoneConfig};
-use crate::tls::server::{ReloadingTls, TlsFiles};
 use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::tls::server::{ReloadingTls, TlsFiles};
 use bsfg_proto::bsfg::v1::{BoundaryServiceExt as _, OperationsServiceExt as _};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -98,13 +98,22 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningNode> {
         Some(_) => None,
         None => Some(nats_server::start(&config).await?),
     };
-    let url = config.nats.url.clone().or_else(|| embedded.as_ref().map(|e| e.url.clone())).expect("one of the two");
+    let url = config
+        .nats
+        .url
+        .clone()
+        .or_else(|| embedded.as_ref().map(|e| e.url.clone()))
+        .expect("one of the two");
     let metrics = Arc::new(Metrics::new());
     let login = match &embedded {
-        Some(e) => crate::store::Login::UserPassword { user: e.auth.user.clone(), password: e.auth.password.clone() },
+        Some(e) => crate::store::Login::UserPassword {
+            user: e.auth.user.clone(),
+            password: e.auth.password.clone(),
+        },
         None => crate::store::Login::from_config(&config.nats)?,
     };
-    let store = Arc::new(open_store_with_retry(&url, &login, config.clone(), metrics.clone()).await?);
+    let store =
+        Arc::new(open_store_with_retry(&url, &login, config.clone(), metrics.clone()).await?);
 
     let retention = tokio::spawn(crate::store::retention::run(
         store.client.clone(),
@@ -116,7 +125,11 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningNode> {
 
     let ops_listener = tokio::net::TcpListener::bind(config.ops_listen).await?;
     let ops_addr = ops_listener.local_addr()?;
-    let ops = tokio::spawn(ops_http::serve(ops_listener, metrics.clone(), store.clone()));
+    let ops = tokio::spawn(ops_http::serve(
+        ops_listener,
+        metrics.clone(),
+        store.clone(),
+    ));
 
     let tls = match config.tls.mode {
         TlsMode::Mtls => {
@@ -128,18 +141,29 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningNode> {
             Some(ReloadingTls::load(files)?)
         }
         TlsMode::PlaintextDev => {
-            tracing::warn!("*** PLAINTEXT-DEV MODE: the boundary port has NO TLS and NO authentication; every caller has every right. Never use this outside development. ***");
+            tracing::warn!(
+                "*** PLAINTEXT-DEV MODE: the boundary port has NO TLS and NO authentication; every caller has every right. Never use this outside development. ***"
+            );
             None
         }
     };
     let mut tasks = Vec::new();
     if let Some(embedded) = &embedded {
-        tasks.push(embedded.watch_storage(store.disk.clone(), store.jetstream_health.clone(), metrics.clone()));
+        tasks.push(embedded.watch_storage(
+            store.disk.clone(),
+            store.jetstream_health.clone(),
+            metrics.clone(),
+        ));
     }
     if let Some(tls) = &tls {
-        tasks.push(tokio::spawn(crate::tls::server::watch(tls.clone(), metrics.clone(), config.tls.reload_interval)));
+        tasks.push(tokio::spawn(crate::tls::server::watch(
+            tls.clone(),
+            metrics.clone(),
+            config.tls.reload_interval,
+        )));
     }
-    let (audit, audit_tasks) = audit::Audit::start(&config.zone, store.facts.clone(), metrics.clone());
+    let (audit, audit_tasks) =
+        audit::Audit::start(&config.zone, store.facts.clone(), metrics.clone());
     tasks.extend(audit_tasks);
     let peer_tls = match config.tls.mode {
         TlsMode::Mtls => Some(crate::replicator::PeerTls {
@@ -149,9 +173,18 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningNode> {
         }),
         TlsMode::PlaintextDev => None,
     };
-    let (replicator, replication_tasks) = crate::replicator::start(config.clone(), store.clone(), metrics.clone(), audit.clone(), peer_tls)?;
+    let (replicator, replication_tasks) = crate::replicator::start(
+        config.clone(),
+        store.clone(),
+        metrics.clone(),
+        audit.clone(),
+        peer_tls,
+    )?;
     tasks.extend(replication_tasks);
-    tasks.push(tokio::spawn(crate::replicator::publish_confirm_age(replicator.clone(), metrics.clone())));
+    tasks.push(tokio::spawn(crate::replicator::publish_confirm_age(
+        replicator.clone(),
+        metrics.clone(),
+    )));
     let audit_for_gate = audit.clone();
     let service = Arc::new(service::Boundary {
         config: config.clone(),
@@ -185,11 +218,26 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningNode> {
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let boundary_addr = listener.local_addr()?;
     let server_tls = tls.as_ref().map(|t| t.server_config()).transpose()?;
-    let server_task = tokio::spawn(boundary::listener::serve(listener, server_tls, gate, listener_settings(&config), metrics.clone()));
+    let server_task = tokio::spawn(boundary::listener::serve(
+        listener,
+        server_tls,
+        gate,
+        listener_settings(&config),
+        metrics.clone(),
+    ));
     tracing::info!(zone = %config.zone, boundary = %boundary_addr, ops = %ops_addr, nats = %url, "zone node ready");
     let mut all_tasks = vec![server_task, retention, ops];
     all_tasks.extend(tasks);
-    Ok(RunningNode { boundary_addr, ops_addr, store, metrics, tls, replicator, _embedded: embedded, tasks: all_tasks })
+    Ok(RunningNode {
+        boundary_addr,
+        ops_addr,
+        store,
+        metrics,
+        tls,
+        replicator,
+        _embedded: embedded,
+        tasks: all_tasks,
+    })
 }
 
 /// What to do when JetStream refuses to reserve the zone's streams and
@@ -205,21 +253,41 @@ fn storage_refused(config: &ZoneConfig) -> String {
     )
 }
 
-async fn open_store_with_retry(url: &str, login: &crate::store::Login, config: Arc<ZoneConfig>, metrics: Arc<Metrics>) -> anyhow::Result<Store> {
+async fn open_store_with_retry(
+    url: &str,
+    login: &crate::store::Login,
+    config: Arc<ZoneConfig>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Store> {
     let deadline = tokio::time::Instant::now() + STORE_READY_TIMEOUT;
     let mut delay = Duration::from_millis(50);
     loop {
-        match tokio::time::timeout(Duration::from_secs(10), Store::open(url, login, config.clone(), metrics.clone())).await {
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            Store::open(url, login, config.clone(), metrics.clone()),
+        )
+        .await
+        {
             Ok(Ok(store)) => return Ok(store),
             // Retrying cannot help: the configured capacity does not fit.
-            Ok(Err(e)) if format!("{e:#}").contains("10047") => return Err(e.context(storage_refused(&config))),
+            Ok(Err(e)) if format!("{e:#}").contains("10047") => {
+                return Err(e.context(storage_refused(&config)));
+            }
             Ok(Err(e)) if e.downcast_ref::<crate::store::WrongDomain>().is_some() => return Err(e),
             Ok(Err(e)) if tokio::time::Instant::now() < deadline => {
                 tracing::info!(error = %e, "zone store not ready yet; retrying");
             }
-            Ok(Err(e)) => return Err(e.context(format!("zone store at {url} not ready after {STORE_READY_TIMEOUT:?}"))),
-            Err(_) if tokio::time::Instant::now() < deadline => tracing::info!("zone store slow to answer; retrying"),
-            Err(_) => anyhow::bail!("zone store at {url} did not answer within {STORE_READY_TIMEOUT:?}"),
+            Ok(Err(e)) => {
+                return Err(e.context(format!(
+                    "zone store at {url} not ready after {STORE_READY_TIMEOUT:?}"
+                )));
+            }
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tracing::info!("zone store slow to answer; retrying")
+            }
+            Err(_) => {
+                anyhow::bail!("zone store at {url} did not answer within {STORE_READY_TIMEOUT:?}")
+            }
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(1));

@@ -27,7 +27,9 @@ struct RestartBackoff {
 
 impl RestartBackoff {
     fn new() -> Self {
-        Self { next: RESTART_BACKOFF_MIN }
+        Self {
+            next: RESTART_BACKOFF_MIN,
+        }
     }
 
     /// The delay before restarting a server that ran for `ran_for` before it
@@ -75,13 +77,19 @@ pub struct ServerAuth {
 
 impl ServerAuth {
     pub fn generate() -> Self {
-        Self { user: "bsfg".into(), password: hex::encode(rand::random::<[u8; 32]>()) }
+        Self {
+            user: "bsfg".into(),
+            password: hex::encode(rand::random::<[u8; 32]>()),
+        }
     }
 }
 
 impl std::fmt::Debug for ServerAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerAuth").field("user", &self.user).field("password", &"<redacted>").finish()
+        f.debug_struct("ServerAuth")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
     }
 }
 
@@ -119,7 +127,9 @@ pub fn find_binary(configured: Option<&Path>) -> anyhow::Result<PathBuf> {
             return Ok(candidate);
         }
     }
-    anyhow::bail!("nats-server not found: run scripts/setup.sh, set BSFG_NATS_SERVER, or set [nats] url")
+    anyhow::bail!(
+        "nats-server not found: run scripts/setup.sh, set BSFG_NATS_SERVER, or set [nats] url"
+    )
 }
 
 /// A loopback port that is free now, for a server started a moment later.
@@ -139,13 +149,20 @@ pub fn free_port() -> anyhow::Result<u16> {
             return Ok(port);
         }
     }
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Writes the nats-server configuration for a zone (owner-only, see
 /// [`crate::owner_only`]), syncing every write
 /// (the safe default; see [`write_server_config_with_sync`]).
-pub fn write_server_config(path: &Path, zone: &str, port: u16, store_dir: &Path) -> anyhow::Result<()> {
+pub fn write_server_config(
+    path: &Path,
+    zone: &str,
+    port: u16,
+    store_dir: &Path,
+) -> anyhow::Result<()> {
     write_server_config_with_sync(path, zone, port, store_dir, "always")
 }
 
@@ -153,28 +170,52 @@ pub fn write_server_config(path: &Path, zone: &str, port: u16, store_dir: &Path)
 /// it is fsynced, so an acknowledged fact survives a power cut. A duration
 /// (e.g. `1s`) syncs periodically: faster, but a power cut (not a process
 /// crash) can lose up to that much acknowledged data.
-pub fn write_server_config_with_sync(path: &Path, zone: &str, port: u16, store_dir: &Path, sync_interval: &str) -> anyhow::Result<()> {
+pub fn write_server_config_with_sync(
+    path: &Path,
+    zone: &str,
+    port: u16,
+    store_dir: &Path,
+    sync_interval: &str,
+) -> anyhow::Result<()> {
     write_config(path, zone, port, store_dir, sync_interval, None)
 }
 
 /// The configuration text; with `auth`, clients must log in as its user.
-fn write_config(path: &Path, zone: &str, port: u16, store_dir: &Path, sync_interval: &str, auth: Option<&ServerAuth>) -> anyhow::Result<()> {
+fn write_config(
+    path: &Path,
+    zone: &str,
+    port: u16,
+    store_dir: &Path,
+    sync_interval: &str,
+    auth: Option<&ServerAuth>,
+) -> anyhow::Result<()> {
     let mut text = format!(
         "server_name: \"bsfg-{zone}\"\nlisten: \"127.0.0.1:{port}\"\nmax_payload: 8MB\njetstream {{\n  domain: \"{zone}\"\n  store_dir: \"{}\"\n  sync_interval: {sync_interval}\n}}\n",
         store_dir.display()
     );
     if let Some(auth) = auth {
-        text.push_str(&format!("authorization {{\n  user: \"{}\"\n  password: \"{}\"\n}}\n", auth.user, auth.password));
+        text.push_str(&format!(
+            "authorization {{\n  user: \"{}\"\n  password: \"{}\"\n}}\n",
+            auth.user, auth.password
+        ));
     }
     crate::owner_only::write(path, text.as_bytes())?;
     Ok(())
 }
 
 fn spawn(binary: &Path, config_path: &Path, log_path: &Path) -> anyhow::Result<Child> {
-    let log = crate::owner_only::open_options().create(true).append(true).open(log_path)?;
+    let log = crate::owner_only::open_options()
+        .create(true)
+        .append(true)
+        .open(log_path)?;
     crate::owner_only::restrict(&log)?;
     let mut command = Command::new(binary);
-    command.arg("-c").arg(config_path).stdout(log.try_clone()?).stderr(log).kill_on_drop(true);
+    command
+        .arg("-c")
+        .arg(config_path)
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true);
     // The embedded server belongs to this node: if the node dies, even by
     // SIGKILL, the kernel stops the server too (no orphaned zone store).
     // SAFETY: prctl is async-signal-safe and touches no Rust state.
@@ -196,7 +237,12 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// (its port taken by another zone's server, a bad store) stops the node's
 /// start with the end of its log, instead of the node quietly using
 /// whatever else answers on that port.
-async fn wait_started(child: &mut Child, log_path: &Path, log_from: u64, port: u16) -> anyhow::Result<()> {
+async fn wait_started(
+    child: &mut Child,
+    log_path: &Path,
+    log_from: u64,
+    port: u16,
+) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + START_TIMEOUT;
     loop {
         let log = read_log_from(log_path, log_from);
@@ -204,7 +250,14 @@ async fn wait_started(child: &mut Child, log_path: &Path, log_from: u64, port: u
             return Ok(());
         }
         if let Some(status) = child.try_wait()? {
-            let tail: Vec<&str> = log.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
+            let tail: Vec<&str> = log
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
             anyhow::bail!(
                 "the embedded nats-server exited at start ({status}) on port {port}; its log {} ends: {}",
                 log_path.display(),
@@ -212,7 +265,10 @@ async fn wait_started(child: &mut Child, log_path: &Path, log_from: u64, port: u
             );
         }
         if tokio::time::Instant::now() > deadline {
-            anyhow::bail!("the embedded nats-server did not become ready within {START_TIMEOUT:?}; see {}", log_path.display());
+            anyhow::bail!(
+                "the embedded nats-server did not become ready within {START_TIMEOUT:?}; see {}",
+                log_path.display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -234,11 +290,22 @@ pub async fn start(config: &ZoneConfig) -> anyhow::Result<EmbeddedNats> {
     let store_dir = std::path::absolute(&config.nats.store_dir)?;
     // The store directory belongs to the node (and its server) alone.
     crate::owner_only::create_private_dir(&store_dir)?;
-    let port = if config.nats.port == 0 { free_port()? } else { config.nats.port };
+    let port = if config.nats.port == 0 {
+        free_port()?
+    } else {
+        config.nats.port
+    };
     let config_path = store_dir.join("nats-server.conf");
     let log_path = store_dir.join("nats-server.log");
     let auth = ServerAuth::generate();
-    write_config(&config_path, &config.zone, port, &store_dir, &config.nats.sync_interval, Some(&auth))?;
+    write_config(
+        &config_path,
+        &config.zone,
+        port,
+        &store_dir,
+        &config.nats.sync_interval,
+        Some(&auth),
+    )?;
     let log_from = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
     let mut child = spawn(&binary, &config_path, &log_path)?;
     wait_started(&mut child, &log_path, log_from, port).await?;
@@ -276,7 +343,13 @@ pub async fn start(config: &ZoneConfig) -> anyhow::Result<EmbeddedNats> {
             }
         }
     });
-    Ok(EmbeddedNats { url: format!("nats://127.0.0.1:{port}"), auth, log_path, restart, supervisor })
+    Ok(EmbeddedNats {
+        url: format!("nats://127.0.0.1:{port}"),
+        auth,
+        log_path,
+        restart,
+        supervisor,
+    })
 }
 
 /// The store's filesystem counts as exhausted below this many free bytes.
@@ -288,7 +361,11 @@ const RESTART_FREE_BYTES_MIN: u64 = 8 << 20;
 /// once does not make a restart loop).
 const STORAGE_RESTART_COOLDOWN: Duration = Duration::from_secs(10);
 /// What the server logs when its disk fails it (lower case).
-const STORAGE_ERRORS: [&str; 3] = ["no space left on device", "will be disabled", "jetstream out of"];
+const STORAGE_ERRORS: [&str; 3] = [
+    "no space left on device",
+    "will be disabled",
+    "jetstream out of",
+];
 
 /// Lines of the embedded server's log that tell of storage errors.
 fn storage_errors_in(log: &str) -> Option<&str> {
@@ -306,7 +383,12 @@ impl EmbeddedNats {
     /// store's filesystem seen exhausted (under 1 MiB free), or storage
     /// errors in the server's log (written once there is room for it
     /// again). While it lasts `/healthz` says `store_storage_error`.
-    pub fn watch_storage(&self, disk: Arc<crate::store::disk::DiskWatch>, health: Arc<crate::store::health::JetStreamHealth>, metrics: Arc<crate::metrics::Metrics>) -> tokio::task::JoinHandle<()> {
+    pub fn watch_storage(
+        &self,
+        disk: Arc<crate::store::disk::DiskWatch>,
+        health: Arc<crate::store::health::JetStreamHealth>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> tokio::task::JoinHandle<()> {
         let restart = self.restart.clone();
         let log_path = self.log_path.clone();
         tokio::spawn(async move {
@@ -332,14 +414,19 @@ impl EmbeddedNats {
                     if trouble.is_none()
                         && let Some(line) = storage_errors_in(&text)
                     {
-                        trouble = Some(format!("the embedded nats-server logged a storage error: {}", line.trim()));
+                        trouble = Some(format!(
+                            "the embedded nats-server logged a storage error: {}",
+                            line.trim()
+                        ));
                     }
                 }
                 let free = disk.store_free();
                 if trouble.is_none()
                     && let Some(free) = free.filter(|f| *f < EXHAUSTED_BYTES)
                 {
-                    trouble = Some(format!("the store's filesystem ran out of space ({free} bytes free)"));
+                    trouble = Some(format!(
+                        "the store's filesystem ran out of space ({free} bytes free)"
+                    ));
                 }
                 let Some(why) = &trouble else { continue };
                 if health.storage_fault().is_none() {
@@ -381,13 +468,22 @@ mod tests {
         let quick = Duration::from_secs(1);
         let delays: Vec<Duration> = (0..8).map(|_| backoff.after_exit(quick)).collect();
         let ms = |d: &[Duration]| d.iter().map(|d| d.as_millis()).collect::<Vec<_>>();
-        assert_eq!(ms(&delays), [200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]);
+        assert_eq!(
+            ms(&delays),
+            [200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]
+        );
         // A run just short of healthy keeps the maximum.
-        assert_eq!(backoff.after_exit(HEALTHY_RUN - Duration::from_millis(1)), RESTART_BACKOFF_MAX);
+        assert_eq!(
+            backoff.after_exit(HEALTHY_RUN - Duration::from_millis(1)),
+            RESTART_BACKOFF_MAX
+        );
         // After a healthy run the next crash is restarted at once again,
         // and a new crash loop backs off from the start.
         assert_eq!(backoff.after_exit(HEALTHY_RUN), RESTART_BACKOFF_MIN);
         assert_eq!(backoff.after_exit(quick), RESTART_BACKOFF_MIN * 2);
-        assert_eq!(backoff.after_exit(Duration::from_secs(3600)), RESTART_BACKOFF_MIN);
+        assert_eq!(
+            backoff.after_exit(Duration::from_secs(3600)),
+            RESTART_BACKOFF_MIN
+        );
     }
 }

@@ -50,12 +50,18 @@ impl Operations {
                     backlog: s.backlog,
                     lag_seconds: s.lag_seconds,
                     lag_seconds_high_watermark: s.lag_seconds_high_watermark,
-                    last_confirm_age_seconds: s.last_confirm_at.map(|t| t.elapsed().as_secs_f64()).unwrap_or(-1.0),
+                    last_confirm_age_seconds: s
+                        .last_confirm_at
+                        .map(|t| t.elapsed().as_secs_f64())
+                        .unwrap_or(-1.0),
                     facts_replicated: s.facts_replicated,
                     facts_refused: s.facts_refused,
                     objects_pulled: s.objects_pulled,
                     last_error: s.last_error,
-                    backlog_age_seconds: s.backlog_reported_at.map(|t| t.elapsed().as_secs_f64()).unwrap_or(-1.0),
+                    backlog_age_seconds: s
+                        .backlog_reported_at
+                        .map(|t| t.elapsed().as_secs_f64())
+                        .unwrap_or(-1.0),
                     ..Default::default()
                 }
             })
@@ -81,10 +87,20 @@ impl Operations {
             .store
             .facts
             .categories()
-            .map(|c| CategoryStatus { name: c.config.name.clone(), fill_percent: c.fill_percent(), ..Default::default() })
+            .map(|c| CategoryStatus {
+                name: c.config.name.clone(),
+                fill_percent: c.fill_percent(),
+                ..Default::default()
+            })
             .collect();
         categories.sort_by(|a, b| a.name.cmp(&b.name));
-        GetStatusResponse { zone: self.config.zone.clone(), links, consumers, categories, ..Default::default() }
+        GetStatusResponse {
+            zone: self.config.zone.clone(),
+            links,
+            consumers,
+            categories,
+            ..Default::default()
+        }
     }
 
     /// Records a refusal of an identified caller: audited (every refusal
@@ -92,30 +108,56 @@ impl Operations {
     /// node's own failures), counted in `bsfg_access_refusals` when it is
     /// an authorization refusal.
     async fn refused(&self, caller: &Caller, rpc: &'static str, key: &str, r: &Rejection) {
-        if matches!(r.code, Code::Unavailable | Code::Internal | Code::DataLoss | Code::DeadlineExceeded) {
+        if matches!(
+            r.code,
+            Code::Unavailable | Code::Internal | Code::DataLoss | Code::DeadlineExceeded
+        ) {
             return;
         }
         if r.code == Code::PermissionDenied {
-            self.metrics.access_refusals_total.get_or_create(&labels(&[("reason", r.reason)])).inc();
+            self.metrics
+                .access_refusals_total
+                .get_or_create(&labels(&[("reason", r.reason)]))
+                .inc();
         }
         self.audit
-            .record(AuditEvent::about(caller, rpc, "refused", key.to_string(), r.reason.to_string(), r.message.clone()))
+            .record(AuditEvent::about(
+                caller,
+                rpc,
+                "refused",
+                key.to_string(),
+                r.reason.to_string(),
+                r.message.clone(),
+            ))
             .await;
     }
 
     /// ResetConsumer after identification: the operator right, then the
     /// consumer, the position and the reset.
-    async fn reset(&self, caller: &Caller, request: &ResetConsumerRequest) -> Result<u64, Rejection> {
-        self.auth.check_operator(caller, "replaying a consumer (ResetConsumer)")?;
+    async fn reset(
+        &self,
+        caller: &Caller,
+        request: &ResetConsumerRequest,
+    ) -> Result<u64, Rejection> {
+        self.auth
+            .check_operator(caller, "replaying a consumer (ResetConsumer)")?;
         let consumer = self.store.consumers.config(&request.consumer_name)?;
         let start = match request.position {
             Some(reset_consumer_request::Position::Offset(o)) => StartPosition::Offset(o),
             Some(reset_consumer_request::Position::TimeUnixMs(ms)) => {
                 let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
                     .map_err(|e| Rejection::invalid("bad_time", e.to_string()))?;
-                StartPosition::Time(t.format(&time::format_description::well_known::Rfc3339).map_err(|e| Rejection::invalid("bad_time", e.to_string()))?)
+                StartPosition::Time(
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .map_err(|e| Rejection::invalid("bad_time", e.to_string()))?,
+                )
             }
-            None => return Err(Rejection::invalid("missing_field", "offset or time_unix_ms is required")),
+            None => {
+                return Err(Rejection::invalid(
+                    "missing_field",
+                    "offset or time_unix_ms is required",
+                ));
+            }
         };
         tracing::warn!(principal = %caller.principal.name, consumer = %consumer.name, ?start, "consumer reset requested");
         self.store.consumers.reset(&consumer.name, start).await
@@ -124,18 +166,37 @@ impl Operations {
 
 #[allow(refining_impl_trait)]
 impl OperationsService for Operations {
-    async fn get_status(&self, ctx: RequestContext, _request: ServiceRequest<'_, GetStatusRequest>) -> ServiceResult<GetStatusResponse> {
+    async fn get_status(
+        &self,
+        ctx: RequestContext,
+        _request: ServiceRequest<'_, GetStatusRequest>,
+    ) -> ServiceResult<GetStatusResponse> {
         let started = Instant::now();
         // The gate has already refused (and audited) an unknown identity.
-        let caller = self.auth.caller(&ctx).map_err(|u| to_connect(u.rejection))?;
+        let caller = self
+            .auth
+            .caller(&ctx)
+            .map_err(|u| to_connect(u.rejection))?;
         let status = self.status(&caller).await;
-        log_outcome("GetStatus", &caller.principal.name, started, &Ok::<(), Rejection>(()));
+        log_outcome(
+            "GetStatus",
+            &caller.principal.name,
+            started,
+            &Ok::<(), Rejection>(()),
+        );
         Ok(Response::new(status))
     }
 
-    async fn reset_consumer(&self, ctx: RequestContext, request: ServiceRequest<'_, ResetConsumerRequest>) -> ServiceResult<ResetConsumerResponse> {
+    async fn reset_consumer(
+        &self,
+        ctx: RequestContext,
+        request: ServiceRequest<'_, ResetConsumerRequest>,
+    ) -> ServiceResult<ResetConsumerResponse> {
         let started = Instant::now();
-        let caller = self.auth.caller(&ctx).map_err(|u| to_connect(u.rejection))?;
+        let caller = self
+            .auth
+            .caller(&ctx)
+            .map_err(|u| to_connect(u.rejection))?;
         let request = request.to_owned_message();
         let position = match request.position {
             Some(reset_consumer_request::Position::Offset(o)) => format!("offset {o}"),
@@ -149,11 +210,25 @@ impl OperationsService for Operations {
             // A replay changes what a consumer has been delivered: on the trail.
             Ok(frontier) => {
                 self.audit
-                    .record(AuditEvent::about(&caller, "ResetConsumer", "operated", key.clone(), "consumer_reset".into(), format!("frontier now {frontier}")))
+                    .record(AuditEvent::about(
+                        &caller,
+                        "ResetConsumer",
+                        "operated",
+                        key.clone(),
+                        "consumer_reset".into(),
+                        format!("frontier now {frontier}"),
+                    ))
                     .await
             }
         }
         log_outcome("ResetConsumer", &key, started, &result);
-        result.map(|frontier| Response::new(ResetConsumerResponse { frontier, ..Default::default() })).map_err(to_connect)
+        result
+            .map(|frontier| {
+                Response::new(ResetConsumerResponse {
+                    frontier,
+                    ..Default::default()
+                })
+            })
+            .map_err(to_connect)
     }
 }

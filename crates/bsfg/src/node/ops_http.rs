@@ -19,7 +19,9 @@ use tokio::net::TcpListener;
 
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, store: Arc<Store>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let metrics = metrics.clone();
         let store = store.clone();
         tokio::spawn(async move {
@@ -34,7 +36,10 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, store: Arc<Stor
                             Some(why) => (503, format!("{why}\n")),
                         },
                         "/livez" => (200, "ok\n".to_string()),
-                        _ => (404, "not found: try /metrics, /healthz or /livez\n".to_string()),
+                        _ => (
+                            404,
+                            "not found: try /metrics, /healthz or /livez\n".to_string(),
+                        ),
                     };
                     Ok::<_, std::convert::Infallible>(
                         Response::builder()

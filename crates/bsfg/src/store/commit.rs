@@ -47,22 +47,40 @@ impl CommitQueue {
 
     pub async fn append(&self, item: AppendItem) -> Result<Appended, Rejection> {
         let (reply, answer) = oneshot::channel();
-        self.queue.send(Pending { item, reply }).await.map_err(|_| stopped())?;
+        self.queue
+            .send(Pending { item, reply })
+            .await
+            .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 }
 
 fn stopped() -> Rejection {
-    Rejection::new(Code::Unavailable, "node_stopping", "the node is shutting down; retry against the restarted node")
+    Rejection::new(
+        Code::Unavailable,
+        "node_stopping",
+        "the node is shutting down; retry against the restarted node",
+    )
 }
 
-async fn run(log: Weak<FactLog>, mut pending: mpsc::Receiver<Pending>, config: CommitConfig, metrics: Arc<Metrics>) {
+async fn run(
+    log: Weak<FactLog>,
+    mut pending: mpsc::Receiver<Pending>,
+    config: CommitConfig,
+    metrics: Arc<Metrics>,
+) {
     let in_flight = Arc::new(Semaphore::new(config.batches_in_flight_max.max(1)));
     loop {
         // Take the permit before the batch: while every batch slot is busy,
         // arrivals keep queueing and the next batch grows.
-        let permit = in_flight.clone().acquire_owned().await.expect("semaphore is never closed");
-        let Some(first) = pending.recv().await else { return };
+        let permit = in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore is never closed");
+        let Some(first) = pending.recv().await else {
+            return;
+        };
         let mut batch = Vec::with_capacity(config.batch_facts_max.min(64));
         batch.push(first);
         while batch.len() < config.batch_facts_max {
@@ -74,7 +92,8 @@ async fn run(log: Weak<FactLog>, mut pending: mpsc::Receiver<Pending>, config: C
         metrics.commit_batch_facts.observe(batch.len() as f64);
         let Some(log) = log.upgrade() else { return };
         tokio::spawn(async move {
-            let (items, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.item, p.reply)).unzip();
+            let (items, replies): (Vec<_>, Vec<_>) =
+                batch.into_iter().map(|p| (p.item, p.reply)).unzip();
             let results = log.append_batch(items, super::facts::Order::Any).await;
             debug_assert_eq!(results.len(), replies.len());
             for (reply, result) in replies.into_iter().zip(results) {
@@ -116,7 +135,10 @@ impl KeyGuard {
                 let mut in_flight = self.in_flight.lock().expect("key guard poisoned");
                 if distinct.iter().all(|t| !in_flight.contains(t)) {
                     in_flight.extend(distinct.iter().cloned());
-                    return HeldKeys { guard: self, tokens: distinct };
+                    return HeldKeys {
+                        guard: self,
+                        tokens: distinct,
+                    };
                 }
             }
             released.await;
@@ -145,7 +167,8 @@ mod tests {
         let guard = Arc::new(KeyGuard::default());
         let held = guard.hold(&["a".into(), "b".into()]).await;
         // Disjoint keys are held at once.
-        let other = tokio::time::timeout(Duration::from_millis(100), guard.hold(&["c".into()])).await;
+        let other =
+            tokio::time::timeout(Duration::from_millis(100), guard.hold(&["c".into()])).await;
         assert!(other.is_ok(), "disjoint keys must not wait");
         drop(other);
         // An overlapping set waits until the first holder releases.
@@ -156,7 +179,13 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiter.is_finished(), "an overlapping key must wait");
         drop(held);
-        tokio::time::timeout(Duration::from_secs(1), waiter).await.expect("released keys wake the waiter").unwrap();
-        assert!(guard.in_flight.lock().unwrap().is_empty(), "every key is released");
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("released keys wake the waiter")
+            .unwrap();
+        assert!(
+            guard.in_flight.lock().unwrap().is_empty(),
+            "every key is released"
+        );
     }
 }

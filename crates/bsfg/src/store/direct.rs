@@ -40,29 +40,60 @@ impl DirectGets {
             }
         })
         .await?;
-        Ok(Self { client, replies, waiting, next_request: AtomicU64::new(1), timeout })
+        Ok(Self {
+            client,
+            replies,
+            waiting,
+            next_request: AtomicU64::new(1),
+            timeout,
+        })
     }
 
     /// Up to `batch` messages of `subject` from sequence `from` on, at most
     /// about `bytes_max` bytes, in sequence order.
-    pub async fn next_batch(&self, stream: &str, subject: &str, from: u64, batch: usize, bytes_max: usize) -> Result<Vec<StreamMessage>, Rejection> {
+    pub async fn next_batch(
+        &self,
+        stream: &str,
+        subject: &str,
+        from: u64,
+        batch: usize,
+        bytes_max: usize,
+    ) -> Result<Vec<StreamMessage>, Rejection> {
         let body = serde_json::json!({ "seq": from.max(1), "next_by_subj": subject, "batch": batch, "max_bytes": bytes_max });
         self.request(stream, body, "reading stored chunks").await
     }
 
     /// One direct-get request and all its replies, within the timeout.
-    async fn request(&self, stream: &str, body: serde_json::Value, what: &str) -> Result<Vec<StreamMessage>, Rejection> {
+    async fn request(
+        &self,
+        stream: &str,
+        body: serde_json::Value,
+        what: &str,
+    ) -> Result<Vec<StreamMessage>, Rejection> {
         tokio::time::timeout(self.timeout, self.request_untimed(stream, body, what))
             .await
-            .map_err(|_| unavailable(what, format!("no complete answer within {:?}", self.timeout)))?
+            .map_err(|_| {
+                unavailable(
+                    what,
+                    format!("no complete answer within {:?}", self.timeout),
+                )
+            })?
     }
 
-    async fn request_untimed(&self, stream: &str, body: serde_json::Value, what: &str) -> Result<Vec<StreamMessage>, Rejection> {
+    async fn request_untimed(
+        &self,
+        stream: &str,
+        body: serde_json::Value,
+        what: &str,
+    ) -> Result<Vec<StreamMessage>, Rejection> {
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
         // Replies are bounded by the request (its batch, plus the marker).
         let (tx, mut replies) = mpsc::unbounded_channel();
         self.waiting.lock().expect("router lock").insert(id, tx);
-        let _registered = Registered { waiting: &self.waiting, id };
+        let _registered = Registered {
+            waiting: &self.waiting,
+            id,
+        };
         let body = serde_json::to_vec(&body).expect("json");
         let reply = self.replies.reply_to(format_args!("{id}"));
         self.client
@@ -73,11 +104,19 @@ impl DirectGets {
         while let Some(message) = replies.recv().await {
             match message.status.map(u16::from) {
                 None | Some(200) => {
-                    messages.push(StreamMessage::try_from(message).map_err(|e| unavailable(what, format!("undecodable reply: {e}")))?);
+                    messages.push(
+                        StreamMessage::try_from(message)
+                            .map_err(|e| unavailable(what, format!("undecodable reply: {e}")))?,
+                    );
                 }
                 // End of batch, or nothing matched at all.
                 Some(204) | Some(404) => return Ok(messages),
-                Some(code) => return Err(unavailable(what, format!("status {code} {}", message.description.unwrap_or_default()))),
+                Some(code) => {
+                    return Err(unavailable(
+                        what,
+                        format!("status {code} {}", message.description.unwrap_or_default()),
+                    ));
+                }
             }
         }
         Err(unavailable(what, "the reply router stopped"))

@@ -58,11 +58,22 @@ impl DiskWatch {
     /// Watches `store_dir` (None: an external server, not watched) and the
     /// key index file's filesystem; reads them once before returning, so
     /// the first append is already judged.
-    pub fn new(store_dir: Option<&Path>, key_index: &Path, floor: u64, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(
+        store_dir: Option<&Path>,
+        key_index: &Path,
+        floor: u64,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         let mut watched = Vec::new();
         let mut watch = |role, what, path: &Path| {
             let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-            watched.push(Watched { role, what, path, free: AtomicU64::new(UNKNOWN), below: AtomicBool::new(false) });
+            watched.push(Watched {
+                role,
+                what,
+                path,
+                free: AtomicU64::new(UNKNOWN),
+                below: AtomicBool::new(false),
+            });
         };
         match store_dir {
             Some(dir) => watch("store", "the zone store", dir),
@@ -72,7 +83,11 @@ impl DiskWatch {
             ),
         }
         watch("key_index", "the key index", key_index);
-        let disk = Arc::new(Self { floor, watched, metrics });
+        let disk = Arc::new(Self {
+            floor,
+            watched,
+            metrics,
+        });
         disk.poll();
         disk
     }
@@ -93,7 +108,13 @@ impl DiskWatch {
             w.free.store(free, Ordering::Release);
             let below = free != UNKNOWN && free < self.floor;
             if free != UNKNOWN {
-                self.metrics.store_free_bytes.get_or_create(&labels(&[("filesystem", w.role), ("path", &w.path.display().to_string())])).set(free.min(i64::MAX as u64) as i64);
+                self.metrics
+                    .store_free_bytes
+                    .get_or_create(&labels(&[
+                        ("filesystem", w.role),
+                        ("path", &w.path.display().to_string()),
+                    ]))
+                    .set(free.min(i64::MAX as u64) as i64);
             }
             if w.below.swap(below, Ordering::AcqRel) != below {
                 if below {
@@ -108,7 +129,9 @@ impl DiskWatch {
 
     /// The first watched filesystem below the floor: (role, path, free).
     fn below_floor(&self) -> Option<&Watched> {
-        self.watched.iter().find(|w| w.below.load(Ordering::Acquire))
+        self.watched
+            .iter()
+            .find(|w| w.below.load(Ordering::Acquire))
     }
 
     /// A one-line reason while some watched filesystem is below the floor.
@@ -131,14 +154,20 @@ impl DiskWatch {
             Some(why) => Err(Rejection::new(
                 Code::ResourceExhausted,
                 "disk_full",
-                format!("{why}; appends are refused until space is freed (what is stored stays readable and confirmable), retry with backoff"),
+                format!(
+                    "{why}; appends are refused until space is freed (what is stored stays readable and confirmable), retry with backoff"
+                ),
             )),
         }
     }
 
     /// Free bytes of the store's filesystem (None: not watched or unknown).
     pub fn store_free(&self) -> Option<u64> {
-        self.watched.iter().find(|w| w.role == "store").map(|w| w.free.load(Ordering::Acquire)).filter(|f| *f != UNKNOWN)
+        self.watched
+            .iter()
+            .find(|w| w.role == "store")
+            .map(|w| w.free.load(Ordering::Acquire))
+            .filter(|f| *f != UNKNOWN)
     }
 
     pub fn floor(&self) -> u64 {
@@ -155,7 +184,10 @@ impl DiskWatch {
                 ticker.tick().await;
                 let Some(disk) = weak.upgrade() else { return };
                 // statvfs may block (a network filesystem).
-                if tokio::task::spawn_blocking(move || disk.poll()).await.is_err() {
+                if tokio::task::spawn_blocking(move || disk.poll())
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -167,8 +199,12 @@ impl DiskWatch {
 /// nearest existing ancestor: a key index not created yet).
 fn free_bytes(path: &Path) -> std::io::Result<u64> {
     use std::os::unix::ffi::OsStrExt as _;
-    let existing = path.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
-    let c_path = std::ffi::CString::new(existing.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let existing = path
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    let c_path =
+        std::ffi::CString::new(existing.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
     let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: a valid NUL-terminated path and a statvfs owned here.
     if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
@@ -192,12 +228,26 @@ mod tests {
         assert!(open.store_free().is_some_and(|f| f > 0));
         let full = DiskWatch::new(Some(dir.path()), &index, u64::MAX - 1, metrics.clone());
         let refused = full.check().unwrap_err();
-        assert_eq!((refused.code, refused.reason), (Code::ResourceExhausted, "disk_full"));
-        assert!(refused.message.contains(&dir.path().display().to_string()) && refused.message.contains("the zone store"), "{}", refused.message);
+        assert_eq!(
+            (refused.code, refused.reason),
+            (Code::ResourceExhausted, "disk_full")
+        );
+        assert!(
+            refused.message.contains(&dir.path().display().to_string())
+                && refused.message.contains("the zone store"),
+            "{}",
+            refused.message
+        );
         assert!(metrics.render().contains("bsfg_disk_full 1"));
         // External server: only the key index is watched.
         let external = DiskWatch::new(None, &index, u64::MAX - 1, metrics);
-        assert!(external.check().unwrap_err().message.contains("the key index"));
+        assert!(
+            external
+                .check()
+                .unwrap_err()
+                .message
+                .contains("the key index")
+        );
         assert_eq!(external.store_free(), None);
     }
 }

@@ -16,9 +16,12 @@
 //! acknowledgement was lost, and the key index's gap filler reads such a
 //! fact in within a second.
 
+use super::commit::{CommitQueue, KeyGuard};
 use super::key_index::{IndexWriter, KeyIndex, Token, WriterStats, token_bytes};
+use super::publish::{Ack, ERR_WRONG_LAST_MSG_ID, Publisher};
 use super::{now_unix_ms, objects::Objects, unavailable};
 use crate::config::{CategoryConfig, ZoneConfig};
+use crate::metrics::{Metrics, labels};
 use async_nats::HeaderMap;
 use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::{self, stream};
@@ -27,11 +30,8 @@ use bsfg_domain::validate::ValidFact;
 use bsfg_domain::{Code, Rejection};
 use bsfg_proto::bsfg::v1::{Envelope, Provenance, StoredFact};
 use buffa::Message as _;
-use std::collections::HashMap;
-use super::commit::{CommitQueue, KeyGuard};
-use super::publish::{Ack, ERR_WRONG_LAST_MSG_ID, Publisher};
-use crate::metrics::{Metrics, labels};
 use futures::TryStreamExt as _;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -81,7 +81,10 @@ struct FillAccount {
 
 impl FillAccount {
     fn new(reported: u64) -> Self {
-        Self { reported: std::sync::Mutex::new((reported, 0)), appended: AtomicU64::new(0) }
+        Self {
+            reported: std::sync::Mutex::new((reported, 0)),
+            appended: AtomicU64::new(0),
+        }
     }
 
     /// An append acknowledged after the report was requested but already
@@ -89,7 +92,11 @@ impl FillAccount {
     /// toward full.
     fn bytes(&self) -> u64 {
         let (reported, appended_then) = *self.reported.lock().expect("fill accounting poisoned");
-        reported + self.appended.load(Ordering::Acquire).saturating_sub(appended_then)
+        reported
+            + self
+                .appended
+                .load(Ordering::Acquire)
+                .saturating_sub(appended_then)
     }
 
     fn add_appended(&self, bytes: u64) {
@@ -102,7 +109,8 @@ impl FillAccount {
     }
 
     fn set_reported(&self, reported: u64, appended_counter_before: u64) {
-        *self.reported.lock().expect("fill accounting poisoned") = (reported, appended_counter_before);
+        *self.reported.lock().expect("fill accounting poisoned") =
+            (reported, appended_counter_before);
     }
 }
 
@@ -304,13 +312,30 @@ impl FactLog {
             let bytes = stream.info().await?.state.bytes;
             categories.insert(
                 c.name.clone(),
-                Category { config: c.clone(), stream, position, fill: FillAccount::new(bytes) },
+                Category {
+                    config: c.clone(),
+                    stream,
+                    position,
+                    fill: FillAccount::new(bytes),
+                },
             );
         }
         let names: Vec<String> = config.categories.iter().map(|c| c.name.clone()).collect();
-        let index = Arc::new(open_key_index(config.key_index_path(), names, config.commit.key_index_buffered_facts_max, config.commit.key_filter_bytes).await?);
+        let index = Arc::new(
+            open_key_index(
+                config.key_index_path(),
+                names,
+                config.commit.key_index_buffered_facts_max,
+                config.commit.key_filter_bytes,
+            )
+            .await?,
+        );
         let publisher = Publisher::start(jetstream.client()).await?;
-        let index_writer = IndexWriter::start(index.clone(), config.commit.key_index_sync_interval, config.commit.key_index_staged_facts_max);
+        let index_writer = IndexWriter::start(
+            index.clone(),
+            config.commit.key_index_sync_interval,
+            config.commit.key_index_staged_facts_max,
+        );
         let sync_interval = config.commit.key_index_sync_interval;
         let log = Arc::new_cyclic(|log| Self {
             commit: CommitQueue::start(log.clone(), config.commit.clone(), metrics.clone()),
@@ -328,7 +353,10 @@ impl FactLog {
             publisher,
             metrics,
         });
-        tokio::spawn(maintain_index(Arc::downgrade(&log), sync_interval.min(GAP_FILL_INTERVAL_MAX)));
+        tokio::spawn(maintain_index(
+            Arc::downgrade(&log),
+            sync_interval.min(GAP_FILL_INTERVAL_MAX),
+        ));
         Ok(log)
     }
 
@@ -362,7 +390,13 @@ impl FactLog {
         valid: ValidFact,
         provenance: Option<Provenance>,
     ) -> Result<Appended, Rejection> {
-        self.commit.append(AppendItem { envelope, valid, provenance }).await
+        self.commit
+            .append(AppendItem {
+                envelope,
+                valid,
+                provenance,
+            })
+            .await
     }
 
     /// Appends facts in order, one result per item. The publishes are
@@ -371,29 +405,51 @@ impl FactLog {
     /// order (per-origin order is kept) while one batch costs about one round
     /// trip instead of one per fact. With `Order::AsGiven` a fact is never
     /// stored after a later one of the same batch (see `Order`).
-    pub async fn append_batch(&self, items: Vec<AppendItem>, order: Order) -> Vec<Result<Appended, Rejection>> {
+    pub async fn append_batch(
+        &self,
+        items: Vec<AppendItem>,
+        order: Order,
+    ) -> Vec<Result<Appended, Rejection>> {
         let _epoch = match self.enter_index_epoch().await {
             Ok(epoch) => epoch,
             Err(r) => return items.iter().map(|_| Err(r.clone())).collect(),
         };
-        let tokens: Vec<String> = items.iter().map(|i| key_token(&i.envelope.from_zone, &i.envelope.message_id)).collect();
+        let tokens: Vec<String> = items
+            .iter()
+            .map(|i| key_token(&i.envelope.from_zone, &i.envelope.message_id))
+            .collect();
         let _held = self.keys.hold(&tokens).await;
         // A key that occurs twice in one batch must see its first occurrence
         // indexed before it is looked up, so it goes into a later round.
-        let mut results: Vec<Option<Result<Appended, Rejection>>> = (0..items.len()).map(|_| None).collect();
-        let mut waiting: Vec<(usize, AppendItem, String)> =
-            items.into_iter().zip(tokens).enumerate().map(|(i, (item, token))| (i, item, token)).collect();
+        let mut results: Vec<Option<Result<Appended, Rejection>>> =
+            (0..items.len()).map(|_| None).collect();
+        let mut waiting: Vec<(usize, AppendItem, String)> = items
+            .into_iter()
+            .zip(tokens)
+            .enumerate()
+            .map(|(i, (item, token))| (i, item, token))
+            .collect();
         while !waiting.is_empty() {
             let mut round_keys = std::collections::HashSet::new();
-            let (round, later): (Vec<_>, Vec<_>) = waiting.into_iter().partition(|(_, _, token)| round_keys.insert(token.clone()));
+            let (round, later): (Vec<_>, Vec<_>) = waiting
+                .into_iter()
+                .partition(|(_, _, token)| round_keys.insert(token.clone()));
             waiting = later;
-            let (indices, round): (Vec<usize>, Vec<(AppendItem, String)>) =
-                round.into_iter().map(|(i, item, token)| (i, (item, token))).unzip();
-            for (i, result) in indices.into_iter().zip(self.append_round(round, order).await) {
+            let (indices, round): (Vec<usize>, Vec<(AppendItem, String)>) = round
+                .into_iter()
+                .map(|(i, item, token)| (i, (item, token)))
+                .unzip();
+            for (i, result) in indices
+                .into_iter()
+                .zip(self.append_round(round, order).await)
+            {
                 results[i] = Some(result);
             }
         }
-        results.into_iter().map(|r| r.expect("every item has a result")).collect()
+        results
+            .into_iter()
+            .map(|r| r.expect("every item has a result"))
+            .collect()
     }
 
     /// Waits until the key index is ready and holds it there (a rebuild
@@ -413,7 +469,9 @@ impl FactLog {
     /// the index starts over, empty; the caller then reads every stream in
     /// again, as at start-up.
     async fn rebuild_index(&self) -> anyhow::Result<()> {
-        tracing::error!("a key index page is damaged (disk error, or the file was written by something else); rebuilding the index from the streams, appends wait until it is done");
+        tracing::error!(
+            "a key index page is damaged (disk error, or the file was written by something else); rebuilding the index from the streams, appends wait until it is done"
+        );
         self.metrics.key_index_ready.set(0);
         self.metrics.key_index_rebuilds_total.inc();
         let _no_batches = self.index_epoch.write().await;
@@ -434,10 +492,20 @@ impl FactLog {
     }
 
     /// One round of a batch: distinct keys, all held by the key guard.
-    async fn append_round(&self, items: Vec<(AppendItem, String)>, order: Order) -> Vec<Result<Appended, Rejection>> {
+    async fn append_round(
+        &self,
+        items: Vec<(AppendItem, String)>,
+        order: Order,
+    ) -> Vec<Result<Appended, Rejection>> {
         // Each fact's category, resolved once.
-        let homes: Vec<&CategoryConfig> = items.iter().map(|(item, _)| self.config.category_for_kind(&item.valid.subject_kind)).collect();
-        let tokens: Vec<Token> = items.iter().map(|(_, t)| token_bytes(t).expect("key tokens are 32 hex digits")).collect();
+        let homes: Vec<&CategoryConfig> = items
+            .iter()
+            .map(|(item, _)| self.config.category_for_kind(&item.valid.subject_kind))
+            .collect();
+        let tokens: Vec<Token> = items
+            .iter()
+            .map(|(_, t)| token_bytes(t).expect("key tokens are 32 hex digits"))
+            .collect();
         let found = match self.look_up(&tokens) {
             Ok(found) => found,
             Err(r) => return items.iter().map(|_| Err(r.clone())).collect(),
@@ -447,11 +515,18 @@ impl FactLog {
         // stored, attachments to check) wait, concurrently. Preparing the
         // common case inline, not as one future per fact, spares boxing and
         // moving those futures (6 % of a receiving node's CPU in a profile).
-        let mut prepared: Vec<Option<Result<Ready, Result<Appended, Rejection>>>> = Vec::with_capacity(items.len());
+        let mut prepared: Vec<Option<Result<Ready, Result<Appended, Rejection>>>> =
+            Vec::with_capacity(items.len());
         let mut waiting = Vec::new();
-        for ((((item, token), home), raw), found) in items.into_iter().zip(homes).zip(tokens).zip(found) {
+        for ((((item, token), home), raw), found) in
+            items.into_iter().zip(homes).zip(tokens).zip(found)
+        {
             if found.is_none() && item.valid.fact.attachments.is_empty() {
-                prepared.push(Some(self.refuse_if_full(home).map_err(Err).and_then(|()| self.encode(item, token, raw, home))));
+                prepared.push(Some(
+                    self.refuse_if_full(home)
+                        .map_err(Err)
+                        .and_then(|()| self.encode(item, token, raw, home)),
+                ));
             } else {
                 waiting.push((prepared.len(), self.prepare(item, token, raw, home, found)));
                 prepared.push(None);
@@ -519,7 +594,10 @@ impl FactLog {
             match f {
                 InFlight::Done(result) => finished.push(Some((result, None))),
                 InFlight::Sent(ready) => match acks.get_mut(slot).and_then(Option::take) {
-                    Some(Ack::Stored { sequence, duplicate: false }) => finished.push(Some(self.stored(sequence, ready))),
+                    Some(Ack::Stored {
+                        sequence,
+                        duplicate: false,
+                    }) => finished.push(Some(self.stored(sequence, ready))),
                     other => {
                         unusual.push((finished.len(), self.finish(other, ready)));
                         finished.push(None);
@@ -528,7 +606,10 @@ impl FactLog {
             }
         }
         fill_slots(&mut finished, unusual).await;
-        let finished = finished.into_iter().map(|f| f.expect("every fact was finished")).collect();
+        let finished = finished
+            .into_iter()
+            .map(|f| f.expect("every fact was finished"))
+            .collect();
         self.index_stored(finished).await
     }
 
@@ -536,13 +617,21 @@ impl FactLog {
     /// file (an entry leaves the stage only once it is in the file).
     fn look_up(&self, tokens: &[Token]) -> Result<Vec<Option<(usize, u64)>>, Rejection> {
         let mut found = self.index_writer.look_up_staged(tokens);
-        let misses: Vec<Token> = tokens.iter().zip(&found).filter(|(_, f)| f.is_none()).map(|(t, _)| *t).collect();
+        let misses: Vec<Token> = tokens
+            .iter()
+            .zip(&found)
+            .filter(|(_, f)| f.is_none())
+            .map(|(t, _)| *t)
+            .collect();
         if misses.is_empty() {
             return Ok(found);
         }
         // On this thread: a look-up reads one page from the OS page cache
         // (microseconds), and a hop to the blocking pool cost more.
-        let from_file = self.index.look_up(&misses).map_err(|e| index_unavailable("looking up idempotency keys", e))?;
+        let from_file = self
+            .index
+            .look_up(&misses)
+            .map_err(|e| index_unavailable("looking up idempotency keys", e))?;
         let mut from_file = from_file.into_iter();
         for slot in found.iter_mut().filter(|f| f.is_none()) {
             *slot = from_file.next().expect("one answer per miss");
@@ -555,11 +644,18 @@ impl FactLog {
     /// failing), their appends are answered as unavailable: they are stored,
     /// and a retry is a duplicate.
     async fn index_stored(&self, finished: Vec<Finished>) -> Vec<Result<Appended, Rejection>> {
-        let entries: Vec<(usize, Token, u64)> = finished.iter().filter(|(result, _)| result.is_ok()).filter_map(|(_, entry)| *entry).collect();
+        let entries: Vec<(usize, Token, u64)> = finished
+            .iter()
+            .filter(|(result, _)| result.is_ok())
+            .filter_map(|(_, entry)| *entry)
+            .collect();
         let Err(e) = self.index_writer.stage(&entries, INDEX_READY_WAIT).await else {
             return finished.into_iter().map(|(result, _)| result).collect();
         };
-        let refused = index_unavailable("recording stored facts (they are stored; retrying the same appends answers them as duplicates)", e);
+        let refused = index_unavailable(
+            "recording stored facts (they are stored; retrying the same appends answers them as duplicates)",
+            e,
+        );
         finished
             .into_iter()
             .map(|(result, entry)| match (result, entry) {
@@ -582,14 +678,26 @@ impl FactLog {
     ) -> Result<Ready, Result<Appended, Rejection>> {
         if let Some((position, offset)) = found {
             let home = &self.index.categories()[position];
-            if let Some(existing) = self.stored_under(home, offset, &raw_token).await.map_err(Err)? {
-                return Err(compare_existing(existing, &content_digest(&item.valid.fact), &item.envelope, home));
+            if let Some(existing) = self
+                .stored_under(home, offset, &raw_token)
+                .await
+                .map_err(Err)?
+            {
+                return Err(compare_existing(
+                    existing,
+                    &content_digest(&item.valid.fact),
+                    &item.envelope,
+                    home,
+                ));
             }
         }
         // Capacity before the attachments: a refused append must not freeze
         // the objects it names.
         self.refuse_if_full(category).map_err(Err)?;
-        self.objects.check_and_freeze(&item.valid.fact.attachments).await.map_err(Err)?;
+        self.objects
+            .check_and_freeze(&item.valid.fact.attachments)
+            .await
+            .map_err(Err)?;
         self.encode(item, token, raw_token, category)
     }
 
@@ -619,45 +727,94 @@ impl FactLog {
     /// Everything before the publish that does not wait: routing to a
     /// category, encoding the record (after `refuse_if_full`). `Err`
     /// carries a rejection.
-    fn encode(&self, item: AppendItem, token: String, raw_token: Token, category: &CategoryConfig) -> Result<Ready, Result<Appended, Rejection>> {
-        let AppendItem { envelope, valid, provenance } = item;
+    fn encode(
+        &self,
+        item: AppendItem,
+        token: String,
+        raw_token: Token,
+        category: &CategoryConfig,
+    ) -> Result<Ready, Result<Appended, Rejection>> {
+        let AppendItem {
+            envelope,
+            valid,
+            provenance,
+        } = item;
         let subject = fact_subject(&category.name, &valid.subject_kind);
         // The record takes the envelope and fact; the envelope comes back
         // after encoding (a duplicate's answer names it), nothing is copied.
         let mut record = StoredFact {
             offset: 0,
             category: category.name.clone(),
-            provenance: provenance.unwrap_or_else(|| Provenance { origin_zone: envelope.from_zone.clone(), ..Default::default() }).into(),
+            provenance: provenance
+                .unwrap_or_else(|| Provenance {
+                    origin_zone: envelope.from_zone.clone(),
+                    ..Default::default()
+                })
+                .into(),
             envelope: envelope.into(),
             fact: valid.fact.into(),
             appended_at_unix_ms: now_unix_ms(),
             ..Default::default()
         };
         let payload = record.encode_to_vec();
-        let envelope = record.envelope.take().expect("the record was given the envelope");
+        let envelope = record
+            .envelope
+            .take()
+            .expect("the record was given the envelope");
         if payload.len() > self.config.limits.fact_bytes_max {
             return Err(Err(Rejection::invalid(
                 "fact_too_large",
-                format!("the fact record is {} bytes; the limit is {}", payload.len(), self.config.limits.fact_bytes_max),
+                format!(
+                    "the fact record is {} bytes; the limit is {}",
+                    payload.len(),
+                    self.config.limits.fact_bytes_max
+                ),
             )));
         }
-        Ok(Ready { subject, category: category.name.clone(), token, raw_token, envelope, payload: payload.into() })
+        Ok(Ready {
+            subject,
+            category: category.name.clone(),
+            token,
+            raw_token,
+            envelope,
+            payload: payload.into(),
+        })
     }
 
     /// The fact stored at `offset` of `category` if it carries `token`. An
     /// index entry whose fact is gone (retention) or is another fact is
     /// dropped and the key counts as not stored.
-    async fn stored_under(&self, category: &str, offset: u64, token: &Token) -> Result<Option<StreamMessage>, Rejection> {
+    async fn stored_under(
+        &self,
+        category: &str,
+        offset: u64,
+        token: &Token,
+    ) -> Result<Option<StreamMessage>, Rejection> {
         use async_nats::jetstream::stream::DirectGetErrorKind;
         let log = &self.categories[category];
         match log.stream.direct_get(offset).await {
-            Ok(message) if header_value(&message, MSG_ID_HEADER).as_deref().and_then(token_bytes).as_ref() == Some(token) => {
+            Ok(message)
+                if header_value(&message, MSG_ID_HEADER)
+                    .as_deref()
+                    .and_then(token_bytes)
+                    .as_ref()
+                    == Some(token) =>
+            {
                 return Ok(Some(message));
             }
-            Ok(_) => tracing::error!(category, offset, "key index entry points at another fact; dropping the entry"),
+            Ok(_) => tracing::error!(
+                category,
+                offset,
+                "key index entry points at another fact; dropping the entry"
+            ),
             // Gone: retention truncated the fact before the index was pruned.
             Err(e) if e.kind() == DirectGetErrorKind::NotFound => {}
-            Err(e) => return Err(unavailable("reading back the fact stored under an idempotency key", e)),
+            Err(e) => {
+                return Err(unavailable(
+                    "reading back the fact stored under an idempotency key",
+                    e,
+                ));
+            }
         }
         let (category, token) = (category.to_string(), *token);
         self.blocking(move |index| index.forget(&category, &token, offset))
@@ -671,7 +828,14 @@ impl FactLog {
     fn stored(&self, offset: u64, ready: Ready) -> Finished {
         let log = &self.categories[&ready.category];
         log.fill.add_appended(ready.payload.len() as u64 + 100);
-        (Ok(Appended { offset, duplicate: false, category: ready.category }), Some((log.position, ready.raw_token, offset)))
+        (
+            Ok(Appended {
+                offset,
+                duplicate: false,
+                category: ready.category,
+            }),
+            Some((log.position, ready.raw_token, offset)),
+        )
     }
 
     /// Turns a JetStream acknowledgement (None: none within the request
@@ -680,40 +844,65 @@ impl FactLog {
         let log = &self.categories[&ready.category];
         let raw = ready.raw_token;
         match ack {
-            Some(Ack::Stored { sequence, duplicate: false }) => self.stored(sequence, ready),
+            Some(Ack::Stored {
+                sequence,
+                duplicate: false,
+            }) => self.stored(sequence, ready),
             // The duplicate window knew the key: an earlier attempt was
             // stored (its acknowledgement lost) but may not be indexed yet.
-            Some(Ack::Stored { sequence, duplicate: true }) => match self.stored_under(&ready.category, sequence, &raw).await {
+            Some(Ack::Stored {
+                sequence,
+                duplicate: true,
+            }) => match self.stored_under(&ready.category, sequence, &raw).await {
                 Ok(Some(existing)) => {
                     let entry = Some((log.position, raw, existing.sequence));
                     // Rare (a retry raced its own lost acknowledgement):
                     // the digest comes from the record about to be published.
-                    let compared = decode_record(&ready.payload, 0)
-                        .and_then(|record| compare_existing(existing, &content_digest(&record.fact), &ready.envelope, &ready.category));
+                    let compared = decode_record(&ready.payload, 0).and_then(|record| {
+                        compare_existing(
+                            existing,
+                            &content_digest(&record.fact),
+                            &ready.envelope,
+                            &ready.category,
+                        )
+                    });
                     (compared, entry)
                 }
                 Ok(None) => (
                     Err(Rejection::new(
                         Code::Internal,
                         "key_lookup_failed",
-                        format!("JetStream reported message_id {} as stored at offset {sequence}, but that fact cannot be read back", ready.envelope.message_id),
+                        format!(
+                            "JetStream reported message_id {} as stored at offset {sequence}, but that fact cannot be read back",
+                            ready.envelope.message_id
+                        ),
                     )),
                     None,
                 ),
                 Err(r) => (Err(r), None),
             },
-            Some(Ack::Refused { err_code, description }) if description.contains("maximum bytes") || err_code == 10077 => {
-                log.fill.set_reported(log.config.capacity_bytes, log.fill.appended_counter());
+            Some(Ack::Refused {
+                err_code,
+                description,
+            }) if description.contains("maximum bytes") || err_code == 10077 => {
+                log.fill
+                    .set_reported(log.config.capacity_bytes, log.fill.appended_counter());
                 (
                     Err(Rejection::new(
                         Code::ResourceExhausted,
                         "category_full",
-                        format!("category {} reached its capacity; appends are refused until confirmed facts are truncated", ready.category),
+                        format!(
+                            "category {} reached its capacity; appends are refused until confirmed facts are truncated",
+                            ready.category
+                        ),
                     )),
                     None,
                 )
             }
-            Some(Ack::Refused { err_code: ERR_WRONG_LAST_MSG_ID, .. }) => (
+            Some(Ack::Refused {
+                err_code: ERR_WRONG_LAST_MSG_ID,
+                ..
+            }) => (
                 Err(Rejection::new(
                     Code::Unavailable,
                     "order_guard",
@@ -724,17 +913,51 @@ impl FactLog {
                 )),
                 None,
             ),
-            Some(Ack::Refused { err_code, description }) => (Err(unavailable("storing the fact", format_args!("JetStream error {err_code}: {description}"))), None),
-            Some(Ack::NoResponders) => (Err(unavailable("storing the fact", format_args!("no stream takes the subject of category {}", ready.category))), None),
-            Some(Ack::Unreadable(what)) => (Err(unavailable("reading the JetStream acknowledgement", what)), None),
-            None => (Err(unavailable("waiting for the JetStream acknowledgement", "none within the request timeout")), None),
+            Some(Ack::Refused {
+                err_code,
+                description,
+            }) => (
+                Err(unavailable(
+                    "storing the fact",
+                    format_args!("JetStream error {err_code}: {description}"),
+                )),
+                None,
+            ),
+            Some(Ack::NoResponders) => (
+                Err(unavailable(
+                    "storing the fact",
+                    format_args!("no stream takes the subject of category {}", ready.category),
+                )),
+                None,
+            ),
+            Some(Ack::Unreadable(what)) => (
+                Err(unavailable("reading the JetStream acknowledgement", what)),
+                None,
+            ),
+            None => (
+                Err(unavailable(
+                    "waiting for the JetStream acknowledgement",
+                    "none within the request timeout",
+                )),
+                None,
+            ),
         }
     }
 
     /// Reads one stored fact by offset, validating it on the way out.
     pub async fn read(&self, category: &str, offset: u64) -> Result<StoredFact, Rejection> {
-        let log = self.categories.get(category).ok_or_else(|| Rejection::new(Code::NotFound, "unknown_category", format!("no category {category}")))?;
-        let message = log.stream.direct_get(offset).await.map_err(|e| unavailable("reading a fact", e))?;
+        let log = self.categories.get(category).ok_or_else(|| {
+            Rejection::new(
+                Code::NotFound,
+                "unknown_category",
+                format!("no category {category}"),
+            )
+        })?;
+        let message = log
+            .stream
+            .direct_get(offset)
+            .await
+            .map_err(|e| unavailable("reading a fact", e))?;
         decode_record(&message.payload, offset)
     }
 
@@ -747,26 +970,37 @@ impl FactLog {
         let mut stream = c.stream.clone();
         let info = stream.info().await?.clone();
         let identity = u64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(0);
-        let stored = self.blocking({
-            let name = name.clone();
-            move |index| index.stream_identity(&name)
-        })
-        .await?;
+        let stored = self
+            .blocking({
+                let name = name.clone();
+                move |index| index.stream_identity(&name)
+            })
+            .await?;
         if stored != Some(identity) {
             if stored.is_some() {
-                tracing::warn!(category = name, "the category's stream was recreated; rebuilding its key index from it");
+                tracing::warn!(
+                    category = name,
+                    "the category's stream was recreated; rebuilding its key index from it"
+                );
             }
             let name = name.clone();
-            self.blocking(move |index| index.reset(&name, identity)).await?;
+            self.blocking(move |index| index.reset(&name, identity))
+                .await?;
         }
         let (first, last) = (info.state.first_sequence, info.state.last_sequence);
-        let lost = self.blocking({
-            let name = name.clone();
-            move |index| index.forget_after(&name, last)
-        })
-        .await?;
+        let lost = self
+            .blocking({
+                let name = name.clone();
+                move |index| index.forget_after(&name, last)
+            })
+            .await?;
         if lost > 0 {
-            tracing::warn!(category = name, lost, last, "key index coverage above the stream's last offset dropped (the stream lost its tail); those offsets are read in again");
+            tracing::warn!(
+                category = name,
+                lost,
+                last,
+                "key index coverage above the stream's last offset dropped (the stream lost its tail); those offsets are read in again"
+            );
         }
         self.blocking({
             let name = name.clone();
@@ -795,11 +1029,17 @@ impl FactLog {
         let target = (*seen_last).min(state.last_sequence);
         let through = self.index.through(&name);
         if through < target {
-            let last = self.index.first_gap(&name).map_or(target, |(_, gap_last)| gap_last.min(target));
+            let last = self
+                .index
+                .first_gap(&name)
+                .map_or(target, |(_, gap_last)| gap_last.min(target));
             self.read_in(c, through + 1, last).await?;
         }
         *seen_last = state.last_sequence;
-        self.metrics.key_index_through_offset.get_or_create(&labels(&[("category", name.as_str())])).set(self.index.through(&name) as i64);
+        self.metrics
+            .key_index_through_offset
+            .get_or_create(&labels(&[("category", name.as_str())]))
+            .set(self.index.through(&name) as i64);
         Ok(())
     }
 
@@ -817,26 +1057,41 @@ impl FactLog {
             .create_consumer(consumer::pull::OrderedConfig {
                 filter_subject: format!("facts.{name}.>"),
                 headers_only: true,
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: first },
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: first,
+                },
                 replay_policy: consumer::ReplayPolicy::Instant,
                 ..Default::default()
             })
             .await?;
         let mut messages = scan.messages().await?;
-        let (mut read, mut chunk_first, mut chunk) = (0u64, first, Vec::with_capacity(READ_IN_CHUNK_FACTS));
+        let (mut read, mut chunk_first, mut chunk) =
+            (0u64, first, Vec::with_capacity(READ_IN_CHUNK_FACTS));
         let mut done = false;
         while !done {
             let next = tokio::time::timeout(Duration::from_secs(30), messages.try_next()).await;
-            let message = next.map_err(|_| anyhow::anyhow!("no stored fact delivered within 30 s"))??;
+            let message =
+                next.map_err(|_| anyhow::anyhow!("no stored fact delivered within 30 s"))??;
             // No message at all: nothing is stored from `first` on any more.
             let mut chunk_last = last;
             if let Some(message) = message {
-                let info = message.info().map_err(|e| anyhow::anyhow!("scan message without JetStream metadata: {e}"))?;
+                let info = message
+                    .info()
+                    .map_err(|e| anyhow::anyhow!("scan message without JetStream metadata: {e}"))?;
                 let offset = info.stream_sequence.min(last);
                 if info.stream_sequence <= last {
-                    match message.headers.as_ref().and_then(|h| h.get(MSG_ID_HEADER)).and_then(|v| token_bytes(v.as_str())) {
+                    match message
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get(MSG_ID_HEADER))
+                        .and_then(|v| token_bytes(v.as_str()))
+                    {
                         Some(token) => chunk.push((c.position, token, offset)),
-                        None => tracing::warn!(category = name, offset, "stored fact without a key token header; not indexed"),
+                        None => tracing::warn!(
+                            category = name,
+                            offset,
+                            "stored fact without a key token header; not indexed"
+                        ),
                     }
                 }
                 done = info.stream_sequence >= last || info.pending == 0;
@@ -848,19 +1103,32 @@ impl FactLog {
                 read += chunk.len() as u64;
                 let entries = std::mem::take(&mut chunk);
                 let covered = [(c.position, chunk_first, chunk_last)];
-                self.blocking(move |index| index.record(&entries, &covered)).await?;
+                self.blocking(move |index| index.record(&entries, &covered))
+                    .await?;
                 chunk_first = chunk_last + 1;
             }
         }
         if read > 0 {
-            self.metrics.key_index_read_in_facts_total.get_or_create(&labels(&[("category", name.as_str())])).inc_by(read);
-            tracing::info!(category = name, read, first, last, "stored facts read into the key index");
+            self.metrics
+                .key_index_read_in_facts_total
+                .get_or_create(&labels(&[("category", name.as_str())]))
+                .inc_by(read);
+            tracing::info!(
+                category = name,
+                read,
+                first,
+                last,
+                "stored facts read into the key index"
+            );
         }
         Ok(read)
     }
 
     /// Runs a key-index call on the blocking pool (it does file I/O).
-    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&KeyIndex) -> anyhow::Result<T> + Send + 'static) -> anyhow::Result<T> {
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&KeyIndex) -> anyhow::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
         let index = self.index.clone();
         tokio::task::spawn_blocking(move || f(&index)).await?
     }
@@ -869,7 +1137,10 @@ impl FactLog {
 /// `work`'s output, or None once the round's deadline has passed: one
 /// timer for the whole round (its send lock, publishes and
 /// acknowledgements), not one more per fact.
-async fn by_deadline<T>(deadline: &mut std::pin::Pin<&mut tokio::time::Sleep>, work: impl std::future::IntoFuture<Output = T>) -> Option<T> {
+async fn by_deadline<T>(
+    deadline: &mut std::pin::Pin<&mut tokio::time::Sleep>,
+    work: impl std::future::IntoFuture<Output = T>,
+) -> Option<T> {
     tokio::select! {
         biased;
         output = work => Some(output),
@@ -879,7 +1150,10 @@ async fn by_deadline<T>(deadline: &mut std::pin::Pin<&mut tokio::time::Sleep>, w
 
 /// Runs the `(slot, future)` pairs concurrently and puts each output in
 /// its slot (the few facts of an append round that have to wait).
-async fn fill_slots<T, F: std::future::Future<Output = T>>(slots: &mut [Option<T>], waiting: Vec<(usize, F)>) {
+async fn fill_slots<T, F: std::future::Future<Output = T>>(
+    slots: &mut [Option<T>],
+    waiting: Vec<(usize, F)>,
+) {
     if waiting.is_empty() {
         return;
     }
@@ -891,12 +1165,24 @@ async fn fill_slots<T, F: std::future::Future<Output = T>>(slots: &mut [Option<T
 
 /// Opens the key index, waiting up to 10 s while a node that is shutting
 /// down (in this process or another) still holds the file's lock.
-async fn open_key_index(path: std::path::PathBuf, categories: Vec<String>, buffered_entries_max: usize, filter_bytes: usize) -> anyhow::Result<KeyIndex> {
+async fn open_key_index(
+    path: std::path::PathBuf,
+    categories: Vec<String>,
+    buffered_entries_max: usize,
+    filter_bytes: usize,
+) -> anyhow::Result<KeyIndex> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let (p, c) = (path.clone(), categories.clone());
-        match tokio::task::spawn_blocking(move || KeyIndex::open(&p, &c, buffered_entries_max, filter_bytes)).await? {
-            Err(e) if e.downcast_ref::<super::key_index::AlreadyOpen>().is_some() && tokio::time::Instant::now() < deadline => {
+        match tokio::task::spawn_blocking(move || {
+            KeyIndex::open(&p, &c, buffered_entries_max, filter_bytes)
+        })
+        .await?
+        {
+            Err(e)
+                if e.downcast_ref::<super::key_index::AlreadyOpen>().is_some()
+                    && tokio::time::Instant::now() < deadline =>
+            {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             result => return result,
@@ -905,7 +1191,13 @@ async fn open_key_index(path: std::path::PathBuf, categories: Vec<String>, buffe
 }
 
 fn index_unavailable(what: &str, err: impl std::fmt::Display) -> Rejection {
-    Rejection::new(Code::Unavailable, "key_index_unavailable", format!("{what}: {err}; the node's idempotency key index is unavailable (disk full or failing?), retry with backoff"))
+    Rejection::new(
+        Code::Unavailable,
+        "key_index_unavailable",
+        format!(
+            "{what}: {err}; the node's idempotency key index is unavailable (disk full or failing?), retry with backoff"
+        ),
+    )
 }
 
 /// The key index's background work: the start-up catch-up (retried with
@@ -931,13 +1223,21 @@ async fn maintain_index(log: Weak<FactLog>, tick: Duration) {
         }
         let log = strong;
         let stats = log.index_writer.stats();
-        log.metrics.key_index_recorded_facts_total.inc_by(stats.recorded_entries - published.recorded_entries);
-        log.metrics.key_index_write_seconds_total.inc_by(stats.record_seconds - published.record_seconds);
-        log.metrics.key_index_staged_facts.set(stats.staged_entries as i64);
+        log.metrics
+            .key_index_recorded_facts_total
+            .inc_by(stats.recorded_entries - published.recorded_entries);
+        log.metrics
+            .key_index_write_seconds_total
+            .inc_by(stats.record_seconds - published.record_seconds);
+        log.metrics
+            .key_index_staged_facts
+            .set(stats.staged_entries as i64);
         let size = log.index.size();
         log.metrics.key_index_entries.set(size.entries as i64);
         log.metrics.key_index_file_bytes.set(size.file_bytes as i64);
-        log.metrics.key_index_buffered_facts.set(size.buffered as i64);
+        log.metrics
+            .key_index_buffered_facts
+            .set(size.buffered as i64);
         published = stats;
         for c in log.categories.values() {
             let seen = seen_last.entry(c.config.name.clone()).or_insert(0);
@@ -954,7 +1254,9 @@ async fn maintain_index(log: Weak<FactLog>, tick: Duration) {
 async fn catch_up_index(log: &Weak<FactLog>, seen_last: &mut HashMap<String, u64>) -> bool {
     let mut backoff = Duration::from_millis(200);
     loop {
-        let Some(log) = log.upgrade() else { return false };
+        let Some(log) = log.upgrade() else {
+            return false;
+        };
         let caught_up = async {
             if log.index.is_damaged() {
                 log.rebuild_index().await?;
@@ -972,10 +1274,15 @@ async fn catch_up_index(log: &Weak<FactLog>, seen_last: &mut HashMap<String, u64
             Ok(read) => {
                 log.index_ready.send_replace(true);
                 log.metrics.key_index_ready.set(1);
-                tracing::info!(read, "key index caught up with the stored facts; appends accepted");
+                tracing::info!(
+                    read,
+                    "key index caught up with the stored facts; appends accepted"
+                );
                 return true;
             }
-            Err(e) => tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "key index catch-up failed; appends wait"),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "key index catch-up failed; appends wait")
+            }
         }
         drop(log);
         tokio::time::sleep(backoff).await;
@@ -991,10 +1298,16 @@ fn compare_existing(
 ) -> Result<Appended, Rejection> {
     let same = match header_value(&existing, LEGACY_CONTENT_HEADER) {
         Some(stored_hex) => stored_hex == hex::encode(content),
-        None => content_digest(&decode_record(&existing.payload, existing.sequence)?.fact) == *content,
+        None => {
+            content_digest(&decode_record(&existing.payload, existing.sequence)?.fact) == *content
+        }
     };
     if same {
-        return Ok(Appended { offset: existing.sequence, duplicate: true, category: category.to_string() });
+        return Ok(Appended {
+            offset: existing.sequence,
+            duplicate: true,
+            category: category.to_string(),
+        });
     }
     Err(Rejection::new(
         Code::AlreadyExists,
@@ -1014,10 +1327,18 @@ fn header_value(message: &StreamMessage, name: &str) -> Option<String> {
 /// envelope and a fact whose key token matches how it was stored.
 pub fn decode_record(payload: &[u8], offset: u64) -> Result<StoredFact, Rejection> {
     let mut record = StoredFact::decode_from_slice(payload).map_err(|e| {
-        Rejection::new(Code::DataLoss, "corrupt_record", format!("stored fact at offset {offset} cannot be decoded: {e}"))
+        Rejection::new(
+            Code::DataLoss,
+            "corrupt_record",
+            format!("stored fact at offset {offset} cannot be decoded: {e}"),
+        )
     })?;
     if record.envelope.message_id.is_empty() || record.fact.subject.is_empty() {
-        return Err(Rejection::new(Code::DataLoss, "corrupt_record", format!("stored fact at offset {offset} lacks its envelope or fact")));
+        return Err(Rejection::new(
+            Code::DataLoss,
+            "corrupt_record",
+            format!("stored fact at offset {offset} lacks its envelope or fact"),
+        ));
     }
     record.offset = offset;
     Ok(record)
@@ -1030,10 +1351,16 @@ mod tests {
     #[test]
     fn each_published_fact_names_the_one_before_it_in_its_own_stream() {
         let mut p = Predecessors::default();
-        let named: Vec<Option<String>> = [("ops", "a1"), ("docs", "d1"), ("ops", "a2"), ("ops", "a3"), ("docs", "d2")]
-            .iter()
-            .map(|(category, token)| p.follow(category, token))
-            .collect();
+        let named: Vec<Option<String>> = [
+            ("ops", "a1"),
+            ("docs", "d1"),
+            ("ops", "a2"),
+            ("ops", "a3"),
+            ("docs", "d2"),
+        ]
+        .iter()
+        .map(|(category, token)| p.follow(category, token))
+        .collect();
         let expected = [None, None, Some("a1"), Some("a2"), Some("d1")];
         assert_eq!(named, expected.map(|t| t.map(String::from)));
     }
@@ -1049,7 +1376,11 @@ mod tests {
         fill.add_appended(50);
         fill.add_appended(70);
         fill.set_reported(1_150, before);
-        assert_eq!(fill.bytes(), 1_270, "both appends counted on top of the report (one twice, erring toward full)");
+        assert_eq!(
+            fill.bytes(),
+            1_270,
+            "both appends counted on top of the report (one twice, erring toward full)"
+        );
         // The next report, requested after them, is exact.
         let before = fill.appended_counter();
         fill.set_reported(1_220, before);

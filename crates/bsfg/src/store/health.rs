@@ -26,17 +26,25 @@ impl JetStreamHealth {
     /// until dropped.
     pub fn start(jetstream: async_nats::jetstream::Context, metrics: Arc<Metrics>) -> Arc<Self> {
         metrics.jetstream_available.set(1);
-        let health = Arc::new(Self { problem: Mutex::new(None), storage_fault: Mutex::new(None), metrics });
+        let health = Arc::new(Self {
+            problem: Mutex::new(None),
+            storage_fault: Mutex::new(None),
+            metrics,
+        });
         let weak = Arc::downgrade(&health);
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(POLL_INTERVAL);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticker.tick().await;
-                let answer = match tokio::time::timeout(ANSWER_TIMEOUT, jetstream.query_account()).await {
+                let answer = match tokio::time::timeout(ANSWER_TIMEOUT, jetstream.query_account())
+                    .await
+                {
                     Ok(Ok(_)) => None,
                     Ok(Err(e)) => Some(format!("the zone's JetStream account cannot be read: {e}")),
-                    Err(_) => Some(format!("the zone's JetStream did not answer an account request within {ANSWER_TIMEOUT:?}")),
+                    Err(_) => Some(format!(
+                        "the zone's JetStream did not answer an account request within {ANSWER_TIMEOUT:?}"
+                    )),
                 };
                 let Some(health) = weak.upgrade() else { return };
                 health.set(answer);
@@ -49,24 +57,37 @@ impl JetStreamHealth {
         let mut current = self.problem.lock().expect("jetstream health poisoned");
         if current.is_some() != problem.is_some() {
             match &problem {
-                Some(why) => tracing::warn!(problem = %why, "the zone's JetStream is unavailable (disabled, or its account unreachable)"),
+                Some(why) => {
+                    tracing::warn!(problem = %why, "the zone's JetStream is unavailable (disabled, or its account unreachable)")
+                }
                 None => tracing::warn!("the zone's JetStream answers again"),
             }
         }
-        self.metrics.jetstream_available.set(i64::from(problem.is_none()));
+        self.metrics
+            .jetstream_available
+            .set(i64::from(problem.is_none()));
         *current = problem;
     }
 
     pub fn set_storage_fault(&self, fault: Option<String>) {
-        *self.storage_fault.lock().expect("jetstream health poisoned") = fault;
+        *self
+            .storage_fault
+            .lock()
+            .expect("jetstream health poisoned") = fault;
     }
 
     pub fn storage_fault(&self) -> Option<String> {
-        self.storage_fault.lock().expect("jetstream health poisoned").clone()
+        self.storage_fault
+            .lock()
+            .expect("jetstream health poisoned")
+            .clone()
     }
 
     /// A one-line reason while JetStream does not answer.
     pub fn problem(&self) -> Option<String> {
-        self.problem.lock().expect("jetstream health poisoned").clone()
+        self.problem
+            .lock()
+            .expect("jetstream health poisoned")
+            .clone()
     }
 }

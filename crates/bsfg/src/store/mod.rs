@@ -16,10 +16,10 @@
 
 pub mod commit;
 pub mod consumers;
-pub mod facts;
-pub mod health;
 pub mod direct;
 pub mod disk;
+pub mod facts;
+pub mod health;
 pub mod key_index;
 pub mod objects;
 pub mod publish;
@@ -51,7 +51,12 @@ pub struct Store {
 impl Store {
     /// Connects to the zone's nats-server and provisions streams, consumers
     /// and buckets exactly as configured (every option set explicitly).
-    pub async fn open(url: &str, login: &Login, config: Arc<ZoneConfig>, metrics: Arc<crate::metrics::Metrics>) -> anyhow::Result<Self> {
+    pub async fn open(
+        url: &str,
+        login: &Login,
+        config: Arc<ZoneConfig>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> anyhow::Result<Self> {
         let client = login
             .options()
             .await?
@@ -64,23 +69,62 @@ impl Store {
         let mut jetstream = async_nats::jetstream::new(client.clone());
         jetstream.set_timeout(config.nats.request_timeout);
         check_domain(&jetstream, url, &config.zone).await?;
-        let direct = Arc::new(direct::DirectGets::start(client.clone(), config.nats.request_timeout).await?);
+        let direct =
+            Arc::new(direct::DirectGets::start(client.clone(), config.nats.request_timeout).await?);
         // An external server's store is not the node's to watch.
-        let store_dir = config.nats.url.is_none().then_some(config.nats.store_dir.as_path());
-        let disk = disk::DiskWatch::new(store_dir, &config.key_index_path(), config.nats.store_free_bytes_min, metrics.clone());
+        let store_dir = config
+            .nats
+            .url
+            .is_none()
+            .then_some(config.nats.store_dir.as_path());
+        let disk = disk::DiskWatch::new(
+            store_dir,
+            &config.key_index_path(),
+            config.nats.store_free_bytes_min,
+            metrics.clone(),
+        );
         disk.spawn_poller();
-        let objects = Arc::new(Objects::open(jetstream.clone(), config.clone(), direct.clone(), disk.clone()).await?);
-        let facts = FactLog::open(jetstream.clone(), config.clone(), objects.clone(), disk.clone(), metrics.clone()).await?;
-        let consumers = Arc::new(Consumers::open(client.clone(), &facts, config.clone(), metrics).await?);
-        let jetstream_health = health::JetStreamHealth::start(jetstream.clone(), facts.metrics().clone());
-        Ok(Self { client, jetstream, facts, consumers, objects, disk, jetstream_health })
+        let objects = Arc::new(
+            Objects::open(
+                jetstream.clone(),
+                config.clone(),
+                direct.clone(),
+                disk.clone(),
+            )
+            .await?,
+        );
+        let facts = FactLog::open(
+            jetstream.clone(),
+            config.clone(),
+            objects.clone(),
+            disk.clone(),
+            metrics.clone(),
+        )
+        .await?;
+        let consumers =
+            Arc::new(Consumers::open(client.clone(), &facts, config.clone(), metrics).await?);
+        let jetstream_health =
+            health::JetStreamHealth::start(jetstream.clone(), facts.metrics().clone());
+        Ok(Self {
+            client,
+            jetstream,
+            facts,
+            consumers,
+            objects,
+            disk,
+            jetstream_health,
+        })
     }
 
     /// Why the node cannot take appends now (a one-line reason that starts
     /// with a reason token), or None when it is ready: `/healthz`.
     pub fn not_ready(&self) -> Option<String> {
-        if let state @ (async_nats::connection::State::Disconnected | async_nats::connection::State::Pending) = self.client.connection_state() {
-            return Some(format!("store_disconnected: the zone's nats-server is not connected ({state:?})"));
+        if let state @ (async_nats::connection::State::Disconnected
+        | async_nats::connection::State::Pending) = self.client.connection_state()
+        {
+            return Some(format!(
+                "store_disconnected: the zone's nats-server is not connected ({state:?})"
+            ));
         }
         if let Some(why) = self.jetstream_health.problem() {
             return Some(format!("jetstream_unavailable: {why}"));
@@ -103,7 +147,10 @@ impl Store {
 pub enum Login {
     /// An external server without authentication.
     None,
-    UserPassword { user: String, password: String },
+    UserPassword {
+        user: String,
+        password: String,
+    },
     CredsFile(std::path::PathBuf),
 }
 
@@ -111,7 +158,10 @@ impl std::fmt::Debug for Login {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Login::None => f.write_str("Login::None"),
-            Login::UserPassword { user, .. } => write!(f, "Login::UserPassword {{ user: {user:?}, password: <redacted> }}"),
+            Login::UserPassword { user, .. } => write!(
+                f,
+                "Login::UserPassword {{ user: {user:?}, password: <redacted> }}"
+            ),
             Login::CredsFile(path) => write!(f, "Login::CredsFile({})", path.display()),
         }
     }
@@ -126,9 +176,13 @@ impl Login {
         }
         match (&nats.user, &nats.password_file) {
             (Some(user), Some(file)) => {
-                let text = std::fs::read_to_string(file).with_context(|| format!("reading [nats] password_file {}", file.display()))?;
+                let text = std::fs::read_to_string(file)
+                    .with_context(|| format!("reading [nats] password_file {}", file.display()))?;
                 let password = text.lines().next().unwrap_or_default().to_string();
-                Ok(Login::UserPassword { user: user.clone(), password })
+                Ok(Login::UserPassword {
+                    user: user.clone(),
+                    password,
+                })
             }
             (None, None) => Ok(Login::None),
             _ => anyhow::bail!("[nats] user and password_file go together"),
@@ -138,8 +192,12 @@ impl Login {
     async fn options(&self) -> anyhow::Result<async_nats::ConnectOptions> {
         Ok(match self {
             Login::None => async_nats::ConnectOptions::new(),
-            Login::UserPassword { user, password } => async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone()),
-            Login::CredsFile(path) => async_nats::ConnectOptions::with_credentials_file(path).await?,
+            Login::UserPassword { user, password } => {
+                async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone())
+            }
+            Login::CredsFile(path) => {
+                async_nats::ConnectOptions::with_credentials_file(path).await?
+            }
         })
     }
 }
@@ -147,8 +205,15 @@ impl Login {
 /// The server must serve this zone's own JetStream domain (domain = zone
 /// name): a node pointed at another zone's server (two zones given the same
 /// `[nats] port`, a mistyped `url`) would store its facts in that zone.
-async fn check_domain(jetstream: &async_nats::jetstream::Context, url: &str, zone: &str) -> anyhow::Result<()> {
-    let account = jetstream.query_account().await.map_err(|e| anyhow::anyhow!("reading the JetStream account at {url}: {e}"))?;
+async fn check_domain(
+    jetstream: &async_nats::jetstream::Context,
+    url: &str,
+    zone: &str,
+) -> anyhow::Result<()> {
+    let account = jetstream
+        .query_account()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the JetStream account at {url}: {e}"))?;
     if account.domain.as_deref() == Some(zone) {
         return Ok(());
     }
@@ -173,12 +238,19 @@ impl std::fmt::Display for WrongDomain {
 impl std::error::Error for WrongDomain {}
 
 pub fn now_unix_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// A storage failure the client may retry.
 pub fn unavailable(what: &str, err: impl std::fmt::Display) -> Rejection {
-    Rejection::new(Code::Unavailable, "store_unavailable", format!("{what}: {err}; the zone store is unavailable, retry with backoff"))
+    Rejection::new(
+        Code::Unavailable,
+        "store_unavailable",
+        format!("{what}: {err}; the zone store is unavailable, retry with backoff"),
+    )
 }
 
 /// One wildcard reply subscription, `<inbox>.<name>.>`, whose messages a
@@ -193,7 +265,11 @@ pub struct ReplyRouter {
 }
 
 impl ReplyRouter {
-    pub async fn start(client: &async_nats::Client, name: &str, mut deliver: impl FnMut(&str, async_nats::Message) + Send + 'static) -> anyhow::Result<Self> {
+    pub async fn start(
+        client: &async_nats::Client,
+        name: &str,
+        mut deliver: impl FnMut(&str, async_nats::Message) + Send + 'static,
+    ) -> anyhow::Result<Self> {
         use futures::StreamExt as _;
         let prefix = format!("{}.{name}", client.new_inbox());
         let mut replies = client.subscribe(format!("{prefix}.>")).await?;
@@ -213,7 +289,10 @@ impl ReplyRouter {
                 deliver(subject.get(tail_from..).unwrap_or_default(), message);
             }
         });
-        Ok(Self { prefix, _stop: stop })
+        Ok(Self {
+            prefix,
+            _stop: stop,
+        })
     }
 
     /// The reply subject with this tail.
@@ -240,13 +319,27 @@ mod tests {
             password_file: password_file.map(|p| p.to_path_buf()),
             ..Default::default()
         };
-        assert!(matches!(Login::from_config(&with(None, None)).unwrap(), Login::None));
+        assert!(matches!(
+            Login::from_config(&with(None, None)).unwrap(),
+            Login::None
+        ));
         match Login::from_config(&with(Some("zone-a"), Some(&file))).unwrap() {
-            Login::UserPassword { user, password } => assert_eq!((user.as_str(), password.as_str()), ("zone-a", "s3cret")),
+            Login::UserPassword { user, password } => {
+                assert_eq!((user.as_str(), password.as_str()), ("zone-a", "s3cret"))
+            }
             other => panic!("{other:?}"),
         }
-        assert!(Login::from_config(&with(Some("zone-a"), None)).is_err(), "a user needs its password file");
-        let creds = NatsConfig { creds_file: Some(dir.path().join("zone.creds")), ..Default::default() };
-        assert!(matches!(Login::from_config(&creds).unwrap(), Login::CredsFile(_)));
+        assert!(
+            Login::from_config(&with(Some("zone-a"), None)).is_err(),
+            "a user needs its password file"
+        );
+        let creds = NatsConfig {
+            creds_file: Some(dir.path().join("zone.creds")),
+            ..Default::default()
+        };
+        assert!(matches!(
+            Login::from_config(&creds).unwrap(),
+            Login::CredsFile(_)
+        ));
     }
 }

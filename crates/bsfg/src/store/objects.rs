@@ -65,7 +65,12 @@ pub struct Objects {
 }
 
 impl Objects {
-    pub async fn open(jetstream: jetstream::Context, config: Arc<ZoneConfig>, direct: Arc<DirectGets>, disk: Arc<super::disk::DiskWatch>) -> anyhow::Result<Self> {
+    pub async fn open(
+        jetstream: jetstream::Context,
+        config: Arc<ZoneConfig>,
+        direct: Arc<DirectGets>,
+        disk: Arc<super::disk::DiskWatch>,
+    ) -> anyhow::Result<Self> {
         let mut buckets = HashMap::new();
         for b in &config.buckets {
             let store = match jetstream.get_object_store(&b.name).await {
@@ -105,14 +110,29 @@ impl Objects {
                     .await?
             }
         };
-        Ok(Self { config, direct, buckets, refs, disk })
+        Ok(Self {
+            config,
+            direct,
+            buckets,
+            refs,
+            disk,
+        })
     }
 
     fn bucket(&self, name: &str) -> Result<&object_store::ObjectStore, Rejection> {
         validate::bucket(name)?;
         self.buckets.get(name).ok_or_else(|| {
-            let known: Vec<&str> = self.config.buckets.iter().map(|b| b.name.as_str()).collect();
-            Rejection::new(Code::NotFound, "unknown_bucket", format!("bucket {name:?} is not configured in this zone (configured: {known:?})"))
+            let known: Vec<&str> = self
+                .config
+                .buckets
+                .iter()
+                .map(|b| b.name.as_str())
+                .collect();
+            Rejection::new(
+                Code::NotFound,
+                "unknown_bucket",
+                format!("bucket {name:?} is not configured in this zone (configured: {known:?})"),
+            )
         })
     }
 
@@ -125,7 +145,11 @@ impl Objects {
     }
 
     async fn is_frozen(&self, bucket: &str, key: &str) -> Result<bool, Rejection> {
-        let entry = self.refs.get(Self::ref_key(bucket, key)).await.map_err(|e| unavailable("reading object references", e))?;
+        let entry = self
+            .refs
+            .get(Self::ref_key(bucket, key))
+            .await
+            .map_err(|e| unavailable("reading object references", e))?;
         Ok(entry.is_some())
     }
 
@@ -133,26 +157,50 @@ impl Objects {
     pub async fn info(&self, bucket: &str, key: &str) -> Result<StoredObject, Rejection> {
         let store = self.bucket(bucket)?;
         validate::object_key(key, &self.config.limits)?;
-        let missing = || Rejection::new(Code::NotFound, "object_not_found", format!("no object {bucket}/{key}; upload it with PutObject first"));
+        let missing = || {
+            Rejection::new(
+                Code::NotFound,
+                "object_not_found",
+                format!("no object {bucket}/{key}; upload it with PutObject first"),
+            )
+        };
         let link = match store.info(key).await {
             Ok(info) if !info.deleted => info,
             Ok(_) => return Err(missing()),
             Err(e) if e.kind() == object_store::InfoErrorKind::NotFound => return Err(missing()),
             Err(e) => return Err(unavailable("reading object info", e)),
         };
-        let blob_name = link.options.as_ref().and_then(|o| o.link.as_ref()).and_then(|l| l.name.clone()).ok_or_else(missing)?;
-        let blob = store.info(&blob_name).await.map_err(|e| unavailable("reading object blob info", e))?;
+        let blob_name = link
+            .options
+            .as_ref()
+            .and_then(|o| o.link.as_ref())
+            .and_then(|l| l.name.clone())
+            .ok_or_else(missing)?;
+        let blob = store
+            .info(&blob_name)
+            .await
+            .map_err(|e| unavailable("reading object blob info", e))?;
         let digest = blob
             .digest
             .as_deref()
             .and_then(nats_digest_to_hex)
-            .ok_or_else(|| Rejection::new(Code::DataLoss, "object_digest_missing", format!("object {bucket}/{key} has no readable digest")))?;
+            .ok_or_else(|| {
+                Rejection::new(
+                    Code::DataLoss,
+                    "object_digest_missing",
+                    format!("object {bucket}/{key} has no readable digest"),
+                )
+            })?;
         Ok(StoredObject {
             bucket: bucket.to_string(),
             key: key.to_string(),
             digest,
             size_bytes: blob.size as u64,
-            media_type: blob.metadata.get(MEDIA_TYPE_METADATA).cloned().unwrap_or_default(),
+            media_type: blob
+                .metadata
+                .get(MEDIA_TYPE_METADATA)
+                .cloned()
+                .unwrap_or_default(),
             blob: blob_name,
             blob_nuid: blob.nuid,
         })
@@ -162,10 +210,17 @@ impl Objects {
     /// then freezes each so it can no longer be overwritten.
     pub async fn check_and_freeze(&self, attachments: &[AttachmentRef]) -> Result<(), Rejection> {
         for (i, a) in attachments.iter().enumerate() {
-            let stored = self.info(&a.bucket, &a.key).await.map_err(|r| match r.code {
-                Code::NotFound => Rejection::new(Code::FailedPrecondition, "attachment_missing", format!("attachments[{i}]: {}", r.message)),
-                _ => r,
-            })?;
+            let stored = self
+                .info(&a.bucket, &a.key)
+                .await
+                .map_err(|r| match r.code {
+                    Code::NotFound => Rejection::new(
+                        Code::FailedPrecondition,
+                        "attachment_missing",
+                        format!("attachments[{i}]: {}", r.message),
+                    ),
+                    _ => r,
+                })?;
             if stored.digest != a.digest || stored.size_bytes != a.size_bytes {
                 return Err(Rejection::new(
                     Code::FailedPrecondition,
@@ -179,7 +234,10 @@ impl Objects {
         }
         for a in attachments {
             let value = format!("{}/{} {}", a.bucket, a.key, a.digest);
-            self.refs.put(Self::ref_key(&a.bucket, &a.key), value.into()).await.map_err(|e| unavailable("freezing a referenced object", e))?;
+            self.refs
+                .put(Self::ref_key(&a.bucket, &a.key), value.into())
+                .await
+                .map_err(|e| unavailable("freezing a referenced object", e))?;
         }
         Ok(())
     }
@@ -193,7 +251,10 @@ impl Objects {
             validate::digest("expected_digest", &header.expected_digest)?;
         }
         if header.expected_size_bytes > self.config.limits.object_bytes_max {
-            return Err(too_large(header.expected_size_bytes, self.config.limits.object_bytes_max));
+            return Err(too_large(
+                header.expected_size_bytes,
+                self.config.limits.object_bytes_max,
+            ));
         }
         if self.is_frozen(&header.bucket, &header.key).await? {
             return Err(frozen(&header.bucket, &header.key));
@@ -223,21 +284,22 @@ impl Objects {
         let stopped_in = stopped.clone();
         let reader_stream = chunks
             .take_while(move |item| {
-                let keep = !stopped_in.load(Ordering::Relaxed) && match item {
-                    Ok(bytes) => {
-                        received += bytes.len() as u64;
-                        if received > bytes_max {
-                            *failure_in.lock().unwrap() = Some(too_large(received, bytes_max));
-                            false
-                        } else {
-                            true
+                let keep = !stopped_in.load(Ordering::Relaxed)
+                    && match item {
+                        Ok(bytes) => {
+                            received += bytes.len() as u64;
+                            if received > bytes_max {
+                                *failure_in.lock().unwrap() = Some(too_large(received, bytes_max));
+                                false
+                            } else {
+                                true
+                            }
                         }
-                    }
-                    Err(r) => {
-                        *failure_in.lock().unwrap() = Some(r.clone());
-                        false
-                    }
-                };
+                        Err(r) => {
+                            *failure_in.lock().unwrap() = Some(r.clone());
+                            false
+                        }
+                    };
                 if !keep {
                     stopped_in.store(true, Ordering::Relaxed);
                 }
@@ -248,7 +310,11 @@ impl Objects {
         let meta = object_store::ObjectMetadata {
             name: blob_name.clone(),
             chunk_size: Some(CHUNK_BYTES),
-            metadata: if header.media_type.is_empty() { HashMap::new() } else { HashMap::from([(MEDIA_TYPE_METADATA.to_string(), header.media_type.clone())]) },
+            metadata: if header.media_type.is_empty() {
+                HashMap::new()
+            } else {
+                HashMap::from([(MEDIA_TYPE_METADATA.to_string(), header.media_type.clone())])
+            },
             ..Default::default()
         };
         let put_result = store.put(meta, &mut reader).await;
@@ -270,7 +336,11 @@ impl Objects {
         if let Some(r) = failed {
             return cleanup(r).await;
         }
-        let digest = blob.digest.as_deref().and_then(nats_digest_to_hex).unwrap_or_default();
+        let digest = blob
+            .digest
+            .as_deref()
+            .and_then(nats_digest_to_hex)
+            .unwrap_or_default();
         let size_bytes = blob.size as u64;
         if !header.expected_digest.is_empty() && header.expected_digest != digest {
             return cleanup(Rejection::new(
@@ -284,7 +354,10 @@ impl Objects {
             return cleanup(Rejection::new(
                 Code::InvalidArgument,
                 "size_mismatch",
-                format!("received {size_bytes} bytes, the request expected {}; nothing was stored", header.expected_size_bytes),
+                format!(
+                    "received {size_bytes} bytes, the request expected {}; nothing was stored",
+                    header.expected_size_bytes
+                ),
             ))
             .await;
         }
@@ -293,8 +366,15 @@ impl Objects {
         if self.is_frozen(&header.bucket, &header.key).await? {
             return cleanup(frozen(&header.bucket, &header.key)).await;
         }
-        let previous_blob = self.info(&header.bucket, &header.key).await.ok().map(|o| o.blob);
-        store.add_link(&header.key, &blob).await.map_err(|e| unavailable("linking the object key", e))?;
+        let previous_blob = self
+            .info(&header.bucket, &header.key)
+            .await
+            .ok()
+            .map(|o| o.blob);
+        store
+            .add_link(&header.key, &blob)
+            .await
+            .map_err(|e| unavailable("linking the object key", e))?;
         if let Some(old) = previous_blob.filter(|old| old != &blob_name) {
             let _ = store.delete(&old).await;
         }
@@ -316,13 +396,22 @@ impl Objects {
         bucket: &str,
         key: &str,
         start_offset_bytes: u64,
-    ) -> Result<(StoredObject, impl Stream<Item = Result<(u64, Bytes), Rejection>> + Send + 'static), Rejection> {
+    ) -> Result<
+        (
+            StoredObject,
+            impl Stream<Item = Result<(u64, Bytes), Rejection>> + Send + 'static,
+        ),
+        Rejection,
+    > {
         let info = self.info(bucket, key).await?;
         if start_offset_bytes > info.size_bytes {
             return Err(Rejection::new(
                 Code::OutOfRange,
                 "offset_beyond_end",
-                format!("start_offset_bytes {start_offset_bytes} is beyond the object's {} bytes", info.size_bytes),
+                format!(
+                    "start_offset_bytes {start_offset_bytes} is beyond the object's {} bytes",
+                    info.size_bytes
+                ),
             ));
         }
         self.bucket(bucket)?;
@@ -383,7 +472,10 @@ impl ChunkReader {
                     return Err(Rejection::new(
                         Code::DataLoss,
                         "object_corrupt",
-                        format!("{} read back as {} bytes with {digest}; stored as {} bytes with {}", self.label, self.position, self.size, self.digest),
+                        format!(
+                            "{} read back as {} bytes with {digest}; stored as {} bytes with {}",
+                            self.label, self.position, self.size, self.digest
+                        ),
                     ));
                 }
                 return Ok(None);
@@ -407,13 +499,22 @@ impl ChunkReader {
     async fn fill(&mut self) -> Result<(), Rejection> {
         let messages = self
             .direct
-            .next_batch(&self.stream, &self.subject, self.next_seq, CHUNK_WINDOW, CHUNK_WINDOW * (CHUNK_BYTES + 1024))
+            .next_batch(
+                &self.stream,
+                &self.subject,
+                self.next_seq,
+                CHUNK_WINDOW,
+                CHUNK_WINDOW * (CHUNK_BYTES + 1024),
+            )
             .await?;
         if messages.is_empty() {
             return Err(Rejection::new(
                 Code::DataLoss,
                 "object_truncated",
-                format!("{} ends after {} of its {} bytes", self.label, self.position, self.size),
+                format!(
+                    "{} ends after {} of its {} bytes",
+                    self.label, self.position, self.size
+                ),
             ));
         }
         for m in messages {
@@ -425,14 +526,20 @@ impl ChunkReader {
 }
 
 fn too_large(size: u64, max: u64) -> Rejection {
-    Rejection::new(Code::InvalidArgument, "object_too_large", format!("object is {size} bytes or more; the limit is {max} bytes; nothing was stored"))
+    Rejection::new(
+        Code::InvalidArgument,
+        "object_too_large",
+        format!("object is {size} bytes or more; the limit is {max} bytes; nothing was stored"),
+    )
 }
 
 fn frozen(bucket: &str, key: &str) -> Rejection {
     Rejection::new(
         Code::FailedPrecondition,
         "object_immutable",
-        format!("{bucket}/{key} is referenced by a fact and cannot be replaced; upload the new version under a new key and append a new fact"),
+        format!(
+            "{bucket}/{key} is referenced by a fact and cannot be replaced; upload the new version under a new key and append a new fact"
+        ),
     )
 }
 
@@ -459,8 +566,14 @@ mod tests {
     fn nats_digest_converts_to_sha256_hex() {
         use base64::Engine as _;
         let raw = [7u8; 32];
-        let nats = format!("SHA-256={}", base64::engine::general_purpose::URL_SAFE.encode(raw));
-        assert_eq!(super::nats_digest_to_hex(&nats).unwrap(), format!("sha256:{}", "07".repeat(32)));
+        let nats = format!(
+            "SHA-256={}",
+            base64::engine::general_purpose::URL_SAFE.encode(raw)
+        );
+        assert_eq!(
+            super::nats_digest_to_hex(&nats).unwrap(),
+            format!("sha256:{}", "07".repeat(32))
+        );
         assert!(super::nats_digest_to_hex("MD5=abc").is_none());
     }
 }

@@ -39,9 +39,15 @@ pub const ERR_WRONG_LAST_MSG_ID: u64 = 10070;
 /// JetStream's answer to one publish.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Ack {
-    Stored { sequence: u64, duplicate: bool },
+    Stored {
+        sequence: u64,
+        duplicate: bool,
+    },
     /// A JetStream API error; `err_code` as in nats-server's errors.
-    Refused { err_code: u64, description: String },
+    Refused {
+        err_code: u64,
+        description: String,
+    },
     /// Nothing listens on the subject: no stream takes it.
     NoResponders,
     /// An answer that is none of the above.
@@ -74,9 +80,22 @@ impl Ack {
             _ => {}
         }
         match serde_json::from_slice::<Reply<'_>>(payload) {
-            Ok(Reply { error: Some(e), .. }) => Ack::Refused { err_code: e.err_code, description: e.description.into_owned() },
-            Ok(Reply { seq: Some(sequence), duplicate, error: None }) if sequence > 0 => Ack::Stored { sequence, duplicate },
-            Ok(_) => Ack::Unreadable(format!("no sequence in {:?}", String::from_utf8_lossy(payload))),
+            Ok(Reply { error: Some(e), .. }) => Ack::Refused {
+                err_code: e.err_code,
+                description: e.description.into_owned(),
+            },
+            Ok(Reply {
+                seq: Some(sequence),
+                duplicate,
+                error: None,
+            }) if sequence > 0 => Ack::Stored {
+                sequence,
+                duplicate,
+            },
+            Ok(_) => Ack::Unreadable(format!(
+                "no sequence in {:?}",
+                String::from_utf8_lossy(payload)
+            )),
             Err(e) => Ack::Unreadable(format!("{e} in {:?}", String::from_utf8_lossy(payload))),
         }
     }
@@ -100,7 +119,9 @@ impl RoundAcks {
         let mut filed = self.filed.lock().expect("round lock");
         let filed = &mut *filed;
         // Not a slot of this round, or delivered twice: ignored.
-        let Some(empty @ None) = filed.slots.get_mut(slot) else { return };
+        let Some(empty @ None) = filed.slots.get_mut(slot) else {
+            return;
+        };
         *empty = Some(ack);
         filed.received += 1;
         if filed.received == filed.expected {
@@ -124,21 +145,44 @@ impl Publisher {
     pub async fn start(client: async_nats::Client) -> anyhow::Result<Self> {
         let rounds: Rounds = Arc::default();
         let acks = super::ReplyRouter::start(&client, "acks", filer(rounds.clone())).await?;
-        Ok(Self { client, acks, rounds, next_round: AtomicU64::new(1), permits: Semaphore::new(ACKS_IN_FLIGHT_MAX) })
+        Ok(Self {
+            client,
+            acks,
+            rounds,
+            next_round: AtomicU64::new(1),
+            permits: Semaphore::new(ACKS_IN_FLIGHT_MAX),
+        })
     }
 
     /// A round of up to `slots` publishes; waits while too many
     /// acknowledgements are awaited already.
     pub async fn round(&self, slots: usize) -> Round<'_> {
         let permits = u32::try_from(slots.clamp(1, ACKS_IN_FLIGHT_MAX)).expect("bounded");
-        let permits = self.permits.acquire_many(permits).await.expect("the semaphore is never closed");
+        let permits = self
+            .permits
+            .acquire_many(permits)
+            .await
+            .expect("the semaphore is never closed");
         let id = self.next_round.fetch_add(1, Ordering::Relaxed);
         let acks = Arc::new(RoundAcks {
-            filed: Mutex::new(Filed { slots: vec![None; slots], received: 0, expected: usize::MAX }),
+            filed: Mutex::new(Filed {
+                slots: vec![None; slots],
+                received: 0,
+                expected: usize::MAX,
+            }),
             complete: Notify::new(),
         });
-        self.rounds.lock().expect("rounds lock").insert(id, acks.clone());
-        Round { publisher: self, id, acks, sent: 0, _permits: permits }
+        self.rounds
+            .lock()
+            .expect("rounds lock")
+            .insert(id, acks.clone());
+        Round {
+            publisher: self,
+            id,
+            acks,
+            sent: 0,
+            _permits: permits,
+        }
     }
 }
 
@@ -155,9 +199,21 @@ pub struct Round<'p> {
 impl Round<'_> {
     /// Hands one message to the NATS client; its acknowledgement goes to
     /// `slot`.
-    pub async fn publish(&mut self, slot: usize, subject: String, headers: HeaderMap, payload: Bytes) -> Result<(), async_nats::PublishError> {
-        let reply = self.publisher.acks.reply_to(format_args!("{}.{slot}", self.id));
-        self.publisher.client.publish_with_reply_and_headers(subject, reply, headers, payload).await?;
+    pub async fn publish(
+        &mut self,
+        slot: usize,
+        subject: String,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<(), async_nats::PublishError> {
+        let reply = self
+            .publisher
+            .acks
+            .reply_to(format_args!("{}.{slot}", self.id));
+        self.publisher
+            .client
+            .publish_with_reply_and_headers(subject, reply, headers, payload)
+            .await?;
         self.sent += 1;
         Ok(())
     }
@@ -184,7 +240,11 @@ impl Round<'_> {
 
 impl Drop for Round<'_> {
     fn drop(&mut self) {
-        self.publisher.rounds.lock().expect("rounds lock").remove(&self.id);
+        self.publisher
+            .rounds
+            .lock()
+            .expect("rounds lock")
+            .remove(&self.id);
     }
 }
 
@@ -205,11 +265,18 @@ fn filer(rounds: Rounds) -> impl FnMut(&str, async_nats::Message) + Send + 'stat
             return;
         };
         if current.as_ref().map(|(id, _)| *id) != Some(round) {
-            current = rounds.lock().expect("rounds lock").get(&round).map(|acks| (round, acks.clone()));
+            current = rounds
+                .lock()
+                .expect("rounds lock")
+                .get(&round)
+                .map(|acks| (round, acks.clone()));
         }
         // No round: it ended (its deadline passed) before this arrived.
         if let Some((_, acks)) = &current {
-            acks.file(slot, Ack::read(message.status.map(u16::from), &message.payload));
+            acks.file(
+                slot,
+                Ack::read(message.status.map(u16::from), &message.payload),
+            );
         }
     }
 }
@@ -221,15 +288,39 @@ mod tests {
     #[test]
     fn acknowledgements_are_read_as_jetstream_writes_them() {
         let stored = br#"{"stream":"facts_operational","domain":"plant-a","seq":42}"#;
-        assert_eq!(Ack::read(None, stored), Ack::Stored { sequence: 42, duplicate: false });
+        assert_eq!(
+            Ack::read(None, stored),
+            Ack::Stored {
+                sequence: 42,
+                duplicate: false
+            }
+        );
         let duplicate = br#"{"stream":"facts_operational","seq":7,"duplicate":true}"#;
-        assert_eq!(Ack::read(None, duplicate), Ack::Stored { sequence: 7, duplicate: true });
+        assert_eq!(
+            Ack::read(None, duplicate),
+            Ack::Stored {
+                sequence: 7,
+                duplicate: true
+            }
+        );
         let refused = br#"{"error":{"code":400,"err_code":10070,"description":"wrong last msg ID: \"abc\""}}"#;
-        assert_eq!(Ack::read(None, refused), Ack::Refused { err_code: ERR_WRONG_LAST_MSG_ID, description: "wrong last msg ID: \"abc\"".into() });
+        assert_eq!(
+            Ack::read(None, refused),
+            Ack::Refused {
+                err_code: ERR_WRONG_LAST_MSG_ID,
+                description: "wrong last msg ID: \"abc\"".into()
+            }
+        );
         assert_eq!(Ack::read(Some(503), b""), Ack::NoResponders);
         assert!(matches!(Ack::read(Some(408), b""), Ack::Unreadable(_)));
-        assert!(matches!(Ack::read(None, b"{\"stream\":\"x\"}"), Ack::Unreadable(_)), "an acknowledgement without a sequence is not a stored fact");
-        assert!(matches!(Ack::read(None, b"{\"seq\":0}"), Ack::Unreadable(_)), "sequence 0 is no offset");
+        assert!(
+            matches!(Ack::read(None, b"{\"stream\":\"x\"}"), Ack::Unreadable(_)),
+            "an acknowledgement without a sequence is not a stored fact"
+        );
+        assert!(
+            matches!(Ack::read(None, b"{\"seq\":0}"), Ack::Unreadable(_)),
+            "sequence 0 is no offset"
+        );
         assert!(matches!(Ack::read(None, b"+OK"), Ack::Unreadable(_)));
     }
 
@@ -243,12 +334,28 @@ mod tests {
 
     #[test]
     fn a_round_completes_once_every_published_slot_is_filed_and_ignores_strays() {
-        let acks = RoundAcks { filed: Mutex::new(Filed { slots: vec![None; 3], received: 0, expected: usize::MAX }), complete: Notify::new() };
+        let acks = RoundAcks {
+            filed: Mutex::new(Filed {
+                slots: vec![None; 3],
+                received: 0,
+                expected: usize::MAX,
+            }),
+            complete: Notify::new(),
+        };
         acks.file(0, Ack::NoResponders);
-        acks.file(0, Ack::Stored { sequence: 1, duplicate: false });
+        acks.file(
+            0,
+            Ack::Stored {
+                sequence: 1,
+                duplicate: false,
+            },
+        );
         acks.file(9, Ack::NoResponders);
         let filed = acks.filed.lock().unwrap();
-        assert_eq!(filed.received, 1, "a second answer for a slot and a slot out of range are ignored");
+        assert_eq!(
+            filed.received, 1,
+            "a second answer for a slot and a slot out of range are ignored"
+        );
         assert_eq!(filed.slots[0], Some(Ack::NoResponders));
     }
 }

@@ -13,47 +13,83 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// One retention pass over every category. Returns facts purged.
-pub async fn run_once(client: &async_nats::Client, facts: &FactLog, consumers: &Consumers, metrics: &Metrics) -> anyhow::Result<u64> {
+pub async fn run_once(
+    client: &async_nats::Client,
+    facts: &FactLog,
+    consumers: &Consumers,
+    metrics: &Metrics,
+) -> anyhow::Result<u64> {
     let mut purged_total = 0;
     for category in facts.categories() {
         let state = category.report_state().await?;
         let name = category.config.name.as_str();
         let lbl = labels(&[("category", name)]);
         // Everything at or below this offset is confirmed by all consumers.
-        let confirmed_through = consumers.lowest_frontier(name).unwrap_or(state.last_sequence);
-        let max_age = time::Duration::try_from(category.config.max_age).unwrap_or(time::Duration::MAX);
+        let confirmed_through = consumers
+            .lowest_frontier(name)
+            .unwrap_or(state.last_sequence);
+        let max_age =
+            time::Duration::try_from(category.config.max_age).unwrap_or(time::Duration::MAX);
         let cutoff = time::OffsetDateTime::now_utc() - max_age;
         let first_young = if state.messages > 0 && state.first_timestamp < cutoff {
-            first_sequence_at_or_after(client, &category.stream_name(), cutoff, state.last_sequence).await?
+            first_sequence_at_or_after(client, &category.stream_name(), cutoff, state.last_sequence)
+                .await?
         } else {
             state.first_sequence
         };
-        let log = LogState { first_offset: state.first_sequence, last_offset: state.last_sequence, facts: state.messages, bytes: state.bytes };
-        let retain_bytes = category.config.capacity_bytes * u64::from(category.config.retain_fill_percent) / 100;
+        let log = LogState {
+            first_offset: state.first_sequence,
+            last_offset: state.last_sequence,
+            facts: state.messages,
+            bytes: state.bytes,
+        };
+        let retain_bytes =
+            category.config.capacity_bytes * u64::from(category.config.retain_fill_percent) / 100;
         let decision = truncation(log, first_young, confirmed_through, retain_bytes);
         if decision.blocked {
-            tracing::warn!(category = name, wanted_below = decision.wanted_below, confirmed_through, "retention is holding facts that a consumer has not confirmed");
+            tracing::warn!(
+                category = name,
+                wanted_below = decision.wanted_below,
+                confirmed_through,
+                "retention is holding facts that a consumer has not confirmed"
+            );
         }
         let allowed = decision.purge_below;
         if allowed > state.first_sequence {
             let response = category.stream.purge().sequence(allowed).await?;
             purged_total += response.purged;
             category.report_state().await?;
-            tracing::info!(category = name, purged = response.purged, below = allowed, "retention truncated confirmed facts");
+            tracing::info!(
+                category = name,
+                purged = response.purged,
+                below = allowed,
+                "retention truncated confirmed facts"
+            );
         }
-        metrics.store_buffer_fill_percent.get_or_create(&lbl).set(category.fill_percent());
+        metrics
+            .store_buffer_fill_percent
+            .get_or_create(&lbl)
+            .set(category.fill_percent());
         let oldest_unconfirmed_age = if confirmed_through < state.last_sequence {
             match category.stream.direct_get(confirmed_through + 1).await {
-                Ok(m) => (time::OffsetDateTime::now_utc() - m.time).as_seconds_f64().max(0.0),
+                Ok(m) => (time::OffsetDateTime::now_utc() - m.time)
+                    .as_seconds_f64()
+                    .max(0.0),
                 Err(_) => 0.0,
             }
         } else {
             0.0
         };
-        metrics.oldest_unconfirmed_age_seconds.get_or_create(&lbl).set(oldest_unconfirmed_age);
+        metrics
+            .oldest_unconfirmed_age_seconds
+            .get_or_create(&lbl)
+            .set(oldest_unconfirmed_age);
         // The alarm fires before facts reach their age, not only after.
         let near_age_limit = oldest_unconfirmed_age >= 0.9 * category.config.max_age.as_secs_f64();
-        metrics.retention_blocked.get_or_create(&lbl).set(i64::from(decision.blocked || near_age_limit));
+        metrics
+            .retention_blocked
+            .get_or_create(&lbl)
+            .set(i64::from(decision.blocked || near_age_limit));
     }
     Ok(purged_total)
 }
@@ -67,14 +103,29 @@ pub(crate) async fn first_sequence_at_or_after(
 ) -> anyhow::Result<u64> {
     // Direct get by start time (async-nats has no builder method for it).
     let body = serde_json::json!({ "start_time": cutoff.format(&time::format_description::well_known::Rfc3339)? });
-    let reply = client.request(format!("$JS.API.DIRECT.GET.{stream_name}"), serde_json::to_vec(&body)?.into()).await?;
-    let sequence = reply.headers.as_ref().and_then(|h| h.get("Nats-Sequence")).and_then(|v| v.as_str().parse::<u64>().ok());
+    let reply = client
+        .request(
+            format!("$JS.API.DIRECT.GET.{stream_name}"),
+            serde_json::to_vec(&body)?.into(),
+        )
+        .await?;
+    let sequence = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Nats-Sequence"))
+        .and_then(|v| v.as_str().parse::<u64>().ok());
     // No sequence (404): nothing that young, every fact is older than max_age.
     Ok(sequence.unwrap_or(last_sequence + 1))
 }
 
 /// Runs retention forever at the configured interval.
-pub async fn run(client: async_nats::Client, facts: Arc<FactLog>, consumers: Arc<Consumers>, metrics: Arc<Metrics>, interval: Duration) {
+pub async fn run(
+    client: async_nats::Client,
+    facts: Arc<FactLog>,
+    consumers: Arc<Consumers>,
+    metrics: Arc<Metrics>,
+    interval: Duration,
+) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

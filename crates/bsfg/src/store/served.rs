@@ -41,15 +41,35 @@ impl ServedFact {
     /// Checks a stored record and completes it for serving from `zone` at
     /// `offset` (see module docs).
     pub fn from_stored(stored: &[u8], offset: u64, zone: &str) -> Result<Self, Rejection> {
-        let corrupt = |why: String| Rejection::new(Code::DataLoss, "corrupt_record", format!("stored fact at offset {offset} {why}"));
-        let view = StoredFactView::decode_view(stored).map_err(|e| corrupt(format!("cannot be decoded: {e}")))?;
+        let corrupt = |why: String| {
+            Rejection::new(
+                Code::DataLoss,
+                "corrupt_record",
+                format!("stored fact at offset {offset} {why}"),
+            )
+        };
+        let view = StoredFactView::decode_view(stored)
+            .map_err(|e| corrupt(format!("cannot be decoded: {e}")))?;
         if view.envelope.message_id.is_empty() || view.fact.subject.is_empty() {
             return Err(corrupt("lacks its envelope or fact".into()));
         }
         let added = Provenance {
-            origin_zone: if view.provenance.origin_zone.is_empty() { view.envelope.from_zone.to_string() } else { String::new() },
-            origin_offset: if view.provenance.origin_offset == 0 { offset } else { 0 },
-            hops: vec![Hop { zone: zone.to_string(), offset, appended_at_unix_ms: view.appended_at_unix_ms, ..Default::default() }],
+            origin_zone: if view.provenance.origin_zone.is_empty() {
+                view.envelope.from_zone.to_string()
+            } else {
+                String::new()
+            },
+            origin_offset: if view.provenance.origin_offset == 0 {
+                offset
+            } else {
+                0
+            },
+            hops: vec![Hop {
+                zone: zone.to_string(),
+                offset,
+                appended_at_unix_ms: view.appended_at_unix_ms,
+                ..Default::default()
+            }],
             ..Default::default()
         }
         .encode_to_vec();
@@ -61,7 +81,8 @@ impl ServedFact {
         let mut rest = stored;
         while !rest.is_empty() {
             let field_start = rest;
-            let (number, body) = next_field(&mut rest).map_err(|e| corrupt(format!("has a malformed field: {e}")))?;
+            let (number, body) = next_field(&mut rest)
+                .map_err(|e| corrupt(format!("has a malformed field: {e}")))?;
             match number {
                 OFFSET_FIELD => {}
                 // Several occurrences of a message field merge, i.e. their
@@ -71,19 +92,24 @@ impl ServedFact {
             }
         }
         put_tag(&mut record, PROVENANCE_FIELD, WIRE_LEN);
-        let provenance_len: usize = provenance_bodies.iter().map(|b| b.len()).sum::<usize>() + added.len();
+        let provenance_len: usize =
+            provenance_bodies.iter().map(|b| b.len()).sum::<usize>() + added.len();
         encode_varint(provenance_len as u64, &mut record);
         for body in provenance_bodies {
             record.extend_from_slice(body);
         }
         record.extend_from_slice(&added);
-        Ok(Self { offset, record: record.freeze() })
+        Ok(Self {
+            offset,
+            record: record.freeze(),
+        })
     }
 
     /// The served record as a view. It was checked when it was served, so
     /// failing here is a bug in `from_stored`.
     pub fn view(&self) -> StoredFactView<'_> {
-        StoredFactView::decode_view(&self.record).expect("a served record decodes: from_stored built it from a checked one")
+        StoredFactView::decode_view(&self.record)
+            .expect("a served record decodes: from_stored built it from a checked one")
     }
 }
 
@@ -106,7 +132,11 @@ impl ServedFacts {
             encode_varint(fact.record.len() as u64, &mut out);
             out.extend_from_slice(&fact.record);
         }
-        for (number, value) in [(2, self.frontier), (3, self.last_delivered_offset), (4, self.backlog)] {
+        for (number, value) in [
+            (2, self.frontier),
+            (3, self.last_delivered_offset),
+            (4, self.backlog),
+        ] {
             if value != 0 {
                 put_tag(&mut out, number, WIRE_VARINT);
                 encode_varint(value, &mut out);
@@ -163,11 +193,19 @@ mod tests {
                 from_zone: "plant-a".into(),
                 to_zone: "enterprise".into(),
                 produced_at_unix_ms: 1_700_000_000_000,
-                labels: [("line".to_string(), "3".to_string())].into_iter().collect(),
+                labels: [("line".to_string(), "3".to_string())]
+                    .into_iter()
+                    .collect(),
                 ..Default::default()
             }
             .into(),
-            fact: Fact { subject: "batch:PlantA/B1".into(), predicate: "step_completed".into(), object_json: r#"{"a":1}"#.into(), ..Default::default() }.into(),
+            fact: Fact {
+                subject: "batch:PlantA/B1".into(),
+                predicate: "step_completed".into(),
+                object_json: r#"{"a":1}"#.into(),
+                ..Default::default()
+            }
+            .into(),
             provenance: provenance.map(Into::into).unwrap_or_default(),
             appended_at_unix_ms: 1_700_000_000_123,
             ..Default::default()
@@ -186,7 +224,12 @@ mod tests {
         if provenance.origin_offset == 0 {
             provenance.origin_offset = offset;
         }
-        provenance.hops.push(Hop { zone: zone.into(), offset, appended_at_unix_ms: appended, ..Default::default() });
+        provenance.hops.push(Hop {
+            zone: zone.into(),
+            offset,
+            appended_at_unix_ms: appended,
+            ..Default::default()
+        });
         record
     }
 
@@ -195,24 +238,49 @@ mod tests {
         let crossed = Provenance {
             origin_zone: "plant-a".into(),
             origin_offset: 7,
-            hops: vec![Hop { zone: "plant-a".into(), offset: 7, appended_at_unix_ms: 5, ..Default::default() }],
+            hops: vec![Hop {
+                zone: "plant-a".into(),
+                offset: 7,
+                appended_at_unix_ms: 5,
+                ..Default::default()
+            }],
             ..Default::default()
         };
-        for provenance in [None, Some(Provenance { origin_zone: "plant-a".into(), ..Default::default() }), Some(crossed)] {
+        for provenance in [
+            None,
+            Some(Provenance {
+                origin_zone: "plant-a".into(),
+                ..Default::default()
+            }),
+            Some(crossed),
+        ] {
             let record = stored(provenance);
             let served = ServedFact::from_stored(&record.encode_to_vec(), 42, "idmz").unwrap();
             let decoded = StoredFact::decode_from_slice(&served.record).unwrap();
             assert_eq!(decoded, completed(record.clone(), 42, "idmz"));
-            assert_eq!(served.view().provenance.hops.len(), decoded.provenance.hops.len(), "views read the same hops");
+            assert_eq!(
+                served.view().provenance.hops.len(),
+                decoded.provenance.hops.len(),
+                "views read the same hops"
+            );
         }
     }
 
     #[test]
     fn a_response_decodes_to_the_same_message_as_one_built_field_by_field() {
-        let facts: Vec<ServedFact> = (1..=3).map(|o| ServedFact::from_stored(&stored(None).encode_to_vec(), o, "idmz").unwrap()).collect();
-        let served = ServedFacts { facts, frontier: 0, last_delivered_offset: 3, backlog: 9 };
+        let facts: Vec<ServedFact> = (1..=3)
+            .map(|o| ServedFact::from_stored(&stored(None).encode_to_vec(), o, "idmz").unwrap())
+            .collect();
+        let served = ServedFacts {
+            facts,
+            frontier: 0,
+            last_delivered_offset: 3,
+            backlog: 9,
+        };
         let expected = FetchFactsResponse {
-            facts: (1..=3).map(|o| completed(stored(None), o, "idmz")).collect(),
+            facts: (1..=3)
+                .map(|o| completed(stored(None), o, "idmz"))
+                .collect(),
             frontier: 0,
             last_delivered_offset: 3,
             backlog: 9,
@@ -225,7 +293,11 @@ mod tests {
     fn a_corrupt_or_incomplete_record_is_refused_as_data_loss() {
         let good = stored(None).encode_to_vec();
         let truncated = &good[..good.len() - 3];
-        let without_fact = StoredFact { fact: Default::default(), ..stored(None) }.encode_to_vec();
+        let without_fact = StoredFact {
+            fact: Default::default(),
+            ..stored(None)
+        }
+        .encode_to_vec();
         let bad_utf8 = {
             // Category "operational" with one byte made invalid UTF-8.
             let mut bytes = good.clone();
@@ -235,7 +307,10 @@ mod tests {
         };
         for bad in [truncated, &without_fact[..], &bad_utf8[..]] {
             let refused = ServedFact::from_stored(bad, 3, "idmz").unwrap_err();
-            assert_eq!((refused.code, refused.reason), (Code::DataLoss, "corrupt_record"));
+            assert_eq!(
+                (refused.code, refused.reason),
+                (Code::DataLoss, "corrupt_record")
+            );
         }
     }
 }

@@ -5,7 +5,11 @@ use super::{ALPN, provider, read_certs, read_key, root_store};
 use std::path::Path;
 use std::sync::Arc;
 
-pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+pub fn client_config(
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(root_store(ca)?)
@@ -34,19 +38,34 @@ pub struct PresentedCertificate(std::sync::Mutex<String>);
 
 impl PresentedCertificate {
     pub fn fingerprint(&self) -> String {
-        self.0.lock().expect("presented certificate poisoned").clone()
+        self.0
+            .lock()
+            .expect("presented certificate poisoned")
+            .clone()
     }
 }
 
 /// Like [`client_config`], but remembering the server certificate each
 /// handshake verified (one configuration per peer link).
-pub fn peer_client_config(ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<(Arc<rustls::ClientConfig>, Arc<PresentedCertificate>)> {
+pub fn peer_client_config(
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+) -> anyhow::Result<(Arc<rustls::ClientConfig>, Arc<PresentedCertificate>)> {
     let presented = Arc::new(PresentedCertificate::default());
-    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(root_store(ca)?), provider())
-        .build()
-        .map_err(|e| anyhow::anyhow!("CA {}: {e}", ca.display()))?;
+    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(root_store(ca)?),
+        provider(),
+    )
+    .build()
+    .map_err(|e| anyhow::anyhow!("CA {}: {e}", ca.display()))?;
     let mut config = Arc::unwrap_or_clone(client_config(ca, cert, key)?);
-    config.dangerous().set_certificate_verifier(Arc::new(RecordingVerifier { inner, presented: presented.clone() }));
+    config
+        .dangerous()
+        .set_certificate_verifier(Arc::new(RecordingVerifier {
+            inner,
+            presented: presented.clone(),
+        }));
     Ok((Arc::new(config), presented))
 }
 
@@ -67,8 +86,18 @@ impl rustls::client::danger::ServerCertVerifier for RecordingVerifier {
         ocsp_response: &[u8],
         now: rustls::pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        let verified = self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
-        *self.presented.0.lock().expect("presented certificate poisoned") = super::identity::fingerprint(end_entity);
+        let verified = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        *self
+            .presented
+            .0
+            .lock()
+            .expect("presented certificate poisoned") = super::identity::fingerprint(end_entity);
         Ok(verified)
     }
 

@@ -22,7 +22,9 @@ pub fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// Reads every certificate in a PEM file.
-pub fn read_certs(path: &std::path::Path) -> anyhow::Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+pub fn read_certs(
+    path: &std::path::Path,
+) -> anyhow::Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
     use rustls::pki_types::pem::PemObject;
     let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
         .map_err(|e| anyhow::anyhow!("cannot read certificates from {}: {e}", path.display()))?
@@ -32,15 +34,20 @@ pub fn read_certs(path: &std::path::Path) -> anyhow::Result<Vec<rustls::pki_type
     Ok(certs)
 }
 
-pub fn read_key(path: &std::path::Path) -> anyhow::Result<rustls::pki_types::PrivateKeyDer<'static>> {
+pub fn read_key(
+    path: &std::path::Path,
+) -> anyhow::Result<rustls::pki_types::PrivateKeyDer<'static>> {
     use rustls::pki_types::pem::PemObject;
-    rustls::pki_types::PrivateKeyDer::from_pem_file(path).map_err(|e| anyhow::anyhow!("cannot read private key {}: {e}", path.display()))
+    rustls::pki_types::PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| anyhow::anyhow!("cannot read private key {}: {e}", path.display()))
 }
 
 pub fn root_store(ca_path: &std::path::Path) -> anyhow::Result<rustls::RootCertStore> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in read_certs(ca_path)? {
-        roots.add(cert).map_err(|e| anyhow::anyhow!("CA certificate in {} rejected: {e}", ca_path.display()))?;
+        roots.add(cert).map_err(|e| {
+            anyhow::anyhow!("CA certificate in {} rejected: {e}", ca_path.display())
+        })?;
     }
     Ok(roots)
 }

@@ -4,7 +4,10 @@
 //! and a client to its peers. Production sites bring their own PKI; the node
 //! only needs PEM files.
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
 use std::path::{Path, PathBuf};
 use time::{Duration, OffsetDateTime};
 
@@ -21,7 +24,12 @@ pub struct Issued {
 fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(path)?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
     file.write_all(contents.as_bytes())?;
     Ok(())
 }
@@ -31,20 +39,35 @@ pub fn init_ca(dir: &Path, common_name: &str, valid_days: i64) -> anyhow::Result
     std::fs::create_dir_all(dir)?;
     let cert_path = dir.join(CA_CERT_FILE);
     let key_path = dir.join(CA_KEY_FILE);
-    anyhow::ensure!(!cert_path.exists(), "{} exists already; remove it to create a new CA", cert_path.display());
+    anyhow::ensure!(
+        !cert_path.exists(),
+        "{} exists already; remove it to create a new CA",
+        cert_path.display()
+    );
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
-    params.distinguished_name.push(DnType::CommonName, common_name);
-    params.distinguished_name.push(DnType::OrganizationName, "BSFG development PKI");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "BSFG development PKI");
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let now = OffsetDateTime::now_utc();
     params.not_before = now - Duration::hours(1);
     params.not_after = now + Duration::days(valid_days);
     let cert = params.self_signed(&key)?;
     std::fs::write(&cert_path, cert.pem())?;
     write_private(&key_path, &key.serialize_pem())?;
-    Ok(Issued { cert: cert_path, key: key_path })
+    Ok(Issued {
+        cert: cert_path,
+        key: key_path,
+    })
 }
 
 /// What to put in an issued certificate.
@@ -79,16 +102,28 @@ pub fn issue(ca_dir: &Path, out_dir: &Path, request: &IssueRequest) -> anyhow::R
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)?;
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
-    params.distinguished_name.push(DnType::CommonName, request.name.as_str());
-    params.subject_alt_names.push(SanType::DnsName(request.name.as_str().try_into()?));
+    params
+        .distinguished_name
+        .push(DnType::CommonName, request.name.as_str());
+    params
+        .subject_alt_names
+        .push(SanType::DnsName(request.name.as_str().try_into()?));
     for san in &request.extra_sans {
-        params.subject_alt_names.push(match san.parse::<std::net::IpAddr>() {
-            Ok(ip) => SanType::IpAddress(ip),
-            Err(_) => SanType::DnsName(san.as_str().try_into()?),
-        });
+        params
+            .subject_alt_names
+            .push(match san.parse::<std::net::IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(san.as_str().try_into()?),
+            });
     }
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
     params.not_before = request.not_before;
     params.not_after = request.not_after;
     params.use_authority_key_identifier_extension = true;
@@ -98,5 +133,8 @@ pub fn issue(ca_dir: &Path, out_dir: &Path, request: &IssueRequest) -> anyhow::R
     let key_path = out_dir.join(format!("{}.key", request.name));
     std::fs::write(&cert_path, cert.pem())?;
     write_private(&key_path, &key.serialize_pem())?;
-    Ok(Issued { cert: cert_path, key: key_path })
+    Ok(Issued {
+        cert: cert_path,
+        key: key_path,
+    })
 }

@@ -39,7 +39,10 @@ pub struct ReloadingTls {
 }
 
 fn stamp(files: &TlsFiles) -> Vec<Option<SystemTime>> {
-    [&files.ca, &files.cert, &files.key].iter().map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()).collect()
+    [&files.ca, &files.cert, &files.key]
+        .iter()
+        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .collect()
 }
 
 fn load(files: &TlsFiles) -> anyhow::Result<Loaded> {
@@ -52,20 +55,38 @@ fn load(files: &TlsFiles) -> anyhow::Result<Loaded> {
         .load_private_key(key)
         .map_err(|e| anyhow::anyhow!("private key {} unusable: {e}", files.key.display()))?;
     let certified = CertifiedKey::new(chain.clone(), signing_key);
-    certified.keys_match().map_err(|e| anyhow::anyhow!("{} does not match {}: {e}", files.key.display(), files.cert.display()))?;
+    certified.keys_match().map_err(|e| {
+        anyhow::anyhow!(
+            "{} does not match {}: {e}",
+            files.key.display(),
+            files.cert.display()
+        )
+    })?;
     let roots = root_store(&files.ca)?;
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
         .build()
         .map_err(|e| anyhow::anyhow!("client verifier from {}: {e}", files.ca.display()))?;
     let cert_days = super::identity::days_until_expiry(&chain[0])?;
-    let ca_days = read_certs(&files.ca)?.iter().filter_map(|c| super::identity::days_until_expiry(c).ok()).fold(f64::INFINITY, f64::min);
-    Ok(Loaded { key: Arc::new(certified), verifier, cert_days, ca_days, stamp })
+    let ca_days = read_certs(&files.ca)?
+        .iter()
+        .filter_map(|c| super::identity::days_until_expiry(c).ok())
+        .fold(f64::INFINITY, f64::min);
+    Ok(Loaded {
+        key: Arc::new(certified),
+        verifier,
+        cert_days,
+        ca_days,
+        stamp,
+    })
 }
 
 impl ReloadingTls {
     pub fn load(files: TlsFiles) -> anyhow::Result<Arc<Self>> {
         let loaded = load(&files)?;
-        Ok(Arc::new(Self { files, loaded: RwLock::new(loaded) }))
+        Ok(Arc::new(Self {
+            files,
+            loaded: RwLock::new(loaded),
+        }))
     }
 
     /// The rustls configuration to serve with; it keeps asking `self` for
@@ -102,7 +123,9 @@ impl ReloadingTls {
 
 impl std::fmt::Debug for ReloadingTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReloadingTls").field("files", &self.files).finish()
+        f.debug_struct("ReloadingTls")
+            .field("files", &self.files)
+            .finish()
     }
 }
 
@@ -141,18 +164,34 @@ impl ClientCertVerifier for Verifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let result = self.current().verify_client_cert(end_entity, intermediates, now);
+        let result = self
+            .current()
+            .verify_client_cert(end_entity, intermediates, now);
         if let Err(e) = &result {
             // Names of a certificate the node does not trust: bounded.
-            let names = bsfg_domain::bounded::bounded_owned(super::identity::of_certificate(end_entity).map(|i| i.names.join(",")).unwrap_or_default());
+            let names = bsfg_domain::bounded::bounded_owned(
+                super::identity::of_certificate(end_entity)
+                    .map(|i| i.names.join(","))
+                    .unwrap_or_default(),
+            );
             tracing::warn!(error = %e, names, fingerprint = %super::identity::fingerprint(end_entity), "TLS client certificate refused");
         }
         result
     }
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.current().verify_tls12_signature(message, cert, dss)
     }
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.current().verify_tls13_signature(message, cert, dss)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -161,12 +200,18 @@ impl ClientCertVerifier for Verifier {
 }
 
 /// Polls the files and reloads on change; publishes expiry metrics.
-pub async fn watch(tls: Arc<ReloadingTls>, metrics: Arc<crate::metrics::Metrics>, interval: std::time::Duration) {
+pub async fn watch(
+    tls: Arc<ReloadingTls>,
+    metrics: Arc<crate::metrics::Metrics>,
+    interval: std::time::Duration,
+) {
     let mut ticker = tokio::time::interval(interval);
     loop {
         ticker.tick().await;
         match tls.reload_if_changed() {
-            Ok(true) => tracing::info!(cert = %tls.files.cert.display(), ca = %tls.files.ca.display(), "TLS certificate reloaded"),
+            Ok(true) => {
+                tracing::info!(cert = %tls.files.cert.display(), ca = %tls.files.ca.display(), "TLS certificate reloaded")
+            }
             Ok(false) => {}
             Err(e) => {
                 metrics.tls_reload_failures_total.inc();
@@ -174,11 +219,21 @@ pub async fn watch(tls: Arc<ReloadingTls>, metrics: Arc<crate::metrics::Metrics>
             }
         }
         let (cert_days, ca_days) = tls.expiry_days();
-        metrics.certificate_expiry_days.get_or_create(&crate::metrics::labels(&[("certificate", "node")])).set(cert_days);
-        metrics.certificate_expiry_days.get_or_create(&crate::metrics::labels(&[("certificate", "ca")])).set(ca_days);
+        metrics
+            .certificate_expiry_days
+            .get_or_create(&crate::metrics::labels(&[("certificate", "node")]))
+            .set(cert_days);
+        metrics
+            .certificate_expiry_days
+            .get_or_create(&crate::metrics::labels(&[("certificate", "ca")]))
+            .set(ca_days);
     }
 }
 
 pub fn files_exist(files: &TlsFiles) -> Vec<&Path> {
-    [&files.ca, &files.cert, &files.key].into_iter().filter(|p| !p.exists()).map(|p| p.as_path()).collect()
+    [&files.ca, &files.cert, &files.key]
+        .into_iter()
+        .filter(|p| !p.exists())
+        .map(|p| p.as_path())
+        .collect()
 }

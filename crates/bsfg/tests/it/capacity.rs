@@ -14,7 +14,13 @@ async fn full_category_refuses_then_recovers_after_confirm_and_retention() {
     let zone = Zone::start(opts).await;
     let client = zone.client();
     let payload = "x".repeat(2000);
-    let make = |i: usize| fact(&format!("batch:B{i}"), "sample_recorded", &format!(r#"{{"i":{i},"pad":"{payload}"}}"#));
+    let make = |i: usize| {
+        fact(
+            &format!("batch:B{i}"),
+            "sample_recorded",
+            &format!(r#"{{"i":{i},"pad":"{payload}"}}"#),
+        )
+    };
 
     let mut sent = Vec::new();
     let mut refusal = None;
@@ -34,8 +40,18 @@ async fn full_category_refuses_then_recovers_after_confirm_and_retention() {
     }
     let err = refusal.expect("appends must be refused before 400 x 2 KiB fit in 256 KiB");
     assert_eq!(err.code.as_str(), "resource_exhausted", "{err:?}");
-    assert!(err.message.clone().unwrap_or_default().starts_with("category_full"), "{err:?}");
-    assert!(sent.len() > 50, "the threshold is 80% of 256 KiB, refused after only {} facts", sent.len());
+    assert!(
+        err.message
+            .clone()
+            .unwrap_or_default()
+            .starts_with("category_full"),
+        "{err:?}"
+    );
+    assert!(
+        sent.len() > 50,
+        "the threshold is 80% of 256 KiB, refused after only {} facts",
+        sent.len()
+    );
     let count_when_full = zone.message_count("operational").await;
     assert_eq!(count_when_full, sent.len() as u64);
 
@@ -51,19 +67,39 @@ async fn full_category_refuses_then_recovers_after_confirm_and_retention() {
         match client.append(e.clone(), f.clone()).await {
             Ok(r) => {
                 admitted_after_report += 1;
-                assert!(admitted_after_report <= 2, "a full category admitted {admitted_after_report} facts after a retention pass");
+                assert!(
+                    admitted_after_report <= 2,
+                    "a full category admitted {admitted_after_report} facts after a retention pass"
+                );
                 sent.push((e, f, r.offset));
             }
             Err(err) => {
-                assert_eq!((err.code.as_str(), err.message.clone().unwrap_or_default().starts_with("category_full")), ("resource_exhausted", true), "{err:?}");
+                assert_eq!(
+                    (
+                        err.code.as_str(),
+                        err.message
+                            .clone()
+                            .unwrap_or_default()
+                            .starts_with("category_full")
+                    ),
+                    ("resource_exhausted", true),
+                    "{err:?}"
+                );
                 break;
             }
         }
     }
     let count_when_full = count_when_full + admitted_after_report as u64;
-    assert_eq!(zone.message_count("operational").await, count_when_full, "no unconfirmed fact evicted");
+    assert_eq!(
+        zone.message_count("operational").await,
+        count_when_full,
+        "no unconfirmed fact evicted"
+    );
     // A retry of a stored fact is still answered while full.
-    let r = client.append(sent[3].0.clone(), sent[3].1.clone()).await.unwrap();
+    let r = client
+        .append(sent[3].0.clone(), sent[3].1.clone())
+        .await
+        .unwrap();
     assert!(r.duplicate);
     assert_eq!(r.offset, sent[3].2);
 
@@ -76,7 +112,10 @@ async fn full_category_refuses_then_recovers_after_confirm_and_retention() {
     // Retention truncates the confirmed prefix; appends are accepted again.
     let deadline = Instant::now() + Duration::from_secs(10);
     let accepted = loop {
-        match client.append(envelope(&mid("cap-after")), make(10_000)).await {
+        match client
+            .append(envelope(&mid("cap-after")), make(10_000))
+            .await
+        {
             Ok(r) => break r,
             Err(e) if Instant::now() < deadline => {
                 assert_eq!(e.code.as_str(), "resource_exhausted", "{e:?}");
@@ -86,7 +125,10 @@ async fn full_category_refuses_then_recovers_after_confirm_and_retention() {
         }
     };
     assert!(accepted.offset > last);
-    assert!(zone.message_count("operational").await < count_when_full, "retention truncated confirmed facts");
+    assert!(
+        zone.message_count("operational").await < count_when_full,
+        "retention truncated confirmed facts"
+    );
     let next = client.fetch("mes", 10, 0, 1000).await.unwrap();
     assert_eq!(next.facts.len(), 1);
     assert_eq!(next.facts[0].offset, accepted.offset);

@@ -7,7 +7,11 @@ use std::time::{Duration, Instant};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn append_is_idempotent_and_conflicts_are_refused() {
     // Out of process: the node's own log (stderr) is checked at the end.
-    let zone = Zone::start(Opts { out_of_process: true, ..Opts::default() }).await;
+    let zone = Zone::start(Opts {
+        out_of_process: true,
+        ..Opts::default()
+    })
+    .await;
     let client = zone.client();
     let env = envelope(&mid("idem"));
     let f = batch_fact(1);
@@ -31,30 +35,83 @@ async fn append_is_idempotent_and_conflicts_are_refused() {
 
     let mut different = f.clone();
     different.object_json = r#"{"step":"drying"}"#.into();
-    assert_rejected(client.append(env.clone(), different).await, "already_exists", "conflicting_duplicate");
+    assert_rejected(
+        client.append(env.clone(), different).await,
+        "already_exists",
+        "conflicting_duplicate",
+    );
     // Same key, kind routed to another category: still a conflict, nothing stored.
     let audit = fact("document:PlantA/x1", "step_completed", r#"{"a":1}"#);
-    assert_rejected(client.append(env.clone(), audit).await, "already_exists", "conflicting_duplicate");
+    assert_rejected(
+        client.append(env.clone(), audit).await,
+        "already_exists",
+        "conflicting_duplicate",
+    );
     assert_eq!(zone.message_count("operational").await, 1);
     assert_eq!(zone.message_count("documents").await, 0);
 
     // A different message_id is a new fact.
-    let second = client.append(envelope(&mid("idem")), f.clone()).await.unwrap();
+    let second = client
+        .append(envelope(&mid("idem")), f.clone())
+        .await
+        .unwrap();
     assert!(!second.duplicate);
     assert!(second.offset > first.offset);
     assert_eq!(zone.message_count("operational").await, 2);
 
     // Every outcome is a JSON log line naming the RPC, the key and the outcome.
     let key = format!("{}/{}", env.from_zone, env.message_id);
-    let ok = zone.log_lines_with(3, &[("rpc", "AppendFact"), ("key", &key), ("outcome", "ok")]).await;
-    assert_eq!(ok.len(), 3, "the first append and its two identical retries answered: {ok:?}");
-    assert!(ok.iter().all(|l| l["level"] == "INFO" && l["fields"]["elapsed_us"].is_u64()), "{ok:?}");
-    let duplicates = zone.log_lines_with(2, &[("rpc", "AppendFact"), ("key", &key), ("outcome", "duplicate")]).await;
+    let ok = zone
+        .log_lines_with(
+            3,
+            &[("rpc", "AppendFact"), ("key", &key), ("outcome", "ok")],
+        )
+        .await;
+    assert_eq!(
+        ok.len(),
+        3,
+        "the first append and its two identical retries answered: {ok:?}"
+    );
+    assert!(
+        ok.iter()
+            .all(|l| l["level"] == "INFO" && l["fields"]["elapsed_us"].is_u64()),
+        "{ok:?}"
+    );
+    let duplicates = zone
+        .log_lines_with(
+            2,
+            &[
+                ("rpc", "AppendFact"),
+                ("key", &key),
+                ("outcome", "duplicate"),
+            ],
+        )
+        .await;
     assert_eq!(duplicates.len(), 2, "{duplicates:?}");
-    assert!(duplicates.iter().all(|l| l["fields"]["offset"] == first.offset), "a duplicate names the original offset: {duplicates:?}");
-    let rejected = zone.log_lines_with(2, &[("rpc", "AppendFact"), ("key", &key), ("outcome", "rejected"), ("reason", "conflicting_duplicate")]).await;
+    assert!(
+        duplicates
+            .iter()
+            .all(|l| l["fields"]["offset"] == first.offset),
+        "a duplicate names the original offset: {duplicates:?}"
+    );
+    let rejected = zone
+        .log_lines_with(
+            2,
+            &[
+                ("rpc", "AppendFact"),
+                ("key", &key),
+                ("outcome", "rejected"),
+                ("reason", "conflicting_duplicate"),
+            ],
+        )
+        .await;
     assert_eq!(rejected.len(), 2, "{rejected:?}");
-    assert!(rejected.iter().all(|l| l["fields"]["message"].as_str().is_some_and(|m| m.contains(&env.message_id))), "{rejected:?}");
+    assert!(
+        rejected.iter().all(|l| l["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&env.message_id))),
+        "{rejected:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,7 +132,11 @@ async fn concurrent_identical_appends_store_one_fact() {
     }
     let offset = results[0].offset;
     assert!(results.iter().all(|r| r.offset == offset), "{results:?}");
-    assert_eq!(results.iter().filter(|r| !r.duplicate).count(), 1, "exactly one original: {results:?}");
+    assert_eq!(
+        results.iter().filter(|r| !r.duplicate).count(),
+        1,
+        "exactly one original: {results:?}"
+    );
     assert_eq!(zone.message_count("operational").await, 1);
 }
 
@@ -93,7 +154,11 @@ async fn concurrent_appends_of_one_key_across_categories_store_one_fact() {
         let tasks: Vec<_> = (0..32)
             .map(|i| {
                 let (client, env) = (client.clone(), env.clone());
-                let f = if i % 2 == 0 { operational.clone() } else { audit.clone() };
+                let f = if i % 2 == 0 {
+                    operational.clone()
+                } else {
+                    audit.clone()
+                };
                 tokio::spawn(async move { (i % 2, client.append(env, f).await) })
             })
             .collect();
@@ -107,11 +172,21 @@ async fn concurrent_appends_of_one_key_across_categories_store_one_fact() {
                         originals.push(r);
                     }
                 }
-                (_, Err(e)) => assert_rejected::<()>(Err(e), "already_exists", "conflicting_duplicate"),
+                (_, Err(e)) => {
+                    assert_rejected::<()>(Err(e), "already_exists", "conflicting_duplicate")
+                }
             }
         }
-        assert_eq!(originals.len(), 1, "round {round}: exactly one original: {originals:?}");
-        assert_eq!(kinds_accepted.len(), 1, "round {round}: only the stored content is answered as a duplicate");
+        assert_eq!(
+            originals.len(),
+            1,
+            "round {round}: exactly one original: {originals:?}"
+        );
+        assert_eq!(
+            kinds_accepted.len(),
+            1,
+            "round {round}: only the stored content is answered as a duplicate"
+        );
     }
     let stored = zone.message_count("operational").await + zone.message_count("documents").await;
     assert_eq!(stored, 8, "one fact per key across both categories");
@@ -124,7 +199,11 @@ async fn concurrent_appends_of_one_key_across_categories_store_one_fact() {
 async fn a_key_stored_in_one_category_is_refused_in_another_after_restart() {
     let mut zone = Zone::start(Opts::default()).await;
     let env = envelope(&mid("filter"));
-    let first = zone.client().append(env.clone(), batch_fact(1)).await.unwrap();
+    let first = zone
+        .client()
+        .append(env.clone(), batch_fact(1))
+        .await
+        .unwrap();
     zone.restart_node(false).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while metric_value(&zone.metrics_text().await, "bsfg_key_index_ready", &[]) != Some(1.0) {
@@ -132,11 +211,26 @@ async fn a_key_stored_in_one_category_is_refused_in_another_after_restart() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let client = zone.client();
-    client.append(envelope(&mid("filter-new")), fact("document:PlantA/x1", "step_completed", r#"{"a":1}"#)).await.unwrap();
+    client
+        .append(
+            envelope(&mid("filter-new")),
+            fact("document:PlantA/x1", "step_completed", r#"{"a":1}"#),
+        )
+        .await
+        .unwrap();
 
-    let refused = client.append(env.clone(), fact("document:PlantA/x2", "step_completed", r#"{"a":2}"#)).await;
+    let refused = client
+        .append(
+            env.clone(),
+            fact("document:PlantA/x2", "step_completed", r#"{"a":2}"#),
+        )
+        .await;
     assert_rejected(refused, "already_exists", "conflicting_duplicate");
-    assert_eq!(zone.message_count("documents").await, 1, "the key stored in operational is not stored again in documents");
+    assert_eq!(
+        zone.message_count("documents").await,
+        1,
+        "the key stored in operational is not stored again in documents"
+    );
     let again = client.append(env, batch_fact(1)).await.unwrap();
     assert!(again.duplicate && again.offset == first.offset, "{again:?}");
     // The index writer's cost is visible: the fact appended after the
@@ -161,7 +255,10 @@ async fn a_key_stored_in_one_category_is_refused_in_another_after_restart() {
         {
             break;
         }
-        assert!(Instant::now() < deadline, "key index metrics: recorded {recorded:?}, seconds {seconds:?}, entries {entries:?}, buffered {buffered:?}, file bytes {file_bytes:?}");
+        assert!(
+            Instant::now() < deadline,
+            "key index metrics: recorded {recorded:?}, seconds {seconds:?}, entries {entries:?}, buffered {buffered:?}, file bytes {file_bytes:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -178,14 +275,21 @@ async fn group_committed_offsets_point_at_their_own_facts() {
     let mut answers = Vec::new();
     for round in 0..2 {
         // Round 1 re-sends the first half (retries) alongside new facts.
-        let chosen: Vec<_> = if round == 0 { envelopes[..48].to_vec() } else { envelopes.clone() };
+        let chosen: Vec<_> = if round == 0 {
+            envelopes[..48].to_vec()
+        } else {
+            envelopes.clone()
+        };
         let tasks: Vec<_> = chosen
             .into_iter()
             .enumerate()
             .map(|(i, env)| {
                 let client = client.clone();
                 tokio::spawn(async move {
-                    let r = client.append(env.clone(), batch_fact(i % 48)).await.unwrap();
+                    let r = client
+                        .append(env.clone(), batch_fact(i % 48))
+                        .await
+                        .unwrap();
                     (env.message_id, r)
                 })
             })
@@ -200,12 +304,23 @@ async fn group_committed_offsets_point_at_their_own_facts() {
     for (round, (message_id, r)) in &answers {
         let stored = stream.direct_get(r.offset).await.unwrap();
         let fact = StoredFact::decode_from_slice(&stored.payload).unwrap();
-        assert_eq!(&fact.envelope.message_id, message_id, "offset {} answered for {message_id} holds another fact", r.offset);
+        assert_eq!(
+            &fact.envelope.message_id, message_id,
+            "offset {} answered for {message_id} holds another fact",
+            r.offset
+        );
         if !r.duplicate {
-            assert!(originals.insert(message_id.clone(), r.offset).is_none(), "{message_id} stored twice");
+            assert!(
+                originals.insert(message_id.clone(), r.offset).is_none(),
+                "{message_id} stored twice"
+            );
         }
         if *round == 1 && originals.get(message_id).is_some_and(|o| *o != r.offset) {
-            panic!("{message_id}: retry answered offset {} instead of {:?}", r.offset, originals.get(message_id));
+            panic!(
+                "{message_id}: retry answered offset {} instead of {:?}",
+                r.offset,
+                originals.get(message_id)
+            );
         }
     }
     assert_eq!(originals.len(), 96, "every fact stored once");
@@ -239,23 +354,61 @@ async fn fetch_is_ordered_and_bounded_and_confirm_rules_hold() {
     let again = client.fetch("mes", 100, 0, 0).await.unwrap();
     assert_eq!(again.frontier, sent[2].2);
     // Confirm past what was delivered is refused.
-    assert_rejected(client.confirm("mes", 1000).await, "failed_precondition", "not_delivered");
+    assert_rejected(
+        client.confirm("mes", 1000).await,
+        "failed_precondition",
+        "not_delivered",
+    );
     assert_eq!(client.confirm("mes", sent[9].2).await.unwrap(), sent[9].2);
 
     // Unknown consumer.
-    assert_rejected(client.fetch("nobody", 1, 0, 0).await, "not_found", "unknown_consumer");
-    assert_rejected(client.confirm("nobody", 1).await, "not_found", "unknown_consumer");
+    assert_rejected(
+        client.fetch("nobody", 1, 0, 0).await,
+        "not_found",
+        "unknown_consumer",
+    );
+    assert_rejected(
+        client.confirm("nobody", 1).await,
+        "not_found",
+        "unknown_consumer",
+    );
 
     // An offset that belongs to another consumer (filtered out) is refused.
-    let asset = client.append(envelope(&mid("ord")), fact("asset:FILLER-07", "state_changed", r#"{"s":"run"}"#)).await.unwrap();
-    let batch = client.append(envelope(&mid("ord")), batch_fact(99)).await.unwrap();
+    let asset = client
+        .append(
+            envelope(&mid("ord")),
+            fact("asset:FILLER-07", "state_changed", r#"{"s":"run"}"#),
+        )
+        .await
+        .unwrap();
+    let batch = client
+        .append(envelope(&mid("ord")), batch_fact(99))
+        .await
+        .unwrap();
     let got = fetch_all(&client, "batches", 11).await;
     let offsets: Vec<u64> = got.iter().map(|f| f.offset).collect();
-    assert!(offsets.contains(&batch.offset) && !offsets.contains(&asset.offset), "{offsets:?}");
-    assert_rejected(client.confirm("batches", asset.offset).await, "invalid_argument", "not_delivered_to_consumer");
+    assert!(
+        offsets.contains(&batch.offset) && !offsets.contains(&asset.offset),
+        "{offsets:?}"
+    );
+    assert_rejected(
+        client.confirm("batches", asset.offset).await,
+        "invalid_argument",
+        "not_delivered_to_consumer",
+    );
     // An offset the auditor was never delivered.
-    client.append(envelope(&mid("ord")), fact("document:x1", "signed", r#"{"by":"qa"}"#)).await.unwrap();
-    assert_rejected(client.confirm("auditor", 1).await, "failed_precondition", "not_delivered");
+    client
+        .append(
+            envelope(&mid("ord")),
+            fact("document:x1", "signed", r#"{"by":"qa"}"#),
+        )
+        .await
+        .unwrap();
+    assert_rejected(
+        client.confirm("auditor", 1).await,
+        "failed_precondition",
+        "not_delivered",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,7 +427,11 @@ async fn unconfirmed_facts_come_again_after_restart_and_after_redelivery_timeout
     assert_exactly_once_in_order(&got.facts, &sent);
     // Not yet due: nothing.
     let none = client.fetch("mes", 100, 0, 0).await.unwrap();
-    assert!(none.facts.is_empty(), "no redelivery before the timeout: {:?}", none.facts.len());
+    assert!(
+        none.facts.is_empty(),
+        "no redelivery before the timeout: {:?}",
+        none.facts.len()
+    );
     tokio::time::sleep(Duration::from_millis(1300)).await;
     let again = client.fetch("mes", 100, 0, 1000).await.unwrap();
     assert_exactly_once_in_order(&again.facts, &sent);
@@ -288,7 +445,12 @@ async fn unconfirmed_facts_come_again_after_restart_and_after_redelivery_timeout
     assert_eq!(after.frontier, sent[0].2, "frontier survives a restart");
     assert_exactly_once_in_order(&after.facts, &sent[1..]);
     // A peer restarting from the frontier gets the unconfirmed ones again.
-    let request = FetchFactsRequest { consumer_name: "mes".into(), limit: 100, restart_from_frontier: true, ..Default::default() };
+    let request = FetchFactsRequest {
+        consumer_name: "mes".into(),
+        limit: 100,
+        restart_from_frontier: true,
+        ..Default::default()
+    };
     let restarted = client.fetch_request(request).await.unwrap();
     assert_eq!(restarted.frontier, sent[0].2);
     assert_exactly_once_in_order(&restarted.facts, &sent[1..]);
@@ -296,16 +458,30 @@ async fn unconfirmed_facts_come_again_after_restart_and_after_redelivery_timeout
     zone.restart_node(false).await;
     let client = zone.client();
     let after = client.fetch("mes", 100, 0, 300).await.unwrap();
-    assert!(after.facts.is_empty(), "confirmed facts are not delivered again");
+    assert!(
+        after.facts.is_empty(),
+        "confirmed facts are not delivered again"
+    );
     assert_eq!(after.frontier, sent[2].2);
     // Replay from the second fact: frontier moves back, the rest comes again.
-    let frontier = client.reset_consumer("mes", reset_consumer_request::Position::Offset(sent[1].2)).await.unwrap();
-    assert_eq!(frontier, sent[1].2 - 1, "a replay moves the frontier to just before its start");
+    let frontier = client
+        .reset_consumer("mes", reset_consumer_request::Position::Offset(sent[1].2))
+        .await
+        .unwrap();
+    assert_eq!(
+        frontier,
+        sent[1].2 - 1,
+        "a replay moves the frontier to just before its start"
+    );
     let replayed = client.fetch("mes", 100, 0, 0).await.unwrap();
     assert_exactly_once_in_order(&replayed.facts, &sent[1..]);
     // None of this deleted the JetStream consumer: a crash at any moment
     // finds the durable frontier in place.
-    assert_eq!(consumer_created(&zone, "mes").await, created, "restarts, restart-from-frontier and replay keep the one JetStream consumer");
+    assert_eq!(
+        consumer_created(&zone, "mes").await,
+        created,
+        "restarts, restart-from-frontier and replay keep the one JetStream consumer"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -331,7 +507,10 @@ async fn facts_read_ahead_for_a_consumer_that_is_behind_are_served_once_in_order
                 if info.num_ack_pending == delivered {
                     return;
                 }
-                assert!(Instant::now() < deadline, "expected {delivered} facts delivered by JetStream (served + read ahead): {info:?}");
+                assert!(
+                    Instant::now() < deadline,
+                    "expected {delivered} facts delivered by JetStream (served + read ahead): {info:?}"
+                );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
@@ -341,7 +520,11 @@ async fn facts_read_ahead_for_a_consumer_that_is_behind_are_served_once_in_order
     let first = client.fetch("mes", 10, 0, 0).await.unwrap();
     assert_exactly_once_in_order(&first.facts, &sent[..10]);
     read_ahead_to(20).await;
-    assert_rejected(client.confirm("mes", sent[15].2).await, "failed_precondition", "not_delivered");
+    assert_rejected(
+        client.confirm("mes", sent[15].2).await,
+        "failed_precondition",
+        "not_delivered",
+    );
     // A smaller fetch takes part of the read-ahead, a larger one the rest
     // plus what follows it.
     let small = client.fetch("mes", 3, 0, 0).await.unwrap();
@@ -356,18 +539,29 @@ async fn facts_read_ahead_for_a_consumer_that_is_behind_are_served_once_in_order
     // everything unconfirmed again, exactly once.
     let served = client.fetch("mes", 5, 0, 0).await.unwrap();
     assert_exactly_once_in_order(&served.facts, &sent[28..33]);
-    let request = FetchFactsRequest { consumer_name: "mes".into(), limit: 5, restart_from_frontier: true, ..Default::default() };
+    let request = FetchFactsRequest {
+        consumer_name: "mes".into(),
+        limit: 5,
+        restart_from_frontier: true,
+        ..Default::default()
+    };
     let restarted = client.fetch_request(request).await.unwrap();
     assert_exactly_once_in_order(&restarted.facts, &sent[20..25]);
     let rest = client.fetch("mes", 100, 0, 0).await.unwrap();
     assert_exactly_once_in_order(&rest.facts, &sent[25..]);
 
     // So does a replay while facts are read ahead.
-    client.reset_consumer("mes", reset_consumer_request::Position::Offset(sent[0].2)).await.unwrap();
+    client
+        .reset_consumer("mes", reset_consumer_request::Position::Offset(sent[0].2))
+        .await
+        .unwrap();
     let head = client.fetch("mes", 10, 0, 0).await.unwrap();
     assert_exactly_once_in_order(&head.facts, &sent[..10]);
     read_ahead_to(20).await;
-    let frontier = client.reset_consumer("mes", reset_consumer_request::Position::Offset(sent[4].2)).await.unwrap();
+    let frontier = client
+        .reset_consumer("mes", reset_consumer_request::Position::Offset(sent[4].2))
+        .await
+        .unwrap();
     assert_eq!(frontier, sent[4].2 - 1);
     let replayed = fetch_all(&client, "mes", 36).await;
     assert_exactly_once_in_order(&replayed, &sent[4..]);
@@ -376,7 +570,12 @@ async fn facts_read_ahead_for_a_consumer_that_is_behind_are_served_once_in_order
 
 /// When the JetStream consumer behind a BSFG consumer was created.
 async fn consumer_created(zone: &Zone, name: &str) -> time::OffsetDateTime {
-    let stream = zone.jetstream().await.get_stream("facts_operational").await.unwrap();
+    let stream = zone
+        .jetstream()
+        .await
+        .get_stream("facts_operational")
+        .await
+        .unwrap();
     stream.consumer_info(name).await.unwrap().created
 }
 
@@ -384,11 +583,23 @@ async fn consumer_created(zone: &Zone, name: &str) -> time::OffsetDateTime {
 async fn status_shows_what_each_consumer_is_still_owed() {
     let zone = Zone::start(Opts::default()).await;
     let client = zone.client();
-    let pending = |s: &GetStatusResponse| s.consumers.iter().find(|c| c.name == "mes").map(|c| (c.pending, c.unconfirmed, c.frontier)).unwrap();
+    let pending = |s: &GetStatusResponse| {
+        s.consumers
+            .iter()
+            .find(|c| c.name == "mes")
+            .map(|c| (c.pending, c.unconfirmed, c.frontier))
+            .unwrap()
+    };
     assert_eq!(pending(&client.status().await.unwrap()), (0, 0, 0));
     let mut offsets = Vec::new();
     for n in 0..5 {
-        offsets.push(client.append(envelope(&mid("owed")), batch_fact(n)).await.unwrap().offset);
+        offsets.push(
+            client
+                .append(envelope(&mid("owed")), batch_fact(n))
+                .await
+                .unwrap()
+                .offset,
+        );
     }
     // Nothing fetched yet: all five are owed (what a cut-off puller's
     // backlog looks like on the serving side).
@@ -411,24 +622,40 @@ async fn long_poll_returns_promptly_after_an_append() {
         (r, Instant::now())
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!waiting.is_finished(), "the long-poll waits while nothing is there");
+    assert!(
+        !waiting.is_finished(),
+        "the long-poll waits while nothing is there"
+    );
     let appended_at = Instant::now();
-    let r = client.append(envelope(&mid("poll")), batch_fact(1)).await.unwrap();
+    let r = client
+        .append(envelope(&mid("poll")), batch_fact(1))
+        .await
+        .unwrap();
     let (fetched, returned_at) = waiting.await.unwrap();
     let latency = returned_at.duration_since(appended_at);
     assert_eq!(fetched.facts.len(), 1);
     assert_eq!(fetched.facts[0].offset, r.offset);
-    assert!(latency < Duration::from_secs(1), "long-poll answered {latency:?} after the append");
+    assert!(
+        latency < Duration::from_secs(1),
+        "long-poll answered {latency:?} after the append"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn object_json_is_stored_canonical() {
     let zone = Zone::start(Opts::default()).await;
     let client = zone.client();
-    let f = fact("batch:B1", "step_completed", r#"{ "z": 1.0, "a": {"y": [1.50, "x"], "b": true}, "m": 1e2 }"#);
+    let f = fact(
+        "batch:B1",
+        "step_completed",
+        r#"{ "z": 1.0, "a": {"y": [1.50, "x"], "b": true}, "m": 1e2 }"#,
+    );
     client.append(envelope(&mid("canon")), f).await.unwrap();
     let got = client.fetch("mes", 1, 0, 1000).await.unwrap();
-    assert_eq!(got.facts[0].fact.as_option().unwrap().object_json, r#"{"a":{"b":true,"y":[1.5,"x"]},"m":100,"z":1}"#);
+    assert_eq!(
+        got.facts[0].fact.as_option().unwrap().object_json,
+        r#"{"a":{"b":true,"y":[1.5,"x"]},"m":100,"z":1}"#
+    );
 }
 
 /// A stored object that lost a chunk is never served as if whole: the
@@ -441,14 +668,30 @@ async fn get_object_refuses_to_serve_a_damaged_object() {
     let mut stream = js.get_stream(format!("OBJ_{BUCKET}")).await.unwrap();
     let before = stream.info().await.unwrap().state.last_sequence;
     let bytes = pseudo_random_bytes(1024 * 1024 + 7, 9);
-    put(&client, BUCKET, "batch/B9/record.bin", &bytes, &sha256(&bytes)).await.unwrap();
-    let (_, back) = get(&client, BUCKET, "batch/B9/record.bin", 0).await.unwrap();
+    put(
+        &client,
+        BUCKET,
+        "batch/B9/record.bin",
+        &bytes,
+        &sha256(&bytes),
+    )
+    .await
+    .unwrap();
+    let (_, back) = get(&client, BUCKET, "batch/B9/record.bin", 0)
+        .await
+        .unwrap();
     assert!(back == bytes);
     // The upload's chunks follow `before`; remove the third.
     assert!(stream.delete_message(before + 3).await.unwrap());
-    let err = get(&client, BUCKET, "batch/B9/record.bin", 0).await.unwrap_err().to_string();
+    let err = get(&client, BUCKET, "batch/B9/record.bin", 0)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("data_loss"), "{err}");
-    let err = get(&client, BUCKET, "batch/B9/record.bin", 600_000).await.unwrap_err().to_string();
+    let err = get(&client, BUCKET, "batch/B9/record.bin", 600_000)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("data_loss"), "{err}");
 }
 
@@ -458,43 +701,92 @@ async fn objects_round_trip_resume_and_refuse_bad_uploads() {
     let client = zone.client();
     let bytes = pseudo_random_bytes(3 * 1024 * 1024 + 12345, 1);
     let digest = sha256(&bytes);
-    let put_r = put(&client, BUCKET, "batch/B1/record.bin", &bytes, &digest).await.unwrap();
+    let put_r = put(&client, BUCKET, "batch/B1/record.bin", &bytes, &digest)
+        .await
+        .unwrap();
     assert_eq!(put_r.digest, digest);
     assert_eq!(put_r.size_bytes, bytes.len() as u64);
-    let (info, back) = get(&client, BUCKET, "batch/B1/record.bin", 0).await.unwrap();
+    let (info, back) = get(&client, BUCKET, "batch/B1/record.bin", 0)
+        .await
+        .unwrap();
     assert_eq!(info.digest, digest);
     assert_eq!(info.size_bytes, bytes.len() as u64);
     assert!(back == bytes, "round trip byte for byte");
     let start = 1_000_001;
-    let (_, tail) = get(&client, BUCKET, "batch/B1/record.bin", start).await.unwrap();
-    assert!(tail == bytes[start as usize..], "resume returns exactly the tail");
-    let (_, empty) = get(&client, BUCKET, "batch/B1/record.bin", bytes.len() as u64).await.unwrap();
+    let (_, tail) = get(&client, BUCKET, "batch/B1/record.bin", start)
+        .await
+        .unwrap();
+    assert!(
+        tail == bytes[start as usize..],
+        "resume returns exactly the tail"
+    );
+    let (_, empty) = get(&client, BUCKET, "batch/B1/record.bin", bytes.len() as u64)
+        .await
+        .unwrap();
     assert!(empty.is_empty());
     // Chunk and read-window boundaries (128 KiB chunks, 8 per window).
     for start in [131_072u64, 131_071, 1_048_576, 2_097_153] {
-        let (_, tail) = get(&client, BUCKET, "batch/B1/record.bin", start).await.unwrap();
-        assert!(tail == bytes[start as usize..], "resume from {start} returns exactly the tail");
+        let (_, tail) = get(&client, BUCKET, "batch/B1/record.bin", start)
+            .await
+            .unwrap();
+        assert!(
+            tail == bytes[start as usize..],
+            "resume from {start} returns exactly the tail"
+        );
     }
 
     // Expected digest mismatch: refused, and nothing is left behind.
     let before = zone.list_bucket(BUCKET).await;
     let chunks_before = zone.bucket_stream_messages(BUCKET).await;
     let wrong = sha256(b"something else");
-    assert_rejected(put(&client, BUCKET, "batch/B1/bad.bin", &bytes[..300_000], &wrong).await, "invalid_argument", "digest_mismatch");
-    assert_eq!(zone.list_bucket(BUCKET).await, before, "no object or key left");
-    assert!(!zone.list_bucket(BUCKET).await.contains_key("batch/B1/bad.bin"));
+    assert_rejected(
+        put(
+            &client,
+            BUCKET,
+            "batch/B1/bad.bin",
+            &bytes[..300_000],
+            &wrong,
+        )
+        .await,
+        "invalid_argument",
+        "digest_mismatch",
+    );
+    assert_eq!(
+        zone.list_bucket(BUCKET).await,
+        before,
+        "no object or key left"
+    );
+    assert!(
+        !zone
+            .list_bucket(BUCKET)
+            .await
+            .contains_key("batch/B1/bad.bin")
+    );
     // Deleting the blob purges its chunks, leaving only a delete marker.
-    assert!(zone.bucket_stream_messages(BUCKET).await <= chunks_before + 1, "chunks of the rejected upload were removed");
+    assert!(
+        zone.bucket_stream_messages(BUCKET).await <= chunks_before + 1,
+        "chunks of the rejected upload were removed"
+    );
     let r = get(&client, BUCKET, "batch/B1/bad.bin", 0).await;
     assert!(r.unwrap_err().to_string().contains("object_not_found"));
     // A mismatching overwrite of an existing key leaves the old version intact.
-    assert_rejected(put(&client, BUCKET, "batch/B1/record.bin", b"new", &wrong).await, "invalid_argument", "digest_mismatch");
-    let (_, back) = get(&client, BUCKET, "batch/B1/record.bin", 0).await.unwrap();
+    assert_rejected(
+        put(&client, BUCKET, "batch/B1/record.bin", b"new", &wrong).await,
+        "invalid_argument",
+        "digest_mismatch",
+    );
+    let (_, back) = get(&client, BUCKET, "batch/B1/record.bin", 0)
+        .await
+        .unwrap();
     assert!(back == bytes);
 
     // Overwriting an unreferenced key works.
-    put(&client, BUCKET, "scratch/a.txt", b"version one", "").await.unwrap();
-    put(&client, BUCKET, "scratch/a.txt", b"version two!", "").await.unwrap();
+    put(&client, BUCKET, "scratch/a.txt", b"version one", "")
+        .await
+        .unwrap();
+    put(&client, BUCKET, "scratch/a.txt", b"version two!", "")
+        .await
+        .unwrap();
     let (info, back) = get(&client, BUCKET, "scratch/a.txt", 0).await.unwrap();
     assert_eq!(back, b"version two!");
     assert_eq!(info.digest, sha256(b"version two!"));
@@ -511,8 +803,14 @@ async fn objects_round_trip_resume_and_refuse_bad_uploads() {
         ..Default::default()
     });
     client.append(envelope(&mid("att")), f).await.unwrap();
-    assert_rejected(put(&client, BUCKET, "batch/B1/record.bin", b"replacement", "").await, "failed_precondition", "object_immutable");
-    let (_, back) = get(&client, BUCKET, "batch/B1/record.bin", 0).await.unwrap();
+    assert_rejected(
+        put(&client, BUCKET, "batch/B1/record.bin", b"replacement", "").await,
+        "failed_precondition",
+        "object_immutable",
+    );
+    let (_, back) = get(&client, BUCKET, "batch/B1/record.bin", 0)
+        .await
+        .unwrap();
     assert!(back == bytes, "referenced object unchanged");
 }
 
@@ -526,28 +824,90 @@ async fn objects_keep_their_media_type() {
     let put_as = |key: &'static str, media_type: &'static str, bytes: &'static [u8]| {
         let client = client.clone();
         async move {
-            let header = PutObjectHeader { bucket: BUCKET.into(), key: key.into(), media_type: media_type.into(), ..Default::default() };
-            client.put_object(header, futures::stream::iter(vec![bytes.to_vec()]), Duration::from_secs(60)).await
+            let header = PutObjectHeader {
+                bucket: BUCKET.into(),
+                key: key.into(),
+                media_type: media_type.into(),
+                ..Default::default()
+            };
+            client
+                .put_object(
+                    header,
+                    futures::stream::iter(vec![bytes.to_vec()]),
+                    Duration::from_secs(60),
+                )
+                .await
         }
     };
-    put_as("batch/B1/record.pdf", "application/pdf", b"%PDF-1.7").await.unwrap();
-    let (info, back) = get(&client, BUCKET, "batch/B1/record.pdf", 0).await.unwrap();
-    assert_eq!((info.media_type.as_str(), back.as_slice()), ("application/pdf", &b"%PDF-1.7"[..]));
+    put_as("batch/B1/record.pdf", "application/pdf", b"%PDF-1.7")
+        .await
+        .unwrap();
+    let (info, back) = get(&client, BUCKET, "batch/B1/record.pdf", 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        (info.media_type.as_str(), back.as_slice()),
+        ("application/pdf", &b"%PDF-1.7"[..])
+    );
     // Also when read from an offset, and with parameters.
-    assert_eq!(get(&client, BUCKET, "batch/B1/record.pdf", 4).await.unwrap().0.media_type, "application/pdf");
-    put_as("batch/B1/notes.txt", "text/plain; charset=utf-8", b"notes").await.unwrap();
-    assert_eq!(get(&client, BUCKET, "batch/B1/notes.txt", 0).await.unwrap().0.media_type, "text/plain; charset=utf-8");
+    assert_eq!(
+        get(&client, BUCKET, "batch/B1/record.pdf", 4)
+            .await
+            .unwrap()
+            .0
+            .media_type,
+        "application/pdf"
+    );
+    put_as("batch/B1/notes.txt", "text/plain; charset=utf-8", b"notes")
+        .await
+        .unwrap();
+    assert_eq!(
+        get(&client, BUCKET, "batch/B1/notes.txt", 0)
+            .await
+            .unwrap()
+            .0
+            .media_type,
+        "text/plain; charset=utf-8"
+    );
     // A new version carries its own (or none).
-    put_as("batch/B1/notes.txt", "text/markdown", b"# notes").await.unwrap();
-    assert_eq!(get(&client, BUCKET, "batch/B1/notes.txt", 0).await.unwrap().0.media_type, "text/markdown");
+    put_as("batch/B1/notes.txt", "text/markdown", b"# notes")
+        .await
+        .unwrap();
+    assert_eq!(
+        get(&client, BUCKET, "batch/B1/notes.txt", 0)
+            .await
+            .unwrap()
+            .0
+            .media_type,
+        "text/markdown"
+    );
     put_as("batch/B1/notes.txt", "", b"notes").await.unwrap();
-    assert_eq!(get(&client, BUCKET, "batch/B1/notes.txt", 0).await.unwrap().0.media_type, "");
+    assert_eq!(
+        get(&client, BUCKET, "batch/B1/notes.txt", 0)
+            .await
+            .unwrap()
+            .0
+            .media_type,
+        ""
+    );
 
     let before = zone.list_bucket(BUCKET).await;
     for bad in ["pdf", "application/pdf\n", "text/plain; charset"] {
-        assert_rejected(put_as("batch/B1/bad.bin", bad, b"x").await, "invalid_argument", "bad_media_type");
+        assert_rejected(
+            put_as("batch/B1/bad.bin", bad, b"x").await,
+            "invalid_argument",
+            "bad_media_type",
+        );
     }
     let long: &'static str = Box::leak(format!("application/{}", "x".repeat(300)).into_boxed_str());
-    assert_rejected(put_as("batch/B1/bad.bin", long, b"x").await, "invalid_argument", "bad_media_type");
-    assert_eq!(zone.list_bucket(BUCKET).await, before, "nothing stored by a refused upload");
+    assert_rejected(
+        put_as("batch/B1/bad.bin", long, b"x").await,
+        "invalid_argument",
+        "bad_media_type",
+    );
+    assert_eq!(
+        zone.list_bucket(BUCKET).await,
+        before,
+        "nothing stored by a refused upload"
+    );
 }

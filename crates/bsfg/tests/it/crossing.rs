@@ -61,9 +61,22 @@ pub struct SiteOpts {
 
 /// The reference configuration of `zone` (shared with the demo), with
 /// this test's nats-server and ports.
-pub fn zone_config(dir: &Path, certs: &Path, zone: &str, ports: &BTreeMap<String, u16>, nats_url: String) -> ZoneConfig {
-    let at = bsfg::site::ZonePlacement { dir, certs, port: ports[zone], nats_url: Some(nats_url) };
-    bsfg::site::reference_zone_config(zone, &at, &|peer| format!("https://127.0.0.1:{}", ports[peer]))
+pub fn zone_config(
+    dir: &Path,
+    certs: &Path,
+    zone: &str,
+    ports: &BTreeMap<String, u16>,
+    nats_url: String,
+) -> ZoneConfig {
+    let at = bsfg::site::ZonePlacement {
+        dir,
+        certs,
+        port: ports[zone],
+        nats_url: Some(nats_url),
+    };
+    bsfg::site::reference_zone_config(zone, &at, &|peer| {
+        format!("https://127.0.0.1:{}", ports[peer])
+    })
 }
 
 impl Site {
@@ -80,7 +93,12 @@ impl Site {
             let mut node = bsfg::tls::pki::IssueRequest::new(&format!("{z}-bsfg"), 5);
             node.extra_sans = vec!["localhost".into(), "127.0.0.1".into()];
             bsfg::tls::pki::issue(&certs, &certs, &node).unwrap();
-            bsfg::tls::pki::issue(&certs, &certs, &bsfg::tls::pki::IssueRequest::new(&format!("app.{z}"), 5)).unwrap();
+            bsfg::tls::pki::issue(
+                &certs,
+                &certs,
+                &bsfg::tls::pki::IssueRequest::new(&format!("app.{z}"), 5),
+            )
+            .unwrap();
             ports.insert(z.to_string(), bsfg::node::nats_server::free_port().unwrap());
         }
         let mut proxies = BTreeMap::new();
@@ -88,7 +106,10 @@ impl Site {
             for z in ZONES {
                 for n in neighbours(z) {
                     let target = format!("127.0.0.1:{}", ports[n]).parse().unwrap();
-                    proxies.insert((z.to_string(), n.to_string()), bsfg::faultproxy::FaultProxy::start(target).await.unwrap());
+                    proxies.insert(
+                        (z.to_string(), n.to_string()),
+                        bsfg::faultproxy::FaultProxy::start(target).await.unwrap(),
+                    );
                 }
             }
         }
@@ -104,14 +125,34 @@ impl Site {
                 }
             }
             if opts.out_of_process {
-                config.ops_listen = format!("127.0.0.1:{}", bsfg::node::nats_server::free_port().unwrap()).parse().unwrap();
+                config.ops_listen = format!(
+                    "127.0.0.1:{}",
+                    bsfg::node::nats_server::free_port().unwrap()
+                )
+                .parse()
+                .unwrap();
             }
             if let Some(tweak) = opts.tweak {
                 tweak(z, &mut config);
             }
-            let tls = bsfg::tls::client::client_config(&certs.join("ca.pem"), &certs.join(format!("app.{z}.pem")), &certs.join(format!("app.{z}.key"))).unwrap();
-            let app = BsfgClient::connect_tls(&format!("https://127.0.0.1:{}", ports[z]), tls).unwrap();
-            let mut zone = SiteZone { name: z.into(), nats, node: None, process: None, ops_addr: config.ops_listen, config, app, dir: zdir };
+            let tls = bsfg::tls::client::client_config(
+                &certs.join("ca.pem"),
+                &certs.join(format!("app.{z}.pem")),
+                &certs.join(format!("app.{z}.key")),
+            )
+            .unwrap();
+            let app =
+                BsfgClient::connect_tls(&format!("https://127.0.0.1:{}", ports[z]), tls).unwrap();
+            let mut zone = SiteZone {
+                name: z.into(),
+                nats,
+                node: None,
+                process: None,
+                ops_addr: config.ops_listen,
+                config,
+                app,
+                dir: zdir,
+            };
             if opts.out_of_process {
                 zone.spawn_process().await;
             } else {
@@ -121,7 +162,12 @@ impl Site {
             }
             zones.insert(z.to_string(), zone);
         }
-        Site { dir, certs, zones, proxies }
+        Site {
+            dir,
+            certs,
+            zones,
+            proxies,
+        }
     }
 
     /// What a failed run leaves for diagnosis: every zone's link status,
@@ -157,7 +203,13 @@ impl Site {
     }
 
     /// Appends at `from` a fact addressed to `to`.
-    pub async fn append(&self, from: &str, to: &str, message_id: &str, fact: Fact) -> AppendFactResponse {
+    pub async fn append(
+        &self,
+        from: &str,
+        to: &str,
+        message_id: &str,
+        fact: Fact,
+    ) -> AppendFactResponse {
         let mut e = envelope(message_id);
         e.from_zone = from.into();
         e.to_zone = to.into();
@@ -173,22 +225,39 @@ impl Site {
             if r.facts.is_empty() {
                 return out;
             }
-            self.app(zone).confirm("local", r.last_delivered_offset).await.unwrap();
+            self.app(zone)
+                .confirm("local", r.last_delivered_offset)
+                .await
+                .unwrap();
             out.extend(r.facts);
         }
     }
 
     /// Waits until `zone` holds a fact with this message id (other facts
     /// fetched on the way are returned too).
-    pub async fn wait_for(&self, zone: &str, message_ids: &[String], within: Duration) -> Vec<StoredFact> {
+    pub async fn wait_for(
+        &self,
+        zone: &str,
+        message_ids: &[String],
+        within: Duration,
+    ) -> Vec<StoredFact> {
         let deadline = Instant::now() + within;
         let mut seen = Vec::new();
         loop {
             seen.extend(self.drain_local(zone).await);
-            if message_ids.iter().all(|m| seen.iter().any(|f| &f.envelope.message_id == m)) {
+            if message_ids
+                .iter()
+                .all(|m| seen.iter().any(|f| &f.envelope.message_id == m))
+            {
                 return seen;
             }
-            assert!(Instant::now() < deadline, "{zone} did not receive {message_ids:?} within {within:?}; got {:?}", seen.iter().map(|f| &f.envelope.message_id).collect::<Vec<_>>());
+            assert!(
+                Instant::now() < deadline,
+                "{zone} did not receive {message_ids:?} within {within:?}; got {:?}",
+                seen.iter()
+                    .map(|f| &f.envelope.message_id)
+                    .collect::<Vec<_>>()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -207,15 +276,25 @@ impl SiteZone {
     /// Starts `bsfg serve --config` on the zone's fixed ports and waits
     /// until its operations and boundary ports answer.
     pub async fn spawn_process(&mut self) {
-        assert!(self.process.is_none() && self.node.is_none(), "already running");
+        assert!(
+            self.process.is_none() && self.node.is_none(),
+            "already running"
+        );
         let path = self.dir.join("zone.toml");
         std::fs::write(&path, toml::to_string(&self.config).unwrap()).unwrap();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bsfg"))
             .arg("serve")
             .arg("--config")
             .arg(&path)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .kill_on_drop(true)
@@ -225,14 +304,30 @@ impl SiteZone {
         self.ops_addr = self.config.ops_listen;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let healthy = matches!(http_raw(self.ops_addr, "GET", "/healthz", "text/plain", b"").await, Ok((200, _)));
-            if healthy && tokio::net::TcpStream::connect(self.config.listen).await.is_ok() {
+            let healthy = matches!(
+                http_raw(self.ops_addr, "GET", "/healthz", "text/plain", b"").await,
+                Ok((200, _))
+            );
+            if healthy
+                && tokio::net::TcpStream::connect(self.config.listen)
+                    .await
+                    .is_ok()
+            {
                 return;
             }
             if let Some(status) = self.process.as_mut().unwrap().try_wait().unwrap() {
-                panic!("{}: bsfg serve exited with {status}; log: {}", self.name, self.log_text());
+                panic!(
+                    "{}: bsfg serve exited with {status}; log: {}",
+                    self.name,
+                    self.log_text()
+                );
             }
-            assert!(Instant::now() < deadline, "{}: bsfg serve not ready; log: {}", self.name, self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "{}: bsfg serve not ready; log: {}",
+                self.name,
+                self.log_text()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -240,8 +335,16 @@ impl SiteZone {
     /// SIGKILL of the `bsfg serve` process, waiting for it to be gone.
     /// Sends `signal` (e.g. "STOP", "CONT") to the zone's `bsfg serve`.
     pub fn signal_node(&self, signal: &str) {
-        let pid = self.process.as_ref().and_then(|c| c.id()).expect("an out-of-process node");
-        let status = std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap();
+        let pid = self
+            .process
+            .as_ref()
+            .and_then(|c| c.id())
+            .expect("an out-of-process node");
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
         assert!(status.success(), "kill -{signal} {pid}");
     }
 
@@ -253,7 +356,9 @@ impl SiteZone {
 
     /// The operations port's /metrics text.
     pub async fn metrics_text(&self) -> String {
-        let (status, body) = http_raw(self.ops_addr, "GET", "/metrics", "text/plain", b"").await.unwrap();
+        let (status, body) = http_raw(self.ops_addr, "GET", "/metrics", "text/plain", b"")
+            .await
+            .unwrap();
         assert_eq!(status, 200);
         String::from_utf8(body).unwrap()
     }
@@ -262,12 +367,38 @@ impl SiteZone {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hops_both_ways_with_routing_isolation_and_provenance() {
     let site = Site::start().await;
-    let up = site.append("plant-a", "enterprise", "pa-1", fact("batch:PlantA/B1", "step_completed", r#"{"step":"mix"}"#)).await;
-    let down = site.append("enterprise", "plant-a", "en-1", fact("recipe:R7", "recipe_released", r#"{"version":3}"#)).await;
-    let to_b = site.append("enterprise", "plant-b", "en-b", fact("recipe:R8", "recipe_released", r#"{"version":1}"#)).await;
+    let up = site
+        .append(
+            "plant-a",
+            "enterprise",
+            "pa-1",
+            fact("batch:PlantA/B1", "step_completed", r#"{"step":"mix"}"#),
+        )
+        .await;
+    let down = site
+        .append(
+            "enterprise",
+            "plant-a",
+            "en-1",
+            fact("recipe:R7", "recipe_released", r#"{"version":3}"#),
+        )
+        .await;
+    let to_b = site
+        .append(
+            "enterprise",
+            "plant-b",
+            "en-b",
+            fact("recipe:R8", "recipe_released", r#"{"version":1}"#),
+        )
+        .await;
 
-    let at_enterprise = site.wait_for("enterprise", &["pa-1".into()], Duration::from_secs(20)).await;
-    let f = at_enterprise.iter().find(|f| f.envelope.message_id == "pa-1").unwrap();
+    let at_enterprise = site
+        .wait_for("enterprise", &["pa-1".into()], Duration::from_secs(20))
+        .await;
+    let f = at_enterprise
+        .iter()
+        .find(|f| f.envelope.message_id == "pa-1")
+        .unwrap();
     assert_eq!(f.envelope.from_zone, "plant-a");
     assert_eq!(f.envelope.to_zone, "enterprise");
     assert_eq!(f.fact.object_json, r#"{"step":"mix"}"#);
@@ -275,25 +406,58 @@ async fn two_hops_both_ways_with_routing_isolation_and_provenance() {
     assert_eq!(p.origin_zone, "plant-a");
     assert_eq!(p.origin_offset, up.offset);
     let hop_zones: Vec<&str> = p.hops.iter().map(|h| h.zone.as_str()).collect();
-    assert_eq!(hop_zones, vec!["plant-a", "idmz", "enterprise"], "hops: origin, relay, here");
+    assert_eq!(
+        hop_zones,
+        vec!["plant-a", "idmz", "enterprise"],
+        "hops: origin, relay, here"
+    );
     assert_eq!(p.hops[0].offset, up.offset);
     assert_eq!(p.hops[2].offset, f.offset);
-    assert!(p.hops.windows(2).all(|w| w[0].appended_at_unix_ms <= w[1].appended_at_unix_ms));
+    assert!(
+        p.hops
+            .windows(2)
+            .all(|w| w[0].appended_at_unix_ms <= w[1].appended_at_unix_ms)
+    );
 
-    let at_plant_a = site.wait_for("plant-a", &["en-1".into()], Duration::from_secs(20)).await;
-    let g = at_plant_a.iter().find(|f| f.envelope.message_id == "en-1").unwrap();
+    let at_plant_a = site
+        .wait_for("plant-a", &["en-1".into()], Duration::from_secs(20))
+        .await;
+    let g = at_plant_a
+        .iter()
+        .find(|f| f.envelope.message_id == "en-1")
+        .unwrap();
     assert_eq!(g.provenance.origin_zone, "enterprise");
     assert_eq!(g.provenance.origin_offset, down.offset);
-    let at_plant_b = site.wait_for("plant-b", &["en-b".into()], Duration::from_secs(20)).await;
-    assert!(at_plant_b.iter().any(|f| f.provenance.origin_offset == to_b.offset));
+    let at_plant_b = site
+        .wait_for("plant-b", &["en-b".into()], Duration::from_secs(20))
+        .await;
+    assert!(
+        at_plant_b
+            .iter()
+            .any(|f| f.provenance.origin_offset == to_b.offset)
+    );
 
     // Routing isolation: plant-b never sees plant-a's fact to enterprise nor
     // enterprise's fact to plant-a; plant-a never sees the one for plant-b.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let b_all: Vec<String> = at_plant_b.into_iter().chain(site.drain_local("plant-b").await).map(|f| f.envelope.message_id.clone()).collect();
-    assert!(!b_all.contains(&"pa-1".to_string()) && !b_all.contains(&"en-1".to_string()), "plant-b saw {b_all:?}");
-    let a_all: Vec<String> = at_plant_a.into_iter().chain(site.drain_local("plant-a").await).map(|f| f.envelope.message_id.clone()).collect();
-    assert!(!a_all.contains(&"en-b".to_string()), "plant-a saw {a_all:?}");
+    let b_all: Vec<String> = at_plant_b
+        .into_iter()
+        .chain(site.drain_local("plant-b").await)
+        .map(|f| f.envelope.message_id.clone())
+        .collect();
+    assert!(
+        !b_all.contains(&"pa-1".to_string()) && !b_all.contains(&"en-1".to_string()),
+        "plant-b saw {b_all:?}"
+    );
+    let a_all: Vec<String> = at_plant_a
+        .into_iter()
+        .chain(site.drain_local("plant-a").await)
+        .map(|f| f.envelope.message_id.clone())
+        .collect();
+    assert!(
+        !a_all.contains(&"en-b".to_string()),
+        "plant-a saw {a_all:?}"
+    );
     // Exactly once at each destination.
     assert_eq!(a_all.iter().filter(|m| *m == "en-1").count(), 1);
 
@@ -302,7 +466,10 @@ async fn two_hops_both_ways_with_routing_isolation_and_provenance() {
     let link = status.links.iter().find(|l| l.peer == "idmz").unwrap();
     assert_eq!(link.mode, "normal");
     assert!(link.facts_replicated >= 1);
-    assert!(link.last_confirm_age_seconds >= 0.0 && link.last_confirm_age_seconds < 10.0, "{link:?}");
+    assert!(
+        link.last_confirm_age_seconds >= 0.0 && link.last_confirm_age_seconds < 10.0,
+        "{link:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -312,18 +479,45 @@ async fn artifacts_cross_with_their_facts() {
     let digest = sha256(&bytes);
     // Declared on upload only (the fact's reference leaves it empty): it
     // must still reach every zone with the object.
-    let header = PutObjectHeader { bucket: BUCKET.into(), key: "batch/B9/record.bin".into(), media_type: "application/pdf".into(), expected_digest: digest.clone(), ..Default::default() };
+    let header = PutObjectHeader {
+        bucket: BUCKET.into(),
+        key: "batch/B9/record.bin".into(),
+        media_type: "application/pdf".into(),
+        expected_digest: digest.clone(),
+        ..Default::default()
+    };
     let chunks: Vec<Vec<u8>> = bytes.chunks(64 * 1024).map(<[u8]>::to_vec).collect();
-    site.app("plant-a").put_object(header, futures::stream::iter(chunks), Duration::from_secs(60)).await.unwrap();
+    site.app("plant-a")
+        .put_object(
+            header,
+            futures::stream::iter(chunks),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
     let mut f = fact("batch:PlantA/B9", "has_artifact", r#"{"kind":"record"}"#);
-    f.attachments.push(AttachmentRef { bucket: BUCKET.into(), key: "batch/B9/record.bin".into(), digest: digest.clone(), size_bytes: bytes.len() as u64, ..Default::default() });
+    f.attachments.push(AttachmentRef {
+        bucket: BUCKET.into(),
+        key: "batch/B9/record.bin".into(),
+        digest: digest.clone(),
+        size_bytes: bytes.len() as u64,
+        ..Default::default()
+    });
     site.append("plant-a", "enterprise", "pa-art", f).await;
-    site.wait_for("enterprise", &["pa-art".into()], Duration::from_secs(30)).await;
-    let (info, got) = get(site.app("enterprise"), BUCKET, "batch/B9/record.bin", 0).await.unwrap();
+    site.wait_for("enterprise", &["pa-art".into()], Duration::from_secs(30))
+        .await;
+    let (info, got) = get(site.app("enterprise"), BUCKET, "batch/B9/record.bin", 0)
+        .await
+        .unwrap();
     assert_eq!(info.digest, digest);
-    assert_eq!(info.media_type, "application/pdf", "the media type declared at the origin");
+    assert_eq!(
+        info.media_type, "application/pdf",
+        "the media type declared at the origin"
+    );
     assert!(got == bytes, "artifact byte-identical at enterprise");
-    let (relay_info, relay) = get(site.app("idmz"), BUCKET, "batch/B9/record.bin", 0).await.unwrap();
+    let (relay_info, relay) = get(site.app("idmz"), BUCKET, "batch/B9/record.bin", 0)
+        .await
+        .unwrap();
     assert!(relay == bytes, "and at the relay");
     assert_eq!(relay_info.media_type, "application/pdf");
 }
@@ -334,7 +528,9 @@ async fn artifacts_cross_with_their_facts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_main_job_site_demo_completes() {
     let dir = tempfile::tempdir().unwrap();
-    bsfg::demo::run_site(dir.path().to_path_buf()).await.expect("the site demo completes with every check passing");
+    bsfg::demo::run_site(dir.path().to_path_buf())
+        .await
+        .expect("the site demo completes with every check passing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -342,10 +538,16 @@ async fn a_fact_that_could_never_cross_is_refused_at_append() {
     // plant-a keeps a `documents` category that no link carries.
     fn documents(zone: &str, config: &mut ZoneConfig) {
         if zone == "plant-a" {
-            config.categories.push(category("documents", &["document"], false));
+            config
+                .categories
+                .push(category("documents", &["document"], false));
         }
     }
-    let site = Site::start_with(SiteOpts { tweak: Some(documents), ..Default::default() }).await;
+    let site = Site::start_with(SiteOpts {
+        tweak: Some(documents),
+        ..Default::default()
+    })
+    .await;
     let app = site.app("plant-a");
     let to = |zone: &str, id: &str| {
         let mut e = envelope(&mid(id));
@@ -356,10 +558,18 @@ async fn a_fact_that_could_never_cross_is_refused_at_append() {
     let typo = app.append(to("enterprize", "typo"), batch_fact(1)).await;
     assert_rejected(typo, "invalid_argument", "no_route_to_zone");
     let document = fact("document:SOP-7", "revised", r#"{"rev":2}"#);
-    let not_carried = app.append(to("enterprise", "document"), document.clone()).await;
+    let not_carried = app
+        .append(to("enterprise", "document"), document.clone())
+        .await;
     assert_rejected(not_carried, "failed_precondition", "category_not_routed");
     // The same kind stays in its own zone; routed zones two hops away are fine.
-    app.append(to("plant-a", "document-local"), document).await.unwrap();
-    app.append(to("plant-b", "two-hops"), batch_fact(2)).await.unwrap();
-    app.append(to("enterprise", "two-hops"), batch_fact(3)).await.unwrap();
+    app.append(to("plant-a", "document-local"), document)
+        .await
+        .unwrap();
+    app.append(to("plant-b", "two-hops"), batch_fact(2))
+        .await
+        .unwrap();
+    app.append(to("enterprise", "two-hops"), batch_fact(3))
+        .await
+        .unwrap();
 }

@@ -16,8 +16,16 @@ use std::time::{Duration, Instant};
 async fn store_raw(zone: &Zone, message_id: &str, payload: Vec<u8>) -> u64 {
     let js = zone.jetstream().await;
     let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Msg-Id", bsfg_domain::identity::key_token(ZONE, message_id).as_str());
-    let ack = js.publish_with_headers("facts.operational.batch", headers, payload.into()).await.unwrap().await.unwrap();
+    headers.insert(
+        "Nats-Msg-Id",
+        bsfg_domain::identity::key_token(ZONE, message_id).as_str(),
+    );
+    let ack = js
+        .publish_with_headers("facts.operational.batch", headers, payload.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     ack.sequence
 }
 
@@ -26,7 +34,11 @@ fn stored_record(message_id: &str, n: usize) -> Vec<u8> {
     let e = envelope(message_id);
     StoredFact {
         category: "operational".into(),
-        provenance: Provenance { origin_zone: e.from_zone.clone(), ..Default::default() }.into(),
+        provenance: Provenance {
+            origin_zone: e.from_zone.clone(),
+            ..Default::default()
+        }
+        .into(),
         envelope: e.into(),
         fact: batch_fact(n).into(),
         appended_at_unix_ms: now_ms(),
@@ -47,7 +59,10 @@ async fn drain(app: &BsfgClient, wanted: &[&str]) -> BTreeMap<String, Vec<u64>> 
             continue;
         };
         for f in &r.facts {
-            served.entry(f.envelope.message_id.clone()).or_default().push(f.offset);
+            served
+                .entry(f.envelope.message_id.clone())
+                .or_default()
+                .push(f.offset);
         }
         if r.last_delivered_offset > r.frontier {
             app.confirm("mes", r.last_delivered_offset).await.unwrap();
@@ -58,11 +73,18 @@ async fn drain(app: &BsfgClient, wanted: &[&str]) -> BTreeMap<String, Vec<u64>> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fact_delivered_into_a_long_poll_across_a_freeze_is_served_before_a_later_confirm() {
-    let zone = Zone::start(Opts { out_of_process: true, ..Default::default() }).await;
+    let zone = Zone::start(Opts {
+        out_of_process: true,
+        ..Default::default()
+    })
+    .await;
     let app = zone.client();
     let first = mid("before-freeze");
     app.append(envelope(&first), batch_fact(1)).await.unwrap();
-    assert!(drain(&app, &[&first]).await.contains_key(&first), "the consumer is live before the freeze");
+    assert!(
+        drain(&app, &[&first]).await.contains_key(&first),
+        "the consumer is live before the freeze"
+    );
 
     // A long poll (1 s) waits in JetStream; the node freezes for longer
     // than the poll's wait plus the client library's 5 s grace, and the
@@ -79,11 +101,18 @@ async fn a_fact_delivered_into_a_long_poll_across_a_freeze_is_served_before_a_la
     tokio::time::sleep(Duration::from_millis(u64::from(wait_ms)) + Duration::from_secs(7)).await;
     zone.signal_node("CONT");
     let during = poll.await.unwrap();
-    eprintln!("the long poll across the freeze answered {:?}", during.as_ref().map(|r| r.facts.len()));
+    eprintln!(
+        "the long poll across the freeze answered {:?}",
+        during.as_ref().map(|r| r.facts.len())
+    );
 
     // A later fact; the consumer fetches and confirms cumulatively.
     let later = mid("after-freeze");
-    let later_offset = app.append(envelope(&later), batch_fact(3)).await.unwrap().offset;
+    let later_offset = app
+        .append(envelope(&later), batch_fact(3))
+        .await
+        .unwrap()
+        .offset;
     assert!(later_offset > frozen_offset);
     let served = drain(&app, &[&frozen, &later]).await;
     assert!(
@@ -92,9 +121,20 @@ async fn a_fact_delivered_into_a_long_poll_across_a_freeze_is_served_before_a_la
     );
     assert!(served.contains_key(&later), "served {served:?}");
     let text = zone.metrics_text().await;
-    let gaps = metric_value(&text, "bsfg_delivery_gaps_total", &["consumer=\"mes\""]).unwrap_or(0.0);
+    let gaps =
+        metric_value(&text, "bsfg_delivery_gaps_total", &["consumer=\"mes\""]).unwrap_or(0.0);
     assert!(gaps >= 1.0, "the node counted the lost delivery: {text}");
-    zone.log_lines_with(1, &[("consumer", "mes"), ("message", "deliveries this node did not take in; redelivering from the frontier")]).await;
+    zone.log_lines_with(
+        1,
+        &[
+            ("consumer", "mes"),
+            (
+                "message",
+                "deliveries this node did not take in; redelivering from the frontier",
+            ),
+        ],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,25 +143,49 @@ async fn an_undecodable_record_is_quarantined_audited_and_passed() {
     let app = zone.client();
     let before = mid("before-corrupt");
     app.append(envelope(&before), batch_fact(1)).await.unwrap();
-    let corrupt_offset = store_raw(&zone, &mid("corrupt"), b"\xff\xff\xff not a record".to_vec()).await;
+    let corrupt_offset = store_raw(
+        &zone,
+        &mid("corrupt"),
+        b"\xff\xff\xff not a record".to_vec(),
+    )
+    .await;
     let after = mid("after-corrupt");
     app.append(envelope(&after), batch_fact(2)).await.unwrap();
 
     let served = drain(&app, &[&before, &after]).await;
-    assert!(served.contains_key(&before) && served.contains_key(&after), "the consumer moves past the record: {served:?}");
+    assert!(
+        served.contains_key(&before) && served.contains_key(&after),
+        "the consumer moves past the record: {served:?}"
+    );
     // A restart from the frontier goes past it too (it was confirmed).
     let again = app
-        .fetch_request(FetchFactsRequest { consumer_name: "mes".into(), limit: 10, restart_from_frontier: true, ..Default::default() })
+        .fetch_request(FetchFactsRequest {
+            consumer_name: "mes".into(),
+            limit: 10,
+            restart_from_frontier: true,
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert!(again.facts.is_empty(), "nothing left after the confirm");
 
     let text = zone.metrics_text().await;
-    assert_eq!(metric_value(&text, "bsfg_quarantined_facts_total", &["consumer=\"mes\""]), Some(1.0), "{text}");
+    assert_eq!(
+        metric_value(&text, "bsfg_quarantined_facts_total", &["consumer=\"mes\""]),
+        Some(1.0),
+        "{text}"
+    );
     let audit = fetch_all(&app, "auditor", 1).await;
     let record = audit
         .iter()
         .find(|f| f.fact.predicate == "record_quarantined")
         .unwrap_or_else(|| panic!("no quarantine audit record in {audit:?}"));
-    assert!(record.fact.object_json.contains(&format!("mes offset {corrupt_offset}")), "{}", record.fact.object_json);
+    assert!(
+        record
+            .fact
+            .object_json
+            .contains(&format!("mes offset {corrupt_offset}")),
+        "{}",
+        record.fact.object_json
+    );
 }

@@ -24,13 +24,22 @@ impl Tmpfs {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().to_path_buf();
         let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m,mode=0700"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size_mib}m,mode=0700"),
+                "tmpfs",
+            ])
             .arg(&path)
             .output();
         match out {
             Ok(o) if o.status.success() => Some(Tmpfs { path, _dir: dir }),
             Ok(o) => {
-                eprintln!("SKIPPED: cannot mount a tmpfs (root needed): {}", String::from_utf8_lossy(&o.stderr).trim());
+                eprintln!(
+                    "SKIPPED: cannot mount a tmpfs (root needed): {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
                 None
             }
             Err(e) => {
@@ -75,7 +84,10 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.path).status();
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
     }
 }
 
@@ -85,14 +97,26 @@ impl Drop for Tmpfs {
 pub fn embedded_config(root: &Path, floor: u64) -> ZoneConfig {
     let base = "zone = \"plant-a\"\nlisten = \"127.0.0.1:0\"\nops_listen = \"127.0.0.1:0\"\n[tls]\nmode = \"plaintext-dev\"\n";
     let mut config: ZoneConfig = toml::from_str(base).unwrap();
-    config.nats = NatsConfig { url: None, port: 0, store_dir: root.join("jetstream"), store_free_bytes_min: floor, ..NatsConfig::default() };
+    config.nats = NatsConfig {
+        url: None,
+        port: 0,
+        store_dir: root.join("jetstream"),
+        store_free_bytes_min: floor,
+        ..NatsConfig::default()
+    };
     let small = |mut c: bsfg::config::CategoryConfig| {
         c.capacity_bytes = 4 * MIB;
         c
     };
-    config.categories = vec![small(category("operational", &[], true)), small(category("audit", &["audit"], false))];
+    config.categories = vec![
+        small(category("operational", &[], true)),
+        small(category("audit", &["audit"], false)),
+    ];
     config.consumers = vec![consumer("mes", "operational")];
-    config.buckets = vec![BucketConfig { name: BUCKET.into(), capacity_bytes: 4 * MIB }];
+    config.buckets = vec![BucketConfig {
+        name: BUCKET.into(),
+        capacity_bytes: 4 * MIB,
+    }];
     // A small key filter: its saved copy lives on the small filesystem too.
     config.commit.key_filter_bytes = 1 << 20;
     config.check().expect("valid config");
@@ -112,7 +136,10 @@ pub async fn append_until(
     n: usize,
     within: Duration,
     done: impl Fn(&Result<bsfg_proto::bsfg::v1::AppendFactResponse, connectrpc::ConnectError>) -> bool,
-) -> (Result<bsfg_proto::bsfg::v1::AppendFactResponse, connectrpc::ConnectError>, Duration) {
+) -> (
+    Result<bsfg_proto::bsfg::v1::AppendFactResponse, connectrpc::ConnectError>,
+    Duration,
+) {
     let start = Instant::now();
     loop {
         let answer = client.append(envelope(&next_id()), batch_fact(n)).await;
@@ -131,40 +158,96 @@ pub async fn append_until(
 async fn appends_are_refused_below_the_free_space_floor_and_resume_when_space_is_freed() {
     let Some(fs) = Tmpfs::mount(64) else { return };
     let floor = 16 * MIB;
-    let node = bsfg::node::start(embedded_config(&fs.path, floor)).await.expect("the node starts on the tmpfs");
+    let node = bsfg::node::start(embedded_config(&fs.path, floor))
+        .await
+        .expect("the node starts on the tmpfs");
     let client = plain_client(&node);
     let first_id = mid("before-full");
-    let first = client.append(envelope(&first_id), batch_fact(1)).await.expect("append with room");
+    let first = client
+        .append(envelope(&first_id), batch_fact(1))
+        .await
+        .expect("append with room");
 
     let filler = fs.path.join("filler");
     fs.fill(&filler, floor / 2);
-    let (refused, after) = append_until(&client, || mid("while-full"), 2, Duration::from_secs(5), |a| a.is_err()).await;
-    assert!(after < Duration::from_millis(2500), "refused within a poll (1 s) of the fill, took {after:?}");
+    let (refused, after) = append_until(
+        &client,
+        || mid("while-full"),
+        2,
+        Duration::from_secs(5),
+        |a| a.is_err(),
+    )
+    .await;
+    assert!(
+        after < Duration::from_millis(2500),
+        "refused within a poll (1 s) of the fill, took {after:?}"
+    );
     let e = refused.expect_err("refused while below the floor");
     let message = e.message.clone().unwrap_or_default();
     assert_eq!(e.code.as_str(), "resource_exhausted", "{message}");
     assert!(message.starts_with("disk_full"), "{message}");
-    assert!(message.contains(&fs.path.display().to_string()) && message.contains(&floor.to_string()), "names the filesystem and the floor: {message}");
+    assert!(
+        message.contains(&fs.path.display().to_string()) && message.contains(&floor.to_string()),
+        "names the filesystem and the floor: {message}"
+    );
     // At once, not after the request timeout.
     let started = Instant::now();
-    assert_rejected(client.append(envelope(&mid("while-full")), batch_fact(3)).await, "resource_exhausted", "disk_full");
-    assert!(started.elapsed() < Duration::from_secs(1), "refused at once, took {:?}", started.elapsed());
+    assert_rejected(
+        client
+            .append(envelope(&mid("while-full")), batch_fact(3))
+            .await,
+        "resource_exhausted",
+        "disk_full",
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refused at once, took {:?}",
+        started.elapsed()
+    );
     // A retry of a stored fact writes nothing and is still answered.
-    let again = client.append(envelope(&first_id), batch_fact(1)).await.expect("a retry while full");
+    let again = client
+        .append(envelope(&first_id), batch_fact(1))
+        .await
+        .expect("a retry while full");
     assert_eq!((again.offset, again.duplicate), (first.offset, true));
     let metrics = node.metrics.render();
-    assert_eq!(metric_value(&metrics, "bsfg_disk_full", &[]), Some(1.0), "{metrics}");
-    let free = metric_value(&metrics, "bsfg_store_free_bytes", &["filesystem=\"store\""]).expect("store free bytes exported");
+    assert_eq!(
+        metric_value(&metrics, "bsfg_disk_full", &[]),
+        Some(1.0),
+        "{metrics}"
+    );
+    let free = metric_value(&metrics, "bsfg_store_free_bytes", &["filesystem=\"store\""])
+        .expect("store free bytes exported");
     assert!(free < floor as f64, "{free}");
 
     std::fs::remove_file(&filler).unwrap();
-    let (resumed, after) = append_until(&client, || mid("after-free"), 4, Duration::from_secs(10), |a| a.is_ok()).await;
+    let (resumed, after) = append_until(
+        &client,
+        || mid("after-free"),
+        4,
+        Duration::from_secs(10),
+        |a| a.is_ok(),
+    )
+    .await;
     let resumed = resumed.expect("appends accepted again after the filler is deleted");
-    assert!(after < Duration::from_secs(3), "resumed within a few seconds, took {after:?}");
+    assert!(
+        after < Duration::from_secs(3),
+        "resumed within a few seconds, took {after:?}"
+    );
     assert!(!resumed.duplicate && resumed.offset > first.offset);
-    let again = client.append(envelope(&first_id), batch_fact(1)).await.expect("a retry after");
-    assert_eq!((again.offset, again.duplicate), (first.offset, true), "the key index still knows the old message_id");
-    assert_eq!(metric_value(&node.metrics.render(), "bsfg_disk_full", &[]), Some(0.0));
+    let again = client
+        .append(envelope(&first_id), batch_fact(1))
+        .await
+        .expect("a retry after");
+    assert_eq!(
+        (again.offset, again.duplicate),
+        (first.offset, true),
+        "the key index still knows the old message_id"
+    );
+    assert_eq!(
+        metric_value(&node.metrics.render(), "bsfg_disk_full", &[]),
+        Some(0.0)
+    );
     drop(client);
     drop(node);
     wait_until_key_index_closed(&fs.path.join("key-index.plant-a.kix")).await;
@@ -172,7 +255,9 @@ async fn appends_are_refused_below_the_free_space_floor_and_resume_when_space_is
 
 /// `/healthz` (readiness) and `/livez` (liveness) of a node.
 pub async fn probe(node: &bsfg::node::RunningNode, path: &str) -> (u16, String) {
-    let (status, body) = http_raw(node.ops_addr, "GET", path, "text/plain", b"").await.expect("the ops port answers");
+    let (status, body) = http_raw(node.ops_addr, "GET", path, "text/plain", b"")
+        .await
+        .expect("the ops port answers");
     (status, String::from_utf8(body).unwrap())
 }
 
@@ -183,7 +268,9 @@ pub async fn probe(node: &bsfg::node::RunningNode, path: &str) -> (u16, String) 
 async fn healthz_is_not_ready_while_the_disk_is_below_its_floor_and_livez_stays_ok() {
     let Some(fs) = Tmpfs::mount(64) else { return };
     let floor = 16 * MIB;
-    let node = bsfg::node::start(embedded_config(&fs.path, floor)).await.expect("the node starts on the tmpfs");
+    let node = bsfg::node::start(embedded_config(&fs.path, floor))
+        .await
+        .expect("the node starts on the tmpfs");
     let ready_within = |within: Duration| {
         let node = &node;
         async move {
@@ -198,7 +285,10 @@ async fn healthz_is_not_ready_while_the_disk_is_below_its_floor_and_livez_stays_
         }
     };
     // Ready once the key index has caught up.
-    assert_eq!(ready_within(Duration::from_secs(10)).await, (200, "ok\n".to_string()));
+    assert_eq!(
+        ready_within(Duration::from_secs(10)).await,
+        (200, "ok\n".to_string())
+    );
     assert_eq!(probe(&node, "/livez").await, (200, "ok\n".to_string()));
 
     let filler = fs.path.join("filler");
@@ -212,12 +302,23 @@ async fn healthz_is_not_ready_while_the_disk_is_below_its_floor_and_livez_stays_
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(status, 503, "{body}");
-    assert!(body.starts_with("disk_full: ") && body.contains(&fs.path.display().to_string()), "{body}");
+    assert!(
+        body.starts_with("disk_full: ") && body.contains(&fs.path.display().to_string()),
+        "{body}"
+    );
     assert_eq!(body.lines().count(), 1, "one line: {body}");
-    assert_eq!(probe(&node, "/livez").await, (200, "ok\n".to_string()), "alive while not ready");
+    assert_eq!(
+        probe(&node, "/livez").await,
+        (200, "ok\n".to_string()),
+        "alive while not ready"
+    );
 
     std::fs::remove_file(&filler).unwrap();
-    assert_eq!(ready_within(Duration::from_secs(3)).await, (200, "ok\n".to_string()), "ready again once space is freed");
+    assert_eq!(
+        ready_within(Duration::from_secs(3)).await,
+        (200, "ok\n".to_string()),
+        "ready again once space is freed"
+    );
     assert_eq!(probe(&node, "/livez").await, (200, "ok\n".to_string()));
     drop(node);
     wait_until_key_index_closed(&fs.path.join("key-index.plant-a.kix")).await;
@@ -231,7 +332,9 @@ async fn healthz_is_not_ready_while_the_store_is_down() {
     let get = |path: &'static str| {
         let addr = zone.ops_addr;
         async move {
-            let (status, body) = http_raw(addr, "GET", path, "text/plain", b"").await.unwrap();
+            let (status, body) = http_raw(addr, "GET", path, "text/plain", b"")
+                .await
+                .unwrap();
             (status, String::from_utf8(body).unwrap())
         }
     };
@@ -248,11 +351,19 @@ async fn healthz_is_not_ready_while_the_store_is_down() {
             }
         }
     };
-    assert_eq!(until("/healthz", |a| a.0 == 200, Duration::from_secs(10)).await.0, 200);
+    assert_eq!(
+        until("/healthz", |a| a.0 == 200, Duration::from_secs(10))
+            .await
+            .0,
+        200
+    );
     zone.nats.kill9().await;
     let (status, body) = until("/healthz", |a| a.0 != 200, Duration::from_secs(5)).await;
     assert_eq!(status, 503, "{body}");
-    assert!(body.starts_with("store_disconnected: ") || body.starts_with("jetstream_unavailable: "), "{body}");
+    assert!(
+        body.starts_with("store_disconnected: ") || body.starts_with("jetstream_unavailable: "),
+        "{body}"
+    );
     assert_eq!(get("/livez").await, (200, "ok\n".to_string()));
     zone.nats.restart().await;
     let (status, body) = until("/healthz", |a| a.0 == 200, Duration::from_secs(15)).await;
@@ -267,38 +378,80 @@ async fn healthz_is_not_ready_while_the_store_is_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_whose_disk_filled_recovers_by_itself_once_space_is_freed() {
     let Some(fs) = Tmpfs::mount(64) else { return };
-    let node = bsfg::node::start(embedded_config(&fs.path, 0)).await.expect("the node starts on the tmpfs");
+    let node = bsfg::node::start(embedded_config(&fs.path, 0))
+        .await
+        .expect("the node starts on the tmpfs");
     let client = plain_client(&node);
     let first_id = mid("before-full");
-    let first = client.append(envelope(&first_id), batch_fact(1)).await.expect("append with room");
+    let first = client
+        .append(envelope(&first_id), batch_fact(1))
+        .await
+        .expect("append with room");
 
     let filler = fs.path.join("filler");
     fs.fill(&filler, 0);
     assert_eq!(fs.free_bytes(), 0, "the filesystem is full");
-    let (failed, after) = append_until(&client, || mid("while-full"), 2, Duration::from_secs(30), |a| a.is_err()).await;
+    let (failed, after) = append_until(
+        &client,
+        || mid("while-full"),
+        2,
+        Duration::from_secs(30),
+        |a| a.is_err(),
+    )
+    .await;
     let failed = failed.expect_err("appends fail on a full disk");
     eprintln!("full: appends fail after {after:?}: {failed:?}");
     let (status, body) = probe(&node, "/healthz").await;
-    assert_eq!(status, 503, "not ready while the store cannot write: {body}");
-    assert!(body.starts_with("store_storage_error: ") || body.starts_with("jetstream_unavailable: "), "{body}");
+    assert_eq!(
+        status, 503,
+        "not ready while the store cannot write: {body}"
+    );
+    assert!(
+        body.starts_with("store_storage_error: ") || body.starts_with("jetstream_unavailable: "),
+        "{body}"
+    );
 
     std::fs::remove_file(&filler).unwrap();
     let freed = Instant::now();
-    let (resumed, _) = append_until(&client, || mid("after-free"), 4, Duration::from_secs(60), |a| a.is_ok()).await;
+    let (resumed, _) = append_until(
+        &client,
+        || mid("after-free"),
+        4,
+        Duration::from_secs(60),
+        |a| a.is_ok(),
+    )
+    .await;
     let took = freed.elapsed();
     eprintln!("freed: appends succeed again after {took:?}: {resumed:?}");
     let resumed = resumed.expect("appends succeed again after space is freed");
-    assert!(took < Duration::from_secs(10), "recovered within ~10 s of the space being freed, took {took:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "recovered within ~10 s of the space being freed, took {took:?}"
+    );
     assert!(!resumed.duplicate && resumed.offset > first.offset);
-    let again = client.append(envelope(&first_id), batch_fact(1)).await.expect("a retry after recovery");
-    assert_eq!((again.offset, again.duplicate), (first.offset, true), "the key index still knows the old message_id");
+    let again = client
+        .append(envelope(&first_id), batch_fact(1))
+        .await
+        .expect("a retry after recovery");
+    assert_eq!(
+        (again.offset, again.duplicate),
+        (first.offset, true),
+        "the key index still knows the old message_id"
+    );
     let (status, body) = probe(&node, "/healthz").await;
     assert_eq!(status, 200, "{body}");
     let metrics = node.metrics.render();
     // Observed with nats-server 2.15.1: without a restart it kept failing
     // writes for over 60 s after the space was freed.
-    assert!(metric_value(&metrics, "bsfg_embedded_nats_storage_restarts_total", &[]).is_some_and(|n| n >= 1.0), "{metrics}");
-    assert_eq!(metric_value(&metrics, "bsfg_store_storage_fault", &[]), Some(0.0));
+    assert!(
+        metric_value(&metrics, "bsfg_embedded_nats_storage_restarts_total", &[])
+            .is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_value(&metrics, "bsfg_store_storage_fault", &[]),
+        Some(0.0)
+    );
     drop(client);
     drop(node);
     wait_until_key_index_closed(&fs.path.join("key-index.plant-a.kix")).await;

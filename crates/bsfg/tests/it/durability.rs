@@ -12,7 +12,13 @@ async fn append_retrying(client: &BsfgClient, e: &Envelope, f: &Fact) -> AppendF
     loop {
         match client.append(e.clone(), f.clone()).await {
             Ok(r) => return r,
-            Err(err) if Instant::now() < deadline && matches!(err.code.as_str(), "unavailable" | "deadline_exceeded" | "unknown" | "internal") => {
+            Err(err)
+                if Instant::now() < deadline
+                    && matches!(
+                        err.code.as_str(),
+                        "unavailable" | "deadline_exceeded" | "unknown" | "internal"
+                    ) =>
+            {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(err) => panic!("append failed: {err:?}"),
@@ -22,14 +28,22 @@ async fn append_retrying(client: &BsfgClient, e: &Envelope, f: &Fact) -> AppendF
 
 /// Facts the node has read into its key index from the operational stream.
 fn read_in_facts(metrics_text: &str) -> f64 {
-    metric_value(metrics_text, "bsfg_key_index_read_in_facts_total", &["category=\"operational\""]).unwrap_or(0.0)
+    metric_value(
+        metrics_text,
+        "bsfg_key_index_read_in_facts_total",
+        &["category=\"operational\""],
+    )
+    .unwrap_or(0.0)
 }
 
 /// Garbage over `bytes` of the key index's bucket pages, which start after
 /// the two 8 KiB header copies (`store::key_index::format`).
 fn overwrite_key_index_pages(index_file: &std::path::Path, bytes: usize) {
     use std::os::unix::fs::FileExt as _;
-    let file = std::fs::OpenOptions::new().write(true).open(index_file).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(index_file)
+        .unwrap();
     file.write_all_at(&vec![0xA5; bytes], 16 * 1024).unwrap();
 }
 
@@ -60,7 +74,11 @@ async fn retry_all_and_verify(zone: &Zone, sent: &[(Envelope, Fact, u64)]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_across_kill9_of_the_node() {
-    let mut zone = Zone::start(Opts { out_of_process: true, ..Opts::default() }).await;
+    let mut zone = Zone::start(Opts {
+        out_of_process: true,
+        ..Opts::default()
+    })
+    .await;
     let sent = append_batch(&zone.client(), "kill-node", 5).await;
     zone.kill9_node().await;
     zone.restart_node(true).await;
@@ -93,21 +111,33 @@ async fn idempotent_across_kill9_of_the_node() {
     // machine can take longer than that for the first one).
     let deadline = Instant::now() + Duration::from_secs(30);
     while acked_count.load(std::sync::atomic::Ordering::Relaxed) < 50 {
-        assert!(Instant::now() < deadline, "no appends acknowledged within 30 s of the restart");
+        assert!(
+            Instant::now() < deadline,
+            "no appends acknowledged within 30 s of the restart"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     zone.kill9_node().await;
     let acked = writer.await.unwrap();
     let attempts = attempted.lock().unwrap().clone();
-    assert!(!acked.is_empty(), "some appends were acknowledged before the kill");
-    assert!(acked.len() < attempts.len(), "the kill interrupted the writer");
+    assert!(
+        !acked.is_empty(),
+        "some appends were acknowledged before the kill"
+    );
+    assert!(
+        acked.len() < attempts.len(),
+        "the kill interrupted the writer"
+    );
     zone.restart_node(true).await;
     let client = zone.client();
     let mut all = sent.clone();
     for (i, (e, f)) in attempts.iter().enumerate() {
         let r = append_retrying(&client, e, f).await;
         if let Some(offset) = acked.get(i) {
-            assert!(r.duplicate, "acknowledged before the kill, so a retry is a duplicate");
+            assert!(
+                r.duplicate,
+                "acknowledged before the kill, so a retry is a duplicate"
+            );
             assert_eq!(r.offset, *offset);
         }
         all.push((e.clone(), f.clone(), r.offset));
@@ -130,7 +160,10 @@ async fn idempotent_across_kill9_and_restart_of_nats_server() {
     // New appends work after the restart too.
     let r = append_retrying(&zone.client(), &envelope(&mid("after")), &batch_fact(9)).await;
     assert!(!r.duplicate);
-    assert_eq!(zone.message_count("operational").await, sent.len() as u64 + 1);
+    assert_eq!(
+        zone.message_count("operational").await,
+        sent.len() as u64 + 1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,14 +177,21 @@ async fn idempotent_after_the_duplicate_window() {
     // A conflicting retry past the window is still a conflict.
     let mut other = sent[0].1.clone();
     other.object_json = r#"{"changed":true}"#.into();
-    assert_rejected(zone.client().append(sent[0].0.clone(), other).await, "already_exists", "conflicting_duplicate");
+    assert_rejected(
+        zone.client().append(sent[0].0.clone(), other).await,
+        "already_exists",
+        "conflicting_duplicate",
+    );
     assert_eq!(zone.message_count("operational").await, 3);
 }
 
 /// A zone (in-process node, 1 s duplicate window) with `n` facts appended,
 /// its node stopped cleanly once the window has passed: from then on only
 /// the key index can answer the retries.
-async fn appended_then_stopped_past_the_duplicate_window(prefix: &str, n: usize) -> (Zone, Vec<(Envelope, Fact, u64)>) {
+async fn appended_then_stopped_past_the_duplicate_window(
+    prefix: &str,
+    n: usize,
+) -> (Zone, Vec<(Envelope, Fact, u64)>) {
     let mut opts = Opts::default();
     opts.categories[0].duplicate_window = Duration::from_secs(1);
     let mut zone = Zone::start(opts).await;
@@ -169,17 +209,35 @@ async fn appended_then_stopped_past_the_duplicate_window(prefix: &str, n: usize)
 async fn idempotent_after_the_key_index_file_is_lost() {
     let (mut zone, sent) = appended_then_stopped_past_the_duplicate_window("lost-index", 4).await;
     let index_file = zone.config.key_index_path();
-    assert!(index_file.exists(), "the node keeps its key index at {}", index_file.display());
+    assert!(
+        index_file.exists(),
+        "the node keeps its key index at {}",
+        index_file.display()
+    );
     std::fs::remove_file(&index_file).unwrap();
     zone.restart_node(false).await;
     retry_all_and_verify(&zone, &sent).await;
     let (e, _, offset) = &sent[0];
-    let refused = zone.client().append(e.clone(), fact("document:PlantA/lost", "step_completed", r#"{"a":1}"#)).await;
+    let refused = zone
+        .client()
+        .append(
+            e.clone(),
+            fact("document:PlantA/lost", "step_completed", r#"{"a":1}"#),
+        )
+        .await;
     assert_rejected(refused, "already_exists", "conflicting_duplicate");
-    assert_eq!(zone.message_count("documents").await, 0, "nothing stored in the other category");
+    assert_eq!(
+        zone.message_count("documents").await,
+        0,
+        "nothing stored in the other category"
+    );
     let text = zone.metrics_text().await;
     let read_in = read_in_facts(&text);
-    assert_eq!(read_in, sent.len() as f64, "the rebuild read every stored fact in ({offset} was the first)");
+    assert_eq!(
+        read_in,
+        sent.len() as f64,
+        "the rebuild read every stored fact in ({offset} was the first)"
+    );
 }
 
 /// A clean stop saves the key filter beside the index and the restarted
@@ -189,12 +247,21 @@ async fn idempotent_after_the_key_index_file_is_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_across_a_clean_restart_with_the_saved_key_filter() {
     let (mut zone, sent) = appended_then_stopped_past_the_duplicate_window("saved-filter", 5).await;
-    let saved = std::path::PathBuf::from(format!("{}.filter", zone.config.key_index_path().display()));
-    assert!(saved.exists(), "a clean stop saves the key filter at {}", saved.display());
+    let saved =
+        std::path::PathBuf::from(format!("{}.filter", zone.config.key_index_path().display()));
+    assert!(
+        saved.exists(),
+        "a clean stop saves the key filter at {}",
+        saved.display()
+    );
     zone.restart_node(false).await;
     assert!(!saved.exists(), "the restarted node took the saved filter");
     retry_all_and_verify(&zone, &sent).await;
-    assert_eq!(read_in_facts(&zone.metrics_text().await), 0.0, "a clean restart reads nothing in from the stream");
+    assert_eq!(
+        read_in_facts(&zone.metrics_text().await),
+        0.0,
+        "a clean restart reads nothing in from the stream"
+    );
 }
 
 /// A power loss can tear a key-index page being rewritten. After a kill -9
@@ -206,7 +273,11 @@ async fn idempotent_across_a_clean_restart_with_the_saved_key_filter() {
 /// with garbage while the node is down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_after_a_torn_key_index_page() {
-    let mut opts = Opts { out_of_process: true, key_index_sync_interval: Some(Duration::from_secs(1)), ..Opts::default() };
+    let mut opts = Opts {
+        out_of_process: true,
+        key_index_sync_interval: Some(Duration::from_secs(1)),
+        ..Opts::default()
+    };
     opts.categories[0].duplicate_window = Duration::from_secs(1);
     let mut zone = Zone::start(opts).await;
     let sent = append_batch(&zone.client(), "torn-page", 6).await;
@@ -219,7 +290,11 @@ async fn idempotent_after_a_torn_key_index_page() {
     retry_all_and_verify(&zone, &sent).await;
     let text = zone.metrics_text().await;
     let read_in = read_in_facts(&text);
-    assert_eq!(read_in, sent.len() as f64, "the torn index was started over and every stored fact read in again");
+    assert_eq!(
+        read_in,
+        sent.len() as f64,
+        "the torn index was started over and every stored fact read in again"
+    );
 }
 
 /// A key index page damaged while the node runs (a disk error, or the file
@@ -232,23 +307,44 @@ async fn idempotent_after_a_torn_key_index_page() {
 async fn a_key_index_damaged_while_running_is_rebuilt_by_the_node() {
     // Checkpoints often, so the entries are merged into the pages (out of
     // the memory buffer) before the damage.
-    let mut opts = Opts { key_index_sync_interval: Some(Duration::from_millis(200)), ..Opts::default() };
+    let mut opts = Opts {
+        key_index_sync_interval: Some(Duration::from_millis(200)),
+        ..Opts::default()
+    };
     opts.categories[0].duplicate_window = Duration::from_secs(1);
     let zone = Zone::start(opts).await;
     let client = zone.client();
     let mut sent = append_batch(&client, "damaged", 6).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let text = zone.metrics_text().await;
-    assert_eq!(metric_value(&text, "bsfg_key_index_buffered_facts", &[]), Some(0.0), "the entries are in the pages");
+    assert_eq!(
+        metric_value(&text, "bsfg_key_index_buffered_facts", &[]),
+        Some(0.0),
+        "the entries are in the pages"
+    );
     // Garbage over every bucket page (the two header copies stay).
     let index_file = zone.config.key_index_path();
     let pages_bytes = std::fs::metadata(&index_file).unwrap().len() - 16 * 1024;
     overwrite_key_index_pages(&index_file, pages_bytes as usize);
     let (e, f, offset) = sent[0].clone();
-    let refused = client.append(e.clone(), f.clone()).await.expect_err("an append reading a damaged page is refused");
+    let refused = client
+        .append(e.clone(), f.clone())
+        .await
+        .expect_err("an append reading a damaged page is refused");
     assert_eq!(refused.code.as_str(), "unavailable", "{refused:?}");
-    assert!(refused.message.as_deref().unwrap_or_default().contains("key_index_unavailable"), "{refused:?}");
-    assert_eq!(zone.message_count("operational").await, sent.len() as u64, "nothing stored by the refused append");
+    assert!(
+        refused
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("key_index_unavailable"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        zone.message_count("operational").await,
+        sent.len() as u64,
+        "nothing stored by the refused append"
+    );
     // The node rebuilds by itself: the retry is a duplicate at its offset,
     // and a new append goes through, once.
     let again = append_retrying(&client, &e, &f).await;
@@ -259,7 +355,11 @@ async fn a_key_index_damaged_while_running_is_rebuilt_by_the_node() {
     sent.push((e, f, appended.offset));
     retry_all_and_verify(&zone, &sent).await;
     let text = zone.metrics_text().await;
-    assert_eq!(metric_value(&text, "bsfg_key_index_rebuilds_total", &[]), Some(1.0), "one rebuild");
+    assert_eq!(
+        metric_value(&text, "bsfg_key_index_rebuilds_total", &[]),
+        Some(1.0),
+        "one rebuild"
+    );
     assert_eq!(metric_value(&text, "bsfg_key_index_ready", &[]), Some(1.0));
     let read_in = read_in_facts(&text);
     assert!(read_in >= 6.0, "the stream was read in again: {read_in}");
@@ -279,20 +379,42 @@ async fn a_stored_fact_whose_acknowledgement_was_lost_is_still_a_duplicate() {
     // The node's own appends before and after, so the lost one is a gap
     // below facts the index already holds.
     let before = append_batch(&client, "before-gap", 2).await;
-    let (e, f) = (envelope(&mid("lost-ack")), fact("batch:PlantA/B7", "step_completed", r#"{"step":7}"#));
+    let (e, f) = (
+        envelope(&mid("lost-ack")),
+        fact("batch:PlantA/B7", "step_completed", r#"{"step":7}"#),
+    );
     let record = StoredFact {
         category: "operational".into(),
         envelope: e.clone().into(),
         fact: f.clone().into(),
-        provenance: Provenance { origin_zone: e.from_zone.clone(), ..Default::default() }.into(),
+        provenance: Provenance {
+            origin_zone: e.from_zone.clone(),
+            ..Default::default()
+        }
+        .into(),
         appended_at_unix_ms: now_ms(),
         ..Default::default()
     };
     let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Msg-Id", bsfg_domain::identity::key_token(&e.from_zone, &e.message_id).as_str());
-    headers.insert("Bsfg-Content", hex::encode(bsfg_domain::identity::content_digest(&f)).as_str());
+    headers.insert(
+        "Nats-Msg-Id",
+        bsfg_domain::identity::key_token(&e.from_zone, &e.message_id).as_str(),
+    );
+    headers.insert(
+        "Bsfg-Content",
+        hex::encode(bsfg_domain::identity::content_digest(&f)).as_str(),
+    );
     let js = zone.jetstream().await;
-    let ack = js.publish_with_headers("facts.operational.batch", headers, record.encode_to_vec().into()).await.unwrap().await.unwrap();
+    let ack = js
+        .publish_with_headers(
+            "facts.operational.batch",
+            headers,
+            record.encode_to_vec().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     let after = append_batch(&client, "after-gap", 2).await;
     assert_eq!(ack.sequence, before[1].2 + 1);
     // Past the duplicate window, and past two maintenance ticks (1 s each).
@@ -303,18 +425,50 @@ async fn a_stored_fact_whose_acknowledgement_was_lost_is_still_a_duplicate() {
     assert_eq!(zone.message_count("operational").await, 5, "stored once");
     for (e, f, offset) in before.iter().chain(&after) {
         let r = client.append(e.clone(), f.clone()).await.unwrap();
-        assert!(r.duplicate && r.offset == *offset, "the node's own facts stay duplicates");
+        assert!(
+            r.duplicate && r.offset == *offset,
+            "the node's own facts stay duplicates"
+        );
     }
     // Different content under a stored key is refused, whether the stored
     // fact carries its content digest as a header (the format written
     // before the eleventh session, as above) or not (the node's own now).
     let changed = fact("batch:PlantA/B7", "step_completed", r#"{"step":8}"#);
-    assert_rejected(client.append(e.clone(), changed.clone()).await, "already_exists", "conflicting_duplicate");
-    assert_rejected(client.append(after[0].0.clone(), changed).await, "already_exists", "conflicting_duplicate");
-    let stored = js.get_stream("facts_operational").await.unwrap().direct_get(after[0].2).await.unwrap();
-    assert!(stored.headers.get("Bsfg-Content").is_none(), "the content digest is no longer stored as a header: {:?}", stored.headers);
-    assert_eq!(zone.message_count("operational").await, 5, "nothing stored by the refusals");
+    assert_rejected(
+        client.append(e.clone(), changed.clone()).await,
+        "already_exists",
+        "conflicting_duplicate",
+    );
+    assert_rejected(
+        client.append(after[0].0.clone(), changed).await,
+        "already_exists",
+        "conflicting_duplicate",
+    );
+    let stored = js
+        .get_stream("facts_operational")
+        .await
+        .unwrap()
+        .direct_get(after[0].2)
+        .await
+        .unwrap();
+    assert!(
+        stored.headers.get("Bsfg-Content").is_none(),
+        "the content digest is no longer stored as a header: {:?}",
+        stored.headers
+    );
+    assert_eq!(
+        zone.message_count("operational").await,
+        5,
+        "nothing stored by the refusals"
+    );
     let text = zone.metrics_text().await;
     assert!(read_in_facts(&text) >= 1.0);
-    assert_eq!(metric_value(&text, "bsfg_key_index_through_offset", &["category=\"operational\""]), Some(5.0));
+    assert_eq!(
+        metric_value(
+            &text,
+            "bsfg_key_index_through_offset",
+            &["category=\"operational\""]
+        ),
+        Some(5.0)
+    );
 }

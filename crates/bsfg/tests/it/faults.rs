@@ -52,19 +52,34 @@ struct Sent {
 /// Appends up to `count` facts from `from` to `to` until `until`, paced, retrying each (same
 /// message id, so idempotent) until acknowledged or `give_up` passes.
 /// Every 40th fact carries an artifact.
-async fn produce(app: BsfgClient, from: &'static str, to: &'static str, (count, until): (usize, Instant), pace: Duration, seed: u64) -> (Vec<Sent>, Vec<String>) {
+async fn produce(
+    app: BsfgClient,
+    from: &'static str,
+    to: &'static str,
+    (count, until): (usize, Instant),
+    pace: Duration,
+    seed: u64,
+) -> (Vec<Sent>, Vec<String>) {
     let mut acked = Vec::new();
     let mut unacked = Vec::new();
     for i in (0..count).take_while(|_| Instant::now() < until) {
         let message_id = format!("{from}-to-{to}-{i}");
-        let object_json = format!(r#"{{ "i": {i}, "from": "{from}", "note": "fault run {seed}" }}"#);
-        let mut f = fact(&format!("batch:{from}/B{i}"), "step_completed", &object_json);
+        let object_json =
+            format!(r#"{{ "i": {i}, "from": "{from}", "note": "fault run {seed}" }}"#);
+        let mut f = fact(
+            &format!("batch:{from}/B{i}"),
+            "step_completed",
+            &object_json,
+        );
         let mut artifact = None;
         let give_up = Instant::now() + Duration::from_secs(60);
         if i % 40 == 7 {
             // Sizes vary but stay bounded, so a long soak's artifacts fit the
             // relay's bucket (1 GiB holds both directions' for about an hour).
-            let bytes = pseudo_random_bytes(200 * 1024 + (i % 997) * 31, seed ^ (i as u64) ^ from.len() as u64);
+            let bytes = pseudo_random_bytes(
+                200 * 1024 + (i % 997) * 31,
+                seed ^ (i as u64) ^ from.len() as u64,
+            );
             let digest = sha256(&bytes);
             let key = format!("{from}/{i}.bin");
             let mut stored = false;
@@ -79,7 +94,13 @@ async fn produce(app: BsfgClient, from: &'static str, to: &'static str, (count, 
                 unacked.push(message_id);
                 continue;
             }
-            f.attachments.push(AttachmentRef { bucket: BUCKET.into(), key: key.clone(), digest, size_bytes: bytes.len() as u64, ..Default::default() });
+            f.attachments.push(AttachmentRef {
+                bucket: BUCKET.into(),
+                key: key.clone(),
+                digest,
+                size_bytes: bytes.len() as u64,
+                ..Default::default()
+            });
             artifact = Some((key, bytes));
         }
         let mut e = envelope(&message_id);
@@ -96,7 +117,13 @@ async fn produce(app: BsfgClient, from: &'static str, to: &'static str, (count, 
             }
         }
         match ok {
-            Some(origin_offset) => acked.push(Sent { message_id, from, object_json: canonical(&object_json), origin_offset, artifact }),
+            Some(origin_offset) => acked.push(Sent {
+                message_id,
+                from,
+                object_json: canonical(&object_json),
+                origin_offset,
+                artifact,
+            }),
             None => unacked.push(message_id),
         }
         tokio::time::sleep(pace).await;
@@ -106,7 +133,10 @@ async fn produce(app: BsfgClient, from: &'static str, to: &'static str, (count, 
 
 #[derive(Debug, Clone, Copy)]
 enum Fault {
-    Cut { receiver: &'static str, peer: &'static str },
+    Cut {
+        receiver: &'static str,
+        peer: &'static str,
+    },
     KillNode(&'static str),
     KillNats(&'static str),
     FreezeNode(&'static str),
@@ -125,7 +155,12 @@ impl Fault {
     }
 }
 
-const LINKS: [(&str, &str); 4] = [("idmz", "plant-a"), ("enterprise", "idmz"), ("idmz", "enterprise"), ("plant-a", "idmz")];
+const LINKS: [(&str, &str); 4] = [
+    ("idmz", "plant-a"),
+    ("enterprise", "idmz"),
+    ("idmz", "enterprise"),
+    ("plant-a", "idmz"),
+];
 const FAULT_ZONES: [&str; 3] = ["plant-a", "idmz", "enterprise"];
 
 fn pick(rng: &mut Rng) -> Fault {
@@ -227,7 +262,10 @@ struct RunShape {
 }
 
 fn run_shape(started: Instant) -> RunShape {
-    match std::env::var("BSFG_SOAK_MINUTES").ok().and_then(|m| m.parse::<u64>().ok()) {
+    match std::env::var("BSFG_SOAK_MINUTES")
+        .ok()
+        .and_then(|m| m.parse::<u64>().ok())
+    {
         Some(minutes) => RunShape {
             count: usize::MAX,
             pace: Duration::from_millis(15),
@@ -235,15 +273,28 @@ fn run_shape(started: Instant) -> RunShape {
             faults_max: usize::MAX,
             drain: Duration::from_secs(300),
         },
-        None => RunShape { count: 300, pace: Duration::from_millis(30), until: started + Duration::from_secs(3600), faults_max: 8, drain: Duration::from_secs(90) },
+        None => RunShape {
+            count: 300,
+            pace: Duration::from_millis(30),
+            until: started + Duration::from_secs(3600),
+            faults_max: 8,
+            drain: Duration::from_secs(90),
+        },
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn continuous_load_survives_partitions_kills_and_freezes_exactly_once_in_order() {
-    let seed: u64 = std::env::var("BSFG_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 % 1_000_000_007
-    });
+    let seed: u64 = std::env::var("BSFG_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                % 1_000_000_007
+        });
     let started = Instant::now();
     let shape = run_shape(started);
     eprintln!(
@@ -253,12 +304,33 @@ async fn continuous_load_survives_partitions_kills_and_freezes_exactly_once_in_o
         shape.faults_max
     );
     let mut rng = Rng::new(seed);
-    let mut site = Site::start_with(SiteOpts { proxies: true, out_of_process: true, tweak: Some(fast_redelivery) }).await;
+    let mut site = Site::start_with(SiteOpts {
+        proxies: true,
+        out_of_process: true,
+        tweak: Some(fast_redelivery),
+    })
+    .await;
 
-    let up = tokio::spawn(produce(site.app("plant-a").clone(), "plant-a", "enterprise", (shape.count, shape.until), shape.pace, seed));
-    let down = tokio::spawn(produce(site.app("enterprise").clone(), "enterprise", "plant-a", (shape.count, shape.until), shape.pace, seed));
+    let up = tokio::spawn(produce(
+        site.app("plant-a").clone(),
+        "plant-a",
+        "enterprise",
+        (shape.count, shape.until),
+        shape.pace,
+        seed,
+    ));
+    let down = tokio::spawn(produce(
+        site.app("enterprise").clone(),
+        "enterprise",
+        "plant-a",
+        (shape.count, shape.until),
+        shape.pace,
+        seed,
+    ));
     let mut faults: BTreeMap<&'static str, usize> = BTreeMap::new();
-    while !(up.is_finished() && down.is_finished()) && faults.values().sum::<usize>() < shape.faults_max {
+    while !(up.is_finished() && down.is_finished())
+        && faults.values().sum::<usize>() < shape.faults_max
+    {
         tokio::time::sleep(rng.millis(300, 1500)).await;
         let fault = pick(&mut rng);
         apply(&mut site, fault, &mut rng).await;
@@ -274,14 +346,21 @@ async fn continuous_load_survives_partitions_kills_and_freezes_exactly_once_in_o
         up_unacked.len(),
         down_unacked.len()
     );
-    let most = |acked: &[Sent], unacked: &[String]| acked.len() >= (acked.len() + unacked.len()) * 9 / 10;
-    assert!(most(&up_acked, &up_unacked) && most(&down_acked, &down_unacked), "most appends are acknowledged despite the faults");
+    let most =
+        |acked: &[Sent], unacked: &[String]| acked.len() >= (acked.len() + unacked.len()) * 9 / 10;
+    assert!(
+        most(&up_acked, &up_unacked) && most(&down_acked, &down_unacked),
+        "most appends are acknowledged despite the faults"
+    );
 
     let drain_started = Instant::now();
     let mut verdicts = Vec::new();
     for (dest, sent) in [("enterprise", &up_acked), ("plant-a", &down_acked)] {
         let got = drain(&site, seed, dest, sent, shape.drain).await;
-        eprintln!("{dest}: drained {:?} after the load ended", drain_started.elapsed());
+        eprintln!(
+            "{dest}: drained {:?} after the load ended",
+            drain_started.elapsed()
+        );
         let mut verdict = judge(dest, &got, sent);
         for s in sent.iter().filter(|s| s.artifact.is_some()) {
             let (key, bytes) = s.artifact.as_ref().unwrap();
@@ -296,12 +375,19 @@ async fn continuous_load_survives_partitions_kills_and_freezes_exactly_once_in_o
         eprintln!("seed {seed}: {}", verdict.summary());
         verdicts.push(verdict);
     }
-    eprintln!("fault run seed {seed} in {:?}: faults {faults:?}", started.elapsed());
+    eprintln!(
+        "fault run seed {seed} in {:?}: faults {faults:?}",
+        started.elapsed()
+    );
     for v in &verdicts {
         eprintln!("{}", v.summary());
     }
     for v in &verdicts {
-        let clean = v.lost.is_empty() && v.duplicated.is_empty() && v.reordered == 0 && v.altered.is_empty() && v.artifacts_missing_or_altered.is_empty();
+        let clean = v.lost.is_empty()
+            && v.duplicated.is_empty()
+            && v.reordered == 0
+            && v.altered.is_empty()
+            && v.artifacts_missing_or_altered.is_empty();
         assert!(clean, "seed {seed}: {v:?}");
     }
 }
@@ -309,18 +395,33 @@ async fn continuous_load_survives_partitions_kills_and_freezes_exactly_once_in_o
 /// Collects `dest`'s local consumer until every acknowledged fact arrived
 /// or `bound` passes (then prints a diagnosis), and a little longer so
 /// late duplicates would show.
-async fn drain(site: &Site, seed: u64, dest: &str, sent: &[Sent], bound: Duration) -> BTreeMap<u64, StoredFact> {
+async fn drain(
+    site: &Site,
+    seed: u64,
+    dest: &str,
+    sent: &[Sent],
+    bound: Duration,
+) -> BTreeMap<u64, StoredFact> {
     let deadline = Instant::now() + bound;
     let mut got = BTreeMap::new();
     loop {
         collect_local(site.app(dest), &mut got).await;
-        let ids: BTreeSet<&str> = got.values().map(|f| f.envelope.message_id.as_str()).collect();
-        let missing = sent.iter().filter(|s| !ids.contains(s.message_id.as_str())).count();
+        let ids: BTreeSet<&str> = got
+            .values()
+            .map(|f| f.envelope.message_id.as_str())
+            .collect();
+        let missing = sent
+            .iter()
+            .filter(|s| !ids.contains(s.message_id.as_str()))
+            .count();
         if missing == 0 {
             break;
         }
         if Instant::now() > deadline {
-            eprintln!("seed {seed}: {dest} is missing {missing} acknowledged facts; {}", site.diagnose(&format!("fault-{seed}")).await);
+            eprintln!(
+                "seed {seed}: {dest} is missing {missing} acknowledged facts; {}",
+                site.diagnose(&format!("fault-{seed}")).await
+            );
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -367,9 +468,16 @@ fn judge(dest: &'static str, got: &BTreeMap<u64, StoredFact>, sent: &[Sent]) -> 
     let origin = sent[0].from;
     let mut by_id: BTreeMap<&str, Vec<&StoredFact>> = BTreeMap::new();
     for f in got.values() {
-        by_id.entry(f.envelope.message_id.as_str()).or_default().push(f);
+        by_id
+            .entry(f.envelope.message_id.as_str())
+            .or_default()
+            .push(f);
     }
-    let duplicated = by_id.iter().filter(|(_, v)| v.len() > 1).map(|(k, _)| k.to_string()).collect();
+    let duplicated = by_id
+        .iter()
+        .filter(|(_, v)| v.len() > 1)
+        .map(|(k, _)| k.to_string())
+        .collect();
     let mut lost = Vec::new();
     let mut altered = Vec::new();
     for s in sent {
@@ -386,20 +494,50 @@ fn judge(dest: &'static str, got: &BTreeMap<u64, StoredFact>, sent: &[Sent]) -> 
         }
     }
     // Local order (BTreeMap by local offset) follows origin order.
-    let origin_offsets: Vec<u64> = got.values().filter(|f| f.provenance.origin_zone == origin).map(|f| f.provenance.origin_offset).collect();
+    let origin_offsets: Vec<u64> = got
+        .values()
+        .filter(|f| f.provenance.origin_zone == origin)
+        .map(|f| f.provenance.origin_offset)
+        .collect();
     let reordered = origin_offsets.windows(2).filter(|w| w[0] >= w[1]).count();
-    Verdict { dest, acknowledged: sent.len(), lost, duplicated, reordered, altered, artifacts_missing_or_altered: Vec::new() }
+    Verdict {
+        dest,
+        acknowledged: sent.len(),
+        lost,
+        duplicated,
+        reordered,
+        altered,
+        artifacts_missing_or_altered: Vec::new(),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn artifact_pull_resumes_after_a_cut_mid_object() {
-    let site = Site::start_with(SiteOpts { proxies: true, ..Default::default() }).await;
+    let site = Site::start_with(SiteOpts {
+        proxies: true,
+        ..Default::default()
+    })
+    .await;
     let size = 24 * 1024 * 1024;
     let bytes = pseudo_random_bytes(size, 24);
     let digest = sha256(&bytes);
-    put(site.app("plant-a"), BUCKET, "big/24mib.bin", &bytes, &digest).await.unwrap();
+    put(
+        site.app("plant-a"),
+        BUCKET,
+        "big/24mib.bin",
+        &bytes,
+        &digest,
+    )
+    .await
+    .unwrap();
     let mut f = fact("batch:PlantA/BIG", "has_artifact", r#"{"kind":"big"}"#);
-    f.attachments.push(AttachmentRef { bucket: BUCKET.into(), key: "big/24mib.bin".into(), digest: digest.clone(), size_bytes: size as u64, ..Default::default() });
+    f.attachments.push(AttachmentRef {
+        bucket: BUCKET.into(),
+        key: "big/24mib.bin".into(),
+        digest: digest.clone(),
+        size_bytes: size as u64,
+        ..Default::default()
+    });
 
     // idmz pulls from plant-a through this proxy; count plant-a → idmz.
     let proxy = site.proxy("idmz", "plant-a");
@@ -413,15 +551,24 @@ async fn artifact_pull_resumes_after_a_cut_mid_object() {
     proxy.cut();
     let at_cut = proxy.bytes().1 - baseline;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let spool = site.zones["idmz"].dir.join("spool").join(digest.replace(':', "-"));
+    let spool = site.zones["idmz"]
+        .dir
+        .join("spool")
+        .join(digest.replace(':', "-"));
     let spooled = std::fs::metadata(&spool).map(|m| m.len()).unwrap_or(0);
-    assert!(spooled > 0 && spooled < size as u64, "the cut happened mid-object: {spooled} of {size} bytes spooled");
+    assert!(
+        spooled > 0 && spooled < size as u64,
+        "the cut happened mid-object: {spooled} of {size} bytes spooled"
+    );
     eprintln!("cut after {at_cut} B through the proxy; {spooled} B spooled at idmz");
     proxy.restore();
 
-    site.wait_for("idmz", &["pa-big".into()], Duration::from_secs(60)).await;
+    site.wait_for("idmz", &["pa-big".into()], Duration::from_secs(60))
+        .await;
     let total = proxy.bytes().1 - baseline;
-    let (info, got) = get(site.app("idmz"), BUCKET, "big/24mib.bin", 0).await.unwrap();
+    let (info, got) = get(site.app("idmz"), BUCKET, "big/24mib.bin", 0)
+        .await
+        .unwrap();
     assert_eq!(info.digest, digest);
     assert!(got == bytes, "the object arrived byte-identical");
 
@@ -430,12 +577,31 @@ async fn artifact_pull_resumes_after_a_cut_mid_object() {
     // link's fetches and confirms).
     let other = pseudo_random_bytes(size, 25);
     let other_digest = sha256(&other);
-    put(site.app("plant-a"), BUCKET, "big/reference.bin", &other, &other_digest).await.unwrap();
-    let mut f = fact("batch:PlantA/REF", "has_artifact", r#"{"kind":"reference"}"#);
-    f.attachments.push(AttachmentRef { bucket: BUCKET.into(), key: "big/reference.bin".into(), digest: other_digest, size_bytes: size as u64, ..Default::default() });
+    put(
+        site.app("plant-a"),
+        BUCKET,
+        "big/reference.bin",
+        &other,
+        &other_digest,
+    )
+    .await
+    .unwrap();
+    let mut f = fact(
+        "batch:PlantA/REF",
+        "has_artifact",
+        r#"{"kind":"reference"}"#,
+    );
+    f.attachments.push(AttachmentRef {
+        bucket: BUCKET.into(),
+        key: "big/reference.bin".into(),
+        digest: other_digest,
+        size_bytes: size as u64,
+        ..Default::default()
+    });
     let before = proxy.bytes().1;
     site.append("plant-a", "enterprise", "pa-ref", f).await;
-    site.wait_for("idmz", &["pa-ref".into()], Duration::from_secs(60)).await;
+    site.wait_for("idmz", &["pa-ref".into()], Duration::from_secs(60))
+        .await;
     let reference = proxy.bytes().1 - before;
 
     // Re-sent = what the cut transfer cost beyond the uncut one. A resumed
@@ -448,8 +614,13 @@ async fn artifact_pull_resumes_after_a_cut_mid_object() {
     const CHUNK: u64 = 128 * 1024;
     let window = 4 * CHUNK;
     let resent = total.saturating_sub(reference);
-    eprintln!("cut transfer {total} B on the wire, uncut reference {reference} B: {resent} B re-sent (bound {window} B)");
-    assert!(resent <= window, "re-sent after reconnect at most one chunk window: {resent} B > {window} B");
+    eprintln!(
+        "cut transfer {total} B on the wire, uncut reference {reference} B: {resent} B re-sent (bound {window} B)"
+    );
+    assert!(
+        resent <= window,
+        "re-sent after reconnect at most one chunk window: {resent} B > {window} B"
+    );
 }
 
 /// A link's lag keeps growing while the link is cut, in `bsfg status` and
@@ -458,13 +629,24 @@ async fn artifact_pull_resumes_after_a_cut_mid_object() {
 /// last known, and the lag returns to about 0 once the link has caught up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lag_keeps_growing_while_a_link_is_cut() {
-    let site = Site::start_with(SiteOpts { proxies: true, ..Default::default() }).await;
+    let site = Site::start_with(SiteOpts {
+        proxies: true,
+        ..Default::default()
+    })
+    .await;
     let idmz = site.app("idmz");
     let ops = site.zones["idmz"].ops_addr;
     let link = |s: GetStatusResponse| s.links.into_iter().find(|l| l.peer == "plant-a").unwrap();
     let gauge = || async move {
-        let (_, body) = http_raw(ops, "GET", "/metrics", "text/plain", b"").await.unwrap();
-        metric_value(&String::from_utf8(body).unwrap(), "bsfg_replication_lag_seconds", &["link=\"plant-a\""]).unwrap()
+        let (_, body) = http_raw(ops, "GET", "/metrics", "text/plain", b"")
+            .await
+            .unwrap();
+        metric_value(
+            &String::from_utf8(body).unwrap(),
+            "bsfg_replication_lag_seconds",
+            &["link=\"plant-a\""],
+        )
+        .unwrap()
     };
     let caught_up = |what: &'static str| async move {
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -474,12 +656,18 @@ async fn lag_keeps_growing_while_a_link_is_cut() {
             if l.mode == "normal" && l.lag_seconds < 1.0 && g < 1.0 {
                 return;
             }
-            assert!(Instant::now() < deadline, "{what}: lag {} s in status, {g} s in the gauge; {l:?}", l.lag_seconds);
+            assert!(
+                Instant::now() < deadline,
+                "{what}: lag {} s in status, {g} s in the gauge; {l:?}",
+                l.lag_seconds
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
-    site.append("plant-a", "enterprise", "lag-0", batch_fact(0)).await;
-    site.wait_for("idmz", &["lag-0".into()], Duration::from_secs(30)).await;
+    site.append("plant-a", "enterprise", "lag-0", batch_fact(0))
+        .await;
+    site.wait_for("idmz", &["lag-0".into()], Duration::from_secs(30))
+        .await;
     caught_up("before the cut").await;
 
     // Cut idmz ⇄ plant-a for about 5 s while plant-a keeps appending.
@@ -488,17 +676,31 @@ async fn lag_keeps_growing_while_a_link_is_cut() {
     let mut ids = vec![];
     while cut_at.elapsed() < Duration::from_millis(4500) {
         let id = format!("lag-{}", ids.len() + 1);
-        site.append("plant-a", "enterprise", &id, batch_fact(ids.len() + 1)).await;
+        site.append("plant-a", "enterprise", &id, batch_fact(ids.len() + 1))
+            .await;
         ids.push(id);
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let during = link(idmz.status().await.unwrap());
     let g = gauge().await;
-    eprintln!("after {:.1} s of cut: lag {:.2} s in status, {g:.2} s in the gauge; {during:?}", cut_at.elapsed().as_secs_f64(), during.lag_seconds);
+    eprintln!(
+        "after {:.1} s of cut: lag {:.2} s in status, {g:.2} s in the gauge; {during:?}",
+        cut_at.elapsed().as_secs_f64(),
+        during.lag_seconds
+    );
     assert_eq!(during.mode, "autonomous");
-    assert!(during.lag_seconds > 3.0, "status lag grows during the cut: {during:?}");
-    assert!(during.lag_seconds_high_watermark >= during.lag_seconds, "{during:?}");
-    assert!(during.backlog_age_seconds > 3.0, "the backlog is the last known one: {during:?}");
+    assert!(
+        during.lag_seconds > 3.0,
+        "status lag grows during the cut: {during:?}"
+    );
+    assert!(
+        during.lag_seconds_high_watermark >= during.lag_seconds,
+        "{during:?}"
+    );
+    assert!(
+        during.backlog_age_seconds > 3.0,
+        "the backlog is the last known one: {during:?}"
+    );
     assert!(g > 3.0, "the gauge grows during the cut: {g}");
     tokio::time::sleep(Duration::from_millis(500)).await;
     site.proxy("idmz", "plant-a").restore();
@@ -506,7 +708,10 @@ async fn lag_keeps_growing_while_a_link_is_cut() {
     site.wait_for("idmz", &ids, Duration::from_secs(30)).await;
     caught_up("after the restore").await;
     let after = link(idmz.status().await.unwrap());
-    assert!(after.lag_seconds_high_watermark > 3.0, "the high watermark keeps the cut: {after:?}");
+    assert!(
+        after.lag_seconds_high_watermark > 3.0,
+        "the high watermark keeps the cut: {after:?}"
+    );
     assert!((0.0..1.0).contains(&after.backlog_age_seconds), "{after:?}");
 }
 
@@ -517,25 +722,48 @@ fn replay_consumers(zone: &str, config: &mut ZoneConfig) {
         "idmz" => "to-enterprise",
         _ => return,
     };
-    let app = config.principals.iter_mut().find(|p| p.name == "app").unwrap();
+    let app = config
+        .principals
+        .iter_mut()
+        .find(|p| p.name == "app")
+        .unwrap();
     app.consumers.push(exported.into());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_from_offset_one_produces_no_duplicates_downstream() {
-    let site = Site::start_with(SiteOpts { tweak: Some(replay_consumers), ..Default::default() }).await;
+    let site = Site::start_with(SiteOpts {
+        tweak: Some(replay_consumers),
+        ..Default::default()
+    })
+    .await;
     let ids: Vec<String> = (0..30).map(|i| format!("pa-replay-{i}")).collect();
     for (i, id) in ids.iter().enumerate() {
-        site.append("plant-a", "enterprise", id, batch_fact(i)).await;
+        site.append("plant-a", "enterprise", id, batch_fact(i))
+            .await;
     }
-    let mut seen = site.wait_for("enterprise", &ids, Duration::from_secs(30)).await;
-    let replicated = |s: &GetStatusResponse, peer: &str| s.links.iter().find(|l| l.peer == peer).unwrap().facts_replicated;
+    let mut seen = site
+        .wait_for("enterprise", &ids, Duration::from_secs(30))
+        .await;
+    let replicated = |s: &GetStatusResponse, peer: &str| {
+        s.links
+            .iter()
+            .find(|l| l.peer == peer)
+            .unwrap()
+            .facts_replicated
+    };
     let idmz_before = replicated(&site.app("idmz").status().await.unwrap(), "plant-a");
     let ent_before = replicated(&site.app("enterprise").status().await.unwrap(), "idmz");
 
     // Replay both hops from the start of their logs.
-    site.app("plant-a").reset_consumer("to-idmz", reset_consumer_request::Position::Offset(1)).await.unwrap();
-    site.app("idmz").reset_consumer("to-enterprise", reset_consumer_request::Position::Offset(1)).await.unwrap();
+    site.app("plant-a")
+        .reset_consumer("to-idmz", reset_consumer_request::Position::Offset(1))
+        .await
+        .unwrap();
+    site.app("idmz")
+        .reset_consumer("to-enterprise", reset_consumer_request::Position::Offset(1))
+        .await
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let idmz_now = replicated(&site.app("idmz").status().await.unwrap(), "plant-a");
@@ -543,21 +771,34 @@ async fn replay_from_offset_one_produces_no_duplicates_downstream() {
         if idmz_now >= idmz_before + 30 && ent_now >= ent_before + 30 {
             break;
         }
-        assert!(Instant::now() < deadline, "replay did not redeliver: idmz {idmz_before} -> {idmz_now}, enterprise {ent_before} -> {ent_now}");
+        assert!(
+            Instant::now() < deadline,
+            "replay did not redeliver: idmz {idmz_before} -> {idmz_now}, enterprise {ent_before} -> {ent_now}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     seen.extend(site.drain_local("enterprise").await);
     for id in &ids {
         let n = seen.iter().filter(|f| &f.envelope.message_id == id).count();
-        assert_eq!(n, 1, "{id} present exactly once at enterprise after the replay");
+        assert_eq!(
+            n, 1,
+            "{id} present exactly once at enterprise after the replay"
+        );
     }
     // The log itself (not just the consumer) holds each once: replay from the
     // start of enterprise's local log.
-    site.app("enterprise").reset_consumer("local", reset_consumer_request::Position::Offset(1)).await.unwrap();
+    site.app("enterprise")
+        .reset_consumer("local", reset_consumer_request::Position::Offset(1))
+        .await
+        .unwrap();
     let all = site.drain_local("enterprise").await;
     for id in &ids {
-        assert_eq!(all.iter().filter(|f| &f.envelope.message_id == id).count(), 1, "{id} once in enterprise's log");
+        assert_eq!(
+            all.iter().filter(|f| &f.envelope.message_id == id).count(),
+            1,
+            "{id} once in enterprise's log"
+        );
     }
 }
 
@@ -565,32 +806,73 @@ fn refuse_secrets(zone: &str, config: &mut ZoneConfig) {
     if zone != "enterprise" {
         return;
     }
-    let idmz = config.principals.iter_mut().find(|p| p.name == "idmz").unwrap();
+    let idmz = config
+        .principals
+        .iter_mut()
+        .find(|p| p.name == "idmz")
+        .unwrap();
     idmz.import.deny_kinds = vec!["secret".into()];
     config.consumers.push(consumer("auditor", "audit"));
-    config.principals.iter_mut().find(|p| p.name == "app").unwrap().consumers.push("auditor".into());
+    config
+        .principals
+        .iter_mut()
+        .find(|p| p.name == "app")
+        .unwrap()
+        .consumers
+        .push("auditor".into());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fact_refused_by_import_policy_is_audited_counted_and_passed() {
-    let site = Site::start_with(SiteOpts { tweak: Some(refuse_secrets), ..Default::default() }).await;
-    site.append("plant-a", "enterprise", "pa-secret", fact("secret:K1", "key_rotated", r#"{"k":1}"#)).await;
-    site.append("plant-a", "enterprise", "pa-normal", fact("batch:PlantA/B1", "step_completed", r#"{"step":"dry"}"#)).await;
+    let site = Site::start_with(SiteOpts {
+        tweak: Some(refuse_secrets),
+        ..Default::default()
+    })
+    .await;
+    site.append(
+        "plant-a",
+        "enterprise",
+        "pa-secret",
+        fact("secret:K1", "key_rotated", r#"{"k":1}"#),
+    )
+    .await;
+    site.append(
+        "plant-a",
+        "enterprise",
+        "pa-normal",
+        fact("batch:PlantA/B1", "step_completed", r#"{"step":"dry"}"#),
+    )
+    .await;
 
     // The link moves past the refused fact.
-    let seen = site.wait_for("enterprise", &["pa-normal".into()], Duration::from_secs(30)).await;
+    let seen = site
+        .wait_for("enterprise", &["pa-normal".into()], Duration::from_secs(30))
+        .await;
     // It did cross to idmz (idmz has no such policy) ...
-    site.wait_for("idmz", &["pa-secret".into()], Duration::from_secs(10)).await;
+    site.wait_for("idmz", &["pa-secret".into()], Duration::from_secs(10))
+        .await;
     // ... and the normal fact came after it on the same link, so the
     // decision on the secret was made: it is absent at enterprise.
     let mut all: Vec<String> = seen.iter().map(|f| f.envelope.message_id.clone()).collect();
-    all.extend(site.drain_local("enterprise").await.into_iter().map(|f| f.envelope.message_id.clone()));
-    assert!(!all.contains(&"pa-secret".to_string()), "refused fact absent at enterprise: {all:?}");
+    all.extend(
+        site.drain_local("enterprise")
+            .await
+            .into_iter()
+            .map(|f| f.envelope.message_id.clone()),
+    );
+    assert!(
+        !all.contains(&"pa-secret".to_string()),
+        "refused fact absent at enterprise: {all:?}"
+    );
 
     // Audited in enterprise's audit category.
     let mut audit = Vec::new();
     loop {
-        let r = site.app("enterprise").fetch("auditor", 1000, 0, 0).await.unwrap();
+        let r = site
+            .app("enterprise")
+            .fetch("auditor", 1000, 0, 0)
+            .await
+            .unwrap();
         if r.facts.is_empty() {
             break;
         }
@@ -603,35 +885,62 @@ async fn fact_refused_by_import_policy_is_audited_counted_and_passed() {
             v["decision"] == "refused" && v["key"].as_str().unwrap_or("").contains("pa-secret")
         })
         .collect();
-    assert_eq!(refused.len(), 1, "one refusal audited: {:?}", audit.iter().map(|f| &f.fact.object_json).collect::<Vec<_>>());
+    assert_eq!(
+        refused.len(),
+        1,
+        "one refusal audited: {:?}",
+        audit
+            .iter()
+            .map(|f| &f.fact.object_json)
+            .collect::<Vec<_>>()
+    );
     let v: serde_json::Value = serde_json::from_str(&refused[0].fact.object_json).unwrap();
     assert_eq!(v["reason"], "kind_not_allowed");
     // Every record of this crossing names the certificate idmz presented,
     // the refusal as well as the accepted facts.
-    let idmz_cert = bsfg::tls::read_certs(&site.certs.join(format!("{}.pem", bsfg::site::node_identity("idmz")))).unwrap().remove(0);
+    let idmz_cert = bsfg::tls::read_certs(
+        &site
+            .certs
+            .join(format!("{}.pem", bsfg::site::node_identity("idmz"))),
+    )
+    .unwrap()
+    .remove(0);
     let idmz_fingerprint = bsfg::tls::identity::fingerprint(&idmz_cert);
     assert_eq!(v["certificate_sha256"], idmz_fingerprint, "{v}");
     let accepted: Vec<serde_json::Value> = audit
         .iter()
         .map(|f| serde_json::from_str::<serde_json::Value>(&f.fact.object_json).unwrap())
-        .filter(|v| v["decision"] == "accepted" && v["key"].as_str().unwrap_or("").contains("pa-normal"))
+        .filter(|v| {
+            v["decision"] == "accepted" && v["key"].as_str().unwrap_or("").contains("pa-normal")
+        })
         .collect();
     assert_eq!(accepted.len(), 1, "the accepted crossing is audited once");
     assert_eq!(accepted[0]["principal"], "idmz");
-    assert_eq!(accepted[0]["certificate_sha256"], idmz_fingerprint, "{}", accepted[0]);
+    assert_eq!(
+        accepted[0]["certificate_sha256"], idmz_fingerprint,
+        "{}",
+        accepted[0]
+    );
 
     // Counted on the operations port.
     let metrics = site.zones["enterprise"].metrics_text().await;
     let line = metrics
         .lines()
-        .find(|l| l.starts_with("bsfg_crossing_refusals_total{") && l.contains(r#"peer="idmz""#) && l.contains("kind_not_allowed"))
+        .find(|l| {
+            l.starts_with("bsfg_crossing_refusals_total{")
+                && l.contains(r#"peer="idmz""#)
+                && l.contains("kind_not_allowed")
+        })
         .unwrap_or_else(|| panic!("no refusal counter in:\n{metrics}"));
     let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(value >= 1.0, "{line}");
 }
 
 /// One concurrent AppendFact call per fact.
-fn spawn_appends(client: &BsfgClient, facts: &[(Envelope, Fact)]) -> Vec<tokio::task::JoinHandle<Result<AppendFactResponse, connectrpc::ConnectError>>> {
+fn spawn_appends(
+    client: &BsfgClient,
+    facts: &[(Envelope, Fact)],
+) -> Vec<tokio::task::JoinHandle<Result<AppendFactResponse, connectrpc::ConnectError>>> {
     facts
         .iter()
         .cloned()
@@ -651,14 +960,31 @@ fn spawn_appends(client: &BsfgClient, facts: &[(Envelope, Fact)]) -> Vec<tokio::
 /// and every call on it failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_in_flight_across_a_paused_node_are_all_answered() {
-    let zone = Zone::start(Opts { plaintext_dev: true, out_of_process: true, ..Default::default() }).await;
+    let zone = Zone::start(Opts {
+        plaintext_dev: true,
+        out_of_process: true,
+        ..Default::default()
+    })
+    .await;
     let client = zone.client();
     // A first call opens the connection before the pause.
-    client.append(envelope(&mid("warm")), batch_fact(0)).await.unwrap();
+    client
+        .append(envelope(&mid("warm")), batch_fact(0))
+        .await
+        .unwrap();
     zone.signal_node("STOP");
     let padding = "x".repeat(1024);
     let sent: Vec<(Envelope, Fact)> = (0..2000)
-        .map(|i| (envelope(&mid("paused")), fact(&format!("batch:PlantA/B{i}"), "step_completed", &format!(r#"{{"n":{i},"note":"{padding}"}}"#))))
+        .map(|i| {
+            (
+                envelope(&mid("paused")),
+                fact(
+                    &format!("batch:PlantA/B{i}"),
+                    "step_completed",
+                    &format!(r#"{{"n":{i},"note":"{padding}"}}"#),
+                ),
+            )
+        })
         .collect();
     let calls = spawn_appends(&client, &sent);
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -674,11 +1000,19 @@ async fn appends_in_flight_across_a_paused_node_are_all_answered() {
             Err(e) => failures.push(e.to_string()),
         }
     }
-    assert!(failures.is_empty(), "{} of 2000 appends failed across the pause, first: {:?}", failures.len(), failures.first());
+    assert!(
+        failures.is_empty(),
+        "{} of 2000 appends failed across the pause, first: {:?}",
+        failures.len(),
+        failures.first()
+    );
     assert_eq!(offsets.len(), 2000, "every append has its own offset");
-    assert_eq!(zone.message_count("operational").await, 2001, "each fact stored once (plus the first)");
+    assert_eq!(
+        zone.message_count("operational").await,
+        2001,
+        "each fact stored once (plus the first)"
+    );
 }
-
 
 /// A nats-server that stalls (SIGSTOP) with appends in flight: every append
 /// is answered within about the configured request timeout, a whole batch
@@ -688,11 +1022,20 @@ async fn appends_in_flight_across_a_paused_node_are_all_answered() {
 /// append stores each fact exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_in_flight_across_a_stalled_nats_server_are_answered_within_the_timeout() {
-    let zone = Zone::start(Opts { plaintext_dev: true, ..Default::default() }).await;
+    let zone = Zone::start(Opts {
+        plaintext_dev: true,
+        ..Default::default()
+    })
+    .await;
     let client = zone.client();
-    client.append(envelope(&mid("warm")), batch_fact(0)).await.unwrap();
+    client
+        .append(envelope(&mid("warm")), batch_fact(0))
+        .await
+        .unwrap();
     let timeout = zone.config.nats.request_timeout;
-    let sent: Vec<(Envelope, Fact)> = (1..=200).map(|i| (envelope(&mid("stalled")), batch_fact(i))).collect();
+    let sent: Vec<(Envelope, Fact)> = (1..=200)
+        .map(|i| (envelope(&mid("stalled")), batch_fact(i)))
+        .collect();
     zone.nats.signal("STOP");
     let started = Instant::now();
     let calls = spawn_appends(&client, &sent);
@@ -704,10 +1047,14 @@ async fn appends_in_flight_across_a_stalled_nats_server_are_answered_within_the_
     zone.nats.signal("CONT");
     let answers = answers.unwrap_or_else(|_| panic!("appends to a stalled nats-server still unanswered after {bound:?} (request timeout {timeout:?})"));
     for answer in answers {
-        let e = answer.unwrap().expect_err("nothing is acknowledged while nats-server is stopped");
+        let e = answer
+            .unwrap()
+            .expect_err("nothing is acknowledged while nats-server is stopped");
         assert_eq!(e.code, connectrpc::ErrorCode::Unavailable, "{e:?}");
     }
-    eprintln!("200 appends to a stalled nats-server answered in {answered_in:?} (request timeout {timeout:?})");
+    eprintln!(
+        "200 appends to a stalled nats-server answered in {answered_in:?} (request timeout {timeout:?})"
+    );
 
     // Resumed: what reached nats-server before the stall is stored; every
     // retry is then a duplicate or a new fact, never a second copy.
@@ -721,12 +1068,20 @@ async fn appends_in_flight_across_a_stalled_nats_server_are_answered_within_the_
                     break;
                 }
                 Err(err) => {
-                    assert!(Instant::now() < deadline, "retry of {} still failing: {err:?}", e.message_id);
+                    assert!(
+                        Instant::now() < deadline,
+                        "retry of {} still failing: {err:?}",
+                        e.message_id
+                    );
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
         }
     }
     assert_eq!(offsets.len(), 200, "every fact has its own offset");
-    assert_eq!(zone.message_count("operational").await, 201, "each fact stored once (plus the first)");
+    assert_eq!(
+        zone.message_count("operational").await,
+        201,
+        "each fact stored once (plus the first)"
+    );
 }

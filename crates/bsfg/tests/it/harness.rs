@@ -10,9 +10,12 @@
 //! `zone.client_with(config)`.
 
 use bsfg::client::BsfgClient;
-use bsfg::config::{BucketConfig, CategoryConfig, ConsumerConfig, NatsConfig, PrincipalConfig, PrincipalKind, TlsConfig, ZoneConfig};
-use bsfg::tls::pki;
+use bsfg::config::{
+    BucketConfig, CategoryConfig, ConsumerConfig, NatsConfig, PrincipalConfig, PrincipalKind,
+    TlsConfig, ZoneConfig,
+};
 use bsfg::node::nats_server::{find_binary, free_port, write_server_config};
+use bsfg::tls::pki;
 use bsfg_proto::bsfg::v1::*;
 use connectrpc::ConnectError;
 use std::collections::BTreeMap;
@@ -44,7 +47,9 @@ impl Pki {
 
     pub fn init_named(dir: &Path, common_name: &str, ca_days: i64) -> Pki {
         pki::init_ca(dir, common_name, ca_days).unwrap();
-        Pki { dir: dir.to_path_buf() }
+        Pki {
+            dir: dir.to_path_buf(),
+        }
     }
 
     pub fn ca(&self) -> PathBuf {
@@ -86,7 +91,13 @@ impl Pki {
 }
 
 /// An application principal (not an operator), e.g. `mes` (certificate `mes.plant-a`).
-pub fn app_principal(name: &str, identity: &str, consumers: &[&str], buckets_read: &[&str], buckets_write: &[&str]) -> PrincipalConfig {
+pub fn app_principal(
+    name: &str,
+    identity: &str,
+    consumers: &[&str],
+    buckets_read: &[&str],
+    buckets_write: &[&str],
+) -> PrincipalConfig {
     let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     PrincipalConfig {
         name: name.into(),
@@ -119,7 +130,13 @@ impl NatsProc {
         let port = free_port().unwrap();
         let conf = dir.join("nats-server.conf");
         write_server_config(&conf, zone, port, &store_dir).unwrap();
-        let mut n = NatsProc { child: None, port, store_dir, conf, log: dir.join("nats-server.log") };
+        let mut n = NatsProc {
+            child: None,
+            port,
+            store_dir,
+            conf,
+            log: dir.join("nats-server.log"),
+        };
         n.spawn().await;
         n
     }
@@ -130,7 +147,11 @@ impl NatsProc {
 
     async fn spawn(&mut self) {
         let binary = find_binary(None).expect("nats-server not found: run scripts/setup.sh");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         let child = Command::new(binary)
             .arg("-c")
             .arg(&self.conf)
@@ -147,13 +168,23 @@ impl NatsProc {
     async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(Ok(client)) = tokio::time::timeout(Duration::from_secs(2), async_nats::connect(self.url())).await {
+            if let Ok(Ok(client)) =
+                tokio::time::timeout(Duration::from_secs(2), async_nats::connect(self.url())).await
+            {
                 let js = async_nats::jetstream::new(client);
-                if tokio::time::timeout(Duration::from_secs(2), js.query_account()).await.is_ok_and(|r| r.is_ok()) {
+                if tokio::time::timeout(Duration::from_secs(2), js.query_account())
+                    .await
+                    .is_ok_and(|r| r.is_ok())
+                {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "nats-server on port {} not ready; log {}", self.port, self.log.display());
+            assert!(
+                Instant::now() < deadline,
+                "nats-server on port {} not ready; log {}",
+                self.port,
+                self.log.display()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -167,7 +198,13 @@ impl NatsProc {
 
     /// Sends `signal` (e.g. "STOP", "CONT") to the nats-server process.
     pub fn signal(&self, signal: &str) {
-        signal_process(self.child.as_ref().and_then(|c| c.id()).expect("nats-server is running"), signal);
+        signal_process(
+            self.child
+                .as_ref()
+                .and_then(|c| c.id())
+                .expect("nats-server is running"),
+            signal,
+        );
     }
 
     /// Starts again on the same port with the same store directory.
@@ -186,7 +223,9 @@ pub async fn wait_until_key_index_closed(path: &Path) {
     use std::os::fd::AsRawFd as _;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let Ok(file) = std::fs::File::open(path) else { return };
+        let Ok(file) = std::fs::File::open(path) else {
+            return;
+        };
         // SAFETY: flock on a descriptor owned here; closing it releases a
         // lock taken by this probe.
         let free = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
@@ -194,14 +233,22 @@ pub async fn wait_until_key_index_closed(path: &Path) {
         if free {
             return;
         }
-        assert!(Instant::now() < deadline, "the stopped node still holds its key index {} after 10 s", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "the stopped node still holds its key index {} after 10 s",
+            path.display()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 /// `kill -<signal> <pid>`, which must succeed.
 fn signal_process(pid: u32, signal: &str) {
-    let status = std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap();
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
     assert!(status.success(), "kill -{signal} {pid}");
 }
 
@@ -240,9 +287,16 @@ impl Default for Opts {
     /// consumer `mes` on operational, `auditor` on audit; bucket `records`.
     fn default() -> Self {
         Opts {
-            categories: vec![category("operational", &[], true), category("audit", &["audit"], false), category("documents", &["document"], false)],
+            categories: vec![
+                category("operational", &[], true),
+                category("audit", &["audit"], false),
+                category("documents", &["document"], false),
+            ],
             consumers: vec![consumer("mes", "operational"), consumer("auditor", "audit")],
-            buckets: vec![BucketConfig { name: BUCKET.into(), capacity_bytes: 256 * 1024 * 1024 }],
+            buckets: vec![BucketConfig {
+                name: BUCKET.into(),
+                capacity_bytes: 256 * 1024 * 1024,
+            }],
             retention_interval: Duration::from_secs(5),
             out_of_process: false,
             principals: None,
@@ -289,12 +343,19 @@ impl Zone {
         let principals = opts.principals.unwrap_or_else(|| {
             let consumers: Vec<&str> = opts.consumers.iter().map(|c| c.name.as_str()).collect();
             let buckets: Vec<&str> = opts.buckets.iter().map(|b| b.name.as_str()).collect();
-            vec![PrincipalConfig { operator: true, ..app_principal("mes", APP_CERT, &consumers, &buckets, &buckets) }]
+            vec![PrincipalConfig {
+                operator: true,
+                ..app_principal("mes", APP_CERT, &consumers, &buckets, &buckets)
+            }]
         });
         // Start from the smallest valid TOML so fields added to ZoneConfig
         // later (with serde defaults) need no change here.
         let base = "zone = \"plant-a\"\nlisten = \"127.0.0.1:0\"\nops_listen = \"127.0.0.1:0\"\n[tls]\nmode = \"plaintext-dev\"\n".to_string();
-        let routes: String = opts.routes.iter().map(|(to, hop)| format!("{to:?} = {hop:?}\n")).collect();
+        let routes: String = opts
+            .routes
+            .iter()
+            .map(|(to, hop)| format!("{to:?} = {hop:?}\n"))
+            .collect();
         let mut config: ZoneConfig = if routes.is_empty() {
             toml::from_str(&base).unwrap()
         } else {
@@ -303,16 +364,26 @@ impl Zone {
             let with_routes = format!("{base}[routes]\n{routes}");
             match toml::from_str(&with_routes) {
                 Ok(c) => c,
-                Err(e) if e.to_string().contains("unknown field `routes`") => toml::from_str(&base).unwrap(),
+                Err(e) if e.to_string().contains("unknown field `routes`") => {
+                    toml::from_str(&base).unwrap()
+                }
                 Err(e) => panic!("{e}"),
             }
         };
         config.tls = tls;
         config.principals = principals;
         config.zone = ZONE.into();
-        config.listen = format!("127.0.0.1:{}", free_port().unwrap()).parse().unwrap();
-        config.ops_listen = format!("127.0.0.1:{}", free_port().unwrap()).parse().unwrap();
-        config.nats = NatsConfig { url: Some(nats.url()), store_dir: nats.store_dir.clone(), ..NatsConfig::default() };
+        config.listen = format!("127.0.0.1:{}", free_port().unwrap())
+            .parse()
+            .unwrap();
+        config.ops_listen = format!("127.0.0.1:{}", free_port().unwrap())
+            .parse()
+            .unwrap();
+        config.nats = NatsConfig {
+            url: Some(nats.url()),
+            store_dir: nats.store_dir.clone(),
+            ..NatsConfig::default()
+        };
         config.categories = opts.categories;
         config.consumers = opts.consumers;
         config.buckets = opts.buckets;
@@ -355,7 +426,11 @@ impl Zone {
     async fn start_process(&mut self) {
         let path = self.dir.path().join("zone.toml");
         std::fs::write(&path, toml::to_string(&self.config).unwrap()).unwrap();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("bsfg.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("bsfg.log"))
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_bsfg"))
             .arg("serve")
             .arg("--config")
@@ -369,13 +444,21 @@ impl Zone {
         self.boundary_addr = self.config.listen;
         self.ops_addr = self.config.ops_listen;
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !healthz_ok(self.ops_addr).await || tokio::net::TcpStream::connect(self.boundary_addr).await.is_err() {
+        while !healthz_ok(self.ops_addr).await
+            || tokio::net::TcpStream::connect(self.boundary_addr)
+                .await
+                .is_err()
+        {
             if let Node::Process(child) = &mut self.node
                 && let Some(status) = child.try_wait().unwrap()
             {
                 panic!("bsfg serve exited with {status}; log: {}", self.log_text());
             }
-            assert!(Instant::now() < deadline, "bsfg serve not ready; log: {}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "bsfg serve not ready; log: {}",
+                self.log_text()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -393,13 +476,20 @@ impl Zone {
             let text = self.log_text();
             let matching: Vec<serde_json::Value> = text
                 .lines()
-                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("a log line is not JSON ({e}): {l}")))
+                .map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .unwrap_or_else(|e| panic!("a log line is not JSON ({e}): {l}"))
+                })
                 .filter(|l| pairs.iter().all(|(k, v)| l["fields"][*k] == *v))
                 .collect();
             if matching.len() >= n {
                 return matching;
             }
-            assert!(Instant::now() < deadline, "{} of {n} log lines with {pairs:?}; log:\n{text}", matching.len());
+            assert!(
+                Instant::now() < deadline,
+                "{} of {n} log lines with {pairs:?}; log:\n{text}",
+                matching.len()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -421,7 +511,11 @@ impl Zone {
     /// A new client (new connections) for the node as it currently runs,
     /// presenting `mes.plant-a` (mTLS) or nothing (plaintext-dev).
     pub fn client(&self) -> BsfgClient {
-        if self.is_tls() { self.client_as(APP_CERT) } else { BsfgClient::connect(&self.url()).unwrap() }
+        if self.is_tls() {
+            self.client_as(APP_CERT)
+        } else {
+            BsfgClient::connect(&self.url()).unwrap()
+        }
     }
 
     /// An mTLS client presenting the certificate `<name>` of the zone's PKI
@@ -442,20 +536,26 @@ impl Zone {
 
     /// The operations port's /metrics text.
     pub async fn metrics_text(&self) -> String {
-        let (status, body) = http_raw(self.ops_addr, "GET", "/metrics", "text/plain", b"").await.unwrap();
+        let (status, body) = http_raw(self.ops_addr, "GET", "/metrics", "text/plain", b"")
+            .await
+            .unwrap();
         assert_eq!(status, 200);
         String::from_utf8(body).unwrap()
     }
 
     /// Sends `signal` (e.g. "STOP", "CONT") to the `bsfg serve` process.
     pub fn signal_node(&self, signal: &str) {
-        let Node::Process(child) = &self.node else { panic!("signal_node needs an out-of-process node") };
+        let Node::Process(child) = &self.node else {
+            panic!("signal_node needs an out-of-process node")
+        };
         signal_process(child.id().expect("the node process is running"), signal);
     }
 
     /// The `bsfg serve` process id.
     pub fn node_pid(&self) -> u32 {
-        let Node::Process(child) = &self.node else { panic!("node_pid needs an out-of-process node") };
+        let Node::Process(child) = &self.node else {
+            panic!("node_pid needs an out-of-process node")
+        };
         child.id().expect("the node process is running")
     }
 
@@ -558,14 +658,24 @@ async fn healthz_ok(addr: SocketAddr) -> bool {
 
 /// A hand-written HTTP/1.1 request (Connection: close) in plain TCP (the
 /// operations port, or a plaintext-dev boundary); returns status and body.
-pub async fn http_raw(addr: SocketAddr, method: &str, path: &str, content_type: &str, body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+pub async fn http_raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> std::io::Result<(u16, Vec<u8>)> {
     let stream = tokio::net::TcpStream::connect(addr).await?;
     http_over(stream, addr, method, path, content_type, body).await
 }
 
 /// A TLS connection to `addr` (server name 127.0.0.1) with ALPN narrowed to
 /// `alpn`; the handshake is complete when this returns.
-pub async fn tls_connect(addr: SocketAddr, tls: &Arc<rustls::ClientConfig>, alpn: &[&[u8]]) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+pub async fn tls_connect(
+    addr: SocketAddr,
+    tls: &Arc<rustls::ClientConfig>,
+    alpn: &[&[u8]],
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let mut config = (**tls).clone();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
@@ -575,7 +685,14 @@ pub async fn tls_connect(addr: SocketAddr, tls: &Arc<rustls::ClientConfig>, alpn
 }
 
 /// The same hand-written HTTP/1.1 request over mutual TLS (ALPN http/1.1).
-pub async fn https_raw(addr: SocketAddr, tls: &Arc<rustls::ClientConfig>, method: &str, path: &str, content_type: &str, body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+pub async fn https_raw(
+    addr: SocketAddr,
+    tls: &Arc<rustls::ClientConfig>,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> std::io::Result<(u16, Vec<u8>)> {
     let stream = tls_connect(addr, tls, &[b"http/1.1"]).await?;
     http_over(stream, addr, method, path, content_type, body).await
 }
@@ -599,11 +716,21 @@ async fn http_over<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
         .await
         .map_err(|_| std::io::Error::other("HTTP response timed out"))??;
-    let split = response.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| std::io::Error::other("no HTTP head"))?;
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no HTTP head"))?;
     let head = String::from_utf8_lossy(&response[..split]).to_string();
-    let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| std::io::Error::other(head.clone()))?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(head.clone()))?;
     let mut body = response[split + 4..].to_vec();
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         body = dechunk(&body);
     }
     Ok((status, body))
@@ -612,7 +739,16 @@ async fn http_over<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     while let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") {
-        let size = usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().split(';').next().unwrap().trim(), 16).unwrap_or(0);
+        let size = usize::from_str_radix(
+            std::str::from_utf8(&data[..line_end])
+                .unwrap()
+                .split(';')
+                .next()
+                .unwrap()
+                .trim(),
+            16,
+        )
+        .unwrap_or(0);
         if size == 0 {
             break;
         }
@@ -627,7 +763,11 @@ static SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// A unique message id.
 pub fn mid(prefix: &str) -> String {
-    format!("{prefix}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 pub fn now_ms() -> i64 {
@@ -653,11 +793,20 @@ pub fn metric_value(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
 }
 
 pub fn fact(subject: &str, predicate: &str, object_json: &str) -> Fact {
-    Fact { subject: subject.into(), predicate: predicate.into(), object_json: object_json.into(), ..Default::default() }
+    Fact {
+        subject: subject.into(),
+        predicate: predicate.into(),
+        object_json: object_json.into(),
+        ..Default::default()
+    }
 }
 
 pub fn batch_fact(n: usize) -> Fact {
-    fact(&format!("batch:PlantA/B{n}"), "step_completed", &format!(r#"{{ "step": "granulation", "n": {n}, "duration_s": 5400.0 }}"#))
+    fact(
+        &format!("batch:PlantA/B{n}"),
+        "step_completed",
+        &format!(r#"{{ "step": "granulation", "n": {n}, "duration_s": 5400.0 }}"#),
+    )
 }
 
 pub fn canonical(json: &str) -> String {
@@ -666,13 +815,20 @@ pub fn canonical(json: &str) -> String {
 }
 
 /// Asserts a Connect error's code and reason prefix.
-pub fn assert_rejected<T: std::fmt::Debug>(result: Result<T, ConnectError>, code: &str, reason: &str) {
+pub fn assert_rejected<T: std::fmt::Debug>(
+    result: Result<T, ConnectError>,
+    code: &str,
+    reason: &str,
+) {
     match result {
         Ok(v) => panic!("expected {code} {reason}, got Ok({v:?})"),
         Err(e) => {
             let message = e.message.clone().unwrap_or_default();
             assert_eq!(e.code.as_str(), code, "code for {reason}: {message}");
-            assert!(message.starts_with(reason), "expected reason {reason:?}, got message {message:?}");
+            assert!(
+                message.starts_with(reason),
+                "expected reason {reason:?}, got message {message:?}"
+            );
         }
     }
 }
@@ -692,7 +848,12 @@ pub async fn fetch_all(client: &BsfgClient, consumer: &str, expected: usize) -> 
 /// Checks that `fetched` are exactly the `sent` facts, once each, in offset
 /// order, with content equal byte for byte to what was sent (canonicalised).
 pub fn assert_exactly_once_in_order(fetched: &[StoredFact], sent: &[(Envelope, Fact, u64)]) {
-    assert_eq!(fetched.len(), sent.len(), "fact count: fetched offsets {:?}", fetched.iter().map(|f| f.offset).collect::<Vec<_>>());
+    assert_eq!(
+        fetched.len(),
+        sent.len(),
+        "fact count: fetched offsets {:?}",
+        fetched.iter().map(|f| f.offset).collect::<Vec<_>>()
+    );
     for (got, (envelope, fact, offset)) in fetched.iter().zip(sent) {
         assert_eq!(got.offset, *offset, "offset order");
         let e = got.envelope.as_option().expect("envelope");
@@ -703,14 +864,26 @@ pub fn assert_exactly_once_in_order(fetched: &[StoredFact], sent: &[(Envelope, F
         let f = got.fact.as_option().expect("fact");
         assert_eq!(f.subject, fact.subject);
         assert_eq!(f.predicate, fact.predicate);
-        assert_eq!(f.object_json.as_bytes(), canonical(&fact.object_json).as_bytes());
+        assert_eq!(
+            f.object_json.as_bytes(),
+            canonical(&fact.object_json).as_bytes()
+        );
     }
     let offsets: Vec<u64> = fetched.iter().map(|f| f.offset).collect();
-    assert!(offsets.windows(2).all(|w| w[0] < w[1]), "strictly increasing offsets: {offsets:?}");
+    assert!(
+        offsets.windows(2).all(|w| w[0] < w[1]),
+        "strictly increasing offsets: {offsets:?}"
+    );
 }
 
 /// Uploads `bytes` in 64 KiB chunks.
-pub async fn put(client: &BsfgClient, bucket: &str, key: &str, bytes: &[u8], expected_digest: &str) -> Result<PutObjectResponse, ConnectError> {
+pub async fn put(
+    client: &BsfgClient,
+    bucket: &str,
+    key: &str,
+    bytes: &[u8],
+    expected_digest: &str,
+) -> Result<PutObjectResponse, ConnectError> {
     let header = PutObjectHeader {
         bucket: bucket.into(),
         key: key.into(),
@@ -719,20 +892,37 @@ pub async fn put(client: &BsfgClient, bucket: &str, key: &str, bytes: &[u8], exp
         ..Default::default()
     };
     let chunks: Vec<Vec<u8>> = bytes.chunks(64 * 1024).map(<[u8]>::to_vec).collect();
-    client.put_object(header, futures::stream::iter(chunks), Duration::from_secs(60)).await
+    client
+        .put_object(
+            header,
+            futures::stream::iter(chunks),
+            Duration::from_secs(60),
+        )
+        .await
 }
 
 /// Downloads an object from `start`; returns its info and the bytes.
-pub async fn get(client: &BsfgClient, bucket: &str, key: &str, start: u64) -> anyhow::Result<(ObjectInfo, Vec<u8>)> {
+pub async fn get(
+    client: &BsfgClient,
+    bucket: &str,
+    key: &str,
+    start: u64,
+) -> anyhow::Result<(ObjectInfo, Vec<u8>)> {
     let mut bytes = Vec::new();
     let mut expect = start;
     let info = client
-        .get_object(bucket, key, start, Duration::from_secs(60), |offset, chunk| {
-            anyhow::ensure!(offset == expect, "chunk at {offset}, expected {expect}");
-            expect += chunk.len() as u64;
-            bytes.extend_from_slice(chunk);
-            Ok(())
-        })
+        .get_object(
+            bucket,
+            key,
+            start,
+            Duration::from_secs(60),
+            |offset, chunk| {
+                anyhow::ensure!(offset == expect, "chunk at {offset}, expected {expect}");
+                expect += chunk.len() as u64;
+                bytes.extend_from_slice(chunk);
+                Ok(())
+            },
+        )
         .await?;
     Ok((info, bytes))
 }
@@ -743,7 +933,9 @@ pub fn sha256(bytes: &[u8]) -> String {
 }
 
 pub fn pseudo_random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
             x ^= x << 13;

@@ -6,17 +6,29 @@ use crate::harness::*;
 use std::path::PathBuf;
 
 fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 fn buf() -> PathBuf {
     let path = repo_root().join(".tools/bin/buf");
-    assert!(path.exists(), "buf not found at {}: run scripts/setup.sh to install the project tools", path.display());
+    assert!(
+        path.exists(),
+        "buf not found at {}: run scripts/setup.sh to install the project tools",
+        path.display()
+    );
     path
 }
 
 /// `buf curl` presenting the certificate `cert` of the zone's PKI.
-pub async fn buf_curl_as(zone: &Zone, cert: &str, method: &str, body: &serde_json::Value) -> std::process::Output {
+pub async fn buf_curl_as(
+    zone: &Zone,
+    cert: &str,
+    method: &str,
+    body: &serde_json::Value,
+) -> std::process::Output {
     zone.pki.client_config(cert); // issued on first use
     tokio::process::Command::new(buf())
         .arg("curl")
@@ -41,8 +53,13 @@ pub async fn buf_curl_as(zone: &Zone, cert: &str, method: &str, body: &serde_jso
 async fn buf_curl(zone: &Zone, method: &str, body: &serde_json::Value) -> serde_json::Value {
     let output = buf_curl_as(zone, APP_CERT, method, body).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "buf curl {method} failed: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("buf curl {method} printed non-JSON ({e}): {stdout}"))
+    assert!(
+        output.status.success(),
+        "buf curl {method} failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("buf curl {method} printed non-JSON ({e}): {stdout}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,22 +83,43 @@ async fn buf_curl_and_plain_http_json_interoperate() {
         "fact": {"subject": "asset:FILLER-07", "predicate": "state_changed", "object_json": "{\"state\":\"running\"}"}
     });
     let tls = zone.tls_config();
-    let (status, response) = https_raw(zone.boundary_addr, &tls, "POST", "/bsfg.v1.BoundaryService/AppendFact", "application/json", body.to_string().as_bytes())
-        .await
-        .unwrap();
+    let (status, response) = https_raw(
+        zone.boundary_addr,
+        &tls,
+        "POST",
+        "/bsfg.v1.BoundaryService/AppendFact",
+        "application/json",
+        body.to_string().as_bytes(),
+    )
+    .await
+    .unwrap();
     let response: serde_json::Value = serde_json::from_slice(&response).unwrap();
     assert_eq!(status, 200, "{response}");
     assert_eq!(response["offset"], "2", "{response}");
     // A JSON error is a Connect error too.
-    let (status, error) = https_raw(zone.boundary_addr, &tls, "POST", "/bsfg.v1.BoundaryService/FetchFacts", "application/json", br#"{"consumerName":"nobody"}"#)
-        .await
-        .unwrap();
+    let (status, error) = https_raw(
+        zone.boundary_addr,
+        &tls,
+        "POST",
+        "/bsfg.v1.BoundaryService/FetchFacts",
+        "application/json",
+        br#"{"consumerName":"nobody"}"#,
+    )
+    .await
+    .unwrap();
     let error: serde_json::Value = serde_json::from_slice(&error).unwrap();
     assert_eq!(status, 404, "{error}");
     assert_eq!(error["code"], "not_found", "{error}");
 
-    let fetched = buf_curl(&zone, "FetchFacts", &serde_json::json!({"consumerName": "mes", "limit": 10, "waitMs": 1000})).await;
-    let facts = fetched["facts"].as_array().unwrap_or_else(|| panic!("no facts: {fetched}"));
+    let fetched = buf_curl(
+        &zone,
+        "FetchFacts",
+        &serde_json::json!({"consumerName": "mes", "limit": 10, "waitMs": 1000}),
+    )
+    .await;
+    let facts = fetched["facts"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no facts: {fetched}"));
     assert_eq!(facts.len(), 2, "{fetched}");
     assert_eq!(facts[0]["offset"], "1");
     assert_eq!(facts[0]["envelope"]["messageId"], "interop-1");
@@ -90,6 +128,11 @@ async fn buf_curl_and_plain_http_json_interoperate() {
     assert_eq!(facts[0]["fact"]["objectJson"], r#"{"step":"mixing","t":2}"#);
     assert_eq!(facts[1]["offset"], "2");
     assert_eq!(facts[1]["envelope"]["messageId"], "interop-2");
-    let confirmed = buf_curl(&zone, "ConfirmReceipt", &serde_json::json!({"consumerName": "mes", "offset": "2"})).await;
+    let confirmed = buf_curl(
+        &zone,
+        "ConfirmReceipt",
+        &serde_json::json!({"consumerName": "mes", "offset": "2"}),
+    )
+    .await;
     assert_eq!(confirmed["frontier"], "2", "{confirmed}");
 }

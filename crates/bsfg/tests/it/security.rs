@@ -33,10 +33,17 @@ async fn security_zone() -> Zone {
         buckets_read: vec![],
         buckets_write: vec![],
         operator: false,
-        export: FactPolicy { categories: strings(&["operational"]), deny_kinds: strings(&["asset"]), ..Default::default() },
+        export: FactPolicy {
+            categories: strings(&["operational"]),
+            deny_kinds: strings(&["asset"]),
+            ..Default::default()
+        },
         import: FactPolicy::default(),
     };
-    idmz.import.origin_rules = vec![OriginRule { origin: "enterprise".into(), allow_kinds: strings(&["recipe"]) }];
+    idmz.import.origin_rules = vec![OriginRule {
+        origin: "enterprise".into(),
+        allow_kinds: strings(&["recipe"]),
+    }];
     Zone::start(Opts {
         categories: vec![
             category("operational", &[], true),
@@ -51,8 +58,14 @@ async fn security_zone() -> Zone {
             consumer("to_idmz_docs", "documents"),
         ],
         buckets: vec![
-            BucketConfig { name: BUCKET.into(), capacity_bytes: 64 * 1024 * 1024 },
-            BucketConfig { name: SECRET_BUCKET.into(), capacity_bytes: 64 * 1024 * 1024 },
+            BucketConfig {
+                name: BUCKET.into(),
+                capacity_bytes: 64 * 1024 * 1024,
+            },
+            BucketConfig {
+                name: SECRET_BUCKET.into(),
+                capacity_bytes: 64 * 1024 * 1024,
+            },
         ],
         routes: vec![("enterprise", "idmz")],
         principals: Some(vec![
@@ -81,16 +94,30 @@ async fn new_audit_records(client: &bsfg::client::BsfgClient) -> Vec<serde_json:
         .iter()
         .map(|f| {
             let fact = f.fact.as_option().unwrap();
-            assert!(fact.subject.starts_with("audit:plant-a/"), "{}", fact.subject);
+            assert!(
+                fact.subject.starts_with("audit:plant-a/"),
+                "{}",
+                fact.subject
+            );
             serde_json::from_str(&fact.object_json).unwrap()
         })
         .collect()
 }
 
 /// Exactly one new audit record, with these fields.
-async fn expect_audit(client: &bsfg::client::BsfgClient, principal: &str, fingerprint: &str, reason: &str, decision: &str) -> serde_json::Value {
+async fn expect_audit(
+    client: &bsfg::client::BsfgClient,
+    principal: &str,
+    fingerprint: &str,
+    reason: &str,
+    decision: &str,
+) -> serde_json::Value {
     let records = new_audit_records(client).await;
-    assert_eq!(records.len(), 1, "one audit record for {reason}: {records:?}");
+    assert_eq!(
+        records.len(),
+        1,
+        "one audit record for {reason}: {records:?}"
+    );
     let r = records.into_iter().next().unwrap();
     assert_eq!(r["principal"], principal, "{r}");
     assert_eq!(r["certificate_sha256"], fingerprint, "{r}");
@@ -101,7 +128,13 @@ async fn expect_audit(client: &bsfg::client::BsfgClient, principal: &str, finger
 }
 
 fn env_from(message_id: &str, from_zone: &str, to_zone: &str) -> Envelope {
-    Envelope { message_id: message_id.into(), from_zone: from_zone.into(), to_zone: to_zone.into(), produced_at_unix_ms: now_ms(), ..Default::default() }
+    Envelope {
+        message_id: message_id.into(),
+        from_zone: from_zone.into(),
+        to_zone: to_zone.into(),
+        produced_at_unix_ms: now_ms(),
+        ..Default::default()
+    }
 }
 
 /// The error a raw TLS connection ends with: handshake, then one HTTP/1.1
@@ -126,7 +159,9 @@ async fn raw_tls_error(zone: &Zone, tls: &Arc<rustls::ClientConfig>) -> String {
 async fn expiry_days(zone: &Zone, which: &str) -> Option<f64> {
     let text = zone.metrics_text().await;
     let prefix = format!("bsfg_certificate_expiry_days{{certificate=\"{which}\"}} ");
-    text.lines().find_map(|l| l.strip_prefix(&prefix)).map(|v| v.trim().parse().unwrap())
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(|v| v.trim().parse().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,22 +172,48 @@ async fn tls_refuses_missing_foreign_and_expired_certificates() {
     // No client certificate.
     let anonymous = bsfg::tls::client::anonymous_client_config(&zone.pki.ca()).unwrap();
     let e = raw_tls_error(&zone, &anonymous).await;
-    assert!(e.contains("CertificateRequired"), "no client certificate: {e}");
-    assert!(zone.client_with(anonymous).fetch("mes", 1, 0, 0).await.is_err());
+    assert!(
+        e.contains("CertificateRequired"),
+        "no client certificate: {e}"
+    );
+    assert!(
+        zone.client_with(anonymous)
+            .fetch("mes", 1, 0, 0)
+            .await
+            .is_err()
+    );
 
     // A certificate with the right name from a foreign CA.
     let foreign = Pki::init_named(&zone.dir().join("foreign"), "Foreign CA", 30);
     foreign.issue(APP_CERT);
-    let foreign_tls = bsfg::tls::client::client_config(&zone.pki.ca(), &foreign.cert(APP_CERT), &foreign.key(APP_CERT)).unwrap();
+    let foreign_tls = bsfg::tls::client::client_config(
+        &zone.pki.ca(),
+        &foreign.cert(APP_CERT),
+        &foreign.key(APP_CERT),
+    )
+    .unwrap();
     let e = raw_tls_error(&zone, &foreign_tls).await;
     assert!(e.contains("UnknownCA"), "foreign CA: {e}");
-    assert!(zone.client_with(foreign_tls).append(envelope(&mid("foreign")), batch_fact(1)).await.is_err());
+    assert!(
+        zone.client_with(foreign_tls)
+            .append(envelope(&mid("foreign")), batch_fact(1))
+            .await
+            .is_err()
+    );
     // A foreign CA that copies the site CA's name: the signature does not verify.
     let impostor = Pki::init(&zone.dir().join("impostor"), 30);
     impostor.issue(APP_CERT);
-    let impostor_tls = bsfg::tls::client::client_config(&zone.pki.ca(), &impostor.cert(APP_CERT), &impostor.key(APP_CERT)).unwrap();
+    let impostor_tls = bsfg::tls::client::client_config(
+        &zone.pki.ca(),
+        &impostor.cert(APP_CERT),
+        &impostor.key(APP_CERT),
+    )
+    .unwrap();
     let e = raw_tls_error(&zone, &impostor_tls).await;
-    assert!(e.contains("DecryptError"), "impostor CA with the site CA's name: {e}");
+    assert!(
+        e.contains("DecryptError"),
+        "impostor CA with the site CA's name: {e}"
+    );
 
     // An expired certificate of the zone's own CA, for a known identity.
     let expired_dir = zone.dir().join("expired");
@@ -161,21 +222,40 @@ async fn tls_refuses_missing_foreign_and_expired_certificates() {
     request.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(10);
     request.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
     let issued = bsfg::tls::pki::issue(&zone.pki.dir, &expired_dir, &request).unwrap();
-    let expired_tls = bsfg::tls::client::client_config(&zone.pki.ca(), &issued.cert, &issued.key).unwrap();
+    let expired_tls =
+        bsfg::tls::client::client_config(&zone.pki.ca(), &issued.cert, &issued.key).unwrap();
     let e = raw_tls_error(&zone, &expired_tls).await;
     assert!(e.contains("CertificateExpired"), "expired certificate: {e}");
-    assert!(zone.client_with(expired_tls).append(envelope(&mid("expired")), batch_fact(2)).await.is_err());
+    assert!(
+        zone.client_with(expired_tls)
+            .append(envelope(&mid("expired")), batch_fact(2))
+            .await
+            .is_err()
+    );
 
     // Refused in the handshake: no request reached the node, nothing stored
     // (not even an audit record: there is no request to attribute it to).
     assert_eq!(zone.all_counts().await, before);
     // Refused handshakes are counted by reason (and logged, rate-limited).
     let text = zone.metrics_text().await;
-    let refused = |reason: &str| metric_value(&text, "bsfg_tls_handshake_refusals_total", &[&format!("reason=\"{reason}\"")]).unwrap_or(0.0);
+    let refused = |reason: &str| {
+        metric_value(
+            &text,
+            "bsfg_tls_handshake_refusals_total",
+            &[&format!("reason=\"{reason}\"")],
+        )
+        .unwrap_or(0.0)
+    };
     assert!(refused("no_client_certificate") >= 1.0, "{text}");
-    assert!(refused("certificate_refused") >= 3.0, "foreign, impostor and expired certificates: {text}");
+    assert!(
+        refused("certificate_refused") >= 3.0,
+        "foreign, impostor and expired certificates: {text}"
+    );
     // The zone's own valid certificate still gets in.
-    zone.client().append(envelope(&mid("ok")), batch_fact(3)).await.unwrap();
+    zone.client()
+        .append(envelope(&mid("ok")), batch_fact(3))
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,56 +265,135 @@ async fn authorization_refusals_are_precise_audited_and_store_nothing() {
     let qa = zone.client_as("qa.plant-a");
     let idmz = zone.client_as("idmz-bsfg");
     let stranger = zone.client_as("stranger.plant-a");
-    let (mes_fp, idmz_fp, stranger_fp) = (fingerprint(&zone.pki, APP_CERT), fingerprint(&zone.pki, "idmz-bsfg"), fingerprint(&zone.pki, "stranger.plant-a"));
+    let (mes_fp, idmz_fp, stranger_fp) = (
+        fingerprint(&zone.pki, APP_CERT),
+        fingerprint(&zone.pki, "idmz-bsfg"),
+        fingerprint(&zone.pki, "stranger.plant-a"),
+    );
     // One fact for qa_inbox, so a confirm would have something to confirm.
-    mes.append(envelope(&mid("seed")), batch_fact(0)).await.unwrap();
-    assert_eq!(qa.fetch("qa_inbox", 10, 0, 1000).await.unwrap().facts.len(), 1);
+    mes.append(envelope(&mid("seed")), batch_fact(0))
+        .await
+        .unwrap();
+    assert_eq!(
+        qa.fetch("qa_inbox", 10, 0, 1000).await.unwrap().facts.len(),
+        1
+    );
     let operational = zone.message_count("operational").await;
 
     // Unknown identity: valid for the site CA, mapped to no principal.
-    assert_rejected(stranger.append(envelope(&mid("stranger")), batch_fact(1)).await, "permission_denied", "unknown_identity");
+    assert_rejected(
+        stranger
+            .append(envelope(&mid("stranger")), batch_fact(1))
+            .await,
+        "permission_denied",
+        "unknown_identity",
+    );
     let r = expect_audit(&mes, "unknown", &stranger_fp, "unknown_identity", "refused").await;
     assert_eq!(r["identity"], "stranger.plant-a", "{r}");
     assert_eq!(r["rpc"], "AppendFact", "{r}");
-    assert_rejected(stranger.fetch("mes", 1, 0, 0).await, "permission_denied", "unknown_identity");
+    assert_rejected(
+        stranger.fetch("mes", 1, 0, 0).await,
+        "permission_denied",
+        "unknown_identity",
+    );
     expect_audit(&mes, "unknown", &stranger_fp, "unknown_identity", "refused").await;
 
     // A local application asserting another zone's from_zone.
-    assert_rejected(mes.append(env_from(&mid("spoof"), "enterprise", "plant-a"), batch_fact(2)).await, "permission_denied", "from_zone_not_allowed");
+    assert_rejected(
+        mes.append(
+            env_from(&mid("spoof"), "enterprise", "plant-a"),
+            batch_fact(2),
+        )
+        .await,
+        "permission_denied",
+        "from_zone_not_allowed",
+    );
     let r = expect_audit(&mes, "mes", &mes_fp, "from_zone_not_allowed", "refused").await;
     assert_eq!(r["identity"], APP_CERT, "{r}");
 
     // A peer asserting an origin not routed through it.
-    assert_rejected(idmz.append(env_from(&mid("spoof"), "plant-b", "plant-a"), batch_fact(3)).await, "permission_denied", "from_zone_not_allowed");
+    assert_rejected(
+        idmz.append(env_from(&mid("spoof"), "plant-b", "plant-a"), batch_fact(3))
+            .await,
+        "permission_denied",
+        "from_zone_not_allowed",
+    );
     expect_audit(&mes, "idmz", &idmz_fp, "from_zone_not_allowed", "refused").await;
 
     // Fetching or confirming another principal's consumer.
-    assert_rejected(mes.fetch("qa_inbox", 10, 0, 0).await, "permission_denied", "consumer_not_allowed");
+    assert_rejected(
+        mes.fetch("qa_inbox", 10, 0, 0).await,
+        "permission_denied",
+        "consumer_not_allowed",
+    );
     expect_audit(&mes, "mes", &mes_fp, "consumer_not_allowed", "refused").await;
-    assert_rejected(mes.confirm("qa_inbox", 1).await, "permission_denied", "consumer_not_allowed");
+    assert_rejected(
+        mes.confirm("qa_inbox", 1).await,
+        "permission_denied",
+        "consumer_not_allowed",
+    );
     expect_audit(&mes, "mes", &mes_fp, "consumer_not_allowed", "refused").await;
-    assert_rejected(idmz.fetch("mes", 10, 0, 0).await, "permission_denied", "consumer_not_allowed");
+    assert_rejected(
+        idmz.fetch("mes", 10, 0, 0).await,
+        "permission_denied",
+        "consumer_not_allowed",
+    );
     expect_audit(&mes, "idmz", &idmz_fp, "consumer_not_allowed", "refused").await;
 
     // A peer fetching a consumer whose category is not exported to it.
-    assert_rejected(idmz.fetch("to_idmz_docs", 10, 0, 0).await, "permission_denied", "category_not_exported");
+    assert_rejected(
+        idmz.fetch("to_idmz_docs", 10, 0, 0).await,
+        "permission_denied",
+        "category_not_exported",
+    );
     expect_audit(&mes, "idmz", &idmz_fp, "category_not_exported", "refused").await;
 
     // Writing (and reading) a bucket the principal has no right to.
-    assert_rejected(put(&mes, SECRET_BUCKET, "x/y.bin", b"not for mes", "").await, "permission_denied", "bucket_not_allowed");
+    assert_rejected(
+        put(&mes, SECRET_BUCKET, "x/y.bin", b"not for mes", "").await,
+        "permission_denied",
+        "bucket_not_allowed",
+    );
     expect_audit(&mes, "mes", &mes_fp, "bucket_not_allowed", "refused").await;
-    assert!(zone.list_bucket(SECRET_BUCKET).await.is_empty(), "nothing written to the bucket");
-    assert!(get(&qa, BUCKET, "any.bin", 0).await.unwrap_err().to_string().contains("bucket_not_allowed"));
-    expect_audit(&mes, "qa", &fingerprint(&zone.pki, "qa.plant-a"), "bucket_not_allowed", "refused").await;
+    assert!(
+        zone.list_bucket(SECRET_BUCKET).await.is_empty(),
+        "nothing written to the bucket"
+    );
+    assert!(
+        get(&qa, BUCKET, "any.bin", 0)
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("bucket_not_allowed")
+    );
+    expect_audit(
+        &mes,
+        "qa",
+        &fingerprint(&zone.pki, "qa.plant-a"),
+        "bucket_not_allowed",
+        "refused",
+    )
+    .await;
 
     // Import side of enterprise -> plant: nothing from enterprise through
     // idmz except recipes.
     assert_rejected(
-        idmz.append(env_from(&mid("ent-batch"), "enterprise", "plant-a"), batch_fact(4)).await,
+        idmz.append(
+            env_from(&mid("ent-batch"), "enterprise", "plant-a"),
+            batch_fact(4),
+        )
+        .await,
         "permission_denied",
         "kind_not_allowed_from_origin",
     );
-    let r = expect_audit(&mes, "idmz", &idmz_fp, "kind_not_allowed_from_origin", "refused").await;
+    let r = expect_audit(
+        &mes,
+        "idmz",
+        &idmz_fp,
+        "kind_not_allowed_from_origin",
+        "refused",
+    )
+    .await;
     assert!(r["detail"].as_str().unwrap().contains("recipe"), "{r}");
 
     // Nothing reached the operational log, and the consumers did not move.
@@ -244,16 +403,38 @@ async fn authorization_refusals_are_precise_audited_and_store_nothing() {
 
     // Allowed crossings still pass: a recipe from enterprise, a fact of idmz.
     let recipe = fact("recipe:R-77", "version_released", r#"{"version":3}"#);
-    let ok = idmz.append(env_from(&mid("ent-recipe"), "enterprise", "plant-a"), recipe).await.unwrap();
+    let ok = idmz
+        .append(
+            env_from(&mid("ent-recipe"), "enterprise", "plant-a"),
+            recipe,
+        )
+        .await
+        .unwrap();
     assert_eq!(ok.category, "documents");
-    idmz.append(env_from(&mid("idmz-own"), "idmz", "plant-a"), batch_fact(5)).await.unwrap();
+    idmz.append(env_from(&mid("idmz-own"), "idmz", "plant-a"), batch_fact(5))
+        .await
+        .unwrap();
     assert_eq!(zone.message_count("documents").await, 1);
     assert_eq!(zone.message_count("operational").await, operational + 1);
 
     let metrics = zone.metrics_text().await;
-    for reason in ["unknown_identity", "from_zone_not_allowed", "consumer_not_allowed", "category_not_exported", "bucket_not_allowed", "kind_not_allowed_from_origin"] {
-        let v = metric_value(&metrics, "bsfg_access_refusals", &[&format!("reason=\"{reason}\"")]);
-        assert!(v.is_some_and(|v| v >= 1.0), "bsfg_access_refusals for {reason}: {v:?}\n{metrics}");
+    for reason in [
+        "unknown_identity",
+        "from_zone_not_allowed",
+        "consumer_not_allowed",
+        "category_not_exported",
+        "bucket_not_allowed",
+        "kind_not_allowed_from_origin",
+    ] {
+        let v = metric_value(
+            &metrics,
+            "bsfg_access_refusals",
+            &[&format!("reason=\"{reason}\"")],
+        );
+        assert!(
+            v.is_some_and(|v| v >= 1.0),
+            "bsfg_access_refusals for {reason}: {v:?}\n{metrics}"
+        );
     }
 }
 
@@ -264,28 +445,74 @@ async fn export_policy_withholds_denied_kinds_and_the_link_moves_past_them() {
     let idmz = zone.client_as("idmz-bsfg");
     let idmz_fp = fingerprint(&zone.pki, "idmz-bsfg");
     let asset = fact("asset:FILLER-07", "state_changed", r#"{"state":"running"}"#);
-    let a = mes.append(env_from(&mid("b1"), ZONE, "enterprise"), batch_fact(1)).await.unwrap().offset;
-    let withheld = mes.append(env_from(&mid("asset"), ZONE, "enterprise"), asset).await.unwrap().offset;
-    let b = mes.append(env_from(&mid("b2"), ZONE, "enterprise"), batch_fact(2)).await.unwrap().offset;
+    let a = mes
+        .append(env_from(&mid("b1"), ZONE, "enterprise"), batch_fact(1))
+        .await
+        .unwrap()
+        .offset;
+    let withheld = mes
+        .append(env_from(&mid("asset"), ZONE, "enterprise"), asset)
+        .await
+        .unwrap()
+        .offset;
+    let b = mes
+        .append(env_from(&mid("b2"), ZONE, "enterprise"), batch_fact(2))
+        .await
+        .unwrap()
+        .offset;
 
     let r = idmz.fetch("to_idmz", 100, 0, 1000).await.unwrap();
     let served: Vec<u64> = r.facts.iter().map(|f| f.offset).collect();
-    assert_eq!(served, vec![a, b], "the asset fact at {withheld} is never served to idmz");
-    assert!(r.facts.iter().all(|f| !f.fact.as_option().unwrap().subject.starts_with("asset:")));
+    assert_eq!(
+        served,
+        vec![a, b],
+        "the asset fact at {withheld} is never served to idmz"
+    );
+    assert!(
+        r.facts
+            .iter()
+            .all(|f| !f.fact.as_option().unwrap().subject.starts_with("asset:"))
+    );
     assert_eq!(r.last_delivered_offset, b);
 
     let rec = expect_audit(&mes, "idmz", &idmz_fp, "kind_not_allowed", "withheld").await;
-    assert!(rec["key"].as_str().unwrap().contains(&format!("offset {withheld}")), "{rec}");
+    assert!(
+        rec["key"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("offset {withheld}")),
+        "{rec}"
+    );
     let metrics = zone.metrics_text().await;
-    let refusals = metric_value(&metrics, "bsfg_crossing_refusals", &["peer=\"idmz\"", "direction=\"export\"", "reason=\"kind_not_allowed\""]);
+    let refusals = metric_value(
+        &metrics,
+        "bsfg_crossing_refusals",
+        &[
+            "peer=\"idmz\"",
+            "direction=\"export\"",
+            "reason=\"kind_not_allowed\"",
+        ],
+    );
     assert_eq!(refusals, Some(1.0), "{metrics}");
 
     // Confirming last_delivered_offset moves the frontier past the withheld fact.
-    assert_eq!(idmz.confirm("to_idmz", r.last_delivered_offset).await.unwrap(), b);
+    assert_eq!(
+        idmz.confirm("to_idmz", r.last_delivered_offset)
+            .await
+            .unwrap(),
+        b
+    );
     // The link is not blocked: the next fact comes, the withheld one never.
-    let c = mes.append(env_from(&mid("b3"), ZONE, "enterprise"), batch_fact(3)).await.unwrap().offset;
+    let c = mes
+        .append(env_from(&mid("b3"), ZONE, "enterprise"), batch_fact(3))
+        .await
+        .unwrap()
+        .offset;
     let r = idmz.fetch("to_idmz", 100, 0, 1000).await.unwrap();
-    assert_eq!(r.facts.iter().map(|f| f.offset).collect::<Vec<_>>(), vec![c]);
+    assert_eq!(
+        r.facts.iter().map(|f| f.offset).collect::<Vec<_>>(),
+        vec![c]
+    );
     // A local app sees its consumer whole.
     assert_eq!(fetch_all(&mes, "mes", 4).await.len(), 4);
 }
@@ -300,7 +527,9 @@ async fn attachments_need_read_access_to_their_bucket() {
     let qa = zone.client_as("qa.plant-a");
     let qa_fp = fingerprint(&zone.pki, "qa.plant-a");
     let bytes = b"batch record B9, owned by mes".to_vec();
-    let stored = put(&mes, BUCKET, "batch/B9/record.bin", &bytes, "").await.unwrap();
+    let stored = put(&mes, BUCKET, "batch/B9/record.bin", &bytes, "")
+        .await
+        .unwrap();
     let reference = |key: &str, digest: &str, size_bytes: u64| {
         let mut f = batch_fact(9);
         f.attachments.push(AttachmentRef {
@@ -317,24 +546,59 @@ async fn attachments_need_read_access_to_their_bucket() {
     let wrong = sha256(b"a guess");
     let mut messages = vec![];
     for (key, digest, size) in [
-        ("batch/B9/record.bin", stored.digest.as_str(), bytes.len() as u64),
+        (
+            "batch/B9/record.bin",
+            stored.digest.as_str(),
+            bytes.len() as u64,
+        ),
         ("batch/B9/record.bin", wrong.as_str(), 1),
         ("batch/B9/absent.bin", wrong.as_str(), 1),
     ] {
-        let r = qa.append(envelope(&mid("qa-ref")), reference(key, digest, size)).await;
-        let message = r.as_ref().err().and_then(|e| e.message.clone()).unwrap_or_default();
+        let r = qa
+            .append(envelope(&mid("qa-ref")), reference(key, digest, size))
+            .await;
+        let message = r
+            .as_ref()
+            .err()
+            .and_then(|e| e.message.clone())
+            .unwrap_or_default();
         assert_rejected(r, "permission_denied", "bucket_not_allowed");
-        assert!(!message.contains(&stored.digest) && !message.contains(&bytes.len().to_string()), "{message}");
+        assert!(
+            !message.contains(&stored.digest) && !message.contains(&bytes.len().to_string()),
+            "{message}"
+        );
         expect_audit(&mes, "qa", &qa_fp, "bucket_not_allowed", "refused").await;
         messages.push(message);
     }
-    assert!(messages.iter().all(|m| *m == messages[0]), "identical refusals whether the object exists or matches: {messages:?}");
-    assert_eq!(zone.message_count("operational").await, operational, "nothing appended");
+    assert!(
+        messages.iter().all(|m| *m == messages[0]),
+        "identical refusals whether the object exists or matches: {messages:?}"
+    );
+    assert_eq!(
+        zone.message_count("operational").await,
+        operational,
+        "nothing appended"
+    );
 
     // Not frozen: the owner can still replace it, and reference it itself.
-    let replacement = put(&mes, BUCKET, "batch/B9/record.bin", b"corrected record", "").await.unwrap();
-    mes.append(envelope(&mid("mes-ref")), reference("batch/B9/record.bin", &replacement.digest, replacement.size_bytes)).await.unwrap();
-    assert_rejected(put(&mes, BUCKET, "batch/B9/record.bin", b"again", "").await, "failed_precondition", "object_immutable");
+    let replacement = put(&mes, BUCKET, "batch/B9/record.bin", b"corrected record", "")
+        .await
+        .unwrap();
+    mes.append(
+        envelope(&mid("mes-ref")),
+        reference(
+            "batch/B9/record.bin",
+            &replacement.digest,
+            replacement.size_bytes,
+        ),
+    )
+    .await
+    .unwrap();
+    assert_rejected(
+        put(&mes, BUCKET, "batch/B9/record.bin", b"again", "").await,
+        "failed_precondition",
+        "object_immutable",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -346,20 +610,29 @@ async fn buf_curl_over_mtls_with_a_valid_certificate_succeeds() {
     });
     let out = crate::interop::buf_curl_as(&zone, APP_CERT, "AppendFact", &append).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(r["offset"], "1", "{r}");
     // The same tool with a certificate the zone does not know is refused.
     let out = crate::interop::buf_curl_as(&zone, "stranger.plant-a", "AppendFact", &append).await;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("permission_denied") && stderr.contains("unknown_identity"), "{stderr}");
+    assert!(
+        stderr.contains("permission_denied") && stderr.contains("unknown_identity"),
+        "{stderr}"
+    );
     assert_eq!(zone.message_count("operational").await, 1);
 }
 
 /// The server's leaf certificate on a fresh connection.
 async fn presented_certificate(zone: &Zone, tls: &Arc<rustls::ClientConfig>) -> String {
-    let stream = tls_connect(zone.boundary_addr, tls, &[b"h2"]).await.unwrap();
+    let stream = tls_connect(zone.boundary_addr, tls, &[b"h2"])
+        .await
+        .unwrap();
     let der = stream.get_ref().1.peer_certificates().unwrap()[0].clone();
     bsfg::tls::identity::fingerprint(&der)
 }
@@ -374,7 +647,10 @@ fn install(from: &Pki, to: &Pki, name: &str) {
     std::fs::rename(&stage, to.cert(name)).unwrap();
 }
 
-async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+async fn wait_until<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while !check().await {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -388,24 +664,42 @@ async fn certificates_reload_without_restart_and_expiry_is_a_metric() {
     assert_eq!(zone.config.tls.reload_interval, Duration::from_millis(200));
     let mes_tls = zone.tls_config();
     // The days-until-expiry gauge: node certificate and CA issued for 30 days.
-    wait_until("expiry gauges", || async { expiry_days(&zone, "node").await.is_some() && expiry_days(&zone, "ca").await.is_some() }).await;
+    wait_until("expiry gauges", || async {
+        expiry_days(&zone, "node").await.is_some() && expiry_days(&zone, "ca").await.is_some()
+    })
+    .await;
     let node_days = expiry_days(&zone, "node").await.unwrap();
-    assert!((29.9..=30.0).contains(&node_days), "node certificate days {node_days}");
+    assert!(
+        (29.9..=30.0).contains(&node_days),
+        "node certificate days {node_days}"
+    );
     let ca_days = expiry_days(&zone, "ca").await.unwrap();
     assert!((29.9..=30.0).contains(&ca_days), "CA days {ca_days}");
     let old = presented_certificate(&zone, &mes_tls).await;
     assert_eq!(old, fingerprint(&zone.pki, NODE_CERT));
 
     // 1. A new node certificate (same CA, 12 days) replaces the files on disk.
-    let stage = Pki { dir: zone.dir().join("stage1") };
+    let stage = Pki {
+        dir: zone.dir().join("stage1"),
+    };
     std::fs::create_dir_all(&stage.dir).unwrap();
     bsfg::tls::pki::issue(&zone.pki.dir, &stage.dir, &Pki::node_request(12)).unwrap();
     install(&stage, &zone.pki, NODE_CERT);
     let new = fingerprint(&zone.pki, NODE_CERT);
     assert_ne!(new, old);
-    wait_until("node certificate gauge at 12 days", || async { expiry_days(&zone, "node").await.is_some_and(|d| d < 12.1) }).await;
-    assert_eq!(presented_certificate(&zone, &mes_tls).await, new, "a new connection sees the new certificate");
-    zone.client().append(envelope(&mid("after-reload")), batch_fact(1)).await.unwrap();
+    wait_until("node certificate gauge at 12 days", || async {
+        expiry_days(&zone, "node").await.is_some_and(|d| d < 12.1)
+    })
+    .await;
+    assert_eq!(
+        presented_certificate(&zone, &mes_tls).await,
+        new,
+        "a new connection sees the new certificate"
+    );
+    zone.client()
+        .append(envelope(&mid("after-reload")), batch_fact(1))
+        .await
+        .unwrap();
 
     // 2. A new CA (valid 90 days), with a node certificate and an app
     //    certificate from it. Afterwards its clients get in, the old CA's are refused.
@@ -416,18 +710,40 @@ async fn certificates_reload_without_restart_and_expiry_is_a_metric() {
     let stage = zone.pki.dir.join(".ca.stage");
     std::fs::copy(new_ca.ca(), &stage).unwrap();
     std::fs::rename(&stage, zone.pki.ca()).unwrap();
-    wait_until("CA gauge at 90 days", || async { expiry_days(&zone, "ca").await.is_some_and(|d| d > 89.0) }).await;
-    wait_until("node certificate gauge at 30 days", || async { expiry_days(&zone, "node").await.is_some_and(|d| d > 29.0) }).await;
+    wait_until("CA gauge at 90 days", || async {
+        expiry_days(&zone, "ca").await.is_some_and(|d| d > 89.0)
+    })
+    .await;
+    wait_until("node certificate gauge at 30 days", || async {
+        expiry_days(&zone, "node").await.is_some_and(|d| d > 29.0)
+    })
+    .await;
 
     let new_client = new_ca.client_config(APP_CERT);
-    assert_eq!(presented_certificate(&zone, &new_client).await, fingerprint(&new_ca, NODE_CERT));
-    zone.client_with(new_client).append(envelope(&mid("new-ca")), batch_fact(2)).await.unwrap();
+    assert_eq!(
+        presented_certificate(&zone, &new_client).await,
+        fingerprint(&new_ca, NODE_CERT)
+    );
+    zone.client_with(new_client)
+        .append(envelope(&mid("new-ca")), batch_fact(2))
+        .await
+        .unwrap();
     // The old app certificate, even trusting the new CA for the server, is refused.
     let old_cert_dir = zone.pki.dir.clone();
-    let old_app = bsfg::tls::client::client_config(&new_ca.ca(), &old_cert_dir.join(format!("{APP_CERT}.pem")), &old_cert_dir.join(format!("{APP_CERT}.key"))).unwrap();
+    let old_app = bsfg::tls::client::client_config(
+        &new_ca.ca(),
+        &old_cert_dir.join(format!("{APP_CERT}.pem")),
+        &old_cert_dir.join(format!("{APP_CERT}.key")),
+    )
+    .unwrap();
     let e = raw_tls_error(&zone, &old_app).await;
     assert!(e.contains("UnknownCA"), "old CA's client: {e}");
-    assert!(zone.client_with(old_app).append(envelope(&mid("old-ca")), batch_fact(3)).await.is_err());
+    assert!(
+        zone.client_with(old_app)
+            .append(envelope(&mid("old-ca")), batch_fact(3))
+            .await
+            .is_err()
+    );
     assert_eq!(zone.message_count("operational").await, 2);
     let failures = metric_value(&zone.metrics_text().await, "bsfg_tls_reload_failures", &[]);
     assert!(failures.is_some(), "reload failure counter exported");
@@ -441,8 +757,16 @@ async fn certificates_reload_without_restart_and_expiry_is_a_metric() {
 async fn private_files_are_owner_only() {
     use std::os::unix::fs::PermissionsExt as _;
     use std::path::Path;
-    let mode = |p: &Path| std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).permissions().mode() & 0o777;
-    let set_mode = |p: &Path, mode: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    let mode = |p: &Path| {
+        std::fs::metadata(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let set_mode = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
     let filter_of = |index: &Path| index.with_extension("kix.filter");
 
     // A node on an external nats-server: its key index and saved filter.
@@ -457,7 +781,11 @@ async fn private_files_are_owner_only() {
     zone.restart_node(false).await;
     assert_eq!(mode(&index), 0o600, "existing key index file");
     zone.stop_node().await;
-    assert_eq!(mode(&filter_of(&index)), 0o600, "saved key filter, saved again");
+    assert_eq!(
+        mode(&filter_of(&index)),
+        0o600,
+        "saved key filter, saved again"
+    );
 
     // A node with its own nats-server: a store directory, config and log
     // left world-readable, and a key index directory that does not exist.
@@ -476,10 +804,20 @@ async fn private_files_are_owner_only() {
     config.commit.key_index_path = Some(index.clone());
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.ops_listen = "127.0.0.1:0".parse().unwrap();
-    let node = bsfg::node::start(config).await.expect("a node with an embedded nats-server starts");
+    let node = bsfg::node::start(config)
+        .await
+        .expect("a node with an embedded nats-server starts");
     assert_eq!(mode(&store_dir), 0o700, "nats store directory");
-    assert_eq!(mode(&store_dir.join("nats-server.conf")), 0o600, "nats-server config");
-    assert_eq!(mode(&store_dir.join("nats-server.log")), 0o600, "nats-server log");
+    assert_eq!(
+        mode(&store_dir.join("nats-server.conf")),
+        0o600,
+        "nats-server config"
+    );
+    assert_eq!(
+        mode(&store_dir.join("nats-server.log")),
+        0o600,
+        "nats-server log"
+    );
     assert_eq!(mode(index.parent().unwrap()), 0o700, "key index directory");
     assert_eq!(mode(&index), 0o600, "key index file");
     drop(node);
@@ -499,20 +837,39 @@ async fn the_embedded_nats_server_admits_only_its_node() {
     config.zone = "plant-e".into();
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.ops_listen = "127.0.0.1:0".parse().unwrap();
-    config.nats = bsfg::config::NatsConfig { url: None, port, store_dir: dir.path().join("jetstream"), ..Default::default() };
+    config.nats = bsfg::config::NatsConfig {
+        url: None,
+        port,
+        store_dir: dir.path().join("jetstream"),
+        ..Default::default()
+    };
     config.commit.key_index_path = Some(dir.path().join("plant-e.kix"));
-    let node = bsfg::node::start(config).await.expect("the node starts its own server");
+    let node = bsfg::node::start(config)
+        .await
+        .expect("the node starts its own server");
 
     let url = format!("nats://127.0.0.1:{port}");
     let anonymous = async_nats::ConnectOptions::new().connect(&url).await;
-    assert!(anonymous.is_err(), "a client without credentials is refused");
-    let guessed = async_nats::ConnectOptions::with_user_and_password("bsfg".into(), "guess".into()).connect(&url).await;
+    assert!(
+        anonymous.is_err(),
+        "a client without credentials is refused"
+    );
+    let guessed = async_nats::ConnectOptions::with_user_and_password("bsfg".into(), "guess".into())
+        .connect(&url)
+        .await;
     assert!(guessed.is_err(), "a wrong password is refused");
     let conf = std::fs::read_to_string(dir.path().join("jetstream/nats-server.conf")).unwrap();
-    assert!(conf.contains("authorization") && conf.contains("listen: \"127.0.0.1:"), "{conf}");
+    assert!(
+        conf.contains("authorization") && conf.contains("listen: \"127.0.0.1:"),
+        "{conf}"
+    );
 
     // The node itself works through it.
-    let client = bsfg::client::BsfgClient::connect_tls(&format!("https://{}", node.boundary_addr), zone.tls_config()).unwrap();
+    let client = bsfg::client::BsfgClient::connect_tls(
+        &format!("https://{}", node.boundary_addr),
+        zone.tls_config(),
+    )
+    .unwrap();
     let mut e = envelope(&mid("through-auth"));
     e.from_zone = "plant-e".into();
     e.to_zone = "plant-e".into();
@@ -526,9 +883,21 @@ async fn the_embedded_nats_server_admits_only_its_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_records_cannot_be_forged() {
     let zone = Zone::start(Opts::default()).await;
-    let forged = fact("audit:plant-a/mes", "access_refused", r#"{"decision":"refused"}"#);
-    assert_rejected(zone.client().append(envelope(&mid("forged")), forged).await, "permission_denied", "kind_reserved");
-    assert_eq!(zone.message_count("audit").await, 1, "only the node's record of the refusal");
+    let forged = fact(
+        "audit:plant-a/mes",
+        "access_refused",
+        r#"{"decision":"refused"}"#,
+    );
+    assert_rejected(
+        zone.client().append(envelope(&mid("forged")), forged).await,
+        "permission_denied",
+        "kind_reserved",
+    );
+    assert_eq!(
+        zone.message_count("audit").await,
+        1,
+        "only the node's record of the refusal"
+    );
 }
 
 /// A flood of refusals from one certificate gets a burst of records and
@@ -541,32 +910,82 @@ async fn a_flood_of_refusals_is_summarized_not_stored_one_by_one() {
     let stranger = zone.client_as("stranger.plant-a");
     let calls = (0..flood).map(|i| {
         let stranger = stranger.clone();
-        async move { stranger.append(envelope(&format!("flood-{i}")), batch_fact(1)).await }
+        async move {
+            stranger
+                .append(envelope(&format!("flood-{i}")), batch_fact(1))
+                .await
+        }
     });
     for r in futures::future::join_all(calls).await {
         assert_rejected(r, "permission_denied", "unknown_identity");
     }
     let other = zone.client_as("intruder.plant-a");
-    assert_rejected(other.append(envelope(&mid("other")), batch_fact(1)).await, "permission_denied", "unknown_identity");
+    assert_rejected(
+        other.append(envelope(&mid("other")), batch_fact(1)).await,
+        "permission_denied",
+        "unknown_identity",
+    );
 
     let audit_client = zone.client();
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut records = Vec::new();
     let summarized = loop {
-        records.extend(audit_client.fetch("auditor", 1000, 0, 500).await.unwrap().facts);
-        let summary = records.iter().find(|f| f.fact.predicate == "refusals_summarized").cloned();
+        records.extend(
+            audit_client
+                .fetch("auditor", 1000, 0, 500)
+                .await
+                .unwrap()
+                .facts,
+        );
+        let summary = records
+            .iter()
+            .find(|f| f.fact.predicate == "refusals_summarized")
+            .cloned();
         if let Some(summary) = summary {
             break summary;
         }
-        assert!(Instant::now() < deadline, "no summary record within 20 s; {} records", records.len());
+        assert!(
+            Instant::now() < deadline,
+            "no summary record within 20 s; {} records",
+            records.len()
+        );
     };
-    let individual = records.iter().filter(|f| f.fact.predicate == "access_refused").count();
-    assert!(individual <= 2 * bsfg::node::audit::limiter::BURST_RECORDS as usize, "{individual} individual records for {flood} refusals");
-    assert!(records.iter().any(|f| f.fact.object_json.contains("intruder.plant-a")), "the other caller's refusal is recorded");
-    let counted: u64 = summarized.fact.object_json.split("further refusals").next().unwrap().rsplit('"').next().unwrap().trim().parse().unwrap_or(0);
-    assert!(counted >= flood as u64 - 2 * bsfg::node::audit::limiter::BURST_RECORDS as u64, "{}", summarized.fact.object_json);
+    let individual = records
+        .iter()
+        .filter(|f| f.fact.predicate == "access_refused")
+        .count();
+    assert!(
+        individual <= 2 * bsfg::node::audit::limiter::BURST_RECORDS as usize,
+        "{individual} individual records for {flood} refusals"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|f| f.fact.object_json.contains("intruder.plant-a")),
+        "the other caller's refusal is recorded"
+    );
+    let counted: u64 = summarized
+        .fact
+        .object_json
+        .split("further refusals")
+        .next()
+        .unwrap()
+        .rsplit('"')
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    assert!(
+        counted >= flood as u64 - 2 * bsfg::node::audit::limiter::BURST_RECORDS as u64,
+        "{}",
+        summarized.fact.object_json
+    );
     let text = zone.metrics_text().await;
-    assert_eq!(metric_value(&text, "bsfg_audit_records_dropped_total", &[]), Some(0.0));
+    assert_eq!(
+        metric_value(&text, "bsfg_audit_records_dropped_total", &[]),
+        Some(0.0)
+    );
 }
 
 /// An audit record whose append fails while the store stalls is retried,
@@ -576,14 +995,30 @@ async fn an_audit_record_survives_a_store_stall() {
     let zone = Zone::start(Opts::default()).await;
     let stranger = zone.client_as("stranger.plant-a");
     zone.nats.signal("STOP");
-    let refused = tokio::spawn(async move { stranger.append(envelope(&mid("during-stall")), batch_fact(1)).await });
+    let refused = tokio::spawn(async move {
+        stranger
+            .append(envelope(&mid("during-stall")), batch_fact(1))
+            .await
+    });
     tokio::time::sleep(Duration::from_secs(7)).await;
     zone.nats.signal("CONT");
-    assert_rejected(refused.await.unwrap(), "permission_denied", "unknown_identity");
+    assert_rejected(
+        refused.await.unwrap(),
+        "permission_denied",
+        "unknown_identity",
+    );
     let audit = fetch_all(&zone.client(), "auditor", 1).await;
-    assert!(audit.iter().any(|f| f.fact.object_json.contains("stranger.plant-a")), "{audit:?}");
+    assert!(
+        audit
+            .iter()
+            .any(|f| f.fact.object_json.contains("stranger.plant-a")),
+        "{audit:?}"
+    );
     let text = zone.metrics_text().await;
-    assert_eq!(metric_value(&text, "bsfg_audit_records_dropped_total", &[]), Some(0.0));
+    assert_eq!(
+        metric_value(&text, "bsfg_audit_records_dropped_total", &[]),
+        Some(0.0)
+    );
 }
 
 /// plant-a of the reference site, plus an `auditor` consumer for the app
@@ -594,8 +1029,20 @@ fn operations_zone(zone: &str, config: &mut bsfg::config::ZoneConfig) {
         return;
     }
     config.consumers.push(consumer("auditor", "audit"));
-    config.principals.iter_mut().find(|p| p.name == "app").unwrap().consumers.push("auditor".into());
-    config.principals.push(app_principal("viewer", "viewer.plant-a", &["auditor"], &[], &[]));
+    config
+        .principals
+        .iter_mut()
+        .find(|p| p.name == "app")
+        .unwrap()
+        .consumers
+        .push("auditor".into());
+    config.principals.push(app_principal(
+        "viewer",
+        "viewer.plant-a",
+        &["auditor"],
+        &[],
+        &[],
+    ));
 }
 
 /// The ResetConsumer refusals recorded in plant-a's audit since the last call.
@@ -606,7 +1053,10 @@ async fn reset_refusals(operator: &bsfg::client::BsfgClient) -> Vec<serde_json::
     }
     r.facts
         .iter()
-        .map(|f| serde_json::from_str::<serde_json::Value>(&f.fact.as_option().unwrap().object_json).unwrap())
+        .map(|f| {
+            serde_json::from_str::<serde_json::Value>(&f.fact.as_option().unwrap().object_json)
+                .unwrap()
+        })
         .filter(|r| r["rpc"] == "ResetConsumer")
         .collect()
 }
@@ -618,14 +1068,24 @@ async fn reset_refusals(operator: &bsfg::client::BsfgClient) -> Vec<serde_json::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operations_need_the_operator_right() {
     use bsfg_proto::bsfg::v1::reset_consumer_request::Position;
-    let site = crate::crossing::Site::start_with(crate::crossing::SiteOpts { tweak: Some(operations_zone), ..Default::default() }).await;
+    let site = crate::crossing::Site::start_with(crate::crossing::SiteOpts {
+        tweak: Some(operations_zone),
+        ..Default::default()
+    })
+    .await;
     let plant = &site.zones["plant-a"];
     let client_as = |name: &str| {
         if !site.certs.join(format!("{name}.pem")).exists() {
             bsfg::tls::pki::issue(&site.certs, &site.certs, &IssueRequest::new(name, 5)).unwrap();
         }
-        let tls = bsfg::tls::client::client_config(&site.certs.join("ca.pem"), &site.certs.join(format!("{name}.pem")), &site.certs.join(format!("{name}.key"))).unwrap();
-        bsfg::client::BsfgClient::connect_tls(&format!("https://{}", plant.config.listen), tls).unwrap()
+        let tls = bsfg::tls::client::client_config(
+            &site.certs.join("ca.pem"),
+            &site.certs.join(format!("{name}.pem")),
+            &site.certs.join(format!("{name}.key")),
+        )
+        .unwrap();
+        bsfg::client::BsfgClient::connect_tls(&format!("https://{}", plant.config.listen), tls)
+            .unwrap()
     };
     let operator = site.app("plant-a");
     let (viewer, peer) = (client_as("viewer.plant-a"), client_as("idmz-bsfg"));
@@ -637,9 +1097,18 @@ async fn operations_need_the_operator_right() {
         n
     };
     let all = operator.status().await.unwrap();
-    assert_eq!(all.links.iter().map(|l| l.peer.as_str()).collect::<Vec<_>>(), ["idmz"]);
+    assert_eq!(
+        all.links
+            .iter()
+            .map(|l| l.peer.as_str())
+            .collect::<Vec<_>>(),
+        ["idmz"]
+    );
     assert_eq!(names(&all), ["auditor", "local", "to-idmz"]);
-    for (who, client, own) in [("viewer", &viewer, "auditor"), ("peer idmz", &peer, "to-idmz")] {
+    for (who, client, own) in [
+        ("viewer", &viewer, "auditor"),
+        ("peer idmz", &peer, "to-idmz"),
+    ] {
         let s = client.status().await.unwrap();
         assert_eq!(s.zone, "plant-a");
         assert!(s.links.is_empty(), "{who} sees no links: {:?}", s.links);
@@ -649,38 +1118,121 @@ async fn operations_need_the_operator_right() {
     // Only an operator replays: a principal granted the auditor consumer
     // cannot blank it, nor a peer replay its own.
     reset_refusals(operator).await;
-    assert_rejected(viewer.reset_consumer("auditor", Position::Offset(u64::MAX)).await, "permission_denied", "operator_required");
-    assert_rejected(peer.reset_consumer("to-idmz", Position::Offset(1)).await, "permission_denied", "operator_required");
+    assert_rejected(
+        viewer
+            .reset_consumer("auditor", Position::Offset(u64::MAX))
+            .await,
+        "permission_denied",
+        "operator_required",
+    );
+    assert_rejected(
+        peer.reset_consumer("to-idmz", Position::Offset(1)).await,
+        "permission_denied",
+        "operator_required",
+    );
     let records = reset_refusals(operator).await;
     assert_eq!(records.len(), 2, "{records:?}");
-    assert_eq!((&records[0]["principal"], &records[0]["reason"], &records[0]["decision"]), (&"viewer".into(), &"operator_required".into(), &"refused".into()));
-    assert!(records[0]["key"].as_str().unwrap().starts_with("auditor "), "{}", records[0]);
-    assert_eq!((&records[1]["principal"], &records[1]["reason"]), (&"idmz".into(), &"operator_required".into()));
-    let (_, metrics) = http_raw(plant.ops_addr, "GET", "/metrics", "text/plain", b"").await.unwrap();
+    assert_eq!(
+        (
+            &records[0]["principal"],
+            &records[0]["reason"],
+            &records[0]["decision"]
+        ),
+        (
+            &"viewer".into(),
+            &"operator_required".into(),
+            &"refused".into()
+        )
+    );
+    assert!(
+        records[0]["key"].as_str().unwrap().starts_with("auditor "),
+        "{}",
+        records[0]
+    );
+    assert_eq!(
+        (&records[1]["principal"], &records[1]["reason"]),
+        (&"idmz".into(), &"operator_required".into())
+    );
+    let (_, metrics) = http_raw(plant.ops_addr, "GET", "/metrics", "text/plain", b"")
+        .await
+        .unwrap();
     let metrics = String::from_utf8(metrics).unwrap();
-    assert_eq!(metric_value(&metrics, "bsfg_access_refusals", &["reason=\"operator_required\""]), Some(2.0), "{metrics}");
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "bsfg_access_refusals",
+            &["reason=\"operator_required\""]
+        ),
+        Some(2.0),
+        "{metrics}"
+    );
 
     // An operator's replay past the end of the log is refused (and audited);
     // to the end it moves nothing, from the start it delivers all again.
     let ids: Vec<String> = (0..3).map(|i| mid(&format!("ops-{i}"))).collect();
     let mut offsets = vec![];
     for (i, id) in ids.iter().enumerate() {
-        offsets.push(site.append("plant-a", "plant-a", id, batch_fact(i)).await.offset);
+        offsets.push(
+            site.append("plant-a", "plant-a", id, batch_fact(i))
+                .await
+                .offset,
+        );
     }
     assert_eq!(site.drain_local("plant-a").await.len(), 3);
     let last = *offsets.last().unwrap();
     for beyond in [u64::MAX, last + 2] {
-        assert_rejected(operator.reset_consumer("local", Position::Offset(beyond)).await, "out_of_range", "offset_beyond_end");
+        assert_rejected(
+            operator
+                .reset_consumer("local", Position::Offset(beyond))
+                .await,
+            "out_of_range",
+            "offset_beyond_end",
+        );
     }
     let records = reset_refusals(operator).await;
-    assert_eq!(records.iter().map(|r| (r["principal"].as_str().unwrap(), r["reason"].as_str().unwrap())).collect::<Vec<_>>(), [("app", "offset_beyond_end"); 2]);
-    assert_eq!(operator.reset_consumer("local", Position::Offset(last + 1)).await.unwrap(), last);
+    assert_eq!(
+        records
+            .iter()
+            .map(|r| (
+                r["principal"].as_str().unwrap(),
+                r["reason"].as_str().unwrap()
+            ))
+            .collect::<Vec<_>>(),
+        [("app", "offset_beyond_end"); 2]
+    );
+    assert_eq!(
+        operator
+            .reset_consumer("local", Position::Offset(last + 1))
+            .await
+            .unwrap(),
+        last
+    );
     assert!(site.drain_local("plant-a").await.is_empty());
-    assert_eq!(operator.reset_consumer("local", Position::Offset(offsets[0])).await.unwrap(), offsets[0] - 1);
+    assert_eq!(
+        operator
+            .reset_consumer("local", Position::Offset(offsets[0]))
+            .await
+            .unwrap(),
+        offsets[0] - 1
+    );
     let again = site.drain_local("plant-a").await;
-    assert_eq!(again.iter().map(|f| f.envelope.message_id.clone()).collect::<Vec<_>>(), ids);
+    assert_eq!(
+        again
+            .iter()
+            .map(|f| f.envelope.message_id.clone())
+            .collect::<Vec<_>>(),
+        ids
+    );
     // Each replay is on the trail as an operator's act.
     let records = reset_refusals(operator).await;
-    let done: Vec<(&str, &str)> = records.iter().map(|r| (r["decision"].as_str().unwrap(), r["reason"].as_str().unwrap())).collect();
+    let done: Vec<(&str, &str)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["decision"].as_str().unwrap(),
+                r["reason"].as_str().unwrap(),
+            )
+        })
+        .collect();
     assert_eq!(done, [("operated", "consumer_reset"); 2], "{records:?}");
 }

@@ -21,9 +21,22 @@ async fn guarded_stream(js: &jetstream::Context) -> stream::Stream {
     .unwrap()
 }
 
-async fn publish(js: &jetstream::Context, id: &str, after: Option<&str>) -> Result<(u64, bool), PublishErrorKind> {
-    let ack = js.publish_with_headers("guarded.x", message_id(id, after), id.as_bytes().to_vec().into()).await.map_err(|e| e.kind())?;
-    ack.await.map(|a| (a.sequence, a.duplicate)).map_err(|e| e.kind())
+async fn publish(
+    js: &jetstream::Context,
+    id: &str,
+    after: Option<&str>,
+) -> Result<(u64, bool), PublishErrorKind> {
+    let ack = js
+        .publish_with_headers(
+            "guarded.x",
+            message_id(id, after),
+            id.as_bytes().to_vec().into(),
+        )
+        .await
+        .map_err(|e| e.kind())?;
+    ack.await
+        .map(|a| (a.sequence, a.duplicate))
+        .map_err(|e| e.kind())
 }
 
 /// `Order::AsGiven` (store/facts.rs): a publish that names a predecessor
@@ -38,10 +51,21 @@ async fn a_publish_naming_a_predecessor_the_stream_did_not_store_last_is_refused
     let mut guarded = guarded_stream(&js).await;
 
     assert_eq!(publish(&js, "a", None).await, Ok((1, false)));
-    assert_eq!(publish(&js, "b", Some("a")).await, Ok((2, false)), "b follows a");
+    assert_eq!(
+        publish(&js, "b", Some("a")).await,
+        Ok((2, false)),
+        "b follows a"
+    );
     // c was published after a lost fact x: refused, nothing stored.
-    assert_eq!(publish(&js, "c", Some("x")).await, Err(PublishErrorKind::WrongLastMessageId));
-    assert_eq!(guarded.info().await.unwrap().state.last_sequence, 2, "the refused publish stored nothing");
+    assert_eq!(
+        publish(&js, "c", Some("x")).await,
+        Err(PublishErrorKind::WrongLastMessageId)
+    );
+    assert_eq!(
+        guarded.info().await.unwrap().state.last_sequence,
+        2,
+        "the refused publish stored nothing"
+    );
     // A retry of b (its acknowledgement lost) naming something else is
     // still answered as the duplicate it is.
     assert_eq!(publish(&js, "b", Some("y")).await, Ok((2, true)));
@@ -82,19 +106,72 @@ async fn a_rounds_acknowledgements_are_read_into_their_own_slots() {
         (5, "nowhere.x", "d", None),
     ];
     for (slot, subject, id, after) in sends {
-        round.publish(slot, subject.into(), message_id(id, after), id.as_bytes().to_vec().into()).await.unwrap();
+        round
+            .publish(
+                slot,
+                subject.into(),
+                message_id(id, after),
+                id.as_bytes().to_vec().into(),
+            )
+            .await
+            .unwrap();
     }
-    tokio::time::timeout(Duration::from_secs(10), round.acknowledged()).await.expect("every publish is answered");
+    tokio::time::timeout(Duration::from_secs(10), round.acknowledged())
+        .await
+        .expect("every publish is answered");
     let acks = round.into_acks();
-    assert_eq!(acks[0], Some(Ack::Stored { sequence: 1, duplicate: false }));
-    assert_eq!(acks[1], Some(Ack::Stored { sequence: 2, duplicate: false }));
-    assert!(matches!(&acks[2], Some(Ack::Refused { err_code: ERR_WRONG_LAST_MSG_ID, .. })), "{:?}", acks[2]);
-    assert_eq!(acks[3], Some(Ack::Stored { sequence: 1, duplicate: true }));
+    assert_eq!(
+        acks[0],
+        Some(Ack::Stored {
+            sequence: 1,
+            duplicate: false
+        })
+    );
+    assert_eq!(
+        acks[1],
+        Some(Ack::Stored {
+            sequence: 2,
+            duplicate: false
+        })
+    );
+    assert!(
+        matches!(
+            &acks[2],
+            Some(Ack::Refused {
+                err_code: ERR_WRONG_LAST_MSG_ID,
+                ..
+            })
+        ),
+        "{:?}",
+        acks[2]
+    );
+    assert_eq!(
+        acks[3],
+        Some(Ack::Stored {
+            sequence: 1,
+            duplicate: true
+        })
+    );
     assert_eq!(acks[4], None, "nothing was published for slot 4");
     assert_eq!(acks[5], Some(Ack::NoResponders));
 
     let mut next = publisher.round(1).await;
-    next.publish(0, "guarded.x".into(), message_id("c", Some("b")), "c".into()).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(10), next.acknowledged()).await.expect("answered");
-    assert_eq!(next.into_acks(), vec![Some(Ack::Stored { sequence: 3, duplicate: false })]);
+    next.publish(
+        0,
+        "guarded.x".into(),
+        message_id("c", Some("b")),
+        "c".into(),
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), next.acknowledged())
+        .await
+        .expect("answered");
+    assert_eq!(
+        next.into_acks(),
+        vec![Some(Ack::Stored {
+            sequence: 3,
+            duplicate: false
+        })]
+    );
 }

@@ -52,9 +52,20 @@ pub struct RefusalLimiter {
 impl RefusalLimiter {
     /// Decides about one refusal of `identity` for `reason` at `now`.
     pub fn admit(&mut self, identity: &str, reason: &str, now: Instant) -> Verdict {
-        let key = if self.buckets.contains_key(identity) || self.buckets.len() < IDENTITIES_MAX { identity } else { SHARED_BUCKET };
-        let bucket = self.buckets.entry(key.to_string()).or_insert(Bucket { tokens: BURST_RECORDS, refilled_at: now, suppressed: None });
-        let earned = (now.saturating_duration_since(bucket.refilled_at).as_millis() / REFILL_INTERVAL.as_millis()) as u32;
+        let key = if self.buckets.contains_key(identity) || self.buckets.len() < IDENTITIES_MAX {
+            identity
+        } else {
+            SHARED_BUCKET
+        };
+        let bucket = self.buckets.entry(key.to_string()).or_insert(Bucket {
+            tokens: BURST_RECORDS,
+            refilled_at: now,
+            suppressed: None,
+        });
+        let earned = (now
+            .saturating_duration_since(bucket.refilled_at)
+            .as_millis()
+            / REFILL_INTERVAL.as_millis()) as u32;
         if earned > 0 {
             bucket.tokens = (bucket.tokens + earned).min(BURST_RECORDS);
             bucket.refilled_at = now;
@@ -79,9 +90,14 @@ impl RefusalLimiter {
     /// Takes every identity's suppressed refusals (for summary records),
     /// and forgets identities that are full again and quiet.
     pub fn take_suppressed(&mut self, now: Instant) -> Vec<Suppressed> {
-        let out: Vec<Suppressed> = self.buckets.values_mut().filter_map(|b| b.suppressed.take()).collect();
+        let out: Vec<Suppressed> = self
+            .buckets
+            .values_mut()
+            .filter_map(|b| b.suppressed.take())
+            .collect();
         let quiet = REFILL_INTERVAL * BURST_RECORDS;
-        self.buckets.retain(|_, b| now.saturating_duration_since(b.refilled_at) < quiet);
+        self.buckets
+            .retain(|_, b| now.saturating_duration_since(b.refilled_at) < quiet);
         out
     }
 }
@@ -94,9 +110,25 @@ mod tests {
     fn a_burst_is_recorded_then_the_rest_is_counted_by_reason() {
         let mut l = RefusalLimiter::default();
         let t0 = Instant::now();
-        let verdicts: Vec<Verdict> = (0..100).map(|i| l.admit("stranger", if i % 2 == 0 { "unknown_identity" } else { "x" }, t0)).collect();
-        assert_eq!(verdicts.iter().filter(|v| **v == Verdict::Record).count(), BURST_RECORDS as usize);
-        assert!(verdicts[..BURST_RECORDS as usize].iter().all(|v| *v == Verdict::Record), "the burst comes first");
+        let verdicts: Vec<Verdict> = (0..100)
+            .map(|i| {
+                l.admit(
+                    "stranger",
+                    if i % 2 == 0 { "unknown_identity" } else { "x" },
+                    t0,
+                )
+            })
+            .collect();
+        assert_eq!(
+            verdicts.iter().filter(|v| **v == Verdict::Record).count(),
+            BURST_RECORDS as usize
+        );
+        assert!(
+            verdicts[..BURST_RECORDS as usize]
+                .iter()
+                .all(|v| *v == Verdict::Record),
+            "the burst comes first"
+        );
         // Another identity is not affected.
         assert_eq!(l.admit("other", "unknown_identity", t0), Verdict::Record);
         let summary = l.take_suppressed(t0);
@@ -117,7 +149,11 @@ mod tests {
         assert_eq!(l.admit("a", "r", t0), Verdict::Suppress);
         assert_eq!(l.admit("a", "r", t0 + REFILL_INTERVAL), Verdict::Record);
         assert_eq!(l.admit("a", "r", t0 + REFILL_INTERVAL), Verdict::Suppress);
-        assert_eq!(l.admit("a", "r", t0 + REFILL_INTERVAL * 100), Verdict::Record, "refilled");
+        assert_eq!(
+            l.admit("a", "r", t0 + REFILL_INTERVAL * 100),
+            Verdict::Record,
+            "refilled"
+        );
     }
 
     #[test]
@@ -128,7 +164,11 @@ mod tests {
             l.admit(&format!("cert-{i}"), "unknown_identity", t0);
         }
         assert_eq!(l.buckets.len(), IDENTITIES_MAX + 1, "the map is bounded");
-        let shared = l.take_suppressed(t0).into_iter().find(|s| s.identity == SHARED_BUCKET).expect("the overflow is counted");
+        let shared = l
+            .take_suppressed(t0)
+            .into_iter()
+            .find(|s| s.identity == SHARED_BUCKET)
+            .expect("the overflow is counted");
         assert_eq!(shared.count, 500 - BURST_RECORDS as u64);
         // Quiet identities are forgotten once their bucket would be full again.
         l.take_suppressed(t0 + REFILL_INTERVAL * BURST_RECORDS);

@@ -43,7 +43,14 @@ pub struct AuditEvent {
 
 impl AuditEvent {
     /// A decision about an identified caller's request.
-    pub fn about(caller: &crate::node::auth::Caller, rpc: &'static str, decision: &'static str, subject_key: String, reason: String, detail: String) -> Self {
+    pub fn about(
+        caller: &crate::node::auth::Caller,
+        rpc: &'static str,
+        decision: &'static str,
+        subject_key: String,
+        reason: String,
+        detail: String,
+    ) -> Self {
         Self {
             principal: caller.principal.name.clone(),
             identity: caller.identity.clone(),
@@ -84,17 +91,40 @@ pub struct Audit {
 }
 
 fn token(s: &str) -> String {
-    let t: String = s.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }).take(64).collect();
+    let t: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
     if t.is_empty() { "unknown".into() } else { t }
 }
 
 impl Audit {
     /// The audit and its two tasks (retrying failed appends, summarizing
     /// suppressed refusals); they stop when their handles are aborted.
-    pub fn start(zone: &str, facts: Arc<FactLog>, metrics: Arc<Metrics>) -> (Arc<Self>, Vec<tokio::task::JoinHandle<()>>) {
+    pub fn start(
+        zone: &str,
+        facts: Arc<FactLog>,
+        metrics: Arc<Metrics>,
+    ) -> (Arc<Self>, Vec<tokio::task::JoinHandle<()>>) {
         let (retry, pending) = tokio::sync::mpsc::channel(RETRY_RECORDS_MAX);
-        let audit = Arc::new(Self { zone: zone.to_string(), facts, metrics, limiter: Mutex::default(), retry });
-        let tasks = vec![tokio::spawn(audit.clone().retry_failed(pending)), tokio::spawn(audit.clone().summarize())];
+        let audit = Arc::new(Self {
+            zone: zone.to_string(),
+            facts,
+            metrics,
+            limiter: Mutex::default(),
+            retry,
+        });
+        let tasks = vec![
+            tokio::spawn(audit.clone().retry_failed(pending)),
+            tokio::spawn(audit.clone().summarize()),
+        ];
         (audit, tasks)
     }
 
@@ -105,14 +135,24 @@ impl Audit {
     pub async fn record(&self, event: AuditEvent) {
         if event.decision == "refused" {
             let identity = identity_key(&event);
-            let verdict = self.limiter.lock().unwrap().admit(&identity, &event.reason, Instant::now());
+            let verdict =
+                self.limiter
+                    .lock()
+                    .unwrap()
+                    .admit(&identity, &event.reason, Instant::now());
             if verdict == Verdict::Suppress {
                 self.metrics.audit_refusals_summarized_total.inc();
                 return;
             }
         }
-        let Some(record) = self.build(event) else { return };
-        match self.facts.append(record.envelope.clone(), record.valid.clone(), None).await {
+        let Some(record) = self.build(event) else {
+            return;
+        };
+        match self
+            .facts
+            .append(record.envelope.clone(), record.valid.clone(), None)
+            .await
+        {
             Ok(_) => {}
             Err(r) if retriable(&r) => {
                 tracing::warn!(error = %r, "could not append an audit record; retrying it in the background");
@@ -125,7 +165,9 @@ impl Audit {
             }
             Err(r) => self.dropped(&record, &r.to_string()),
         }
-        self.metrics.audit_records_pending.set((RETRY_RECORDS_MAX - self.retry.capacity()) as i64);
+        self.metrics
+            .audit_records_pending
+            .set((RETRY_RECORDS_MAX - self.retry.capacity()) as i64);
     }
 
     /// The record of an event, its text bounded (`bsfg_domain::bounded`):
@@ -175,7 +217,11 @@ impl Audit {
         };
         tracing::info!(audit = true, principal = %event.principal, identity = %event.identity, rpc = event.rpc, key = %event.subject_key, decision = event.decision, reason = %event.reason, "audit");
         match bsfg_domain::validate::fact(fact, &bsfg_domain::limits::Limits::default()) {
-            Ok(valid) => Some(Record { envelope, valid, object_json }),
+            Ok(valid) => Some(Record {
+                envelope,
+                valid,
+                object_json,
+            }),
             Err(e) => {
                 self.metrics.audit_records_dropped_total.inc();
                 tracing::error!(error = %e, record = %object_json, "audit record invalid; not stored");
@@ -195,7 +241,11 @@ impl Audit {
         while let Some(record) = pending.recv().await {
             let mut backoff = RETRY_BACKOFF_MIN;
             loop {
-                match self.facts.append(record.envelope.clone(), record.valid.clone(), None).await {
+                match self
+                    .facts
+                    .append(record.envelope.clone(), record.valid.clone(), None)
+                    .await
+                {
                     Ok(_) => break,
                     Err(r) if retriable(&r) => {
                         tokio::time::sleep(backoff).await;
@@ -253,5 +303,8 @@ fn identity_key(event: &AuditEvent) -> String {
 
 /// A store failure that may pass (unavailable, full for now).
 fn retriable(r: &Rejection) -> bool {
-    matches!(r.code, Code::Unavailable | Code::ResourceExhausted | Code::Internal)
+    matches!(
+        r.code,
+        Code::Unavailable | Code::ResourceExhausted | Code::Internal
+    )
 }

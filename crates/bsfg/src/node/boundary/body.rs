@@ -50,8 +50,12 @@ pub enum BodyError {
 impl std::fmt::Display for BodyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            BodyError::Bound(BodyFault::TooLarge { limit_bytes }) => write!(f, "request body larger than {limit_bytes} bytes"),
-            BodyError::Bound(BodyFault::Late { timeout, .. }) => write!(f, "request body not received within {timeout:?}"),
+            BodyError::Bound(BodyFault::TooLarge { limit_bytes }) => {
+                write!(f, "request body larger than {limit_bytes} bytes")
+            }
+            BodyError::Bound(BodyFault::Late { timeout, .. }) => {
+                write!(f, "request body not received within {timeout:?}")
+            }
             BodyError::Transport(e) => e.fmt(f),
         }
     }
@@ -70,7 +74,13 @@ pub struct GuardedBody<B> {
 impl<B> GuardedBody<B> {
     pub fn new(inner: B, bounds: BodyBounds, fault: FaultCell) -> Self {
         let timer = Box::pin(tokio::time::sleep(bounds.timeout));
-        Self { inner, bounds, read_bytes: 0, timer, fault }
+        Self {
+            inner,
+            bounds,
+            read_bytes: 0,
+            timer,
+            fault,
+        }
     }
 
     fn fail(&mut self, fault: BodyFault) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
@@ -87,15 +97,23 @@ where
     type Data = Bytes;
     type Error = BodyError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
         if this.timer.as_mut().poll(cx).is_ready() {
-            let late = BodyFault::Late { timeout: this.bounds.timeout, streaming: this.bounds.streaming };
+            let late = BodyFault::Late {
+                timeout: this.bounds.timeout,
+                streaming: this.bounds.streaming,
+            };
             return this.fail(late);
         }
         let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => frame,
-            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(BodyError::Transport(Box::new(e))))),
+            Poll::Ready(Some(Err(e))) => {
+                return Poll::Ready(Some(Err(BodyError::Transport(Box::new(e)))));
+            }
             Poll::Ready(None) => return Poll::Ready(None),
             Poll::Pending => return Poll::Pending,
         };
@@ -108,7 +126,9 @@ where
             }
         }
         if this.bounds.streaming {
-            this.timer.as_mut().reset(Instant::now() + this.bounds.timeout);
+            this.timer
+                .as_mut()
+                .reset(Instant::now() + this.bounds.timeout);
         }
         Poll::Ready(Some(Ok(frame)))
     }
@@ -128,21 +148,36 @@ mod tests {
     use http_body_util::{BodyExt as _, Full, StreamBody};
 
     fn bounds(limit_bytes: Option<usize>, timeout_ms: u64, streaming: bool) -> BodyBounds {
-        BodyBounds { limit_bytes, timeout: Duration::from_millis(timeout_ms), streaming }
+        BodyBounds {
+            limit_bytes,
+            timeout: Duration::from_millis(timeout_ms),
+            streaming,
+        }
     }
 
     #[tokio::test]
     async fn a_body_within_its_bounds_passes_whole() {
         let fault = FaultCell::default();
-        let body = GuardedBody::new(Full::new(Bytes::from_static(b"hello")), bounds(Some(5), 1000, false), fault.clone());
-        assert_eq!(body.collect().await.unwrap().to_bytes(), Bytes::from_static(b"hello"));
+        let body = GuardedBody::new(
+            Full::new(Bytes::from_static(b"hello")),
+            bounds(Some(5), 1000, false),
+            fault.clone(),
+        );
+        assert_eq!(
+            body.collect().await.unwrap().to_bytes(),
+            Bytes::from_static(b"hello")
+        );
         assert_eq!(fault.get(), None);
     }
 
     #[tokio::test]
     async fn a_body_over_its_limit_fails_and_says_so() {
         let fault = FaultCell::default();
-        let body = GuardedBody::new(Full::new(Bytes::from_static(b"hello!")), bounds(Some(5), 1000, false), fault.clone());
+        let body = GuardedBody::new(
+            Full::new(Bytes::from_static(b"hello!")),
+            bounds(Some(5), 1000, false),
+            fault.clone(),
+        );
         assert!(body.collect().await.is_err());
         assert_eq!(fault.get(), Some(&BodyFault::TooLarge { limit_bytes: 5 }));
     }
@@ -151,13 +186,27 @@ mod tests {
     async fn a_body_that_never_completes_fails_at_its_deadline() {
         let fault = FaultCell::default();
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
-        tx.send(Ok(Frame::data(Bytes::from_static(b"part")))).await.unwrap();
-        let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-        let body = GuardedBody::new(StreamBody::new(Box::pin(stream)), bounds(None, 30_000, false), fault.clone());
+        tx.send(Ok(Frame::data(Bytes::from_static(b"part"))))
+            .await
+            .unwrap();
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        let body = GuardedBody::new(
+            StreamBody::new(Box::pin(stream)),
+            bounds(None, 30_000, false),
+            fault.clone(),
+        );
         let started = Instant::now();
         assert!(body.collect().await.is_err());
         assert_eq!(started.elapsed(), Duration::from_secs(30));
-        assert_eq!(fault.get(), Some(&BodyFault::Late { timeout: Duration::from_secs(30), streaming: false }));
+        assert_eq!(
+            fault.get(),
+            Some(&BodyFault::Late {
+                timeout: Duration::from_secs(30),
+                streaming: false
+            })
+        );
         drop(tx);
     }
 
@@ -169,9 +218,16 @@ mod tests {
                 return None;
             }
             tokio::time::sleep(Duration::from_secs(20)).await;
-            Some((Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"chunk"))), n + 1))
+            Some((
+                Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(b"chunk"))),
+                n + 1,
+            ))
         });
-        let body = GuardedBody::new(StreamBody::new(Box::pin(frames)), bounds(None, 30_000, true), fault.clone());
+        let body = GuardedBody::new(
+            StreamBody::new(Box::pin(frames)),
+            bounds(None, 30_000, true),
+            fault.clone(),
+        );
         let collected = body.collect().await.unwrap().to_bytes();
         assert_eq!(collected.len(), 25, "100 s of data, never 30 s idle");
         assert_eq!(fault.get(), None);

@@ -15,9 +15,9 @@ use super::routes::{Route, Routes};
 use crate::metrics::{Metrics, labels};
 use crate::node::audit::{Audit, AuditEvent};
 use crate::node::auth::{Auth, Identified, Unidentified};
-use connectrpc::server::PeerCerts;
 use crate::node::errors::to_connect;
 use bsfg_domain::{Code, Rejection};
+use connectrpc::server::PeerCerts;
 use connectrpc::{ConnectRpcBody, ConnectRpcService, Router};
 use http::{HeaderMap, Request, Response};
 use std::sync::Arc;
@@ -27,7 +27,11 @@ use tower_service::Service as _;
 
 /// Headers that announce a compressed body (Connect unary, Connect
 /// streaming, gRPC).
-const ENCODING_HEADERS: [&str; 3] = ["content-encoding", "connect-content-encoding", "grpc-encoding"];
+const ENCODING_HEADERS: [&str; 3] = [
+    "content-encoding",
+    "connect-content-encoding",
+    "grpc-encoding",
+];
 
 pub struct Gate {
     inner: ConnectRpcService<Router>,
@@ -51,9 +55,20 @@ impl Gate {
         budget_bytes: usize,
         body_timeout: Duration,
     ) -> Self {
-        assert!(budget_bytes >= routes.cost_bytes_max(), "the request budget admits the largest request (config checked)");
+        assert!(
+            budget_bytes >= routes.cost_bytes_max(),
+            "the request budget admits the largest request (config checked)"
+        );
         let budget = Arc::new(Semaphore::new(budget_bytes));
-        Self { inner, routes, auth, audit, metrics, budget, body_timeout }
+        Self {
+            inner,
+            routes,
+            auth,
+            audit,
+            metrics,
+            budget,
+            body_timeout,
+        }
     }
 
     /// Serves one request (see the module docs for the steps).
@@ -65,13 +80,21 @@ impl Gate {
         let route = self.routes.find(request.uri().path());
         let identified = match request.extensions().get::<Arc<Identified>>() {
             Some(identified) => identified.0.clone(),
-            None => self.auth.identify(request.extensions().get::<PeerCerts>().map(|c| &c.0[..])),
+            None => self
+                .auth
+                .identify(request.extensions().get::<PeerCerts>().map(|c| &c.0[..])),
         };
         if let Err(unidentified) = identified {
-            return self.unidentified(route, unidentified, request.headers()).await;
+            return self
+                .unidentified(route, unidentified, request.headers())
+                .await;
         }
         let (declared, compressed) = body_shape(request.headers());
-        let message_bytes = if compressed { route.message_bytes_max } else { declared.unwrap_or(route.message_bytes_max) };
+        let message_bytes = if compressed {
+            route.message_bytes_max
+        } else {
+            declared.unwrap_or(route.message_bytes_max)
+        };
         let _admitted = match self.admit(route, route.cost_bytes(message_bytes)).await {
             Ok(permit) => permit,
             Err(rejection) => return self.refuse(route, rejection, request.headers()),
@@ -103,9 +126,18 @@ impl Gate {
     }
 
     /// Waits (at most a body timeout) for `cost_bytes` of the budget.
-    async fn admit(&self, route: Route, cost_bytes: usize) -> Result<OwnedSemaphorePermit, Rejection> {
+    async fn admit(
+        &self,
+        route: Route,
+        cost_bytes: usize,
+    ) -> Result<OwnedSemaphorePermit, Rejection> {
         let permits = u32::try_from(cost_bytes).expect("a route's cost fits in u32");
-        match tokio::time::timeout(self.body_timeout, self.budget.clone().acquire_many_owned(permits)).await {
+        match tokio::time::timeout(
+            self.body_timeout,
+            self.budget.clone().acquire_many_owned(permits),
+        )
+        .await
+        {
             Ok(Ok(permit)) => Ok(permit),
             _ => Err(Rejection::new(
                 Code::ResourceExhausted,
@@ -119,8 +151,16 @@ impl Gate {
     }
 
     /// Refuses a caller whose certificate names no principal; audited.
-    async fn unidentified(&self, route: Route, u: Unidentified, headers: &HeaderMap) -> Response<ConnectRpcBody> {
-        self.metrics.access_refusals_total.get_or_create(&labels(&[("reason", u.rejection.reason)])).inc();
+    async fn unidentified(
+        &self,
+        route: Route,
+        u: Unidentified,
+        headers: &HeaderMap,
+    ) -> Response<ConnectRpcBody> {
+        self.metrics
+            .access_refusals_total
+            .get_or_create(&labels(&[("reason", u.rejection.reason)]))
+            .inc();
         self.audit
             .record(AuditEvent {
                 principal: "unknown".into(),
@@ -151,7 +191,9 @@ fn body_shape(headers: &HeaderMap) -> (Option<usize>, bool) {
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
-    let compressed = ENCODING_HEADERS.iter().any(|h| headers.get(*h).is_some_and(|v| v.as_bytes() != b"identity"));
+    let compressed = ENCODING_HEADERS
+        .iter()
+        .any(|h| headers.get(*h).is_some_and(|v| v.as_bytes() != b"identity"));
     (declared, compressed)
 }
 
@@ -160,18 +202,32 @@ fn body_rejection(route: Route, fault: BodyFault) -> Rejection {
     match fault {
         BodyFault::TooLarge { limit_bytes } if route.rpc == "AppendFact" => Rejection::invalid(
             "fact_too_large",
-            format!("the AppendFact request is larger than {limit_bytes} bytes (the fact limit plus its envelope); send a smaller fact and put large content in an artifact"),
+            format!(
+                "the AppendFact request is larger than {limit_bytes} bytes (the fact limit plus its envelope); send a smaller fact and put large content in an artifact"
+            ),
         ),
         BodyFault::TooLarge { limit_bytes } => Rejection::invalid(
             "request_too_large",
-            format!("the {} request is larger than {limit_bytes} bytes", route.rpc),
+            format!(
+                "the {} request is larger than {limit_bytes} bytes",
+                route.rpc
+            ),
         ),
-        BodyFault::Late { timeout, streaming: false } => Rejection::new(
+        BodyFault::Late {
+            timeout,
+            streaming: false,
+        } => Rejection::new(
             Code::DeadlineExceeded,
             "request_body_timeout",
-            format!("the {} request body did not arrive within {timeout:?}", route.rpc),
+            format!(
+                "the {} request body did not arrive within {timeout:?}",
+                route.rpc
+            ),
         ),
-        BodyFault::Late { timeout, streaming: true } => Rejection::new(
+        BodyFault::Late {
+            timeout,
+            streaming: true,
+        } => Rejection::new(
             Code::DeadlineExceeded,
             "request_body_timeout",
             format!("the {} stream sent nothing for {timeout:?}", route.rpc),

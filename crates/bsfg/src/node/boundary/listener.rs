@@ -40,7 +40,13 @@ pub struct ListenerSettings {
 
 /// Serves `listener` until the task is dropped; its connections end with
 /// it (they hold the node's store).
-pub async fn serve(listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>, gate: Arc<Gate>, settings: ListenerSettings, metrics: Arc<Metrics>) {
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    gate: Arc<Gate>,
+    settings: ListenerSettings,
+    metrics: Arc<Metrics>,
+) {
     let stopped = CancellationToken::new();
     let _stop_connections = stopped.clone().drop_guard();
     let connections = Arc::new(Semaphore::new(settings.connections_max));
@@ -51,7 +57,10 @@ pub async fn serve(listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>
             Ok(accepted) => accepted,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
-                warnings.warn("accept_failed", || tracing::warn!(error = %e, "accepting a connection failed"));
+                warnings.warn(
+                    "accept_failed",
+                    || tracing::warn!(error = %e, "accepting a connection failed"),
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -65,7 +74,14 @@ pub async fn serve(listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>
         // Small RPCs answer at once instead of waiting out Nagle's delay.
         let _ = stream.set_nodelay(true);
         metrics.connections_open.inc();
-        let connection = Connection { peer, gate: gate.clone(), settings, metrics: metrics.clone(), warnings: warnings.clone(), _permit: permit };
+        let connection = Connection {
+            peer,
+            gate: gate.clone(),
+            settings,
+            metrics: metrics.clone(),
+            warnings: warnings.clone(),
+            _permit: permit,
+        };
         let stopped = stopped.clone();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
@@ -91,21 +107,39 @@ impl Connection {
     async fn serve(self, stream: TcpStream, acceptor: Option<tokio_rustls::TlsAcceptor>) {
         match acceptor {
             None => self.serve_http(TokioIo::new(stream), None).await,
-            Some(acceptor) => match tokio::time::timeout(self.settings.tls_handshake_timeout, acceptor.accept(stream)).await {
+            Some(acceptor) => match tokio::time::timeout(
+                self.settings.tls_handshake_timeout,
+                acceptor.accept(stream),
+            )
+            .await
+            {
                 Ok(Ok(tls)) => {
-                    let chain = tls.get_ref().1.peer_certificates().map(|c| PeerCerts(c.iter().map(|c| c.clone().into_owned()).collect()));
+                    let chain = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .map(|c| PeerCerts(c.iter().map(|c| c.clone().into_owned()).collect()));
                     self.serve_http(TokioIo::new(tls), chain).await
                 }
                 Ok(Err(e)) => self.handshake_refused(handshake_reason(&e), &e.to_string()),
-                Err(_) => self.handshake_refused("handshake_timeout", "the TLS handshake did not complete in time"),
+                Err(_) => self.handshake_refused(
+                    "handshake_timeout",
+                    "the TLS handshake did not complete in time",
+                ),
             },
         }
     }
 
     fn handshake_refused(&self, reason: &'static str, error: &str) {
-        self.metrics.tls_handshake_refusals_total.get_or_create(&labels(&[("reason", reason)])).inc();
+        self.metrics
+            .tls_handshake_refusals_total
+            .get_or_create(&labels(&[("reason", reason)]))
+            .inc();
         let peer = self.peer;
-        self.warnings.warn(reason, || tracing::warn!(%peer, reason, error, "TLS handshake refused"));
+        self.warnings.warn(
+            reason,
+            || tracing::warn!(%peer, reason, error, "TLS handshake refused"),
+        );
     }
 
     async fn serve_http<I>(&self, io: TokioIo<I>, chain: Option<PeerCerts>)
@@ -191,7 +225,10 @@ struct Busy(Arc<Activity>);
 
 impl Activity {
     fn new() -> Self {
-        Self { in_flight: AtomicUsize::new(0), last_end: Mutex::new(Instant::now()) }
+        Self {
+            in_flight: AtomicUsize::new(0),
+            last_end: Mutex::new(Instant::now()),
+        }
     }
 
     fn begin(self: &Arc<Self>) -> Busy {
@@ -216,14 +253,19 @@ impl Drop for Busy {
 
 /// A stable token for why a TLS handshake failed.
 fn handshake_reason(e: &std::io::Error) -> &'static str {
-    let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) else {
+    let Some(tls) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    else {
         return "handshake_io";
     };
     match tls {
         rustls::Error::NoCertificatesPresented => "no_client_certificate",
         rustls::Error::InvalidCertificate(_) => "certificate_refused",
         rustls::Error::PeerIncompatible(_) => "incompatible_tls",
-        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateHandshakeMessage { .. } => "not_tls",
+        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateHandshakeMessage { .. } => {
+            "not_tls"
+        }
         _ => "handshake_failed",
     }
 }
@@ -244,12 +286,19 @@ impl Warnings {
         let mut last = self.last.lock().unwrap();
         let now = Instant::now();
         let entry = last.entry(kind).or_insert((None, 0));
-        if entry.0.is_some_and(|at| now.duration_since(at) < Self::INTERVAL) {
+        if entry
+            .0
+            .is_some_and(|at| now.duration_since(at) < Self::INTERVAL)
+        {
             entry.1 += 1;
             return;
         }
         if entry.1 > 0 {
-            tracing::warn!(kind, suppressed = entry.1, "similar warnings suppressed in the last interval");
+            tracing::warn!(
+                kind,
+                suppressed = entry.1,
+                "similar warnings suppressed in the last interval"
+            );
         }
         *entry = (Some(now), 0);
         drop(last);

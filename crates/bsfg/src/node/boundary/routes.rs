@@ -3,8 +3,9 @@
 
 use crate::config::ZoneConfig;
 use bsfg_proto::bsfg::v1::{
-    BOUNDARY_SERVICE_APPEND_FACT_SPEC, BOUNDARY_SERVICE_CONFIRM_RECEIPT_SPEC, BOUNDARY_SERVICE_FETCH_FACTS_SPEC,
-    BOUNDARY_SERVICE_GET_OBJECT_SPEC, BOUNDARY_SERVICE_PUT_OBJECT_SPEC, OPERATIONS_SERVICE_GET_STATUS_SPEC,
+    BOUNDARY_SERVICE_APPEND_FACT_SPEC, BOUNDARY_SERVICE_CONFIRM_RECEIPT_SPEC,
+    BOUNDARY_SERVICE_FETCH_FACTS_SPEC, BOUNDARY_SERVICE_GET_OBJECT_SPEC,
+    BOUNDARY_SERVICE_PUT_OBJECT_SPEC, OPERATIONS_SERVICE_GET_STATUS_SPEC,
     OPERATIONS_SERVICE_RESET_CONSUMER_SPEC,
 };
 use connectrpc::{Spec, StreamType};
@@ -46,14 +47,30 @@ pub struct Routes {
 
 impl Routes {
     pub fn new(config: &ZoneConfig) -> Self {
-        let small = |spec: Spec, rpc| (spec.procedure, Route { rpc, streaming_request: false, message_bytes_max: SMALL_MESSAGE_BYTES_MAX });
+        let small = |spec: Spec, rpc| {
+            (
+                spec.procedure,
+                Route {
+                    rpc,
+                    streaming_request: false,
+                    message_bytes_max: SMALL_MESSAGE_BYTES_MAX,
+                },
+            )
+        };
         let append = Route {
             rpc: "AppendFact",
             streaming_request: false,
             message_bytes_max: config.limits.fact_bytes_max + ENVELOPE_BYTES_MAX,
         };
-        let put = Route { rpc: "PutObject", streaming_request: true, message_bytes_max: PUT_OBJECT_MESSAGE_BYTES_MAX };
-        debug_assert_eq!(BOUNDARY_SERVICE_PUT_OBJECT_SPEC.stream_type, StreamType::ClientStream);
+        let put = Route {
+            rpc: "PutObject",
+            streaming_request: true,
+            message_bytes_max: PUT_OBJECT_MESSAGE_BYTES_MAX,
+        };
+        debug_assert_eq!(
+            BOUNDARY_SERVICE_PUT_OBJECT_SPEC.stream_type,
+            StreamType::ClientStream
+        );
         let routes = vec![
             (BOUNDARY_SERVICE_APPEND_FACT_SPEC.procedure, append),
             small(BOUNDARY_SERVICE_FETCH_FACTS_SPEC, "FetchFacts"),
@@ -63,12 +80,19 @@ impl Routes {
             small(OPERATIONS_SERVICE_GET_STATUS_SPEC, "GetStatus"),
             small(OPERATIONS_SERVICE_RESET_CONSUMER_SPEC, "ResetConsumer"),
         ];
-        let unknown = Route { rpc: "unknown", streaming_request: false, message_bytes_max: SMALL_MESSAGE_BYTES_MAX };
+        let unknown = Route {
+            rpc: "unknown",
+            streaming_request: false,
+            message_bytes_max: SMALL_MESSAGE_BYTES_MAX,
+        };
         Self { routes, unknown }
     }
 
     pub fn find(&self, path: &str) -> Route {
-        self.routes.iter().find(|(p, _)| *p == path).map_or(self.unknown, |(_, r)| *r)
+        self.routes
+            .iter()
+            .find(|(p, _)| *p == path)
+            .map_or(self.unknown, |(_, r)| *r)
     }
 
     /// Each route's path and route, for the RPC layer's per-route limits.
@@ -78,7 +102,11 @@ impl Routes {
 
     /// The most any one request can be admitted with.
     pub fn cost_bytes_max(&self) -> usize {
-        self.routes.iter().map(|(_, r)| r.cost_bytes(r.message_bytes_max)).max().unwrap_or(0)
+        self.routes
+            .iter()
+            .map(|(_, r)| r.cost_bytes(r.message_bytes_max))
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -121,12 +149,22 @@ mod tests {
         let routes = Routes::new(&config());
         let append = routes.find("/bsfg.v1.BoundaryService/AppendFact");
         assert_eq!(append.message_bytes_max, 256 * 1024 + ENVELOPE_BYTES_MAX);
-        assert_eq!(append.wire_bytes_max(None), Some(append.message_bytes_max + 5));
-        assert_eq!(append.wire_bytes_max(Some(300)), Some(300), "a declared length bounds the body");
+        assert_eq!(
+            append.wire_bytes_max(None),
+            Some(append.message_bytes_max + 5)
+        );
+        assert_eq!(
+            append.wire_bytes_max(Some(300)),
+            Some(300),
+            "a declared length bounds the body"
+        );
         let put = routes.find("/bsfg.v1.BoundaryService/PutObject");
         assert!(put.streaming_request && put.wire_bytes_max(None).is_none());
         assert_eq!(routes.find("/evil/Path").rpc, "unknown");
-        assert_eq!(routes.find("/evil/Path").message_bytes_max, SMALL_MESSAGE_BYTES_MAX);
+        assert_eq!(
+            routes.find("/evil/Path").message_bytes_max,
+            SMALL_MESSAGE_BYTES_MAX
+        );
         assert_eq!(routes.all().count(), 7);
         assert_eq!(routes.cost_bytes_max(), put.cost_bytes(usize::MAX));
         assert!(append.cost_bytes(1000) < append.cost_bytes(usize::MAX));

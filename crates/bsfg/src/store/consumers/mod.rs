@@ -42,7 +42,6 @@
 mod puller;
 
 use super::{FactLog, served::ServedFact, unavailable};
-use puller::{JsMessage, PullError, Puller};
 use crate::config::{ConsumerConfig, StartPosition, ZoneConfig};
 use crate::metrics::Metrics;
 use anyhow::Context as _;
@@ -50,6 +49,7 @@ use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, ReplayPoli
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::stream::ConsumerResetErrorKind;
 use bsfg_domain::{Code, Rejection};
+use puller::{JsMessage, PullError, Puller};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -144,7 +144,11 @@ impl Consumers {
         for c in &config.consumers {
             let category = facts.category(&c.category).expect("config checked");
             let stream = &category.stream;
-            let filter_subjects = c.kinds.iter().map(|k| super::facts::fact_subject(&c.category, k)).collect();
+            let filter_subjects = c
+                .kinds
+                .iter()
+                .map(|k| super::facts::fact_subject(&c.category, k))
+                .collect();
             let mut consumer_config = pull::Config {
                 durable_name: Some(c.name.clone()),
                 description: Some(format!("BSFG consumer {} of zone {}", c.name, config.zone)),
@@ -167,14 +171,19 @@ impl Consumers {
                 headers_only: false,
                 ..Default::default()
             };
-            let mut consumer: consumer::Consumer<pull::Config> = match stream.consumer_info(&c.name).await {
+            let mut consumer: consumer::Consumer<pull::Config> = match stream
+                .consumer_info(&c.name)
+                .await
+            {
                 Ok(existing) => {
                     consumer_config.deliver_policy = existing.config.deliver_policy;
                     let mut kept = stream
                         .update_consumer(consumer_config.clone())
                         .await
                         .with_context(|| format!("applying the configuration of consumer {} to its existing JetStream consumer", c.name))?;
-                    kept.reset(None).await.with_context(|| format!("redelivering the unconfirmed facts of consumer {}", c.name))?;
+                    kept.reset(None).await.with_context(|| {
+                        format!("redelivering the unconfirmed facts of consumer {}", c.name)
+                    })?;
                     kept
                 }
                 Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => {
@@ -182,17 +191,33 @@ impl Consumers {
                     consumer_config.deliver_policy = deliver_policy(&c.start, last_sequence)?;
                     stream.create_consumer(consumer_config.clone()).await?
                 }
-                Err(e) => return Err(anyhow::Error::new(e).context(format!("reading consumer {}", c.name))),
+                Err(e) => {
+                    return Err(
+                        anyhow::Error::new(e).context(format!("reading consumer {}", c.name))
+                    );
+                }
             };
             let info = consumer.info().await?.clone();
             let frontier = info.ack_floor.stream_sequence;
-            metrics.frontier_offset.get_or_create(&vec![("consumer".to_string(), c.name.clone())]).set(frontier as i64);
-            let delivery = Delivery { frontier, unconfirmed: BTreeMap::new(), delivered_max: frontier, ..Default::default() };
+            metrics
+                .frontier_offset
+                .get_or_create(&vec![("consumer".to_string(), c.name.clone())])
+                .set(frontier as i64);
+            let delivery = Delivery {
+                frontier,
+                unconfirmed: BTreeMap::new(),
+                delivered_max: frontier,
+                ..Default::default()
+            };
             cursors.insert(
                 c.name.clone(),
                 Cursor {
                     config: c.clone(),
-                    puller: tokio::sync::Mutex::new(Puller::new(consumer, info.delivered.consumer_sequence, config.nats.request_timeout)),
+                    puller: tokio::sync::Mutex::new(Puller::new(
+                        consumer,
+                        info.delivered.consumer_sequence,
+                        config.nats.request_timeout,
+                    )),
                     template: consumer_config,
                     stream: stream.clone(),
                     delivery: Mutex::new(delivery),
@@ -200,8 +225,17 @@ impl Consumers {
             );
         }
         let single_fact_bytes = config.limits.fact_bytes_max + 8 * 1024;
-        let read_ahead_bytes_max = usize::try_from(config.fetch.read_ahead_bytes_max).unwrap_or(usize::MAX);
-        Ok(Self { client, cursors, metrics, request_timeout: config.nats.request_timeout, single_fact_bytes, read_ahead_bytes_max, zone: config.zone.clone() })
+        let read_ahead_bytes_max =
+            usize::try_from(config.fetch.read_ahead_bytes_max).unwrap_or(usize::MAX);
+        Ok(Self {
+            client,
+            cursors,
+            metrics,
+            request_timeout: config.nats.request_timeout,
+            single_fact_bytes,
+            read_ahead_bytes_max,
+            zone: config.zone.clone(),
+        })
     }
 
     fn cursor(&self, name: &str) -> Result<&Cursor, Rejection> {
@@ -263,7 +297,10 @@ impl Consumers {
         let mut restart = bounds.restart_from_frontier;
         for _attempt in 0..2 {
             if puller.is_suspect() && !puller.verify().await? {
-                self.count_gap(name, "a pull was lost; JetStream delivered more than this node took in");
+                self.count_gap(
+                    name,
+                    "a pull was lost; JetStream delivered more than this node took in",
+                );
                 restart = true;
             }
             if restart {
@@ -273,25 +310,51 @@ impl Consumers {
                 Ok(messages) => return Ok(self.serve(cursor, &mut puller, messages, &bounds)),
                 Err(PullError::Store(rejection)) => return Err(rejection),
                 Err(PullError::Gap(gap)) => {
-                    self.count_gap(name, &format!("delivery {} arrived where {} was due", gap.got, gap.expected));
+                    self.count_gap(
+                        name,
+                        &format!(
+                            "delivery {} arrived where {} was due",
+                            gap.got, gap.expected
+                        ),
+                    );
                     restart = true;
                 }
             }
         }
         let frontier = cursor.delivery.lock().unwrap().frontier;
-        Ok(Fetched { facts: Vec::new(), quarantined: Vec::new(), frontier, last_delivered_offset: frontier, backlog: 0 })
+        Ok(Fetched {
+            facts: Vec::new(),
+            quarantined: Vec::new(),
+            frontier,
+            last_delivered_offset: frontier,
+            backlog: 0,
+        })
     }
 
     fn count_gap(&self, consumer: &str, what: &str) {
-        self.metrics.delivery_gaps_total.get_or_create(&vec![("consumer".to_string(), consumer.to_string())]).inc();
-        tracing::warn!(consumer, gap = what, "deliveries this node did not take in; redelivering from the frontier");
+        self.metrics
+            .delivery_gaps_total
+            .get_or_create(&vec![("consumer".to_string(), consumer.to_string())])
+            .inc();
+        tracing::warn!(
+            consumer,
+            gap = what,
+            "deliveries this node did not take in; redelivering from the frontier"
+        );
     }
 
     /// Resets the consumer to its ack floor: whatever was delivered and not
     /// confirmed is delivered again, and no earlier delivery can be
     /// confirmed any more.
-    async fn restart_from_frontier(&self, cursor: &Cursor, puller: &mut Puller) -> Result<(), Rejection> {
-        puller.reset(None).await.map_err(|e| unavailable("redelivering from the frontier", e))?;
+    async fn restart_from_frontier(
+        &self,
+        cursor: &Cursor,
+        puller: &mut Puller,
+    ) -> Result<(), Rejection> {
+        puller
+            .reset(None)
+            .await
+            .map_err(|e| unavailable("redelivering from the frontier", e))?;
         let mut d = cursor.delivery.lock().unwrap();
         d.unconfirmed.clear();
         d.delivered_max = d.frontier;
@@ -301,17 +364,28 @@ impl Consumers {
 
     /// The deliveries for one fetch: what was read ahead, then what is
     /// ready, then (if nothing was) a long poll for the first fact.
-    async fn pull(&self, cursor: &Cursor, puller: &mut Puller, bounds: &FetchBounds) -> Result<Vec<JsMessage>, PullError> {
+    async fn pull(
+        &self,
+        cursor: &Cursor,
+        puller: &mut Puller,
+        bounds: &FetchBounds,
+    ) -> Result<Vec<JsMessage>, PullError> {
         let mut messages = puller.take_ahead(bounds.limit, bounds.bytes_max).await?;
         // The read-ahead was smaller than this request and more was pending
         // then (a caller that asks for more than before): the rest, as a
         // normal fetch would have returned it.
         let ahead_used_up = !messages.is_empty() && puller.ahead_is_empty();
-        if ahead_used_up && messages.last().and_then(|m| m.info().ok()).is_some_and(|info| info.pending > 0) {
+        if ahead_used_up
+            && messages
+                .last()
+                .and_then(|m| m.info().ok())
+                .is_some_and(|info| info.pending > 0)
+        {
             top_up(puller, &mut messages, bounds).await?;
         }
         // A reset marks facts as maybe pending (see `restart_from_frontier`).
-        let maybe_ready = bounds.wait.is_zero() || cursor.delivery.lock().unwrap().pending_after_last_fetch > 0;
+        let maybe_ready =
+            bounds.wait.is_zero() || cursor.delivery.lock().unwrap().pending_after_last_fetch > 0;
         if messages.is_empty() && maybe_ready {
             messages = puller.pull_now(bounds.limit, bounds.bytes_max).await?;
         }
@@ -326,7 +400,10 @@ impl Consumers {
             // redelivery (JetStream's pending count leaves redeliveries out,
             // and others may be due with it). At low rates the first fact
             // is usually the only one.
-            let more_pending = messages.first().and_then(|m| m.info().ok()).is_some_and(|info| info.pending > 0 || info.delivered > 1);
+            let more_pending = messages
+                .first()
+                .and_then(|m| m.info().ok())
+                .is_some_and(|info| info.pending > 0 || info.delivered > 1);
             if more_pending {
                 top_up(puller, &mut messages, bounds).await?;
             }
@@ -339,20 +416,31 @@ impl Consumers {
     /// decode is not served: it is quarantined (reported to the caller of
     /// `fetch`, which audits it) and counts as delivered, so the consumer
     /// moves past it instead of failing on it forever.
-    fn serve(&self, cursor: &Cursor, puller: &mut Puller, messages: Vec<JsMessage>, bounds: &FetchBounds) -> Fetched {
+    fn serve(
+        &self,
+        cursor: &Cursor,
+        puller: &mut Puller,
+        messages: Vec<JsMessage>,
+        bounds: &FetchBounds,
+    ) -> Fetched {
         let mut facts = Vec::with_capacity(messages.len());
         let mut quarantined = Vec::new();
         let mut delivered = Vec::with_capacity(messages.len());
         let mut backlog = 0;
         for message in messages {
             let (Ok(info), Some(reply)) = (message.info(), message.reply.clone()) else {
-                unreachable!("take_in checked the delivery info and reply of every message it took in");
+                unreachable!(
+                    "take_in checked the delivery info and reply of every message it took in"
+                );
             };
             let offset = info.stream_sequence;
             backlog = info.pending;
             match ServedFact::from_stored(&message.payload, offset, &self.zone) {
                 Ok(fact) => facts.push(fact),
-                Err(rejection) => quarantined.push(Quarantined { offset, reason: rejection.message }),
+                Err(rejection) => quarantined.push(Quarantined {
+                    offset,
+                    reason: rejection.message,
+                }),
             }
             delivered.push((offset, reply));
         }
@@ -368,15 +456,29 @@ impl Consumers {
             d.frontier
         };
         if backlog > 0 && self.read_ahead_bytes_max > 0 {
-            puller.read_ahead(bounds.limit, bounds.bytes_max.min(self.read_ahead_bytes_max));
+            puller.read_ahead(
+                bounds.limit,
+                bounds.bytes_max.min(self.read_ahead_bytes_max),
+            );
         }
         // A redelivery that raced with a confirm can bring back facts already
         // confirmed; they are never served again.
         facts.retain(|f| f.offset > frontier);
         facts.sort_by_key(|f| f.offset);
         quarantined.retain(|q| q.offset > frontier);
-        let last_delivered_offset = facts.iter().map(|f| f.offset).chain(quarantined.iter().map(|q| q.offset)).max().unwrap_or(frontier);
-        Fetched { facts, quarantined, frontier, last_delivered_offset, backlog }
+        let last_delivered_offset = facts
+            .iter()
+            .map(|f| f.offset)
+            .chain(quarantined.iter().map(|q| q.offset))
+            .max()
+            .unwrap_or(frontier);
+        Fetched {
+            facts,
+            quarantined,
+            frontier,
+            last_delivered_offset,
+            backlog,
+        }
     }
 
     /// Replays: the consumer delivers from `start` again and its frontier
@@ -387,7 +489,14 @@ impl Consumers {
     pub async fn reset(&self, name: &str, start: StartPosition) -> Result<u64, Rejection> {
         let cursor = self.cursor(name)?;
         let mut puller = cursor.puller.lock().await;
-        let state = cursor.stream.clone().info().await.map_err(|e| unavailable("reading the stream", e))?.state.clone();
+        let state = cursor
+            .stream
+            .clone()
+            .info()
+            .await
+            .map_err(|e| unavailable("reading the stream", e))?
+            .state
+            .clone();
         let next = match &start {
             StartPosition::Earliest => state.first_sequence.max(1),
             StartPosition::Latest => state.last_sequence + 1,
@@ -397,43 +506,88 @@ impl Consumers {
                 return Err(Rejection::new(
                     Code::OutOfRange,
                     "offset_beyond_end",
-                    format!("offset {offset} is beyond the end of consumer {name}'s stream (last offset {}); replay from at most {}", state.last_sequence, state.last_sequence + 1),
+                    format!(
+                        "offset {offset} is beyond the end of consumer {name}'s stream (last offset {}); replay from at most {}",
+                        state.last_sequence,
+                        state.last_sequence + 1
+                    ),
                 ));
             }
             StartPosition::Offset(offset) => (*offset).max(1),
             StartPosition::Time(text) => {
-                let at = parse_start_time(text).map_err(|e| Rejection::invalid("bad_start", e.to_string()))?;
-                super::retention::first_sequence_at_or_after(&self.client, &cursor.stream.cached_info().config.name, at, state.last_sequence)
-                    .await
-                    .map_err(|e| unavailable("finding the first fact at the replay time", e))?
+                let at = parse_start_time(text)
+                    .map_err(|e| Rejection::invalid("bad_start", e.to_string()))?;
+                super::retention::first_sequence_at_or_after(
+                    &self.client,
+                    &cursor.stream.cached_info().config.name,
+                    at,
+                    state.last_sequence,
+                )
+                .await
+                .map_err(|e| unavailable("finding the first fact at the replay time", e))?
             }
         };
         let frontier = match puller.reset(Some(next)).await {
             Ok(frontier) => frontier,
             Err(e) if e.kind() == ConsumerResetErrorKind::InvalidReset => {
-                tracing::warn!(consumer = name, next, "replay starts before the consumer's configured start; re-creating it");
-                let mut fresh = self.recreate(cursor, DeliverPolicy::ByStartSequence { start_sequence: next }).await?;
-                let info = fresh.info().await.map_err(|e| unavailable("reading the consumer", e))?.clone();
+                tracing::warn!(
+                    consumer = name,
+                    next,
+                    "replay starts before the consumer's configured start; re-creating it"
+                );
+                let mut fresh = self
+                    .recreate(
+                        cursor,
+                        DeliverPolicy::ByStartSequence {
+                            start_sequence: next,
+                        },
+                    )
+                    .await?;
+                let info = fresh
+                    .info()
+                    .await
+                    .map_err(|e| unavailable("reading the consumer", e))?
+                    .clone();
                 puller.consumer = fresh;
                 puller.restarted(info.delivered.consumer_sequence);
                 info.ack_floor.stream_sequence
             }
             Err(e) => return Err(unavailable("resetting the consumer", e)),
         };
-        *cursor.delivery.lock().unwrap() = Delivery { frontier, unconfirmed: BTreeMap::new(), delivered_max: frontier, pending_after_last_fetch: 1 };
-        self.metrics.frontier_offset.get_or_create(&vec![("consumer".to_string(), name.to_string())]).set(frontier as i64);
+        *cursor.delivery.lock().unwrap() = Delivery {
+            frontier,
+            unconfirmed: BTreeMap::new(),
+            delivered_max: frontier,
+            pending_after_last_fetch: 1,
+        };
+        self.metrics
+            .frontier_offset
+            .get_or_create(&vec![("consumer".to_string(), name.to_string())])
+            .set(frontier as i64);
         tracing::warn!(consumer = name, frontier, "consumer reset for replay");
         Ok(frontier)
     }
 
     /// Deletes and re-creates the JetStream consumer with a new start (only
     /// for a replay to before its configured start; see `reset`).
-    async fn recreate(&self, cursor: &Cursor, deliver_policy: DeliverPolicy) -> Result<consumer::Consumer<pull::Config>, Rejection> {
+    async fn recreate(
+        &self,
+        cursor: &Cursor,
+        deliver_policy: DeliverPolicy,
+    ) -> Result<consumer::Consumer<pull::Config>, Rejection> {
         let mut config = cursor.template.clone();
         config.deliver_policy = deliver_policy;
         let name = cursor.config.name.as_str();
-        cursor.stream.delete_consumer(name).await.map_err(|e| unavailable("re-creating the consumer", e))?;
-        cursor.stream.create_consumer(config).await.map_err(|e| unavailable("re-creating the consumer", e))
+        cursor
+            .stream
+            .delete_consumer(name)
+            .await
+            .map_err(|e| unavailable("re-creating the consumer", e))?;
+        cursor
+            .stream
+            .create_consumer(config)
+            .await
+            .map_err(|e| unavailable("re-creating the consumer", e))
     }
 
     /// Confirms everything delivered to `name` up to and including `offset`.
@@ -451,23 +605,35 @@ impl Consumers {
                     return Err(Rejection::new(
                         Code::FailedPrecondition,
                         "not_delivered",
-                        format!("offset {offset} has not been delivered to consumer {name} (highest delivered {}); fetch before confirming", d.delivered_max),
+                        format!(
+                            "offset {offset} has not been delivered to consumer {name} (highest delivered {}); fetch before confirming",
+                            d.delivered_max
+                        ),
                     ));
                 }
                 None => {
                     return Err(Rejection::invalid(
                         "not_delivered_to_consumer",
-                        format!("offset {offset} was never delivered to consumer {name} (it belongs to another category or filter, or was delivered before a restart: fetch again)"),
+                        format!(
+                            "offset {offset} was never delivered to consumer {name} (it belongs to another category or filter, or was delivered before a restart: fetch again)"
+                        ),
                     ));
                 }
             }
         };
-        let ack = tokio::time::timeout(self.request_timeout, self.client.request(reply, bytes::Bytes::from_static(b"+ACK")))
-            .await
-            .map_err(|_| unavailable("confirming", "acknowledgement timed out"))?
-            .map_err(|e| unavailable("confirming", e))?;
+        let ack = tokio::time::timeout(
+            self.request_timeout,
+            self.client
+                .request(reply, bytes::Bytes::from_static(b"+ACK")),
+        )
+        .await
+        .map_err(|_| unavailable("confirming", "acknowledgement timed out"))?
+        .map_err(|e| unavailable("confirming", e))?;
         if ack.status.is_some_and(|s| !s.is_success()) {
-            return Err(unavailable("confirming", format!("JetStream answered {:?}", ack.status)));
+            return Err(unavailable(
+                "confirming",
+                format!("JetStream answered {:?}", ack.status),
+            ));
         }
         let frontier = {
             let mut d = cursor.delivery.lock().unwrap();
@@ -476,19 +642,33 @@ impl Consumers {
             d.unconfirmed = keep;
             d.frontier
         };
-        self.metrics.frontier_offset.get_or_create(&vec![("consumer".to_string(), name.to_string())]).set(frontier as i64);
+        self.metrics
+            .frontier_offset
+            .get_or_create(&vec![("consumer".to_string(), name.to_string())])
+            .set(frontier as i64);
         Ok(frontier)
     }
 }
 
 /// Adds what is ready after `messages`, within the fetch's bounds.
-async fn top_up(puller: &mut Puller, messages: &mut Vec<JsMessage>, bounds: &FetchBounds) -> Result<(), PullError> {
-    let bytes_left = bounds.bytes_max.saturating_sub(messages.iter().map(|m| m.payload.len()).sum());
+async fn top_up(
+    puller: &mut Puller,
+    messages: &mut Vec<JsMessage>,
+    bounds: &FetchBounds,
+) -> Result<(), PullError> {
+    let bytes_left = bounds
+        .bytes_max
+        .saturating_sub(messages.iter().map(|m| m.payload.len()).sum());
     if messages.len() < bounds.limit && bytes_left > 0 {
-        match puller.pull_now(bounds.limit - messages.len(), bytes_left).await {
+        match puller
+            .pull_now(bounds.limit - messages.len(), bytes_left)
+            .await
+        {
             Ok(more) => messages.extend(more),
             // What was pulled before is still served.
-            Err(PullError::Store(rejection)) => tracing::debug!(error = %rejection.message, "topping up a batch failed"),
+            Err(PullError::Store(rejection)) => {
+                tracing::debug!(error = %rejection.message, "topping up a batch failed")
+            }
             Err(gap) => return Err(gap),
         }
     }
@@ -501,9 +681,15 @@ async fn top_up(puller: &mut Puller, messages: &mut Vec<JsMessage>, bounds: &Fet
 fn deliver_policy(start: &StartPosition, last_sequence: u64) -> anyhow::Result<DeliverPolicy> {
     Ok(match start {
         StartPosition::Earliest => DeliverPolicy::All,
-        StartPosition::Latest => DeliverPolicy::ByStartSequence { start_sequence: last_sequence + 1 },
-        StartPosition::Offset(seq) => DeliverPolicy::ByStartSequence { start_sequence: (*seq).max(1) },
-        StartPosition::Time(text) => DeliverPolicy::ByStartTime { start_time: parse_start_time(text)? },
+        StartPosition::Latest => DeliverPolicy::ByStartSequence {
+            start_sequence: last_sequence + 1,
+        },
+        StartPosition::Offset(seq) => DeliverPolicy::ByStartSequence {
+            start_sequence: (*seq).max(1),
+        },
+        StartPosition::Time(text) => DeliverPolicy::ByStartTime {
+            start_time: parse_start_time(text)?,
+        },
     })
 }
 

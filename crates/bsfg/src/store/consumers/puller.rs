@@ -93,8 +93,18 @@ pub struct Puller {
 impl Puller {
     /// `delivered` is JetStream's delivered consumer sequence now, read
     /// with nothing pulling (at start-up, after a reset).
-    pub fn new(consumer: consumer::Consumer<pull::Config>, delivered: u64, request_timeout: Duration) -> Self {
-        Self { consumer, ahead: ReadAhead::Empty, taken_in: delivered, suspect: false, request_timeout }
+    pub fn new(
+        consumer: consumer::Consumer<pull::Config>,
+        delivered: u64,
+        request_timeout: Duration,
+    ) -> Self {
+        Self {
+            consumer,
+            ahead: ReadAhead::Empty,
+            taken_in: delivered,
+            suspect: false,
+            request_timeout,
+        }
     }
 
     pub fn is_suspect(&self) -> bool {
@@ -106,14 +116,23 @@ impl Puller {
     /// them in (invariant 2).
     fn take_in(&mut self, messages: Vec<JsMessage>) -> Result<Vec<JsMessage>, PullError> {
         for message in &messages {
-            let info = message.info().map_err(|e| unavailable("reading delivery info", e))?;
+            let info = message
+                .info()
+                .map_err(|e| unavailable("reading delivery info", e))?;
             if message.reply.is_none() {
-                return Err(unavailable("reading delivery info", "a delivery without its acknowledgement subject").into());
+                return Err(unavailable(
+                    "reading delivery info",
+                    "a delivery without its acknowledgement subject",
+                )
+                .into());
             }
             let expected = self.taken_in + 1;
             if info.consumer_sequence != expected {
                 self.suspect = true;
-                return Err(PullError::Gap(DeliveryGap { expected, got: info.consumer_sequence }));
+                return Err(PullError::Gap(DeliveryGap {
+                    expected,
+                    got: info.consumer_sequence,
+                }));
             }
             self.taken_in = expected;
         }
@@ -133,10 +152,15 @@ impl Puller {
     }
 
     /// What is ready now: up to `limit` facts and `bytes_max` bytes.
-    pub async fn pull_now(&mut self, limit: usize, bytes_max: usize) -> Result<Vec<JsMessage>, PullError> {
+    pub async fn pull_now(
+        &mut self,
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<Vec<JsMessage>, PullError> {
         let consumer = self.consumer.clone();
         let timeout = self.request_timeout;
-        self.guarded(pull_now(consumer, limit, bytes_max, timeout)).await
+        self.guarded(pull_now(consumer, limit, bytes_max, timeout))
+            .await
     }
 
     /// Waits up to `wait` for one fact. A poll that outlasts `wait` by more
@@ -172,20 +196,31 @@ impl Puller {
     /// Settles a read-ahead in flight first (its deliveries are taken in).
     pub async fn verify(&mut self) -> Result<bool, Rejection> {
         self.settle_ahead().await;
-        let info = self.consumer.info().await.map_err(|e| unavailable("reading the consumer", e))?;
+        let info = self
+            .consumer
+            .info()
+            .await
+            .map_err(|e| unavailable("reading the consumer", e))?;
         let delivered = info.delivered.consumer_sequence;
         if delivered == self.taken_in {
             self.suspect = false;
             return Ok(true);
         }
-        tracing::warn!(delivered, taken_in = self.taken_in, "JetStream delivered facts this node never took in");
+        tracing::warn!(
+            delivered,
+            taken_in = self.taken_in,
+            "JetStream delivered facts this node never took in"
+        );
         Ok(false)
     }
 
     /// Makes JetStream deliver again everything after the consumer's ack
     /// floor (a consumer reset); drops what was read ahead. Returns the ack
     /// floor.
-    pub async fn reset(&mut self, start: Option<u64>) -> Result<u64, async_nats::jetstream::stream::ConsumerResetError> {
+    pub async fn reset(
+        &mut self,
+        start: Option<u64>,
+    ) -> Result<u64, async_nats::jetstream::stream::ConsumerResetError> {
         self.drop_ahead().await;
         let response = self.consumer.reset(start).await?;
         self.restarted(response.info.delivered.consumer_sequence);
@@ -195,7 +230,10 @@ impl Puller {
     /// After the consumer was reset or re-created: JetStream's delivered
     /// sequence is `delivered` and nothing is pulled or read ahead.
     pub fn restarted(&mut self, delivered: u64) {
-        assert!(matches!(self.ahead, ReadAhead::Empty), "a consumer restarts with nothing read ahead");
+        assert!(
+            matches!(self.ahead, ReadAhead::Empty),
+            "a consumer restarts with nothing read ahead"
+        );
         self.taken_in = delivered;
         self.suspect = false;
     }
@@ -204,15 +242,22 @@ impl Puller {
     /// the read-ahead, in delivery order; the rest stays for the next fetch.
     /// Empty if nothing was read ahead or the pull failed (the caller then
     /// pulls itself).
-    pub async fn take_ahead(&mut self, limit: usize, bytes_max: usize) -> Result<Vec<JsMessage>, PullError> {
+    pub async fn take_ahead(
+        &mut self,
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<Vec<JsMessage>, PullError> {
         if let Some(gap) = self.settle_ahead().await {
             return Err(PullError::Gap(gap));
         }
-        let ReadAhead::Ready(ready) = &mut self.ahead else { return Ok(Vec::new()) };
+        let ReadAhead::Ready(ready) = &mut self.ahead else {
+            return Ok(Vec::new());
+        };
         let mut out = Vec::new();
         let mut bytes = 0usize;
         while let Some(next) = ready.front() {
-            let taken_enough = out.len() >= limit || (!out.is_empty() && bytes + next.payload.len() > bytes_max);
+            let taken_enough =
+                out.len() >= limit || (!out.is_empty() && bytes + next.payload.len() > bytes_max);
             if taken_enough {
                 break;
             }
@@ -234,7 +279,9 @@ impl Puller {
     /// Awaited in place: if the fetch is dropped meanwhile, the pulled
     /// facts stay for the next one.
     async fn settle_ahead(&mut self) -> Option<DeliveryGap> {
-        let ReadAhead::Pulling(task) = &mut self.ahead else { return None };
+        let ReadAhead::Pulling(task) = &mut self.ahead else {
+            return None;
+        };
         let pulled = task.await;
         self.ahead = ReadAhead::Empty;
         let messages = match pulled {
@@ -271,7 +318,8 @@ impl Puller {
         if matches!(self.ahead, ReadAhead::Empty) && limit > 0 && bytes_max > 0 {
             let consumer = self.consumer.clone();
             let timeout = self.request_timeout;
-            self.ahead = ReadAhead::Pulling(tokio::spawn(pull_now(consumer, limit, bytes_max, timeout)));
+            self.ahead =
+                ReadAhead::Pulling(tokio::spawn(pull_now(consumer, limit, bytes_max, timeout)));
         }
     }
 
@@ -280,7 +328,9 @@ impl Puller {
     /// deliver them again, then drops what was read ahead.
     async fn drop_ahead(&mut self) {
         if let ReadAhead::Pulling(task) = &mut self.ahead
-            && tokio::time::timeout(self.request_timeout, &mut *task).await.is_err()
+            && tokio::time::timeout(self.request_timeout, &mut *task)
+                .await
+                .is_err()
         {
             task.abort();
         }
@@ -305,7 +355,12 @@ async fn pull_now(
             .map_err(|e| unavailable("fetching facts", e))?;
         Ok(collect(batch).await)
     };
-    tokio::time::timeout(timeout, pull).await.map_err(|_| unavailable("fetching facts", "JetStream did not answer the pull in time"))?
+    tokio::time::timeout(timeout, pull).await.map_err(|_| {
+        unavailable(
+            "fetching facts",
+            "JetStream did not answer the pull in time",
+        )
+    })?
 }
 
 /// Every delivery of a batch until it ends. A batch ends on JetStream's

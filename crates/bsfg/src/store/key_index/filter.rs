@@ -41,8 +41,14 @@ pub struct KeyFilter {
 
 impl KeyFilter {
     pub fn new(bytes: usize) -> Self {
-        assert!(bytes.is_power_of_two() && bytes >= 8, "the filter is a power of two of at least 8 bytes");
-        Self { words: (0..bytes / 8).map(|_| AtomicU64::new(0)).collect(), bit_mask: (bytes as u64 * 8) - 1 }
+        assert!(
+            bytes.is_power_of_two() && bytes >= 8,
+            "the filter is a power of two of at least 8 bytes"
+        );
+        Self {
+            words: (0..bytes / 8).map(|_| AtomicU64::new(0)).collect(),
+            bit_mask: (bytes as u64 * 8) - 1,
+        }
     }
 
     /// The bits of `token`: double hashing over its two halves.
@@ -61,7 +67,9 @@ impl KeyFilter {
 
     /// False only if `token` was never inserted.
     pub fn may_contain(&self, token: &Token) -> bool {
-        self.bits(token).all(|bit| self.words[(bit / 64) as usize].load(Ordering::Acquire) & (1 << (bit % 64)) != 0)
+        self.bits(token).all(|bit| {
+            self.words[(bit / 64) as usize].load(Ordering::Acquire) & (1 << (bit % 64)) != 0
+        })
     }
 
     /// Writes the filter to `path` for the next start-up, bound to the
@@ -71,7 +79,11 @@ impl KeyFilter {
     /// Streamed, so saving costs no second copy of the filter in memory.
     pub fn save(&self, path: &Path, hash_key: &[u8; 16], seq: u64) -> std::io::Result<()> {
         // Owner-only, like the index it is bound to.
-        let file = crate::owner_only::open_options().write(true).create(true).truncate(true).open(path)?;
+        let file = crate::owner_only::open_options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
         crate::owner_only::restrict(&file)?;
         let mut out = std::io::BufWriter::with_capacity(1 << 16, file);
         let mut crc = crc32fast::Hasher::new();
@@ -106,7 +118,11 @@ impl KeyFilter {
         crc.update(&head);
         let seq_saved = u64::from_le_bytes(head[24..32].try_into().ok()?);
         let len_saved = u64::from_le_bytes(head[32..40].try_into().ok()?);
-        if &head[..8] != SAVED_MAGIC || &head[8..24] != hash_key || seq_saved != seq || len_saved != bytes_expected as u64 {
+        if &head[..8] != SAVED_MAGIC
+            || &head[8..24] != hash_key
+            || seq_saved != seq
+            || len_saved != bytes_expected as u64
+        {
             return None;
         }
         let filter = Self::new(bytes_expected);
@@ -131,7 +147,8 @@ mod tests {
     use super::*;
 
     fn token(n: u64) -> Token {
-        super::super::token_bytes(&bsfg_domain::identity::key_token("filter", &n.to_string())).unwrap()
+        super::super::token_bytes(&bsfg_domain::identity::key_token("filter", &n.to_string()))
+            .unwrap()
     }
 
     #[test]
@@ -140,10 +157,18 @@ mod tests {
         for n in 0..20_000 {
             filter.insert(&token(n));
         }
-        assert!((0..20_000).all(|n| filter.may_contain(&token(n))), "an inserted token was denied");
+        assert!(
+            (0..20_000).all(|n| filter.may_contain(&token(n))),
+            "an inserted token was denied"
+        );
         // 20,000 tokens in 512 Ki bits with 4 probes: ≈ 0.03 % false positives.
-        let false_positives = (20_000..120_000).filter(|&n| filter.may_contain(&token(n))).count();
-        assert!(false_positives < 200, "{false_positives} of 100,000 absent tokens passed");
+        let false_positives = (20_000..120_000)
+            .filter(|&n| filter.may_contain(&token(n)))
+            .count();
+        assert!(
+            false_positives < 200,
+            "{false_positives} of 100,000 absent tokens passed"
+        );
     }
 
     #[test]
@@ -153,17 +178,36 @@ mod tests {
         let filter = KeyFilter::new(4096);
         (0..500).for_each(|n| filter.insert(&token(n)));
         filter.save(&path, &[7; 16], 42).unwrap();
-        let loaded = KeyFilter::load(&path, &[7; 16], 42, 4096).expect("the same file and header load");
-        assert!((0..500).all(|n| loaded.may_contain(&token(n))), "every saved token is in the loaded filter");
-        assert!(KeyFilter::load(&path, &[8; 16], 42, 4096).is_none(), "another index file");
-        assert!(KeyFilter::load(&path, &[7; 16], 41, 4096).is_none(), "another checkpoint");
-        assert!(KeyFilter::load(&path, &[7; 16], 42, 8192).is_none(), "another size");
+        let loaded =
+            KeyFilter::load(&path, &[7; 16], 42, 4096).expect("the same file and header load");
+        assert!(
+            (0..500).all(|n| loaded.may_contain(&token(n))),
+            "every saved token is in the loaded filter"
+        );
+        assert!(
+            KeyFilter::load(&path, &[8; 16], 42, 4096).is_none(),
+            "another index file"
+        );
+        assert!(
+            KeyFilter::load(&path, &[7; 16], 41, 4096).is_none(),
+            "another checkpoint"
+        );
+        assert!(
+            KeyFilter::load(&path, &[7; 16], 42, 8192).is_none(),
+            "another size"
+        );
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[100] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
-        assert!(KeyFilter::load(&path, &[7; 16], 42, 4096).is_none(), "a flipped bit fails the checksum");
+        assert!(
+            KeyFilter::load(&path, &[7; 16], 42, 4096).is_none(),
+            "a flipped bit fails the checksum"
+        );
         bytes.truncate(50);
         std::fs::write(&path, &bytes).unwrap();
-        assert!(KeyFilter::load(&path, &[7; 16], 42, 4096).is_none(), "a torn file");
+        assert!(
+            KeyFilter::load(&path, &[7; 16], 42, 4096).is_none(),
+            "a torn file"
+        );
     }
 }

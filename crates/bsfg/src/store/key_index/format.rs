@@ -51,7 +51,10 @@ pub struct Entry {
 
 /// The bucket hash of a token under the file's key.
 pub fn bucket_hash(key: &[u8; 16], token: &Token) -> u64 {
-    let (k0, k1) = (u64::from_le_bytes(key[..8].try_into().expect("8 bytes")), u64::from_le_bytes(key[8..].try_into().expect("8 bytes")));
+    let (k0, k1) = (
+        u64::from_le_bytes(key[..8].try_into().expect("8 bytes")),
+        u64::from_le_bytes(key[8..].try_into().expect("8 bytes")),
+    );
     let mut hasher = siphasher::sip::SipHasher13::new_with_keys(k0, k1);
     hasher.write(token);
     hasher.finish()
@@ -70,7 +73,11 @@ pub struct Geometry {
 impl Geometry {
     pub fn new(initial: u64) -> Self {
         assert!(initial > 0, "at least one bucket");
-        Self { initial, level: 0, split: 0 }
+        Self {
+            initial,
+            level: 0,
+            split: 0,
+        }
     }
 
     pub fn base(&self) -> u64 {
@@ -88,7 +95,11 @@ impl Geometry {
 
     pub fn bucket_of(&self, hash: u64) -> u64 {
         let bucket = hash % self.base();
-        if bucket < self.split { hash % (2 * self.base()) } else { bucket }
+        if bucket < self.split {
+            hash % (2 * self.base())
+        } else {
+            bucket
+        }
     }
 
     /// Splits the next bucket: returns the geometry after it, the bucket
@@ -115,13 +126,19 @@ impl Geometry {
     pub fn splits_for_load(&self, entries: u64, load_percent: u64) -> u64 {
         let per_bucket = SLOTS_PER_PAGE as u64 * load_percent;
         let buckets_wanted = (entries * 100).div_ceil(per_bucket);
-        buckets_wanted.saturating_sub(self.buckets()).min(self.splits_left_in_round())
+        buckets_wanted
+            .saturating_sub(self.buckets())
+            .min(self.splits_left_in_round())
     }
 
     /// Splits (within this round) after which `bucket` has been split
     /// (0 if it was already split in this round).
     pub fn splits_through(&self, bucket: u64) -> u64 {
-        if bucket >= self.split && bucket < self.base() { bucket - self.split + 1 } else { 0 }
+        if bucket >= self.split && bucket < self.base() {
+            bucket - self.split + 1
+        } else {
+            0
+        }
     }
 }
 
@@ -142,7 +159,11 @@ fn page_checksum(bucket: u64, page: &[u8]) -> u32 {
 
 /// The entries of a bucket page. An all-zero page (never written, or past
 /// the end of the file) is an empty bucket.
-pub fn decode_page(bucket: u64, page: &[u8; PAGE_BYTES], into: &mut Vec<Entry>) -> Result<(), DamagedPage> {
+pub fn decode_page(
+    bucket: u64,
+    page: &[u8; PAGE_BYTES],
+    into: &mut Vec<Entry>,
+) -> Result<(), DamagedPage> {
     into.clear();
     let stored = u32::from_le_bytes(page[..4].try_into().expect("4 bytes"));
     let count = usize::from(u16::from_le_bytes(page[4..6].try_into().expect("2 bytes")));
@@ -150,12 +171,21 @@ pub fn decode_page(bucket: u64, page: &[u8; PAGE_BYTES], into: &mut Vec<Entry>) 
         return Ok(());
     }
     if stored != page_checksum(bucket, page) {
-        return Err(DamagedPage { bucket, why: "checksum mismatch" });
+        return Err(DamagedPage {
+            bucket,
+            why: "checksum mismatch",
+        });
     }
     if count > SLOTS_PER_PAGE {
-        return Err(DamagedPage { bucket, why: "entry count above the page's slots" });
+        return Err(DamagedPage {
+            bucket,
+            why: "entry count above the page's slots",
+        });
     }
-    for slot in page[PAGE_HEADER_BYTES..].chunks_exact(SLOT_BYTES).take(count) {
+    for slot in page[PAGE_HEADER_BYTES..]
+        .chunks_exact(SLOT_BYTES)
+        .take(count)
+    {
         into.push(Entry {
             token: slot[..16].try_into().expect("16 bytes"),
             offset: u64::from_le_bytes(slot[16..24].try_into().expect("8 bytes")),
@@ -167,10 +197,17 @@ pub fn decode_page(bucket: u64, page: &[u8; PAGE_BYTES], into: &mut Vec<Entry>) 
 
 /// Writes `entries` as the page of `bucket`.
 pub fn encode_page(bucket: u64, entries: &[Entry], page: &mut [u8; PAGE_BYTES]) {
-    assert!(entries.len() <= SLOTS_PER_PAGE, "a bucket page holds at most {SLOTS_PER_PAGE} entries, not {}", entries.len());
+    assert!(
+        entries.len() <= SLOTS_PER_PAGE,
+        "a bucket page holds at most {SLOTS_PER_PAGE} entries, not {}",
+        entries.len()
+    );
     page.fill(0);
     page[4..6].copy_from_slice(&(entries.len() as u16).to_le_bytes());
-    for (slot, entry) in page[PAGE_HEADER_BYTES..].chunks_exact_mut(SLOT_BYTES).zip(entries) {
+    for (slot, entry) in page[PAGE_HEADER_BYTES..]
+        .chunks_exact_mut(SLOT_BYTES)
+        .zip(entries)
+    {
         slot[..16].copy_from_slice(&entry.token);
         slot[16..24].copy_from_slice(&entry.offset.to_le_bytes());
         slot[24] = entry.category;
@@ -211,7 +248,10 @@ impl Header {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        assert!(self.categories.len() <= CATEGORIES_MAX, "at most {CATEGORIES_MAX} categories");
+        assert!(
+            self.categories.len() <= CATEGORIES_MAX,
+            "at most {CATEGORIES_MAX} categories"
+        );
         let mut body = Vec::with_capacity(256);
         body.extend_from_slice(&self.seq.to_le_bytes());
         body.push(u8::from(self.clean));
@@ -222,7 +262,10 @@ impl Header {
         body.extend_from_slice(&self.entries.to_le_bytes());
         body.push(self.categories.len() as u8);
         for c in &self.categories {
-            assert!(c.name.len() <= CATEGORY_NAME_BYTES_MAX, "category name too long for the key index header");
+            assert!(
+                c.name.len() <= CATEGORY_NAME_BYTES_MAX,
+                "category name too long for the key index header"
+            );
             body.push(c.name.len() as u8);
             body.extend_from_slice(c.name.as_bytes());
             body.extend_from_slice(&c.through.to_le_bytes());
@@ -234,7 +277,10 @@ impl Header {
         out.extend_from_slice(&(body.len() as u32).to_le_bytes());
         out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
         out.extend_from_slice(&body);
-        assert!(out.len() <= HEADER_SLOT_BYTES, "the key index header fits its slot");
+        assert!(
+            out.len() <= HEADER_SLOT_BYTES,
+            "the key index header fits its slot"
+        );
         out
     }
 
@@ -253,7 +299,11 @@ impl Header {
         let seq = r.u64()?;
         let clean = r.u8()? == 1;
         let hash_key = r.bytes(16)?.try_into().ok()?;
-        let geometry = Geometry { initial: r.u64()?, level: u32::from_le_bytes(r.bytes(4)?.try_into().ok()?), split: r.u64()? };
+        let geometry = Geometry {
+            initial: r.u64()?,
+            level: u32::from_le_bytes(r.bytes(4)?.try_into().ok()?),
+            split: r.u64()?,
+        };
         if geometry.initial == 0 || geometry.level > 40 || geometry.split >= geometry.base() {
             return None;
         }
@@ -266,9 +316,20 @@ impl Header {
             let through = r.u64()?;
             let has_identity = r.u8()? == 1;
             let identity = r.u64()?;
-            categories.push(CategoryState { name, through, identity: has_identity.then_some(identity) });
+            categories.push(CategoryState {
+                name,
+                through,
+                identity: has_identity.then_some(identity),
+            });
         }
-        Some(Header { seq, clean, hash_key, geometry, entries, categories })
+        Some(Header {
+            seq,
+            clean,
+            hash_key,
+            geometry,
+            entries,
+            categories,
+        })
     }
 }
 
@@ -293,21 +354,33 @@ mod tests {
     use super::*;
 
     fn entry(n: u8, offset: u64) -> Entry {
-        Entry { token: [n; 16], offset, category: n % 3 }
+        Entry {
+            token: [n; 16],
+            offset,
+            category: n % 3,
+        }
     }
 
     #[test]
     fn a_page_round_trips_and_detects_damage() {
-        let entries: Vec<Entry> = (1..=SLOTS_PER_PAGE as u8).map(|n| entry(n, u64::from(n) * 1000)).collect();
+        let entries: Vec<Entry> = (1..=SLOTS_PER_PAGE as u8)
+            .map(|n| entry(n, u64::from(n) * 1000))
+            .collect();
         let mut page = [0u8; PAGE_BYTES];
         encode_page(7, &entries, &mut page);
         let mut decoded = Vec::new();
         decode_page(7, &page, &mut decoded).unwrap();
         assert_eq!(decoded, entries);
-        assert!(decode_page(8, &page, &mut decoded).is_err(), "a page read at another bucket's place is refused");
+        assert!(
+            decode_page(8, &page, &mut decoded).is_err(),
+            "a page read at another bucket's place is refused"
+        );
         let mut torn = page;
         torn[PAGE_BYTES - 100] ^= 1;
-        assert!(decode_page(7, &torn, &mut decoded).is_err(), "a torn page is refused");
+        assert!(
+            decode_page(7, &torn, &mut decoded).is_err(),
+            "a torn page is refused"
+        );
         decode_page(9, &[0u8; PAGE_BYTES], &mut decoded).unwrap();
         assert!(decoded.is_empty(), "a zero page is an empty bucket");
         encode_page(3, &[], &mut page);
@@ -318,13 +391,40 @@ mod tests {
     #[test]
     fn splitting_moves_each_hash_to_exactly_one_of_the_two_buckets() {
         let mut g = Geometry::new(4);
-        let hashes: Vec<u64> = (0..10_000u64).map(|n| bucket_hash(&[7; 16], &[(n % 251) as u8, (n / 251) as u8, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16])).collect();
+        let hashes: Vec<u64> = (0..10_000u64)
+            .map(|n| {
+                bucket_hash(
+                    &[7; 16],
+                    &[
+                        (n % 251) as u8,
+                        (n / 251) as u8,
+                        3,
+                        4,
+                        5,
+                        6,
+                        7,
+                        8,
+                        9,
+                        10,
+                        11,
+                        12,
+                        13,
+                        14,
+                        15,
+                        16,
+                    ],
+                )
+            })
+            .collect();
         for _ in 0..37 {
             let (next, old, new) = g.next_split();
             for &h in &hashes {
                 let (before, after) = (g.bucket_of(h), next.bucket_of(h));
                 if before == old {
-                    assert!(after == old || after == new, "an entry of the split bucket stays or moves to the new one");
+                    assert!(
+                        after == old || after == new,
+                        "an entry of the split bucket stays or moves to the new one"
+                    );
                 } else {
                     assert_eq!(before, after, "entries of other buckets do not move");
                 }
@@ -332,22 +432,48 @@ mod tests {
             }
             g = next;
         }
-        assert_eq!((g.level, g.split, g.buckets()), (3, 9, 41), "4 + 8 + 16 splits double thrice, 9 more into the fourth round");
+        assert_eq!(
+            (g.level, g.split, g.buckets()),
+            (3, 9, 41),
+            "4 + 8 + 16 splits double thrice, 9 more into the fourth round"
+        );
         // The hash is uniform: bucket 0, split in this round, gets 1/64 of
         // the hashes (156 expected; the range is about 4 standard deviations).
         let in_zero = hashes.iter().filter(|h| g.bucket_of(**h) == 0).count();
-        assert!((106..206).contains(&in_zero), "{in_zero} of 10000 in bucket 0");
+        assert!(
+            (106..206).contains(&in_zero),
+            "{in_zero} of 10000 in bucket 0"
+        );
     }
 
     #[test]
     fn split_counts_stay_within_the_round() {
-        let g = Geometry { initial: 4, level: 1, split: 3 };
-        assert_eq!((g.base(), g.buckets(), g.splits_left_in_round()), (8, 11, 5));
+        let g = Geometry {
+            initial: 4,
+            level: 1,
+            split: 3,
+        };
+        assert_eq!(
+            (g.base(), g.buckets(), g.splits_left_in_round()),
+            (8, 11, 5)
+        );
         assert_eq!(g.splits_for_load(0, 40), 0);
         assert_eq!(g.splits_for_load(11 * 127 * 40 / 100, 40), 0);
         assert_eq!(g.splits_for_load(12 * 127 * 40 / 100, 40), 1);
-        assert_eq!(g.splits_for_load(1_000_000, 40), 5, "no further than the round");
-        assert_eq!((g.splits_through(5), g.splits_through(3), g.splits_through(2), g.splits_through(9)), (3, 1, 0, 0));
+        assert_eq!(
+            g.splits_for_load(1_000_000, 40),
+            5,
+            "no further than the round"
+        );
+        assert_eq!(
+            (
+                g.splits_through(5),
+                g.splits_through(3),
+                g.splits_through(2),
+                g.splits_through(9)
+            ),
+            (3, 1, 0, 0)
+        );
     }
 
     #[test]
@@ -356,11 +482,23 @@ mod tests {
             seq: 9,
             clean: true,
             hash_key: [5; 16],
-            geometry: Geometry { initial: 256, level: 2, split: 17 },
+            geometry: Geometry {
+                initial: 256,
+                level: 2,
+                split: 17,
+            },
             entries: 123_456,
             categories: vec![
-                CategoryState { name: "operational".into(), through: 99, identity: Some(17) },
-                CategoryState { name: "audit".into(), through: 0, identity: None },
+                CategoryState {
+                    name: "operational".into(),
+                    through: 99,
+                    identity: Some(17),
+                },
+                CategoryState {
+                    name: "audit".into(),
+                    through: 0,
+                    identity: None,
+                },
             ],
         };
         let bytes = header.encode();
@@ -368,7 +506,11 @@ mod tests {
         let mut torn = bytes.clone();
         torn[30] ^= 0x40;
         assert_eq!(Header::decode(&torn), None);
-        assert_eq!(Header::decode(&[0u8; 64]), None, "an empty copy is no header");
+        assert_eq!(
+            Header::decode(&[0u8; 64]),
+            None,
+            "an empty copy is no header"
+        );
         assert_eq!(header.copy_index(), 1);
     }
 }

@@ -67,12 +67,15 @@ pub use writer::{IndexWriter, WriterStats};
 use bsfg_domain::indexed_runs::IndexedRuns;
 pub use filter::FILTER_BYTES_DEFAULT;
 use filter::KeyFilter;
-use format::{BUCKETS_FILE_OFFSET, CATEGORIES_MAX, CATEGORY_NAME_BYTES_MAX, CategoryState, Entry, Geometry, HEADER_SLOT_BYTES, Header, PAGE_BYTES, SLOTS_PER_PAGE};
+use format::{
+    BUCKETS_FILE_OFFSET, CATEGORIES_MAX, CATEGORY_NAME_BYTES_MAX, CategoryState, Entry, Geometry,
+    HEADER_SLOT_BYTES, Header, PAGE_BYTES, SLOTS_PER_PAGE,
+};
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, RwLock};
 
 /// A key token (`bsfg_domain::identity::key_token`) as 16 raw bytes.
@@ -182,11 +185,25 @@ impl KeyIndex {
     /// `buffered_entries_max`: recorded entries held in memory before they
     /// are merged into the pages (see module docs). `filter_bytes`: the key
     /// filter's size (a power of two).
-    pub fn open(path: &Path, categories: &[String], buffered_entries_max: usize, filter_bytes: usize) -> anyhow::Result<Self> {
-        anyhow::ensure!(buffered_entries_max > 0, "the key index buffers at least one entry");
-        anyhow::ensure!(filter_bytes.is_power_of_two() && filter_bytes >= 8, "the key filter is a power of two of at least 8 bytes");
+    pub fn open(
+        path: &Path,
+        categories: &[String],
+        buffered_entries_max: usize,
+        filter_bytes: usize,
+    ) -> anyhow::Result<Self> {
         anyhow::ensure!(
-            categories.len() <= CATEGORIES_MAX && categories.iter().all(|c| c.len() <= CATEGORY_NAME_BYTES_MAX),
+            buffered_entries_max > 0,
+            "the key index buffers at least one entry"
+        );
+        anyhow::ensure!(
+            filter_bytes.is_power_of_two() && filter_bytes >= 8,
+            "the key filter is a power of two of at least 8 bytes"
+        );
+        anyhow::ensure!(
+            categories.len() <= CATEGORIES_MAX
+                && categories
+                    .iter()
+                    .all(|c| c.len() <= CATEGORY_NAME_BYTES_MAX),
             "the key index holds at most {CATEGORIES_MAX} categories with names of at most {CATEGORY_NAME_BYTES_MAX} bytes"
         );
         // Owner-only: the file holds the secret hash key. A directory that
@@ -195,13 +212,21 @@ impl KeyIndex {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             crate::owner_only::create_dir_all(dir)?;
         }
-        let file = crate::owner_only::open_options().read(true).write(true).create(true).truncate(false).open(path)?;
+        let file = crate::owner_only::open_options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
         crate::owner_only::restrict(&file)?;
         lock_exclusively(&file, path)?;
         let found = read_header(&file)?;
         let filter_path = saved_filter_path(path);
         // A clean close saved the filter for its header: no page is read.
-        let saved = found.as_ref().filter(|h| h.clean).and_then(|h| KeyFilter::load(&filter_path, &h.hash_key, h.seq, filter_bytes));
+        let saved = found
+            .as_ref()
+            .filter(|h| h.clean)
+            .and_then(|h| KeyFilter::load(&filter_path, &h.hash_key, h.seq, filter_bytes));
         // Whatever happens next, the saved copy describes this file only
         // until its next checkpoint.
         let _ = std::fs::remove_file(&filter_path);
@@ -231,7 +256,11 @@ impl KeyIndex {
                     Some(h)
                 }
                 Err(damaged) => {
-                    let how = if h.clean { "a page is damaged" } else { "the key index was not closed cleanly and a page is torn" };
+                    let how = if h.clean {
+                        "a page is damaged"
+                    } else {
+                        "the key index was not closed cleanly and a page is torn"
+                    };
                     tracing::warn!(path = %path.display(), error = %damaged, "{how}; starting it empty (the streams are read in again)");
                     None
                 }
@@ -249,7 +278,14 @@ impl KeyIndex {
                     hash_key: rand::random(),
                     geometry: empty_table(&file)?,
                     entries: 0,
-                    categories: categories.iter().map(|name| CategoryState { name: name.clone(), through: 0, identity: None }).collect(),
+                    categories: categories
+                        .iter()
+                        .map(|name| CategoryState {
+                            name: name.clone(),
+                            through: 0,
+                            identity: None,
+                        })
+                        .collect(),
                 }
             }
         };
@@ -267,7 +303,13 @@ impl KeyIndex {
                 identities: header.categories.iter().map(|c| c.identity).collect(),
                 page: Box::new([0; PAGE_BYTES]),
             }),
-            runs: Mutex::new(header.categories.iter().map(|c| IndexedRuns::new(c.through)).collect()),
+            runs: Mutex::new(
+                header
+                    .categories
+                    .iter()
+                    .map(|c| IndexedRuns::new(c.through))
+                    .collect(),
+            ),
             entries_published: AtomicU64::new(header.entries),
             damaged: AtomicBool::new(false),
             buffer: RwLock::new(HashMap::new()),
@@ -285,7 +327,11 @@ impl KeyIndex {
 
     pub fn size(&self) -> IndexSize {
         let buckets = self.geometry().buckets();
-        IndexSize { entries: self.entries_published.load(Ordering::Relaxed), file_bytes: page_position(buckets), buffered: self.buffer().len() as u64 }
+        IndexSize {
+            entries: self.entries_published.load(Ordering::Relaxed),
+            file_bytes: page_position(buckets),
+            buffered: self.buffer().len() as u64,
+        }
     }
 
     /// The current geometry (a copy: the lock is not held).
@@ -302,7 +348,10 @@ impl KeyIndex {
     }
 
     fn position(&self, category: &str) -> usize {
-        self.categories.iter().position(|c| c == category).expect("a configured category")
+        self.categories
+            .iter()
+            .position(|c| c == category)
+            .expect("a configured category")
     }
 
     /// Every offset of `category` at or below this is indexed (or gone).
@@ -335,7 +384,9 @@ impl KeyIndex {
     }
 
     fn is_live(&self, entry: &Entry) -> bool {
-        self.firsts.get(usize::from(entry.category)).is_some_and(|first| entry.offset >= first.load(Ordering::Acquire))
+        self.firsts
+            .get(usize::from(entry.category))
+            .is_some_and(|first| entry.offset >= first.load(Ordering::Acquire))
     }
 
     fn hash(&self, token: &Token) -> u64 {
@@ -356,7 +407,11 @@ impl KeyIndex {
                 found.push(None);
                 continue;
             }
-            let buffered = self.buffer().get(token).map(|&(offset, category)| Entry { token: *token, offset, category });
+            let buffered = self.buffer().get(token).map(|&(offset, category)| Entry {
+                token: *token,
+                offset,
+                category,
+            });
             if let Some(entry) = buffered.filter(|e| self.is_live(e)) {
                 found.push(Some((usize::from(entry.category), entry.offset)));
                 continue;
@@ -369,7 +424,12 @@ impl KeyIndex {
                 bucket
             };
             self.decode(bucket, &page, &mut entries)?;
-            found.push(entries.iter().find(|e| e.token == *token && self.is_live(e)).map(|e| (usize::from(e.category), e.offset)));
+            found.push(
+                entries
+                    .iter()
+                    .find(|e| e.token == *token && self.is_live(e))
+                    .map(|e| (usize::from(e.category), e.offset)),
+            );
         }
         Ok(found)
     }
@@ -382,12 +442,19 @@ impl KeyIndex {
     /// `covered` ranges `(category position, first, last)` as read, whether
     /// or not they held a key. The entries go to the buffer; a full buffer
     /// is merged into the pages (see module docs). Not fsynced.
-    pub fn record(&self, entries: &[(usize, Token, u64)], covered: &[(usize, u64, u64)]) -> anyhow::Result<()> {
+    pub fn record(
+        &self,
+        entries: &[(usize, Token, u64)],
+        covered: &[(usize, u64, u64)],
+    ) -> anyhow::Result<()> {
         let mut writes = self.writes();
         let buffered = {
             let mut buffer = self.buffer.write().expect("key index buffer poisoned");
             for &(position, token, offset) in entries {
-                assert!(position < self.categories.len(), "category position {position} is configured");
+                assert!(
+                    position < self.categories.len(),
+                    "category position {position} is configured"
+                );
                 // Into the filter first: a look-up that finds the entry
                 // anywhere must have passed the filter.
                 self.filter.insert(&token);
@@ -420,14 +487,25 @@ impl KeyIndex {
         let mut pending: Vec<(u64, Entry)> = self
             .buffer()
             .iter()
-            .map(|(&token, &(offset, category))| (self.hash(&token), Entry { token, offset, category }))
+            .map(|(&token, &(offset, category))| {
+                (
+                    self.hash(&token),
+                    Entry {
+                        token,
+                        offset,
+                        category,
+                    },
+                )
+            })
             .filter(|(_, entry)| self.is_live(entry))
             .collect();
         // Grow first (the pages still vouched for are untouched by a split),
         // so that a large merge into a small table rarely overfills a bucket.
         loop {
             let geometry = self.geometry();
-            let splits = geometry.splits_for_load(writes.entries + pending.len() as u64, LOAD_TARGET_PERCENT).min(CHECKPOINT_SPLITS_MAX);
+            let splits = geometry
+                .splits_for_load(writes.entries + pending.len() as u64, LOAD_TARGET_PERCENT)
+                .min(CHECKPOINT_SPLITS_MAX);
             if splits == 0 {
                 break;
             }
@@ -436,17 +514,26 @@ impl KeyIndex {
         while !pending.is_empty() {
             let geometry = self.geometry();
             pending.sort_unstable_by_key(|(hash, _)| geometry.bucket_of(*hash));
-            let Some((written, overfull)) = self.insert_sorted(writes, &geometry, &pending)? else { break };
+            let Some((written, overfull)) = self.insert_sorted(writes, &geometry, &pending)? else {
+                break;
+            };
             pending.drain(..written);
             self.split_through(writes, overfull)?;
         }
         // No split is due here: the table grew above for at least as many
         // entries as the pages now hold (replacements and stale entries only
         // lower the count).
-        debug_assert_eq!(self.geometry().splits_for_load(writes.entries, LOAD_TARGET_PERCENT), 0);
+        debug_assert_eq!(
+            self.geometry()
+                .splits_for_load(writes.entries, LOAD_TARGET_PERCENT),
+            0
+        );
         writes.vouched = vouched;
         self.checkpoint(writes, 0)?;
-        self.buffer.write().expect("key index buffer poisoned").clear();
+        self.buffer
+            .write()
+            .expect("key index buffer poisoned")
+            .clear();
         Ok(())
     }
 
@@ -454,12 +541,21 @@ impl KeyIndex {
     /// write per bucket; a token already present is replaced, stale entries
     /// are dropped. Stops before a bucket they would overfill and returns
     /// how many were written and that bucket.
-    fn insert_sorted(&self, writes: &mut Writes, geometry: &Geometry, sorted: &[(u64, Entry)]) -> anyhow::Result<Option<(usize, u64)>> {
+    fn insert_sorted(
+        &self,
+        writes: &mut Writes,
+        geometry: &Geometry,
+        sorted: &[(u64, Entry)],
+    ) -> anyhow::Result<Option<(usize, u64)>> {
         let mut kept = Vec::with_capacity(SLOTS_PER_PAGE);
         let mut at = 0;
         while at < sorted.len() {
             let bucket = geometry.bucket_of(sorted[at].0);
-            let end = at + sorted[at..].iter().take_while(|(hash, _)| geometry.bucket_of(*hash) == bucket).count();
+            let end = at
+                + sorted[at..]
+                    .iter()
+                    .take_while(|(hash, _)| geometry.bucket_of(*hash) == bucket)
+                    .count();
             self.load_bucket(writes, bucket, &mut kept)?;
             let before = kept.len() as u64;
             kept.retain(|e| self.is_live(e));
@@ -481,14 +577,24 @@ impl KeyIndex {
 
     /// The writer's read of a bucket's entries (readers take the geometry
     /// lock instead; only the writer changes pages).
-    fn load_bucket(&self, writes: &mut Writes, bucket: u64, into: &mut Vec<Entry>) -> anyhow::Result<()> {
+    fn load_bucket(
+        &self,
+        writes: &mut Writes,
+        bucket: u64,
+        into: &mut Vec<Entry>,
+    ) -> anyhow::Result<()> {
         read_page(&self.file, bucket, &mut writes.page)?;
         self.decode(bucket, &writes.page, into)
     }
 
     /// A page's entries; a page that fails its check marks the index
     /// damaged (see [`KeyIndex::rebuild`]).
-    fn decode(&self, bucket: u64, page: &[u8; PAGE_BYTES], into: &mut Vec<Entry>) -> anyhow::Result<()> {
+    fn decode(
+        &self,
+        bucket: u64,
+        page: &[u8; PAGE_BYTES],
+        into: &mut Vec<Entry>,
+    ) -> anyhow::Result<()> {
         format::decode_page(bucket, page, into).map_err(|damaged| {
             self.damaged.store(true, Ordering::Release);
             anyhow::Error::from(damaged)
@@ -507,27 +613,43 @@ impl KeyIndex {
         let mut writes = self.writes();
         // First a header that vouches for nothing, so a crash from here on
         // reads every stream in again; only then the pages go.
-        writes.identities.iter_mut().for_each(|identity| *identity = None);
+        writes
+            .identities
+            .iter_mut()
+            .for_each(|identity| *identity = None);
         writes.vouched.iter_mut().for_each(|through| *through = 0);
-        self.runs().iter_mut().for_each(|runs| *runs = IndexedRuns::new(0));
-        self.buffer.write().expect("key index buffer poisoned").clear();
+        self.runs()
+            .iter_mut()
+            .for_each(|runs| *runs = IndexedRuns::new(0));
+        self.buffer
+            .write()
+            .expect("key index buffer poisoned")
+            .clear();
         self.checkpoint(&mut writes, 0)?;
         {
             let mut geometry = self.geometry.write().expect("key index geometry poisoned");
             *geometry = empty_table(&self.file)?;
         }
         writes.entries = 0;
-        self.firsts.iter().for_each(|first| first.store(0, Ordering::Release));
+        self.firsts
+            .iter()
+            .for_each(|first| first.store(0, Ordering::Release));
         self.checkpoint(&mut writes, 0)?;
         self.damaged.store(false, Ordering::Release);
         Ok(())
     }
 
     /// Writes a bucket page readers may be reading.
-    fn write_bucket(&self, writes: &mut Writes, bucket: u64, entries: &[Entry]) -> std::io::Result<()> {
+    fn write_bucket(
+        &self,
+        writes: &mut Writes,
+        bucket: u64,
+        entries: &[Entry],
+    ) -> std::io::Result<()> {
         format::encode_page(bucket, entries, &mut writes.page);
         let _no_readers = self.geometry.write().expect("key index geometry poisoned");
-        self.file.write_all_at(&writes.page[..], page_position(bucket))
+        self.file
+            .write_all_at(&writes.page[..], page_position(bucket))
     }
 
     /// `bucket` cannot take its entries: splits until it has been split.
@@ -568,11 +690,19 @@ impl KeyIndex {
 
     /// `checkpoint`, with the header marked `clean` (only an orderly close
     /// does that: no page can be written after it).
-    fn checkpoint_marked(&self, writes: &mut Writes, splits: u64, clean: bool) -> anyhow::Result<()> {
+    fn checkpoint_marked(
+        &self,
+        writes: &mut Writes,
+        splits: u64,
+        clean: bool,
+    ) -> anyhow::Result<()> {
         let throughs = writes.vouched.clone();
         self.file.sync_data()?;
         let old_geometry = self.geometry();
-        assert!(splits <= old_geometry.splits_left_in_round(), "a checkpoint splits within one round");
+        assert!(
+            splits <= old_geometry.splits_left_in_round(),
+            "a checkpoint splits within one round"
+        );
         let mut geometry = old_geometry;
         let mut entries = Vec::with_capacity(SLOTS_PER_PAGE);
         for _ in 0..splits {
@@ -581,7 +711,8 @@ impl KeyIndex {
             entries.retain(|e| self.is_live(e) && next.bucket_of(self.hash(&e.token)) == new);
             // Not yet addressed by any reader: no lock needed.
             format::encode_page(new, &entries, &mut writes.page);
-            self.file.write_all_at(&writes.page[..], page_position(new))?;
+            self.file
+                .write_all_at(&writes.page[..], page_position(new))?;
             writes.entries += entries.len() as u64;
             geometry = next;
         }
@@ -603,11 +734,18 @@ impl KeyIndex {
             writes.entries -= before - entries.len() as u64;
             split = next;
         }
-        self.entries_published.store(writes.entries, Ordering::Relaxed);
+        self.entries_published
+            .store(writes.entries, Ordering::Relaxed);
         Ok(())
     }
 
-    fn write_header(&self, writes: &mut Writes, geometry: Geometry, throughs: &[u64], clean: bool) -> std::io::Result<()> {
+    fn write_header(
+        &self,
+        writes: &mut Writes,
+        geometry: Geometry,
+        throughs: &[u64],
+        clean: bool,
+    ) -> std::io::Result<()> {
         writes.seq += 1;
         let header = Header {
             seq: writes.seq,
@@ -620,12 +758,17 @@ impl KeyIndex {
                 .iter()
                 .zip(throughs)
                 .zip(&writes.identities)
-                .map(|((name, through), identity)| CategoryState { name: name.clone(), through: *through, identity: *identity })
+                .map(|((name, through), identity)| CategoryState {
+                    name: name.clone(),
+                    through: *through,
+                    identity: *identity,
+                })
                 .collect(),
         };
         let mut bytes = header.encode();
         bytes.resize(HEADER_SLOT_BYTES, 0);
-        self.file.write_all_at(&bytes, header.copy_index() * HEADER_SLOT_BYTES as u64)
+        self.file
+            .write_all_at(&bytes, header.copy_index() * HEADER_SLOT_BYTES as u64)
     }
 
     /// Removes one entry that no longer matches its fact.
@@ -642,11 +785,14 @@ impl KeyIndex {
         let mut entries = Vec::with_capacity(SLOTS_PER_PAGE);
         self.load_bucket(&mut writes, bucket, &mut entries)?;
         let before = entries.len();
-        entries.retain(|e| !(e.token == *token && e.offset == offset && usize::from(e.category) == position));
+        entries.retain(|e| {
+            !(e.token == *token && e.offset == offset && usize::from(e.category) == position)
+        });
         if entries.len() < before {
             self.write_bucket(&mut writes, bucket, &entries)?;
             writes.entries -= 1;
-            self.entries_published.store(writes.entries, Ordering::Relaxed);
+            self.entries_published
+                .store(writes.entries, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -701,7 +847,10 @@ impl Drop for KeyIndex {
     /// filter, so the next start-up reads neither the pages nor the streams.
     fn drop(&mut self) {
         let close = || -> anyhow::Result<u64> {
-            let mut writes = self.writes.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            let mut writes = self
+                .writes
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?;
             self.merge(&mut writes)?;
             self.checkpoint_marked(&mut writes, 0, true)?;
             Ok(writes.seq)
@@ -715,7 +864,9 @@ impl Drop for KeyIndex {
                     tracing::warn!(error = %e, "saving the key filter failed; the next start-up reads the pages to fill it");
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "closing the key index cleanly failed; the next start-up checks its pages"),
+            Err(e) => {
+                tracing::warn!(error = %e, "closing the key index cleanly failed; the next start-up checks its pages")
+            }
         }
     }
 }
@@ -766,18 +917,32 @@ fn read_header(file: &File) -> std::io::Result<Option<Header>> {
     let mut copies = vec![0u8; 2 * HEADER_SLOT_BYTES];
     read_at_or_zero(file, &mut copies, 0)?;
     let (a, b) = copies.split_at(HEADER_SLOT_BYTES);
-    Ok([Header::decode(a), Header::decode(b)].into_iter().flatten().max_by_key(|h| h.seq))
+    Ok([Header::decode(a), Header::decode(b)]
+        .into_iter()
+        .flatten()
+        .max_by_key(|h| h.seq))
 }
 
 /// Checks every bucket page of `geometry` and adds their tokens to
 /// `filter`; the entries they hold, or the first damaged page.
-fn check_pages(file: &File, geometry: &Geometry, filter: &KeyFilter) -> std::io::Result<Result<u64, format::DamagedPage>> {
+fn check_pages(
+    file: &File,
+    geometry: &Geometry,
+    filter: &KeyFilter,
+) -> std::io::Result<Result<u64, format::DamagedPage>> {
     let mut chunk = vec![0u8; CHECK_CHUNK_PAGES * PAGE_BYTES];
     let (mut entries, mut count, mut bucket) = (Vec::with_capacity(SLOTS_PER_PAGE), 0u64, 0u64);
     while bucket < geometry.buckets() {
         let pages = (geometry.buckets() - bucket).min(CHECK_CHUNK_PAGES as u64) as usize;
-        read_at_or_zero(file, &mut chunk[..pages * PAGE_BYTES], page_position(bucket))?;
-        for (i, page) in chunk[..pages * PAGE_BYTES].chunks_exact(PAGE_BYTES).enumerate() {
+        read_at_or_zero(
+            file,
+            &mut chunk[..pages * PAGE_BYTES],
+            page_position(bucket),
+        )?;
+        for (i, page) in chunk[..pages * PAGE_BYTES]
+            .chunks_exact(PAGE_BYTES)
+            .enumerate()
+        {
             let page: &[u8; PAGE_BYTES] = page.try_into().expect("a page");
             if let Err(damaged) = format::decode_page(bucket + i as u64, page, &mut entries) {
                 return Ok(Err(damaged));
@@ -801,7 +966,10 @@ fn lock_exclusively(file: &File, path: &Path) -> anyhow::Result<()> {
     if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
         return Err(AlreadyOpen(path.to_path_buf()).into());
     }
-    Err(anyhow::anyhow!("locking the key index {}: {err}", path.display()))
+    Err(anyhow::anyhow!(
+        "locking the key index {}: {err}",
+        path.display()
+    ))
 }
 
 #[cfg(test)]
@@ -813,7 +981,13 @@ pub(super) mod tests {
     }
 
     pub fn open(dir: &Path) -> KeyIndex {
-        KeyIndex::open(&dir.join("keys.kix"), &["ops".into(), "audit".into()], BUFFERED_ENTRIES_MAX_DEFAULT, FILTER_BYTES_DEFAULT).unwrap()
+        KeyIndex::open(
+            &dir.join("keys.kix"),
+            &["ops".into(), "audit".into()],
+            BUFFERED_ENTRIES_MAX_DEFAULT,
+            FILTER_BYTES_DEFAULT,
+        )
+        .unwrap()
     }
 
     /// A token from a counter, spread like real tokens (digests).
@@ -825,13 +999,20 @@ pub(super) mod tests {
     fn entries_and_coverage_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let index = open(dir.path());
-        index.record(&[(0, token(1), 1), (0, token(2), 2)], &[]).unwrap();
+        index
+            .record(&[(0, token(1), 1), (0, token(2), 2)], &[])
+            .unwrap();
         index.record(&[(1, token(3), 1)], &[]).unwrap();
         index.record(&[(0, token(5), 5)], &[(0, 3, 4)]).unwrap();
         index.sync().unwrap();
         drop(index);
         let index = open(dir.path());
-        assert_eq!(index.look_up(&[token(1), token(3), token(5), token(9)]).unwrap(), vec![Some((0, 1)), Some((1, 1)), Some((0, 5)), None]);
+        assert_eq!(
+            index
+                .look_up(&[token(1), token(3), token(5), token(9)])
+                .unwrap(),
+            vec![Some((0, 1)), Some((1, 1)), Some((0, 5)), None]
+        );
         assert_eq!((index.through("ops"), index.through("audit")), (5, 1));
     }
 
@@ -845,14 +1026,25 @@ pub(super) mod tests {
         assert!(saved.exists(), "a clean close saves the filter");
         let stale = std::fs::read(&saved).unwrap();
         let index = open(dir.path());
-        assert!(!saved.exists(), "an open takes the saved filter away: it describes the file only until the next checkpoint");
-        assert_eq!(index.look_up(&[token(1), token(2)]).unwrap(), vec![Some((0, 1)), None], "the loaded filter holds the stored key");
+        assert!(
+            !saved.exists(),
+            "an open takes the saved filter away: it describes the file only until the next checkpoint"
+        );
+        assert_eq!(
+            index.look_up(&[token(1), token(2)]).unwrap(),
+            vec![Some((0, 1)), None],
+            "the loaded filter holds the stored key"
+        );
         index.record(&[(0, token(2), 2)], &[]).unwrap();
         drop(index);
         // A filter from an earlier close lacks token 2: it must not be used.
         std::fs::write(&saved, &stale).unwrap();
         let index = open(dir.path());
-        assert_eq!(index.look_up(&[token(1), token(2)]).unwrap(), vec![Some((0, 1)), Some((0, 2))], "a stale filter is ignored and the pages fill a new one");
+        assert_eq!(
+            index.look_up(&[token(1), token(2)]).unwrap(),
+            vec![Some((0, 1)), Some((0, 2))],
+            "a stale filter is ignored and the pages fill a new one"
+        );
         // After a crash there is no saved filter, and the pages fill it.
         index.record(&[(0, token(3), 3)], &[]).unwrap();
         index.sync().unwrap();
@@ -874,42 +1066,94 @@ pub(super) mod tests {
     fn a_second_open_of_the_same_file_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let _index = open(dir.path());
-        let second = KeyIndex::open(&dir.path().join("keys.kix"), &["ops".into(), "audit".into()], BUFFERED_ENTRIES_MAX_DEFAULT, FILTER_BYTES_DEFAULT);
-        assert!(matches!(second, Err(ref e) if e.downcast_ref::<AlreadyOpen>().is_some()), "the lock is held while the file is open");
+        let second = KeyIndex::open(
+            &dir.path().join("keys.kix"),
+            &["ops".into(), "audit".into()],
+            BUFFERED_ENTRIES_MAX_DEFAULT,
+            FILTER_BYTES_DEFAULT,
+        );
+        assert!(
+            matches!(second, Err(ref e) if e.downcast_ref::<AlreadyOpen>().is_some()),
+            "the lock is held while the file is open"
+        );
     }
 
     #[test]
     fn a_restart_after_a_crash_re_reads_from_the_checkpointed_prefix() {
         let dir = tempfile::tempdir().unwrap();
         let index = open(dir.path());
-        index.record(&[(0, token(1), 1), (0, token(4), 4)], &[]).unwrap();
-        assert_eq!((index.through("ops"), index.first_gap("ops")), (1, Some((2, 3))));
+        index
+            .record(&[(0, token(1), 1), (0, token(4), 4)], &[])
+            .unwrap();
+        assert_eq!(
+            (index.through("ops"), index.first_gap("ops")),
+            (1, Some((2, 3)))
+        );
         index.sync().unwrap();
-        index.record(&[(0, token(2), 2), (0, token(3), 3)], &[]).unwrap();
+        index
+            .record(&[(0, token(2), 2), (0, token(3), 3)], &[])
+            .unwrap();
         assert_eq!(index.through("ops"), 4);
-        assert_eq!(index.look_up(&[token(2), token(3)]).unwrap(), vec![Some((0, 2)), Some((0, 3))], "buffered entries are found");
+        assert_eq!(
+            index.look_up(&[token(2), token(3)]).unwrap(),
+            vec![Some((0, 2)), Some((0, 3))],
+            "buffered entries are found"
+        );
         crash(index);
         let index = open(dir.path());
-        assert_eq!(index.through("ops"), 1, "only the checkpointed prefix is trusted: a restart re-reads from offset 2");
-        assert_eq!(index.look_up(&[token(1), token(2), token(4)]).unwrap(), vec![Some((0, 1)), None, Some((0, 4))], "the buffer was lost, the pages kept");
+        assert_eq!(
+            index.through("ops"),
+            1,
+            "only the checkpointed prefix is trusted: a restart re-reads from offset 2"
+        );
+        assert_eq!(
+            index.look_up(&[token(1), token(2), token(4)]).unwrap(),
+            vec![Some((0, 1)), None, Some((0, 4))],
+            "the buffer was lost, the pages kept"
+        );
     }
 
     #[test]
     fn a_full_buffer_is_merged_into_the_pages_and_vouched_for() {
         let dir = tempfile::tempdir().unwrap();
-        let index = KeyIndex::open(&dir.path().join("keys.kix"), &["ops".into(), "audit".into()], 3, FILTER_BYTES_DEFAULT).unwrap();
-        index.record(&[(0, token(1), 1), (0, token(2), 2)], &[]).unwrap();
-        assert_eq!((index.buffer().len(), index.writes().entries), (2, 0), "below the limit the entries wait in memory");
+        let index = KeyIndex::open(
+            &dir.path().join("keys.kix"),
+            &["ops".into(), "audit".into()],
+            3,
+            FILTER_BYTES_DEFAULT,
+        )
+        .unwrap();
+        index
+            .record(&[(0, token(1), 1), (0, token(2), 2)], &[])
+            .unwrap();
+        assert_eq!(
+            (index.buffer().len(), index.writes().entries),
+            (2, 0),
+            "below the limit the entries wait in memory"
+        );
         index.record(&[(1, token(3), 1)], &[]).unwrap();
-        assert_eq!((index.buffer().len(), index.writes().entries), (0, 3), "at the limit they are merged into the pages");
+        assert_eq!(
+            (index.buffer().len(), index.writes().entries),
+            (0, 3),
+            "at the limit they are merged into the pages"
+        );
         index.record(&[(0, token(4), 3)], &[]).unwrap();
         // A checkpoint without a merge (here: another category starts over)
         // must not vouch for the buffered entry.
         index.reset("audit", 7).unwrap();
         crash(index);
         let index = open(dir.path());
-        assert_eq!((index.through("ops"), index.through("audit")), (2, 0), "a header vouches for what the pages hold, not for the buffer");
-        assert_eq!(index.look_up(&[token(1), token(2), token(3), token(4)]).unwrap(), vec![Some((0, 1)), Some((0, 2)), Some((1, 1)), None]);
+        assert_eq!(
+            (index.through("ops"), index.through("audit")),
+            (2, 0),
+            "a header vouches for what the pages hold, not for the buffer"
+        );
+        assert_eq!(
+            index
+                .look_up(&[token(1), token(2), token(3), token(4)])
+                .unwrap(),
+            vec![Some((0, 1)), Some((0, 2)), Some((1, 1)), None]
+        );
     }
 
     #[test]
@@ -920,11 +1164,25 @@ pub(super) mod tests {
         index.reset("audit", 77).unwrap();
         index.sync().unwrap();
         // A power loss tore the page being written.
-        let bucket = index.geometry.read().unwrap().bucket_of(index.hash(&token(1)));
-        index.file.write_all_at(&[0xff; 16], page_position(bucket) + 100).unwrap();
+        let bucket = index
+            .geometry
+            .read()
+            .unwrap()
+            .bucket_of(index.hash(&token(1)));
+        index
+            .file
+            .write_all_at(&[0xff; 16], page_position(bucket) + 100)
+            .unwrap();
         crash(index);
         let index = open(dir.path());
-        assert_eq!((index.through("ops"), index.stream_identity("audit").unwrap()), (0, None), "everything is read in again");
+        assert_eq!(
+            (
+                index.through("ops"),
+                index.stream_identity("audit").unwrap()
+            ),
+            (0, None),
+            "everything is read in again"
+        );
         assert_eq!(index.look_up(&[token(1)]).unwrap(), vec![None]);
     }
 
@@ -932,28 +1190,62 @@ pub(super) mod tests {
     fn a_page_damaged_while_running_marks_the_index_and_a_rebuild_starts_it_empty() {
         let dir = tempfile::tempdir().unwrap();
         let index = open(dir.path());
-        let entries: Vec<(usize, Token, u64)> = (1..=20_000u64).map(|n| (0, spread(n), n)).collect();
+        let entries: Vec<(usize, Token, u64)> =
+            (1..=20_000u64).map(|n| (0, spread(n), n)).collect();
         index.record(&entries, &[]).unwrap();
         index.reset("audit", 77).unwrap();
         index.sync().unwrap();
-        assert!(index.geometry.read().unwrap().buckets() > BUCKETS_INITIAL, "the table has split");
+        assert!(
+            index.geometry.read().unwrap().buckets() > BUCKETS_INITIAL,
+            "the table has split"
+        );
         assert!(!index.is_damaged());
         // Something else writes into a page of the running index.
-        let bucket = index.geometry.read().unwrap().bucket_of(index.hash(&spread(1)));
-        index.file.write_all_at(&[0xA5; 64], page_position(bucket) + 100).unwrap();
-        assert!(index.look_up(&[spread(1)]).is_err(), "a damaged page is an error, not a miss");
+        let bucket = index
+            .geometry
+            .read()
+            .unwrap()
+            .bucket_of(index.hash(&spread(1)));
+        index
+            .file
+            .write_all_at(&[0xA5; 64], page_position(bucket) + 100)
+            .unwrap();
+        assert!(
+            index.look_up(&[spread(1)]).is_err(),
+            "a damaged page is an error, not a miss"
+        );
         assert!(index.is_damaged());
         index.rebuild().unwrap();
         assert!(!index.is_damaged());
-        assert_eq!((index.through("ops"), index.stream_identity("audit").unwrap()), (0, None), "every stream is to be read in again");
-        assert_eq!(index.size(), IndexSize { entries: 0, file_bytes: page_position(BUCKETS_INITIAL), buffered: 0 });
-        assert_eq!(index.look_up(&[spread(1), spread(2)]).unwrap(), vec![None, None]);
+        assert_eq!(
+            (
+                index.through("ops"),
+                index.stream_identity("audit").unwrap()
+            ),
+            (0, None),
+            "every stream is to be read in again"
+        );
+        assert_eq!(
+            index.size(),
+            IndexSize {
+                entries: 0,
+                file_bytes: page_position(BUCKETS_INITIAL),
+                buffered: 0
+            }
+        );
+        assert_eq!(
+            index.look_up(&[spread(1), spread(2)]).unwrap(),
+            vec![None, None]
+        );
         // It works as new, and a crash now keeps what was recorded since.
         index.record(&[(0, spread(1), 1)], &[]).unwrap();
         index.sync().unwrap();
         crash(index);
         let index = open(dir.path());
-        assert_eq!(index.look_up(&[spread(1), spread(2)]).unwrap(), vec![Some((0, 1)), None]);
+        assert_eq!(
+            index.look_up(&[spread(1), spread(2)]).unwrap(),
+            vec![Some((0, 1)), None]
+        );
         assert_eq!(index.through("ops"), 1);
     }
 
@@ -963,25 +1255,57 @@ pub(super) mod tests {
         let index = open(dir.path());
         let total = 200_000u64;
         for chunk in (1..=total).collect::<Vec<_>>().chunks(8192) {
-            let entries: Vec<(usize, Token, u64)> = chunk.iter().map(|&n| (0, spread(n), n)).collect();
+            let entries: Vec<(usize, Token, u64)> =
+                chunk.iter().map(|&n| (0, spread(n), n)).collect();
             index.record(&entries, &[]).unwrap();
             index.sync().unwrap();
         }
         let geometry = *index.geometry.read().unwrap();
-        assert!(geometry.buckets() > BUCKETS_INITIAL * 4, "the table split as it filled: {geometry:?}");
+        assert!(
+            geometry.buckets() > BUCKETS_INITIAL * 4,
+            "the table split as it filled: {geometry:?}"
+        );
         assert!(index.writes().entries * 100 <= geometry.slots() * LOAD_URGENT_PERCENT);
-        assert_eq!(index.writes().entries, total, "no entry lost or copied by the splits");
-        assert_eq!(index.size(), IndexSize { entries: total, file_bytes: page_position(geometry.buckets()), buffered: 0 });
-        assert_eq!(std::fs::metadata(dir.path().join("keys.kix")).unwrap().len(), index.size().file_bytes, "the file is as large as its buckets");
+        assert_eq!(
+            index.writes().entries,
+            total,
+            "no entry lost or copied by the splits"
+        );
+        assert_eq!(
+            index.size(),
+            IndexSize {
+                entries: total,
+                file_bytes: page_position(geometry.buckets()),
+                buffered: 0
+            }
+        );
+        assert_eq!(
+            std::fs::metadata(dir.path().join("keys.kix"))
+                .unwrap()
+                .len(),
+            index.size().file_bytes,
+            "the file is as large as its buckets"
+        );
         let tokens: Vec<Token> = (1..=total).map(spread).collect();
         let found = index.look_up(&tokens).unwrap();
-        assert!(found.iter().zip(1..).all(|(f, n)| *f == Some((0, n))), "every key found at its offset");
+        assert!(
+            found.iter().zip(1..).all(|(f, n)| *f == Some((0, n))),
+            "every key found at its offset"
+        );
         assert_eq!(index.look_up(&[spread(total + 1)]).unwrap(), vec![None]);
         // And after reopening (the page check recounts).
         drop(index);
         let index = open(dir.path());
         assert_eq!(index.writes().entries, total);
-        assert_eq!(index.look_up(&tokens[..1000]).unwrap().iter().flatten().count(), 1000);
+        assert_eq!(
+            index
+                .look_up(&tokens[..1000])
+                .unwrap()
+                .iter()
+                .flatten()
+                .count(),
+            1000
+        );
     }
 
     #[test]
@@ -992,32 +1316,70 @@ pub(super) mod tests {
         for _ in 0..8 {
             let dir = tempfile::tempdir().unwrap();
             let index = open(dir.path());
-            let entries: Vec<(usize, Token, u64)> = (1..=10).map(|n| (0, token(n), u64::from(n))).collect();
+            let entries: Vec<(usize, Token, u64)> =
+                (1..=10).map(|n| (0, token(n), u64::from(n))).collect();
             index.record(&entries, &[]).unwrap();
             index.sync().unwrap();
             let tokens: Vec<Token> = entries.iter().map(|(_, t, _)| *t).collect();
             index.forget_below("ops", 4).unwrap();
-            let kept: Vec<u64> = index.look_up(&tokens).unwrap().iter().flatten().map(|(_, o)| *o).collect();
-            assert_eq!(kept, vec![4, 5, 6, 7, 8, 9, 10], "entries below the stream's first offset are not found");
+            let kept: Vec<u64> = index
+                .look_up(&tokens)
+                .unwrap()
+                .iter()
+                .flatten()
+                .map(|(_, o)| *o)
+                .collect();
+            assert_eq!(
+                kept,
+                vec![4, 5, 6, 7, 8, 9, 10],
+                "entries below the stream's first offset are not found"
+            );
             assert_eq!(index.forget_after("ops", 8).unwrap(), 2);
-            assert_eq!(index.through("ops"), 8, "coverage above the stream's last offset is dropped");
+            assert_eq!(
+                index.through("ops"),
+                8,
+                "coverage above the stream's last offset is dropped"
+            );
             index.forget("ops", &token(5), 5).unwrap();
             index.forget("ops", &token(6), 999).unwrap();
-            assert_eq!(index.look_up(&[token(5), token(6)]).unwrap(), vec![None, Some((0, 6))], "forget removes only the exact entry");
+            assert_eq!(
+                index.look_up(&[token(5), token(6)]).unwrap(),
+                vec![None, Some((0, 6))],
+                "forget removes only the exact entry"
+            );
             index.record(&[(0, token(12), 12)], &[]).unwrap();
             index.forget("ops", &token(12), 12).unwrap();
-            assert_eq!(index.look_up(&[token(12)]).unwrap(), vec![None], "also while it is buffered");
+            assert_eq!(
+                index.look_up(&[token(12)]).unwrap(),
+                vec![None],
+                "also while it is buffered"
+            );
             // Writing a bucket drops its stale entries for good: a new key in
             // the bucket of a stale token replaces it in the count.
             assert_eq!(index.writes().entries, 9);
             let bucket_of = |t: &Token| index.geometry.read().unwrap().bucket_of(index.hash(t));
             let recorded: Vec<Token> = tokens.iter().copied().chain([token(12)]).collect();
-            let alone = |t: &Token| recorded.iter().filter(|u| bucket_of(u) == bucket_of(t)).count() == 1;
-            let Some(stale) = [token(1), token(2), token(3)].into_iter().find(alone) else { continue };
-            let neighbour = (0..100_000).map(spread).find(|t| bucket_of(t) == bucket_of(&stale)).expect("a token sharing the bucket");
+            let alone = |t: &Token| {
+                recorded
+                    .iter()
+                    .filter(|u| bucket_of(u) == bucket_of(t))
+                    .count()
+                    == 1
+            };
+            let Some(stale) = [token(1), token(2), token(3)].into_iter().find(alone) else {
+                continue;
+            };
+            let neighbour = (0..100_000)
+                .map(spread)
+                .find(|t| bucket_of(t) == bucket_of(&stale))
+                .expect("a token sharing the bucket");
             index.record(&[(0, neighbour, 11)], &[]).unwrap();
             index.sync().unwrap();
-            assert_eq!(index.writes().entries, 9, "one stale entry dropped, one added");
+            assert_eq!(
+                index.writes().entries,
+                9,
+                "one stale entry dropped, one added"
+            );
             return;
         }
         panic!("no table of 8 had a stale entry alone in its bucket");
@@ -1030,10 +1392,21 @@ pub(super) mod tests {
         index.record(&[(0, token(1), 1)], &[]).unwrap();
         index.record(&[(1, token(2), 1)], &[]).unwrap();
         index.reset("ops", 42).unwrap();
-        assert_eq!((index.through("ops"), index.through("audit"), index.stream_identity("ops").unwrap()), (0, 1, Some(42)));
+        assert_eq!(
+            (
+                index.through("ops"),
+                index.through("audit"),
+                index.stream_identity("ops").unwrap()
+            ),
+            (0, 1, Some(42))
+        );
         drop(index);
         let index = open(dir.path());
-        assert_eq!((index.through("ops"), index.stream_identity("ops").unwrap()), (0, Some(42)), "durably");
+        assert_eq!(
+            (index.through("ops"), index.stream_identity("ops").unwrap()),
+            (0, Some(42)),
+            "durably"
+        );
     }
 
     #[test]
@@ -1042,7 +1415,16 @@ pub(super) mod tests {
         let index = open(dir.path());
         index.record(&[(0, token(1), 1)], &[]).unwrap();
         drop(index);
-        let other = KeyIndex::open(&dir.path().join("keys.kix"), &["audit".into(), "ops".into()], BUFFERED_ENTRIES_MAX_DEFAULT, FILTER_BYTES_DEFAULT).unwrap();
-        assert_eq!((other.through("ops"), other.look_up(&[token(1)]).unwrap()), (0, vec![None]));
+        let other = KeyIndex::open(
+            &dir.path().join("keys.kix"),
+            &["audit".into(), "ops".into()],
+            BUFFERED_ENTRIES_MAX_DEFAULT,
+            FILTER_BYTES_DEFAULT,
+        )
+        .unwrap();
+        assert_eq!(
+            (other.through("ops"), other.look_up(&[token(1)]).unwrap()),
+            (0, vec![None])
+        );
     }
 }

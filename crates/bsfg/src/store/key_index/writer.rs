@@ -73,7 +73,11 @@ impl IndexWriter {
                 .spawn(move || write_loop(&index, &shared, sync_interval))
                 .expect("spawning the key index writer")
         };
-        Self { shared, thread: Some(thread), staged_facts_max: staged_facts_max.max(1) }
+        Self {
+            shared,
+            thread: Some(thread),
+            staged_facts_max: staged_facts_max.max(1),
+        }
     }
 
     pub fn stats(&self) -> WriterStats {
@@ -91,12 +95,19 @@ impl IndexWriter {
     /// For each token, where it is staged, if it is.
     pub fn look_up_staged(&self, tokens: &[Token]) -> Vec<Option<(usize, u64)>> {
         let staged = self.staged();
-        tokens.iter().map(|t| staged.by_token.get(t).copied()).collect()
+        tokens
+            .iter()
+            .map(|t| staged.by_token.get(t).copied())
+            .collect()
     }
 
     /// Stages stored facts, `(category position, token, offset)`. Waits up
     /// to `wait` for room on the stage; `Err` says why there is none.
-    pub async fn stage(&self, entries: &[(usize, Token, u64)], wait: Duration) -> Result<(), String> {
+    pub async fn stage(
+        &self,
+        entries: &[(usize, Token, u64)],
+        wait: Duration,
+    ) -> Result<(), String> {
         if entries.is_empty() {
             return Ok(());
         }
@@ -107,7 +118,9 @@ impl IndexWriter {
             room.as_mut().enable();
             {
                 let mut staged = self.staged();
-                if staged.queue.is_empty() || staged.queue.len() + entries.len() <= self.staged_facts_max {
+                if staged.queue.is_empty()
+                    || staged.queue.len() + entries.len() <= self.staged_facts_max
+                {
                     for &(position, token, offset) in entries {
                         staged.by_token.insert(token, (position, offset));
                         staged.queue.push_back((position, token, offset));
@@ -119,7 +132,12 @@ impl IndexWriter {
             }
             if tokio::time::timeout_at(deadline, room).await.is_err() {
                 let failure = self.shared.failure.lock().expect("failure lock").clone();
-                return Err(failure.unwrap_or_else(|| format!("{} facts wait to be written to the key index", self.staged_facts_max)));
+                return Err(failure.unwrap_or_else(|| {
+                    format!(
+                        "{} facts wait to be written to the key index",
+                        self.staged_facts_max
+                    )
+                }));
             }
         }
     }
@@ -146,16 +164,31 @@ fn write_loop(index: &KeyIndex, shared: &Shared, sync_interval: Duration) {
         let batch: Vec<(usize, Token, u64)> = {
             let mut staged = shared.staged.lock().expect("key index stage poisoned");
             if staged.queue.is_empty() && !stopping {
-                let until_sync = sync_interval.saturating_sub(last_sync.elapsed()).max(Duration::from_millis(1));
-                staged = shared.wake.wait_timeout(staged, until_sync).expect("key index stage poisoned").0;
+                let until_sync = sync_interval
+                    .saturating_sub(last_sync.elapsed())
+                    .max(Duration::from_millis(1));
+                staged = shared
+                    .wake
+                    .wait_timeout(staged, until_sync)
+                    .expect("key index stage poisoned")
+                    .0;
             }
             // Let a small batch grow for a few milliseconds: fewer wake-ups
             // and lock round trips, and a bucket two facts share is written
             // once. Nobody waits for it; look-ups see the stage.
             let grow_until = last_record + WRITE_INTERVAL_MIN;
-            while !shared.stop.load(Ordering::Acquire) && !staged.queue.is_empty() && staged.queue.len() < WRITE_BATCH_MAX / 2 {
-                let Some(left) = grow_until.checked_duration_since(Instant::now()) else { break };
-                staged = shared.wake.wait_timeout(staged, left).expect("key index stage poisoned").0;
+            while !shared.stop.load(Ordering::Acquire)
+                && !staged.queue.is_empty()
+                && staged.queue.len() < WRITE_BATCH_MAX / 2
+            {
+                let Some(left) = grow_until.checked_duration_since(Instant::now()) else {
+                    break;
+                };
+                staged = shared
+                    .wake
+                    .wait_timeout(staged, left)
+                    .expect("key index stage poisoned")
+                    .0;
             }
             staged.queue.iter().take(WRITE_BATCH_MAX).copied().collect()
         };
@@ -163,12 +196,20 @@ fn write_loop(index: &KeyIndex, shared: &Shared, sync_interval: Duration) {
         if !batch.is_empty() {
             match index.record(&batch, &[]) {
                 Ok(()) => {
-                    shared.record_nanos.fetch_add(last_record.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                    shared.recorded_entries.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    shared
+                        .record_nanos
+                        .fetch_add(last_record.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    shared
+                        .recorded_entries
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
                     let mut staged = shared.staged.lock().expect("key index stage poisoned");
                     for (position, token, offset) in &batch {
                         let front = staged.queue.pop_front();
-                        debug_assert_eq!(front, Some((*position, *token, *offset)), "only the writer takes from the stage");
+                        debug_assert_eq!(
+                            front,
+                            Some((*position, *token, *offset)),
+                            "only the writer takes from the stage"
+                        );
                         if staged.by_token.get(token) == Some(&(*position, *offset)) {
                             staged.by_token.remove(token);
                         }
@@ -180,7 +221,8 @@ fn write_loop(index: &KeyIndex, shared: &Shared, sync_interval: Duration) {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, staged = batch.len(), retry_in_ms = backoff.as_millis() as u64, "writing the key index failed; appends wait for it");
-                    *shared.failure.lock().expect("failure lock") = Some(format!("writing the key index failed: {e}"));
+                    *shared.failure.lock().expect("failure lock") =
+                        Some(format!("writing the key index failed: {e}"));
                     if stopping {
                         return;
                     }
@@ -197,7 +239,9 @@ fn write_loop(index: &KeyIndex, shared: &Shared, sync_interval: Duration) {
             if let Err(e) = index.sync() {
                 tracing::warn!(error = %e, "making the key index durable failed; will retry");
             }
-            shared.record_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            shared
+                .record_nanos
+                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
             last_sync = Instant::now();
         }
         if stopping && batch.is_empty() {
@@ -208,26 +252,52 @@ fn write_loop(index: &KeyIndex, shared: &Shared, sync_interval: Duration) {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use super::super::tests::{open, token};
+    use super::*;
 
     #[tokio::test]
     async fn staged_entries_are_found_at_once_and_reach_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let index = Arc::new(open(dir.path()));
         let writer = IndexWriter::start(index.clone(), Duration::from_millis(20), 1024);
-        writer.stage(&[(0, token(1), 1), (0, token(2), 2)], Duration::from_secs(1)).await.unwrap();
-        writer.stage(&[(1, token(3), 1)], Duration::from_secs(1)).await.unwrap();
+        writer
+            .stage(
+                &[(0, token(1), 1), (0, token(2), 2)],
+                Duration::from_secs(1),
+            )
+            .await
+            .unwrap();
+        writer
+            .stage(&[(1, token(3), 1)], Duration::from_secs(1))
+            .await
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         while index.through("ops") < 2 || index.through("audit") < 1 {
-            assert!(Instant::now() < deadline, "the writer commits staged entries");
+            assert!(
+                Instant::now() < deadline,
+                "the writer commits staged entries"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert_eq!(writer.look_up_staged(&[token(1), token(3)]), vec![None, None], "committed entries leave the stage");
-        assert_eq!(index.look_up(&[token(1), token(2), token(3)]).unwrap(), vec![Some((0, 1)), Some((0, 2)), Some((1, 1))]);
+        assert_eq!(
+            writer.look_up_staged(&[token(1), token(3)]),
+            vec![None, None],
+            "committed entries leave the stage"
+        );
+        assert_eq!(
+            index.look_up(&[token(1), token(2), token(3)]).unwrap(),
+            vec![Some((0, 1)), Some((0, 2)), Some((1, 1))]
+        );
         let stats = writer.stats();
-        assert_eq!((stats.recorded_entries, stats.staged_entries), (3, 0), "the writer counts what it committed: {stats:?}");
-        assert!(stats.record_seconds > 0.0, "and the time its commits took: {stats:?}");
+        assert_eq!(
+            (stats.recorded_entries, stats.staged_entries),
+            (3, 0),
+            "the writer counts what it committed: {stats:?}"
+        );
+        assert!(
+            stats.record_seconds > 0.0,
+            "and the time its commits took: {stats:?}"
+        );
         // Dropping the writer and the index releases the file, synced.
         drop(writer);
         drop(index);
@@ -243,8 +313,16 @@ mod tests {
         // The index's writer lock held here keeps the writer from recording
         // (a stuck disk); two staged facts fill the stage.
         let held = index.hold_writes();
-        writer.stage(&[(0, token(1), 1), (0, token(2), 2)], Duration::from_millis(100)).await.unwrap();
-        let refused = writer.stage(&[(0, token(9), 9)], Duration::from_millis(100)).await;
+        writer
+            .stage(
+                &[(0, token(1), 1), (0, token(2), 2)],
+                Duration::from_millis(100),
+            )
+            .await
+            .unwrap();
+        let refused = writer
+            .stage(&[(0, token(9), 9)], Duration::from_millis(100))
+            .await;
         assert!(refused.is_err(), "no room while the writer cannot commit");
         drop(held);
     }
