@@ -250,17 +250,7 @@ capacity_bytes = 8589934592
         // settings (e.g. `duplicate_window = "30s"`).
         operational_extra = std::env::var("BENCH_OPERATIONAL_EXTRA").unwrap_or_default(),
         nats = node_nats_section(nats_port),
-        tls = if mtls {
-            let c = dir.join("certs");
-            format!(
-                "[tls]\nmode = \"mtls\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\n[[principals]]\nname = \"app\"\nkind = \"app\"\nidentities = [\"app.{zone}\"]\nbuckets_read = [\"records\"]\nbuckets_write = [\"records\"]\n",
-                c.join("ca.pem").display(),
-                c.join(format!("{zone}-bsfg.pem")).display(),
-                c.join(format!("{zone}-bsfg.key")).display()
-            )
-        } else {
-            "[tls]\nmode = \"plaintext-dev\"\n".to_string()
-        }
+        tls = tls_section(dir, zone, mtls, &["records"])
     );
     let spool = dir.join(format!("spool-{zone}"));
     match zone {
@@ -295,6 +285,54 @@ capacity_bytes = 8589934592
         }
     }
     s
+}
+
+/// `--tls`: whether the nodes run mutual TLS.
+pub(crate) fn parse_tls(tls: &str) -> anyhow::Result<bool> {
+    match tls {
+        "mtls" => Ok(true),
+        "plaintext-dev" => Ok(false),
+        t => bail!("--tls {t}: expected mtls or plaintext-dev"),
+    }
+}
+
+/// A site CA in `certs` and, per zone, the node's certificate
+/// `<zone>-bsfg` (also for localhost and 127.0.0.1) and an app's
+/// `app.<zone>`.
+pub(crate) fn issue_certs(certs: &Path, zones: &[&str]) -> anyhow::Result<()> {
+    bsfg::tls::pki::init_ca(certs, "bench CA", 5)?;
+    for z in zones {
+        let mut node = bsfg::tls::pki::IssueRequest::new(&format!("{z}-bsfg"), 5);
+        node.extra_sans = vec!["localhost".into(), "127.0.0.1".into()];
+        bsfg::tls::pki::issue(certs, certs, &node)?;
+        bsfg::tls::pki::issue(
+            certs,
+            certs,
+            &bsfg::tls::pki::IssueRequest::new(&format!("app.{z}"), 5),
+        )?;
+    }
+    Ok(())
+}
+
+/// A zone node's `[tls]` section: plaintext-dev, or mTLS with the
+/// certificates of `issue_certs` in `<dir>/certs` and the principal `app`
+/// (identity `app.<zone>`, reading and writing `buckets`).
+pub(crate) fn tls_section(dir: &Path, zone: &str, mtls: bool, buckets: &[&str]) -> String {
+    if !mtls {
+        return "[tls]\nmode = \"plaintext-dev\"\n".to_string();
+    }
+    let c = dir.join("certs");
+    let buckets = buckets
+        .iter()
+        .map(|b| format!("\"{b}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "[tls]\nmode = \"mtls\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\n[[principals]]\nname = \"app\"\nkind = \"app\"\nidentities = [\"app.{zone}\"]\nbuckets_read = [{buckets}]\nbuckets_write = [{buckets}]\n",
+        c.join("ca.pem").display(),
+        c.join(format!("{zone}-bsfg.pem")).display(),
+        c.join(format!("{zone}-bsfg.key")).display()
+    )
 }
 
 async fn count(js: &jetstream::Context) -> anyhow::Result<u64> {
@@ -465,24 +503,10 @@ pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
     // idmz pulls plant-a through p1; enterprise pulls idmz through p2.
     let p1 = FaultProxy::start(format!("127.0.0.1:{}", ports["plant-a"].0).parse()?).await?;
     let p2 = FaultProxy::start(format!("127.0.0.1:{}", ports["idmz"].0).parse()?).await?;
-    let mtls = match a.tls.as_str() {
-        "mtls" => true,
-        "plaintext-dev" => false,
-        t => bail!("--tls {t}: expected mtls or plaintext-dev"),
-    };
+    let mtls = parse_tls(&a.tls)?;
     let certs = dir.join("certs");
     if mtls {
-        bsfg::tls::pki::init_ca(&certs, "bench CA", 5)?;
-        for z in ZONES {
-            let mut node = bsfg::tls::pki::IssueRequest::new(&format!("{z}-bsfg"), 5);
-            node.extra_sans = vec!["localhost".into(), "127.0.0.1".into()];
-            bsfg::tls::pki::issue(&certs, &certs, &node)?;
-            bsfg::tls::pki::issue(
-                &certs,
-                &certs,
-                &bsfg::tls::pki::IssueRequest::new(&format!("app.{z}"), 5),
-            )?;
-        }
+        issue_certs(&certs, &ZONES)?;
     }
     let scheme = if mtls { "https" } else { "http" };
     let mut upstream_urls = BTreeMap::new();

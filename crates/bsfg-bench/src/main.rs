@@ -10,6 +10,7 @@
 //! for a fixed duration (or a fixed count for drains), `--reps` times; the
 //! report gives medians.
 
+mod ab;
 mod crossing;
 mod key_index;
 mod substrate;
@@ -99,6 +100,10 @@ enum Cmd {
     /// The idempotency key index alone: CPU per recorded entry and per
     /// look-up as it grows (prints a Markdown table).
     KeyIndex(key_index::KeyIndexArgs),
+    /// Two node binaries, A and B, in the same run: AppendFact c64 against
+    /// each, a fresh nats-server and node per repetition, alternating order
+    /// (prints a Markdown table).
+    Ab(ab::AbArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -113,6 +118,7 @@ fn main() -> anyhow::Result<()> {
         Some(Cmd::Crossing(a)) => rt.block_on(crossing::run(a.clone())),
         Some(Cmd::Substrate(a)) => rt.block_on(substrate::run(a.clone())),
         Some(Cmd::KeyIndex(a)) => key_index::run(a.clone()),
+        Some(Cmd::Ab(a)) => rt.block_on(ab::run(a.clone())),
         None => rt.block_on(run(args)),
     }
 }
@@ -515,6 +521,33 @@ where
     }
 }
 
+/// `concurrency` workers appending facts with an `object_json` of `size`
+/// bytes back to back for `secs` (message ids `<tag>-<worker>-<seq>`): the
+/// AppendFact closed loop.
+pub(crate) async fn append_closed_loop(
+    client: &BoundaryServiceClient<SharedHttp2Connection>,
+    concurrency: usize,
+    size: usize,
+    secs: f64,
+    tag: String,
+) -> Sample {
+    let c = client.clone();
+    let payload: Arc<str> = object_json(size).into();
+    closed_loop(concurrency, secs, move |w, seq| {
+        let (c, payload, id) = (c.clone(), payload.clone(), format!("{tag}-{w}-{seq}"));
+        async move {
+            match c.append_fact(append_request(id, &payload)).await {
+                Ok(_) => true,
+                Err(e) => {
+                    eprintln!("append error: {e}");
+                    false
+                }
+            }
+        }
+    })
+    .await
+}
+
 fn append_request(message_id: String, payload: &str) -> AppendFactRequest {
     AppendFactRequest {
         envelope: Envelope {
@@ -897,12 +930,59 @@ fn node_commit_section(dir: &std::path::Path, zone: &str) -> String {
     )
 }
 
+/// A client certificate, its key and the CA it trusts (PEM files).
+pub(crate) struct ClientTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A client of the RPC service on `127.0.0.1:port` (`new` is the service's
+/// client constructor) over one HTTP/2 connection that all its calls share
+/// (up to 1024 in flight): h2c, or mutual TLS with `tls`. Every RPC row's
+/// client.
+pub(crate) async fn rpc_client<C>(
+    port: u16,
+    protocol: Protocol,
+    tls: Option<&ClientTls>,
+    new: impl FnOnce(SharedHttp2Connection, ClientConfig) -> C,
+) -> anyhow::Result<C> {
+    let (uri, connection) = match tls {
+        None => {
+            let uri: http::Uri = format!("http://127.0.0.1:{port}").parse()?;
+            (uri.clone(), Http2Connection::connect_plaintext(uri).await?)
+        }
+        Some(t) => {
+            let uri: http::Uri = format!("https://127.0.0.1:{port}").parse()?;
+            (
+                uri.clone(),
+                Http2Connection::connect_tls(
+                    uri,
+                    bsfg::tls::client::client_config(&t.ca, &t.cert, &t.key)?,
+                )
+                .await?,
+            )
+        }
+    };
+    let config = ClientConfig::new(uri)
+        .with_protocol(protocol)
+        .with_default_timeout(Duration::from_secs(30));
+    Ok(new(connection.shared(1024), config))
+}
+
+/// The `[tls]` section of the main run's node: plaintext on both sides of
+/// the comparison, as the echo baseline has no TLS either.
+const PLAINTEXT_TLS: &str = "[tls]\nmode = \"plaintext-dev\"\n";
+
+/// The single-zone node's configuration (zone `bench`); `tls` is its
+/// `[tls]` section (and any principals).
 fn node_config(
     port: u16,
     ops: u16,
     nats_port: u16,
     drain_consumers: usize,
     dir: &std::path::Path,
+    tls: &str,
 ) -> String {
     let mut s = format!(
         r#"zone = "bench"
@@ -910,9 +990,7 @@ listen = "127.0.0.1:{port}"
 ops_listen = "127.0.0.1:{ops}"
 retention_interval = "5s"
 
-# Plaintext on both sides of the comparison: the echo baseline has no TLS either.
-[tls]
-mode = "plaintext-dev"
+{tls}
 
 {nats}
 
@@ -984,7 +1062,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // node
     let (port, ops) = (free_port()?, free_port()?);
     let node_toml = dir.join("node.toml");
-    std::fs::write(&node_toml, node_config(port, ops, nats_port, reps, &dir))?;
+    std::fs::write(
+        &node_toml,
+        node_config(port, ops, nats_port, reps, &dir, PLAINTEXT_TLS),
+    )?;
     let node_log = dir.join("node.log");
     let node = spawn_logged(
         std::process::Command::new(&args.bsfg)
@@ -1021,25 +1102,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     )?;
     wait_tcp(bare_port, "bare append server", &bare_log).await?;
 
-    let client_config = |p: u16| {
-        ClientConfig::new(format!("http://127.0.0.1:{p}").parse().unwrap())
-            .with_protocol(protocol)
-            .with_default_timeout(Duration::from_secs(30))
-    };
-    let node_conn = Http2Connection::connect_plaintext(format!("http://127.0.0.1:{port}").parse()?)
-        .await?
-        .shared(1024);
-    let bsfg = BoundaryServiceClient::new(node_conn, client_config(port));
-    let echo_conn =
-        Http2Connection::connect_plaintext(format!("http://127.0.0.1:{echo_port}").parse()?)
-            .await?
-            .shared(1024);
-    let echo_client = EchoServiceClient::new(echo_conn, client_config(echo_port));
-    let bare_conn =
-        Http2Connection::connect_plaintext(format!("http://127.0.0.1:{bare_port}").parse()?)
-            .await?
-            .shared(1024);
-    let bare_client = EchoServiceClient::new(bare_conn, client_config(bare_port));
+    let bsfg = rpc_client(port, protocol, None, BoundaryServiceClient::new).await?;
+    let echo_client = rpc_client(echo_port, protocol, None, EchoServiceClient::new).await?;
+    let bare_client = rpc_client(bare_port, protocol, None, EchoServiceClient::new).await?;
 
     let mut r = Report { md: String::new() };
     let started_at = now_ms();
@@ -1152,23 +1217,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                         .0,
                 );
             }
-            let c = bsfg.clone();
-            let payload: Arc<str> = object_json(size).into();
             let tag = format!("{}-a{conc}-{size}-{rep}", run_id());
             let (node_before, nats_before) = (cpu_seconds(node.pid()), cpu_seconds(nats.pid()));
-            let s = closed_loop(conc, secs, move |w, seq| {
-                let (c, payload, id) = (c.clone(), payload.clone(), format!("{tag}-{w}-{seq}"));
-                async move {
-                    match c.append_fact(append_request(id, &payload)).await {
-                        Ok(_) => true,
-                        Err(e) => {
-                            eprintln!("append error: {e}");
-                            false
-                        }
-                    }
-                }
-            })
-            .await;
+            let s = append_closed_loop(&bsfg, conc, size, secs, tag).await;
             config_node_cpu += cpu_seconds(node.pid()) - node_before;
             config_nats_cpu += cpu_seconds(nats.pid()) - nats_before;
             eprintln!(
