@@ -158,7 +158,7 @@ impl Connection {
                 }
                 let (gate, busy) = (gate.clone(), activity.begin());
                 async move {
-                    let response = gate.handle(request).await;
+                    let response = answer_even_a_panic(gate, request).await;
                     drop(busy);
                     Ok::<_, std::convert::Infallible>(response)
                 }
@@ -211,6 +211,36 @@ impl Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         self.metrics.connections_open.dec();
+    }
+}
+
+/// A handler that panics answers `internal` instead of taking its whole
+/// connection (and every call on it) down with it; the panic is logged.
+async fn answer_even_a_panic(
+    gate: Arc<Gate>,
+    request: http::Request<hyper::body::Incoming>,
+) -> http::Response<connectrpc::ConnectRpcBody> {
+    use futures::FutureExt as _;
+    let mut headers = http::HeaderMap::new();
+    if let Some(content_type) = request.headers().get(http::header::CONTENT_TYPE) {
+        headers.insert(http::header::CONTENT_TYPE, content_type.clone());
+    }
+    let path = request.uri().path().to_string();
+    match std::panic::AssertUnwindSafe(gate.handle(request))
+        .catch_unwind()
+        .await
+    {
+        Ok(response) => response,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(path, panic = %what, "a request handler panicked");
+            connectrpc::ConnectError::internal("the node failed while handling this request")
+                .into_http_response(&headers)
+        }
     }
 }
 
