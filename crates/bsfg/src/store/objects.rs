@@ -320,6 +320,16 @@ impl Objects {
         let put_result = store.put(meta, &mut reader).await;
         let blob = match put_result {
             Ok(blob) => blob,
+            Err(e) if is_bucket_full(&e.to_string()) => {
+                return Err(Rejection::new(
+                    Code::ResourceExhausted,
+                    "bucket_full",
+                    format!(
+                        "bucket {} has no room for {}/{} (its capacity_bytes is reached); an operator frees objects or raises the capacity",
+                        header.bucket, header.bucket, header.key
+                    ),
+                ));
+            }
             Err(e) => return Err(unavailable("writing the object", e)),
         };
         let cleanup = |r: Rejection| {
@@ -558,6 +568,12 @@ fn nats_digest_to_hex(value: &str) -> Option<String> {
 fn random_id() -> String {
     let bytes: [u8; 16] = rand::random();
     hex::encode(bytes)
+}
+
+/// JetStream's refusal of a write past the bucket stream's `max_bytes`
+/// (error 10077, "maximum bytes exceeded").
+fn is_bucket_full(error: &str) -> bool {
+    error.contains("10077") || error.contains("maximum bytes exceeded")
 }
 
 #[cfg(test)]

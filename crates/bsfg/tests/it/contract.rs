@@ -911,3 +911,23 @@ async fn objects_keep_their_media_type() {
         "nothing stored by a refused upload"
     );
 }
+
+/// An upload into a bucket at its capacity is refused as a full bucket
+/// (resource_exhausted), not as an unavailable store, and the bucket's
+/// earlier objects stay readable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_into_a_full_bucket_is_refused_as_bucket_full() {
+    let mut opts = Opts::default();
+    opts.buckets[0].capacity_bytes = 2 * 1024 * 1024;
+    let zone = Zone::start(opts).await;
+    let client = zone.client();
+    let first = pseudo_random_bytes(1024 * 1024, 1);
+    put(&client, BUCKET, "first.bin", &first, &sha256(&first))
+        .await
+        .unwrap();
+    let second = pseudo_random_bytes(1536 * 1024, 2);
+    let refused = put(&client, BUCKET, "second.bin", &second, &sha256(&second)).await;
+    assert_rejected(refused, "resource_exhausted", "bucket_full");
+    let (_, read) = get(&client, BUCKET, "first.bin", 0).await.unwrap();
+    assert!(read == first, "the earlier object is intact");
+}
