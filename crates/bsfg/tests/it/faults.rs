@@ -382,6 +382,12 @@ async fn continuous_load_survives_partitions_kills_and_freezes_exactly_once_in_o
     for v in &verdicts {
         eprintln!("{}", v.summary());
     }
+    let clean_all = verdicts
+        .iter()
+        .all(|v| v.lost.is_empty() && v.reordered == 0);
+    if !clean_all {
+        eprintln!("{}", site.diagnose(&format!("fault-{seed}")).await);
+    }
     for v in &verdicts {
         let clean = v.lost.is_empty()
             && v.duplicated.is_empty()
@@ -494,12 +500,28 @@ fn judge(dest: &'static str, got: &BTreeMap<u64, StoredFact>, sent: &[Sent]) -> 
         }
     }
     // Local order (BTreeMap by local offset) follows origin order.
-    let origin_offsets: Vec<u64> = got
+    let in_local_order: Vec<(u64, u64, &str)> = got
         .values()
         .filter(|f| f.provenance.origin_zone == origin)
-        .map(|f| f.provenance.origin_offset)
+        .map(|f| {
+            (
+                f.offset,
+                f.provenance.origin_offset,
+                f.envelope.message_id.as_str(),
+            )
+        })
         .collect();
-    let reordered = origin_offsets.windows(2).filter(|w| w[0] >= w[1]).count();
+    let inversions: Vec<_> = in_local_order
+        .windows(2)
+        .filter(|w| w[0].1 >= w[1].1)
+        .collect();
+    for w in &inversions {
+        eprintln!(
+            "{dest}: out of origin order: local {} = origin {} ({}), then local {} = origin {} ({})",
+            w[0].0, w[0].1, w[0].2, w[1].0, w[1].1, w[1].2
+        );
+    }
+    let reordered = inversions.len();
     Verdict {
         dest,
         acknowledged: sent.len(),
