@@ -908,16 +908,24 @@ async fn a_flood_of_refusals_is_summarized_not_stored_one_by_one() {
     let zone = Zone::start(Opts::default()).await;
     let flood = 1400;
     let stranger = zone.client_as("stranger.plant-a");
-    let calls = (0..flood).map(|i| {
-        let stranger = stranger.clone();
-        async move {
-            stranger
-                .append(envelope(&format!("flood-{i}")), batch_fact(1))
-                .await
+    // One connection first: calls started before it exists would each open
+    // their own, and the node's connections_max would refuse some.
+    let first = stranger
+        .append(envelope("flood-first"), batch_fact(1))
+        .await;
+    assert_rejected(first, "permission_denied", "unknown_identity");
+    // Then waves of calls multiplexed on it.
+    for wave in 0..flood / 350 {
+        let calls = (0..350).map(|i| {
+            let stranger = stranger.clone();
+            async move {
+                let id = format!("flood-{wave}-{i}");
+                stranger.append(envelope(&id), batch_fact(1)).await
+            }
+        });
+        for r in futures::future::join_all(calls).await {
+            assert_rejected(r, "permission_denied", "unknown_identity");
         }
-    });
-    for r in futures::future::join_all(calls).await {
-        assert_rejected(r, "permission_denied", "unknown_identity");
     }
     let other = zone.client_as("intruder.plant-a");
     assert_rejected(
