@@ -199,6 +199,14 @@ pub enum Order {
     Any,
 }
 
+/// A refusal that a retry may overcome (the store, not the fact).
+fn is_transient(r: &Rejection) -> bool {
+    matches!(
+        r.code,
+        Code::Unavailable | Code::ResourceExhausted | Code::Internal | Code::DeadlineExceeded
+    )
+}
+
 /// For each fact published in a batch, the key token of the fact published
 /// before it in the same category, if any (what `Order::AsGiven` names as
 /// the expected last message of the stream).
@@ -549,7 +557,18 @@ impl FactLog {
         let mut predecessors = Predecessors::default();
         for (slot, p) in prepared.into_iter().enumerate() {
             in_flight.push(match (p.expect("every fact was prepared"), round.as_mut()) {
-                (Err(done), _) => InFlight::Done(done),
+                (Err(done), _) => {
+                    // In a batch whose order is kept, a fact that failed
+                    // before it could be sent (its attachments could not be
+                    // checked, its key not read back) and will be retried
+                    // holds back the facts after it, like one that could
+                    // not be sent: published now, they would be stored
+                    // ahead of it.
+                    if order == Order::AsGiven && matches!(&done, Err(r) if is_transient(r)) {
+                        send_failed = true;
+                    }
+                    InFlight::Done(done)
+                }
                 // Nothing after a fact that could not be sent is sent: a
                 // later fact stored before its retry would break the order.
                 (Ok(_), Some(_)) if send_failed => InFlight::Done(Err(unavailable("publishing the fact", "it or an earlier fact of the same batch could not be sent within the request timeout"))),
