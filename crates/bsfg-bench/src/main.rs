@@ -227,7 +227,7 @@ impl Drop for Child {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    bsfg::node::nats_server::free_port()
+    bsfg::ports::free_port()
 }
 
 /// Writes `<dir>/<name>.nats.conf` and starts nats-server on `port`, with

@@ -484,7 +484,7 @@ pub async fn run_site(dir: PathBuf) -> anyhow::Result<()> {
     step("2. Four zones, each node starting and supervising its own nats-server");
     let mut ports = BTreeMap::new();
     for z in ZONES {
-        ports.insert(z, crate::node::nats_server::free_port()?);
+        ports.insert(z, crate::ports::free_port()?);
     }
     let loopback = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
     // The idmz ⇄ enterprise link, both ways, runs through fault proxies:

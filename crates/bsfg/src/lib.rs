@@ -4,7 +4,8 @@
 //! fact log, consumers, objects, retention), [`node`] (the running process:
 //! boundary service, operations port, embedded nats-server), [`client`]
 //! (a typed client for the CLI, tests and benchmarks), [`cli`];
-//! [`owner_only`] creates the node's private files and directories.
+//! [`owner_only`] creates the node's private files and directories;
+//! [`ports`] picks loopback ports for servers started a moment later.
 
 pub mod cli;
 pub mod client;
@@ -15,6 +16,7 @@ pub mod logs;
 pub mod metrics;
 pub mod node;
 pub mod owner_only;
+pub mod ports;
 pub mod replicator;
 pub mod site;
 pub mod store;

@@ -132,27 +132,7 @@ pub fn find_binary(configured: Option<&Path>) -> anyhow::Result<PathBuf> {
     )
 }
 
-/// A loopback port that is free now, for a server started a moment later.
-///
-/// Chosen at random *below* Linux's default ephemeral range (32768–60999):
-/// a port from `bind(0)` comes from that range, where any outgoing
-/// connection (to nats-server, to a peer) may take it as its local port
-/// before the server binds it, which made tests fail now and then with
-/// "address in use". Below the range only another explicit pick can collide.
-pub fn free_port() -> anyhow::Result<u16> {
-    use rand::Rng as _;
-    const PICK_ATTEMPTS_MAX: usize = 64;
-    let mut rng = rand::rng();
-    for _ in 0..PICK_ATTEMPTS_MAX {
-        let port = rng.random_range(20_000..32_000);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
+use crate::ports::free_port;
 
 /// Writes the nats-server configuration for a zone (owner-only, see
 /// [`crate::owner_only`]), syncing every write

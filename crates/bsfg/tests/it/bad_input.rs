@@ -767,7 +767,7 @@ async fn a_node_refuses_another_zones_nats_server() {
 
     // Embedded servers: two zones given the same [nats] port. The second
     // server cannot bind; its node must not use the first zone's store.
-    let port = bsfg::node::nats_server::free_port().unwrap();
+    let port = bsfg::ports::free_port().unwrap();
     let embedded = |zone: &str| {
         let mut c = other.clone();
         c.zone = zone.into();

@@ -99,7 +99,7 @@ impl Site {
                 &bsfg::tls::pki::IssueRequest::new(&format!("app.{z}"), 5),
             )
             .unwrap();
-            ports.insert(z.to_string(), bsfg::node::nats_server::free_port().unwrap());
+            ports.insert(z.to_string(), bsfg::ports::free_port().unwrap());
         }
         let mut proxies = BTreeMap::new();
         if opts.proxies {
@@ -125,12 +125,9 @@ impl Site {
                 }
             }
             if opts.out_of_process {
-                config.ops_listen = format!(
-                    "127.0.0.1:{}",
-                    bsfg::node::nats_server::free_port().unwrap()
-                )
-                .parse()
-                .unwrap();
+                config.ops_listen = format!("127.0.0.1:{}", bsfg::ports::free_port().unwrap())
+                    .parse()
+                    .unwrap();
             }
             if let Some(tweak) = opts.tweak {
                 tweak(z, &mut config);

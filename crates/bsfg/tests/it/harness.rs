@@ -14,7 +14,8 @@ use bsfg::config::{
     BucketConfig, CategoryConfig, ConsumerConfig, NatsConfig, PrincipalConfig, PrincipalKind,
     TlsConfig, ZoneConfig,
 };
-use bsfg::node::nats_server::{find_binary, free_port, write_server_config};
+use bsfg::node::nats_server::{find_binary, write_server_config};
+use bsfg::ports::free_port;
 use bsfg::tls::pki;
 use bsfg_proto::bsfg::v1::*;
 use connectrpc::ConnectError;

@@ -832,7 +832,7 @@ async fn private_files_are_owner_only() {
 async fn the_embedded_nats_server_admits_only_its_node() {
     let zone = Zone::start(Opts::default()).await;
     let dir = tempfile::tempdir().unwrap();
-    let port = bsfg::node::nats_server::free_port().unwrap();
+    let port = bsfg::ports::free_port().unwrap();
     let mut config = zone.config.clone();
     config.zone = "plant-e".into();
     config.listen = "127.0.0.1:0".parse().unwrap();
