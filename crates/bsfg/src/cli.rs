@@ -425,6 +425,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// How much of a link's last error a status row shows: enough for the code,
+/// the reason and the path or peer it names.
+const LAST_ERROR_CHARS_MAX: usize = 240;
+
 /// A status table a person can read at a glance.
 pub fn render_status(s: &bsfg_proto::bsfg::v1::GetStatusResponse) -> String {
     use std::fmt::Write;
@@ -467,6 +471,10 @@ pub fn render_status(s: &bsfg_proto::bsfg::v1::GetStatusResponse) -> String {
                 l.facts_replicated,
                 l.facts_refused
             );
+            if l.mode != "normal" && !l.last_error.is_empty() {
+                let error: String = l.last_error.chars().take(LAST_ERROR_CHARS_MAX).collect();
+                let _ = writeln!(out, "    last error: {error}");
+            }
         }
     }
     for c in &s.consumers {

@@ -46,6 +46,11 @@ pub enum LinkMode {
     Autonomous,
     /// Link back, backlog being replayed.
     Reconciliation,
+    /// This zone cannot store what it fetched (its own store refuses:
+    /// disk full, store down): the facts wait at the peer, the lag grows,
+    /// and the link resumes by itself once the store takes appends again.
+    /// Shown over the peer-side mode, which is the lesser problem.
+    Stalled,
 }
 
 impl LinkMode {
@@ -54,8 +59,16 @@ impl LinkMode {
             LinkMode::Normal => "normal",
             LinkMode::Autonomous => "autonomous",
             LinkMode::Reconciliation => "reconciliation",
+            LinkMode::Stalled => "stalled",
         }
     }
+
+    const ALL: [LinkMode; 4] = [
+        LinkMode::Normal,
+        LinkMode::Autonomous,
+        LinkMode::Reconciliation,
+        LinkMode::Stalled,
+    ];
 }
 
 /// What an operator sees of a link.
@@ -64,7 +77,13 @@ pub struct LinkStatus {
     pub peer: String,
     pub url: String,
     pub consumer: String,
+    /// [`LinkMode::Stalled`] while `local_stall` is set, else `peer_mode`.
     pub mode: LinkMode,
+    /// What the last fetch showed of the peer side.
+    pub peer_mode: LinkMode,
+    /// Why this zone's store does not take the link's appends, while it does
+    /// not (the append error), else None.
+    pub local_stall: Option<String>,
     /// The peer-side frontier of our consumer, as last confirmed.
     pub remote_frontier: u64,
     /// Facts waiting at the peer after the last fetch. While the link is
@@ -89,6 +108,23 @@ pub struct Link {
     presented: Option<Arc<crate::tls::client::PresentedCertificate>>,
     status: Mutex<LinkStatus>,
     freshness: Mutex<Freshness>,
+    /// Per [`Stage`]: why this zone's store refuses it, while it does.
+    stalls: Mutex<[Option<String>; 2]>,
+}
+
+/// The stages of a link that write to this zone's store.
+#[derive(Debug, Clone, Copy)]
+enum Stage {
+    /// Artifacts pulled into the object store.
+    Screen = 0,
+    /// Facts appended.
+    Append = 1,
+}
+
+/// Refusals of this zone's own store (not the peer's, not the fact's): the
+/// link is stalled on them, not cut.
+fn is_local_store_refusal(r: &Rejection) -> bool {
+    matches!(r.reason, "disk_full" | "bucket_full" | "spool_unavailable")
 }
 
 /// How long past its `wait_ms` a long-poll may stay unanswered before the
@@ -194,17 +230,45 @@ impl Link {
         }
     }
 
+    /// Records what a fetch showed of the peer side.
     fn set_mode(&self, mode: LinkMode, metrics: &Metrics) {
+        assert_ne!(mode, LinkMode::Stalled, "a stall is local: set_stall");
         let mut s = self.status.lock().unwrap();
+        s.peer_mode = mode;
+        self.publish_mode(&mut s, metrics);
+    }
+
+    /// Records whether this zone's store refuses what `stage` asks of it
+    /// (the reason) or takes it again (None). The screener (artifacts) and
+    /// the appender (facts) stall apart; the link is stalled while either is.
+    fn set_stall(&self, stage: Stage, reason: Option<String>, metrics: &Metrics) {
+        let mut stalls = self.stalls.lock().unwrap();
+        if stalls[stage as usize] == reason {
+            return;
+        }
+        stalls[stage as usize] = reason;
+        let mut s = self.status.lock().unwrap();
+        s.local_stall = stalls.iter().flatten().next().cloned();
+        match &s.local_stall {
+            Some(r) => s.last_error = r.clone(),
+            None => s.last_error.clear(),
+        }
+        self.publish_mode(&mut s, metrics);
+    }
+
+    /// Derives the mode shown from the peer side and the local stall; logs
+    /// a change and sets the `bsfg_link_mode` gauges.
+    fn publish_mode(&self, s: &mut LinkStatus, metrics: &Metrics) {
+        let mode = if s.local_stall.is_some() {
+            LinkMode::Stalled
+        } else {
+            s.peer_mode
+        };
         if s.mode != mode {
-            tracing::warn!(link = %self.config.peer, from = s.mode.as_str(), to = mode.as_str(), "link mode changed");
+            tracing::warn!(link = %self.config.peer, from = s.mode.as_str(), to = mode.as_str(), reason = %s.last_error, "link mode changed");
             s.mode = mode;
         }
-        for m in [
-            LinkMode::Normal,
-            LinkMode::Autonomous,
-            LinkMode::Reconciliation,
-        ] {
+        for m in LinkMode::ALL {
             metrics
                 .link_mode
                 .get_or_create(&labels(&[
@@ -282,6 +346,8 @@ pub fn start(
                 url: upstream.url.clone(),
                 consumer: upstream.consumer.clone(),
                 mode: LinkMode::Autonomous,
+                peer_mode: LinkMode::Autonomous,
+                local_stall: None,
                 remote_frontier: 0,
                 backlog: 0,
                 backlog_reported_at: None,
@@ -300,6 +366,7 @@ pub fn start(
                 newest_fetched_ms: None,
                 polling_since_ms: None,
             }),
+            stalls: Mutex::new([None, None]),
         });
         let (batches_tx, batches_rx) = tokio::sync::mpsc::channel(upstream.pipeline_depth);
         tasks.push(tokio::spawn(fetcher(
@@ -430,7 +497,9 @@ async fn fetcher(
                     let mut s = link.status.lock().unwrap();
                     s.backlog = answer.backlog;
                     s.backlog_reported_at = Some(Instant::now());
-                    s.last_error.clear();
+                    if s.local_stall.is_none() {
+                        s.last_error.clear();
+                    }
                 }
                 link.refresh_lag(Some(&cx.metrics));
                 if caught_up {
@@ -593,7 +662,7 @@ async fn appender(
             }
             let reason = retry_reason.unwrap_or_default();
             tracing::warn!(link = %c.peer, remaining = pending_at.len(), error = %reason, "local append failed; retrying");
-            link.status.lock().unwrap().last_error = reason;
+            link.set_stall(Stage::Append, Some(reason), &cx.metrics);
             backoff.wait().await;
             let mut still_at = Vec::with_capacity(pending_at.len());
             for at in pending_at {
@@ -607,6 +676,7 @@ async fn appender(
             pending_at = still_at;
         }
         backoff.reset();
+        link.set_stall(Stage::Append, None, &cx.metrics);
         if !accepted.is_empty() {
             record_accepted(&link, &cx, &accepted, batch).await;
         }
@@ -705,7 +775,19 @@ async fn screen_until_settled(
 ) -> Option<crate::store::facts::AppendItem> {
     loop {
         match screen(link, client, cx, stored).await {
-            Ok(item) => return item,
+            Ok(item) => {
+                link.set_stall(Stage::Screen, None, &cx.metrics);
+                return item;
+            }
+            Err(r) if is_local_store_refusal(&r) => {
+                tracing::warn!(link = %link.config.peer, error = %r, "could not store an artifact; retrying");
+                link.set_stall(
+                    Stage::Screen,
+                    Some(format!("local store: {r}")),
+                    &cx.metrics,
+                );
+                backoff.wait().await;
+            }
             Err(r) => {
                 link.status.lock().unwrap().last_error = r.to_string();
                 tracing::warn!(link = %link.config.peer, error = %r, "could not fetch an artifact yet; retrying");

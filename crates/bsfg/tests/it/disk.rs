@@ -456,3 +456,195 @@ async fn a_store_whose_disk_filled_recovers_by_itself_once_space_is_freed() {
     drop(node);
     wait_until_key_index_closed(&fs.path.join("key-index.plant-a.kix")).await;
 }
+
+/// Where the stall test mounts idmz's store (the site's `tweak` is a plain
+/// function; each test runs in a process of its own).
+static IDMZ_ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// idmz with its own embedded store and key index on the test's tmpfs,
+/// small capacities, and a 16 MiB free-space floor.
+fn idmz_on_tmpfs(zone: &str, config: &mut ZoneConfig) {
+    if zone != "idmz" {
+        return;
+    }
+    let root = IDMZ_ROOT.get().expect("mounted before the site starts");
+    config.nats = NatsConfig {
+        url: None,
+        port: 0,
+        store_dir: root.join("jetstream"),
+        store_free_bytes_min: 16 * MIB,
+        ..NatsConfig::default()
+    };
+    for c in &mut config.categories {
+        c.capacity_bytes = 4 * MIB;
+    }
+    for b in &mut config.buckets {
+        b.capacity_bytes = 4 * MIB;
+    }
+    config.commit.key_filter_bytes = 1 << 20;
+}
+
+/// The link of `zone` that pulls from `peer`, as its operator sees it.
+async fn link(
+    site: &crate::crossing::Site,
+    zone: &str,
+    peer: &str,
+) -> bsfg_proto::bsfg::v1::LinkStatus {
+    let status = site.app(zone).status().await.expect("status");
+    status
+        .links
+        .into_iter()
+        .find(|l| l.peer == peer)
+        .expect("the link is listed")
+}
+
+/// A relaying zone whose disk falls below its floor: its link from the
+/// plant shows `stalled` with the `disk_full` reason (status, gauge), the
+/// lag grows, the plant keeps the facts; once space is freed the link
+/// resumes by itself and every fact reaches enterprise once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_cannot_store_shows_its_link_stalled_and_resumes_by_itself() {
+    let Some(fs) = Tmpfs::mount(128) else { return };
+    IDMZ_ROOT.set(fs.path.clone()).unwrap();
+    let site = crate::crossing::Site::start_with(crate::crossing::SiteOpts {
+        tweak: Some(idmz_on_tmpfs),
+        ..Default::default()
+    })
+    .await;
+    let first = mid("before-full");
+    site.append("plant-a", "enterprise", &first, batch_fact(0))
+        .await;
+    site.wait_for(
+        "enterprise",
+        std::slice::from_ref(&first),
+        Duration::from_secs(30),
+    )
+    .await;
+
+    let filler = fs.path.join("filler");
+    fs.fill(&filler, 8 * MIB);
+    // The free space is sampled every second.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric_value(
+        &site.zones["idmz"].metrics_text().await,
+        "bsfg_disk_full",
+        &[],
+    ) != Some(1.0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "idmz never saw its disk below the floor"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // First an artifact (its pull stalls on idmz's object store), then
+    // plain facts (their appends would stall on the fact store).
+    let bytes = pseudo_random_bytes(64 * 1024, 3);
+    let digest = sha256(&bytes);
+    put(
+        site.app("plant-a"),
+        BUCKET,
+        "batch/B1/record.bin",
+        &bytes,
+        &digest,
+    )
+    .await
+    .expect("plant-a's own store has room");
+    let mut with_artifact = batch_fact(1);
+    with_artifact
+        .attachments
+        .push(bsfg_proto::bsfg::v1::AttachmentRef {
+            bucket: BUCKET.into(),
+            key: "batch/B1/record.bin".into(),
+            digest: digest.clone(),
+            size_bytes: bytes.len() as u64,
+            ..Default::default()
+        });
+    let mut sent = vec![mid("artifact-while-full")];
+    site.append("plant-a", "enterprise", &sent[0], with_artifact)
+        .await;
+    for n in 2..=5 {
+        let id = mid("while-full");
+        site.append("plant-a", "enterprise", &id, batch_fact(n))
+            .await;
+        sent.push(id);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let stalled = loop {
+        let l = link(&site, "idmz", "plant-a").await;
+        if l.mode == "stalled" {
+            break l;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the link never showed stalled: {l:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        stalled.last_error.starts_with("local store: ") && stalled.last_error.contains("disk_full"),
+        "the artifact's pull stalls first: {stalled:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let later = link(&site, "idmz", "plant-a").await;
+    assert_eq!(later.mode, "stalled", "{later:?}");
+    assert!(
+        later.lag_seconds > stalled.lag_seconds && later.lag_seconds >= 2.0,
+        "the lag grows while stalled: {stalled:?} then {later:?}"
+    );
+    let metrics = site.zones["idmz"].metrics_text().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "bsfg_link_mode",
+            &["link=\"plant-a\"", "mode=\"stalled\""]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    let table = bsfg::cli::render_status(&site.app("idmz").status().await.unwrap());
+    assert!(
+        table.contains("stalled") && table.contains("last error: "),
+        "{table}"
+    );
+    assert!(site.zones["enterprise"].app.status().await.is_ok());
+
+    std::fs::remove_file(&filler).unwrap();
+    let arrived = site
+        .wait_for("enterprise", &sent, Duration::from_secs(30))
+        .await;
+    let ids: Vec<&String> = arrived
+        .iter()
+        .map(|f| &f.envelope.message_id)
+        .filter(|m| sent.contains(m))
+        .collect();
+    assert_eq!(ids, sent.iter().collect::<Vec<_>>(), "once each, in order");
+    let (_, got) = get(site.app("enterprise"), BUCKET, "batch/B1/record.bin", 0)
+        .await
+        .expect("the artifact reached enterprise");
+    assert!(got == bytes, "byte-identical");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let l = link(&site, "idmz", "plant-a").await;
+        if l.mode == "normal" && l.last_error.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the link did not return to normal: {l:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let metrics = site.zones["idmz"].metrics_text().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "bsfg_link_mode",
+            &["link=\"plant-a\"", "mode=\"stalled\""]
+        ),
+        Some(0.0)
+    );
+    let key_index = fs.path.join("key-index.idmz.kix");
+    drop(site);
+    wait_until_key_index_closed(&key_index).await;
+}
