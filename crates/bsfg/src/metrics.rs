@@ -45,6 +45,7 @@ pub struct Metrics {
     pub crossing_refusals_total: Family<Labels, Counter>,
     pub replication_lag_seconds: Family<Labels, Gauge<f64, AtomicU64>>,
     pub replication_lag_high_watermark: Family<Labels, Gauge<f64, AtomicU64>>,
+    pub clock_skew_seconds: Family<Labels, Gauge<f64, AtomicU64>>,
     pub link_mode: Family<Labels, Gauge>,
     pub last_confirm_age_seconds: Family<Labels, Gauge<f64, AtomicU64>>,
     pub replicated_facts_total: Family<Labels, Counter>,
@@ -101,6 +102,7 @@ impl Metrics {
             crossing_refusals_total: Family::default(),
             replication_lag_seconds: Family::default(),
             replication_lag_high_watermark: Family::default(),
+            clock_skew_seconds: Family::default(),
             link_mode: Family::default(),
             last_confirm_age_seconds: Family::default(),
             replicated_facts_total: Family::default(),
@@ -266,12 +268,17 @@ impl Metrics {
         registry.register("bsfg_replication_lag_seconds", "Age of the oldest fact of the peer that may not be here yet, per link; keeps growing while the link is cut (README, Lag)", m.replication_lag_seconds.clone());
         registry.register(
             "bsfg_replication_lag_high_watermark",
-            "Highest replication lag seen, per link (seconds)",
+            "Highest replication lag per link over the last 15 minutes (seconds)",
             m.replication_lag_high_watermark.clone(),
         );
         registry.register(
+            "bsfg_clock_skew_seconds",
+            "Another clock minus this node's (seconds), median of recent readings: against=\"store\" (the zone's nats-server) or a peer zone; beyond clock_skew_max the node WARNs",
+            m.clock_skew_seconds.clone(),
+        );
+        registry.register(
             "bsfg_link_mode",
-            "1 for the current mode of each link (normal, autonomous, reconciliation)",
+            "1 for the current mode of each link (normal, autonomous, reconciliation, stalled)",
             m.link_mode.clone(),
         );
         registry.register(

@@ -26,6 +26,7 @@ use crate::config::{PrincipalConfig, UpstreamConfig, ZoneConfig};
 use crate::metrics::{Metrics, labels};
 use crate::node::audit::{Audit, AuditEvent};
 use crate::store::Store;
+use bsfg_domain::clock::{SkewEstimate, WindowedMax};
 use bsfg_domain::policy::Crossing;
 use bsfg_domain::{Code, Rejection, validate};
 use bsfg_proto::bsfg::v1::__buffa::view::{FetchFactsResponseView, StoredFactView};
@@ -93,7 +94,11 @@ pub struct LinkStatus {
     pub backlog_reported_at: Option<Instant>,
     /// See [`Freshness::lag_ms`]: keeps growing while the link is cut.
     pub lag_seconds: f64,
+    /// The highest lag over the last 15 minutes.
     pub lag_seconds_high_watermark: f64,
+    /// The peer's clock minus ours (ms), median of its recent answers;
+    /// None before one (or from a peer that does not send its time).
+    pub peer_clock_skew_ms: Option<i64>,
     pub last_confirm_at: Option<Instant>,
     pub facts_replicated: u64,
     pub facts_refused: u64,
@@ -110,6 +115,23 @@ pub struct Link {
     freshness: Mutex<Freshness>,
     /// Per [`Stage`]: why this zone's store refuses it, while it does.
     stalls: Mutex<[Option<String>; 2]>,
+    /// The peer's clock against ours, from its answers' `answered_at`.
+    peer_clock: Mutex<PeerClock>,
+    /// The lag's maximum over [`LAG_WATERMARK_WINDOW_MS`].
+    lag_window: Mutex<WindowedMax>,
+    /// The origin of the monotonic times given to `lag_window`.
+    started: Instant,
+}
+
+/// The window of `lag_seconds_high_watermark`: long enough to show the
+/// worst of a recent incident, short enough that a clock step or an
+/// outage long past does not pin it for the life of the process.
+const LAG_WATERMARK_WINDOW_MS: u64 = 15 * 60 * 1000;
+const LAG_WATERMARK_SLOTS: usize = 15;
+
+struct PeerClock {
+    skew: SkewEstimate,
+    disagreeing: bool,
 }
 
 /// The stages of a link that write to this zone's store.
@@ -217,9 +239,15 @@ impl Link {
             .lag_ms(crate::store::now_unix_ms(), i64::from(self.config.wait_ms))
             as f64
             / 1000.0;
+        let mono_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let watermark = {
+            let mut window = self.lag_window.lock().unwrap();
+            window.record(lag, mono_ms);
+            window.max(mono_ms)
+        };
         let mut s = self.status.lock().unwrap();
         s.lag_seconds = lag;
-        s.lag_seconds_high_watermark = s.lag_seconds_high_watermark.max(lag);
+        s.lag_seconds_high_watermark = watermark;
         if let Some(metrics) = metrics {
             let l = labels(&[("link", &self.config.peer)]);
             metrics.replication_lag_seconds.get_or_create(&l).set(lag);
@@ -228,6 +256,35 @@ impl Link {
                 .get_or_create(&l)
                 .set(s.lag_seconds_high_watermark);
         }
+    }
+
+    /// Records the peer's clock from an answer that arrived now; returns
+    /// the skew estimate (ms, peer minus ours) to convert its times.
+    fn record_peer_clock(&self, answered_at_ms: i64, cx: &Context) -> i64 {
+        if answered_at_ms == 0 {
+            return 0; // a peer that does not send its time
+        }
+        let skew_max_ms = i64::try_from(cx.zone.clock_skew_max.as_millis()).unwrap_or(i64::MAX);
+        let mut clock = self.peer_clock.lock().unwrap();
+        clock
+            .skew
+            .record(answered_at_ms, crate::store::now_unix_ms());
+        let skew_ms = clock.skew.skew_ms().unwrap_or(0);
+        let disagreeing = clock.skew.disagrees(skew_max_ms);
+        if disagreeing != clock.disagreeing {
+            clock.disagreeing = disagreeing;
+            if disagreeing {
+                tracing::warn!(link = %self.config.peer, skew_ms, skew_max_ms, "the peer's clock disagrees with this node's beyond clock_skew_max: lags are corrected by the skew; fix the time source (NTP) of one of them");
+            } else {
+                tracing::info!(link = %self.config.peer, skew_ms, "the peer's clock agrees with this node's again");
+            }
+        }
+        self.status.lock().unwrap().peer_clock_skew_ms = Some(skew_ms);
+        cx.metrics
+            .clock_skew_seconds
+            .get_or_create(&labels(&[("against", &self.config.peer)]))
+            .set(skew_ms as f64 / 1000.0);
+        skew_ms
     }
 
     /// Records what a fetch showed of the peer side.
@@ -353,6 +410,7 @@ pub fn start(
                 backlog_reported_at: None,
                 lag_seconds: 0.0,
                 lag_seconds_high_watermark: 0.0,
+                peer_clock_skew_ms: None,
                 last_confirm_at: None,
                 facts_replicated: 0,
                 facts_refused: 0,
@@ -367,6 +425,15 @@ pub fn start(
                 polling_since_ms: None,
             }),
             stalls: Mutex::new([None, None]),
+            peer_clock: Mutex::new(PeerClock {
+                skew: SkewEstimate::default(),
+                disagreeing: false,
+            }),
+            lag_window: Mutex::new(WindowedMax::new(
+                LAG_WATERMARK_WINDOW_MS,
+                LAG_WATERMARK_SLOTS,
+            )),
+            started: Instant::now(),
         });
         let (batches_tx, batches_rx) = tokio::sync::mpsc::channel(upstream.pipeline_depth);
         tasks.push(tokio::spawn(fetcher(
@@ -467,6 +534,8 @@ async fn fetcher(
                 let caught_up =
                     answer.last_delivered_offset <= answer.frontier && answer.facts.is_empty();
                 {
+                    // The facts' times are the peer's clock: on ours, less the skew.
+                    let skew_ms = link.record_peer_clock(answer.answered_at_unix_ms, &cx);
                     let now = crate::store::now_unix_ms();
                     let times: Vec<i64> = answer
                         .facts
@@ -475,7 +544,7 @@ async fn fetcher(
                             f.provenance
                                 .as_option()
                                 .and_then(|p| p.hops.last())
-                                .map(|h| h.appended_at_unix_ms)
+                                .map(|h| h.appended_at_unix_ms - skew_ms)
                         })
                         .collect();
                     let mut f = link.freshness.lock().unwrap();

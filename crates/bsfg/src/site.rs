@@ -215,6 +215,7 @@ pub fn reference_zone_config(
         routes,
         upstreams,
         retention_interval: Duration::from_secs(5),
+        clock_skew_max: crate::config::default_clock_skew_max(),
     }
 }
 

@@ -119,6 +119,7 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningNode> {
         store.client.clone(),
         store.facts.clone(),
         store.consumers.clone(),
+        store.clock.clone(),
         metrics.clone(),
         config.retention_interval,
     ));

@@ -62,6 +62,7 @@ impl Operations {
                         .backlog_reported_at
                         .map(|t| t.elapsed().as_secs_f64())
                         .unwrap_or(-1.0),
+                    peer_clock_skew_seconds: s.peer_clock_skew_ms.unwrap_or(0) as f64 / 1000.0,
                     ..Default::default()
                 }
             })
@@ -99,6 +100,8 @@ impl Operations {
             links,
             consumers,
             categories,
+            store_clock_skew_seconds: self.store.clock.skew_ms().unwrap_or(0) as f64 / 1000.0,
+            clock_skew_max_seconds: self.config.clock_skew_max.as_secs_f64(),
             ..Default::default()
         }
     }

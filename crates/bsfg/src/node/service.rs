@@ -540,6 +540,7 @@ impl Boundary {
                 frontier,
                 last_delivered_offset,
                 backlog,
+                answered_at_unix_ms: crate::store::now_unix_ms(),
             });
         };
         let peer_zone = caller.principal.zone.as_deref().unwrap_or_default();
@@ -603,6 +604,7 @@ impl Boundary {
             frontier,
             last_delivered_offset,
             backlog,
+            answered_at_unix_ms: crate::store::now_unix_ms(),
         })
     }
 }

@@ -8,12 +8,14 @@
 //!   [`key_index`];
 //! * one durable pull consumer per configured consumer, see [`consumers`];
 //! * one object store bucket per configured bucket, see [`objects`];
-//! * retention and capacity accounting, see [`retention`];
+//! * retention and capacity accounting, see [`retention`], judging ages
+//!   by the store's clock, see [`clock`];
 //! * facts as served (stored bytes, checked and completed), see [`served`].
 //!
 //! Nothing outside the zone is touched: the node connects only to its own
 //! nats-server, and its one file of its own (the key index) is derived.
 
+pub mod clock;
 pub mod commit;
 pub mod consumers;
 pub mod direct;
@@ -46,6 +48,8 @@ pub struct Store {
     pub disk: Arc<disk::DiskWatch>,
     /// Whether JetStream answers (see [`health`]).
     pub jetstream_health: Arc<health::JetStreamHealth>,
+    /// The store's clock, for ages (see [`clock`]).
+    pub clock: Arc<clock::StoreClock>,
 }
 
 impl Store {
@@ -101,6 +105,10 @@ impl Store {
             metrics.clone(),
         )
         .await?;
+        let clock = Arc::new(clock::StoreClock::new(
+            config.clock_skew_max,
+            metrics.clone(),
+        ));
         let consumers =
             Arc::new(Consumers::open(client.clone(), &facts, config.clone(), metrics).await?);
         let jetstream_health =
@@ -113,6 +121,7 @@ impl Store {
             objects,
             disk,
             jetstream_health,
+            clock,
         })
     }
 

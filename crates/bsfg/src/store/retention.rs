@@ -5,7 +5,12 @@
 //! the category's consumers, by age (older than `max_age`) and by fill
 //! (above `retain_fill_percent`). Facts past their age that are still
 //! unconfirmed stay, and raise `bsfg_retention_blocked` instead.
+//!
+//! Ages are the store's: a fact's stored time against the store's now
+//! (plus the forward steps of its clock), see [`super::clock`]; this node's
+//! wall clock plays no part.
 
+use super::clock::StoreClock;
 use super::{Consumers, FactLog};
 use crate::metrics::{Metrics, labels};
 use bsfg_domain::retention::{LogState, truncation};
@@ -17,10 +22,20 @@ pub async fn run_once(
     client: &async_nats::Client,
     facts: &FactLog,
     consumers: &Consumers,
+    clock: &StoreClock,
     metrics: &Metrics,
 ) -> anyhow::Result<u64> {
     let mut purged_total = 0;
+    let mut store_now = None;
     for category in facts.categories() {
+        // One reading of the store's clock per pass.
+        let now = match store_now {
+            Some(now) => now,
+            None => *store_now.insert(clock.now(client, &category.stream_name()).await?),
+        };
+        // Facts stored before a forward step of the store's clock look older
+        // than they are by that much.
+        let now_judged = now - time::Duration::milliseconds(clock.forward_steps_ms());
         let state = category.report_state().await?;
         let name = category.config.name.as_str();
         let lbl = labels(&[("category", name)]);
@@ -30,7 +45,7 @@ pub async fn run_once(
             .unwrap_or(state.last_sequence);
         let max_age =
             time::Duration::try_from(category.config.max_age).unwrap_or(time::Duration::MAX);
-        let cutoff = time::OffsetDateTime::now_utc() - max_age;
+        let cutoff = now_judged - max_age;
         let first_young = if state.messages > 0 && state.first_timestamp < cutoff {
             first_sequence_at_or_after(client, &category.stream_name(), cutoff, state.last_sequence)
                 .await?
@@ -72,9 +87,7 @@ pub async fn run_once(
             .set(category.fill_percent());
         let oldest_unconfirmed_age = if confirmed_through < state.last_sequence {
             match category.stream.direct_get(confirmed_through + 1).await {
-                Ok(m) => (time::OffsetDateTime::now_utc() - m.time)
-                    .as_seconds_f64()
-                    .max(0.0),
+                Ok(m) => (now_judged - m.time).as_seconds_f64().max(0.0),
                 Err(_) => 0.0,
             }
         } else {
@@ -123,6 +136,7 @@ pub async fn run(
     client: async_nats::Client,
     facts: Arc<FactLog>,
     consumers: Arc<Consumers>,
+    clock: Arc<StoreClock>,
     metrics: Arc<Metrics>,
     interval: Duration,
 ) {
@@ -130,7 +144,7 @@ pub async fn run(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        if let Err(e) = run_once(&client, &facts, &consumers, &metrics).await {
+        if let Err(e) = run_once(&client, &facts, &consumers, &clock, &metrics).await {
             tracing::warn!(error = %e, "retention pass failed; will retry");
         }
     }

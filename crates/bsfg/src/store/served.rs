@@ -120,6 +120,8 @@ pub struct ServedFacts {
     pub frontier: u64,
     pub last_delivered_offset: u64,
     pub backlog: u64,
+    /// This node's clock when it answered (unix ms).
+    pub answered_at_unix_ms: i64,
 }
 
 impl ServedFacts {
@@ -136,6 +138,7 @@ impl ServedFacts {
             (2, self.frontier),
             (3, self.last_delivered_offset),
             (4, self.backlog),
+            (5, self.answered_at_unix_ms.max(0) as u64),
         ] {
             if value != 0 {
                 put_tag(&mut out, number, WIRE_VARINT);
@@ -276,6 +279,7 @@ mod tests {
             frontier: 0,
             last_delivered_offset: 3,
             backlog: 9,
+            answered_at_unix_ms: 1_764_000_000_123,
         };
         let expected = FetchFactsResponse {
             facts: (1..=3)
@@ -284,6 +288,7 @@ mod tests {
             frontier: 0,
             last_delivered_offset: 3,
             backlog: 9,
+            answered_at_unix_ms: 1_764_000_000_123,
             ..Default::default()
         };
         assert_eq!(served.to_message().unwrap(), expected);

@@ -34,6 +34,8 @@ pub struct SiteZone {
     pub dir: PathBuf,
     /// Operations port (/metrics, /healthz) of the running node.
     pub ops_addr: std::net::SocketAddr,
+    /// The environment of the `bsfg serve` child.
+    pub env: Vec<(String, String)>,
 }
 
 #[allow(dead_code)]
@@ -57,6 +59,9 @@ pub struct SiteOpts {
     pub out_of_process: bool,
     /// Last word on each zone's configuration.
     pub tweak: Option<fn(&str, &mut ZoneConfig)>,
+    /// With `out_of_process`: one zone's node environment, e.g.
+    /// [`faketime`].
+    pub node_env: Option<(&'static str, Vec<(String, String)>)>,
 }
 
 /// The reference configuration of `zone` (shared with the demo), with
@@ -149,6 +154,10 @@ impl Site {
                 config,
                 app,
                 dir: zdir,
+                env: match &opts.node_env {
+                    Some((zone, env)) if *zone == z => env.clone(),
+                    _ => vec![],
+                },
             };
             if opts.out_of_process {
                 zone.spawn_process().await;
@@ -288,6 +297,7 @@ impl SiteZone {
             .arg("serve")
             .arg("--config")
             .arg(&path)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),

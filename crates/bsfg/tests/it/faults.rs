@@ -308,6 +308,7 @@ async fn continuous_load_survives_partitions_kills_and_freezes_exactly_once_in_o
         proxies: true,
         out_of_process: true,
         tweak: Some(fast_redelivery),
+        ..Default::default()
     })
     .await;
 

@@ -276,6 +276,27 @@ pub struct Opts {
     pub key_index_sync_interval: Option<Duration>,
     /// `[boundary]`; `None`: the node's defaults.
     pub boundary: Option<bsfg::config::BoundaryConfig>,
+    /// With `out_of_process`: the node's environment, e.g. [`faketime`].
+    pub node_env: Vec<(String, String)>,
+}
+
+/// The libfaketime preload, where it is installed (Debian `faketime`).
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// The environment that sets a process's wall clock `offset` (e.g. "+1h")
+/// from the machine's, its monotonic clock untouched; None (the reason
+/// printed) where libfaketime is not installed.
+pub fn faketime(offset: &str) -> Option<Vec<(String, String)>> {
+    if !Path::new(LIBFAKETIME).exists() {
+        eprintln!("SKIPPED: {LIBFAKETIME} not found (scripts/setup.sh installs Debian's faketime)");
+        return None;
+    }
+    Some(vec![
+        ("LD_PRELOAD".into(), LIBFAKETIME.into()),
+        ("FAKETIME".into(), offset.into()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+        ("FAKETIME_DONT_RESET".into(), "1".into()),
+    ])
 }
 
 pub use bsfg::site::category;
@@ -306,6 +327,7 @@ impl Default for Opts {
             routes: vec![],
             key_index_sync_interval: None,
             boundary: None,
+            node_env: vec![],
         }
     }
 }
@@ -318,6 +340,8 @@ pub enum Node {
 
 pub struct Zone {
     pub nats: NatsProc,
+    /// The environment of an out-of-process node.
+    pub node_env: Vec<(String, String)>,
     pub config: ZoneConfig,
     pub node: Node,
     pub boundary_addr: SocketAddr,
@@ -398,6 +422,7 @@ impl Zone {
         config.check().expect("test zone config is valid");
         let mut zone = Zone {
             nats,
+            node_env: opts.node_env,
             boundary_addr: config.listen,
             ops_addr: config.ops_listen,
             config,
@@ -436,6 +461,7 @@ impl Zone {
             .arg("serve")
             .arg("--config")
             .arg(&path)
+            .envs(self.node_env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .kill_on_drop(true)

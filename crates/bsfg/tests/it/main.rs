@@ -4,6 +4,7 @@
 mod abuse;
 mod bad_input;
 mod capacity;
+mod clocks;
 mod contract;
 mod crossing;
 mod delivery;
