@@ -1,10 +1,11 @@
 //! `bsfg-bench substrate`: what one nats-server can do with the storage
-//! layouts the node has used, with no node in the way. The node now stores
-//! facts under one subject per kind with `Nats-Msg-Id` (the first variant;
-//! until the eleventh session also with a content header, which the other
-//! variants still carry so earlier results stay comparable); the per-fact-subject
-//! variants are the layout before the key index (docs/key-index.md), kept
-//! so the reason for the change stays measurable.
+//! layouts the node has used, with no node in the way. The node stores
+//! facts under one subject per kind with `Nats-Msg-Id` as their only header
+//! (the first variant); the other variants also carry the content header
+//! that facts of the older format have, so their results stay comparable.
+//! The per-fact-subject variants are the layout the key index replaced
+//! (docs/key-index.md), kept so the reason for the key index stays
+//! measurable.
 //!
 //! Every variant publishes 256 B payloads, pipelined (a window of
 //! in-flight acknowledgements) from one client, into a fresh stream, and

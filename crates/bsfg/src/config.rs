@@ -292,7 +292,8 @@ pub struct CommitConfig {
     /// buffer costs only a re-read of those facts at start-up (at most
     /// `key_index_buffered_facts_max`; 100,000 take about 0.2 s). Each merge
     /// writes every page its entries touch, once, so merging rarely writes
-    /// far less to disk (`bsfg-bench key-index`, BENCHMARKS.md).
+    /// far less to disk (`bsfg-bench key-index`, BENCHMARKS.md "Merging
+    /// from a memory buffer").
     #[serde(with = "humantime_serde")]
     pub key_index_sync_interval: Duration,
     /// Recorded key index entries held in memory (about 40 bytes each,

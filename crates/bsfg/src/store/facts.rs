@@ -36,10 +36,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-/// The content digest (hex) that facts stored before the eleventh session
-/// carried as a header. Read only: a fact's content is now compared from
-/// its record, which keeps ~80 bytes per fact out of every publish, stored
-/// message and delivery.
+/// The content digest (hex) that facts of the older stored format carry as
+/// a header. Read only: a fact's content is compared from its record,
+/// which keeps ~80 bytes per fact out of every publish, stored message and
+/// delivery.
 const LEGACY_CONTENT_HEADER: &str = "Bsfg-Content";
 const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 const EXPECTED_LAST_MSG_ID_HEADER: &str = "Nats-Expected-Last-Msg-Id";

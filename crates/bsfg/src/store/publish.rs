@@ -5,11 +5,12 @@
 //! semaphore permit and a boxed acknowledgement future with its own timer,
 //! and parses each acknowledgement into owned strings. A profile of a
 //! replicating node put that machinery at about 6 % of its CPU
-//! (BENCHMARKS.md). Here an append *round* registers once; its messages
-//! carry the reply subjects `<prefix>.<round>.<slot>`; one router task reads
-//! every acknowledgement without allocating for it and files it in the
-//! round's slot; the round is woken once, when its last acknowledgement is
-//! in (or its caller's deadline passes).
+//! (BENCHMARKS.md, "Where the node's CPU goes"). Here an append *round*
+//! registers once; its messages carry the reply subjects
+//! `<prefix>.<round>.<slot>`; one router task reads every acknowledgement
+//! without allocating for it and files it in the round's slot; the round is
+//! woken once, when its last acknowledgement is in (or its caller's
+//! deadline passes).
 //!
 //! This module only routes and reads what JetStream answers
 //! (`{"stream":…,"seq":…}`, an API error, or a no-responders status); what

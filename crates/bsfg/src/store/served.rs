@@ -2,11 +2,11 @@
 //! with this zone's part of the provenance spliced in, instead of decoding
 //! every record into owned strings and encoding it again.
 //!
-//! Why: draining a backlog spent about a fifth of the node's CPU on that
-//! decode and re-encode (profile in BENCHMARKS.md). The stored bytes already
-//! are a `StoredFact` encoding; serving adds only the offset (known once
-//! stored) and this zone's hop (plus the origin, for a fact that started
-//! here). Protobuf readers accept fields in any order and concatenated
+//! Why: draining a backlog spent about a sixth of the node's CPU per fact
+//! on that decode and re-encode (BENCHMARKS.md, "Measured and adopted").
+//! The stored bytes already are a `StoredFact` encoding; serving adds only
+//! the offset (known once stored) and this zone's hop (plus the origin, for
+//! a fact that started here). Protobuf readers accept fields in any order and concatenated
 //! elements of a repeated field, so the served record is: the offset, the
 //! stored top-level fields except `provenance`, then one `provenance` field
 //! whose body is the stored provenance body followed by the added fields.

@@ -431,8 +431,8 @@ async fn a_stored_fact_whose_acknowledgement_was_lost_is_still_a_duplicate() {
         );
     }
     // Different content under a stored key is refused, whether the stored
-    // fact carries its content digest as a header (the format written
-    // before the eleventh session, as above) or not (the node's own now).
+    // fact carries its content digest as a header (the older stored
+    // format, as above) or not (the format the node writes).
     let changed = fact("batch:PlantA/B7", "step_completed", r#"{"step":8}"#);
     assert_rejected(
         client.append(e.clone(), changed.clone()).await,
