@@ -229,7 +229,12 @@ impl BoundaryService for Boundary {
             request.envelope.from_zone, request.envelope.message_id
         ));
         let caller = self.caller(&ctx, "AppendFact", &key).await?;
-        let result = self.append(&caller, request).await;
+        // The request timeout covers the whole append, queueing included:
+        // a caller that gave up is not published for (see store::commit).
+        let timeout = self.config.nats.request_timeout;
+        let result = tokio::time::timeout(timeout, self.append(&caller, request))
+            .await
+            .unwrap_or_else(|_| Err(append_timed_out(timeout)));
         self.metrics
             .append_latency_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -653,4 +658,15 @@ impl connectrpc::Encodable<FetchFactsResponse> for ServedFacts {
             }
         }
     }
+}
+
+/// An AppendFact not answered within `[nats] request_timeout` of its arrival.
+fn append_timed_out(timeout: std::time::Duration) -> Rejection {
+    Rejection::new(
+        Code::DeadlineExceeded,
+        "request_timeout",
+        format!(
+            "the append was not acknowledged by the store within {timeout:?} ([nats] request_timeout) of its arrival; it may be stored: retry with the same message_id (a stored fact answers duplicate=true)"
+        ),
+    )
 }

@@ -89,6 +89,13 @@ async fn run(
                 Err(_) => break,
             }
         }
+        // A caller whose request timed out while its fact queued has been
+        // answered `request_timeout`; publishing it now would store a fact
+        // nobody was told about (a retry would find it, but nothing waits).
+        batch.retain(|p| !p.reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
         metrics.commit_batch_facts.observe(batch.len() as f64);
         let Some(log) = log.upgrade() else { return };
         tokio::spawn(async move {

@@ -1038,11 +1038,12 @@ async fn appends_in_flight_across_a_paused_node_are_all_answered() {
 }
 
 /// A nats-server that stalls (SIGSTOP) with appends in flight: every append
-/// is answered within about the configured request timeout, a whole batch
-/// at once, not one timeout after another (a regression once: a batch of n
-/// facts took n timeouts, and a replicator stalled for minutes after its
-/// zone's nats-server was killed). Once the server resumes, retrying every
-/// append stores each fact exactly once.
+/// is answered within the configured request timeout of its arrival, end to
+/// end: not one timeout after another (a batch of n facts once took n
+/// timeouts), and not a timeout per batch queued ahead of it (three batches
+/// took three). Once the server resumes, retrying every append stores each
+/// fact exactly once: a fact still queued when its caller was answered was
+/// never published.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_in_flight_across_a_stalled_nats_server_are_answered_within_the_timeout() {
     let zone = Zone::start(Opts {
@@ -1062,9 +1063,8 @@ async fn appends_in_flight_across_a_stalled_nats_server_are_answered_within_the_
     zone.nats.signal("STOP");
     let started = Instant::now();
     let calls = spawn_appends(&client, &sent);
-    // Two batches in flight, each answered within one timeout; a third
-    // formed while they wait: three timeouts at most, plus slack.
-    let bound = timeout * 3 + Duration::from_secs(3);
+    // Scheduling slack on a loaded 2-core machine.
+    let bound = timeout + Duration::from_millis(1500);
     let answers = tokio::time::timeout(bound, futures::future::join_all(calls)).await;
     let answered_in = started.elapsed();
     zone.nats.signal("CONT");
@@ -1073,7 +1073,14 @@ async fn appends_in_flight_across_a_stalled_nats_server_are_answered_within_the_
         let e = answer
             .unwrap()
             .expect_err("nothing is acknowledged while nats-server is stopped");
-        assert_eq!(e.code, connectrpc::ErrorCode::Unavailable, "{e:?}");
+        let reason = e.message.clone().unwrap_or_default();
+        assert!(
+            (e.code == connectrpc::ErrorCode::Unavailable
+                && reason.starts_with("store_unavailable"))
+                || (e.code == connectrpc::ErrorCode::DeadlineExceeded
+                    && reason.starts_with("request_timeout")),
+            "{e:?}"
+        );
     }
     eprintln!(
         "200 appends to a stalled nats-server answered in {answered_in:?} (request timeout {timeout:?})"
