@@ -2,7 +2,9 @@
 //! proxies on every replication link, `kill -9` of bsfg nodes and of
 //! nats-servers, freezes (SIGSTOP … SIGCONT, 1–12 s: longer than a long
 //! poll's wait plus the client library's grace) of nodes and of
-//! nats-servers, all during continuous load in both directions; then a
+//! nats-servers, a disk below the node's free-space floor and then freed
+//! (plant-a's and idmz's key index filesystems: appends refused, links
+//! stalled), all during continuous load in both directions; then a
 //! checker. Also: artifact resume after a cut mid-object, replay without
 //! duplicates, and a fact refused by the receiving zone's import policy.
 //!
@@ -141,7 +143,20 @@ enum Fault {
     KillNats(&'static str),
     FreezeNode(&'static str),
     FreezeNats(&'static str),
+    DiskFull(&'static str),
 }
+
+/// Zones whose key index lives on a small tmpfs the run fills and frees.
+const DISK_FULL_ZONES: [&str; 2] = ["plant-a", "idmz"];
+const DISK_MIB: u64 = 128;
+/// Their free-space floor: a fill leaves half of it free (a floor, not a
+/// full disk: nats-server's own ENOSPC is `disk::` tests' concern).
+const DISK_FLOOR_BYTES: u64 = 32 << 20;
+
+/// Per zone of `DISK_FULL_ZONES`, its tmpfs (the site's `tweak` is a plain
+/// function; each test runs in a process of its own).
+static DISK_FS: std::sync::OnceLock<BTreeMap<&'static str, std::path::PathBuf>> =
+    std::sync::OnceLock::new();
 
 impl Fault {
     fn kind(self) -> &'static str {
@@ -151,6 +166,7 @@ impl Fault {
             Fault::KillNats(_) => "kill -9 nats-server",
             Fault::FreezeNode(_) => "freeze node",
             Fault::FreezeNats(_) => "freeze nats-server",
+            Fault::DiskFull(_) => "disk full then freed",
         }
     }
 }
@@ -165,7 +181,7 @@ const FAULT_ZONES: [&str; 3] = ["plant-a", "idmz", "enterprise"];
 
 fn pick(rng: &mut Rng) -> Fault {
     let zone = FAULT_ZONES[rng.below(3) as usize];
-    match rng.below(5) {
+    match rng.below(6) {
         0 => {
             let (receiver, peer) = LINKS[rng.below(LINKS.len() as u64) as usize];
             Fault::Cut { receiver, peer }
@@ -173,7 +189,11 @@ fn pick(rng: &mut Rng) -> Fault {
         1 => Fault::KillNode(zone),
         2 => Fault::KillNats(zone),
         3 => Fault::FreezeNode(zone),
-        _ => Fault::FreezeNats(zone),
+        4 => Fault::FreezeNats(zone),
+        _ => match DISK_FS.get().map(|fs| fs.contains_key(zone)) {
+            Some(true) => Fault::DiskFull(zone),
+            _ => Fault::FreezeNats(zone),
+        },
     }
 }
 
@@ -218,6 +238,41 @@ async fn apply(site: &mut Site, fault: Fault, rng: &mut Rng) {
             tokio::time::sleep(hold).await;
             z.nats.signal("CONT");
         }
+        Fault::DiskFull(zone) => {
+            let hold = rng.millis(1000, 8000);
+            eprintln!("fault: disk of {zone} below its floor for {hold:?}, then freed");
+            let dir = &DISK_FS.get().unwrap()[zone];
+            let filler = dir.join("filler");
+            crate::disk::fill(dir, &filler, DISK_FLOOR_BYTES / 2);
+            tokio::time::sleep(hold).await;
+            std::fs::remove_file(&filler).unwrap();
+        }
+    }
+}
+
+/// Mounts a tmpfs per zone of `DISK_FULL_ZONES` for its key index; none
+/// (the disk faults left out, the reason printed) where that is not possible.
+fn mount_disks() -> Vec<crate::disk::Tmpfs> {
+    let mut mounted = Vec::new();
+    let mut dirs = BTreeMap::new();
+    for zone in DISK_FULL_ZONES {
+        let Some(fs) = crate::disk::Tmpfs::mount(DISK_MIB) else {
+            eprintln!("disk faults left out: no tmpfs");
+            return vec![];
+        };
+        dirs.insert(zone, fs.path.clone());
+        mounted.push(fs);
+    }
+    DISK_FS.set(dirs).unwrap();
+    mounted
+}
+
+/// `fast_redelivery`, and a key index on its tmpfs for `DISK_FULL_ZONES`.
+fn fault_site_zone(zone: &str, config: &mut ZoneConfig) {
+    fast_redelivery(zone, config);
+    if let Some(dir) = DISK_FS.get().and_then(|fs| fs.get(zone)) {
+        config.commit.key_index_path = Some(dir.join(format!("key-index.{zone}.kix")));
+        config.nats.store_free_bytes_min = DISK_FLOOR_BYTES;
     }
 }
 
@@ -304,10 +359,11 @@ async fn continuous_load_survives_partitions_kills_and_freezes_exactly_once_in_o
         shape.faults_max
     );
     let mut rng = Rng::new(seed);
+    let disks = mount_disks();
     let mut site = Site::start_with(SiteOpts {
         proxies: true,
         out_of_process: true,
-        tweak: Some(fast_redelivery),
+        tweak: Some(fault_site_zone),
         ..Default::default()
     })
     .await;
@@ -397,6 +453,8 @@ async fn continuous_load_survives_partitions_kills_and_freezes_exactly_once_in_o
             && v.artifacts_missing_or_altered.is_empty();
         assert!(clean, "seed {seed}: {v:?}");
     }
+    drop(site);
+    drop(disks); // after the nodes that hold files on them
 }
 
 /// Collects `dest`'s local consumer until every acknowledged fact arrived
