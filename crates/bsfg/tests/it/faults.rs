@@ -244,6 +244,17 @@ async fn apply(site: &mut Site, fault: Fault, rng: &mut Rng) {
             let dir = &DISK_FS.get().unwrap()[zone];
             let filler = dir.join("filler");
             crate::disk::fill(dir, &filler, DISK_FLOOR_BYTES / 2);
+            // The fault took: the node refuses appends (free space is
+            // sampled every second).
+            let z = site.zone_mut(zone);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while metric_value(&z.metrics_text().await, "bsfg_disk_full", &[]) != Some(1.0) {
+                assert!(
+                    Instant::now() < deadline,
+                    "{zone} never saw its disk below the floor"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             tokio::time::sleep(hold).await;
             std::fs::remove_file(&filler).unwrap();
         }
