@@ -8,6 +8,7 @@ use crate::config::{PrincipalConfig, UpstreamConfig};
 use crate::metrics::{Metrics, labels};
 use crate::node::audit::AuditEvent;
 use bsfg_domain::clock::{SkewEstimate, WindowedMax};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -79,32 +80,33 @@ pub struct LinkStatus {
     pub last_error: String,
 }
 
+/// One upstream peer's link: its configuration and what its stages share.
 pub struct Link {
     pub config: UpstreamConfig,
     pub(super) principal: Arc<PrincipalConfig>,
     /// The peer's server certificate (mTLS only), for the audit record.
-    pub(super) presented: Option<Arc<crate::tls::client::PresentedCertificate>>,
+    presented: Option<Arc<crate::tls::client::PresentedCertificate>>,
     pub(super) status: Mutex<LinkStatus>,
     pub(super) freshness: Mutex<Freshness>,
     /// Per [`Stage`]: why this zone's store refuses it, while it does.
-    pub(super) stalls: Mutex<[Option<String>; 2]>,
+    stalls: Mutex<[Option<String>; 2]>,
     /// The peer's clock against ours, from its answers' `answered_at`.
-    pub(super) peer_clock: Mutex<PeerClock>,
+    peer_clock: Mutex<PeerClock>,
     /// The lag's maximum over [`LAG_WATERMARK_WINDOW_MS`].
-    pub(super) lag_window: Mutex<WindowedMax>,
+    lag_window: Mutex<WindowedMax>,
     /// The origin of the monotonic times given to `lag_window`.
-    pub(super) started: Instant,
+    started: Instant,
 }
 
 /// The window of `lag_seconds_high_watermark`: long enough to show the
 /// worst of a recent incident, short enough that a clock step or an
 /// outage long past does not pin it for the life of the process.
-pub(super) const LAG_WATERMARK_WINDOW_MS: u64 = 15 * 60 * 1000;
-pub(super) const LAG_WATERMARK_SLOTS: usize = 15;
+const LAG_WATERMARK_WINDOW_MS: u64 = 15 * 60 * 1000;
+const LAG_WATERMARK_SLOTS: usize = 15;
 
-pub(super) struct PeerClock {
-    pub(super) skew: SkewEstimate,
-    pub(super) disagreeing: bool,
+struct PeerClock {
+    skew: SkewEstimate,
+    disagreeing: bool,
 }
 
 /// The stages of a link that write to this zone's store.
@@ -117,6 +119,56 @@ pub(super) enum Stage {
 }
 
 impl Link {
+    /// The link to `config`'s peer as it starts: not connected yet.
+    pub(super) fn new(
+        config: UpstreamConfig,
+        principal: Arc<PrincipalConfig>,
+        presented: Option<Arc<crate::tls::client::PresentedCertificate>>,
+    ) -> Self {
+        let status = LinkStatus {
+            peer: config.peer.clone(),
+            url: config.url.clone(),
+            consumer: config.consumer.clone(),
+            mode: LinkMode::Autonomous,
+            peer_mode: LinkMode::Autonomous,
+            local_stall: None,
+            remote_frontier: 0,
+            backlog: 0,
+            backlog_reported_at: None,
+            lag_seconds: 0.0,
+            lag_seconds_high_watermark: 0.0,
+            peer_clock_skew_ms: None,
+            last_confirm_at: None,
+            facts_replicated: 0,
+            facts_refused: 0,
+            objects_pulled: 0,
+            last_error: "not connected yet".into(),
+        };
+        Link {
+            config,
+            principal,
+            presented,
+            status: Mutex::new(status),
+            freshness: Mutex::new(Freshness {
+                in_pipeline: VecDeque::new(),
+                answered_ms: crate::store::now_unix_ms(),
+                drained: true,
+                newest_fetched_ms: None,
+                polling_since_ms: None,
+            }),
+            stalls: Mutex::new([None, None]),
+            peer_clock: Mutex::new(PeerClock {
+                skew: SkewEstimate::default(),
+                disagreeing: false,
+            }),
+            lag_window: Mutex::new(WindowedMax::new(
+                LAG_WATERMARK_WINDOW_MS,
+                LAG_WATERMARK_SLOTS,
+            )),
+            started: Instant::now(),
+        }
+    }
+
     /// An audit record of this link's peer (the puller's side of a crossing).
     pub(super) fn audit_event(
         &self,

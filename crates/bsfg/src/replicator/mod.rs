@@ -70,25 +70,21 @@ pub use link::{Link, LinkMode, LinkStatus};
 use appender::appender;
 use confirmer::confirmer;
 use fetcher::fetcher;
-use freshness::Freshness;
-use link::{LAG_WATERMARK_SLOTS, LAG_WATERMARK_WINDOW_MS, PeerClock};
 use screener::screener;
 
 use crate::client::BsfgClient;
-use crate::config::ZoneConfig;
+use crate::config::{UpstreamConfig, ZoneConfig};
 use crate::metrics::Metrics;
 use crate::node::audit::Audit;
 use crate::store::Store;
-use bsfg_domain::clock::{SkewEstimate, WindowedMax};
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
 
 /// All links of a node.
 pub struct Replicator {
     pub links: Vec<Arc<Link>>,
 }
 
+/// What the stages of every link use of this node.
 struct Context {
     zone: Arc<ZoneConfig>,
     store: Arc<Store>,
@@ -129,89 +125,72 @@ pub fn start(
                 .cloned()
                 .expect("config checked"),
         );
-        let (client, presented) = match &tls {
-            Some(files) => {
-                let (config, presented) =
-                    crate::tls::client::peer_client_config(&files.ca, &files.cert, &files.key)?;
-                (
-                    BsfgClient::connect_tls(&upstream.url, config)?,
-                    Some(presented),
-                )
-            }
-            None => (BsfgClient::connect(&upstream.url)?, None),
-        };
+        let (client, presented) = connect(upstream, tls.as_ref())?;
         std::fs::create_dir_all(&upstream.spool_dir)?;
-        let link = Arc::new(Link {
-            config: upstream.clone(),
-            principal,
-            presented,
-            status: Mutex::new(LinkStatus {
-                peer: upstream.peer.clone(),
-                url: upstream.url.clone(),
-                consumer: upstream.consumer.clone(),
-                mode: LinkMode::Autonomous,
-                peer_mode: LinkMode::Autonomous,
-                local_stall: None,
-                remote_frontier: 0,
-                backlog: 0,
-                backlog_reported_at: None,
-                lag_seconds: 0.0,
-                lag_seconds_high_watermark: 0.0,
-                peer_clock_skew_ms: None,
-                last_confirm_at: None,
-                facts_replicated: 0,
-                facts_refused: 0,
-                objects_pulled: 0,
-                last_error: "not connected yet".into(),
-            }),
-            freshness: Mutex::new(Freshness {
-                in_pipeline: VecDeque::new(),
-                answered_ms: crate::store::now_unix_ms(),
-                drained: true,
-                newest_fetched_ms: None,
-                polling_since_ms: None,
-            }),
-            stalls: Mutex::new([None, None]),
-            peer_clock: Mutex::new(PeerClock {
-                skew: SkewEstimate::default(),
-                disagreeing: false,
-            }),
-            lag_window: Mutex::new(WindowedMax::new(
-                LAG_WATERMARK_WINDOW_MS,
-                LAG_WATERMARK_SLOTS,
-            )),
-            started: Instant::now(),
-        });
-        let (batches_tx, batches_rx) = tokio::sync::mpsc::channel(upstream.pipeline_depth);
-        tasks.push(tokio::spawn(fetcher(
-            link.clone(),
-            client.clone(),
-            context.clone(),
-            batches_tx,
-        )));
-        let (screened_tx, screened_rx) = tokio::sync::mpsc::channel(1);
-        tasks.push(tokio::spawn(screener(
-            link.clone(),
-            client.clone(),
-            context.clone(),
-            batches_rx,
-            screened_tx,
-        )));
-        let (confirms_tx, confirms_rx) = tokio::sync::watch::channel(0);
-        tasks.push(tokio::spawn(appender(
-            link.clone(),
-            client.clone(),
-            context.clone(),
-            screened_rx,
-            confirms_tx,
-        )));
-        tasks.push(tokio::spawn(confirmer(
-            link.clone(),
-            client,
-            context.clone(),
-            confirms_rx,
-        )));
+        let link = Arc::new(Link::new(upstream.clone(), principal, presented));
+        spawn_stages(&link, client, &context, &mut tasks);
         links.push(link);
     }
     Ok((Arc::new(Replicator { links }), tasks))
+}
+
+/// A client of `upstream`'s peer; with `tls`, as this node's certificate,
+/// and the certificate the peer presents (for the audit records).
+fn connect(
+    upstream: &UpstreamConfig,
+    tls: Option<&PeerTls>,
+) -> anyhow::Result<(
+    BsfgClient,
+    Option<Arc<crate::tls::client::PresentedCertificate>>,
+)> {
+    Ok(match tls {
+        Some(files) => {
+            let (config, presented) =
+                crate::tls::client::peer_client_config(&files.ca, &files.cert, &files.key)?;
+            (
+                BsfgClient::connect_tls(&upstream.url, config)?,
+                Some(presented),
+            )
+        }
+        None => (BsfgClient::connect(&upstream.url)?, None),
+    })
+}
+
+/// Spawns a link's stages, in order, joined by their channels (see the
+/// module doc), onto `tasks`.
+fn spawn_stages(
+    link: &Arc<Link>,
+    client: BsfgClient,
+    context: &Arc<Context>,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) {
+    let (batches_tx, batches_rx) = tokio::sync::mpsc::channel(link.config.pipeline_depth);
+    tasks.push(tokio::spawn(fetcher(
+        link.clone(),
+        client.clone(),
+        context.clone(),
+        batches_tx,
+    )));
+    let (screened_tx, screened_rx) = tokio::sync::mpsc::channel(1);
+    tasks.push(tokio::spawn(screener(
+        link.clone(),
+        client.clone(),
+        context.clone(),
+        batches_rx,
+        screened_tx,
+    )));
+    let (confirms_tx, confirms_rx) = tokio::sync::watch::channel(0);
+    tasks.push(tokio::spawn(appender(
+        link.clone(),
+        client.clone(),
+        context.clone(),
+        screened_rx,
+        confirms_tx,
+    )));
+    tasks.push(tokio::spawn(confirmer(
+        link.clone(),
+        client,
+        context.clone(),
+        confirms_rx,
+    )));
 }
