@@ -10,8 +10,11 @@ use super::fetcher::Batch;
 use super::link::{Link, Stage};
 use crate::client::BsfgClient;
 use bsfg_domain::policy::Crossing;
+use bsfg_domain::validate::ValidFact;
 use bsfg_domain::{Code, Rejection, validate};
 use bsfg_proto::bsfg::v1::__buffa::view::StoredFactView;
+use bsfg_proto::bsfg::v1::{AttachmentRef, Envelope, Fact, Provenance};
+use buffa::DecodeError;
 use buffa::MessageView as _;
 use std::sync::Arc;
 
@@ -117,29 +120,10 @@ async fn screen(
     cx: &Context,
     stored: &StoredFactView<'_>,
 ) -> Result<Option<crate::store::facts::AppendItem>, Rejection> {
-    let envelope = stored
-        .envelope
-        .as_option()
-        .map(|e| e.to_owned_message())
-        .transpose();
-    let fact = stored
-        .fact
-        .as_option()
-        .map(|f| f.to_owned_message())
-        .transpose();
-    let provenance = stored
-        .provenance
-        .as_option()
-        .map(|p| p.to_owned_message())
-        .transpose();
     let origin_offset = stored.provenance.as_option().map_or(0, |p| p.origin_offset);
-    let (envelope, fact, provenance) = match (envelope, fact, provenance) {
-        (Ok(envelope), Ok(fact), Ok(provenance)) => (
-            envelope.unwrap_or_default(),
-            fact.unwrap_or_default(),
-            provenance,
-        ),
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+    let (envelope, fact, provenance) = match decode(stored) {
+        Ok(decoded) => decoded,
+        Err(e) => {
             let id = format!("offset {}", stored.offset);
             refuse(
                 link,
@@ -154,21 +138,7 @@ async fn screen(
         }
     };
     let id = format!("{}/{}", envelope.from_zone, envelope.message_id);
-    // Defence in depth: the peer should not have served it, but this zone
-    // decides for itself.
-    if let Err(r) = validate::envelope(&envelope, &cx.zone.limits) {
-        refuse(
-            link,
-            cx,
-            &id,
-            origin_offset,
-            r.reason.to_string(),
-            r.message,
-        )
-        .await;
-        return Ok(None);
-    }
-    let valid = match validate::fact(fact, &cx.zone.limits) {
+    let valid = match admit(link, cx, &envelope, fact) {
         Ok(v) => v,
         Err(r) => {
             refuse(
@@ -183,57 +153,8 @@ async fn screen(
             return Ok(None);
         }
     };
-    if !link
-        .principal
-        .origins
-        .iter()
-        .any(|o| o == &envelope.from_zone)
-    {
-        let detail = format!(
-            "peer {} may relay origins {:?}, not {}",
-            link.principal.name, link.principal.origins, envelope.from_zone
-        );
-        refuse(
-            link,
-            cx,
-            &id,
-            origin_offset,
-            "from_zone_not_allowed".into(),
-            detail,
-        )
-        .await;
-        return Ok(None);
-    }
-    let category = cx.zone.category_for_kind(&valid.subject_kind).name.clone();
-    let crossing = Crossing {
-        category: &category,
-        origin_zone: &envelope.from_zone,
-        kind: &valid.subject_kind,
-        predicate: &valid.fact.predicate,
-        fact_bytes: valid.fact.object_json.len(),
-    };
-    if let Err(p) = link.principal.import.check(&crossing) {
-        refuse(
-            link,
-            cx,
-            &id,
-            origin_offset,
-            p.reason.to_string(),
-            p.message,
-        )
-        .await;
-        return Ok(None);
-    }
     for attachment in &valid.fact.attachments {
-        let verdict = match link
-            .principal
-            .import
-            .check_object_size(attachment.size_bytes)
-        {
-            Err(p) => Err(Rejection::new(Code::PermissionDenied, p.reason, p.message)),
-            Ok(()) => pull_object(link, client, cx, attachment).await,
-        };
-        match verdict {
+        match make_present(link, client, cx, attachment).await {
             Ok(()) => {}
             Err(r) if retriable(&r) => return Err(r),
             Err(r) => {
@@ -255,4 +176,95 @@ async fn screen(
         valid,
         provenance,
     }))
+}
+
+/// Makes an attachment present here, if the import policy admits its size.
+async fn make_present(
+    link: &Link,
+    client: &BsfgClient,
+    cx: &Context,
+    attachment: &AttachmentRef,
+) -> Result<(), Rejection> {
+    match link
+        .principal
+        .import
+        .check_object_size(attachment.size_bytes)
+    {
+        Err(p) => Err(Rejection::new(Code::PermissionDenied, p.reason, p.message)),
+        Ok(()) => pull_object(link, client, cx, attachment).await,
+    }
+}
+
+/// Copies the fact's envelope, content and provenance out of the received
+/// bytes; the first of them that does not decode fails it.
+fn decode(
+    stored: &StoredFactView<'_>,
+) -> Result<(Envelope, Fact, Option<Provenance>), DecodeError> {
+    let envelope = stored
+        .envelope
+        .as_option()
+        .map(|e| e.to_owned_message())
+        .transpose();
+    let fact = stored
+        .fact
+        .as_option()
+        .map(|f| f.to_owned_message())
+        .transpose();
+    let provenance = stored
+        .provenance
+        .as_option()
+        .map(|p| p.to_owned_message())
+        .transpose();
+    match (envelope, fact, provenance) {
+        (Ok(envelope), Ok(fact), Ok(provenance)) => Ok((
+            envelope.unwrap_or_default(),
+            fact.unwrap_or_default(),
+            provenance,
+        )),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e),
+    }
+}
+
+/// The verdict on a decoded fact, from this zone's own rules: its envelope
+/// and content valid here, its origin one this peer may relay, the import
+/// policy. `Err` is a refusal, never retried.
+fn admit(
+    link: &Link,
+    cx: &Context,
+    envelope: &Envelope,
+    fact: Fact,
+) -> Result<ValidFact, Rejection> {
+    // Defence in depth: the peer should not have served it, but this zone
+    // decides for itself.
+    validate::envelope(envelope, &cx.zone.limits)?;
+    let valid = validate::fact(fact, &cx.zone.limits)?;
+    if !link
+        .principal
+        .origins
+        .iter()
+        .any(|o| o == &envelope.from_zone)
+    {
+        let detail = format!(
+            "peer {} may relay origins {:?}, not {}",
+            link.principal.name, link.principal.origins, envelope.from_zone
+        );
+        return Err(Rejection::new(
+            Code::PermissionDenied,
+            "from_zone_not_allowed",
+            detail,
+        ));
+    }
+    let category = cx.zone.category_for_kind(&valid.subject_kind).name.clone();
+    let crossing = Crossing {
+        category: &category,
+        origin_zone: &envelope.from_zone,
+        kind: &valid.subject_kind,
+        predicate: &valid.fact.predicate,
+        fact_bytes: valid.fact.object_json.len(),
+    };
+    link.principal
+        .import
+        .check(&crossing)
+        .map_err(|p| Rejection::new(Code::PermissionDenied, p.reason, p.message))?;
+    Ok(valid)
 }
