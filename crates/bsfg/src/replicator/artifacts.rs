@@ -7,7 +7,9 @@ use crate::client::BsfgClient;
 use crate::metrics::labels;
 use bsfg_domain::{Code, Rejection, validate};
 use bsfg_proto::bsfg::v1::AttachmentRef;
+use futures::Stream;
 use futures::StreamExt as _;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Makes an attachment present locally: skipped when an object with the
@@ -29,35 +31,9 @@ pub(super) async fn pull_object(
         return Ok(());
     }
     validate::digest("attachment digest", &a.digest)?;
-    let spool = link.config.spool_dir.join(a.digest.replace(':', "-"));
-    let have = std::fs::metadata(&spool).map(|m| m.len()).unwrap_or(0);
-    if have > a.size_bytes {
-        // Not a prefix of this object: start again.
-        let _ = std::fs::remove_file(&spool);
-        return Err(Rejection::new(
-            Code::Unavailable,
-            "object_spool_reset",
-            format!(
-                "{}/{}: the spool was longer than the object; pulling again",
-                a.bucket, a.key
-            ),
-        ));
-    }
+    let (spool, have) = spool_of(link, a)?;
     let (media_type_tx, media_type_rx) = tokio::sync::oneshot::channel::<String>();
-    // The store reads what an earlier attempt spooled, then the chunks as
-    // they arrive; a few chunks in flight bound the memory.
-    let spooled = tokio::fs::File::open(&spool).await.ok().map(|f| {
-        tokio_util::io::ReaderStream::with_capacity(
-            tokio::io::AsyncReadExt::take(f, have),
-            crate::store::objects::CHUNK_BYTES,
-        )
-        .map(|r: std::io::Result<bytes::Bytes>| r.map_err(spool_error))
-    });
-    let (chunks_tx, chunks_rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, Rejection>>(4);
-    let arriving = futures::stream::unfold(chunks_rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
-    let chunks = Box::pin(futures::stream::iter(spooled).flatten().chain(arriving));
+    let (chunks_tx, chunks) = spooled_then_arriving(&spool, have).await;
     let spool_path = &spool;
     // Owns the sender: when the pull ends, the store sees the end (or the
     // error) of the chunks.
@@ -80,24 +56,7 @@ pub(super) async fn pull_object(
         }
         pulled
     };
-    // The object keeps the media type declared where it was uploaded, as
-    // the origin's GetObject reports it (known before the first chunk);
-    // the fact's attachment reference says it otherwise (nothing left to
-    // pull, or an origin that did not keep it).
-    let store = async move {
-        let origin = media_type_rx
-            .await
-            .ok()
-            .filter(|m| !m.is_empty() && validate::media_type("media_type", m).is_ok());
-        let header = crate::store::objects::PutHeader {
-            bucket: a.bucket.clone(),
-            key: a.key.clone(),
-            media_type: origin.unwrap_or_else(|| a.media_type.clone()),
-            expected_digest: a.digest.clone(),
-            expected_size_bytes: a.size_bytes,
-        };
-        cx.store.objects.put(header, chunks).await
-    };
+    let store = store_object(cx, a, media_type_rx, chunks);
     let (pulled, stored) = tokio::join!(pull, store);
     let stored = match (pulled, stored) {
         (_, Ok(stored)) => stored,
@@ -122,6 +81,75 @@ pub(super) async fn pull_object(
     link.status.lock().unwrap().objects_pulled += 1;
     tracing::info!(link = %link.config.peer, bucket = %a.bucket, key = %a.key, digest = %stored.digest, "artifact pulled");
     Ok(())
+}
+
+/// The attachment's spool file and the length an earlier attempt left in
+/// it; a spool longer than the object is no prefix of it and is removed.
+fn spool_of(link: &Link, a: &AttachmentRef) -> Result<(PathBuf, u64), Rejection> {
+    let spool = link.config.spool_dir.join(a.digest.replace(':', "-"));
+    let have = std::fs::metadata(&spool).map(|m| m.len()).unwrap_or(0);
+    if have > a.size_bytes {
+        // Not a prefix of this object: start again.
+        let _ = std::fs::remove_file(&spool);
+        return Err(Rejection::new(
+            Code::Unavailable,
+            "object_spool_reset",
+            format!(
+                "{}/{}: the spool was longer than the object; pulling again",
+                a.bucket, a.key
+            ),
+        ));
+    }
+    Ok((spool, have))
+}
+
+/// The chunks the store reads: what an earlier attempt spooled, then the
+/// chunks sent as they arrive; a few chunks in flight bound the memory.
+async fn spooled_then_arriving(
+    spool: &Path,
+    have: u64,
+) -> (
+    tokio::sync::mpsc::Sender<Result<bytes::Bytes, Rejection>>,
+    impl Stream<Item = Result<bytes::Bytes, Rejection>> + Send + Unpin,
+) {
+    let spooled = tokio::fs::File::open(spool).await.ok().map(|f| {
+        tokio_util::io::ReaderStream::with_capacity(
+            tokio::io::AsyncReadExt::take(f, have),
+            crate::store::objects::CHUNK_BYTES,
+        )
+        .map(|r: std::io::Result<bytes::Bytes>| r.map_err(spool_error))
+    });
+    let (chunks_tx, chunks_rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, Rejection>>(4);
+    let arriving = futures::stream::unfold(chunks_rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let chunks = Box::pin(futures::stream::iter(spooled).flatten().chain(arriving));
+    (chunks_tx, chunks)
+}
+
+/// Stores the object from `chunks` into the local object store. It keeps
+/// the media type declared where it was uploaded, as the origin's GetObject
+/// reports it (known before the first chunk); the fact's attachment
+/// reference says it otherwise (nothing left to pull, or an origin that did
+/// not keep it).
+async fn store_object(
+    cx: &Context,
+    a: &AttachmentRef,
+    media_type_rx: tokio::sync::oneshot::Receiver<String>,
+    chunks: impl Stream<Item = Result<bytes::Bytes, Rejection>> + Send + Unpin,
+) -> Result<crate::store::objects::StoredObject, Rejection> {
+    let origin = media_type_rx
+        .await
+        .ok()
+        .filter(|m| !m.is_empty() && validate::media_type("media_type", m).is_ok());
+    let header = crate::store::objects::PutHeader {
+        bucket: a.bucket.clone(),
+        key: a.key.clone(),
+        media_type: origin.unwrap_or_else(|| a.media_type.clone()),
+        expected_digest: a.digest.clone(),
+        expected_size_bytes: a.size_bytes,
+    };
+    cx.store.objects.put(header, chunks).await
 }
 
 const STORE_STOPPED: &str = "local_store_stopped";
