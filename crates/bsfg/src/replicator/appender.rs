@@ -11,6 +11,9 @@ use crate::metrics::labels;
 use bsfg_proto::bsfg::v1::__buffa::view::FetchFactsResponseView;
 use std::sync::Arc;
 
+/// Appends each screened batch, in order, retrying from the first fact a
+/// failure that may pass stopped; audits what it accepted and hands the
+/// batch's `last_delivered_offset` to the confirmer.
 pub(super) async fn appender(
     link: Arc<Link>,
     client: BsfgClient,
@@ -33,61 +36,10 @@ pub(super) async fn appender(
         // failures of one connection come in order.
         let mut accepted = Vec::new();
         while !pending.is_empty() {
-            let ids: Vec<String> = pending
-                .iter()
-                .map(|i| format!("{}/{}", i.envelope.from_zone, i.envelope.message_id))
-                .collect();
-            let origin_offsets: Vec<u64> = pending
-                .iter()
-                .map(|i| i.provenance.as_ref().map(|p| p.origin_offset).unwrap_or(0))
-                .collect();
             // The appends take the items (no copy per attempt); a retry
             // screens the facts it needs again from the batch.
-            let results = cx
-                .store
-                .facts
-                .append_batch(
-                    std::mem::take(&mut pending),
-                    crate::store::facts::Order::AsGiven,
-                )
-                .await;
-            let first_retriable = results
-                .iter()
-                .position(|r| matches!(r, Err(e) if retriable(e)));
-            let settled = first_retriable.unwrap_or(results.len());
-            // Shown by `bsfg status`: a link stuck on its own zone's store
-            // reads "normal" otherwise.
-            let retry_reason = first_retriable
-                .and_then(|at| results[at].as_ref().err())
-                .map(|e| format!("local append: {e}"));
-            for ((result, id), origin_offset) in results
-                .into_iter()
-                .zip(ids)
-                .zip(origin_offsets)
-                .take(settled)
-            {
-                match result {
-                    Ok(_) => {
-                        link.status.lock().unwrap().facts_replicated += 1;
-                        cx.metrics
-                            .replicated_facts_total
-                            .get_or_create(&labels(&[("link", &c.peer)]))
-                            .inc();
-                        accepted.push(id);
-                    }
-                    Err(r) => {
-                        refuse(
-                            &link,
-                            &cx,
-                            &id,
-                            origin_offset,
-                            r.reason.to_string(),
-                            r.message,
-                        )
-                        .await
-                    }
-                }
-            }
+            let (settled, retry_reason) =
+                append_settled(&link, &cx, std::mem::take(&mut pending), &mut accepted).await;
             pending_at.drain(..settled);
             if pending_at.is_empty() {
                 break;
@@ -121,6 +73,69 @@ pub(super) async fn appender(
         // the peer does not stall the pipeline.
         confirms.send_modify(|target| *target = (*target).max(batch.last_delivered_offset));
     }
+}
+
+/// Appends `pending` in one pipelined batch, in order, and settles each
+/// result up to the first retriable failure: accepted (counted, its id
+/// added to `accepted`) or refused (audited). Returns how many settled and,
+/// if a retriable failure stopped it, why.
+async fn append_settled(
+    link: &Link,
+    cx: &Context,
+    pending: Vec<crate::store::facts::AppendItem>,
+    accepted: &mut Vec<String>,
+) -> (usize, Option<String>) {
+    let ids: Vec<String> = pending
+        .iter()
+        .map(|i| format!("{}/{}", i.envelope.from_zone, i.envelope.message_id))
+        .collect();
+    let origin_offsets: Vec<u64> = pending
+        .iter()
+        .map(|i| i.provenance.as_ref().map(|p| p.origin_offset).unwrap_or(0))
+        .collect();
+    let results = cx
+        .store
+        .facts
+        .append_batch(pending, crate::store::facts::Order::AsGiven)
+        .await;
+    let first_retriable = results
+        .iter()
+        .position(|r| matches!(r, Err(e) if retriable(e)));
+    let settled = first_retriable.unwrap_or(results.len());
+    // Shown by `bsfg status`: a link stuck on its own zone's store
+    // reads "normal" otherwise.
+    let retry_reason = first_retriable
+        .and_then(|at| results[at].as_ref().err())
+        .map(|e| format!("local append: {e}"));
+    for ((result, id), origin_offset) in results
+        .into_iter()
+        .zip(ids)
+        .zip(origin_offsets)
+        .take(settled)
+    {
+        match result {
+            Ok(_) => {
+                link.status.lock().unwrap().facts_replicated += 1;
+                cx.metrics
+                    .replicated_facts_total
+                    .get_or_create(&labels(&[("link", &link.config.peer)]))
+                    .inc();
+                accepted.push(id);
+            }
+            Err(r) => {
+                refuse(
+                    link,
+                    cx,
+                    &id,
+                    origin_offset,
+                    r.reason.to_string(),
+                    r.message,
+                )
+                .await
+            }
+        }
+    }
+    (settled, retry_reason)
 }
 
 /// Audits and counts a fact this zone refuses; the link moves past it.

@@ -1,6 +1,6 @@
-//! The fetcher: long-polls the peer's `FetchFacts` and hands each batch of
-//! facts to the screener, up to `pipeline_depth` of them in flight; records
-//! the peer side's mode, the backlog and the lag.
+//! The fetcher: long-polls the peer's `FetchFacts` and hands each batch to
+//! the screener, up to `pipeline_depth` of them in flight; records the peer
+//! side's mode, the backlog and the lag.
 
 use super::Context;
 use super::backoff::Backoff;
@@ -16,6 +16,9 @@ use std::time::Instant;
 /// A FetchFacts answer as received.
 pub(super) type Batch = OwnedView<FetchFactsResponseView<'static>>;
 
+/// Long-polls the peer, one fetch after another, and passes each answer
+/// that delivered something to the screener; a failed fetch is retried
+/// with backoff, from the peer's frontier.
 pub(super) async fn fetcher(
     link: Arc<Link>,
     client: BsfgClient,
