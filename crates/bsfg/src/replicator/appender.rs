@@ -45,7 +45,12 @@ pub(super) async fn appender(
                 break;
             }
             let reason = retry_reason.unwrap_or_default();
-            tracing::warn!(link = %c.peer, remaining = pending_at.len(), error = %reason, "local append failed; retrying");
+            tracing::warn!(
+                link = %c.peer,
+                remaining = pending_at.len(),
+                error = %reason,
+                "local append failed; retrying"
+            );
             link.set_stall(Stage::Append, Some(reason), &cx.metrics);
             backoff.wait().await;
             let mut still_at = Vec::with_capacity(pending_at.len());

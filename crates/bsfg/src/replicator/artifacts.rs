@@ -79,7 +79,13 @@ pub(super) async fn pull_object(
     };
     let _ = std::fs::remove_file(&spool);
     link.status.lock().unwrap().objects_pulled += 1;
-    tracing::info!(link = %link.config.peer, bucket = %a.bucket, key = %a.key, digest = %stored.digest, "artifact pulled");
+    tracing::info!(
+        link = %link.config.peer,
+        bucket = %a.bucket,
+        key = %a.key,
+        digest = %stored.digest,
+        "artifact pulled"
+    );
     Ok(())
 }
 

@@ -244,9 +244,18 @@ impl Link {
         if disagreeing != clock.disagreeing {
             clock.disagreeing = disagreeing;
             if disagreeing {
-                tracing::warn!(link = %self.config.peer, skew_ms, skew_max_ms, "the peer's clock disagrees with this node's beyond clock_skew_max: lags are corrected by the skew; fix the time source (NTP) of one of them");
+                tracing::warn!(
+                    link = %self.config.peer,
+                    skew_ms,
+                    skew_max_ms,
+                    "the peer's clock disagrees with this node's beyond clock_skew_max: lags are corrected by the skew; fix the time source (NTP) of one of them"
+                );
             } else {
-                tracing::info!(link = %self.config.peer, skew_ms, "the peer's clock agrees with this node's again");
+                tracing::info!(
+                    link = %self.config.peer,
+                    skew_ms,
+                    "the peer's clock agrees with this node's again"
+                );
             }
         }
         self.status.lock().unwrap().peer_clock_skew_ms = Some(skew_ms);
@@ -292,7 +301,13 @@ impl Link {
             s.peer_mode
         };
         if s.mode != mode {
-            tracing::warn!(link = %self.config.peer, from = s.mode.as_str(), to = mode.as_str(), reason = %s.last_error, "link mode changed");
+            tracing::warn!(
+                link = %self.config.peer,
+                from = s.mode.as_str(),
+                to = mode.as_str(),
+                reason = %s.last_error,
+                "link mode changed"
+            );
             s.mode = mode;
         }
         for m in LinkMode::ALL {

@@ -94,7 +94,11 @@ pub(super) async fn screen_until_settled(
                 return item;
             }
             Err(r) if is_local_store_refusal(&r) => {
-                tracing::warn!(link = %link.config.peer, error = %r, "could not store an artifact; retrying");
+                tracing::warn!(
+                    link = %link.config.peer,
+                    error = %r,
+                    "could not store an artifact; retrying"
+                );
                 link.set_stall(
                     Stage::Screen,
                     Some(format!("local store: {r}")),
@@ -104,7 +108,11 @@ pub(super) async fn screen_until_settled(
             }
             Err(r) => {
                 link.status.lock().unwrap().last_error = r.to_string();
-                tracing::warn!(link = %link.config.peer, error = %r, "could not fetch an artifact yet; retrying");
+                tracing::warn!(
+                    link = %link.config.peer,
+                    error = %r,
+                    "could not fetch an artifact yet; retrying"
+                );
                 backoff.wait().await;
             }
         }
