@@ -1,0 +1,131 @@
+//! The fetcher: long-polls the peer's `FetchFacts` and hands each batch to
+//! the screener, up to `pipeline_depth` of them in flight; records the peer
+//! side's mode, the backlog and the lag.
+
+use super::Context;
+use super::backoff::Backoff;
+use super::link::{Link, LinkMode};
+use crate::client::BsfgClient;
+use bsfg_proto::bsfg::v1::__buffa::view::FetchFactsResponseView;
+use bsfg_proto::bsfg::v1::FetchFactsRequest;
+use buffa::view::OwnedView;
+use connectrpc::ConnectError;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A FetchFacts answer as received.
+pub(super) type Batch = OwnedView<FetchFactsResponseView<'static>>;
+
+/// Long-polls the peer, one fetch after another, and passes each answer
+/// that delivered something to the screener; a failed fetch is retried
+/// with backoff, from the peer's frontier.
+pub(super) async fn fetcher(
+    link: Arc<Link>,
+    client: BsfgClient,
+    cx: Arc<Context>,
+    batches: tokio::sync::mpsc::Sender<Batch>,
+) {
+    let c = &link.config;
+    let mut backoff = Backoff::new(c.backoff_min, c.backoff_max);
+    // Confirms are cumulative: facts delivered before this fetcher started,
+    // or in a response lost with a failed call, were never appended here
+    // and must be delivered again before a later confirm could cover them.
+    let mut restart_from_frontier = true;
+    loop {
+        let request = FetchFactsRequest {
+            consumer_name: c.consumer.clone(),
+            limit: c.batch_limit,
+            max_bytes: c.batch_bytes_max,
+            wait_ms: c.wait_ms,
+            restart_from_frontier,
+            ..Default::default()
+        };
+        {
+            let mut f = link.freshness.lock().unwrap();
+            if f.drained {
+                f.polling_since_ms = Some(crate::store::now_unix_ms());
+            }
+        }
+        let fetched = client.fetch_view(request).await;
+        link.freshness.lock().unwrap().polling_since_ms = None;
+        match fetched {
+            Ok(batch) => {
+                restart_from_frontier = false;
+                backoff.reset();
+                let caught_up = record_answer(&link, &cx, &batch);
+                if caught_up {
+                    continue;
+                }
+                if batches.send(batch).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                restart_from_frontier = true;
+                record_failure(&link, &cx, &e);
+                backoff.wait().await;
+            }
+        }
+    }
+}
+
+/// Records what an answer shows: the lag's inputs (its facts' times), the
+/// peer side's mode and the backlog. Returns whether the link was caught up
+/// (no facts, nothing delivered past the frontier: nothing to pass on).
+fn record_answer(link: &Link, cx: &Context, batch: &Batch) -> bool {
+    let c = &link.config;
+    let answer = batch.reborrow();
+    let caught_up = answer.last_delivered_offset <= answer.frontier && answer.facts.is_empty();
+    {
+        // The facts' times are the peer's clock: on ours, less the skew.
+        let skew_ms = link.record_peer_clock(answer.answered_at_unix_ms, cx);
+        let now = crate::store::now_unix_ms();
+        let times: Vec<i64> = answer
+            .facts
+            .iter()
+            .filter_map(|f| {
+                f.provenance
+                    .as_option()
+                    .and_then(|p| p.hops.last())
+                    .map(|h| h.appended_at_unix_ms - skew_ms)
+            })
+            .collect();
+        let mut f = link.freshness.lock().unwrap();
+        f.answered_ms = now;
+        f.drained = answer.backlog == 0;
+        f.newest_fetched_ms = times.iter().copied().max().or(f.newest_fetched_ms);
+        if !caught_up {
+            f.in_pipeline
+                .push_back(times.first().copied().unwrap_or(now));
+        }
+    }
+    let mode = if answer.backlog > u64::from(c.batch_limit) {
+        LinkMode::Reconciliation
+    } else {
+        LinkMode::Normal
+    };
+    link.set_mode(mode, &cx.metrics);
+    {
+        let mut s = link.status.lock().unwrap();
+        s.backlog = answer.backlog;
+        s.backlog_reported_at = Some(Instant::now());
+        if s.local_stall.is_none() {
+            s.last_error.clear();
+        }
+    }
+    link.refresh_lag(Some(&cx.metrics));
+    caught_up
+}
+
+/// Records a failed fetch: the peer counts as unreachable.
+fn record_failure(link: &Link, cx: &Context, e: &ConnectError) {
+    let c = &link.config;
+    link.set_mode(LinkMode::Autonomous, &cx.metrics);
+    link.status.lock().unwrap().last_error = format!(
+        "{}: {}",
+        e.code.as_str(),
+        e.message.clone().unwrap_or_default()
+    );
+    tracing::debug!(link = %c.peer, error = ?e, "fetch failed; backing off");
+    link.refresh_lag(Some(&cx.metrics));
+}
