@@ -17,6 +17,7 @@
 //!   line, an audit record or a message.
 //! * [`rejection`]: a rejection carries a protocol-neutral code, a stable
 //!   machine reason and a message a person can act on.
+#![forbid(unsafe_code)]
 
 pub mod bounded;
 pub mod canonical;

@@ -2,5 +2,6 @@
 //!
 //! Kept in its own crate so that codegen runs once and every other crate
 //! (node, CLI, tests, benchmarks) shares the same types.
+#![forbid(unsafe_code)]
 #![allow(missing_docs, clippy::all)]
 connectrpc::include_generated!();
