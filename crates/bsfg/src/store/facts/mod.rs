@@ -36,15 +36,15 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 mod category;
+mod errors;
+mod record;
 
 use category::FillAccount;
 pub use category::{Category, fact_subject, stream_config, stream_name};
+use errors::{index_unavailable, is_transient};
+pub use record::decode_record;
+use record::{compare_existing, header_value};
 
-/// The content digest (hex) that facts of the older stored format carry as
-/// a header. Read only: a fact's content is compared from its record,
-/// which keeps ~80 bytes per fact out of every publish, stored message and
-/// delivery.
-const LEGACY_CONTENT_HEADER: &str = "Bsfg-Content";
 const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 const EXPECTED_LAST_MSG_ID_HEADER: &str = "Nats-Expected-Last-Msg-Id";
 
@@ -82,14 +82,6 @@ pub enum Order {
     AsGiven,
     /// Independent appends (the group commit of concurrent AppendFact calls).
     Any,
-}
-
-/// A refusal that a retry may overcome (the store, not the fact).
-fn is_transient(r: &Rejection) -> bool {
-    matches!(
-        r.code,
-        Code::Unavailable | Code::ResourceExhausted | Code::Internal | Code::DeadlineExceeded
-    )
 }
 
 /// For each fact published in a batch, the key token of the fact published
@@ -848,23 +840,6 @@ impl FactLog {
         }
     }
 
-    /// Reads one stored fact by offset, validating it on the way out.
-    pub async fn read(&self, category: &str, offset: u64) -> Result<StoredFact, Rejection> {
-        let log = self.categories.get(category).ok_or_else(|| {
-            Rejection::new(
-                Code::NotFound,
-                "unknown_category",
-                format!("no category {category}"),
-            )
-        })?;
-        let message = log
-            .stream
-            .direct_get(offset)
-            .await
-            .map_err(|e| unavailable("reading a fact", e))?;
-        decode_record(&message.payload, offset)
-    }
-
     /// Start-up: makes one category's key index match its stream (a
     /// recreated stream empties it; a lost stream tail or retention drops
     /// entries) and reads in every fact after the covered prefix. Returns
@@ -1094,16 +1069,6 @@ async fn open_key_index(
     }
 }
 
-fn index_unavailable(what: &str, err: impl std::fmt::Display) -> Rejection {
-    Rejection::new(
-        Code::Unavailable,
-        "key_index_unavailable",
-        format!(
-            "{what}: {err}; the node's idempotency key index is unavailable (disk full or failing?), retry with backoff"
-        ),
-    )
-}
-
 /// The key index's background work: the start-up catch-up (retried with
 /// backoff; appends wait for it), then every `tick` retention pruning, gap
 /// filling and the index's metrics. Ends when the log is dropped.
@@ -1192,60 +1157,6 @@ async fn catch_up_index(log: &Weak<FactLog>, seen_last: &mut HashMap<String, u64
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(30));
     }
-}
-
-fn compare_existing(
-    existing: StreamMessage,
-    content: &[u8; 32],
-    envelope: &Envelope,
-    category: &str,
-) -> Result<Appended, Rejection> {
-    let same = match header_value(&existing, LEGACY_CONTENT_HEADER) {
-        Some(stored_hex) => stored_hex == hex::encode(content),
-        None => {
-            content_digest(&decode_record(&existing.payload, existing.sequence)?.fact) == *content
-        }
-    };
-    if same {
-        return Ok(Appended {
-            offset: existing.sequence,
-            duplicate: true,
-            category: category.to_string(),
-        });
-    }
-    Err(Rejection::new(
-        Code::AlreadyExists,
-        "conflicting_duplicate",
-        format!(
-            "message_id {:?} from zone {} is already stored at offset {} of category {} with different content; a correction is a new fact with a new message_id",
-            envelope.message_id, envelope.from_zone, existing.sequence, category
-        ),
-    ))
-}
-
-fn header_value(message: &StreamMessage, name: &str) -> Option<String> {
-    message.headers.get(name).map(|v| v.as_str().to_string())
-}
-
-/// Decodes a stored record and checks its invariants: it must carry an
-/// envelope and a fact whose key token matches how it was stored.
-pub fn decode_record(payload: &[u8], offset: u64) -> Result<StoredFact, Rejection> {
-    let mut record = StoredFact::decode_from_slice(payload).map_err(|e| {
-        Rejection::new(
-            Code::DataLoss,
-            "corrupt_record",
-            format!("stored fact at offset {offset} cannot be decoded: {e}"),
-        )
-    })?;
-    if record.envelope.message_id.is_empty() || record.fact.subject.is_empty() {
-        return Err(Rejection::new(
-            Code::DataLoss,
-            "corrupt_record",
-            format!("stored fact at offset {offset} lacks its envelope or fact"),
-        ));
-    }
-    record.offset = offset;
-    Ok(record)
 }
 
 #[cfg(test)]
