@@ -19,16 +19,14 @@
 use super::commit::{CommitQueue, KeyGuard};
 use super::key_index::{IndexWriter, KeyIndex, Token, token_bytes};
 use super::publish::{Ack, ERR_WRONG_LAST_MSG_ID, Publisher};
-use super::{now_unix_ms, objects::Objects, unavailable};
+use super::{objects::Objects, unavailable};
 use crate::config::{CategoryConfig, ZoneConfig};
 use crate::metrics::Metrics;
-use async_nats::HeaderMap;
 use async_nats::jetstream;
 use bsfg_domain::identity::{content_digest, key_token};
 use bsfg_domain::validate::ValidFact;
 use bsfg_domain::{Code, Rejection};
-use bsfg_proto::bsfg::v1::{Envelope, Provenance, StoredFact};
-use buffa::Message as _;
+use bsfg_proto::bsfg::v1::{Envelope, Provenance};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,17 +35,21 @@ mod category;
 mod errors;
 mod index;
 mod index_upkeep;
+mod order;
+mod prepare;
 mod record;
 
 use category::FillAccount;
 pub use category::{Category, fact_subject, stream_config, stream_name};
 use errors::is_transient;
 use index_upkeep::maintain_index;
+pub use order::Order;
+use order::{EXPECTED_LAST_MSG_ID_HEADER, Predecessors};
+use prepare::Ready;
 use record::compare_existing;
 pub use record::decode_record;
 
 const MSG_ID_HEADER: &str = "Nats-Msg-Id";
-const EXPECTED_LAST_MSG_ID_HEADER: &str = "Nats-Expected-Last-Msg-Id";
 
 /// How often facts stored around the node (an acknowledgement lost on the
 /// way back) are read into the key index, at most. It is independent of
@@ -61,64 +63,6 @@ pub struct AppendItem {
     pub valid: ValidFact,
     /// Set by the replicator for facts that crossed zones.
     pub provenance: Option<Provenance>,
-}
-
-/// Whether the facts of a batch must be stored in the order given.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Order {
-    /// Replicated facts, whose per-origin order is kept. Each fact published
-    /// names the one published before it in the same stream and batch
-    /// (`Nats-Expected-Last-Msg-Id`). Why: pipelined publishes can lose a
-    /// middle part when the NATS connection breaks (what was written to the
-    /// dead socket is gone, what was queued goes out after the reconnect),
-    /// and a later fact stored before the retry of an earlier one would break
-    /// the order for good. Named predecessors make JetStream refuse every
-    /// fact after the gap instead; the retry then stores them in order.
-    AsGiven,
-    /// Independent appends (the group commit of concurrent AppendFact calls).
-    Any,
-}
-
-/// For each fact published in a batch, the key token of the fact published
-/// before it in the same category, if any (what `Order::AsGiven` names as
-/// the expected last message of the stream).
-#[derive(Default)]
-struct Predecessors {
-    last: Vec<(String, String)>,
-}
-
-impl Predecessors {
-    /// Records `token` as published to `category`; returns the token it
-    /// follows there.
-    fn follow(&mut self, category: &str, token: &str) -> Option<String> {
-        match self.last.iter_mut().find(|(c, _)| c == category) {
-            Some((_, last)) => Some(std::mem::replace(last, token.to_string())),
-            None => {
-                self.last.push((category.to_string(), token.to_string()));
-                None
-            }
-        }
-    }
-}
-
-/// A fact ready to publish.
-struct Ready {
-    subject: String,
-    category: String,
-    token: String,
-    raw_token: Token,
-    envelope: Envelope,
-    payload: bytes::Bytes,
-}
-
-impl Ready {
-    fn headers(&self) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        // A retry whose first acknowledgement was lost is answered by the
-        // duplicate window before the key index has read the fact in.
-        headers.insert(MSG_ID_HEADER, self.token.as_str());
-        headers
-    }
 }
 
 // One per fact of an append round, in a Vec that lives for the round:
@@ -465,122 +409,6 @@ impl FactLog {
         self.index_stored(finished).await
     }
 
-    /// Everything before the publish that may wait: the answer for a key
-    /// already stored, the attachments' presence; then `encode`. `Err`
-    /// carries a final answer (a duplicate, or a rejection).
-    async fn prepare(
-        &self,
-        item: AppendItem,
-        token: String,
-        raw_token: Token,
-        category: &CategoryConfig,
-        found: Option<(usize, u64)>,
-    ) -> Result<Ready, Result<Appended, Rejection>> {
-        if let Some((position, offset)) = found {
-            let home = &self.index.categories()[position];
-            if let Some(existing) = self
-                .stored_under(home, offset, &raw_token)
-                .await
-                .map_err(Err)?
-            {
-                return Err(compare_existing(
-                    existing,
-                    &content_digest(&item.valid.fact),
-                    &item.envelope,
-                    home,
-                ));
-            }
-        }
-        // Capacity before the attachments: a refused append must not freeze
-        // the objects it names.
-        self.refuse_if_full(category).map_err(Err)?;
-        self.objects
-            .check_and_freeze(&item.valid.fact.attachments)
-            .await
-            .map_err(Err)?;
-        self.encode(item, token, raw_token, category)
-    }
-
-    /// `disk_full` while the store's or the key index's filesystem is
-    /// below its free-space floor (`store::disk`); `category_full` at the
-    /// fill threshold (nothing is dropped to make room). Every append path
-    /// (AppendFact, the replicator, audit records) comes through here; a
-    /// retry of a stored fact is answered before it, writing nothing.
-    fn refuse_if_full(&self, category: &CategoryConfig) -> Result<(), Rejection> {
-        self.disk.check()?;
-        let log = &self.categories[&category.name];
-        if !log.is_full() {
-            return Ok(());
-        }
-        Err(Rejection::new(
-            Code::ResourceExhausted,
-            "category_full",
-            format!(
-                "category {} is {:.1}% full (threshold {}%); appends are refused until confirmed facts are truncated. Consumers must confirm, or raise capacity_bytes",
-                category.name,
-                log.fill_percent(),
-                category.fill_threshold_percent
-            ),
-        ))
-    }
-
-    /// Everything before the publish that does not wait: routing to a
-    /// category, encoding the record (after `refuse_if_full`). `Err`
-    /// carries a rejection.
-    fn encode(
-        &self,
-        item: AppendItem,
-        token: String,
-        raw_token: Token,
-        category: &CategoryConfig,
-    ) -> Result<Ready, Result<Appended, Rejection>> {
-        let AppendItem {
-            envelope,
-            valid,
-            provenance,
-        } = item;
-        let subject = fact_subject(&category.name, &valid.subject_kind);
-        // The record takes the envelope and fact; the envelope comes back
-        // after encoding (a duplicate's answer names it), nothing is copied.
-        let mut record = StoredFact {
-            offset: 0,
-            category: category.name.clone(),
-            provenance: provenance
-                .unwrap_or_else(|| Provenance {
-                    origin_zone: envelope.from_zone.clone(),
-                    ..Default::default()
-                })
-                .into(),
-            envelope: envelope.into(),
-            fact: valid.fact.into(),
-            appended_at_unix_ms: now_unix_ms(),
-            ..Default::default()
-        };
-        let payload = record.encode_to_vec();
-        let envelope = record
-            .envelope
-            .take()
-            .expect("the record was given the envelope");
-        if payload.len() > self.config.limits.fact_bytes_max {
-            return Err(Err(Rejection::invalid(
-                "fact_too_large",
-                format!(
-                    "the fact record is {} bytes; the limit is {}",
-                    payload.len(),
-                    self.config.limits.fact_bytes_max
-                ),
-            )));
-        }
-        Ok(Ready {
-            subject,
-            category: category.name.clone(),
-            token,
-            raw_token,
-            envelope,
-            payload: payload.into(),
-        })
-    }
-
     /// The answer for a fact JetStream has just stored, and its key-index
     /// entry.
     fn stored(&self, offset: u64, ready: Ready) -> Finished {
@@ -756,27 +584,5 @@ async fn open_key_index(
             }
             result => return result,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Predecessors;
-
-    #[test]
-    fn each_published_fact_names_the_one_before_it_in_its_own_stream() {
-        let mut p = Predecessors::default();
-        let named: Vec<Option<String>> = [
-            ("ops", "a1"),
-            ("docs", "d1"),
-            ("ops", "a2"),
-            ("ops", "a3"),
-            ("docs", "d2"),
-        ]
-        .iter()
-        .map(|(category, token)| p.follow(category, token))
-        .collect();
-        let expected = [None, None, Some("a1"), Some("a2"), Some("d1")];
-        assert_eq!(named, expected.map(|t| t.map(String::from)));
     }
 }
