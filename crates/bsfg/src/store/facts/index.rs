@@ -2,9 +2,10 @@
 //! keys up (staged entries, then the file), reading back the fact stored
 //! under a key, and staging the keys of the facts a round stored.
 
+use super::ack::Finished;
 use super::errors::index_unavailable;
 use super::record::header_value;
-use super::{Appended, FactLog, Finished, MSG_ID_HEADER};
+use super::{Appended, FactLog, MSG_ID_HEADER};
 use crate::store::key_index::{KeyIndex, Token, token_bytes};
 use crate::store::unavailable;
 use async_nats::jetstream::message::StreamMessage;
