@@ -2,17 +2,17 @@
 //! NATS client in order under one deadline, and answered from their
 //! acknowledgements.
 
-use super::ack::Finished;
 use super::errors::is_transient;
 use super::order::{EXPECTED_LAST_MSG_ID_HEADER, Predecessors};
-use super::prepare::Ready;
+use super::prepare::{Prepared, Ready};
 use super::{AppendItem, Appended, FactLog, Order};
-use crate::config::CategoryConfig;
-use crate::store::key_index::{Token, token_bytes};
-use crate::store::publish::Ack;
+use crate::store::publish::Round;
 use crate::store::unavailable;
+use async_nats::HeaderMap;
 use bsfg_domain::Rejection;
 use bsfg_domain::identity::key_token;
+use std::pin::Pin;
+use tokio::time::Sleep;
 
 // One per fact of an append round, in a Vec that lives for the round:
 // boxing `Ready` would cost an allocation per fact for no memory saved.
@@ -84,58 +84,53 @@ impl FactLog {
         items: Vec<(AppendItem, String)>,
         order: Order,
     ) -> Vec<Result<Appended, Rejection>> {
-        // Each fact's category, resolved once.
-        let homes: Vec<&CategoryConfig> = items
-            .iter()
-            .map(|(item, _)| self.config.category_for_kind(&item.valid.subject_kind))
-            .collect();
-        let tokens: Vec<Token> = items
-            .iter()
-            .map(|(_, t)| token_bytes(t).expect("key tokens are 32 hex digits"))
-            .collect();
-        let found = match self.look_up(&tokens) {
-            Ok(found) => found,
-            Err(r) => return items.iter().map(|_| Err(r.clone())).collect(),
+        let count = items.len();
+        let prepared = match self.prepare_round(items).await {
+            Ok(prepared) => prepared,
+            Err(r) => return (0..count).map(|_| Err(r.clone())).collect(),
         };
-        // A new key without attachments (nearly every append) is prepared
-        // without waiting for anything; only the others (a key already
-        // stored, attachments to check) wait, concurrently. Preparing the
-        // common case inline, not as one future per fact, spares boxing and
-        // moving those futures (6 % of a receiving node's CPU in a profile).
-        let mut prepared: Vec<Option<Result<Ready, Result<Appended, Rejection>>>> =
-            Vec::with_capacity(items.len());
-        let mut waiting = Vec::new();
-        for ((((item, token), home), raw), found) in
-            items.into_iter().zip(homes).zip(tokens).zip(found)
-        {
-            if found.is_none() && item.valid.fact.attachments.is_empty() {
-                prepared.push(Some(
-                    self.refuse_if_full(home)
-                        .map_err(Err)
-                        .and_then(|()| self.encode(item, token, raw, home)),
-                ));
-            } else {
-                waiting.push((prepared.len(), self.prepare(item, token, raw, home, found)));
-                prepared.push(None);
-            }
-        }
-        fill_slots(&mut prepared, waiting).await;
         // One deadline for the whole round, sends and acknowledgements
         // alike. Why: each acknowledgement's own timeout starts when it is
         // awaited, so awaiting a stalled server's acknowledgements one after
         // another took one timeout per fact (a round of 40 facts, 200 s).
         let deadline = tokio::time::sleep(self.config.nats.request_timeout);
         tokio::pin!(deadline);
-        let mut in_flight = Vec::with_capacity(prepared.len());
         let mut round = by_deadline(&mut deadline, self.publisher.round(prepared.len())).await;
+        let in_flight = self
+            .send_round(prepared, order, round.as_mut(), &mut deadline)
+            .await;
+        // Every publish is on its way: wait for their acknowledgements (one
+        // wake-up for the round), then answer in order (`answer_round`).
+        let acks = match round {
+            Some(round) => {
+                by_deadline(&mut deadline, round.acknowledged()).await;
+                round.into_acks()
+            }
+            None => Vec::new(),
+        };
+        let finished = self.answer_round(in_flight, acks).await;
+        self.index_stored(finished).await
+    }
+
+    /// Hands a round's prepared facts to the NATS client in slot order,
+    /// holding the send lock (`round` is None if no round could be started
+    /// before the deadline). A fact that is not sent is answered at once.
+    async fn send_round(
+        &self,
+        prepared: Vec<Option<Prepared>>,
+        order: Order,
+        mut round: Option<&mut Round<'_>>,
+        deadline: &mut Pin<&mut Sleep>,
+    ) -> Vec<InFlight> {
+        let mut in_flight = Vec::with_capacity(prepared.len());
         let sending = match round {
-            Some(_) => by_deadline(&mut deadline, self.sending.lock()).await,
+            Some(_) => by_deadline(deadline, self.sending.lock()).await,
             None => None,
         };
         let mut send_failed = sending.is_none();
         let mut predecessors = Predecessors::default();
         for (slot, p) in prepared.into_iter().enumerate() {
-            in_flight.push(match (p.expect("every fact was prepared"), round.as_mut()) {
+            let flight = match (p.expect("every fact was prepared"), round.as_deref_mut()) {
                 (Err(done), _) => {
                     // In a batch whose order is kept, a fact that failed
                     // before it could be sent (its attachments could not be
@@ -150,65 +145,59 @@ impl FactLog {
                 }
                 // Nothing after a fact that could not be sent is sent: a
                 // later fact stored before its retry would break the order.
-                (Ok(_), Some(_)) if send_failed => InFlight::Done(Err(unavailable("publishing the fact", "it or an earlier fact of the same batch could not be sent within the request timeout"))),
-                (Ok(_), None) => InFlight::Done(Err(unavailable("publishing the fact", "too many acknowledgements awaited; none could be sent within the request timeout"))),
-                (Ok(mut ready), Some(round)) => {
+                (Ok(_), Some(_)) if send_failed => InFlight::Done(Err(unavailable(
+                    "publishing the fact",
+                    "it or an earlier fact of the same batch could not be sent \
+                     within the request timeout",
+                ))),
+                (Ok(_), None) => InFlight::Done(Err(unavailable(
+                    "publishing the fact",
+                    "too many acknowledgements awaited; none could be sent \
+                     within the request timeout",
+                ))),
+                (Ok(ready), Some(round)) => {
                     let mut headers = ready.headers();
                     if order == Order::AsGiven
                         && let Some(previous) = predecessors.follow(&ready.category, &ready.token)
                     {
                         headers.insert(EXPECTED_LAST_MSG_ID_HEADER, previous.as_str());
                     }
-                    let subject = std::mem::take(&mut ready.subject);
-                    match by_deadline(&mut deadline, round.publish(slot, subject, headers, ready.payload.clone())).await {
-                        Some(Ok(())) => InFlight::Sent(ready),
-                        failed => {
+                    match publish(round, slot, ready, headers, deadline).await {
+                        Ok(ready) => InFlight::Sent(ready),
+                        Err(r) => {
                             send_failed = true;
-                            let why = match failed {
-                                Some(Err(e)) => e.to_string(),
-                                _ => "not sent within the request timeout".to_string(),
-                            };
-                            InFlight::Done(Err(unavailable("publishing the fact", why)))
+                            InFlight::Done(Err(r))
                         }
                     }
                 }
-            });
+            };
+            in_flight.push(flight);
         }
         drop(sending);
-        // Every publish is on its way: wait for their acknowledgements (one
-        // wake-up for the round), then answer in order. Only the unusual
-        // ones (a duplicate, an error, none in time) are finished
-        // concurrently afterwards.
-        let mut acks = match round {
-            Some(round) => {
-                by_deadline(&mut deadline, round.acknowledged()).await;
-                round.into_acks()
-            }
-            None => Vec::new(),
-        };
-        let mut finished: Vec<Option<Finished>> = Vec::with_capacity(in_flight.len());
-        let mut unusual = Vec::new();
-        for (slot, f) in in_flight.into_iter().enumerate() {
-            match f {
-                InFlight::Done(result) => finished.push(Some((result, None))),
-                InFlight::Sent(ready) => match acks.get_mut(slot).and_then(Option::take) {
-                    Some(Ack::Stored {
-                        sequence,
-                        duplicate: false,
-                    }) => finished.push(Some(self.stored(sequence, ready))),
-                    other => {
-                        unusual.push((finished.len(), self.finish(other, ready)));
-                        finished.push(None);
-                    }
-                },
-            }
+        in_flight
+    }
+}
+
+/// Hands one fact to the NATS client before the round's deadline; its
+/// acknowledgement goes to `slot`. `Err` says why it was not sent.
+async fn publish(
+    round: &mut Round<'_>,
+    slot: usize,
+    mut ready: Ready,
+    headers: HeaderMap,
+    deadline: &mut Pin<&mut Sleep>,
+) -> Result<Ready, Rejection> {
+    let subject = std::mem::take(&mut ready.subject);
+    let sent = round.publish(slot, subject, headers, ready.payload.clone());
+    match by_deadline(deadline, sent).await {
+        Some(Ok(())) => Ok(ready),
+        failed => {
+            let why = match failed {
+                Some(Err(e)) => e.to_string(),
+                _ => "not sent within the request timeout".to_string(),
+            };
+            Err(unavailable("publishing the fact", why))
         }
-        fill_slots(&mut finished, unusual).await;
-        let finished = finished
-            .into_iter()
-            .map(|f| f.expect("every fact was finished"))
-            .collect();
-        self.index_stored(finished).await
     }
 }
 
@@ -216,7 +205,7 @@ impl FactLog {
 /// timer for the whole round (its send lock, publishes and
 /// acknowledgements), not one more per fact.
 async fn by_deadline<T>(
-    deadline: &mut std::pin::Pin<&mut tokio::time::Sleep>,
+    deadline: &mut Pin<&mut Sleep>,
     work: impl std::future::IntoFuture<Output = T>,
 ) -> Option<T> {
     tokio::select! {

@@ -177,19 +177,24 @@ impl FactLog {
             }
         }
         if read > 0 {
-            self.metrics
-                .key_index_read_in_facts_total
-                .get_or_create(&labels(&[("category", name.as_str())]))
-                .inc_by(read);
-            tracing::info!(
-                category = name,
-                read,
-                first,
-                last,
-                "stored facts read into the key index"
-            );
+            self.report_read_in(&name, read, first, last);
         }
         Ok(read)
+    }
+
+    /// Counts and logs the `read` facts `read_in` read into the key index.
+    fn report_read_in(&self, name: &str, read: u64, first: u64, last: u64) {
+        self.metrics
+            .key_index_read_in_facts_total
+            .get_or_create(&labels(&[("category", name)]))
+            .inc_by(read);
+        tracing::info!(
+            category = name,
+            read,
+            first,
+            last,
+            "stored facts read into the key index"
+        );
     }
 }
 

@@ -2,16 +2,21 @@
 //! stored, the capacity checks, the attachments' presence, and the
 //! encoded record.
 
+use super::append::fill_slots;
 use super::record::compare_existing;
 use super::{AppendItem, Appended, FactLog, MSG_ID_HEADER, fact_subject};
 use crate::config::CategoryConfig;
-use crate::store::key_index::Token;
+use crate::store::key_index::{Token, token_bytes};
 use crate::store::now_unix_ms;
 use async_nats::HeaderMap;
 use bsfg_domain::identity::content_digest;
 use bsfg_domain::{Code, Rejection};
 use bsfg_proto::bsfg::v1::{Envelope, Provenance, StoredFact};
 use buffa::Message as _;
+
+/// A fact ready to publish, or its final answer (a duplicate, or a
+/// rejection).
+pub(super) type Prepared = Result<Ready, Result<Appended, Rejection>>;
 
 /// A fact ready to publish.
 pub(super) struct Ready {
@@ -34,10 +39,51 @@ impl Ready {
 }
 
 impl FactLog {
+    /// Prepares a round's facts, one slot each in item order, after looking
+    /// their keys up (`Err`: the look-up failed, for every fact).
+    pub(super) async fn prepare_round(
+        &self,
+        items: Vec<(AppendItem, String)>,
+    ) -> Result<Vec<Option<Prepared>>, Rejection> {
+        // Each fact's category, resolved once.
+        let homes: Vec<&CategoryConfig> = items
+            .iter()
+            .map(|(item, _)| self.config.category_for_kind(&item.valid.subject_kind))
+            .collect();
+        let tokens: Vec<Token> = items
+            .iter()
+            .map(|(_, t)| token_bytes(t).expect("key tokens are 32 hex digits"))
+            .collect();
+        let found = self.look_up(&tokens)?;
+        // A new key without attachments (nearly every append) is prepared
+        // without waiting for anything; only the others (a key already
+        // stored, attachments to check) wait, concurrently. Preparing the
+        // common case inline, not as one future per fact, spares boxing and
+        // moving those futures (6 % of a receiving node's CPU in a profile).
+        let mut prepared: Vec<Option<Prepared>> = Vec::with_capacity(items.len());
+        let mut waiting = Vec::new();
+        for ((((item, token), home), raw), found) in
+            items.into_iter().zip(homes).zip(tokens).zip(found)
+        {
+            if found.is_none() && item.valid.fact.attachments.is_empty() {
+                prepared.push(Some(
+                    self.refuse_if_full(home)
+                        .map_err(Err)
+                        .and_then(|()| self.encode(item, token, raw, home)),
+                ));
+            } else {
+                waiting.push((prepared.len(), self.prepare(item, token, raw, home, found)));
+                prepared.push(None);
+            }
+        }
+        fill_slots(&mut prepared, waiting).await;
+        Ok(prepared)
+    }
+
     /// Everything before the publish that may wait: the answer for a key
     /// already stored, the attachments' presence; then `encode`. `Err`
     /// carries a final answer (a duplicate, or a rejection).
-    pub(super) async fn prepare(
+    async fn prepare(
         &self,
         item: AppendItem,
         token: String,
@@ -75,7 +121,7 @@ impl FactLog {
     /// fill threshold (nothing is dropped to make room). Every append path
     /// (AppendFact, the replicator, audit records) comes through here; a
     /// retry of a stored fact is answered before it, writing nothing.
-    pub(super) fn refuse_if_full(&self, category: &CategoryConfig) -> Result<(), Rejection> {
+    fn refuse_if_full(&self, category: &CategoryConfig) -> Result<(), Rejection> {
         self.disk.check()?;
         let log = &self.categories[&category.name];
         if !log.is_full() {
@@ -96,7 +142,7 @@ impl FactLog {
     /// Everything before the publish that does not wait: routing to a
     /// category, encoding the record (after `refuse_if_full`). `Err`
     /// carries a rejection.
-    pub(super) fn encode(
+    fn encode(
         &self,
         item: AppendItem,
         token: String,
