@@ -129,7 +129,8 @@ impl FactLog {
                     Code::Internal,
                     "key_lookup_failed",
                     format!(
-                        "JetStream reported message_id {} as stored at offset {sequence}, but that fact cannot be read back",
+                        "JetStream reported message_id {} as stored at offset {sequence}, but that \
+                         fact cannot be read back",
                         ready.envelope.message_id
                     ),
                 )),
@@ -153,7 +154,8 @@ fn refused(log: &Category, err_code: u64, description: &str, ready: &Ready) -> R
                 Code::ResourceExhausted,
                 "category_full",
                 format!(
-                    "category {} reached its capacity; appends are refused until confirmed facts are truncated",
+                    "category {} reached its capacity; appends are refused until confirmed facts \
+                     are truncated",
                     ready.category
                 ),
             )
@@ -162,7 +164,8 @@ fn refused(log: &Category, err_code: u64, description: &str, ready: &Ready) -> R
             Code::Unavailable,
             "order_guard",
             format!(
-                "message_id {} was not stored: an earlier fact of its batch did not reach the stream (a lost publish); it is retried after that one, in order",
+                "message_id {} was not stored: an earlier fact of its batch did not reach the \
+                 stream (a lost publish); it is retried after that one, in order",
                 ready.envelope.message_id
             ),
         ),

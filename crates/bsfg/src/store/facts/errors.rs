@@ -17,7 +17,8 @@ pub(super) fn index_unavailable(what: &str, err: impl std::fmt::Display) -> Reje
         Code::Unavailable,
         "key_index_unavailable",
         format!(
-            "{what}: {err}; the node's idempotency key index is unavailable (disk full or failing?), retry with backoff"
+            "{what}: {err}; the node's idempotency key index is unavailable (disk full or \
+             failing?), retry with backoff"
         ),
     )
 }

@@ -38,7 +38,9 @@ impl FactLog {
             _ => Err(Rejection::new(
                 Code::Unavailable,
                 "key_index_catching_up",
-                "the node is still reading the stored facts into its idempotency key index (after a restart or a lost index file); appends resume when bsfg_key_index_ready is 1, retry with backoff",
+                "the node is still reading the stored facts into its idempotency key index (after \
+                 a restart or a lost index file); appends resume when bsfg_key_index_ready is 1, \
+                 retry with backoff",
             )),
         }
     }
@@ -86,7 +88,8 @@ impl FactLog {
             return finished.into_iter().map(|(result, _)| result).collect();
         };
         let refused = index_unavailable(
-            "recording stored facts (they are stored; retrying the same appends answers them as duplicates)",
+            "recording stored facts (they are stored; retrying the same appends answers them as \
+             duplicates)",
             e,
         );
         finished

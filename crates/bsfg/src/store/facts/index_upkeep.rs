@@ -20,7 +20,8 @@ impl FactLog {
     /// again, as at start-up.
     async fn rebuild_index(&self) -> anyhow::Result<()> {
         tracing::error!(
-            "a key index page is damaged (disk error, or the file was written by something else); rebuilding the index from the streams, appends wait until it is done"
+            "a key index page is damaged (disk error, or the file was written by something else); \
+             rebuilding the index from the streams, appends wait until it is done"
         );
         self.metrics.key_index_ready.set(0);
         self.metrics.key_index_rebuilds_total.inc();
@@ -67,7 +68,8 @@ impl FactLog {
                 category = name,
                 lost,
                 last,
-                "key index coverage above the stream's last offset dropped (the stream lost its tail); those offsets are read in again"
+                "key index coverage above the stream's last offset dropped (the stream lost its \
+                 tail); those offsets are read in again"
             );
         }
         self.blocking({
@@ -240,7 +242,11 @@ pub(super) async fn maintain_index(log: Weak<FactLog>, tick: Duration) {
         for c in log.categories.values() {
             let seen = seen_last.entry(c.config.name.clone()).or_insert(0);
             if let Err(e) = log.maintain(c, seen).await {
-                tracing::warn!(category = c.config.name, error = %e, "key index maintenance failed; will retry");
+                tracing::warn!(
+                    category = c.config.name,
+                    error = %e,
+                    "key index maintenance failed; will retry"
+                );
             }
         }
     }
@@ -279,7 +285,11 @@ async fn catch_up_index(log: &Weak<FactLog>, seen_last: &mut HashMap<String, u64
                 return true;
             }
             Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "key index catch-up failed; appends wait")
+                tracing::warn!(
+                    error = %e,
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "key index catch-up failed; appends wait"
+                )
             }
         }
         drop(log);

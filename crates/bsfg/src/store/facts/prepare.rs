@@ -131,7 +131,8 @@ impl FactLog {
             Code::ResourceExhausted,
             "category_full",
             format!(
-                "category {} is {:.1}% full (threshold {}%); appends are refused until confirmed facts are truncated. Consumers must confirm, or raise capacity_bytes",
+                "category {} is {:.1}% full (threshold {}%); appends are refused until confirmed \
+                 facts are truncated. Consumers must confirm, or raise capacity_bytes",
                 category.name,
                 log.fill_percent(),
                 category.fill_threshold_percent

@@ -59,7 +59,8 @@ pub(super) fn compare_existing(
         Code::AlreadyExists,
         "conflicting_duplicate",
         format!(
-            "message_id {:?} from zone {} is already stored at offset {} of category {} with different content; a correction is a new fact with a new message_id",
+            "message_id {:?} from zone {} is already stored at offset {} of category {} with \
+             different content; a correction is a new fact with a new message_id",
             envelope.message_id, envelope.from_zone, existing.sequence, category
         ),
     ))
