@@ -2,8 +2,9 @@
 //!
 //! Facts are published to `facts.<category>.<kind>` (a subject per kind,
 //! so nats-server's per-subject state stays small whatever the backlog) with
-//! the key token of (`from_zone`, `message_id`) as `Nats-Msg-Id` and the
-//! content digest as a header. Idempotency for as long as a fact is retained
+//! the key token of (`from_zone`, `message_id`) as `Nats-Msg-Id` (facts of
+//! the older stored format also carry their content digest as a header, see
+//! `record`). Idempotency for as long as a fact is retained
 //! comes from the key index (`key_index`): every batch looks its keys up
 //! there first, in every category (the same key must not be stored twice
 //! under different kinds either); a hit is read back and compared, so an
@@ -15,6 +16,54 @@
 //! streams; JetStream's duplicate window still catches a retry whose first
 //! acknowledgement was lost, and the key index's gap filler reads such a
 //! fact in within a second.
+//!
+//! # The append path
+//!
+//! Every append comes through [`FactLog::append_batch`]: AppendFact calls
+//! and audit records through group commit (`commit`, [`Order::Any`]), the
+//! replicator's batches with [`Order::AsGiven`]. A batch, in steps:
+//!
+//! 1. Wait until the key index holds every stored fact, and hold its epoch
+//!    so that a rebuild of the index waits for the batch (`index`).
+//! 2. Hold every key of the batch in the key guard. A key that occurs twice
+//!    goes into a later round, so the keys of a round are distinct
+//!    (`append`).
+//! 3. Prepare the round (`prepare`): look its keys up, staged entries
+//!    first, then the file. A stored key is read back and compared
+//!    (`record`): `duplicate` or `conflicting_duplicate`. Any other fact is
+//!    checked by `refuse_if_full` (the disk's free-space floor, the
+//!    category's fill threshold, `category`), then its attachments are
+//!    checked and frozen and its record is encoded.
+//! 4. Send the round (`append`): one deadline (`[nats] request_timeout`)
+//!    for the whole round; the facts are handed to the NATS client in
+//!    order, back to back under the send lock, before any acknowledgement
+//!    is awaited. With `Order::AsGiven` each names the fact published
+//!    before it in its stream (`order`).
+//! 5. Answer each fact from its acknowledgement (`ack`): stored; a retry the
+//!    duplicate window knew (read back and compared); the stream full; an
+//!    earlier fact of an ordered batch missing (`order_guard`); an error;
+//!    none in time.
+//! 6. Stage the keys of the facts stored for the key index before the key
+//!    guard is released (`index`). The index's writer thread records them;
+//!    its background work (`index_upkeep`) reads in any fact stored around
+//!    the node and prunes what retention truncated.
+//!
+//! Invariants:
+//! * Contiguous offsets: JetStream numbers each stream's facts in the order
+//!   they reach it, the streams deny deletes and retention only truncates
+//!   a prefix, so a category's offsets run from its first to its last
+//!   without a hole; the key index records how far it covers them without
+//!   a gap, and reads in the rest.
+//! * One fact per (`from_zone`, `message_id`) across all categories, for as
+//!   long as it is retained: the key guard makes a key's look-up and
+//!   publish atomic, the key index answers a retry, and JetStream's
+//!   duplicate window one whose first acknowledgement was lost until the
+//!   gap filler has read that fact in.
+//! * Order kept for `Order::AsGiven`: a fact is never stored after a later
+//!   fact of its batch. Nothing after a fact that was not sent, or that
+//!   failed and will be retried, is sent; and each fact names its
+//!   predecessor, so JetStream refuses every fact after one that was lost
+//!   on the way.
 
 use super::commit::{CommitQueue, KeyGuard};
 use super::key_index::{IndexWriter, KeyIndex};
@@ -46,6 +95,8 @@ use index_upkeep::maintain_index;
 pub use order::Order;
 pub use record::decode_record;
 
+/// The header that carries a fact's key token: JetStream's duplicate
+/// window keys on it, and the key index reads it back from stored facts.
 const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 
 /// How often facts stored around the node (an acknowledgement lost on the
@@ -70,6 +121,8 @@ pub struct Appended {
     pub category: String,
 }
 
+/// The zone's fact log: its categories' streams, the key index and the
+/// append path (see the module documentation).
 pub struct FactLog {
     config: Arc<ZoneConfig>,
     jetstream: jetstream::Context,

@@ -90,7 +90,7 @@ impl FactLog {
         raw_token: Token,
         category: &CategoryConfig,
         found: Option<(usize, u64)>,
-    ) -> Result<Ready, Result<Appended, Rejection>> {
+    ) -> Prepared {
         if let Some((position, offset)) = found {
             let home = &self.index.categories()[position];
             if let Some(existing) = self
@@ -149,7 +149,7 @@ impl FactLog {
         token: String,
         raw_token: Token,
         category: &CategoryConfig,
-    ) -> Result<Ready, Result<Appended, Rejection>> {
+    ) -> Prepared {
         let AppendItem {
             envelope,
             valid,
