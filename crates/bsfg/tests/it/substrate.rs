@@ -39,7 +39,7 @@ async fn publish(
         .map_err(|e| e.kind())
 }
 
-/// `Order::AsGiven` (store/facts.rs): a publish that names a predecessor
+/// `Order::AsGiven` (store/facts/order.rs): a publish that names a predecessor
 /// the stream did not store last is refused and stores nothing; the
 /// duplicate window answers before that check, so the retry of a fact that
 /// was stored is a duplicate whatever it names.

@@ -1,0 +1,231 @@
+//! An append batch, round by round: the facts are prepared, handed to the
+//! NATS client in order under one deadline, and answered from their
+//! acknowledgements.
+
+use super::errors::is_transient;
+use super::order::{EXPECTED_LAST_MSG_ID_HEADER, Predecessors};
+use super::prepare::{Prepared, Ready};
+use super::{AppendItem, Appended, FactLog, Order};
+use crate::store::publish::Round;
+use crate::store::unavailable;
+use async_nats::HeaderMap;
+use bsfg_domain::Rejection;
+use bsfg_domain::identity::key_token;
+use std::pin::Pin;
+use tokio::time::Sleep;
+
+// One per fact of an append round, in a Vec that lives for the round:
+// boxing `Ready` would cost an allocation per fact for no memory saved.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum InFlight {
+    Done(Result<Appended, Rejection>),
+    /// Handed to the NATS client; its acknowledgement is in the round's
+    /// slot of the same position.
+    Sent(Ready),
+}
+
+impl FactLog {
+    /// Appends facts in order, one result per item. The publishes are
+    /// pipelined: all are sent on the one NATS connection, in order, before
+    /// any acknowledgement is awaited, so JetStream assigns offsets in item
+    /// order (per-origin order is kept) while one batch costs about one round
+    /// trip instead of one per fact. With `Order::AsGiven` a fact is never
+    /// stored after a later one of the same batch (see `Order`).
+    pub async fn append_batch(
+        &self,
+        items: Vec<AppendItem>,
+        order: Order,
+    ) -> Vec<Result<Appended, Rejection>> {
+        let _epoch = match self.enter_index_epoch().await {
+            Ok(epoch) => epoch,
+            Err(r) => return items.iter().map(|_| Err(r.clone())).collect(),
+        };
+        let tokens: Vec<String> = items
+            .iter()
+            .map(|i| key_token(&i.envelope.from_zone, &i.envelope.message_id))
+            .collect();
+        let _held = self.keys.hold(&tokens).await;
+        // A key that occurs twice in one batch must see its first occurrence
+        // indexed before it is looked up, so it goes into a later round.
+        let mut results: Vec<Option<Result<Appended, Rejection>>> =
+            (0..items.len()).map(|_| None).collect();
+        let mut waiting: Vec<(usize, AppendItem, String)> = items
+            .into_iter()
+            .zip(tokens)
+            .enumerate()
+            .map(|(i, (item, token))| (i, item, token))
+            .collect();
+        while !waiting.is_empty() {
+            let mut round_keys = std::collections::HashSet::new();
+            let (round, later): (Vec<_>, Vec<_>) = waiting
+                .into_iter()
+                .partition(|(_, _, token)| round_keys.insert(token.clone()));
+            waiting = later;
+            let (indices, round): (Vec<usize>, Vec<(AppendItem, String)>) = round
+                .into_iter()
+                .map(|(i, item, token)| (i, (item, token)))
+                .unzip();
+            for (i, result) in indices
+                .into_iter()
+                .zip(self.append_round(round, order).await)
+            {
+                results[i] = Some(result);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every item has a result"))
+            .collect()
+    }
+
+    /// One round of a batch: distinct keys, all held by the key guard.
+    async fn append_round(
+        &self,
+        items: Vec<(AppendItem, String)>,
+        order: Order,
+    ) -> Vec<Result<Appended, Rejection>> {
+        let count = items.len();
+        let prepared = match self.prepare_round(items).await {
+            Ok(prepared) => prepared,
+            Err(r) => return (0..count).map(|_| Err(r.clone())).collect(),
+        };
+        // One deadline for the whole round, sends and acknowledgements
+        // alike. Why: each acknowledgement's own timeout starts when it is
+        // awaited, so awaiting a stalled server's acknowledgements one after
+        // another took one timeout per fact (a round of 40 facts, 200 s).
+        let deadline = tokio::time::sleep(self.config.nats.request_timeout);
+        tokio::pin!(deadline);
+        let mut round = by_deadline(&mut deadline, self.publisher.round(prepared.len())).await;
+        let in_flight = self
+            .send_round(prepared, order, round.as_mut(), &mut deadline)
+            .await;
+        // Every publish is on its way: wait for their acknowledgements (one
+        // wake-up for the round), then answer in order (`answer_round`).
+        let acks = match round {
+            Some(round) => {
+                by_deadline(&mut deadline, round.acknowledged()).await;
+                round.into_acks()
+            }
+            None => Vec::new(),
+        };
+        let finished = self.answer_round(in_flight, acks).await;
+        self.index_stored(finished).await
+    }
+
+    /// Hands a round's prepared facts to the NATS client in slot order,
+    /// holding the send lock (`round` is None if no round could be started
+    /// before the deadline). A fact that is not sent is answered at once.
+    async fn send_round(
+        &self,
+        prepared: Vec<Option<Prepared>>,
+        order: Order,
+        mut round: Option<&mut Round<'_>>,
+        deadline: &mut Pin<&mut Sleep>,
+    ) -> Vec<InFlight> {
+        let mut in_flight = Vec::with_capacity(prepared.len());
+        let sending = match round {
+            Some(_) => by_deadline(deadline, self.sending.lock()).await,
+            None => None,
+        };
+        let mut send_failed = sending.is_none();
+        let mut predecessors = Predecessors::default();
+        for (slot, p) in prepared.into_iter().enumerate() {
+            let flight = match (p.expect("every fact was prepared"), round.as_deref_mut()) {
+                (Err(done), _) => {
+                    // In a batch whose order is kept, a fact that failed
+                    // before it could be sent (its attachments could not be
+                    // checked, its key not read back) and will be retried
+                    // holds back the facts after it, like one that could
+                    // not be sent: published now, they would be stored
+                    // ahead of it.
+                    if order == Order::AsGiven && matches!(&done, Err(r) if is_transient(r)) {
+                        send_failed = true;
+                    }
+                    InFlight::Done(done)
+                }
+                // Nothing after a fact that could not be sent is sent: a
+                // later fact stored before its retry would break the order.
+                (Ok(_), Some(_)) if send_failed => InFlight::Done(Err(unavailable(
+                    "publishing the fact",
+                    "it or an earlier fact of the same batch could not be sent \
+                     within the request timeout",
+                ))),
+                (Ok(_), None) => InFlight::Done(Err(unavailable(
+                    "publishing the fact",
+                    "too many acknowledgements awaited; none could be sent \
+                     within the request timeout",
+                ))),
+                (Ok(ready), Some(round)) => {
+                    let mut headers = ready.headers();
+                    if order == Order::AsGiven
+                        && let Some(previous) = predecessors.follow(&ready.category, &ready.token)
+                    {
+                        headers.insert(EXPECTED_LAST_MSG_ID_HEADER, previous.as_str());
+                    }
+                    match publish(round, slot, ready, headers, deadline).await {
+                        Ok(ready) => InFlight::Sent(ready),
+                        Err(r) => {
+                            send_failed = true;
+                            InFlight::Done(Err(r))
+                        }
+                    }
+                }
+            };
+            in_flight.push(flight);
+        }
+        drop(sending);
+        in_flight
+    }
+}
+
+/// Hands one fact to the NATS client before the round's deadline; its
+/// acknowledgement goes to `slot`. `Err` says why it was not sent.
+async fn publish(
+    round: &mut Round<'_>,
+    slot: usize,
+    mut ready: Ready,
+    headers: HeaderMap,
+    deadline: &mut Pin<&mut Sleep>,
+) -> Result<Ready, Rejection> {
+    let subject = std::mem::take(&mut ready.subject);
+    let sent = round.publish(slot, subject, headers, ready.payload.clone());
+    match by_deadline(deadline, sent).await {
+        Some(Ok(())) => Ok(ready),
+        failed => {
+            let why = match failed {
+                Some(Err(e)) => e.to_string(),
+                _ => "not sent within the request timeout".to_string(),
+            };
+            Err(unavailable("publishing the fact", why))
+        }
+    }
+}
+
+/// `work`'s output, or None once the round's deadline has passed: one
+/// timer for the whole round (its send lock, publishes and
+/// acknowledgements), not one more per fact.
+async fn by_deadline<T>(
+    deadline: &mut Pin<&mut Sleep>,
+    work: impl std::future::IntoFuture<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        biased;
+        output = work => Some(output),
+        () = deadline.as_mut() => None,
+    }
+}
+
+/// Runs the `(slot, future)` pairs concurrently and puts each output in
+/// its slot (the few facts of an append round that have to wait).
+pub(super) async fn fill_slots<T, F: std::future::Future<Output = T>>(
+    slots: &mut [Option<T>],
+    waiting: Vec<(usize, F)>,
+) {
+    if waiting.is_empty() {
+        return;
+    }
+    let (at, futures): (Vec<usize>, Vec<F>) = waiting.into_iter().unzip();
+    for (slot, output) in at.into_iter().zip(futures::future::join_all(futures).await) {
+        slots[slot] = Some(output);
+    }
+}

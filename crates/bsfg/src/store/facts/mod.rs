@@ -1,0 +1,288 @@
+//! The zone's fact log: one JetStream stream per category.
+//!
+//! Facts are published to `facts.<category>.<kind>` (a subject per kind,
+//! so nats-server's per-subject state stays small whatever the backlog) with
+//! the key token of (`from_zone`, `message_id`) as `Nats-Msg-Id` (facts of
+//! the older stored format also carry their content digest as a header, see
+//! `record`). Idempotency for as long as a fact is retained
+//! comes from the key index (`key_index`): every batch looks its keys up
+//! there first, in every category (the same key must not be stored twice
+//! under different kinds either); a hit is read back and compared, so an
+//! identical retry gets the original offset and `duplicate = true`, anything
+//! else `conflicting_duplicate`. Only after JetStream has acknowledged the
+//! new facts are they added to the index. The in-process key guard
+//! (`commit::KeyGuard`) makes the look-up and the publish atomic per key,
+//! which relies on the node being the only writer of its zone's fact
+//! streams; JetStream's duplicate window still catches a retry whose first
+//! acknowledgement was lost, and the key index's gap filler reads such a
+//! fact in within a second.
+//!
+//! # The append path
+//!
+//! Every append comes through [`FactLog::append_batch`]: AppendFact calls
+//! and audit records through group commit (`commit`, [`Order::Any`]), the
+//! replicator's batches with [`Order::AsGiven`]. A batch, in steps:
+//!
+//! 1. Wait until the key index holds every stored fact, and hold its epoch
+//!    so that a rebuild of the index waits for the batch (`index`).
+//! 2. Hold every key of the batch in the key guard. A key that occurs twice
+//!    goes into a later round, so the keys of a round are distinct
+//!    (`append`).
+//! 3. Prepare the round (`prepare`): look its keys up, staged entries
+//!    first, then the file. A stored key is read back and compared
+//!    (`record`): `duplicate` or `conflicting_duplicate`. Any other fact is
+//!    checked by `refuse_if_full` (the disk's free-space floor, the
+//!    category's fill threshold, `category`), then its attachments are
+//!    checked and frozen and its record is encoded.
+//! 4. Send the round (`append`): one deadline (`[nats] request_timeout`)
+//!    for the whole round; the facts are handed to the NATS client in
+//!    order, back to back under the send lock, before any acknowledgement
+//!    is awaited. With `Order::AsGiven` each names the fact published
+//!    before it in its stream (`order`).
+//! 5. Answer each fact from its acknowledgement (`ack`): stored; a retry the
+//!    duplicate window knew (read back and compared); the stream full; an
+//!    earlier fact of an ordered batch missing (`order_guard`); an error;
+//!    none in time.
+//! 6. Stage the keys of the facts stored for the key index before the key
+//!    guard is released (`index`). The index's writer thread records them;
+//!    its background work (`index_upkeep`) reads in any fact stored around
+//!    the node and prunes what retention truncated.
+//!
+//! Invariants:
+//! * Contiguous offsets: JetStream numbers each stream's facts in the order
+//!   they reach it, the streams deny deletes and retention only truncates
+//!   a prefix, so a category's offsets run from its first to its last
+//!   without a hole; the key index records how far it covers them without
+//!   a gap, and reads in the rest.
+//! * One fact per (`from_zone`, `message_id`) across all categories, for as
+//!   long as it is retained: the key guard makes a key's look-up and
+//!   publish atomic, the key index answers a retry, and JetStream's
+//!   duplicate window one whose first acknowledgement was lost until the
+//!   gap filler has read that fact in.
+//! * Order kept for `Order::AsGiven`: a fact is never stored after a later
+//!   fact of its batch. Nothing after a fact that was not sent, or that
+//!   failed and will be retried, is sent; and each fact names its
+//!   predecessor, so JetStream refuses every fact after one that was lost
+//!   on the way.
+
+use super::commit::{CommitQueue, KeyGuard};
+use super::key_index::{IndexWriter, KeyIndex};
+use super::objects::Objects;
+use super::publish::Publisher;
+use crate::config::ZoneConfig;
+use crate::metrics::Metrics;
+use async_nats::jetstream;
+use bsfg_domain::Rejection;
+use bsfg_domain::validate::ValidFact;
+use bsfg_proto::bsfg::v1::{Envelope, Provenance};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+mod ack;
+mod append;
+mod category;
+mod errors;
+mod index;
+mod index_upkeep;
+mod order;
+mod prepare;
+mod record;
+
+use category::FillAccount;
+pub use category::{Category, fact_subject, stream_config, stream_name};
+use index_upkeep::maintain_index;
+pub use order::Order;
+pub use record::decode_record;
+
+/// The header that carries a fact's key token: JetStream's duplicate
+/// window keys on it, and the key index reads it back from stored facts.
+const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+
+/// How often facts stored around the node (an acknowledgement lost on the
+/// way back) are read into the key index, at most. It is independent of
+/// the (longer) checkpoint interval: until a fact is read in, only
+/// JetStream's duplicate window answers its retry.
+const GAP_FILL_INTERVAL_MAX: Duration = Duration::from_secs(1);
+
+/// One fact to append.
+pub struct AppendItem {
+    pub envelope: Envelope,
+    pub valid: ValidFact,
+    /// Set by the replicator for facts that crossed zones.
+    pub provenance: Option<Provenance>,
+}
+
+/// The result of an append.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Appended {
+    pub offset: u64,
+    pub duplicate: bool,
+    pub category: String,
+}
+
+/// The zone's fact log: its categories' streams, the key index and the
+/// append path (see the module documentation).
+pub struct FactLog {
+    config: Arc<ZoneConfig>,
+    jetstream: jetstream::Context,
+    categories: HashMap<String, Category>,
+    objects: Arc<Objects>,
+    /// Free space of the store's and the key index's filesystems.
+    disk: Arc<super::disk::DiskWatch>,
+    keys: KeyGuard,
+    index: Arc<KeyIndex>,
+    /// Stages acknowledged facts for the index's writer thread.
+    index_writer: IndexWriter,
+    /// True once the key index has read every fact stored before start-up.
+    index_ready: tokio::sync::watch::Sender<bool>,
+    /// Append batches hold it shared; a rebuild of the key index holds it
+    /// exclusively, so no batch looks a key up in an index being emptied.
+    index_epoch: tokio::sync::RwLock<()>,
+    /// Held while a round's facts are handed to the NATS client, so the
+    /// facts of one round reach each stream back to back: what
+    /// `Order::AsGiven` relies on (this node is its streams' only writer).
+    sending: tokio::sync::Mutex<()>,
+    /// Publishes facts; their acknowledgements come back per round.
+    publisher: Publisher,
+    commit: CommitQueue,
+    metrics: Arc<Metrics>,
+}
+
+impl FactLog {
+    pub async fn open(
+        jetstream: jetstream::Context,
+        config: Arc<ZoneConfig>,
+        objects: Arc<Objects>,
+        disk: Arc<super::disk::DiskWatch>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let mut categories = HashMap::new();
+        for (position, c) in config.categories.iter().enumerate() {
+            let stream_config = stream_config(&config.zone, config.limits.fact_bytes_max, c);
+            match jetstream.get_stream(&stream_config.name).await {
+                Ok(_) => {
+                    jetstream.update_stream(stream_config.clone()).await?;
+                }
+                Err(_) => {
+                    jetstream.create_stream(stream_config.clone()).await?;
+                }
+            }
+            let mut stream = jetstream.get_stream(&stream_config.name).await?;
+            let bytes = stream.info().await?.state.bytes;
+            categories.insert(
+                c.name.clone(),
+                Category {
+                    config: c.clone(),
+                    stream,
+                    position,
+                    fill: FillAccount::new(bytes),
+                },
+            );
+        }
+        let names: Vec<String> = config.categories.iter().map(|c| c.name.clone()).collect();
+        let index = Arc::new(
+            open_key_index(
+                config.key_index_path(),
+                names,
+                config.commit.key_index_buffered_facts_max,
+                config.commit.key_filter_bytes,
+            )
+            .await?,
+        );
+        let publisher = Publisher::start(jetstream.client()).await?;
+        let index_writer = IndexWriter::start(
+            index.clone(),
+            config.commit.key_index_sync_interval,
+            config.commit.key_index_staged_facts_max,
+        );
+        let sync_interval = config.commit.key_index_sync_interval;
+        let log = Arc::new_cyclic(|log| Self {
+            commit: CommitQueue::start(log.clone(), config.commit.clone(), metrics.clone()),
+            config,
+            jetstream,
+            categories,
+            objects,
+            disk,
+            keys: KeyGuard::default(),
+            index,
+            index_writer,
+            index_ready: tokio::sync::watch::Sender::new(false),
+            index_epoch: tokio::sync::RwLock::new(()),
+            sending: tokio::sync::Mutex::new(()),
+            publisher,
+            metrics,
+        });
+        tokio::spawn(maintain_index(
+            Arc::downgrade(&log),
+            sync_interval.min(GAP_FILL_INTERVAL_MAX),
+        ));
+        Ok(log)
+    }
+
+    pub fn category(&self, name: &str) -> Option<&Category> {
+        self.categories.get(name)
+    }
+
+    pub fn categories(&self) -> impl Iterator<Item = &Category> {
+        self.categories.values()
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.jetstream
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// True once the key index holds every stored fact (appends accepted).
+    pub fn index_ready(&self) -> bool {
+        *self.index_ready.borrow()
+    }
+
+    /// Appends one validated fact through group commit (see `commit`).
+    /// `provenance` is set by the replicator for facts that crossed zones;
+    /// local appends start a fresh one.
+    pub async fn append(
+        &self,
+        envelope: Envelope,
+        valid: ValidFact,
+        provenance: Option<Provenance>,
+    ) -> Result<Appended, Rejection> {
+        self.commit
+            .append(AppendItem {
+                envelope,
+                valid,
+                provenance,
+            })
+            .await
+    }
+}
+
+/// Opens the key index, waiting up to 10 s while a node that is shutting
+/// down (in this process or another) still holds the file's lock.
+async fn open_key_index(
+    path: std::path::PathBuf,
+    categories: Vec<String>,
+    buffered_entries_max: usize,
+    filter_bytes: usize,
+) -> anyhow::Result<KeyIndex> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (p, c) = (path.clone(), categories.clone());
+        match tokio::task::spawn_blocking(move || {
+            KeyIndex::open(&p, &c, buffered_entries_max, filter_bytes)
+        })
+        .await?
+        {
+            Err(e)
+                if e.downcast_ref::<super::key_index::AlreadyOpen>().is_some()
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            result => return result,
+        }
+    }
+}
