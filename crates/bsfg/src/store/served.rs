@@ -318,4 +318,56 @@ mod tests {
             );
         }
     }
+
+    /// Stored records come from disk and, as FetchFacts answers, from the
+    /// network: whatever the bytes, serving refuses them or yields a record
+    /// that decodes with its offset and this zone's hop last; never a panic.
+    mod damaged {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn served_or_refused(bytes: &[u8], offset: u64) {
+            let Ok(served) = ServedFact::from_stored(bytes, offset, "idmz") else {
+                return;
+            };
+            let view = served.view();
+            assert_eq!(view.offset, offset);
+            let last_hop = view
+                .provenance
+                .hops
+                .iter()
+                .last()
+                .map(|h| (h.zone, h.offset));
+            assert_eq!(last_hop, Some(("idmz", offset)));
+            let owned = StoredFact::decode_from_slice(&served.record).expect("decodes owned");
+            assert_eq!(owned.offset, offset);
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn arbitrary_bytes(
+                bytes in proptest::collection::vec(any::<u8>(), 0..512),
+                offset in 1..u64::MAX,
+            ) {
+                served_or_refused(&bytes, offset);
+            }
+
+            #[test]
+            fn a_record_with_flipped_bytes_or_cut_short(
+                flips in proptest::collection::vec((any::<usize>(), 1..=u8::MAX), 0..8),
+                cut in any::<usize>(),
+                offset in 1..1_000_000u64,
+            ) {
+                let mut bytes = stored(None).encode_to_vec();
+                let len = bytes.len();
+                for (at, mask) in flips {
+                    bytes[at % len] ^= mask;
+                }
+                bytes.truncate(cut % (len + 1));
+                served_or_refused(&bytes, offset);
+            }
+        }
+    }
 }
