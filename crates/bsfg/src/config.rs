@@ -675,6 +675,14 @@ impl ZoneConfig {
                     u.peer
                 );
             }
+            if u.backoff_min.is_zero() || u.backoff_min > u.backoff_max {
+                bail!(
+                    "upstream {}: backoff_min ({:?}) must be above zero and at most backoff_max ({:?})",
+                    u.peer,
+                    u.backoff_min,
+                    u.backoff_max
+                );
+            }
             if u.batch_limit == 0 || u.pipeline_depth == 0 {
                 bail!(
                     "upstream {}: batch_limit and pipeline_depth must be at least 1",

@@ -3,7 +3,6 @@
 //! confirmer.
 
 use super::Context;
-use super::backoff::Backoff;
 use super::link::{Link, Stage};
 use super::screener::{Screened, retriable, screen_until_settled};
 use crate::client::BsfgClient;
@@ -22,7 +21,7 @@ pub(super) async fn appender(
     confirms: tokio::sync::watch::Sender<u64>,
 ) {
     let c = link.config.clone();
-    let mut backoff = Backoff::new(c.backoff_min, c.backoff_max);
+    let mut backoff = link.backoff(3);
     while let Some(Screened {
         received,
         mut pending,

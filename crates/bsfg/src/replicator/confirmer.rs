@@ -1,7 +1,6 @@
 //! The confirmer: confirms to the peer, cumulatively, what is durable
 //! here; and the per-link gauges published every second.
 
-use super::backoff::Backoff;
 use super::link::Link;
 use super::{Context, Replicator};
 use crate::client::BsfgClient;
@@ -20,7 +19,7 @@ pub(super) async fn confirmer(
     mut targets: tokio::sync::watch::Receiver<u64>,
 ) {
     let c = link.config.clone();
-    let mut backoff = Backoff::new(c.backoff_min, c.backoff_max);
+    let mut backoff = link.backoff(4);
     let mut confirmed = 0;
     loop {
         let target = *targets.borrow_and_update();

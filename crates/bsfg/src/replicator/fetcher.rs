@@ -3,7 +3,6 @@
 //! side's mode, the backlog and the lag.
 
 use super::Context;
-use super::backoff::Backoff;
 use super::link::{Link, LinkMode};
 use crate::client::BsfgClient;
 use bsfg_proto::bsfg::v1::__buffa::view::FetchFactsResponseView;
@@ -26,7 +25,7 @@ pub(super) async fn fetcher(
     batches: tokio::sync::mpsc::Sender<Batch>,
 ) {
     let c = &link.config;
-    let mut backoff = Backoff::new(c.backoff_min, c.backoff_max);
+    let mut backoff = link.backoff(1);
     // Confirms are cumulative: facts delivered before this fetcher started,
     // or in a response lost with a failed call, were never appended here
     // and must be delivered again before a later confirm could cover them.

@@ -96,6 +96,9 @@ pub struct Link {
     lag_window: Mutex<WindowedMax>,
     /// The origin of the monotonic times given to `lag_window`.
     started: Instant,
+    /// Where the stages' retry jitter comes from (logged at start, so a
+    /// retry schedule can be replayed).
+    pub(super) jitter_seed: u64,
 }
 
 /// The window of `lag_seconds_high_watermark`: long enough to show the
@@ -166,7 +169,18 @@ impl Link {
                 LAG_WATERMARK_SLOTS,
             )),
             started: Instant::now(),
+            jitter_seed: rand::random(),
         }
+    }
+
+    /// A retry backoff for one of the link's stages (`stage` keeps the
+    /// stages' schedules apart).
+    pub(super) fn backoff(&self, stage: u64) -> super::backoff::Backoff {
+        super::backoff::Backoff::new(
+            self.config.backoff_min,
+            self.config.backoff_max,
+            self.jitter_seed ^ stage,
+        )
     }
 
     /// An audit record of this link's peer (the puller's side of a crossing).

@@ -164,6 +164,7 @@ fn spawn_stages(
     context: &Arc<Context>,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
 ) {
+    tracing::info!(link = %link.config.peer, url = %link.config.url, jitter_seed = link.jitter_seed, "link started");
     let (batches_tx, batches_rx) = tokio::sync::mpsc::channel(link.config.pipeline_depth);
     tasks.push(tokio::spawn(fetcher(
         link.clone(),

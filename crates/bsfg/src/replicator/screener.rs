@@ -51,7 +51,7 @@ pub(super) async fn screener(
     mut batches: tokio::sync::mpsc::Receiver<Batch>,
     screened: tokio::sync::mpsc::Sender<Screened>,
 ) {
-    let mut backoff = Backoff::new(link.config.backoff_min, link.config.backoff_max);
+    let mut backoff = link.backoff(2);
     while let Some(received) = batches.recv().await {
         let batch = received.reborrow();
         let mut pending = Vec::with_capacity(batch.facts.len());
