@@ -60,6 +60,8 @@
 
 mod filter;
 mod format;
+mod look_up;
+mod pages;
 mod writer;
 
 pub use writer::{IndexWriter, WriterStats};
@@ -68,9 +70,10 @@ use bsfg_domain::indexed_runs::IndexedRuns;
 pub use filter::FILTER_BYTES_DEFAULT;
 use filter::KeyFilter;
 use format::{
-    BUCKETS_FILE_OFFSET, CATEGORIES_MAX, CATEGORY_NAME_BYTES_MAX, CategoryState, Entry, Geometry,
-    HEADER_SLOT_BYTES, Header, PAGE_BYTES, SLOTS_PER_PAGE,
+    CATEGORIES_MAX, CATEGORY_NAME_BYTES_MAX, CategoryState, Entry, Geometry, HEADER_SLOT_BYTES,
+    Header, PAGE_BYTES, SLOTS_PER_PAGE,
 };
+use pages::{check_pages, empty_table, page_position, read_header};
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt as _;
@@ -93,8 +96,6 @@ pub fn token_bytes(hex_token: &str) -> Option<Token> {
 #[error("the key index {0} is in use: is another bsfg node running on this zone's store?")]
 pub struct AlreadyOpen(pub PathBuf);
 
-/// Buckets of a new file (1 MiB of pages).
-const BUCKETS_INITIAL: u64 = 256;
 /// A checkpoint splits buckets until entries fill at most this share of
 /// the slots. Linear hashing leaves the not-yet-split buckets up to twice
 /// as full as the split ones, so the average stays well below full.
@@ -113,8 +114,6 @@ const LEVEL_MAX: u32 = 34;
 /// Entries buffered in memory before a merge, by default (about 4 MiB:
 /// 100,000 fit the hash table's 131,072 slots without a resize).
 pub const BUFFERED_ENTRIES_MAX_DEFAULT: usize = 100_000;
-/// Bucket pages read per call by the start-up check.
-const CHECK_CHUNK_PAGES: usize = 256;
 
 /// How large the index is (for operators: metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -393,47 +392,6 @@ impl KeyIndex {
         format::bucket_hash(&self.hash_key, token)
     }
 
-    /// For each token, the category (index into `categories()`) and offset
-    /// it is indexed at, if any: absent if the filter says so, else from
-    /// the buffer, else one page read.
-    pub fn look_up(&self, tokens: &[Token]) -> anyhow::Result<Vec<Option<(usize, u64)>>> {
-        let mut page = [0u8; PAGE_BYTES];
-        let mut entries = Vec::with_capacity(SLOTS_PER_PAGE);
-        let mut found = Vec::with_capacity(tokens.len());
-        for token in tokens {
-            // The filter holds every buffered token too, so a new key skips
-            // the buffer's lock as well as the page.
-            if !self.filter.may_contain(token) {
-                found.push(None);
-                continue;
-            }
-            let buffered = self.buffer().get(token).map(|&(offset, category)| Entry {
-                token: *token,
-                offset,
-                category,
-            });
-            if let Some(entry) = buffered.filter(|e| self.is_live(e)) {
-                found.push(Some((usize::from(entry.category), entry.offset)));
-                continue;
-            }
-            let hash = self.hash(token);
-            let bucket = {
-                let geometry = self.geometry.read().expect("key index geometry poisoned");
-                let bucket = geometry.bucket_of(hash);
-                read_page(&self.file, bucket, &mut page)?;
-                bucket
-            };
-            self.decode(bucket, &page, &mut entries)?;
-            found.push(
-                entries
-                    .iter()
-                    .find(|e| e.token == *token && self.is_live(e))
-                    .map(|e| (usize::from(e.category), e.offset)),
-            );
-        }
-        Ok(found)
-    }
-
     fn buffer(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Token, (u64, u8)>> {
         self.buffer.read().expect("key index buffer poisoned")
     }
@@ -575,32 +533,6 @@ impl KeyIndex {
         Ok(None)
     }
 
-    /// The writer's read of a bucket's entries (readers take the geometry
-    /// lock instead; only the writer changes pages).
-    fn load_bucket(
-        &self,
-        writes: &mut Writes,
-        bucket: u64,
-        into: &mut Vec<Entry>,
-    ) -> anyhow::Result<()> {
-        read_page(&self.file, bucket, &mut writes.page)?;
-        self.decode(bucket, &writes.page, into)
-    }
-
-    /// A page's entries; a page that fails its check marks the index
-    /// damaged (see [`KeyIndex::rebuild`]).
-    fn decode(
-        &self,
-        bucket: u64,
-        page: &[u8; PAGE_BYTES],
-        into: &mut Vec<Entry>,
-    ) -> anyhow::Result<()> {
-        format::decode_page(bucket, page, into).map_err(|damaged| {
-            self.damaged.store(true, Ordering::Release);
-            anyhow::Error::from(damaged)
-        })
-    }
-
     /// True once a page failed its checksum while running.
     pub fn is_damaged(&self) -> bool {
         self.damaged.load(Ordering::Acquire)
@@ -637,19 +569,6 @@ impl KeyIndex {
         self.checkpoint(&mut writes, 0)?;
         self.damaged.store(false, Ordering::Release);
         Ok(())
-    }
-
-    /// Writes a bucket page readers may be reading.
-    fn write_bucket(
-        &self,
-        writes: &mut Writes,
-        bucket: u64,
-        entries: &[Entry],
-    ) -> std::io::Result<()> {
-        format::encode_page(bucket, entries, &mut writes.page);
-        let _no_readers = self.geometry.write().expect("key index geometry poisoned");
-        self.file
-            .write_all_at(&writes.page[..], page_position(bucket))
     }
 
     /// `bucket` cannot take its entries: splits until it has been split.
@@ -877,84 +796,6 @@ fn saved_filter_path(path: &Path) -> PathBuf {
     name.push(".filter");
     PathBuf::from(name)
 }
-
-/// Cuts the file to its header and the initial, empty buckets, and
-/// returns their geometry.
-fn empty_table(file: &File) -> std::io::Result<Geometry> {
-    file.set_len(BUCKETS_FILE_OFFSET)?;
-    file.set_len(page_position(BUCKETS_INITIAL))?;
-    Ok(Geometry::new(BUCKETS_INITIAL))
-}
-
-fn page_position(bucket: u64) -> u64 {
-    BUCKETS_FILE_OFFSET + bucket * PAGE_BYTES as u64
-}
-
-/// Reads `buf.len()` bytes at `at`; what lies past the end of the file
-/// reads as zeros (an empty bucket).
-fn read_at_or_zero(file: &File, buf: &mut [u8], at: u64) -> std::io::Result<()> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read_at(&mut buf[filled..], at + filled as u64) {
-            Ok(0) => {
-                buf[filled..].fill(0);
-                break;
-            }
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-fn read_page(file: &File, bucket: u64, page: &mut [u8; PAGE_BYTES]) -> std::io::Result<()> {
-    read_at_or_zero(file, &mut page[..], page_position(bucket))
-}
-
-/// The newer of the two header copies that read back intact.
-fn read_header(file: &File) -> std::io::Result<Option<Header>> {
-    let mut copies = vec![0u8; 2 * HEADER_SLOT_BYTES];
-    read_at_or_zero(file, &mut copies, 0)?;
-    let (a, b) = copies.split_at(HEADER_SLOT_BYTES);
-    Ok([Header::decode(a), Header::decode(b)]
-        .into_iter()
-        .flatten()
-        .max_by_key(|h| h.seq))
-}
-
-/// Checks every bucket page of `geometry` and adds their tokens to
-/// `filter`; the entries they hold, or the first damaged page.
-fn check_pages(
-    file: &File,
-    geometry: &Geometry,
-    filter: &KeyFilter,
-) -> std::io::Result<Result<u64, format::DamagedPage>> {
-    let mut chunk = vec![0u8; CHECK_CHUNK_PAGES * PAGE_BYTES];
-    let (mut entries, mut count, mut bucket) = (Vec::with_capacity(SLOTS_PER_PAGE), 0u64, 0u64);
-    while bucket < geometry.buckets() {
-        let pages = (geometry.buckets() - bucket).min(CHECK_CHUNK_PAGES as u64) as usize;
-        read_at_or_zero(
-            file,
-            &mut chunk[..pages * PAGE_BYTES],
-            page_position(bucket),
-        )?;
-        for (i, page) in chunk[..pages * PAGE_BYTES]
-            .chunks_exact(PAGE_BYTES)
-            .enumerate()
-        {
-            let page: &[u8; PAGE_BYTES] = page.try_into().expect("a page");
-            if let Err(damaged) = format::decode_page(bucket + i as u64, page, &mut entries) {
-                return Ok(Err(damaged));
-            }
-            entries.iter().for_each(|e| filter.insert(&e.token));
-            count += entries.len() as u64;
-        }
-        bucket += pages as u64;
-    }
-    Ok(Ok(count))
-}
-
 fn lock_exclusively(file: &File, path: &Path) -> anyhow::Result<()> {
     use std::os::fd::AsRawFd as _;
     // SAFETY: flock on a file descriptor this function borrows; no memory
@@ -974,6 +815,7 @@ fn lock_exclusively(file: &File, path: &Path) -> anyhow::Result<()> {
 
 #[cfg(test)]
 pub(super) mod tests {
+    use super::pages::BUCKETS_INITIAL;
     use super::*;
 
     pub fn token(n: u8) -> Token {
