@@ -58,9 +58,11 @@
 //! The file is locked (flock), so a second node started on the same zone
 //! store fails at start-up instead of writing beside the first.
 
+mod checkpoint;
 mod filter;
 mod format;
 mod look_up;
+mod merge;
 mod pages;
 mod writer;
 
@@ -70,13 +72,12 @@ use bsfg_domain::indexed_runs::IndexedRuns;
 pub use filter::FILTER_BYTES_DEFAULT;
 use filter::KeyFilter;
 use format::{
-    CATEGORIES_MAX, CATEGORY_NAME_BYTES_MAX, CategoryState, Entry, Geometry, HEADER_SLOT_BYTES,
-    Header, PAGE_BYTES, SLOTS_PER_PAGE,
+    CATEGORIES_MAX, CATEGORY_NAME_BYTES_MAX, CategoryState, Entry, Geometry, Header, PAGE_BYTES,
+    SLOTS_PER_PAGE,
 };
 use pages::{check_pages, empty_table, page_position, read_header};
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock};
@@ -96,21 +97,6 @@ pub fn token_bytes(hex_token: &str) -> Option<Token> {
 #[error("the key index {0} is in use: is another bsfg node running on this zone's store?")]
 pub struct AlreadyOpen(pub PathBuf);
 
-/// A checkpoint splits buckets until entries fill at most this share of
-/// the slots. Linear hashing leaves the not-yet-split buckets up to twice
-/// as full as the split ones, so the average stays well below full.
-const LOAD_TARGET_PERCENT: u64 = 40;
-/// The load a grown table must stay at or below (tests): a merge grows the
-/// table to the target load before it writes, so only the buckets not yet
-/// split in a round run fuller.
-#[cfg(test)]
-const LOAD_URGENT_PERCENT: u64 = 55;
-/// Most splits per checkpoint: bounds the time the writer holds the file
-/// (a split is two page reads and two writes).
-const CHECKPOINT_SPLITS_MAX: u64 = 8192;
-/// Most doublings. 256 << 34 buckets is far beyond any disk; reaching it
-/// means the bucket hash no longer spreads the keys.
-const LEVEL_MAX: u32 = 34;
 /// Entries buffered in memory before a merge, by default (about 4 MiB:
 /// 100,000 fit the hash table's 131,072 slots without a resize).
 pub const BUFFERED_ENTRIES_MAX_DEFAULT: usize = 100_000;
@@ -396,143 +382,6 @@ impl KeyIndex {
         self.buffer.read().expect("key index buffer poisoned")
     }
 
-    /// Records stored facts, `(category position, token, offset)`, and marks
-    /// `covered` ranges `(category position, first, last)` as read, whether
-    /// or not they held a key. The entries go to the buffer; a full buffer
-    /// is merged into the pages (see module docs). Not fsynced.
-    pub fn record(
-        &self,
-        entries: &[(usize, Token, u64)],
-        covered: &[(usize, u64, u64)],
-    ) -> anyhow::Result<()> {
-        let mut writes = self.writes();
-        let buffered = {
-            let mut buffer = self.buffer.write().expect("key index buffer poisoned");
-            for &(position, token, offset) in entries {
-                assert!(
-                    position < self.categories.len(),
-                    "category position {position} is configured"
-                );
-                // Into the filter first: a look-up that finds the entry
-                // anywhere must have passed the filter.
-                self.filter.insert(&token);
-                buffer.insert(token, (offset, position as u8));
-            }
-            buffer.len()
-        };
-        {
-            let mut runs = self.runs();
-            for &(position, _, offset) in entries {
-                runs[position].cover(offset, offset);
-            }
-            for &(position, first, last) in covered {
-                runs[position].cover(first, last);
-            }
-        }
-        if buffered >= self.buffered_entries_max {
-            self.merge(&mut writes)?;
-        }
-        Ok(())
-    }
-
-    /// Writes the buffered entries into their pages (each touched page
-    /// once), grows the table as they need, and checkpoints with the
-    /// coverage they complete; only then they leave the buffer.
-    fn merge(&self, writes: &mut Writes) -> anyhow::Result<()> {
-        // Taken under the writer lock: it covers exactly the pages plus the
-        // buffer, which is all in the pages once this merge has written it.
-        let vouched: Vec<u64> = self.runs().iter().map(IndexedRuns::through).collect();
-        let mut pending: Vec<(u64, Entry)> = self
-            .buffer()
-            .iter()
-            .map(|(&token, &(offset, category))| {
-                (
-                    self.hash(&token),
-                    Entry {
-                        token,
-                        offset,
-                        category,
-                    },
-                )
-            })
-            .filter(|(_, entry)| self.is_live(entry))
-            .collect();
-        // Grow first (the pages still vouched for are untouched by a split),
-        // so that a large merge into a small table rarely overfills a bucket.
-        loop {
-            let geometry = self.geometry();
-            let splits = geometry
-                .splits_for_load(writes.entries + pending.len() as u64, LOAD_TARGET_PERCENT)
-                .min(CHECKPOINT_SPLITS_MAX);
-            if splits == 0 {
-                break;
-            }
-            self.checkpoint(writes, splits)?;
-        }
-        while !pending.is_empty() {
-            let geometry = self.geometry();
-            pending.sort_unstable_by_key(|(hash, _)| geometry.bucket_of(*hash));
-            let Some((written, overfull)) = self.insert_sorted(writes, &geometry, &pending)? else {
-                break;
-            };
-            pending.drain(..written);
-            self.split_through(writes, overfull)?;
-        }
-        // No split is due here: the table grew above for at least as many
-        // entries as the pages now hold (replacements and stale entries only
-        // lower the count).
-        debug_assert_eq!(
-            self.geometry()
-                .splits_for_load(writes.entries, LOAD_TARGET_PERCENT),
-            0
-        );
-        writes.vouched = vouched;
-        self.checkpoint(writes, 0)?;
-        self.buffer
-            .write()
-            .expect("key index buffer poisoned")
-            .clear();
-        Ok(())
-    }
-
-    /// Writes `sorted` (ordered by bucket) into their buckets, one page
-    /// write per bucket; a token already present is replaced, stale entries
-    /// are dropped. Stops before a bucket they would overfill and returns
-    /// how many were written and that bucket.
-    fn insert_sorted(
-        &self,
-        writes: &mut Writes,
-        geometry: &Geometry,
-        sorted: &[(u64, Entry)],
-    ) -> anyhow::Result<Option<(usize, u64)>> {
-        let mut kept = Vec::with_capacity(SLOTS_PER_PAGE);
-        let mut at = 0;
-        while at < sorted.len() {
-            let bucket = geometry.bucket_of(sorted[at].0);
-            let end = at
-                + sorted[at..]
-                    .iter()
-                    .take_while(|(hash, _)| geometry.bucket_of(*hash) == bucket)
-                    .count();
-            self.load_bucket(writes, bucket, &mut kept)?;
-            let before = kept.len() as u64;
-            kept.retain(|e| self.is_live(e));
-            for (_, entry) in &sorted[at..end] {
-                match kept.iter_mut().find(|k| k.token == entry.token) {
-                    Some(existing) => *existing = *entry,
-                    None => kept.push(*entry),
-                }
-            }
-            if kept.len() > SLOTS_PER_PAGE {
-                return Ok(Some((at, bucket)));
-            }
-            self.write_bucket(writes, bucket, &kept)?;
-            writes.entries = writes.entries - before + kept.len() as u64;
-            at = end;
-        }
-        Ok(None)
-    }
-
     /// True once a page failed its checksum while running.
     pub fn is_damaged(&self) -> bool {
         self.damaged.load(Ordering::Acquire)
@@ -569,125 +418,6 @@ impl KeyIndex {
         self.checkpoint(&mut writes, 0)?;
         self.damaged.store(false, Ordering::Release);
         Ok(())
-    }
-
-    /// `bucket` cannot take its entries: splits until it has been split.
-    fn split_through(&self, writes: &mut Writes, bucket: u64) -> anyhow::Result<()> {
-        let geometry = self.geometry();
-        anyhow::ensure!(
-            geometry.level < LEVEL_MAX,
-            "the key index cannot split bucket {bucket} further ({} buckets): its hash no longer spreads the keys",
-            geometry.buckets()
-        );
-        // Already split in this round: finish the round, then it comes up again.
-        let splits = match geometry.splits_through(bucket) {
-            0 => geometry.splits_left_in_round(),
-            n => n,
-        };
-        let mut left = splits;
-        while left > 0 {
-            let now = left.min(CHECKPOINT_SPLITS_MAX);
-            self.checkpoint(writes, now)?;
-            left -= now;
-        }
-        Ok(())
-    }
-
-    /// Makes every page written so far durable, splits the next `splits`
-    /// buckets (within the round), and writes the header. The order makes
-    /// a crash at any point safe:
-    /// 1. fsync: the pages the header is about to vouch for are on disk;
-    /// 2. write each split's new bucket (a copy of the entries that move)
-    ///    and fsync: the old buckets still hold them too;
-    /// 3. write the header (new geometry, coverage as of step 1), fsync;
-    /// 4. switch readers to the new geometry, then drop the moved copies
-    ///    from the old buckets (a left-over copy is never addressed and is
-    ///    dropped when that bucket is split again).
-    fn checkpoint(&self, writes: &mut Writes, splits: u64) -> anyhow::Result<()> {
-        self.checkpoint_marked(writes, splits, false)
-    }
-
-    /// `checkpoint`, with the header marked `clean` (only an orderly close
-    /// does that: no page can be written after it).
-    fn checkpoint_marked(
-        &self,
-        writes: &mut Writes,
-        splits: u64,
-        clean: bool,
-    ) -> anyhow::Result<()> {
-        let throughs = writes.vouched.clone();
-        self.file.sync_data()?;
-        let old_geometry = self.geometry();
-        assert!(
-            splits <= old_geometry.splits_left_in_round(),
-            "a checkpoint splits within one round"
-        );
-        let mut geometry = old_geometry;
-        let mut entries = Vec::with_capacity(SLOTS_PER_PAGE);
-        for _ in 0..splits {
-            let (next, old, new) = geometry.next_split();
-            self.load_bucket(writes, old, &mut entries)?;
-            entries.retain(|e| self.is_live(e) && next.bucket_of(self.hash(&e.token)) == new);
-            // Not yet addressed by any reader: no lock needed.
-            format::encode_page(new, &entries, &mut writes.page);
-            self.file
-                .write_all_at(&writes.page[..], page_position(new))?;
-            writes.entries += entries.len() as u64;
-            geometry = next;
-        }
-        if splits > 0 {
-            self.file.sync_data()?;
-        }
-        self.write_header(writes, geometry, &throughs, clean)?;
-        self.file.sync_data()?;
-        *self.geometry.write().expect("key index geometry poisoned") = geometry;
-        let mut split = old_geometry;
-        for _ in 0..splits {
-            let (next, old, _) = split.next_split();
-            self.load_bucket(writes, old, &mut entries)?;
-            let before = entries.len() as u64;
-            entries.retain(|e| self.is_live(e) && next.bucket_of(self.hash(&e.token)) == old);
-            self.write_bucket(writes, old, &entries)?;
-            // Moved entries were counted in the new bucket; these copies,
-            // and stale entries, are gone.
-            writes.entries -= before - entries.len() as u64;
-            split = next;
-        }
-        self.entries_published
-            .store(writes.entries, Ordering::Relaxed);
-        Ok(())
-    }
-
-    fn write_header(
-        &self,
-        writes: &mut Writes,
-        geometry: Geometry,
-        throughs: &[u64],
-        clean: bool,
-    ) -> std::io::Result<()> {
-        writes.seq += 1;
-        let header = Header {
-            seq: writes.seq,
-            clean,
-            hash_key: self.hash_key,
-            geometry,
-            entries: writes.entries,
-            categories: self
-                .categories
-                .iter()
-                .zip(throughs)
-                .zip(&writes.identities)
-                .map(|((name, through), identity)| CategoryState {
-                    name: name.clone(),
-                    through: *through,
-                    identity: *identity,
-                })
-                .collect(),
-        };
-        let mut bytes = header.encode();
-        bytes.resize(HEADER_SLOT_BYTES, 0);
-        self.file
-            .write_all_at(&bytes, header.copy_index() * HEADER_SLOT_BYTES as u64)
     }
 
     /// Removes one entry that no longer matches its fact.
@@ -748,12 +478,6 @@ impl KeyIndex {
         Ok(dropped)
     }
 
-    /// Merges the buffer into the pages and makes them durable, growing the
-    /// table first if it would be fuller than the target load.
-    pub fn sync(&self) -> anyhow::Result<()> {
-        self.merge(&mut self.writes())
-    }
-
     /// Holds the writers' lock (tests: a writer that cannot write).
     #[cfg(test)]
     fn hold_writes(&self) -> impl Drop + '_ {
@@ -796,6 +520,7 @@ fn saved_filter_path(path: &Path) -> PathBuf {
     name.push(".filter");
     PathBuf::from(name)
 }
+
 fn lock_exclusively(file: &File, path: &Path) -> anyhow::Result<()> {
     use std::os::fd::AsRawFd as _;
     // SAFETY: flock on a file descriptor this function borrows; no memory
@@ -817,6 +542,7 @@ fn lock_exclusively(file: &File, path: &Path) -> anyhow::Result<()> {
 pub(super) mod tests {
     use super::pages::BUCKETS_INITIAL;
     use super::*;
+    use std::os::unix::fs::FileExt as _;
 
     pub fn token(n: u8) -> Token {
         [n; 16]
@@ -833,7 +559,7 @@ pub(super) mod tests {
     }
 
     /// A token from a counter, spread like real tokens (digests).
-    fn spread(n: u64) -> Token {
+    pub fn spread(n: u64) -> Token {
         token_bytes(&bsfg_domain::identity::key_token("test", &n.to_string())).unwrap()
     }
 
@@ -898,7 +624,7 @@ pub(super) mod tests {
 
     /// What kill -9 leaves: the pages written so far (in the page cache),
     /// no checkpoint after them, no clean close, and the lock released.
-    fn crash(index: KeyIndex) {
+    pub fn crash(index: KeyIndex) {
         let index = std::mem::ManuallyDrop::new(index);
         // SAFETY: flock on a descriptor the leaked index still owns.
         unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&index.file), libc::LOCK_UN) };
@@ -917,84 +643,6 @@ pub(super) mod tests {
         assert!(
             matches!(second, Err(ref e) if e.downcast_ref::<AlreadyOpen>().is_some()),
             "the lock is held while the file is open"
-        );
-    }
-
-    #[test]
-    fn a_restart_after_a_crash_re_reads_from_the_checkpointed_prefix() {
-        let dir = tempfile::tempdir().unwrap();
-        let index = open(dir.path());
-        index
-            .record(&[(0, token(1), 1), (0, token(4), 4)], &[])
-            .unwrap();
-        assert_eq!(
-            (index.through("ops"), index.first_gap("ops")),
-            (1, Some((2, 3)))
-        );
-        index.sync().unwrap();
-        index
-            .record(&[(0, token(2), 2), (0, token(3), 3)], &[])
-            .unwrap();
-        assert_eq!(index.through("ops"), 4);
-        assert_eq!(
-            index.look_up(&[token(2), token(3)]).unwrap(),
-            vec![Some((0, 2)), Some((0, 3))],
-            "buffered entries are found"
-        );
-        crash(index);
-        let index = open(dir.path());
-        assert_eq!(
-            index.through("ops"),
-            1,
-            "only the checkpointed prefix is trusted: a restart re-reads from offset 2"
-        );
-        assert_eq!(
-            index.look_up(&[token(1), token(2), token(4)]).unwrap(),
-            vec![Some((0, 1)), None, Some((0, 4))],
-            "the buffer was lost, the pages kept"
-        );
-    }
-
-    #[test]
-    fn a_full_buffer_is_merged_into_the_pages_and_vouched_for() {
-        let dir = tempfile::tempdir().unwrap();
-        let index = KeyIndex::open(
-            &dir.path().join("keys.kix"),
-            &["ops".into(), "audit".into()],
-            3,
-            FILTER_BYTES_DEFAULT,
-        )
-        .unwrap();
-        index
-            .record(&[(0, token(1), 1), (0, token(2), 2)], &[])
-            .unwrap();
-        assert_eq!(
-            (index.buffer().len(), index.writes().entries),
-            (2, 0),
-            "below the limit the entries wait in memory"
-        );
-        index.record(&[(1, token(3), 1)], &[]).unwrap();
-        assert_eq!(
-            (index.buffer().len(), index.writes().entries),
-            (0, 3),
-            "at the limit they are merged into the pages"
-        );
-        index.record(&[(0, token(4), 3)], &[]).unwrap();
-        // A checkpoint without a merge (here: another category starts over)
-        // must not vouch for the buffered entry.
-        index.reset("audit", 7).unwrap();
-        crash(index);
-        let index = open(dir.path());
-        assert_eq!(
-            (index.through("ops"), index.through("audit")),
-            (2, 0),
-            "a header vouches for what the pages hold, not for the buffer"
-        );
-        assert_eq!(
-            index
-                .look_up(&[token(1), token(2), token(3), token(4)])
-                .unwrap(),
-            vec![Some((0, 1)), Some((0, 2)), Some((1, 1)), None]
         );
     }
 
@@ -1089,65 +737,6 @@ pub(super) mod tests {
             vec![Some((0, 1)), None]
         );
         assert_eq!(index.through("ops"), 1);
-    }
-
-    #[test]
-    fn the_table_grows_and_every_key_stays_findable() {
-        let dir = tempfile::tempdir().unwrap();
-        let index = open(dir.path());
-        let total = 200_000u64;
-        for chunk in (1..=total).collect::<Vec<_>>().chunks(8192) {
-            let entries: Vec<(usize, Token, u64)> =
-                chunk.iter().map(|&n| (0, spread(n), n)).collect();
-            index.record(&entries, &[]).unwrap();
-            index.sync().unwrap();
-        }
-        let geometry = *index.geometry.read().unwrap();
-        assert!(
-            geometry.buckets() > BUCKETS_INITIAL * 4,
-            "the table split as it filled: {geometry:?}"
-        );
-        assert!(index.writes().entries * 100 <= geometry.slots() * LOAD_URGENT_PERCENT);
-        assert_eq!(
-            index.writes().entries,
-            total,
-            "no entry lost or copied by the splits"
-        );
-        assert_eq!(
-            index.size(),
-            IndexSize {
-                entries: total,
-                file_bytes: page_position(geometry.buckets()),
-                buffered: 0
-            }
-        );
-        assert_eq!(
-            std::fs::metadata(dir.path().join("keys.kix"))
-                .unwrap()
-                .len(),
-            index.size().file_bytes,
-            "the file is as large as its buckets"
-        );
-        let tokens: Vec<Token> = (1..=total).map(spread).collect();
-        let found = index.look_up(&tokens).unwrap();
-        assert!(
-            found.iter().zip(1..).all(|(f, n)| *f == Some((0, n))),
-            "every key found at its offset"
-        );
-        assert_eq!(index.look_up(&[spread(total + 1)]).unwrap(), vec![None]);
-        // And after reopening (the page check recounts).
-        drop(index);
-        let index = open(dir.path());
-        assert_eq!(index.writes().entries, total);
-        assert_eq!(
-            index
-                .look_up(&tokens[..1000])
-                .unwrap()
-                .iter()
-                .flatten()
-                .count(),
-            1000
-        );
     }
 
     #[test]
