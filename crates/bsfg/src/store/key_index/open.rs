@@ -1,0 +1,343 @@
+//! Opening the index file (locked, its header and pages checked, the key
+//! filter loaded or filled) and closing it cleanly.
+
+use super::filter::KeyFilter;
+use super::format::{CATEGORIES_MAX, CATEGORY_NAME_BYTES_MAX, CategoryState, Header, PAGE_BYTES};
+use super::pages::{check_pages, empty_table, read_header};
+use super::{AlreadyOpen, KeyIndex, Writes};
+use bsfg_domain::indexed_runs::IndexedRuns;
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Mutex, RwLock};
+
+impl KeyIndex {
+    /// Opens (or creates) the index file. A file of another format, for
+    /// other categories, or with a torn page after a crash starts empty:
+    /// the node then reads the streams in again.
+    ///
+    /// `buffered_entries_max`: recorded entries held in memory before they
+    /// are merged into the pages (see module docs). `filter_bytes`: the key
+    /// filter's size (a power of two).
+    pub fn open(
+        path: &Path,
+        categories: &[String],
+        buffered_entries_max: usize,
+        filter_bytes: usize,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            buffered_entries_max > 0,
+            "the key index buffers at least one entry"
+        );
+        anyhow::ensure!(
+            filter_bytes.is_power_of_two() && filter_bytes >= 8,
+            "the key filter is a power of two of at least 8 bytes"
+        );
+        anyhow::ensure!(
+            categories.len() <= CATEGORIES_MAX
+                && categories
+                    .iter()
+                    .all(|c| c.len() <= CATEGORY_NAME_BYTES_MAX),
+            "the key index holds at most {CATEGORIES_MAX} categories with names of at most {CATEGORY_NAME_BYTES_MAX} bytes"
+        );
+        // Owner-only: the file holds the secret hash key. A directory that
+        // exists already keeps its mode (by default it is the parent of the
+        // nats store directory, which may be shared).
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            crate::owner_only::create_dir_all(dir)?;
+        }
+        let file = crate::owner_only::open_options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        crate::owner_only::restrict(&file)?;
+        lock_exclusively(&file, path)?;
+        let found = read_header(&file)?;
+        let filter_path = saved_filter_path(path);
+        // A clean close saved the filter for its header: no page is read.
+        let saved = found
+            .as_ref()
+            .filter(|h| h.clean)
+            .and_then(|h| KeyFilter::load(&filter_path, &h.hash_key, h.seq, filter_bytes));
+        // Whatever happens next, the saved copy describes this file only
+        // until its next checkpoint.
+        let _ = std::fs::remove_file(&filter_path);
+        let loaded = saved.is_some();
+        if loaded {
+            tracing::info!(path = %filter_path.display(), "key filter loaded as saved at the last clean stop; the index pages are not read");
+        }
+        let mut filter = saved.unwrap_or_else(|| KeyFilter::new(filter_bytes));
+        let usable = match found {
+            None if file.metadata()?.len() > 0 => {
+                tracing::warn!(path = %path.display(), "the key index file has no readable header; starting it empty (the streams are read in again)");
+                None
+            }
+            None => None,
+            Some(h) if h.categories.iter().map(|c| &c.name).ne(categories.iter()) => {
+                tracing::warn!(path = %path.display(), "the configured categories changed; starting the key index empty (the streams are read in again)");
+                None
+            }
+            Some(h) if loaded => Some(h),
+            // Every page is read once, to fill the filter; an index not
+            // closed cleanly also takes its entry count from them.
+            Some(mut h) => match check_pages(&file, &h.geometry, &filter)? {
+                Ok(entries) => {
+                    if !h.clean {
+                        h.entries = entries;
+                    }
+                    Some(h)
+                }
+                Err(damaged) => {
+                    let how = if h.clean {
+                        "a page is damaged"
+                    } else {
+                        "the key index was not closed cleanly and a page is torn"
+                    };
+                    tracing::warn!(path = %path.display(), error = %damaged, "{how}; starting it empty (the streams are read in again)");
+                    None
+                }
+            },
+        };
+        let header = match usable {
+            Some(h) => h,
+            None => {
+                file.set_len(0)?;
+                // An index started empty starts with an empty filter.
+                filter = KeyFilter::new(filter_bytes);
+                Header {
+                    seq: 0,
+                    clean: false,
+                    hash_key: rand::random(),
+                    geometry: empty_table(&file)?,
+                    entries: 0,
+                    categories: categories
+                        .iter()
+                        .map(|name| CategoryState {
+                            name: name.clone(),
+                            through: 0,
+                            identity: None,
+                        })
+                        .collect(),
+                }
+            }
+        };
+        let index = Self {
+            file,
+            filter_path,
+            categories: categories.to_vec(),
+            hash_key: header.hash_key,
+            geometry: RwLock::new(header.geometry),
+            firsts: categories.iter().map(|_| AtomicU64::new(0)).collect(),
+            writes: Mutex::new(Writes {
+                seq: header.seq,
+                vouched: header.categories.iter().map(|c| c.through).collect(),
+                entries: header.entries,
+                identities: header.categories.iter().map(|c| c.identity).collect(),
+                page: Box::new([0; PAGE_BYTES]),
+            }),
+            runs: Mutex::new(
+                header
+                    .categories
+                    .iter()
+                    .map(|c| IndexedRuns::new(c.through))
+                    .collect(),
+            ),
+            entries_published: AtomicU64::new(header.entries),
+            damaged: AtomicBool::new(false),
+            buffer: RwLock::new(HashMap::new()),
+            buffered_entries_max,
+            filter,
+        };
+        // From here on a crash leaves the file marked for the page check.
+        index.checkpoint(&mut index.writes(), 0)?;
+        Ok(index)
+    }
+}
+
+impl Drop for KeyIndex {
+    /// Marks the file cleanly closed (after making it durable) and saves the
+    /// filter, so the next start-up reads neither the pages nor the streams.
+    fn drop(&mut self) {
+        let close = || -> anyhow::Result<u64> {
+            let mut writes = self
+                .writes
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?;
+            self.merge(&mut writes)?;
+            self.checkpoint_marked(&mut writes, 0, true)?;
+            Ok(writes.seq)
+        };
+        match close() {
+            // Saved after the clean header: it holds every token in the
+            // pages that header describes (it only ever grows).
+            Ok(seq) => {
+                if let Err(e) = self.filter.save(&self.filter_path, &self.hash_key, seq) {
+                    let _ = std::fs::remove_file(&self.filter_path);
+                    tracing::warn!(error = %e, "saving the key filter failed; the next start-up reads the pages to fill it");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "closing the key index cleanly failed; the next start-up checks its pages")
+            }
+        }
+    }
+}
+
+/// The saved filter's file: beside the index, `<index file>.filter`.
+fn saved_filter_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(".filter");
+    PathBuf::from(name)
+}
+
+fn lock_exclusively(file: &File, path: &Path) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: flock on a file descriptor this function borrows; no memory
+    // is passed.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        return Err(AlreadyOpen(path.to_path_buf()).into());
+    }
+    Err(anyhow::anyhow!(
+        "locking the key index {}: {err}",
+        path.display()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::pages::page_position;
+    use super::super::tests::{crash, open, token};
+    use super::super::{AlreadyOpen, BUFFERED_ENTRIES_MAX_DEFAULT, FILTER_BYTES_DEFAULT, KeyIndex};
+    use std::os::unix::fs::FileExt as _;
+
+    #[test]
+    fn entries_and_coverage_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = open(dir.path());
+        index
+            .record(&[(0, token(1), 1), (0, token(2), 2)], &[])
+            .unwrap();
+        index.record(&[(1, token(3), 1)], &[]).unwrap();
+        index.record(&[(0, token(5), 5)], &[(0, 3, 4)]).unwrap();
+        index.sync().unwrap();
+        drop(index);
+        let index = open(dir.path());
+        assert_eq!(
+            index
+                .look_up(&[token(1), token(3), token(5), token(9)])
+                .unwrap(),
+            vec![Some((0, 1)), Some((1, 1)), Some((0, 5)), None]
+        );
+        assert_eq!((index.through("ops"), index.through("audit")), (5, 1));
+    }
+
+    #[test]
+    fn a_clean_close_saves_the_filter_and_only_the_next_open_may_use_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let saved = dir.path().join("keys.kix.filter");
+        let index = open(dir.path());
+        index.record(&[(0, token(1), 1)], &[]).unwrap();
+        drop(index);
+        assert!(saved.exists(), "a clean close saves the filter");
+        let stale = std::fs::read(&saved).unwrap();
+        let index = open(dir.path());
+        assert!(
+            !saved.exists(),
+            "an open takes the saved filter away: it describes the file only until the next checkpoint"
+        );
+        assert_eq!(
+            index.look_up(&[token(1), token(2)]).unwrap(),
+            vec![Some((0, 1)), None],
+            "the loaded filter holds the stored key"
+        );
+        index.record(&[(0, token(2), 2)], &[]).unwrap();
+        drop(index);
+        // A filter from an earlier close lacks token 2: it must not be used.
+        std::fs::write(&saved, &stale).unwrap();
+        let index = open(dir.path());
+        assert_eq!(
+            index.look_up(&[token(1), token(2)]).unwrap(),
+            vec![Some((0, 1)), Some((0, 2))],
+            "a stale filter is ignored and the pages fill a new one"
+        );
+        // After a crash there is no saved filter, and the pages fill it.
+        index.record(&[(0, token(3), 3)], &[]).unwrap();
+        index.sync().unwrap();
+        crash(index);
+        assert!(!saved.exists());
+        let index = open(dir.path());
+        assert_eq!(index.look_up(&[token(3)]).unwrap(), vec![Some((0, 3))]);
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _index = open(dir.path());
+        let second = KeyIndex::open(
+            &dir.path().join("keys.kix"),
+            &["ops".into(), "audit".into()],
+            BUFFERED_ENTRIES_MAX_DEFAULT,
+            FILTER_BYTES_DEFAULT,
+        );
+        assert!(
+            matches!(second, Err(ref e) if e.downcast_ref::<AlreadyOpen>().is_some()),
+            "the lock is held while the file is open"
+        );
+    }
+
+    #[test]
+    fn a_torn_page_after_a_crash_starts_the_index_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = open(dir.path());
+        index.record(&[(0, token(1), 1)], &[]).unwrap();
+        index.reset("audit", 77).unwrap();
+        index.sync().unwrap();
+        // A power loss tore the page being written.
+        let bucket = index
+            .geometry
+            .read()
+            .unwrap()
+            .bucket_of(index.hash(&token(1)));
+        index
+            .file
+            .write_all_at(&[0xff; 16], page_position(bucket) + 100)
+            .unwrap();
+        crash(index);
+        let index = open(dir.path());
+        assert_eq!(
+            (
+                index.through("ops"),
+                index.stream_identity("audit").unwrap()
+            ),
+            (0, None),
+            "everything is read in again"
+        );
+        assert_eq!(index.look_up(&[token(1)]).unwrap(), vec![None]);
+    }
+
+    #[test]
+    fn a_file_for_other_categories_starts_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = open(dir.path());
+        index.record(&[(0, token(1), 1)], &[]).unwrap();
+        drop(index);
+        let other = KeyIndex::open(
+            &dir.path().join("keys.kix"),
+            &["audit".into(), "ops".into()],
+            BUFFERED_ENTRIES_MAX_DEFAULT,
+            FILTER_BYTES_DEFAULT,
+        )
+        .unwrap();
+        assert_eq!(
+            (other.through("ops"), other.look_up(&[token(1)]).unwrap()),
+            (0, vec![None])
+        );
+    }
+}
