@@ -26,105 +26,46 @@ impl KeyIndex {
         buffered_entries_max: usize,
         filter_bytes: usize,
     ) -> anyhow::Result<Self> {
-        anyhow::ensure!(
-            buffered_entries_max > 0,
-            "the key index buffers at least one entry"
-        );
-        anyhow::ensure!(
-            filter_bytes.is_power_of_two() && filter_bytes >= 8,
-            "the key filter is a power of two of at least 8 bytes"
-        );
-        anyhow::ensure!(
-            categories.len() <= CATEGORIES_MAX
-                && categories
-                    .iter()
-                    .all(|c| c.len() <= CATEGORY_NAME_BYTES_MAX),
-            "the key index holds at most {CATEGORIES_MAX} categories with names of at most {CATEGORY_NAME_BYTES_MAX} bytes"
-        );
-        // Owner-only: the file holds the secret hash key. A directory that
-        // exists already keeps its mode (by default it is the parent of the
-        // nats store directory, which may be shared).
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            crate::owner_only::create_dir_all(dir)?;
-        }
-        let file = crate::owner_only::open_options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
-        crate::owner_only::restrict(&file)?;
-        lock_exclusively(&file, path)?;
+        check_limits(categories, buffered_entries_max, filter_bytes)?;
+        let file = create_locked(path)?;
         let found = read_header(&file)?;
         let filter_path = saved_filter_path(path);
-        // A clean close saved the filter for its header: no page is read.
-        let saved = found
-            .as_ref()
-            .filter(|h| h.clean)
-            .and_then(|h| KeyFilter::load(&filter_path, &h.hash_key, h.seq, filter_bytes));
-        // Whatever happens next, the saved copy describes this file only
-        // until its next checkpoint.
-        let _ = std::fs::remove_file(&filter_path);
+        let saved = take_saved_filter(&filter_path, found.as_ref(), filter_bytes);
         let loaded = saved.is_some();
-        if loaded {
-            tracing::info!(path = %filter_path.display(), "key filter loaded as saved at the last clean stop; the index pages are not read");
-        }
         let mut filter = saved.unwrap_or_else(|| KeyFilter::new(filter_bytes));
-        let usable = match found {
-            None if file.metadata()?.len() > 0 => {
-                tracing::warn!(path = %path.display(), "the key index file has no readable header; starting it empty (the streams are read in again)");
-                None
-            }
-            None => None,
-            Some(h) if h.categories.iter().map(|c| &c.name).ne(categories.iter()) => {
-                tracing::warn!(path = %path.display(), "the configured categories changed; starting the key index empty (the streams are read in again)");
-                None
-            }
-            Some(h) if loaded => Some(h),
-            // Every page is read once, to fill the filter; an index not
-            // closed cleanly also takes its entry count from them.
-            Some(mut h) => match check_pages(&file, &h.geometry, &filter)? {
-                Ok(entries) => {
-                    if !h.clean {
-                        h.entries = entries;
-                    }
-                    Some(h)
-                }
-                Err(damaged) => {
-                    let how = if h.clean {
-                        "a page is damaged"
-                    } else {
-                        "the key index was not closed cleanly and a page is torn"
-                    };
-                    tracing::warn!(path = %path.display(), error = %damaged, "{how}; starting it empty (the streams are read in again)");
-                    None
-                }
-            },
-        };
-        let header = match usable {
+        let header = match usable_header(&file, path, found, categories, loaded, &filter)? {
             Some(h) => h,
             None => {
                 file.set_len(0)?;
                 // An index started empty starts with an empty filter.
                 filter = KeyFilter::new(filter_bytes);
-                Header {
-                    seq: 0,
-                    clean: false,
-                    hash_key: rand::random(),
-                    geometry: empty_table(&file)?,
-                    entries: 0,
-                    categories: categories
-                        .iter()
-                        .map(|name| CategoryState {
-                            name: name.clone(),
-                            through: 0,
-                            identity: None,
-                        })
-                        .collect(),
-                }
+                empty_header(&file, categories)?
             }
         };
-        let index = Self {
+        let index = Self::from_header(
+            file,
+            filter_path,
+            categories,
+            header,
+            buffered_entries_max,
+            filter,
+        );
+        // From here on a crash leaves the file marked for the page check.
+        index.checkpoint(&mut index.writes(), 0)?;
+        Ok(index)
+    }
+
+    /// The index as `header` describes it, with nothing buffered and no
+    /// stream's first offset known yet.
+    fn from_header(
+        file: File,
+        filter_path: PathBuf,
+        categories: &[String],
+        header: Header,
+        buffered_entries_max: usize,
+        filter: KeyFilter,
+    ) -> Self {
+        Self {
             file,
             filter_path,
             categories: categories.to_vec(),
@@ -150,11 +91,145 @@ impl KeyIndex {
             buffer: RwLock::new(HashMap::new()),
             buffered_entries_max,
             filter,
-        };
-        // From here on a crash leaves the file marked for the page check.
-        index.checkpoint(&mut index.writes(), 0)?;
-        Ok(index)
+        }
     }
+}
+
+/// The limits `KeyIndex::open` takes its arguments within.
+fn check_limits(
+    categories: &[String],
+    buffered_entries_max: usize,
+    filter_bytes: usize,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        buffered_entries_max > 0,
+        "the key index buffers at least one entry"
+    );
+    anyhow::ensure!(
+        filter_bytes.is_power_of_two() && filter_bytes >= 8,
+        "the key filter is a power of two of at least 8 bytes"
+    );
+    anyhow::ensure!(
+        categories.len() <= CATEGORIES_MAX
+            && categories
+                .iter()
+                .all(|c| c.len() <= CATEGORY_NAME_BYTES_MAX),
+        "the key index holds at most {CATEGORIES_MAX} categories with names of at most {CATEGORY_NAME_BYTES_MAX} bytes"
+    );
+    Ok(())
+}
+
+/// Opens (or creates) the file, owner-only, and locks it.
+fn create_locked(path: &Path) -> anyhow::Result<File> {
+    // Owner-only: the file holds the secret hash key. A directory that
+    // exists already keeps its mode (by default it is the parent of the
+    // nats store directory, which may be shared).
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        crate::owner_only::create_dir_all(dir)?;
+    }
+    let file = crate::owner_only::open_options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    crate::owner_only::restrict(&file)?;
+    lock_exclusively(&file, path)?;
+    Ok(file)
+}
+
+/// The filter a clean close saved for `found`, if it is that header's;
+/// the saved copy is removed either way.
+fn take_saved_filter(
+    filter_path: &Path,
+    found: Option<&Header>,
+    filter_bytes: usize,
+) -> Option<KeyFilter> {
+    // A clean close saved the filter for its header: no page is read.
+    let saved = found
+        .filter(|h| h.clean)
+        .and_then(|h| KeyFilter::load(filter_path, &h.hash_key, h.seq, filter_bytes));
+    // Whatever happens next, the saved copy describes this file only
+    // until its next checkpoint.
+    let _ = std::fs::remove_file(filter_path);
+    if saved.is_some() {
+        tracing::info!(path = %filter_path.display(), "key filter loaded as saved at the last clean stop; the index pages are not read");
+    }
+    saved
+}
+
+/// The header `found` in the file if the index may go on from it: one for
+/// these categories whose pages are intact (read, unless the filter was
+/// `loaded`, to fill `filter`). `None` starts the index empty.
+fn usable_header(
+    file: &File,
+    path: &Path,
+    found: Option<Header>,
+    categories: &[String],
+    loaded: bool,
+    filter: &KeyFilter,
+) -> anyhow::Result<Option<Header>> {
+    Ok(match found {
+        None if file.metadata()?.len() > 0 => {
+            tracing::warn!(path = %path.display(), "the key index file has no readable header; starting it empty (the streams are read in again)");
+            None
+        }
+        None => None,
+        Some(h) if h.categories.iter().map(|c| &c.name).ne(categories.iter()) => {
+            tracing::warn!(path = %path.display(), "the configured categories changed; starting the key index empty (the streams are read in again)");
+            None
+        }
+        Some(h) if loaded => Some(h),
+        Some(h) => checked_header(file, path, h, filter)?,
+    })
+}
+
+/// Every page is read once, to fill the filter; an index not closed
+/// cleanly also takes its entry count from them. `None` if a page is
+/// damaged.
+fn checked_header(
+    file: &File,
+    path: &Path,
+    mut h: Header,
+    filter: &KeyFilter,
+) -> std::io::Result<Option<Header>> {
+    Ok(match check_pages(file, &h.geometry, filter)? {
+        Ok(entries) => {
+            if !h.clean {
+                h.entries = entries;
+            }
+            Some(h)
+        }
+        Err(damaged) => {
+            let how = if h.clean {
+                "a page is damaged"
+            } else {
+                "the key index was not closed cleanly and a page is torn"
+            };
+            tracing::warn!(path = %path.display(), error = %damaged, "{how}; starting it empty (the streams are read in again)");
+            None
+        }
+    })
+}
+
+/// The header of an index started empty: a new hash key, the initial
+/// buckets (the file cut to them), nothing covered.
+fn empty_header(file: &File, categories: &[String]) -> std::io::Result<Header> {
+    Ok(Header {
+        seq: 0,
+        clean: false,
+        hash_key: rand::random(),
+        geometry: empty_table(file)?,
+        entries: 0,
+        categories: categories
+            .iter()
+            .map(|name| CategoryState {
+                name: name.clone(),
+                through: 0,
+                identity: None,
+            })
+            .collect(),
+    })
 }
 
 impl Drop for KeyIndex {
