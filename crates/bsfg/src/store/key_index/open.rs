@@ -153,7 +153,10 @@ fn take_saved_filter(
     // until its next checkpoint.
     let _ = std::fs::remove_file(filter_path);
     if saved.is_some() {
-        tracing::info!(path = %filter_path.display(), "key filter loaded as saved at the last clean stop; the index pages are not read");
+        tracing::info!(
+            path = %filter_path.display(),
+            "key filter loaded as saved at the last clean stop; the index pages are not read"
+        );
     }
     saved
 }
@@ -171,12 +174,18 @@ fn usable_header(
 ) -> anyhow::Result<Option<Header>> {
     Ok(match found {
         None if file.metadata()?.len() > 0 => {
-            tracing::warn!(path = %path.display(), "the key index file has no readable header; starting it empty (the streams are read in again)");
+            tracing::warn!(
+                path = %path.display(),
+                "the key index file has no readable header; starting it empty (the streams are read in again)"
+            );
             None
         }
         None => None,
         Some(h) if h.categories.iter().map(|c| &c.name).ne(categories.iter()) => {
-            tracing::warn!(path = %path.display(), "the configured categories changed; starting the key index empty (the streams are read in again)");
+            tracing::warn!(
+                path = %path.display(),
+                "the configured categories changed; starting the key index empty (the streams are read in again)"
+            );
             None
         }
         Some(h) if loaded => Some(h),
@@ -206,7 +215,11 @@ fn checked_header(
             } else {
                 "the key index was not closed cleanly and a page is torn"
             };
-            tracing::warn!(path = %path.display(), error = %damaged, "{how}; starting it empty (the streams are read in again)");
+            tracing::warn!(
+                path = %path.display(),
+                error = %damaged,
+                "{how}; starting it empty (the streams are read in again)"
+            );
             None
         }
     })
@@ -251,11 +264,17 @@ impl Drop for KeyIndex {
             Ok(seq) => {
                 if let Err(e) = self.filter.save(&self.filter_path, &self.hash_key, seq) {
                     let _ = std::fs::remove_file(&self.filter_path);
-                    tracing::warn!(error = %e, "saving the key filter failed; the next start-up reads the pages to fill it");
+                    tracing::warn!(
+                        error = %e,
+                        "saving the key filter failed; the next start-up reads the pages to fill it"
+                    );
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "closing the key index cleanly failed; the next start-up checks its pages")
+                tracing::warn!(
+                    error = %e,
+                    "closing the key index cleanly failed; the next start-up checks its pages"
+                )
             }
         }
     }

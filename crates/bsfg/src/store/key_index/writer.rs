@@ -170,7 +170,12 @@ fn write_loop(index: &KeyIndex, shared: &Shared, sync_interval: Duration) {
                     backoff = Duration::from_millis(50);
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, staged = batch.len(), retry_in_ms = backoff.as_millis() as u64, "writing the key index failed; appends wait for it");
+                    tracing::error!(
+                        error = %e,
+                        staged = batch.len(),
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "writing the key index failed; appends wait for it"
+                    );
                     *shared.failure.lock().expect("failure lock") =
                         Some(format!("writing the key index failed: {e}"));
                     if stopping {
