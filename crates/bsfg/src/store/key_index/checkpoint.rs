@@ -32,6 +32,13 @@ impl KeyIndex {
         clean: bool,
     ) -> anyhow::Result<()> {
         let throughs = writes.vouched.clone();
+        debug_assert!(
+            self.runs()
+                .iter()
+                .zip(&throughs)
+                .all(|(runs, through)| *through <= runs.through()),
+            "a header vouches for no more than the entries cover"
+        );
         self.file.sync_data()?;
         let old_geometry = self.geometry();
         assert!(

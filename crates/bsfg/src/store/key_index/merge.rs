@@ -145,6 +145,10 @@ impl KeyIndex {
             let before = kept.len() as u64;
             kept.retain(|e| self.is_live(e));
             for (_, entry) in &sorted[at..end] {
+                debug_assert!(
+                    self.filter.may_contain(&entry.token),
+                    "a token enters the filter before the buffer"
+                );
                 match kept.iter_mut().find(|k| k.token == entry.token) {
                     Some(existing) => *existing = *entry,
                     None => kept.push(*entry),

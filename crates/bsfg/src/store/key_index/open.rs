@@ -95,6 +95,12 @@ impl KeyIndex {
     }
 }
 
+// An entry names its category by its position, in one byte.
+const _: () = assert!(
+    CATEGORIES_MAX <= u8::MAX as usize + 1,
+    "a category's position fits an entry's byte"
+);
+
 /// The limits `KeyIndex::open` takes its arguments within.
 fn check_limits(
     categories: &[String],
