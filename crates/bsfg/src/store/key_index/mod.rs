@@ -57,6 +57,96 @@
 //!
 //! The file is locked (flock), so a second node started on the same zone
 //! store fails at start-up instead of writing beside the first.
+//!
+//! # Where
+//!
+//! `open` opens (and cleanly closes) the file; `look_up` answers look-ups;
+//! `merge` records entries into the buffer and merges it into the pages,
+//! growing the table; `checkpoint` makes the pages durable and writes the
+//! header; `coverage` keeps the coverage in step with the streams and
+//! starts the index over; `pages` reads and writes pages and headers;
+//! `format` is their bytes, `filter` the key filter, `writer` the thread
+//! that records what appends stage.
+//!
+//! # Invariants
+//!
+//! Each says where it is upheld and where it is checked: `assert!`s hold in
+//! every build, `debug_assert!`s in debug builds (the tests), and the named
+//! tests exercise the rest.
+//!
+//! 1. **The persisted prefix is contiguous.** A header's per-category
+//!    `through` only ever comes from `IndexedRuns::through` (every offset at
+//!    or below it is indexed or gone), from 0 or the previous header, or is
+//!    one of these lowered to a stream's new end (`forget_after`); runs
+//!    above a gap stay in memory. Asserted in
+//!    `bsfg_domain::indexed_runs` ("a run never touches the prefix").
+//! 2. **An entry is on disk before its checkpoint claims it.** `merge`
+//!    takes its coverage snapshot under the writer lock (exactly pages plus
+//!    buffer), writes every buffered entry into its page, and only then
+//!    lets a header vouch for the snapshot (`Writes::vouched`); every
+//!    checkpoint fsyncs the pages before it writes the header
+//!    (`checkpoint_marked`, step 1). Upheld by that order, not asserted;
+//!    tests `a_full_buffer_is_merged_into_the_pages_and_vouched_for`,
+//!    `a_restart_after_a_crash_re_reads_from_the_checkpointed_prefix` and
+//!    the kill -9 tests in `tests/it/durability.rs`.
+//! 3. **A header never vouches for more than is covered**: per category,
+//!    `Writes::vouched` is at most `IndexedRuns::through` (coverage only
+//!    shrinks in `reset`, `forget_after` and `rebuild`, which lower
+//!    `vouched` with it under the writer lock). `debug_assert!` in
+//!    `checkpoint_marked`.
+//! 4. **A recorded entry is in the buffer or in its page, never in
+//!    neither** (until it is forgotten or the index rebuilt): `merge` clears
+//!    the buffer only after its checkpoint; look-ups read the buffer first.
+//! 5. **The filter never denies a token the index holds.** A token enters
+//!    the filter before the buffer (`record`), start-up fills it from every
+//!    page or loads the copy saved with the clean header it describes
+//!    (`open::take_saved_filter`, `KeyFilter::load`), and nothing leaves
+//!    it. `debug_assert!` in `insert_sorted` (every entry merged into a
+//!    page passes the filter); test
+//!    `a_clean_close_saves_the_filter_and_only_the_next_open_may_use_it`.
+//! 6. **A split never leaves an entry where no reader or header looks.**
+//!    The new bucket is written and fsynced before the header with the new
+//!    geometry; readers switch after that header is durable, and only then
+//!    do the moved copies leave the old bucket (`checkpoint_marked`, steps
+//!    2–4). A checkpoint splits within one round (`assert!` there). Test
+//!    `the_table_grows_and_every_key_stays_findable`.
+//! 7. **A reader never sees a half-written page or a bucket its entry has
+//!    left**: readers address and read a page under the geometry lock
+//!    shared (`look_up`); the writer writes addressed pages and switches the
+//!    geometry under it exclusively (`write_bucket`, `checkpoint_marked`).
+//! 8. **One writer.** In the process, everything writers change is behind
+//!    the `writes` mutex; across processes, the file is flocked
+//!    (`open::lock_exclusively`; test
+//!    `a_second_open_of_the_same_file_is_refused`).
+//! 9. **The load stays bounded.** A merge grows the table to the target
+//!    load before it writes, and no split is due after it
+//!    (`debug_assert_eq!` in `merge`); the table never doubles past `LEVEL_MAX` (`ensure!` in
+//!    `split_through`). Test `the_table_grows_and_every_key_stays_findable`
+//!    (load at most `LOAD_URGENT_PERCENT`).
+//! 10. **A torn write is never trusted.** The two header copies alternate
+//!     (`Header::copy_index`) and the newer intact one wins
+//!     (`pages::read_header`); pages carry a checksum bound to their bucket
+//!     (`format::decode_page`). After an unclean close every page is
+//!     checked and a torn one starts the index empty
+//!     (`open::checked_header`); a page found damaged while running marks
+//!     the index for `rebuild` (`KeyIndex::decode`). Tests
+//!     `a_torn_page_after_a_crash_starts_the_index_empty`,
+//!     `a_page_damaged_while_running_marks_the_index_and_a_rebuild_starts_it_empty`,
+//!     and `format`'s.
+//! 11. **An entry is a hint, never proof.** Every hit is checked against the
+//!     stored fact (`store::facts`, `stored_under`), which drops an entry
+//!     that outlived its fact (`forget`); entries below a stream's first
+//!     offset are hidden at once (`is_live`) and dropped when their page is
+//!     next written. Test `pruning_is_lazy_and_exact`.
+//! 12. **A category's position fits an entry's byte**: at most
+//!     `CATEGORIES_MAX` categories (`ensure!` in `open::check_limits`, and a
+//!     compile-time `assert!` there that this fits a `u8`); `record`
+//!     asserts each position is configured.
+//! 13. **`Writes::entries` counts the entries in the pages**, stale ones
+//!     included (`entries_published` mirrors it after each write); after an
+//!     unclean close it is recounted from the pages. Tests
+//!     `the_table_grows_and_every_key_stays_findable`,
+//!     `pruning_is_lazy_and_exact`.
 
 mod checkpoint;
 mod coverage;
