@@ -60,13 +60,13 @@
 //!
 //! # Where
 //!
-//! `open` opens (and cleanly closes) the file; `look_up` answers look-ups;
-//! `merge` records entries into the buffer and merges it into the pages,
-//! growing the table; `checkpoint` makes the pages durable and writes the
-//! header; `coverage` keeps the coverage in step with the streams and
-//! starts the index over; `pages` reads and writes pages and headers;
-//! `format` is their bytes, `filter` the key filter, `writer` the thread
-//! that records what appends stage.
+//! `open` opens the file and `close` closes it cleanly; `look_up` answers
+//! look-ups; `merge` records entries into the buffer and merges it into the
+//! pages, growing the table; `checkpoint` makes the pages durable and
+//! writes the header; `coverage` keeps the coverage in step with the
+//! streams and starts the index over; `pages` reads and writes pages and
+//! headers; `format` is their bytes, `filter` the key filter, `writer` the
+//! thread that records what appends stage.
 //!
 //! # Invariants
 //!
@@ -149,6 +149,7 @@
 //!     `pruning_is_lazy_and_exact`.
 
 mod checkpoint;
+mod close;
 mod coverage;
 mod filter;
 mod format;
