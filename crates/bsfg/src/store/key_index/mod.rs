@@ -57,9 +57,106 @@
 //!
 //! The file is locked (flock), so a second node started on the same zone
 //! store fails at start-up instead of writing beside the first.
+//!
+//! # Where
+//!
+//! `open` opens the file and `close` closes it cleanly; `look_up` answers
+//! look-ups; `merge` records entries into the buffer and merges it into the
+//! pages, growing the table; `checkpoint` makes the pages durable and
+//! writes the header; `coverage` keeps the coverage in step with the
+//! streams and starts the index over; `pages` reads and writes pages and
+//! headers; `format` is their bytes, `filter` the key filter, `writer` the
+//! thread that records what appends stage.
+//!
+//! # Invariants
+//!
+//! Each says where it is upheld and where it is checked: `assert!`s hold in
+//! every build, `debug_assert!`s in debug builds (the tests), and the named
+//! tests exercise the rest.
+//!
+//! 1. **The persisted prefix is contiguous.** A header's per-category
+//!    `through` only ever comes from `IndexedRuns::through` (every offset at
+//!    or below it is indexed or gone), from 0 or the previous header, or is
+//!    one of these lowered to a stream's new end (`forget_after`); runs
+//!    above a gap stay in memory. Asserted in
+//!    `bsfg_domain::indexed_runs` ("a run never touches the prefix").
+//! 2. **An entry is on disk before its checkpoint claims it.** `merge`
+//!    takes its coverage snapshot under the writer lock (exactly pages plus
+//!    buffer), writes every buffered entry into its page, and only then
+//!    lets a header vouch for the snapshot (`Writes::vouched`); every
+//!    checkpoint fsyncs the pages before it writes the header
+//!    (`checkpoint_marked`, step 1). Upheld by that order, not asserted;
+//!    tests `a_full_buffer_is_merged_into_the_pages_and_vouched_for`,
+//!    `a_restart_after_a_crash_re_reads_from_the_checkpointed_prefix` and
+//!    the kill -9 tests in `tests/it/durability.rs`.
+//! 3. **A header never vouches for more than is covered**: per category,
+//!    `Writes::vouched` is at most `IndexedRuns::through` (coverage only
+//!    shrinks in `reset`, `forget_after` and `rebuild`, which lower
+//!    `vouched` with it under the writer lock). `debug_assert!` in
+//!    `checkpoint_marked`.
+//! 4. **A recorded entry is in the buffer or in its page, never in
+//!    neither** (until it is forgotten or the index rebuilt): `merge` clears
+//!    the buffer only after its checkpoint; look-ups read the buffer first.
+//! 5. **The filter never denies a token the index holds.** A token enters
+//!    the filter before the buffer (`record`), start-up fills it from every
+//!    page or loads the copy saved with the clean header it describes
+//!    (`open::take_saved_filter`, `KeyFilter::load`), and nothing leaves
+//!    it. `debug_assert!` in `insert_sorted` (every entry merged into a
+//!    page passes the filter); test
+//!    `a_clean_close_saves_the_filter_and_only_the_next_open_may_use_it`.
+//! 6. **A split never leaves an entry where no reader or header looks.**
+//!    The new bucket is written and fsynced before the header with the new
+//!    geometry; readers switch after that header is durable, and only then
+//!    do the moved copies leave the old bucket (`checkpoint_marked`, steps
+//!    2–4). A checkpoint splits within one round (`assert!` there). Test
+//!    `the_table_grows_and_every_key_stays_findable`.
+//! 7. **A reader never sees a half-written page or a bucket its entry has
+//!    left**: readers address and read a page under the geometry lock
+//!    shared (`look_up`); the writer writes addressed pages and switches the
+//!    geometry under it exclusively (`write_bucket`, `checkpoint_marked`).
+//! 8. **One writer.** In the process, everything writers change is behind
+//!    the `writes` mutex; across processes, the file is flocked
+//!    (`open::lock_exclusively`; test
+//!    `a_second_open_of_the_same_file_is_refused`).
+//! 9. **The load stays bounded.** A merge grows the table to the target
+//!    load before it writes, and no split is due after it
+//!    (`debug_assert_eq!` in `merge`); the table never doubles past `LEVEL_MAX` (`ensure!` in
+//!    `split_through`). Test `the_table_grows_and_every_key_stays_findable`
+//!    (load at most `LOAD_URGENT_PERCENT`).
+//! 10. **A torn write is never trusted.** The two header copies alternate
+//!     (`Header::copy_index`) and the newer intact one wins
+//!     (`pages::read_header`); pages carry a checksum bound to their bucket
+//!     (`format::decode_page`). After an unclean close every page is
+//!     checked and a torn one starts the index empty
+//!     (`open::checked_header`); a page found damaged while running marks
+//!     the index for `rebuild` (`KeyIndex::decode`). Tests
+//!     `a_torn_page_after_a_crash_starts_the_index_empty`,
+//!     `a_page_damaged_while_running_marks_the_index_and_a_rebuild_starts_it_empty`,
+//!     and `format`'s.
+//! 11. **An entry is a hint, never proof.** Every hit is checked against the
+//!     stored fact (`store::facts`, `stored_under`), which drops an entry
+//!     that outlived its fact (`forget`); entries below a stream's first
+//!     offset are hidden at once (`is_live`) and dropped when their page is
+//!     next written. Test `pruning_is_lazy_and_exact`.
+//! 12. **A category's position fits an entry's byte**: at most
+//!     `CATEGORIES_MAX` categories (`ensure!` in `open::check_limits`, and a
+//!     compile-time `assert!` there that this fits a `u8`); `record`
+//!     asserts each position is configured.
+//! 13. **`Writes::entries` counts the entries in the pages**, stale ones
+//!     included (`entries_published` mirrors it after each write); after an
+//!     unclean close it is recounted from the pages. Tests
+//!     `the_table_grows_and_every_key_stays_findable`,
+//!     `pruning_is_lazy_and_exact`.
 
+mod checkpoint;
+mod close;
+mod coverage;
 mod filter;
 mod format;
+mod look_up;
+mod merge;
+mod open;
+mod pages;
 mod writer;
 
 pub use writer::{IndexWriter, WriterStats};
@@ -67,14 +164,11 @@ pub use writer::{IndexWriter, WriterStats};
 use bsfg_domain::indexed_runs::IndexedRuns;
 pub use filter::FILTER_BYTES_DEFAULT;
 use filter::KeyFilter;
-use format::{
-    BUCKETS_FILE_OFFSET, CATEGORIES_MAX, CATEGORY_NAME_BYTES_MAX, CategoryState, Entry, Geometry,
-    HEADER_SLOT_BYTES, Header, PAGE_BYTES, SLOTS_PER_PAGE,
-};
+use format::{Entry, Geometry, PAGE_BYTES};
+use pages::page_position;
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::unix::fs::FileExt as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock};
 
@@ -93,28 +187,9 @@ pub fn token_bytes(hex_token: &str) -> Option<Token> {
 #[error("the key index {0} is in use: is another bsfg node running on this zone's store?")]
 pub struct AlreadyOpen(pub PathBuf);
 
-/// Buckets of a new file (1 MiB of pages).
-const BUCKETS_INITIAL: u64 = 256;
-/// A checkpoint splits buckets until entries fill at most this share of
-/// the slots. Linear hashing leaves the not-yet-split buckets up to twice
-/// as full as the split ones, so the average stays well below full.
-const LOAD_TARGET_PERCENT: u64 = 40;
-/// The load a grown table must stay at or below (tests): a merge grows the
-/// table to the target load before it writes, so only the buckets not yet
-/// split in a round run fuller.
-#[cfg(test)]
-const LOAD_URGENT_PERCENT: u64 = 55;
-/// Most splits per checkpoint: bounds the time the writer holds the file
-/// (a split is two page reads and two writes).
-const CHECKPOINT_SPLITS_MAX: u64 = 8192;
-/// Most doublings. 256 << 34 buckets is far beyond any disk; reaching it
-/// means the bucket hash no longer spreads the keys.
-const LEVEL_MAX: u32 = 34;
 /// Entries buffered in memory before a merge, by default (about 4 MiB:
 /// 100,000 fit the hash table's 131,072 slots without a resize).
 pub const BUFFERED_ENTRIES_MAX_DEFAULT: usize = 100_000;
-/// Bucket pages read per call by the start-up check.
-const CHECK_CHUNK_PAGES: usize = 256;
 
 /// How large the index is (for operators: metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,149 +253,6 @@ struct Writes {
 }
 
 impl KeyIndex {
-    /// Opens (or creates) the index file. A file of another format, for
-    /// other categories, or with a torn page after a crash starts empty:
-    /// the node then reads the streams in again.
-    ///
-    /// `buffered_entries_max`: recorded entries held in memory before they
-    /// are merged into the pages (see module docs). `filter_bytes`: the key
-    /// filter's size (a power of two).
-    pub fn open(
-        path: &Path,
-        categories: &[String],
-        buffered_entries_max: usize,
-        filter_bytes: usize,
-    ) -> anyhow::Result<Self> {
-        anyhow::ensure!(
-            buffered_entries_max > 0,
-            "the key index buffers at least one entry"
-        );
-        anyhow::ensure!(
-            filter_bytes.is_power_of_two() && filter_bytes >= 8,
-            "the key filter is a power of two of at least 8 bytes"
-        );
-        anyhow::ensure!(
-            categories.len() <= CATEGORIES_MAX
-                && categories
-                    .iter()
-                    .all(|c| c.len() <= CATEGORY_NAME_BYTES_MAX),
-            "the key index holds at most {CATEGORIES_MAX} categories with names of at most {CATEGORY_NAME_BYTES_MAX} bytes"
-        );
-        // Owner-only: the file holds the secret hash key. A directory that
-        // exists already keeps its mode (by default it is the parent of the
-        // nats store directory, which may be shared).
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            crate::owner_only::create_dir_all(dir)?;
-        }
-        let file = crate::owner_only::open_options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
-        crate::owner_only::restrict(&file)?;
-        lock_exclusively(&file, path)?;
-        let found = read_header(&file)?;
-        let filter_path = saved_filter_path(path);
-        // A clean close saved the filter for its header: no page is read.
-        let saved = found
-            .as_ref()
-            .filter(|h| h.clean)
-            .and_then(|h| KeyFilter::load(&filter_path, &h.hash_key, h.seq, filter_bytes));
-        // Whatever happens next, the saved copy describes this file only
-        // until its next checkpoint.
-        let _ = std::fs::remove_file(&filter_path);
-        let loaded = saved.is_some();
-        if loaded {
-            tracing::info!(path = %filter_path.display(), "key filter loaded as saved at the last clean stop; the index pages are not read");
-        }
-        let mut filter = saved.unwrap_or_else(|| KeyFilter::new(filter_bytes));
-        let usable = match found {
-            None if file.metadata()?.len() > 0 => {
-                tracing::warn!(path = %path.display(), "the key index file has no readable header; starting it empty (the streams are read in again)");
-                None
-            }
-            None => None,
-            Some(h) if h.categories.iter().map(|c| &c.name).ne(categories.iter()) => {
-                tracing::warn!(path = %path.display(), "the configured categories changed; starting the key index empty (the streams are read in again)");
-                None
-            }
-            Some(h) if loaded => Some(h),
-            // Every page is read once, to fill the filter; an index not
-            // closed cleanly also takes its entry count from them.
-            Some(mut h) => match check_pages(&file, &h.geometry, &filter)? {
-                Ok(entries) => {
-                    if !h.clean {
-                        h.entries = entries;
-                    }
-                    Some(h)
-                }
-                Err(damaged) => {
-                    let how = if h.clean {
-                        "a page is damaged"
-                    } else {
-                        "the key index was not closed cleanly and a page is torn"
-                    };
-                    tracing::warn!(path = %path.display(), error = %damaged, "{how}; starting it empty (the streams are read in again)");
-                    None
-                }
-            },
-        };
-        let header = match usable {
-            Some(h) => h,
-            None => {
-                file.set_len(0)?;
-                // An index started empty starts with an empty filter.
-                filter = KeyFilter::new(filter_bytes);
-                Header {
-                    seq: 0,
-                    clean: false,
-                    hash_key: rand::random(),
-                    geometry: empty_table(&file)?,
-                    entries: 0,
-                    categories: categories
-                        .iter()
-                        .map(|name| CategoryState {
-                            name: name.clone(),
-                            through: 0,
-                            identity: None,
-                        })
-                        .collect(),
-                }
-            }
-        };
-        let index = Self {
-            file,
-            filter_path,
-            categories: categories.to_vec(),
-            hash_key: header.hash_key,
-            geometry: RwLock::new(header.geometry),
-            firsts: categories.iter().map(|_| AtomicU64::new(0)).collect(),
-            writes: Mutex::new(Writes {
-                seq: header.seq,
-                vouched: header.categories.iter().map(|c| c.through).collect(),
-                entries: header.entries,
-                identities: header.categories.iter().map(|c| c.identity).collect(),
-                page: Box::new([0; PAGE_BYTES]),
-            }),
-            runs: Mutex::new(
-                header
-                    .categories
-                    .iter()
-                    .map(|c| IndexedRuns::new(c.through))
-                    .collect(),
-            ),
-            entries_published: AtomicU64::new(header.entries),
-            damaged: AtomicBool::new(false),
-            buffer: RwLock::new(HashMap::new()),
-            buffered_entries_max,
-            filter,
-        };
-        // From here on a crash leaves the file marked for the page check.
-        index.checkpoint(&mut index.writes(), 0)?;
-        Ok(index)
-    }
-
     pub fn categories(&self) -> &[String] {
         &self.categories
     }
@@ -354,35 +286,6 @@ impl KeyIndex {
             .expect("a configured category")
     }
 
-    /// Every offset of `category` at or below this is indexed (or gone).
-    pub fn through(&self, category: &str) -> u64 {
-        self.runs()[self.position(category)].through()
-    }
-
-    /// The first offsets of `category` not indexed while later ones are.
-    pub fn first_gap(&self, category: &str) -> Option<(u64, u64)> {
-        self.runs()[self.position(category)].first_gap()
-    }
-
-    /// The stream identity (creation time) the entries of `category` were
-    /// read from, if any.
-    pub fn stream_identity(&self, category: &str) -> anyhow::Result<Option<u64>> {
-        Ok(self.writes().identities[self.position(category)])
-    }
-
-    /// Starts `category` over for the stream it will be read in from (the
-    /// stream was recreated, or this is a new index), durably. Its old
-    /// entries stay in the pages until a look-up finds them stale.
-    pub fn reset(&self, category: &str, stream_identity: u64) -> anyhow::Result<()> {
-        let position = self.position(category);
-        let mut writes = self.writes();
-        writes.identities[position] = Some(stream_identity);
-        writes.vouched[position] = 0;
-        self.runs()[position] = IndexedRuns::new(0);
-        self.firsts[position].store(0, Ordering::Release);
-        self.checkpoint(&mut writes, 0)
-    }
-
     fn is_live(&self, entry: &Entry) -> bool {
         self.firsts
             .get(usize::from(entry.category))
@@ -393,446 +296,8 @@ impl KeyIndex {
         format::bucket_hash(&self.hash_key, token)
     }
 
-    /// For each token, the category (index into `categories()`) and offset
-    /// it is indexed at, if any: absent if the filter says so, else from
-    /// the buffer, else one page read.
-    pub fn look_up(&self, tokens: &[Token]) -> anyhow::Result<Vec<Option<(usize, u64)>>> {
-        let mut page = [0u8; PAGE_BYTES];
-        let mut entries = Vec::with_capacity(SLOTS_PER_PAGE);
-        let mut found = Vec::with_capacity(tokens.len());
-        for token in tokens {
-            // The filter holds every buffered token too, so a new key skips
-            // the buffer's lock as well as the page.
-            if !self.filter.may_contain(token) {
-                found.push(None);
-                continue;
-            }
-            let buffered = self.buffer().get(token).map(|&(offset, category)| Entry {
-                token: *token,
-                offset,
-                category,
-            });
-            if let Some(entry) = buffered.filter(|e| self.is_live(e)) {
-                found.push(Some((usize::from(entry.category), entry.offset)));
-                continue;
-            }
-            let hash = self.hash(token);
-            let bucket = {
-                let geometry = self.geometry.read().expect("key index geometry poisoned");
-                let bucket = geometry.bucket_of(hash);
-                read_page(&self.file, bucket, &mut page)?;
-                bucket
-            };
-            self.decode(bucket, &page, &mut entries)?;
-            found.push(
-                entries
-                    .iter()
-                    .find(|e| e.token == *token && self.is_live(e))
-                    .map(|e| (usize::from(e.category), e.offset)),
-            );
-        }
-        Ok(found)
-    }
-
     fn buffer(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Token, (u64, u8)>> {
         self.buffer.read().expect("key index buffer poisoned")
-    }
-
-    /// Records stored facts, `(category position, token, offset)`, and marks
-    /// `covered` ranges `(category position, first, last)` as read, whether
-    /// or not they held a key. The entries go to the buffer; a full buffer
-    /// is merged into the pages (see module docs). Not fsynced.
-    pub fn record(
-        &self,
-        entries: &[(usize, Token, u64)],
-        covered: &[(usize, u64, u64)],
-    ) -> anyhow::Result<()> {
-        let mut writes = self.writes();
-        let buffered = {
-            let mut buffer = self.buffer.write().expect("key index buffer poisoned");
-            for &(position, token, offset) in entries {
-                assert!(
-                    position < self.categories.len(),
-                    "category position {position} is configured"
-                );
-                // Into the filter first: a look-up that finds the entry
-                // anywhere must have passed the filter.
-                self.filter.insert(&token);
-                buffer.insert(token, (offset, position as u8));
-            }
-            buffer.len()
-        };
-        {
-            let mut runs = self.runs();
-            for &(position, _, offset) in entries {
-                runs[position].cover(offset, offset);
-            }
-            for &(position, first, last) in covered {
-                runs[position].cover(first, last);
-            }
-        }
-        if buffered >= self.buffered_entries_max {
-            self.merge(&mut writes)?;
-        }
-        Ok(())
-    }
-
-    /// Writes the buffered entries into their pages (each touched page
-    /// once), grows the table as they need, and checkpoints with the
-    /// coverage they complete; only then they leave the buffer.
-    fn merge(&self, writes: &mut Writes) -> anyhow::Result<()> {
-        // Taken under the writer lock: it covers exactly the pages plus the
-        // buffer, which is all in the pages once this merge has written it.
-        let vouched: Vec<u64> = self.runs().iter().map(IndexedRuns::through).collect();
-        let mut pending: Vec<(u64, Entry)> = self
-            .buffer()
-            .iter()
-            .map(|(&token, &(offset, category))| {
-                (
-                    self.hash(&token),
-                    Entry {
-                        token,
-                        offset,
-                        category,
-                    },
-                )
-            })
-            .filter(|(_, entry)| self.is_live(entry))
-            .collect();
-        // Grow first (the pages still vouched for are untouched by a split),
-        // so that a large merge into a small table rarely overfills a bucket.
-        loop {
-            let geometry = self.geometry();
-            let splits = geometry
-                .splits_for_load(writes.entries + pending.len() as u64, LOAD_TARGET_PERCENT)
-                .min(CHECKPOINT_SPLITS_MAX);
-            if splits == 0 {
-                break;
-            }
-            self.checkpoint(writes, splits)?;
-        }
-        while !pending.is_empty() {
-            let geometry = self.geometry();
-            pending.sort_unstable_by_key(|(hash, _)| geometry.bucket_of(*hash));
-            let Some((written, overfull)) = self.insert_sorted(writes, &geometry, &pending)? else {
-                break;
-            };
-            pending.drain(..written);
-            self.split_through(writes, overfull)?;
-        }
-        // No split is due here: the table grew above for at least as many
-        // entries as the pages now hold (replacements and stale entries only
-        // lower the count).
-        debug_assert_eq!(
-            self.geometry()
-                .splits_for_load(writes.entries, LOAD_TARGET_PERCENT),
-            0
-        );
-        writes.vouched = vouched;
-        self.checkpoint(writes, 0)?;
-        self.buffer
-            .write()
-            .expect("key index buffer poisoned")
-            .clear();
-        Ok(())
-    }
-
-    /// Writes `sorted` (ordered by bucket) into their buckets, one page
-    /// write per bucket; a token already present is replaced, stale entries
-    /// are dropped. Stops before a bucket they would overfill and returns
-    /// how many were written and that bucket.
-    fn insert_sorted(
-        &self,
-        writes: &mut Writes,
-        geometry: &Geometry,
-        sorted: &[(u64, Entry)],
-    ) -> anyhow::Result<Option<(usize, u64)>> {
-        let mut kept = Vec::with_capacity(SLOTS_PER_PAGE);
-        let mut at = 0;
-        while at < sorted.len() {
-            let bucket = geometry.bucket_of(sorted[at].0);
-            let end = at
-                + sorted[at..]
-                    .iter()
-                    .take_while(|(hash, _)| geometry.bucket_of(*hash) == bucket)
-                    .count();
-            self.load_bucket(writes, bucket, &mut kept)?;
-            let before = kept.len() as u64;
-            kept.retain(|e| self.is_live(e));
-            for (_, entry) in &sorted[at..end] {
-                match kept.iter_mut().find(|k| k.token == entry.token) {
-                    Some(existing) => *existing = *entry,
-                    None => kept.push(*entry),
-                }
-            }
-            if kept.len() > SLOTS_PER_PAGE {
-                return Ok(Some((at, bucket)));
-            }
-            self.write_bucket(writes, bucket, &kept)?;
-            writes.entries = writes.entries - before + kept.len() as u64;
-            at = end;
-        }
-        Ok(None)
-    }
-
-    /// The writer's read of a bucket's entries (readers take the geometry
-    /// lock instead; only the writer changes pages).
-    fn load_bucket(
-        &self,
-        writes: &mut Writes,
-        bucket: u64,
-        into: &mut Vec<Entry>,
-    ) -> anyhow::Result<()> {
-        read_page(&self.file, bucket, &mut writes.page)?;
-        self.decode(bucket, &writes.page, into)
-    }
-
-    /// A page's entries; a page that fails its check marks the index
-    /// damaged (see [`KeyIndex::rebuild`]).
-    fn decode(
-        &self,
-        bucket: u64,
-        page: &[u8; PAGE_BYTES],
-        into: &mut Vec<Entry>,
-    ) -> anyhow::Result<()> {
-        format::decode_page(bucket, page, into).map_err(|damaged| {
-            self.damaged.store(true, Ordering::Release);
-            anyhow::Error::from(damaged)
-        })
-    }
-
-    /// True once a page failed its checksum while running.
-    pub fn is_damaged(&self) -> bool {
-        self.damaged.load(Ordering::Acquire)
-    }
-
-    /// Starts the index over, empty (as start-up does with a torn page):
-    /// every category's facts must then be read in again before an append
-    /// may rely on it. The caller keeps appends out meanwhile.
-    pub fn rebuild(&self) -> anyhow::Result<()> {
-        let mut writes = self.writes();
-        // First a header that vouches for nothing, so a crash from here on
-        // reads every stream in again; only then the pages go.
-        writes
-            .identities
-            .iter_mut()
-            .for_each(|identity| *identity = None);
-        writes.vouched.iter_mut().for_each(|through| *through = 0);
-        self.runs()
-            .iter_mut()
-            .for_each(|runs| *runs = IndexedRuns::new(0));
-        self.buffer
-            .write()
-            .expect("key index buffer poisoned")
-            .clear();
-        self.checkpoint(&mut writes, 0)?;
-        {
-            let mut geometry = self.geometry.write().expect("key index geometry poisoned");
-            *geometry = empty_table(&self.file)?;
-        }
-        writes.entries = 0;
-        self.firsts
-            .iter()
-            .for_each(|first| first.store(0, Ordering::Release));
-        self.checkpoint(&mut writes, 0)?;
-        self.damaged.store(false, Ordering::Release);
-        Ok(())
-    }
-
-    /// Writes a bucket page readers may be reading.
-    fn write_bucket(
-        &self,
-        writes: &mut Writes,
-        bucket: u64,
-        entries: &[Entry],
-    ) -> std::io::Result<()> {
-        format::encode_page(bucket, entries, &mut writes.page);
-        let _no_readers = self.geometry.write().expect("key index geometry poisoned");
-        self.file
-            .write_all_at(&writes.page[..], page_position(bucket))
-    }
-
-    /// `bucket` cannot take its entries: splits until it has been split.
-    fn split_through(&self, writes: &mut Writes, bucket: u64) -> anyhow::Result<()> {
-        let geometry = self.geometry();
-        anyhow::ensure!(
-            geometry.level < LEVEL_MAX,
-            "the key index cannot split bucket {bucket} further ({} buckets): its hash no longer spreads the keys",
-            geometry.buckets()
-        );
-        // Already split in this round: finish the round, then it comes up again.
-        let splits = match geometry.splits_through(bucket) {
-            0 => geometry.splits_left_in_round(),
-            n => n,
-        };
-        let mut left = splits;
-        while left > 0 {
-            let now = left.min(CHECKPOINT_SPLITS_MAX);
-            self.checkpoint(writes, now)?;
-            left -= now;
-        }
-        Ok(())
-    }
-
-    /// Makes every page written so far durable, splits the next `splits`
-    /// buckets (within the round), and writes the header. The order makes
-    /// a crash at any point safe:
-    /// 1. fsync: the pages the header is about to vouch for are on disk;
-    /// 2. write each split's new bucket (a copy of the entries that move)
-    ///    and fsync: the old buckets still hold them too;
-    /// 3. write the header (new geometry, coverage as of step 1), fsync;
-    /// 4. switch readers to the new geometry, then drop the moved copies
-    ///    from the old buckets (a left-over copy is never addressed and is
-    ///    dropped when that bucket is split again).
-    fn checkpoint(&self, writes: &mut Writes, splits: u64) -> anyhow::Result<()> {
-        self.checkpoint_marked(writes, splits, false)
-    }
-
-    /// `checkpoint`, with the header marked `clean` (only an orderly close
-    /// does that: no page can be written after it).
-    fn checkpoint_marked(
-        &self,
-        writes: &mut Writes,
-        splits: u64,
-        clean: bool,
-    ) -> anyhow::Result<()> {
-        let throughs = writes.vouched.clone();
-        self.file.sync_data()?;
-        let old_geometry = self.geometry();
-        assert!(
-            splits <= old_geometry.splits_left_in_round(),
-            "a checkpoint splits within one round"
-        );
-        let mut geometry = old_geometry;
-        let mut entries = Vec::with_capacity(SLOTS_PER_PAGE);
-        for _ in 0..splits {
-            let (next, old, new) = geometry.next_split();
-            self.load_bucket(writes, old, &mut entries)?;
-            entries.retain(|e| self.is_live(e) && next.bucket_of(self.hash(&e.token)) == new);
-            // Not yet addressed by any reader: no lock needed.
-            format::encode_page(new, &entries, &mut writes.page);
-            self.file
-                .write_all_at(&writes.page[..], page_position(new))?;
-            writes.entries += entries.len() as u64;
-            geometry = next;
-        }
-        if splits > 0 {
-            self.file.sync_data()?;
-        }
-        self.write_header(writes, geometry, &throughs, clean)?;
-        self.file.sync_data()?;
-        *self.geometry.write().expect("key index geometry poisoned") = geometry;
-        let mut split = old_geometry;
-        for _ in 0..splits {
-            let (next, old, _) = split.next_split();
-            self.load_bucket(writes, old, &mut entries)?;
-            let before = entries.len() as u64;
-            entries.retain(|e| self.is_live(e) && next.bucket_of(self.hash(&e.token)) == old);
-            self.write_bucket(writes, old, &entries)?;
-            // Moved entries were counted in the new bucket; these copies,
-            // and stale entries, are gone.
-            writes.entries -= before - entries.len() as u64;
-            split = next;
-        }
-        self.entries_published
-            .store(writes.entries, Ordering::Relaxed);
-        Ok(())
-    }
-
-    fn write_header(
-        &self,
-        writes: &mut Writes,
-        geometry: Geometry,
-        throughs: &[u64],
-        clean: bool,
-    ) -> std::io::Result<()> {
-        writes.seq += 1;
-        let header = Header {
-            seq: writes.seq,
-            clean,
-            hash_key: self.hash_key,
-            geometry,
-            entries: writes.entries,
-            categories: self
-                .categories
-                .iter()
-                .zip(throughs)
-                .zip(&writes.identities)
-                .map(|((name, through), identity)| CategoryState {
-                    name: name.clone(),
-                    through: *through,
-                    identity: *identity,
-                })
-                .collect(),
-        };
-        let mut bytes = header.encode();
-        bytes.resize(HEADER_SLOT_BYTES, 0);
-        self.file
-            .write_all_at(&bytes, header.copy_index() * HEADER_SLOT_BYTES as u64)
-    }
-
-    /// Removes one entry that no longer matches its fact.
-    pub fn forget(&self, category: &str, token: &Token, offset: u64) -> anyhow::Result<()> {
-        let position = self.position(category);
-        let mut writes = self.writes();
-        {
-            let mut buffer = self.buffer.write().expect("key index buffer poisoned");
-            if buffer.get(token) == Some(&(offset, position as u8)) {
-                buffer.remove(token);
-            }
-        }
-        let bucket = self.geometry().bucket_of(self.hash(token));
-        let mut entries = Vec::with_capacity(SLOTS_PER_PAGE);
-        self.load_bucket(&mut writes, bucket, &mut entries)?;
-        let before = entries.len();
-        entries.retain(|e| {
-            !(e.token == *token && e.offset == offset && usize::from(e.category) == position)
-        });
-        if entries.len() < before {
-            self.write_bucket(&mut writes, bucket, &entries)?;
-            writes.entries -= 1;
-            self.entries_published
-                .store(writes.entries, Ordering::Relaxed);
-        }
-        Ok(())
-    }
-
-    /// The stream no longer holds offsets below `first_offset`: their
-    /// entries stop being found now and leave the pages as those are
-    /// written.
-    pub fn forget_below(&self, category: &str, first_offset: u64) -> anyhow::Result<()> {
-        let position = self.position(category);
-        self.firsts[position].fetch_max(first_offset, Ordering::AcqRel);
-        self.runs()[position].forget_below(first_offset);
-        Ok(())
-    }
-
-    /// The stream lost its tail after `last_offset` (e.g. nats-server
-    /// restarted without syncing): the coverage above it is dropped,
-    /// durably, so the facts stored there from now on are read in again
-    /// after a crash. Entries above it stay until a look-up finds them
-    /// stale (every hit is checked against the stored fact). Returns how
-    /// many covered offsets were dropped.
-    pub fn forget_after(&self, category: &str, last_offset: u64) -> anyhow::Result<u64> {
-        let position = self.position(category);
-        let mut writes = self.writes();
-        let dropped = {
-            let mut runs = self.runs();
-            let highest = runs[position].highest();
-            runs[position].truncate_after(last_offset);
-            highest.saturating_sub(last_offset)
-        };
-        writes.vouched[position] = writes.vouched[position].min(last_offset);
-        if dropped > 0 {
-            self.checkpoint(&mut writes, 0)?;
-        }
-        Ok(dropped)
-    }
-
-    /// Merges the buffer into the pages and makes them durable, growing the
-    /// table first if it would be fuller than the target load.
-    pub fn sync(&self) -> anyhow::Result<()> {
-        self.merge(&mut self.writes())
     }
 
     /// Holds the writers' lock (tests: a writer that cannot write).
@@ -842,139 +307,10 @@ impl KeyIndex {
     }
 }
 
-impl Drop for KeyIndex {
-    /// Marks the file cleanly closed (after making it durable) and saves the
-    /// filter, so the next start-up reads neither the pages nor the streams.
-    fn drop(&mut self) {
-        let close = || -> anyhow::Result<u64> {
-            let mut writes = self
-                .writes
-                .lock()
-                .map_err(|_| anyhow::anyhow!("poisoned"))?;
-            self.merge(&mut writes)?;
-            self.checkpoint_marked(&mut writes, 0, true)?;
-            Ok(writes.seq)
-        };
-        match close() {
-            // Saved after the clean header: it holds every token in the
-            // pages that header describes (it only ever grows).
-            Ok(seq) => {
-                if let Err(e) = self.filter.save(&self.filter_path, &self.hash_key, seq) {
-                    let _ = std::fs::remove_file(&self.filter_path);
-                    tracing::warn!(error = %e, "saving the key filter failed; the next start-up reads the pages to fill it");
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "closing the key index cleanly failed; the next start-up checks its pages")
-            }
-        }
-    }
-}
-
-/// The saved filter's file: beside the index, `<index file>.filter`.
-fn saved_filter_path(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_os_string();
-    name.push(".filter");
-    PathBuf::from(name)
-}
-
-/// Cuts the file to its header and the initial, empty buckets, and
-/// returns their geometry.
-fn empty_table(file: &File) -> std::io::Result<Geometry> {
-    file.set_len(BUCKETS_FILE_OFFSET)?;
-    file.set_len(page_position(BUCKETS_INITIAL))?;
-    Ok(Geometry::new(BUCKETS_INITIAL))
-}
-
-fn page_position(bucket: u64) -> u64 {
-    BUCKETS_FILE_OFFSET + bucket * PAGE_BYTES as u64
-}
-
-/// Reads `buf.len()` bytes at `at`; what lies past the end of the file
-/// reads as zeros (an empty bucket).
-fn read_at_or_zero(file: &File, buf: &mut [u8], at: u64) -> std::io::Result<()> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read_at(&mut buf[filled..], at + filled as u64) {
-            Ok(0) => {
-                buf[filled..].fill(0);
-                break;
-            }
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-fn read_page(file: &File, bucket: u64, page: &mut [u8; PAGE_BYTES]) -> std::io::Result<()> {
-    read_at_or_zero(file, &mut page[..], page_position(bucket))
-}
-
-/// The newer of the two header copies that read back intact.
-fn read_header(file: &File) -> std::io::Result<Option<Header>> {
-    let mut copies = vec![0u8; 2 * HEADER_SLOT_BYTES];
-    read_at_or_zero(file, &mut copies, 0)?;
-    let (a, b) = copies.split_at(HEADER_SLOT_BYTES);
-    Ok([Header::decode(a), Header::decode(b)]
-        .into_iter()
-        .flatten()
-        .max_by_key(|h| h.seq))
-}
-
-/// Checks every bucket page of `geometry` and adds their tokens to
-/// `filter`; the entries they hold, or the first damaged page.
-fn check_pages(
-    file: &File,
-    geometry: &Geometry,
-    filter: &KeyFilter,
-) -> std::io::Result<Result<u64, format::DamagedPage>> {
-    let mut chunk = vec![0u8; CHECK_CHUNK_PAGES * PAGE_BYTES];
-    let (mut entries, mut count, mut bucket) = (Vec::with_capacity(SLOTS_PER_PAGE), 0u64, 0u64);
-    while bucket < geometry.buckets() {
-        let pages = (geometry.buckets() - bucket).min(CHECK_CHUNK_PAGES as u64) as usize;
-        read_at_or_zero(
-            file,
-            &mut chunk[..pages * PAGE_BYTES],
-            page_position(bucket),
-        )?;
-        for (i, page) in chunk[..pages * PAGE_BYTES]
-            .chunks_exact(PAGE_BYTES)
-            .enumerate()
-        {
-            let page: &[u8; PAGE_BYTES] = page.try_into().expect("a page");
-            if let Err(damaged) = format::decode_page(bucket + i as u64, page, &mut entries) {
-                return Ok(Err(damaged));
-            }
-            entries.iter().for_each(|e| filter.insert(&e.token));
-            count += entries.len() as u64;
-        }
-        bucket += pages as u64;
-    }
-    Ok(Ok(count))
-}
-
-fn lock_exclusively(file: &File, path: &Path) -> anyhow::Result<()> {
-    use std::os::fd::AsRawFd as _;
-    // SAFETY: flock on a file descriptor this function borrows; no memory
-    // is passed.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-        return Ok(());
-    }
-    let err = std::io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        return Err(AlreadyOpen(path.to_path_buf()).into());
-    }
-    Err(anyhow::anyhow!(
-        "locking the key index {}: {err}",
-        path.display()
-    ))
-}
-
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
+    use std::path::Path;
 
     pub fn token(n: u8) -> Token {
         [n; 16]
@@ -991,440 +327,15 @@ pub(super) mod tests {
     }
 
     /// A token from a counter, spread like real tokens (digests).
-    fn spread(n: u64) -> Token {
+    pub fn spread(n: u64) -> Token {
         token_bytes(&bsfg_domain::identity::key_token("test", &n.to_string())).unwrap()
-    }
-
-    #[test]
-    fn entries_and_coverage_survive_reopening() {
-        let dir = tempfile::tempdir().unwrap();
-        let index = open(dir.path());
-        index
-            .record(&[(0, token(1), 1), (0, token(2), 2)], &[])
-            .unwrap();
-        index.record(&[(1, token(3), 1)], &[]).unwrap();
-        index.record(&[(0, token(5), 5)], &[(0, 3, 4)]).unwrap();
-        index.sync().unwrap();
-        drop(index);
-        let index = open(dir.path());
-        assert_eq!(
-            index
-                .look_up(&[token(1), token(3), token(5), token(9)])
-                .unwrap(),
-            vec![Some((0, 1)), Some((1, 1)), Some((0, 5)), None]
-        );
-        assert_eq!((index.through("ops"), index.through("audit")), (5, 1));
-    }
-
-    #[test]
-    fn a_clean_close_saves_the_filter_and_only_the_next_open_may_use_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let saved = dir.path().join("keys.kix.filter");
-        let index = open(dir.path());
-        index.record(&[(0, token(1), 1)], &[]).unwrap();
-        drop(index);
-        assert!(saved.exists(), "a clean close saves the filter");
-        let stale = std::fs::read(&saved).unwrap();
-        let index = open(dir.path());
-        assert!(
-            !saved.exists(),
-            "an open takes the saved filter away: it describes the file only until the next checkpoint"
-        );
-        assert_eq!(
-            index.look_up(&[token(1), token(2)]).unwrap(),
-            vec![Some((0, 1)), None],
-            "the loaded filter holds the stored key"
-        );
-        index.record(&[(0, token(2), 2)], &[]).unwrap();
-        drop(index);
-        // A filter from an earlier close lacks token 2: it must not be used.
-        std::fs::write(&saved, &stale).unwrap();
-        let index = open(dir.path());
-        assert_eq!(
-            index.look_up(&[token(1), token(2)]).unwrap(),
-            vec![Some((0, 1)), Some((0, 2))],
-            "a stale filter is ignored and the pages fill a new one"
-        );
-        // After a crash there is no saved filter, and the pages fill it.
-        index.record(&[(0, token(3), 3)], &[]).unwrap();
-        index.sync().unwrap();
-        crash(index);
-        assert!(!saved.exists());
-        let index = open(dir.path());
-        assert_eq!(index.look_up(&[token(3)]).unwrap(), vec![Some((0, 3))]);
     }
 
     /// What kill -9 leaves: the pages written so far (in the page cache),
     /// no checkpoint after them, no clean close, and the lock released.
-    fn crash(index: KeyIndex) {
+    pub fn crash(index: KeyIndex) {
         let index = std::mem::ManuallyDrop::new(index);
         // SAFETY: flock on a descriptor the leaked index still owns.
         unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&index.file), libc::LOCK_UN) };
-    }
-
-    #[test]
-    fn a_second_open_of_the_same_file_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let _index = open(dir.path());
-        let second = KeyIndex::open(
-            &dir.path().join("keys.kix"),
-            &["ops".into(), "audit".into()],
-            BUFFERED_ENTRIES_MAX_DEFAULT,
-            FILTER_BYTES_DEFAULT,
-        );
-        assert!(
-            matches!(second, Err(ref e) if e.downcast_ref::<AlreadyOpen>().is_some()),
-            "the lock is held while the file is open"
-        );
-    }
-
-    #[test]
-    fn a_restart_after_a_crash_re_reads_from_the_checkpointed_prefix() {
-        let dir = tempfile::tempdir().unwrap();
-        let index = open(dir.path());
-        index
-            .record(&[(0, token(1), 1), (0, token(4), 4)], &[])
-            .unwrap();
-        assert_eq!(
-            (index.through("ops"), index.first_gap("ops")),
-            (1, Some((2, 3)))
-        );
-        index.sync().unwrap();
-        index
-            .record(&[(0, token(2), 2), (0, token(3), 3)], &[])
-            .unwrap();
-        assert_eq!(index.through("ops"), 4);
-        assert_eq!(
-            index.look_up(&[token(2), token(3)]).unwrap(),
-            vec![Some((0, 2)), Some((0, 3))],
-            "buffered entries are found"
-        );
-        crash(index);
-        let index = open(dir.path());
-        assert_eq!(
-            index.through("ops"),
-            1,
-            "only the checkpointed prefix is trusted: a restart re-reads from offset 2"
-        );
-        assert_eq!(
-            index.look_up(&[token(1), token(2), token(4)]).unwrap(),
-            vec![Some((0, 1)), None, Some((0, 4))],
-            "the buffer was lost, the pages kept"
-        );
-    }
-
-    #[test]
-    fn a_full_buffer_is_merged_into_the_pages_and_vouched_for() {
-        let dir = tempfile::tempdir().unwrap();
-        let index = KeyIndex::open(
-            &dir.path().join("keys.kix"),
-            &["ops".into(), "audit".into()],
-            3,
-            FILTER_BYTES_DEFAULT,
-        )
-        .unwrap();
-        index
-            .record(&[(0, token(1), 1), (0, token(2), 2)], &[])
-            .unwrap();
-        assert_eq!(
-            (index.buffer().len(), index.writes().entries),
-            (2, 0),
-            "below the limit the entries wait in memory"
-        );
-        index.record(&[(1, token(3), 1)], &[]).unwrap();
-        assert_eq!(
-            (index.buffer().len(), index.writes().entries),
-            (0, 3),
-            "at the limit they are merged into the pages"
-        );
-        index.record(&[(0, token(4), 3)], &[]).unwrap();
-        // A checkpoint without a merge (here: another category starts over)
-        // must not vouch for the buffered entry.
-        index.reset("audit", 7).unwrap();
-        crash(index);
-        let index = open(dir.path());
-        assert_eq!(
-            (index.through("ops"), index.through("audit")),
-            (2, 0),
-            "a header vouches for what the pages hold, not for the buffer"
-        );
-        assert_eq!(
-            index
-                .look_up(&[token(1), token(2), token(3), token(4)])
-                .unwrap(),
-            vec![Some((0, 1)), Some((0, 2)), Some((1, 1)), None]
-        );
-    }
-
-    #[test]
-    fn a_torn_page_after_a_crash_starts_the_index_empty() {
-        let dir = tempfile::tempdir().unwrap();
-        let index = open(dir.path());
-        index.record(&[(0, token(1), 1)], &[]).unwrap();
-        index.reset("audit", 77).unwrap();
-        index.sync().unwrap();
-        // A power loss tore the page being written.
-        let bucket = index
-            .geometry
-            .read()
-            .unwrap()
-            .bucket_of(index.hash(&token(1)));
-        index
-            .file
-            .write_all_at(&[0xff; 16], page_position(bucket) + 100)
-            .unwrap();
-        crash(index);
-        let index = open(dir.path());
-        assert_eq!(
-            (
-                index.through("ops"),
-                index.stream_identity("audit").unwrap()
-            ),
-            (0, None),
-            "everything is read in again"
-        );
-        assert_eq!(index.look_up(&[token(1)]).unwrap(), vec![None]);
-    }
-
-    #[test]
-    fn a_page_damaged_while_running_marks_the_index_and_a_rebuild_starts_it_empty() {
-        let dir = tempfile::tempdir().unwrap();
-        let index = open(dir.path());
-        let entries: Vec<(usize, Token, u64)> =
-            (1..=20_000u64).map(|n| (0, spread(n), n)).collect();
-        index.record(&entries, &[]).unwrap();
-        index.reset("audit", 77).unwrap();
-        index.sync().unwrap();
-        assert!(
-            index.geometry.read().unwrap().buckets() > BUCKETS_INITIAL,
-            "the table has split"
-        );
-        assert!(!index.is_damaged());
-        // Something else writes into a page of the running index.
-        let bucket = index
-            .geometry
-            .read()
-            .unwrap()
-            .bucket_of(index.hash(&spread(1)));
-        index
-            .file
-            .write_all_at(&[0xA5; 64], page_position(bucket) + 100)
-            .unwrap();
-        assert!(
-            index.look_up(&[spread(1)]).is_err(),
-            "a damaged page is an error, not a miss"
-        );
-        assert!(index.is_damaged());
-        index.rebuild().unwrap();
-        assert!(!index.is_damaged());
-        assert_eq!(
-            (
-                index.through("ops"),
-                index.stream_identity("audit").unwrap()
-            ),
-            (0, None),
-            "every stream is to be read in again"
-        );
-        assert_eq!(
-            index.size(),
-            IndexSize {
-                entries: 0,
-                file_bytes: page_position(BUCKETS_INITIAL),
-                buffered: 0
-            }
-        );
-        assert_eq!(
-            index.look_up(&[spread(1), spread(2)]).unwrap(),
-            vec![None, None]
-        );
-        // It works as new, and a crash now keeps what was recorded since.
-        index.record(&[(0, spread(1), 1)], &[]).unwrap();
-        index.sync().unwrap();
-        crash(index);
-        let index = open(dir.path());
-        assert_eq!(
-            index.look_up(&[spread(1), spread(2)]).unwrap(),
-            vec![Some((0, 1)), None]
-        );
-        assert_eq!(index.through("ops"), 1);
-    }
-
-    #[test]
-    fn the_table_grows_and_every_key_stays_findable() {
-        let dir = tempfile::tempdir().unwrap();
-        let index = open(dir.path());
-        let total = 200_000u64;
-        for chunk in (1..=total).collect::<Vec<_>>().chunks(8192) {
-            let entries: Vec<(usize, Token, u64)> =
-                chunk.iter().map(|&n| (0, spread(n), n)).collect();
-            index.record(&entries, &[]).unwrap();
-            index.sync().unwrap();
-        }
-        let geometry = *index.geometry.read().unwrap();
-        assert!(
-            geometry.buckets() > BUCKETS_INITIAL * 4,
-            "the table split as it filled: {geometry:?}"
-        );
-        assert!(index.writes().entries * 100 <= geometry.slots() * LOAD_URGENT_PERCENT);
-        assert_eq!(
-            index.writes().entries,
-            total,
-            "no entry lost or copied by the splits"
-        );
-        assert_eq!(
-            index.size(),
-            IndexSize {
-                entries: total,
-                file_bytes: page_position(geometry.buckets()),
-                buffered: 0
-            }
-        );
-        assert_eq!(
-            std::fs::metadata(dir.path().join("keys.kix"))
-                .unwrap()
-                .len(),
-            index.size().file_bytes,
-            "the file is as large as its buckets"
-        );
-        let tokens: Vec<Token> = (1..=total).map(spread).collect();
-        let found = index.look_up(&tokens).unwrap();
-        assert!(
-            found.iter().zip(1..).all(|(f, n)| *f == Some((0, n))),
-            "every key found at its offset"
-        );
-        assert_eq!(index.look_up(&[spread(total + 1)]).unwrap(), vec![None]);
-        // And after reopening (the page check recounts).
-        drop(index);
-        let index = open(dir.path());
-        assert_eq!(index.writes().entries, total);
-        assert_eq!(
-            index
-                .look_up(&tokens[..1000])
-                .unwrap()
-                .iter()
-                .flatten()
-                .count(),
-            1000
-        );
-    }
-
-    #[test]
-    fn pruning_is_lazy_and_exact() {
-        // The bucket hash is keyed at random per file, so which tokens share
-        // a bucket differs per run: the last check needs a stale entry alone
-        // in its bucket, and a fresh table is tried until one has it.
-        for _ in 0..8 {
-            let dir = tempfile::tempdir().unwrap();
-            let index = open(dir.path());
-            let entries: Vec<(usize, Token, u64)> =
-                (1..=10).map(|n| (0, token(n), u64::from(n))).collect();
-            index.record(&entries, &[]).unwrap();
-            index.sync().unwrap();
-            let tokens: Vec<Token> = entries.iter().map(|(_, t, _)| *t).collect();
-            index.forget_below("ops", 4).unwrap();
-            let kept: Vec<u64> = index
-                .look_up(&tokens)
-                .unwrap()
-                .iter()
-                .flatten()
-                .map(|(_, o)| *o)
-                .collect();
-            assert_eq!(
-                kept,
-                vec![4, 5, 6, 7, 8, 9, 10],
-                "entries below the stream's first offset are not found"
-            );
-            assert_eq!(index.forget_after("ops", 8).unwrap(), 2);
-            assert_eq!(
-                index.through("ops"),
-                8,
-                "coverage above the stream's last offset is dropped"
-            );
-            index.forget("ops", &token(5), 5).unwrap();
-            index.forget("ops", &token(6), 999).unwrap();
-            assert_eq!(
-                index.look_up(&[token(5), token(6)]).unwrap(),
-                vec![None, Some((0, 6))],
-                "forget removes only the exact entry"
-            );
-            index.record(&[(0, token(12), 12)], &[]).unwrap();
-            index.forget("ops", &token(12), 12).unwrap();
-            assert_eq!(
-                index.look_up(&[token(12)]).unwrap(),
-                vec![None],
-                "also while it is buffered"
-            );
-            // Writing a bucket drops its stale entries for good: a new key in
-            // the bucket of a stale token replaces it in the count.
-            assert_eq!(index.writes().entries, 9);
-            let bucket_of = |t: &Token| index.geometry.read().unwrap().bucket_of(index.hash(t));
-            let recorded: Vec<Token> = tokens.iter().copied().chain([token(12)]).collect();
-            let alone = |t: &Token| {
-                recorded
-                    .iter()
-                    .filter(|u| bucket_of(u) == bucket_of(t))
-                    .count()
-                    == 1
-            };
-            let Some(stale) = [token(1), token(2), token(3)].into_iter().find(alone) else {
-                continue;
-            };
-            let neighbour = (0..100_000)
-                .map(spread)
-                .find(|t| bucket_of(t) == bucket_of(&stale))
-                .expect("a token sharing the bucket");
-            index.record(&[(0, neighbour, 11)], &[]).unwrap();
-            index.sync().unwrap();
-            assert_eq!(
-                index.writes().entries,
-                9,
-                "one stale entry dropped, one added"
-            );
-            return;
-        }
-        panic!("no table of 8 had a stale entry alone in its bucket");
-    }
-
-    #[test]
-    fn reset_starts_one_category_over() {
-        let dir = tempfile::tempdir().unwrap();
-        let index = open(dir.path());
-        index.record(&[(0, token(1), 1)], &[]).unwrap();
-        index.record(&[(1, token(2), 1)], &[]).unwrap();
-        index.reset("ops", 42).unwrap();
-        assert_eq!(
-            (
-                index.through("ops"),
-                index.through("audit"),
-                index.stream_identity("ops").unwrap()
-            ),
-            (0, 1, Some(42))
-        );
-        drop(index);
-        let index = open(dir.path());
-        assert_eq!(
-            (index.through("ops"), index.stream_identity("ops").unwrap()),
-            (0, Some(42)),
-            "durably"
-        );
-    }
-
-    #[test]
-    fn a_file_for_other_categories_starts_empty() {
-        let dir = tempfile::tempdir().unwrap();
-        let index = open(dir.path());
-        index.record(&[(0, token(1), 1)], &[]).unwrap();
-        drop(index);
-        let other = KeyIndex::open(
-            &dir.path().join("keys.kix"),
-            &["audit".into(), "ops".into()],
-            BUFFERED_ENTRIES_MAX_DEFAULT,
-            FILTER_BYTES_DEFAULT,
-        )
-        .unwrap();
-        assert_eq!(
-            (other.through("ops"), other.look_up(&[token(1)]).unwrap()),
-            (0, vec![None])
-        );
     }
 }

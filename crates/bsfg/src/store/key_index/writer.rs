@@ -161,66 +161,21 @@ fn write_loop(index: &KeyIndex, shared: &Shared, sync_interval: Duration) {
     let mut backoff = Duration::from_millis(50);
     loop {
         let stopping = shared.stop.load(Ordering::Acquire);
-        let batch: Vec<(usize, Token, u64)> = {
-            let mut staged = shared.staged.lock().expect("key index stage poisoned");
-            if staged.queue.is_empty() && !stopping {
-                let until_sync = sync_interval
-                    .saturating_sub(last_sync.elapsed())
-                    .max(Duration::from_millis(1));
-                staged = shared
-                    .wake
-                    .wait_timeout(staged, until_sync)
-                    .expect("key index stage poisoned")
-                    .0;
-            }
-            // Let a small batch grow for a few milliseconds: fewer wake-ups
-            // and lock round trips, and a bucket two facts share is written
-            // once. Nobody waits for it; look-ups see the stage.
-            let grow_until = last_record + WRITE_INTERVAL_MIN;
-            while !shared.stop.load(Ordering::Acquire)
-                && !staged.queue.is_empty()
-                && staged.queue.len() < WRITE_BATCH_MAX / 2
-            {
-                let Some(left) = grow_until.checked_duration_since(Instant::now()) else {
-                    break;
-                };
-                staged = shared
-                    .wake
-                    .wait_timeout(staged, left)
-                    .expect("key index stage poisoned")
-                    .0;
-            }
-            staged.queue.iter().take(WRITE_BATCH_MAX).copied().collect()
-        };
+        let batch = next_batch(shared, stopping, sync_interval, last_sync, last_record);
         last_record = Instant::now();
         if !batch.is_empty() {
             match index.record(&batch, &[]) {
                 Ok(()) => {
-                    shared
-                        .record_nanos
-                        .fetch_add(last_record.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                    shared
-                        .recorded_entries
-                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    let mut staged = shared.staged.lock().expect("key index stage poisoned");
-                    for (position, token, offset) in &batch {
-                        let front = staged.queue.pop_front();
-                        debug_assert_eq!(
-                            front,
-                            Some((*position, *token, *offset)),
-                            "only the writer takes from the stage"
-                        );
-                        if staged.by_token.get(token) == Some(&(*position, *offset)) {
-                            staged.by_token.remove(token);
-                        }
-                    }
-                    drop(staged);
-                    *shared.failure.lock().expect("failure lock") = None;
-                    shared.room.notify_waiters();
+                    recorded(shared, &batch, last_record);
                     backoff = Duration::from_millis(50);
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, staged = batch.len(), retry_in_ms = backoff.as_millis() as u64, "writing the key index failed; appends wait for it");
+                    tracing::error!(
+                        error = %e,
+                        staged = batch.len(),
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "writing the key index failed; appends wait for it"
+                    );
                     *shared.failure.lock().expect("failure lock") =
                         Some(format!("writing the key index failed: {e}"));
                     if stopping {
@@ -233,21 +188,93 @@ fn write_loop(index: &KeyIndex, shared: &Shared, sync_interval: Duration) {
             }
         }
         if last_sync.elapsed() >= sync_interval || (stopping && batch.is_empty()) {
-            // A sync merges the buffered entries into the file: part of
-            // what recording costs.
-            let started = Instant::now();
-            if let Err(e) = index.sync() {
-                tracing::warn!(error = %e, "making the key index durable failed; will retry");
-            }
-            shared
-                .record_nanos
-                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            sync(index, shared);
             last_sync = Instant::now();
         }
         if stopping && batch.is_empty() {
             return;
         }
     }
+}
+
+/// Waits until something is staged (or a sync is due, or the writer
+/// stops), lets a small batch grow, and returns the front of the stage (at
+/// most `WRITE_BATCH_MAX`; the entries stay staged until recorded).
+fn next_batch(
+    shared: &Shared,
+    stopping: bool,
+    sync_interval: Duration,
+    last_sync: Instant,
+    last_record: Instant,
+) -> Vec<(usize, Token, u64)> {
+    let mut staged = shared.staged.lock().expect("key index stage poisoned");
+    if staged.queue.is_empty() && !stopping {
+        let until_sync = sync_interval
+            .saturating_sub(last_sync.elapsed())
+            .max(Duration::from_millis(1));
+        staged = shared
+            .wake
+            .wait_timeout(staged, until_sync)
+            .expect("key index stage poisoned")
+            .0;
+    }
+    // Let a small batch grow for a few milliseconds: fewer wake-ups
+    // and lock round trips, and a bucket two facts share is written
+    // once. Nobody waits for it; look-ups see the stage.
+    let grow_until = last_record + WRITE_INTERVAL_MIN;
+    while !shared.stop.load(Ordering::Acquire)
+        && !staged.queue.is_empty()
+        && staged.queue.len() < WRITE_BATCH_MAX / 2
+    {
+        let Some(left) = grow_until.checked_duration_since(Instant::now()) else {
+            break;
+        };
+        staged = shared
+            .wake
+            .wait_timeout(staged, left)
+            .expect("key index stage poisoned")
+            .0;
+    }
+    staged.queue.iter().take(WRITE_BATCH_MAX).copied().collect()
+}
+
+/// `batch`, recorded in the index since `started`: counted, taken off the
+/// stage, and the appends waiting for room woken.
+fn recorded(shared: &Shared, batch: &[(usize, Token, u64)], started: Instant) {
+    shared
+        .record_nanos
+        .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    shared
+        .recorded_entries
+        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+    let mut staged = shared.staged.lock().expect("key index stage poisoned");
+    for (position, token, offset) in batch {
+        let front = staged.queue.pop_front();
+        debug_assert_eq!(
+            front,
+            Some((*position, *token, *offset)),
+            "only the writer takes from the stage"
+        );
+        if staged.by_token.get(token) == Some(&(*position, *offset)) {
+            staged.by_token.remove(token);
+        }
+    }
+    drop(staged);
+    *shared.failure.lock().expect("failure lock") = None;
+    shared.room.notify_waiters();
+}
+
+/// Merges the index's buffered entries into the file and makes it durable.
+fn sync(index: &KeyIndex, shared: &Shared) {
+    // A sync merges the buffered entries into the file: part of
+    // what recording costs.
+    let started = Instant::now();
+    if let Err(e) = index.sync() {
+        tracing::warn!(error = %e, "making the key index durable failed; will retry");
+    }
+    shared
+        .record_nanos
+        .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
 }
 
 #[cfg(test)]
