@@ -18,10 +18,13 @@
 //! (see `reference_runs`): the substrate's ceiling for any crossing that
 //! stores one JetStream message per fact.
 
-use super::{
-    Child, free_port, node_commit_section, node_nats_section, now_ms, object_json, pct_ms, rss_kib,
-    spawn_logged, start_nats_server, wait_tcp,
+use crate::child::{
+    Child, cpu_seconds, free_port, rss_kib, scopeguard, spawn_logged, start_nats_server, wait_tcp,
 };
+use crate::node_config::{node_commit_section, node_nats_section};
+use crate::publish::create_plain_stream;
+use crate::stats::pct_ms;
+use crate::{now_ms, object_json};
 use anyhow::{Context as _, bail};
 use async_nats::jetstream::{self, stream};
 use bsfg::client::BsfgClient;
@@ -102,11 +105,11 @@ fn cpu_snapshot(zones: &BTreeMap<&str, Zone>) -> Vec<f64> {
         .iter()
         .flat_map(|z| {
             [
-                super::cpu_seconds(zones[z].node.pid()),
-                super::cpu_seconds(zones[z].nats.pid()),
+                cpu_seconds(zones[z].node.pid()),
+                cpu_seconds(zones[z].nats.pid()),
             ]
         })
-        .chain(std::iter::once(super::cpu_seconds(std::process::id())))
+        .chain(std::iter::once(cpu_seconds(std::process::id())))
         .collect()
 }
 
@@ -450,7 +453,7 @@ fn tag(name: &str) -> String {
 pub async fn run(a: CrossArgs) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("bsfg-bench-crossing-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let _cleanup = super::scopeguard(dir.clone());
+    let _cleanup = scopeguard(dir.clone());
     eprintln!("run dir {}", dir.display());
     let delay = Duration::from_millis(a.delay_ms);
     let started_at = now_ms();
@@ -1033,7 +1036,7 @@ async fn reference_runs(a: &CrossArgs, dir: &Path, delay: Duration) -> anyhow::R
     );
     tokio::time::sleep(Duration::from_secs(2)).await; // leaf connects
     let pids = [hub.pid(), leaf.pid(), std::process::id()];
-    let cpu_now = || pids.map(super::cpu_seconds);
+    let cpu_now = || pids.map(cpu_seconds);
     let cpu_line = |before: [f64; 3], what: &str| {
         let now = cpu_now();
         let us = |i: usize| (now[i] - before[i]) * 1e6 / a.native_facts.max(1) as f64;
@@ -1131,7 +1134,7 @@ async fn bare_bridge(
     count: u64,
 ) -> anyhow::Result<f64> {
     use async_nats::jetstream::consumer;
-    super::create_plain_stream(leaf, name).await?;
+    create_plain_stream(leaf, name).await?;
     let consumer: consumer::PullConsumer = hub
         .get_stream("SRC")
         .await?

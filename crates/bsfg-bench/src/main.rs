@@ -11,8 +11,18 @@
 //! report gives medians.
 
 mod ab;
+mod child;
+mod cli;
 mod crossing;
+mod drive;
+mod echo_server;
 mod key_index;
+mod metrics;
+mod node_config;
+mod publish;
+mod report;
+mod rpc;
+mod stats;
 mod substrate;
 
 mod echo_proto {
@@ -22,89 +32,32 @@ mod echo_proto {
 
 use anyhow::{Context as _, bail};
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, consumer, stream};
+use async_nats::jetstream::{self, consumer};
 use bsfg_proto::bsfg::v1::{
-    AppendFactRequest, BoundaryServiceClient, ConfirmReceiptRequest, Envelope, Fact,
-    FetchFactsRequest, Provenance, StoredFact,
+    BoundaryServiceClient, ConfirmReceiptRequest, FetchFactsRequest, StoredFact,
 };
 use buffa::Message as _;
-use clap::{Parser, Subcommand};
-use connectrpc::client::{ClientConfig, Http2Connection, SharedHttp2Connection};
-use connectrpc::{Protocol, RequestContext, Response, ServiceRequest, ServiceResult};
-use echo_proto::bench::v1::{
-    EchoRequest, EchoResponse, EchoService, EchoServiceClient, EchoServiceExt as _,
+use child::{
+    cpu_seconds, free_port, rss_kib, scopeguard, spawn_logged, start_nats_server, wait_tcp,
 };
+use clap::Parser;
+use cli::{Args, Cmd};
+use connectrpc::Protocol;
+use connectrpc::client::SharedHttp2Connection;
+use drive::{closed_loop, open_loop};
+use echo_proto::bench::v1::EchoServiceClient;
 use futures::StreamExt;
-use std::collections::VecDeque;
-use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use metrics::{histogram_buckets, histogram_quantile_between, scrape_metrics, wait_for_key_index};
+use node_config::{PLAINTEXT_TLS, node_config};
+use publish::{
+    LAYOUT_COPY, create_layout_copy_stream, create_plain_stream, node_layout_message,
+    publish_acked, raw_publish,
+};
+use report::write_results;
+use rpc::{append_closed_loop, append_request, echo_once, rpc_client};
+use stats::{Sample, fmt_rates, median, summarize};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-#[derive(Parser)]
-#[command(about = "BSFG end-to-end benchmark")]
-struct Args {
-    #[command(subcommand)]
-    command: Option<Cmd>,
-    /// Markdown file whose results section is written/overwritten.
-    #[arg(long, default_value = "BENCHMARKS.md")]
-    out: PathBuf,
-    /// Seconds per measured configuration.
-    #[arg(long, default_value_t = 5.0)]
-    duration: f64,
-    /// Repetitions per configuration (medians are reported).
-    #[arg(long, default_value_t = 3)]
-    reps: usize,
-    /// Facts pre-filled and drained by the FetchFacts / raw pull comparison.
-    #[arg(long, default_value_t = 1_000_000)]
-    drain_facts: u64,
-    /// In-flight window of the raw JetStream pipelined publisher.
-    #[arg(long, default_value_t = 256)]
-    window: usize,
-    /// JetStream `sync_interval` of the bench's nats-server (shared by the
-    /// raw baselines and the node): `2m` is JetStream's default, `always` is
-    /// what a zone node's embedded server uses.
-    #[arg(long, default_value = "2m")]
-    nats_sync: String,
-    /// Wire protocol of the RPC clients (connect or grpc).
-    #[arg(long, default_value = "connect")]
-    protocol: String,
-    /// nats-server binary.
-    #[arg(long, default_value = ".tools/bin/nats-server")]
-    nats_server: PathBuf,
-    /// bsfg node binary (built with --release).
-    #[arg(long, default_value = "target/release/bsfg")]
-    bsfg: PathBuf,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Internal: serve the echo service on the given address (used by the bench).
-    EchoServer {
-        addr: String,
-        /// A nats-server URL: every echo is first published to JetStream
-        /// (subject `bareappend.<n>`, a unique `Nats-Msg-Id`) and answered
-        /// only once JetStream acknowledges it (the "bare append").
-        #[arg(long)]
-        jetstream: Option<String>,
-    },
-    /// Replication across zones (plant-a -> idmz -> enterprise) vs native
-    /// JetStream stream sourcing over a leaf node; writes its own section.
-    Crossing(crossing::CrossArgs),
-    /// nats-server alone with the storage layouts the node has used, variant
-    /// by variant (fixed subjects as now; one subject per fact and its
-    /// guard, as before the key index).
-    Substrate(substrate::SubstrateArgs),
-    /// The idempotency key index alone: CPU per recorded entry and per
-    /// look-up as it grows (prints a Markdown table).
-    KeyIndex(key_index::KeyIndexArgs),
-    /// Two node binaries, A and B, in the same run: AppendFact c64 against
-    /// each, a fresh nats-server and node per repetition, alternating order
-    /// (prints a Markdown table).
-    Ab(ab::AbArgs),
-}
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -113,7 +66,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match &args.command {
         Some(Cmd::EchoServer { addr, jetstream }) => {
-            rt.block_on(echo_server(addr.clone(), jetstream.clone()))
+            rt.block_on(echo_server::echo_server(addr.clone(), jetstream.clone()))
         }
         Some(Cmd::Crossing(a)) => rt.block_on(crossing::run(a.clone())),
         Some(Cmd::Substrate(a)) => rt.block_on(substrate::run(a.clone())),
@@ -123,247 +76,7 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-// ------------------------------------------------------------------ echo
-
-/// The echo service; with `store`, a bare append: the request's payload is
-/// durably stored in JetStream before the answer. That is the least an
-/// AppendFact must do (an RPC, then a JetStream write acknowledged), with
-/// none of its own work (validation, canonical JSON, key index, record
-/// encoding, logs, metrics), so it is the substrate's floor for AppendFact.
-struct Echo {
-    store: Option<BareStore>,
-}
-
-struct BareStore {
-    js: jetstream::Context,
-    next: AtomicU64,
-    id_prefix: String,
-}
-
-#[allow(refining_impl_trait)]
-impl EchoService for Echo {
-    async fn echo(
-        &self,
-        _ctx: RequestContext,
-        request: ServiceRequest<'_, EchoRequest>,
-    ) -> ServiceResult<EchoResponse> {
-        // Owned decode, like the node's handlers do.
-        let request = request.to_owned_message();
-        if let Some(store) = &self.store {
-            let n = store.next.fetch_add(1, Ordering::Relaxed);
-            let mut headers = HeaderMap::new();
-            headers.insert("Nats-Msg-Id", format!("{}-{n}", store.id_prefix).as_str());
-            let stored = match store
-                .js
-                .publish_with_headers(
-                    format!("bareappend.{}", n % 64),
-                    headers,
-                    bytes::Bytes::copy_from_slice(&request.payload),
-                )
-                .await
-            {
-                Ok(ack) => ack.await.is_ok(),
-                Err(_) => false,
-            };
-            if !stored {
-                return Err(connectrpc::ConnectError::new(
-                    connectrpc::ErrorCode::Unavailable,
-                    "JetStream did not acknowledge the bare append",
-                ));
-            }
-        }
-        Ok(Response::new(EchoResponse {
-            payload: request.payload,
-            ..Default::default()
-        }))
-    }
-}
-
-async fn echo_server(addr: String, jetstream_url: Option<String>) -> anyhow::Result<()> {
-    let store = match jetstream_url {
-        Some(url) => {
-            let mut js = jetstream::new(async_nats::ConnectOptions::new().connect(url).await?);
-            js.set_timeout(Duration::from_secs(10));
-            Some(BareStore {
-                js,
-                next: AtomicU64::new(0),
-                id_prefix: format!("bare-{}-{}", std::process::id(), now_ms()),
-            })
-        }
-        None => None,
-    };
-    let router = Arc::new(Echo { store }).register(connectrpc::Router::new());
-    let service = connectrpc::ConnectRpcService::new(router);
-    let listener = tokio::net::TcpListener::bind(&addr).await?;
-    // Same server settings as the node's boundary port.
-    let server = connectrpc::Server::from_listener(listener)
-        .with_header_read_timeout(Duration::from_secs(10))
-        .with_max_connection_idle(Duration::from_secs(300))
-        .with_max_concurrent_streams(bsfg::node::MAX_CONCURRENT_STREAMS)
-        .with_http2_initial_connection_window_size(bsfg::node::CONNECTION_WINDOW_BYTES)
-        .with_http2_initial_stream_window_size(bsfg::node::STREAM_WINDOW_BYTES);
-    server
-        .serve_with_service(service)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(())
-}
-
-// ------------------------------------------------------------------ processes
-
-struct Child {
-    child: std::process::Child,
-}
-impl Child {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    bsfg::ports::free_port()
-}
-
-/// Writes `<dir>/<name>.nats.conf` and starts nats-server on `port`, with
-/// JetStream domain `name` and store `<dir>/js-<name>`; `jetstream_extra`
-/// goes inside the `jetstream` block, `extra` after it. Every bench mode
-/// starts its servers here.
-async fn start_nats_server(
-    bin: &Path,
-    dir: &Path,
-    name: &str,
-    port: u16,
-    jetstream_extra: &str,
-    extra: &str,
-) -> anyhow::Result<Child> {
-    let conf = dir.join(format!("{name}.nats.conf"));
-    std::fs::write(
-        &conf,
-        format!(
-            "server_name: \"{name}\"\nlisten: \"127.0.0.1:{port}\"\nmax_payload: 8MB\njetstream {{\n  domain: {name}\n  store_dir: \"{}\"\n{jetstream_extra}}}\n{extra}\n",
-            dir.join(format!("js-{name}")).display()
-        ),
-    )?;
-    let log = dir.join(format!("{name}.nats.log"));
-    let child = spawn_logged(std::process::Command::new(bin).arg("-c").arg(&conf), &log)
-        .with_context(|| format!("starting {}", bin.display()))?;
-    wait_tcp(port, "nats-server", &log).await?;
-    Ok(child)
-}
-
-fn spawn_logged(cmd: &mut std::process::Command, log: &Path) -> anyhow::Result<Child> {
-    let file = std::fs::File::create(log)?;
-    let child = cmd
-        .stdout(file.try_clone()?)
-        .stderr(file)
-        .stdin(Stdio::null())
-        .spawn()?;
-    Ok(Child { child })
-}
-
-/// Waits for a started process to listen; if it does not, the error
-/// carries the end of its log (the run directory is removed on exit).
-async fn wait_tcp(port: u16, what: &str, log: &Path) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let tail: Vec<&str> = text
-        .lines()
-        .rev()
-        .take(5)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
-    bail!(
-        "{what} did not listen on {port} within 30 s; the end of its log {}:\n{}",
-        log.display(),
-        tail.join("\n")
-    )
-}
-
-/// (VmHWM, VmRSS) in KiB.
-fn rss_kib(pid: u32) -> (u64, u64) {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmHWM:"), field("VmRSS:"))
-}
-
-fn cpu_seconds(pid: u32) -> f64 {
-    // utime + stime in clock ticks (fields 14 and 15 of /proc/pid/stat).
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = text.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    ticks as f64 / 100.0
-}
-
-// ------------------------------------------------------------------ stats
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-/// p-th percentile (0..100) of latencies in microseconds, returned in ms.
-fn pct_ms(sorted_us: &[u32], p: f64) -> f64 {
-    if sorted_us.is_empty() {
-        return f64::NAN;
-    }
-    let idx = ((p / 100.0) * (sorted_us.len() - 1) as f64).round() as usize;
-    sorted_us[idx] as f64 / 1000.0
-}
-
-#[derive(Clone, Copy, Default)]
-struct Sample {
-    rate: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    errors: u64,
-}
-
-fn summarize(samples: &[Sample]) -> Sample {
-    Sample {
-        rate: median(samples.iter().map(|s| s.rate).collect()),
-        p50_ms: median(samples.iter().map(|s| s.p50_ms).collect()),
-        p99_ms: median(samples.iter().map(|s| s.p99_ms).collect()),
-        errors: samples.iter().map(|s| s.errors).sum(),
-    }
-}
-
-fn fmt_rates(samples: &[Sample]) -> String {
-    samples
-        .iter()
-        .map(|s| format!("{:.0}", s.rate))
-        .collect::<Vec<_>>()
-        .join(" / ")
-}
-
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -371,354 +84,14 @@ fn now_ms() -> i64 {
 }
 
 /// A canonical JSON object of exactly `size` bytes.
-fn object_json(size: usize) -> String {
+pub(crate) fn object_json(size: usize) -> String {
     let base = r#"{"pad":""}"#.len();
     format!(r#"{{"pad":"{}"}}"#, "x".repeat(size.saturating_sub(base)))
 }
 
 static RUN_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-fn run_id() -> &'static str {
+pub(crate) fn run_id() -> &'static str {
     RUN_ID.get_or_init(|| format!("{:x}", now_ms()))
-}
-
-// ------------------------------------------------------------------ 1. raw JetStream publish
-
-/// What one pipelined publish run did.
-pub(crate) struct Published {
-    pub done: u64,
-    pub errors: u64,
-    pub secs: f64,
-}
-
-impl Published {
-    fn sample(&self) -> Sample {
-        Sample {
-            rate: self.done as f64 / self.secs,
-            errors: self.errors,
-            ..Default::default()
-        }
-    }
-}
-
-/// Publishes `message(0)`, `message(1)`, … keeping `window` acknowledgements
-/// in flight, until `secs` have passed or `count_max` are sent: the one
-/// pipelined-publish driver of the raw rows, the pre-fill and `substrate`.
-pub(crate) async fn raw_publish<M>(
-    js: &jetstream::Context,
-    window: usize,
-    secs: f64,
-    count_max: u64,
-    message: M,
-) -> anyhow::Result<Published>
-where
-    M: Fn(u64) -> (String, HeaderMap, bytes::Bytes),
-{
-    let mut inflight = VecDeque::with_capacity(window);
-    let (mut done, mut errors) = (0u64, 0u64);
-    let start = Instant::now();
-    let end = start + Duration::from_secs_f64(secs.min(1e6));
-    let mut i = 0u64;
-    while Instant::now() < end && i < count_max {
-        let (subject, headers, payload) = message(i);
-        inflight.push_back(js.publish_with_headers(subject, headers, payload).await?);
-        i += 1;
-        if inflight.len() >= window {
-            match inflight.pop_front().expect("window is not empty").await {
-                Ok(_) => done += 1,
-                Err(_) => errors += 1,
-            }
-        }
-    }
-    while let Some(f) = inflight.pop_front() {
-        match f.await {
-            Ok(_) => done += 1,
-            Err(_) => errors += 1,
-        }
-    }
-    Ok(Published {
-        done,
-        errors,
-        secs: start.elapsed().as_secs_f64(),
-    })
-}
-
-/// A file stream `name` on the subjects `name.>`, with JetStream's
-/// default two-minute duplicate window: where the raw baselines write.
-pub(crate) async fn create_plain_stream(js: &jetstream::Context, name: &str) -> anyhow::Result<()> {
-    js.create_stream(stream::Config {
-        name: name.into(),
-        subjects: vec![format!("{name}.>")],
-        storage: stream::StorageType::File,
-        duplicate_window: Duration::from_secs(120),
-        ..Default::default()
-    })
-    .await?;
-    Ok(())
-}
-
-/// One publish awaited to its acknowledgement: the call of every raw
-/// open-loop row.
-pub(crate) fn publish_acked(
-    js: &jetstream::Context,
-    subject: String,
-    headers: HeaderMap,
-    payload: bytes::Bytes,
-) -> impl std::future::Future<Output = bool> + Send + use<> {
-    let js = js.clone();
-    async move {
-        match js.publish_with_headers(subject, headers, payload).await {
-            Ok(ack) => ack.await.is_ok(),
-            Err(_) => false,
-        }
-    }
-}
-
-// ------------------------------------------------------------------ closed-loop RPC driver
-
-/// Runs `concurrency` workers calling `call(worker, seq)` back to back for
-/// `secs`; returns completed calls/s and latency percentiles.
-async fn closed_loop<F, Fut>(concurrency: usize, secs: f64, call: F) -> Sample
-where
-    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = bool> + Send,
-{
-    let call = Arc::new(call);
-    let stop = Arc::new(AtomicBool::new(false));
-    let errors = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for w in 0..concurrency {
-        let (call, stop, errors) = (call.clone(), stop.clone(), errors.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(1 << 16);
-            let mut seq = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let t = Instant::now();
-                let ok = call(w, seq).await;
-                seq += 1;
-                if ok {
-                    lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
-                } else {
-                    errors.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            lat
-        }));
-    }
-    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    all.sort_unstable();
-    Sample {
-        rate: all.len() as f64 / elapsed,
-        p50_ms: pct_ms(&all, 50.0),
-        p99_ms: pct_ms(&all, 99.0),
-        errors: errors.load(Ordering::Relaxed),
-    }
-}
-
-/// `concurrency` workers appending facts with an `object_json` of `size`
-/// bytes back to back for `secs` (message ids `<tag>-<worker>-<seq>`): the
-/// AppendFact closed loop.
-pub(crate) async fn append_closed_loop(
-    client: &BoundaryServiceClient<SharedHttp2Connection>,
-    concurrency: usize,
-    size: usize,
-    secs: f64,
-    tag: String,
-) -> Sample {
-    let c = client.clone();
-    let payload: Arc<str> = object_json(size).into();
-    closed_loop(concurrency, secs, move |w, seq| {
-        let (c, payload, id) = (c.clone(), payload.clone(), format!("{tag}-{w}-{seq}"));
-        async move {
-            match c.append_fact(append_request(id, &payload)).await {
-                Ok(_) => true,
-                Err(e) => {
-                    eprintln!("append error: {e}");
-                    false
-                }
-            }
-        }
-    })
-    .await
-}
-
-fn append_request(message_id: String, payload: &str) -> AppendFactRequest {
-    AppendFactRequest {
-        envelope: Envelope {
-            message_id,
-            from_zone: "bench".into(),
-            to_zone: "bench".into(),
-            produced_at_unix_ms: now_ms(),
-            ..Default::default()
-        }
-        .into(),
-        fact: Fact {
-            subject: "batch:PlantA/B1042".into(),
-            predicate: "step_completed".into(),
-            object_json: payload.to_string(),
-            ..Default::default()
-        }
-        .into(),
-        ..Default::default()
-    }
-}
-
-/// One bare echo RPC with a 256 B payload: the call of every echo row.
-fn echo_once(
-    client: &EchoServiceClient<SharedHttp2Connection>,
-) -> impl std::future::Future<Output = bool> + Send + use<> {
-    let client = client.clone();
-    async move {
-        client
-            .echo(EchoRequest {
-                payload: vec![b'x'; 256],
-                ..Default::default()
-            })
-            .await
-            .is_ok()
-    }
-}
-
-// ------------------------------------------------------------------ 5. open loop
-
-/// Offers `call(i)` at `rate`/s on a fixed schedule for `secs`; latency is
-/// measured from each request's scheduled send time (no coordinated omission).
-/// The same driver offers appends, bare echo RPCs and raw JetStream
-/// publishes, so the three tails are comparable.
-async fn open_loop<F, Fut>(rate: f64, secs: f64, tag: String, call: F) -> Sample
-where
-    F: Fn(u64) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = bool> + Send + 'static,
-{
-    // BENCH_TIMELINE=<path>: write each request's send time and latency to
-    // <path>.<tag> (to see when a tail happens, not only how long it is).
-    let timeline_path = std::env::var("BENCH_TIMELINE")
-        .ok()
-        .map(|path| format!("{path}.{tag}"));
-    let (sample, timeline) = open_loop_timeline(rate, secs, call).await;
-    if let Some(path) = timeline_path {
-        let text: String = timeline
-            .iter()
-            .map(|(at, us)| format!("{at} {us}\n"))
-            .collect();
-        let _ = std::fs::write(path, text);
-    }
-    sample
-}
-
-/// `open_loop`, also returning every answered request's scheduled send
-/// time (ms from the start) and latency (µs), in completion order.
-pub(crate) async fn open_loop_timeline<F, Fut>(
-    rate: f64,
-    secs: f64,
-    call: F,
-) -> (Sample, Vec<(u32, u32)>)
-where
-    F: Fn(u64) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = bool> + Send + 'static,
-{
-    let total = (rate * secs) as u64;
-    let interval = Duration::from_secs_f64(1.0 / rate);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Option<(u32, u32)>>();
-    let handle = tokio::runtime::Handle::current();
-    let start = Instant::now() + Duration::from_millis(20);
-    // A dedicated OS thread keeps the schedule with sub-millisecond sleeps
-    // (tokio timers have 1 ms granularity) and spawns each call on time.
-    let scheduler = std::thread::spawn(move || {
-        for i in 0..total {
-            let scheduled = start + interval.mul_f64(i as f64);
-            let now = Instant::now();
-            if scheduled > now {
-                std::thread::sleep(scheduled - now);
-            }
-            let (tx, call) = (tx.clone(), call(i));
-            handle.spawn(async move {
-                let ok = call.await;
-                let _ = tx.send(
-                    ok.then(|| scheduled.elapsed().as_micros().min(u32::MAX as u128) as u32)
-                        .map(|l| (l, (scheduled - start).as_millis() as u32)),
-                );
-            });
-        }
-    });
-    let mut lat = Vec::with_capacity(total as usize);
-    let mut timeline = Vec::new();
-    let mut errors = 0;
-    for _ in 0..total {
-        match rx.recv().await {
-            Some(Some((us, at))) => {
-                lat.push(us);
-                timeline.push((at, us));
-            }
-            Some(None) => errors += 1,
-            None => break,
-        }
-    }
-    scheduler.join().unwrap();
-    let elapsed = start.elapsed().as_secs_f64();
-    lat.sort_unstable();
-    (
-        Sample {
-            rate: lat.len() as f64 / elapsed,
-            p50_ms: pct_ms(&lat, 50.0),
-            p99_ms: pct_ms(&lat, 99.0),
-            errors,
-        },
-        timeline,
-    )
-}
-
-/// The node's Prometheus text from its operations port (plain HTTP/1.0).
-async fn scrape_metrics(ops_port: u16) -> anyhow::Result<String> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", ops_port)).await?;
-    tcp.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .await?;
-    let mut text = String::new();
-    tcp.read_to_string(&mut text).await?;
-    Ok(text)
-}
-
-/// Cumulative bucket counts (upper bound in seconds, count) of a histogram.
-fn histogram_buckets(text: &str, name: &str) -> Vec<(f64, f64)> {
-    let prefix = format!("{name}_bucket{{le=\"");
-    text.lines()
-        .filter_map(|line| line.strip_prefix(prefix.as_str()))
-        .filter_map(|rest| {
-            let (le, count) = rest.split_once("\"} ")?;
-            let le = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().ok()?
-            };
-            Some((le, count.trim().parse().ok()?))
-        })
-        .collect()
-}
-
-/// The bucket bound under which `p` percent of the observations made
-/// between two scrapes fall (a histogram quantile, so an upper bound).
-fn histogram_quantile_between(before: &[(f64, f64)], after: &[(f64, f64)], p: f64) -> f64 {
-    let deltas: Vec<(f64, f64)> = after
-        .iter()
-        .map(|&(le, n)| {
-            (
-                le,
-                n - before.iter().find(|b| b.0 == le).map_or(0.0, |b| b.1),
-            )
-        })
-        .collect();
-    let total = deltas.last().map_or(0.0, |d| d.1);
-    deltas
-        .iter()
-        .find(|d| d.1 >= total * p / 100.0)
-        .map_or(f64::NAN, |d| d.0)
 }
 
 // ------------------------------------------------------------------ 4. drain
@@ -742,102 +115,6 @@ async fn prefill(js: &jetstream::Context, count: u64, window: usize) -> anyhow::
         published.done
     );
     Ok(published.sample().rate)
-}
-
-/// One fact exactly as `FactLog` stores it: subject, headers and record.
-fn node_layout_message(
-    category: &str,
-    subject: &str,
-    message_id: &str,
-    object: &str,
-) -> (String, HeaderMap, bytes::Bytes) {
-    let envelope = Envelope {
-        message_id: message_id.into(),
-        from_zone: "bench".into(),
-        to_zone: "bench".into(),
-        produced_at_unix_ms: now_ms(),
-        ..Default::default()
-    };
-    let fact = Fact {
-        subject: subject.into(),
-        predicate: "step_completed".into(),
-        object_json: object.into(),
-        ..Default::default()
-    };
-    let token = bsfg_domain::identity::key_token("bench", message_id);
-    let record = StoredFact {
-        category: category.into(),
-        envelope: envelope.into(),
-        fact: fact.into(),
-        provenance: Provenance {
-            origin_zone: "bench".into(),
-            ..Default::default()
-        }
-        .into(),
-        appended_at_unix_ms: now_ms(),
-        ..Default::default()
-    };
-    let mut headers = HeaderMap::new();
-    headers.insert("Nats-Msg-Id", token.as_str());
-    let kind = subject.split(':').next().unwrap_or_default();
-    (
-        format!("facts.{category}.{kind}"),
-        headers,
-        record.encode_to_vec().into(),
-    )
-}
-
-/// The category the raw node-layout rows publish to: a stream configured
-/// like the node's, but not the node's, so its key index never reads these
-/// facts in during the AppendFact phases.
-const LAYOUT_COPY: &str = "layoutcopy";
-
-async fn create_layout_copy_stream(js: &jetstream::Context) -> anyhow::Result<()> {
-    let category = bsfg::config::CategoryConfig {
-        name: LAYOUT_COPY.into(),
-        kinds: Vec::new(),
-        default: false,
-        capacity_bytes: 8 << 30,
-        fill_threshold_percent: 80,
-        retain_fill_percent: 50,
-        max_age: Duration::ZERO,
-        duplicate_window: Duration::from_secs(120),
-    };
-    js.create_stream(bsfg::store::facts::stream_config(
-        "bench",
-        bsfg_domain::limits::Limits::default().fact_bytes_max,
-        &category,
-    ))
-    .await?;
-    Ok(())
-}
-
-/// Waits until the node's key index covers every fact of `category` (facts
-/// written around the node, like the drain pre-fill, are read in by its gap
-/// filler). Returns the seconds it took.
-async fn wait_for_key_index(
-    ops_port: u16,
-    category: &str,
-    last_offset: u64,
-) -> anyhow::Result<f64> {
-    let start = Instant::now();
-    let label = format!("bsfg_key_index_through_offset{{category=\"{category}\"}} ");
-    loop {
-        let text = scrape_metrics(ops_port).await?;
-        let through = text
-            .lines()
-            .find_map(|l| l.strip_prefix(label.as_str()))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0);
-        if through >= last_offset as f64 {
-            return Ok(start.elapsed().as_secs_f64());
-        }
-        anyhow::ensure!(
-            start.elapsed() < Duration::from_secs(600),
-            "key index of {category} at {through} of {last_offset} after 600 s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 async fn drain_bsfg(
@@ -911,114 +188,6 @@ async fn drain_raw(js: &jetstream::Context, name: &str, count: u64) -> anyhow::R
 }
 
 // ------------------------------------------------------------------ main run
-
-/// The `[nats]` section of every bench node: an external nats-server
-/// started by the bench (the node's embedded-server settings are unused).
-fn node_nats_section(nats_port: u16) -> String {
-    format!("[nats]\nurl = \"nats://127.0.0.1:{nats_port}\"\nrequest_timeout = \"10s\"")
-}
-
-/// The `[commit]` section of every bench node: its key index file in the
-/// run directory (the default would be relative to the working directory),
-/// plus any lines in `BENCH_COMMIT_EXTRA` (for A/B runs of commit settings,
-/// e.g. `batches_in_flight_max = 4`).
-fn node_commit_section(dir: &std::path::Path, zone: &str) -> String {
-    format!(
-        "[commit]\nkey_index_path = \"{}\"\n{}",
-        dir.join(format!("key-index.{zone}.kix")).display(),
-        std::env::var("BENCH_COMMIT_EXTRA").unwrap_or_default()
-    )
-}
-
-/// A client certificate, its key and the CA it trusts (PEM files).
-pub(crate) struct ClientTls {
-    pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
-/// A client of the RPC service on `127.0.0.1:port` (`new` is the service's
-/// client constructor) over one HTTP/2 connection that all its calls share
-/// (up to 1024 in flight): h2c, or mutual TLS with `tls`. Every RPC row's
-/// client.
-pub(crate) async fn rpc_client<C>(
-    port: u16,
-    protocol: Protocol,
-    tls: Option<&ClientTls>,
-    new: impl FnOnce(SharedHttp2Connection, ClientConfig) -> C,
-) -> anyhow::Result<C> {
-    let (uri, connection) = match tls {
-        None => {
-            let uri: http::Uri = format!("http://127.0.0.1:{port}").parse()?;
-            (uri.clone(), Http2Connection::connect_plaintext(uri).await?)
-        }
-        Some(t) => {
-            let uri: http::Uri = format!("https://127.0.0.1:{port}").parse()?;
-            (
-                uri.clone(),
-                Http2Connection::connect_tls(
-                    uri,
-                    bsfg::tls::client::client_config(&t.ca, &t.cert, &t.key)?,
-                )
-                .await?,
-            )
-        }
-    };
-    let config = ClientConfig::new(uri)
-        .with_protocol(protocol)
-        .with_default_timeout(Duration::from_secs(30));
-    Ok(new(connection.shared(1024), config))
-}
-
-/// The `[tls]` section of the main run's node: plaintext on both sides of
-/// the comparison, as the echo baseline has no TLS either.
-const PLAINTEXT_TLS: &str = "[tls]\nmode = \"plaintext-dev\"\n";
-
-/// The single-zone node's configuration (zone `bench`); `tls` is its
-/// `[tls]` section (and any principals).
-fn node_config(
-    port: u16,
-    ops: u16,
-    nats_port: u16,
-    drain_consumers: usize,
-    dir: &std::path::Path,
-    tls: &str,
-) -> String {
-    let mut s = format!(
-        r#"zone = "bench"
-listen = "127.0.0.1:{port}"
-ops_listen = "127.0.0.1:{ops}"
-retention_interval = "5s"
-
-{tls}
-
-{nats}
-
-{commit}
-
-[[categories]]
-name = "operational"
-default = true
-capacity_bytes = 8589934592
-max_age = "30days"
-
-[[categories]]
-name = "drain"
-kinds = ["drain"]
-capacity_bytes = 8589934592
-max_age = "30days"
-"#,
-        commit = node_commit_section(dir, "bench"),
-        nats = node_nats_section(nats_port)
-    );
-    for i in 1..=drain_consumers {
-        let _ = write!(
-            s,
-            "\n[[consumers]]\nname = \"drain{i}\"\ncategory = \"drain\"\nstart = \"earliest\"\n"
-        );
-    }
-    s
-}
 
 struct Report {
     md: String,
@@ -1730,37 +899,4 @@ async fn run(args: Args) -> anyhow::Result<()> {
     drop(node);
     drop(nats);
     Ok(())
-}
-
-const BEGIN: &str = "<!-- bsfg-bench results: begin (generated, do not edit) -->";
-const END: &str = "<!-- bsfg-bench results: end -->";
-
-/// Replaces the generated section of `out`, keeping everything else.
-fn write_results(out: &Path, results: &str) -> anyhow::Result<()> {
-    let existing =
-        std::fs::read_to_string(out).unwrap_or_else(|_| "# BSFG benchmarks\n\n".to_string());
-    let section = format!("{BEGIN}\n{results}{END}\n");
-    let text = match (existing.find(BEGIN), existing.find(END)) {
-        (Some(b), Some(e)) if e > b => format!(
-            "{}{}{}",
-            &existing[..b],
-            section,
-            &existing[e + END.len()..].trim_start_matches('\n')
-        ),
-        _ => format!("{}\n{}", existing.trim_end(), "\n".to_string() + &section),
-    };
-    std::fs::write(out, text)?;
-    Ok(())
-}
-
-struct Cleanup(PathBuf);
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        if std::env::var_os("BSFG_BENCH_KEEP").is_none() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-fn scopeguard(dir: PathBuf) -> Cleanup {
-    Cleanup(dir)
 }
