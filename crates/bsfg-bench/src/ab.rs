@@ -13,10 +13,14 @@
 //! binary's medians, the ratio B/A of the medians, the median of the
 //! per-repetition ratios, and every repetition.
 
-use super::{
-    Child, ClientTls, PLAINTEXT_TLS, Sample, append_closed_loop, cpu_seconds, free_port, median,
-    node_config, rpc_client, rss_kib, run_id, spawn_logged, start_nats_server, wait_tcp,
+use crate::child::{
+    Child, cpu_seconds, free_port, rss_kib, scopeguard, spawn_logged, start_nats_server, wait_tcp,
 };
+use crate::crossing::{issue_certs, parse_tls, tls_section};
+use crate::node_config::{PLAINTEXT_TLS, node_config};
+use crate::rpc::{ClientTls, append_closed_loop, rpc_client};
+use crate::run_id;
+use crate::stats::{Sample, median};
 use anyhow::Context as _;
 use bsfg_proto::bsfg::v1::BoundaryServiceClient;
 use connectrpc::Protocol;
@@ -88,7 +92,7 @@ async fn one_run(
     .await?;
     let (port, ops) = (free_port()?, free_port()?);
     let tls_section = match tls {
-        Some(_) => super::crossing::tls_section(dir, "bench", true, &[]),
+        Some(_) => tls_section(dir, "bench", true, &[]),
         None => PLAINTEXT_TLS.to_string(),
     };
     let node_toml = dir.join("node.toml");
@@ -140,15 +144,15 @@ async fn one_run(
 
 pub async fn run(a: AbArgs) -> anyhow::Result<()> {
     let reps = a.reps.max(1);
-    let mtls = super::crossing::parse_tls(&a.tls)?;
+    let mtls = parse_tls(&a.tls)?;
     for bin in [&a.a, &a.b] {
         anyhow::ensure!(bin.is_file(), "no node binary at {}", bin.display());
     }
     let root = std::env::temp_dir().join(format!("bsfg-bench-ab-{}", std::process::id()));
     std::fs::create_dir_all(&root)?;
-    let _cleanup = super::scopeguard(root.clone());
+    let _cleanup = scopeguard(root.clone());
     eprintln!("run dir {}", root.display());
-    let started_at = super::now_ms();
+    let started_at = crate::now_ms();
     let (mut runs_a, mut runs_b) = (Vec::new(), Vec::new());
     for rep in 0..reps {
         let order = if rep % 2 == 0 {
@@ -160,7 +164,7 @@ pub async fn run(a: AbArgs) -> anyhow::Result<()> {
             let dir = root.join(format!("{label}-{rep}"));
             let tls = if mtls {
                 let certs = dir.join("certs");
-                super::crossing::issue_certs(&certs, &["bench"])?;
+                issue_certs(&certs, &["bench"])?;
                 Some(ClientTls {
                     ca: certs.join("ca.pem"),
                     cert: certs.join("app.bench.pem"),

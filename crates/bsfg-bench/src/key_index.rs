@@ -14,7 +14,7 @@
 //! (fsynced, and the table grown) every `--sync-interval-ms`, as the
 //! writer does every `key_index_sync_interval`.
 
-use super::cpu_seconds;
+use crate::child::{cpu_seconds, scopeguard};
 use bsfg::store::key_index::{KeyIndex, Token, token_bytes};
 use bsfg_domain::identity::key_token;
 use std::fmt::Write as _;
@@ -68,7 +68,7 @@ pub fn run(a: KeyIndexArgs) -> anyhow::Result<()> {
     );
     let dir = std::env::temp_dir().join(format!("bsfg-bench-key-index-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let _cleanup = super::scopeguard(dir.clone());
+    let _cleanup = scopeguard(dir.clone());
     let path = dir.join("key-index.kix");
     let index = KeyIndex::open(
         &path,

@@ -14,7 +14,10 @@
 //! fixed subjects → one subject per fact → the former idempotency guard →
 //! the guard without `Nats-Msg-Id`.
 
-use super::{cpu_seconds, free_port, median, scopeguard, start_nats_server};
+use crate::child::{cpu_seconds, free_port, scopeguard, start_nats_server};
+use crate::drive::open_loop_timeline;
+use crate::publish::{publish_acked, raw_publish};
+use crate::stats::median;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream};
 use std::fmt::Write as _;
@@ -380,7 +383,7 @@ async fn publish(
     run: &str,
 ) -> anyhow::Result<(u64, f64)> {
     let payload = bytes::Bytes::from(vec![b'x'; 256]);
-    let published = super::raw_publish(js, window, secs, count_max, |i| {
+    let published = raw_publish(js, window, secs, count_max, |i| {
         let (subject, headers) = variant.message(run, i);
         (subject, headers, payload.clone())
     })
@@ -450,9 +453,9 @@ async fn stall_probe(
         let loop_started = created.elapsed().as_secs_f64();
         let (j, run) = (js.clone(), format!("probe-{n}"));
         let payload = bytes::Bytes::from(vec![b'x'; 256]);
-        let (sample, timeline) = super::open_loop_timeline(a.rate, a.probe_secs, move |i| {
+        let (sample, timeline) = open_loop_timeline(a.rate, a.probe_secs, move |i| {
             let (subject, headers) = variant.message(&run, i);
-            super::publish_acked(&j, subject, headers, payload.clone())
+            publish_acked(&j, subject, headers, payload.clone())
         })
         .await;
         let _ = stop.send(());

@@ -1,0 +1,117 @@
+//! RPC clients of the node and the echo servers, and the calls of the RPC
+//! rows.
+
+use crate::drive::closed_loop;
+use crate::echo_proto::bench::v1::{EchoRequest, EchoServiceClient};
+use crate::stats::Sample;
+use crate::{now_ms, object_json};
+use bsfg_proto::bsfg::v1::{AppendFactRequest, BoundaryServiceClient, Envelope, Fact};
+use connectrpc::Protocol;
+use connectrpc::client::{ClientConfig, Http2Connection, SharedHttp2Connection};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A client certificate, its key and the CA it trusts (PEM files).
+pub(crate) struct ClientTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A client of the RPC service on `127.0.0.1:port` (`new` is the service's
+/// client constructor) over one HTTP/2 connection that all its calls share
+/// (up to 1024 in flight): h2c, or mutual TLS with `tls`. Every RPC row's
+/// client.
+pub(crate) async fn rpc_client<C>(
+    port: u16,
+    protocol: Protocol,
+    tls: Option<&ClientTls>,
+    new: impl FnOnce(SharedHttp2Connection, ClientConfig) -> C,
+) -> anyhow::Result<C> {
+    let (uri, connection) = match tls {
+        None => {
+            let uri: http::Uri = format!("http://127.0.0.1:{port}").parse()?;
+            (uri.clone(), Http2Connection::connect_plaintext(uri).await?)
+        }
+        Some(t) => {
+            let uri: http::Uri = format!("https://127.0.0.1:{port}").parse()?;
+            (
+                uri.clone(),
+                Http2Connection::connect_tls(
+                    uri,
+                    bsfg::tls::client::client_config(&t.ca, &t.cert, &t.key)?,
+                )
+                .await?,
+            )
+        }
+    };
+    let config = ClientConfig::new(uri)
+        .with_protocol(protocol)
+        .with_default_timeout(Duration::from_secs(30));
+    Ok(new(connection.shared(1024), config))
+}
+
+/// `concurrency` workers appending facts with an `object_json` of `size`
+/// bytes back to back for `secs` (message ids `<tag>-<worker>-<seq>`): the
+/// AppendFact closed loop.
+pub(crate) async fn append_closed_loop(
+    client: &BoundaryServiceClient<SharedHttp2Connection>,
+    concurrency: usize,
+    size: usize,
+    secs: f64,
+    tag: String,
+) -> Sample {
+    let c = client.clone();
+    let payload: Arc<str> = object_json(size).into();
+    closed_loop(concurrency, secs, move |w, seq| {
+        let (c, payload, id) = (c.clone(), payload.clone(), format!("{tag}-{w}-{seq}"));
+        async move {
+            match c.append_fact(append_request(id, &payload)).await {
+                Ok(_) => true,
+                Err(e) => {
+                    eprintln!("append error: {e}");
+                    false
+                }
+            }
+        }
+    })
+    .await
+}
+
+pub(crate) fn append_request(message_id: String, payload: &str) -> AppendFactRequest {
+    AppendFactRequest {
+        envelope: Envelope {
+            message_id,
+            from_zone: "bench".into(),
+            to_zone: "bench".into(),
+            produced_at_unix_ms: now_ms(),
+            ..Default::default()
+        }
+        .into(),
+        fact: Fact {
+            subject: "batch:PlantA/B1042".into(),
+            predicate: "step_completed".into(),
+            object_json: payload.to_string(),
+            ..Default::default()
+        }
+        .into(),
+        ..Default::default()
+    }
+}
+
+/// One bare echo RPC with a 256 B payload: the call of every echo row.
+pub(crate) fn echo_once(
+    client: &EchoServiceClient<SharedHttp2Connection>,
+) -> impl std::future::Future<Output = bool> + Send + use<> {
+    let client = client.clone();
+    async move {
+        client
+            .echo(EchoRequest {
+                payload: vec![b'x'; 256],
+                ..Default::default()
+            })
+            .await
+            .is_ok()
+    }
+}

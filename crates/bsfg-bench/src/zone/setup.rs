@@ -1,0 +1,149 @@
+//! The single-zone run's processes and clients: its nats-server, the node,
+//! the echo server and the bare append server.
+
+use crate::child::{Child, free_port, spawn_logged, start_nats_server, wait_tcp};
+use crate::cli::Args;
+use crate::echo_proto::bench::v1::EchoServiceClient;
+use crate::node_config::{PLAINTEXT_TLS, node_config};
+use crate::publish::create_plain_stream;
+use crate::rpc::rpc_client;
+use anyhow::Context as _;
+use async_nats::jetstream;
+use bsfg_proto::bsfg::v1::BoundaryServiceClient;
+use connectrpc::Protocol;
+use connectrpc::client::SharedHttp2Connection;
+use std::path::Path;
+use std::time::Duration;
+
+/// What every phase measures with.
+pub(super) struct Bench {
+    pub(super) nats: Child,
+    pub(super) node: Child,
+    pub(super) echo: Child,
+    pub(super) bare: Child,
+    pub(super) js: jetstream::Context,
+    /// The node's operations port (metrics).
+    pub(super) ops: u16,
+    pub(super) bsfg: BoundaryServiceClient<SharedHttp2Connection>,
+    pub(super) echo_client: EchoServiceClient<SharedHttp2Connection>,
+    pub(super) bare_client: EchoServiceClient<SharedHttp2Connection>,
+}
+
+impl Bench {
+    /// Stops the echo server, the bare append server, the node and
+    /// nats-server, in that order.
+    pub(super) fn stop(self) {
+        drop(self.echo);
+        drop(self.bare);
+        drop(self.node);
+        drop(self.nats);
+    }
+}
+
+pub(super) async fn start(
+    args: &Args,
+    dir: &Path,
+    reps: usize,
+    protocol: Protocol,
+) -> anyhow::Result<Bench> {
+    // nats-server
+    let nats_port = free_port()?;
+    let nats = start_nats_server(
+        &args.nats_server,
+        dir,
+        "bench",
+        nats_port,
+        &format!("  sync_interval: {}\n", args.nats_sync),
+        "",
+    )
+    .await?;
+    let nats_url = format!("nats://127.0.0.1:{nats_port}");
+    let nc = async_nats::ConnectOptions::new().connect(&nats_url).await?;
+    let mut js = jetstream::new(nc.clone());
+    js.set_timeout(Duration::from_secs(10));
+
+    // node
+    let (port, ops) = (free_port()?, free_port()?);
+    let node = start_node(&args.bsfg, dir, port, ops, nats_port, reps).await?;
+
+    // echo server (separate process, same RPC stack as the node)
+    let echo_port = free_port()?;
+    let echo = start_echo_server(dir, echo_port, "echo.log", "echo server", None).await?;
+    // The bare append: the same echo server, storing each request in
+    // JetStream before it answers (AppendFact's floor, see `Echo`).
+    create_plain_stream(&js, "bareappend").await?;
+    let bare_port = free_port()?;
+    let bare = start_echo_server(
+        dir,
+        bare_port,
+        "bare-append.log",
+        "bare append server",
+        Some(nats_port),
+    )
+    .await?;
+
+    let bsfg = rpc_client(port, protocol, None, BoundaryServiceClient::new).await?;
+    let echo_client = rpc_client(echo_port, protocol, None, EchoServiceClient::new).await?;
+    let bare_client = rpc_client(bare_port, protocol, None, EchoServiceClient::new).await?;
+    Ok(Bench {
+        nats,
+        node,
+        echo,
+        bare,
+        js,
+        ops,
+        bsfg,
+        echo_client,
+        bare_client,
+    })
+}
+
+/// `bsfg serve` with the single-zone configuration (`reps` drain
+/// consumers), once it listens on `port`.
+async fn start_node(
+    bin: &Path,
+    dir: &Path,
+    port: u16,
+    ops: u16,
+    nats_port: u16,
+    reps: usize,
+) -> anyhow::Result<Child> {
+    let node_toml = dir.join("node.toml");
+    std::fs::write(
+        &node_toml,
+        node_config(port, ops, nats_port, reps, dir, PLAINTEXT_TLS),
+    )?;
+    let node_log = dir.join("node.log");
+    let node = spawn_logged(
+        std::process::Command::new(bin)
+            .arg("serve")
+            .arg("--config")
+            .arg(&node_toml),
+        &node_log,
+    )
+    .with_context(|| format!("starting {}", bin.display()))?;
+    wait_tcp(port, "bsfg node", &node_log).await?;
+    Ok(node)
+}
+
+/// This binary's `echo-server` on `port`, once it listens; with
+/// `jetstream_port`, the bare append (`--jetstream`, that nats-server).
+async fn start_echo_server(
+    dir: &Path,
+    port: u16,
+    log: &str,
+    what: &str,
+    jetstream_port: Option<u16>,
+) -> anyhow::Result<Child> {
+    let log = dir.join(log);
+    let mut command = std::process::Command::new(std::env::current_exe()?);
+    command.arg("echo-server").arg(format!("127.0.0.1:{port}"));
+    if let Some(nats_port) = jetstream_port {
+        command
+            .arg("--jetstream")
+            .arg(format!("nats://127.0.0.1:{nats_port}"));
+    }
+    let child = spawn_logged(&mut command, &log)?;
+    wait_tcp(port, what, &log).await?;
+    Ok(child)
+}
