@@ -29,7 +29,14 @@ pub(crate) fn free_port() -> anyhow::Result<u16> {
 /// Writes `<dir>/<name>.nats.conf` and starts nats-server on `port`, with
 /// JetStream domain `name` and store `<dir>/js-<name>`; `jetstream_extra`
 /// goes inside the `jetstream` block, `extra` after it. Every bench mode
-/// starts its servers here.
+/// starts its servers here, each with `max_file_store` set to
+/// [`MAX_FILE_STORE_BYTES`].
+///
+/// Why: the bench's zones reserve more than JetStream's own limit (75 % of
+/// the disk free at start-up) on a disk with less than ~38 GB free, and the
+/// node would refuse to start; the bench writes a few GB at most.
+pub(crate) const MAX_FILE_STORE_BYTES: u64 = 64 << 30;
+
 pub(crate) async fn start_nats_server(
     bin: &Path,
     dir: &Path,
@@ -42,7 +49,7 @@ pub(crate) async fn start_nats_server(
     std::fs::write(
         &conf,
         format!(
-            "server_name: \"{name}\"\nlisten: \"127.0.0.1:{port}\"\nmax_payload: 8MB\njetstream {{\n  domain: {name}\n  store_dir: \"{}\"\n{jetstream_extra}}}\n{extra}\n",
+            "server_name: \"{name}\"\nlisten: \"127.0.0.1:{port}\"\nmax_payload: 8MB\njetstream {{\n  domain: {name}\n  store_dir: \"{}\"\n  max_file_store: {MAX_FILE_STORE_BYTES}\n{jetstream_extra}}}\n{extra}\n",
             dir.join(format!("js-{name}")).display()
         ),
     )?;

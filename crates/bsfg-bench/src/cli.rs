@@ -26,9 +26,9 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 256)]
     pub(crate) window: usize,
     /// JetStream `sync_interval` of the bench's nats-server (shared by the
-    /// raw baselines and the node): `2m` is JetStream's default, `always` is
-    /// what a zone node's embedded server uses.
-    #[arg(long, default_value = "2m")]
+    /// raw baselines and the node): `always` (the default) is what a zone
+    /// node's embedded server ships with; `2m` is JetStream's own default.
+    #[arg(long, default_value = "always")]
     pub(crate) nats_sync: String,
     /// Wire protocol of the RPC clients (connect or grpc).
     #[arg(long, default_value = "connect")]

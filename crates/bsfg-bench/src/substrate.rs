@@ -41,8 +41,9 @@ pub struct SubstrateArgs {
     /// Fast-ingest batches: a flow acknowledgement every this many messages.
     #[arg(long, default_value_t = 64)]
     flow: usize,
-    /// JetStream `sync_interval`.
-    #[arg(long, default_value = "2m")]
+    /// JetStream `sync_interval`: `always` (the default) is what a zone
+    /// node's embedded server ships with; `2m` is JetStream's own default.
+    #[arg(long, default_value = "always")]
     nats_sync: String,
     #[arg(long, default_value = ".tools/bin/nats-server")]
     nats_server: PathBuf,

@@ -46,6 +46,11 @@ pub struct CrossArgs {
     /// Run only the substrate references (native sourcing and the bare bridge), print them (nothing written).
     #[arg(long)]
     pub(super) only_reference: bool,
+    /// JetStream `sync_interval` of every nats-server of the run, the zones'
+    /// and the references' alike: `always` (the default) is what a zone
+    /// node's embedded server ships with; `2m` is JetStream's own default.
+    #[arg(long, default_value = "always")]
+    pub(super) nats_sync: String,
     #[arg(long, default_value = ".tools/bin/nats-server")]
     pub(super) nats_server: PathBuf,
     #[arg(long, default_value = "target/release/bsfg")]

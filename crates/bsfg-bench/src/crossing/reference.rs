@@ -47,6 +47,7 @@ pub(super) async fn reference_runs(
         dir,
         "hub",
         hub_port,
+        &a.nats_sync,
         &format!("leafnodes {{\n  listen: \"127.0.0.1:{hub_leaf_port}\"\n}}"),
     )
     .await?;
@@ -56,6 +57,7 @@ pub(super) async fn reference_runs(
         dir,
         "leaf",
         leaf_port,
+        &a.nats_sync,
         &format!(
             "leafnodes {{\n  remotes: [ {{ url: \"nats-leaf://127.0.0.1:{}\" }} ]\n}}",
             leaf_proxy.addr.port()

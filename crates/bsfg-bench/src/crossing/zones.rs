@@ -76,17 +76,14 @@ pub(super) fn reset_peak_rss(zones: &BTreeMap<&str, Zone>) {
     }
 }
 
-/// The zone nodes reserve their categories' capacity in JetStream (28 GiB
-/// with the default categories). JetStream's own limit is 75 % of the disk
-/// free at start-up, so on a disk with less than ~38 GB free the nodes
-/// would refuse to start; the bench writes a few GB, so it sets the limit.
-const ZONE_MAX_FILE_STORE_BYTES: u64 = 64 << 30;
-
+/// A zone's (or a reference's) nats-server, at the run's `sync_interval`
+/// (`--nats-sync`: every server of a run alike).
 pub(super) async fn start_nats(
     bin: &Path,
     dir: &Path,
     name: &str,
     port: u16,
+    sync: &str,
     extra: &str,
 ) -> anyhow::Result<(Child, jetstream::Context)> {
     let child = start_nats_server(
@@ -94,7 +91,7 @@ pub(super) async fn start_nats(
         dir,
         name,
         port,
-        &format!("  max_file_store: {ZONE_MAX_FILE_STORE_BYTES}\n"),
+        &format!("  sync_interval: {sync}\n"),
         extra,
     )
     .await?;
@@ -150,7 +147,7 @@ async fn start_zone(
     mtls: bool,
 ) -> anyhow::Result<Zone> {
     let certs = dir.join("certs");
-    let (nats, js) = start_nats(&a.nats_server, dir, z, nats_port, "").await?;
+    let (nats, js) = start_nats(&a.nats_server, dir, z, nats_port, &a.nats_sync, "").await?;
     let toml = dir.join(format!("{z}.toml"));
     std::fs::write(
         &toml,
