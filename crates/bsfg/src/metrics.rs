@@ -344,6 +344,16 @@ impl Metrics {
         Self { registry, ..m }
     }
 
+    /// Counts an authorization refusal in `bsfg_access_refusals` (others
+    /// are not counted there).
+    pub fn count_access_refusal(&self, r: &bsfg_domain::Rejection) {
+        if r.code == bsfg_domain::Code::PermissionDenied {
+            self.access_refusals_total
+                .get_or_create(&labels(&[("reason", r.reason)]))
+                .inc();
+        }
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("encoding metrics into a String cannot fail");

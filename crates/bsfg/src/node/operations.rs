@@ -6,7 +6,7 @@
 //! of authorization are counted in `bsfg_access_refusals`.
 
 use crate::config::{StartPosition, ZoneConfig};
-use crate::metrics::{Metrics, labels};
+use crate::metrics::Metrics;
 use crate::node::audit::{Audit, AuditEvent};
 use crate::node::auth::{Auth, Caller};
 use crate::node::errors::to_connect;
@@ -117,21 +117,9 @@ impl Operations {
         ) {
             return;
         }
-        if r.code == Code::PermissionDenied {
-            self.metrics
-                .access_refusals_total
-                .get_or_create(&labels(&[("reason", r.reason)]))
-                .inc();
-        }
+        self.metrics.count_access_refusal(r);
         self.audit
-            .record(AuditEvent::about(
-                caller,
-                rpc,
-                "refused",
-                key.to_string(),
-                r.reason.to_string(),
-                r.message.clone(),
-            ))
+            .record(AuditEvent::refusal(caller, rpc, key, r))
             .await;
     }
 

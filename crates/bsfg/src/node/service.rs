@@ -140,19 +140,9 @@ impl Boundary {
     /// in the audit stream and metrics; other rejections only count.
     async fn refused(&self, caller: &Caller, rpc: &'static str, key: &str, r: &Rejection) {
         if r.code == Code::PermissionDenied {
-            self.metrics
-                .access_refusals_total
-                .get_or_create(&labels(&[("reason", r.reason)]))
-                .inc();
+            self.metrics.count_access_refusal(r);
             self.audit
-                .record(AuditEvent::about(
-                    caller,
-                    rpc,
-                    "refused",
-                    key.to_string(),
-                    r.reason.to_string(),
-                    r.message.clone(),
-                ))
+                .record(AuditEvent::refusal(caller, rpc, key, r))
                 .await;
         }
     }

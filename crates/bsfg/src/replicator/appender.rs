@@ -7,6 +7,7 @@ use super::link::{Link, Stage};
 use super::screener::{Screened, retriable, screen_until_settled};
 use crate::client::BsfgClient;
 use crate::metrics::labels;
+use bsfg_domain::Rejection;
 use bsfg_proto::bsfg::v1::__buffa::view::FetchFactsResponseView;
 use std::sync::Arc;
 
@@ -126,37 +127,20 @@ async fn append_settled(
                     .inc();
                 accepted.push(id);
             }
-            Err(r) => {
-                refuse(
-                    link,
-                    cx,
-                    &id,
-                    origin_offset,
-                    r.reason.to_string(),
-                    r.message,
-                )
-                .await
-            }
+            Err(r) => refuse(link, cx, &id, origin_offset, r).await,
         }
     }
     (settled, retry_reason)
 }
 
 /// Audits and counts a fact this zone refuses; the link moves past it.
-pub(super) async fn refuse(
-    link: &Link,
-    cx: &Context,
-    id: &str,
-    origin_offset: u64,
-    reason: String,
-    detail: String,
-) {
+pub(super) async fn refuse(link: &Link, cx: &Context, id: &str, origin_offset: u64, r: Rejection) {
     cx.metrics
         .crossing_refusals_total
         .get_or_create(&labels(&[
             ("peer", &link.config.peer),
             ("direction", "import"),
-            ("reason", &reason),
+            ("reason", r.reason),
         ]))
         .inc();
     link.status.lock().unwrap().facts_refused += 1;
@@ -164,8 +148,8 @@ pub(super) async fn refuse(
         .record(link.audit_event(
             format!("{id} origin offset {origin_offset}"),
             "refused",
-            reason,
-            detail,
+            r.reason.to_string(),
+            r.message,
         ))
         .await;
 }

@@ -133,15 +133,8 @@ async fn screen(
         Ok(decoded) => decoded,
         Err(e) => {
             let id = format!("offset {}", stored.offset);
-            refuse(
-                link,
-                cx,
-                &id,
-                origin_offset,
-                "undecodable_fact".into(),
-                e.to_string(),
-            )
-            .await;
+            let r = Rejection::new(Code::DataLoss, "undecodable_fact", e.to_string());
+            refuse(link, cx, &id, origin_offset, r).await;
             return Ok(None);
         }
     };
@@ -149,15 +142,7 @@ async fn screen(
     let valid = match admit(link, cx, &envelope, fact) {
         Ok(v) => v,
         Err(r) => {
-            refuse(
-                link,
-                cx,
-                &id,
-                origin_offset,
-                r.reason.to_string(),
-                r.message,
-            )
-            .await;
+            refuse(link, cx, &id, origin_offset, r).await;
             return Ok(None);
         }
     };
@@ -166,15 +151,7 @@ async fn screen(
             Ok(()) => {}
             Err(r) if retriable(&r) => return Err(r),
             Err(r) => {
-                refuse(
-                    link,
-                    cx,
-                    &id,
-                    origin_offset,
-                    r.reason.to_string(),
-                    r.message,
-                )
-                .await;
+                refuse(link, cx, &id, origin_offset, r).await;
                 return Ok(None);
             }
         }

@@ -42,6 +42,23 @@ pub struct AuditEvent {
 }
 
 impl AuditEvent {
+    /// A refusal of an identified caller's request.
+    pub fn refusal(
+        caller: &crate::node::auth::Caller,
+        rpc: &'static str,
+        subject_key: &str,
+        r: &bsfg_domain::Rejection,
+    ) -> Self {
+        Self::about(
+            caller,
+            rpc,
+            "refused",
+            subject_key.to_string(),
+            r.reason.to_string(),
+            r.message.clone(),
+        )
+    }
+
     /// A decision about an identified caller's request.
     pub fn about(
         caller: &crate::node::auth::Caller,
