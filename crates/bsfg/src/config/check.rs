@@ -1,0 +1,297 @@
+//! Cross-field checks of a zone configuration that a serde schema cannot
+//! express. `check()` runs the named checks in a fixed order; the first
+//! failure is the error.
+
+use super::{PrincipalKind, TlsMode, ZoneConfig};
+use anyhow::bail;
+use std::time::Duration;
+
+impl ZoneConfig {
+    /// Cross-field checks a serde schema cannot express.
+    pub fn check(&self) -> anyhow::Result<()> {
+        bsfg_domain::validate::zone("zone", &self.zone).map_err(|r| anyhow::anyhow!("{r}"))?;
+        if self.categories.iter().filter(|c| c.default).count() != 1 {
+            bail!("exactly one category must have default = true");
+        }
+        self.check_commit()?;
+        self.check_boundary()?;
+        self.check_categories()?;
+        self.check_consumers()?;
+        self.check_buckets()?;
+        self.check_tls()?;
+        self.check_nats()?;
+        self.check_principals()?;
+        self.check_upstreams()?;
+        self.check_routes()
+    }
+
+    /// `[commit]`: batch, queue and key index bounds.
+    fn check_commit(&self) -> anyhow::Result<()> {
+        let k = &self.commit;
+        if !(1..=4096).contains(&k.batch_facts_max)
+            || !(1..=64).contains(&k.batches_in_flight_max)
+            || !(1..=1_000_000).contains(&k.queue_facts_max)
+        {
+            bail!(
+                "[commit]: need 1 <= batch_facts_max <= 4096, 1 <= batches_in_flight_max <= 64, 1 <= queue_facts_max <= 1000000"
+            );
+        }
+        if !(1024..=4_194_304).contains(&k.key_index_staged_facts_max) {
+            bail!(
+                "[commit] key_index_staged_facts_max is {}; need 1024 to 4194304",
+                k.key_index_staged_facts_max
+            );
+        }
+        if !(1024..=4_194_304).contains(&k.key_index_buffered_facts_max) {
+            bail!(
+                "[commit] key_index_buffered_facts_max is {}; need 1024 to 4194304",
+                k.key_index_buffered_facts_max
+            );
+        }
+        if !k.key_filter_bytes.is_power_of_two()
+            || !((1 << 20)..=(1 << 30)).contains(&k.key_filter_bytes)
+        {
+            bail!(
+                "[commit] key_filter_bytes is {}; need a power of two from 1048576 (1 MiB) to 1073741824 (1 GiB)",
+                k.key_filter_bytes
+            );
+        }
+        if !(Duration::from_millis(10)..=Duration::from_secs(3600))
+            .contains(&k.key_index_sync_interval)
+        {
+            bail!("[commit] key_index_sync_interval must be between 10ms and 1h");
+        }
+        Ok(())
+    }
+
+    /// `[boundary]`: connection, memory and timeout bounds.
+    fn check_boundary(&self) -> anyhow::Result<()> {
+        let b = &self.boundary;
+        let largest_request = crate::node::boundary::routes::Routes::new(self).cost_bytes_max();
+        if !(1..=65_536).contains(&b.connections_max)
+            || !(largest_request..=u32::MAX as usize).contains(&b.request_memory_bytes_max)
+        {
+            bail!(
+                "[boundary]: need 1 <= connections_max <= 65536 and {largest_request} <= request_memory_bytes_max <= {} (the largest request must fit)",
+                u32::MAX
+            );
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&b.body_timeout)
+            || b.connection_idle_timeout < Duration::from_secs(1)
+        {
+            bail!(
+                "[boundary]: body_timeout must be between 1s and 1h, connection_idle_timeout at least 1s"
+            );
+        }
+        Ok(())
+    }
+
+    /// Category names and fill bounds; each subject kind in one category.
+    fn check_categories(&self) -> anyhow::Result<()> {
+        for c in &self.categories {
+            let token_ok = !c.name.is_empty()
+                && c.name
+                    .chars()
+                    .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_');
+            if !token_ok {
+                bail!(
+                    "category name {:?} must be lower-case letters, digits and _",
+                    c.name
+                );
+            }
+            if !(1..=100).contains(&c.fill_threshold_percent)
+                || c.retain_fill_percent > c.fill_threshold_percent
+            {
+                bail!(
+                    "category {}: need 1 <= retain_fill_percent <= fill_threshold_percent <= 100",
+                    c.name
+                );
+            }
+            if c.capacity_bytes < 64 * 1024 {
+                bail!(
+                    "category {}: capacity_bytes must be at least 64 KiB",
+                    c.name
+                );
+            }
+        }
+        for (i, c) in self.categories.iter().enumerate() {
+            for k in &c.kinds {
+                if self.categories[i + 1..].iter().any(|o| o.kinds.contains(k)) {
+                    bail!("subject kind {k:?} is routed to more than one category");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Consumer names, unique, each of a known category.
+    fn check_consumers(&self) -> anyhow::Result<()> {
+        for consumer in &self.consumers {
+            bsfg_domain::validate::consumer_name(&consumer.name)
+                .map_err(|r| anyhow::anyhow!("{r}"))?;
+            if !self.categories.iter().any(|c| c.name == consumer.category) {
+                bail!(
+                    "consumer {} names unknown category {}",
+                    consumer.name,
+                    consumer.category
+                );
+            }
+            if self
+                .consumers
+                .iter()
+                .filter(|c| c.name == consumer.name)
+                .count()
+                > 1
+            {
+                bail!("consumer {} is declared twice", consumer.name);
+            }
+        }
+        Ok(())
+    }
+
+    /// Bucket names.
+    fn check_buckets(&self) -> anyhow::Result<()> {
+        for b in &self.buckets {
+            bsfg_domain::validate::bucket(&b.name).map_err(|r| anyhow::anyhow!("{r}"))?;
+        }
+        Ok(())
+    }
+
+    /// `[tls]`: mutual TLS needs its files.
+    fn check_tls(&self) -> anyhow::Result<()> {
+        if self.tls.mode == TlsMode::Mtls
+            && (self.tls.ca.is_none() || self.tls.cert.is_none() || self.tls.key.is_none())
+        {
+            bail!(
+                "[tls] mode = \"mtls\" needs ca, cert and key (create them with `bsfg certs init` and `bsfg certs issue`)"
+            );
+        }
+        Ok(())
+    }
+
+    /// `[nats]`: `sync_interval` is `always` or a duration.
+    fn check_nats(&self) -> anyhow::Result<()> {
+        if self.nats.sync_interval != "always"
+            && humantime::parse_duration(&self.nats.sync_interval).is_err()
+        {
+            bail!(
+                "[nats] sync_interval must be \"always\" or a duration such as \"1s\", not {:?}",
+                self.nats.sync_interval
+            );
+        }
+        Ok(())
+    }
+
+    /// Principals: identities mapped once, peers with a zone and not operators,
+    /// grants of known consumers and buckets.
+    fn check_principals(&self) -> anyhow::Result<()> {
+        let mut identities = std::collections::HashSet::new();
+        for p in &self.principals {
+            if p.identities.is_empty() {
+                bail!("principal {} has no identities", p.name);
+            }
+            for id in &p.identities {
+                if !identities.insert(id.as_str()) {
+                    bail!("identity {id:?} is mapped to more than one principal");
+                }
+            }
+            if p.kind == PrincipalKind::Peer && p.zone.is_none() {
+                bail!("peer principal {} needs zone", p.name);
+            }
+            if p.kind == PrincipalKind::Peer && p.operator {
+                bail!(
+                    "peer principal {} cannot be an operator: operator = true is for this zone's own people and tools (kind = \"app\")",
+                    p.name
+                );
+            }
+            for c in &p.consumers {
+                if !self.consumers.iter().any(|k| &k.name == c) {
+                    bail!("principal {} names unknown consumer {c}", p.name);
+                }
+            }
+            for b in p.buckets_read.iter().chain(&p.buckets_write) {
+                if !self.buckets.iter().any(|k| &k.name == b) {
+                    bail!("principal {} names unknown bucket {b}", p.name);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Upstreams: a peer principal each, sane backoff and batch bounds.
+    fn check_upstreams(&self) -> anyhow::Result<()> {
+        for u in &self.upstreams {
+            let ok = self
+                .principals
+                .iter()
+                .any(|p| p.name == u.peer && p.kind == PrincipalKind::Peer);
+            if !ok {
+                bail!(
+                    "upstream {} needs a principal named {} with kind = \"peer\" (its origins and import policy apply)",
+                    u.url,
+                    u.peer
+                );
+            }
+            if u.backoff_min.is_zero() || u.backoff_min > u.backoff_max {
+                bail!(
+                    "upstream {}: backoff_min ({:?}) must be above zero and at most backoff_max ({:?})",
+                    u.peer,
+                    u.backoff_min,
+                    u.backoff_max
+                );
+            }
+            if u.batch_limit == 0 || u.pipeline_depth == 0 {
+                bail!(
+                    "upstream {}: batch_limit and pipeline_depth must be at least 1",
+                    u.peer
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// `[routes]`: destinations and next hops are zone names.
+    fn check_routes(&self) -> anyhow::Result<()> {
+        for (destination, hop) in &self.routes {
+            bsfg_domain::validate::zone("route destination", destination)
+                .map_err(|r| anyhow::anyhow!("{r}"))?;
+            bsfg_domain::validate::zone("route next hop", hop)
+                .map_err(|r| anyhow::anyhow!("{r}"))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::ZoneConfig;
+
+    #[test]
+    fn commit_limits_are_checked() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/plant-a.toml");
+        let mut config = ZoneConfig::load(&path).unwrap();
+        config.commit.batch_facts_max = 0;
+        assert!(
+            config
+                .check()
+                .unwrap_err()
+                .to_string()
+                .contains("batch_facts_max")
+        );
+        config.commit.batch_facts_max = 256;
+        for bytes in [3 << 20, 1 << 19, 1 << 31] {
+            config.commit.key_filter_bytes = bytes;
+            assert!(
+                config
+                    .check()
+                    .unwrap_err()
+                    .to_string()
+                    .contains("key_filter_bytes"),
+                "{bytes} bytes"
+            );
+        }
+        config.commit.key_filter_bytes = 64 << 20;
+        config.check().unwrap();
+    }
+}

@@ -1,0 +1,60 @@
+//! `[commit]`: group commit of appends and the idempotency key index.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Group commit: concurrent AppendFact calls are appended in batches (one
+/// key-index look-up and one pipelined publish per batch), and the
+/// idempotency key index they are checked against (`store::key_index`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CommitConfig {
+    /// Most facts in one batch.
+    pub batch_facts_max: usize,
+    /// Most batches being appended at once.
+    pub batches_in_flight_max: usize,
+    /// Most appends waiting for a batch; beyond it callers wait.
+    pub queue_facts_max: usize,
+    /// The key index file; by default `key-index.<zone>.kix` beside the
+    /// nats store directory (`[nats] store_dir`).
+    pub key_index_path: Option<PathBuf>,
+    /// How often the key index is checkpointed at the latest: its buffered
+    /// entries merged into the pages, the pages fsynced, the header written,
+    /// the table grown. A full buffer checkpoints sooner. Losing the
+    /// buffer costs only a re-read of those facts at start-up (at most
+    /// `key_index_buffered_facts_max`; 100,000 take about 0.2 s). Each merge
+    /// writes every page its entries touch, once, so merging rarely writes
+    /// far less to disk (`bsfg-bench key-index`, BENCHMARKS.md "Merging
+    /// from a memory buffer").
+    #[serde(with = "humantime_serde")]
+    pub key_index_sync_interval: Duration,
+    /// Recorded key index entries held in memory (about 40 bytes each,
+    /// twice that while a merge sorts them) before they are merged into
+    /// the index file's pages.
+    pub key_index_buffered_facts_max: usize,
+    /// Most acknowledged facts waiting in memory for the key index's
+    /// writer; beyond it appends wait (a failing disk), then are refused.
+    pub key_index_staged_facts_max: usize,
+    /// Memory of the key filter that answers most look-ups of new keys
+    /// without reading a page (a power of two, 1 MiB to 1 GiB). It never
+    /// loses a key; a fuller one only reads pages more often: with 1 byte
+    /// per retained fact about 2.4 % of new keys read a page, with 2 bytes
+    /// 0.24 %. The default, 4 MiB, suits up to about 4M retained facts.
+    pub key_filter_bytes: usize,
+}
+
+impl Default for CommitConfig {
+    fn default() -> Self {
+        Self {
+            batch_facts_max: 256,
+            batches_in_flight_max: 2,
+            queue_facts_max: 4096,
+            key_index_path: None,
+            key_index_sync_interval: Duration::from_secs(300),
+            key_index_buffered_facts_max: crate::store::key_index::BUFFERED_ENTRIES_MAX_DEFAULT,
+            key_index_staged_facts_max: 65_536,
+            key_filter_bytes: crate::store::key_index::FILTER_BYTES_DEFAULT,
+        }
+    }
+}

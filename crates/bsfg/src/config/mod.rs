@@ -1,0 +1,152 @@
+//! Zone configuration (TOML).
+//!
+//! Everything a node needs is declared here: its zone, listeners, the NATS
+//! server it owns (or an external one), categories with their retention and
+//! capacity, named consumers and object buckets. Consumers are provisioned
+//! from configuration, never created ad hoc by clients.
+
+mod boundary;
+mod category;
+mod check;
+mod commit;
+mod fetch;
+mod nats;
+mod principal;
+mod route;
+mod tls;
+mod upstream;
+
+pub use boundary::BoundaryConfig;
+pub use category::{BucketConfig, CategoryConfig, ConsumerConfig, StartPosition};
+pub use commit::CommitConfig;
+pub use fetch::FetchConfig;
+pub use nats::{NatsConfig, STORE_FREE_BYTES_MIN_DEFAULT};
+pub use principal::{PrincipalConfig, PrincipalKind};
+pub use tls::{TlsConfig, TlsMode};
+pub use upstream::UpstreamConfig;
+
+use bsfg_domain::limits::Limits;
+use category::default_categories;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneConfig {
+    /// This zone's name; also its JetStream domain.
+    pub zone: String,
+    /// Boundary port (Connect, gRPC, gRPC-Web).
+    pub listen: SocketAddr,
+    /// Operations port: /metrics and /healthz over plain HTTP.
+    pub ops_listen: SocketAddr,
+    /// Transport security of the boundary port. Required: mutual TLS, or an
+    /// explicit `mode = "plaintext-dev"` for development only.
+    pub tls: TlsConfig,
+    /// Who may call this node, mapped from client certificate identities.
+    #[serde(default)]
+    pub principals: Vec<PrincipalConfig>,
+    #[serde(default)]
+    pub nats: NatsConfig,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub fetch: FetchConfig,
+    /// What callers of the boundary port can make the node hold.
+    #[serde(default)]
+    pub boundary: BoundaryConfig,
+    /// Group commit of concurrent appends.
+    #[serde(default)]
+    pub commit: CommitConfig,
+    #[serde(default = "default_categories")]
+    pub categories: Vec<CategoryConfig>,
+    #[serde(default)]
+    pub consumers: Vec<ConsumerConfig>,
+    #[serde(default)]
+    pub buckets: Vec<BucketConfig>,
+    /// Next hop per destination zone: a peer is served only the facts whose
+    /// `to_zone` routes through it. E.g. on plant-a: enterprise = "idmz".
+    #[serde(default)]
+    pub routes: std::collections::BTreeMap<String, String>,
+    /// Peers this node pulls facts from (the receiver pulls; nobody pushes).
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConfig>,
+    /// How often retention and capacity accounting run.
+    #[serde(default = "default_retention_interval", with = "humantime_serde")]
+    pub retention_interval: Duration,
+    /// How far this node's clock may disagree with its store's (the
+    /// nats-server's) or a peer's before it says so (WARN, metric, status).
+    /// Ages are judged by the store's clock whatever the skew; NTP keeps
+    /// clocks within milliseconds, so 10 s means a time source is broken.
+    #[serde(default = "default_clock_skew_max", with = "humantime_serde")]
+    pub clock_skew_max: Duration,
+}
+
+fn default_retention_interval() -> Duration {
+    Duration::from_secs(5)
+}
+pub fn default_clock_skew_max() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl ZoneConfig {
+    pub fn load(path: &std::path::Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
+        let config: ZoneConfig =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Where the idempotency key index lives (see `CommitConfig`).
+    pub fn key_index_path(&self) -> PathBuf {
+        self.commit.key_index_path.clone().unwrap_or_else(|| {
+            // The zone in the name: nodes of different zones that share a
+            // working directory (external nats, default store_dir) must
+            // not share a file.
+            self.nats
+                .store_dir
+                .parent()
+                .unwrap_or_else(|| std::path::Path::new(""))
+                .join(format!("key-index.{}.kix", self.zone))
+        })
+    }
+
+    /// The category a subject kind is routed to.
+    pub fn category_for_kind(&self, kind: &str) -> &CategoryConfig {
+        self.categories
+            .iter()
+            .find(|c| c.kinds.iter().any(|k| k == kind))
+            .or_else(|| self.categories.iter().find(|c| c.default))
+            .expect("check() guarantees a default category")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The documented example must stay a valid configuration.
+    #[test]
+    fn the_example_configuration_loads_and_passes_its_checks() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/plant-a.toml");
+        let config = ZoneConfig::load(&path).expect("examples/plant-a.toml loads");
+        assert_eq!(config.zone, "plant-a");
+        assert_eq!(config.commit.batches_in_flight_max, 2);
+        assert!(!config.fetch.compress);
+        let operators: Vec<&str> = config
+            .principals
+            .iter()
+            .filter(|p| p.operator)
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(
+            operators,
+            ["operator"],
+            "operator = true is read; it defaults to false"
+        );
+    }
+}
