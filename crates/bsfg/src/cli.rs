@@ -99,99 +99,123 @@ enum Command {
         single_zone: bool,
     },
     /// Append one fact.
-    Append {
-        #[command(flatten)]
-        target: Target,
-        #[arg(long)]
-        from_zone: String,
-        #[arg(long)]
-        to_zone: String,
-        /// Idempotency key with from_zone (default: random).
-        #[arg(long)]
-        message_id: Option<String>,
-        #[arg(long)]
-        subject: String,
-        #[arg(long)]
-        predicate: String,
-        /// The fact's object, a JSON object.
-        #[arg(long)]
-        json: String,
-        /// key=value, repeatable.
-        #[arg(long = "label")]
-        labels: Vec<String>,
-        /// bucket/key=sha256:<hex>:<size>, repeatable.
-        #[arg(long = "attach")]
-        attachments: Vec<String>,
-    },
+    Append(AppendArgs),
     /// Fetch the next facts of a consumer (JSON, one fact per line).
-    Fetch {
-        #[command(flatten)]
-        target: Target,
-        #[arg(long)]
-        consumer: String,
-        #[arg(long, default_value_t = 100)]
-        limit: u32,
-        #[arg(long, default_value_t = 0)]
-        wait_ms: u32,
-        /// Confirm what was fetched.
-        #[arg(long)]
-        confirm: bool,
-    },
+    Fetch(FetchArgs),
     /// Show links (mode, frontier, backlog, lag, last confirmation) and consumers.
-    Status {
-        #[command(flatten)]
-        target: Target,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    Status(StatusArgs),
     /// Replay: move a consumer back to an offset or a time (RFC 3339).
-    ResetConsumer {
-        #[command(flatten)]
-        target: Target,
-        #[arg(long)]
-        consumer: String,
-        #[arg(long, conflicts_with = "time")]
-        offset: Option<u64>,
-        #[arg(long)]
-        time: Option<String>,
-    },
+    ResetConsumer(ResetConsumerArgs),
     /// Confirm everything delivered up to and including an offset.
-    Confirm {
-        #[command(flatten)]
-        target: Target,
-        #[arg(long)]
-        consumer: String,
-        #[arg(long)]
-        offset: u64,
-    },
+    Confirm(ConfirmArgs),
     /// Upload a file as an artifact.
-    PutObject {
-        #[command(flatten)]
-        target: Target,
-        #[arg(long)]
-        bucket: String,
-        #[arg(long)]
-        key: String,
-        #[arg(long)]
-        file: PathBuf,
-        #[arg(long, default_value = "application/octet-stream")]
-        media_type: String,
-        /// Hide the progress bar.
-        #[arg(long)]
-        quiet: bool,
-    },
+    PutObject(PutObjectArgs),
     /// Download an artifact; resumes a partial output file.
-    GetObject {
-        #[command(flatten)]
-        target: Target,
-        #[arg(long)]
-        bucket: String,
-        #[arg(long)]
-        key: String,
-        #[arg(long)]
-        out: PathBuf,
-    },
+    GetObject(GetObjectArgs),
+}
+
+// The subcommands' arguments. No doc comments on these structs: a
+// subcommand's help text is the doc comment of its `Command` variant.
+
+#[derive(clap::Args)]
+struct AppendArgs {
+    #[command(flatten)]
+    target: Target,
+    #[arg(long)]
+    from_zone: String,
+    #[arg(long)]
+    to_zone: String,
+    /// Idempotency key with from_zone (default: random).
+    #[arg(long)]
+    message_id: Option<String>,
+    #[arg(long)]
+    subject: String,
+    #[arg(long)]
+    predicate: String,
+    /// The fact's object, a JSON object.
+    #[arg(long)]
+    json: String,
+    /// key=value, repeatable.
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// bucket/key=sha256:<hex>:<size>, repeatable.
+    #[arg(long = "attach")]
+    attachments: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct FetchArgs {
+    #[command(flatten)]
+    target: Target,
+    #[arg(long)]
+    consumer: String,
+    #[arg(long, default_value_t = 100)]
+    limit: u32,
+    #[arg(long, default_value_t = 0)]
+    wait_ms: u32,
+    /// Confirm what was fetched.
+    #[arg(long)]
+    confirm: bool,
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct ResetConsumerArgs {
+    #[command(flatten)]
+    target: Target,
+    #[arg(long)]
+    consumer: String,
+    #[arg(long, conflicts_with = "time")]
+    offset: Option<u64>,
+    #[arg(long)]
+    time: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct ConfirmArgs {
+    #[command(flatten)]
+    target: Target,
+    #[arg(long)]
+    consumer: String,
+    #[arg(long)]
+    offset: u64,
+}
+
+#[derive(clap::Args)]
+struct PutObjectArgs {
+    #[command(flatten)]
+    target: Target,
+    #[arg(long)]
+    bucket: String,
+    #[arg(long)]
+    key: String,
+    #[arg(long)]
+    file: PathBuf,
+    #[arg(long, default_value = "application/octet-stream")]
+    media_type: String,
+    /// Hide the progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(clap::Args)]
+struct GetObjectArgs {
+    #[command(flatten)]
+    target: Target,
+    #[arg(long)]
+    bucket: String,
+    #[arg(long)]
+    key: String,
+    #[arg(long)]
+    out: PathBuf,
 }
 
 pub fn main() -> ExitCode {
@@ -218,37 +242,53 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// One function per subcommand.
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { config } => {
-            let _log_guard = crate::logs::init();
-            let config = ZoneConfig::load(&config)?;
-            let node = crate::node::start(config).await?;
-            let mut terminate =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-            let result = tokio::select! {
-                r = node.wait() => r,
-                _ = tokio::signal::ctrl_c() => Ok(()),
-                _ = terminate.recv() => Ok(()),
-            };
-            tracing::info!("zone node stopping");
-            result
-        }
+        Command::Serve { config } => serve(&config).await,
         Command::Demo { dir, single_zone } => crate::demo::run(dir, single_zone).await,
-        Command::Certs(CertsCommand::Init { dir, name, days }) => {
+        Command::Certs(command) => certs(command),
+        Command::Append(args) => append(args).await,
+        Command::Fetch(args) => fetch(args).await,
+        Command::Status(args) => status(args).await,
+        Command::ResetConsumer(args) => reset_consumer(args).await,
+        Command::Confirm(args) => confirm(args).await,
+        Command::PutObject(args) => put_object(args).await,
+        Command::GetObject(args) => get_object(args).await,
+    }
+}
+
+/// `bsfg serve`: run a zone node until it fails or is told to stop.
+async fn serve(config: &std::path::Path) -> anyhow::Result<()> {
+    let _log_guard = crate::logs::init();
+    let config = ZoneConfig::load(config)?;
+    let node = crate::node::start(config).await?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let result = tokio::select! {
+        r = node.wait() => r,
+        _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = terminate.recv() => Ok(()),
+    };
+    tracing::info!("zone node stopping");
+    result
+}
+
+/// `bsfg certs init|issue`.
+fn certs(command: CertsCommand) -> anyhow::Result<()> {
+    match command {
+        CertsCommand::Init { dir, name, days } => {
             let issued = crate::tls::pki::init_ca(&dir, &name, days)?;
             println!(
                 "{}",
                 serde_json::json!({"ca": issued.cert, "key": issued.key})
             );
-            Ok(())
         }
-        Command::Certs(CertsCommand::Issue {
+        CertsCommand::Issue {
             dir,
             name,
             sans,
             days,
-        }) => {
+        } => {
             let mut request = crate::tls::pki::IssueRequest::new(&name, days);
             request.extra_sans.extend(sans);
             let issued = crate::tls::pki::issue(&dir, &dir, &request)?;
@@ -256,173 +296,176 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "{}",
                 serde_json::json!({"cert": issued.cert, "key": issued.key})
             );
-            Ok(())
-        }
-        Command::Append {
-            target,
-            from_zone,
-            to_zone,
-            message_id,
-            subject,
-            predicate,
-            json,
-            labels,
-            attachments,
-        } => {
-            let client = target.client()?;
-            let mut envelope = Envelope {
-                message_id: message_id
-                    .unwrap_or_else(|| format!("cli-{}", hex::encode(rand::random::<[u8; 8]>()))),
-                from_zone,
-                to_zone,
-                produced_at_unix_ms: crate::store::now_unix_ms(),
-                ..Default::default()
-            };
-            for label in labels {
-                let (k, v) = label
-                    .split_once('=')
-                    .ok_or_else(|| anyhow::anyhow!("--label {label:?}: expected key=value"))?;
-                envelope.labels.insert(k.into(), v.into());
-            }
-            let attachments = attachments
-                .iter()
-                .map(|a| parse_attachment(a))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let fact = Fact {
-                subject,
-                predicate,
-                object_json: json,
-                attachments,
-                ..Default::default()
-            };
-            let r = client.append(envelope.clone(), fact).await?;
-            println!(
-                "{}",
-                serde_json::json!({"offset": r.offset, "duplicate": r.duplicate, "category": r.category, "message_id": envelope.message_id})
-            );
-            Ok(())
-        }
-        Command::Fetch {
-            target,
-            consumer,
-            limit,
-            wait_ms,
-            confirm,
-        } => {
-            let client = target.client()?;
-            let r = client.fetch(&consumer, limit, 0, wait_ms).await?;
-            for fact in &r.facts {
-                println!("{}", serde_json::to_string(fact)?);
-            }
-            // last_delivered_offset also covers facts the policy withheld.
-            if confirm && r.last_delivered_offset > r.frontier {
-                let frontier = client.confirm(&consumer, r.last_delivered_offset).await?;
-                eprintln!("confirmed through offset {frontier}");
-            }
-            Ok(())
-        }
-        Command::Status { target, json } => {
-            let status = target.client()?.status().await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
-            } else {
-                print!("{}", render_status(&status));
-            }
-            Ok(())
-        }
-        Command::ResetConsumer {
-            target,
-            consumer,
-            offset,
-            time,
-        } => {
-            use bsfg_proto::bsfg::v1::reset_consumer_request::Position;
-            let position = match (offset, time) {
-                (Some(o), None) => Position::Offset(o),
-                (None, Some(t)) => {
-                    let t = time::OffsetDateTime::parse(
-                        &t,
-                        &time::format_description::well_known::Rfc3339,
-                    )
-                    .map_err(|e| anyhow::anyhow!("--time {t:?} is not RFC 3339: {e}"))?;
-                    Position::TimeUnixMs((t.unix_timestamp_nanos() / 1_000_000) as i64)
-                }
-                _ => anyhow::bail!("give --offset or --time"),
-            };
-            let frontier = target.client()?.reset_consumer(&consumer, position).await?;
-            println!(
-                "{}",
-                serde_json::json!({"consumer": consumer, "frontier": frontier})
-            );
-            Ok(())
-        }
-        Command::Confirm {
-            target,
-            consumer,
-            offset,
-        } => {
-            let client = target.client()?;
-            let frontier = client.confirm(&consumer, offset).await?;
-            println!("{}", serde_json::json!({"frontier": frontier}));
-            Ok(())
-        }
-        Command::PutObject {
-            target,
-            bucket,
-            key,
-            file,
-            media_type,
-            quiet,
-        } => {
-            let client = target.client()?;
-            let r = put_file(&client, &bucket, &key, &file, &media_type, !quiet).await?;
-            println!(
-                "{}",
-                serde_json::json!({"bucket": r.bucket, "key": r.key, "digest": r.digest, "size_bytes": r.size_bytes})
-            );
-            Ok(())
-        }
-        Command::GetObject {
-            target,
-            bucket,
-            key,
-            out,
-        } => {
-            let client = target.client()?;
-            let start = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
-            let mut file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&out)?;
-            let info = client
-                .get_object(
-                    &bucket,
-                    &key,
-                    start,
-                    Duration::from_secs(3600),
-                    |_, chunk| {
-                        use std::io::Write;
-                        file.write_all(chunk)?;
-                        Ok(())
-                    },
-                )
-                .await?;
-            file.sync_all()?;
-            let digest = file_digest(&out)?;
-            if digest != info.digest {
-                anyhow::bail!(
-                    "downloaded file hashes to {digest}, the node says {}; delete {} and download again",
-                    info.digest,
-                    out.display()
-                );
-            }
-            println!(
-                "{}",
-                serde_json::json!({"bucket": info.bucket, "key": info.key, "digest": info.digest, "size_bytes": info.size_bytes, "resumed_from": start})
-            );
-            Ok(())
         }
     }
+    Ok(())
+}
+
+/// `bsfg append`.
+async fn append(args: AppendArgs) -> anyhow::Result<()> {
+    let client = args.target.client()?;
+    let mut envelope = Envelope {
+        message_id: args
+            .message_id
+            .unwrap_or_else(|| format!("cli-{}", hex::encode(rand::random::<[u8; 8]>()))),
+        from_zone: args.from_zone,
+        to_zone: args.to_zone,
+        produced_at_unix_ms: crate::store::now_unix_ms(),
+        ..Default::default()
+    };
+    for label in args.labels {
+        let (k, v) = label
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--label {label:?}: expected key=value"))?;
+        envelope.labels.insert(k.into(), v.into());
+    }
+    let attachments = args
+        .attachments
+        .iter()
+        .map(|a| parse_attachment(a))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let fact = Fact {
+        subject: args.subject,
+        predicate: args.predicate,
+        object_json: args.json,
+        attachments,
+        ..Default::default()
+    };
+    let r = client.append(envelope.clone(), fact).await?;
+    println!(
+        "{}",
+        serde_json::json!({"offset": r.offset, "duplicate": r.duplicate, "category": r.category, "message_id": envelope.message_id})
+    );
+    Ok(())
+}
+
+/// `bsfg fetch`.
+async fn fetch(args: FetchArgs) -> anyhow::Result<()> {
+    let FetchArgs {
+        target,
+        consumer,
+        limit,
+        wait_ms,
+        confirm,
+    } = args;
+    let client = target.client()?;
+    let r = client.fetch(&consumer, limit, 0, wait_ms).await?;
+    for fact in &r.facts {
+        println!("{}", serde_json::to_string(fact)?);
+    }
+    // last_delivered_offset also covers facts the policy withheld.
+    if confirm && r.last_delivered_offset > r.frontier {
+        let frontier = client.confirm(&consumer, r.last_delivered_offset).await?;
+        eprintln!("confirmed through offset {frontier}");
+    }
+    Ok(())
+}
+
+/// `bsfg status`.
+async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let status = args.target.client()?.status().await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", render_status(&status));
+    }
+    Ok(())
+}
+
+/// `bsfg reset-consumer`.
+async fn reset_consumer(args: ResetConsumerArgs) -> anyhow::Result<()> {
+    use bsfg_proto::bsfg::v1::reset_consumer_request::Position;
+    let ResetConsumerArgs {
+        target,
+        consumer,
+        offset,
+        time,
+    } = args;
+    let position = match (offset, time) {
+        (Some(o), None) => Position::Offset(o),
+        (None, Some(t)) => {
+            let t = time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339)
+                .map_err(|e| anyhow::anyhow!("--time {t:?} is not RFC 3339: {e}"))?;
+            Position::TimeUnixMs((t.unix_timestamp_nanos() / 1_000_000) as i64)
+        }
+        _ => anyhow::bail!("give --offset or --time"),
+    };
+    let frontier = target.client()?.reset_consumer(&consumer, position).await?;
+    println!(
+        "{}",
+        serde_json::json!({"consumer": consumer, "frontier": frontier})
+    );
+    Ok(())
+}
+
+/// `bsfg confirm`.
+async fn confirm(args: ConfirmArgs) -> anyhow::Result<()> {
+    let client = args.target.client()?;
+    let frontier = client.confirm(&args.consumer, args.offset).await?;
+    println!("{}", serde_json::json!({"frontier": frontier}));
+    Ok(())
+}
+
+/// `bsfg put-object`.
+async fn put_object(args: PutObjectArgs) -> anyhow::Result<()> {
+    let PutObjectArgs {
+        target,
+        bucket,
+        key,
+        file,
+        media_type,
+        quiet,
+    } = args;
+    let client = target.client()?;
+    let r = put_file(&client, &bucket, &key, &file, &media_type, !quiet).await?;
+    println!(
+        "{}",
+        serde_json::json!({"bucket": r.bucket, "key": r.key, "digest": r.digest, "size_bytes": r.size_bytes})
+    );
+    Ok(())
+}
+
+/// `bsfg get-object`: appends to `--out`, so a partial file resumes.
+async fn get_object(args: GetObjectArgs) -> anyhow::Result<()> {
+    let GetObjectArgs {
+        target,
+        bucket,
+        key,
+        out,
+    } = args;
+    let client = target.client()?;
+    let start = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&out)?;
+    let info = client
+        .get_object(
+            &bucket,
+            &key,
+            start,
+            Duration::from_secs(3600),
+            |_, chunk| {
+                use std::io::Write;
+                file.write_all(chunk)?;
+                Ok(())
+            },
+        )
+        .await?;
+    file.sync_all()?;
+    let digest = file_digest(&out)?;
+    if digest != info.digest {
+        anyhow::bail!(
+            "downloaded file hashes to {digest}, the node says {}; delete {} and download again",
+            info.digest,
+            out.display()
+        );
+    }
+    println!(
+        "{}",
+        serde_json::json!({"bucket": info.bucket, "key": info.key, "digest": info.digest, "size_bytes": info.size_bytes, "resumed_from": start})
+    );
+    Ok(())
 }
 
 /// How much of a link's last error a status row shows: enough for the code,
@@ -627,10 +670,10 @@ mod tests {
         ])
         .expect("parses");
         match cli.command {
-            Command::PutObject { target, key, .. } => {
-                assert_eq!(key, "batch/B1/record.pdf");
+            Command::PutObject(args) => {
+                assert_eq!(args.key, "batch/B1/record.pdf");
                 assert_eq!(
-                    target.tls_key.as_deref(),
+                    args.target.tls_key.as_deref(),
                     Some(std::path::Path::new("app.key"))
                 );
             }

@@ -63,8 +63,22 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
+        let m = Self::unregistered();
         let mut registry = Registry::default();
-        let m = Self {
+        // Registration order is /metrics order.
+        m.register_requests(&mut registry);
+        m.register_key_index(&mut registry);
+        m.register_store(&mut registry);
+        m.register_tls_and_policy(&mut registry);
+        m.register_links(&mut registry);
+        m.register_boundary(&mut registry);
+        m.register_audit(&mut registry);
+        Self { registry, ..m }
+    }
+
+    /// Every metric at zero, in an empty registry.
+    fn unregistered() -> Self {
+        Self {
             append_requests_total: Family::default(),
             append_failures_total: Family::default(),
             append_duplicates_total: Counter::default(),
@@ -117,231 +131,258 @@ impl Metrics {
             audit_records_pending: Gauge::default(),
             audit_refusals_summarized_total: Counter::default(),
             registry: Registry::default(),
-        };
+        }
+    }
+
+    /// AppendFact, FetchFacts and ConfirmReceipt requests, and group commit.
+    fn register_requests(&self, registry: &mut Registry) {
         registry.register(
             "bsfg_append_requests",
             "AppendFact requests by outcome",
-            m.append_requests_total.clone(),
+            self.append_requests_total.clone(),
         );
         registry.register(
             "bsfg_append_failures",
             "AppendFact rejections by reason",
-            m.append_failures_total.clone(),
+            self.append_failures_total.clone(),
         );
         registry.register(
             "bsfg_append_duplicates",
             "AppendFact identical retries answered with the original offset",
-            m.append_duplicates_total.clone(),
+            self.append_duplicates_total.clone(),
         );
-        registry.register("bsfg_fetch_requests", "FetchFacts requests by consumer (\"(unknown)\" for a name that is not configured) and outcome", m.fetch_requests_total.clone());
-        registry.register("bsfg_confirm_requests", "ConfirmReceipt requests by consumer (\"(unknown)\" for a name that is not configured) and outcome", m.confirm_requests_total.clone());
+        registry.register("bsfg_fetch_requests", "FetchFacts requests by consumer (\"(unknown)\" for a name that is not configured) and outcome", self.fetch_requests_total.clone());
+        registry.register("bsfg_confirm_requests", "ConfirmReceipt requests by consumer (\"(unknown)\" for a name that is not configured) and outcome", self.confirm_requests_total.clone());
         registry.register(
             "bsfg_append_latency_seconds",
             "AppendFact latency until durable",
-            m.append_latency_seconds.clone(),
+            self.append_latency_seconds.clone(),
         );
         registry.register(
             "bsfg_commit_batch_facts",
             "Facts per group-commit batch of AppendFact calls",
-            m.commit_batch_facts.clone(),
+            self.commit_batch_facts.clone(),
         );
+    }
+
+    /// The idempotency key index.
+    fn register_key_index(&self, registry: &mut Registry) {
         registry.register(
             "bsfg_key_index_ready",
             "1 once the idempotency key index has read every stored fact (until then AppendFact answers unavailable)",
-            m.key_index_ready.clone(),
+            self.key_index_ready.clone(),
         );
         registry.register(
             "bsfg_key_index_rebuilds",
             "Times a damaged key index page found while running made the node start the index over and read the streams in again",
-            m.key_index_rebuilds_total.clone(),
+            self.key_index_rebuilds_total.clone(),
         );
         registry.register(
             "bsfg_key_index_through_offset",
             "Offset through which the key index covers each category without a gap",
-            m.key_index_through_offset.clone(),
+            self.key_index_through_offset.clone(),
         );
         registry.register(
             "bsfg_key_index_read_in_facts",
             "Stored facts the key index read from the stream (start-up catch-up, lost acknowledgements, writes not made by this node), by category",
-            m.key_index_read_in_facts_total.clone(),
+            self.key_index_read_in_facts_total.clone(),
         );
         registry.register(
             "bsfg_key_index_recorded_facts",
             "Entries the key index writer recorded in its file",
-            m.key_index_recorded_facts_total.clone(),
+            self.key_index_recorded_facts_total.clone(),
         );
         registry.register(
             "bsfg_key_index_write_seconds",
             "Wall time the key index writer spent recording; divided by bsfg_key_index_recorded_facts it is the index's cost per fact",
-            m.key_index_write_seconds_total.clone(),
+            self.key_index_write_seconds_total.clone(),
         );
         registry.register(
             "bsfg_key_index_staged_facts",
             "Stored facts waiting for the key index writer (appends wait, then are refused, at [commit] key_index_staged_facts_max)",
-            m.key_index_staged_facts.clone(),
+            self.key_index_staged_facts.clone(),
         );
         registry.register(
             "bsfg_key_index_entries",
             "Entries in the key index file (entries of facts retention removed count until their page is next written)",
-            m.key_index_entries.clone(),
+            self.key_index_entries.clone(),
         );
         registry.register(
             "bsfg_key_index_buffered_facts",
             "Recorded key index entries in memory, not yet merged into the file (a crash re-reads at most these from the streams; merged at [commit] key_index_buffered_facts_max or every key_index_sync_interval)",
-            m.key_index_buffered_facts.clone(),
+            self.key_index_buffered_facts.clone(),
         );
         registry.register(
             "bsfg_key_index_file_bytes",
             "Size of the key index file (it grows by whole buckets as entries are added)",
-            m.key_index_file_bytes.clone(),
+            self.key_index_file_bytes.clone(),
         );
+    }
+
+    /// Frontiers, the store, its disk and retention, and object bytes.
+    fn register_store(&self, registry: &mut Registry) {
         registry.register(
             "bsfg_frontier_offset",
             "Confirmed frontier per consumer",
-            m.frontier_offset.clone(),
+            self.frontier_offset.clone(),
         );
         registry.register(
             "bsfg_store_buffer_fill_percent",
             "Category log fill as percent of capacity",
-            m.store_buffer_fill_percent.clone(),
+            self.store_buffer_fill_percent.clone(),
         );
         registry.register(
             "bsfg_store_free_bytes",
             "Free bytes of each watched filesystem: the embedded store's (filesystem=\"store\") and the key index's (filesystem=\"key_index\")",
-            m.store_free_bytes.clone(),
+            self.store_free_bytes.clone(),
         );
         registry.register(
             "bsfg_disk_full",
             "1 while a watched filesystem has less free space than [nats] store_free_bytes_min (appends are refused disk_full)",
-            m.disk_full.clone(),
+            self.disk_full.clone(),
         );
         registry.register(
             "bsfg_jetstream_available",
             "1 while the zone's JetStream answers account requests (0: disabled, e.g. after a storage error, or unreachable)",
-            m.jetstream_available.clone(),
+            self.jetstream_available.clone(),
         );
         registry.register(
             "bsfg_store_storage_fault",
             "1 while the embedded nats-server has hit storage errors (its filesystem ran out of space, or it logged them) and has not been restarted since",
-            m.store_storage_fault.clone(),
+            self.store_storage_fault.clone(),
         );
         registry.register(
             "bsfg_embedded_nats_storage_restarts",
             "Restarts of the embedded nats-server to clear storage errors once its filesystem had room again",
-            m.embedded_nats_storage_restarts_total.clone(),
+            self.embedded_nats_storage_restarts_total.clone(),
         );
         registry.register(
             "bsfg_retention_blocked",
             "1 when unconfirmed facts are near or past max_age, or kept past the fill mark, because a consumer has not confirmed them (alarm)",
-            m.retention_blocked.clone(),
+            self.retention_blocked.clone(),
         );
         registry.register(
             "bsfg_oldest_unconfirmed_age_seconds",
             "Age of the oldest fact some consumer of the category has not confirmed",
-            m.oldest_unconfirmed_age_seconds.clone(),
+            self.oldest_unconfirmed_age_seconds.clone(),
         );
         registry.register(
             "bsfg_object_bytes",
             "Object bytes written and read",
-            m.object_bytes_total.clone(),
+            self.object_bytes_total.clone(),
         );
+    }
+
+    /// Certificates, TLS reloads, authorization and the crossing policy.
+    fn register_tls_and_policy(&self, registry: &mut Registry) {
         registry.register(
             "bsfg_certificate_expiry_days",
             "Days until the node certificate and the trusted CA expire",
-            m.certificate_expiry_days.clone(),
+            self.certificate_expiry_days.clone(),
         );
         registry.register(
             "bsfg_tls_reload_failures",
             "Changed TLS files that could not be loaded (the previous set stays live)",
-            m.tls_reload_failures_total.clone(),
+            self.tls_reload_failures_total.clone(),
         );
         registry.register(
             "bsfg_access_refusals",
             "Requests refused by authorization, by reason",
-            m.access_refusals_total.clone(),
+            self.access_refusals_total.clone(),
         );
         registry.register(
             "bsfg_crossing_refusals",
             "Facts withheld or refused by the crossing policy, by peer and direction",
-            m.crossing_refusals_total.clone(),
+            self.crossing_refusals_total.clone(),
         );
-        registry.register("bsfg_replication_lag_seconds", "Age of the oldest fact of the peer that may not be here yet, per link; keeps growing while the link is cut (README, Lag)", m.replication_lag_seconds.clone());
+    }
+
+    /// Links (replication, clocks, modes) and delivery to consumers.
+    fn register_links(&self, registry: &mut Registry) {
+        registry.register("bsfg_replication_lag_seconds", "Age of the oldest fact of the peer that may not be here yet, per link; keeps growing while the link is cut (README, Lag)", self.replication_lag_seconds.clone());
         registry.register(
             "bsfg_replication_lag_high_watermark",
             "Highest replication lag per link over the last 15 minutes (seconds)",
-            m.replication_lag_high_watermark.clone(),
+            self.replication_lag_high_watermark.clone(),
         );
         registry.register(
             "bsfg_clock_skew_seconds",
             "Another clock minus this node's (seconds), median of recent readings: against=\"store\" (the zone's nats-server) or a peer zone; beyond clock_skew_max the node WARNs",
-            m.clock_skew_seconds.clone(),
+            self.clock_skew_seconds.clone(),
         );
         registry.register(
             "bsfg_link_mode",
             "1 for the current mode of each link (normal, autonomous, reconciliation, stalled)",
-            m.link_mode.clone(),
+            self.link_mode.clone(),
         );
         registry.register(
             "bsfg_link_last_confirm_age_seconds",
             "Seconds since the link last confirmed to its peer",
-            m.last_confirm_age_seconds.clone(),
+            self.last_confirm_age_seconds.clone(),
         );
         registry.register(
             "bsfg_replicated_facts",
             "Facts replicated into this zone, per link",
-            m.replicated_facts_total.clone(),
+            self.replicated_facts_total.clone(),
         );
         registry.register(
             "bsfg_object_partial_bytes",
             "Bytes of interrupted artifact pulls kept for resumption, per link",
-            m.object_resume_bytes_total.clone(),
+            self.object_resume_bytes_total.clone(),
         );
         registry.register(
             "bsfg_delivery_gaps",
             "Deliveries JetStream made to a consumer that this node did not take in (a stall or a lost pull), each answered by redelivering from the frontier, per consumer",
-            m.delivery_gaps_total.clone(),
+            self.delivery_gaps_total.clone(),
         );
         registry.register(
             "bsfg_quarantined_facts",
             "Stored records a consumer was not served because they cannot be decoded (each audited; the consumer moves past them), per consumer",
-            m.quarantined_facts_total.clone(),
+            self.quarantined_facts_total.clone(),
         );
+    }
+
+    /// The boundary port: refusals before the RPC layer, TLS, connections.
+    fn register_boundary(&self, registry: &mut Registry) {
         registry.register(
             "bsfg_boundary_refusals",
             "Requests the boundary port refused before the RPC layer answered (unknown identity, node_busy, oversized or late bodies), by rpc and reason",
-            m.boundary_refusals_total.clone(),
+            self.boundary_refusals_total.clone(),
         );
         registry.register(
             "bsfg_tls_handshake_refusals",
             "TLS handshakes the boundary port refused, by reason",
-            m.tls_handshake_refusals_total.clone(),
+            self.tls_handshake_refusals_total.clone(),
         );
         registry.register(
             "bsfg_connections_refused",
             "Connections closed at accept because the node had [boundary] connections_max open",
-            m.connections_refused_total.clone(),
+            self.connections_refused_total.clone(),
         );
         registry.register(
             "bsfg_connections_open",
             "Open connections on the boundary port",
-            m.connections_open.clone(),
+            self.connections_open.clone(),
         );
+    }
+
+    /// The audit trail.
+    fn register_audit(&self, registry: &mut Registry) {
         registry.register(
             "bsfg_audit_records_dropped",
             "Audit records that could not be kept (retry buffer full, or refused for good); each is logged with its content",
-            m.audit_records_dropped_total.clone(),
+            self.audit_records_dropped_total.clone(),
         );
         registry.register(
             "bsfg_audit_records_pending",
             "Audit records waiting to be appended again after a failed append",
-            m.audit_records_pending.clone(),
+            self.audit_records_pending.clone(),
         );
         registry.register(
             "bsfg_audit_refusals_summarized",
             "Refusals past an identity's rate of individual audit records, counted into its next summary record",
-            m.audit_refusals_summarized_total.clone(),
+            self.audit_refusals_summarized_total.clone(),
         );
-        Self { registry, ..m }
     }
 
     /// Counts an authorization refusal in `bsfg_access_refusals` (others
