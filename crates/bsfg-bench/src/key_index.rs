@@ -70,66 +70,13 @@ pub fn run(a: KeyIndexArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let _cleanup = scopeguard(dir.clone());
     let path = dir.join("key-index.kix");
-    let index = KeyIndex::open(
-        &path,
-        &["operational".to_string()],
-        a.buffered,
-        a.filter_bytes,
-    )?;
+    let index = open_index(&path, &a)?;
     let me = std::process::id();
     let mut md = format!(
         "### Key index alone (`bsfg-bench key-index --entries {} --batch {} --sync-interval-ms {}`)\n\n| Index size (entries) | record CPU µs/entry | look-up miss CPU µs/key | look-up hit CPU µs/key | file MiB |\n|---|---|---|---|---|\n",
         a.entries, a.batch, a.sync_interval_ms
     );
-    let mut offset = 0u64;
-    let sync_interval = std::time::Duration::from_millis(a.sync_interval_ms);
-    let mut last_sync = Instant::now();
-    while offset < a.entries {
-        let (step_start, step_end) = (offset, (offset + a.step).min(a.entries));
-        // Only the index's calls are timed; making the tokens is not.
-        let mut record_cpu_s = 0.0;
-        while offset < step_end {
-            let n = a.batch.min(step_end - offset);
-            let entries: Vec<(usize, Token, u64)> = (offset + 1..=offset + n)
-                .map(|o| (0, token("stored", o), o))
-                .collect();
-            let cpu_before = cpu_seconds(me);
-            index.record(&entries, &[])?;
-            if last_sync.elapsed() >= sync_interval {
-                index.sync()?;
-                last_sync = Instant::now();
-            }
-            record_cpu_s += cpu_seconds(me) - cpu_before;
-            offset += n;
-        }
-        let record_us = record_cpu_s * 1e6 / (offset - step_start) as f64;
-        // Misses: keys never stored. Hits: keys of this step, again.
-        let misses: Vec<Token> = (0..a.lookups)
-            .map(|n| token(&format!("absent{offset}"), n))
-            .collect();
-        let hits: Vec<Token> = (offset - a.lookups.min(offset) + 1..=offset)
-            .map(|o| token("stored", o))
-            .collect();
-        let (miss_us, missed_found) = time_look_ups(&index, &misses, me)?;
-        anyhow::ensure!(
-            missed_found == 0,
-            "{missed_found} keys never stored were found in the index"
-        );
-        let (hit_us, hits_found) = time_look_ups(&index, &hits, me)?;
-        anyhow::ensure!(
-            hits_found == hits.len(),
-            "only {hits_found} of {} stored keys were found",
-            hits.len()
-        );
-        let file_mib = std::fs::metadata(&path)?.len() as f64 / (1024.0 * 1024.0);
-        eprintln!(
-            "{offset} entries: record {record_us:.2} µs/entry, miss {miss_us:.2} µs, hit {hit_us:.2} µs, file {file_mib:.0} MiB"
-        );
-        let _ = writeln!(
-            md,
-            "| {offset} | {record_us:.2} | {miss_us:.2} | {hit_us:.2} | {file_mib:.0} |"
-        );
-    }
+    let mut offset = grow(&index, &a, &path, me, &mut md)?;
     if a.paced_rate > 0 {
         let (cpu_us, disk_bytes) = paced(&index, &a, &mut offset, me)?;
         let _ = writeln!(
@@ -144,34 +91,10 @@ pub fn run(a: KeyIndexArgs) -> anyhow::Result<()> {
     // with the files in the page cache and once after evicting them (a
     // restart after a reboot).
     drop(index);
-    let saved_filter = std::path::PathBuf::from(format!("{}.filter", path.display()));
-    let reopen_ms = |with_saved_filter: bool, cold: bool| -> anyhow::Result<(f64, u64)> {
-        if !with_saved_filter {
-            std::fs::remove_file(&saved_filter)?;
-        }
-        if cold {
-            evict_from_page_cache(&path)?;
-            if with_saved_filter {
-                evict_from_page_cache(&saved_filter)?;
-            }
-        }
-        let started = Instant::now();
-        let reopened = KeyIndex::open(
-            &path,
-            &["operational".to_string()],
-            a.buffered,
-            a.filter_bytes,
-        )?;
-        let ms = started.elapsed().as_secs_f64() * 1e3;
-        let entries = reopened.size().entries;
-        anyhow::ensure!(entries > 0, "the reopened index lost its entries");
-        // Dropped cleanly: the filter is saved again for the next reopen.
-        Ok((ms, entries))
-    };
-    let (saved_warm_ms, entries) = reopen_ms(true, false)?;
-    let (saved_cold_ms, _) = reopen_ms(true, true)?;
-    let (pages_warm_ms, _) = reopen_ms(false, false)?;
-    let (pages_cold_ms, _) = reopen_ms(false, true)?;
+    let (saved_warm_ms, entries) = reopen_ms(&path, &a, true, false)?;
+    let (saved_cold_ms, _) = reopen_ms(&path, &a, true, true)?;
+    let (pages_warm_ms, _) = reopen_ms(&path, &a, false, false)?;
+    let (pages_cold_ms, _) = reopen_ms(&path, &a, false, true)?;
     let _ = writeln!(
         md,
         "\nReopening the cleanly closed file ({entries} entries in its pages, {:.0} MiB): with the key filter saved at the close, {saved_warm_ms:.0} ms with the files in the page cache and {saved_cold_ms:.0} ms after evicting them (`posix_fadvise` DONTNEED); without it (reading every page once to fill the filter, as after a crash), {pages_warm_ms:.0} ms and {pages_cold_ms:.0} ms.",
@@ -179,6 +102,141 @@ pub fn run(a: KeyIndexArgs) -> anyhow::Result<()> {
     );
     println!("{md}");
     Ok(())
+}
+
+/// The benchmarked index at `path`: one category, as configured.
+fn open_index(path: &std::path::Path, a: &KeyIndexArgs) -> anyhow::Result<KeyIndex> {
+    KeyIndex::open(
+        path,
+        &["operational".to_string()],
+        a.buffered,
+        a.filter_bytes,
+    )
+}
+
+/// Fills the index to `a.entries`, a step at a time, and adds a row per
+/// step (record, miss and hit CPU, file size) to `md`. Returns the offset
+/// reached.
+fn grow(
+    index: &KeyIndex,
+    a: &KeyIndexArgs,
+    path: &std::path::Path,
+    me: u32,
+    md: &mut String,
+) -> anyhow::Result<u64> {
+    let mut offset = 0u64;
+    let sync_interval = std::time::Duration::from_millis(a.sync_interval_ms);
+    let mut last_sync = Instant::now();
+    while offset < a.entries {
+        let (step_start, step_end) = (offset, (offset + a.step).min(a.entries));
+        let record_cpu_s = record_step(
+            index,
+            a,
+            &mut offset,
+            step_end,
+            sync_interval,
+            &mut last_sync,
+            me,
+        )?;
+        let record_us = record_cpu_s * 1e6 / (offset - step_start) as f64;
+        let (miss_us, hit_us) = look_up_step(index, a, offset, me)?;
+        let file_mib = std::fs::metadata(path)?.len() as f64 / (1024.0 * 1024.0);
+        eprintln!(
+            "{offset} entries: record {record_us:.2} µs/entry, miss {miss_us:.2} µs, hit {hit_us:.2} µs, file {file_mib:.0} MiB"
+        );
+        let _ = writeln!(
+            md,
+            "| {offset} | {record_us:.2} | {miss_us:.2} | {hit_us:.2} | {file_mib:.0} |"
+        );
+    }
+    Ok(offset)
+}
+
+/// Records entries in batches up to `step_end`, syncing every interval;
+/// returns the CPU seconds the index's calls took.
+fn record_step(
+    index: &KeyIndex,
+    a: &KeyIndexArgs,
+    offset: &mut u64,
+    step_end: u64,
+    sync_interval: std::time::Duration,
+    last_sync: &mut Instant,
+    me: u32,
+) -> anyhow::Result<f64> {
+    // Only the index's calls are timed; making the tokens is not.
+    let mut record_cpu_s = 0.0;
+    while *offset < step_end {
+        let n = a.batch.min(step_end - *offset);
+        let entries: Vec<(usize, Token, u64)> = (*offset + 1..=*offset + n)
+            .map(|o| (0, token("stored", o), o))
+            .collect();
+        let cpu_before = cpu_seconds(me);
+        index.record(&entries, &[])?;
+        if last_sync.elapsed() >= sync_interval {
+            index.sync()?;
+            *last_sync = Instant::now();
+        }
+        record_cpu_s += cpu_seconds(me) - cpu_before;
+        *offset += n;
+    }
+    Ok(record_cpu_s)
+}
+
+/// Times look-ups at `offset` entries; returns the miss and hit CPU µs
+/// per key, having checked that no miss and every hit was found.
+fn look_up_step(
+    index: &KeyIndex,
+    a: &KeyIndexArgs,
+    offset: u64,
+    me: u32,
+) -> anyhow::Result<(f64, f64)> {
+    // Misses: keys never stored. Hits: keys of this step, again.
+    let misses: Vec<Token> = (0..a.lookups)
+        .map(|n| token(&format!("absent{offset}"), n))
+        .collect();
+    let hits: Vec<Token> = (offset - a.lookups.min(offset) + 1..=offset)
+        .map(|o| token("stored", o))
+        .collect();
+    let (miss_us, missed_found) = time_look_ups(index, &misses, me)?;
+    anyhow::ensure!(
+        missed_found == 0,
+        "{missed_found} keys never stored were found in the index"
+    );
+    let (hit_us, hits_found) = time_look_ups(index, &hits, me)?;
+    anyhow::ensure!(
+        hits_found == hits.len(),
+        "only {hits_found} of {} stored keys were found",
+        hits.len()
+    );
+    Ok((miss_us, hit_us))
+}
+
+/// Reopens the closed index (first removing the saved filter unless
+/// `with_saved_filter`, first evicting the files from the page cache if
+/// `cold`); returns the milliseconds it took and the entries it holds.
+fn reopen_ms(
+    path: &std::path::Path,
+    a: &KeyIndexArgs,
+    with_saved_filter: bool,
+    cold: bool,
+) -> anyhow::Result<(f64, u64)> {
+    let saved_filter = std::path::PathBuf::from(format!("{}.filter", path.display()));
+    if !with_saved_filter {
+        std::fs::remove_file(&saved_filter)?;
+    }
+    if cold {
+        evict_from_page_cache(path)?;
+        if with_saved_filter {
+            evict_from_page_cache(&saved_filter)?;
+        }
+    }
+    let started = Instant::now();
+    let reopened = open_index(path, a)?;
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    let entries = reopened.size().entries;
+    anyhow::ensure!(entries > 0, "the reopened index lost its entries");
+    // Dropped cleanly: the filter is saved again for the next reopen.
+    Ok((ms, entries))
 }
 
 /// Drops a (clean, fsynced) file's pages from the OS page cache.

@@ -417,87 +417,122 @@ async fn stall_probe(
         .into_iter()
         .enumerate()
     {
-        let name = format!("stall{n}");
-        fresh_stream(js, &name).await?;
-        let created = Instant::now();
-        // Every change of the state file's modification time, on the same clock.
-        let state_file = dir.join(format!(
-            "js-substrate/jetstream/$G/streams/{name}/msgs/index.db"
-        ));
-        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-        let watcher = tokio::spawn(async move {
-            let (mut last, mut writes) = (None, Vec::new());
-            loop {
-                let modified = std::fs::metadata(&state_file)
-                    .and_then(|m| m.modified())
-                    .ok();
-                if modified.is_some() && modified != last {
-                    writes.push(created.elapsed().as_secs_f64());
-                    last = modified;
-                }
-                tokio::select! {
-                    _ = &mut stopped => return (writes, std::fs::metadata(&state_file).map(|m| m.len()).unwrap_or(0)),
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                }
-            }
-        });
-        let (prefilled, prefill_secs) = publish(
-            js,
-            variant,
-            a.window,
-            f64::INFINITY,
-            a.prefill,
-            &format!("prefill-{n}"),
-        )
-        .await?;
-        eprintln!("{variant:?}: pre-filled {prefilled} in {prefill_secs:.1} s");
-        let loop_started = created.elapsed().as_secs_f64();
-        let (j, run) = (js.clone(), format!("probe-{n}"));
-        let payload = bytes::Bytes::from(vec![b'x'; 256]);
-        let (sample, timeline) = open_loop_timeline(a.rate, a.probe_secs, move |i| {
-            let (subject, headers) = variant.message(&run, i);
-            publish_acked(&j, subject, headers, payload.clone())
-        })
-        .await;
-        let _ = stop.send(());
-        let (writes, state_bytes) = watcher.await?;
-        let max_us = timeline.iter().map(|(_, us)| *us).max().unwrap_or(0);
-        let mut stalled: Vec<u64> = timeline
-            .iter()
-            .filter(|(_, us)| *us > 50_000)
-            .map(|(at, _)| (loop_started + f64::from(*at) / 1e3) as u64)
-            .collect();
-        stalled.sort_unstable();
-        stalled.dedup();
-        let writes: Vec<String> = writes.iter().map(|w| format!("{w:.0}")).collect();
-        let stalled: Vec<String> = stalled.iter().map(|s| s.to_string()).collect();
-        writeln!(
-            md,
-            "| {} | {prefilled} | {:.0}/s × {:.0} s from {loop_started:.0} s | {:.2} | {:.2} | {:.0} | {} | {} | {:.1} MiB |",
-            variant.label(),
-            a.rate,
-            a.probe_secs,
-            sample.p50_ms,
-            sample.p99_ms,
-            f64::from(max_us) / 1e3,
-            if stalled.is_empty() {
-                "none".to_string()
-            } else {
-                stalled.join(", ")
-            },
-            if writes.is_empty() {
-                "none".to_string()
-            } else {
-                writes.join(", ")
-            },
-            state_bytes as f64 / 1048576.0
-        )?;
-        eprintln!(
-            "{variant:?}: p99 {:.2} ms, max {:.0} ms",
-            sample.p99_ms,
-            f64::from(max_us) / 1e3
-        );
-        js.delete_stream(&name).await?;
+        stall_probe_layout(a, js, dir, n, variant, &mut md).await?;
     }
     Ok(md)
+}
+
+/// One layout of `--stalls`: a fresh stream, pre-filled, then probed at an
+/// open-loop rate while its state file is watched; adds its row to `md`.
+async fn stall_probe_layout(
+    a: &SubstrateArgs,
+    js: &jetstream::Context,
+    dir: &std::path::Path,
+    n: usize,
+    variant: Variant,
+    md: &mut String,
+) -> anyhow::Result<()> {
+    let name = format!("stall{n}");
+    fresh_stream(js, &name).await?;
+    let created = Instant::now();
+    // Every change of the state file's modification time, on the same clock.
+    let state_file = dir.join(format!(
+        "js-substrate/jetstream/$G/streams/{name}/msgs/index.db"
+    ));
+    let (stop, watcher) = watch_state_file(state_file, created);
+    let (prefilled, prefill_secs) = publish(
+        js,
+        variant,
+        a.window,
+        f64::INFINITY,
+        a.prefill,
+        &format!("prefill-{n}"),
+    )
+    .await?;
+    eprintln!("{variant:?}: pre-filled {prefilled} in {prefill_secs:.1} s");
+    let loop_started = created.elapsed().as_secs_f64();
+    let (j, run) = (js.clone(), format!("probe-{n}"));
+    let payload = bytes::Bytes::from(vec![b'x'; 256]);
+    let (sample, timeline) = open_loop_timeline(a.rate, a.probe_secs, move |i| {
+        let (subject, headers) = variant.message(&run, i);
+        publish_acked(&j, subject, headers, payload.clone())
+    })
+    .await;
+    let _ = stop.send(());
+    let (writes, state_bytes) = watcher.await?;
+    let max_us = timeline.iter().map(|(_, us)| *us).max().unwrap_or(0);
+    let stalled = stalled_seconds(&timeline, loop_started);
+    let writes: Vec<String> = writes.iter().map(|w| format!("{w:.0}")).collect();
+    writeln!(
+        md,
+        "| {} | {prefilled} | {:.0}/s × {:.0} s from {loop_started:.0} s | {:.2} | {:.2} | {:.0} | {} | {} | {:.1} MiB |",
+        variant.label(),
+        a.rate,
+        a.probe_secs,
+        sample.p50_ms,
+        sample.p99_ms,
+        f64::from(max_us) / 1e3,
+        listed_or_none(&stalled),
+        listed_or_none(&writes),
+        state_bytes as f64 / 1048576.0
+    )?;
+    eprintln!(
+        "{variant:?}: p99 {:.2} ms, max {:.0} ms",
+        sample.p99_ms,
+        f64::from(max_us) / 1e3
+    );
+    js.delete_stream(&name).await?;
+    Ok(())
+}
+
+/// Watches a stream's state file every 100 ms until told to stop; the task
+/// returns the seconds since `created` at which its modification time
+/// changed, and its final size.
+fn watch_state_file(
+    state_file: PathBuf,
+    created: Instant,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<(Vec<f64>, u64)>,
+) {
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let watcher = tokio::spawn(async move {
+        let (mut last, mut writes) = (None, Vec::new());
+        loop {
+            let modified = std::fs::metadata(&state_file)
+                .and_then(|m| m.modified())
+                .ok();
+            if modified.is_some() && modified != last {
+                writes.push(created.elapsed().as_secs_f64());
+                last = modified;
+            }
+            tokio::select! {
+                _ = &mut stopped => return (writes, std::fs::metadata(&state_file).map(|m| m.len()).unwrap_or(0)),
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    });
+    (stop, watcher)
+}
+
+/// The whole seconds (after stream creation) in which a request of the
+/// open loop started at `loop_started` took over 50 ms, ascending, once each.
+fn stalled_seconds(timeline: &[(u32, u32)], loop_started: f64) -> Vec<String> {
+    let mut stalled: Vec<u64> = timeline
+        .iter()
+        .filter(|(_, us)| *us > 50_000)
+        .map(|(at, _)| (loop_started + f64::from(*at) / 1e3) as u64)
+        .collect();
+    stalled.sort_unstable();
+    stalled.dedup();
+    stalled.iter().map(|s| s.to_string()).collect()
+}
+
+/// The items comma-separated, or "none".
+fn listed_or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".to_string()
+    } else {
+        items.join(", ")
+    }
 }

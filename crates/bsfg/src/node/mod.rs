@@ -94,36 +94,96 @@ const STORE_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningNode> {
     let config = Arc::new(config);
-    let embedded = match &config.nats.url {
+    let embedded = start_embedded_nats(&config).await?;
+    let url = nats_url(&config, embedded.as_ref());
+    let metrics = Arc::new(Metrics::new());
+    let login = store_login(&config, embedded.as_ref())?;
+    let store =
+        Arc::new(open_store_with_retry(&url, &login, config.clone(), metrics.clone()).await?);
+    let retention = spawn_retention(&config, &store, &metrics);
+    let (ops, ops_addr) = spawn_ops(&config, &store, &metrics).await?;
+    let tls = load_tls(&config)?;
+    let mut tasks = spawn_watchers(&config, embedded.as_ref(), tls.as_ref(), &store, &metrics);
+    let (audit, audit_tasks) =
+        audit::Audit::start(&config.zone, store.facts.clone(), metrics.clone());
+    tasks.extend(audit_tasks);
+    let (replicator, replication_tasks) = start_replication(&config, &store, &metrics, &audit)?;
+    tasks.extend(replication_tasks);
+    let gate = build_gate(&config, &store, &metrics, audit, &replicator);
+    let (server_task, boundary_addr) =
+        serve_boundary(&config, tls.as_ref(), gate, &metrics).await?;
+    tracing::info!(zone = %config.zone, boundary = %boundary_addr, ops = %ops_addr, nats = %url, "zone node ready");
+    let mut all_tasks = vec![server_task, retention, ops];
+    all_tasks.extend(tasks);
+    Ok(RunningNode {
+        boundary_addr,
+        ops_addr,
+        store,
+        metrics,
+        tls,
+        replicator,
+        _embedded: embedded,
+        tasks: all_tasks,
+    })
+}
+
+/// The embedded nats-server, started when no external NATS URL is configured.
+async fn start_embedded_nats(
+    config: &ZoneConfig,
+) -> anyhow::Result<Option<nats_server::EmbeddedNats>> {
+    Ok(match &config.nats.url {
         Some(_) => None,
-        None => Some(nats_server::start(&config).await?),
-    };
-    let url = config
+        None => Some(nats_server::start(config).await?),
+    })
+}
+
+/// The configured NATS URL, else the embedded server's.
+fn nats_url(config: &ZoneConfig, embedded: Option<&nats_server::EmbeddedNats>) -> String {
+    config
         .nats
         .url
         .clone()
-        .or_else(|| embedded.as_ref().map(|e| e.url.clone()))
-        .expect("one of the two");
-    let metrics = Arc::new(Metrics::new());
-    let login = match &embedded {
+        .or_else(|| embedded.map(|e| e.url.clone()))
+        .expect("one of the two")
+}
+
+/// The store's login: the embedded server's own user, else the configured one.
+fn store_login(
+    config: &ZoneConfig,
+    embedded: Option<&nats_server::EmbeddedNats>,
+) -> anyhow::Result<crate::store::Login> {
+    Ok(match embedded {
         Some(e) => crate::store::Login::UserPassword {
             user: e.auth.user.clone(),
             password: e.auth.password.clone(),
         },
         None => crate::store::Login::from_config(&config.nats)?,
-    };
-    let store =
-        Arc::new(open_store_with_retry(&url, &login, config.clone(), metrics.clone()).await?);
+    })
+}
 
-    let retention = tokio::spawn(crate::store::retention::run(
+/// The retention task.
+fn spawn_retention(
+    config: &ZoneConfig,
+    store: &Arc<Store>,
+    metrics: &Arc<Metrics>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(crate::store::retention::run(
         store.client.clone(),
         store.facts.clone(),
         store.consumers.clone(),
         store.clock.clone(),
         metrics.clone(),
         config.retention_interval,
-    ));
+    ))
+}
 
+/// Binds the operations port and serves it; returns the task and the
+/// address it bound.
+async fn spawn_ops(
+    config: &ZoneConfig,
+    store: &Arc<Store>,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<(tokio::task::JoinHandle<()>, SocketAddr)> {
     let ops_listener = tokio::net::TcpListener::bind(config.ops_listen).await?;
     let ops_addr = ops_listener.local_addr()?;
     let ops = tokio::spawn(ops_http::serve(
@@ -131,8 +191,12 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningNode> {
         metrics.clone(),
         store.clone(),
     ));
+    Ok((ops, ops_addr))
+}
 
-    let tls = match config.tls.mode {
+/// The boundary port's TLS (None in plaintext-dev mode, with a loud warning).
+fn load_tls(config: &ZoneConfig) -> anyhow::Result<Option<Arc<ReloadingTls>>> {
+    Ok(match config.tls.mode {
         TlsMode::Mtls => {
             let files = TlsFiles {
                 ca: config.tls.ca.clone().expect("config checked"),
@@ -147,25 +211,46 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningNode> {
             );
             None
         }
-    };
+    })
+}
+
+/// The embedded server's storage watch and the TLS reload watch, for
+/// whichever of the two this node has.
+fn spawn_watchers(
+    config: &ZoneConfig,
+    embedded: Option<&nats_server::EmbeddedNats>,
+    tls: Option<&Arc<ReloadingTls>>,
+    store: &Arc<Store>,
+    metrics: &Arc<Metrics>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
-    if let Some(embedded) = &embedded {
+    if let Some(embedded) = embedded {
         tasks.push(embedded.watch_storage(
             store.disk.clone(),
             store.jetstream_health.clone(),
             metrics.clone(),
         ));
     }
-    if let Some(tls) = &tls {
+    if let Some(tls) = tls {
         tasks.push(tokio::spawn(crate::tls::server::watch(
             tls.clone(),
             metrics.clone(),
             config.tls.reload_interval,
         )));
     }
-    let (audit, audit_tasks) =
-        audit::Audit::start(&config.zone, store.facts.clone(), metrics.clone());
-    tasks.extend(audit_tasks);
+    tasks
+}
+
+/// The replicator (links to upstream peers) and its confirm-age publisher.
+fn start_replication(
+    config: &Arc<ZoneConfig>,
+    store: &Arc<Store>,
+    metrics: &Arc<Metrics>,
+    audit: &Arc<audit::Audit>,
+) -> anyhow::Result<(
+    Arc<crate::replicator::Replicator>,
+    Vec<tokio::task::JoinHandle<()>>,
+)> {
     let peer_tls = match config.tls.mode {
         TlsMode::Mtls => Some(crate::replicator::PeerTls {
             ca: config.tls.ca.clone().expect("config checked"),
@@ -174,71 +259,80 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningNode> {
         }),
         TlsMode::PlaintextDev => None,
     };
-    let (replicator, replication_tasks) = crate::replicator::start(
+    let (replicator, mut tasks) = crate::replicator::start(
         config.clone(),
         store.clone(),
         metrics.clone(),
         audit.clone(),
         peer_tls,
     )?;
-    tasks.extend(replication_tasks);
     tasks.push(tokio::spawn(crate::replicator::publish_confirm_age(
         replicator.clone(),
         metrics.clone(),
     )));
+    Ok((replicator, tasks))
+}
+
+/// The boundary's front: both RPC services on one router, each route's
+/// limits, and the gate (auth, audit, request memory) before it.
+fn build_gate(
+    config: &Arc<ZoneConfig>,
+    store: &Arc<Store>,
+    metrics: &Arc<Metrics>,
+    audit: Arc<audit::Audit>,
+    replicator: &Arc<crate::replicator::Replicator>,
+) -> Arc<boundary::gate::Gate> {
     let audit_for_gate = audit.clone();
     let service = Arc::new(service::Boundary {
         config: config.clone(),
         store: store.clone(),
         metrics: metrics.clone(),
-        auth: auth::Auth::new(&config),
+        auth: auth::Auth::new(config),
         audit,
     });
     let operations = Arc::new(operations::Operations {
         config: config.clone(),
         store: store.clone(),
         metrics: metrics.clone(),
-        auth: auth::Auth::new(&config),
+        auth: auth::Auth::new(config),
         audit: audit_for_gate.clone(),
         replicator: replicator.clone(),
     });
-    let routes = boundary::routes::Routes::new(&config);
+    let routes = boundary::routes::Routes::new(config);
     let mut router = operations.register(service.register(connectrpc::Router::new()));
     for (path, route) in routes.all() {
         router = router.with_route_limits(path, route.rpc_limits());
     }
-    let gate = Arc::new(boundary::gate::Gate::new(
+    Arc::new(boundary::gate::Gate::new(
         connectrpc::ConnectRpcService::new(router),
         routes,
-        auth::Auth::new(&config),
+        auth::Auth::new(config),
         audit_for_gate,
         metrics.clone(),
         config.boundary.request_memory_bytes_max,
         config.boundary.body_timeout,
-    ));
+    ))
+}
+
+/// Binds the boundary port and serves it through the gate; returns the
+/// server task and the address it bound.
+async fn serve_boundary(
+    config: &ZoneConfig,
+    tls: Option<&Arc<ReloadingTls>>,
+    gate: Arc<boundary::gate::Gate>,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<(tokio::task::JoinHandle<()>, SocketAddr)> {
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let boundary_addr = listener.local_addr()?;
-    let server_tls = tls.as_ref().map(|t| t.server_config()).transpose()?;
+    let server_tls = tls.map(|t| t.server_config()).transpose()?;
     let server_task = tokio::spawn(boundary::listener::serve(
         listener,
         server_tls,
         gate,
-        listener_settings(&config),
+        listener_settings(config),
         metrics.clone(),
     ));
-    tracing::info!(zone = %config.zone, boundary = %boundary_addr, ops = %ops_addr, nats = %url, "zone node ready");
-    let mut all_tasks = vec![server_task, retention, ops];
-    all_tasks.extend(tasks);
-    Ok(RunningNode {
-        boundary_addr,
-        ops_addr,
-        store,
-        metrics,
-        tls,
-        replicator,
-        _embedded: embedded,
-        tasks: all_tasks,
-    })
+    Ok((server_task, boundary_addr))
 }
 
 /// What to do when JetStream refuses to reserve the zone's streams and

@@ -272,79 +272,15 @@ impl Objects {
         self.check_put(&header).await?;
         let store = self.bucket(&header.bucket)?.clone();
         let blob_name = format!("{BLOB_PREFIX}{}", random_id());
-        let bytes_max = self.config.limits.object_bytes_max;
-
-        // The reader ends cleanly (EOF) on a client error or an oversize
-        // upload, so the object store never leaves orphan chunks behind; the
-        // failure is remembered and the complete-but-wrong blob deleted.
-        let failure: Arc<std::sync::Mutex<Option<Rejection>>> = Arc::default();
-        let stopped = Arc::new(AtomicBool::new(false));
-        let mut received: u64 = 0;
-        let failure_in = failure.clone();
-        let stopped_in = stopped.clone();
-        let reader_stream = chunks
-            .take_while(move |item| {
-                let keep = !stopped_in.load(Ordering::Relaxed)
-                    && match item {
-                        Ok(bytes) => {
-                            received += bytes.len() as u64;
-                            if received > bytes_max {
-                                *failure_in.lock().unwrap() = Some(too_large(received, bytes_max));
-                                false
-                            } else {
-                                true
-                            }
-                        }
-                        Err(r) => {
-                            *failure_in.lock().unwrap() = Some(r.clone());
-                            false
-                        }
-                    };
-                if !keep {
-                    stopped_in.store(true, Ordering::Relaxed);
-                }
-                futures::future::ready(keep)
-            })
-            .map(|item| item.map_err(|r| std::io::Error::other(r.to_string())));
-        let mut reader = tokio_util::io::StreamReader::new(reader_stream);
-        let meta = object_store::ObjectMetadata {
-            name: blob_name.clone(),
-            chunk_size: Some(CHUNK_BYTES),
-            metadata: if header.media_type.is_empty() {
-                HashMap::new()
-            } else {
-                HashMap::from([(MEDIA_TYPE_METADATA.to_string(), header.media_type.clone())])
-            },
-            ..Default::default()
-        };
-        let put_result = store.put(meta, &mut reader).await;
-        let blob = match put_result {
-            Ok(blob) => blob,
-            Err(e) if is_bucket_full(&e.to_string()) => {
-                return Err(Rejection::new(
-                    Code::ResourceExhausted,
-                    "bucket_full",
-                    format!(
-                        "bucket {} has no room for {}/{} (its capacity_bytes is reached); an operator frees objects or raises the capacity",
-                        header.bucket, header.bucket, header.key
-                    ),
-                ));
-            }
-            Err(e) => return Err(unavailable("writing the object", e)),
-        };
-        let cleanup = |r: Rejection| {
-            let store = store.clone();
-            let blob_name = blob_name.clone();
-            async move {
-                if let Err(e) = store.delete(&blob_name).await {
-                    tracing::warn!(blob = %blob_name, error = %e, "could not delete a rejected upload's blob");
-                }
-                Err(r)
-            }
-        };
+        let (mut reader, failure) = bounded_reader(chunks, self.config.limits.object_bytes_max);
+        let meta = blob_metadata(&blob_name, &header.media_type);
+        let blob = store
+            .put(meta, &mut reader)
+            .await
+            .map_err(|e| write_refused(&header, e))?;
         let failed = failure.lock().unwrap().take();
         if let Some(r) = failed {
-            return cleanup(r).await;
+            return discard_blob(&store, &blob_name, r).await;
         }
         let digest = blob
             .digest
@@ -352,42 +288,15 @@ impl Objects {
             .and_then(nats_digest_to_hex)
             .unwrap_or_default();
         let size_bytes = blob.size as u64;
-        if !header.expected_digest.is_empty() && header.expected_digest != digest {
-            return cleanup(Rejection::new(
-                Code::InvalidArgument,
-                "digest_mismatch",
-                format!("received bytes hash to {digest}, the request expected {}; nothing was stored, upload again", header.expected_digest),
-            ))
-            .await;
-        }
-        if header.expected_size_bytes != 0 && header.expected_size_bytes != size_bytes {
-            return cleanup(Rejection::new(
-                Code::InvalidArgument,
-                "size_mismatch",
-                format!(
-                    "received {size_bytes} bytes, the request expected {}; nothing was stored",
-                    header.expected_size_bytes
-                ),
-            ))
-            .await;
+        if let Err(r) = check_received(&header, &digest, size_bytes) {
+            return discard_blob(&store, &blob_name, r).await;
         }
         // Re-check just before switching the key: a fact may have frozen it
         // while the bytes were streaming.
         if self.is_frozen(&header.bucket, &header.key).await? {
-            return cleanup(frozen(&header.bucket, &header.key)).await;
+            return discard_blob(&store, &blob_name, frozen(&header.bucket, &header.key)).await;
         }
-        let previous_blob = self
-            .info(&header.bucket, &header.key)
-            .await
-            .ok()
-            .map(|o| o.blob);
-        store
-            .add_link(&header.key, &blob)
-            .await
-            .map_err(|e| unavailable("linking the object key", e))?;
-        if let Some(old) = previous_blob.filter(|old| old != &blob_name) {
-            let _ = store.delete(&old).await;
-        }
+        self.link_key(&store, &header, &blob, &blob_name).await?;
         Ok(StoredObject {
             bucket: header.bucket,
             key: header.key,
@@ -397,6 +306,30 @@ impl Objects {
             blob: blob_name,
             blob_nuid: blob.nuid.clone(),
         })
+    }
+
+    /// Points `header.key` at the new blob and deletes the blob it pointed
+    /// at before, if any.
+    async fn link_key(
+        &self,
+        store: &object_store::ObjectStore,
+        header: &PutHeader,
+        blob: &object_store::ObjectInfo,
+        blob_name: &str,
+    ) -> Result<(), Rejection> {
+        let previous_blob = self
+            .info(&header.bucket, &header.key)
+            .await
+            .ok()
+            .map(|o| o.blob);
+        store
+            .add_link(&header.key, blob)
+            .await
+            .map_err(|e| unavailable("linking the object key", e))?;
+        if let Some(old) = previous_blob.filter(|old| old != blob_name) {
+            let _ = store.delete(&old).await;
+        }
+        Ok(())
     }
 
     /// Opens `bucket/key` for reading from `start_offset_bytes`. Returns the
@@ -533,6 +466,120 @@ impl ChunkReader {
         }
         Ok(())
     }
+}
+
+/// The upload as a reader for the object store. The reader ends cleanly
+/// (EOF) on a client error or an oversize upload, so the object store never
+/// leaves orphan chunks behind; the failure is remembered (the returned
+/// slot) and the complete-but-wrong blob deleted.
+fn bounded_reader<S>(
+    chunks: S,
+    bytes_max: u64,
+) -> (
+    impl tokio::io::AsyncRead + Send + Unpin,
+    Arc<std::sync::Mutex<Option<Rejection>>>,
+)
+where
+    S: Stream<Item = Result<Bytes, Rejection>> + Send + Unpin,
+{
+    let failure: Arc<std::sync::Mutex<Option<Rejection>>> = Arc::default();
+    let stopped = Arc::new(AtomicBool::new(false));
+    let mut received: u64 = 0;
+    let failure_in = failure.clone();
+    let stopped_in = stopped.clone();
+    let reader_stream = chunks
+        .take_while(move |item| {
+            let keep = !stopped_in.load(Ordering::Relaxed)
+                && match item {
+                    Ok(bytes) => {
+                        received += bytes.len() as u64;
+                        if received > bytes_max {
+                            *failure_in.lock().unwrap() = Some(too_large(received, bytes_max));
+                            false
+                        } else {
+                            true
+                        }
+                    }
+                    Err(r) => {
+                        *failure_in.lock().unwrap() = Some(r.clone());
+                        false
+                    }
+                };
+            if !keep {
+                stopped_in.store(true, Ordering::Relaxed);
+            }
+            futures::future::ready(keep)
+        })
+        .map(|item| item.map_err(|r| std::io::Error::other(r.to_string())));
+    (tokio_util::io::StreamReader::new(reader_stream), failure)
+}
+
+/// The new blob's metadata: its name, chunk size and declared media type.
+fn blob_metadata(blob_name: &str, media_type: &str) -> object_store::ObjectMetadata {
+    object_store::ObjectMetadata {
+        name: blob_name.to_string(),
+        chunk_size: Some(CHUNK_BYTES),
+        metadata: if media_type.is_empty() {
+            HashMap::new()
+        } else {
+            HashMap::from([(MEDIA_TYPE_METADATA.to_string(), media_type.to_string())])
+        },
+        ..Default::default()
+    }
+}
+
+/// Why the object store would not take the upload's bytes.
+fn write_refused(header: &PutHeader, e: object_store::PutError) -> Rejection {
+    if is_bucket_full(&e.to_string()) {
+        return Rejection::new(
+            Code::ResourceExhausted,
+            "bucket_full",
+            format!(
+                "bucket {} has no room for {}/{} (its capacity_bytes is reached); an operator frees objects or raises the capacity",
+                header.bucket, header.bucket, header.key
+            ),
+        );
+    }
+    unavailable("writing the object", e)
+}
+
+/// Whether the received bytes are the ones the request declared (digest,
+/// then size, each only when declared).
+fn check_received(header: &PutHeader, digest: &str, size_bytes: u64) -> Result<(), Rejection> {
+    if !header.expected_digest.is_empty() && header.expected_digest != digest {
+        return Err(Rejection::new(
+            Code::InvalidArgument,
+            "digest_mismatch",
+            format!(
+                "received bytes hash to {digest}, the request expected {}; nothing was stored, upload again",
+                header.expected_digest
+            ),
+        ));
+    }
+    if header.expected_size_bytes != 0 && header.expected_size_bytes != size_bytes {
+        return Err(Rejection::new(
+            Code::InvalidArgument,
+            "size_mismatch",
+            format!(
+                "received {size_bytes} bytes, the request expected {}; nothing was stored",
+                header.expected_size_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Deletes a rejected upload's blob (logging if it cannot) and returns the
+/// rejection.
+async fn discard_blob(
+    store: &object_store::ObjectStore,
+    blob_name: &str,
+    r: Rejection,
+) -> Result<StoredObject, Rejection> {
+    if let Err(e) = store.delete(blob_name).await {
+        tracing::warn!(blob = %blob_name, error = %e, "could not delete a rejected upload's blob");
+    }
+    Err(r)
 }
 
 fn too_large(size: u64, max: u64) -> Rejection {
