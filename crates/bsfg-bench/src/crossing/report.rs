@@ -260,18 +260,5 @@ const END: &str = "<!-- bsfg-bench crossing results: end -->";
 
 /// Replaces the crossing section of `out`, keeping everything else.
 fn write_section(out: &Path, results: &str) -> anyhow::Result<()> {
-    let existing =
-        std::fs::read_to_string(out).unwrap_or_else(|_| "# BSFG benchmarks\n\n".to_string());
-    let section = format!("{BEGIN}\n{results}{END}\n");
-    let text = match (existing.find(BEGIN), existing.find(END)) {
-        (Some(b), Some(e)) if e > b => format!(
-            "{}{}{}",
-            &existing[..b],
-            section,
-            &existing[e + END.len()..].trim_start_matches('\n')
-        ),
-        _ => format!("{}\n\n{}", existing.trim_end(), section),
-    };
-    std::fs::write(out, text)?;
-    Ok(())
+    crate::report::write_section(out, BEGIN, END, results)
 }
