@@ -22,7 +22,7 @@ fn peer_toml(name: &str, origins: &[&str], consumers: &[&str]) -> String {
 
 fn upstream_toml(peer: &str, url: &str, consumer: &str, spool: &Path) -> String {
     format!(
-        "\n[[upstreams]]\npeer = \"{peer}\"\nurl = \"{url}\"\nconsumer = \"{consumer}\"\nbatch_limit = 1000\nbatch_bytes_max = 4194304\nwait_ms = 500\npipeline_depth = 4\nbackoff_min = \"20ms\"\nbackoff_max = \"200ms\"\nspool_dir = \"{}\"\n",
+        "\n[[upstreams]]\npeer = \"{peer}\"\nurl = \"{url}\"\nconsumer = \"{consumer}\"\nbatch_facts_max = 1000\nbatch_bytes_max = 4194304\nwait = \"500ms\"\nbatches_ahead_max = 4\nbackoff_min = \"20ms\"\nbackoff_max = \"200ms\"\nspool_dir = \"{}\"\n",
         spool.display()
     )
 }

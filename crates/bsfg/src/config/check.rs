@@ -6,6 +6,10 @@ use super::{PrincipalKind, TlsMode, ZoneConfig};
 use anyhow::bail;
 use std::time::Duration;
 
+/// The longest long-poll an upstream may ask for: FetchFacts carries its
+/// wait in 32-bit milliseconds, and no peer waits longer than an hour.
+const UPSTREAM_WAIT_MAX: Duration = Duration::from_secs(3600);
+
 impl ZoneConfig {
     /// Cross-field checks a serde schema cannot express.
     pub fn check(&self) -> anyhow::Result<()> {
@@ -240,10 +244,18 @@ impl ZoneConfig {
                     u.backoff_max
                 );
             }
-            if u.batch_limit == 0 || u.pipeline_depth == 0 {
+            if u.batch_facts_max == 0 || u.batches_ahead_max == 0 {
                 bail!(
-                    "upstream {}: batch_limit and pipeline_depth must be at least 1",
+                    "upstream {}: batch_facts_max and batches_ahead_max must be at least 1",
                     u.peer
+                );
+            }
+            if u.wait > UPSTREAM_WAIT_MAX {
+                bail!(
+                    "upstream {}: wait ({:?}) must be at most {UPSTREAM_WAIT_MAX:?}; a peer \
+                     answers a long-poll after its [fetch] wait_max (30s by default) anyway",
+                    u.peer,
+                    u.wait
                 );
             }
         }

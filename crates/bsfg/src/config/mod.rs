@@ -9,6 +9,7 @@ mod boundary;
 mod category;
 mod check;
 mod commit;
+mod duration;
 mod fetch;
 mod nats;
 mod principal;
@@ -148,5 +149,35 @@ mod tests {
             ["operator"],
             "operator = true is read; it defaults to false"
         );
+    }
+
+    /// Files written with the older setting names still load, to the same
+    /// values as the new names; written back, they use the new names.
+    #[test]
+    fn older_setting_names_still_load() {
+        let head = "zone = \"z1\"\nlisten = \"127.0.0.1:1\"\nops_listen = \"127.0.0.1:2\"\n\
+                    [tls]\nmode = \"plaintext-dev\"\n";
+        let old = format!(
+            "{head}[fetch]\nlimit_default = 7\nlimit_max = 70\nwait_ms_max = 1500\n\
+             [[upstreams]]\npeer = \"p\"\nurl = \"https://p\"\nconsumer = \"c\"\n\
+             batch_limit = 9\nwait_ms = 250\npipeline_depth = 3\n"
+        );
+        let new = format!(
+            "{head}[fetch]\nfacts_default = 7\nfacts_max = 70\nwait_max = \"1s 500ms\"\n\
+             [[upstreams]]\npeer = \"p\"\nurl = \"https://p\"\nconsumer = \"c\"\n\
+             batch_facts_max = 9\nwait = \"250ms\"\nbatches_ahead_max = 3\n"
+        );
+        let old: ZoneConfig = toml::from_str(&old).expect("older names load");
+        let new: ZoneConfig = toml::from_str(&new).expect("new names load");
+        for c in [&old, &new] {
+            assert_eq!((c.fetch.facts_default, c.fetch.facts_max), (7, 70));
+            assert_eq!(c.fetch.wait_max, Duration::from_millis(1500));
+            let u = &c.upstreams[0];
+            assert_eq!((u.batch_facts_max, u.batches_ahead_max), (9, 3));
+            assert_eq!(u.wait, Duration::from_millis(250));
+        }
+        let written = toml::to_string(&old).unwrap();
+        assert!(written.contains("wait = \"250ms\""), "{written}");
+        assert!(!written.contains("batch_limit"), "{written}");
     }
 }

@@ -15,17 +15,19 @@ pub struct UpstreamConfig {
     pub url: String,
     /// The consumer on the peer exported to this zone.
     pub consumer: String,
-    #[serde(default = "default_batch_limit")]
-    pub batch_limit: u32,
+    /// Most facts one fetch asks for (old name `batch_limit`).
+    #[serde(default = "default_batch_facts_max", alias = "batch_limit")]
+    pub batch_facts_max: u32,
     #[serde(default = "default_batch_bytes")]
     pub batch_bytes_max: u64,
-    /// Long-poll wait of each fetch.
-    #[serde(default = "default_wait_ms")]
-    pub wait_ms: u32,
+    /// Long-poll wait of each fetch (old name `wait_ms`, milliseconds).
+    #[serde(default = "default_wait", alias = "wait_ms", with = "super::duration")]
+    pub wait: Duration,
     /// Batches fetched ahead of the one being screened (memory bound:
-    /// (pipeline_depth + 3) x batch_bytes_max, see `replicator`).
-    #[serde(default = "default_pipeline_depth")]
-    pub pipeline_depth: usize,
+    /// (batches_ahead_max + 3) x batch_bytes_max, see `replicator`; old
+    /// name `pipeline_depth`).
+    #[serde(default = "default_batches_ahead_max", alias = "pipeline_depth")]
+    pub batches_ahead_max: usize,
     /// Retry backoff bounds (with jitter).
     #[serde(default = "default_backoff_min", with = "humantime_serde")]
     pub backoff_min: Duration,
@@ -37,16 +39,16 @@ pub struct UpstreamConfig {
     pub spool_dir: PathBuf,
 }
 
-fn default_batch_limit() -> u32 {
+fn default_batch_facts_max() -> u32 {
     1000
 }
 fn default_batch_bytes() -> u64 {
     4 * 1024 * 1024
 }
-fn default_wait_ms() -> u32 {
-    1000
+fn default_wait() -> Duration {
+    Duration::from_secs(1)
 }
-fn default_pipeline_depth() -> usize {
+fn default_batches_ahead_max() -> usize {
     2
 }
 fn default_backoff_min() -> Duration {

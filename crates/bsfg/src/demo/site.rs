@@ -280,7 +280,7 @@ async fn start_zone(
         .iter_mut()
         .filter(|u| z == "enterprise" && u.peer == "idmz")
     {
-        u.batch_limit = RECONCILE_BATCH;
+        u.batch_facts_max = RECONCILE_BATCH;
     }
     config.check()?;
     let node = crate::node::start(config).await?;

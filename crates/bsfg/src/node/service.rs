@@ -161,9 +161,9 @@ impl Boundary {
     fn fetch_bounds(&self, request: &FetchFactsRequest) -> FetchBounds {
         let f = &self.config.fetch;
         let limit = if request.limit == 0 {
-            f.limit_default
+            f.facts_default
         } else {
-            request.limit.min(f.limit_max)
+            request.limit.min(f.facts_max)
         };
         let bytes = if request.max_bytes == 0 {
             f.bytes_default
@@ -174,7 +174,7 @@ impl Boundary {
             restart_from_frontier: request.restart_from_frontier,
             limit: limit as usize,
             bytes_max: bytes as usize,
-            wait: Duration::from_millis(u64::from(request.wait_ms.min(f.wait_ms_max))),
+            wait: Duration::from_millis(u64::from(request.wait_ms)).min(f.wait_max),
         }
     }
 }

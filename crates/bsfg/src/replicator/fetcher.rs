@@ -1,5 +1,5 @@
 //! The fetcher: long-polls the peer's `FetchFacts` and hands each batch to
-//! the screener, up to `pipeline_depth` of them in flight; records the peer
+//! the screener, up to `batches_ahead_max` of them in flight; records the peer
 //! side's mode, the backlog and the lag.
 
 use super::Context;
@@ -33,9 +33,9 @@ pub(super) async fn fetcher(
     loop {
         let request = FetchFactsRequest {
             consumer_name: c.consumer.clone(),
-            limit: c.batch_limit,
+            limit: c.batch_facts_max,
             max_bytes: c.batch_bytes_max,
-            wait_ms: c.wait_ms,
+            wait_ms: u32::try_from(c.wait.as_millis()).unwrap_or(u32::MAX),
             restart_from_frontier,
             ..Default::default()
         };
@@ -98,7 +98,7 @@ fn record_answer(link: &Link, cx: &Context, batch: &Batch) -> bool {
                 .push_back(times.first().copied().unwrap_or(now));
         }
     }
-    let mode = if answer.backlog > u64::from(c.batch_limit) {
+    let mode = if answer.backlog > u64::from(c.batch_facts_max) {
         LinkMode::Reconciliation
     } else {
         LinkMode::Normal

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-/// How long past its `wait_ms` a long-poll may stay unanswered before the
+/// How long past its wait a long-poll may stay unanswered before the
 /// link no longer counts as caught up (round trip, a busy peer).
 const POLL_GRACE_MS: i64 = 2_000;
 

@@ -216,12 +216,10 @@ impl Link {
     /// Recomputes the lag (and its high watermark) from what the link knows
     /// now; with `metrics`, publishes both.
     pub(super) fn refresh_lag(&self, metrics: Option<&Metrics>) {
-        let lag = self
-            .freshness
-            .lock()
-            .unwrap()
-            .lag_ms(crate::store::now_unix_ms(), i64::from(self.config.wait_ms))
-            as f64
+        let lag = self.freshness.lock().unwrap().lag_ms(
+            crate::store::now_unix_ms(),
+            i64::try_from(self.config.wait.as_millis()).unwrap_or(i64::MAX),
+        ) as f64
             / 1000.0;
         let mono_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let watermark = {

@@ -2,7 +2,7 @@
 //!
 //! Each link is a chain of tasks joined by bounded channels: a *fetcher*
 //! long-polls the peer's `FetchFacts` (over mTLS, as this node's
-//! certificate) and keeps up to `pipeline_depth` batches in flight, so a
+//! certificate) and keeps up to `batches_ahead_max` batches in flight, so a
 //! round trip never caps throughput; a *screener* decides for each fact
 //! whether it may enter this zone and pulls its artifacts; an *appender*
 //! appends the screened facts to the local log (idempotent: a redelivered
@@ -10,7 +10,7 @@
 //! (a *confirmer*). The screener works on the next batch while the appender
 //! waits for JetStream's acknowledgements of the current one, so neither
 //! this node's CPU nor its nats-server idles while the other works. Memory
-//! is bounded by `(pipeline_depth + 3) x batch_bytes_max` (the fetched
+//! is bounded by `(batches_ahead_max + 3) x batch_bytes_max` (the fetched
 //! batches, one being screened, one screened, one being appended) whatever
 //! the backlog. Batches travel as views of the received bytes: the screener
 //! copies out each fact to append, once.
@@ -24,7 +24,7 @@
 //! # The stages
 //!
 //! ```text
-//!  peer ──FetchFacts──▶ fetcher ══(pipeline_depth)══▶ screener ══(1)══▶ appender
+//!  peer ──FetchFacts──▶ fetcher ══(batches_ahead_max)══▶ screener ══(1)══▶ appender
 //!   ▲                                                                       │
 //!   └──────Confirm──────── confirmer ◀══(newest durable offset, watch)══════┘
 //! ```
@@ -165,7 +165,7 @@ fn spawn_stages(
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
 ) {
     tracing::info!(link = %link.config.peer, url = %link.config.url, jitter_seed = link.jitter_seed, "link started");
-    let (batches_tx, batches_rx) = tokio::sync::mpsc::channel(link.config.pipeline_depth);
+    let (batches_tx, batches_rx) = tokio::sync::mpsc::channel(link.config.batches_ahead_max);
     tasks.push(tokio::spawn(fetcher(
         link.clone(),
         client.clone(),
