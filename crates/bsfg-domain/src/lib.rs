@@ -15,6 +15,7 @@
 //! * [`policy`]: the declarative crossing policy per peer and direction.
 //! * [`bounded`]: request text cut to a bound before it is echoed in a log
 //!   line, an audit record or a message.
+//! * [`seed`]: every random choice of a node derived from one logged seed.
 //! * [`rejection`]: a rejection carries a protocol-neutral code, a stable
 //!   machine reason and a message a person can act on.
 #![forbid(unsafe_code)]
@@ -28,6 +29,7 @@ pub mod limits;
 pub mod policy;
 pub mod rejection;
 pub mod retention;
+pub mod seed;
 pub mod validate;
 
 pub use rejection::{Code, Rejection};

@@ -216,6 +216,7 @@ pub fn reference_zone_config(
         upstreams,
         retention_interval: Duration::from_secs(5),
         clock_skew_max: crate::config::default_clock_skew_max(),
+        random_seed: None,
     }
 }
 

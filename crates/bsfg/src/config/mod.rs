@@ -82,6 +82,14 @@ pub struct ZoneConfig {
     /// clocks within milliseconds, so 10 s means a time source is broken.
     #[serde(default = "default_clock_skew_max", with = "humantime_serde")]
     pub clock_skew_max: Duration,
+    /// The root of every random choice the node makes (the key index's
+    /// hash key, the links' retry jitter; see `bsfg_domain::seed`). Unset,
+    /// the node draws one at start and logs it (`random_seed` in the
+    /// "zone node ready" line). Set it to replay a logged run, or in tests;
+    /// not in production: a known seed lets callers choose message ids
+    /// that crowd one bucket of the key index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub random_seed: Option<u64>,
 }
 
 fn default_retention_interval() -> Duration {
@@ -92,6 +100,14 @@ pub fn default_clock_skew_max() -> Duration {
 }
 
 impl ZoneConfig {
+    /// The value for `purpose` under this node's root seed. `node::start`
+    /// sets the root before anything asks; a store opened on its own
+    /// (tools, tests of the store) draws one here.
+    pub fn seed_for(&self, purpose: &str) -> u64 {
+        let root = self.random_seed.unwrap_or_else(rand::random);
+        bsfg_domain::seed::derive(root, purpose)
+    }
+
     pub fn load(path: &std::path::Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;

@@ -92,7 +92,15 @@ impl Drop for RunningNode {
 /// How long start-up waits for the zone's JetStream to answer.
 const STORE_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningNode> {
+pub async fn start(mut config: ZoneConfig) -> anyhow::Result<RunningNode> {
+    let seed_fixed = config.random_seed.is_some();
+    let random_seed = *config.random_seed.get_or_insert_with(rand::random);
+    if seed_fixed {
+        tracing::warn!(
+            random_seed,
+            "random_seed is fixed by the configuration: for tests and replays only"
+        );
+    }
     let config = Arc::new(config);
     let embedded = start_embedded_nats(&config).await?;
     let url = nats_url(&config, embedded.as_ref());
@@ -112,7 +120,7 @@ pub async fn start(config: ZoneConfig) -> anyhow::Result<RunningNode> {
     let gate = build_gate(&config, &store, &metrics, audit, &replicator);
     let (server_task, boundary_addr) =
         serve_boundary(&config, tls.as_ref(), gate, &metrics).await?;
-    tracing::info!(zone = %config.zone, boundary = %boundary_addr, ops = %ops_addr, nats = %url, "zone node ready");
+    tracing::info!(zone = %config.zone, boundary = %boundary_addr, ops = %ops_addr, nats = %url, random_seed, "zone node ready");
     let mut all_tasks = vec![server_task, retention, ops];
     all_tasks.extend(tasks);
     Ok(RunningNode {

@@ -127,6 +127,7 @@ impl Link {
         config: UpstreamConfig,
         principal: Arc<PrincipalConfig>,
         presented: Option<Arc<crate::tls::client::PresentedCertificate>>,
+        jitter_seed: u64,
     ) -> Self {
         let status = LinkStatus {
             peer: config.peer.clone(),
@@ -169,7 +170,7 @@ impl Link {
                 LAG_WATERMARK_SLOTS,
             )),
             started: Instant::now(),
-            jitter_seed: rand::random(),
+            jitter_seed,
         }
     }
 

@@ -127,7 +127,13 @@ pub fn start(
         );
         let (client, presented) = connect(upstream, tls.as_ref())?;
         std::fs::create_dir_all(&upstream.spool_dir)?;
-        let link = Arc::new(Link::new(upstream.clone(), principal, presented));
+        let jitter_seed = zone.seed_for(&format!("link/{}", upstream.peer));
+        let link = Arc::new(Link::new(
+            upstream.clone(),
+            principal,
+            presented,
+            jitter_seed,
+        ));
         spawn_stages(&link, client, &context, &mut tasks);
         links.push(link);
     }

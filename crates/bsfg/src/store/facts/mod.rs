@@ -187,6 +187,7 @@ impl FactLog {
                 names,
                 config.commit.key_index_buffered_facts_max,
                 config.commit.key_filter_bytes,
+                config.seed_for(super::key_index::HASH_KEY_PURPOSE),
             )
             .await?,
         );
@@ -267,12 +268,13 @@ async fn open_key_index(
     categories: Vec<String>,
     buffered_entries_max: usize,
     filter_bytes: usize,
+    hash_key_seed: u64,
 ) -> anyhow::Result<KeyIndex> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let (p, c) = (path.clone(), categories.clone());
         match tokio::task::spawn_blocking(move || {
-            KeyIndex::open(&p, &c, buffered_entries_max, filter_bytes)
+            KeyIndex::open(&p, &c, buffered_entries_max, filter_bytes, hash_key_seed)
         })
         .await?
         {

@@ -196,7 +196,7 @@ impl KeyIndex {
 #[cfg(test)]
 mod tests {
     use super::super::pages::{BUCKETS_INITIAL, page_position};
-    use super::super::tests::{crash, open, spread, token};
+    use super::super::tests::{TEST_HASH_KEY_SEED, crash, open, spread, token};
     use super::super::{FILTER_BYTES_DEFAULT, IndexSize};
     use super::*;
 
@@ -208,6 +208,7 @@ mod tests {
             &["ops".into(), "audit".into()],
             3,
             FILTER_BYTES_DEFAULT,
+            TEST_HASH_KEY_SEED,
         )
         .unwrap();
         index

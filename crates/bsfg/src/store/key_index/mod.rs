@@ -156,6 +156,7 @@ mod format;
 mod look_up;
 mod merge;
 mod open;
+pub use open::HASH_KEY_PURPOSE;
 mod pages;
 mod writer;
 
@@ -312,6 +313,10 @@ pub(super) mod tests {
     use super::*;
     use std::path::Path;
 
+    /// The tests' root seed: every test index has the same hash key, so a
+    /// failing case replays bucket for bucket.
+    pub const TEST_HASH_KEY_SEED: u64 = 0x5EED;
+
     pub fn token(n: u8) -> Token {
         [n; 16]
     }
@@ -322,6 +327,7 @@ pub(super) mod tests {
             &["ops".into(), "audit".into()],
             BUFFERED_ENTRIES_MAX_DEFAULT,
             FILTER_BYTES_DEFAULT,
+            TEST_HASH_KEY_SEED,
         )
         .unwrap()
     }

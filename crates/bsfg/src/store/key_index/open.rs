@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Mutex, RwLock};
 
+/// The purpose name of the hash key in `bsfg_domain::seed`.
+pub const HASH_KEY_PURPOSE: &str = "key_index/hash_key";
+
 impl KeyIndex {
     /// Opens (or creates) the index file. A file of another format, for
     /// other categories, or with a torn page after a crash starts empty:
@@ -19,12 +22,15 @@ impl KeyIndex {
     ///
     /// `buffered_entries_max`: recorded entries held in memory before they
     /// are merged into the pages (see module docs). `filter_bytes`: the key
-    /// filter's size (a power of two).
+    /// filter's size (a power of two). `hash_key_seed`: where the hash key
+    /// of an index started empty comes from (`bsfg_domain::seed`); an
+    /// index that is kept keeps its key.
     pub fn open(
         path: &Path,
         categories: &[String],
         buffered_entries_max: usize,
         filter_bytes: usize,
+        hash_key_seed: u64,
     ) -> anyhow::Result<Self> {
         check_limits(categories, buffered_entries_max, filter_bytes)?;
         let file = create_locked(path)?;
@@ -39,7 +45,7 @@ impl KeyIndex {
                 file.set_len(0)?;
                 // An index started empty starts with an empty filter.
                 filter = KeyFilter::new(filter_bytes);
-                empty_header(&file, categories)?
+                empty_header(&file, categories, hash_key_seed)?
             }
         };
         let index = Self::from_header(
@@ -231,13 +237,14 @@ fn checked_header(
     })
 }
 
-/// The header of an index started empty: a new hash key, the initial
-/// buckets (the file cut to them), nothing covered.
-fn empty_header(file: &File, categories: &[String]) -> std::io::Result<Header> {
+/// The header of an index started empty: a new hash key (from
+/// `hash_key_seed`), the initial buckets (the file cut to them), nothing
+/// covered.
+fn empty_header(file: &File, categories: &[String], hash_key_seed: u64) -> std::io::Result<Header> {
     Ok(Header {
         seq: 0,
         clean: false,
-        hash_key: rand::random(),
+        hash_key: bsfg_domain::seed::derive_16_bytes(hash_key_seed, HASH_KEY_PURPOSE),
         geometry: empty_table(file)?,
         entries: 0,
         categories: categories
@@ -278,7 +285,7 @@ fn lock_exclusively(file: &File, path: &Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::super::pages::page_position;
-    use super::super::tests::{crash, open, token};
+    use super::super::tests::{TEST_HASH_KEY_SEED, crash, open, token};
     use super::super::{AlreadyOpen, BUFFERED_ENTRIES_MAX_DEFAULT, FILTER_BYTES_DEFAULT, KeyIndex};
     use std::os::unix::fs::FileExt as _;
 
@@ -304,6 +311,32 @@ mod tests {
     }
 
     #[test]
+    fn a_new_index_takes_its_hash_key_from_the_seed_and_a_kept_one_keeps_it() {
+        let open_seeded = |dir: &std::path::Path, seed| {
+            KeyIndex::open(
+                &dir.join("keys.kix"),
+                &["ops".into()],
+                BUFFERED_ENTRIES_MAX_DEFAULT,
+                FILTER_BYTES_DEFAULT,
+                seed,
+            )
+            .unwrap()
+        };
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let first = open_seeded(a.path(), 1).hash_key;
+        assert_eq!(
+            first,
+            open_seeded(b.path(), 1).hash_key,
+            "same seed, same key"
+        );
+        let c = tempfile::tempdir().unwrap();
+        assert_ne!(first, open_seeded(c.path(), 2).hash_key);
+        // Reopened under another seed, the file keeps its key (its buckets
+        // were placed by it).
+        assert_eq!(open_seeded(a.path(), 2).hash_key, first);
+    }
+
+    #[test]
     fn a_second_open_of_the_same_file_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let _index = open(dir.path());
@@ -312,6 +345,7 @@ mod tests {
             &["ops".into(), "audit".into()],
             BUFFERED_ENTRIES_MAX_DEFAULT,
             FILTER_BYTES_DEFAULT,
+            TEST_HASH_KEY_SEED,
         );
         assert!(
             matches!(second, Err(ref e) if e.downcast_ref::<AlreadyOpen>().is_some()),
@@ -360,6 +394,7 @@ mod tests {
             &["audit".into(), "ops".into()],
             BUFFERED_ENTRIES_MAX_DEFAULT,
             FILTER_BYTES_DEFAULT,
+            TEST_HASH_KEY_SEED,
         )
         .unwrap();
         assert_eq!(
