@@ -119,7 +119,7 @@ async fn drain_both(
 }
 
 /// Pre-fills the node's `drain` category with `count` facts, published
-/// straight to JetStream exactly as FactLog::append lays them out.
+/// straight to JetStream exactly as the fact log lays them out.
 async fn prefill(js: &jetstream::Context, count: u64, window: usize) -> anyhow::Result<f64> {
     let object = object_json(256);
     let published = raw_publish(js, window, f64::INFINITY, count, |i| {

@@ -113,7 +113,7 @@ pub async fn start(mut config: ZoneConfig) -> anyhow::Result<RunningNode> {
     let tls = load_tls(&config)?;
     let mut tasks = spawn_watchers(&config, embedded.as_ref(), tls.as_ref(), &store, &metrics);
     let (audit, audit_tasks) =
-        audit::Audit::start(&config.zone, store.facts.clone(), metrics.clone());
+        audit::Audit::start(&config.zone, store.commit.clone(), metrics.clone());
     tasks.extend(audit_tasks);
     let (replicator, replication_tasks) = start_replication(&config, &store, &metrics, &audit)?;
     tasks.extend(replication_tasks);

@@ -92,7 +92,7 @@ impl Boundary {
                     },
                 })?;
         }
-        let appended = self.store.facts.append(envelope, valid, None).await?;
+        let appended = self.store.commit.append(envelope, valid, None).await?;
         Ok(AppendFactResponse {
             offset: appended.offset,
             duplicate: appended.duplicate,

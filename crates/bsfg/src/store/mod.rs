@@ -3,7 +3,8 @@
 //! Everything persistent lives in the zone's own JetStream domain:
 //! * one stream per category (`facts_<category>`, subjects
 //!   `facts.<category>.<kind>`), see [`facts`], written through
-//!   [`publish`];
+//!   [`publish`], AppendFact calls and audit records through group commit
+//!   ([`commit`]) in front of it;
 //! * the idempotency key index, a file derived from those streams, see
 //!   [`key_index`];
 //! * one durable pull consumer per configured consumer, see [`consumers`];
@@ -42,6 +43,9 @@ pub struct Store {
     pub client: async_nats::Client,
     pub jetstream: async_nats::jetstream::Context,
     pub facts: Arc<FactLog>,
+    /// Group commit in front of `facts`: where AppendFact calls and audit
+    /// records append (see [`commit`]).
+    pub commit: Arc<commit::GroupCommit>,
     pub consumers: Arc<Consumers>,
     pub objects: Arc<Objects>,
     /// Free space of the store's and the key index's filesystems.
@@ -105,6 +109,11 @@ impl Store {
             metrics.clone(),
         )
         .await?;
+        let commit = Arc::new(commit::GroupCommit::start(
+            facts.clone(),
+            config.commit.clone(),
+            metrics.clone(),
+        ));
         let clock = Arc::new(clock::StoreClock::new(
             config.clock_skew_max,
             metrics.clone(),
@@ -117,6 +126,7 @@ impl Store {
             client,
             jetstream,
             facts,
+            commit,
             consumers,
             objects,
             disk,

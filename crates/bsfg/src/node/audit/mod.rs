@@ -13,7 +13,8 @@
 pub mod limiter;
 
 use crate::metrics::Metrics;
-use crate::store::{FactLog, now_unix_ms};
+use crate::store::commit::GroupCommit;
+use crate::store::now_unix_ms;
 use bsfg_domain::bounded::{MESSAGE_BYTES_MAX, bounded_owned, bounded_to};
 use bsfg_domain::validate::ValidFact;
 use bsfg_domain::{Code, Rejection};
@@ -101,7 +102,8 @@ struct Record {
 
 pub struct Audit {
     zone: String,
-    facts: Arc<FactLog>,
+    /// Records append with the next group commit, like AppendFact calls.
+    appends: Arc<GroupCommit>,
     metrics: Arc<Metrics>,
     limiter: Mutex<RefusalLimiter>,
     retry: tokio::sync::mpsc::Sender<Record>,
@@ -127,13 +129,13 @@ impl Audit {
     /// suppressed refusals); they stop when their handles are aborted.
     pub fn start(
         zone: &str,
-        facts: Arc<FactLog>,
+        appends: Arc<GroupCommit>,
         metrics: Arc<Metrics>,
     ) -> (Arc<Self>, Vec<tokio::task::JoinHandle<()>>) {
         let (retry, pending) = tokio::sync::mpsc::channel(RETRY_RECORDS_MAX);
         let audit = Arc::new(Self {
             zone: zone.to_string(),
-            facts,
+            appends,
             metrics,
             limiter: Mutex::default(),
             retry,
@@ -166,7 +168,7 @@ impl Audit {
             return;
         };
         match self
-            .facts
+            .appends
             .append(record.envelope.clone(), record.valid.clone(), None)
             .await
         {
@@ -259,7 +261,7 @@ impl Audit {
             let mut backoff = RETRY_BACKOFF_MIN;
             loop {
                 match self
-                    .facts
+                    .appends
                     .append(record.envelope.clone(), record.valid.clone(), None)
                     .await
                 {

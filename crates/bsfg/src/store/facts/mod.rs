@@ -11,7 +11,7 @@
 //! identical retry gets the original offset and `duplicate = true`, anything
 //! else `conflicting_duplicate`. Only after JetStream has acknowledged the
 //! new facts are they added to the index. The in-process key guard
-//! (`commit::KeyGuard`) makes the look-up and the publish atomic per key,
+//! (`key_guard`) makes the look-up and the publish atomic per key,
 //! which relies on the node being the only writer of its zone's fact
 //! streams; JetStream's duplicate window still catches a retry whose first
 //! acknowledgement was lost, and the key index's gap filler reads such a
@@ -20,8 +20,9 @@
 //! # The append path
 //!
 //! Every append comes through [`FactLog::append_batch`]: AppendFact calls
-//! and audit records through group commit (`commit`, [`Order::Any`]), the
-//! replicator's batches with [`Order::AsGiven`]. A batch, in steps:
+//! and audit records through group commit (`store::commit`, a stage in
+//! front of the log, [`Order::Any`]), the replicator's batches with
+//! [`Order::AsGiven`]. A batch, in steps:
 //!
 //! 1. Wait until the key index holds every stored fact, and hold its epoch
 //!    so that a rebuild of the index waits for the batch (`index`).
@@ -65,16 +66,15 @@
 //!   predecessor, so JetStream refuses every fact after one that was lost
 //!   on the way.
 
-use super::commit::{CommitQueue, KeyGuard};
 use super::key_index::{IndexWriter, KeyIndex};
 use super::objects::Objects;
 use super::publish::Publisher;
 use crate::config::ZoneConfig;
 use crate::metrics::Metrics;
 use async_nats::jetstream;
-use bsfg_domain::Rejection;
 use bsfg_domain::validate::ValidFact;
 use bsfg_proto::bsfg::v1::{Envelope, Provenance};
+use key_guard::KeyGuard;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,6 +85,7 @@ mod category;
 mod errors;
 mod index;
 mod index_upkeep;
+mod key_guard;
 mod order;
 mod prepare;
 mod record;
@@ -145,7 +146,6 @@ pub struct FactLog {
     sending: tokio::sync::Mutex<()>,
     /// Publishes facts; their acknowledgements come back per round.
     publisher: Publisher,
-    commit: CommitQueue,
     metrics: Arc<Metrics>,
 }
 
@@ -198,8 +198,7 @@ impl FactLog {
             config.commit.key_index_staged_facts_max,
         );
         let sync_interval = config.commit.key_index_sync_interval;
-        let log = Arc::new_cyclic(|log| Self {
-            commit: CommitQueue::start(log.clone(), config.commit.clone(), metrics.clone()),
+        let log = Arc::new(Self {
             config,
             jetstream,
             categories,
@@ -240,24 +239,6 @@ impl FactLog {
     /// True once the key index holds every stored fact (appends accepted).
     pub fn index_ready(&self) -> bool {
         *self.index_ready.borrow()
-    }
-
-    /// Appends one validated fact through group commit (see `commit`).
-    /// `provenance` is set by the replicator for facts that crossed zones;
-    /// local appends start a fresh one.
-    pub async fn append(
-        &self,
-        envelope: Envelope,
-        valid: ValidFact,
-        provenance: Option<Provenance>,
-    ) -> Result<Appended, Rejection> {
-        self.commit
-            .append(AppendItem {
-                envelope,
-                valid,
-                provenance,
-            })
-            .await
     }
 }
 
