@@ -62,7 +62,7 @@ impl StoreClock {
                 bytes::Bytes::new(),
             )
             .await?;
-        let ours_ms = super::now_unix_ms();
+        let ours_ms = now_unix_ms();
         #[derive(serde::Deserialize)]
         struct Info {
             ts: String,
@@ -121,6 +121,15 @@ impl StoreClock {
     pub fn forward_steps_ms(&self) -> i64 {
         self.state.lock().unwrap().steps.forward_ms_total()
     }
+}
+
+/// The node's wall clock, in milliseconds since the Unix epoch (0 before
+/// it).
+pub fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

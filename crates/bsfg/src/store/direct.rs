@@ -5,10 +5,10 @@
 //! stream to its window.
 //!
 //! Replies arrive on one long-lived wildcard subscription
-//! ([`super::ReplyRouter`]) and are routed to their request by the last
+//! ([`super::reply_router::ReplyRouter`]) and are routed to their request by the last
 //! subject token.
 
-use super::unavailable;
+use super::failure::unavailable;
 use async_nats::jetstream::message::StreamMessage;
 use bsfg_domain::Rejection;
 use std::collections::HashMap;
@@ -21,7 +21,7 @@ type Waiting = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<async_nats::Message>
 
 pub struct DirectGets {
     client: async_nats::Client,
-    replies: super::ReplyRouter,
+    replies: super::reply_router::ReplyRouter,
     waiting: Waiting,
     next_request: AtomicU64,
     timeout: Duration,
@@ -31,15 +31,16 @@ impl DirectGets {
     pub async fn start(client: async_nats::Client, timeout: Duration) -> anyhow::Result<Self> {
         let waiting: Waiting = Arc::default();
         let router_waiting = waiting.clone();
-        let replies = super::ReplyRouter::start(&client, "direct", move |tail, message| {
-            if let Ok(request) = tail.parse::<u64>()
-                && let Some(tx) = router_waiting.lock().expect("router lock").get(&request)
-            {
-                // The request may have timed out and gone: fine.
-                let _ = tx.send(message);
-            }
-        })
-        .await?;
+        let replies =
+            super::reply_router::ReplyRouter::start(&client, "direct", move |tail, message| {
+                if let Ok(request) = tail.parse::<u64>()
+                    && let Some(tx) = router_waiting.lock().expect("router lock").get(&request)
+                {
+                    // The request may have timed out and gone: fine.
+                    let _ = tx.send(message);
+                }
+            })
+            .await?;
         Ok(Self {
             client,
             replies,

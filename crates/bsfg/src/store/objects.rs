@@ -8,7 +8,7 @@
 //! marker in the `bsfg_object_refs` KV bucket); overwriting it is refused.
 
 use super::direct::DirectGets;
-use super::unavailable;
+use super::failure::unavailable;
 use crate::config::ZoneConfig;
 use async_nats::jetstream::{self, kv, object_store};
 use bsfg_domain::identity::digest_string;

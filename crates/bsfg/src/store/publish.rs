@@ -136,7 +136,7 @@ type Rounds = Arc<Mutex<HashMap<u64, Arc<RoundAcks>>>>;
 /// Publishes to JetStream with acknowledgements routed per round.
 pub struct Publisher {
     client: async_nats::Client,
-    acks: super::ReplyRouter,
+    acks: super::reply_router::ReplyRouter,
     rounds: Rounds,
     next_round: AtomicU64,
     permits: Semaphore,
@@ -145,7 +145,8 @@ pub struct Publisher {
 impl Publisher {
     pub async fn start(client: async_nats::Client) -> anyhow::Result<Self> {
         let rounds: Rounds = Arc::default();
-        let acks = super::ReplyRouter::start(&client, "acks", filer(rounds.clone())).await?;
+        let acks =
+            super::reply_router::ReplyRouter::start(&client, "acks", filer(rounds.clone())).await?;
         Ok(Self {
             client,
             acks,

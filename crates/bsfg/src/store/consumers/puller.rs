@@ -35,7 +35,7 @@ use futures::StreamExt as _;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::store::unavailable;
+use crate::store::failure::unavailable;
 use async_nats::jetstream::consumer::{self, pull};
 
 pub type JsMessage = async_nats::jetstream::Message;

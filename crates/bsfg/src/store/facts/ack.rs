@@ -8,7 +8,7 @@ use super::record::{compare_existing, decode_record};
 use super::{Appended, Category, FactLog};
 use crate::store::key_index::Token;
 use crate::store::publish::{Ack, ERR_WRONG_LAST_MSG_ID};
-use crate::store::unavailable;
+use crate::store::failure::unavailable;
 use bsfg_domain::identity::content_digest;
 use bsfg_domain::{Code, Rejection};
 

@@ -7,7 +7,7 @@ use super::order::{EXPECTED_LAST_MSG_ID_HEADER, Predecessors};
 use super::prepare::{Prepared, Ready};
 use super::{AppendItem, Appended, FactLog, Order};
 use crate::store::publish::Round;
-use crate::store::unavailable;
+use crate::store::failure::unavailable;
 use async_nats::HeaderMap;
 use bsfg_domain::Rejection;
 use bsfg_domain::identity::key_token;

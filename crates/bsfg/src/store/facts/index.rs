@@ -7,7 +7,7 @@ use super::errors::index_unavailable;
 use super::record::header_value;
 use super::{Appended, FactLog, MSG_ID_HEADER};
 use crate::store::key_index::{KeyIndex, Token, token_bytes};
-use crate::store::unavailable;
+use crate::store::failure::unavailable;
 use async_nats::jetstream::message::StreamMessage;
 use bsfg_domain::{Code, Rejection};
 use std::time::Duration;

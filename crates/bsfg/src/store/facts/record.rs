@@ -2,7 +2,7 @@
 //! retry compared with the fact already stored under its key.
 
 use super::{Appended, FactLog};
-use crate::store::unavailable;
+use crate::store::failure::unavailable;
 use async_nats::jetstream::message::StreamMessage;
 use bsfg_domain::identity::content_digest;
 use bsfg_domain::{Code, Rejection};
