@@ -42,7 +42,8 @@
 mod provision;
 mod puller;
 
-use super::{FactLog, served::ServedFact, unavailable};
+use super::failure::unavailable;
+use super::{FactLog, served::ServedFact};
 use crate::config::{ConsumerConfig, StartPosition, ZoneConfig};
 use crate::metrics::Metrics;
 use anyhow::Context as _;
