@@ -90,4 +90,32 @@ mod tests {
     fn bounds_out_of_order_are_refused() {
         Backoff::new(Duration::from_secs(2), Duration::from_secs(1), 0);
     }
+
+    /// Paused time: `wait` sleeps the drawn delay, and `reset`
+    /// starts the schedule again from `min`.
+    #[tokio::test(start_paused = true)]
+    async fn wait_sleeps_the_drawn_delay_and_reset_starts_over() {
+        let (min, max) = (Duration::from_millis(100), Duration::from_secs(1));
+        let expected: Vec<Duration> = {
+            let mut b = Backoff::new(min, max, 3);
+            (0..3).map(|_| b.next_delay()).collect()
+        };
+        let mut b = Backoff::new(min, max, 3);
+        for delay in &expected {
+            let started = tokio::time::Instant::now();
+            b.wait().await;
+            // Tokio's timer rounds a sleep up to its next millisecond.
+            let slept = started.elapsed();
+            assert!(
+                slept >= *delay && slept <= *delay + Duration::from_millis(1),
+                "slept {slept:?} for a drawn {delay:?}"
+            );
+        }
+        b.reset();
+        let after_reset = b.next_delay();
+        assert!(
+            after_reset >= min / 2 && after_reset <= min,
+            "{after_reset:?}"
+        );
+    }
 }

@@ -6,9 +6,9 @@ use super::append::{InFlight, fill_slots};
 use super::prepare::Ready;
 use super::record::{compare_existing, decode_record};
 use super::{Appended, Category, FactLog};
+use crate::store::failure::unavailable;
 use crate::store::key_index::Token;
 use crate::store::publish::{Ack, ERR_WRONG_LAST_MSG_ID};
-use crate::store::failure::unavailable;
 use bsfg_domain::identity::content_digest;
 use bsfg_domain::{Code, Rejection};
 

@@ -73,7 +73,8 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    #[tokio::test]
+    /// Paused time: the waits below pass only when nothing else can run.
+    #[tokio::test(start_paused = true)]
     async fn overlapping_keys_wait_for_each_other_and_disjoint_keys_do_not() {
         let guard = Arc::new(KeyGuard::default());
         let held = guard.hold(&["a".into(), "b".into()]).await;
