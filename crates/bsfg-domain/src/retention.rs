@@ -1,6 +1,17 @@
 //! Frontier arithmetic for retention: how far a category log may be
 //! truncated. Pure, so every edge is unit tested; the store only gathers the
 //! inputs and issues the purge.
+//!
+//! Invariants of a [`Truncation`], asserted where it is made
+//! ([`truncation`]) and where a purge relies on it (`store::retention`):
+//! 1. No unconfirmed fact is purged: `purge_below <= confirmed_through + 1`,
+//!    or `purge_below == first_offset` (nothing is purged).
+//! 2. Nothing past the log is purged: `purge_below <= last_offset + 1`
+//!    (or nothing is purged).
+//! 3. The purge only moves the log's start forward:
+//!    `purge_below >= first_offset`.
+//! 4. `blocked` exactly when age or fill want more than may go:
+//!    `blocked == (purge_below < wanted_below)`.
 
 /// What retention knows about one category log at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,10 +54,36 @@ pub fn truncation(
     let purge_below = wanted_below
         .min(confirmed_through.saturating_add(1))
         .max(state.first_offset);
-    Truncation {
+    let t = Truncation {
         wanted_below,
         purge_below,
         blocked: purge_below < wanted_below,
+    };
+    t.assert_invariants(state, confirmed_through);
+    t
+}
+
+impl Truncation {
+    /// The module's invariants 1–3 for a purge of `state` with the
+    /// consumers' lowest frontier `confirmed_through`.
+    pub fn assert_invariants(&self, state: LogState, confirmed_through: u64) {
+        assert!(
+            self.purge_below <= self.wanted_below.max(state.first_offset),
+            "never more than age and fill want: {self:?}"
+        );
+        assert!(
+            self.purge_below == state.first_offset
+                || self.purge_below <= confirmed_through.saturating_add(1),
+            "an unconfirmed fact would be purged: {self:?}, confirmed through {confirmed_through}"
+        );
+        assert!(
+            self.purge_below <= state.last_offset.saturating_add(1).max(state.first_offset),
+            "a purge past the log's end: {self:?}, {state:?}"
+        );
+        assert!(
+            self.purge_below >= state.first_offset,
+            "{self:?}, {state:?}"
+        );
     }
 }
 
@@ -111,5 +148,34 @@ mod tests {
             bytes: 0,
         };
         assert_eq!(truncation(empty, 111, 110, 0).purge_below, 111);
+    }
+
+    proptest::proptest! {
+        /// Whatever the inputs, the invariants hold (asserted inside
+        /// `truncation`), and every purged offset is confirmed and was in
+        /// the log.
+        #[test]
+        fn a_truncation_never_purges_an_unconfirmed_fact(
+            first in 1u64..1_000,
+            len in 0u64..1_000,
+            bytes_per_fact in 1u64..10_000,
+            young_from in 0u64..2_100,
+            confirmed in 0u64..2_100,
+            retain_bytes in 0u64..20_000_000,
+        ) {
+            let state = LogState {
+                first_offset: first,
+                // An empty log's last offset is one below its first.
+                last_offset: first + len - 1,
+                facts: len,
+                bytes: len * bytes_per_fact,
+            };
+            let t = truncation(state, young_from, confirmed, retain_bytes);
+            if t.purge_below > first {
+                proptest::prop_assert!(t.purge_below - 1 <= confirmed);
+                proptest::prop_assert!(t.purge_below - 1 <= state.last_offset);
+            }
+            proptest::prop_assert_eq!(t.blocked, t.purge_below < t.wanted_below);
+        }
     }
 }

@@ -71,6 +71,8 @@ pub async fn run_once(
         }
         let allowed = decision.purge_below;
         if allowed > state.first_sequence {
+            // The purge below relies on it: no unconfirmed fact goes.
+            decision.assert_invariants(log, confirmed_through);
             let response = category.stream.purge().sequence(allowed).await?;
             purged_total += response.purged;
             category.report_state().await?;

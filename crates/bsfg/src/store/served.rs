@@ -15,6 +15,17 @@
 //! The read-side check stays: each record is decoded as a zero-copy view
 //! (the whole wire format and every string's UTF-8 are checked, nothing is
 //! allocated per field) and must carry an envelope and a fact.
+//!
+//! Invariants:
+//! 1. A served record is one `StoredFact` encoding whose `offset` is the
+//!    served offset and whose last hop is (this zone, that offset); the
+//!    offset and the provenance occur once each. Checked in debug builds
+//!    where a record is built (`from_stored`), and by `view` wherever a
+//!    served record is read again.
+//! 2. The facts of one answer are in strictly increasing offset order, none
+//!    past `last_delivered_offset`: a receiver confirms cumulatively, so a
+//!    fact out of order would be confirmed before it was appended.
+//!    Asserted where the answer is encoded (`ServedFacts::to_proto`).
 
 use bsfg_domain::{Code, Rejection};
 use bsfg_proto::bsfg::v1::__buffa::view::StoredFactView;
@@ -99,10 +110,27 @@ impl ServedFact {
             record.extend_from_slice(body);
         }
         record.extend_from_slice(&added);
-        Ok(Self {
+        let served = Self {
             offset,
             record: record.freeze(),
-        })
+        };
+        #[cfg(debug_assertions)]
+        served.debug_assert_complete(zone);
+        Ok(served)
+    }
+
+    /// Invariant 1 (module docs), at the cost of a decode.
+    #[cfg(debug_assertions)]
+    fn debug_assert_complete(&self, zone: &str) {
+        let view = self.view();
+        assert_eq!(view.offset, self.offset, "the served offset");
+        let last_hop = view
+            .provenance
+            .hops
+            .iter()
+            .last()
+            .map(|h| (h.zone, h.offset));
+        assert_eq!(last_hop, Some((zone, self.offset)), "this zone's hop last");
     }
 
     /// The served record as a view. It was checked when it was served, so
@@ -127,6 +155,7 @@ pub struct ServedFacts {
 impl ServedFacts {
     /// The binary `FetchFactsResponse`.
     pub fn to_proto(&self) -> Bytes {
+        self.assert_ordered();
         let facts_len: usize = self.facts.iter().map(|f| f.record.len() + 6).sum();
         let mut out = BytesMut::with_capacity(facts_len + 40);
         for fact in &self.facts {
@@ -146,6 +175,25 @@ impl ServedFacts {
             }
         }
         out.freeze()
+    }
+
+    /// Invariant 2 (module docs).
+    fn assert_ordered(&self) {
+        let mut previous: Option<u64> = None;
+        for fact in &self.facts {
+            assert!(
+                previous.is_none_or(|p| p < fact.offset),
+                "served offsets must increase: {previous:?} then {}",
+                fact.offset
+            );
+            assert!(
+                fact.offset <= self.last_delivered_offset,
+                "offset {} served past last_delivered_offset {}",
+                fact.offset,
+                self.last_delivered_offset
+            );
+            previous = Some(fact.offset);
+        }
     }
 
     /// The same answer as an owned message (for the JSON codec).
