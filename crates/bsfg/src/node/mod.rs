@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod auth;
 pub mod boundary;
+pub mod call;
 pub mod errors;
 pub mod nats_server;
 pub mod operations;
@@ -296,6 +297,11 @@ fn build_gate(
         store: store.clone(),
         metrics: metrics.clone(),
         auth: auth::Auth::new(config),
+        refusals: call::Refusals {
+            metrics: metrics.clone(),
+            audit: audit.clone(),
+            audited: call::Audited::Authorization,
+        },
         audit,
     });
     let operations = Arc::new(operations::Operations {
@@ -305,6 +311,11 @@ fn build_gate(
         auth: auth::Auth::new(config),
         audit: audit_for_gate.clone(),
         replicator: replicator.clone(),
+        refusals: call::Refusals {
+            metrics: metrics.clone(),
+            audit: audit_for_gate.clone(),
+            audited: call::Audited::EveryRefusal,
+        },
     });
     let routes = boundary::routes::Routes::new(config);
     let mut router = operations.register(service.register(connectrpc::Router::new()));

@@ -9,12 +9,11 @@ use crate::config::{StartPosition, ZoneConfig};
 use crate::metrics::Metrics;
 use crate::node::audit::{Audit, AuditEvent};
 use crate::node::auth::{Auth, Caller};
-use crate::node::errors::to_connect;
-use crate::node::service::log_outcome;
+use crate::node::call::Refusals;
 use crate::replicator::Replicator;
 use crate::store::Store;
+use bsfg_domain::Rejection;
 use bsfg_domain::bounded::bounded_owned;
-use bsfg_domain::{Code, Rejection};
 use bsfg_proto::bsfg::v1::*;
 use connectrpc::{RequestContext, Response, ServiceRequest, ServiceResult};
 use std::sync::Arc;
@@ -27,6 +26,9 @@ pub struct Operations {
     pub auth: Auth,
     pub audit: Arc<Audit>,
     pub replicator: Arc<Replicator>,
+    /// Refusals audited: every one but the node's own failures (see
+    /// `node::call`).
+    pub refusals: Refusals,
 }
 
 impl Operations {
@@ -106,23 +108,6 @@ impl Operations {
         }
     }
 
-    /// Records a refusal of an identified caller: audited (every refusal
-    /// of an operations call: a refused replay is worth a trail; not the
-    /// node's own failures), counted in `bsfg_access_refusals` when it is
-    /// an authorization refusal.
-    async fn refused(&self, caller: &Caller, rpc: &'static str, key: &str, r: &Rejection) {
-        if matches!(
-            r.code,
-            Code::Unavailable | Code::Internal | Code::DataLoss | Code::DeadlineExceeded
-        ) {
-            return;
-        }
-        self.metrics.count_access_refusal(r);
-        self.audit
-            .record(AuditEvent::refusal(caller, rpc, key, r))
-            .await;
-    }
-
     /// ResetConsumer after identification: the operator right, then the
     /// consumer, the position and the reset.
     async fn reset(
@@ -163,19 +148,17 @@ impl OperationsService for Operations {
         _request: ServiceRequest<'_, GetStatusRequest>,
     ) -> ServiceResult<GetStatusResponse> {
         let started = Instant::now();
-        // The gate has already refused (and audited) an unknown identity.
-        let caller = self
-            .auth
-            .caller(&ctx)
-            .map_err(|u| to_connect(u.rejection))?;
-        let status = self.status(&caller).await;
-        log_outcome(
-            "GetStatus",
-            &caller.principal.name,
-            started,
-            &Ok::<(), Rejection>(()),
-        );
-        Ok(Response::new(status))
+        let call = (self.refusals)
+            .identify(
+                &self.auth,
+                &ctx,
+                "GetStatus",
+                self.config.zone.clone(),
+                started,
+            )
+            .await?;
+        let status = self.status(call.caller()).await;
+        call.finish(Ok(status)).await.map(Response::new)
     }
 
     async fn reset_consumer(
@@ -184,10 +167,6 @@ impl OperationsService for Operations {
         request: ServiceRequest<'_, ResetConsumerRequest>,
     ) -> ServiceResult<ResetConsumerResponse> {
         let started = Instant::now();
-        let caller = self
-            .auth
-            .caller(&ctx)
-            .map_err(|u| to_connect(u.rejection))?;
         let request = request.to_owned_message();
         let position = match request.position {
             Some(reset_consumer_request::Position::Offset(o)) => format!("offset {o}"),
@@ -195,31 +174,28 @@ impl OperationsService for Operations {
             None => "no position".into(),
         };
         let key = bounded_owned(format!("{} {position}", request.consumer_name));
-        let result = self.reset(&caller, &request).await;
-        match &result {
-            Err(r) => self.refused(&caller, "ResetConsumer", &key, r).await,
-            // A replay changes what a consumer has been delivered: on the trail.
-            Ok(frontier) => {
-                self.audit
-                    .record(AuditEvent::about(
-                        &caller,
-                        "ResetConsumer",
-                        "operated",
-                        key.clone(),
-                        "consumer_reset".into(),
-                        format!("frontier now {frontier}"),
-                    ))
-                    .await
-            }
+        let call = (self.refusals)
+            .identify(&self.auth, &ctx, "ResetConsumer", key, started)
+            .await?;
+        let result = self.reset(call.caller(), &request).await;
+        // A replay changes what a consumer has been delivered: on the trail.
+        if let Ok(frontier) = &result {
+            self.audit
+                .record(AuditEvent::about(
+                    call.caller(),
+                    "ResetConsumer",
+                    "operated",
+                    call.key().to_string(),
+                    "consumer_reset".into(),
+                    format!("frontier now {frontier}"),
+                ))
+                .await
         }
-        log_outcome("ResetConsumer", &key, started, &result);
-        result
-            .map(|frontier| {
-                Response::new(ResetConsumerResponse {
-                    frontier,
-                    ..Default::default()
-                })
+        call.finish(result).await.map(|frontier| {
+            Response::new(ResetConsumerResponse {
+                frontier,
+                ..Default::default()
             })
-            .map_err(to_connect)
+        })
     }
 }

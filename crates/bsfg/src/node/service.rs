@@ -1,19 +1,21 @@
 //! The BoundaryService: maps the Connect contract onto the store.
 //!
-//! Each handler validates (pure domain checks), calls the store, records the
-//! outcome in metrics and a structured log line, and turns a [`Rejection`]
-//! into a Connect error with a precise code and an actionable message.
+//! Each handler keeps only its own logic: validation (pure domain checks),
+//! authorization, the store call and its own metrics. What every RPC does
+//! around that (identifying the caller, auditing refusals, the outcome log
+//! line, mapping a [`Rejection`] to a Connect error) is `node::call`.
 
 use crate::config::ZoneConfig;
 use crate::metrics::{Metrics, labels};
 use crate::node::audit::{Audit, AuditEvent};
-use crate::node::auth::{Auth, Caller, Unidentified};
+use crate::node::auth::{Auth, Caller};
+use crate::node::call::Refusals;
 use crate::node::errors::to_connect;
 use crate::store::Store;
 use crate::store::consumers::{FetchBounds, Fetched, Quarantined};
 use crate::store::objects::PutHeader;
 use crate::store::served::ServedFacts;
-use bsfg_domain::bounded::{MESSAGE_BYTES_MAX, bounded, bounded_owned, bounded_to};
+use bsfg_domain::bounded::{bounded, bounded_owned};
 use bsfg_domain::policy::Crossing;
 use bsfg_domain::{Code, Rejection, validate};
 use bsfg_proto::bsfg::v1::*;
@@ -32,6 +34,8 @@ pub struct Boundary {
     pub metrics: Arc<Metrics>,
     pub auth: Auth,
     pub audit: Arc<Audit>,
+    /// Refusals audited: authorization and policy ones (see `node::call`).
+    pub refusals: Refusals,
 }
 
 impl Boundary {
@@ -101,52 +105,6 @@ impl Boundary {
         })
     }
 
-    /// Identifies the caller; an unknown identity is refused and audited.
-    async fn caller(
-        &self,
-        ctx: &RequestContext,
-        rpc: &'static str,
-        key: &str,
-    ) -> Result<Caller, connectrpc::ConnectError> {
-        match self.auth.caller(ctx) {
-            Ok(caller) => Ok(caller),
-            Err(Unidentified {
-                names,
-                fingerprint,
-                rejection,
-            }) => {
-                self.metrics
-                    .access_refusals_total
-                    .get_or_create(&labels(&[("reason", rejection.reason)]))
-                    .inc();
-                self.audit
-                    .record(AuditEvent {
-                        principal: "unknown".into(),
-                        identity: names.join(","),
-                        fingerprint,
-                        rpc,
-                        subject_key: key.to_string(),
-                        decision: "refused",
-                        reason: rejection.reason.to_string(),
-                        detail: rejection.message.clone(),
-                    })
-                    .await;
-                Err(to_connect(rejection))
-            }
-        }
-    }
-
-    /// Records a refusal of an identified caller (authorization or policy)
-    /// in the audit stream and metrics; other rejections only count.
-    async fn refused(&self, caller: &Caller, rpc: &'static str, key: &str, r: &Rejection) {
-        if r.code == Code::PermissionDenied {
-            self.metrics.count_access_refusal(r);
-            self.audit
-                .record(AuditEvent::refusal(caller, rpc, key, r))
-                .await;
-        }
-    }
-
     /// A request's consumer name as a metric label value: itself if it is a
     /// configured consumer, otherwise [`crate::metrics::UNKNOWN_CONSUMER`]
     /// (request values never become labels).
@@ -179,32 +137,6 @@ impl Boundary {
     }
 }
 
-/// One log line per RPC outcome. `key` comes from the request: callers
-/// bound it (`bounded_owned`) where they build it, since it also goes into
-/// audit records. Key and message are cut again at `MESSAGE_BYTES_MAX` (a
-/// guard that leaves a bounded key as it is): a line never carries a
-/// request's full size.
-pub(crate) fn log_outcome<T>(
-    rpc: &'static str,
-    key: &str,
-    started: Instant,
-    result: &Result<T, Rejection>,
-) {
-    let elapsed_us = started.elapsed().as_micros() as u64;
-    let bounded_key = bounded_to(key, MESSAGE_BYTES_MAX);
-    let key: &str = &bounded_key;
-    let message = |r: &Rejection| bounded_to(&r.message, MESSAGE_BYTES_MAX).into_owned();
-    match result {
-        Ok(_) => tracing::info!(rpc, key, elapsed_us, outcome = "ok"),
-        Err(r) if matches!(r.code, Code::Unavailable | Code::Internal | Code::DataLoss) => {
-            tracing::error!(rpc, key, elapsed_us, outcome = "error", reason = r.reason, message = %message(r))
-        }
-        Err(r) => {
-            tracing::info!(rpc, key, elapsed_us, outcome = "rejected", reason = r.reason, message = %message(r))
-        }
-    }
-}
-
 #[allow(refining_impl_trait)]
 impl BoundaryService for Boundary {
     async fn append_fact(
@@ -218,11 +150,13 @@ impl BoundaryService for Boundary {
             "{}/{}",
             request.envelope.from_zone, request.envelope.message_id
         ));
-        let caller = self.caller(&ctx, "AppendFact", &key).await?;
+        let call = (self.refusals)
+            .identify(&self.auth, &ctx, "AppendFact", key, started)
+            .await?;
         // The request timeout covers the whole append, queueing included:
         // a caller that gave up is not published for (see store::commit).
         let timeout = self.config.nats.request_timeout;
-        let result = tokio::time::timeout(timeout, self.append(&caller, request))
+        let result = tokio::time::timeout(timeout, self.append(call.caller(), request))
             .await
             .unwrap_or_else(|_| Err(append_timed_out(timeout)));
         self.metrics
@@ -233,7 +167,7 @@ impl BoundaryService for Boundary {
                 self.metrics.append_duplicates_total.inc();
                 tracing::info!(
                     rpc = "AppendFact",
-                    key,
+                    key = call.key(),
                     offset = r.offset,
                     outcome = "duplicate",
                     "identical retry answered with the original offset"
@@ -246,7 +180,6 @@ impl BoundaryService for Boundary {
                     .append_failures_total
                     .get_or_create(&labels(&[("reason", r.reason)]))
                     .inc();
-                self.refused(&caller, "AppendFact", &key, r).await;
                 "rejected"
             }
         };
@@ -254,8 +187,7 @@ impl BoundaryService for Boundary {
             .append_requests_total
             .get_or_create(&labels(&[("outcome", outcome)]))
             .inc();
-        log_outcome("AppendFact", &key, started, &result);
-        result.map(Response::new).map_err(to_connect)
+        call.finish(result).await.map(Response::new)
     }
 
     async fn fetch_facts(
@@ -267,8 +199,10 @@ impl BoundaryService for Boundary {
         let request = request.to_owned_message();
         let name = request.consumer_name.as_str();
         let key = bounded(name);
-        let caller = self.caller(&ctx, "FetchFacts", &key).await?;
-        let result = self.fetch(&caller, &request).await;
+        let call = (self.refusals)
+            .identify(&self.auth, &ctx, "FetchFacts", key.into_owned(), started)
+            .await?;
+        let result = self.fetch(call.caller(), &request).await;
         let outcome = if result.is_ok() { "ok" } else { "rejected" };
         self.metrics
             .fetch_requests_total
@@ -277,19 +211,14 @@ impl BoundaryService for Boundary {
                 ("outcome", outcome),
             ]))
             .inc();
-        if let Err(r) = &result {
-            self.refused(&caller, "FetchFacts", &key, r).await;
-        }
-        log_outcome("FetchFacts", &key, started, &result);
+        let result = call.finish(result).await;
         // `None` defers to the server's policy (gzip above 1 KiB).
         let compress = if self.config.fetch.compress {
             None
         } else {
             Some(false)
         };
-        result
-            .map(|r| Response::new(r).compress(compress))
-            .map_err(to_connect)
+        result.map(|r| Response::new(r).compress(compress))
     }
 
     async fn confirm_receipt(
@@ -300,11 +229,13 @@ impl BoundaryService for Boundary {
         let started = Instant::now();
         let request = request.to_owned_message();
         let key = bounded_owned(format!("{}@{}", request.consumer_name, request.offset));
-        let caller = self.caller(&ctx, "ConfirmReceipt", &key).await?;
+        let call = (self.refusals)
+            .identify(&self.auth, &ctx, "ConfirmReceipt", key, started)
+            .await?;
         let result = async {
             let consumer = self.store.consumers.config(&request.consumer_name)?;
             self.auth
-                .check_consumer(&caller, &consumer.name, &consumer.category)?;
+                .check_consumer(call.caller(), &consumer.name, &consumer.category)?;
             self.store
                 .consumers
                 .confirm(&request.consumer_name, request.offset)
@@ -319,18 +250,12 @@ impl BoundaryService for Boundary {
                 ("outcome", outcome),
             ]))
             .inc();
-        if let Err(r) = &result {
-            self.refused(&caller, "ConfirmReceipt", &key, r).await;
-        }
-        log_outcome("ConfirmReceipt", &key, started, &result);
-        result
-            .map(|frontier| {
-                Response::new(ConfirmReceiptResponse {
-                    frontier,
-                    ..Default::default()
-                })
+        call.finish(result).await.map(|frontier| {
+            Response::new(ConfirmReceiptResponse {
+                frontier,
+                ..Default::default()
             })
-            .map_err(to_connect)
+        })
     }
 
     async fn put_object(
@@ -339,84 +264,32 @@ impl BoundaryService for Boundary {
         mut requests: connectrpc::InboundStream<PutObjectRequest>,
     ) -> ServiceResult<PutObjectResponse> {
         let started = Instant::now();
-        let first = match requests.next().await {
-            Some(Ok(m)) => m.to_owned_message(),
-            Some(Err(e)) => return Err(e),
-            None => {
-                return Err(to_connect(Rejection::invalid(
-                    "missing_header",
-                    "PutObject needs a header message first",
-                )));
-            }
-        };
-        let header = match first.part {
-            Some(put_object_request::Part::Header(h)) => PutHeader {
-                bucket: h.bucket,
-                key: h.key,
-                media_type: h.media_type,
-                expected_digest: h.expected_digest,
-                expected_size_bytes: h.expected_size_bytes,
-            },
-            _ => {
-                return Err(to_connect(Rejection::invalid(
-                    "missing_header",
-                    "the first PutObject message must carry the header (bucket, key)",
-                )));
-            }
-        };
+        let header = put_header(&mut requests).await?;
         let key = bounded_owned(format!("{}/{}", header.bucket, header.key));
-        let caller = self.caller(&ctx, "PutObject", &key).await?;
-        let allowed = self
-            .auth
-            .check_bucket(&caller, &header.bucket, true)
-            .and_then(|()| match self.auth.export_policy(&caller) {
-                Some(_) => caller
-                    .principal
-                    .import
-                    .check_object_size(header.expected_size_bytes)
-                    .map_err(|r| Rejection::new(Code::PermissionDenied, r.reason, r.message)),
-                None => Ok(()),
-            });
-        if let Err(r) = allowed {
-            self.refused(&caller, "PutObject", &key, &r).await;
-            log_outcome("PutObject", &key, started, &Err::<(), _>(r.clone()));
-            return Err(to_connect(r));
+        let mut call = (self.refusals)
+            .identify(&self.auth, &ctx, "PutObject", key, started)
+            .await?;
+        if let Err(r) = self.check_put(call.caller(), &header) {
+            return call.finish(Err(r)).await;
         }
-        let chunks = requests.map(|item| match item {
-            Ok(m) => match m.to_owned_message().part {
-                Some(put_object_request::Part::Chunk(bytes)) => Ok(bytes::Bytes::from(bytes)),
-                Some(put_object_request::Part::Header(_)) => Err(Rejection::invalid(
-                    "duplicate_header",
-                    "only the first PutObject message may carry a header",
-                )),
-                None => Ok(bytes::Bytes::new()),
-            },
-            Err(e) => Err(Rejection::new(
-                Code::Unavailable,
-                "upload_interrupted",
-                format!("the upload stream broke: {e}"),
-            )),
-        });
+        let chunks = upload_chunks(requests);
         let result = self.store.objects.put(header, Box::pin(chunks)).await;
         if let Ok(o) = &result {
             self.metrics
                 .object_bytes_total
                 .get_or_create(&labels(&[("direction", "in")]))
                 .inc_by(o.size_bytes);
-            tracing::info!(rpc = "PutObject", key, principal = %caller.principal.name, digest = %o.digest, size_bytes = o.size_bytes, outcome = "ok");
+            call.detail(format!("{} bytes, {}", o.size_bytes, o.digest));
         }
-        log_outcome("PutObject", &key, started, &result);
-        result
-            .map(|o| {
-                Response::new(PutObjectResponse {
-                    bucket: o.bucket,
-                    key: o.key,
-                    digest: o.digest,
-                    size_bytes: o.size_bytes,
-                    ..Default::default()
-                })
+        call.finish(result).await.map(|o| {
+            Response::new(PutObjectResponse {
+                bucket: o.bucket,
+                key: o.key,
+                digest: o.digest,
+                size_bytes: o.size_bytes,
+                ..Default::default()
             })
-            .map_err(to_connect)
+        })
     }
 
     async fn get_object(
@@ -427,39 +300,19 @@ impl BoundaryService for Boundary {
         let started = Instant::now();
         let request = request.to_owned_message();
         let key = bounded_owned(format!("{}/{}", request.bucket, request.key));
-        let caller = self.caller(&ctx, "GetObject", &key).await?;
-        let result = async {
-            self.auth.check_bucket(&caller, &request.bucket, false)?;
-            let opened = self
-                .store
-                .objects
-                .get(&request.bucket, &request.key, request.start_offset_bytes)
-                .await?;
-            if let Some(policy) = self.auth.export_policy(&caller) {
-                policy
-                    .check_object_size(opened.0.size_bytes)
-                    .map_err(|r| Rejection::new(Code::PermissionDenied, r.reason, r.message))?;
-            }
-            Ok(opened)
-        }
-        .await;
-        log_outcome(
-            "GetObject",
-            &key,
-            started,
-            &result.as_ref().map(|_| ()).map_err(Clone::clone),
-        );
-        if let Err(r) = &result {
-            self.refused(&caller, "GetObject", &key, r).await;
-        }
-        let (info, chunks) = result.map_err(to_connect)?;
+        let call = (self.refusals)
+            .identify(&self.auth, &ctx, "GetObject", key, started)
+            .await?;
+        let caller = call.caller();
+        let result = self.open_object(caller, &request).await;
+        let (info, chunks) = call.finish(result).await?;
         if caller.principal.kind == crate::config::PrincipalKind::Peer {
             self.audit
                 .record(AuditEvent::about(
-                    &caller,
+                    caller,
                     "GetObject",
                     "accepted",
-                    format!("{key} {}", info.digest),
+                    format!("{} {}", call.key(), info.digest),
                     "object_served".into(),
                     format!(
                         "{} bytes from offset {}",
@@ -468,7 +321,6 @@ impl BoundaryService for Boundary {
                 ))
                 .await;
         }
-        let metrics = self.metrics.clone();
         let info_message = ObjectInfo {
             bucket: info.bucket.clone(),
             key: info.key.clone(),
@@ -477,32 +329,137 @@ impl BoundaryService for Boundary {
             media_type: info.media_type.clone(),
             ..Default::default()
         };
-        let first = futures::stream::once(futures::future::ready(Ok(GetObjectResponse {
-            info: MessageField::some(info_message),
-            offset_bytes: request.start_offset_bytes,
-            ..Default::default()
-        })));
-        let rest = chunks.map(move |item| {
-            item.map(|(offset, bytes)| {
-                metrics
-                    .object_bytes_total
-                    .get_or_create(&labels(&[("direction", "out")]))
-                    .inc_by(bytes.len() as u64);
-                GetObjectResponse {
-                    offset_bytes: offset,
-                    chunk: bytes.to_vec(),
-                    ..Default::default()
-                }
-            })
-            .map_err(to_connect)
-        });
-        Ok(Response::new(
-            Box::pin(first.chain(rest)) as ServiceStream<GetObjectResponse>
-        ))
+        Ok(Response::new(object_stream(
+            self.metrics.clone(),
+            info_message,
+            request.start_offset_bytes,
+            chunks,
+        )))
     }
 }
 
+/// The header PutObject's first message must carry.
+async fn put_header(
+    requests: &mut connectrpc::InboundStream<PutObjectRequest>,
+) -> Result<PutHeader, connectrpc::ConnectError> {
+    let first = match requests.next().await {
+        Some(Ok(m)) => m.to_owned_message(),
+        Some(Err(e)) => return Err(e),
+        None => {
+            return Err(to_connect(Rejection::invalid(
+                "missing_header",
+                "PutObject needs a header message first",
+            )));
+        }
+    };
+    match first.part {
+        Some(put_object_request::Part::Header(h)) => Ok(PutHeader {
+            bucket: h.bucket,
+            key: h.key,
+            media_type: h.media_type,
+            expected_digest: h.expected_digest,
+            expected_size_bytes: h.expected_size_bytes,
+        }),
+        _ => Err(to_connect(Rejection::invalid(
+            "missing_header",
+            "the first PutObject message must carry the header (bucket, key)",
+        ))),
+    }
+}
+
+/// The chunks of an upload after its header.
+fn upload_chunks(
+    requests: connectrpc::InboundStream<PutObjectRequest>,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, Rejection>> + Send {
+    requests.map(|item| match item {
+        Ok(m) => match m.to_owned_message().part {
+            Some(put_object_request::Part::Chunk(bytes)) => Ok(bytes::Bytes::from(bytes)),
+            Some(put_object_request::Part::Header(_)) => Err(Rejection::invalid(
+                "duplicate_header",
+                "only the first PutObject message may carry a header",
+            )),
+            None => Ok(bytes::Bytes::new()),
+        },
+        Err(e) => Err(Rejection::new(
+            Code::Unavailable,
+            "upload_interrupted",
+            format!("the upload stream broke: {e}"),
+        )),
+    })
+}
+
+/// GetObject's answer: the object's info first, then its chunks (counted
+/// in `bsfg_object_bytes_total{direction="out"}`).
+fn object_stream(
+    metrics: Arc<Metrics>,
+    info: ObjectInfo,
+    start_offset_bytes: u64,
+    chunks: impl futures::Stream<Item = Result<(u64, bytes::Bytes), Rejection>> + Send + 'static,
+) -> ServiceStream<GetObjectResponse> {
+    let first = futures::stream::once(futures::future::ready(Ok(GetObjectResponse {
+        info: MessageField::some(info),
+        offset_bytes: start_offset_bytes,
+        ..Default::default()
+    })));
+    let rest = chunks.map(move |item| {
+        item.map(|(offset, bytes)| {
+            metrics
+                .object_bytes_total
+                .get_or_create(&labels(&[("direction", "out")]))
+                .inc_by(bytes.len() as u64);
+            GetObjectResponse {
+                offset_bytes: offset,
+                chunk: bytes.to_vec(),
+                ..Default::default()
+            }
+        })
+        .map_err(to_connect)
+    });
+    Box::pin(first.chain(rest))
+}
+
 impl Boundary {
+    /// PutObject's rights: writing the bucket, and for a peer its import
+    /// policy's object size.
+    fn check_put(&self, caller: &Caller, header: &PutHeader) -> Result<(), Rejection> {
+        self.auth.check_bucket(caller, &header.bucket, true)?;
+        if self.auth.export_policy(caller).is_some() {
+            caller
+                .principal
+                .import
+                .check_object_size(header.expected_size_bytes)
+                .map_err(|r| Rejection::new(Code::PermissionDenied, r.reason, r.message))?;
+        }
+        Ok(())
+    }
+
+    /// GetObject's rights and the object opened at `start_offset_bytes`:
+    /// reading the bucket, and for a peer its export policy's object size.
+    async fn open_object(
+        &self,
+        caller: &Caller,
+        request: &GetObjectRequest,
+    ) -> Result<
+        (
+            crate::store::objects::StoredObject,
+            impl futures::Stream<Item = Result<(u64, bytes::Bytes), Rejection>> + Send + 'static,
+        ),
+        Rejection,
+    > {
+        self.auth.check_bucket(caller, &request.bucket, false)?;
+        let opened = self
+            .store
+            .objects
+            .get(&request.bucket, &request.key, request.start_offset_bytes)
+            .await?;
+        if let Some(policy) = self.auth.export_policy(caller) {
+            policy
+                .check_object_size(opened.0.size_bytes)
+                .map_err(|r| Rejection::new(Code::PermissionDenied, r.reason, r.message))?;
+        }
+        Ok(opened)
+    }
+
     /// FetchFacts after identification: authorization, the fetch, and the
     /// export policy (facts a peer may not see are withheld and audited; the
     /// caller moves past them by confirming `last_delivered_offset`).
