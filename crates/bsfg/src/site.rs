@@ -164,6 +164,7 @@ pub fn reference_zone_config(
             batch_facts_max: 500,
             batch_bytes_max: 4 * 1024 * 1024,
             wait: Duration::from_millis(500),
+            linger: Duration::from_millis(2),
             batches_ahead_max: 2,
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_millis(500),

@@ -10,6 +10,10 @@ use std::time::Duration;
 /// wait in 32-bit milliseconds, and no peer waits longer than an hour.
 const UPSTREAM_WAIT_MAX: Duration = Duration::from_secs(3600);
 
+/// The longest linger an upstream may have: a hop's lag at a low rate is
+/// meant to stay in the tens of milliseconds.
+const UPSTREAM_LINGER_MAX: Duration = Duration::from_millis(50);
+
 impl ZoneConfig {
     /// Cross-field checks a serde schema cannot express.
     pub fn check(&self) -> anyhow::Result<()> {
@@ -248,6 +252,14 @@ impl ZoneConfig {
                 bail!(
                     "upstream {}: batch_facts_max and batches_ahead_max must be at least 1",
                     u.peer
+                );
+            }
+            if u.linger > UPSTREAM_LINGER_MAX {
+                bail!(
+                    "upstream {}: linger ({:?}) must be at most {UPSTREAM_LINGER_MAX:?}: it adds \
+                     to every hop's lag",
+                    u.peer,
+                    u.linger
                 );
             }
             if u.wait > UPSTREAM_WAIT_MAX {

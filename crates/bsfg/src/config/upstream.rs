@@ -23,6 +23,13 @@ pub struct UpstreamConfig {
     /// Long-poll wait of each fetch (old name `wait_ms`, milliseconds).
     #[serde(default = "default_wait", alias = "wait_ms", with = "super::duration")]
     pub wait: Duration,
+    /// How long the next fetch waits after one that drained the peer with
+    /// a small batch (under half of `batch_facts_max`), so that facts
+    /// arriving at a steady low rate cross in batches of several rather
+    /// than one commit each. At most `UPSTREAM_LINGER_MAX` (50 ms); 0 turns
+    /// it off. It adds at most this much to a hop's lag.
+    #[serde(default = "default_linger", with = "humantime_serde")]
+    pub linger: Duration,
     /// Batches fetched ahead of the one being screened (memory bound:
     /// (batches_ahead_max + 3) x batch_bytes_max, see `replicator`; old
     /// name `pipeline_depth`).
@@ -47,6 +54,9 @@ fn default_batch_bytes() -> u64 {
 }
 fn default_wait() -> Duration {
     Duration::from_secs(1)
+}
+fn default_linger() -> Duration {
+    Duration::from_millis(2)
 }
 fn default_batches_ahead_max() -> usize {
     2

@@ -55,8 +55,12 @@ pub(super) async fn fetcher(
                 if caught_up {
                     continue;
                 }
+                let linger = lingers_after(&batch, c.batch_facts_max);
                 if batches.send(batch).await.is_err() {
                     return;
+                }
+                if linger {
+                    tokio::time::sleep(c.linger).await;
                 }
             }
             Err(e) => {
@@ -66,6 +70,15 @@ pub(super) async fn fetcher(
             }
         }
     }
+}
+
+/// Whether the next fetch should linger after `batch`: it drained the
+/// peer (no backlog left) with fewer than half the facts a fetch may take,
+/// so facts are arriving one by one and the next fetch would bring one
+/// again. A peer with a backlog is fetched from at once.
+fn lingers_after(batch: &Batch, batch_facts_max: u32) -> bool {
+    let answer = batch.reborrow();
+    answer.backlog == 0 && (answer.facts.len() as u64) < u64::from(batch_facts_max / 2)
 }
 
 /// Records what an answer shows: the lag's inputs (its facts' times), the
@@ -127,4 +140,33 @@ fn record_failure(link: &Link, cx: &Context, e: &ConnectError) {
     );
     tracing::debug!(link = %c.peer, error = ?e, "fetch failed; backing off");
     link.refresh_lag(Some(&cx.metrics));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bsfg_proto::bsfg::v1::{FetchFactsResponse, StoredFact};
+    use buffa::Message as _;
+
+    fn answer(facts: usize, backlog: u64) -> Batch {
+        let response = FetchFactsResponse {
+            facts: (1..=facts as u64)
+                .map(|offset| StoredFact {
+                    offset,
+                    ..Default::default()
+                })
+                .collect(),
+            backlog,
+            ..Default::default()
+        };
+        Batch::decode(response.encode_to_vec().into()).unwrap()
+    }
+
+    #[test]
+    fn only_a_small_batch_that_drained_the_peer_lingers() {
+        assert!(lingers_after(&answer(1, 0), 1000));
+        assert!(lingers_after(&answer(499, 0), 1000));
+        assert!(!lingers_after(&answer(500, 0), 1000), "half a batch or more");
+        assert!(!lingers_after(&answer(1, 7), 1000), "the peer has more");
+    }
 }
