@@ -41,33 +41,7 @@ impl Operations {
             .links
             .iter()
             .filter(|_| operator)
-            .map(|l| {
-                let s = l.status();
-                LinkStatus {
-                    peer: s.peer,
-                    url: s.url,
-                    consumer: s.consumer,
-                    mode: s.mode.as_str().into(),
-                    remote_frontier: s.remote_frontier,
-                    backlog: s.backlog,
-                    lag_seconds: s.lag_seconds,
-                    lag_seconds_high_watermark: s.lag_seconds_high_watermark,
-                    last_confirm_age_seconds: s
-                        .last_confirm_at
-                        .map(|t| t.elapsed().as_secs_f64())
-                        .unwrap_or(-1.0),
-                    facts_replicated: s.facts_replicated,
-                    facts_refused: s.facts_refused,
-                    objects_pulled: s.objects_pulled,
-                    last_error: s.last_error,
-                    backlog_age_seconds: s
-                        .backlog_reported_at
-                        .map(|t| t.elapsed().as_secs_f64())
-                        .unwrap_or(-1.0),
-                    peer_clock_skew_seconds: s.peer_clock_skew_ms.unwrap_or(0) as f64 / 1000.0,
-                    ..Default::default()
-                }
-            })
+            .map(|l| link_status(l.status()))
             .collect();
         let consumers = self
             .store
@@ -197,5 +171,33 @@ impl OperationsService for Operations {
                 ..Default::default()
             })
         })
+    }
+}
+
+/// A link as the status answer shows it.
+fn link_status(s: crate::replicator::LinkStatus) -> LinkStatus {
+    LinkStatus {
+        peer: s.peer,
+        url: s.url,
+        consumer: s.consumer,
+        mode: s.mode.as_str().into(),
+        remote_frontier: s.remote_frontier,
+        backlog: s.backlog,
+        lag_seconds: s.lag_seconds,
+        lag_seconds_high_watermark: s.lag_seconds_high_watermark,
+        last_confirm_age_seconds: s
+            .last_confirm_at
+            .map(|t| t.elapsed().as_secs_f64())
+            .unwrap_or(-1.0),
+        facts_replicated: s.facts_replicated,
+        facts_refused: s.facts_refused,
+        objects_pulled: s.objects_pulled,
+        last_error: s.last_error,
+        backlog_age_seconds: s
+            .backlog_reported_at
+            .map(|t| t.elapsed().as_secs_f64())
+            .unwrap_or(-1.0),
+        peer_clock_skew_seconds: s.peer_clock_skew_ms.unwrap_or(0) as f64 / 1000.0,
+        ..Default::default()
     }
 }

@@ -495,6 +495,25 @@ impl Boundary {
                 answered_at_unix_ms: crate::store::now_unix_ms(),
             });
         };
+        let served = self.export(caller, policy, facts).await;
+        Ok(ServedFacts {
+            facts: served,
+            frontier,
+            last_delivered_offset,
+            backlog,
+            answered_at_unix_ms: crate::store::now_unix_ms(),
+        })
+    }
+
+    /// What of `facts` a peer is served: only facts routed through it, and
+    /// of those what its export `policy` allows; a fact withheld by the
+    /// policy is counted and audited.
+    async fn export(
+        &self,
+        caller: &Caller,
+        policy: &bsfg_domain::policy::FactPolicy,
+        facts: Vec<crate::store::served::ServedFact>,
+    ) -> Vec<crate::store::served::ServedFact> {
         let peer_zone = caller.principal.zone.as_deref().unwrap_or_default();
         let mut served = Vec::with_capacity(facts.len());
         for f in facts {
@@ -551,13 +570,7 @@ impl Boundary {
                 ))
                 .await;
         }
-        Ok(ServedFacts {
-            facts: served,
-            frontier,
-            last_delivered_offset,
-            backlog,
-            answered_at_unix_ms: crate::store::now_unix_ms(),
-        })
+        served
     }
 }
 

@@ -166,7 +166,10 @@ mod tests {
     fn only_a_small_batch_that_drained_the_peer_lingers() {
         assert!(lingers_after(&answer(1, 0), 1000));
         assert!(lingers_after(&answer(499, 0), 1000));
-        assert!(!lingers_after(&answer(500, 0), 1000), "half a batch or more");
+        assert!(
+            !lingers_after(&answer(500, 0), 1000),
+            "half a batch or more"
+        );
         assert!(!lingers_after(&answer(1, 7), 1000), "the peer has more");
     }
 }

@@ -48,7 +48,7 @@ impl Login {
         }
     }
 
-    pub(super) async fn options(&self) -> anyhow::Result<async_nats::ConnectOptions> {
+    async fn options(&self) -> anyhow::Result<async_nats::ConnectOptions> {
         Ok(match self {
             Login::None => async_nats::ConnectOptions::new(),
             Login::UserPassword { user, password } => {
@@ -61,10 +61,32 @@ impl Login {
     }
 }
 
+/// Connects to the zone's nats-server as `login` and checks that it serves
+/// this zone's JetStream domain.
+pub(super) async fn connect(
+    url: &str,
+    login: &Login,
+    config: &crate::config::ZoneConfig,
+) -> anyhow::Result<(async_nats::Client, async_nats::jetstream::Context)> {
+    let client = login
+        .options()
+        .await?
+        .name(format!("bsfg-{}", config.zone))
+        .request_timeout(Some(config.nats.request_timeout))
+        .subscription_capacity(super::publish::SUBSCRIPTION_CAPACITY)
+        .retry_on_initial_connect()
+        .connect(url)
+        .await?;
+    let mut jetstream = async_nats::jetstream::new(client.clone());
+    jetstream.set_timeout(config.nats.request_timeout);
+    check_domain(&jetstream, url, &config.zone).await?;
+    Ok((client, jetstream))
+}
+
 /// The server must serve this zone's own JetStream domain (domain = zone
 /// name): a node pointed at another zone's server (two zones given the same
 /// `[nats] port`, a mistyped `url`) would store its facts in that zone.
-pub(super) async fn check_domain(
+async fn check_domain(
     jetstream: &async_nats::jetstream::Context,
     url: &str,
     zone: &str,

@@ -70,18 +70,7 @@ impl Store {
         config: Arc<ZoneConfig>,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> anyhow::Result<Self> {
-        let client = login
-            .options()
-            .await?
-            .name(format!("bsfg-{}", config.zone))
-            .request_timeout(Some(config.nats.request_timeout))
-            .subscription_capacity(publish::SUBSCRIPTION_CAPACITY)
-            .retry_on_initial_connect()
-            .connect(url)
-            .await?;
-        let mut jetstream = async_nats::jetstream::new(client.clone());
-        jetstream.set_timeout(config.nats.request_timeout);
-        connect::check_domain(&jetstream, url, &config.zone).await?;
+        let (client, jetstream) = connect::connect(url, login, &config).await?;
         let direct =
             Arc::new(direct::DirectGets::start(client.clone(), config.nats.request_timeout).await?);
         // An external server's store is not the node's to watch.

@@ -11,6 +11,7 @@
 //! wall clock plays no part.
 
 use super::clock::StoreClock;
+use super::facts::Category;
 use super::{Consumers, FactLog};
 use crate::metrics::{Metrics, labels};
 use bsfg_domain::retention::{LogState, truncation};
@@ -36,77 +37,121 @@ pub async fn run_once(
         // Facts stored before a forward step of the store's clock look older
         // than they are by that much.
         let now_judged = now - time::Duration::milliseconds(clock.forward_steps_ms());
-        let state = category.report_state().await?;
-        let name = category.config.name.as_str();
-        let lbl = labels(&[("category", name)]);
-        // Everything at or below this offset is confirmed by all consumers.
-        let confirmed_through = consumers
-            .lowest_frontier(name)
-            .unwrap_or(state.last_sequence);
-        let max_age =
-            time::Duration::try_from(category.config.max_age).unwrap_or(time::Duration::MAX);
-        let cutoff = now_judged - max_age;
-        let first_young = if state.messages > 0 && state.first_timestamp < cutoff {
-            first_sequence_at_or_after(client, &category.stream_name(), cutoff, state.last_sequence)
-                .await?
-        } else {
-            state.first_sequence
-        };
-        let log = LogState {
-            first_offset: state.first_sequence,
-            last_offset: state.last_sequence,
-            facts: state.messages,
-            bytes: state.bytes,
-        };
-        let retain_bytes =
-            category.config.capacity_bytes * u64::from(category.config.retain_fill_percent) / 100;
-        let decision = truncation(log, first_young, confirmed_through, retain_bytes);
-        if decision.blocked {
-            tracing::warn!(
-                category = name,
-                wanted_below = decision.wanted_below,
-                confirmed_through,
-                "retention is holding facts that a consumer has not confirmed"
-            );
-        }
-        let allowed = decision.purge_below;
-        if allowed > state.first_sequence {
-            // The purge below relies on it: no unconfirmed fact goes.
-            decision.assert_invariants(log, confirmed_through);
-            let response = category.stream.purge().sequence(allowed).await?;
-            purged_total += response.purged;
-            category.report_state().await?;
-            tracing::info!(
-                category = name,
-                purged = response.purged,
-                below = allowed,
-                "retention truncated confirmed facts"
-            );
-        }
-        metrics
-            .store_buffer_fill_percent
-            .get_or_create(&lbl)
-            .set(category.fill_percent());
-        let oldest_unconfirmed_age = if confirmed_through < state.last_sequence {
-            match category.stream.direct_get(confirmed_through + 1).await {
-                Ok(m) => (now_judged - m.time).as_seconds_f64().max(0.0),
-                Err(_) => 0.0,
-            }
-        } else {
-            0.0
-        };
-        metrics
-            .oldest_unconfirmed_age_seconds
-            .get_or_create(&lbl)
-            .set(oldest_unconfirmed_age);
-        // The alarm fires before facts reach their age, not only after.
-        let near_age_limit = oldest_unconfirmed_age >= 0.9 * category.config.max_age.as_secs_f64();
-        metrics
-            .retention_blocked
-            .get_or_create(&lbl)
-            .set(i64::from(decision.blocked || near_age_limit));
+        purged_total += retain(client, category, consumers, now_judged, metrics).await?;
     }
     Ok(purged_total)
+}
+
+/// One category: what age and fill allow is purged, then its gauges are
+/// set. Returns facts purged.
+async fn retain(
+    client: &async_nats::Client,
+    category: &Category,
+    consumers: &Consumers,
+    now_judged: time::OffsetDateTime,
+    metrics: &Metrics,
+) -> anyhow::Result<u64> {
+    let state = category.report_state().await?;
+    let name = category.config.name.as_str();
+    // Everything at or below this offset is confirmed by all consumers.
+    let confirmed_through = consumers
+        .lowest_frontier(name)
+        .unwrap_or(state.last_sequence);
+    let first_young = first_young(client, category, &state, now_judged).await?;
+    let log = LogState {
+        first_offset: state.first_sequence,
+        last_offset: state.last_sequence,
+        facts: state.messages,
+        bytes: state.bytes,
+    };
+    let retain_bytes =
+        category.config.capacity_bytes * u64::from(category.config.retain_fill_percent) / 100;
+    let decision = truncation(log, first_young, confirmed_through, retain_bytes);
+    if decision.blocked {
+        tracing::warn!(
+            category = name,
+            wanted_below = decision.wanted_below,
+            confirmed_through,
+            "retention is holding facts that a consumer has not confirmed"
+        );
+    }
+    let mut purged = 0;
+    if decision.purge_below > state.first_sequence {
+        // The purge below relies on it: no unconfirmed fact goes.
+        decision.assert_invariants(log, confirmed_through);
+        let response = category
+            .stream
+            .purge()
+            .sequence(decision.purge_below)
+            .await?;
+        purged = response.purged;
+        category.report_state().await?;
+        tracing::info!(
+            category = name,
+            purged,
+            below = decision.purge_below,
+            "retention truncated confirmed facts"
+        );
+    }
+    let age_seconds =
+        oldest_unconfirmed_age_seconds(category, &state, confirmed_through, now_judged).await;
+    set_gauges(category, metrics, age_seconds, decision.blocked);
+    Ok(purged)
+}
+
+/// The first offset younger than the category's `max_age` (the log's end
+/// when every fact is older).
+async fn first_young(
+    client: &async_nats::Client,
+    category: &Category,
+    state: &async_nats::jetstream::stream::State,
+    now_judged: time::OffsetDateTime,
+) -> anyhow::Result<u64> {
+    let max_age = time::Duration::try_from(category.config.max_age).unwrap_or(time::Duration::MAX);
+    let cutoff = now_judged - max_age;
+    if state.messages > 0 && state.first_timestamp < cutoff {
+        first_sequence_at_or_after(client, &category.stream_name(), cutoff, state.last_sequence)
+            .await
+    } else {
+        Ok(state.first_sequence)
+    }
+}
+
+/// How long the oldest unconfirmed fact has been stored (0 when every fact
+/// is confirmed, or it cannot be read).
+async fn oldest_unconfirmed_age_seconds(
+    category: &Category,
+    state: &async_nats::jetstream::stream::State,
+    confirmed_through: u64,
+    now_judged: time::OffsetDateTime,
+) -> f64 {
+    if confirmed_through >= state.last_sequence {
+        return 0.0;
+    }
+    match category.stream.direct_get(confirmed_through + 1).await {
+        Ok(m) => (now_judged - m.time).as_seconds_f64().max(0.0),
+        Err(_) => 0.0,
+    }
+}
+
+/// The category's fill, its oldest unconfirmed fact's age, and the
+/// retention alarm, which fires before facts reach their age, not only
+/// after.
+fn set_gauges(category: &Category, metrics: &Metrics, age_seconds: f64, blocked: bool) {
+    let lbl = labels(&[("category", category.config.name.as_str())]);
+    metrics
+        .store_buffer_fill_percent
+        .get_or_create(&lbl)
+        .set(category.fill_percent());
+    metrics
+        .oldest_unconfirmed_age_seconds
+        .get_or_create(&lbl)
+        .set(age_seconds);
+    let near_age_limit = age_seconds >= 0.9 * category.config.max_age.as_secs_f64();
+    metrics
+        .retention_blocked
+        .get_or_create(&lbl)
+        .set(i64::from(blocked || near_age_limit));
 }
 
 /// The first sequence whose fact was stored at or after `cutoff`.

@@ -414,44 +414,8 @@ impl Consumers {
     pub async fn reset(&self, name: &str, start: StartPosition) -> Result<u64, Rejection> {
         let cursor = self.cursor(name)?;
         let mut puller = cursor.puller.lock().await;
-        let state = cursor
-            .stream
-            .clone()
-            .info()
-            .await
-            .map_err(|e| unavailable("reading the stream", e))?
-            .state
-            .clone();
-        let next = match &start {
-            StartPosition::Earliest => state.first_sequence.max(1),
-            StartPosition::Latest => state.last_sequence + 1,
-            // Past the end of the log a replay would skip facts not yet
-            // appended (2^64-1 would blank the consumer for good).
-            StartPosition::Offset(offset) if *offset > state.last_sequence.saturating_add(1) => {
-                return Err(Rejection::new(
-                    Code::OutOfRange,
-                    "offset_beyond_end",
-                    format!(
-                        "offset {offset} is beyond the end of consumer {name}'s stream (last offset {}); replay from at most {}",
-                        state.last_sequence,
-                        state.last_sequence + 1
-                    ),
-                ));
-            }
-            StartPosition::Offset(offset) => (*offset).max(1),
-            StartPosition::Time(text) => {
-                let at = parse_start_time(text)
-                    .map_err(|e| Rejection::invalid("bad_start", e.to_string()))?;
-                super::retention::first_sequence_at_or_after(
-                    &self.client,
-                    &cursor.stream.cached_info().config.name,
-                    at,
-                    state.last_sequence,
-                )
-                .await
-                .map_err(|e| unavailable("finding the first fact at the replay time", e))?
-            }
-        };
+        // Read under the puller's lock: no fetch moves the consumer meanwhile.
+        let next = self.replay_start(cursor, name, &start).await?;
         let frontier = match puller.reset(Some(next)).await {
             Ok(frontier) => frontier,
             Err(e) if e.kind() == ConsumerResetErrorKind::InvalidReset => {
@@ -491,6 +455,53 @@ impl Consumers {
             .set(frontier as i64);
         tracing::warn!(consumer = name, frontier, "consumer reset for replay");
         Ok(frontier)
+    }
+
+    /// The first offset a replay of `name` from `start` delivers.
+    async fn replay_start(
+        &self,
+        cursor: &Cursor,
+        name: &str,
+        start: &StartPosition,
+    ) -> Result<u64, Rejection> {
+        let state = cursor
+            .stream
+            .clone()
+            .info()
+            .await
+            .map_err(|e| unavailable("reading the stream", e))?
+            .state
+            .clone();
+        Ok(match start {
+            StartPosition::Earliest => state.first_sequence.max(1),
+            StartPosition::Latest => state.last_sequence + 1,
+            // Past the end of the log a replay would skip facts not yet
+            // appended (2^64-1 would blank the consumer for good).
+            StartPosition::Offset(offset) if *offset > state.last_sequence.saturating_add(1) => {
+                return Err(Rejection::new(
+                    Code::OutOfRange,
+                    "offset_beyond_end",
+                    format!(
+                        "offset {offset} is beyond the end of consumer {name}'s stream (last offset {}); replay from at most {}",
+                        state.last_sequence,
+                        state.last_sequence + 1
+                    ),
+                ));
+            }
+            StartPosition::Offset(offset) => (*offset).max(1),
+            StartPosition::Time(text) => {
+                let at = parse_start_time(text)
+                    .map_err(|e| Rejection::invalid("bad_start", e.to_string()))?;
+                super::retention::first_sequence_at_or_after(
+                    &self.client,
+                    &cursor.stream.cached_info().config.name,
+                    at,
+                    state.last_sequence,
+                )
+                .await
+                .map_err(|e| unavailable("finding the first fact at the replay time", e))?
+            }
+        })
     }
 
     /// Deletes and re-creates the JetStream consumer with a new start (only
