@@ -4,6 +4,7 @@
 #   - buf + connect/protobuf npm packages                 -> .tools/npm, .tools/bin/buf
 #   - cargo-nextest (only if missing)                      -> ~/.cargo/bin
 #   - Debian's faketime (only if missing; root + apt-get)  -> the clock tests
+#   - Debian's prometheus, for promtool (likewise)          -> the alert-rule tests
 # Idempotent: safe to re-run; already-installed pinned versions are skipped.
 set -euo pipefail
 
@@ -85,22 +86,31 @@ else
   log "cargo-nextest: $(cargo nextest --version | head -n1)"
 fi
 
-# ---------------------------------------------------------------- libfaketime (clock tests)
-# The clock tests run a node whose wall clock is stepped (Debian's faketime,
-# LD_PRELOAD); without it they skip, saying so.
-FAKETIME_LIB=/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
-if [[ -f "$FAKETIME_LIB" ]]; then
-  log "libfaketime already installed"
-elif [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
-  log "installing Debian's faketime (apt-get)"
-  if apt-get update -qq >/dev/null && apt-get install -y -qq faketime >/dev/null; then
-    log "libfaketime installed"
+# ---------------------------------------------------------------- Debian packages for tests
+# Installed when missing (root + apt-get); without them the tests that need
+# them skip, saying so.
+#   faketime   -> libfaketime: the clock tests step a node's wall clock
+#   prometheus -> promtool: the alert rules in deploy/prometheus are checked
+APT_UPDATED=0
+apt_install() { # <package> <file it provides> <what it is for>
+  local package=$1 provides=$2 why=$3
+  if [[ -e "$provides" ]]; then
+    log "$package already installed"
+  elif [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    log "installing Debian's $package (apt-get)"
+    if { [[ $APT_UPDATED -eq 1 ]] || apt-get update -qq >/dev/null; } &&
+      apt-get install -y -qq --no-install-recommends "$package" >/dev/null; then
+      APT_UPDATED=1
+      log "$package installed"
+    else
+      log "WARNING: could not install $package: $why will skip"
+    fi
   else
-    log "WARNING: could not install faketime: the clock tests will skip"
+    log "WARNING: $package missing and cannot be installed here: $why will skip"
   fi
-else
-  log "WARNING: libfaketime missing and cannot be installed here: the clock tests will skip"
-fi
+}
+apt_install faketime /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 "the clock tests"
+apt_install prometheus /usr/bin/promtool "the alert-rule tests"
 
 # ---------------------------------------------------------------- .gitignore
 touch .gitignore

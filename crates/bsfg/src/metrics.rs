@@ -5,12 +5,15 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::{Metric, Registry};
 use std::sync::atomic::AtomicU64;
 
 pub type Labels = Vec<(String, String)>;
 
 pub struct Metrics {
+    /// Every registered family's name and type, for [`Metrics::sample_names`].
+    families: Vec<(&'static str, MetricType)>,
     registry: Registry,
     pub append_requests_total: Family<Labels, Counter>,
     pub append_failures_total: Family<Labels, Counter>,
@@ -64,7 +67,7 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let m = Self::unregistered();
-        let mut registry = Registry::default();
+        let mut registry = Registrar::default();
         // Registration order is /metrics order.
         m.register_requests(&mut registry);
         m.register_key_index(&mut registry);
@@ -73,7 +76,11 @@ impl Metrics {
         m.register_links(&mut registry);
         m.register_boundary(&mut registry);
         m.register_audit(&mut registry);
-        Self { registry, ..m }
+        Self {
+            registry: registry.registry,
+            families: registry.families,
+            ..m
+        }
     }
 
     /// Every metric at zero, in an empty registry.
@@ -131,11 +138,12 @@ impl Metrics {
             audit_records_pending: Gauge::default(),
             audit_refusals_summarized_total: Counter::default(),
             registry: Registry::default(),
+            families: Vec::new(),
         }
     }
 
     /// AppendFact, FetchFacts and ConfirmReceipt requests, and group commit.
-    fn register_requests(&self, registry: &mut Registry) {
+    fn register_requests(&self, registry: &mut Registrar) {
         registry.register(
             "bsfg_append_requests",
             "AppendFact requests by outcome",
@@ -166,7 +174,7 @@ impl Metrics {
     }
 
     /// The idempotency key index.
-    fn register_key_index(&self, registry: &mut Registry) {
+    fn register_key_index(&self, registry: &mut Registrar) {
         registry.register(
             "bsfg_key_index_ready",
             "1 once the idempotency key index has read every stored fact (until then AppendFact answers unavailable)",
@@ -220,7 +228,7 @@ impl Metrics {
     }
 
     /// Frontiers, the store, its disk and retention, and object bytes.
-    fn register_store(&self, registry: &mut Registry) {
+    fn register_store(&self, registry: &mut Registrar) {
         registry.register(
             "bsfg_frontier_offset",
             "Confirmed frontier per consumer",
@@ -274,7 +282,7 @@ impl Metrics {
     }
 
     /// Certificates, TLS reloads, authorization and the crossing policy.
-    fn register_tls_and_policy(&self, registry: &mut Registry) {
+    fn register_tls_and_policy(&self, registry: &mut Registrar) {
         registry.register(
             "bsfg_certificate_expiry_days",
             "Days until the node certificate and the trusted CA expire",
@@ -298,7 +306,7 @@ impl Metrics {
     }
 
     /// Links (replication, clocks, modes) and delivery to consumers.
-    fn register_links(&self, registry: &mut Registry) {
+    fn register_links(&self, registry: &mut Registrar) {
         registry.register("bsfg_replication_lag_seconds", "Age of the oldest fact of the peer that may not be here yet, per link; keeps growing while the link is cut (README, Lag)", self.replication_lag_seconds.clone());
         registry.register(
             "bsfg_replication_lag_high_watermark",
@@ -343,7 +351,7 @@ impl Metrics {
     }
 
     /// The boundary port: refusals before the RPC layer, TLS, connections.
-    fn register_boundary(&self, registry: &mut Registry) {
+    fn register_boundary(&self, registry: &mut Registrar) {
         registry.register(
             "bsfg_boundary_refusals",
             "Requests the boundary port refused before the RPC layer answered (unknown identity, node_busy, oversized or late bodies), by rpc and reason",
@@ -367,7 +375,7 @@ impl Metrics {
     }
 
     /// The audit trail.
-    fn register_audit(&self, registry: &mut Registry) {
+    fn register_audit(&self, registry: &mut Registrar) {
         registry.register(
             "bsfg_audit_records_dropped",
             "Audit records that could not be kept (retry buffer full, or refused for good); each is logged with its content",
@@ -393,6 +401,24 @@ impl Metrics {
                 .get_or_create(&labels(&[("reason", r.reason)]))
                 .inc();
         }
+    }
+
+    /// Every sample name /metrics can carry, whether or not the family has
+    /// a sample yet (an empty family prints nothing): a counter `x` has
+    /// samples `x_total`, a histogram `x_bucket`, `x_sum` and `x_count`.
+    /// For checking dashboards and alert rules against the node.
+    pub fn sample_names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        for (name, kind) in &self.families {
+            match kind {
+                MetricType::Counter => names.push(format!("{name}_total")),
+                MetricType::Histogram => {
+                    names.extend(["_bucket", "_sum", "_count"].map(|s| format!("{name}{s}")))
+                }
+                _ => names.push(name.to_string()),
+            }
+        }
+        names
     }
 
     pub fn render(&self) -> String {
@@ -423,4 +449,51 @@ pub fn labels(pairs: &[(&str, &str)]) -> Labels {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
+}
+
+/// A registry that also remembers each family's name and type.
+#[derive(Default)]
+struct Registrar {
+    registry: Registry,
+    families: Vec<(&'static str, MetricType)>,
+}
+
+impl Registrar {
+    fn register<M: Metric + TypedMetric>(&mut self, name: &'static str, help: &str, metric: M) {
+        self.families.push((name, M::TYPE));
+        self.registry.register(name, help, metric);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every sample /metrics prints is one `sample_names` lists.
+    #[test]
+    fn sample_names_cover_what_is_rendered() {
+        let m = Metrics::new();
+        m.append_requests_total
+            .get_or_create(&labels(&[("outcome", "ok")]))
+            .inc();
+        m.append_latency_seconds.observe(0.001);
+        m.link_mode
+            .get_or_create(&labels(&[("link", "idmz"), ("mode", "normal")]))
+            .set(1);
+        m.key_index_ready.set(1);
+        let names = m.sample_names();
+        let rendered = m.render();
+        let samples: Vec<&str> = rendered
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| l.split(['{', ' ']).next().unwrap())
+            .collect();
+        assert!(samples.len() >= 4, "{rendered}");
+        for sample in samples {
+            assert!(
+                names.iter().any(|n| n == sample),
+                "{sample} not in {names:?}"
+            );
+        }
+    }
 }

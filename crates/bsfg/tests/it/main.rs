@@ -13,5 +13,6 @@ mod durability;
 mod faults;
 mod harness;
 mod interop;
+mod ops_tooling;
 mod security;
 mod substrate;
