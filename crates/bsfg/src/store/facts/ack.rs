@@ -10,7 +10,7 @@ use crate::store::failure::unavailable;
 use crate::store::key_index::Token;
 use crate::store::publish::{Ack, ERR_WRONG_LAST_MSG_ID};
 use bsfg_domain::identity::content_digest;
-use bsfg_domain::{Code, Rejection};
+use bsfg_domain::{Code, Reason, Rejection};
 
 /// An answer plus the key-index entry it stored, if any.
 /// The entry is `(category position, token, offset)`.
@@ -127,7 +127,7 @@ impl FactLog {
             Ok(None) => (
                 Err(Rejection::new(
                     Code::Internal,
-                    "key_lookup_failed",
+                    Reason::KeyLookupFailed,
                     format!(
                         "JetStream reported message_id {} as stored at offset {sequence}, but that \
                          fact cannot be read back",
@@ -152,7 +152,7 @@ fn refused(log: &Category, err_code: u64, description: &str, ready: &Ready) -> R
                 .set_reported(log.config.capacity_bytes, log.fill.appended_counter());
             Rejection::new(
                 Code::ResourceExhausted,
-                "category_full",
+                Reason::CategoryFull,
                 format!(
                     "category {} reached its capacity; appends are refused until confirmed facts \
                      are truncated",
@@ -162,7 +162,7 @@ fn refused(log: &Category, err_code: u64, description: &str, ready: &Ready) -> R
         }
         ERR_WRONG_LAST_MSG_ID => Rejection::new(
             Code::Unavailable,
-            "order_guard",
+            Reason::OrderGuard,
             format!(
                 "message_id {} was not stored: an earlier fact of its batch did not reach the \
                  stream (a lost publish); it is retried after that one, in order",
