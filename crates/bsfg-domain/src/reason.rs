@@ -5,7 +5,7 @@
 //! leads every Connect error message, is sent as the `bsfg-reason` header,
 //! labels the refusal metrics and is written into logs and audit records,
 //! so dashboards and clients match on it. The README's refusal table lists
-//! every token. An enum rather than strings so
+//! every token (a test checks both ways). An enum rather than strings so
 //! that a reason cannot be misspelt where it is made or where it is matched.
 
 use std::fmt;
@@ -260,6 +260,79 @@ mod tests {
                 "{t} is not snake_case"
             );
             assert_eq!(r.to_string(), t);
+        }
+    }
+
+    /// The tokens in the reason column of the README's refusal table, each
+    /// with the Connect code of its row. A parenthesised note is not
+    /// a token (it may quote a field name).
+    fn readme_table() -> Vec<(String, String)> {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"));
+        let rows = readme
+            .lines()
+            .skip_while(|l| !l.starts_with("| situation | code | reason |"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'));
+        let mut tokens = Vec::new();
+        for row in rows {
+            let cells: Vec<&str> = row.split(" | ").collect();
+            assert_eq!(cells.len(), 3, "not a three-column row: {row}");
+            let code = cells[1].trim_matches('`').to_string();
+            let mut depth = 0;
+            let outside: String = cells[2]
+                .chars()
+                .filter(|&c| {
+                    match c {
+                        '(' => depth += 1,
+                        ')' => depth -= 1,
+                        _ => return depth == 0,
+                    }
+                    false
+                })
+                .collect();
+            let backticked = outside.split('`').skip(1).step_by(2);
+            for token in backticked {
+                tokens.push((token.to_string(), code.clone()));
+            }
+            assert!(
+                !outside.contains('…'),
+                "the table lists every reason, it does not elide any: {row}"
+            );
+        }
+        assert!(!tokens.is_empty(), "README.md has no refusal table");
+        tokens
+    }
+
+    #[test]
+    fn the_readme_table_lists_every_reason_and_only_reasons() {
+        let listed: BTreeSet<String> = readme_table().into_iter().map(|(t, _)| t).collect();
+        let reasons: BTreeSet<String> = Reason::ALL.iter().map(|r| r.to_string()).collect();
+        let unlisted: Vec<_> = reasons.difference(&listed).collect();
+        let unknown: Vec<_> = listed.difference(&reasons).collect();
+        assert!(
+            unlisted.is_empty() && unknown.is_empty(),
+            "README.md's refusal table misses the reasons {unlisted:?} and lists {unknown:?}, \
+             which are not reasons"
+        );
+    }
+
+    #[test]
+    fn the_readme_table_names_connect_codes() {
+        const CODES: [&str; 11] = [
+            "invalid_argument",
+            "not_found",
+            "already_exists",
+            "permission_denied",
+            "failed_precondition",
+            "resource_exhausted",
+            "data_loss",
+            "unavailable",
+            "out_of_range",
+            "deadline_exceeded",
+            "internal",
+        ];
+        for (token, code) in readme_table() {
+            assert!(CODES.contains(&code.as_str()), "{token}: code {code:?}");
         }
     }
 }
