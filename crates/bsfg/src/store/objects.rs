@@ -618,9 +618,11 @@ fn random_id() -> String {
 }
 
 /// JetStream's refusal of a write past the bucket stream's `max_bytes`
-/// (error 10077, "maximum bytes exceeded").
+/// (error 10077, nats-server's `JSStreamStoreFailedF` wrapping "maximum
+/// bytes exceeded"); async-nats reports it only as text.
 fn is_bucket_full(error: &str) -> bool {
-    error.contains("10077") || error.contains("maximum bytes exceeded")
+    error.contains(&jetstream::ErrorCode::STREAM_STORE_FAILED.0.to_string())
+        || error.contains("maximum bytes exceeded")
 }
 
 #[cfg(test)]

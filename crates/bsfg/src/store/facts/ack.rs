@@ -8,7 +8,8 @@ use super::record::{compare_existing, decode_record};
 use super::{Appended, Category, FactLog};
 use crate::store::failure::unavailable;
 use crate::store::key_index::Token;
-use crate::store::publish::{Ack, ERR_WRONG_LAST_MSG_ID};
+use crate::store::publish::Ack;
+use async_nats::jetstream::ErrorCode;
 use bsfg_domain::identity::content_digest;
 use bsfg_domain::{Code, Reason, Rejection};
 
@@ -145,9 +146,12 @@ impl FactLog {
 /// category: full (the fill estimate is raised to the capacity until the
 /// next report), an earlier fact of an ordered batch missing, or another
 /// error.
-fn refused(log: &Category, err_code: u64, description: &str, ready: &Ready) -> Rejection {
+fn refused(log: &Category, err_code: ErrorCode, description: &str, ready: &Ready) -> Rejection {
     match err_code {
-        _ if description.contains("maximum bytes") || err_code == 10077 => {
+        // nats-server's `JSStreamStoreFailedF` wrapping "maximum bytes exceeded".
+        _ if description.contains("maximum bytes")
+            || err_code == ErrorCode::STREAM_STORE_FAILED =>
+        {
             log.fill
                 .set_reported(log.config.capacity_bytes, log.fill.appended_counter());
             Rejection::new(
@@ -160,7 +164,9 @@ fn refused(log: &Category, err_code: u64, description: &str, ready: &Ready) -> R
                 ),
             )
         }
-        ERR_WRONG_LAST_MSG_ID => Rejection::new(
+        // A `Nats-Expected-Last-Msg-Id` that is not the stream's last message
+        // id (nats-server's `JSStreamWrongLastMsgIDErrF`).
+        ErrorCode::STREAM_WRONG_LAST_MESSAGE_ID => Rejection::new(
             Code::Unavailable,
             Reason::OrderGuard,
             format!(
@@ -171,7 +177,7 @@ fn refused(log: &Category, err_code: u64, description: &str, ready: &Ready) -> R
         ),
         _ => unavailable(
             "storing the fact",
-            format_args!("JetStream error {err_code}: {description}"),
+            format_args!("JetStream error {}: {description}", err_code.0),
         ),
     }
 }
