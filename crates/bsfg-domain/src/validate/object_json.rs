@@ -77,7 +77,10 @@ mod unique {
                 Reason::BadObjectJson,
                 format!("fact.object_json has the key {:?} twice; RFC 8785 requires unique member names", bounded(&key)),
             ),
-            None => Rejection::invalid(Reason::BadObjectJson, format!("fact.object_json is not valid JSON: {e}")),
+            None => Rejection::invalid(
+                Reason::BadObjectJson,
+                format!("fact.object_json is not valid JSON: {e}"),
+            ),
         })
     }
 

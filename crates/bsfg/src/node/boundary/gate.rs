@@ -180,7 +180,8 @@ impl Gate {
     fn refuse(&self, route: Route, r: Rejection, headers: &HeaderMap) -> Response<ConnectRpcBody> {
         let l = labels(&[("rpc", route.rpc), ("reason", r.reason.as_str())]);
         self.metrics.boundary_refusals_total.get_or_create(&l).inc();
-        tracing::info!(rpc = route.rpc, outcome = "rejected", reason = r.reason.as_str(), message = %r.message);
+        let reason = r.reason.as_str();
+        tracing::info!(rpc = route.rpc, outcome = "rejected", reason, message = %r.message);
         to_connect(r).into_http_response(headers)
     }
 }
