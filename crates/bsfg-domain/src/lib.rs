@@ -18,6 +18,7 @@
 //! * [`seed`]: every random choice of a node derived from one logged seed.
 //! * [`rejection`]: a rejection carries a protocol-neutral code, a stable
 //!   machine reason and a message a person can act on.
+//! * [`reason`]: every reason, each with its token (part of the contract).
 #![forbid(unsafe_code)]
 
 pub mod bounded;
@@ -27,9 +28,11 @@ pub mod identity;
 pub mod indexed_runs;
 pub mod limits;
 pub mod policy;
+pub mod reason;
 pub mod rejection;
 pub mod retention;
 pub mod seed;
 pub mod validate;
 
+pub use reason::Reason;
 pub use rejection::{Code, Rejection};

@@ -3,6 +3,7 @@
 //! same check runs where a fact is served (export) and again where a pulled
 //! fact is appended (import, defence in depth).
 
+use crate::reason::Reason;
 use serde::{Deserialize, Serialize};
 
 /// "Nothing from `origin` reaches this side except these kinds."
@@ -39,7 +40,7 @@ pub struct Crossing<'a> {
 /// Why a crossing was refused: a stable reason and a sentence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyRefusal {
-    pub reason: &'static str,
+    pub reason: Reason,
     pub message: String,
 }
 
@@ -52,13 +53,13 @@ impl FactPolicy {
         let refuse = |reason, message: String| Err(PolicyRefusal { reason, message });
         if !allowed(&self.categories, c.category) {
             return refuse(
-                "category_not_allowed",
+                Reason::CategoryNotAllowed,
                 format!("category {} is not allowed across this link", c.category),
             );
         }
         if self.deny_kinds.iter().any(|k| k == c.kind) || !allowed(&self.kinds, c.kind) {
             return refuse(
-                "kind_not_allowed",
+                Reason::KindNotAllowed,
                 format!("subject kind {} is not allowed across this link", c.kind),
             );
         }
@@ -66,7 +67,7 @@ impl FactPolicy {
             && !rule.allow_kinds.iter().any(|k| k == c.kind)
         {
             return refuse(
-                "kind_not_allowed_from_origin",
+                Reason::KindNotAllowedFromOrigin,
                 format!(
                     "nothing from {} crosses this link except kinds {:?}; this fact is of kind {}",
                     c.origin_zone, rule.allow_kinds, c.kind
@@ -75,7 +76,7 @@ impl FactPolicy {
         }
         if !allowed(&self.predicates, c.predicate) {
             return refuse(
-                "predicate_not_allowed",
+                Reason::PredicateNotAllowed,
                 format!("predicate {} is not allowed across this link", c.predicate),
             );
         }
@@ -83,7 +84,7 @@ impl FactPolicy {
             && c.fact_bytes > max
         {
             return refuse(
-                "fact_too_large_for_link",
+                Reason::FactTooLargeForLink,
                 format!("fact is {} bytes; this link allows {max}", c.fact_bytes),
             );
         }
@@ -93,7 +94,7 @@ impl FactPolicy {
     pub fn check_object_size(&self, size_bytes: u64) -> Result<(), PolicyRefusal> {
         match self.object_bytes_max {
             Some(max) if size_bytes > max => Err(PolicyRefusal {
-                reason: "object_too_large_for_link",
+                reason: Reason::ObjectTooLargeForLink,
                 message: format!("object is {size_bytes} bytes; this link allows {max}"),
             }),
             _ => Ok(()),
@@ -132,11 +133,11 @@ mod tests {
         p.check(&crossing("plant-a", "batch")).unwrap();
         assert_eq!(
             p.check(&crossing("plant-a", "asset")).unwrap_err().reason,
-            "kind_not_allowed"
+            Reason::KindNotAllowed
         );
         assert_eq!(
             p.check(&crossing("plant-a", "recipe")).unwrap_err().reason,
-            "kind_not_allowed"
+            Reason::KindNotAllowed
         );
         let p = FactPolicy {
             categories: vec!["documents".into()],
@@ -144,7 +145,7 @@ mod tests {
         };
         assert_eq!(
             p.check(&crossing("plant-a", "batch")).unwrap_err().reason,
-            "category_not_allowed"
+            Reason::CategoryNotAllowed
         );
         let p = FactPolicy {
             predicates: vec!["step_started".into()],
@@ -152,7 +153,7 @@ mod tests {
         };
         assert_eq!(
             p.check(&crossing("plant-a", "batch")).unwrap_err().reason,
-            "predicate_not_allowed"
+            Reason::PredicateNotAllowed
         );
         let p = FactPolicy {
             fact_bytes_max: Some(99),
@@ -160,7 +161,7 @@ mod tests {
         };
         assert_eq!(
             p.check(&crossing("plant-a", "batch")).unwrap_err().reason,
-            "fact_too_large_for_link"
+            Reason::FactTooLargeForLink
         );
     }
 
@@ -178,7 +179,7 @@ mod tests {
             p.check(&crossing("enterprise", "batch"))
                 .unwrap_err()
                 .reason,
-            "kind_not_allowed_from_origin"
+            Reason::KindNotAllowedFromOrigin
         );
         // Other origins are not affected by the rule.
         p.check(&crossing("idmz", "batch")).unwrap();
@@ -193,7 +194,7 @@ mod tests {
         p.check_object_size(10).unwrap();
         assert_eq!(
             p.check_object_size(11).unwrap_err().reason,
-            "object_too_large_for_link"
+            Reason::ObjectTooLargeForLink
         );
     }
 }

@@ -1,9 +1,10 @@
 //! Rejections: why the boundary refused a request.
 //!
 //! Kept protocol-neutral here; the node maps [`Code`] to Connect codes. The
-//! `reason` is a stable snake_case token for machines and dashboards; the
+//! [`Reason`] is a stable snake_case token for machines and dashboards; the
 //! message is for the person reading the error.
 
+use crate::reason::Reason;
 use std::fmt;
 
 /// The outcome class of a refused request, mirroring the Connect codes used.
@@ -25,19 +26,19 @@ pub enum Code {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
     pub code: Code,
-    pub reason: &'static str,
+    pub reason: Reason,
     pub message: String,
 }
 
 impl Rejection {
-    pub fn new(code: Code, reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: Code, reason: Reason, message: impl Into<String>) -> Self {
         Self {
             code,
             reason,
             message: message.into(),
         }
     }
-    pub fn invalid(reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn invalid(reason: Reason, message: impl Into<String>) -> Self {
         Self::new(Code::InvalidArgument, reason, message)
     }
 }

@@ -398,7 +398,7 @@ impl Metrics {
     pub fn count_access_refusal(&self, r: &bsfg_domain::Rejection) {
         if r.code == bsfg_domain::Code::PermissionDenied {
             self.access_refusals_total
-                .get_or_create(&labels(&[("reason", r.reason)]))
+                .get_or_create(&labels(&[("reason", r.reason.as_str())]))
                 .inc();
         }
     }

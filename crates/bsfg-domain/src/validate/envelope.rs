@@ -3,6 +3,7 @@
 use super::{bounded_text, required, zone};
 use crate::bounded::bounded;
 use crate::limits::{LABEL_KEY_BYTES_MAX, Limits, TEXT_FIELD_BYTES_MAX};
+use crate::reason::Reason;
 use crate::rejection::Rejection;
 use bsfg_proto::bsfg::v1::Envelope;
 
@@ -16,7 +17,7 @@ pub fn envelope(e: &Envelope, limits: &Limits) -> Result<(), Rejection> {
     )?;
     if e.message_id.chars().any(char::is_whitespace) {
         return Err(Rejection::invalid(
-            "bad_message_id",
+            Reason::BadMessageId,
             "envelope.message_id must not contain whitespace",
         ));
     }
@@ -24,7 +25,7 @@ pub fn envelope(e: &Envelope, limits: &Limits) -> Result<(), Rejection> {
     zone("envelope.to_zone", &e.to_zone)?;
     if e.produced_at_unix_ms <= 0 {
         return Err(Rejection::invalid(
-            "missing_field",
+            Reason::MissingField,
             "envelope.produced_at_unix_ms is required (producer clock, milliseconds since the Unix epoch)",
         ));
     }
@@ -50,7 +51,7 @@ pub fn envelope(e: &Envelope, limits: &Limits) -> Result<(), Rejection> {
     )?;
     if e.labels.len() > limits.labels_count_max {
         return Err(Rejection::invalid(
-            "too_many_labels",
+            Reason::TooManyLabels,
             format!(
                 "envelope.labels has {} entries; the limit is {}",
                 e.labels.len(),
@@ -66,7 +67,7 @@ pub fn envelope(e: &Envelope, limits: &Limits) -> Result<(), Rejection> {
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'));
         if !key_ok {
             return Err(Rejection::invalid(
-                "bad_label",
+                Reason::BadLabel,
                 format!(
                     "label key {:?} must be 1-{LABEL_KEY_BYTES_MAX} characters of A-Z a-z 0-9 _ - . /",
                     bounded(key)
@@ -95,15 +96,21 @@ mod tests {
         envelope(&ok, &limits).unwrap();
         let mut e = ok.clone();
         e.message_id.clear();
-        assert_eq!(envelope(&e, &limits).unwrap_err().reason, "missing_field");
+        assert_eq!(
+            envelope(&e, &limits).unwrap_err().reason,
+            Reason::MissingField
+        );
         let mut e = ok.clone();
         e.produced_at_unix_ms = 0;
-        assert_eq!(envelope(&e, &limits).unwrap_err().reason, "missing_field");
+        assert_eq!(
+            envelope(&e, &limits).unwrap_err().reason,
+            Reason::MissingField
+        );
         let mut e = ok.clone();
         e.to_zone = "ENTERPRISE".into();
-        assert_eq!(envelope(&e, &limits).unwrap_err().reason, "bad_zone");
+        assert_eq!(envelope(&e, &limits).unwrap_err().reason, Reason::BadZone);
         let mut e = ok;
         e.labels.insert("bad key".into(), "v".into());
-        assert_eq!(envelope(&e, &limits).unwrap_err().reason, "bad_label");
+        assert_eq!(envelope(&e, &limits).unwrap_err().reason, Reason::BadLabel);
     }
 }

@@ -3,6 +3,7 @@
 use super::object_json::recanonicalised_object_json;
 use super::{bounded_text, bucket, digest, media_type, object_key, predicate, subject};
 use crate::limits::{Limits, TEXT_FIELD_BYTES_MAX};
+use crate::reason::Reason;
 use crate::rejection::Rejection;
 use bsfg_proto::bsfg::v1::{AttachmentRef, Fact};
 
@@ -34,7 +35,7 @@ pub fn fact(mut f: Fact, limits: &Limits) -> Result<ValidFact, Rejection> {
     let canonical = recanonicalised_object_json(&f.object_json, limits)?;
     if f.attachments.len() > limits.attachments_count_max {
         return Err(Rejection::invalid(
-            "too_many_attachments",
+            Reason::TooManyAttachments,
             format!(
                 "fact has {} attachments; the limit is {}",
                 f.attachments.len(),

@@ -3,6 +3,7 @@
 
 use crate::bounded::bounded;
 use crate::limits::TEXT_FIELD_BYTES_MAX;
+use crate::reason::Reason;
 use crate::rejection::Rejection;
 
 /// RFC 6838 `restricted-name`: a media type's type or subtype.
@@ -34,7 +35,7 @@ pub fn media_type(field: &str, value: &str) -> Result<(), Rejection> {
     }
     let bad = |why: &str| {
         Rejection::invalid(
-            "bad_media_type",
+            Reason::BadMediaType,
             format!(
                 "{field} {:?} {why}; expected type/subtype with optional parameters, e.g. application/pdf or text/plain; charset=utf-8",
                 bounded(value)
@@ -131,14 +132,14 @@ mod tests {
             let refused = media_type("media_type", bad).expect_err(bad);
             assert_eq!(
                 (refused.code, refused.reason),
-                (crate::Code::InvalidArgument, "bad_media_type"),
+                (crate::Code::InvalidArgument, Reason::BadMediaType),
                 "{bad:?}"
             );
         }
         let long = format!("application/{}", "x".repeat(TEXT_FIELD_BYTES_MAX));
         assert_eq!(
             media_type("media_type", &long).unwrap_err().reason,
-            "bad_media_type"
+            Reason::BadMediaType
         );
     }
 }

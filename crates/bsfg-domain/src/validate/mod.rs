@@ -19,6 +19,7 @@ pub use names::{bucket, consumer_name, predicate, subject, zone};
 pub use object_json::canonical_object_json;
 pub use objects::{RESERVED_KEY_PREFIX, digest, object_key};
 
+use crate::reason::Reason;
 use crate::rejection::Rejection;
 
 fn has_control(s: &str) -> bool {
@@ -28,13 +29,13 @@ fn has_control(s: &str) -> bool {
 fn bounded_text(field: &str, value: &str, bytes_max: usize) -> Result<(), Rejection> {
     if value.len() > bytes_max {
         return Err(Rejection::invalid(
-            "field_too_long",
+            Reason::FieldTooLong,
             format!("{field} is {} bytes; the limit is {bytes_max}", value.len()),
         ));
     }
     if has_control(value) {
         return Err(Rejection::invalid(
-            "control_character",
+            Reason::ControlCharacter,
             format!("{field} contains a control character; remove it"),
         ));
     }
@@ -44,7 +45,7 @@ fn bounded_text(field: &str, value: &str, bytes_max: usize) -> Result<(), Reject
 fn required(field: &str, value: &str) -> Result<(), Rejection> {
     if value.is_empty() {
         return Err(Rejection::invalid(
-            "missing_field",
+            Reason::MissingField,
             format!("{field} is required"),
         ));
     }

@@ -7,6 +7,7 @@ use crate::limits::{
     BUCKET_BYTES_MAX, PREDICATE_BYTES_MAX, SUBJECT_BYTES_MAX, SUBJECT_KIND_BYTES_MAX,
     ZONE_BYTES_MAX,
 };
+use crate::reason::Reason;
 use crate::rejection::Rejection;
 
 /// `^[a-z][a-z0-9-]*$`, at most [`ZONE_BYTES_MAX`] bytes, e.g. `plant-a`.
@@ -19,7 +20,7 @@ pub fn zone(field: &str, value: &str) -> Result<(), Rejection> {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if !ok {
         return Err(Rejection::invalid(
-            "bad_zone",
+            Reason::BadZone,
             format!(
                 "{field} {:?} must be lower-case letters, digits and '-', starting with a letter, at most {ZONE_BYTES_MAX} bytes",
                 bounded(value)
@@ -43,7 +44,7 @@ pub fn subject(value: &str) -> Result<&str, Rejection> {
     required("fact.subject", value)?;
     let bad = |why: &str| {
         Rejection::invalid(
-            "bad_subject",
+            Reason::BadSubject,
             format!(
                 "fact.subject {:?} {why}; expected kind:id or kind:scope/id, e.g. batch:PlantA/B1042",
                 bounded(value)
@@ -86,7 +87,7 @@ pub fn predicate(value: &str) -> Result<(), Rejection> {
     required("fact.predicate", value)?;
     if value.len() > PREDICATE_BYTES_MAX || !is_snake_token(value) {
         return Err(Rejection::invalid(
-            "bad_predicate",
+            Reason::BadPredicate,
             format!(
                 "fact.predicate {:?} must be lower_snake_case (e.g. step_completed), at most {PREDICATE_BYTES_MAX} bytes",
                 bounded(value)
@@ -106,7 +107,7 @@ pub fn consumer_name(value: &str) -> Result<(), Rejection> {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
     if !ok {
         return Err(Rejection::invalid(
-            "bad_consumer_name",
+            Reason::BadConsumerName,
             format!(
                 "consumer_name {:?} must be 1-64 characters of A-Z a-z 0-9 _ -",
                 bounded(value)
@@ -126,7 +127,7 @@ pub fn bucket(value: &str) -> Result<(), Rejection> {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
     if !ok {
         return Err(Rejection::invalid(
-            "bad_bucket",
+            Reason::BadBucket,
             format!(
                 "bucket {:?} must be lower-case letters, digits, '_' and '-', at most {BUCKET_BYTES_MAX} bytes",
                 bounded(value)

@@ -3,6 +3,7 @@
 
 use super::required;
 use crate::limits::Limits;
+use crate::reason::Reason;
 use crate::rejection::Rejection;
 
 /// Parses object_json, requires a JSON object and returns its RFC 8785
@@ -21,7 +22,7 @@ pub(super) fn recanonicalised_object_json(
     required("fact.object_json", value)?;
     if value.len() > limits.object_json_bytes_max {
         return Err(Rejection::invalid(
-            "fact_too_large",
+            Reason::FactTooLarge,
             format!(
                 "fact.object_json is {} bytes; the limit is {}",
                 value.len(),
@@ -35,7 +36,7 @@ pub(super) fn recanonicalised_object_json(
     let parsed = unique::parse(value)?;
     if !parsed.is_object() {
         return Err(Rejection::invalid(
-            "object_json_not_object",
+            Reason::ObjectJsonNotObject,
             "fact.object_json must be a JSON object ({...}), not an array, string, number, boolean or null",
         ));
     }
@@ -43,7 +44,7 @@ pub(super) fn recanonicalised_object_json(
         .map(Some)
         .map_err(|e| {
             Rejection::invalid(
-                "bad_object_json",
+                Reason::BadObjectJson,
                 format!("fact.object_json cannot be canonicalised (RFC 8785): {e}"),
             )
         })
@@ -56,6 +57,7 @@ pub(super) fn recanonicalised_object_json(
 /// input (section 3.1), so such a document has no canonical form.
 mod unique {
     use crate::bounded::bounded;
+    use crate::reason::Reason;
     use crate::rejection::Rejection;
     use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
     use serde_json::{Map, Number, Value};
@@ -72,10 +74,13 @@ mod unique {
         .and_then(|v| deserializer.end().map(|()| v));
         parsed.map_err(|e| match duplicate.take() {
             Some(key) => Rejection::invalid(
-                "bad_object_json",
+                Reason::BadObjectJson,
                 format!("fact.object_json has the key {:?} twice; RFC 8785 requires unique member names", bounded(&key)),
             ),
-            None => Rejection::invalid("bad_object_json", format!("fact.object_json is not valid JSON: {e}")),
+            None => Rejection::invalid(
+                Reason::BadObjectJson,
+                format!("fact.object_json is not valid JSON: {e}"),
+            ),
         })
     }
 
@@ -166,7 +171,7 @@ mod tests {
         let big = format!("{{\"a\":\"{}\"}}", "x".repeat(limits.object_json_bytes_max));
         assert_eq!(
             canonical_object_json(&big, &limits).unwrap_err().reason,
-            "fact_too_large"
+            Reason::FactTooLarge
         );
     }
 
@@ -185,7 +190,7 @@ mod tests {
             let refused = canonical_object_json(json, &limits).unwrap_err();
             assert_eq!(
                 (refused.code, refused.reason),
-                (crate::Code::InvalidArgument, "bad_object_json"),
+                (crate::Code::InvalidArgument, Reason::BadObjectJson),
                 "{json}"
             );
             assert_eq!(

@@ -3,6 +3,7 @@
 use super::{bounded_text, required};
 use crate::bounded::bounded;
 use crate::limits::Limits;
+use crate::reason::Reason;
 use crate::rejection::Rejection;
 
 /// An object key: a relative path of non-empty segments; no `.`/`..`
@@ -11,8 +12,12 @@ use crate::rejection::Rejection;
 pub fn object_key(value: &str, limits: &Limits) -> Result<(), Rejection> {
     required("key", value)?;
     bounded_text("key", value, limits.object_key_bytes_max)?;
-    let bad =
-        |why: &str| Rejection::invalid("bad_object_key", format!("key {:?} {why}", bounded(value)));
+    let bad = |why: &str| {
+        Rejection::invalid(
+            Reason::BadObjectKey,
+            format!("key {:?} {why}", bounded(value)),
+        )
+    };
     if value.contains('\\') {
         return Err(bad("contains a backslash; use '/' to separate segments"));
     }
@@ -43,7 +48,7 @@ pub fn digest(field: &str, value: &str) -> Result<(), Rejection> {
     });
     if !ok {
         return Err(Rejection::invalid(
-            "bad_digest",
+            Reason::BadDigest,
             format!(
                 "{field} {:?} must be sha256: followed by 64 lower-case hex digits",
                 bounded(value)

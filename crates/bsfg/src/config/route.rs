@@ -25,7 +25,7 @@ impl ZoneConfig {
     /// export policy does not exclude the category). Otherwise the fact
     /// would be stored and never cross, so AppendFact refuses it.
     pub fn check_route(&self, to_zone: &str, category: &str) -> Result<(), bsfg_domain::Rejection> {
-        use bsfg_domain::{Code, Rejection};
+        use bsfg_domain::{Code, Reason, Rejection};
         let Some(hop) = self.next_hop(to_zone) else {
             if to_zone == self.zone {
                 return Ok(());
@@ -40,7 +40,7 @@ impl ZoneConfig {
                 )
                 .collect();
             return Err(Rejection::invalid(
-                "no_route_to_zone",
+                Reason::NoRouteToZone,
                 format!(
                     "no link of zone {} leads to zone {to_zone:?}; zones reachable from here: {reachable:?} (a [routes] entry or a peer principal makes a zone reachable)",
                     self.zone
@@ -66,7 +66,7 @@ impl ZoneConfig {
         }
         Err(Rejection::new(
             Code::FailedPrecondition,
-            "category_not_routed",
+            Reason::CategoryNotRouted,
             format!(
                 "facts for zone {to_zone} leave through peer {hop}, but no consumer of category {category} is granted to it: this fact would never cross; an operator grants {hop}'s principal a consumer of {category}, or the producer uses a kind of a category that crosses"
             ),

@@ -5,7 +5,7 @@
 
 use crate::config::{PrincipalConfig, PrincipalKind, TlsMode, ZoneConfig};
 use bsfg_domain::policy::{Crossing, FactPolicy};
-use bsfg_domain::{Code, Rejection};
+use bsfg_domain::{Code, Reason, Rejection};
 use connectrpc::RequestContext;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,7 +42,7 @@ pub struct Auth {
     dev: Arc<PrincipalConfig>,
 }
 
-fn denied(reason: &'static str, message: String) -> Rejection {
+fn denied(reason: Reason, message: String) -> Rejection {
     Rejection::new(Code::PermissionDenied, reason, message)
 }
 
@@ -105,7 +105,7 @@ impl Auth {
             |names: Vec<String>, fingerprint: String, message: String| Unidentified {
                 names,
                 fingerprint,
-                rejection: Rejection::new(Code::PermissionDenied, "unknown_identity", message),
+                rejection: Rejection::new(Code::PermissionDenied, Reason::UnknownIdentity, message),
             };
         let Some(leaf) = chain.and_then(|c| c.first()) else {
             return Err(unidentified(
@@ -152,7 +152,7 @@ impl Auth {
             PrincipalKind::Peer => p.origins.clone(),
         };
         Err(denied(
-            "from_zone_not_allowed",
+            Reason::FromZoneNotAllowed,
             format!(
                 "principal {} may assert from_zone {:?} only, not {from_zone:?}",
                 p.name, allowed
@@ -182,7 +182,7 @@ impl Auth {
         let p = &caller.principal;
         if !p.consumers.iter().any(|c| c == consumer) {
             return Err(denied(
-                "consumer_not_allowed",
+                Reason::ConsumerNotAllowed,
                 format!("principal {} may not use consumer {consumer}", p.name),
             ));
         }
@@ -191,7 +191,7 @@ impl Auth {
             && !p.export.categories.iter().any(|c| c == category)
         {
             return Err(denied(
-                "category_not_exported",
+                Reason::CategoryNotExported,
                 format!("category {category} is not exported to peer {}", p.name),
             ));
         }
@@ -204,7 +204,7 @@ impl Auth {
             return Ok(());
         }
         Err(denied(
-            "operator_required",
+            Reason::OperatorRequired,
             format!(
                 "principal {} is not an operator of zone {}; {what} needs operator = true in its [[principals]] entry",
                 caller.principal.name, self.zone
@@ -224,7 +224,7 @@ impl Auth {
         if !self.buckets.iter().any(|b| b == bucket) {
             return Err(Rejection::new(
                 Code::NotFound,
-                "unknown_bucket",
+                Reason::UnknownBucket,
                 format!(
                     "bucket {bucket:?} is not configured in zone {} (configured: {:?})",
                     self.zone, self.buckets
@@ -242,7 +242,7 @@ impl Auth {
         }
         let verb = if write { "write" } else { "read" };
         Err(denied(
-            "bucket_not_allowed",
+            Reason::BucketNotAllowed,
             format!("principal {} may not {verb} bucket {bucket}", p.name),
         ))
     }

@@ -81,7 +81,7 @@ impl Refusals {
     async fn unidentified(&self, rpc: &'static str, key: &str, u: Unidentified) -> ConnectError {
         self.metrics
             .access_refusals_total
-            .get_or_create(&labels(&[("reason", u.rejection.reason)]))
+            .get_or_create(&labels(&[("reason", u.rejection.reason.as_str())]))
             .inc();
         self.audit
             .record(AuditEvent {
@@ -157,10 +157,10 @@ impl Call<'_> {
                 None => tracing::info!(rpc, key, principal, elapsed_us, outcome = "ok"),
             },
             Err(r) if is_node_failure(r) => {
-                tracing::error!(rpc, key, principal, elapsed_us, outcome = "error", reason = r.reason, message = %message(r))
+                tracing::error!(rpc, key, principal, elapsed_us, outcome = "error", reason = r.reason.as_str(), message = %message(r))
             }
             Err(r) => {
-                tracing::info!(rpc, key, principal, elapsed_us, outcome = "rejected", reason = r.reason, message = %message(r))
+                tracing::info!(rpc, key, principal, elapsed_us, outcome = "rejected", reason = r.reason.as_str(), message = %message(r))
             }
         }
     }

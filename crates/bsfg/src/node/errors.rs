@@ -22,7 +22,7 @@ pub fn connect_code(code: Code) -> ErrorCode {
 
 pub fn to_connect(r: Rejection) -> ConnectError {
     let mut headers = http::HeaderMap::new();
-    if let Ok(value) = http::HeaderValue::from_str(r.reason) {
+    if let Ok(value) = http::HeaderValue::from_str(r.reason.as_str()) {
         headers.insert("bsfg-reason", value);
     }
     ConnectError::new(connect_code(r.code), format!("{}: {}", r.reason, r.message))

@@ -355,7 +355,8 @@ async fn serve_boundary(
 }
 
 /// What to do when JetStream refuses to reserve the zone's streams and
-/// buckets (error 10047, "insufficient storage resources").
+/// buckets (error 10047, nats-server's `JSStorageResourcesExceededErr`,
+/// "insufficient storage resources available").
 fn storage_refused(config: &ZoneConfig) -> String {
     let gib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0 * 1024.0);
     let categories: u64 = config.categories.iter().map(|c| c.capacity_bytes).sum();
@@ -365,6 +366,13 @@ fn storage_refused(config: &ZoneConfig) -> String {
         gib(categories),
         gib(buckets)
     )
+}
+
+/// Whether opening the store failed with [`storage_refused`]'s error; the
+/// error chain carries JetStream's code only as text.
+fn is_storage_refused(e: &anyhow::Error) -> bool {
+    let code = async_nats::jetstream::ErrorCode::STORAGE_RESOURCES_EXCEEDED.0;
+    format!("{e:#}").contains(&code.to_string())
 }
 
 async fn open_store_with_retry(
@@ -384,7 +392,7 @@ async fn open_store_with_retry(
         {
             Ok(Ok(store)) => return Ok(store),
             // Retrying cannot help: the configured capacity does not fit.
-            Ok(Err(e)) if format!("{e:#}").contains("10047") => {
+            Ok(Err(e)) if is_storage_refused(&e) => {
                 return Err(e.context(storage_refused(&config)));
             }
             Ok(Err(e)) if e.downcast_ref::<crate::store::WrongDomain>().is_some() => return Err(e),

@@ -12,8 +12,8 @@ use crate::node::auth::{Auth, Caller};
 use crate::node::call::Refusals;
 use crate::replicator::Replicator;
 use crate::store::Store;
-use bsfg_domain::Rejection;
 use bsfg_domain::bounded::bounded_owned;
+use bsfg_domain::{Reason, Rejection};
 use bsfg_proto::bsfg::v1::*;
 use connectrpc::{RequestContext, Response, ServiceRequest, ServiceResult};
 use std::sync::Arc;
@@ -96,15 +96,15 @@ impl Operations {
             Some(reset_consumer_request::Position::Offset(o)) => StartPosition::Offset(o),
             Some(reset_consumer_request::Position::TimeUnixMs(ms)) => {
                 let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-                    .map_err(|e| Rejection::invalid("bad_time", e.to_string()))?;
+                    .map_err(|e| Rejection::invalid(Reason::BadTime, e.to_string()))?;
                 StartPosition::Time(
                     t.format(&time::format_description::well_known::Rfc3339)
-                        .map_err(|e| Rejection::invalid("bad_time", e.to_string()))?,
+                        .map_err(|e| Rejection::invalid(Reason::BadTime, e.to_string()))?,
                 )
             }
             None => {
                 return Err(Rejection::invalid(
-                    "missing_field",
+                    Reason::MissingField,
                     "offset or time_unix_ms is required",
                 ));
             }

@@ -17,7 +17,7 @@ use crate::store::objects::PutHeader;
 use crate::store::served::ServedFacts;
 use bsfg_domain::bounded::{bounded, bounded_owned};
 use bsfg_domain::policy::Crossing;
-use bsfg_domain::{Code, Rejection, validate};
+use bsfg_domain::{Code, Reason, Rejection, validate};
 use bsfg_proto::bsfg::v1::*;
 use buffa::MessageField;
 use connectrpc::{RequestContext, Response, ServiceRequest, ServiceResult, ServiceStream};
@@ -49,17 +49,17 @@ impl Boundary {
         let envelope = request
             .envelope
             .into_option()
-            .ok_or_else(|| Rejection::invalid("missing_field", "envelope is required"))?;
+            .ok_or_else(|| Rejection::invalid(Reason::MissingField, "envelope is required"))?;
         let fact = request
             .fact
             .into_option()
-            .ok_or_else(|| Rejection::invalid("missing_field", "fact is required"))?;
+            .ok_or_else(|| Rejection::invalid(Reason::MissingField, "fact is required"))?;
         validate::envelope(&envelope, &self.config.limits)?;
         let valid = validate::fact(fact, &self.config.limits)?;
         if valid.subject_kind == AUDIT_KIND {
             return Err(Rejection::new(
                 Code::PermissionDenied,
-                "kind_reserved",
+                Reason::KindReserved,
                 format!(
                     "subject kind {AUDIT_KIND:?} is reserved for this node's own audit records; use another kind"
                 ),
@@ -87,7 +87,7 @@ impl Boundary {
                 .map_err(|r| match r.code {
                     Code::NotFound => Rejection::new(
                         Code::FailedPrecondition,
-                        "attachment_missing",
+                        Reason::AttachmentMissing,
                         format!("attachments[{i}]: {}", r.message),
                     ),
                     _ => Rejection {
@@ -178,7 +178,7 @@ impl BoundaryService for Boundary {
             Err(r) => {
                 self.metrics
                     .append_failures_total
-                    .get_or_create(&labels(&[("reason", r.reason)]))
+                    .get_or_create(&labels(&[("reason", r.reason.as_str())]))
                     .inc();
                 "rejected"
             }
@@ -347,7 +347,7 @@ async fn put_header(
         Some(Err(e)) => return Err(e),
         None => {
             return Err(to_connect(Rejection::invalid(
-                "missing_header",
+                Reason::MissingHeader,
                 "PutObject needs a header message first",
             )));
         }
@@ -361,7 +361,7 @@ async fn put_header(
             expected_size_bytes: h.expected_size_bytes,
         }),
         _ => Err(to_connect(Rejection::invalid(
-            "missing_header",
+            Reason::MissingHeader,
             "the first PutObject message must carry the header (bucket, key)",
         ))),
     }
@@ -375,14 +375,14 @@ fn upload_chunks(
         Ok(m) => match m.to_owned_message().part {
             Some(put_object_request::Part::Chunk(bytes)) => Ok(bytes::Bytes::from(bytes)),
             Some(put_object_request::Part::Header(_)) => Err(Rejection::invalid(
-                "duplicate_header",
+                Reason::DuplicateHeader,
                 "only the first PutObject message may carry a header",
             )),
             None => Ok(bytes::Bytes::new()),
         },
         Err(e) => Err(Rejection::new(
             Code::Unavailable,
-            "upload_interrupted",
+            Reason::UploadInterrupted,
             format!("the upload stream broke: {e}"),
         )),
     })
@@ -556,7 +556,7 @@ impl Boundary {
                 .get_or_create(&labels(&[
                     ("peer", &caller.principal.name),
                     ("direction", "export"),
-                    ("reason", refusal.reason),
+                    ("reason", refusal.reason.as_str()),
                 ]))
                 .inc();
             self.audit
@@ -589,7 +589,7 @@ impl Boundary {
                     "FetchFacts",
                     "quarantined",
                     format!("{consumer} offset {}", q.offset),
-                    "corrupt_record".into(),
+                    Reason::CorruptRecord.to_string(),
                     q.reason.clone(),
                 ))
                 .await;
@@ -624,7 +624,7 @@ impl connectrpc::Encodable<FetchFactsResponse> for ServedFacts {
 fn append_timed_out(timeout: std::time::Duration) -> Rejection {
     Rejection::new(
         Code::DeadlineExceeded,
-        "request_timeout",
+        Reason::RequestTimeout,
         format!(
             "the append was not acknowledged by the store within {timeout:?} ([nats] request_timeout) of its arrival; it may be stored: retry with the same message_id (a stored fact answers duplicate=true)"
         ),

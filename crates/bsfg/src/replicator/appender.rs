@@ -140,7 +140,7 @@ pub(super) async fn refuse(link: &Link, cx: &Context, id: &str, origin_offset: u
         .get_or_create(&labels(&[
             ("peer", &link.config.peer),
             ("direction", "import"),
-            ("reason", r.reason),
+            ("reason", r.reason.as_str()),
         ]))
         .inc();
     link.status.lock().unwrap().facts_refused += 1;

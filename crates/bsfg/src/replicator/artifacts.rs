@@ -5,7 +5,7 @@ use super::Context;
 use super::link::Link;
 use crate::client::BsfgClient;
 use crate::metrics::labels;
-use bsfg_domain::{Code, Rejection, validate};
+use bsfg_domain::{Code, Reason, Rejection, validate};
 use bsfg_proto::bsfg::v1::AttachmentRef;
 use futures::Stream;
 use futures::StreamExt as _;
@@ -61,13 +61,13 @@ pub(super) async fn pull_object(
     let stored = match (pulled, stored) {
         (_, Ok(stored)) => stored,
         // The pull broke (and failed the store with it): resume later.
-        (Err(p), Err(_)) if p.reason != STORE_STOPPED => return Err(p),
+        (Err(p), Err(_)) if p.reason != Reason::LocalStoreStopped => return Err(p),
         (_, Err(r)) if r.code == Code::DataLoss || r.code == Code::InvalidArgument => {
             // All bytes arrived, but not the announced object: pull afresh.
             let _ = std::fs::remove_file(&spool);
             return Err(Rejection::new(
                 Code::Unavailable,
-                "object_digest_mismatch",
+                Reason::ObjectDigestMismatch,
                 format!(
                     "{}/{} did not arrive as {}: {}; pulling again",
                     a.bucket, a.key, a.digest, r.message
@@ -99,7 +99,7 @@ fn spool_of(link: &Link, a: &AttachmentRef) -> Result<(PathBuf, u64), Rejection>
         let _ = std::fs::remove_file(&spool);
         return Err(Rejection::new(
             Code::Unavailable,
-            "object_spool_reset",
+            Reason::ObjectSpoolReset,
             format!(
                 "{}/{}: the spool was longer than the object; pulling again",
                 a.bucket, a.key
@@ -158,10 +158,8 @@ async fn store_object(
     cx.store.objects.put(header, chunks).await
 }
 
-const STORE_STOPPED: &str = "local_store_stopped";
-
 fn spool_error(e: std::io::Error) -> Rejection {
-    Rejection::new(Code::Unavailable, "spool_unavailable", e.to_string())
+    Rejection::new(Code::Unavailable, Reason::SpoolUnavailable, e.to_string())
 }
 
 /// Pulls the object from byte `have` on, appending each chunk to the spool
@@ -207,16 +205,16 @@ async fn pull_into(
                 chunks_tx
                     .send(Ok(bytes::Bytes::from(chunk)))
                     .await
-                    .map_err(|_| anyhow::anyhow!(STORE_STOPPED))
+                    .map_err(|_| anyhow::anyhow!(Reason::LocalStoreStopped))
             }
         })
         .await;
     let _ = file.sync_data();
     pulled.map(|_| ()).map_err(|e| {
-        if e.to_string().contains(STORE_STOPPED) {
+        if e.to_string().contains(Reason::LocalStoreStopped.as_str()) {
             return Rejection::new(
                 Code::Unavailable,
-                STORE_STOPPED,
+                Reason::LocalStoreStopped,
                 "the local object store stopped reading",
             );
         }
@@ -227,7 +225,7 @@ async fn pull_into(
             .inc_by(bytes_now.saturating_sub(have));
         Rejection::new(
             Code::Unavailable,
-            "object_pull_interrupted",
+            Reason::ObjectPullInterrupted,
             format!("{}/{} at byte {bytes_now}: {e}", a.bucket, a.key),
         )
     })

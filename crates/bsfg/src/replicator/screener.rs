@@ -11,7 +11,7 @@ use super::link::{Link, Stage};
 use crate::client::BsfgClient;
 use bsfg_domain::policy::Crossing;
 use bsfg_domain::validate::ValidFact;
-use bsfg_domain::{Code, Rejection, validate};
+use bsfg_domain::{Code, Reason, Rejection, validate};
 use bsfg_proto::bsfg::v1::__buffa::view::StoredFactView;
 use bsfg_proto::bsfg::v1::{AttachmentRef, Envelope, Fact, Provenance};
 use buffa::DecodeError;
@@ -21,7 +21,10 @@ use std::sync::Arc;
 /// Refusals of this zone's own store (not the peer's, not the fact's): the
 /// link is stalled on them, not cut.
 fn is_local_store_refusal(r: &Rejection) -> bool {
-    matches!(r.reason, "disk_full" | "bucket_full" | "spool_unavailable")
+    matches!(
+        r.reason,
+        Reason::DiskFull | Reason::BucketFull | Reason::SpoolUnavailable
+    )
 }
 
 /// Whether a failure is worth retrying (link or local store) rather than a
@@ -133,7 +136,7 @@ async fn screen(
         Ok(decoded) => decoded,
         Err(e) => {
             let id = format!("offset {}", stored.offset);
-            let r = Rejection::new(Code::DataLoss, "undecodable_fact", e.to_string());
+            let r = Rejection::new(Code::DataLoss, Reason::UndecodableFact, e.to_string());
             refuse(link, cx, &id, origin_offset, r).await;
             return Ok(None);
         }
@@ -235,7 +238,7 @@ fn admit(
         );
         return Err(Rejection::new(
             Code::PermissionDenied,
-            "from_zone_not_allowed",
+            Reason::FromZoneNotAllowed,
             detail,
         ));
     }

@@ -28,7 +28,7 @@ use super::facts::{AppendItem, Appended, FactLog};
 use crate::config::CommitConfig;
 use crate::metrics::Metrics;
 use bsfg_domain::validate::ValidFact;
-use bsfg_domain::{Code, Rejection};
+use bsfg_domain::{Code, Reason, Rejection};
 use bsfg_proto::bsfg::v1::{Envelope, Provenance};
 use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -78,7 +78,7 @@ impl GroupCommit {
 fn stopped() -> Rejection {
     Rejection::new(
         Code::Unavailable,
-        "node_stopping",
+        Reason::NodeStopping,
         "the node is shutting down; retry against the restarted node",
     )
 }

@@ -25,7 +25,7 @@
 //! on a small one.
 
 use crate::metrics::{Metrics, labels};
-use bsfg_domain::{Code, Rejection};
+use bsfg_domain::{Code, Reason, Rejection};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -153,7 +153,7 @@ impl DiskWatch {
             None => Ok(()),
             Some(why) => Err(Rejection::new(
                 Code::ResourceExhausted,
-                "disk_full",
+                Reason::DiskFull,
                 format!(
                     "{why}; appends are refused until space is freed (what is stored stays readable and confirmable), retry with backoff"
                 ),
@@ -230,7 +230,7 @@ mod tests {
         let refused = full.check().unwrap_err();
         assert_eq!(
             (refused.code, refused.reason),
-            (Code::ResourceExhausted, "disk_full")
+            (Code::ResourceExhausted, Reason::DiskFull)
         );
         assert!(
             refused.message.contains(&dir.path().display().to_string())

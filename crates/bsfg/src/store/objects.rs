@@ -13,7 +13,7 @@ use crate::config::ZoneConfig;
 use async_nats::jetstream::{self, kv, object_store};
 use bsfg_domain::identity::digest_string;
 use bsfg_domain::validate;
-use bsfg_domain::{Code, Rejection};
+use bsfg_domain::{Code, Reason, Rejection};
 use bsfg_proto::bsfg::v1::AttachmentRef;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -130,7 +130,7 @@ impl Objects {
                 .collect();
             Rejection::new(
                 Code::NotFound,
-                "unknown_bucket",
+                Reason::UnknownBucket,
                 format!("bucket {name:?} is not configured in this zone (configured: {known:?})"),
             )
         })
@@ -160,7 +160,7 @@ impl Objects {
         let missing = || {
             Rejection::new(
                 Code::NotFound,
-                "object_not_found",
+                Reason::ObjectNotFound,
                 format!("no object {bucket}/{key}; upload it with PutObject first"),
             )
         };
@@ -187,7 +187,7 @@ impl Objects {
             .ok_or_else(|| {
                 Rejection::new(
                     Code::DataLoss,
-                    "object_digest_missing",
+                    Reason::ObjectDigestMissing,
                     format!("object {bucket}/{key} has no readable digest"),
                 )
             })?;
@@ -216,7 +216,7 @@ impl Objects {
                 .map_err(|r| match r.code {
                     Code::NotFound => Rejection::new(
                         Code::FailedPrecondition,
-                        "attachment_missing",
+                        Reason::AttachmentMissing,
                         format!("attachments[{i}]: {}", r.message),
                     ),
                     _ => r,
@@ -224,7 +224,7 @@ impl Objects {
             if stored.digest != a.digest || stored.size_bytes != a.size_bytes {
                 return Err(Rejection::new(
                     Code::FailedPrecondition,
-                    "attachment_mismatch",
+                    Reason::AttachmentMismatch,
                     format!(
                         "attachments[{i}] {}/{} is stored with {} ({} bytes), the fact says {} ({} bytes)",
                         a.bucket, a.key, stored.digest, stored.size_bytes, a.digest, a.size_bytes
@@ -350,7 +350,7 @@ impl Objects {
         if start_offset_bytes > info.size_bytes {
             return Err(Rejection::new(
                 Code::OutOfRange,
-                "offset_beyond_end",
+                Reason::OffsetBeyondEnd,
                 format!(
                     "start_offset_bytes {start_offset_bytes} is beyond the object's {} bytes",
                     info.size_bytes
@@ -414,7 +414,7 @@ impl ChunkReader {
                 if self.position != self.size || digest != self.digest {
                     return Err(Rejection::new(
                         Code::DataLoss,
-                        "object_corrupt",
+                        Reason::ObjectCorrupt,
                         format!(
                             "{} read back as {} bytes with {digest}; stored as {} bytes with {}",
                             self.label, self.position, self.size, self.digest
@@ -453,7 +453,7 @@ impl ChunkReader {
         if messages.is_empty() {
             return Err(Rejection::new(
                 Code::DataLoss,
-                "object_truncated",
+                Reason::ObjectTruncated,
                 format!(
                     "{} ends after {} of its {} bytes",
                     self.label, self.position, self.size
@@ -533,7 +533,7 @@ fn write_refused(header: &PutHeader, e: object_store::PutError) -> Rejection {
     if is_bucket_full(&e.to_string()) {
         return Rejection::new(
             Code::ResourceExhausted,
-            "bucket_full",
+            Reason::BucketFull,
             format!(
                 "bucket {} has no room for {}/{} (its capacity_bytes is reached); an operator frees objects or raises the capacity",
                 header.bucket, header.bucket, header.key
@@ -549,7 +549,7 @@ fn check_received(header: &PutHeader, digest: &str, size_bytes: u64) -> Result<(
     if !header.expected_digest.is_empty() && header.expected_digest != digest {
         return Err(Rejection::new(
             Code::InvalidArgument,
-            "digest_mismatch",
+            Reason::DigestMismatch,
             format!(
                 "received bytes hash to {digest}, the request expected {}; nothing was stored, upload again",
                 header.expected_digest
@@ -559,7 +559,7 @@ fn check_received(header: &PutHeader, digest: &str, size_bytes: u64) -> Result<(
     if header.expected_size_bytes != 0 && header.expected_size_bytes != size_bytes {
         return Err(Rejection::new(
             Code::InvalidArgument,
-            "size_mismatch",
+            Reason::SizeMismatch,
             format!(
                 "received {size_bytes} bytes, the request expected {}; nothing was stored",
                 header.expected_size_bytes
@@ -585,7 +585,7 @@ async fn discard_blob(
 fn too_large(size: u64, max: u64) -> Rejection {
     Rejection::new(
         Code::InvalidArgument,
-        "object_too_large",
+        Reason::ObjectTooLarge,
         format!("object is {size} bytes or more; the limit is {max} bytes; nothing was stored"),
     )
 }
@@ -593,7 +593,7 @@ fn too_large(size: u64, max: u64) -> Rejection {
 fn frozen(bucket: &str, key: &str) -> Rejection {
     Rejection::new(
         Code::FailedPrecondition,
-        "object_immutable",
+        Reason::ObjectImmutable,
         format!(
             "{bucket}/{key} is referenced by a fact and cannot be replaced; upload the new version under a new key and append a new fact"
         ),
@@ -618,9 +618,11 @@ fn random_id() -> String {
 }
 
 /// JetStream's refusal of a write past the bucket stream's `max_bytes`
-/// (error 10077, "maximum bytes exceeded").
+/// (error 10077, nats-server's `JSStreamStoreFailedF` wrapping "maximum
+/// bytes exceeded"); async-nats reports it only as text.
 fn is_bucket_full(error: &str) -> bool {
-    error.contains("10077") || error.contains("maximum bytes exceeded")
+    error.contains(&jetstream::ErrorCode::STREAM_STORE_FAILED.0.to_string())
+        || error.contains("maximum bytes exceeded")
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@
 //! an answer means for an append is decided in `facts`.
 
 use async_nats::HeaderMap;
+use async_nats::jetstream::ErrorCode;
 use bytes::Bytes;
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -33,10 +34,6 @@ pub const SUBSCRIPTION_CAPACITY: usize = 64 * 1024;
 /// permit per message (at most this many) before it publishes.
 pub const ACKS_IN_FLIGHT_MAX: usize = 16 * 1024;
 
-/// nats-server's error code for a `Nats-Expected-Last-Msg-Id` that is not
-/// the stream's last message id (`JSStreamWrongLastMsgIDErrF`).
-pub const ERR_WRONG_LAST_MSG_ID: u64 = 10070;
-
 /// JetStream's answer to one publish.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Ack {
@@ -46,7 +43,7 @@ pub enum Ack {
     },
     /// A JetStream API error; `err_code` as in nats-server's errors.
     Refused {
-        err_code: u64,
+        err_code: ErrorCode,
         description: String,
     },
     /// Nothing listens on the subject: no stream takes it.
@@ -67,7 +64,7 @@ struct Reply<'a> {
 #[derive(serde::Deserialize)]
 struct ApiError<'a> {
     #[serde(default)]
-    err_code: u64,
+    err_code: ErrorCode,
     #[serde(borrow, default)]
     description: Cow<'a, str>,
 }
@@ -309,7 +306,7 @@ mod tests {
         assert_eq!(
             Ack::read(None, refused),
             Ack::Refused {
-                err_code: ERR_WRONG_LAST_MSG_ID,
+                err_code: ErrorCode::STREAM_WRONG_LAST_MESSAGE_ID,
                 description: "wrong last msg ID: \"abc\"".into()
             }
         );

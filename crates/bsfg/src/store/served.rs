@@ -27,7 +27,7 @@
 //!    fact out of order would be confirmed before it was appended.
 //!    Asserted where the answer is encoded (`ServedFacts::to_proto`).
 
-use bsfg_domain::{Code, Rejection};
+use bsfg_domain::{Code, Reason, Rejection};
 use bsfg_proto::bsfg::v1::__buffa::view::StoredFactView;
 use bsfg_proto::bsfg::v1::{FetchFactsResponse, Hop, Provenance};
 use buffa::encoding::{decode_varint, encode_varint};
@@ -55,7 +55,7 @@ impl ServedFact {
         let corrupt = |why: String| {
             Rejection::new(
                 Code::DataLoss,
-                "corrupt_record",
+                Reason::CorruptRecord,
                 format!("stored fact at offset {offset} {why}"),
             )
         };
@@ -362,7 +362,7 @@ mod tests {
             let refused = ServedFact::from_stored(bad, 3, "idmz").unwrap_err();
             assert_eq!(
                 (refused.code, refused.reason),
-                (Code::DataLoss, "corrupt_record")
+                (Code::DataLoss, Reason::CorruptRecord)
             );
         }
     }

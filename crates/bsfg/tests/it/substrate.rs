@@ -89,7 +89,7 @@ fn message_id(id: &str, after: Option<&str>) -> HeaderMap {
 /// gets only its own answers.
 #[tokio::test]
 async fn a_rounds_acknowledgements_are_read_into_their_own_slots() {
-    use bsfg::store::publish::{Ack, ERR_WRONG_LAST_MSG_ID, Publisher};
+    use bsfg::store::publish::{Ack, Publisher};
     let dir = tempfile::tempdir().unwrap();
     let nats = NatsProc::start(dir.path(), "substrate").await;
     let client = async_nats::connect(nats.url()).await.unwrap();
@@ -138,7 +138,7 @@ async fn a_rounds_acknowledgements_are_read_into_their_own_slots() {
         matches!(
             &acks[2],
             Some(Ack::Refused {
-                err_code: ERR_WRONG_LAST_MSG_ID,
+                err_code: jetstream::ErrorCode::STREAM_WRONG_LAST_MESSAGE_ID,
                 ..
             })
         ),

@@ -16,7 +16,7 @@ use crate::metrics::{Metrics, labels};
 use crate::node::audit::{Audit, AuditEvent};
 use crate::node::auth::{Auth, Identified, Unidentified};
 use crate::node::errors::to_connect;
-use bsfg_domain::{Code, Rejection};
+use bsfg_domain::{Code, Reason, Rejection};
 use connectrpc::server::PeerCerts;
 use connectrpc::{ConnectRpcBody, ConnectRpcService, Router};
 use http::{HeaderMap, Request, Response};
@@ -141,7 +141,7 @@ impl Gate {
             Ok(Ok(permit)) => Ok(permit),
             _ => Err(Rejection::new(
                 Code::ResourceExhausted,
-                "node_busy",
+                Reason::NodeBusy,
                 format!(
                     "the node's request memory is taken by other requests and {} could not be admitted within {:?}; retry with backoff",
                     route.rpc, self.body_timeout
@@ -159,7 +159,7 @@ impl Gate {
     ) -> Response<ConnectRpcBody> {
         self.metrics
             .access_refusals_total
-            .get_or_create(&labels(&[("reason", u.rejection.reason)]))
+            .get_or_create(&labels(&[("reason", u.rejection.reason.as_str())]))
             .inc();
         self.audit
             .record(AuditEvent {
@@ -178,9 +178,10 @@ impl Gate {
 
     /// Answers a refusal in the caller's protocol; logged and counted.
     fn refuse(&self, route: Route, r: Rejection, headers: &HeaderMap) -> Response<ConnectRpcBody> {
-        let l = labels(&[("rpc", route.rpc), ("reason", r.reason)]);
+        let l = labels(&[("rpc", route.rpc), ("reason", r.reason.as_str())]);
         self.metrics.boundary_refusals_total.get_or_create(&l).inc();
-        tracing::info!(rpc = route.rpc, outcome = "rejected", reason = r.reason, message = %r.message);
+        let reason = r.reason.as_str();
+        tracing::info!(rpc = route.rpc, outcome = "rejected", reason, message = %r.message);
         to_connect(r).into_http_response(headers)
     }
 }
@@ -201,13 +202,13 @@ fn body_shape(headers: &HeaderMap) -> (Option<usize>, bool) {
 fn body_rejection(route: Route, fault: BodyFault) -> Rejection {
     match fault {
         BodyFault::TooLarge { limit_bytes } if route.rpc == "AppendFact" => Rejection::invalid(
-            "fact_too_large",
+            Reason::FactTooLarge,
             format!(
                 "the AppendFact request is larger than {limit_bytes} bytes (the fact limit plus its envelope); send a smaller fact and put large content in an artifact"
             ),
         ),
         BodyFault::TooLarge { limit_bytes } => Rejection::invalid(
-            "request_too_large",
+            Reason::RequestTooLarge,
             format!(
                 "the {} request is larger than {limit_bytes} bytes",
                 route.rpc
@@ -218,7 +219,7 @@ fn body_rejection(route: Route, fault: BodyFault) -> Rejection {
             streaming: false,
         } => Rejection::new(
             Code::DeadlineExceeded,
-            "request_body_timeout",
+            Reason::RequestBodyTimeout,
             format!(
                 "the {} request body did not arrive within {timeout:?}",
                 route.rpc
@@ -229,7 +230,7 @@ fn body_rejection(route: Route, fault: BodyFault) -> Rejection {
             streaming: true,
         } => Rejection::new(
             Code::DeadlineExceeded,
-            "request_body_timeout",
+            Reason::RequestBodyTimeout,
             format!("the {} stream sent nothing for {timeout:?}", route.rpc),
         ),
     }

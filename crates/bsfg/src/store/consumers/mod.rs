@@ -50,7 +50,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, ReplayPolicy, pull};
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::stream::ConsumerResetErrorKind;
-use bsfg_domain::{Code, Rejection};
+use bsfg_domain::{Code, Reason, Rejection};
 use provision::{open_cursor, parse_start_time};
 use puller::{JsMessage, PullError, Puller};
 use std::collections::{BTreeMap, HashMap};
@@ -166,7 +166,7 @@ impl Consumers {
     fn cursor(&self, name: &str) -> Result<&Cursor, Rejection> {
         bsfg_domain::validate::consumer_name(name)?;
         self.cursors.get(name).ok_or_else(|| {
-            Rejection::new(Code::NotFound, "unknown_consumer", format!("consumer {name:?} is not configured in this zone; consumers are declared in the zone configuration"))
+            Rejection::new(Code::NotFound, Reason::UnknownConsumer, format!("consumer {name:?} is not configured in this zone; consumers are declared in the zone configuration"))
         })
     }
 
@@ -480,7 +480,7 @@ impl Consumers {
             StartPosition::Offset(offset) if *offset > state.last_sequence.saturating_add(1) => {
                 return Err(Rejection::new(
                     Code::OutOfRange,
-                    "offset_beyond_end",
+                    Reason::OffsetBeyondEnd,
                     format!(
                         "offset {offset} is beyond the end of consumer {name}'s stream (last offset {}); replay from at most {}",
                         state.last_sequence,
@@ -491,7 +491,7 @@ impl Consumers {
             StartPosition::Offset(offset) => (*offset).max(1),
             StartPosition::Time(text) => {
                 let at = parse_start_time(text)
-                    .map_err(|e| Rejection::invalid("bad_start", e.to_string()))?;
+                    .map_err(|e| Rejection::invalid(Reason::BadStart, e.to_string()))?;
                 super::retention::first_sequence_at_or_after(
                     &self.client,
                     &cursor.stream.cached_info().config.name,
@@ -540,7 +540,7 @@ impl Consumers {
                 None if offset > d.delivered_max => {
                     return Err(Rejection::new(
                         Code::FailedPrecondition,
-                        "not_delivered",
+                        Reason::NotDelivered,
                         format!(
                             "offset {offset} has not been delivered to consumer {name} (highest delivered {}); fetch before confirming",
                             d.delivered_max
@@ -549,7 +549,7 @@ impl Consumers {
                 }
                 None => {
                     return Err(Rejection::invalid(
-                        "not_delivered_to_consumer",
+                        Reason::NotDeliveredToConsumer,
                         format!(
                             "offset {offset} was never delivered to consumer {name} (it belongs to another category or filter, or was delivered before a restart: fetch again)"
                         ),

@@ -8,9 +8,10 @@ use super::record::{compare_existing, decode_record};
 use super::{Appended, Category, FactLog};
 use crate::store::failure::unavailable;
 use crate::store::key_index::Token;
-use crate::store::publish::{Ack, ERR_WRONG_LAST_MSG_ID};
+use crate::store::publish::Ack;
+use async_nats::jetstream::ErrorCode;
 use bsfg_domain::identity::content_digest;
-use bsfg_domain::{Code, Rejection};
+use bsfg_domain::{Code, Reason, Rejection};
 
 /// An answer plus the key-index entry it stored, if any.
 /// The entry is `(category position, token, offset)`.
@@ -127,7 +128,7 @@ impl FactLog {
             Ok(None) => (
                 Err(Rejection::new(
                     Code::Internal,
-                    "key_lookup_failed",
+                    Reason::KeyLookupFailed,
                     format!(
                         "JetStream reported message_id {} as stored at offset {sequence}, but that \
                          fact cannot be read back",
@@ -145,14 +146,17 @@ impl FactLog {
 /// category: full (the fill estimate is raised to the capacity until the
 /// next report), an earlier fact of an ordered batch missing, or another
 /// error.
-fn refused(log: &Category, err_code: u64, description: &str, ready: &Ready) -> Rejection {
+fn refused(log: &Category, err_code: ErrorCode, description: &str, ready: &Ready) -> Rejection {
     match err_code {
-        _ if description.contains("maximum bytes") || err_code == 10077 => {
+        // nats-server's `JSStreamStoreFailedF` wrapping "maximum bytes exceeded".
+        _ if description.contains("maximum bytes")
+            || err_code == ErrorCode::STREAM_STORE_FAILED =>
+        {
             log.fill
                 .set_reported(log.config.capacity_bytes, log.fill.appended_counter());
             Rejection::new(
                 Code::ResourceExhausted,
-                "category_full",
+                Reason::CategoryFull,
                 format!(
                     "category {} reached its capacity; appends are refused until confirmed facts \
                      are truncated",
@@ -160,9 +164,11 @@ fn refused(log: &Category, err_code: u64, description: &str, ready: &Ready) -> R
                 ),
             )
         }
-        ERR_WRONG_LAST_MSG_ID => Rejection::new(
+        // A `Nats-Expected-Last-Msg-Id` that is not the stream's last message
+        // id (nats-server's `JSStreamWrongLastMsgIDErrF`).
+        ErrorCode::STREAM_WRONG_LAST_MESSAGE_ID => Rejection::new(
             Code::Unavailable,
-            "order_guard",
+            Reason::OrderGuard,
             format!(
                 "message_id {} was not stored: an earlier fact of its batch did not reach the \
                  stream (a lost publish); it is retried after that one, in order",
@@ -171,7 +177,7 @@ fn refused(log: &Category, err_code: u64, description: &str, ready: &Ready) -> R
         ),
         _ => unavailable(
             "storing the fact",
-            format_args!("JetStream error {err_code}: {description}"),
+            format_args!("JetStream error {}: {description}", err_code.0),
         ),
     }
 }

@@ -9,7 +9,7 @@ use super::{Appended, FactLog, MSG_ID_HEADER};
 use crate::store::failure::unavailable;
 use crate::store::key_index::{KeyIndex, Token, token_bytes};
 use async_nats::jetstream::message::StreamMessage;
-use bsfg_domain::{Code, Rejection};
+use bsfg_domain::{Code, Reason, Rejection};
 use std::time::Duration;
 
 /// How long an append waits for the key index to finish its start-up
@@ -37,7 +37,7 @@ impl FactLog {
             Ok(Ok(_)) => Ok(()),
             _ => Err(Rejection::new(
                 Code::Unavailable,
-                "key_index_catching_up",
+                Reason::KeyIndexCatchingUp,
                 "the node is still reading the stored facts into its idempotency key index (after \
                  a restart or a lost index file); appends resume when bsfg_key_index_ready is 1, \
                  retry with backoff",

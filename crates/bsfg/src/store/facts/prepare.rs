@@ -10,7 +10,7 @@ use crate::store::clock::now_unix_ms;
 use crate::store::key_index::{Token, token_bytes};
 use async_nats::HeaderMap;
 use bsfg_domain::identity::content_digest;
-use bsfg_domain::{Code, Rejection};
+use bsfg_domain::{Code, Reason, Rejection};
 use bsfg_proto::bsfg::v1::{Envelope, Provenance, StoredFact};
 use buffa::Message as _;
 
@@ -129,7 +129,7 @@ impl FactLog {
         }
         Err(Rejection::new(
             Code::ResourceExhausted,
-            "category_full",
+            Reason::CategoryFull,
             format!(
                 "category {} is {:.1}% full (threshold {}%); appends are refused until confirmed \
                  facts are truncated. Consumers must confirm, or raise capacity_bytes",
@@ -179,7 +179,7 @@ impl FactLog {
             .expect("the record was given the envelope");
         if payload.len() > self.config.limits.fact_bytes_max {
             return Err(Err(Rejection::invalid(
-                "fact_too_large",
+                Reason::FactTooLarge,
                 format!(
                     "the fact record is {} bytes; the limit is {}",
                     payload.len(),

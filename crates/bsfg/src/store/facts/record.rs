@@ -5,7 +5,7 @@ use super::{Appended, FactLog};
 use crate::store::failure::unavailable;
 use async_nats::jetstream::message::StreamMessage;
 use bsfg_domain::identity::content_digest;
-use bsfg_domain::{Code, Rejection};
+use bsfg_domain::{Code, Reason, Rejection};
 use bsfg_proto::bsfg::v1::{Envelope, StoredFact};
 use buffa::Message as _;
 
@@ -21,7 +21,7 @@ impl FactLog {
         let log = self.categories.get(category).ok_or_else(|| {
             Rejection::new(
                 Code::NotFound,
-                "unknown_category",
+                Reason::UnknownCategory,
                 format!("no category {category}"),
             )
         })?;
@@ -57,7 +57,7 @@ pub(super) fn compare_existing(
     }
     Err(Rejection::new(
         Code::AlreadyExists,
-        "conflicting_duplicate",
+        Reason::ConflictingDuplicate,
         format!(
             "message_id {:?} from zone {} is already stored at offset {} of category {} with \
              different content; a correction is a new fact with a new message_id",
@@ -76,14 +76,14 @@ pub fn decode_record(payload: &[u8], offset: u64) -> Result<StoredFact, Rejectio
     let mut record = StoredFact::decode_from_slice(payload).map_err(|e| {
         Rejection::new(
             Code::DataLoss,
-            "corrupt_record",
+            Reason::CorruptRecord,
             format!("stored fact at offset {offset} cannot be decoded: {e}"),
         )
     })?;
     if record.envelope.message_id.is_empty() || record.fact.subject.is_empty() {
         return Err(Rejection::new(
             Code::DataLoss,
-            "corrupt_record",
+            Reason::CorruptRecord,
             format!("stored fact at offset {offset} lacks its envelope or fact"),
         ));
     }
