@@ -12,6 +12,7 @@ mod commit;
 mod duration;
 mod fetch;
 mod nats;
+mod paths;
 mod principal;
 mod route;
 mod tls;
@@ -108,11 +109,18 @@ impl ZoneConfig {
         bsfg_domain::seed::derive(root, purpose)
     }
 
+    /// Reads and checks a zone's configuration file; its relative paths
+    /// are relative to the file (see `paths`).
     pub fn load(path: &std::path::Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
-        let config: ZoneConfig =
+        let mut config: ZoneConfig =
             toml::from_str(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
+        let base = std::path::absolute(path)?
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
+        config.resolve_paths(&base);
         config.check()?;
         Ok(config)
     }
