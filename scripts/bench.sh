@@ -14,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-cargo build --release -p bsfg -p bsfg-bench
+cargo build --release -p bsfg-cli -p bsfg-bench
 if [ "${1:-}" = crossing ]; then
   shift
   exec target/release/bsfg-bench crossing --out BENCHMARKS.md "$@"

@@ -9,5 +9,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-cargo build -p bsfg
+cargo build -p bsfg-cli
 exec ./target/debug/bsfg demo "$@"

@@ -11,5 +11,5 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh >/dev/null
 export PATH="$PWD/.tools/bin:$PATH"
 export BSFG_SOAK_MINUTES="${1:-30}"
-exec cargo nextest run -p bsfg --test it --no-capture --no-fail-fast \
+exec cargo nextest run -p bsfg-cli --test it --no-capture --no-fail-fast \
   faults::continuous_load_survives_partitions_kills_and_freezes_exactly_once_in_order

@@ -1,16 +1,16 @@
-//! BSFG zone node: configuration, storage adapter, RPC service and CLI.
+//! BSFG zone node: configuration, storage adapter, RPC service and
+//! replicator. The `bsfg` command that runs it is the `bsfg-cli` package.
 //!
 //! Layout: [`config`] (the zone TOML), [`store`] (the JetStream adapter:
 //! fact log, consumers, objects, retention), [`node`] (the running process:
-//! boundary service, operations port, embedded nats-server), [`client`]
-//! (a typed client for the CLI, tests and benchmarks), [`cli`];
+//! boundary service, operations port, embedded nats-server),
+//! [`replicator`] (a link per upstream), [`client`] (a typed client for the
+//! CLI, tests and benchmarks), [`tls`], [`metrics`], [`logs`];
 //! [`owner_only`] creates the node's private files and directories;
 //! [`ports`] picks loopback ports for servers started a moment later.
 
-pub mod cli;
 pub mod client;
 pub mod config;
-pub mod demo;
 pub mod faultproxy;
 pub mod logs;
 pub mod metrics;

@@ -88,7 +88,7 @@
 //!    (`checkpoint_marked`, step 1). Upheld by that order, not asserted;
 //!    tests `a_full_buffer_is_merged_into_the_pages_and_vouched_for`,
 //!    `a_restart_after_a_crash_re_reads_from_the_checkpointed_prefix` and
-//!    the kill -9 tests in `tests/it/durability.rs`.
+//!    the kill -9 tests in `crates/bsfg-cli/tests/it/durability.rs`.
 //! 3. **A header never vouches for more than is covered**: per category,
 //!    `Writes::vouched` is at most `IndexedRuns::through` (coverage only
 //!    shrinks in `reset`, `forget_after` and `rebuild`, which lower

@@ -53,7 +53,7 @@ fn envelope_for(id: &str, from: &str, to: &str) -> Envelope {
         message_id: id.into(),
         from_zone: from.into(),
         to_zone: to.into(),
-        produced_at_unix_ms: crate::store::now_unix_ms(),
+        produced_at_unix_ms: bsfg::store::now_unix_ms(),
         ..Default::default()
     }
 }

@@ -3,7 +3,7 @@
 
 use super::site::{DemoSite, PARTITION, Proxies};
 use super::{envelope_for, fact_of, status};
-use crate::client::BsfgClient;
+use bsfg::client::BsfgClient;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -1,6 +1,6 @@
 fn main() -> std::process::ExitCode {
     limit_malloc_arenas();
-    bsfg::cli::main()
+    bsfg_cli::cli::main()
 }
 
 /// glibc gives every thread that allocates its own malloc arena (up to

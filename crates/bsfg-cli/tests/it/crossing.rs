@@ -535,7 +535,7 @@ async fn artifacts_cross_with_their_facts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_main_job_site_demo_completes() {
     let dir = tempfile::tempdir().unwrap();
-    bsfg::demo::run_site(dir.path().to_path_buf())
+    bsfg_cli::demo::run_site(dir.path().to_path_buf())
         .await
         .expect("the site demo completes with every check passing");
 }

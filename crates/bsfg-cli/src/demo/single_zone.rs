@@ -2,8 +2,8 @@
 //! contract against the real node over a real socket.
 
 use super::step;
-use crate::client::BsfgClient;
-use crate::config::{BucketConfig, ConsumerConfig, NatsConfig, StartPosition, ZoneConfig};
+use bsfg::client::BsfgClient;
+use bsfg::config::{BucketConfig, ConsumerConfig, NatsConfig, StartPosition, ZoneConfig};
 use bsfg_proto::bsfg::v1::*;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use std::time::Duration;
 /// Creates the demo PKI: a CA, the node certificate and two application
 /// certificates (one known to the zone, one not).
 pub fn demo_pki(dir: &std::path::Path) -> anyhow::Result<()> {
-    use crate::tls::pki;
+    use bsfg::tls::pki;
     if !dir.join(pki::CA_CERT_FILE).exists() {
         pki::init_ca(dir, "BSFG demo CA", 30)?;
     }
@@ -91,7 +91,7 @@ pub async fn run_single_zone(dir: PathBuf) -> anyhow::Result<()> {
         "CA, node certificate plant-a-bsfg and client certificates mes.plant-a, stranger.plant-a in {}",
         certs.display()
     );
-    let node = crate::node::start(demo_config(&dir)?).await?;
+    let node = bsfg::node::start(demo_config(&dir)?).await?;
     let url = format!("https://127.0.0.1:{}", node.boundary_addr.port());
     println!(
         "zone plant-a is up: boundary {url} (mutual TLS 1.3), metrics http://{}/metrics, data in {}",
@@ -132,7 +132,7 @@ pub async fn run_single_zone(dir: PathBuf) -> anyhow::Result<()> {
 
 /// The client TLS configuration of the demo certificate `name`.
 fn tls_for(certs: &Path, name: &str) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-    crate::tls::client::client_config(
+    bsfg::tls::client::client_config(
         &certs.join("ca.pem"),
         &certs.join(format!("{name}.pem")),
         &certs.join(format!("{name}.key")),
@@ -143,7 +143,7 @@ fn tls_for(certs: &Path, name: &str) -> anyhow::Result<Arc<rustls::ClientConfig>
 async fn refuse_strangers(url: &str, certs: &Path, client: &BsfgClient) -> anyhow::Result<()> {
     let anonymous = BsfgClient::connect_tls(
         url,
-        crate::tls::client::anonymous_client_config(&certs.join("ca.pem"))?,
+        bsfg::tls::client::anonymous_client_config(&certs.join("ca.pem"))?,
     )?;
     match anonymous.fetch("mes", 1, 0, 0).await {
         Err(e) => println!(
@@ -168,7 +168,7 @@ async fn refuse_strangers(url: &str, certs: &Path, client: &BsfgClient) -> anyho
         produced_at_unix_ms: 1,
         ..Default::default()
     };
-    foreign.produced_at_unix_ms = crate::store::now_unix_ms();
+    foreign.produced_at_unix_ms = bsfg::store::now_unix_ms();
     let spoof = Fact {
         subject: "batch:PlantA/B1".into(),
         predicate: "step_completed".into(),
@@ -189,10 +189,10 @@ async fn refuse_strangers(url: &str, certs: &Path, client: &BsfgClient) -> anyho
 /// A batch step completed, with a fresh message_id.
 fn first_fact() -> (Envelope, Fact) {
     let envelope = Envelope {
-        message_id: format!("demo-{}", crate::store::now_unix_ms()),
+        message_id: format!("demo-{}", bsfg::store::now_unix_ms()),
         from_zone: "plant-a".into(),
         to_zone: "plant-a".into(),
-        produced_at_unix_ms: crate::store::now_unix_ms(),
+        produced_at_unix_ms: bsfg::store::now_unix_ms(),
         ..Default::default()
     };
     let fact = Fact {
@@ -325,7 +325,7 @@ async fn print_audit(client: &BsfgClient) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_metrics(node: &crate::node::RunningNode) {
+fn print_metrics(node: &bsfg::node::RunningNode) {
     let metrics = node.metrics.render();
     for line in metrics.lines().filter(|l| {
         l.starts_with("bsfg_append_requests")

@@ -3,9 +3,9 @@
 //! and holds what every phase reads them through.
 
 use super::{checks, partition, status, step, traffic};
-use crate::client::BsfgClient;
-use crate::faultproxy::FaultProxy;
-use crate::site::{self, ZONES};
+use bsfg::client::BsfgClient;
+use bsfg::faultproxy::FaultProxy;
+use bsfg::site::{self, ZONES};
 use bsfg_proto::bsfg::v1::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,7 +19,7 @@ const RECONCILE_BATCH: u32 = 100;
 struct DemoZone {
     /// Held so the node keeps running; everything is read through `app`,
     /// as an operator would.
-    _node: crate::node::RunningNode,
+    _node: bsfg::node::RunningNode,
     app: BsfgClient,
 }
 
@@ -142,7 +142,7 @@ pub async fn run_site(dir: PathBuf) -> anyhow::Result<()> {
     wait_until_links_up(&site).await?;
 
     step("3. plant-a → enterprise: batch facts and the batch record (appended at plant-a only)");
-    let run_id = crate::store::now_unix_ms();
+    let run_id = bsfg::store::now_unix_ms();
     let sent = traffic::send_up(&site, &dir, run_id).await?;
 
     step("4. enterprise → plant-a: a recipe release (appended at enterprise only)");
@@ -213,7 +213,7 @@ async fn start_zones(
 ) -> anyhow::Result<(DemoSite, Proxies)> {
     let mut ports = BTreeMap::new();
     for z in ZONES {
-        ports.insert(z, crate::ports::free_port()?);
+        ports.insert(z, bsfg::ports::free_port()?);
     }
     let loopback = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
     // The idmz ⇄ enterprise link, both ways, runs through fault proxies:
@@ -283,8 +283,8 @@ async fn start_zone(
         u.batch_facts_max = RECONCILE_BATCH;
     }
     config.check()?;
-    let node = crate::node::start(config).await?;
-    let tls = crate::tls::client::client_config(
+    let node = bsfg::node::start(config).await?;
+    let tls = bsfg::tls::client::client_config(
         &certs.join("ca.pem"),
         &certs.join(format!("{}.pem", site::app_identity(z))),
         &certs.join(format!("{}.key", site::app_identity(z))),

@@ -3,8 +3,8 @@
 //! Errors print the Connect code and the node's message; the exit code is
 //! 1 for a refused or failed call and 2 for bad usage or configuration.
 
-use crate::client::BsfgClient;
-use crate::config::ZoneConfig;
+use bsfg::client::BsfgClient;
+use bsfg::config::ZoneConfig;
 use bsfg_proto::bsfg::v1::*;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -260,9 +260,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// `bsfg serve`: run a zone node until it fails or is told to stop.
 async fn serve(config: &std::path::Path) -> anyhow::Result<()> {
-    let _log_guard = crate::logs::init();
+    let _log_guard = bsfg::logs::init();
     let config = ZoneConfig::load(config)?;
-    let node = crate::node::start(config).await?;
+    let node = bsfg::node::start(config).await?;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let result = tokio::select! {
         r = node.wait() => r,
@@ -277,7 +277,7 @@ async fn serve(config: &std::path::Path) -> anyhow::Result<()> {
 fn certs(command: CertsCommand) -> anyhow::Result<()> {
     match command {
         CertsCommand::Init { dir, name, days } => {
-            let issued = crate::tls::pki::init_ca(&dir, &name, days)?;
+            let issued = bsfg::tls::pki::init_ca(&dir, &name, days)?;
             println!(
                 "{}",
                 serde_json::json!({"ca": issued.cert, "key": issued.key})
@@ -289,9 +289,9 @@ fn certs(command: CertsCommand) -> anyhow::Result<()> {
             sans,
             days,
         } => {
-            let mut request = crate::tls::pki::IssueRequest::new(&name, days);
+            let mut request = bsfg::tls::pki::IssueRequest::new(&name, days);
             request.extra_sans.extend(sans);
-            let issued = crate::tls::pki::issue(&dir, &dir, &request)?;
+            let issued = bsfg::tls::pki::issue(&dir, &dir, &request)?;
             println!(
                 "{}",
                 serde_json::json!({"cert": issued.cert, "key": issued.key})
@@ -310,7 +310,7 @@ async fn append(args: AppendArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| format!("cli-{}", hex::encode(rand::random::<[u8; 8]>()))),
         from_zone: args.from_zone,
         to_zone: args.to_zone,
-        produced_at_unix_ms: crate::store::now_unix_ms(),
+        produced_at_unix_ms: bsfg::store::now_unix_ms(),
         ..Default::default()
     };
     for label in args.labels {

@@ -3,7 +3,7 @@
 
 use super::site::DemoSite;
 use super::{envelope_for, fact_of};
-use crate::site::BUCKET;
+use bsfg::site::BUCKET;
 use bsfg_proto::bsfg::v1::*;
 use std::path::Path;
 use std::time::Duration;

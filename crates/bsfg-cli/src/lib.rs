@@ -1,0 +1,11 @@
+//! The `bsfg` command: [`cli`] runs a zone node and talks to one;
+//! [`demo`] is `bsfg demo`, the reference site or one zone on this machine.
+//!
+//! A library as well as the binary so that the integration tests (in
+//! `tests/it`, which start `bsfg serve` processes) can reach the status
+//! table and the demo.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod demo;
