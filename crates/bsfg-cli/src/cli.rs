@@ -3,13 +3,22 @@
 //! Errors print the Connect code and the node's message; the exit code is
 //! 1 for a refused or failed call and 2 for bad usage or configuration.
 
+use crate::status_table::render_status;
+use crate::upload::{file_digest, put_file};
 use bsfg::client::BsfgClient;
 use bsfg::config::ZoneConfig;
 use bsfg_proto::bsfg::v1::*;
 use clap::{Parser, Subcommand};
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::time::Duration;
+
+/// What `bsfg demo` runs (its `--dir` and `--single-zone`). The binary
+/// passes it in, so that the command line and the demo do not depend on
+/// each other.
+pub type Demo = fn(Option<PathBuf>, bool) -> Pin<Box<dyn Future<Output = anyhow::Result<()>>>>;
 
 #[derive(Parser)]
 #[command(
@@ -218,13 +227,15 @@ struct GetObjectArgs {
     out: PathBuf,
 }
 
-pub fn main() -> ExitCode {
+/// Parses the command line, runs the subcommand and maps its outcome to the
+/// exit code; `demo` is what `bsfg demo` runs.
+pub fn main(demo: Demo) -> ExitCode {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, demo)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if let Some(c) = e.downcast_ref::<connectrpc::ConnectError>() {
@@ -243,10 +254,10 @@ pub fn main() -> ExitCode {
 }
 
 /// One function per subcommand.
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli, demo: Demo) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => serve(&config).await,
-        Command::Demo { dir, single_zone } => crate::demo::run(dir, single_zone).await,
+        Command::Demo { dir, single_zone } => demo(dir, single_zone).await,
         Command::Certs(command) => certs(command),
         Command::Append(args) => append(args).await,
         Command::Fetch(args) => fetch(args).await,
@@ -468,83 +479,6 @@ async fn get_object(args: GetObjectArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How much of a link's last error a status row shows: enough for the code,
-/// the reason and the path or peer it names.
-const LAST_ERROR_CHARS_MAX: usize = 240;
-
-/// A status table a person can read at a glance.
-pub fn render_status(s: &bsfg_proto::bsfg::v1::GetStatusResponse) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    let _ = writeln!(out, "zone {}", s.zone);
-    let skew_max = s.clock_skew_max_seconds;
-    if skew_max > 0.0 && s.store_clock_skew_seconds.abs() > skew_max {
-        let _ = writeln!(
-            out,
-            "  clock: the store's clock is {:+.1} s from this node's (clock_skew_max {skew_max} s): fix the time source",
-            s.store_clock_skew_seconds
-        );
-    }
-    if !s.links.is_empty() {
-        let _ = writeln!(
-            out,
-            "  {:<14} {:<15} {:>10} {:>9} {:>9} {:>12} {:>10} {:>8}",
-            "link (pull)",
-            "mode",
-            "frontier",
-            "backlog",
-            "lag s",
-            "confirmed s",
-            "replicated",
-            "refused"
-        );
-        for l in &s.links {
-            let age = if l.last_confirm_age_seconds < 0.0 {
-                "never".to_string()
-            } else {
-                format!("{:.1}", l.last_confirm_age_seconds)
-            };
-            // Cut off, the backlog is the last one the peer reported: at least that.
-            let backlog = if l.mode == "autonomous" {
-                format!(">={}", l.backlog)
-            } else {
-                l.backlog.to_string()
-            };
-            let _ = writeln!(
-                out,
-                "  {:<14} {:<15} {:>10} {:>9} {:>9.3} {:>12} {:>10} {:>8}",
-                l.peer,
-                l.mode,
-                l.remote_frontier,
-                backlog,
-                l.lag_seconds,
-                age,
-                l.facts_replicated,
-                l.facts_refused
-            );
-            if skew_max > 0.0 && l.peer_clock_skew_seconds.abs() > skew_max {
-                let _ = writeln!(
-                    out,
-                    "    peer clock: {:+.1} s from this node's (clock_skew_max {skew_max} s)",
-                    l.peer_clock_skew_seconds
-                );
-            }
-            if l.mode != "normal" && !l.last_error.is_empty() {
-                let error: String = l.last_error.chars().take(LAST_ERROR_CHARS_MAX).collect();
-                let _ = writeln!(out, "    last error: {error}");
-            }
-        }
-    }
-    for c in &s.consumers {
-        let _ = writeln!(
-            out,
-            "  consumer {:<12} {:<12} frontier {:>8} delivered {:>8} unconfirmed {:>6} pending {:>8}",
-            c.name, c.category, c.frontier, c.delivered_max, c.unconfirmed, c.pending
-        );
-    }
-    out
-}
-
 fn parse_attachment(text: &str) -> anyhow::Result<AttachmentRef> {
     let bad = || anyhow::anyhow!("--attach {text:?}: expected bucket/key=sha256:<hex>:<size>");
     let (path, rest) = text.split_once('=').ok_or_else(bad)?;
@@ -557,84 +491,6 @@ fn parse_attachment(text: &str) -> anyhow::Result<AttachmentRef> {
         size_bytes: size.parse().map_err(|_| bad())?,
         ..Default::default()
     })
-}
-
-/// `sha256:<hex>` of a file.
-pub fn file_digest(path: &std::path::Path) -> anyhow::Result<String> {
-    use sha2::Digest;
-    use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
-}
-
-/// Uploads a file in 256 KiB chunks with the expected digest, so the node
-/// refuses it if the bytes are damaged on the way.
-pub async fn put_file(
-    client: &BsfgClient,
-    bucket: &str,
-    key: &str,
-    file: &std::path::Path,
-    media_type: &str,
-    progress: bool,
-) -> anyhow::Result<PutObjectResponse> {
-    const CHUNK_BYTES: usize = 256 * 1024;
-    let size = std::fs::metadata(file)?.len();
-    let digest = file_digest(file)?;
-    let bar = if progress {
-        indicatif::ProgressBar::new(size)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .expect("static template"),
-    );
-    let header = PutObjectHeader {
-        bucket: bucket.into(),
-        key: key.into(),
-        media_type: media_type.into(),
-        expected_digest: digest,
-        expected_size_bytes: size,
-        ..Default::default()
-    };
-    let reader = tokio::fs::File::open(file).await?;
-    let bar_in = bar.clone();
-    let chunks = futures::stream::unfold(reader, move |mut reader| {
-        let bar = bar_in.clone();
-        async move {
-            use tokio::io::AsyncReadExt;
-            let mut buf = vec![0u8; CHUNK_BYTES];
-            let mut filled = 0;
-            while filled < CHUNK_BYTES {
-                match reader.read(&mut buf[filled..]).await {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(_) => break,
-                }
-            }
-            if filled == 0 {
-                return None;
-            }
-            buf.truncate(filled);
-            bar.inc(filled as u64);
-            Some((buf, reader))
-        }
-    });
-    let timeout = Duration::from_secs(60 + size / (1024 * 1024));
-    let r = client.put_object(header, chunks, timeout).await;
-    bar.finish_and_clear();
-    Ok(r?)
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
 //! The `bsfg` command: [`cli`] runs a zone node and talks to one;
 //! [`demo`] is `bsfg demo`, the reference site or one zone on this machine.
+//! Both print [`status_table`] and upload with [`upload`]; neither imports
+//! the other (the binary, `main.rs`, joins them).
 //!
 //! A library as well as the binary so that the integration tests (in
 //! `tests/it`, which start `bsfg serve` processes) can reach the status
@@ -9,3 +11,5 @@
 
 pub mod cli;
 pub mod demo;
+pub mod status_table;
+pub mod upload;

@@ -1,6 +1,9 @@
+//! The `bsfg` binary: the command line ([`bsfg_cli::cli`]) with the demo
+//! ([`bsfg_cli::demo`]) plugged in as `bsfg demo`.
+
 fn main() -> std::process::ExitCode {
     limit_malloc_arenas();
-    bsfg_cli::cli::main()
+    bsfg_cli::cli::main(|dir, single_zone| Box::pin(bsfg_cli::demo::run(dir, single_zone)))
 }
 
 /// glibc gives every thread that allocates its own malloc arena (up to

@@ -267,7 +267,7 @@ async fn put_and_reference(
 ) -> anyhow::Result<()> {
     let record_path = dir.join("B1042-record.txt");
     std::fs::write(&record_path, "Batch B1042 record\n".repeat(50_000))?;
-    let put = crate::cli::put_file(
+    let put = crate::upload::put_file(
         client,
         "records",
         "batch/B1042/record.txt",
@@ -295,7 +295,7 @@ async fn put_and_reference(
     envelope2.message_id.push_str("-artifact");
     let appended = client.append(envelope2, with_artifact).await?;
     println!("fact with attachment stored at offset {}", appended.offset);
-    let overwrite = crate::cli::put_file(
+    let overwrite = crate::upload::put_file(
         client,
         "records",
         "batch/B1042/record.txt",

@@ -54,13 +54,13 @@ pub(super) async fn print_partition_status(site: &DemoSite) -> anyhow::Result<()
     println!("  {} status during the partition (bsfg status):", site.t());
     print!(
         "{}",
-        indent(&crate::cli::render_status(
+        indent(&crate::status_table::render_status(
             &site.app("enterprise").status().await?
         ))
     );
     print!(
         "{}",
-        indent(&crate::cli::render_status(
+        indent(&crate::status_table::render_status(
             &site.app("idmz").status().await?
         ))
     );
@@ -82,7 +82,7 @@ pub(super) async fn print_all_zones(site: &DemoSite) -> anyhow::Result<()> {
     for z in ZONES {
         print!(
             "{}",
-            crate::cli::render_status(&site.app(z).status().await?)
+            crate::status_table::render_status(&site.app(z).status().await?)
         );
     }
     Ok(())

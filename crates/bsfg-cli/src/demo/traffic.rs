@@ -37,7 +37,7 @@ async fn put_record(site: &DemoSite, dir: &Path, run_id: i64) -> anyhow::Result<
         .into_bytes();
     let record_path = dir.join("B1042-record.txt");
     std::fs::write(&record_path, &record)?;
-    let put = crate::cli::put_file(
+    let put = crate::upload::put_file(
         site.app("plant-a"),
         BUCKET,
         RECORD_KEY,

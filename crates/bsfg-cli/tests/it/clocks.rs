@@ -95,7 +95,7 @@ async fn a_node_an_hour_ahead_of_its_store_purges_nothing_young_and_says_so() {
         "{status:?}"
     );
     assert_eq!(status.clock_skew_max_seconds, 10.0);
-    let table = bsfg_cli::cli::render_status(&status);
+    let table = bsfg_cli::status_table::render_status(&status);
     assert!(table.contains("clock: the store's clock is -36"), "{table}");
     assert!(
         zone.log_text().contains("disagrees with its store"),

@@ -614,7 +614,7 @@ async fn a_receiver_that_cannot_store_shows_its_link_stalled_and_resumes_by_itse
         "the lag grows while stalled: {stalled:?} then {later:?}"
     );
     assert_eq!(stalled_gauge(&site).await, Some(1.0));
-    let table = bsfg_cli::cli::render_status(&site.app("idmz").status().await.unwrap());
+    let table = bsfg_cli::status_table::render_status(&site.app("idmz").status().await.unwrap());
     assert!(
         table.contains("stalled") && table.contains("last error: "),
         "{table}"
