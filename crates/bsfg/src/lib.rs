@@ -11,13 +11,11 @@
 
 pub mod client;
 pub mod config;
-pub mod faultproxy;
 pub mod logs;
 pub mod metrics;
 pub mod node;
 pub mod owner_only;
 pub mod ports;
 pub mod replicator;
-pub mod site;
 pub mod store;
 pub mod tls;

@@ -4,7 +4,7 @@
 use super::cli::CrossArgs;
 use super::load::{append_many, tag};
 use super::zones::{Zone, count, reset_peak_rss, wait_count};
-use bsfg::faultproxy::FaultProxy;
+use bsfg_testkit::faultproxy::FaultProxy;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 

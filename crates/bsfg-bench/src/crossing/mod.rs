@@ -5,7 +5,7 @@
 //! nats-server (JetStream domain = zone name) and its own release
 //! `bsfg serve` process, `[tls] mode = "plaintext-dev"`. `idmz` pulls from
 //! `plant-a` and `enterprise` pulls from `idmz`, each through a
-//! `bsfg::faultproxy::FaultProxy` (cut / restore / delay). Facts of kind
+//! `bsfg_testkit::faultproxy::FaultProxy` (cut / restore / delay). Facts of kind
 //! `hop1` are addressed to `idmz` (one hop), kind `hop2` to `enterprise`
 //! (two hops; idmz's `to-enterprise` consumer only carries `hop2`).
 //! Arrivals are counted from the destination zone's `facts_operational`

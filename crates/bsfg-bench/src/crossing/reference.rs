@@ -7,7 +7,7 @@ use super::cli::CrossArgs;
 use super::zones::{start_nats, wait_messages};
 use crate::child::{cpu_seconds, free_port, rss_kib};
 use async_nats::jetstream::{self, stream};
-use bsfg::faultproxy::FaultProxy;
+use bsfg_testkit::faultproxy::FaultProxy;
 use std::path::Path;
 use std::time::{Duration, Instant};
 

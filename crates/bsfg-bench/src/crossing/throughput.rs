@@ -7,7 +7,7 @@ use super::cli::CrossArgs;
 use super::load::{append_many, tag};
 use super::zones::{Zone, count, cpu_per_fact, cpu_snapshot, wait_count};
 use async_nats::jetstream;
-use bsfg::faultproxy::FaultProxy;
+use bsfg_testkit::faultproxy::FaultProxy;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 

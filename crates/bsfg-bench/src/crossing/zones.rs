@@ -10,7 +10,7 @@ use crate::child::{
 use anyhow::{Context as _, bail};
 use async_nats::jetstream;
 use bsfg::client::BsfgClient;
-use bsfg::faultproxy::FaultProxy;
+use bsfg_testkit::faultproxy::FaultProxy;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -4,9 +4,9 @@
 
 use super::{checks, partition, status, step, traffic};
 use bsfg::client::BsfgClient;
-use bsfg::faultproxy::FaultProxy;
-use bsfg::site::{self, ZONES};
 use bsfg_proto::bsfg::v1::*;
+use bsfg_testkit::faultproxy::FaultProxy;
+use bsfg_testkit::site::{self, ZONES};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

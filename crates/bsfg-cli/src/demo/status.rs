@@ -3,7 +3,7 @@
 
 use super::partition::Counters;
 use super::site::DemoSite;
-use bsfg::site::ZONES;
+use bsfg_testkit::site::ZONES;
 use std::sync::atomic::Ordering;
 
 /// The two header lines of the table printed while the link is cut.

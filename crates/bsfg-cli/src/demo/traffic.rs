@@ -3,8 +3,8 @@
 
 use super::site::DemoSite;
 use super::{envelope_for, fact_of};
-use bsfg::site::BUCKET;
 use bsfg_proto::bsfg::v1::*;
+use bsfg_testkit::site::BUCKET;
 use std::path::Path;
 use std::time::Duration;
 

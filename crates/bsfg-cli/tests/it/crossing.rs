@@ -46,7 +46,7 @@ pub struct Site {
     /// With `SiteOpts::proxies`: the fault proxy on each link, keyed by
     /// (receiver, peer): the receiver's replicator reaches the peer only
     /// through it.
-    pub proxies: BTreeMap<(String, String), bsfg::faultproxy::FaultProxy>,
+    pub proxies: BTreeMap<(String, String), bsfg_testkit::faultproxy::FaultProxy>,
 }
 
 /// How a site is started.
@@ -73,13 +73,13 @@ pub fn zone_config(
     ports: &BTreeMap<String, u16>,
     nats_url: String,
 ) -> ZoneConfig {
-    let at = bsfg::site::ZonePlacement {
+    let at = bsfg_testkit::site::ZonePlacement {
         dir,
         certs,
         port: ports[zone],
         nats_url: Some(nats_url),
     };
-    bsfg::site::reference_zone_config(zone, &at, &|peer| {
+    bsfg_testkit::site::reference_zone_config(zone, &at, &|peer| {
         format!("https://127.0.0.1:{}", ports[peer])
     })
 }
@@ -113,7 +113,9 @@ impl Site {
                     let target = format!("127.0.0.1:{}", ports[n]).parse().unwrap();
                     proxies.insert(
                         (z.to_string(), n.to_string()),
-                        bsfg::faultproxy::FaultProxy::start(target).await.unwrap(),
+                        bsfg_testkit::faultproxy::FaultProxy::start(target)
+                            .await
+                            .unwrap(),
                     );
                 }
             }
@@ -196,7 +198,7 @@ impl Site {
         out
     }
 
-    pub fn proxy(&self, receiver: &str, peer: &str) -> &bsfg::faultproxy::FaultProxy {
+    pub fn proxy(&self, receiver: &str, peer: &str) -> &bsfg_testkit::faultproxy::FaultProxy {
         &self.proxies[&(receiver.to_string(), peer.to_string())]
     }
 

@@ -993,7 +993,7 @@ async fn fact_refused_by_import_policy_is_audited_counted_and_passed() {
     let idmz_cert = bsfg::tls::read_certs(
         &site
             .certs
-            .join(format!("{}.pem", bsfg::site::node_identity("idmz"))),
+            .join(format!("{}.pem", bsfg_testkit::site::node_identity("idmz"))),
     )
     .unwrap()
     .remove(0);

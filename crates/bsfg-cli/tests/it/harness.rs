@@ -299,9 +299,9 @@ pub fn faketime(offset: &str) -> Option<Vec<(String, String)>> {
     ])
 }
 
-pub use bsfg::site::category;
+pub use bsfg_testkit::site::category;
 
-pub use bsfg::site::consumer;
+pub use bsfg_testkit::site::consumer;
 
 impl Default for Opts {
     /// Categories `operational` (default), `audit` (kind `audit`, written

@@ -6,7 +6,7 @@
 //! Used by the site demo (`bsfg demo`) and available to tests and benchmarks
 //! that need the same topology.
 
-use crate::config::*;
+use bsfg::config::*;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
@@ -40,7 +40,7 @@ pub fn app_identity(zone: &str) -> String {
 /// client use) and each zone's application certificate (`app.<zone>`), as
 /// `bsfg certs init` / `bsfg certs issue` would.
 pub fn issue_site_pki(certs: &Path, ca_name: &str, valid_days: i64) -> anyhow::Result<()> {
-    use crate::tls::pki;
+    use bsfg::tls::pki;
     if !certs.join(pki::CA_CERT_FILE).exists() {
         pki::init_ca(certs, ca_name, valid_days)?;
     }
@@ -216,7 +216,7 @@ pub fn reference_zone_config(
         routes,
         upstreams,
         retention_interval: Duration::from_secs(5),
-        clock_skew_max: crate::config::default_clock_skew_max(),
+        clock_skew_max: bsfg::config::default_clock_skew_max(),
         random_seed: None,
     }
 }
