@@ -13,9 +13,7 @@
 //! binary's medians, the ratio B/A of the medians, the median of the
 //! per-repetition ratios, and every repetition.
 
-use crate::child::{
-    Child, cpu_seconds, free_port, rss_kib, scopeguard, spawn_logged, start_nats_server, wait_tcp,
-};
+use crate::child::{Child, free_port, nats_server, scopeguard, spawn_logged, wait_tcp};
 use crate::crossing::{issue_certs, parse_tls, tls_section};
 use crate::node_config::{PLAINTEXT_TLS, node_config};
 use crate::rpc::{ClientTls, append_closed_loop, rpc_client};
@@ -23,6 +21,7 @@ use crate::run_id;
 use crate::stats::{Sample, median};
 use anyhow::Context as _;
 use bsfg_proto::bsfg::v1::BoundaryServiceClient;
+use bsfg_testkit::procfs::{cpu_seconds, rss};
 use connectrpc::Protocol;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -81,15 +80,9 @@ async fn one_run(
 ) -> anyhow::Result<Run> {
     std::fs::create_dir_all(dir)?;
     let nats_port = free_port()?;
-    let nats = start_nats_server(
-        &a.nats_server,
-        dir,
-        "bench",
-        nats_port,
-        &format!("  sync_interval: {}\n", a.nats_sync),
-        "",
-    )
-    .await?;
+    let nats = nats_server(&a.nats_server, dir, "bench", nats_port, &a.nats_sync)
+        .start()
+        .await?;
     let (port, ops) = (free_port()?, free_port()?);
     let tls_section = match tls {
         Some(_) => tls_section(dir, "bench", true, &[]),
@@ -131,7 +124,7 @@ async fn one_run(
     )
     .await;
     let cpu = cpu_seconds(node.pid()) - cpu_before;
-    let (hwm_kib, _) = rss_kib(node.pid());
+    let hwm_kib = rss(node.pid()).peak_kib;
     drop(client);
     drop(node);
     drop(nats);

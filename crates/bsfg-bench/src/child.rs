@@ -1,8 +1,10 @@
-//! The bench's processes (nats-server, nodes, echo servers) and its run
-//! directory: starting them, waiting for them to listen, reading their
-//! memory and CPU from /proc, and removing them on exit.
+//! The bench's processes (nats-servers, nodes, echo servers) and its run
+//! directory: starting them, waiting for them to listen, and removing them
+//! on exit. Their memory and CPU: `bsfg_testkit::procfs`.
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
+use bsfg_testkit::nats_server::{NatsServer, NatsServerBuilder};
+use bsfg_testkit::process::log_tail;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -26,39 +28,28 @@ pub(crate) fn free_port() -> anyhow::Result<u16> {
     bsfg::ports::free_port()
 }
 
-/// Writes `<dir>/<name>.nats.conf` and starts nats-server on `port`, with
-/// JetStream domain `name` and store `<dir>/js-<name>`; `jetstream_extra`
-/// goes inside the `jetstream` block, `extra` after it. Every bench mode
-/// starts its servers here, each with `max_file_store` set to
-/// [`MAX_FILE_STORE_BYTES`].
-///
-/// Why: the bench's zones reserve more than JetStream's own limit (75 % of
-/// the disk free at start-up) on a disk with less than ~38 GB free, and the
-/// node would refuse to start; the bench writes a few GB at most.
-pub(crate) const MAX_FILE_STORE_BYTES: u64 = 64 << 30;
-
-pub(crate) async fn start_nats_server(
+/// A bench nats-server named `name` (its JetStream domain) with its files
+/// in `dir`, on `port`, at JetStream `sync_interval` `sync` (`--nats-sync`),
+/// with `max_file_store` set to [`MAX_FILE_STORE_BYTES`]: every bench mode
+/// starts its servers from here.
+pub(crate) fn nats_server(
     bin: &Path,
     dir: &Path,
     name: &str,
     port: u16,
-    jetstream_extra: &str,
-    extra: &str,
-) -> anyhow::Result<Child> {
-    let conf = dir.join(format!("{name}.nats.conf"));
-    std::fs::write(
-        &conf,
-        format!(
-            "server_name: \"{name}\"\nlisten: \"127.0.0.1:{port}\"\nmax_payload: 8MB\njetstream {{\n  domain: {name}\n  store_dir: \"{}\"\n  max_file_store: {MAX_FILE_STORE_BYTES}\n{jetstream_extra}}}\n{extra}\n",
-            dir.join(format!("js-{name}")).display()
-        ),
-    )?;
-    let log = dir.join(format!("{name}.nats.log"));
-    let child = spawn_logged(std::process::Command::new(bin).arg("-c").arg(&conf), &log)
-        .with_context(|| format!("starting {}", bin.display()))?;
-    wait_tcp(port, "nats-server", &log).await?;
-    Ok(child)
+    sync: &str,
+) -> NatsServerBuilder {
+    NatsServer::builder(dir, name)
+        .binary(bin)
+        .port(port)
+        .sync_interval(sync)
+        .max_file_store_bytes(MAX_FILE_STORE_BYTES)
 }
+
+/// Why: the bench's zones reserve more than JetStream's own limit (75 % of
+/// the disk free at start-up) on a disk with less than ~38 GB free, and the
+/// node would refuse to start; the bench writes a few GB at most.
+const MAX_FILE_STORE_BYTES: u64 = 64 << 30;
 
 pub(crate) fn spawn_logged(cmd: &mut std::process::Command, log: &Path) -> anyhow::Result<Child> {
     let file = std::fs::File::create(log)?;
@@ -69,6 +60,9 @@ pub(crate) fn spawn_logged(cmd: &mut std::process::Command, log: &Path) -> anyho
         .spawn()?;
     Ok(Child { child })
 }
+
+/// Log lines quoted when a process does not listen.
+const LOG_TAIL_LINES_MAX: usize = 5;
 
 /// Waits for a started process to listen; if it does not, the error
 /// carries the end of its log (the run directory is removed on exit).
@@ -83,43 +77,11 @@ pub(crate) async fn wait_tcp(port: u16, what: &str, log: &Path) -> anyhow::Resul
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let tail: Vec<&str> = text
-        .lines()
-        .rev()
-        .take(5)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
     bail!(
         "{what} did not listen on {port} within 30 s; the end of its log {}:\n{}",
         log.display(),
-        tail.join("\n")
+        log_tail(log, LOG_TAIL_LINES_MAX)
     )
-}
-
-/// (VmHWM, VmRSS) in KiB.
-pub(crate) fn rss_kib(pid: u32) -> (u64, u64) {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmHWM:"), field("VmRSS:"))
-}
-
-pub(crate) fn cpu_seconds(pid: u32) -> f64 {
-    // utime + stime in clock ticks (fields 14 and 15 of /proc/pid/stat).
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = text.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    ticks as f64 / 100.0
 }
 
 pub(crate) struct Cleanup(PathBuf);

@@ -14,9 +14,10 @@
 //! (fsynced, and the table grown) every `--sync-interval-ms`, as the
 //! writer does every `key_index_sync_interval`.
 
-use crate::child::{cpu_seconds, scopeguard};
+use crate::child::scopeguard;
 use bsfg::store::key_index::{KeyIndex, Token, token_bytes};
 use bsfg_domain::identity::key_token;
+use bsfg_testkit::procfs::cpu_seconds;
 use std::fmt::Write as _;
 use std::time::Instant;
 

@@ -14,12 +14,13 @@
 //! fixed subjects → one subject per fact → the former idempotency guard →
 //! the guard without `Nats-Msg-Id`.
 
-use crate::child::{cpu_seconds, free_port, scopeguard, start_nats_server};
+use crate::child::{free_port, nats_server, scopeguard};
 use crate::drive::open_loop_timeline;
 use crate::publish::{publish_acked, raw_publish};
 use crate::stats::median;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream};
+use bsfg_testkit::procfs::cpu_seconds;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -155,15 +156,9 @@ pub async fn run(a: SubstrateArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let _cleanup = scopeguard(dir.clone());
     let port = free_port()?;
-    let nats = start_nats_server(
-        &a.nats_server,
-        &dir,
-        "substrate",
-        port,
-        &format!("  sync_interval: {}\n", a.nats_sync),
-        "",
-    )
-    .await?;
+    let nats = nats_server(&a.nats_server, &dir, "substrate", port, &a.nats_sync)
+        .start()
+        .await?;
     let js = jetstream::new(async_nats::connect(format!("nats://127.0.0.1:{port}")).await?);
     if a.stalls {
         let md = stall_probe(&a, &js, &dir).await?;

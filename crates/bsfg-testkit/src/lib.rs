@@ -1,7 +1,9 @@
 //! What the BSFG tests, the `bsfg demo` command and the benchmarks start,
-//! written once: [`site`], the reference site's topology and zone
+//! written once: [`nats_server`], a nats-server process (kill -9, freeze,
+//! restart); [`site`], the reference site's topology and zone
 //! configurations; [`faultproxy`], a TCP proxy that cuts, restores and
-//! delays a link.
+//! delays a link; [`procfs`], a process's memory and CPU; [`process`],
+//! signals and log tails.
 //!
 //! Never on a node's production path: the node library (`bsfg`) does not
 //! depend on this crate.
@@ -9,4 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod faultproxy;
+pub mod nats_server;
+pub mod process;
+pub mod procfs;
 pub mod site;

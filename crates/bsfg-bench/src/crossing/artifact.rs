@@ -4,10 +4,10 @@
 use super::cli::CrossArgs;
 use super::load::{envelope, fact, tag};
 use super::zones::{Zone, count, reset_peak_rss, wait_count};
-use crate::child::rss_kib;
 use crate::object_json;
 use bsfg::client::BsfgClient;
 use bsfg_proto::bsfg::v1::{AttachmentRef, PutObjectHeader, PutObjectResponse};
+use bsfg_testkit::procfs::rss;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -34,10 +34,10 @@ pub(super) async fn artifact_run(
     let src = &zones["plant-a"].client;
     let size = a.artifact_mib * 1024 * 1024;
     let key = tag("artifact");
-    let rss_before_put = rss_kib(zones["plant-a"].node.pid()).1 as f64 / 1024.0;
+    let rss_before_put = rss(zones["plant-a"].node.pid()).resident_kib as f64 / 1024.0;
     reset_peak_rss(zones);
     let (stored, put_secs) = put(src, size, key.clone()).await?;
-    let hwm_put = rss_kib(zones["plant-a"].node.pid()).0 as f64 / 1024.0;
+    let hwm_put = rss(zones["plant-a"].node.pid()).peak_kib as f64 / 1024.0;
     reset_peak_rss(zones);
     let local_rate = size as f64 / put_secs / (1024.0 * 1024.0);
     let idmz = &zones["idmz"].js;

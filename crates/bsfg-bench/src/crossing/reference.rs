@@ -5,9 +5,10 @@ use super::Row;
 use super::bridge::bare_bridge;
 use super::cli::CrossArgs;
 use super::zones::{start_nats, wait_messages};
-use crate::child::{cpu_seconds, free_port, rss_kib};
+use crate::child::free_port;
 use async_nats::jetstream::{self, stream};
 use bsfg_testkit::faultproxy::FaultProxy;
+use bsfg_testkit::procfs::{cpu_seconds, rss};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -75,8 +76,8 @@ pub(super) async fn reference_runs(
     let bridge = bridge_runs(hub_port, &leaf_js, &cpu, a.native_facts, delay).await?;
     let rss_line = format!(
         "* native: hub nats-server VmHWM {:.1} MiB, leaf nats-server VmHWM {:.1} MiB",
-        rss_kib(hub.pid()).0 as f64 / 1024.0,
-        rss_kib(leaf.pid()).0 as f64 / 1024.0
+        rss(hub.pid()).peak_kib as f64 / 1024.0,
+        rss(leaf.pid()).peak_kib as f64 / 1024.0
     );
     let pair = |v: Vec<ReferenceRun>| {
         <[ReferenceRun; 2]>::try_from(v).map_err(|_| anyhow::anyhow!("two runs each"))

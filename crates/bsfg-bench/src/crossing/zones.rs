@@ -4,13 +4,13 @@
 
 use super::cli::CrossArgs;
 use super::config::{issue_certs, node_toml, parse_tls};
-use crate::child::{
-    Child, cpu_seconds, free_port, rss_kib, spawn_logged, start_nats_server, wait_tcp,
-};
+use crate::child::{Child, free_port, nats_server, spawn_logged, wait_tcp};
 use anyhow::{Context as _, bail};
 use async_nats::jetstream;
 use bsfg::client::BsfgClient;
 use bsfg_testkit::faultproxy::FaultProxy;
+use bsfg_testkit::nats_server::NatsServer;
+use bsfg_testkit::procfs::{cpu_seconds, reset_peak_rss as reset_process_peak_rss, rss};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -19,7 +19,7 @@ pub(super) const ZONES: [&str; 3] = ["plant-a", "idmz", "enterprise"];
 
 /// One zone: its nats-server, its node, and clients of both.
 pub(super) struct Zone {
-    pub(super) nats: Child,
+    pub(super) nats: NatsServer,
     pub(super) node: Child,
     pub(super) port: u16,
     pub(super) js: jetstream::Context,
@@ -72,7 +72,7 @@ pub(super) fn cpu_per_fact(
 /// = 5), so the next reading is the peak of what follows.
 pub(super) fn reset_peak_rss(zones: &BTreeMap<&str, Zone>) {
     for z in ZONES {
-        let _ = std::fs::write(format!("/proc/{}/clear_refs", zones[z].node.pid()), "5");
+        reset_process_peak_rss(zones[z].node.pid());
     }
 }
 
@@ -85,22 +85,17 @@ pub(super) async fn start_nats(
     port: u16,
     sync: &str,
     extra: &str,
-) -> anyhow::Result<(Child, jetstream::Context)> {
-    let child = start_nats_server(
-        bin,
-        dir,
-        name,
-        port,
-        &format!("  sync_interval: {sync}\n"),
-        extra,
-    )
-    .await?;
+) -> anyhow::Result<(NatsServer, jetstream::Context)> {
+    let server = nats_server(bin, dir, name, port, sync)
+        .extra(extra)
+        .start()
+        .await?;
     let nc = async_nats::ConnectOptions::new()
         .connect(format!("nats://127.0.0.1:{port}"))
         .await?;
     let mut js = jetstream::new(nc);
     js.set_timeout(Duration::from_secs(20));
-    Ok((child, js))
+    Ok((server, js))
 }
 
 /// Starts every zone, in `ZONES` order; idmz pulls plant-a through the
@@ -185,25 +180,25 @@ async fn start_zone(
 
 /// Every zone's node VmHWM, VmRSS and its nats-server's VmHWM (MiB).
 pub(super) fn rss_snapshot(zones: &BTreeMap<&str, Zone>) -> Vec<(&'static str, f64, f64, f64)> {
-    let mut rss = Vec::new();
+    let mut snapshot = Vec::new();
     for z in ZONES {
-        let (hwm, now) = rss_kib(zones[z].node.pid());
-        let (nhwm, _) = rss_kib(zones[z].nats.pid());
-        rss.push((
+        let node = rss(zones[z].node.pid());
+        let nats_peak_kib = rss(zones[z].nats.pid()).peak_kib;
+        snapshot.push((
             z,
-            hwm as f64 / 1024.0,
-            now as f64 / 1024.0,
-            nhwm as f64 / 1024.0,
+            node.peak_kib as f64 / 1024.0,
+            node.resident_kib as f64 / 1024.0,
+            nats_peak_kib as f64 / 1024.0,
         ));
     }
-    rss
+    snapshot
 }
 
 /// Every zone's node VmHWM (MiB).
 pub(super) fn node_peak_rss(zones: &BTreeMap<&str, Zone>) -> Vec<(&'static str, f64)> {
     let mut peaks = Vec::new();
     for z in ZONES {
-        peaks.push((z, rss_kib(zones[z].node.pid()).0 as f64 / 1024.0));
+        peaks.push((z, rss(zones[z].node.pid()).peak_kib as f64 / 1024.0));
     }
     peaks
 }

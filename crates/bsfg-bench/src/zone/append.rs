@@ -3,13 +3,13 @@
 //! closed loops, by concurrency and fact size.
 
 use super::setup::Bench;
-use crate::child::cpu_seconds;
 use crate::drive::closed_loop;
 use crate::echo_proto::bench::v1::EchoServiceClient;
 use crate::rpc::{append_closed_loop, echo_once};
 use crate::run_id;
 use crate::stats::Sample;
 use async_nats::jetstream::{self, stream};
+use bsfg_testkit::procfs::cpu_seconds;
 use connectrpc::client::SharedHttp2Connection;
 
 /// The AppendFact closed loops and the c64 echo loops paired with them.

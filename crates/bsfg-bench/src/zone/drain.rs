@@ -3,7 +3,6 @@
 //! alternating order.
 
 use super::setup::Bench;
-use crate::child::cpu_seconds;
 use crate::metrics::wait_for_key_index;
 use crate::publish::{node_layout_message, raw_publish};
 use crate::stats::Sample;
@@ -13,6 +12,7 @@ use async_nats::jetstream::{self, consumer};
 use bsfg_proto::bsfg::v1::{
     BoundaryServiceClient, ConfirmReceiptRequest, FetchFactsRequest, StoredFact,
 };
+use bsfg_testkit::procfs::cpu_seconds;
 use buffa::Message as _;
 use connectrpc::client::SharedHttp2Connection;
 use futures::StreamExt;

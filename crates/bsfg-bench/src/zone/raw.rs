@@ -2,13 +2,13 @@
 //! messages, and the node's own subjects, headers and records.
 
 use super::setup::Bench;
-use crate::child::cpu_seconds;
 use crate::publish::{
     LAYOUT_COPY, create_layout_copy_stream, create_plain_stream, node_layout_message, raw_publish,
 };
 use crate::stats::Sample;
 use crate::{object_json, run_id};
 use async_nats::HeaderMap;
+use bsfg_testkit::procfs::cpu_seconds;
 
 /// The raw publish repetitions, and nats-server's CPU per message in each.
 pub(super) struct RawRuns {

@@ -2,7 +2,7 @@
 //! end of the run.
 
 use super::setup::Bench;
-use crate::child::{cpu_seconds, rss_kib};
+use bsfg_testkit::procfs::{cpu_seconds, rss};
 use std::path::Path;
 
 /// The run's end state, for the report's resources section.
@@ -38,9 +38,10 @@ pub(super) async fn measure(bench: &Bench, dir: &Path) -> anyhow::Result<Resourc
         .await?
         .state
         .messages;
-    let (node_hwm, node_rss) = rss_kib(bench.node.pid());
-    let (nats_hwm, _) = rss_kib(bench.nats.pid());
-    let (echo_hwm, _) = rss_kib(bench.echo.pid());
+    let node = rss(bench.node.pid());
+    let (node_hwm, node_rss) = (node.peak_kib, node.resident_kib);
+    let nats_hwm = rss(bench.nats.pid()).peak_kib;
+    let echo_hwm = rss(bench.echo.pid()).peak_kib;
     let node_cpu_total = cpu_seconds(bench.node.pid());
     Ok(Resources {
         state_file_mib,

@@ -1,7 +1,7 @@
 //! The single-zone run's processes and clients: its nats-server, the node,
 //! the echo server and the bare append server.
 
-use crate::child::{Child, free_port, spawn_logged, start_nats_server, wait_tcp};
+use crate::child::{Child, free_port, nats_server, spawn_logged, wait_tcp};
 use crate::cli::Args;
 use crate::echo_proto::bench::v1::EchoServiceClient;
 use crate::node_config::{PLAINTEXT_TLS, node_config};
@@ -10,6 +10,7 @@ use crate::rpc::rpc_client;
 use anyhow::Context as _;
 use async_nats::jetstream;
 use bsfg_proto::bsfg::v1::BoundaryServiceClient;
+use bsfg_testkit::nats_server::NatsServer;
 use connectrpc::Protocol;
 use connectrpc::client::SharedHttp2Connection;
 use std::path::Path;
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 /// What every phase measures with.
 pub(super) struct Bench {
-    pub(super) nats: Child,
+    pub(super) nats: NatsServer,
     pub(super) node: Child,
     pub(super) echo: Child,
     pub(super) bare: Child,
@@ -48,15 +49,9 @@ pub(super) async fn start(
 ) -> anyhow::Result<Bench> {
     // nats-server
     let nats_port = free_port()?;
-    let nats = start_nats_server(
-        &args.nats_server,
-        dir,
-        "bench",
-        nats_port,
-        &format!("  sync_interval: {}\n", args.nats_sync),
-        "",
-    )
-    .await?;
+    let nats = nats_server(&args.nats_server, dir, "bench", nats_port, &args.nats_sync)
+        .start()
+        .await?;
     let nats_url = format!("nats://127.0.0.1:{nats_port}");
     let nc = async_nats::ConnectOptions::new().connect(&nats_url).await?;
     let mut js = jetstream::new(nc.clone());

@@ -24,7 +24,7 @@ pub fn neighbours(zone: &str) -> Vec<&'static str> {
 #[allow(dead_code)] // kept for fault tests: kill/restart nodes and servers
 pub struct SiteZone {
     pub name: String,
-    pub nats: NatsProc,
+    pub nats: NatsServer,
     /// The node when it runs in-process.
     pub node: Option<RunningNode>,
     /// The `bsfg serve` child when the site runs nodes out-of-process.
@@ -124,7 +124,7 @@ impl Site {
         for z in ZONES {
             let zdir = dir.path().join(z);
             std::fs::create_dir_all(&zdir).unwrap();
-            let nats = NatsProc::start(&zdir, z).await;
+            let nats = NatsServer::builder(&zdir, z).start().await.unwrap();
             let mut config = zone_config(&zdir, &certs, z, &ports, nats.url());
             for u in &mut config.upstreams {
                 if let Some(p) = proxies.get(&(z.to_string(), u.peer.clone())) {
@@ -186,9 +186,12 @@ impl Site {
         std::fs::create_dir_all(&keep).unwrap();
         let mut out = format!("logs kept in {}", keep.display());
         for (name, z) in &self.zones {
-            for file in ["bsfg.log", "nats-server.log"] {
-                let _ = std::fs::copy(z.dir.join(file), keep.join(format!("{name}-{file}")));
-            }
+            let _ = std::fs::copy(
+                z.dir.join("bsfg.log"),
+                keep.join(format!("{name}-bsfg.log")),
+            );
+            let nats_log = keep.join(format!("{name}-nats-server.log"));
+            let _ = std::fs::copy(z.nats.log_path(), nats_log);
             let links = match z.app.status().await {
                 Ok(s) => format!("{:?}", s.links),
                 Err(e) => format!("status failed: {e:?}"),

@@ -368,7 +368,7 @@ async fn healthz_is_not_ready_while_the_store_is_down() {
             .0,
         200
     );
-    zone.nats.kill9().await;
+    zone.nats.kill9().await.unwrap();
     let (status, body) = until("/healthz", |a| a.0 != 200, Duration::from_secs(5)).await;
     assert_eq!(status, 503, "{body}");
     assert!(
@@ -376,7 +376,7 @@ async fn healthz_is_not_ready_while_the_store_is_down() {
         "{body}"
     );
     assert_eq!(get("/livez").await, (200, "ok\n".to_string()));
-    zone.nats.restart().await;
+    zone.nats.restart().await.unwrap();
     let (status, body) = until("/healthz", |a| a.0 == 200, Duration::from_secs(15)).await;
     assert_eq!(status, 200, "ready again once the store is back: {body}");
 }

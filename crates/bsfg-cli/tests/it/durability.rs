@@ -154,8 +154,8 @@ async fn idempotent_across_kill9_of_the_node() {
 async fn idempotent_across_kill9_and_restart_of_nats_server() {
     let mut zone = Zone::start(Opts::default()).await;
     let sent = append_batch(&zone.client(), "kill-nats", 5).await;
-    zone.nats.kill9().await;
-    zone.nats.restart().await;
+    zone.nats.kill9().await.unwrap();
+    zone.nats.restart().await.unwrap();
     retry_all_and_verify(&zone, &sent).await;
     // New appends work after the restart too.
     let r = append_retrying(&zone.client(), &envelope(&mid("after")), &batch_fact(9)).await;

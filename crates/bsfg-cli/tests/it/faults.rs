@@ -218,9 +218,9 @@ async fn apply(site: &mut Site, fault: Fault, rng: &mut Rng) {
             let down = rng.millis(200, 1000);
             eprintln!("fault: kill -9 nats-server {zone}, down {down:?}");
             let z = site.zone_mut(zone);
-            z.nats.kill9().await;
+            z.nats.kill9().await.unwrap();
             tokio::time::sleep(down).await;
-            z.nats.restart().await;
+            z.nats.restart().await.unwrap();
         }
         Fault::FreezeNode(zone) => {
             let hold = rng.millis(1000, 12_000);
@@ -234,9 +234,9 @@ async fn apply(site: &mut Site, fault: Fault, rng: &mut Rng) {
             let hold = rng.millis(1000, 12_000);
             eprintln!("fault: freeze nats-server {zone} for {hold:?}");
             let z = site.zone_mut(zone);
-            z.nats.signal("STOP");
+            z.nats.signal("STOP").unwrap();
             tokio::time::sleep(hold).await;
-            z.nats.signal("CONT");
+            z.nats.signal("CONT").unwrap();
         }
         Fault::DiskFull(zone) => {
             let hold = rng.millis(1000, 8000);
@@ -1129,14 +1129,14 @@ async fn appends_in_flight_across_a_stalled_nats_server_are_answered_within_the_
     let sent: Vec<(Envelope, Fact)> = (1..=200)
         .map(|i| (envelope(&mid("stalled")), batch_fact(i)))
         .collect();
-    zone.nats.signal("STOP");
+    zone.nats.signal("STOP").unwrap();
     let started = Instant::now();
     let calls = spawn_appends(&client, &sent);
     // Scheduling slack on a loaded 2-core machine.
     let bound = timeout + Duration::from_millis(1500);
     let answers = tokio::time::timeout(bound, futures::future::join_all(calls)).await;
     let answered_in = started.elapsed();
-    zone.nats.signal("CONT");
+    zone.nats.signal("CONT").unwrap();
     let answers = answers.unwrap_or_else(|_| panic!("appends to a stalled nats-server still unanswered after {bound:?} (request timeout {timeout:?})"));
     for answer in answers {
         let e = answer

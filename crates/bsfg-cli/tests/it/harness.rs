@@ -14,10 +14,10 @@ use bsfg::config::{
     BucketConfig, CategoryConfig, ConsumerConfig, NatsConfig, PrincipalConfig, PrincipalKind,
     TlsConfig, ZoneConfig,
 };
-use bsfg::node::nats_server::{find_binary, write_server_config};
 use bsfg::ports::free_port;
 use bsfg::tls::pki;
 use bsfg_proto::bsfg::v1::*;
+pub use bsfg_testkit::nats_server::NatsServer;
 use connectrpc::ConnectError;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -115,106 +115,6 @@ pub fn app_principal(
     }
 }
 
-/// An external nats-server process; killed when dropped.
-pub struct NatsProc {
-    child: Option<Child>,
-    pub port: u16,
-    pub store_dir: PathBuf,
-    conf: PathBuf,
-    log: PathBuf,
-}
-
-impl NatsProc {
-    pub async fn start(dir: &Path, zone: &str) -> NatsProc {
-        let store_dir = dir.join("jetstream");
-        std::fs::create_dir_all(&store_dir).unwrap();
-        let port = free_port().unwrap();
-        let conf = dir.join("nats-server.conf");
-        write_server_config(&conf, zone, port, &store_dir).unwrap();
-        let mut n = NatsProc {
-            child: None,
-            port,
-            store_dir,
-            conf,
-            log: dir.join("nats-server.log"),
-        };
-        n.spawn().await;
-        n
-    }
-
-    pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    async fn spawn(&mut self) {
-        let binary = find_binary(None).expect("nats-server not found: run scripts/setup.sh");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(binary)
-            .arg("-c")
-            .arg(&self.conf)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn nats-server");
-        self.child = Some(child);
-        self.wait_ready().await;
-    }
-
-    /// Waits until JetStream answers on the client port.
-    async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Ok(client)) =
-                tokio::time::timeout(Duration::from_secs(2), async_nats::connect(self.url())).await
-            {
-                let js = async_nats::jetstream::new(client);
-                if tokio::time::timeout(Duration::from_secs(2), js.query_account())
-                    .await
-                    .is_ok_and(|r| r.is_ok())
-                {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nats-server on port {} not ready; log {}",
-                self.port,
-                self.log.display()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// SIGKILL, and wait for the process to be gone.
-    pub async fn kill9(&mut self) {
-        let mut child = self.child.take().expect("running");
-        child.start_kill().unwrap();
-        child.wait().await.unwrap();
-    }
-
-    /// Sends `signal` (e.g. "STOP", "CONT") to the nats-server process.
-    pub fn signal(&self, signal: &str) {
-        signal_process(
-            self.child
-                .as_ref()
-                .and_then(|c| c.id())
-                .expect("nats-server is running"),
-            signal,
-        );
-    }
-
-    /// Starts again on the same port with the same store directory.
-    pub async fn restart(&mut self) {
-        assert!(self.child.is_none(), "kill first");
-        self.spawn().await;
-    }
-}
-
 /// Waits until a dropped in-process node has closed its key index: its
 /// file lock released, which comes after the clean header and the saved
 /// filter are written. Why: dropping a node aborts its tasks, and the last
@@ -241,16 +141,6 @@ pub async fn wait_until_key_index_closed(path: &Path) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// `kill -<signal> <pid>`, which must succeed.
-fn signal_process(pid: u32, signal: &str) {
-    let status = std::process::Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -{signal} {pid}");
 }
 
 /// Options for a test zone.
@@ -339,7 +229,7 @@ pub enum Node {
 }
 
 pub struct Zone {
-    pub nats: NatsProc,
+    pub nats: NatsServer,
     /// The environment of an out-of-process node.
     pub node_env: Vec<(String, String)>,
     pub config: ZoneConfig,
@@ -354,7 +244,7 @@ pub struct Zone {
 impl Zone {
     pub async fn start(opts: Opts) -> Zone {
         let dir = tempfile::tempdir().unwrap();
-        let nats = NatsProc::start(dir.path(), ZONE).await;
+        let nats = NatsServer::builder(dir.path(), ZONE).start().await.unwrap();
         let pki = Pki::init(&dir.path().join("certs"), 30);
         pki.issue_with(&Pki::node_request(30));
         pki.issue(APP_CERT);
@@ -575,7 +465,8 @@ impl Zone {
         let Node::Process(child) = &self.node else {
             panic!("signal_node needs an out-of-process node")
         };
-        signal_process(child.id().expect("the node process is running"), signal);
+        bsfg_testkit::process::signal(child.id().expect("the node process is running"), signal)
+            .unwrap();
     }
 
     /// The `bsfg serve` process id.
@@ -588,13 +479,9 @@ impl Zone {
 
     /// The node process's peak resident memory so far (VmHWM), in bytes.
     pub fn node_peak_rss_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.node_pid())).unwrap();
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM in /proc/<pid>/status");
-        kib * 1024
+        let peak_kib = bsfg_testkit::procfs::rss(self.node_pid()).peak_kib;
+        assert!(peak_kib > 0, "VmHWM in /proc/<pid>/status");
+        peak_kib * 1024
     }
 
     /// SIGKILL of the `bsfg serve` process.

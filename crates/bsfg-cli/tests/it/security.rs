@@ -1002,14 +1002,14 @@ async fn a_flood_of_refusals_is_summarized_not_stored_one_by_one() {
 async fn an_audit_record_survives_a_store_stall() {
     let zone = Zone::start(Opts::default()).await;
     let stranger = zone.client_as("stranger.plant-a");
-    zone.nats.signal("STOP");
+    zone.nats.signal("STOP").unwrap();
     let refused = tokio::spawn(async move {
         stranger
             .append(envelope(&mid("during-stall")), batch_fact(1))
             .await
     });
     tokio::time::sleep(Duration::from_secs(7)).await;
-    zone.nats.signal("CONT");
+    zone.nats.signal("CONT").unwrap();
     assert_rejected(
         refused.await.unwrap(),
         "permission_denied",

@@ -134,33 +134,13 @@ pub fn find_binary(configured: Option<&Path>) -> anyhow::Result<PathBuf> {
 
 use crate::ports::free_port;
 
-/// Writes the nats-server configuration for a zone (owner-only, see
-/// [`crate::owner_only`]), syncing every write
-/// (the safe default; see [`write_server_config_with_sync`]).
-pub fn write_server_config(
-    path: &Path,
-    zone: &str,
-    port: u16,
-    store_dir: &Path,
-) -> anyhow::Result<()> {
-    write_server_config_with_sync(path, zone, port, store_dir, "always")
-}
-
+/// Writes the server's configuration (owner-only, see
+/// [`crate::owner_only`]); with `auth`, clients must log in as its user.
+///
 /// `sync_interval`: `always` makes JetStream acknowledge a write only once
 /// it is fsynced, so an acknowledged fact survives a power cut. A duration
 /// (e.g. `1s`) syncs periodically: faster, but a power cut (not a process
 /// crash) can lose up to that much acknowledged data.
-pub fn write_server_config_with_sync(
-    path: &Path,
-    zone: &str,
-    port: u16,
-    store_dir: &Path,
-    sync_interval: &str,
-) -> anyhow::Result<()> {
-    write_config(path, zone, port, store_dir, sync_interval, None)
-}
-
-/// The configuration text; with `auth`, clients must log in as its user.
 fn write_config(
     path: &Path,
     zone: &str,
