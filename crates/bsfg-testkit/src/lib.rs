@@ -2,8 +2,8 @@
 //! written once: [`nats_server`], a nats-server process (kill -9, freeze,
 //! restart); [`site`], the reference site's topology and zone
 //! configurations; [`faultproxy`], a TCP proxy that cuts, restores and
-//! delays a link; [`procfs`], a process's memory and CPU; [`process`],
-//! signals and log tails.
+//! delays a link; [`pki`], a development PKI; [`procfs`], a process's
+//! memory and CPU; [`process`], signals and log tails.
 //!
 //! Never on a node's production path: the node library (`bsfg`) does not
 //! depend on this crate.
@@ -12,6 +12,7 @@
 
 pub mod faultproxy;
 pub mod nats_server;
+pub mod pki;
 pub mod process;
 pub mod procfs;
 pub mod site;

@@ -6,6 +6,7 @@
 //! Used by the site demo (`bsfg demo`) and available to tests and benchmarks
 //! that need the same topology.
 
+use crate::pki::Pki;
 use bsfg::config::*;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -40,19 +41,10 @@ pub fn app_identity(zone: &str) -> String {
 /// client use) and each zone's application certificate (`app.<zone>`), as
 /// `bsfg certs init` / `bsfg certs issue` would.
 pub fn issue_site_pki(certs: &Path, ca_name: &str, valid_days: i64) -> anyhow::Result<()> {
-    use bsfg::tls::pki;
-    if !certs.join(pki::CA_CERT_FILE).exists() {
-        pki::init_ca(certs, ca_name, valid_days)?;
-    }
+    let pki = Pki::open_or_init(certs, ca_name, valid_days)?;
     for z in ZONES {
-        let mut node = pki::IssueRequest::new(&node_identity(z), valid_days);
-        node.extra_sans = vec!["localhost".into(), "127.0.0.1".into()];
-        pki::issue(certs, certs, &node)?;
-        pki::issue(
-            certs,
-            certs,
-            &pki::IssueRequest::new(&app_identity(z), valid_days),
-        )?;
+        pki.issue_node(&node_identity(z), valid_days)?;
+        pki.issue(&app_identity(z), valid_days)?;
     }
     Ok(())
 }

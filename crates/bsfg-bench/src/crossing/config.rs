@@ -3,6 +3,8 @@
 
 use crate::node_config::{node_commit_section, node_nats_section};
 use anyhow::bail;
+use bsfg_testkit::pki::Pki;
+use bsfg_testkit::site::{app_identity, node_identity};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -129,16 +131,11 @@ pub(crate) fn parse_tls(tls: &str) -> anyhow::Result<bool> {
 /// `<zone>-bsfg` (also for localhost and 127.0.0.1) and an app's
 /// `app.<zone>`.
 pub(crate) fn issue_certs(certs: &Path, zones: &[&str]) -> anyhow::Result<()> {
-    bsfg::tls::pki::init_ca(certs, "bench CA", 5)?;
+    const VALID_DAYS: i64 = 5;
+    let pki = Pki::init(certs, "bench CA", VALID_DAYS)?;
     for z in zones {
-        let mut node = bsfg::tls::pki::IssueRequest::new(&format!("{z}-bsfg"), 5);
-        node.extra_sans = vec!["localhost".into(), "127.0.0.1".into()];
-        bsfg::tls::pki::issue(certs, certs, &node)?;
-        bsfg::tls::pki::issue(
-            certs,
-            certs,
-            &bsfg::tls::pki::IssueRequest::new(&format!("app.{z}"), 5),
-        )?;
+        pki.issue_node(&node_identity(z), VALID_DAYS)?;
+        pki.issue(&app_identity(z), VALID_DAYS)?;
     }
     Ok(())
 }

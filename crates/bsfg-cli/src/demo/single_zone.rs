@@ -5,6 +5,7 @@ use super::step;
 use bsfg::client::BsfgClient;
 use bsfg::config::{BucketConfig, ConsumerConfig, NatsConfig, StartPosition, ZoneConfig};
 use bsfg_proto::bsfg::v1::*;
+use bsfg_testkit::pki::Pki;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,15 +13,11 @@ use std::time::Duration;
 /// Creates the demo PKI: a CA, the node certificate and two application
 /// certificates (one known to the zone, one not).
 pub fn demo_pki(dir: &std::path::Path) -> anyhow::Result<()> {
-    use bsfg::tls::pki;
-    if !dir.join(pki::CA_CERT_FILE).exists() {
-        pki::init_ca(dir, "BSFG demo CA", 30)?;
-    }
-    let mut node = pki::IssueRequest::new("plant-a-bsfg", 30);
-    node.extra_sans = vec!["localhost".into(), "127.0.0.1".into()];
-    pki::issue(dir, dir, &node)?;
+    const VALID_DAYS: i64 = 30;
+    let pki = Pki::open_or_init(dir, "BSFG demo CA", VALID_DAYS)?;
+    pki.issue_node("plant-a-bsfg", VALID_DAYS)?;
     for name in ["mes.plant-a", "stranger.plant-a"] {
-        pki::issue(dir, dir, &pki::IssueRequest::new(name, 30))?;
+        pki.issue(name, VALID_DAYS)?;
     }
     Ok(())
 }

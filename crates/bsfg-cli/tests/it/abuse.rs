@@ -22,9 +22,13 @@ async fn h2_connect(
 ) -> hyper::client::conn::http2::SendRequest<
     http_body_util::combinators::BoxBody<Bytes, std::io::Error>,
 > {
-    let tls = tls_connect(zone.boundary_addr, &zone.pki.client_config(cert), &[b"h2"])
-        .await
-        .unwrap();
+    let tls = tls_connect(
+        zone.boundary_addr,
+        &zone.pki.client_config(cert).unwrap(),
+        &[b"h2"],
+    )
+    .await
+    .unwrap();
     let (send, connection) =
         hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
             .initial_stream_window_size(4 << 20)
@@ -61,7 +65,7 @@ async fn compressed_bodies_from_an_unknown_identity_are_refused_unread() {
         ..Default::default()
     })
     .await;
-    zone.pki.issue("stranger.plant-a");
+    zone.pki.issue("stranger.plant-a", 30).unwrap();
     let body = zstd_bomb(4 * 1024 * 1024 - 4096);
     assert!(
         body.len() < 1024,

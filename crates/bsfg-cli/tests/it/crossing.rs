@@ -11,15 +11,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// The reference site's zones (`bsfg_testkit::site::ZONES`), in the order
+/// the tests start them.
 pub const ZONES: [&str; 4] = ["plant-a", "idmz", "enterprise", "plant-b"];
 
-/// Who each zone pulls from (and so serves), in the reference topology.
-pub fn neighbours(zone: &str) -> Vec<&'static str> {
-    match zone {
-        "idmz" => vec!["plant-a", "enterprise", "plant-b"],
-        _ => vec!["idmz"],
-    }
-}
+pub use bsfg_testkit::site::neighbours;
 
 #[allow(dead_code)] // kept for fault tests: kill/restart nodes and servers
 pub struct SiteZone {
@@ -92,18 +88,9 @@ impl Site {
     pub async fn start_with(opts: SiteOpts) -> Site {
         let dir = tempfile::tempdir().unwrap();
         let certs = dir.path().join("certs");
-        bsfg::tls::pki::init_ca(&certs, "site CA", 5).unwrap();
+        bsfg_testkit::site::issue_site_pki(&certs, "site CA", 5).unwrap();
         let mut ports = BTreeMap::new();
         for z in ZONES {
-            let mut node = bsfg::tls::pki::IssueRequest::new(&format!("{z}-bsfg"), 5);
-            node.extra_sans = vec!["localhost".into(), "127.0.0.1".into()];
-            bsfg::tls::pki::issue(&certs, &certs, &node).unwrap();
-            bsfg::tls::pki::issue(
-                &certs,
-                &certs,
-                &bsfg::tls::pki::IssueRequest::new(&format!("app.{z}"), 5),
-            )
-            .unwrap();
             ports.insert(z.to_string(), bsfg::ports::free_port().unwrap());
         }
         let mut proxies = BTreeMap::new();

@@ -15,13 +15,13 @@ use bsfg::config::{
     TlsConfig, ZoneConfig,
 };
 use bsfg::ports::free_port;
-use bsfg::tls::pki;
 use bsfg_proto::bsfg::v1::*;
 pub use bsfg_testkit::nats_server::NatsServer;
+pub use bsfg_testkit::pki::Pki;
 use connectrpc::ConnectError;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -33,63 +33,8 @@ pub const BUCKET: &str = "records";
 pub const NODE_CERT: &str = "plant-a-bsfg";
 /// The default application certificate (`zone.client()`).
 pub const APP_CERT: &str = "mes.plant-a";
-
-/// A development PKI in a directory: `ca.pem`/`ca.key` and `<name>.pem`/`<name>.key`.
-#[derive(Debug, Clone)]
-pub struct Pki {
-    pub dir: PathBuf,
-}
-
-impl Pki {
-    /// Creates a CA in `dir` (valid `ca_days`).
-    pub fn init(dir: &Path, ca_days: i64) -> Pki {
-        Self::init_named(dir, "BSFG test CA", ca_days)
-    }
-
-    pub fn init_named(dir: &Path, common_name: &str, ca_days: i64) -> Pki {
-        pki::init_ca(dir, common_name, ca_days).unwrap();
-        Pki {
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    pub fn ca(&self) -> PathBuf {
-        self.dir.join(pki::CA_CERT_FILE)
-    }
-
-    pub fn cert(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.pem"))
-    }
-
-    pub fn key(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.key"))
-    }
-
-    /// Issues `<name>` valid for 30 days (overwrites an existing one).
-    pub fn issue(&self, name: &str) -> pki::Issued {
-        self.issue_with(&pki::IssueRequest::new(name, 30))
-    }
-
-    pub fn issue_with(&self, request: &pki::IssueRequest) -> pki::Issued {
-        pki::issue(&self.dir, &self.dir, request).unwrap()
-    }
-
-    /// The node certificate: `plant-a-bsfg`, SANs localhost and 127.0.0.1.
-    pub fn node_request(valid_days: i64) -> pki::IssueRequest {
-        let mut r = pki::IssueRequest::new(NODE_CERT, valid_days);
-        r.extra_sans = vec!["localhost".into(), "127.0.0.1".into()];
-        r
-    }
-
-    /// An mTLS client configuration presenting `<name>` (issued on first use)
-    /// and trusting this CA.
-    pub fn client_config(&self, name: &str) -> Arc<rustls::ClientConfig> {
-        if !self.cert(name).exists() {
-            self.issue(name);
-        }
-        bsfg::tls::client::client_config(&self.ca(), &self.cert(name), &self.key(name)).unwrap()
-    }
-}
+/// The common name of a test zone's CA.
+pub const TEST_CA: &str = "BSFG test CA";
 
 /// An application principal (not an operator), e.g. `mes` (certificate `mes.plant-a`).
 pub fn app_principal(
@@ -245,9 +190,9 @@ impl Zone {
     pub async fn start(opts: Opts) -> Zone {
         let dir = tempfile::tempdir().unwrap();
         let nats = NatsServer::builder(dir.path(), ZONE).start().await.unwrap();
-        let pki = Pki::init(&dir.path().join("certs"), 30);
-        pki.issue_with(&Pki::node_request(30));
-        pki.issue(APP_CERT);
+        let pki = Pki::init(&dir.path().join("certs"), TEST_CA, 30).unwrap();
+        pki.issue_node(NODE_CERT, 30).unwrap();
+        pki.issue(APP_CERT, 30).unwrap();
         let tls = if opts.plaintext_dev {
             TlsConfig::plaintext_dev()
         } else {
@@ -438,7 +383,7 @@ impl Zone {
     /// An mTLS client presenting the certificate `<name>` of the zone's PKI
     /// (issued on first use).
     pub fn client_as(&self, name: &str) -> BsfgClient {
-        self.client_with(self.pki.client_config(name))
+        self.client_with(self.pki.client_config(name).unwrap())
     }
 
     /// An mTLS client with any rustls configuration.
@@ -448,7 +393,7 @@ impl Zone {
 
     /// The client configuration of `zone.client()` (mTLS as `mes.plant-a`).
     pub fn tls_config(&self) -> Arc<rustls::ClientConfig> {
-        self.pki.client_config(APP_CERT)
+        self.pki.client_config(APP_CERT).unwrap()
     }
 
     /// The operations port's /metrics text.

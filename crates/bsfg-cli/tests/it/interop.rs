@@ -29,7 +29,7 @@ pub async fn buf_curl_as(
     method: &str,
     body: &serde_json::Value,
 ) -> std::process::Output {
-    zone.pki.client_config(cert); // issued on first use
+    zone.pki.client_config(cert).unwrap(); // issued on first use
     tokio::process::Command::new(buf())
         .arg("curl")
         .arg("--schema")

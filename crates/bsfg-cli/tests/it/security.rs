@@ -184,8 +184,8 @@ async fn tls_refuses_missing_foreign_and_expired_certificates() {
     );
 
     // A certificate with the right name from a foreign CA.
-    let foreign = Pki::init_named(&zone.dir().join("foreign"), "Foreign CA", 30);
-    foreign.issue(APP_CERT);
+    let foreign = Pki::init(&zone.dir().join("foreign"), "Foreign CA", 30).unwrap();
+    foreign.issue(APP_CERT, 30).unwrap();
     let foreign_tls = bsfg::tls::client::client_config(
         &zone.pki.ca(),
         &foreign.cert(APP_CERT),
@@ -201,8 +201,8 @@ async fn tls_refuses_missing_foreign_and_expired_certificates() {
             .is_err()
     );
     // A foreign CA that copies the site CA's name: the signature does not verify.
-    let impostor = Pki::init(&zone.dir().join("impostor"), 30);
-    impostor.issue(APP_CERT);
+    let impostor = Pki::init(&zone.dir().join("impostor"), TEST_CA, 30).unwrap();
+    impostor.issue(APP_CERT, 30).unwrap();
     let impostor_tls = bsfg::tls::client::client_config(
         &zone.pki.ca(),
         &impostor.cert(APP_CERT),
@@ -683,7 +683,7 @@ async fn certificates_reload_without_restart_and_expiry_is_a_metric() {
         dir: zone.dir().join("stage1"),
     };
     std::fs::create_dir_all(&stage.dir).unwrap();
-    bsfg::tls::pki::issue(&zone.pki.dir, &stage.dir, &Pki::node_request(12)).unwrap();
+    bsfg::tls::pki::issue(&zone.pki.dir, &stage.dir, &Pki::node_request(NODE_CERT, 12)).unwrap();
     install(&stage, &zone.pki, NODE_CERT);
     let new = fingerprint(&zone.pki, NODE_CERT);
     assert_ne!(new, old);
@@ -703,9 +703,9 @@ async fn certificates_reload_without_restart_and_expiry_is_a_metric() {
 
     // 2. A new CA (valid 90 days), with a node certificate and an app
     //    certificate from it. Afterwards its clients get in, the old CA's are refused.
-    let new_ca = Pki::init_named(&zone.dir().join("new-ca"), "BSFG test CA 2", 90);
-    new_ca.issue_with(&Pki::node_request(30));
-    new_ca.issue(APP_CERT);
+    let new_ca = Pki::init(&zone.dir().join("new-ca"), "BSFG test CA 2", 90).unwrap();
+    new_ca.issue_node(NODE_CERT, 30).unwrap();
+    new_ca.issue(APP_CERT, 30).unwrap();
     install(&new_ca, &zone.pki, NODE_CERT);
     let stage = zone.pki.dir.join(".ca.stage");
     std::fs::copy(new_ca.ca(), &stage).unwrap();
@@ -719,7 +719,7 @@ async fn certificates_reload_without_restart_and_expiry_is_a_metric() {
     })
     .await;
 
-    let new_client = new_ca.client_config(APP_CERT);
+    let new_client = new_ca.client_config(APP_CERT).unwrap();
     assert_eq!(
         presented_certificate(&zone, &new_client).await,
         fingerprint(&new_ca, NODE_CERT)
