@@ -14,8 +14,8 @@
 //! per-repetition ratios, and every repetition.
 
 use crate::child::{Child, free_port, nats_server, scopeguard, spawn_logged, wait_tcp};
-use crate::crossing::{issue_certs, parse_tls, tls_section};
-use crate::node_config::{PLAINTEXT_TLS, node_config};
+use crate::crossing::{issue_certs, parse_tls};
+use crate::node_config::{node_config, write_config};
 use crate::rpc::{ClientTls, append_closed_loop, rpc_client};
 use crate::run_id;
 use crate::stats::{Sample, median};
@@ -84,15 +84,9 @@ async fn one_run(
         .start()
         .await?;
     let (port, ops) = (free_port()?, free_port()?);
-    let tls_section = match tls {
-        Some(_) => tls_section(dir, "bench", true, &[]),
-        None => PLAINTEXT_TLS.to_string(),
-    };
     let node_toml = dir.join("node.toml");
-    std::fs::write(
-        &node_toml,
-        node_config(port, ops, nats_port, 0, dir, &tls_section),
-    )?;
+    let config = node_config((port, ops, nats_port), 0, dir, tls.is_some())?;
+    write_config(&node_toml, &config)?;
     let node_log = dir.join("node.log");
     let node: Child = spawn_logged(
         std::process::Command::new(bin)

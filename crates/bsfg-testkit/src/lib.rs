@@ -2,8 +2,9 @@
 //! written once: [`nats_server`], a nats-server process (kill -9, freeze,
 //! restart); [`site`], the reference site's topology and zone
 //! configurations; [`faultproxy`], a TCP proxy that cuts, restores and
-//! delays a link; [`pki`], a development PKI; [`procfs`], a process's
-//! memory and CPU; [`process`], signals and log tails.
+//! delays a link; [`pki`], a development PKI; [`zone_config`], zone
+//! configurations as typed values; [`procfs`], a process's memory and CPU;
+//! [`process`], signals and log tails.
 //!
 //! Never on a node's production path: the node library (`bsfg`) does not
 //! depend on this crate.
@@ -16,3 +17,4 @@ pub mod pki;
 pub mod process;
 pub mod procfs;
 pub mod site;
+pub mod zone_config;

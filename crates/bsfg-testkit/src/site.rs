@@ -7,8 +7,13 @@
 //! that need the same topology.
 
 use crate::pki::Pki;
-use bsfg::config::*;
-use std::collections::BTreeMap;
+use crate::zone_config::{
+    self, ZoneConfigBuilder, app_principal, bucket, mtls, peer_principal, upstream,
+};
+use bsfg::config::{
+    CategoryConfig, ConsumerConfig, NatsConfig, PrincipalConfig, StartPosition, UpstreamConfig,
+    ZoneConfig,
+};
 use std::path::Path;
 use std::time::Duration;
 
@@ -51,57 +56,36 @@ pub fn issue_site_pki(certs: &Path, ca_name: &str, valid_days: i64) -> anyhow::R
 
 /// A category with the site's development sizes (64 MiB, one day).
 pub fn category(name: &str, kinds: &[&str], default: bool) -> CategoryConfig {
-    CategoryConfig {
-        name: name.into(),
-        kinds: kinds.iter().map(|k| k.to_string()).collect(),
-        default,
-        capacity_bytes: 64 * 1024 * 1024,
-        fill_threshold_percent: 80,
-        retain_fill_percent: 60,
-        max_age: Duration::from_secs(24 * 3600),
-        duplicate_window: Duration::from_secs(120),
-    }
+    const CAPACITY_BYTES: u64 = 64 << 20;
+    const MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+    zone_config::category(name, kinds, default, CAPACITY_BYTES, MAX_AGE)
 }
 
-/// A consumer starting at the earliest fact, redelivering after 30 s.
+/// A consumer starting at the earliest fact, redelivering after 30 s, with
+/// at most 10,000 facts unconfirmed.
 pub fn consumer(name: &str, category: &str) -> ConsumerConfig {
-    ConsumerConfig {
-        name: name.into(),
-        category: category.into(),
-        kinds: vec![],
-        start: StartPosition::Earliest,
-        redeliver_after: Duration::from_secs(30),
-        unconfirmed_max: 10_000,
-    }
+    const UNCONFIRMED_MAX: u32 = 10_000;
+    let mut consumer = zone_config::consumer(name, category);
+    consumer.start = StartPosition::Earliest;
+    consumer.redeliver_after = Duration::from_secs(30);
+    consumer.unconfirmed_max = UNCONFIRMED_MAX;
+    consumer
 }
 
-fn peer(zone: &str, origins: Vec<String>) -> PrincipalConfig {
-    PrincipalConfig {
-        name: zone.to_string(),
-        kind: PrincipalKind::Peer,
-        identities: vec![node_identity(zone)],
-        zone: Some(zone.to_string()),
-        origins,
-        consumers: vec![format!("to-{zone}")],
-        buckets_read: vec![BUCKET.into()],
-        buckets_write: vec![],
-        operator: false,
-        export: Default::default(),
-        import: Default::default(),
-    }
+/// The peer principal of neighbour `zone`: it pulls `to-<zone>` and reads
+/// the bucket.
+fn peer(zone: &str, origins: &[&str]) -> PrincipalConfig {
+    let consumer = format!("to-{zone}");
+    peer_principal(zone, &node_identity(zone), origins, &[&consumer], &[BUCKET])
 }
 
 /// Origins `neighbour` may relay into `zone`.
-fn origins_via(zone: &str, neighbour: &str) -> Vec<String> {
+fn origins_via(zone: &str, neighbour: &'static str) -> Vec<&'static str> {
     if zone == "idmz" {
-        vec![neighbour.to_string()]
+        vec![neighbour]
     } else {
         // A leaf's only neighbour is idmz, which relays every other zone.
-        ZONES
-            .iter()
-            .filter(|z| **z != zone)
-            .map(|z| z.to_string())
-            .collect()
+        ZONES.into_iter().filter(|z| *z != zone).collect()
     }
 }
 
@@ -123,93 +107,60 @@ pub struct ZonePlacement<'a> {
 /// in front of it).
 ///
 /// Principals: `app` (certificate `app.<zone>`, consumer `local`, bucket
-/// `records`; also the zone's operator, for `bsfg status` and replays) and one peer principal per neighbour (certificate
-/// `<peer>-bsfg`, consumer `to-<peer>`, the origins routed through it).
-/// Routes: the plants and enterprise reach every other zone through `idmz`.
+/// `records`; also the zone's operator, for `bsfg status` and replays) and
+/// one peer principal per neighbour (certificate `<peer>-bsfg`, consumer
+/// `to-<peer>`, the origins routed through it). Routes: the plants and
+/// enterprise reach every other zone through `idmz`.
 pub fn reference_zone_config(
     zone: &str,
     at: &ZonePlacement<'_>,
     peer_url: &dyn Fn(&str) -> String,
 ) -> ZoneConfig {
-    let mut principals = vec![PrincipalConfig {
-        name: "app".into(),
-        kind: PrincipalKind::App,
-        identities: vec![app_identity(zone)],
-        zone: None,
-        origins: vec![],
-        consumers: vec!["local".into()],
-        buckets_read: vec![BUCKET.into()],
-        buckets_write: vec![BUCKET.into()],
-        operator: true,
-        export: Default::default(),
-        import: Default::default(),
-    }];
-    let mut consumers = vec![consumer("local", "operational")];
-    let mut upstreams = vec![];
-    for n in neighbours(zone) {
-        principals.push(peer(n, origins_via(zone, n)));
-        consumers.push(consumer(&format!("to-{n}"), "operational"));
-        upstreams.push(UpstreamConfig {
-            peer: n.to_string(),
-            url: peer_url(n),
-            consumer: format!("to-{zone}"),
-            batch_facts_max: 500,
-            batch_bytes_max: 4 * 1024 * 1024,
-            wait: Duration::from_millis(500),
-            linger: Duration::from_millis(2),
-            batches_ahead_max: 2,
-            backoff_min: Duration::from_millis(50),
-            backoff_max: Duration::from_millis(500),
-            spool_dir: at.dir.join("spool"),
-        });
-    }
-    let routes = if zone == "idmz" {
-        BTreeMap::new()
-    } else {
-        ZONES
-            .iter()
-            .filter(|z| **z != zone && **z != "idmz")
-            .map(|z| (z.to_string(), "idmz".to_string()))
-            .collect()
-    };
-    let node = node_identity(zone);
-    ZoneConfig {
-        zone: zone.into(),
-        listen: std::net::SocketAddr::from(([127, 0, 0, 1], at.port)),
-        ops_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        tls: TlsConfig::mtls(
-            at.certs.join("ca.pem"),
-            at.certs.join(format!("{node}.pem")),
-            at.certs.join(format!("{node}.key")),
-        ),
-        principals,
-        nats: NatsConfig {
+    let mut app = app_principal("app", &app_identity(zone), &["local"], &[BUCKET], &[BUCKET]);
+    app.operator = true;
+    let mut builder = ZoneConfigBuilder::new(zone)
+        .listen(at.port)
+        .tls(mtls(&Pki::open(at.certs), &node_identity(zone)))
+        .principal(app)
+        .nats(NatsConfig {
             url: at.nats_url.clone(),
             store_dir: at.dir.join("jetstream"),
-            port: 0,
-            server_bin: None,
-            request_timeout: Duration::from_secs(5),
-            sync_interval: "always".into(),
-            ..Default::default()
-        },
-        limits: Default::default(),
-        fetch: Default::default(),
-        boundary: Default::default(),
-        commit: Default::default(),
-        categories: vec![
+            ..NatsConfig::default()
+        })
+        .categories(vec![
             category("operational", &[], true),
             category("audit", &["audit"], false),
-        ],
-        consumers,
-        buckets: vec![BucketConfig {
-            name: BUCKET.into(),
-            capacity_bytes: 1 << 30,
-        }],
-        routes,
-        upstreams,
-        retention_interval: Duration::from_secs(5),
-        clock_skew_max: bsfg::config::default_clock_skew_max(),
-        random_seed: None,
+        ])
+        .consumer(consumer("local", "operational"))
+        .buckets(vec![bucket(BUCKET, 1 << 30)])
+        .retention_interval(Duration::from_secs(5));
+    for n in neighbours(zone) {
+        builder = builder
+            .principal(peer(n, &origins_via(zone, n)))
+            .consumer(consumer(&format!("to-{n}"), "operational"))
+            .upstream(link(zone, n, peer_url(n), at.dir));
+    }
+    if zone != "idmz" {
+        for z in ZONES.into_iter().filter(|z| *z != zone && *z != "idmz") {
+            builder = builder.route(z, "idmz");
+        }
+    }
+    builder.build()
+}
+
+/// How `zone` pulls `neighbour` (at `url`): its consumer `to-<zone>`, with
+/// the site's batch and back-off settings and the spool in `dir/spool`.
+fn link(zone: &str, neighbour: &str, url: String, dir: &Path) -> UpstreamConfig {
+    UpstreamConfig {
+        batch_facts_max: 500,
+        batch_bytes_max: 4 * 1024 * 1024,
+        wait: Duration::from_millis(500),
+        linger: Duration::from_millis(2),
+        batches_ahead_max: 2,
+        backoff_min: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(500),
+        spool_dir: dir.join("spool"),
+        ..upstream(neighbour, &url, &format!("to-{zone}"))
     }
 }
 

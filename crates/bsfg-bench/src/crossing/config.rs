@@ -1,121 +1,88 @@
-//! The crossing zones' node configurations, and their TLS (also the `ab`
-//! mode's).
+//! The crossing zones' node configurations, and the certificates of the
+//! bench's nodes under mTLS (also the `ab` mode's).
 
-use crate::node_config::{node_commit_section, node_nats_section};
+use crate::node_config::{MAX_AGE, bench_node};
 use anyhow::bail;
+use bsfg::config::{UpstreamConfig, ZoneConfig};
 use bsfg_testkit::pki::Pki;
 use bsfg_testkit::site::{app_identity, node_identity};
+use bsfg_testkit::zone_config::{
+    ZoneConfigBuilder, bucket, category, consumer, merge_toml, peer_principal, upstream,
+};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
-fn peer_toml(name: &str, origins: &[&str], consumers: &[&str]) -> String {
-    let q = |l: &[&str]| {
-        l.iter()
-            .map(|s| format!("\"{s}\""))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    format!(
-        "\n[[principals]]\nname = \"{name}\"\nkind = \"peer\"\nidentities = [\"{name}-bsfg\"]\nzone = \"{name}\"\norigins = [{}]\nconsumers = [{}]\nbuckets_read = [\"records\"]\n",
-        q(origins),
-        q(consumers)
-    )
-}
+/// The object bucket of every crossing zone.
+const BUCKET: &str = "records";
+const OPERATIONAL_BYTES: u64 = 16 << 30;
+const AUDIT_BYTES: u64 = 4 << 30;
+const BUCKET_BYTES: u64 = 8 << 30;
 
-fn upstream_toml(peer: &str, url: &str, consumer: &str, spool: &Path) -> String {
-    format!(
-        "\n[[upstreams]]\npeer = \"{peer}\"\nurl = \"{url}\"\nconsumer = \"{consumer}\"\nbatch_facts_max = 1000\nbatch_bytes_max = 4194304\nwait = \"500ms\"\nbatches_ahead_max = 4\nbackoff_min = \"20ms\"\nbackoff_max = \"200ms\"\nspool_dir = \"{}\"\n",
-        spool.display()
-    )
-}
-
-/// A crossing zone node's configuration.
-pub(super) fn node_toml(
+/// A crossing zone node's configuration: boundary `port`, operations
+/// `ops`, its nats-server on `nats_port`, pulling from `upstream_urls` (by
+/// peer) as its place in the chain says.
+pub(super) fn node_config(
     zone: &str,
-    port: u16,
-    ops: u16,
-    nats_port: u16,
+    ports: (u16, u16, u16),
     dir: &Path,
     upstream_urls: &BTreeMap<&str, String>,
     mtls: bool,
-) -> String {
-    let mut s = format!(
-        r#"zone = "{zone}"
-listen = "127.0.0.1:{port}"
-ops_listen = "127.0.0.1:{ops}"
-retention_interval = "5s"
-
-{tls}
-
-{nats}
-
-{commit}
-
-[[categories]]
-name = "operational"
-default = true
-capacity_bytes = 17179869184
-max_age = "30days"
-{operational_extra}
-
-[[categories]]
-name = "audit"
-kinds = ["audit"]
-capacity_bytes = 4294967296
-max_age = "30days"
-
-[[buckets]]
-name = "records"
-capacity_bytes = 8589934592
-"#,
-        commit = node_commit_section(dir, zone),
-        // Lines added to the operational category, for A/B runs of its
-        // settings (e.g. `duplicate_window = "30s"`).
-        operational_extra = std::env::var("BENCH_OPERATIONAL_EXTRA").unwrap_or_default(),
-        nats = node_nats_section(nats_port),
-        tls = tls_section(dir, zone, mtls, &["records"])
-    );
-    s.push_str(&links_toml(zone, dir, upstream_urls));
-    s
+) -> anyhow::Result<ZoneConfig> {
+    let operational = category("operational", &[], true, OPERATIONAL_BYTES, MAX_AGE);
+    // Settings laid over the operational category, for A/B runs of them.
+    let operational_extra = std::env::var("BENCH_OPERATIONAL_EXTRA").unwrap_or_default();
+    let builder = bench_node(zone, ports, dir, mtls, &[BUCKET])?
+        .categories(vec![
+            merge_toml(&operational, &operational_extra)?,
+            category("audit", &["audit"], false, AUDIT_BYTES, MAX_AGE),
+        ])
+        .buckets(vec![bucket(BUCKET, BUCKET_BYTES)]);
+    Ok(links(builder, zone, dir, upstream_urls).build())
 }
 
 /// A zone's place in the chain plant-a → idmz → enterprise: its routes,
 /// the consumers its downstream pulls, its peers and its upstream.
-fn links_toml(zone: &str, dir: &Path, upstream_urls: &BTreeMap<&str, String>) -> String {
-    let mut s = String::new();
+fn links(
+    builder: ZoneConfigBuilder,
+    zone: &str,
+    dir: &Path,
+    upstream_urls: &BTreeMap<&str, String>,
+) -> ZoneConfigBuilder {
     let spool = dir.join(format!("spool-{zone}"));
+    let link = |peer: &str, consumer: &str| UpstreamConfig {
+        batch_facts_max: 1000,
+        batch_bytes_max: 4 << 20,
+        wait: Duration::from_millis(500),
+        batches_ahead_max: 4,
+        backoff_min: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(200),
+        spool_dir: spool.clone(),
+        ..upstream(peer, &upstream_urls[peer], consumer)
+    };
     match zone {
-        "plant-a" => {
-            s.push_str("\n[routes]\nenterprise = \"idmz\"\n");
-            s.push_str("\n[[consumers]]\nname = \"to-idmz\"\ncategory = \"operational\"\n");
-            s.push_str(&peer_toml("idmz", &["enterprise"], &["to-idmz"]));
-        }
+        "plant-a" => builder
+            .route("enterprise", "idmz")
+            .consumer(consumer("to-idmz", "operational"))
+            .principal(peer("idmz", &["enterprise"], &["to-idmz"])),
         "idmz" => {
-            s.push_str("\n[[consumers]]\nname = \"to-enterprise\"\ncategory = \"operational\"\nkinds = [\"hop2\"]\n");
-            s.push_str(&peer_toml("plant-a", &["plant-a"], &[]));
-            s.push_str(&peer_toml(
-                "enterprise",
-                &["enterprise"],
-                &["to-enterprise"],
-            ));
-            s.push_str(&upstream_toml(
-                "plant-a",
-                &upstream_urls["plant-a"],
-                "to-idmz",
-                &spool,
-            ));
+            let mut to_enterprise = consumer("to-enterprise", "operational");
+            to_enterprise.kinds = vec!["hop2".to_string()];
+            builder
+                .consumer(to_enterprise)
+                .principal(peer("plant-a", &["plant-a"], &[]))
+                .principal(peer("enterprise", &["enterprise"], &["to-enterprise"]))
+                .upstream(link("plant-a", "to-idmz"))
         }
-        _ => {
-            s.push_str(&peer_toml("idmz", &["plant-a", "idmz"], &[]));
-            s.push_str(&upstream_toml(
-                "idmz",
-                &upstream_urls["idmz"],
-                "to-enterprise",
-                &spool,
-            ));
-        }
+        _ => builder
+            .principal(peer("idmz", &["plant-a", "idmz"], &[]))
+            .upstream(link("idmz", "to-enterprise")),
     }
-    s
+}
+
+/// The peer principal of a neighbouring zone, reading the bucket.
+fn peer(zone: &str, origins: &[&str], consumers: &[&str]) -> bsfg::config::PrincipalConfig {
+    peer_principal(zone, &node_identity(zone), origins, consumers, &[BUCKET])
 }
 
 /// `--tls`: whether the nodes run mutual TLS.
@@ -138,25 +105,4 @@ pub(crate) fn issue_certs(certs: &Path, zones: &[&str]) -> anyhow::Result<()> {
         pki.issue(&app_identity(z), VALID_DAYS)?;
     }
     Ok(())
-}
-
-/// A zone node's `[tls]` section: plaintext-dev, or mTLS with the
-/// certificates of `issue_certs` in `<dir>/certs` and the principal `app`
-/// (identity `app.<zone>`, reading and writing `buckets`).
-pub(crate) fn tls_section(dir: &Path, zone: &str, mtls: bool, buckets: &[&str]) -> String {
-    if !mtls {
-        return "[tls]\nmode = \"plaintext-dev\"\n".to_string();
-    }
-    let c = dir.join("certs");
-    let buckets = buckets
-        .iter()
-        .map(|b| format!("\"{b}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        "[tls]\nmode = \"mtls\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\n[[principals]]\nname = \"app\"\nkind = \"app\"\nidentities = [\"app.{zone}\"]\nbuckets_read = [{buckets}]\nbuckets_write = [{buckets}]\n",
-        c.join("ca.pem").display(),
-        c.join(format!("{zone}-bsfg.pem")).display(),
-        c.join(format!("{zone}-bsfg.key")).display()
-    )
 }

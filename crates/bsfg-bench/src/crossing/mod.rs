@@ -36,7 +36,7 @@ mod throughput;
 mod zones;
 
 pub use cli::CrossArgs;
-pub(crate) use config::{issue_certs, parse_tls, tls_section};
+pub(crate) use config::{issue_certs, parse_tls};
 
 use crate::child::scopeguard;
 use crate::now_ms;

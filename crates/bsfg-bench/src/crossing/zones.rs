@@ -3,8 +3,9 @@
 //! memory.
 
 use super::cli::CrossArgs;
-use super::config::{issue_certs, node_toml, parse_tls};
+use super::config::{issue_certs, node_config, parse_tls};
 use crate::child::{Child, free_port, nats_server, spawn_logged, wait_tcp};
+use crate::node_config::write_config;
 use anyhow::{Context as _, bail};
 use async_nats::jetstream;
 use bsfg::client::BsfgClient;
@@ -144,10 +145,8 @@ async fn start_zone(
     let certs = dir.join("certs");
     let (nats, js) = start_nats(&a.nats_server, dir, z, nats_port, &a.nats_sync, "").await?;
     let toml = dir.join(format!("{z}.toml"));
-    std::fs::write(
-        &toml,
-        node_toml(z, port, ops, nats_port, dir, upstream_urls, mtls),
-    )?;
+    let config = node_config(z, (port, ops, nats_port), dir, upstream_urls, mtls)?;
+    write_config(&toml, &config)?;
     let node_log = dir.join(format!("{z}.node.log"));
     let node = spawn_logged(
         std::process::Command::new(&a.bsfg)

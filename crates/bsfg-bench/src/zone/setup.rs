@@ -4,7 +4,7 @@
 use crate::child::{Child, free_port, nats_server, spawn_logged, wait_tcp};
 use crate::cli::Args;
 use crate::echo_proto::bench::v1::EchoServiceClient;
-use crate::node_config::{PLAINTEXT_TLS, node_config};
+use crate::node_config::{node_config, write_config};
 use crate::publish::create_plain_stream;
 use crate::rpc::rpc_client;
 use anyhow::Context as _;
@@ -104,9 +104,9 @@ async fn start_node(
     reps: usize,
 ) -> anyhow::Result<Child> {
     let node_toml = dir.join("node.toml");
-    std::fs::write(
+    write_config(
         &node_toml,
-        node_config(port, ops, nats_port, reps, dir, PLAINTEXT_TLS),
+        &node_config((port, ops, nats_port), reps, dir, false)?,
     )?;
     let node_log = dir.join("node.log");
     let node = spawn_logged(

@@ -3,12 +3,13 @@
 
 use super::step;
 use bsfg::client::BsfgClient;
-use bsfg::config::{BucketConfig, ConsumerConfig, NatsConfig, StartPosition, ZoneConfig};
+use bsfg::config::{NatsConfig, ZoneConfig};
 use bsfg_proto::bsfg::v1::*;
 use bsfg_testkit::pki::Pki;
+use bsfg_testkit::site;
+use bsfg_testkit::zone_config::{ZoneConfigBuilder, app_principal, bucket, mtls};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Creates the demo PKI: a CA, the node certificate and two application
 /// certificates (one known to the zone, one not).
@@ -24,57 +25,26 @@ pub fn demo_pki(dir: &std::path::Path) -> anyhow::Result<()> {
 
 /// The demo zone's configuration: local defaults, ports picked free, mTLS.
 pub fn demo_config(dir: &std::path::Path) -> anyhow::Result<ZoneConfig> {
-    let certs = dir.join("certs");
-    let text = format!(
-        r#"
-zone = "plant-a"
-listen = "127.0.0.1:0"
-ops_listen = "127.0.0.1:0"
-[tls]
-mode = "mtls"
-ca = "{certs}/ca.pem"
-cert = "{certs}/plant-a-bsfg.pem"
-key = "{certs}/plant-a-bsfg.key"
-[nats]
-store_dir = "{store}"
-port = 0
-request_timeout = "5s"
-[[principals]]
-name = "mes"
-kind = "app"
-identities = ["mes.plant-a"]
-consumers = ["mes", "auditor"]
-buckets_read = ["records"]
-buckets_write = ["records"]
-"#,
-        certs = certs.display(),
-        store = dir.join("jetstream").display()
+    let pki = Pki::open(&dir.join("certs"));
+    let records = ["records"];
+    let mes = app_principal(
+        "mes",
+        "mes.plant-a",
+        &["mes", "auditor"],
+        &records,
+        &records,
     );
-    let mut config: ZoneConfig = toml::from_str(&text)?;
-    config.nats = NatsConfig {
-        store_dir: dir.join("jetstream"),
-        ..config.nats
-    };
-    config.consumers.push(ConsumerConfig {
-        name: "mes".into(),
-        category: "operational".into(),
-        kinds: vec![],
-        start: StartPosition::Earliest,
-        redeliver_after: Duration::from_secs(30),
-        unconfirmed_max: 10_000,
-    });
-    config.consumers.push(ConsumerConfig {
-        name: "auditor".into(),
-        category: "audit".into(),
-        kinds: vec![],
-        start: StartPosition::Earliest,
-        redeliver_after: Duration::from_secs(30),
-        unconfirmed_max: 10_000,
-    });
-    config.buckets.push(BucketConfig {
-        name: "records".into(),
-        capacity_bytes: 1 << 30,
-    });
+    let config = ZoneConfigBuilder::new("plant-a")
+        .tls(mtls(&pki, "plant-a-bsfg"))
+        .principal(mes)
+        .nats(NatsConfig {
+            store_dir: dir.join("jetstream"),
+            ..NatsConfig::default()
+        })
+        .consumer(site::consumer("mes", "operational"))
+        .consumer(site::consumer("auditor", "audit"))
+        .buckets(vec![bucket("records", 1 << 30)])
+        .build();
     config.check()?;
     Ok(config)
 }

@@ -4,7 +4,8 @@
 
 use crate::harness::*;
 use bsfg::client::BsfgClient;
-use bsfg::config::{BucketConfig, NatsConfig, ZoneConfig};
+use bsfg::config::{NatsConfig, ZoneConfig};
+use bsfg_testkit::zone_config::{ZoneConfigBuilder, bucket};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -106,28 +107,25 @@ impl Drop for Tmpfs {
 /// under `root`; plaintext-dev; small capacities so JetStream's
 /// reservation fits a small filesystem.
 pub fn embedded_config(root: &Path, floor: u64) -> ZoneConfig {
-    let base = "zone = \"plant-a\"\nlisten = \"127.0.0.1:0\"\nops_listen = \"127.0.0.1:0\"\n[tls]\nmode = \"plaintext-dev\"\n";
-    let mut config: ZoneConfig = toml::from_str(base).unwrap();
-    config.nats = NatsConfig {
-        url: None,
-        port: 0,
-        store_dir: root.join("jetstream"),
-        store_free_bytes_min: floor,
-        ..NatsConfig::default()
-    };
     let small = |mut c: bsfg::config::CategoryConfig| {
         c.capacity_bytes = 4 * MIB;
         c
     };
-    config.categories = vec![
-        small(category("operational", &[], true)),
-        small(category("audit", &["audit"], false)),
-    ];
-    config.consumers = vec![consumer("mes", "operational")];
-    config.buckets = vec![BucketConfig {
-        name: BUCKET.into(),
-        capacity_bytes: 4 * MIB,
-    }];
+    let mut config = ZoneConfigBuilder::new(ZONE)
+        .nats(NatsConfig {
+            url: None,
+            port: 0,
+            store_dir: root.join("jetstream"),
+            store_free_bytes_min: floor,
+            ..NatsConfig::default()
+        })
+        .categories(vec![
+            small(category("operational", &[], true)),
+            small(category("audit", &["audit"], false)),
+        ])
+        .consumers(vec![consumer("mes", "operational")])
+        .buckets(vec![bucket(BUCKET, 4 * MIB)])
+        .build();
     // A small key filter: its saved copy lives on the small filesystem too.
     config.commit.key_filter_bytes = 1 << 20;
     config.check().expect("valid config");

@@ -11,13 +11,15 @@
 
 use bsfg::client::BsfgClient;
 use bsfg::config::{
-    BucketConfig, CategoryConfig, ConsumerConfig, NatsConfig, PrincipalConfig, PrincipalKind,
-    TlsConfig, ZoneConfig,
+    BucketConfig, CategoryConfig, ConsumerConfig, NatsConfig, PrincipalConfig, TlsConfig,
+    ZoneConfig,
 };
 use bsfg::ports::free_port;
 use bsfg_proto::bsfg::v1::*;
 pub use bsfg_testkit::nats_server::NatsServer;
 pub use bsfg_testkit::pki::Pki;
+pub use bsfg_testkit::zone_config::app_principal;
+use bsfg_testkit::zone_config::{ZoneConfigBuilder, mtls};
 use connectrpc::ConnectError;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -35,30 +37,6 @@ pub const NODE_CERT: &str = "plant-a-bsfg";
 pub const APP_CERT: &str = "mes.plant-a";
 /// The common name of a test zone's CA.
 pub const TEST_CA: &str = "BSFG test CA";
-
-/// An application principal (not an operator), e.g. `mes` (certificate `mes.plant-a`).
-pub fn app_principal(
-    name: &str,
-    identity: &str,
-    consumers: &[&str],
-    buckets_read: &[&str],
-    buckets_write: &[&str],
-) -> PrincipalConfig {
-    let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    PrincipalConfig {
-        name: name.into(),
-        kind: PrincipalKind::App,
-        identities: vec![identity.into()],
-        zone: None,
-        origins: vec![],
-        consumers: v(consumers),
-        buckets_read: v(buckets_read),
-        buckets_write: v(buckets_write),
-        operator: false,
-        export: Default::default(),
-        import: Default::default(),
-    }
-}
 
 /// Waits until a dropped in-process node has closed its key index: its
 /// file lock released, which comes after the clean header and the saved
@@ -196,7 +174,7 @@ impl Zone {
         let tls = if opts.plaintext_dev {
             TlsConfig::plaintext_dev()
         } else {
-            let mut tls = TlsConfig::mtls(pki.ca(), pki.cert(NODE_CERT), pki.key(NODE_CERT));
+            let mut tls = mtls(&pki, NODE_CERT);
             tls.reload_interval = opts.tls_reload_interval;
             tls
         };
@@ -208,46 +186,24 @@ impl Zone {
                 ..app_principal("mes", APP_CERT, &consumers, &buckets, &buckets)
             }]
         });
-        // Start from the smallest valid TOML so fields added to ZoneConfig
-        // later (with serde defaults) need no change here.
-        let base = "zone = \"plant-a\"\nlisten = \"127.0.0.1:0\"\nops_listen = \"127.0.0.1:0\"\n[tls]\nmode = \"plaintext-dev\"\n".to_string();
-        let routes: String = opts
-            .routes
-            .iter()
-            .map(|(to, hop)| format!("{to:?} = {hop:?}\n"))
-            .collect();
-        let mut config: ZoneConfig = if routes.is_empty() {
-            toml::from_str(&base).unwrap()
-        } else {
-            // Nodes that predate [routes] (no replicator) serve peers
-            // regardless of to_zone; for them the routes are moot.
-            let with_routes = format!("{base}[routes]\n{routes}");
-            match toml::from_str(&with_routes) {
-                Ok(c) => c,
-                Err(e) if e.to_string().contains("unknown field `routes`") => {
-                    toml::from_str(&base).unwrap()
-                }
-                Err(e) => panic!("{e}"),
-            }
-        };
-        config.tls = tls;
-        config.principals = principals;
-        config.zone = ZONE.into();
-        config.listen = format!("127.0.0.1:{}", free_port().unwrap())
-            .parse()
-            .unwrap();
-        config.ops_listen = format!("127.0.0.1:{}", free_port().unwrap())
-            .parse()
-            .unwrap();
-        config.nats = NatsConfig {
-            url: Some(nats.url()),
-            store_dir: nats.store_dir.clone(),
-            ..NatsConfig::default()
-        };
-        config.categories = opts.categories;
-        config.consumers = opts.consumers;
-        config.buckets = opts.buckets;
-        config.retention_interval = opts.retention_interval;
+        let mut builder = ZoneConfigBuilder::new(ZONE)
+            .listen(free_port().unwrap())
+            .ops_listen(free_port().unwrap())
+            .tls(tls)
+            .principals(principals)
+            .nats(NatsConfig {
+                url: Some(nats.url()),
+                store_dir: nats.store_dir.clone(),
+                ..NatsConfig::default()
+            })
+            .categories(opts.categories)
+            .consumers(opts.consumers)
+            .buckets(opts.buckets)
+            .retention_interval(opts.retention_interval);
+        for (to_zone, next_hop) in opts.routes {
+            builder = builder.route(to_zone, next_hop);
+        }
+        let mut config = builder.build();
         if let Some(interval) = opts.key_index_sync_interval {
             config.commit.key_index_sync_interval = interval;
         }
