@@ -13,13 +13,12 @@
 //! binary's medians, the ratio B/A of the medians, the median of the
 //! per-repetition ratios, and every repetition.
 
-use crate::child::{Child, free_port, nats_server, scopeguard, spawn_logged, wait_tcp};
+use crate::child::{free_port, nats_server, scopeguard, start_node};
 use crate::crossing::{issue_certs, parse_tls};
-use crate::node_config::{node_config, write_config};
+use crate::node_config::node_config;
 use crate::rpc::{ClientTls, append_closed_loop, rpc_client};
 use crate::run_id;
 use crate::stats::{Sample, median};
-use anyhow::Context as _;
 use bsfg_proto::bsfg::v1::BoundaryServiceClient;
 use bsfg_testkit::procfs::{cpu_seconds, rss};
 use connectrpc::Protocol;
@@ -84,19 +83,8 @@ async fn one_run(
         .start()
         .await?;
     let (port, ops) = (free_port()?, free_port()?);
-    let node_toml = dir.join("node.toml");
     let config = node_config((port, ops, nats_port), 0, dir, tls.is_some())?;
-    write_config(&node_toml, &config)?;
-    let node_log = dir.join("node.log");
-    let node: Child = spawn_logged(
-        std::process::Command::new(bin)
-            .arg("serve")
-            .arg("--config")
-            .arg(&node_toml),
-        &node_log,
-    )
-    .with_context(|| format!("starting {}", bin.display()))?;
-    wait_tcp(port, "bsfg node", &node_log).await?;
+    let node = start_node(bin, &config, &dir.join("node.toml"), &dir.join("node.log")).await?;
     let client = rpc_client(port, Protocol::Connect, tls, BoundaryServiceClient::new).await?;
     if a.warmup > 0.0 {
         append_closed_loop(

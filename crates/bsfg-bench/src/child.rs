@@ -1,8 +1,10 @@
 //! The bench's processes (nats-servers, nodes, echo servers) and its run
 //! directory: starting them, waiting for them to listen, and removing them
-//! on exit. Their memory and CPU: `bsfg_testkit::procfs`.
+//! on exit. Their memory and CPU: `bsfg_testkit::procfs`; the nodes'
+//! configurations: `node_config`.
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
+use bsfg::config::ZoneConfig;
 use bsfg_testkit::nats_server::{NatsServer, NatsServerBuilder};
 use bsfg_testkit::process::log_tail;
 use std::path::{Path, PathBuf};
@@ -50,6 +52,23 @@ pub(crate) fn nats_server(
 /// the disk free at start-up) on a disk with less than ~38 GB free, and the
 /// node would refuse to start; the bench writes a few GB at most.
 const MAX_FILE_STORE_BYTES: u64 = 64 << 30;
+
+/// `bsfg serve` of `bin` with `config`, written to `config_path`, its
+/// output in `log`, once its boundary port listens.
+pub(crate) async fn start_node(
+    bin: &Path,
+    config: &ZoneConfig,
+    config_path: &Path,
+    log: &Path,
+) -> anyhow::Result<Child> {
+    std::fs::write(config_path, toml::to_string(config)?)?;
+    let mut command = std::process::Command::new(bin);
+    command.arg("serve").arg("--config").arg(config_path);
+    let node =
+        spawn_logged(&mut command, log).with_context(|| format!("starting {}", bin.display()))?;
+    wait_tcp(config.listen.port(), "bsfg node", log).await?;
+    Ok(node)
+}
 
 pub(crate) fn spawn_logged(cmd: &mut std::process::Command, log: &Path) -> anyhow::Result<Child> {
     let file = std::fs::File::create(log)?;

@@ -102,9 +102,3 @@ pub(crate) fn node_config(
     }
     Ok(builder.build())
 }
-
-/// Writes a node's configuration file.
-pub(crate) fn write_config(path: &Path, config: &ZoneConfig) -> anyhow::Result<()> {
-    std::fs::write(path, toml::to_string(config)?)?;
-    Ok(())
-}

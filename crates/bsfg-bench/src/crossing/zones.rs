@@ -4,9 +4,8 @@
 
 use super::cli::CrossArgs;
 use super::config::{issue_certs, node_config, parse_tls};
-use crate::child::{Child, free_port, nats_server, spawn_logged, wait_tcp};
-use crate::node_config::write_config;
-use anyhow::{Context as _, bail};
+use crate::child::{Child, free_port, nats_server, start_node};
+use anyhow::bail;
 use async_nats::jetstream;
 use bsfg::client::BsfgClient;
 use bsfg_testkit::faultproxy::FaultProxy;
@@ -144,19 +143,12 @@ async fn start_zone(
 ) -> anyhow::Result<Zone> {
     let certs = dir.join("certs");
     let (nats, js) = start_nats(&a.nats_server, dir, z, nats_port, &a.nats_sync, "").await?;
-    let toml = dir.join(format!("{z}.toml"));
     let config = node_config(z, (port, ops, nats_port), dir, upstream_urls, mtls)?;
-    write_config(&toml, &config)?;
-    let node_log = dir.join(format!("{z}.node.log"));
-    let node = spawn_logged(
-        std::process::Command::new(&a.bsfg)
-            .arg("serve")
-            .arg("--config")
-            .arg(&toml),
-        &node_log,
-    )
-    .with_context(|| format!("starting {}", a.bsfg.display()))?;
-    wait_tcp(port, "bsfg node", &node_log).await?;
+    let (toml, node_log) = (
+        dir.join(format!("{z}.toml")),
+        dir.join(format!("{z}.node.log")),
+    );
+    let node = start_node(&a.bsfg, &config, &toml, &node_log).await?;
     let client = if mtls {
         let f = |ext: &str| certs.join(format!("app.{z}.{ext}"));
         BsfgClient::from_files(

@@ -1,13 +1,12 @@
 //! The single-zone run's processes and clients: its nats-server, the node,
 //! the echo server and the bare append server.
 
-use crate::child::{Child, free_port, nats_server, spawn_logged, wait_tcp};
+use crate::child::{Child, free_port, nats_server, spawn_logged, start_node, wait_tcp};
 use crate::cli::Args;
 use crate::echo_proto::bench::v1::EchoServiceClient;
-use crate::node_config::{node_config, write_config};
+use crate::node_config::node_config;
 use crate::publish::create_plain_stream;
 use crate::rpc::rpc_client;
-use anyhow::Context as _;
 use async_nats::jetstream;
 use bsfg_proto::bsfg::v1::BoundaryServiceClient;
 use bsfg_testkit::nats_server::NatsServer;
@@ -59,7 +58,15 @@ pub(super) async fn start(
 
     // node
     let (port, ops) = (free_port()?, free_port()?);
-    let node = start_node(&args.bsfg, dir, port, ops, nats_port, reps).await?;
+    // `reps` drain consumers: one per drain repetition.
+    let config = node_config((port, ops, nats_port), reps, dir, false)?;
+    let node = start_node(
+        &args.bsfg,
+        &config,
+        &dir.join("node.toml"),
+        &dir.join("node.log"),
+    )
+    .await?;
 
     // echo server (separate process, same RPC stack as the node)
     let echo_port = free_port()?;
@@ -91,34 +98,6 @@ pub(super) async fn start(
         echo_client,
         bare_client,
     })
-}
-
-/// `bsfg serve` with the single-zone configuration (`reps` drain
-/// consumers), once it listens on `port`.
-async fn start_node(
-    bin: &Path,
-    dir: &Path,
-    port: u16,
-    ops: u16,
-    nats_port: u16,
-    reps: usize,
-) -> anyhow::Result<Child> {
-    let node_toml = dir.join("node.toml");
-    write_config(
-        &node_toml,
-        &node_config((port, ops, nats_port), reps, dir, false)?,
-    )?;
-    let node_log = dir.join("node.log");
-    let node = spawn_logged(
-        std::process::Command::new(bin)
-            .arg("serve")
-            .arg("--config")
-            .arg(&node_toml),
-        &node_log,
-    )
-    .with_context(|| format!("starting {}", bin.display()))?;
-    wait_tcp(port, "bsfg node", &node_log).await?;
-    Ok(node)
 }
 
 /// This binary's `echo-server` on `port`, once it listens; with

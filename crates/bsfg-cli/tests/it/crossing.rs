@@ -111,7 +111,7 @@ impl Site {
         for z in ZONES {
             let zdir = dir.path().join(z);
             std::fs::create_dir_all(&zdir).unwrap();
-            let nats = NatsServer::builder(&zdir, z).start().await.unwrap();
+            let nats = start_nats(&zdir, z).await;
             let mut config = zone_config(&zdir, &certs, z, &ports, nats.url());
             for u in &mut config.upstreams {
                 if let Some(p) = proxies.get(&(z.to_string(), u.peer.clone())) {
@@ -278,57 +278,12 @@ impl SiteZone {
             self.process.is_none() && self.node.is_none(),
             "already running"
         );
-        let path = self.dir.join("zone.toml");
-        std::fs::write(&path, toml::to_string(&self.config).unwrap()).unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .unwrap();
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bsfg"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&path)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn bsfg serve");
+        let mut env = self.env.clone();
+        let rust_log = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+        env.push(("RUST_LOG".into(), rust_log));
+        let child = spawn_serve(&self.config, &self.dir, &self.log_path(), &env).await;
         self.process = Some(child);
         self.ops_addr = self.config.ops_listen;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let healthy = matches!(
-                http_raw(self.ops_addr, "GET", "/healthz", "text/plain", b"").await,
-                Ok((200, _))
-            );
-            if healthy
-                && tokio::net::TcpStream::connect(self.config.listen)
-                    .await
-                    .is_ok()
-            {
-                return;
-            }
-            if let Some(status) = self.process.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "{}: bsfg serve exited with {status}; log: {}",
-                    self.name,
-                    self.log_text()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: bsfg serve not ready; log: {}",
-                self.name,
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
 
     /// SIGKILL of the `bsfg serve` process, waiting for it to be gone.
@@ -339,12 +294,7 @@ impl SiteZone {
             .as_ref()
             .and_then(|c| c.id())
             .expect("an out-of-process node");
-        let status = std::process::Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.to_string())
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{signal} {pid}");
+        bsfg_testkit::process::signal(pid, signal).unwrap();
     }
 
     pub async fn kill9_node(&mut self) {
@@ -355,11 +305,7 @@ impl SiteZone {
 
     /// The operations port's /metrics text.
     pub async fn metrics_text(&self) -> String {
-        let (status, body) = http_raw(self.ops_addr, "GET", "/metrics", "text/plain", b"")
-            .await
-            .unwrap();
-        assert_eq!(status, 200);
-        String::from_utf8(body).unwrap()
+        metrics_text(self.ops_addr).await
     }
 }
 

@@ -167,7 +167,7 @@ pub struct Zone {
 impl Zone {
     pub async fn start(opts: Opts) -> Zone {
         let dir = tempfile::tempdir().unwrap();
-        let nats = NatsServer::builder(dir.path(), ZONE).start().await.unwrap();
+        let nats = start_nats(dir.path(), ZONE).await;
         let pki = Pki::init(&dir.path().join("certs"), TEST_CA, 30).unwrap();
         pki.issue_node(NODE_CERT, 30).unwrap();
         pki.issue(APP_CERT, 30).unwrap();
@@ -241,44 +241,11 @@ impl Zone {
     }
 
     async fn start_process(&mut self) {
-        let path = self.dir.path().join("zone.toml");
-        std::fs::write(&path, toml::to_string(&self.config).unwrap()).unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("bsfg.log"))
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_bsfg"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&path)
-            .envs(self.node_env.iter().map(|(k, v)| (k, v)))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn bsfg serve");
+        let log = self.dir.path().join("bsfg.log");
+        let child = spawn_serve(&self.config, self.dir.path(), &log, &self.node_env).await;
         self.node = Node::Process(child);
         self.boundary_addr = self.config.listen;
         self.ops_addr = self.config.ops_listen;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !healthz_ok(self.ops_addr).await
-            || tokio::net::TcpStream::connect(self.boundary_addr)
-                .await
-                .is_err()
-        {
-            if let Node::Process(child) = &mut self.node
-                && let Some(status) = child.try_wait().unwrap()
-            {
-                panic!("bsfg serve exited with {status}; log: {}", self.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "bsfg serve not ready; log: {}",
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
 
     pub fn log_text(&self) -> String {
@@ -354,11 +321,7 @@ impl Zone {
 
     /// The operations port's /metrics text.
     pub async fn metrics_text(&self) -> String {
-        let (status, body) = http_raw(self.ops_addr, "GET", "/metrics", "text/plain", b"")
-            .await
-            .unwrap();
-        assert_eq!(status, 200);
-        String::from_utf8(body).unwrap()
+        metrics_text(self.ops_addr).await
     }
 
     /// Sends `signal` (e.g. "STOP", "CONT") to the `bsfg serve` process.
@@ -462,6 +425,71 @@ impl Zone {
         let mut stream = js.get_stream(format!("OBJ_{bucket}")).await.unwrap();
         stream.info().await.unwrap().state.messages
     }
+}
+
+/// A nats-server for zone `zone` (its JetStream domain) with its files in
+/// `dir`, on a free port, syncing every write.
+pub async fn start_nats(dir: &Path, zone: &str) -> NatsServer {
+    NatsServer::builder(dir, zone).start().await.unwrap()
+}
+
+/// Starts `bsfg serve` with `config` (written to `<dir>/zone.toml`) and
+/// the environment `env`, its output appended to `log`, and waits until
+/// its operations port says healthy and its boundary port accepts; panics,
+/// quoting the log, if it exits first or is not ready within 30 s.
+pub async fn spawn_serve(
+    config: &ZoneConfig,
+    dir: &Path,
+    log: &Path,
+    env: &[(String, String)],
+) -> Child {
+    let path = dir.join("zone.toml");
+    std::fs::write(&path, toml::to_string(config).unwrap()).unwrap();
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bsfg"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&path)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn bsfg serve");
+    let log_text = || std::fs::read_to_string(log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !healthz_ok(config.ops_listen).await
+        || tokio::net::TcpStream::connect(config.listen).await.is_err()
+    {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "{}: bsfg serve exited with {status}; log: {}",
+                config.zone,
+                log_text()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: bsfg serve not ready; log: {}",
+            config.zone,
+            log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child
+}
+
+/// The /metrics text of the operations port at `addr`.
+pub async fn metrics_text(addr: SocketAddr) -> String {
+    let (status, body) = http_raw(addr, "GET", "/metrics", "text/plain", b"")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    String::from_utf8(body).unwrap()
 }
 
 async fn healthz_ok(addr: SocketAddr) -> bool {

@@ -46,10 +46,7 @@ async fn publish(
 #[tokio::test]
 async fn a_publish_naming_a_predecessor_the_stream_did_not_store_last_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let nats = NatsServer::builder(dir.path(), "substrate")
-        .start()
-        .await
-        .unwrap();
+    let nats = start_nats(dir.path(), "substrate").await;
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     let mut guarded = guarded_stream(&js).await;
 
@@ -94,10 +91,7 @@ fn message_id(id: &str, after: Option<&str>) -> HeaderMap {
 async fn a_rounds_acknowledgements_are_read_into_their_own_slots() {
     use bsfg::store::publish::{Ack, Publisher};
     let dir = tempfile::tempdir().unwrap();
-    let nats = NatsServer::builder(dir.path(), "substrate")
-        .start()
-        .await
-        .unwrap();
+    let nats = start_nats(dir.path(), "substrate").await;
     let client = async_nats::connect(nats.url()).await.unwrap();
     let js = jetstream::new(client.clone());
     guarded_stream(&js).await;
