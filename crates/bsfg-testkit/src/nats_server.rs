@@ -114,7 +114,7 @@ impl NatsServerBuilder {
         format!(
             "server_name: \"{name}\"\nlisten: \"127.0.0.1:{port}\"\nmax_payload: 8MB\n\
              jetstream {{\n  domain: \"{name}\"\n  store_dir: \"{store}\"\n\
-             {max_file_store}  sync_interval: {sync}\n}}\n{extra}\n",
+             {max_file_store}  sync_interval: \"{sync}\"\n}}\n{extra}\n",
             name = self.name,
             store = store_dir.display(),
             sync = self.sync_interval,

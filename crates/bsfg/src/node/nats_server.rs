@@ -140,7 +140,9 @@ use crate::ports::free_port;
 /// `sync_interval`: `always` makes JetStream acknowledge a write only once
 /// it is fsynced, so an acknowledged fact survives a power cut. A duration
 /// (e.g. `1s`) syncs periodically: faster, but a power cut (not a process
-/// crash) can lose up to that much acknowledged data.
+/// crash) can lose up to that much acknowledged data. Written quoted:
+/// unquoted, nats-server reads `2m` as the number 2,000,000 (seconds, about
+/// 23 days) rather than two minutes.
 fn write_config(
     path: &Path,
     zone: &str,
@@ -150,7 +152,7 @@ fn write_config(
     auth: Option<&ServerAuth>,
 ) -> anyhow::Result<()> {
     let mut text = format!(
-        "server_name: \"bsfg-{zone}\"\nlisten: \"127.0.0.1:{port}\"\nmax_payload: 8MB\njetstream {{\n  domain: \"{zone}\"\n  store_dir: \"{}\"\n  sync_interval: {sync_interval}\n}}\n",
+        "server_name: \"bsfg-{zone}\"\nlisten: \"127.0.0.1:{port}\"\nmax_payload: 8MB\njetstream {{\n  domain: \"{zone}\"\n  store_dir: \"{}\"\n  sync_interval: \"{sync_interval}\"\n}}\n",
         store_dir.display()
     );
     if let Some(auth) = auth {
@@ -414,6 +416,61 @@ impl EmbeddedNats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The real server reads the written `sync_interval` as meant: `2m` is
+    /// two minutes (unquoted it would be 2,000,000 s), `always` is always.
+    #[tokio::test]
+    async fn the_server_reads_the_sync_interval_as_written() {
+        let binary = find_binary(None).expect("nats-server: run scripts/setup.sh");
+        for (written, interval_ns, always) in
+            [("2m", 120_000_000_000u64, false), ("always", 0, true)]
+        {
+            let dir = tempfile::tempdir().unwrap();
+            let conf = dir.path().join("server.conf");
+            let (port, http) = (free_port().unwrap(), free_port().unwrap());
+            write_config(&conf, "z1", port, &dir.path().join("js"), written, None).unwrap();
+            let mut text = std::fs::read_to_string(&conf).unwrap();
+            text.push_str(&format!("http: \"127.0.0.1:{http}\"\n"));
+            std::fs::write(&conf, text).unwrap();
+            let mut server = Command::new(&binary)
+                .arg("-c")
+                .arg(&conf)
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap();
+            let varz = read_varz(http).await;
+            server.kill().await.unwrap();
+            let config = &varz["jetstream"]["config"];
+            assert_eq!(
+                config["sync_always"].as_bool().unwrap_or(false),
+                always,
+                "{written}: {config}"
+            );
+            if !always {
+                assert_eq!(
+                    config["sync_interval"].as_u64(),
+                    Some(interval_ns),
+                    "{written}: {config}"
+                );
+            }
+        }
+    }
+
+    /// The monitoring port's /varz, once it answers.
+    async fn read_varz(http: u16) -> serde_json::Value {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        for _ in 0..100 {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", http)).await {
+                s.write_all(b"GET /varz HTTP/1.0\r\n\r\n").await.unwrap();
+                let mut body = String::new();
+                s.read_to_string(&mut body).await.unwrap();
+                let json = &body[body.find("\r\n\r\n").unwrap() + 4..];
+                return serde_json::from_str(json).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("nats-server's monitoring port {http} did not answer");
+    }
 
     #[test]
     fn storage_errors_are_found_in_the_server_log() {
