@@ -87,6 +87,15 @@ enum CertsCommand {
 }
 
 #[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check FILES (every zone of the site, or some of them).
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run a zone node.
     Serve {
@@ -96,6 +105,10 @@ enum Command {
     /// Development PKI.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Check zone files: each alone, then together as one site (links,
+    /// ports, routes, categories, certificates). Exit code 1 on an error.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Start the reference site (enterprise, idmz, plant-a, plant-b) on this
     /// machine, move facts and an artifact both ways, cut and restore the
     /// idmz-enterprise link, and show what happened.
@@ -237,6 +250,13 @@ pub fn main(demo: Demo) -> ExitCode {
         .expect("tokio runtime");
     match runtime.block_on(run(cli, demo)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e)
+            if e.downcast_ref::<crate::config_check::ChecksFailed>()
+                .is_some() =>
+        {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
         Err(e) => {
             if let Some(c) = e.downcast_ref::<connectrpc::ConnectError>() {
                 eprintln!(
@@ -259,6 +279,7 @@ async fn run(cli: Cli, demo: Demo) -> anyhow::Result<()> {
         Command::Serve { config } => serve(&config).await,
         Command::Demo { dir, single_zone } => demo(dir, single_zone).await,
         Command::Certs(command) => certs(command),
+        Command::Config(ConfigCommand::Check { files }) => crate::config_check::run(&files),
         Command::Append(args) => append(args).await,
         Command::Fetch(args) => fetch(args).await,
         Command::Status(args) => status(args).await,

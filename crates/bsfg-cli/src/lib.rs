@@ -1,5 +1,6 @@
 //! The `bsfg` command: [`cli`] runs a zone node and talks to one;
-//! [`demo`] is `bsfg demo`, the reference site or one zone on this machine.
+//! [`demo`] is `bsfg demo`, the reference site or one zone on this machine;
+//! [`config_check`] is `bsfg config check`.
 //! Both print [`status_table`] and upload with [`upload`]; neither imports
 //! the other (the binary, `main.rs`, joins them).
 //!
@@ -10,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod config_check;
 pub mod demo;
 pub mod status_table;
 pub mod upload;

@@ -5,6 +5,7 @@ mod abuse;
 mod bad_input;
 mod capacity;
 mod clocks;
+mod config_check;
 mod contract;
 mod crossing;
 mod delivery;

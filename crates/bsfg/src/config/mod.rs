@@ -15,6 +15,7 @@ mod nats;
 mod paths;
 mod principal;
 mod route;
+pub mod site_check;
 mod tls;
 mod upstream;
 
