@@ -15,5 +15,6 @@ mod faults;
 mod harness;
 mod interop;
 mod ops_tooling;
+mod packaging;
 mod security;
 mod substrate;
