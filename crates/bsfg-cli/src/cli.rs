@@ -87,6 +87,20 @@ enum CertsCommand {
 }
 
 #[derive(Subcommand)]
+enum SiteCommand {
+    /// Write DIR from TOPOLOGY (see examples/site/site.toml).
+    Init {
+        #[arg(long)]
+        topology: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Where DIR is copied to on the hosts (the systemd units' paths).
+        #[arg(long, default_value = "/etc/bsfg/site")]
+        install_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum ConfigCommand {
     /// Check FILES (every zone of the site, or some of them).
     Check {
@@ -109,6 +123,10 @@ enum Command {
     /// ports, routes, categories, certificates). Exit code 1 on an error.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// A site from one description: zone files, development PKI, systemd
+    /// units and a README per zone.
+    #[command(subcommand)]
+    Site(SiteCommand),
     /// Start the reference site (enterprise, idmz, plant-a, plant-b) on this
     /// machine, move facts and an artifact both ways, cut and restore the
     /// idmz-enterprise link, and show what happened.
@@ -280,6 +298,11 @@ async fn run(cli: Cli, demo: Demo) -> anyhow::Result<()> {
         Command::Demo { dir, single_zone } => demo(dir, single_zone).await,
         Command::Certs(command) => certs(command),
         Command::Config(ConfigCommand::Check { files }) => crate::config_check::run(&files),
+        Command::Site(SiteCommand::Init {
+            topology,
+            out,
+            install_dir,
+        }) => crate::site_init::run(&topology, &out, &install_dir),
         Command::Append(args) => append(args).await,
         Command::Fetch(args) => fetch(args).await,
         Command::Status(args) => status(args).await,

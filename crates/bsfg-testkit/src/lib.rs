@@ -1,7 +1,7 @@
 //! What the BSFG tests, the `bsfg demo` command and the benchmarks start,
 //! written once: [`nats_server`], a nats-server process (kill -9, freeze,
-//! restart); [`site`], the reference site's topology and zone
-//! configurations; [`faultproxy`], a TCP proxy that cuts, restores and
+//! restart); [`topology`], a site from one description (`site.toml`), and
+//! [`site`], the reference site's zone configurations from it; [`faultproxy`], a TCP proxy that cuts, restores and
 //! delays a link; [`pki`], a development PKI; [`zone_config`], zone
 //! configurations as typed values; [`procfs`], a process's memory and CPU;
 //! [`process`], signals and log tails.
@@ -17,4 +17,5 @@ pub mod pki;
 pub mod process;
 pub mod procfs;
 pub mod site;
+pub mod topology;
 pub mod zone_config;

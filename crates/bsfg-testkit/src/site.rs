@@ -1,5 +1,5 @@
 //! The reference site: `plant-a` ⇄ `idmz` ⇄ `enterprise`, `plant-b` ⇄ `idmz`
-//! (REFERENCE §5, §8). Each zone has its own JetStream domain and node; every
+//! (REFERENCE §5, §8), as `examples/site/site.toml` describes it. Each zone has its own JetStream domain and node; every
 //! neighbour pair pulls from each other over mutual TLS as peer principals;
 //! the plants route everything through `idmz`, which relays.
 //!
@@ -7,6 +7,7 @@
 //! that need the same topology.
 
 use crate::pki::Pki;
+use crate::topology::Topology;
 use crate::zone_config::{
     self, ZoneConfigBuilder, app_principal, bucket, mtls, peer_principal, upstream,
 };
@@ -23,12 +24,9 @@ pub const ZONES: [&str; 4] = ["enterprise", "idmz", "plant-a", "plant-b"];
 /// The object bucket every zone of the reference site declares.
 pub const BUCKET: &str = "records";
 
-/// Who `zone` pulls from (and so serves), in the reference topology.
+/// Who `zone` pulls from (and so serves), in the reference site.
 pub fn neighbours(zone: &str) -> Vec<&'static str> {
-    match zone {
-        "idmz" => vec!["plant-a", "enterprise", "plant-b"],
-        _ => vec!["idmz"],
-    }
+    reference().neighbours(zone)
 }
 
 /// Certificate identity of a zone's node.
@@ -79,16 +77,6 @@ fn peer(zone: &str, origins: &[&str]) -> PrincipalConfig {
     peer_principal(zone, &node_identity(zone), origins, &[&consumer], &[BUCKET])
 }
 
-/// Origins `neighbour` may relay into `zone`.
-fn origins_via(zone: &str, neighbour: &'static str) -> Vec<&'static str> {
-    if zone == "idmz" {
-        vec![neighbour]
-    } else {
-        // A leaf's only neighbour is idmz, which relays every other zone.
-        ZONES.into_iter().filter(|z| *z != zone).collect()
-    }
-}
-
 /// Where a zone's node is, and where its data and certificates live.
 pub struct ZonePlacement<'a> {
     /// The zone's own directory (spool; the embedded store under `jetstream/`).
@@ -102,16 +90,38 @@ pub struct ZonePlacement<'a> {
     pub nats_url: Option<String>,
 }
 
-/// The configuration of `zone` in the reference site. `peer_url(peer)` is
+/// The configuration of `zone` in the reference site
+/// (`examples/site/site.toml`). `peer_url(peer)` is
 /// the boundary URL this zone pulls `peer` from (the peer's node, or a proxy
 /// in front of it).
 ///
 /// Principals: `app` (certificate `app.<zone>`, consumer `local`, bucket
 /// `records`; also the zone's operator, for `bsfg status` and replays) and
 /// one peer principal per neighbour (certificate `<peer>-bsfg`, consumer
-/// `to-<peer>`, the origins routed through it). Routes: the plants and
-/// enterprise reach every other zone through `idmz`.
+/// `to-<peer>`, the origins routed through it). Routes: to every zone that
+/// is not a neighbour, over the shortest path of links (the plants and
+/// enterprise reach every other zone through `idmz`).
 pub fn reference_zone_config(
+    zone: &str,
+    at: &ZonePlacement<'_>,
+    peer_url: &dyn Fn(&str) -> String,
+) -> ZoneConfig {
+    zone_config(reference(), zone, at, peer_url)
+}
+
+/// The reference site's description, `examples/site/site.toml`.
+pub fn reference() -> &'static Topology {
+    static REFERENCE: std::sync::LazyLock<Topology> = std::sync::LazyLock::new(|| {
+        Topology::parse(include_str!("../../../examples/site/site.toml"))
+            .expect("examples/site/site.toml is a valid site")
+    });
+    &REFERENCE
+}
+
+/// The configuration of `zone` in the site `topology`, placed `at` (see
+/// [`reference_zone_config`] for what each zone declares).
+pub fn zone_config(
+    topology: &Topology,
     zone: &str,
     at: &ZonePlacement<'_>,
     peer_url: &dyn Fn(&str) -> String,
@@ -134,15 +144,20 @@ pub fn reference_zone_config(
         .consumer(consumer("local", "operational"))
         .buckets(vec![bucket(BUCKET, 1 << 30)])
         .retention_interval(Duration::from_secs(5));
-    for n in neighbours(zone) {
+    let neighbours = topology.neighbours(zone);
+    for n in &neighbours {
         builder = builder
-            .principal(peer(n, &origins_via(zone, n)))
+            .principal(peer(n, &topology.origins_via(zone, n)))
             .consumer(consumer(&format!("to-{n}"), "operational"))
             .upstream(link(zone, n, peer_url(n), at.dir));
     }
-    if zone != "idmz" {
-        for z in ZONES.into_iter().filter(|z| *z != zone && *z != "idmz") {
-            builder = builder.route(z, "idmz");
+    for other in &topology.zones {
+        let z = other.name.as_str();
+        if z != zone && !neighbours.contains(&z) {
+            let hop = topology
+                .next_hop(zone, z)
+                .expect("a checked site is connected");
+            builder = builder.route(z, hop);
         }
     }
     builder.build()
@@ -167,6 +182,12 @@ fn link(zone: &str, neighbour: &str, url: String, dir: &Path) -> UpstreamConfig 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_zones_are_the_reference_descriptions() {
+        let names: Vec<&str> = reference().zones.iter().map(|z| z.name.as_str()).collect();
+        assert_eq!(names, ZONES);
+    }
 
     #[test]
     fn every_zone_config_passes_its_checks() {

@@ -17,4 +17,5 @@ mod interop;
 mod ops_tooling;
 mod packaging;
 mod security;
+mod site_init;
 mod substrate;
