@@ -84,16 +84,7 @@ impl Refusals {
             .get_or_create(&labels(&[("reason", u.rejection.reason.as_str())]))
             .inc();
         self.audit
-            .record(AuditEvent {
-                principal: "unknown".into(),
-                identity: u.names.join(","),
-                fingerprint: u.fingerprint,
-                rpc,
-                subject_key: key.to_string(),
-                decision: "refused",
-                reason: u.rejection.reason.to_string(),
-                detail: u.rejection.message.clone(),
-            })
+            .record(AuditEvent::unidentified(rpc, key.to_string(), &u))
             .await;
         to_connect(u.rejection)
     }

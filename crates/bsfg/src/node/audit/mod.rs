@@ -60,6 +60,24 @@ impl AuditEvent {
         )
     }
 
+    /// A refused caller whose certificate names no principal.
+    pub fn unidentified(
+        rpc: &'static str,
+        subject_key: String,
+        u: &crate::node::auth::Unidentified,
+    ) -> Self {
+        Self {
+            principal: "unknown".into(),
+            identity: u.names.join(","),
+            fingerprint: u.fingerprint.clone(),
+            rpc,
+            subject_key,
+            decision: "refused",
+            reason: u.rejection.reason.to_string(),
+            detail: u.rejection.message.clone(),
+        }
+    }
+
     /// A decision about an identified caller's request.
     pub fn about(
         caller: &crate::node::auth::Caller,

@@ -162,16 +162,7 @@ impl Gate {
             .get_or_create(&labels(&[("reason", u.rejection.reason.as_str())]))
             .inc();
         self.audit
-            .record(AuditEvent {
-                principal: "unknown".into(),
-                identity: u.names.join(","),
-                fingerprint: u.fingerprint,
-                rpc: route.rpc,
-                subject_key: String::new(),
-                decision: "refused",
-                reason: u.rejection.reason.to_string(),
-                detail: u.rejection.message.clone(),
-            })
+            .record(AuditEvent::unidentified(route.rpc, String::new(), &u))
             .await;
         self.refuse(route, u.rejection, headers)
     }
