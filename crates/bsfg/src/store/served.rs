@@ -378,15 +378,7 @@ mod tests {
             let Ok(served) = ServedFact::from_stored(bytes, offset, "idmz") else {
                 return;
             };
-            let view = served.view();
-            assert_eq!(view.offset, offset);
-            let last_hop = view
-                .provenance
-                .hops
-                .iter()
-                .last()
-                .map(|h| (h.zone, h.offset));
-            assert_eq!(last_hop, Some(("idmz", offset)));
+            served.debug_assert_complete("idmz");
             let owned = StoredFact::decode_from_slice(&served.record).expect("decodes owned");
             assert_eq!(owned.offset, offset);
         }
