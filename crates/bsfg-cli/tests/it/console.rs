@@ -193,6 +193,7 @@ async fn console_shows_a_cut_link_autonomous_then_normal_after_the_restore() {
     assert_eq!(attribute(edge, "data-mode"), Some("autonomous"), "{edge}");
     assert!(dom.contains("mode mode-autonomous"), "{dom}");
     browser.screenshot(&url, "enterprise-during-cut").await;
+    assert_idmz_sees_the_cut(&browser, &site).await;
 
     site.proxy("enterprise", "idmz").restore();
     site.proxy("idmz", "enterprise").restore();
@@ -206,6 +207,21 @@ async fn console_shows_a_cut_link_autonomous_then_normal_after_the_restore() {
     assert!(dom.contains("<polyline"), "the charts are drawn: {dom}");
     browser.screenshot(&url, "enterprise-after-restore").await;
     assert_status_json(site.zones["enterprise"].ops_addr).await;
+}
+
+/// idmz's console during the cut: its three links, only the one from
+/// enterprise autonomous.
+async fn assert_idmz_sees_the_cut(browser: &Browser, site: &Site) {
+    let url = console_url(site.zones["idmz"].ops_addr);
+    let autonomous = |mode: &str, _: u64| mode == "autonomous";
+    let within = Duration::from_secs(60);
+    let dom = console_until(browser, &url, "enterprise", within, "cut", autonomous).await;
+    for peer in ["plant-a", "plant-b"] {
+        let (mode, _) = link_row(&dom, peer).expect("a row per link");
+        assert_eq!(mode, "normal", "{peer}: {dom}");
+        assert!(tag_with(&dom, "data-edge", peer).is_some(), "{dom}");
+    }
+    browser.screenshot(&url, "idmz-during-cut").await;
 }
 
 /// The data behind the page: the operator's view of the zone, with the
