@@ -5,6 +5,7 @@
 #   - cargo-nextest (only if missing)                      -> ~/.cargo/bin
 #   - Debian's faketime (only if missing; root + apt-get)  -> the clock tests
 #   - Debian's prometheus, for promtool (likewise)          -> the alert-rule tests
+#   - Debian's chromium, headless (likewise)               -> the console tests
 # Idempotent: safe to re-run; already-installed pinned versions are skipped.
 set -euo pipefail
 
@@ -91,6 +92,7 @@ fi
 # them skip, saying so.
 #   faketime   -> libfaketime: the clock tests step a node's wall clock
 #   prometheus -> promtool: the alert rules in deploy/prometheus are checked
+#   chromium   -> a headless browser: the operations console is loaded and read
 APT_UPDATED=0
 apt_install() { # <package> <file it provides> <what it is for>
   local package=$1 provides=$2 why=$3
@@ -111,6 +113,7 @@ apt_install() { # <package> <file it provides> <what it is for>
 }
 apt_install faketime /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 "the clock tests"
 apt_install prometheus /usr/bin/promtool "the alert-rule tests"
+apt_install chromium /usr/bin/chromium "the console tests"
 
 # ---------------------------------------------------------------- .gitignore
 touch .gitignore

@@ -139,8 +139,9 @@ fn zone_readme(site: &Topology, zone: &ZoneSpec, install_dir: &Path) -> String {
     format!(
         "# Zone `{name}`\n\n\
          Written by `bsfg site init`. Boundary port `{host}:{port}` (mutual TLS, node \
-         certificate `{node}`), operations port `127.0.0.1:{ops}` (`/metrics`, `/healthz`), \
-         embedded nats-server on `127.0.0.1:{nats}`; store and spool in `data/`.\n\n\
+         certificate `{node}`), operations port `127.0.0.1:{ops}` (`/metrics`, `/healthz`, \
+         the console at `http://127.0.0.1:{ops}/console`), embedded nats-server on \
+         `127.0.0.1:{nats}`; store and spool in `data/`.\n\n\
          Linked with (each pulls from the other):\n\n{peers}\n\n\
          Start by hand, from any directory: `bsfg serve --config {name}/zone.toml`.\n\n\
          With systemd: copy the site directory (this one's parent, with `certs/`) to \

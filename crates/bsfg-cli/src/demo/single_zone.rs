@@ -60,9 +60,10 @@ pub async fn run_single_zone(dir: PathBuf) -> anyhow::Result<()> {
     );
     let node = bsfg::node::start(demo_config(&dir)?).await?;
     let url = format!("https://127.0.0.1:{}", node.boundary_addr.port());
+    let ops = node.ops_addr;
     println!(
-        "zone plant-a is up: boundary {url} (mutual TLS 1.3), metrics http://{}/metrics, data in {}",
-        node.ops_addr,
+        "zone plant-a is up: boundary {url} (mutual TLS 1.3), metrics http://{ops}/metrics, \
+         console http://{ops}/console, data in {}",
         dir.display()
     );
     let client = BsfgClient::connect_tls(&url, tls_for(&certs, "mes.plant-a")?)?;

@@ -6,6 +6,7 @@ mod bad_input;
 mod capacity;
 mod clocks;
 mod config_check;
+mod console;
 mod contract;
 mod crossing;
 mod delivery;

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod auth;
 pub mod boundary;
 pub mod call;
+pub mod console;
 pub mod errors;
 pub mod nats_server;
 pub mod operations;
@@ -110,7 +111,8 @@ pub async fn start(mut config: ZoneConfig) -> anyhow::Result<RunningNode> {
     let store =
         Arc::new(open_store_with_retry(&url, &login, config.clone(), metrics.clone()).await?);
     let retention = spawn_retention(&config, &store, &metrics);
-    let (ops, ops_addr) = spawn_ops(&config, &store, &metrics).await?;
+    let console_slot = Arc::new(std::sync::OnceLock::new());
+    let (ops, ops_addr) = spawn_ops(&config, &store, &metrics, &console_slot).await?;
     let tls = load_tls(&config)?;
     let mut tasks = spawn_watchers(&config, embedded.as_ref(), tls.as_ref(), &store, &metrics);
     let (audit, audit_tasks) =
@@ -118,6 +120,13 @@ pub async fn start(mut config: ZoneConfig) -> anyhow::Result<RunningNode> {
     tasks.extend(audit_tasks);
     let (replicator, replication_tasks) = start_replication(&config, &store, &metrics, &audit)?;
     tasks.extend(replication_tasks);
+    tasks.push(start_console(
+        &config,
+        &store,
+        &replicator,
+        tls.as_ref(),
+        &console_slot,
+    ));
     let gate = build_gate(&config, &store, &metrics, audit, &replicator);
     let (server_task, boundary_addr) =
         serve_boundary(&config, tls.as_ref(), gate, &metrics).await?;
@@ -192,15 +201,35 @@ async fn spawn_ops(
     config: &ZoneConfig,
     store: &Arc<Store>,
     metrics: &Arc<Metrics>,
+    console: &Arc<std::sync::OnceLock<Arc<console::Console>>>,
 ) -> anyhow::Result<(tokio::task::JoinHandle<()>, SocketAddr)> {
     let ops_listener = tokio::net::TcpListener::bind(config.ops_listen).await?;
     let ops_addr = ops_listener.local_addr()?;
-    let ops = tokio::spawn(ops_http::serve(
-        ops_listener,
-        metrics.clone(),
-        store.clone(),
-    ));
+    let state = ops_http::OpsState {
+        metrics: metrics.clone(),
+        store: store.clone(),
+        console: console.clone(),
+    };
+    let ops = tokio::spawn(ops_http::serve(ops_listener, state));
     Ok((ops, ops_addr))
+}
+
+/// The console's state, handed to the operations port, and its sampler.
+fn start_console(
+    config: &Arc<ZoneConfig>,
+    store: &Arc<Store>,
+    replicator: &Arc<crate::replicator::Replicator>,
+    tls: Option<&Arc<ReloadingTls>>,
+    slot: &std::sync::OnceLock<Arc<console::Console>>,
+) -> tokio::task::JoinHandle<()> {
+    let console = Arc::new(console::Console::new(
+        config.clone(),
+        store.clone(),
+        replicator.clone(),
+        tls.cloned(),
+    ));
+    let _ = slot.set(console.clone());
+    tokio::spawn(console::sample(console))
 }
 
 /// The boundary port's TLS (None in plaintext-dev mode, with a loud warning).

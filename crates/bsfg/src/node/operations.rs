@@ -35,51 +35,14 @@ impl Operations {
     /// The zone's status as `caller` may see it: everything for an
     /// operator; for anyone else the consumers it is granted, no links.
     pub async fn status(&self, caller: &Caller) -> GetStatusResponse {
-        let operator = caller.principal.operator;
-        let links = self
-            .replicator
-            .links
-            .iter()
-            .filter(|_| operator)
-            .map(|l| link_status(l.status()))
-            .collect();
-        let consumers = self
-            .store
-            .consumers
-            .status()
-            .await
-            .into_iter()
-            .filter(|c| operator || caller.principal.consumers.contains(&c.name))
-            .map(|c| ConsumerStatus {
-                name: c.name,
-                category: c.category,
-                frontier: c.frontier,
-                delivered_max: c.delivered_max,
-                unconfirmed: c.unconfirmed as u64,
-                pending: c.pending.unwrap_or(0),
-                ..Default::default()
-            })
-            .collect();
-        let mut categories: Vec<CategoryStatus> = self
-            .store
-            .facts
-            .categories()
-            .map(|c| CategoryStatus {
-                name: c.config.name.clone(),
-                fill_percent: c.fill_percent(),
-                ..Default::default()
-            })
-            .collect();
-        categories.sort_by(|a, b| a.name.cmp(&b.name));
-        GetStatusResponse {
-            zone: self.config.zone.clone(),
-            links,
-            consumers,
-            categories,
-            store_clock_skew_seconds: self.store.clock.skew_ms().unwrap_or(0) as f64 / 1000.0,
-            clock_skew_max_seconds: self.config.clock_skew_max.as_secs_f64(),
-            ..Default::default()
+        let mut status = zone_status(&self.config, &self.store, &self.replicator).await;
+        if !caller.principal.operator {
+            status.links.clear();
+            status
+                .consumers
+                .retain(|c| caller.principal.consumers.contains(&c.name));
         }
+        status
     }
 
     /// ResetConsumer after identification: the operator right, then the
@@ -171,6 +134,55 @@ impl OperationsService for Operations {
                 ..Default::default()
             })
         })
+    }
+}
+
+/// The zone's whole status: every link, consumer and category. The one
+/// assembly behind GetStatus (filtered there by the caller's rights) and the
+/// operations console (`node::console`).
+pub async fn zone_status(
+    config: &ZoneConfig,
+    store: &Store,
+    replicator: &Replicator,
+) -> GetStatusResponse {
+    let links = replicator
+        .links
+        .iter()
+        .map(|l| link_status(l.status()))
+        .collect();
+    let consumers = store
+        .consumers
+        .status()
+        .await
+        .into_iter()
+        .map(|c| ConsumerStatus {
+            name: c.name,
+            category: c.category,
+            frontier: c.frontier,
+            delivered_max: c.delivered_max,
+            unconfirmed: c.unconfirmed as u64,
+            pending: c.pending.unwrap_or(0),
+            ..Default::default()
+        })
+        .collect();
+    let mut categories: Vec<CategoryStatus> = store
+        .facts
+        .categories()
+        .map(|c| CategoryStatus {
+            name: c.config.name.clone(),
+            fill_percent: c.fill_percent(),
+            ..Default::default()
+        })
+        .collect();
+    categories.sort_by(|a, b| a.name.cmp(&b.name));
+    GetStatusResponse {
+        zone: config.zone.clone(),
+        links,
+        consumers,
+        categories,
+        store_clock_skew_seconds: store.clock.skew_ms().unwrap_or(0) as f64 / 1000.0,
+        clock_skew_max_seconds: config.clock_skew_max.as_secs_f64(),
+        ..Default::default()
     }
 }
 
