@@ -1,7 +1,7 @@
 //! The command line: the single-zone run's flags and the other modes'
 //! subcommands.
 
-use crate::{ab, crossing, key_index, substrate};
+use crate::{ab, batch_sweep, crossing, key_index, substrate};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -66,4 +66,8 @@ pub(crate) enum Cmd {
     /// each, a fresh nats-server and node per repetition, alternating order
     /// (prints a Markdown table).
     Ab(ab::AbArgs),
+    /// One nats-server, one stream: batches stored as pipelined publishes
+    /// against JetStream atomic batches, batch size by batch size (prints a
+    /// Markdown table).
+    Batches(batch_sweep::BatchSweepArgs),
 }

@@ -11,6 +11,7 @@
 //! report gives medians.
 
 mod ab;
+mod batch_sweep;
 mod child;
 mod cli;
 mod crossing;
@@ -48,6 +49,7 @@ fn main() -> anyhow::Result<()> {
         Some(Cmd::Substrate(a)) => rt.block_on(substrate::run(a.clone())),
         Some(Cmd::KeyIndex(a)) => key_index::run(a.clone()),
         Some(Cmd::Ab(a)) => rt.block_on(ab::run(a.clone())),
+        Some(Cmd::Batches(a)) => rt.block_on(batch_sweep::run(a.clone())),
         None => rt.block_on(zone::run(args)),
     }
 }
