@@ -12,9 +12,14 @@
 //! woken once, when its last acknowledgement is in (or its caller's
 //! deadline passes).
 //!
+//! A JetStream atomic batch (ADR-50) is one round of one slot: its staged
+//! messages go out without a reply subject ([`Round::publish_unanswered`]),
+//! its commit with the slot's, and its one acknowledgement counts the batch.
+//!
 //! This module only routes and reads what JetStream answers
-//! (`{"stream":…,"seq":…}`, an API error, or a no-responders status); what
-//! an answer means for an append is decided in `facts`.
+//! (`{"stream":…,"seq":…}`, with `"batch"` and `"count"` for an atomic
+//! batch; an API error; or a no-responders status); what an answer means
+//! for an append is decided in `facts`.
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::ErrorCode;
@@ -41,6 +46,12 @@ pub enum Ack {
         sequence: u64,
         duplicate: bool,
     },
+    /// An atomic batch committed: `count` messages, the last at
+    /// `last_sequence`, the others at the sequences before it.
+    BatchStored {
+        last_sequence: u64,
+        count: u64,
+    },
     /// A JetStream API error; `err_code` as in nats-server's errors.
     Refused {
         err_code: ErrorCode,
@@ -57,6 +68,11 @@ struct Reply<'a> {
     seq: Option<u64>,
     #[serde(default)]
     duplicate: bool,
+    /// Set on the acknowledgement of an atomic batch's commit.
+    #[serde(borrow, default)]
+    batch: Option<Cow<'a, str>>,
+    #[serde(default)]
+    count: u64,
     #[serde(borrow)]
     error: Option<ApiError<'a>>,
 }
@@ -84,8 +100,19 @@ impl Ack {
             },
             Ok(Reply {
                 seq: Some(sequence),
+                batch: Some(_),
+                count,
+                error: None,
+                ..
+            }) if sequence > 0 => Ack::BatchStored {
+                last_sequence: sequence,
+                count,
+            },
+            Ok(Reply {
+                seq: Some(sequence),
                 duplicate,
                 error: None,
+                ..
             }) if sequence > 0 => Ack::Stored {
                 sequence,
                 duplicate,
@@ -217,6 +244,21 @@ impl Round<'_> {
         Ok(())
     }
 
+    /// Hands one message to the NATS client without a reply subject: a
+    /// staged message of an atomic batch, whose commit (published with
+    /// [`Round::publish`]) is acknowledged for the whole batch.
+    pub async fn publish_unanswered(
+        &mut self,
+        subject: String,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<(), async_nats::PublishError> {
+        self.publisher
+            .client
+            .publish_with_headers(subject, headers, payload)
+            .await
+    }
+
     /// Waits until every message published in this round is acknowledged.
     /// Call it once, after the last publish; bound it with a deadline.
     pub async fn acknowledged(&self) {
@@ -310,6 +352,26 @@ mod tests {
                 description: "wrong last msg ID: \"abc\"".into()
             }
         );
+        let batch = br#"{"stream":"facts_operational","seq":300,"batch":"b1f","count":256}"#;
+        assert_eq!(
+            Ack::read(None, batch),
+            Ack::BatchStored {
+                last_sequence: 300,
+                count: 256
+            }
+        );
+        let batch_refused = concat!(
+            r#"{"error":{"code":400,"err_code":10201,"#,
+            r#""description":"atomic publish batch contains duplicate message id"}}"#
+        )
+        .as_bytes();
+        assert!(matches!(
+            Ack::read(None, batch_refused),
+            Ack::Refused {
+                err_code: ErrorCode::ATOMIC_PUBLISH_CONTAINS_DUPLICATE_MESSAGE,
+                ..
+            }
+        ));
         assert_eq!(Ack::read(Some(503), b""), Ack::NoResponders);
         assert!(matches!(Ack::read(Some(408), b""), Ack::Unreadable(_)));
         assert!(

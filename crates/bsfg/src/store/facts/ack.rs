@@ -52,7 +52,7 @@ impl FactLog {
 
     /// The answer for a fact JetStream has just stored, and its key-index
     /// entry.
-    fn stored(&self, offset: u64, ready: Ready) -> Finished {
+    pub(super) fn stored(&self, offset: u64, ready: Ready) -> Finished {
         let log = &self.categories[&ready.category];
         log.fill.add_appended(ready.payload.len() as u64 + 100);
         (
@@ -67,7 +67,7 @@ impl FactLog {
 
     /// Turns a JetStream acknowledgement (None: none within the request
     /// timeout) into the append's answer and the key-index entry to record.
-    async fn finish(&self, ack: Option<Ack>, ready: Ready) -> Finished {
+    pub(super) async fn finish(&self, ack: Option<Ack>, ready: Ready) -> Finished {
         let log = &self.categories[&ready.category];
         match ack {
             Some(Ack::Stored {
@@ -88,6 +88,13 @@ impl FactLog {
                 Err(unavailable(
                     "storing the fact",
                     format_args!("no stream takes the subject of category {}", ready.category),
+                )),
+                None,
+            ),
+            Some(Ack::BatchStored { .. }) => (
+                Err(unavailable(
+                    "reading the JetStream acknowledgement",
+                    "an atomic batch's acknowledgement for a single publish",
                 )),
                 None,
             ),
