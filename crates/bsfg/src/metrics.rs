@@ -22,6 +22,7 @@ pub struct Metrics {
     pub confirm_requests_total: Family<Labels, Counter>,
     pub append_latency_seconds: Histogram,
     pub commit_batch_facts: Histogram,
+    pub atomic_batches_total: Family<Labels, Counter>,
     pub key_index_ready: Gauge,
     pub key_index_rebuilds_total: Counter,
     pub key_index_through_offset: Family<Labels, Gauge>,
@@ -97,6 +98,7 @@ impl Metrics {
             commit_batch_facts: Histogram::new([
                 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
             ]),
+            atomic_batches_total: Family::default(),
             key_index_ready: Gauge::default(),
             key_index_rebuilds_total: Counter::default(),
             key_index_through_offset: Family::default(),
@@ -170,6 +172,13 @@ impl Metrics {
             "bsfg_commit_batch_facts",
             "Facts per group-commit batch of AppendFact calls",
             self.commit_batch_facts.clone(),
+        );
+        registry.register(
+            "bsfg_atomic_batches",
+            "JetStream atomic batches by category and outcome: committed; refused (nothing \
+             stored, the facts published again pipelined); unknown (no answer in time, or \
+             one that does not fit the batch)",
+            self.atomic_batches_total.clone(),
         );
     }
 

@@ -44,6 +44,15 @@ impl ZoneConfig {
                 "[commit]: need 1 <= batch_facts_max <= 4096, 1 <= batches_in_flight_max <= 64, 1 <= queue_facts_max <= 1000000"
             );
         }
+        if let Some(min) = k.atomic_batch_facts_min
+            && min > crate::store::facts::ATOMIC_BATCH_FACTS_MAX
+        {
+            bail!(
+                "[commit] atomic_batch_facts_min is {min}; need 0 (never) to {} (nats-server's \
+                 largest atomic batch)",
+                crate::store::facts::ATOMIC_BATCH_FACTS_MAX
+            );
+        }
         if !(1024..=4_194_304).contains(&k.key_index_staged_facts_max) {
             bail!(
                 "[commit] key_index_staged_facts_max is {}; need 1024 to 4194304",
@@ -304,6 +313,29 @@ mod tests {
                 .contains("batch_facts_max")
         );
         config.commit.batch_facts_max = 256;
+        config.commit.atomic_batch_facts_min = Some(1001);
+        assert!(
+            config
+                .check()
+                .unwrap_err()
+                .to_string()
+                .contains("atomic_batch_facts_min")
+        );
+        config.commit.atomic_batch_facts_min = Some(0);
+        config.check().unwrap();
+        config.commit.atomic_batch_facts_min = None;
+        assert_eq!(
+            config.atomic_batch_facts_min(),
+            32,
+            "at sync_interval always"
+        );
+        config.nats.sync_interval = "2m".into();
+        assert_eq!(
+            config.atomic_batch_facts_min(),
+            0,
+            "never at a periodic sync"
+        );
+        config.nats.sync_interval = "always".into();
         for bytes in [3 << 20, 1 << 19, 1 << 31] {
             config.commit.key_filter_bytes = bytes;
             assert!(

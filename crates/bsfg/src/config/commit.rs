@@ -12,6 +12,18 @@ use std::time::Duration;
 pub struct CommitConfig {
     /// Most facts in one batch.
     pub batch_facts_max: usize,
+    /// Facts of one category in one append round (a group-commit batch, a
+    /// replicated batch) from which they are committed as JetStream atomic
+    /// batches (one durable commit and one acknowledgement per batch of up
+    /// to 1,000) instead of pipelined publishes (one of each per fact); 0:
+    /// never. Unset: 32 when `[nats] sync_interval` is `always`, where a
+    /// commit costs an fsync per fact, else 0 (with periodic syncs an atomic
+    /// batch is slower than pipelined publishes at every size). An atomic
+    /// batch costs nats-server a fixed ~1–3 ms of CPU, so small batches stay
+    /// pipelined (`store::facts::atomic`, `bsfg-bench batches`,
+    /// BENCHMARKS.md "Atomic batches"). With `[nats] url` (an external
+    /// server) the default assumes it syncs `always`, as a zone's must.
+    pub atomic_batch_facts_min: Option<usize>,
     /// Most batches being appended at once.
     pub batches_in_flight_max: usize,
     /// Most appends waiting for a batch; beyond it callers wait.
@@ -44,10 +56,26 @@ pub struct CommitConfig {
     pub key_filter_bytes: usize,
 }
 
+/// Where atomic batches start to pay at `sync_interval: always` (see
+/// `atomic_batch_facts_min`), in facts.
+pub const ATOMIC_BATCH_FACTS_MIN_ALWAYS: usize = 32;
+
+impl CommitConfig {
+    /// `atomic_batch_facts_min`, or its default for the server's
+    /// `sync_interval`.
+    pub fn atomic_batch_facts_min(&self, sync_interval: &str) -> usize {
+        self.atomic_batch_facts_min.unwrap_or(match sync_interval {
+            "always" => ATOMIC_BATCH_FACTS_MIN_ALWAYS,
+            _ => 0,
+        })
+    }
+}
+
 impl Default for CommitConfig {
     fn default() -> Self {
         Self {
             batch_facts_max: 256,
+            atomic_batch_facts_min: None,
             batches_in_flight_max: 2,
             queue_facts_max: 4096,
             key_index_path: None,

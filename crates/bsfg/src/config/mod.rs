@@ -140,6 +140,12 @@ impl ZoneConfig {
         })
     }
 
+    /// Facts of a category in one append round from which they are
+    /// committed as one atomic batch; 0: never (`CommitConfig`).
+    pub fn atomic_batch_facts_min(&self) -> usize {
+        self.commit.atomic_batch_facts_min(&self.nats.sync_interval)
+    }
+
     /// The category a subject kind is routed to.
     pub fn category_for_kind(&self, kind: &str) -> &CategoryConfig {
         self.categories

@@ -1,7 +1,8 @@
 //! An append batch, round by round: the facts are prepared, handed to the
-//! NATS client in order under one deadline, and answered from their
-//! acknowledgements.
+//! NATS client in order under one deadline (pipelined, or as atomic
+//! batches, `atomic`), and answered from their acknowledgements.
 
+use super::ack::Finished;
 use super::errors::is_transient;
 use super::order::{EXPECTED_LAST_MSG_ID_HEADER, Predecessors};
 use super::prepare::{Prepared, Ready};
@@ -29,8 +30,10 @@ impl FactLog {
     /// pipelined: all are sent on the one NATS connection, in order, before
     /// any acknowledgement is awaited, so JetStream assigns offsets in item
     /// order (per-origin order is kept) while one batch costs about one round
-    /// trip instead of one per fact. With `Order::AsGiven` a fact is never
-    /// stored after a later one of the same batch (see `Order`).
+    /// trip instead of one per fact; a category's facts are one atomic batch
+    /// (one durable commit) when there are enough of them (`atomic`). With
+    /// `Order::AsGiven` a fact is never stored after a later one of the same
+    /// batch (see `Order`).
     pub async fn append_batch(
         &self,
         items: Vec<AppendItem>,
@@ -78,14 +81,16 @@ impl FactLog {
             .collect()
     }
 
-    /// One round of a batch: distinct keys, all held by the key guard.
+    /// One round of a batch: distinct keys, all held by the key guard. The
+    /// facts of a category with enough of them are committed as atomic
+    /// batches (`atomic`), the others pipelined, side by side.
     async fn append_round(
         &self,
         items: Vec<(AppendItem, String)>,
         order: Order,
     ) -> Vec<Result<Appended, Rejection>> {
         let count = items.len();
-        let prepared = match self.prepare_round(items).await {
+        let mut prepared = match self.prepare_round(items).await {
             Ok(prepared) => prepared,
             Err(r) => return (0..count).map(|_| Err(r.clone())).collect(),
         };
@@ -93,7 +98,45 @@ impl FactLog {
         // alike. Why: each acknowledgement's own timeout starts when it is
         // awaited, so awaiting a stalled server's acknowledgements one after
         // another took one timeout per fact (a round of 40 facts, 200 s).
-        let deadline = tokio::time::sleep(self.config.nats.request_timeout);
+        let until = tokio::time::Instant::now() + self.config.nats.request_timeout;
+        let chunks = self.plan_atomic(&mut prepared, order);
+        if chunks.is_empty() {
+            let finished = self.pipelined(prepared, order, until).await;
+            return self.index_stored(finished).await;
+        }
+        // The facts left to publish pipelined, and their slots.
+        let (slots, rest): (Vec<usize>, Vec<Option<Prepared>>) = prepared
+            .into_iter()
+            .enumerate()
+            .filter(|(_, p)| p.is_some())
+            .unzip();
+        let (atomic, pipelined) = tokio::join!(
+            self.commit_chunks(chunks, order, until),
+            self.pipelined(rest, order, until)
+        );
+        let mut finished: Vec<Option<Finished>> = (0..count).map(|_| None).collect();
+        for (slot, f) in slots.into_iter().zip(pipelined).chain(atomic) {
+            finished[slot] = Some(f);
+        }
+        let finished = finished
+            .into_iter()
+            .map(|f| f.expect("every fact of the round was answered"))
+            .collect();
+        self.index_stored(finished).await
+    }
+
+    /// Publishes prepared facts pipelined before `until` and answers each
+    /// (in slot order) from its acknowledgement.
+    pub(super) async fn pipelined(
+        &self,
+        prepared: Vec<Option<Prepared>>,
+        order: Order,
+        until: tokio::time::Instant,
+    ) -> Vec<Finished> {
+        if prepared.is_empty() {
+            return Vec::new();
+        }
+        let deadline = tokio::time::sleep_until(until);
         tokio::pin!(deadline);
         let mut round = by_deadline(&mut deadline, self.publisher.round(prepared.len())).await;
         let in_flight = self
@@ -108,8 +151,7 @@ impl FactLog {
             }
             None => Vec::new(),
         };
-        let finished = self.answer_round(in_flight, acks).await;
-        self.index_stored(finished).await
+        self.answer_round(in_flight, acks).await
     }
 
     /// Hands a round's prepared facts to the NATS client in slot order,
@@ -204,7 +246,7 @@ async fn publish(
 /// `work`'s output, or None once the round's deadline has passed: one
 /// timer for the whole round (its send lock, publishes and
 /// acknowledgements), not one more per fact.
-async fn by_deadline<T>(
+pub(super) async fn by_deadline<T>(
     deadline: &mut Pin<&mut Sleep>,
     work: impl std::future::IntoFuture<Output = T>,
 ) -> Option<T> {

@@ -1,10 +1,11 @@
 //! A category's stream: its name, its configuration (every option
-//! explicit), the subjects its facts are stored under, and its fill
-//! accounting (what `refuse_if_full` compares with the threshold).
+//! explicit), the subjects its facts are stored under, whether it takes
+//! atomic batches, and its fill accounting (what `refuse_if_full` compares
+//! with the threshold).
 
 use crate::config::CategoryConfig;
 use async_nats::jetstream::stream;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// One category's stream and its fill accounting.
 pub struct Category {
@@ -13,6 +14,11 @@ pub struct Category {
     /// Position in the configured categories (the key index's numbering).
     pub(super) position: usize,
     pub(super) fill: FillAccount,
+    /// Whether batches may be committed to the stream as JetStream atomic
+    /// batches: it was configured with `allow_atomic` and nats-server kept
+    /// it (2.12 or later). Cleared, and logged once, when a commit shows the
+    /// stream does not take them after all.
+    pub(super) atomic: AtomicBool,
 }
 
 /// A category's stored bytes, for the fill threshold: the stream's bytes as
@@ -83,6 +89,20 @@ impl Category {
     pub(super) fn is_full(&self) -> bool {
         self.fill_percent() >= f64::from(self.config.fill_threshold_percent)
     }
+    pub(super) fn takes_atomic(&self) -> bool {
+        self.atomic.load(Ordering::Relaxed)
+    }
+    /// Stops committing atomic batches to this stream (its batches go
+    /// pipelined from now on); logs why the first time.
+    pub(super) fn stop_atomic(&self, why: &str) {
+        if self.atomic.swap(false, Ordering::Relaxed) {
+            tracing::warn!(
+                category = %self.config.name,
+                why,
+                "atomic batches are off for this category; its batches are published pipelined"
+            );
+        }
+    }
 }
 
 pub fn stream_name(category: &str) -> String {
@@ -111,6 +131,8 @@ pub fn stream_config(zone: &str, fact_bytes_max: usize, c: &CategoryConfig) -> s
         duplicate_window: c.duplicate_window,
         // Reading a fact back by offset is a direct get.
         allow_direct: true,
+        // A large batch is committed as one atomic batch (`facts::atomic`).
+        allow_atomic_publish: true,
         allow_rollup: false,
         deny_delete: true,
         deny_purge: false,

@@ -36,14 +36,19 @@
 //!    category's fill threshold, `category`), then its attachments are
 //!    checked and frozen and its record is encoded.
 //! 4. Send the round (`append`): one deadline (`[nats] request_timeout`)
-//!    for the whole round; the facts are handed to the NATS client in
-//!    order, back to back under the send lock, before any acknowledgement
-//!    is awaited. With `Order::AsGiven` each names the fact published
-//!    before it in its stream (`order`).
+//!    for the whole round. The facts of a category with at least `[commit]
+//!    atomic_batch_facts_min` of them in the round are committed as
+//!    JetStream atomic batches, one durable commit each (`atomic`); the
+//!    others are handed to the NATS client in order, back to back under the
+//!    send lock, before any acknowledgement is awaited. With
+//!    `Order::AsGiven` each pipelined fact names the fact published before
+//!    it in its stream (`order`).
 //! 5. Answer each fact from its acknowledgement (`ack`): stored; a retry the
 //!    duplicate window knew (read back and compared); the stream full; an
 //!    earlier fact of an ordered batch missing (`order_guard`); an error;
-//!    none in time.
+//!    none in time. An atomic batch is answered from its commit's
+//!    acknowledgement (its facts at consecutive offsets); a refused one is
+//!    published again pipelined, so each of its facts gets its own answer.
 //! 6. Stage the keys of the facts stored for the key index before the key
 //!    guard is released (`index`). The index's writer thread records them;
 //!    its background work (`index_upkeep`) reads in any fact stored around
@@ -51,8 +56,9 @@
 //!
 //! Invariants:
 //! * Contiguous offsets: JetStream numbers each stream's facts in the order
-//!   they reach it, the streams deny deletes and retention only truncates
-//!   a prefix, so a category's offsets run from its first to its last
+//!   they reach it (an atomic batch at consecutive sequences, whole or not
+//!   at all), the streams deny deletes and retention only truncates a
+//!   prefix, so a category's offsets run from its first to its last
 //!   without a hole; the key index records how far it covers them without
 //!   a gap, and reads in the rest.
 //! * One fact per (`from_zone`, `message_id`) across all categories, for as
@@ -61,10 +67,10 @@
 //!   duplicate window one whose first acknowledgement was lost until the
 //!   gap filler has read that fact in.
 //! * Order kept for `Order::AsGiven`: a fact is never stored after a later
-//!   fact of its batch. Nothing after a fact that was not sent, or that
-//!   failed and will be retried, is sent; and each fact names its
-//!   predecessor, so JetStream refuses every fact after one that was lost
-//!   on the way.
+//!   fact of its batch in its stream. Nothing after a fact that was not
+//!   sent, or that failed and will be retried, is sent; each pipelined fact
+//!   names its predecessor, so JetStream refuses every fact after one that
+//!   was lost on the way; an atomic batch is stored whole or not at all.
 
 use super::key_index::{IndexWriter, KeyIndex};
 use super::objects::Objects;
@@ -81,6 +87,7 @@ use std::time::Duration;
 
 mod ack;
 mod append;
+mod atomic;
 mod category;
 mod errors;
 mod index;
@@ -90,6 +97,7 @@ mod order;
 mod prepare;
 mod record;
 
+pub use atomic::ATOMIC_BATCH_FACTS_MAX;
 use category::FillAccount;
 pub use category::{Category, fact_subject, stream_config, stream_name};
 use index_upkeep::maintain_index;
@@ -140,12 +148,16 @@ pub struct FactLog {
     /// Append batches hold it shared; a rebuild of the key index holds it
     /// exclusively, so no batch looks a key up in an index being emptied.
     index_epoch: tokio::sync::RwLock<()>,
-    /// Held while a round's facts are handed to the NATS client, so the
-    /// facts of one round reach each stream back to back: what
-    /// `Order::AsGiven` relies on (this node is its streams' only writer).
+    /// Held while a round's facts (or an atomic batch) are handed to the
+    /// NATS client, so the facts of one round reach each stream back to
+    /// back: what `Order::AsGiven` relies on (this node is its streams' only
+    /// writer, and nats-server takes one connection's messages in order, so
+    /// no batch is committed between two facts of a round).
     sending: tokio::sync::Mutex<()>,
     /// Publishes facts; their acknowledgements come back per round.
     publisher: Publisher,
+    /// Ids for atomic batches (`atomic`).
+    batch_ids: atomic::BatchIds,
     metrics: Arc<Metrics>,
 }
 
@@ -160,6 +172,8 @@ impl FactLog {
         let mut categories = HashMap::new();
         for (position, c) in config.categories.iter().enumerate() {
             let stream_config = stream_config(&config.zone, config.limits.fact_bytes_max, c);
+            // An existing stream is updated: zones created before a setting
+            // (e.g. `allow_atomic`) get it at their next start.
             match jetstream.get_stream(&stream_config.name).await {
                 Ok(_) => {
                     jetstream.update_stream(stream_config.clone()).await?;
@@ -169,16 +183,20 @@ impl FactLog {
                 }
             }
             let mut stream = jetstream.get_stream(&stream_config.name).await?;
-            let bytes = stream.info().await?.state.bytes;
-            categories.insert(
-                c.name.clone(),
-                Category {
-                    config: c.clone(),
-                    stream,
-                    position,
-                    fill: FillAccount::new(bytes),
-                },
-            );
+            let info = stream.info().await?;
+            let (bytes, atomic) = (info.state.bytes, info.config.allow_atomic_publish);
+            let category = Category {
+                config: c.clone(),
+                stream,
+                position,
+                fill: FillAccount::new(bytes),
+                atomic: std::sync::atomic::AtomicBool::new(config.atomic_batch_facts_min() > 0),
+            };
+            if !atomic {
+                category
+                    .stop_atomic("nats-server did not keep allow_atomic (it needs 2.12 or later)");
+            }
+            categories.insert(c.name.clone(), category);
         }
         let names: Vec<String> = config.categories.iter().map(|c| c.name.clone()).collect();
         let index = Arc::new(
@@ -198,6 +216,7 @@ impl FactLog {
             config.commit.key_index_staged_facts_max,
         );
         let sync_interval = config.commit.key_index_sync_interval;
+        let batch_ids = atomic::BatchIds::new(config.seed_for(atomic::BATCH_IDS_PURPOSE));
         let log = Arc::new(Self {
             config,
             jetstream,
@@ -211,6 +230,7 @@ impl FactLog {
             index_epoch: tokio::sync::RwLock::new(()),
             sending: tokio::sync::Mutex::new(()),
             publisher,
+            batch_ids,
             metrics,
         });
         tokio::spawn(maintain_index(
