@@ -2,6 +2,7 @@
 //! sockets, no mocks. See harness.rs for how zones are started.
 
 mod abuse;
+mod atomic;
 mod bad_input;
 mod capacity;
 mod clocks;
