@@ -15,7 +15,7 @@
 
 use crate::child::{free_port, nats_server, scopeguard, start_node};
 use crate::crossing::{issue_certs, parse_tls};
-use crate::node_config::node_config;
+use crate::node_config::{node_config, with_sync};
 use crate::rpc::{ClientTls, append_closed_loop, rpc_client};
 use crate::run_id;
 use crate::stats::{Sample, median};
@@ -84,6 +84,7 @@ async fn one_run(
         .await?;
     let (port, ops) = (free_port()?, free_port()?);
     let config = node_config((port, ops, nats_port), 0, dir, tls.is_some())?;
+    let config = with_sync(config, &a.nats_sync);
     let node = start_node(bin, &config, &dir.join("node.toml"), &dir.join("node.log")).await?;
     let client = rpc_client(port, Protocol::Connect, tls, BoundaryServiceClient::new).await?;
     if a.warmup > 0.0 {

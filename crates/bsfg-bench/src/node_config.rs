@@ -84,6 +84,14 @@ fn with_tls(
         ))
 }
 
+/// `config` with the bench's nats-server `sync_interval` declared in its
+/// `[nats]`: the node starts no server of its own, but takes its
+/// atomic-batch default (`[commit] atomic_batch_facts_min`) from it.
+pub(crate) fn with_sync(mut config: ZoneConfig, sync_interval: &str) -> ZoneConfig {
+    config.nats.sync_interval = sync_interval.to_string();
+    config
+}
+
 /// The single-zone node's configuration (zone `bench`, `drain_consumers`
 /// consumers `drain<i>` of the category `drain`).
 pub(crate) fn node_config(

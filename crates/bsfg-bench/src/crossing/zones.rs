@@ -5,6 +5,7 @@
 use super::cli::CrossArgs;
 use super::config::{issue_certs, node_config, parse_tls};
 use crate::child::{Child, free_port, nats_server, start_node};
+use crate::node_config::with_sync;
 use anyhow::bail;
 use async_nats::jetstream;
 use bsfg::client::BsfgClient;
@@ -144,6 +145,7 @@ async fn start_zone(
     let certs = dir.join("certs");
     let (nats, js) = start_nats(&a.nats_server, dir, z, nats_port, &a.nats_sync, "").await?;
     let config = node_config(z, (port, ops, nats_port), dir, upstream_urls, mtls)?;
+    let config = with_sync(config, &a.nats_sync);
     let (toml, node_log) = (
         dir.join(format!("{z}.toml")),
         dir.join(format!("{z}.node.log")),

@@ -4,7 +4,7 @@
 use crate::child::{Child, free_port, nats_server, spawn_logged, start_node, wait_tcp};
 use crate::cli::Args;
 use crate::echo_proto::bench::v1::EchoServiceClient;
-use crate::node_config::node_config;
+use crate::node_config::{node_config, with_sync};
 use crate::publish::create_plain_stream;
 use crate::rpc::rpc_client;
 use async_nats::jetstream;
@@ -60,6 +60,7 @@ pub(super) async fn start(
     let (port, ops) = (free_port()?, free_port()?);
     // `reps` drain consumers: one per drain repetition.
     let config = node_config((port, ops, nats_port), reps, dir, false)?;
+    let config = with_sync(config, &args.nats_sync);
     let node = start_node(
         &args.bsfg,
         &config,
