@@ -9,6 +9,7 @@
 #   scripts/bench.sh crossing --only-lag [--lag-rate 1000]         # two-hop lag only, printed
 #   scripts/bench.sh crossing --only-reference                     # native sourcing + bare bridge, printed
 #   scripts/bench.sh key-index [--entries 4000000]                 # the key index alone, printed
+#   scripts/bench.sh batches [--nats-sync always,2m]              # atomic batches vs pipelined, printed
 #   scripts/bench.sh ab --a <other build>/target/release/bsfg \
 #       --b target/release/bsfg [--nats-sync 2m] [--reps 5]         # two node binaries, AppendFact c64, printed
 set -euo pipefail
@@ -19,7 +20,8 @@ if [ "${1:-}" = crossing ]; then
   shift
   exec target/release/bsfg-bench crossing --out BENCHMARKS.md "$@"
 fi
-if [ "${1:-}" = substrate ] || [ "${1:-}" = key-index ] || [ "${1:-}" = ab ]; then
+if [ "${1:-}" = substrate ] || [ "${1:-}" = key-index ] || [ "${1:-}" = ab ] \
+  || [ "${1:-}" = batches ]; then
   # Prints its tables; they are copied into BENCHMARKS.md by hand.
   command=$1
   shift
