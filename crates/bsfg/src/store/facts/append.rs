@@ -173,7 +173,7 @@ impl FactLog {
         let mut predecessors = Predecessors::default();
         for (slot, p) in prepared.into_iter().enumerate() {
             let flight = match (p.expect("every fact was prepared"), round.as_deref_mut()) {
-                (Err(done), _) => {
+                (Prepared::Answered(done), _) => {
                     // In a batch whose order is kept, a fact that failed
                     // before it could be sent (its attachments could not be
                     // checked, its key not read back) and will be retried
@@ -187,17 +187,17 @@ impl FactLog {
                 }
                 // Nothing after a fact that could not be sent is sent: a
                 // later fact stored before its retry would break the order.
-                (Ok(_), Some(_)) if send_failed => InFlight::Done(Err(unavailable(
+                (Prepared::Ready(_), Some(_)) if send_failed => InFlight::Done(Err(unavailable(
                     "publishing the fact",
                     "it or an earlier fact of the same batch could not be sent \
                      within the request timeout",
                 ))),
-                (Ok(_), None) => InFlight::Done(Err(unavailable(
+                (Prepared::Ready(_), None) => InFlight::Done(Err(unavailable(
                     "publishing the fact",
                     "too many acknowledgements awaited; none could be sent \
                      within the request timeout",
                 ))),
-                (Ok(ready), Some(round)) => {
+                (Prepared::Ready(ready), Some(round)) => {
                     let mut headers = ready.headers();
                     if order == Order::AsGiven
                         && let Some(previous) = predecessors.follow(&ready.category, &ready.token)

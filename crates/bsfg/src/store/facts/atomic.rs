@@ -118,13 +118,15 @@ impl FactLog {
         let end = match order {
             Order::AsGiven => prepared
                 .iter()
-                .position(|p| matches!(p, Some(Err(Err(r))) if is_transient(r)))
+                .position(|p| matches!(p, Some(Prepared::Answered(Err(r))) if is_transient(r)))
                 .unwrap_or(prepared.len()),
             Order::Any => prepared.len(),
         };
         let mut by_category: Vec<(String, Vec<usize>)> = Vec::new();
         for (slot, p) in prepared[..end].iter().enumerate() {
-            let Some(Ok(ready)) = p else { continue };
+            let Some(Prepared::Ready(ready)) = p else {
+                continue;
+            };
             match by_category.iter_mut().find(|(c, _)| *c == ready.category) {
                 Some((_, slots)) => slots.push(slot),
                 None => by_category.push((ready.category.clone(), vec![slot])),
@@ -143,7 +145,7 @@ impl FactLog {
                 let facts = part
                     .iter()
                     .map(|&slot| match prepared[slot].take() {
-                        Some(Ok(ready)) => ready,
+                        Some(Prepared::Ready(ready)) => ready,
                         _ => unreachable!("only slots ready to publish were planned"),
                     })
                     .collect();
@@ -313,7 +315,11 @@ impl FactLog {
                     %description,
                     "atomic batch refused (nothing stored); its facts are published pipelined"
                 );
-                let prepared = chunk.facts.into_iter().map(|r| Some(Ok(r))).collect();
+                let prepared = chunk
+                    .facts
+                    .into_iter()
+                    .map(|r| Some(Prepared::Ready(r)))
+                    .collect();
                 self.pipelined(prepared, order, until).await
             }
             other => self.answer_unknown(log, chunk, other).await,

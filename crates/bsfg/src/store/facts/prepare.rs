@@ -14,9 +14,29 @@ use bsfg_domain::{Code, Reason, Rejection};
 use bsfg_proto::bsfg::v1::{Envelope, Provenance, StoredFact};
 use buffa::Message as _;
 
-/// A fact ready to publish, or its final answer (a duplicate, or a
-/// rejection).
-pub(super) type Prepared = Result<Ready, Result<Appended, Rejection>>;
+/// A fact after preparation: ready to publish, or answered already.
+// Nearly every fact is `Ready`: boxing it would allocate once per fact.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Prepared {
+    /// To be published.
+    Ready(Ready),
+    /// Its final answer without a publish: the original of a duplicate,
+    /// or a rejection (a conflict, a full category, a failed read-back).
+    Answered(Result<Appended, Rejection>),
+}
+
+/// What the preparing functions return, `?` taking them to an answer:
+/// `Ok` ready, `Err` answered.
+type Preparing = Result<Ready, Result<Appended, Rejection>>;
+
+impl From<Preparing> for Prepared {
+    fn from(preparing: Preparing) -> Self {
+        match preparing {
+            Ok(ready) => Prepared::Ready(ready),
+            Err(answer) => Prepared::Answered(answer),
+        }
+    }
+}
 
 /// A fact ready to publish.
 pub(super) struct Ready {
@@ -69,10 +89,12 @@ impl FactLog {
                 prepared.push(Some(
                     self.refuse_if_full(home)
                         .map_err(Err)
-                        .and_then(|()| self.encode(item, token, raw, home)),
+                        .and_then(|()| self.encode(item, token, raw, home))
+                        .into(),
                 ));
             } else {
-                waiting.push((prepared.len(), self.prepare(item, token, raw, home, found)));
+                let preparing = self.prepare(item, token, raw, home, found);
+                waiting.push((prepared.len(), async { Prepared::from(preparing.await) }));
                 prepared.push(None);
             }
         }
@@ -90,7 +112,7 @@ impl FactLog {
         raw_token: Token,
         category: &CategoryConfig,
         found: Option<(usize, u64)>,
-    ) -> Prepared {
+    ) -> Preparing {
         if let Some((position, offset)) = found {
             let home = &self.index.categories()[position];
             if let Some(existing) = self
@@ -149,7 +171,7 @@ impl FactLog {
         token: String,
         raw_token: Token,
         category: &CategoryConfig,
-    ) -> Prepared {
+    ) -> Preparing {
         let AppendItem {
             envelope,
             valid,
