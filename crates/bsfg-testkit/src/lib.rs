@@ -1,6 +1,6 @@
 //! What the BSFG tests, the `bsfg demo` command and the benchmarks start,
 //! written once: [`nats_server`], a nats-server process (kill -9, freeze,
-//! restart); [`site`], the reference site's topology and zone
+//! restart); [`nats_cluster`], a JetStream cluster of them; [`site`], the reference site's topology and zone
 //! configurations; [`faultproxy`], a TCP proxy that cuts, restores and
 //! delays a link; [`pki`], a development PKI; [`zone_config`], zone
 //! configurations as typed values; [`procfs`], a process's memory and CPU;
@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod faultproxy;
+pub mod nats_cluster;
 pub mod nats_server;
 pub mod pki;
 pub mod process;

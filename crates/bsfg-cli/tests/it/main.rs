@@ -11,6 +11,7 @@ mod delivery;
 mod disk;
 mod durability;
 mod faults;
+mod ha;
 mod harness;
 mod interop;
 mod ops_tooling;

@@ -177,8 +177,26 @@ impl ZoneConfig {
         Ok(())
     }
 
-    /// `[nats]`: `sync_interval` is `always` or a duration.
+    /// `[nats]`: `sync_interval` is `always` or a duration; `url` or
+    /// `urls`, not both; a replica count JetStream accepts, and 1 for the
+    /// embedded (single) server.
     fn check_nats(&self) -> anyhow::Result<()> {
+        if self.nats.url.is_some() && !self.nats.urls.is_empty() {
+            bail!("[nats] has url and urls: name the cluster's servers in urls only");
+        }
+        if !(1..=5).contains(&self.nats.replicas) {
+            bail!(
+                "[nats] replicas is {}; need 1 to 5 (JetStream's limit)",
+                self.nats.replicas
+            );
+        }
+        if self.nats.is_embedded() && self.nats.replicas != 1 {
+            bail!(
+                "[nats] replicas is {} but the node starts its own single server: \
+                 name a cluster's servers in [nats] urls, or set replicas = 1",
+                self.nats.replicas
+            );
+        }
         if self.nats.sync_interval != "always"
             && humantime::parse_duration(&self.nats.sync_interval).is_err()
         {

@@ -140,20 +140,18 @@ pub async fn start(mut config: ZoneConfig) -> anyhow::Result<RunningNode> {
 async fn start_embedded_nats(
     config: &ZoneConfig,
 ) -> anyhow::Result<Option<nats_server::EmbeddedNats>> {
-    Ok(match &config.nats.url {
-        Some(_) => None,
-        None => Some(nats_server::start(config).await?),
+    Ok(match config.nats.is_embedded() {
+        false => None,
+        true => Some(nats_server::start(config).await?),
     })
 }
 
-/// The configured NATS URL, else the embedded server's.
+/// The configured NATS URLs (comma-separated), else the embedded server's.
 fn nats_url(config: &ZoneConfig, embedded: Option<&nats_server::EmbeddedNats>) -> String {
-    config
-        .nats
-        .url
-        .clone()
-        .or_else(|| embedded.map(|e| e.url.clone()))
-        .expect("one of the two")
+    match embedded {
+        Some(e) => e.url.clone(),
+        None => config.nats.external_urls().join(","),
+    }
 }
 
 /// The store's login: the embedded server's own user, else the configured one.

@@ -159,7 +159,12 @@ impl FactLog {
     ) -> anyhow::Result<Arc<Self>> {
         let mut categories = HashMap::new();
         for (position, c) in config.categories.iter().enumerate() {
-            let stream_config = stream_config(&config.zone, config.limits.fact_bytes_max, c);
+            let stream_config = stream_config(
+                &config.zone,
+                config.limits.fact_bytes_max,
+                config.nats.replicas,
+                c,
+            );
             match jetstream.get_stream(&stream_config.name).await {
                 Ok(_) => {
                     jetstream.update_stream(stream_config.clone()).await?;
