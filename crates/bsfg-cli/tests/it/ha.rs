@@ -91,6 +91,31 @@ async fn write_until(client: BsfgClient, acked: Arc<Mutex<Acked>>, stop: Arc<Ato
     }
 }
 
+/// Fetches everything for `consumer` (retrying refusals: a consumer's
+/// cursor on a restarted server answers once that server has recovered)
+/// until `expected` facts were seen or 60 s passed. A fetch that failed may
+/// make the node redeliver from the frontier: facts at offsets already
+/// taken are redeliveries, not stored twice (a fact stored twice has two
+/// offsets), and are skipped.
+async fn fetch_all_retrying(
+    client: &BsfgClient,
+    consumer: &str,
+    expected: usize,
+) -> Vec<StoredFact> {
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while out.len() < expected && Instant::now() < deadline {
+        match client.fetch(consumer, 1000, 0, 500).await {
+            Ok(r) => {
+                let last = out.last().map_or(0, |f: &StoredFact| f.offset);
+                out.extend(r.facts.into_iter().filter(|f| f.offset > last));
+            }
+            Err(_) => tokio::time::sleep(RETRY_DELAY * 10).await,
+        }
+    }
+    out
+}
+
 /// The index in `cluster.servers` of the leader of `stream`.
 async fn stream_leader(cluster: &NatsCluster, stream: &str) -> usize {
     let js = async_nats::jetstream::new(async_nats::connect(cluster.urls()).await.unwrap());
@@ -202,6 +227,6 @@ async fn appends_go_on_while_one_server_of_an_r3_cluster_is_killed_and_nothing_a
         "longest pause {:?}",
         acked.longest_pause
     );
-    let fetched = fetch_all(&client, "mes", acked.facts.len()).await;
+    let fetched = fetch_all_retrying(&client, "mes", acked.facts.len()).await;
     assert_exactly_once_in_order(&fetched, &acked.facts);
 }

@@ -12,6 +12,7 @@ mod disk;
 mod durability;
 mod faults;
 mod ha;
+mod ha_nodes;
 mod harness;
 mod interop;
 mod ops_tooling;

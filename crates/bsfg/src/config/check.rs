@@ -28,6 +28,7 @@ impl ZoneConfig {
         self.check_buckets()?;
         self.check_tls()?;
         self.check_nats()?;
+        self.check_ha()?;
         self.check_principals()?;
         self.check_upstreams()?;
         self.check_routes()
@@ -204,6 +205,24 @@ impl ZoneConfig {
                 "[nats] sync_interval must be \"always\" or a duration such as \"1s\", not {:?}",
                 self.nats.sync_interval
             );
+        }
+        Ok(())
+    }
+
+    /// `[ha]`: the nodes share an external store; a node id; a lease long
+    /// enough to renew over a loaded network.
+    fn check_ha(&self) -> anyhow::Result<()> {
+        let Some(ha) = &self.ha else {
+            return Ok(());
+        };
+        if self.nats.is_embedded() {
+            bail!("[ha] needs the zone's shared store: name its servers in [nats] urls");
+        }
+        if ha.node_id.is_empty() || ha.node_id.chars().any(char::is_whitespace) {
+            bail!("[ha] node_id must be a non-empty name without spaces");
+        }
+        if !(Duration::from_millis(500)..=Duration::from_secs(300)).contains(&ha.lease_ttl) {
+            bail!("[ha] lease_ttl is {:?}; need 500ms to 5m", ha.lease_ttl);
         }
         Ok(())
     }

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod boundary;
 pub mod call;
 pub mod errors;
+pub mod lease;
 pub mod nats_server;
 pub mod operations;
 pub mod ops_http;
@@ -116,6 +117,7 @@ pub async fn start(mut config: ZoneConfig) -> anyhow::Result<RunningNode> {
     let (audit, audit_tasks) =
         audit::Audit::start(&config.zone, store.commit.clone(), metrics.clone());
     tasks.extend(audit_tasks);
+    tasks.extend(start_lease(&config, &store, &metrics, &audit).await?);
     let (replicator, replication_tasks) = start_replication(&config, &store, &metrics, &audit)?;
     tasks.extend(replication_tasks);
     let gate = build_gate(&config, &store, &metrics, audit, &replicator);
@@ -134,6 +136,30 @@ pub async fn start(mut config: ZoneConfig) -> anyhow::Result<RunningNode> {
         _embedded: embedded,
         tasks: all_tasks,
     })
+}
+
+/// The writer lease's task for a zone of several nodes (`[ha]`); a zone of
+/// one node holds no lease and always writes.
+async fn start_lease(
+    config: &Arc<ZoneConfig>,
+    store: &Arc<Store>,
+    metrics: &Arc<Metrics>,
+    audit: &Arc<audit::Audit>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(ha) = &config.ha else {
+        metrics.lease_held.set(1);
+        return Ok(None);
+    };
+    let lease = lease::Lease::open(
+        &store.jetstream,
+        config,
+        ha,
+        store.facts.clone(),
+        metrics.clone(),
+        audit.clone(),
+    )
+    .await?;
+    Ok(Some(tokio::spawn(lease.run())))
 }
 
 /// The embedded nats-server, started when no external NATS URL is configured.

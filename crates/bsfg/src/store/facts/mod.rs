@@ -146,6 +146,9 @@ pub struct FactLog {
     sending: tokio::sync::Mutex<()>,
     /// Publishes facts; their acknowledgements come back per round.
     publisher: Publisher,
+    /// Whether this node is its zone's writer now; checked before every
+    /// round's publishes.
+    gate: Arc<super::writer_gate::WriterGate>,
     metrics: Arc<Metrics>,
 }
 
@@ -203,6 +206,10 @@ impl FactLog {
             config.commit.key_index_staged_facts_max,
         );
         let sync_interval = config.commit.key_index_sync_interval;
+        let gate = Arc::new(match config.ha {
+            Some(_) => super::writer_gate::WriterGate::closed(),
+            None => super::writer_gate::WriterGate::always_open(),
+        });
         let log = Arc::new(Self {
             config,
             jetstream,
@@ -216,6 +223,7 @@ impl FactLog {
             index_epoch: tokio::sync::RwLock::new(()),
             sending: tokio::sync::Mutex::new(()),
             publisher,
+            gate,
             metrics,
         });
         tokio::spawn(maintain_index(
@@ -223,6 +231,24 @@ impl FactLog {
             sync_interval.min(GAP_FILL_INTERVAL_MAX),
         ));
         Ok(log)
+    }
+
+    /// Whether this node may write now (see `writer_gate`).
+    pub fn gate(&self) -> &Arc<super::writer_gate::WriterGate> {
+        &self.gate
+    }
+
+    /// Whether the key index covers every fact stored in every category
+    /// now: what a node taking the writer lease waits for.
+    pub async fn index_covers_streams(&self) -> anyhow::Result<bool> {
+        for c in self.categories.values() {
+            let mut stream = c.stream.clone();
+            let last = stream.info().await?.state.last_sequence;
+            if self.index.through(&c.config.name) < last {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     pub fn category(&self, name: &str) -> Option<&Category> {
