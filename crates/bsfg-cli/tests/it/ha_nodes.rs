@@ -23,12 +23,14 @@ const CLUSTER_SIZE: usize = 3;
 const LEASE_TTL: Duration = Duration::from_secs(2);
 /// Kills of the active node in the test.
 const KILLS: usize = 5;
+/// Kills of the active node in the ignored, longer test.
+const KILLS_MANY: usize = 20;
 /// How long appends run between a takeover and the next kill.
 const BETWEEN_KILLS: Duration = Duration::from_secs(2);
 /// The longest the zone may go without acknowledging after its active
 /// node is killed.
 const TAKEOVER_MAX: Duration = Duration::from_secs(5);
-/// The client's wait before retrying on the other node.
+/// The writer's wait before retrying a refusal the client returned.
 const RETRY_DELAY: Duration = Duration::from_millis(50);
 
 /// One node's configuration and its directory.
@@ -88,32 +90,24 @@ impl NodeSpec {
 struct Acked {
     facts: Vec<(Envelope, Fact, u64)>,
     at: Vec<Instant>,
-    not_active_refusals: u64,
+    /// Refusals the client returned after trying both nodes.
+    refusals: Vec<String>,
 }
 
-/// Appends one fact at a time until `stop`, moving to the other node on
-/// any refusal or connection failure and retrying the same message id.
+/// Appends one fact at a time until `stop` through a client given both
+/// nodes' URLs; a refusal it returns (both nodes refused for a while) is
+/// retried with the same message id.
 async fn write_until(urls: Vec<String>, acked: Arc<Mutex<Acked>>, stop: Arc<AtomicBool>) {
-    let clients: Vec<BsfgClient> = urls
-        .iter()
-        .map(|u| BsfgClient::connect(u).unwrap())
-        .collect();
-    let mut current = 0;
+    let client = BsfgClient::connect(&urls.join(",")).unwrap();
     for n in 0.. {
         let envelope = envelope(&mid("ha"));
         let fact = batch_fact(n);
         let offset = loop {
-            match clients[current]
-                .append(envelope.clone(), fact.clone())
-                .await
-            {
+            match client.append(envelope.clone(), fact.clone()).await {
                 Ok(r) => break r.offset,
                 Err(e) => {
                     let message = e.message.unwrap_or_default();
-                    if message.starts_with("not_active") {
-                        acked.lock().unwrap().not_active_refusals += 1;
-                    }
-                    current = (current + 1) % clients.len();
+                    acked.lock().unwrap().refusals.push(message);
                     tokio::time::sleep(RETRY_DELAY).await;
                 }
             }
@@ -151,30 +145,46 @@ async fn active_node(nodes: &[NodeSpec], running: &[bool]) -> usize {
 /// Reads everything back through consumer `mes` from whichever node is
 /// active (skipping redeliveries at offsets already taken).
 async fn read_back(urls: &[String], expected: usize) -> Vec<StoredFact> {
-    let clients: Vec<BsfgClient> = urls
-        .iter()
-        .map(|u| BsfgClient::connect(u).unwrap())
-        .collect();
+    let client = BsfgClient::connect(&urls.join(",")).unwrap();
     let mut out: Vec<StoredFact> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut current = 0;
     while out.len() < expected && Instant::now() < deadline {
-        match clients[current].fetch("mes", 1000, 0, 500).await {
+        match client.fetch("mes", 1000, 0, 500).await {
             Ok(r) => {
                 let last = out.last().map_or(0, |f| f.offset);
                 out.extend(r.facts.into_iter().filter(|f| f.offset > last));
             }
-            Err(_) => {
-                current = (current + 1) % clients.len();
-                tokio::time::sleep(RETRY_DELAY).await;
-            }
+            Err(_) => tokio::time::sleep(RETRY_DELAY).await,
         }
     }
     out
 }
 
+/// The first lines of a node's log that tell of a panic or an error.
+fn log_trouble(node: &NodeSpec) -> Vec<String> {
+    let log = std::fs::read_to_string(node.dir.join("bsfg.log")).unwrap_or_default();
+    log.lines()
+        .filter(|l| l.contains("panicked") || l.contains("failed"))
+        .take(5)
+        .map(str::to_string)
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_active_node_hands_the_zone_to_the_other_without_loss_or_duplicate() {
+    kill_the_active_node(KILLS).await;
+}
+
+/// The same, `KILLS_MANY` times, for the distribution of takeover times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "about 2 minutes; run with --run-ignored only"]
+async fn killing_the_active_node_many_times_for_the_takeover_distribution() {
+    kill_the_active_node(KILLS_MANY).await;
+}
+
+/// Kills the active node `kills` times under continuous appends; see the
+/// module documentation.
+async fn kill_the_active_node(kills: usize) {
     let root = tempfile::tempdir().unwrap();
     let cluster = NatsCluster::start(root.path(), ZONE, CLUSTER_SIZE)
         .await
@@ -190,7 +200,7 @@ async fn killing_the_active_node_hands_the_zone_to_the_other_without_loss_or_dup
     let stop = Arc::new(AtomicBool::new(false));
     let writer = tokio::spawn(write_until(urls.clone(), acked.clone(), stop.clone()));
     let mut takeovers = Vec::new();
-    for _ in 0..KILLS {
+    for _ in 0..kills {
         let active = active_node(&nodes, &running).await;
         tokio::time::sleep(BETWEEN_KILLS).await;
         let acked_before = acked.lock().unwrap().facts.len();
@@ -204,10 +214,8 @@ async fn killing_the_active_node_hands_the_zone_to_the_other_without_loss_or_dup
                 break at.saturating_duration_since(killed_at);
             }
             if killed_at.elapsed() > Duration::from_secs(30) {
-                let log = std::fs::read_to_string(nodes[1 - active].dir.join("bsfg.log"));
-                let log = log.unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(30).collect();
-                panic!("no takeover; the other node's log ends: {tail:#?}");
+                let trouble = log_trouble(&nodes[1 - active]);
+                panic!("no takeover; the other node's log: {trouble:#?}");
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
@@ -222,10 +230,10 @@ async fn killing_the_active_node_hands_the_zone_to_the_other_without_loss_or_dup
     let mut sorted = takeovers.clone();
     sorted.sort();
     eprintln!(
-        "{KILLS} kills of the active node: takeover (kill to the next acknowledgement) \
-         {sorted:?}; {} facts acknowledged, {} not_active refusals",
+        "{kills} kills of the active node: takeover (kill to the next acknowledgement) \
+         {sorted:?}; {} facts acknowledged; refusals the client returned: {:?}",
         acked.facts.len(),
-        acked.not_active_refusals
+        acked.refusals
     );
     let fetched = read_back(&urls, acked.facts.len()).await;
     assert_exactly_once_in_order(&fetched, &acked.facts);

@@ -266,6 +266,9 @@ impl ZoneConfig {
     /// Upstreams: a peer principal each, sane backoff and batch bounds.
     fn check_upstreams(&self) -> anyhow::Result<()> {
         for u in &self.upstreams {
+            if u.url.is_empty() == u.urls.is_empty() {
+                bail!("upstream {} needs url or urls (one of the two)", u.peer);
+            }
             let ok = self
                 .principals
                 .iter()
