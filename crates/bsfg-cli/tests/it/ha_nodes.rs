@@ -143,7 +143,8 @@ async fn active_node(nodes: &[NodeSpec], running: &[bool]) -> usize {
 }
 
 /// Reads everything back through consumer `mes` from whichever node is
-/// active (skipping redeliveries at offsets already taken).
+/// active, confirming as it goes (skipping redeliveries at offsets already
+/// taken).
 async fn read_back(urls: &[String], expected: usize) -> Vec<StoredFact> {
     let client = BsfgClient::connect(&urls.join(",")).unwrap();
     let mut out: Vec<StoredFact> = Vec::new();
@@ -153,6 +154,11 @@ async fn read_back(urls: &[String], expected: usize) -> Vec<StoredFact> {
             Ok(r) => {
                 let last = out.last().map_or(0, |f| f.offset);
                 out.extend(r.facts.into_iter().filter(|f| f.offset > last));
+                // Confirmed as read: a consumer holds only so many
+                // unconfirmed facts (`unconfirmed_max`).
+                if let Some(f) = out.last() {
+                    let _ = client.confirm("mes", f.offset).await;
+                }
             }
             Err(_) => tokio::time::sleep(RETRY_DELAY).await,
         }
