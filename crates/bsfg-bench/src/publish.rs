@@ -164,6 +164,7 @@ pub(crate) async fn create_layout_copy_stream(js: &jetstream::Context) -> anyhow
     js.create_stream(bsfg::store::facts::stream_config(
         "bench",
         bsfg_domain::limits::Limits::default().fact_bytes_max,
+        1,
         &category,
     ))
     .await?;

@@ -33,7 +33,9 @@ struct Cli {
 
 #[derive(clap::Args)]
 struct Target {
-    /// Boundary URL of the zone node (https:// with mutual TLS).
+    /// Boundary URL of the zone node (https:// with mutual TLS); the nodes
+    /// of a zone of several, comma-separated (the next is tried when one
+    /// cannot be reached or is a standby).
     #[arg(long, env = "BSFG_URL", default_value = "https://127.0.0.1:7443")]
     url: String,
     /// Site CA (PEM) to trust.

@@ -192,6 +192,9 @@ reasons! {
     StoreUnavailable = "store_unavailable",
     /// The node is shutting down.
     NodeStopping = "node_stopping",
+    /// The node is a standby of its zone (another node holds the writer
+    /// lease): the message names the active node's URL when it is known.
+    NotActive = "not_active",
     /// The idempotency key index is still reading the stored facts in.
     KeyIndexCatchingUp = "key_index_catching_up",
     /// The idempotency key index cannot be read or written.

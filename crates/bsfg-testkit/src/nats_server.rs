@@ -34,6 +34,7 @@ const LOG_TAIL_LINES_MAX: usize = 5;
 pub struct NatsServerBuilder {
     dir: PathBuf,
     name: String,
+    domain: Option<String>,
     binary: Option<PathBuf>,
     port: Option<u16>,
     sync_interval: String,
@@ -47,6 +48,13 @@ impl NatsServerBuilder {
     /// the project's `.tools/bin`, then PATH).
     pub fn binary(mut self, path: &Path) -> Self {
         self.binary = Some(path.to_path_buf());
+        self
+    }
+
+    /// The JetStream domain; by default the server's name. The servers of
+    /// one cluster share it (the zone's name) and differ in name.
+    pub fn domain(mut self, domain: &str) -> Self {
+        self.domain = Some(domain.to_string());
         self
     }
 
@@ -80,6 +88,14 @@ impl NatsServerBuilder {
     /// JetStream answers; if it does not, the error quotes the end of the
     /// server's log.
     pub async fn start(self) -> anyhow::Result<NatsServer> {
+        let mut server = self.launch()?;
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
+    /// Writes the configuration and starts the server without waiting for
+    /// JetStream: a cluster's servers answer only once a majority is up.
+    pub(crate) fn launch(self) -> anyhow::Result<NatsServer> {
         let binary = match self.binary.clone() {
             Some(binary) => binary,
             None => bsfg::node::nats_server::find_binary(None)?,
@@ -102,7 +118,7 @@ impl NatsServerBuilder {
             conf_path,
             log_path: self.dir.join(format!("{}.nats.log", self.name)),
         };
-        server.spawn().await?;
+        server.spawn_process()?;
         Ok(server)
     }
 
@@ -113,9 +129,10 @@ impl NatsServerBuilder {
         };
         format!(
             "server_name: \"{name}\"\nlisten: \"127.0.0.1:{port}\"\nmax_payload: 8MB\n\
-             jetstream {{\n  domain: \"{name}\"\n  store_dir: \"{store}\"\n\
+             jetstream {{\n  domain: \"{domain}\"\n  store_dir: \"{store}\"\n\
              {max_file_store}  sync_interval: \"{sync}\"\n}}\n{extra}\n",
             name = self.name,
+            domain = self.domain.as_deref().unwrap_or(&self.name),
             store = store_dir.display(),
             sync = self.sync_interval,
             extra = self.extra,
@@ -145,6 +162,7 @@ impl NatsServer {
         NatsServerBuilder {
             dir: dir.to_path_buf(),
             name: name.to_string(),
+            domain: None,
             binary: None,
             port: None,
             sync_interval: "always".to_string(),
@@ -200,6 +218,11 @@ impl NatsServer {
     }
 
     async fn spawn(&mut self) -> anyhow::Result<()> {
+        self.spawn_process()?;
+        self.wait_ready().await
+    }
+
+    fn spawn_process(&mut self) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -214,11 +237,11 @@ impl NatsServer {
             .spawn()
             .with_context(|| format!("starting {}", self.binary.display()))?;
         self.child = Some(child);
-        self.wait_ready().await
+        Ok(())
     }
 
     /// Waits until JetStream answers on the client port.
-    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+    pub(crate) async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + READY_WAIT_MAX;
         loop {
             if self.jetstream_answers().await {

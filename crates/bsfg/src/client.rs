@@ -1,6 +1,13 @@
 //! A typed client for the boundary contract, used by the CLI, the tests and
 //! the benchmarks. Thin: it picks the transport and returns owned messages
 //! (and, for FetchFacts, optionally a view of the received bytes).
+//!
+//! Given several URLs (comma-separated: the nodes of one zone, see
+//! `docs/ha.md`), AppendFact, FetchFacts and ConfirmReceipt move to the
+//! next node when a node cannot be reached or answers `not_active`, with a
+//! growing pause after each full turn, and keep the node that answered for
+//! the next calls. Safe because each of them can be repeated: an append
+//! by its message id, a fetch and a confirm by the consumer's frontier.
 
 use bsfg_proto::bsfg::v1::__buffa::view::FetchFactsResponseView;
 use bsfg_proto::bsfg::v1::*;
@@ -11,8 +18,32 @@ use std::time::Duration;
 
 #[derive(Clone)]
 pub struct BsfgClient {
+    nodes: std::sync::Arc<[Endpoint]>,
+    /// The node the next call goes to first.
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// One node's boundary and operations services.
+struct Endpoint {
     inner: BoundaryServiceClient<HttpClient>,
     ops: OperationsServiceClient<HttpClient>,
+}
+
+/// Turns over every node a call makes before it gives up.
+const FAILOVER_TURNS_MAX: u32 = 16;
+/// The pause after the first full turn over the nodes; doubled after each
+/// further turn, up to `FAILOVER_PAUSE_MAX`.
+const FAILOVER_PAUSE_FIRST: Duration = Duration::from_millis(50);
+const FAILOVER_PAUSE_MAX: Duration = Duration::from_millis(250);
+
+/// Whether another node of the zone may answer what this one could not: it
+/// is a standby (`not_active`), or no node answered at all (no node's
+/// reason: not reached, or the connection broke mid-call).
+fn is_failover(e: &ConnectError) -> bool {
+    match e.response_headers().get("bsfg-reason") {
+        Some(r) => r.as_bytes() == bsfg_domain::Reason::NotActive.as_str().as_bytes(),
+        None => true,
+    }
 }
 
 /// Every call has a deadline; a dead peer never hangs a caller forever.
@@ -25,14 +56,70 @@ impl BsfgClient {
     /// connection. (An HTTP/1.1 pool opened one connection per call in
     /// flight: ~4,700 connections and 200 MiB of node RSS under a 5k/s
     /// open-loop overload in the crossing bench.)
+    /// `base_url` may name several nodes, comma-separated.
     pub fn connect(base_url: &str) -> anyhow::Result<Self> {
-        let uri: http::Uri = base_url.parse()?;
-        let config = ClientConfig::new(uri).with_default_timeout(CALL_TIMEOUT_DEFAULT);
         let http = HttpClient::plaintext_http2_only();
+        Self::over(base_url, |_| Ok(()), http)
+    }
+
+    /// One endpoint per comma-separated URL, each checked by `check`.
+    fn over(
+        base_urls: &str,
+        check: impl Fn(&http::Uri) -> anyhow::Result<()>,
+        http: HttpClient,
+    ) -> anyhow::Result<Self> {
+        let mut nodes = Vec::new();
+        for url in base_urls.split(',').map(str::trim) {
+            let uri: http::Uri = url.parse()?;
+            check(&uri)?;
+            let config = ClientConfig::new(uri).with_default_timeout(CALL_TIMEOUT_DEFAULT);
+            nodes.push(Endpoint {
+                inner: BoundaryServiceClient::new(http.clone(), config.clone()),
+                ops: OperationsServiceClient::new(http.clone(), config),
+            });
+        }
+        anyhow::ensure!(!nodes.is_empty(), "no URL given");
         Ok(Self {
-            inner: BoundaryServiceClient::new(http.clone(), config.clone()),
-            ops: OperationsServiceClient::new(http, config),
+            nodes: nodes.into(),
+            current: Default::default(),
         })
+    }
+
+    fn node(&self) -> &Endpoint {
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        &self.nodes[i % self.nodes.len()]
+    }
+
+    /// Runs `call` on the current node, moving on to the next on a
+    /// failover error (see the module documentation).
+    async fn failover<T, F, Fut>(&self, call: F) -> Result<T, ConnectError>
+    where
+        F: Fn(BoundaryServiceClient<HttpClient>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ConnectError>>,
+    {
+        use std::sync::atomic::Ordering::Relaxed;
+        let attempts = self.nodes.len() as u32 * FAILOVER_TURNS_MAX;
+        let mut pause = FAILOVER_PAUSE_FIRST;
+        let mut attempt = 1;
+        loop {
+            let i = self.current.load(Relaxed) % self.nodes.len();
+            match call(self.nodes[i].inner.clone()).await {
+                Err(e) if self.nodes.len() > 1 && attempt < attempts && is_failover(&e) => {
+                    let _ = self.current.compare_exchange(
+                        i,
+                        (i + 1) % self.nodes.len(),
+                        Relaxed,
+                        Relaxed,
+                    );
+                    if attempt % self.nodes.len() as u32 == 0 {
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(FAILOVER_PAUSE_MAX);
+                    }
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Mutual-TLS Connect client for `https://host:port`, presenting the
@@ -41,17 +128,14 @@ impl BsfgClient {
         base_url: &str,
         tls: std::sync::Arc<rustls::ClientConfig>,
     ) -> anyhow::Result<Self> {
-        let uri: http::Uri = base_url.parse()?;
-        anyhow::ensure!(
-            uri.scheme_str() == Some("https"),
-            "a TLS client needs an https:// URL, got {base_url}"
-        );
-        let config = ClientConfig::new(uri).with_default_timeout(CALL_TIMEOUT_DEFAULT);
-        let http = HttpClient::with_tls(tls);
-        Ok(Self {
-            inner: BoundaryServiceClient::new(http.clone(), config.clone()),
-            ops: OperationsServiceClient::new(http, config),
-        })
+        let check = |uri: &http::Uri| {
+            anyhow::ensure!(
+                uri.scheme_str() == Some("https"),
+                "a TLS client needs an https:// URL, got {uri}"
+            );
+            Ok(())
+        };
+        Self::over(base_url, check, HttpClient::with_tls(tls))
     }
 
     /// `https://` with the files, `http://` without: what the CLI uses.
@@ -74,6 +158,7 @@ impl BsfgClient {
 
     pub async fn status(&self) -> Result<GetStatusResponse, ConnectError> {
         Ok(self
+            .node()
             .ops
             .get_status(GetStatusRequest::default())
             .await?
@@ -91,6 +176,7 @@ impl BsfgClient {
             ..Default::default()
         };
         Ok(self
+            .node()
             .ops
             .reset_consumer(request)
             .await?
@@ -108,7 +194,13 @@ impl BsfgClient {
             fact: fact.into(),
             ..Default::default()
         };
-        Ok(self.inner.append_fact(request).await?.into_owned())
+        let response = self
+            .failover(|node| {
+                let request = request.clone();
+                async move { node.append_fact(request).await }
+            })
+            .await?;
+        Ok(response.into_owned())
     }
 
     pub async fn fetch(
@@ -146,11 +238,13 @@ impl BsfgClient {
         let wait_ms = request.wait_ms;
         let timeout = CALL_TIMEOUT_DEFAULT + Duration::from_millis(u64::from(wait_ms));
         let options = connectrpc::client::CallOptions::default().with_timeout(timeout);
-        Ok(self
-            .inner
-            .fetch_facts_with_options(request, options)
-            .await?
-            .into_view())
+        let response = self
+            .failover(|node| {
+                let (request, options) = (request.clone(), options.clone());
+                async move { node.fetch_facts_with_options(request, options).await }
+            })
+            .await?;
+        Ok(response.into_view())
     }
 
     pub async fn confirm(&self, consumer: &str, offset: u64) -> Result<u64, ConnectError> {
@@ -159,12 +253,13 @@ impl BsfgClient {
             offset,
             ..Default::default()
         };
-        Ok(self
-            .inner
-            .confirm_receipt(request)
-            .await?
-            .into_owned()
-            .frontier)
+        let response = self
+            .failover(|node| {
+                let request = request.clone();
+                async move { node.confirm_receipt(request).await }
+            })
+            .await?;
+        Ok(response.into_owned().frontier)
     }
 
     /// Uploads from any stream of chunks; the header goes first.
@@ -188,6 +283,7 @@ impl BsfgClient {
         });
         let options = connectrpc::client::CallOptions::default().with_timeout(timeout);
         Ok(self
+            .node()
             .inner
             .put_object_with_options(first.chain(rest), options)
             .await?
@@ -237,7 +333,11 @@ impl BsfgClient {
             ..Default::default()
         };
         let options = connectrpc::client::CallOptions::default().with_timeout(timeout);
-        let mut stream = self.inner.get_object_with_options(request, options).await?;
+        let mut stream = self
+            .node()
+            .inner
+            .get_object_with_options(request, options)
+            .await?;
         let mut info = None;
         while let Some(message) = stream.message::<GetObjectResponse>().await? {
             let message = message.to_owned_message();

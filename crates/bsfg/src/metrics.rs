@@ -24,6 +24,9 @@ pub struct Metrics {
     pub commit_batch_facts: Histogram,
     pub atomic_batches_total: Family<Labels, Counter>,
     pub key_index_ready: Gauge,
+    pub lease_held: Gauge,
+    pub lease_renewal_age_seconds: Gauge<f64, AtomicU64>,
+    pub lease_role_changes_total: Counter,
     pub key_index_rebuilds_total: Counter,
     pub key_index_through_offset: Family<Labels, Gauge>,
     pub key_index_read_in_facts_total: Family<Labels, Counter>,
@@ -72,6 +75,7 @@ impl Metrics {
         // Registration order is /metrics order.
         m.register_requests(&mut registry);
         m.register_key_index(&mut registry);
+        m.register_lease(&mut registry);
         m.register_store(&mut registry);
         m.register_tls_and_policy(&mut registry);
         m.register_links(&mut registry);
@@ -100,6 +104,9 @@ impl Metrics {
             ]),
             atomic_batches_total: Family::default(),
             key_index_ready: Gauge::default(),
+            lease_held: Gauge::default(),
+            lease_renewal_age_seconds: Gauge::default(),
+            lease_role_changes_total: Counter::default(),
             key_index_rebuilds_total: Counter::default(),
             key_index_through_offset: Family::default(),
             key_index_read_in_facts_total: Family::default(),
@@ -179,6 +186,25 @@ impl Metrics {
              stored, the facts published again pipelined); unknown (no answer in time, or \
              one that does not fit the batch)",
             self.atomic_batches_total.clone(),
+        );
+    }
+
+    /// The writer lease of a zone of several nodes (`[ha]`).
+    fn register_lease(&self, registry: &mut Registrar) {
+        registry.register(
+            "bsfg_lease_held",
+            "1 while this node holds its zone's writer lease and acknowledges appends (always 1 for a zone of one node)",
+            self.lease_held.clone(),
+        );
+        registry.register(
+            "bsfg_lease_renewal_age_seconds",
+            "Seconds since this node last took or renewed the writer lease, at the last renewal attempt (0 without [ha])",
+            self.lease_renewal_age_seconds.clone(),
+        );
+        registry.register(
+            "bsfg_lease_role_changes",
+            "Times this node became the zone's writer or stopped being it",
+            self.lease_role_changes_total.clone(),
         );
     }
 

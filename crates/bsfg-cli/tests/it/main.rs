@@ -14,6 +14,8 @@ mod delivery;
 mod disk;
 mod durability;
 mod faults;
+mod ha;
+mod ha_nodes;
 mod harness;
 mod interop;
 mod ops_tooling;

@@ -28,6 +28,7 @@ impl ZoneConfig {
         self.check_buckets()?;
         self.check_tls()?;
         self.check_nats()?;
+        self.check_ha()?;
         self.check_principals()?;
         self.check_upstreams()?;
         self.check_routes()
@@ -186,8 +187,26 @@ impl ZoneConfig {
         Ok(())
     }
 
-    /// `[nats]`: `sync_interval` is `always` or a duration.
+    /// `[nats]`: `sync_interval` is `always` or a duration; `url` or
+    /// `urls`, not both; a replica count JetStream accepts, and 1 for the
+    /// embedded (single) server.
     fn check_nats(&self) -> anyhow::Result<()> {
+        if self.nats.url.is_some() && !self.nats.urls.is_empty() {
+            bail!("[nats] has url and urls: name the cluster's servers in urls only");
+        }
+        if !(1..=5).contains(&self.nats.replicas) {
+            bail!(
+                "[nats] replicas is {}; need 1 to 5 (JetStream's limit)",
+                self.nats.replicas
+            );
+        }
+        if self.nats.is_embedded() && self.nats.replicas != 1 {
+            bail!(
+                "[nats] replicas is {} but the node starts its own single server: \
+                 name a cluster's servers in [nats] urls, or set replicas = 1",
+                self.nats.replicas
+            );
+        }
         if self.nats.sync_interval != "always"
             && humantime::parse_duration(&self.nats.sync_interval).is_err()
         {
@@ -195,6 +214,24 @@ impl ZoneConfig {
                 "[nats] sync_interval must be \"always\" or a duration such as \"1s\", not {:?}",
                 self.nats.sync_interval
             );
+        }
+        Ok(())
+    }
+
+    /// `[ha]`: the nodes share an external store; a node id; a lease long
+    /// enough to renew over a loaded network.
+    fn check_ha(&self) -> anyhow::Result<()> {
+        let Some(ha) = &self.ha else {
+            return Ok(());
+        };
+        if self.nats.is_embedded() {
+            bail!("[ha] needs the zone's shared store: name its servers in [nats] urls");
+        }
+        if ha.node_id.is_empty() || ha.node_id.chars().any(char::is_whitespace) {
+            bail!("[ha] node_id must be a non-empty name without spaces");
+        }
+        if !(Duration::from_millis(500)..=Duration::from_secs(300)).contains(&ha.lease_ttl) {
+            bail!("[ha] lease_ttl is {:?}; need 500ms to 5m", ha.lease_ttl);
         }
         Ok(())
     }
@@ -238,6 +275,9 @@ impl ZoneConfig {
     /// Upstreams: a peer principal each, sane backoff and batch bounds.
     fn check_upstreams(&self) -> anyhow::Result<()> {
         for u in &self.upstreams {
+            if u.url.is_empty() == u.urls.is_empty() {
+                bail!("upstream {} needs url or urls (one of the two)", u.peer);
+            }
             let ok = self
                 .principals
                 .iter()

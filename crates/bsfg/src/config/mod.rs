@@ -11,6 +11,7 @@ mod check;
 mod commit;
 mod duration;
 mod fetch;
+mod ha;
 mod nats;
 mod paths;
 mod principal;
@@ -23,6 +24,7 @@ pub use boundary::BoundaryConfig;
 pub use category::{BucketConfig, CategoryConfig, ConsumerConfig, StartPosition};
 pub use commit::CommitConfig;
 pub use fetch::FetchConfig;
+pub use ha::{HaConfig, LEASE_TTL_DEFAULT};
 pub use nats::{NatsConfig, STORE_FREE_BYTES_MIN_DEFAULT};
 pub use principal::{PrincipalConfig, PrincipalKind};
 pub use tls::{TlsConfig, TlsMode};
@@ -52,6 +54,9 @@ pub struct ZoneConfig {
     pub principals: Vec<PrincipalConfig>,
     #[serde(default)]
     pub nats: NatsConfig,
+    /// Several nodes for this zone (see `docs/ha.md`); absent: one node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha: Option<HaConfig>,
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]

@@ -11,6 +11,13 @@ pub struct NatsConfig {
     /// supervises its own (the embedded default), loopback only, with a
     /// password generated at each start.
     pub url: Option<String>,
+    /// The servers of an external JetStream cluster serving this zone (its
+    /// domain on every server). Instead of `url`, not besides it; the client
+    /// connects to any of them and moves to another when one is lost.
+    pub urls: Vec<String>,
+    /// Replica count of every stream, consumer and bucket the node creates
+    /// (1, 3 or 5; at most the cluster's size). 1 for the embedded server.
+    pub replicas: usize,
     /// How the node logs in to an external server: a user and a file
     /// holding its password (keep it owner-only), or a NATS credentials
     /// file (`.creds`, JWT and nkey seed). Neither: no login (then anyone
@@ -43,6 +50,23 @@ pub struct NatsConfig {
 /// The default `[nats] store_free_bytes_min`: 256 MiB.
 pub const STORE_FREE_BYTES_MIN_DEFAULT: u64 = 256 << 20;
 
+impl NatsConfig {
+    /// The external servers of the zone's store: `urls`, else `url`; empty
+    /// when the node starts its own (embedded) server.
+    pub fn external_urls(&self) -> Vec<String> {
+        if self.urls.is_empty() {
+            self.url.iter().cloned().collect()
+        } else {
+            self.urls.clone()
+        }
+    }
+
+    /// Whether the node starts and supervises its own nats-server.
+    pub fn is_embedded(&self) -> bool {
+        self.url.is_none() && self.urls.is_empty()
+    }
+}
+
 fn default_sync_interval() -> String {
     "always".into()
 }
@@ -51,6 +75,8 @@ impl Default for NatsConfig {
     fn default() -> Self {
         Self {
             url: None,
+            urls: Vec::new(),
+            replicas: 1,
             user: None,
             password_file: None,
             creds_file: None,
@@ -80,5 +106,23 @@ mod tests {
             config.nats.request_timeout,
             NatsConfig::default().request_timeout
         );
+        assert!(config.nats.is_embedded());
+        assert_eq!(config.nats.replicas, 1);
+    }
+
+    /// A cluster's servers are `urls`; a single `url` keeps working.
+    #[test]
+    fn the_external_servers_are_urls_else_url() {
+        let base = "zone = \"z1\"\nlisten = \"127.0.0.1:1\"\nops_listen = \"127.0.0.1:2\"\n[tls]\nmode = \"plaintext-dev\"\n[nats]\n";
+        let one: ZoneConfig =
+            toml::from_str(&format!("{base}url = \"nats://a:4222\"\n")).expect("parses");
+        assert_eq!(one.nats.external_urls(), vec!["nats://a:4222".to_string()]);
+        let cluster: ZoneConfig = toml::from_str(&format!(
+            "{base}urls = [\"nats://a:4222\", \"nats://b:4222\"]\nreplicas = 3\n"
+        ))
+        .expect("parses");
+        assert_eq!(cluster.nats.external_urls().len(), 2);
+        assert_eq!(cluster.nats.replicas, 3);
+        assert!(!cluster.nats.is_embedded());
     }
 }

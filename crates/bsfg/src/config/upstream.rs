@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// One peer this node replicates from.
+/// One peer this node replicates from; see [`UpstreamConfig::client_urls`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
@@ -12,7 +12,13 @@ pub struct UpstreamConfig {
     /// its origins and import policy apply to what is pulled).
     pub peer: String,
     /// The peer's boundary URL (https:// with mTLS, this node's certificate).
+    #[serde(default)]
     pub url: String,
+    /// The boundary URLs of a peer zone of several nodes (instead of
+    /// `url`): the link moves to the next when one cannot be reached or is
+    /// a standby (`not_active`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<String>,
     /// The consumer on the peer exported to this zone.
     pub consumer: String,
     /// Most facts one fetch asks for (old name `batch_limit`).
@@ -69,4 +75,41 @@ fn default_backoff_max() -> Duration {
 }
 fn default_spool_dir() -> PathBuf {
     PathBuf::from("data/spool")
+}
+
+impl UpstreamConfig {
+    /// The peer's URLs as the client takes them: `urls` comma-separated,
+    /// else `url`.
+    pub fn client_urls(&self) -> String {
+        if self.urls.is_empty() {
+            self.url.clone()
+        } else {
+            self.urls.join(",")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::ZoneConfig;
+
+    /// A peer zone of several nodes is named by `urls`; one `url` keeps
+    /// working; both, or neither, is refused.
+    #[test]
+    fn an_upstream_is_named_by_url_or_urls() {
+        let base = "zone = \"z1\"\nlisten = \"127.0.0.1:1\"\nops_listen = \"127.0.0.1:2\"\n\
+                    [tls]\nmode = \"plaintext-dev\"\n\
+                    [[principals]]\nname = \"up\"\nkind = \"peer\"\nzone = \"up\"\n\
+                    identities = [\"up\"]\n\
+                    [[upstreams]]\npeer = \"up\"\nconsumer = \"to-z1\"\n";
+        let parse = |extra: &str| toml::from_str::<ZoneConfig>(&format!("{base}{extra}")).unwrap();
+        let one = parse("url = \"http://a:1\"\n");
+        assert_eq!(one.upstreams[0].client_urls(), "http://a:1");
+        let several = parse("urls = [\"http://a:1\", \"http://b:1\"]\n");
+        assert_eq!(several.upstreams[0].client_urls(), "http://a:1,http://b:1");
+        assert!(several.check().is_ok(), "{:?}", several.check());
+        assert!(parse("").check().is_err(), "neither url nor urls");
+        let both = parse("url = \"http://a:1\"\nurls = [\"http://b:1\"]\n");
+        assert!(both.check().is_err(), "url and urls");
+    }
 }

@@ -10,6 +10,7 @@ pub mod boundary;
 pub mod call;
 pub mod console;
 pub mod errors;
+pub mod lease;
 pub mod nats_server;
 pub mod operations;
 pub mod ops_http;
@@ -118,6 +119,7 @@ pub async fn start(mut config: ZoneConfig) -> anyhow::Result<RunningNode> {
     let (audit, audit_tasks) =
         audit::Audit::start(&config.zone, store.commit.clone(), metrics.clone());
     tasks.extend(audit_tasks);
+    tasks.extend(start_lease(&config, &store, &metrics, &audit).await?);
     let (replicator, replication_tasks) = start_replication(&config, &store, &metrics, &audit)?;
     tasks.extend(replication_tasks);
     tasks.push(start_console(
@@ -145,24 +147,46 @@ pub async fn start(mut config: ZoneConfig) -> anyhow::Result<RunningNode> {
     })
 }
 
+/// The writer lease's task for a zone of several nodes (`[ha]`); a zone of
+/// one node holds no lease and always writes.
+async fn start_lease(
+    config: &Arc<ZoneConfig>,
+    store: &Arc<Store>,
+    metrics: &Arc<Metrics>,
+    audit: &Arc<audit::Audit>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(ha) = &config.ha else {
+        metrics.lease_held.set(1);
+        return Ok(None);
+    };
+    let lease = lease::Lease::open(
+        &store.jetstream,
+        config,
+        ha,
+        store.facts.clone(),
+        metrics.clone(),
+        audit.clone(),
+    )
+    .await?;
+    Ok(Some(tokio::spawn(lease.run())))
+}
+
 /// The embedded nats-server, started when no external NATS URL is configured.
 async fn start_embedded_nats(
     config: &ZoneConfig,
 ) -> anyhow::Result<Option<nats_server::EmbeddedNats>> {
-    Ok(match &config.nats.url {
-        Some(_) => None,
-        None => Some(nats_server::start(config).await?),
+    Ok(match config.nats.is_embedded() {
+        false => None,
+        true => Some(nats_server::start(config).await?),
     })
 }
 
-/// The configured NATS URL, else the embedded server's.
+/// The configured NATS URLs (comma-separated), else the embedded server's.
 fn nats_url(config: &ZoneConfig, embedded: Option<&nats_server::EmbeddedNats>) -> String {
-    config
-        .nats
-        .url
-        .clone()
-        .or_else(|| embedded.map(|e| e.url.clone()))
-        .expect("one of the two")
+    match embedded {
+        Some(e) => e.url.clone(),
+        None => config.nats.external_urls().join(","),
+    }
 }
 
 /// The store's login: the embedded server's own user, else the configured one.

@@ -233,6 +233,7 @@ impl BoundaryService for Boundary {
             .identify(&self.auth, &ctx, "ConfirmReceipt", key, started)
             .await?;
         let result = async {
+            self.store.facts.gate().check()?;
             let consumer = self.store.consumers.config(&request.consumer_name)?;
             self.auth
                 .check_consumer(call.caller(), &consumer.name, &consumer.category)?;
@@ -468,6 +469,7 @@ impl Boundary {
         caller: &Caller,
         request: &FetchFactsRequest,
     ) -> Result<ServedFacts, Rejection> {
+        self.store.facts.gate().check()?;
         let consumer = self.store.consumers.config(&request.consumer_name)?;
         self.auth
             .check_consumer(caller, &consumer.name, &consumer.category)?;

@@ -15,6 +15,22 @@ use std::time::Instant;
 /// A FetchFacts answer as received.
 pub(super) type Batch = OwnedView<FetchFactsResponseView<'static>>;
 
+/// How often a standby node's link looks whether its node became the
+/// zone's writer.
+const STANDBY_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Waits while this node is not its zone's writer (a standby of a zone of
+/// several, `[ha]`): only the writer pulls from the zone's peers, so two
+/// nodes never share a peer's consumer. Returns whether it waited.
+async fn wait_while_standby(cx: &Context) -> bool {
+    let mut waited = false;
+    while !cx.store.facts.gate().is_open() {
+        waited = true;
+        tokio::time::sleep(STANDBY_POLL_INTERVAL).await;
+    }
+    waited
+}
+
 /// Long-polls the peer, one fetch after another, and passes each answer
 /// that delivered something to the screener; a failed fetch is retried
 /// with backoff, from the peer's frontier.
@@ -31,6 +47,10 @@ pub(super) async fn fetcher(
     // and must be delivered again before a later confirm could cover them.
     let mut restart_from_frontier = true;
     loop {
+        if wait_while_standby(&cx).await {
+            // Another node of this zone may have pulled meanwhile.
+            restart_from_frontier = true;
+        }
         let request = FetchFactsRequest {
             consumer_name: c.consumer.clone(),
             limit: c.batch_facts_max,

@@ -131,7 +131,7 @@ impl Link {
     ) -> Self {
         let status = LinkStatus {
             peer: config.peer.clone(),
-            url: config.url.clone(),
+            url: config.client_urls(),
             consumer: config.consumer.clone(),
             mode: LinkMode::Autonomous,
             peer_mode: LinkMode::Autonomous,
@@ -194,7 +194,7 @@ impl Link {
     ) -> AuditEvent {
         AuditEvent {
             principal: self.principal.name.clone(),
-            identity: self.config.url.clone(),
+            identity: self.config.client_urls(),
             fingerprint: self
                 .presented
                 .as_ref()

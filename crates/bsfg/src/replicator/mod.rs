@@ -154,11 +154,11 @@ fn connect(
             let (config, presented) =
                 crate::tls::client::peer_client_config(&files.ca, &files.cert, &files.key)?;
             (
-                BsfgClient::connect_tls(&upstream.url, config)?,
+                BsfgClient::connect_tls(&upstream.client_urls(), config)?,
                 Some(presented),
             )
         }
-        None => (BsfgClient::connect(&upstream.url)?, None),
+        None => (BsfgClient::connect(&upstream.client_urls())?, None),
     })
 }
 
@@ -170,7 +170,7 @@ fn spawn_stages(
     context: &Arc<Context>,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
 ) {
-    tracing::info!(link = %link.config.peer, url = %link.config.url, jitter_seed = link.jitter_seed, "link started");
+    tracing::info!(link = %link.config.peer, url = %link.config.client_urls(), jitter_seed = link.jitter_seed, "link started");
     let (batches_tx, batches_rx) = tokio::sync::mpsc::channel(link.config.batches_ahead_max);
     tasks.push(tokio::spawn(fetcher(
         link.clone(),

@@ -62,7 +62,9 @@ impl Login {
 }
 
 /// Connects to the zone's nats-server as `login` and checks that it serves
-/// this zone's JetStream domain.
+/// this zone's JetStream domain. `url` is one server's URL or a cluster's,
+/// comma-separated: the client connects to one and moves to another (and
+/// to the servers the cluster announces) when it is lost.
 pub(super) async fn connect(
     url: &str,
     login: &Login,
@@ -75,7 +77,7 @@ pub(super) async fn connect(
         .request_timeout(Some(config.nats.request_timeout))
         .subscription_capacity(super::publish::SUBSCRIPTION_CAPACITY)
         .retry_on_initial_connect()
-        .connect(url)
+        .connect(url.split(',').map(str::trim).collect::<Vec<_>>())
         .await?;
     let mut jetstream = async_nats::jetstream::new(client.clone());
     jetstream.set_timeout(config.nats.request_timeout);

@@ -31,6 +31,7 @@ pub mod publish;
 mod reply_router;
 pub mod retention;
 pub mod served;
+pub mod writer_gate;
 
 use crate::config::ZoneConfig;
 use std::sync::Arc;
@@ -64,6 +65,7 @@ pub struct Store {
 impl Store {
     /// Connects to the zone's nats-server and provisions streams, consumers
     /// and buckets exactly as configured (every option set explicitly).
+    /// `url`: one server, or a cluster's servers comma-separated.
     pub async fn open(
         url: &str,
         login: &Login,
@@ -76,8 +78,7 @@ impl Store {
         // An external server's store is not the node's to watch.
         let store_dir = config
             .nats
-            .url
-            .is_none()
+            .is_embedded()
             .then_some(config.nats.store_dir.as_path());
         let disk = disk::DiskWatch::new(
             store_dir,

@@ -83,7 +83,7 @@ impl Objects {
                             max_age: std::time::Duration::ZERO,
                             max_bytes: b.capacity_bytes as i64,
                             storage: jetstream::stream::StorageType::File,
-                            num_replicas: 1,
+                            num_replicas: config.nats.replicas,
                             compression: false,
                             placement: None,
                         })
@@ -104,7 +104,7 @@ impl Objects {
                         max_bytes: -1,
                         max_value_size: 1024,
                         storage: jetstream::stream::StorageType::File,
-                        num_replicas: 1,
+                        num_replicas: config.nats.replicas,
                         ..Default::default()
                     })
                     .await?

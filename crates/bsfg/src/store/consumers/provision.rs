@@ -62,6 +62,11 @@ fn consumer_template(c: &ConsumerConfig, config: &ZoneConfig) -> pull::Config {
         max_bytes: config.fetch.bytes_max as i64,
         max_expires: config.fetch.wait_max + Duration::from_secs(1),
         inactive_threshold: Duration::ZERO,
+        // One replica even on a replicated stream: a replicated consumer
+        // (nats-server 2.15.1, R3) numbers its deliveries with jumps of a
+        // pull's size and answers a reset with delivered sequence 0, which
+        // the puller's no-lost-delivery check (see `puller`) reads as gaps
+        // on every fetch. The cursor lives on one of the stream's servers.
         num_replicas: 1,
         memory_storage: false,
         headers_only: false,

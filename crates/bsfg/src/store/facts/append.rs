@@ -94,6 +94,11 @@ impl FactLog {
             Ok(prepared) => prepared,
             Err(r) => return (0..count).map(|_| Err(r.clone())).collect(),
         };
+        // The last check before the publishes: a node that lost the writer
+        // lease (or never held it) stores nothing.
+        if let Err(r) = self.gate.check() {
+            return (0..count).map(|_| Err(r.clone())).collect();
+        }
         // One deadline for the whole round, sends and acknowledgements
         // alike. Why: each acknowledgement's own timeout starts when it is
         // awaited, so awaiting a stalled server's acknowledgements one after

@@ -109,8 +109,14 @@ pub fn stream_name(category: &str) -> String {
     format!("facts_{category}")
 }
 
-/// The JetStream stream of a category, every option explicit.
-pub fn stream_config(zone: &str, fact_bytes_max: usize, c: &CategoryConfig) -> stream::Config {
+/// The JetStream stream of a category, every option explicit; `replicas`
+/// is `[nats] replicas`.
+pub fn stream_config(
+    zone: &str,
+    fact_bytes_max: usize,
+    replicas: usize,
+    c: &CategoryConfig,
+) -> stream::Config {
     stream::Config {
         name: stream_name(&c.name),
         description: Some(format!("BSFG zone {zone} category {}", c.name)),
@@ -127,7 +133,7 @@ pub fn stream_config(zone: &str, fact_bytes_max: usize, c: &CategoryConfig) -> s
         discard: stream::DiscardPolicy::New,
         discard_new_per_subject: false,
         storage: stream::StorageType::File,
-        num_replicas: 1,
+        num_replicas: replicas,
         duplicate_window: c.duplicate_window,
         // Reading a fact back by offset is a direct get.
         allow_direct: true,

@@ -117,26 +117,18 @@ impl FactLog {
     /// with an ordered consumer that delivers headers only, in bounded
     /// chunks (memory does not grow with the backlog).
     async fn read_in(&self, c: &Category, first: u64, last: u64) -> anyhow::Result<u64> {
-        use async_nats::jetstream::consumer;
         if first > last {
             return Ok(0);
         }
         let name = c.config.name.clone();
-        let scan = c
-            .stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: format!("facts.{name}.>"),
-                headers_only: true,
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: first,
-                },
-                replay_policy: consumer::ReplayPolicy::Instant,
-                ..Default::default()
-            })
-            .await?;
-        let mut messages = scan.messages().await?;
+        let mut messages = scan_from(c, first).await?;
         let (mut read, mut chunk_first, mut chunk) =
             (0u64, first, Vec::with_capacity(READ_IN_CHUNK_FACTS));
+        // The highest offset taken so far. The ordered consumer can start
+        // over below `first` (async-nats recreates it from offset 1 when it
+        // is reset before its first delivery, seen on a replicated stream):
+        // what it delivers at or below this offset is skipped.
+        let mut taken_through = first - 1;
         let mut done = false;
         while !done {
             let next = tokio::time::timeout(Duration::from_secs(30), messages.try_next()).await;
@@ -148,14 +140,13 @@ impl FactLog {
                 let info = message
                     .info()
                     .map_err(|e| anyhow::anyhow!("scan message without JetStream metadata: {e}"))?;
+                if info.stream_sequence <= taken_through {
+                    continue;
+                }
+                taken_through = info.stream_sequence;
                 let offset = info.stream_sequence.min(last);
                 if info.stream_sequence <= last {
-                    match message
-                        .headers
-                        .as_ref()
-                        .and_then(|h| h.get(MSG_ID_HEADER))
-                        .and_then(|v| token_bytes(v.as_str()))
-                    {
+                    match message_token(&message) {
                         Some(token) => chunk.push((c.position, token, offset)),
                         None => tracing::warn!(
                             category = name,
@@ -170,6 +161,7 @@ impl FactLog {
                 done = true;
             }
             if done || chunk.len() >= READ_IN_CHUNK_FACTS {
+                assert!(chunk_first <= chunk_last, "a chunk covers offsets in order");
                 read += chunk.len() as u64;
                 let entries = std::mem::take(&mut chunk);
                 let covered = [(c.position, chunk_first, chunk_last)];
@@ -198,6 +190,38 @@ impl FactLog {
             "stored facts read into the key index"
         );
     }
+}
+
+/// An ordered, headers-only scan of `c`'s stream from offset `first`.
+async fn scan_from(
+    c: &Category,
+    first: u64,
+) -> anyhow::Result<async_nats::jetstream::consumer::pull::Ordered> {
+    use async_nats::jetstream::consumer;
+    let scan = c
+        .stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: format!("facts.{}.>", c.config.name),
+            headers_only: true,
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: first,
+            },
+            replay_policy: consumer::ReplayPolicy::Instant,
+            ..Default::default()
+        })
+        .await?;
+    Ok(scan.messages().await?)
+}
+
+/// The key token a stored fact carries in its message-id header.
+fn message_token(
+    message: &async_nats::jetstream::Message,
+) -> Option<crate::store::key_index::Token> {
+    message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(MSG_ID_HEADER))
+        .and_then(|v| token_bytes(v.as_str()))
 }
 
 /// The key index's background work: the start-up catch-up (retried with

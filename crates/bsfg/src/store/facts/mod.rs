@@ -158,6 +158,9 @@ pub struct FactLog {
     publisher: Publisher,
     /// Ids for atomic batches (`atomic`).
     batch_ids: atomic::BatchIds,
+    /// Whether this node is its zone's writer now; checked before every
+    /// round's publishes.
+    gate: Arc<super::writer_gate::WriterGate>,
     metrics: Arc<Metrics>,
 }
 
@@ -171,7 +174,12 @@ impl FactLog {
     ) -> anyhow::Result<Arc<Self>> {
         let mut categories = HashMap::new();
         for (position, c) in config.categories.iter().enumerate() {
-            let stream_config = stream_config(&config.zone, config.limits.fact_bytes_max, c);
+            let stream_config = stream_config(
+                &config.zone,
+                config.limits.fact_bytes_max,
+                config.nats.replicas,
+                c,
+            );
             // An existing stream is updated: zones created before a setting
             // (e.g. `allow_atomic`) get it at their next start.
             match jetstream.get_stream(&stream_config.name).await {
@@ -217,6 +225,10 @@ impl FactLog {
         );
         let sync_interval = config.commit.key_index_sync_interval;
         let batch_ids = atomic::BatchIds::new(config.seed_for(atomic::BATCH_IDS_PURPOSE));
+        let gate = Arc::new(match config.ha {
+            Some(_) => super::writer_gate::WriterGate::closed(),
+            None => super::writer_gate::WriterGate::always_open(),
+        });
         let log = Arc::new(Self {
             config,
             jetstream,
@@ -231,6 +243,7 @@ impl FactLog {
             sending: tokio::sync::Mutex::new(()),
             publisher,
             batch_ids,
+            gate,
             metrics,
         });
         tokio::spawn(maintain_index(
@@ -238,6 +251,24 @@ impl FactLog {
             sync_interval.min(GAP_FILL_INTERVAL_MAX),
         ));
         Ok(log)
+    }
+
+    /// Whether this node may write now (see `writer_gate`).
+    pub fn gate(&self) -> &Arc<super::writer_gate::WriterGate> {
+        &self.gate
+    }
+
+    /// Whether the key index covers every fact stored in every category
+    /// now: what a node taking the writer lease waits for.
+    pub async fn index_covers_streams(&self) -> anyhow::Result<bool> {
+        for c in self.categories.values() {
+            let mut stream = c.stream.clone();
+            let last = stream.info().await?.state.last_sequence;
+            if self.index.through(&c.config.name) < last {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     pub fn category(&self, name: &str) -> Option<&Category> {

@@ -1,0 +1,249 @@
+//! Two BSFG nodes of one zone on one three-server JetStream cluster, one
+//! writer at a time by the writer lease: the active node is killed
+//! (`kill -9`) again and again under continuous appends from a client that
+//! moves between the two nodes; the other node takes over, and afterwards
+//! every acknowledged fact is stored exactly once, in order, byte for byte.
+
+use crate::harness::*;
+use bsfg::client::BsfgClient;
+use bsfg::config::{HaConfig, NatsConfig, TlsConfig, ZoneConfig};
+use bsfg::ports::free_port;
+use bsfg_proto::bsfg::v1::*;
+use bsfg_testkit::nats_cluster::NatsCluster;
+use bsfg_testkit::zone_config::ZoneConfigBuilder;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::process::Child;
+
+/// Servers in the cluster.
+const CLUSTER_SIZE: usize = 3;
+/// The nodes' `[ha] lease_ttl`.
+const LEASE_TTL: Duration = Duration::from_secs(2);
+/// Kills of the active node in the test.
+const KILLS: usize = 5;
+/// Kills of the active node in the ignored, longer test.
+const KILLS_MANY: usize = 20;
+/// How long appends run between a takeover and the next kill.
+const BETWEEN_KILLS: Duration = Duration::from_secs(2);
+/// The longest the zone may go without acknowledging after its active
+/// node is killed.
+const TAKEOVER_MAX: Duration = Duration::from_secs(5);
+/// The writer's wait before retrying a refusal the client returned.
+const RETRY_DELAY: Duration = Duration::from_millis(50);
+
+/// One node's configuration and its directory.
+struct NodeSpec {
+    config: ZoneConfig,
+    dir: PathBuf,
+}
+
+fn node_spec(cluster: &NatsCluster, root: &Path, node_id: &str) -> NodeSpec {
+    let dir = root.join(node_id);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = ZoneConfigBuilder::new(ZONE)
+        .listen(free_port().unwrap())
+        .ops_listen(free_port().unwrap())
+        .tls(TlsConfig::plaintext_dev())
+        .nats(NatsConfig {
+            urls: cluster.urls(),
+            replicas: CLUSTER_SIZE,
+            request_timeout: Duration::from_secs(2),
+            ..NatsConfig::default()
+        })
+        .categories(vec![
+            category("operational", &[], true),
+            category("audit", &["audit"], false),
+        ])
+        .consumers(vec![consumer("mes", "operational")])
+        .with(|c| {
+            c.commit.key_index_path = Some(dir.join("key-index"));
+            c.ha = Some(HaConfig {
+                node_id: node_id.into(),
+                advertise_url: None,
+                lease_ttl: LEASE_TTL,
+            });
+        })
+        .build();
+    config.check().expect("valid node config");
+    NodeSpec { config, dir }
+}
+
+impl NodeSpec {
+    fn url(&self) -> String {
+        format!("http://{}", self.config.listen)
+    }
+
+    async fn start(&self) -> Child {
+        spawn_serve(&self.config, &self.dir, &self.dir.join("bsfg.log"), &[]).await
+    }
+
+    async fn holds_lease(&self) -> bool {
+        let text = metrics_text(self.config.ops_listen).await;
+        metric_value(&text, "bsfg_lease_held", &[]) == Some(1.0)
+    }
+}
+
+/// What the writer saw: each acknowledged fact with its offset and when.
+#[derive(Default)]
+struct Acked {
+    facts: Vec<(Envelope, Fact, u64)>,
+    at: Vec<Instant>,
+    /// Refusals the client returned after trying both nodes.
+    refusals: Vec<String>,
+}
+
+/// Appends one fact at a time until `stop` through a client given both
+/// nodes' URLs; a refusal it returns (both nodes refused for a while) is
+/// retried with the same message id.
+async fn write_until(urls: Vec<String>, acked: Arc<Mutex<Acked>>, stop: Arc<AtomicBool>) {
+    let client = BsfgClient::connect(&urls.join(",")).unwrap();
+    for n in 0.. {
+        let envelope = envelope(&mid("ha"));
+        let fact = batch_fact(n);
+        let offset = loop {
+            match client.append(envelope.clone(), fact.clone()).await {
+                Ok(r) => break r.offset,
+                Err(e) => {
+                    let message = e.message.unwrap_or_default();
+                    acked.lock().unwrap().refusals.push(message);
+                    tokio::time::sleep(RETRY_DELAY).await;
+                }
+            }
+        };
+        {
+            let mut a = acked.lock().unwrap();
+            a.facts.push((envelope, fact, offset));
+            a.at.push(Instant::now());
+        }
+        if stop.load(Ordering::Acquire) {
+            return;
+        }
+    }
+}
+
+/// Waits until exactly one node holds the lease; returns its index.
+async fn active_node(nodes: &[NodeSpec], running: &[bool]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut holders = Vec::new();
+        for (i, node) in nodes.iter().enumerate() {
+            if running[i] && node.holds_lease().await {
+                holders.push(i);
+            }
+        }
+        if holders.len() == 1 {
+            return holders[0];
+        }
+        assert!(holders.len() <= 1, "two nodes hold the lease: {holders:?}");
+        assert!(Instant::now() < deadline, "no node took the lease");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Reads everything back through consumer `mes` from whichever node is
+/// active, confirming as it goes (skipping redeliveries at offsets already
+/// taken).
+async fn read_back(urls: &[String], expected: usize) -> Vec<StoredFact> {
+    let client = BsfgClient::connect(&urls.join(",")).unwrap();
+    let mut out: Vec<StoredFact> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while out.len() < expected && Instant::now() < deadline {
+        match client.fetch("mes", 1000, 0, 500).await {
+            Ok(r) => {
+                let last = out.last().map_or(0, |f| f.offset);
+                out.extend(r.facts.into_iter().filter(|f| f.offset > last));
+                // Confirmed as read: a consumer holds only so many
+                // unconfirmed facts (`unconfirmed_max`).
+                if let Some(f) = out.last() {
+                    let _ = client.confirm("mes", f.offset).await;
+                }
+            }
+            Err(_) => tokio::time::sleep(RETRY_DELAY).await,
+        }
+    }
+    out
+}
+
+/// The first lines of a node's log that tell of a panic or an error.
+fn log_trouble(node: &NodeSpec) -> Vec<String> {
+    let log = std::fs::read_to_string(node.dir.join("bsfg.log")).unwrap_or_default();
+    log.lines()
+        .filter(|l| l.contains("panicked") || l.contains("failed"))
+        .take(5)
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_active_node_hands_the_zone_to_the_other_without_loss_or_duplicate() {
+    kill_the_active_node(KILLS).await;
+}
+
+/// The same, `KILLS_MANY` times, for the distribution of takeover times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "about 2 minutes; run with --run-ignored only"]
+async fn killing_the_active_node_many_times_for_the_takeover_distribution() {
+    kill_the_active_node(KILLS_MANY).await;
+}
+
+/// Kills the active node `kills` times under continuous appends; see the
+/// module documentation.
+async fn kill_the_active_node(kills: usize) {
+    let root = tempfile::tempdir().unwrap();
+    let cluster = NatsCluster::start(root.path(), ZONE, CLUSTER_SIZE)
+        .await
+        .unwrap();
+    let nodes = [
+        node_spec(&cluster, root.path(), "a"),
+        node_spec(&cluster, root.path(), "b"),
+    ];
+    let mut children = [Some(nodes[0].start().await), Some(nodes[1].start().await)];
+    let mut running = [true, true];
+    let urls: Vec<String> = nodes.iter().map(NodeSpec::url).collect();
+    let acked = Arc::new(Mutex::new(Acked::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(write_until(urls.clone(), acked.clone(), stop.clone()));
+    let mut takeovers = Vec::new();
+    for _ in 0..kills {
+        let active = active_node(&nodes, &running).await;
+        tokio::time::sleep(BETWEEN_KILLS).await;
+        let acked_before = acked.lock().unwrap().facts.len();
+        let mut child = children[active].take().unwrap();
+        child.start_kill().unwrap();
+        child.wait().await.unwrap();
+        let killed_at = Instant::now();
+        running[active] = false;
+        let takeover = loop {
+            if let Some(at) = acked.lock().unwrap().at.get(acked_before + 1).copied() {
+                break at.saturating_duration_since(killed_at);
+            }
+            if killed_at.elapsed() > Duration::from_secs(30) {
+                let trouble = log_trouble(&nodes[1 - active]);
+                panic!("no takeover; the other node's log: {trouble:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        takeovers.push(takeover);
+        children[active] = Some(nodes[active].start().await);
+        running[active] = true;
+    }
+    tokio::time::sleep(BETWEEN_KILLS).await;
+    stop.store(true, Ordering::Release);
+    writer.await.unwrap();
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    let mut sorted = takeovers.clone();
+    sorted.sort();
+    eprintln!(
+        "{kills} kills of the active node: takeover (kill to the next acknowledgement) \
+         {sorted:?}; {} facts acknowledged; refusals the client returned: {:?}",
+        acked.facts.len(),
+        acked.refusals
+    );
+    let fetched = read_back(&urls, acked.facts.len()).await;
+    assert_exactly_once_in_order(&fetched, &acked.facts);
+    for t in &takeovers {
+        assert!(*t < TAKEOVER_MAX, "takeovers {takeovers:?}");
+    }
+}
