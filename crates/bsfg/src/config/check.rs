@@ -30,6 +30,7 @@ impl ZoneConfig {
         self.check_nats()?;
         self.check_principals()?;
         self.check_upstreams()?;
+        self.status.check()?;
         self.check_routes()
     }
 

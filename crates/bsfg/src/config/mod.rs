@@ -16,6 +16,7 @@ mod paths;
 mod principal;
 mod route;
 pub mod site_check;
+mod status;
 mod tls;
 mod upstream;
 
@@ -25,6 +26,7 @@ pub use commit::CommitConfig;
 pub use fetch::FetchConfig;
 pub use nats::{NatsConfig, STORE_FREE_BYTES_MIN_DEFAULT};
 pub use principal::{PrincipalConfig, PrincipalKind};
+pub use status::{STATUS_INTERVAL_MAX, STATUS_INTERVAL_MIN, StatusConfig};
 pub use tls::{TlsConfig, TlsMode};
 pub use upstream::UpstreamConfig;
 
@@ -92,6 +94,9 @@ pub struct ZoneConfig {
     /// that crowd one bucket of the key index.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub random_seed: Option<u64>,
+    /// The zone's own status facts, for the fleet view where they are sent.
+    #[serde(default, skip_serializing_if = "StatusConfig::is_default")]
+    pub status: StatusConfig,
 }
 
 fn default_retention_interval() -> Duration {

@@ -31,6 +31,7 @@ pub mod publish;
 mod reply_router;
 pub mod retention;
 pub mod served;
+pub mod statuses;
 
 use crate::config::ZoneConfig;
 use std::sync::Arc;

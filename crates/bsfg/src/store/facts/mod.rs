@@ -147,6 +147,8 @@ pub struct FactLog {
     /// Publishes facts; their acknowledgements come back per round.
     publisher: Publisher,
     metrics: Arc<Metrics>,
+    /// The last status fact stored of each origin zone (see `statuses`).
+    pub statuses: super::statuses::LastStatuses,
 }
 
 impl FactLog {
@@ -212,6 +214,7 @@ impl FactLog {
             sending: tokio::sync::Mutex::new(()),
             publisher,
             metrics,
+            statuses: Default::default(),
         });
         tokio::spawn(maintain_index(
             Arc::downgrade(&log),
