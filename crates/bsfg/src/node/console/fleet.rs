@@ -47,7 +47,8 @@ fn links_json(s: &LastStatus, stale: bool) -> Vec<Value> {
         .flatten()
         .filter_map(|l| {
             Some(json!({
-                "from": l.get("peer")?.as_str()?,
+                // A further link to a peer is named `<peer>/<consumer>`.
+                "from": l.get("peer")?.as_str()?.split('/').next()?,
                 "to": s.zone,
                 "mode": l.get("mode")?.as_str()?,
                 "reported_stale": stale,

@@ -8,7 +8,8 @@
 //! ([`operations::zone_status`](super::operations::zone_status)), the
 //! categories' refusal thresholds from the configuration, the certificates'
 //! expiry from the live TLS state, and the charts' history (see
-//! [`history`]), which [`sample`] fills.
+//! [`history`]), which [`sample`] fills. The fleet view (`/console/fleet`,
+//! `/console/fleet.json`) is in [`fleet`].
 
 pub mod fleet;
 pub mod history;
@@ -43,7 +44,7 @@ impl Console {
         replicator: Arc<Replicator>,
         tls: Option<Arc<ReloadingTls>>,
     ) -> Console {
-        let history = History::new(replicator.links.iter().map(|l| l.config.peer.as_str()));
+        let history = History::new(replicator.links.iter().map(|l| l.name.as_str()));
         Console {
             config,
             store,
