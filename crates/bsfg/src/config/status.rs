@@ -76,4 +76,14 @@ mod tests {
             toml::from_str("to_zone = \"enterprise\"\ninterval = \"1s\"").unwrap();
         set.check().unwrap();
     }
+
+    #[test]
+    fn a_destination_no_link_leads_to_is_refused() {
+        let text = "zone = \"plant-a\"\nlisten = \"127.0.0.1:0\"\n\
+                    ops_listen = \"127.0.0.1:0\"\n[tls]\nmode = \"plaintext-dev\"\n\
+                    [status]\nto_zone = \"enterprise\"\n";
+        let config: crate::config::ZoneConfig = toml::from_str(text).unwrap();
+        let e = config.check().unwrap_err().to_string();
+        assert!(e.contains("[status] to_zone"), "{e}");
+    }
 }
