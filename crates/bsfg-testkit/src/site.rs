@@ -1,7 +1,10 @@
 //! The reference site: `plant-a` ⇄ `idmz` ⇄ `enterprise`, `plant-b` ⇄ `idmz`
 //! (REFERENCE §5, §8), as `examples/site/site.toml` describes it. Each zone has its own JetStream domain and node; every
 //! neighbour pair pulls from each other over mutual TLS as peer principals;
-//! the plants route everything through `idmz`, which relays.
+//! the plants route everything through `idmz`, which relays. Every zone
+//! but enterprise sends its status facts to enterprise (`[status]`, the
+//! fleet view), in a `status` category of their own carried over a second
+//! link per neighbour (`to-<zone>-status`).
 //!
 //! Used by the site demo (`bsfg demo`) and available to tests and benchmarks
 //! that need the same topology.
@@ -74,7 +77,25 @@ pub fn consumer(name: &str, category: &str) -> ConsumerConfig {
 /// the bucket.
 fn peer(zone: &str, origins: &[&str]) -> PrincipalConfig {
     let consumer = format!("to-{zone}");
-    peer_principal(zone, &node_identity(zone), origins, &[&consumer], &[BUCKET])
+    let status = format!("to-{zone}-status");
+    peer_principal(
+        zone,
+        &node_identity(zone),
+        origins,
+        &[&consumer, &status],
+        &[BUCKET],
+    )
+}
+
+/// The zone every other zone of the reference site sends its status to.
+pub const FLEET_ZONE: &str = "enterprise";
+
+/// The `status` category: status facts only, small and short-lived, so
+/// they never compete with production facts for space.
+fn status_category() -> CategoryConfig {
+    const CAPACITY_BYTES: u64 = 16 << 20;
+    const MAX_AGE: Duration = Duration::from_secs(3600);
+    zone_config::category("status", &["status"], false, CAPACITY_BYTES, MAX_AGE)
 }
 
 /// Where a zone's node is, and where its data and certificates live.
@@ -140,6 +161,7 @@ pub fn zone_config(
         .categories(vec![
             category("operational", &[], true),
             category("audit", &["audit"], false),
+            status_category(),
         ])
         .consumer(consumer("local", "operational"))
         .buckets(vec![bucket(BUCKET, 1 << 30)])
@@ -149,7 +171,12 @@ pub fn zone_config(
         builder = builder
             .principal(peer(n, &topology.origins_via(zone, n)))
             .consumer(consumer(&format!("to-{n}"), "operational"))
-            .upstream(link(zone, n, peer_url(n), at.dir));
+            .consumer(consumer(&format!("to-{n}-status"), "status"))
+            .upstream(link(zone, n, peer_url(n), at.dir, ""))
+            .upstream(link(zone, n, peer_url(n), at.dir, "-status"));
+    }
+    if zone != FLEET_ZONE {
+        builder = builder.with(|c| c.status.to_zone = Some(FLEET_ZONE.to_string()));
     }
     for other in &topology.zones {
         let z = other.name.as_str();
@@ -163,9 +190,11 @@ pub fn zone_config(
     builder.build()
 }
 
-/// How `zone` pulls `neighbour` (at `url`): its consumer `to-<zone>`, with
-/// the site's batch and back-off settings and the spool in `dir/spool`.
-fn link(zone: &str, neighbour: &str, url: String, dir: &Path) -> UpstreamConfig {
+/// How `zone` pulls `neighbour` (at `url`): its consumer
+/// `to-<zone><suffix>` (`""` for production facts, `"-status"` for status
+/// facts), with the site's batch and back-off settings and the spool in
+/// `dir/spool`.
+fn link(zone: &str, neighbour: &str, url: String, dir: &Path, suffix: &str) -> UpstreamConfig {
     UpstreamConfig {
         batch_facts_max: 500,
         batch_bytes_max: 4 * 1024 * 1024,
@@ -175,7 +204,7 @@ fn link(zone: &str, neighbour: &str, url: String, dir: &Path) -> UpstreamConfig 
         backoff_min: Duration::from_millis(50),
         backoff_max: Duration::from_millis(500),
         spool_dir: dir.join("spool"),
-        ..upstream(neighbour, &url, &format!("to-{zone}"))
+        ..upstream(neighbour, &url, &format!("to-{zone}{suffix}"))
     }
 }
 
@@ -201,7 +230,10 @@ mod tests {
             };
             let c = reference_zone_config(z, &at, &|p| format!("https://127.0.0.1:1/{p}"));
             c.check().unwrap();
-            assert_eq!(c.upstreams.len(), neighbours(z).len());
+            // One link per neighbour for production facts, one for status.
+            assert_eq!(c.upstreams.len(), 2 * neighbours(z).len());
+            let status_to = (z != FLEET_ZONE).then(|| FLEET_ZONE.to_string());
+            assert_eq!(c.status.to_zone, status_to, "{z}");
         }
         let at = ZonePlacement {
             dir: &dir,

@@ -1,7 +1,8 @@
 //! The operations console in a real browser: headless Chromium loads a
 //! zone's `/console` while the reference site runs with fault proxies, and
 //! the tests assert what the page shows (its DOM after the page's script
-//! has polled `/console/status.json`). Screenshots are kept under
+//! has polled `/console/status.json`; the fleet page, `/console/fleet.json`,
+//! built from the zones' status facts). Screenshots are kept under
 //! `target/console-screenshots/`. Skipped, with the reason printed, where
 //! Chromium is not installed (scripts/setup.sh installs Debian's).
 
@@ -249,4 +250,95 @@ async fn assert_status_json(ops: SocketAddr) {
         .find(|c| c["name"] == "operational")
         .expect("the operational category");
     assert!(operational["refusal_threshold_percent"].as_u64().is_some());
+}
+
+/// The state of every zone on a fleet page's DOM, by zone.
+fn fleet_states(dom: &str) -> Vec<(String, String)> {
+    ZONES
+        .iter()
+        .map(|z| {
+            let state = tag_with(dom, "data-zone", z)
+                .and_then(|t| attribute(t, "data-state"))
+                .unwrap_or("absent");
+            (z.to_string(), state.to_string())
+        })
+        .collect()
+}
+
+/// Loads the fleet page until every zone is in the state `expected` gives
+/// it; the DOM.
+async fn fleet_until(
+    browser: &Browser,
+    url: &str,
+    what: &str,
+    expected: impl Fn(&str) -> &'static str,
+) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let dom = browser.dom(url).await;
+        let states = fleet_states(&dom);
+        if states.iter().all(|(z, s)| s == expected(z)) {
+            return dom;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fleet page did not show {what} within 60 s: {states:?}; DOM:\n{dom}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// enterprise's fleet page, built from the zones' status facts (sent every
+/// second here): every zone fresh; during the idmz ⇄ enterprise cut the
+/// plants and idmz stale on the enterprise side, since a time shown; fresh
+/// again after the restore.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_page_shows_zones_stale_during_a_cut_and_fresh_after_the_restore() {
+    let Some(browser) = Browser::new() else {
+        return;
+    };
+    let site = Site::start_with(SiteOpts {
+        proxies: true,
+        tweak: Some(|_, c| c.status.interval = Duration::from_secs(1)),
+        ..Default::default()
+    })
+    .await;
+    let ops = site.zones["enterprise"].ops_addr;
+    let url = format!("http://{ops}/console/fleet");
+    let dom = fleet_until(&browser, &url, "every zone fresh", |_| "fresh").await;
+    assert!(dom.contains("<span id=\"zone\">enterprise</span>"), "{dom}");
+    assert!(
+        dom.contains("href=\"/console\""),
+        "a link to the console: {dom}"
+    );
+    let edge = tag_with(&dom, "data-edge", "plant-a to idmz").expect("a link plant-a → idmz");
+    assert_eq!(attribute(edge, "data-mode"), Some("normal"), "{edge}");
+    browser.screenshot(&url, "fleet-before-cut").await;
+
+    site.proxy("enterprise", "idmz").cut();
+    site.proxy("idmz", "enterprise").cut();
+    let cut = |z: &str| if z == "enterprise" { "fresh" } else { "stale" };
+    let dom = fleet_until(&browser, &url, "the zones behind the cut stale", cut).await;
+    let edge = tag_with(&dom, "data-edge", "idmz to enterprise").expect("idmz → enterprise");
+    assert_eq!(attribute(edge, "data-mode"), Some("autonomous"), "{edge}");
+    browser.screenshot(&url, "fleet-during-cut").await;
+    let (code, body) = http_raw(ops, "GET", "/console/fleet.json", "", b"")
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    let view: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let plant_a = view["zones"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|z| z["zone"] == "plant-a")
+        .unwrap();
+    assert_eq!(plant_a["state"], "stale", "{view}");
+    assert!(plant_a["stale_since_unix_ms"].as_i64().is_some(), "{view}");
+    assert_eq!(plant_a["interval_seconds"], 1.0, "{view}");
+
+    site.proxy("enterprise", "idmz").restore();
+    site.proxy("idmz", "enterprise").restore();
+    fleet_until(&browser, &url, "every zone fresh again", |_| "fresh").await;
+    browser.screenshot(&url, "fleet-after-restore").await;
 }

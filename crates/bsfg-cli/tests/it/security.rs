@@ -1110,17 +1110,21 @@ async fn operations_need_the_operator_right() {
             .iter()
             .map(|l| l.peer.as_str())
             .collect::<Vec<_>>(),
-        ["idmz"]
+        // The production link and the status link (see `site.rs`).
+        ["idmz", "idmz/to-plant-a-status"]
     );
-    assert_eq!(names(&all), ["auditor", "local", "to-idmz"]);
+    assert_eq!(
+        names(&all),
+        ["auditor", "local", "to-idmz", "to-idmz-status"]
+    );
     for (who, client, own) in [
-        ("viewer", &viewer, "auditor"),
-        ("peer idmz", &peer, "to-idmz"),
+        ("viewer", &viewer, &["auditor"][..]),
+        ("peer idmz", &peer, &["to-idmz", "to-idmz-status"][..]),
     ] {
         let s = client.status().await.unwrap();
         assert_eq!(s.zone, "plant-a");
         assert!(s.links.is_empty(), "{who} sees no links: {:?}", s.links);
-        assert_eq!(names(&s), [own], "{who} sees only its own consumers");
+        assert_eq!(names(&s), own, "{who} sees only its own consumers");
     }
 
     // Only an operator replays: a principal granted the auditor consumer

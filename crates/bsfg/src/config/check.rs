@@ -31,7 +31,22 @@ impl ZoneConfig {
         self.check_ha()?;
         self.check_principals()?;
         self.check_upstreams()?;
-        self.check_routes()
+        self.status.check()?;
+        self.check_routes()?;
+        self.check_status_route()
+    }
+
+    /// `[status] to_zone`: status facts must be able to leave towards it,
+    /// in the category their kind goes to (else they would be stored and
+    /// never cross, as AppendFact refuses for callers).
+    fn check_status_route(&self) -> anyhow::Result<()> {
+        let Some(to) = &self.status.to_zone else {
+            return Ok(());
+        };
+        let kind = crate::store::statuses::STATUS_KIND;
+        let category = &self.category_for_kind(kind).name;
+        self.check_route(to, category)
+            .map_err(|r| anyhow::anyhow!("[status] to_zone = {to:?}: {}", r.message))
     }
 
     /// `[commit]`: batch, queue and key index bounds.

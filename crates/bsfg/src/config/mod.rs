@@ -17,6 +17,7 @@ mod paths;
 mod principal;
 mod route;
 pub mod site_check;
+mod status;
 mod tls;
 mod upstream;
 
@@ -27,6 +28,7 @@ pub use fetch::FetchConfig;
 pub use ha::{HaConfig, LEASE_TTL_DEFAULT};
 pub use nats::{NatsConfig, STORE_FREE_BYTES_MIN_DEFAULT};
 pub use principal::{PrincipalConfig, PrincipalKind};
+pub use status::{STATUS_INTERVAL_MAX, STATUS_INTERVAL_MIN, StatusConfig};
 pub use tls::{TlsConfig, TlsMode};
 pub use upstream::UpstreamConfig;
 
@@ -97,6 +99,9 @@ pub struct ZoneConfig {
     /// that crowd one bucket of the key index.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub random_seed: Option<u64>,
+    /// The zone's own status facts, for the fleet view where they are sent.
+    #[serde(default, skip_serializing_if = "StatusConfig::is_default")]
+    pub status: StatusConfig,
 }
 
 fn default_retention_interval() -> Duration {

@@ -14,9 +14,11 @@ pub struct NatsConfig {
     /// The servers of an external JetStream cluster serving this zone (its
     /// domain on every server). Instead of `url`, not besides it; the client
     /// connects to any of them and moves to another when one is lost.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub urls: Vec<String>,
     /// Replica count of every stream, consumer and bucket the node creates
     /// (1, 3 or 5; at most the cluster's size). 1 for the embedded server.
+    #[serde(skip_serializing_if = "is_one")]
     pub replicas: usize,
     /// How the node logs in to an external server: a user and a file
     /// holding its password (keep it owner-only), or a NATS credentials
@@ -49,6 +51,11 @@ pub struct NatsConfig {
 
 /// The default `[nats] store_free_bytes_min`: 256 MiB.
 pub const STORE_FREE_BYTES_MIN_DEFAULT: u64 = 256 << 20;
+
+/// A single replica, the default: left out of written files.
+fn is_one(replicas: &usize) -> bool {
+    *replicas == 1
+}
 
 impl NatsConfig {
     /// The external servers of the zone's store: `urls`, else `url`; empty

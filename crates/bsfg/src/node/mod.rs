@@ -15,6 +15,7 @@ pub mod nats_server;
 pub mod operations;
 pub mod ops_http;
 pub mod service;
+pub mod status;
 
 use crate::config::{TlsMode, ZoneConfig};
 use crate::metrics::Metrics;
@@ -129,6 +130,12 @@ pub async fn start(mut config: ZoneConfig) -> anyhow::Result<RunningNode> {
         tls.as_ref(),
         &console_slot,
     ));
+    tasks.push(tokio::spawn(status::run(status::StatusSource {
+        config: config.clone(),
+        store: store.clone(),
+        replicator: replicator.clone(),
+        tls: tls.clone(),
+    })));
     let gate = build_gate(&config, &store, &metrics, audit, &replicator);
     let (server_task, boundary_addr) =
         serve_boundary(&config, tls.as_ref(), gate, &metrics).await?;

@@ -1,5 +1,6 @@
 //! The operations port: `/metrics` (Prometheus text), `/healthz`, `/livez`
-//! and the operations console (`/console`, `/console/status.json`; see
+//! and the operations console (`/console`, `/console/status.json`, the
+//! fleet view `/console/fleet` and `/console/fleet.json`; see
 //! [`console`](super::console)), plain HTTP/1.1, kept off the boundary port
 //! so scraping and looking never need a client certificate and never
 //! compete with boundary traffic.
@@ -12,7 +13,7 @@
 //! a full disk. `/livez` is liveness: 200 while the process serves
 //! (restarting a node that is merely not ready would not help it).
 
-use super::console::{self, Console};
+use super::console::{self, Console, fleet};
 use crate::metrics::Metrics;
 use crate::store::Store;
 use http_body_util::Full;
@@ -41,6 +42,15 @@ async fn respond(state: &OpsState, path: &str) -> (u16, &'static str, String) {
         },
         "/livez" => (200, TEXT, "ok\n".to_string()),
         "/console" => (200, "text/html; charset=utf-8", console::PAGE.to_string()),
+        "/console/fleet" => (200, "text/html; charset=utf-8", fleet::PAGE.to_string()),
+        "/console/fleet.json" => match state.console.get() {
+            Some(c) => (200, "application/json", c.fleet_json().await),
+            None => (
+                503,
+                TEXT,
+                "starting: the links are not up yet\n".to_string(),
+            ),
+        },
         "/console/status.json" => match state.console.get() {
             Some(c) => (200, "application/json", c.status_json().await),
             None => (

@@ -56,12 +56,16 @@ impl Boundary {
             .ok_or_else(|| Rejection::invalid(Reason::MissingField, "fact is required"))?;
         validate::envelope(&envelope, &self.config.limits)?;
         let valid = validate::fact(fact, &self.config.limits)?;
-        if valid.subject_kind == AUDIT_KIND {
+        let reserved = [
+            (AUDIT_KIND, "audit records"),
+            (crate::store::statuses::STATUS_KIND, "status facts"),
+        ];
+        if let Some((kind, what)) = reserved.iter().find(|(k, _)| valid.subject_kind == *k) {
             return Err(Rejection::new(
                 Code::PermissionDenied,
                 Reason::KindReserved,
                 format!(
-                    "subject kind {AUDIT_KIND:?} is reserved for this node's own audit records; use another kind"
+                    "subject kind {kind:?} is reserved for this node's own {what}; use another kind"
                 ),
             ));
         }

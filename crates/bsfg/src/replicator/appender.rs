@@ -123,7 +123,7 @@ async fn append_settled(
                 link.status.lock().unwrap().facts_replicated += 1;
                 cx.metrics
                     .replicated_facts_total
-                    .get_or_create(&labels(&[("link", &link.config.peer)]))
+                    .get_or_create(&labels(&[("link", &link.name)]))
                     .inc();
                 accepted.push(id);
             }
@@ -138,7 +138,7 @@ pub(super) async fn refuse(link: &Link, cx: &Context, id: &str, origin_offset: u
     cx.metrics
         .crossing_refusals_total
         .get_or_create(&labels(&[
-            ("peer", &link.config.peer),
+            ("peer", &link.name),
             ("direction", "import"),
             ("reason", r.reason.as_str()),
         ]))

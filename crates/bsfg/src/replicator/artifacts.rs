@@ -80,7 +80,7 @@ pub(super) async fn pull_object(
     let _ = std::fs::remove_file(&spool);
     link.status.lock().unwrap().objects_pulled += 1;
     tracing::info!(
-        link = %link.config.peer,
+        link = %link.name,
         bucket = %a.bucket,
         key = %a.key,
         digest = %stored.digest,
@@ -221,7 +221,7 @@ async fn pull_into(
         let bytes_now = std::fs::metadata(spool).map(|m| m.len()).unwrap_or(0);
         cx.metrics
             .object_resume_bytes_total
-            .get_or_create(&labels(&[("link", &link.config.peer)]))
+            .get_or_create(&labels(&[("link", &link.name)]))
             .inc_by(bytes_now.saturating_sub(have));
         Rejection::new(
             Code::Unavailable,

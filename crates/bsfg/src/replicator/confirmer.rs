@@ -69,7 +69,7 @@ pub async fn publish_confirm_age(replicator: Arc<Replicator>, metrics: Arc<Metri
                 .unwrap_or(f64::INFINITY);
             metrics
                 .last_confirm_age_seconds
-                .get_or_create(&labels(&[("link", &link.config.peer)]))
+                .get_or_create(&labels(&[("link", &link.name)]))
                 .set(age);
         }
     }

@@ -83,6 +83,9 @@ pub struct LinkStatus {
 /// One upstream peer's link: its configuration and what its stages share.
 pub struct Link {
     pub config: UpstreamConfig,
+    /// The link's name in status, metrics and logs: the peer, or
+    /// `<peer>/<consumer>` for a further link to a peer (see `start`).
+    pub name: String,
     pub(super) principal: Arc<PrincipalConfig>,
     /// The peer's server certificate (mTLS only), for the audit record.
     presented: Option<Arc<crate::tls::client::PresentedCertificate>>,
@@ -125,12 +128,13 @@ impl Link {
     /// The link to `config`'s peer as it starts: not connected yet.
     pub(super) fn new(
         config: UpstreamConfig,
+        name: String,
         principal: Arc<PrincipalConfig>,
         presented: Option<Arc<crate::tls::client::PresentedCertificate>>,
         jitter_seed: u64,
     ) -> Self {
         let status = LinkStatus {
-            peer: config.peer.clone(),
+            peer: name.clone(),
             url: config.client_urls(),
             consumer: config.consumer.clone(),
             mode: LinkMode::Autonomous,
@@ -150,6 +154,7 @@ impl Link {
         };
         Link {
             config,
+            name,
             principal,
             presented,
             status: Mutex::new(status),
@@ -232,7 +237,7 @@ impl Link {
         s.lag_seconds = lag;
         s.lag_seconds_high_watermark = watermark;
         if let Some(metrics) = metrics {
-            let l = labels(&[("link", &self.config.peer)]);
+            let l = labels(&[("link", &self.name)]);
             metrics.replication_lag_seconds.get_or_create(&l).set(lag);
             metrics
                 .replication_lag_high_watermark
@@ -258,14 +263,14 @@ impl Link {
             clock.disagreeing = disagreeing;
             if disagreeing {
                 tracing::warn!(
-                    link = %self.config.peer,
+                    link = %self.name,
                     skew_ms,
                     skew_max_ms,
                     "the peer's clock disagrees with this node's beyond clock_skew_max: lags are corrected by the skew; fix the time source (NTP) of one of them"
                 );
             } else {
                 tracing::info!(
-                    link = %self.config.peer,
+                    link = %self.name,
                     skew_ms,
                     "the peer's clock agrees with this node's again"
                 );
@@ -315,7 +320,7 @@ impl Link {
         };
         if s.mode != mode {
             tracing::warn!(
-                link = %self.config.peer,
+                link = %self.name,
                 from = s.mode.as_str(),
                 to = mode.as_str(),
                 reason = %s.last_error,
@@ -326,10 +331,7 @@ impl Link {
         for m in LinkMode::ALL {
             metrics
                 .link_mode
-                .get_or_create(&labels(&[
-                    ("link", &self.config.peer),
-                    ("mode", m.as_str()),
-                ]))
+                .get_or_create(&labels(&[("link", &self.name), ("mode", m.as_str())]))
                 .set(i64::from(m == mode));
         }
     }

@@ -130,6 +130,7 @@ pub fn start(
         let jitter_seed = zone.seed_for(&format!("link/{}", upstream.peer));
         let link = Arc::new(Link::new(
             upstream.clone(),
+            link_name(&zone.upstreams, upstream),
             principal,
             presented,
             jitter_seed,
@@ -138,6 +139,21 @@ pub fn start(
         links.push(link);
     }
     Ok((Arc::new(Replicator { links }), tasks))
+}
+
+/// A link's name: its peer's, or `<peer>/<consumer>` when an earlier
+/// upstream pulls the same peer (e.g. the reference site's status link),
+/// so that two links to one peer never share a status row or metric labels.
+fn link_name(upstreams: &[UpstreamConfig], upstream: &UpstreamConfig) -> String {
+    let earlier = upstreams
+        .iter()
+        .take_while(|u| !std::ptr::eq(*u, upstream))
+        .any(|u| u.peer == upstream.peer);
+    if earlier {
+        format!("{}/{}", upstream.peer, upstream.consumer)
+    } else {
+        upstream.peer.clone()
+    }
 }
 
 /// A client of `upstream`'s peer; with `tls`, as this node's certificate,
@@ -170,7 +186,12 @@ fn spawn_stages(
     context: &Arc<Context>,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
 ) {
-    tracing::info!(link = %link.config.peer, url = %link.config.client_urls(), jitter_seed = link.jitter_seed, "link started");
+    tracing::info!(
+        link = %link.name,
+        url = %link.config.client_urls(),
+        jitter_seed = link.jitter_seed,
+        "link started"
+    );
     let (batches_tx, batches_rx) = tokio::sync::mpsc::channel(link.config.batches_ahead_max);
     tasks.push(tokio::spawn(fetcher(
         link.clone(),
@@ -200,4 +221,24 @@ fn spawn_stages(
         context.clone(),
         confirms_rx,
     )));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_further_link_to_a_peer_is_named_after_its_consumer() {
+        let up = |peer: &str, consumer: &str| {
+            let text = format!("peer = \"{peer}\"\nurl = \"https://x\"\nconsumer = \"{consumer}\"");
+            toml::from_str::<UpstreamConfig>(&text).unwrap()
+        };
+        let ups = vec![
+            up("idmz", "to-plant-a"),
+            up("idmz", "to-plant-a-status"),
+            up("plant-b", "to-plant-a"),
+        ];
+        let names: Vec<String> = ups.iter().map(|u| link_name(&ups, u)).collect();
+        assert_eq!(names, ["idmz", "idmz/to-plant-a-status", "plant-b"]);
+    }
 }

@@ -98,7 +98,7 @@ pub(super) async fn screen_until_settled(
             }
             Err(r) if is_local_store_refusal(&r) => {
                 tracing::warn!(
-                    link = %link.config.peer,
+                    link = %link.name,
                     error = %r,
                     "could not store an artifact; retrying"
                 );
@@ -112,7 +112,7 @@ pub(super) async fn screen_until_settled(
             Err(r) => {
                 link.status.lock().unwrap().last_error = r.to_string();
                 tracing::warn!(
-                    link = %link.config.peer,
+                    link = %link.name,
                     error = %r,
                     "could not fetch an artifact yet; retrying"
                 );

@@ -31,6 +31,7 @@ pub mod publish;
 mod reply_router;
 pub mod retention;
 pub mod served;
+pub mod statuses;
 pub mod writer_gate;
 
 use crate::config::ZoneConfig;

@@ -8,13 +8,16 @@
 //! ([`operations::zone_status`](super::operations::zone_status)), the
 //! categories' refusal thresholds from the configuration, the certificates'
 //! expiry from the live TLS state, and the charts' history (see
-//! [`history`]), which [`sample`] fills.
+//! [`history`]), which [`sample`] fills. The fleet view (`/console/fleet`,
+//! `/console/fleet.json`) is in [`fleet`].
 
+pub mod fleet;
 pub mod history;
 
 use crate::config::ZoneConfig;
 use crate::replicator::Replicator;
 use crate::store::Store;
+use crate::store::statuses::LastStatus;
 use crate::tls::server::ReloadingTls;
 use bsfg_proto::bsfg::v1::{GetStatusResponse, LinkStatus};
 use history::{History, Sample};
@@ -41,7 +44,7 @@ impl Console {
         replicator: Arc<Replicator>,
         tls: Option<Arc<ReloadingTls>>,
     ) -> Console {
-        let history = History::new(replicator.links.iter().map(|l| l.config.peer.as_str()));
+        let history = History::new(replicator.links.iter().map(|l| l.name.as_str()));
         Console {
             config,
             store,
@@ -71,6 +74,23 @@ impl Console {
         let status =
             super::operations::zone_status(&self.config, &self.store, &self.replicator).await;
         self.to_json(&status).to_string()
+    }
+
+    /// The body of `/console/fleet.json` (see [`fleet`]): this zone's live
+    /// status and the last status facts stored of the others.
+    pub async fn fleet_json(&self) -> String {
+        let status =
+            super::operations::zone_status(&self.config, &self.store, &self.replicator).await;
+        let now = crate::store::now_unix_ms();
+        let object = super::status::status_object(&self.config, self.tls.as_deref(), &status, now);
+        let own = LastStatus {
+            zone: self.config.zone.clone(),
+            produced_unix_ms: now,
+            interval_ms: self.config.status.interval.as_millis() as i64,
+            object,
+        };
+        let others = self.store.facts.statuses.all();
+        fleet::fleet_json(&self.config, own, others, now).to_string()
     }
 
     fn to_json(&self, status: &GetStatusResponse) -> Value {
@@ -165,9 +185,24 @@ mod tests {
 
     #[test]
     fn the_page_fetches_nothing_from_elsewhere() {
-        for reference in ["src=", "href=", "@import", "url("] {
-            assert!(!PAGE.contains(reference), "{reference}");
+        // Links between the two console pages are navigation, not fetches.
+        let pages = [PAGE, super::fleet::PAGE];
+        for page in pages.map(|p| {
+            p.replace("href=\"/console/fleet\"", "")
+                .replace("href=\"/console\"", "")
+        }) {
+            for reference in ["src=", "href=", "@import", "url("] {
+                assert!(!page.contains(reference), "{reference}");
+            }
         }
+        assert!(PAGE.contains("href=\"/console/fleet\""));
+        assert!(super::fleet::PAGE.contains("href=\"/console\""));
+        let fleet = super::fleet::PAGE;
+        assert_eq!(
+            fleet.matches("http").count(),
+            fleet.matches("http://www.w3.org/2000/svg").count()
+        );
+        assert!(fleet.contains("fetch(\"/console/fleet.json\""));
         // The one absolute URL names the SVG namespace; it is never fetched.
         let svg = "http://www.w3.org/2000/svg";
         assert_eq!(PAGE.matches("http").count(), PAGE.matches(svg).count());

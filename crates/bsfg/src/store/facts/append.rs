@@ -9,6 +9,7 @@ use super::prepare::{Prepared, Ready};
 use super::{AppendItem, Appended, FactLog, Order};
 use crate::store::failure::unavailable;
 use crate::store::publish::Round;
+use crate::store::statuses::{LastStatus, STATUS_KIND};
 use async_nats::HeaderMap;
 use bsfg_domain::Rejection;
 use bsfg_domain::identity::key_token;
@@ -23,6 +24,18 @@ pub(super) enum InFlight {
     /// Handed to the NATS client; its acknowledgement is in the round's
     /// slot of the same position.
     Sent(Ready),
+}
+
+/// The status facts of a batch, by position (see `store::statuses`).
+fn status_facts(items: &[super::AppendItem]) -> Vec<(usize, LastStatus)> {
+    items
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| i.valid.subject_kind == STATUS_KIND)
+        .filter_map(|(n, i)| {
+            LastStatus::parse(&i.envelope.from_zone, &i.valid.fact.object_json).map(|s| (n, s))
+        })
+        .collect()
 }
 
 impl FactLog {
@@ -48,6 +61,7 @@ impl FactLog {
             .map(|i| key_token(&i.envelope.from_zone, &i.envelope.message_id))
             .collect();
         let _held = self.keys.hold(&tokens).await;
+        let statuses = status_facts(&items);
         // A key that occurs twice in one batch must see its first occurrence
         // indexed before it is looked up, so it goes into a later round.
         let mut results: Vec<Option<Result<Appended, Rejection>>> =
@@ -75,10 +89,16 @@ impl FactLog {
                 results[i] = Some(result);
             }
         }
-        results
+        let results: Vec<_> = results
             .into_iter()
             .map(|r| r.expect("every item has a result"))
-            .collect()
+            .collect();
+        for (i, status) in statuses {
+            if results[i].is_ok() {
+                self.statuses.record(status);
+            }
+        }
+        results
     }
 
     /// One round of a batch: distinct keys, all held by the key guard. The

@@ -162,6 +162,8 @@ pub struct FactLog {
     /// round's publishes.
     gate: Arc<super::writer_gate::WriterGate>,
     metrics: Arc<Metrics>,
+    /// The last status fact stored of each origin zone (see `statuses`).
+    pub statuses: super::statuses::LastStatuses,
 }
 
 impl FactLog {
@@ -245,6 +247,7 @@ impl FactLog {
             batch_ids,
             gate,
             metrics,
+            statuses: Default::default(),
         });
         tokio::spawn(maintain_index(
             Arc::downgrade(&log),
