@@ -93,7 +93,7 @@ async fn write_until(client: BsfgClient, acked: Arc<Mutex<Acked>>, stop: Arc<Ato
 
 /// Fetches everything for `consumer` (retrying refusals: a consumer's
 /// cursor on a restarted server answers once that server has recovered)
-/// until `expected` facts were seen or 60 s passed. A fetch that failed may
+/// until `expected` facts were seen or 60 s passed, confirming as it goes. A fetch that failed may
 /// make the node redeliver from the frontier: facts at offsets already
 /// taken are redeliveries, not stored twice (a fact stored twice has two
 /// offsets), and are skipped.
@@ -109,6 +109,11 @@ async fn fetch_all_retrying(
             Ok(r) => {
                 let last = out.last().map_or(0, |f: &StoredFact| f.offset);
                 out.extend(r.facts.into_iter().filter(|f| f.offset > last));
+                // Confirmed as read: a consumer holds at most
+                // `unconfirmed_max` facts delivered and not confirmed.
+                if let Some(through) = out.last().map(|f| f.offset) {
+                    let _ = client.confirm(consumer, through).await;
+                }
             }
             Err(_) => tokio::time::sleep(RETRY_DELAY * 10).await,
         }
