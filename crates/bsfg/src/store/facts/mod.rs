@@ -176,36 +176,7 @@ impl FactLog {
     ) -> anyhow::Result<Arc<Self>> {
         let mut categories = HashMap::new();
         for (position, c) in config.categories.iter().enumerate() {
-            let stream_config = stream_config(
-                &config.zone,
-                config.limits.fact_bytes_max,
-                config.nats.replicas,
-                c,
-            );
-            // An existing stream is updated: zones created before a setting
-            // (e.g. `allow_atomic`) get it at their next start.
-            match jetstream.get_stream(&stream_config.name).await {
-                Ok(_) => {
-                    jetstream.update_stream(stream_config.clone()).await?;
-                }
-                Err(_) => {
-                    jetstream.create_stream(stream_config.clone()).await?;
-                }
-            }
-            let mut stream = jetstream.get_stream(&stream_config.name).await?;
-            let info = stream.info().await?;
-            let (bytes, atomic) = (info.state.bytes, info.config.allow_atomic_publish);
-            let category = Category {
-                config: c.clone(),
-                stream,
-                position,
-                fill: FillAccount::new(bytes),
-                atomic: std::sync::atomic::AtomicBool::new(config.atomic_batch_facts_min() > 0),
-            };
-            if !atomic {
-                category
-                    .stop_atomic("nats-server did not keep allow_atomic (it needs 2.12 or later)");
-            }
+            let category = open_category(&jetstream, &config, position, c).await?;
             categories.insert(c.name.clone(), category);
         }
         let names: Vec<String> = config.categories.iter().map(|c| c.name.clone()).collect();
@@ -294,6 +265,45 @@ impl FactLog {
     pub fn index_ready(&self) -> bool {
         *self.index_ready.borrow()
     }
+}
+
+/// A category's stream, created or updated to its configuration (zones
+/// created before a setting, e.g. `allow_atomic`, get it at their next
+/// start), and its fill as stored.
+async fn open_category(
+    jetstream: &jetstream::Context,
+    config: &ZoneConfig,
+    position: usize,
+    c: &crate::config::CategoryConfig,
+) -> anyhow::Result<Category> {
+    let stream_config = stream_config(
+        &config.zone,
+        config.limits.fact_bytes_max,
+        config.nats.replicas,
+        c,
+    );
+    match jetstream.get_stream(&stream_config.name).await {
+        Ok(_) => {
+            jetstream.update_stream(stream_config.clone()).await?;
+        }
+        Err(_) => {
+            jetstream.create_stream(stream_config.clone()).await?;
+        }
+    }
+    let mut stream = jetstream.get_stream(&stream_config.name).await?;
+    let info = stream.info().await?;
+    let (bytes, atomic) = (info.state.bytes, info.config.allow_atomic_publish);
+    let category = Category {
+        config: c.clone(),
+        stream,
+        position,
+        fill: FillAccount::new(bytes),
+        atomic: std::sync::atomic::AtomicBool::new(config.atomic_batch_facts_min() > 0),
+    };
+    if !atomic {
+        category.stop_atomic("nats-server did not keep allow_atomic (it needs 2.12 or later)");
+    }
+    Ok(category)
 }
 
 /// Opens the key index, waiting up to 10 s while a node that is shutting
