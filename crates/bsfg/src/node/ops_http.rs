@@ -41,8 +41,8 @@ async fn respond(state: &OpsState, path: &str) -> (u16, &'static str, String) {
             Some(why) => (503, TEXT, format!("{why}\n")),
         },
         "/livez" => (200, TEXT, "ok\n".to_string()),
-        "/console" => (200, "text/html; charset=utf-8", console::PAGE.to_string()),
-        "/console/fleet" => (200, "text/html; charset=utf-8", fleet::PAGE.to_string()),
+        "/console" => (200, "text/html; charset=utf-8", console::page().to_string()),
+        "/console/fleet" => (200, "text/html; charset=utf-8", fleet::page().to_string()),
         "/console/fleet.json" => match state.console.get() {
             Some(c) => (200, "application/json", c.fleet_json().await),
             None => (

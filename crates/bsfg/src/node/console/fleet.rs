@@ -16,8 +16,12 @@ use crate::store::statuses::{LastStatus, STALE_INTERVALS};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
-/// The page, served as is.
-pub const PAGE: &str = include_str!("fleet.html");
+/// The fleet page, with the scripts the console's pages share.
+pub fn page() -> &'static str {
+    static PAGE: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| super::assemble(include_str!("fleet.html")));
+    &PAGE
+}
 
 /// One zone of the view: its last status, if any.
 fn zone_json(zone: &str, last: Option<&LastStatus>, now: i64) -> Value {

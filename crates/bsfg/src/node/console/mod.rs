@@ -24,8 +24,24 @@ use history::{History, Sample};
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 
-/// The page, served as is.
-pub const PAGE: &str = include_str!("page.html");
+/// The console page, with the scripts both pages share.
+pub fn page() -> &'static str {
+    static PAGE: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| assemble(include_str!("page.html")));
+    &PAGE
+}
+
+/// A page of the console with `common.js` (helpers and the polling loop
+/// both pages use) put where its script says `/* common.js */`.
+pub fn assemble(page: &str) -> String {
+    const MARK: &str = "/* common.js */";
+    assert_eq!(
+        page.matches(MARK).count(),
+        1,
+        "a console page includes common.js once"
+    );
+    page.replace(MARK, include_str!("common.js"))
+}
 
 /// What the console reads, and the charts' history.
 pub struct Console {
@@ -181,12 +197,12 @@ pub async fn sample(console: Arc<Console>) {
 
 #[cfg(test)]
 mod tests {
-    use super::PAGE;
+    use super::page;
 
     #[test]
     fn the_page_fetches_nothing_from_elsewhere() {
         // Links between the two console pages are navigation, not fetches.
-        let pages = [PAGE, super::fleet::PAGE];
+        let pages = [page(), super::fleet::page()];
         for page in pages.map(|p| {
             p.replace("href=\"/console/fleet\"", "")
                 .replace("href=\"/console\"", "")
@@ -195,17 +211,17 @@ mod tests {
                 assert!(!page.contains(reference), "{reference}");
             }
         }
-        assert!(PAGE.contains("href=\"/console/fleet\""));
-        assert!(super::fleet::PAGE.contains("href=\"/console\""));
-        let fleet = super::fleet::PAGE;
+        assert!(page().contains("href=\"/console/fleet\""));
+        assert!(super::fleet::page().contains("href=\"/console\""));
+        let fleet = super::fleet::page();
         assert_eq!(
             fleet.matches("http").count(),
             fleet.matches("http://www.w3.org/2000/svg").count()
         );
-        assert!(fleet.contains("fetch(\"/console/fleet.json\""));
+        assert!(fleet.contains("poll(\"/console/fleet.json\""));
         // The one absolute URL names the SVG namespace; it is never fetched.
         let svg = "http://www.w3.org/2000/svg";
-        assert_eq!(PAGE.matches("http").count(), PAGE.matches(svg).count());
-        assert!(PAGE.contains("fetch(\"/console/status.json\""));
+        assert_eq!(page().matches("http").count(), page().matches(svg).count());
+        assert!(page().contains("poll(\"/console/status.json\""));
     }
 }
