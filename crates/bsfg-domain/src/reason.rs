@@ -199,9 +199,11 @@ reasons! {
     KeyIndexCatchingUp = "key_index_catching_up",
     /// The idempotency key index cannot be read or written.
     KeyIndexUnavailable = "key_index_unavailable",
-    /// A fact of an ordered (replicated) batch was not stored because an
-    /// earlier one of its batch did not reach the stream.
-    OrderGuard = "order_guard",
+    /// A fact was not stored because its category's stream did not end
+    /// where this node expected (another node of the zone wrote there, or
+    /// an earlier publish of this node did not land): the store-checked
+    /// fence (`store::facts::fence`).
+    WriterFenced = "writer_fenced",
     /// A PutObject stream broke before it ended.
     UploadInterrupted = "upload_interrupted",
 

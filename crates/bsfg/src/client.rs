@@ -21,6 +21,11 @@ pub struct BsfgClient {
     nodes: std::sync::Arc<[Endpoint]>,
     /// The node the next call goes to first.
     current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Each AppendFact and ConfirmReceipt call's deadline (a FetchFacts
+    /// call's is this plus its wait): how long a node that accepted the
+    /// call but does not answer (frozen, cut off) holds the caller before
+    /// it moves on to the next node.
+    call_timeout: Duration,
 }
 
 /// One node's boundary and operations services.
@@ -82,7 +87,21 @@ impl BsfgClient {
         Ok(Self {
             nodes: nodes.into(),
             current: Default::default(),
+            call_timeout: CALL_TIMEOUT_DEFAULT,
         })
+    }
+
+    /// Sets the calls' deadline (`call_timeout`); a client of a zone of
+    /// several nodes sets it a little above the nodes' `[nats]
+    /// request_timeout` to move past a frozen node quickly.
+    pub fn with_call_timeout(mut self, timeout: Duration) -> Self {
+        assert!(!timeout.is_zero(), "a call needs time to be answered");
+        self.call_timeout = timeout;
+        self
+    }
+
+    fn call_options(&self, wait: Duration) -> connectrpc::client::CallOptions {
+        connectrpc::client::CallOptions::default().with_timeout(self.call_timeout + wait)
     }
 
     fn node(&self) -> &Endpoint {
@@ -194,10 +213,11 @@ impl BsfgClient {
             fact: fact.into(),
             ..Default::default()
         };
+        let options = self.call_options(Duration::ZERO);
         let response = self
             .failover(|node| {
-                let request = request.clone();
-                async move { node.append_fact(request).await }
+                let (request, options) = (request.clone(), options.clone());
+                async move { node.append_fact_with_options(request, options).await }
             })
             .await?;
         Ok(response.into_owned())
@@ -235,9 +255,7 @@ impl BsfgClient {
         &self,
         request: FetchFactsRequest,
     ) -> Result<OwnedView<FetchFactsResponseView<'static>>, ConnectError> {
-        let wait_ms = request.wait_ms;
-        let timeout = CALL_TIMEOUT_DEFAULT + Duration::from_millis(u64::from(wait_ms));
-        let options = connectrpc::client::CallOptions::default().with_timeout(timeout);
+        let options = self.call_options(Duration::from_millis(u64::from(request.wait_ms)));
         let response = self
             .failover(|node| {
                 let (request, options) = (request.clone(), options.clone());
@@ -253,10 +271,11 @@ impl BsfgClient {
             offset,
             ..Default::default()
         };
+        let options = self.call_options(Duration::ZERO);
         let response = self
             .failover(|node| {
-                let request = request.clone();
-                async move { node.confirm_receipt(request).await }
+                let (request, options) = (request.clone(), options.clone());
+                async move { node.confirm_receipt_with_options(request, options).await }
             })
             .await?;
         Ok(response.into_owned().frontier)

@@ -30,6 +30,8 @@ const BETWEEN_KILLS: Duration = Duration::from_secs(2);
 /// The longest the zone may go without acknowledging after its active
 /// node is killed.
 const TAKEOVER_MAX: Duration = Duration::from_secs(5);
+/// The clients' call deadline: a little above the nodes' request timeout.
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 /// The writer's wait before retrying a refusal the client returned.
 const RETRY_DELAY: Duration = Duration::from_millis(50);
 
@@ -98,7 +100,10 @@ struct Acked {
 /// nodes' URLs; a refusal it returns (both nodes refused for a while) is
 /// retried with the same message id.
 async fn write_until(urls: Vec<String>, acked: Arc<Mutex<Acked>>, stop: Arc<AtomicBool>) {
-    let client = BsfgClient::connect(&urls.join(",")).unwrap();
+    // A frozen node holds a call this long before the client moves on.
+    let client = BsfgClient::connect(&urls.join(","))
+        .unwrap()
+        .with_call_timeout(CALL_TIMEOUT);
     for n in 0.. {
         let envelope = envelope(&mid("ha"));
         let fact = batch_fact(n);
@@ -245,5 +250,103 @@ async fn kill_the_active_node(kills: usize) {
     assert_exactly_once_in_order(&fetched, &acked.facts);
     for t in &takeovers {
         assert!(*t < TAKEOVER_MAX, "takeovers {takeovers:?}");
+    }
+}
+
+/// Writers appending at once during the freeze test: enough that the
+/// active node always has an append round on its way to the store.
+const FREEZE_WRITERS: usize = 6;
+/// How long the active node stays frozen: three leases, longer than the
+/// lease, the request timeout and the client's failover.
+const FREEZE: Duration = Duration::from_secs(6);
+
+/// The active node frozen (SIGSTOP) for three leases under appends from
+/// several clients, while the other takes over and writes; then thawed
+/// (SIGCONT): whatever it had on its way to the store when it froze meets
+/// the other node's writes (`store::facts::fence` refuses it), and it goes
+/// on as a standby. Afterwards every acknowledged fact is stored exactly
+/// once, at its acknowledged offset, byte for byte, each writer's facts in
+/// its order, and nothing unacknowledged is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_active_node_thawed_after_a_takeover_stores_nothing_twice_and_loses_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let cluster = NatsCluster::start(root.path(), ZONE, CLUSTER_SIZE)
+        .await
+        .unwrap();
+    let nodes = [
+        node_spec(&cluster, root.path(), "a"),
+        node_spec(&cluster, root.path(), "b"),
+    ];
+    let children = [nodes[0].start().await, nodes[1].start().await];
+    let urls: Vec<String> = nodes.iter().map(NodeSpec::url).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..FREEZE_WRITERS)
+        .map(|_| {
+            let acked = Arc::new(Mutex::new(Acked::default()));
+            let task = tokio::spawn(write_until(urls.clone(), acked.clone(), stop.clone()));
+            (acked, task)
+        })
+        .collect();
+    let active = active_node(&nodes, &[true, true]).await;
+    tokio::time::sleep(BETWEEN_KILLS).await;
+    let pid = children[active].id().expect("the active node runs");
+    bsfg_testkit::process::signal(pid, "STOP").unwrap();
+    let frozen_at = Instant::now();
+    let other = active_node(&nodes, &[active == 1, active == 0]).await;
+    assert_ne!(other, active);
+    tokio::time::sleep(FREEZE.saturating_sub(frozen_at.elapsed())).await;
+    bsfg_testkit::process::signal(pid, "CONT").unwrap();
+    // The thawed node finds the lease taken and goes on as a standby.
+    tokio::time::sleep(BETWEEN_KILLS * 2).await;
+    assert_eq!(active_node(&nodes, &[true, true]).await, other);
+    stop.store(true, Ordering::Release);
+    let mut acked = Vec::new();
+    for (facts, task) in writers {
+        task.await.unwrap();
+        acked.push(std::mem::take(&mut *facts.lock().unwrap()));
+    }
+    let total: usize = acked.iter().map(|a| a.facts.len()).sum();
+    let fenced = metrics_text(nodes[active].config.ops_listen).await;
+    eprintln!(
+        "froze the active node {FREEZE:?}; {total} facts acknowledged by {FREEZE_WRITERS} \
+         writers; the thawed node's fenced refusals: {:?}",
+        metric_value(&fenced, "bsfg_append_failures_total", &["writer_fenced"])
+    );
+    let mut fetched = read_back(&urls, total).await;
+    assert_each_acked_once(&mut fetched, &acked);
+}
+
+/// Every fact the writers acknowledged is in `fetched` once, at its
+/// acknowledged offset, with its content; nothing else is; each writer's
+/// facts are at increasing offsets in its acknowledgement order.
+fn assert_each_acked_once(fetched: &mut Vec<StoredFact>, writers: &[Acked]) {
+    let mut by_id = std::collections::HashMap::new();
+    for f in fetched.drain(..) {
+        let id = f.envelope.as_option().expect("envelope").message_id.clone();
+        let offset = f.offset;
+        if let Some(earlier) = by_id.insert(id.clone(), f) {
+            panic!("{id} stored twice: offsets {} and {offset}", earlier.offset);
+        }
+    }
+    let total: usize = writers.iter().map(|a| a.facts.len()).sum();
+    assert_eq!(by_id.len(), total, "stored facts vs acknowledged facts");
+    for writer in writers {
+        let offsets: Vec<u64> = writer.facts.iter().map(|(_, _, offset)| *offset).collect();
+        assert!(
+            offsets.windows(2).all(|w| w[0] < w[1]),
+            "a writer's facts in its order"
+        );
+        for (envelope, fact, offset) in &writer.facts {
+            let got = by_id
+                .get(&envelope.message_id)
+                .unwrap_or_else(|| panic!("{} acknowledged but missing", envelope.message_id));
+            assert_eq!(got.offset, *offset, "{}: offset", envelope.message_id);
+            let f = got.fact.as_option().expect("fact");
+            assert_eq!(f.subject, fact.subject);
+            assert_eq!(
+                f.object_json.as_bytes(),
+                canonical(&fact.object_json).as_bytes()
+            );
+        }
     }
 }

@@ -14,6 +14,7 @@ mod delivery;
 mod disk;
 mod durability;
 mod faults;
+mod fence;
 mod ha;
 mod ha_nodes;
 mod harness;

@@ -159,6 +159,9 @@ impl Lease {
                     return;
                 }
             }
+            // Another node may have written since this node last did: each
+            // category's end is read again before its next append.
+            self.facts.forget_stream_ends();
         }
         self.gate().open_until(sent + self.ttl - self.margin());
     }

@@ -31,12 +31,18 @@ impl FactLog {
         for (slot, f) in in_flight.into_iter().enumerate() {
             match f {
                 InFlight::Done(result) => finished.push(Some((result, None))),
-                InFlight::Sent(ready) => match acks.get_mut(slot).and_then(Option::take) {
+                InFlight::Sent(ready, ticket) => match acks.get_mut(slot).and_then(Option::take) {
                     Some(Ack::Stored {
                         sequence,
                         duplicate: false,
-                    }) => finished.push(Some(self.stored(sequence, ready))),
+                    }) => {
+                        ticket.stored();
+                        finished.push(Some(self.stored(sequence, ready)))
+                    }
                     other => {
+                        // Not stored as this node predicted: its fence
+                        // reads the stream's end again.
+                        drop(ticket);
                         unusual.push((finished.len(), self.finish(other, ready)));
                         finished.push(None);
                     }
@@ -171,17 +177,13 @@ fn refused(log: &Category, err_code: ErrorCode, description: &str, ready: &Ready
                 ),
             )
         }
-        // A `Nats-Expected-Last-Msg-Id` that is not the stream's last message
-        // id (nats-server's `JSStreamWrongLastMsgIDErrF`).
-        ErrorCode::STREAM_WRONG_LAST_MESSAGE_ID => Rejection::new(
-            Code::Unavailable,
-            Reason::OrderGuard,
-            format!(
-                "message_id {} was not stored: an earlier fact of its batch did not reach the \
-                 stream (a lost publish); it is retried after that one, in order",
-                ready.envelope.message_id
-            ),
-        ),
+        // The stream did not end where the fence expected
+        // (`JSStreamWrongLastSequenceErr`, `JSStreamWrongLastMsgIDErrF`):
+        // another node wrote there, or an earlier publish of this node did
+        // not land.
+        ErrorCode::STREAM_WRONG_LAST_SEQUENCE | ErrorCode::STREAM_WRONG_LAST_MESSAGE_ID => {
+            super::append::fenced(&ready.category)
+        }
         _ => unavailable(
             "storing the fact",
             format_args!("JetStream error {}: {description}", err_code.0),

@@ -4,7 +4,7 @@
 
 use super::ack::Finished;
 use super::errors::is_transient;
-use super::order::{EXPECTED_LAST_MSG_ID_HEADER, Predecessors};
+use super::fence::Ticket;
 use super::prepare::{Prepared, Ready};
 use super::{AppendItem, Appended, FactLog, Order};
 use crate::store::failure::unavailable;
@@ -22,8 +22,9 @@ use tokio::time::Sleep;
 pub(super) enum InFlight {
     Done(Result<Appended, Rejection>),
     /// Handed to the NATS client; its acknowledgement is in the round's
-    /// slot of the same position.
-    Sent(Ready),
+    /// slot of the same position. The ticket is its place behind the
+    /// category's fence (`fence`).
+    Sent(Ready, Ticket),
 }
 
 /// The status facts of a batch, by position (see `store::statuses`).
@@ -110,6 +111,9 @@ impl FactLog {
         order: Order,
     ) -> Vec<Result<Appended, Rejection>> {
         let count = items.len();
+        // Before the look-ups: a category whose stream's end this node does
+        // not know is read again, and its index caught up to it (`fence`).
+        self.resync_fences(&items).await;
         let mut prepared = match self.prepare_round(items).await {
             Ok(prepared) => prepared,
             Err(r) => return (0..count).map(|_| Err(r.clone())).collect(),
@@ -195,7 +199,6 @@ impl FactLog {
             None => None,
         };
         let mut send_failed = sending.is_none();
-        let mut predecessors = Predecessors::default();
         for (slot, p) in prepared.into_iter().enumerate() {
             let flight = match (p.expect("every fact was prepared"), round.as_deref_mut()) {
                 (Prepared::Answered(done), _) => {
@@ -223,17 +226,24 @@ impl FactLog {
                      within the request timeout",
                 ))),
                 (Prepared::Ready(ready), Some(round)) => {
-                    let mut headers = ready.headers();
-                    if order == Order::AsGiven
-                        && let Some(previous) = predecessors.follow(&ready.category, &ready.token)
-                    {
-                        headers.insert(EXPECTED_LAST_MSG_ID_HEADER, previous.as_str());
-                    }
-                    match publish(round, slot, ready, headers, deadline).await {
-                        Ok(ready) => InFlight::Sent(ready),
-                        Err(r) => {
-                            send_failed = true;
-                            InFlight::Done(Err(r))
+                    let fence = &self.categories[&ready.category].fence;
+                    match fence.publish(&ready.token) {
+                        Some((tail, ticket)) => {
+                            let mut headers = ready.headers();
+                            tail.expect_in(&mut headers, true);
+                            match publish(round, slot, ready, headers, deadline).await {
+                                Ok(ready) => InFlight::Sent(ready, ticket),
+                                Err(r) => {
+                                    send_failed = true;
+                                    InFlight::Done(Err(r))
+                                }
+                            }
+                        }
+                        // Nothing is sent to a stream whose end is unknown;
+                        // with the order kept, nothing after it either.
+                        None => {
+                            send_failed |= order == Order::AsGiven;
+                            InFlight::Done(Err(fenced(&ready.category)))
                         }
                     }
                 }
@@ -243,6 +253,20 @@ impl FactLog {
         drop(sending);
         in_flight
     }
+}
+
+/// The refusal for a fact not sent because its category's stream's end is
+/// not known now (`fence`).
+pub(super) fn fenced(category: &str) -> Rejection {
+    Rejection::new(
+        bsfg_domain::Code::Unavailable,
+        bsfg_domain::Reason::WriterFenced,
+        format!(
+            "not stored: this node is reading the end of category {category}'s stream again \
+             (a publish did not land as expected, or another node of the zone wrote there); \
+             retry with the same message_id"
+        ),
+    )
 }
 
 /// Hands one fact to the NATS client before the round's deadline; its

@@ -31,9 +31,14 @@
 //! not be stored (whole): each fact is answered `unavailable`, and a retry
 //! finds it stored or stores it.
 //!
+//! Fence: the first fact names the stream's last sequence
+//! (`Nats-Expected-Last-Sequence`; JetStream refuses
+//! `Nats-Expected-Last-Msg-Id` inside a batch), and a batch is sent only
+//! when nothing else of this node is in flight to the stream (`fence`).
+//! Refused for that, its facts are answered `writer_fenced`.
+//!
 //! Order: a batch is all or nothing, so no fact of it is stored after a
-//! later one; JetStream refuses `Nats-Expected-Last-Msg-Id` inside a batch,
-//! so none is named. With `Order::AsGiven` the batches of a category are
+//! later one. With `Order::AsGiven` the batches of a category are
 //! committed one after another, and nothing after one that failed and will
 //! be retried is sent.
 //!
@@ -43,8 +48,9 @@
 //! changed under the node) turns them off for the category, logged once.
 
 use super::ack::Finished;
-use super::append::by_deadline;
+use super::append::{by_deadline, fenced};
 use super::errors::is_transient;
+use super::fence::{Tail, Ticket};
 use super::prepare::{Prepared, Ready};
 use super::{Category, FactLog, Order};
 use crate::metrics::labels;
@@ -54,7 +60,13 @@ use async_nats::jetstream::ErrorCode;
 use bsfg_domain::Rejection;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::MutexGuard;
 use tokio::time::{Instant, Sleep};
+
+/// Whether a refusal says the stream did not end where the fence expected.
+fn fence_refused(err_code: ErrorCode) -> bool {
+    err_code == ErrorCode::STREAM_WRONG_LAST_SEQUENCE
+}
 
 /// Most facts in one atomic batch: nats-server's default limit
 /// (`jetstream { limits { max_batch_size } }`). A server configured lower
@@ -215,36 +227,42 @@ impl FactLog {
                 .map(|_| (Err(why.clone()), None))
                 .collect();
         };
-        if let Err(why) = self.send_chunk(&chunk, &mut round, &mut deadline).await {
+        let ticket = match self.send_chunk(&chunk, &mut round, &mut deadline).await {
+            Ok(ticket) => ticket,
             // Not committed: nats-server drops the unfinished batch.
-            return chunk
-                .facts
-                .iter()
-                .map(|_| (Err(why.clone()), None))
-                .collect();
-        }
+            Err(why) => {
+                return chunk
+                    .facts
+                    .iter()
+                    .map(|_| (Err(why.clone()), None))
+                    .collect();
+            }
+        };
         by_deadline(&mut deadline, round.acknowledged()).await;
         let ack = round.into_acks().pop().flatten();
-        self.answer_chunk(chunk, ack, order, until).await
+        self.answer_chunk(chunk, ack, ticket, order, until).await
     }
 
     /// Hands a chunk's facts to the NATS client back to back under the send
-    /// lock, the last one committing the batch. `Err` says why it was not
-    /// all sent.
+    /// lock, the last one committing the batch, the first naming the
+    /// stream's end (`fence`). `Err` says why it was not all sent.
     async fn send_chunk(
         &self,
         chunk: &Chunk,
         round: &mut Round<'_>,
         deadline: &mut Pin<&mut Sleep>,
-    ) -> Result<(), Rejection> {
+    ) -> Result<Ticket, Rejection> {
         let not_sent = |why: String| unavailable("publishing the atomic batch", why);
-        let Some(_sending) = by_deadline(deadline, self.sending.lock()).await else {
+        let Some((_sending, tail, ticket)) = self.batch_turn(chunk, deadline).await? else {
             return Err(not_sent("not sent within the request timeout".into()));
         };
         let id = self.batch_ids.next();
         let last = chunk.facts.len();
         for (sequence, ready) in (1..).zip(&chunk.facts) {
             let mut headers = ready.headers();
+            if sequence == 1 {
+                tail.expect_in(&mut headers, false);
+            }
             headers.insert(BATCH_ID_HEADER, id.as_str());
             headers.insert(BATCH_SEQUENCE_HEADER, sequence.to_string().as_str());
             let (subject, payload) = (ready.subject.clone(), ready.payload.clone());
@@ -261,7 +279,35 @@ impl FactLog {
                 None => return Err(not_sent("not sent within the request timeout".into())),
             }
         }
-        Ok(())
+        Ok(ticket)
+    }
+
+    /// The chunk's turn: the send lock, with nothing else of this node in
+    /// flight to its stream, and the fence's tail and ticket for it. None:
+    /// not before the deadline; `Err`: the stream's end is not known.
+    async fn batch_turn(
+        &self,
+        chunk: &Chunk,
+        deadline: &mut Pin<&mut Sleep>,
+    ) -> Result<Option<(MutexGuard<'_, ()>, Tail, Ticket)>, Rejection> {
+        let fence = &self.categories[&chunk.category].fence;
+        let count = chunk.facts.len() as u64;
+        let last_id = &chunk.facts.last().expect("a chunk is never empty").token;
+        loop {
+            if by_deadline(deadline, fence.idle()).await.is_none() {
+                return Ok(None);
+            }
+            let Some(sending) = by_deadline(deadline, self.sending.lock()).await else {
+                return Ok(None);
+            };
+            if !fence.is_known() {
+                return Err(fenced(&chunk.category));
+            }
+            // Something was sent between idle and the lock: wait again.
+            if let Some((tail, ticket)) = fence.publish_batch(count, last_id) {
+                return Ok(Some((sending, tail, ticket)));
+            }
+        }
     }
 
     /// A chunk's answers from its commit's acknowledgement (None: none in
@@ -270,6 +316,7 @@ impl FactLog {
         &self,
         chunk: Chunk,
         ack: Option<Ack>,
+        ticket: Ticket,
         order: Order,
         until: Instant,
     ) -> Vec<Finished> {
@@ -292,6 +339,7 @@ impl FactLog {
                 last_sequence,
                 count: stored,
             }) if stored == count && last_sequence >= count => {
+                ticket.stored();
                 // Contiguous: nats-server stores a batch at consecutive
                 // sequences, in order, ending at the acknowledged one.
                 let first = last_sequence + 1 - count;
@@ -299,10 +347,22 @@ impl FactLog {
                     .map(|(ready, offset)| self.stored(offset, ready))
                     .collect()
             }
+            Some(Ack::Refused { err_code, .. }) if fence_refused(err_code) => {
+                // Not where the fence expected: the stream's end is read
+                // again before anything more is sent there.
+                drop(ticket);
+                let why = fenced(&chunk.category);
+                chunk
+                    .facts
+                    .iter()
+                    .map(|_| (Err(why.clone()), None))
+                    .collect()
+            }
             Some(Ack::Refused {
                 err_code,
                 description,
             }) => {
+                ticket.nothing_stored();
                 // nats-server's JSAtomicPublishDisabledErr: the stream lacks
                 // allow_atomic.
                 if err_code == ErrorCode::ATOMIC_PUBLISH_DISABLED {
@@ -322,7 +382,10 @@ impl FactLog {
                     .collect();
                 self.pipelined(prepared, order, until).await
             }
-            other => self.answer_unknown(log, chunk, other).await,
+            other => {
+                drop(ticket);
+                self.answer_unknown(log, chunk, other).await
+            }
         }
     }
 

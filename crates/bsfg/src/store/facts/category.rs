@@ -19,6 +19,8 @@ pub struct Category {
     /// it (2.12 or later). Cleared, and logged once, when a commit shows the
     /// stream does not take them after all.
     pub(super) atomic: AtomicBool,
+    /// Where this node expects the stream to end (`fence`).
+    pub(super) fence: std::sync::Arc<super::fence::Fence>,
 }
 
 /// A category's stored bytes, for the fill threshold: the stream's bytes as

@@ -40,12 +40,17 @@
 //!    atomic_batch_facts_min` of them in the round are committed as
 //!    JetStream atomic batches, one durable commit each (`atomic`); the
 //!    others are handed to the NATS client in order, back to back under the
-//!    send lock, before any acknowledgement is awaited. With
-//!    `Order::AsGiven` each pipelined fact names the fact published before
-//!    it in its stream (`order`).
+//!    send lock, before any acknowledgement is awaited. Every publish names where the
+//!    category's fence expects the stream to end (`fence`): the last
+//!    sequence and the id of the fact this node published before it there,
+//!    so that JetStream stores nothing behind a write this node's key index
+//!    has not seen. A category whose end the fence does not know (at start,
+//!    after a publish that did not land as expected, after taking the
+//!    writer lease) is read again before step 3, once nothing of this node
+//!    is in flight to it and its key index covers it.
 //! 5. Answer each fact from its acknowledgement (`ack`): stored; a retry the
-//!    duplicate window knew (read back and compared); the stream full; an
-//!    earlier fact of an ordered batch missing (`order_guard`); an error;
+//!    duplicate window knew (read back and compared); the stream full; the
+//!    stream not ending where the fence expected (`writer_fenced`); an error;
 //!    none in time. An atomic batch is answered from its commit's
 //!    acknowledgement (its facts at consecutive offsets); a refused one is
 //!    published again pipelined, so each of its facts gets its own answer.
@@ -63,7 +68,8 @@
 //!   a gap, and reads in the rest.
 //! * One fact per (`from_zone`, `message_id`) across all categories, for as
 //!   long as it is retained: the key guard makes a key's look-up and
-//!   publish atomic, the key index answers a retry, and JetStream's
+//!   publish atomic against this node, the fence against every other
+//!   writer (whatever the lease did), the key index answers a retry, and JetStream's
 //!   duplicate window one whose first acknowledgement was lost until the
 //!   gap filler has read that fact in.
 //! * Order kept for `Order::AsGiven`: a fact is never stored after a later
@@ -90,6 +96,7 @@ mod append;
 mod atomic;
 mod category;
 mod errors;
+mod fence;
 mod index;
 mod index_upkeep;
 mod key_guard;
@@ -299,6 +306,7 @@ async fn open_category(
         position,
         fill: FillAccount::new(bytes),
         atomic: std::sync::atomic::AtomicBool::new(config.atomic_batch_facts_min() > 0),
+        fence: Default::default(),
     };
     if !atomic {
         category.stop_atomic("nats-server did not keep allow_atomic (it needs 2.12 or later)");
