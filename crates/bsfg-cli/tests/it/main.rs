@@ -16,6 +16,7 @@ mod durability;
 mod faults;
 mod ha;
 mod ha_nodes;
+mod ha_status;
 mod harness;
 mod interop;
 mod ops_tooling;
