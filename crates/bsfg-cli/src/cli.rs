@@ -144,7 +144,8 @@ enum Command {
     Append(AppendArgs),
     /// Fetch the next facts of a consumer (JSON, one fact per line).
     Fetch(FetchArgs),
-    /// Show links (mode, frontier, backlog, lag, last confirmation) and consumers.
+    /// Show the writer role and lease, the store servers' replica lag, links
+    /// (mode, frontier, backlog, lag, last confirmation) and consumers.
     Status(StatusArgs),
     /// Replay: move a consumer back to an offset or a time (RFC 3339).
     ResetConsumer(ResetConsumerArgs),

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub lease_held: Gauge,
     pub lease_renewal_age_seconds: Gauge<f64, AtomicU64>,
     pub lease_role_changes_total: Counter,
+    pub stream_replica_lag: Family<Labels, Gauge>,
+    pub cluster_server_current: Family<Labels, Gauge>,
     pub key_index_rebuilds_total: Counter,
     pub key_index_through_offset: Family<Labels, Gauge>,
     pub key_index_read_in_facts_total: Family<Labels, Counter>,
@@ -107,6 +109,8 @@ impl Metrics {
             lease_held: Gauge::default(),
             lease_renewal_age_seconds: Gauge::default(),
             lease_role_changes_total: Counter::default(),
+            stream_replica_lag: Family::default(),
+            cluster_server_current: Family::default(),
             key_index_rebuilds_total: Counter::default(),
             key_index_through_offset: Family::default(),
             key_index_read_in_facts_total: Family::default(),
@@ -189,7 +193,8 @@ impl Metrics {
         );
     }
 
-    /// The writer lease of a zone of several nodes (`[ha]`).
+    /// The writer lease of a zone of several nodes (`[ha]`) and the
+    /// replicas of the fact streams.
     fn register_lease(&self, registry: &mut Registrar) {
         registry.register(
             "bsfg_lease_held",
@@ -205,6 +210,16 @@ impl Metrics {
             "bsfg_lease_role_changes",
             "Times this node became the zone's writer or stopped being it",
             self.lease_role_changes_total.clone(),
+        );
+        registry.register(
+            "bsfg_stream_replica_lag",
+            "Operations each server's replica of a category's fact stream is behind the stream's leader, as JetStream reports them, read every 2 s (at most 7 servers)",
+            self.stream_replica_lag.clone(),
+        );
+        registry.register(
+            "bsfg_cluster_server_current",
+            "1 while every fact stream replica a JetStream server holds is current and not offline, read every 2 s (at most 7 servers)",
+            self.cluster_server_current.clone(),
         );
     }
 

@@ -243,6 +243,7 @@ async fn assert_status_json(ops: SocketAddr) {
         "{status}"
     );
     assert!(status["certificates"]["node_days"].as_f64().unwrap() > 4.0);
+    assert_eq!(status["writer"]["role"], "single", "{status}");
     let operational = status["categories"]
         .as_array()
         .unwrap()

@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 use tokio::process::Child;
 
 /// Servers in the cluster.
-const CLUSTER_SIZE: usize = 3;
+pub(crate) const CLUSTER_SIZE: usize = 3;
 /// The nodes' `[ha] lease_ttl`.
-const LEASE_TTL: Duration = Duration::from_secs(2);
+pub(crate) const LEASE_TTL: Duration = Duration::from_secs(2);
 /// Kills of the active node in the test.
 const KILLS: usize = 5;
 /// Kills of the active node in the ignored, longer test.
@@ -36,12 +36,12 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 const RETRY_DELAY: Duration = Duration::from_millis(50);
 
 /// One node's configuration and its directory.
-struct NodeSpec {
-    config: ZoneConfig,
+pub(crate) struct NodeSpec {
+    pub(crate) config: ZoneConfig,
     dir: PathBuf,
 }
 
-fn node_spec(cluster: &NatsCluster, root: &Path, node_id: &str) -> NodeSpec {
+pub(crate) fn node_spec(cluster: &NatsCluster, root: &Path, node_id: &str) -> NodeSpec {
     let dir = root.join(node_id);
     std::fs::create_dir_all(&dir).unwrap();
     let config = ZoneConfigBuilder::new(ZONE)
@@ -73,11 +73,11 @@ fn node_spec(cluster: &NatsCluster, root: &Path, node_id: &str) -> NodeSpec {
 }
 
 impl NodeSpec {
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.config.listen)
     }
 
-    async fn start(&self) -> Child {
+    pub(crate) async fn start(&self) -> Child {
         spawn_serve(&self.config, &self.dir, &self.dir.join("bsfg.log"), &[]).await
     }
 
@@ -129,7 +129,7 @@ async fn write_until(urls: Vec<String>, acked: Arc<Mutex<Acked>>, stop: Arc<Atom
 }
 
 /// Waits until exactly one node holds the lease; returns its index.
-async fn active_node(nodes: &[NodeSpec], running: &[bool]) -> usize {
+pub(crate) async fn active_node(nodes: &[NodeSpec], running: &[bool]) -> usize {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mut holders = Vec::new();

@@ -1117,6 +1117,12 @@ async fn operations_need_the_operator_right() {
         names(&all),
         ["auditor", "local", "to-idmz", "to-idmz-status"]
     );
+    // A zone of one node on its embedded server: role single, no lease.
+    let ha = all.ha.as_option().expect("the writer status");
+    assert_eq!((ha.role.as_str(), ha.node_id.as_str()), ("single", ""));
+    assert!(ha.lease_holder_node_id.is_empty() && ha.lease_renewal_age_seconds < 0.0);
+    assert_eq!(ha.servers.len(), 1, "the embedded server: {ha:?}");
+    assert!(ha.servers[0].streams.iter().all(|r| r.leader), "{ha:?}");
     for (who, client, own) in [
         ("viewer", &viewer, &["auditor"][..]),
         ("peer idmz", &peer, &["to-idmz", "to-idmz-status"][..]),
@@ -1124,6 +1130,9 @@ async fn operations_need_the_operator_right() {
         let s = client.status().await.unwrap();
         assert_eq!(s.zone, "plant-a");
         assert!(s.links.is_empty(), "{who} sees no links: {:?}", s.links);
+        let ha = s.ha.as_option().expect("the writer status");
+        assert_eq!(ha.role, "single", "{who} sees the role");
+        assert!(ha.servers.is_empty(), "{who} sees no store servers: {ha:?}");
         assert_eq!(names(&s), own, "{who} sees only its own consumers");
     }
 

@@ -18,7 +18,7 @@
 use crate::metrics::Metrics;
 use crate::node::audit::{Audit, AuditEvent};
 use crate::store::FactLog;
-use crate::store::writer_gate::WriterGate;
+use crate::store::writer_gate::{LeaseHolder, WriterGate};
 use async_nats::jetstream::kv;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,7 +36,8 @@ pub struct Lease {
     audit: Arc<Audit>,
     /// `<node_id> <url>`: what this node writes as the lease's value.
     value: String,
-    node_id: String,
+    /// This node as the lease names it.
+    own: LeaseHolder,
     zone: String,
     ttl: Duration,
 }
@@ -87,7 +88,10 @@ impl Lease {
             metrics,
             audit,
             value: format!("{} {url}", ha.node_id),
-            node_id: ha.node_id.clone(),
+            own: LeaseHolder {
+                node_id: ha.node_id.clone(),
+                url,
+            },
             zone: config.zone.clone(),
             ttl: ha.lease_ttl,
         })
@@ -133,11 +137,12 @@ impl Lease {
             Attempt::Held(revision) => {
                 held.revision = Some(revision);
                 held.renewed_at = Some(sent);
+                self.gate().renewed(sent, self.own.clone());
                 self.open_gate(sent).await;
             }
             Attempt::HeldByOther => {
                 held.revision = None;
-                let holder = self.holder_url().await;
+                let holder = self.holder().await;
                 self.gate().close(holder);
             }
             // The store did not answer: the gate closes by itself when
@@ -203,11 +208,14 @@ impl Lease {
         }
     }
 
-    /// The holder's URL as the lease names it, if it can be read.
-    async fn holder_url(&self) -> Option<String> {
+    /// The holder as the lease names it, if it can be read.
+    async fn holder(&self) -> Option<LeaseHolder> {
         let entry = self.kv.entry(LEASE_KEY).await.ok()??;
         let value = String::from_utf8_lossy(&entry.value).into_owned();
-        value.split_once(' ').map(|(_, url)| url.to_string())
+        value.split_once(' ').map(|(node_id, url)| LeaseHolder {
+            node_id: node_id.to_string(),
+            url: url.to_string(),
+        })
     }
 
     /// A WARN line, the metrics and (when this node became the writer) an
@@ -216,18 +224,18 @@ impl Lease {
         self.metrics.lease_held.set(i64::from(active));
         self.metrics.lease_role_changes_total.inc();
         let role = if active { "active" } else { "standby" };
-        tracing::warn!(node_id = %self.node_id, zone = %self.zone, role, "writer role changed");
+        tracing::warn!(node_id = %self.own.node_id, zone = %self.zone, role, "writer role changed");
         if active {
             self.audit
                 .record(AuditEvent {
                     principal: "node".into(),
-                    identity: self.node_id.clone(),
+                    identity: self.own.node_id.clone(),
                     fingerprint: String::new(),
                     rpc: "WriterLease",
                     subject_key: self.zone.clone(),
                     decision: "operated",
                     reason: "lease_taken".into(),
-                    detail: format!("node {} became the zone's writer", self.node_id),
+                    detail: format!("node {} became the zone's writer", self.own.node_id),
                 })
                 .await;
         }

@@ -10,6 +10,7 @@ pub mod boundary;
 pub mod call;
 pub mod console;
 pub mod errors;
+pub mod ha_status;
 pub mod lease;
 pub mod nats_server;
 pub mod operations;

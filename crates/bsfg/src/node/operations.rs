@@ -1,8 +1,9 @@
-//! OperationsService: link and consumer status, and consumer replay. Same
-//! port, same mutual TLS and principals as the boundary. An operator
-//! (`operator = true`) sees every link and consumer and may replay any
-//! consumer; any other principal sees only the consumers it is granted (no
-//! links) and may replay none. Every refusal is audited and logged; those
+//! OperationsService: link, consumer and writer status, and consumer
+//! replay. Same port, same mutual TLS and principals as the boundary. An
+//! operator (`operator = true`) sees every link, consumer and store server
+//! and may replay any consumer; any other principal sees only the consumers
+//! it is granted and the zone's writer role (no links, no servers) and may
+//! replay none. Every refusal is audited and logged; those
 //! of authorization are counted in `bsfg_access_refusals`.
 
 use crate::config::{StartPosition, ZoneConfig};
@@ -33,11 +34,15 @@ pub struct Operations {
 
 impl Operations {
     /// The zone's status as `caller` may see it: everything for an
-    /// operator; for anyone else the consumers it is granted, no links.
+    /// operator; for anyone else the consumers it is granted, no links and
+    /// no store servers (the role and the lease it sees).
     pub async fn status(&self, caller: &Caller) -> GetStatusResponse {
         let mut status = zone_status(&self.config, &self.store, &self.replicator).await;
         if !caller.principal.operator {
             status.links.clear();
+            if let Some(ha) = status.ha.as_option_mut() {
+                ha.servers.clear();
+            }
             status
                 .consumers
                 .retain(|c| caller.principal.consumers.contains(&c.name));
@@ -137,7 +142,8 @@ impl OperationsService for Operations {
     }
 }
 
-/// The zone's whole status: every link, consumer and category. The one
+/// The zone's whole status: every link, consumer and category, the writer
+/// role and the store's servers (`node::ha_status`). The one
 /// assembly behind GetStatus (filtered there by the caller's rights) and the
 /// operations console (`node::console`).
 pub async fn zone_status(
@@ -182,6 +188,7 @@ pub async fn zone_status(
         categories,
         store_clock_skew_seconds: store.clock.skew_ms().unwrap_or(0) as f64 / 1000.0,
         clock_skew_max_seconds: config.clock_skew_max.as_secs_f64(),
+        ha: buffa::MessageField::some(super::ha_status::ha_status(config, store)),
         ..Default::default()
     }
 }

@@ -28,6 +28,7 @@ pub mod health;
 pub mod key_index;
 pub mod objects;
 pub mod publish;
+pub mod replicas;
 mod reply_router;
 pub mod retention;
 pub mod served;
@@ -61,6 +62,8 @@ pub struct Store {
     pub jetstream_health: Arc<health::JetStreamHealth>,
     /// The store's clock, for ages (see [`clock`]).
     pub clock: Arc<clock::StoreClock>,
+    /// Where the fact streams' replicas stand (see [`replicas`]).
+    pub replicas: Arc<replicas::StreamReplicas>,
 }
 
 impl Store {
@@ -118,6 +121,7 @@ impl Store {
             Arc::new(Consumers::open(client.clone(), &facts, config.clone(), metrics).await?);
         let jetstream_health =
             health::JetStreamHealth::start(jetstream.clone(), facts.metrics().clone());
+        let replicas = replicas::StreamReplicas::start(facts.clone(), facts.metrics().clone());
         Ok(Self {
             client,
             jetstream,
@@ -128,6 +132,7 @@ impl Store {
             disk,
             jetstream_health,
             clock,
+            replicas,
         })
     }
 

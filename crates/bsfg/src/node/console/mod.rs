@@ -5,7 +5,8 @@
 //! and its links in a browser without Prometheus or a client certificate.
 //!
 //! The data is the operator's GetStatus answer
-//! ([`operations::zone_status`](super::operations::zone_status)), the
+//! ([`operations::zone_status`](super::operations::zone_status), of which
+//! the writer part shows the role and the active node), the
 //! categories' refusal thresholds from the configuration, the certificates'
 //! expiry from the live TLS state, and the charts' history (see
 //! [`history`]), which [`sample`] fills. The fleet view (`/console/fleet`,
@@ -141,6 +142,7 @@ impl Console {
             "categories": self.categories_json(status),
             "certificates": certificates,
             "store_clock_skew_seconds": status.store_clock_skew_seconds,
+            "writer": writer_json(status),
         })
     }
 
@@ -163,6 +165,16 @@ impl Console {
             })
             .collect()
     }
+}
+
+/// This node's writer role and the active node as the lease names it.
+fn writer_json(status: &GetStatusResponse) -> Value {
+    let ha = status.ha.as_option();
+    json!({
+        "role": ha.map_or("single", |h| h.role.as_str()),
+        "node_id": ha.map_or("", |h| h.node_id.as_str()),
+        "active_node_id": ha.map_or("", |h| h.lease_holder_node_id.as_str()),
+    })
 }
 
 /// One link with its chart samples (`[unix_ms, lag_seconds, backlog]`).
