@@ -31,9 +31,11 @@ impl NatsCluster {
             .join(", ");
         let mut servers = Vec::with_capacity(size);
         for (i, route_port) in route_ports.iter().enumerate() {
+            // `no_advertise`: clients reach the servers only at the URLs
+            // they were given (a test's proxies stay in the path).
             let cluster = format!(
                 "cluster {{\n  name: \"{zone}\"\n  listen: \"127.0.0.1:{route_port}\"\n  \
-                 routes: [{routes}]\n}}\n"
+                 routes: [{routes}]\n  no_advertise: true\n}}\n"
             );
             let server = NatsServer::builder(dir, &format!("{zone}-{i}"))
                 .domain(zone)

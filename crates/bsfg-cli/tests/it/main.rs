@@ -17,6 +17,7 @@ mod faults;
 mod fence;
 mod ha;
 mod ha_nodes;
+mod ha_partition;
 mod ha_status;
 mod harness;
 mod interop;
