@@ -23,6 +23,7 @@ pub struct Metrics {
     pub append_latency_seconds: Histogram,
     pub commit_batch_facts: Histogram,
     pub atomic_batches_total: Family<Labels, Counter>,
+    pub fence_refusals_total: Family<Labels, Counter>,
     pub key_index_ready: Gauge,
     pub lease_held: Gauge,
     pub lease_renewal_age_seconds: Gauge<f64, AtomicU64>,
@@ -105,6 +106,7 @@ impl Metrics {
                 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
             ]),
             atomic_batches_total: Family::default(),
+            fence_refusals_total: Family::default(),
             key_index_ready: Gauge::default(),
             lease_held: Gauge::default(),
             lease_renewal_age_seconds: Gauge::default(),
@@ -190,6 +192,14 @@ impl Metrics {
              stored, the facts published again pipelined); unknown (no answer in time, or \
              one that does not fit the batch)",
             self.atomic_batches_total.clone(),
+        );
+        registry.register(
+            "bsfg_fence_refusals",
+            "Publishes JetStream refused because the category's stream did not end where this \
+             node expected (another node of the zone wrote there, or an earlier publish of this \
+             node did not land), by category; each is looked up and published again after the \
+             stream's end is read",
+            self.fence_refusals_total.clone(),
         );
     }
 

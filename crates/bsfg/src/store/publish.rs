@@ -228,7 +228,7 @@ impl Round<'_> {
     pub async fn publish(
         &mut self,
         slot: usize,
-        subject: String,
+        subject: async_nats::Subject,
         headers: HeaderMap,
         payload: Bytes,
     ) -> Result<(), async_nats::PublishError> {
@@ -249,7 +249,7 @@ impl Round<'_> {
     /// [`Round::publish`]) is acknowledged for the whole batch.
     pub async fn publish_unanswered(
         &mut self,
-        subject: String,
+        subject: async_nats::Subject,
         headers: HeaderMap,
         payload: Bytes,
     ) -> Result<(), async_nats::PublishError> {

@@ -69,13 +69,20 @@ impl StreamReplicas {
             last: Mutex::new(None),
         });
         let weak = Arc::downgrade(&replicas);
+        // Weak: the sampler must not keep the fact log (and its key index
+        // file) alive after the node stopped.
+        let facts = Arc::downgrade(&facts);
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(SAMPLE_INTERVAL);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut labelled = Labelled::default();
             loop {
                 ticker.tick().await;
-                let reading = read(&facts).await;
+                let Some(log) = facts.upgrade() else {
+                    return;
+                };
+                let reading = read(&log).await;
+                drop(log);
                 let Some(replicas) = weak.upgrade() else {
                     return;
                 };

@@ -2,7 +2,7 @@
 //! duplicate window knew, the stream full, an earlier fact of an ordered
 //! batch missing, an error, or none in time.
 
-use super::append::{InFlight, fill_slots};
+use super::append::{InFlight, Pass, fill_slots};
 use super::prepare::Ready;
 use super::record::{compare_existing, decode_record};
 use super::{Appended, Category, FactLog};
@@ -18,42 +18,60 @@ use bsfg_domain::{Code, Reason, Rejection};
 pub(super) type Finished = (Result<Appended, Rejection>, Option<(usize, Token, u64)>);
 
 impl FactLog {
-    /// Answers a round's facts in slot order from their acknowledgements.
-    /// Only the unusual ones (a duplicate, an error, none in time) are
-    /// finished concurrently afterwards.
+    /// Answers a round's facts in slot order from their acknowledgements;
+    /// a fact the fence refused is handed back (`Pass::Fenced`). Only the
+    /// unusual ones (a duplicate, an error, none in time) are finished
+    /// concurrently afterwards.
     pub(super) async fn answer_round(
         &self,
         in_flight: Vec<InFlight>,
         mut acks: Vec<Option<Ack>>,
-    ) -> Vec<Finished> {
-        let mut finished: Vec<Option<Finished>> = Vec::with_capacity(in_flight.len());
+    ) -> Vec<Pass> {
+        let mut passes: Vec<Option<Pass>> = Vec::with_capacity(in_flight.len());
         let mut unusual = Vec::new();
         for (slot, f) in in_flight.into_iter().enumerate() {
-            match f {
-                InFlight::Done(result) => finished.push(Some((result, None))),
+            let pass = match f {
+                InFlight::Done(result) => Pass::Done((result, None)),
+                InFlight::Fenced(ready) => Pass::Fenced(ready),
                 InFlight::Sent(ready, ticket) => match acks.get_mut(slot).and_then(Option::take) {
                     Some(Ack::Stored {
                         sequence,
                         duplicate: false,
                     }) => {
                         ticket.stored();
-                        finished.push(Some(self.stored(sequence, ready)))
+                        Pass::Done(self.stored(sequence, ready))
+                    }
+                    // Not stored as this node predicted: the ticket,
+                    // dropped, has its fence read the stream's end again.
+                    Some(Ack::Refused { err_code, .. }) if fence_refused(err_code) => {
+                        drop(ticket);
+                        self.count_fence_refusal(&ready.category);
+                        Pass::Fenced(ready)
                     }
                     other => {
-                        // Not stored as this node predicted: its fence
-                        // reads the stream's end again.
                         drop(ticket);
-                        unusual.push((finished.len(), self.finish(other, ready)));
-                        finished.push(None);
+                        let finish = async { Pass::Done(self.finish(other, ready).await) };
+                        unusual.push((passes.len(), finish));
+                        passes.push(None);
+                        continue;
                     }
                 },
-            }
+            };
+            passes.push(Some(pass));
         }
-        fill_slots(&mut finished, unusual).await;
-        finished
+        fill_slots(&mut passes, unusual).await;
+        passes
             .into_iter()
-            .map(|f| f.expect("every fact was finished"))
+            .map(|p| p.expect("every fact was finished"))
             .collect()
+    }
+
+    /// Counts a publish (or an atomic batch) the fence refused.
+    pub(super) fn count_fence_refusal(&self, category: &str) {
+        self.metrics
+            .fence_refusals_total
+            .get_or_create(&crate::metrics::labels(&[("category", category)]))
+            .inc();
     }
 
     /// The answer for a fact JetStream has just stored, and its key-index
@@ -155,6 +173,15 @@ impl FactLog {
     }
 }
 
+/// Whether JetStream refused a publish because the stream did not end where
+/// the fence expected (`JSStreamWrongLastSequenceErr`,
+/// `JSStreamWrongLastMsgIDErrF`): another node wrote there, or an earlier
+/// publish of this node did not land. Nothing of it was stored.
+pub(super) fn fence_refused(err_code: ErrorCode) -> bool {
+    err_code == ErrorCode::STREAM_WRONG_LAST_SEQUENCE
+        || err_code == ErrorCode::STREAM_WRONG_LAST_MESSAGE_ID
+}
+
 /// The answer for a fact JetStream refused to store in `log`, its
 /// category: full (the fill estimate is raised to the capacity until the
 /// next report), an earlier fact of an ordered batch missing, or another
@@ -177,13 +204,7 @@ fn refused(log: &Category, err_code: ErrorCode, description: &str, ready: &Ready
                 ),
             )
         }
-        // The stream did not end where the fence expected
-        // (`JSStreamWrongLastSequenceErr`, `JSStreamWrongLastMsgIDErrF`):
-        // another node wrote there, or an earlier publish of this node did
-        // not land.
-        ErrorCode::STREAM_WRONG_LAST_SEQUENCE | ErrorCode::STREAM_WRONG_LAST_MESSAGE_ID => {
-            super::append::fenced(&ready.category)
-        }
+        _ if fence_refused(err_code) => super::append::fenced(&ready.category),
         _ => unavailable(
             "storing the fact",
             format_args!("JetStream error {}: {description}", err_code.0),

@@ -25,7 +25,26 @@ pub(super) enum InFlight {
     /// slot of the same position. The ticket is its place behind the
     /// category's fence (`fence`).
     Sent(Ready, Ticket),
+    /// Not sent: its category's stream end is not known (`fence`); to be
+    /// published again once it is.
+    Fenced(Ready),
 }
+
+/// A fact's outcome of one publish pass: answered, or refused by the fence
+/// (nothing stored) and to be looked up and published again once its
+/// category's stream end is read (`FactLog::pipelined`).
+// Nearly every fact is `Done`: boxing `Ready` would allocate per fact.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Pass {
+    Done(Finished),
+    Fenced(Ready),
+}
+
+/// Passes a fact refused by the fence goes through within one round (its
+/// deadline also bounds them): the first fence refusal after another
+/// writer's write or a lost publish is followed by one re-read; more is a
+/// store changing under the node without pause.
+const FENCED_PASSES_MAX: usize = 3;
 
 /// The status facts of a batch, by position (see `store::statuses`).
 fn status_facts(items: &[super::AppendItem]) -> Vec<(usize, LastStatus)> {
@@ -155,13 +174,53 @@ impl FactLog {
     }
 
     /// Publishes prepared facts pipelined before `until` and answers each
-    /// (in slot order) from its acknowledgement.
+    /// (in slot order) from its acknowledgement. A fact the fence refused
+    /// (nothing stored) is looked up again once its category's stream end
+    /// is read, and published again, within the deadline.
     pub(super) async fn pipelined(
         &self,
         prepared: Vec<Option<Prepared>>,
         order: Order,
         until: tokio::time::Instant,
     ) -> Vec<Finished> {
+        let mut passes = self.pipelined_pass(prepared, order, until).await;
+        for _ in 1..FENCED_PASSES_MAX {
+            let fenced: Vec<usize> = (0..passes.len())
+                .filter(|&slot| matches!(passes[slot], Pass::Fenced(_)))
+                .collect();
+            if fenced.is_empty() || tokio::time::Instant::now() >= until {
+                break;
+            }
+            let mut again = Vec::with_capacity(fenced.len());
+            for &slot in &fenced {
+                let placeholder = Pass::Done((Err(fenced_rejection()), None));
+                let Pass::Fenced(ready) = std::mem::replace(&mut passes[slot], placeholder) else {
+                    unreachable!("only fenced slots were taken");
+                };
+                again.push(ready);
+            }
+            let again = self.publish_again(again, order, until).await;
+            for (slot, pass) in fenced.into_iter().zip(again) {
+                passes[slot] = pass;
+            }
+        }
+        passes
+            .into_iter()
+            .map(|pass| match pass {
+                Pass::Done(finished) => finished,
+                Pass::Fenced(ready) => (Err(fenced(&ready.category)), None),
+            })
+            .collect()
+    }
+
+    /// One publish pass: the facts handed to the NATS client, their
+    /// acknowledgements awaited, each answered or handed back fenced.
+    async fn pipelined_pass(
+        &self,
+        prepared: Vec<Option<Prepared>>,
+        order: Order,
+        until: tokio::time::Instant,
+    ) -> Vec<Pass> {
         if prepared.is_empty() {
             return Vec::new();
         }
@@ -183,6 +242,24 @@ impl FactLog {
         self.answer_round(in_flight, acks).await
     }
 
+    /// Facts the fence refused, after their categories' stream ends are
+    /// read again: each looked up again (another writer may have stored
+    /// it), then published again if it is still new.
+    async fn publish_again(
+        &self,
+        fenced: Vec<Ready>,
+        order: Order,
+        until: tokio::time::Instant,
+    ) -> Vec<Pass> {
+        let mut names: Vec<&str> = fenced.iter().map(|r| r.category.as_str()).collect();
+        names.dedup();
+        let _ = tokio::time::timeout_at(until, self.resync_categories(&names)).await;
+        let mut prepared = Vec::with_capacity(fenced.len());
+        for ready in fenced {
+            prepared.push(Some(self.prepare_again(ready).await));
+        }
+        self.pipelined_pass(prepared, order, until).await
+    }
     /// Hands a round's prepared facts to the NATS client in slot order,
     /// holding the send lock (`round` is None if no round could be started
     /// before the deadline). A fact that is not sent is answered at once.
@@ -243,7 +320,7 @@ impl FactLog {
                         // with the order kept, nothing after it either.
                         None => {
                             send_failed |= order == Order::AsGiven;
-                            InFlight::Done(Err(fenced(&ready.category)))
+                            InFlight::Fenced(ready)
                         }
                     }
                 }
@@ -255,8 +332,13 @@ impl FactLog {
     }
 }
 
-/// The refusal for a fact not sent because its category's stream's end is
-/// not known now (`fence`).
+/// A placeholder answer, replaced before anything reads it.
+fn fenced_rejection() -> Rejection {
+    fenced("")
+}
+
+/// The refusal for a fact not stored because its category's stream did not
+/// end where this node expected, within the round's passes (`fence`).
 pub(super) fn fenced(category: &str) -> Rejection {
     Rejection::new(
         bsfg_domain::Code::Unavailable,
@@ -274,11 +356,11 @@ pub(super) fn fenced(category: &str) -> Rejection {
 async fn publish(
     round: &mut Round<'_>,
     slot: usize,
-    mut ready: Ready,
+    ready: Ready,
     headers: HeaderMap,
     deadline: &mut Pin<&mut Sleep>,
 ) -> Result<Ready, Rejection> {
-    let subject = std::mem::take(&mut ready.subject);
+    let subject = ready.subject.clone();
     let sent = round.publish(slot, subject, headers, ready.payload.clone());
     match by_deadline(deadline, sent).await {
         Some(Ok(())) => Ok(ready),

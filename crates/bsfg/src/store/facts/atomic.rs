@@ -47,8 +47,8 @@
 //! A refusal because the stream does not take them (its configuration
 //! changed under the node) turns them off for the category, logged once.
 
-use super::ack::Finished;
-use super::append::{by_deadline, fenced};
+use super::ack::{Finished, fence_refused};
+use super::append::by_deadline;
 use super::errors::is_transient;
 use super::fence::{Tail, Ticket};
 use super::prepare::{Prepared, Ready};
@@ -63,11 +63,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::MutexGuard;
 use tokio::time::{Instant, Sleep};
 
-/// Whether a refusal says the stream did not end where the fence expected.
-fn fence_refused(err_code: ErrorCode) -> bool {
-    err_code == ErrorCode::STREAM_WRONG_LAST_SEQUENCE
-}
-
 /// Most facts in one atomic batch: nats-server's default limit
 /// (`jetstream { limits { max_batch_size } }`). A server configured lower
 /// refuses larger batches, whose facts then go pipelined.
@@ -76,6 +71,24 @@ pub const ATOMIC_BATCH_FACTS_MAX: usize = 1000;
 const BATCH_ID_HEADER: &str = "Nats-Batch-Id";
 const BATCH_SEQUENCE_HEADER: &str = "Nats-Batch-Sequence";
 const BATCH_COMMIT_HEADER: &str = "Nats-Batch-Commit";
+
+/// An atomic batch's turn to be sent (`batch_turn`).
+enum Turn<'a> {
+    /// Sent now, holding the send lock, expecting the tail.
+    Go(MutexGuard<'a, ()>, Tail, Ticket),
+    /// The stream's end is not known (`fence`).
+    Unknown,
+    /// Not before the round's deadline.
+    Late,
+}
+
+/// The facts of a batch, to publish pipelined.
+fn as_prepared(facts: Vec<Ready>) -> Vec<Option<Prepared>> {
+    facts
+        .into_iter()
+        .map(|r| Some(Prepared::Ready(r)))
+        .collect()
+}
 
 /// One atomic batch of a round: facts of one category, in slot order.
 pub(super) struct Chunk {
@@ -228,7 +241,12 @@ impl FactLog {
                 .collect();
         };
         let ticket = match self.send_chunk(&chunk, &mut round, &mut deadline).await {
-            Ok(ticket) => ticket,
+            Ok(Some(ticket)) => ticket,
+            // The stream's end is not known: pipelined, which reads it.
+            Ok(None) => {
+                drop(round);
+                return self.pipelined(as_prepared(chunk.facts), order, until).await;
+            }
             // Not committed: nats-server drops the unfinished batch.
             Err(why) => {
                 return chunk
@@ -245,16 +263,19 @@ impl FactLog {
 
     /// Hands a chunk's facts to the NATS client back to back under the send
     /// lock, the last one committing the batch, the first naming the
-    /// stream's end (`fence`). `Err` says why it was not all sent.
+    /// stream's end (`fence`). `Err` says why it was not all sent; None:
+    /// nothing was sent, the stream's end is not known.
     async fn send_chunk(
         &self,
         chunk: &Chunk,
         round: &mut Round<'_>,
         deadline: &mut Pin<&mut Sleep>,
-    ) -> Result<Ticket, Rejection> {
+    ) -> Result<Option<Ticket>, Rejection> {
         let not_sent = |why: String| unavailable("publishing the atomic batch", why);
-        let Some((_sending, tail, ticket)) = self.batch_turn(chunk, deadline).await? else {
-            return Err(not_sent("not sent within the request timeout".into()));
+        let (_sending, tail, ticket) = match self.batch_turn(chunk, deadline).await {
+            Turn::Go(sending, tail, ticket) => (sending, tail, ticket),
+            Turn::Unknown => return Ok(None),
+            Turn::Late => return Err(not_sent("not sent within the request timeout".into())),
         };
         let id = self.batch_ids.next();
         let last = chunk.facts.len();
@@ -279,33 +300,28 @@ impl FactLog {
                 None => return Err(not_sent("not sent within the request timeout".into())),
             }
         }
-        Ok(ticket)
+        Ok(Some(ticket))
     }
 
     /// The chunk's turn: the send lock, with nothing else of this node in
-    /// flight to its stream, and the fence's tail and ticket for it. None:
-    /// not before the deadline; `Err`: the stream's end is not known.
-    async fn batch_turn(
-        &self,
-        chunk: &Chunk,
-        deadline: &mut Pin<&mut Sleep>,
-    ) -> Result<Option<(MutexGuard<'_, ()>, Tail, Ticket)>, Rejection> {
+    /// flight to its stream, and the fence's tail and ticket for it.
+    async fn batch_turn(&self, chunk: &Chunk, deadline: &mut Pin<&mut Sleep>) -> Turn<'_> {
         let fence = &self.categories[&chunk.category].fence;
         let count = chunk.facts.len() as u64;
         let last_id = &chunk.facts.last().expect("a chunk is never empty").token;
         loop {
             if by_deadline(deadline, fence.idle()).await.is_none() {
-                return Ok(None);
+                return Turn::Late;
             }
             let Some(sending) = by_deadline(deadline, self.sending.lock()).await else {
-                return Ok(None);
+                return Turn::Late;
             };
             if !fence.is_known() {
-                return Err(fenced(&chunk.category));
+                return Turn::Unknown;
             }
-            // Something was sent between idle and the lock: wait again.
+            // None: something was sent between idle and the lock; wait again.
             if let Some((tail, ticket)) = fence.publish_batch(count, last_id) {
-                return Ok(Some((sending, tail, ticket)));
+                return Turn::Go(sending, tail, ticket);
             }
         }
     }
@@ -348,15 +364,11 @@ impl FactLog {
                     .collect()
             }
             Some(Ack::Refused { err_code, .. }) if fence_refused(err_code) => {
-                // Not where the fence expected: the stream's end is read
-                // again before anything more is sent there.
+                // Not where the fence expected: nothing stored; the facts go
+                // pipelined, which reads the stream's end again first.
                 drop(ticket);
-                let why = fenced(&chunk.category);
-                chunk
-                    .facts
-                    .iter()
-                    .map(|_| (Err(why.clone()), None))
-                    .collect()
+                self.count_fence_refusal(&chunk.category);
+                self.pipelined(as_prepared(chunk.facts), order, until).await
             }
             Some(Ack::Refused {
                 err_code,
@@ -375,12 +387,7 @@ impl FactLog {
                     %description,
                     "atomic batch refused (nothing stored); its facts are published pipelined"
                 );
-                let prepared = chunk
-                    .facts
-                    .into_iter()
-                    .map(|r| Some(Prepared::Ready(r)))
-                    .collect();
-                self.pipelined(prepared, order, until).await
+                self.pipelined(as_prepared(chunk.facts), order, until).await
             }
             other => {
                 drop(ticket);

@@ -212,19 +212,32 @@ impl Fence {
 
 impl FactLog {
     /// Reads the end of each category of `items` whose fence does not know
-    /// it, within `[nats] request_timeout`. A category still unknown after
-    /// that refuses its facts (`writer_fenced`) and is read again by the
-    /// next round.
+    /// it (`resync_categories`).
     pub(super) async fn resync_fences(&self, items: &[(AppendItem, String)]) {
-        let mut unknown: Vec<&Category> = Vec::new();
+        let mut names: Vec<&str> = Vec::new();
         for (item, _) in items {
-            let name = &self.config.category_for_kind(&item.valid.subject_kind).name;
-            let category = &self.categories[name];
-            if !category.fence.is_known() && !unknown.iter().any(|c| c.config.name == *name) {
-                unknown.push(category);
+            let name = self
+                .config
+                .category_for_kind(&item.valid.subject_kind)
+                .name
+                .as_str();
+            if !names.contains(&name) {
+                names.push(name);
             }
         }
-        for category in unknown {
+        self.resync_categories(&names).await;
+    }
+
+    /// Reads the end of each of the categories `names` whose fence does not
+    /// know it, within `[nats] request_timeout` each. A category still
+    /// unknown after that refuses its facts (`writer_fenced`) and is read
+    /// again by the next round.
+    pub(super) async fn resync_categories(&self, names: &[&str]) {
+        for name in names {
+            let category = &self.categories[*name];
+            if category.fence.is_known() {
+                continue;
+            }
             let until = tokio::time::Instant::now() + self.config.nats.request_timeout;
             if tokio::time::timeout_at(until, self.resync(category))
                 .await

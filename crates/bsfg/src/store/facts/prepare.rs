@@ -40,7 +40,8 @@ impl From<Preparing> for Prepared {
 
 /// A fact ready to publish.
 pub(super) struct Ready {
-    pub(super) subject: String,
+    /// Shared bytes: a fact the fence refused is published again under it.
+    pub(super) subject: async_nats::Subject,
     pub(super) category: String,
     pub(super) token: String,
     pub(super) raw_token: Token,
@@ -138,6 +139,40 @@ impl FactLog {
         self.encode(item, token, raw_token, category)
     }
 
+    /// A fact the fence refused (nothing stored), prepared again after its
+    /// category's stream end was read: looked up again, since the write
+    /// that moved the stream's end may have been this very key (another
+    /// node's, or this node's own whose acknowledgement was lost).
+    pub(super) async fn prepare_again(&self, ready: Ready) -> Prepared {
+        let found = match self.look_up(&[ready.raw_token]) {
+            Ok(found) => found[0],
+            Err(r) => return Prepared::Answered(Err(r)),
+        };
+        let Some((position, offset)) = found else {
+            let home = &self.categories[&ready.category].config;
+            return match self.refuse_if_full(home) {
+                Ok(()) => Prepared::Ready(ready),
+                Err(r) => Prepared::Answered(Err(r)),
+            };
+        };
+        let home = &self.index.categories()[position];
+        let existing = match self.stored_under(home, offset, &ready.raw_token).await {
+            Ok(Some(existing)) => existing,
+            // Gone (retention) or unreadable: not a key stored now.
+            Ok(None) => return Prepared::Ready(ready),
+            Err(r) => return Prepared::Answered(Err(r)),
+        };
+        let compared = super::record::decode_record(&ready.payload, 0).and_then(|record| {
+            compare_existing(
+                existing,
+                &content_digest(&record.fact),
+                &ready.envelope,
+                home,
+            )
+        });
+        Prepared::Answered(compared)
+    }
+
     /// `disk_full` while the store's or the key index's filesystem is
     /// below its free-space floor (`store::disk`); `category_full` at the
     /// fill threshold (nothing is dropped to make room). Every append path
@@ -177,7 +212,7 @@ impl FactLog {
             valid,
             provenance,
         } = item;
-        let subject = fact_subject(&category.name, &valid.subject_kind);
+        let subject = fact_subject(&category.name, &valid.subject_kind).into();
         // The record takes the envelope and fact; the envelope comes back
         // after encoding (a duplicate's answer names it), nothing is copied.
         let mut record = StoredFact {
