@@ -15,10 +15,11 @@ use std::pin::Pin;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// What `bsfg demo` runs (its `--dir` and `--single-zone`). The binary
-/// passes it in, so that the command line and the demo do not depend on
-/// each other.
-pub type Demo = fn(Option<PathBuf>, bool) -> Pin<Box<dyn Future<Output = anyhow::Result<()>>>>;
+/// What `bsfg demo` runs (its `--dir`, `--single-zone` and `--ha`). The
+/// binary passes it in, so that the command line and the demo do not
+/// depend on each other.
+pub type Demo =
+    fn(Option<PathBuf>, bool, bool) -> Pin<Box<dyn Future<Output = anyhow::Result<()>>>>;
 
 #[derive(Parser)]
 #[command(
@@ -137,8 +138,13 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
         /// Instead: one local zone (plant-a), walked through the contract.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "ha")]
         single_zone: bool,
+        /// Instead: one zone (plant-a) on a three-server JetStream cluster
+        /// with two nodes; the writer and a nats-server are killed under
+        /// appends, and nothing acknowledged is lost or stored twice.
+        #[arg(long)]
+        ha: bool,
     },
     /// Append one fact.
     Append(AppendArgs),
@@ -298,7 +304,11 @@ pub fn main(demo: Demo) -> ExitCode {
 async fn run(cli: Cli, demo: Demo) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => serve(&config).await,
-        Command::Demo { dir, single_zone } => demo(dir, single_zone).await,
+        Command::Demo {
+            dir,
+            single_zone,
+            ha,
+        } => demo(dir, single_zone, ha).await,
         Command::Certs(command) => certs(command),
         Command::Config(ConfigCommand::Check { files }) => crate::config_check::run(&files),
         Command::Site(SiteCommand::Init {

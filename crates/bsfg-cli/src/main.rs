@@ -3,7 +3,7 @@
 
 fn main() -> std::process::ExitCode {
     limit_malloc_arenas();
-    bsfg_cli::cli::main(|dir, single_zone| Box::pin(bsfg_cli::demo::run(dir, single_zone)))
+    bsfg_cli::cli::main(|dir, single_zone, ha| Box::pin(bsfg_cli::demo::run(dir, single_zone, ha)))
 }
 
 /// glibc gives every thread that allocates its own malloc arena (up to

@@ -3,10 +3,18 @@
 //! the loss of a machine. Every server has its own name, client port,
 //! cluster port and store (`js-<zone>-<i>/`), and all serve the same
 //! JetStream domain, the zone's name. Each is a [`NatsServer`], so a test
-//! kills (`kill -9`), freezes and restarts them one by one.
+//! kills (`kill -9`), freezes and restarts them one by one;
+//! [`NatsCluster::stream_leader`] names the worst one to kill and
+//! [`NatsCluster::wait_replicas_current`] waits until a restarted one has
+//! caught up. `bsfg demo --ha` starts its zone's store with it.
 
-use crate::nats_server::NatsServer;
+use crate::nats_server::{NatsServer, NatsServerBuilder};
+use anyhow::Context as _;
 use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// How often [`NatsCluster::wait_replicas_current`] asks.
+const REPLICA_POLL_INTERVAL: Duration = Duration::from_millis(200);
 
 /// A running cluster; its servers are killed when it is dropped.
 #[derive(Debug)]
@@ -20,6 +28,17 @@ impl NatsCluster {
     /// one) serving JetStream domain `zone`, with their files in `dir`, and
     /// waits until each answers JetStream requests.
     pub async fn start(dir: &Path, zone: &str, size: usize) -> anyhow::Result<Self> {
+        Self::start_with(dir, zone, size, |server| server).await
+    }
+
+    /// The same, each server's builder passed through `tweak` first (e.g.
+    /// [`NatsServerBuilder::tied_to_parent`]).
+    pub async fn start_with(
+        dir: &Path,
+        zone: &str,
+        size: usize,
+        tweak: impl Fn(NatsServerBuilder) -> NatsServerBuilder,
+    ) -> anyhow::Result<Self> {
         anyhow::ensure!(size >= 1, "a cluster has at least one server");
         let route_ports = (0..size)
             .map(|_| bsfg::ports::free_port())
@@ -37,10 +56,10 @@ impl NatsCluster {
                 "cluster {{\n  name: \"{zone}\"\n  listen: \"127.0.0.1:{route_port}\"\n  \
                  routes: [{routes}]\n  no_advertise: true\n}}\n"
             );
-            let server = NatsServer::builder(dir, &format!("{zone}-{i}"))
+            let builder = NatsServer::builder(dir, &format!("{zone}-{i}"))
                 .domain(zone)
-                .extra(&cluster)
-                .launch()?;
+                .extra(&cluster);
+            let server = tweak(builder).launch()?;
             servers.push(server);
         }
         for server in &mut servers {
@@ -52,5 +71,57 @@ impl NatsCluster {
     /// Every server's client URL: the zone's `[nats] urls`.
     pub fn urls(&self) -> Vec<String> {
         self.servers.iter().map(NatsServer::url).collect()
+    }
+
+    /// A JetStream context on the cluster (any server that answers).
+    async fn jetstream(&self) -> anyhow::Result<async_nats::jetstream::Context> {
+        let client = async_nats::connect(self.urls()).await?;
+        Ok(async_nats::jetstream::new(client))
+    }
+
+    /// The index in [`NatsCluster::servers`] of the server leading
+    /// `stream` (e.g. `facts_operational`): the worst one to lose.
+    pub async fn stream_leader(&self, stream: &str) -> anyhow::Result<usize> {
+        let js = self.jetstream().await?;
+        let info = js.get_stream(stream).await?.info().await?.clone();
+        let leader = info
+            .cluster
+            .and_then(|c| c.leader)
+            .with_context(|| format!("stream {stream} has no leader"))?;
+        let index: usize = leader
+            .rsplit('-')
+            .next()
+            .and_then(|i| i.parse().ok())
+            .with_context(|| format!("leader {leader} is not a server of this cluster"))?;
+        anyhow::ensure!(index < self.servers.len(), "leader {leader}");
+        Ok(index)
+    }
+
+    /// Waits until `stream` has a leader and every other replica is
+    /// current (a restarted server has rejoined and caught up), at most
+    /// `within`.
+    pub async fn wait_replicas_current(
+        &self,
+        stream: &str,
+        within: Duration,
+    ) -> anyhow::Result<()> {
+        let js = self.jetstream().await?;
+        let deadline = Instant::now() + within;
+        loop {
+            let info = js.get_stream(stream).await?.info().await?.clone();
+            let c = info.cluster.context("the stream is not clustered")?;
+            if c.leader.is_some()
+                && c.replicas.len() == self.servers.len() - 1
+                && c.replicas.iter().all(|r| r.current && !r.offline)
+            {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "replicas of {stream} not current within {within:?}: {:?}",
+                c.replicas
+            );
+            tokio::time::sleep(REPLICA_POLL_INTERVAL).await;
+        }
     }
 }

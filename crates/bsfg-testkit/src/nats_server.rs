@@ -40,6 +40,7 @@ pub struct NatsServerBuilder {
     sync_interval: String,
     max_file_store_bytes: Option<u64>,
     extra: String,
+    tied_to_parent: bool,
 }
 
 impl NatsServerBuilder {
@@ -84,6 +85,16 @@ impl NatsServerBuilder {
         self
     }
 
+    /// The server (and each restart of it) gets SIGTERM when the thread
+    /// that starts it ends, even if this process is killed
+    /// (`bsfg::parent_death`): for `bsfg demo`, which may be stopped with
+    /// Ctrl-C or `kill`. Off by default: a test's server is killed when
+    /// dropped.
+    pub fn tied_to_parent(mut self) -> Self {
+        self.tied_to_parent = true;
+        self
+    }
+
     /// Writes the configuration, starts the server and waits until
     /// JetStream answers; if it does not, the error quotes the end of the
     /// server's log.
@@ -117,6 +128,7 @@ impl NatsServerBuilder {
             binary,
             conf_path,
             log_path: self.dir.join(format!("{}.nats.log", self.name)),
+            tied_to_parent: self.tied_to_parent,
         };
         server.spawn_process()?;
         Ok(server)
@@ -152,6 +164,7 @@ pub struct NatsServer {
     binary: PathBuf,
     conf_path: PathBuf,
     log_path: PathBuf,
+    tied_to_parent: bool,
 }
 
 impl NatsServer {
@@ -168,6 +181,7 @@ impl NatsServer {
             sync_interval: "always".to_string(),
             max_file_store_bytes: None,
             extra: String::new(),
+            tied_to_parent: false,
         }
     }
 
@@ -228,12 +242,17 @@ impl NatsServer {
             .append(true)
             .open(&self.log_path)
             .with_context(|| format!("opening {}", self.log_path.display()))?;
-        let child = std::process::Command::new(&self.binary)
+        let mut command = std::process::Command::new(&self.binary);
+        command
             .arg("-c")
             .arg(&self.conf_path)
             .stdout(log.try_clone()?)
             .stderr(log)
-            .stdin(Stdio::null())
+            .stdin(Stdio::null());
+        if self.tied_to_parent {
+            bsfg::parent_death::tie_to_parent(&mut command);
+        }
+        let child = command
             .spawn()
             .with_context(|| format!("starting {}", self.binary.display()))?;
         self.child = Some(child);

@@ -7,6 +7,7 @@
 //! [`replicator`] (a link per upstream), [`client`] (a typed client for the
 //! CLI, tests and benchmarks), [`tls`], [`metrics`], [`logs`];
 //! [`owner_only`] creates the node's private files and directories;
+//! [`parent_death`] ties a child process's life to its parent's;
 //! [`ports`] picks loopback ports for servers started a moment later.
 
 pub mod client;
@@ -15,6 +16,7 @@ pub mod logs;
 pub mod metrics;
 pub mod node;
 pub mod owner_only;
+pub mod parent_death;
 pub mod ports;
 pub mod replicator;
 pub mod store;

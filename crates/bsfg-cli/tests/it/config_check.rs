@@ -2,6 +2,7 @@
 //! generated, and each deliberate mistake named with its file and key.
 
 use bsfg::config::ZoneConfig;
+use bsfg_testkit::pki::Pki;
 use bsfg_testkit::site::{self, ZONES, ZonePlacement};
 use std::path::{Path, PathBuf};
 
@@ -99,4 +100,37 @@ fn deliberate_mistakes_are_each_named_with_file_key_and_fix() {
     line(&["plant-b.toml", "listen", "port 17442", "plant-a.toml"]);
     line(&["enterprise.toml", "origins", "no fact"]);
     line(&["plant-a.toml", "[tls] cert", "missing"]);
+}
+
+/// The README's "One zone on three machines" examples (`examples/ha/`):
+/// the cluster member's file is valid to nats-server (`-t`), and the
+/// node's file passes `bsfg config check` with its certificates issued.
+#[test]
+fn the_ha_examples_are_valid() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/ha");
+    let nats = bsfg::node::nats_server::find_binary(None).unwrap();
+    let out = std::process::Command::new(nats)
+        .args(["-t", "-c"])
+        .arg(example.join("nats-server.conf"))
+        .env("BSFG_NATS_PASSWORD", "example")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "nats-server -t: {text}");
+    assert!(text.contains("is valid"), "{text}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let node_file = dir.path().join("plant-a-1.toml");
+    std::fs::copy(example.join("plant-a-1.toml"), &node_file).unwrap();
+    let pki = Pki::init(&dir.path().join("certs"), "example CA", 5).unwrap();
+    let mut node = Pki::node_request("plant-a-bsfg", 5);
+    node.extra_sans.push("plant-a-1.example".into());
+    pki.issue_with(&node).unwrap();
+    let (code, text) = check(&[node_file]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("1 zone file(s): 0 error(s), 0 warning(s)"),
+        "{text}"
+    );
 }

@@ -121,26 +121,6 @@ async fn fetch_all_retrying(
     out
 }
 
-/// The index in `cluster.servers` of the leader of `stream`.
-async fn stream_leader(cluster: &NatsCluster, stream: &str) -> usize {
-    let js = async_nats::jetstream::new(async_nats::connect(cluster.urls()).await.unwrap());
-    let info = js
-        .get_stream(stream)
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .clone();
-    let leader = info
-        .cluster
-        .and_then(|c| c.leader)
-        .expect("a replicated stream has a leader");
-    let index = leader.rsplit('-').next().unwrap().parse().unwrap();
-    assert!(index < cluster.servers.len(), "leader {leader}");
-    index
-}
-
 /// Every stream of the zone (facts, buckets) has `CLUSTER_SIZE` replicas.
 async fn assert_every_stream_replicated(cluster: &NatsCluster) {
     use futures::TryStreamExt as _;
@@ -160,36 +140,6 @@ async fn assert_every_stream_replicated(cluster: &NatsCluster) {
     }
 }
 
-/// Waits until every replica of `stream` is current (a restarted server
-/// has rejoined and caught up).
-async fn wait_all_replicas_current(cluster: &NatsCluster, stream: &str) {
-    let js = async_nats::jetstream::new(async_nats::connect(cluster.urls()).await.unwrap());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let info = js
-            .get_stream(stream)
-            .await
-            .unwrap()
-            .info()
-            .await
-            .unwrap()
-            .clone();
-        let c = info.cluster.expect("clustered");
-        let replicas = c.replicas;
-        if c.leader.is_some()
-            && replicas.len() == CLUSTER_SIZE - 1
-            && replicas.iter().all(|r| r.current && !r.offline)
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "replicas not current: {replicas:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_go_on_while_one_server_of_an_r3_cluster_is_killed_and_nothing_acked_is_lost() {
     let dir = tempfile::tempdir().unwrap();
@@ -206,7 +156,7 @@ async fn appends_go_on_while_one_server_of_an_r3_cluster_is_killed_and_nothing_a
     let writer = tokio::spawn(write_until(client.clone(), acked.clone(), stop.clone()));
     tokio::time::sleep(PHASE).await;
     // The worst server to lose: the one leading the facts' stream.
-    let victim = stream_leader(&cluster, "facts_operational").await;
+    let victim = cluster.stream_leader("facts_operational").await.unwrap();
     cluster.servers[victim].kill9().await.unwrap();
     let killed_at = acked.lock().unwrap().facts.len();
     tokio::time::sleep(DOWN).await;
@@ -215,7 +165,10 @@ async fn appends_go_on_while_one_server_of_an_r3_cluster_is_killed_and_nothing_a
     tokio::time::sleep(PHASE).await;
     stop.store(true, Ordering::Release);
     writer.await.unwrap();
-    wait_all_replicas_current(&cluster, "facts_operational").await;
+    cluster
+        .wait_replicas_current("facts_operational", Duration::from_secs(30))
+        .await
+        .unwrap();
     let acked = std::mem::take(&mut *acked.lock().unwrap());
     eprintln!(
         "r3 cluster, leader server {victim} killed: {} facts acknowledged ({during} while it \

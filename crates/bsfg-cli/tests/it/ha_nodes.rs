@@ -3,6 +3,8 @@
 //! (`kill -9`) again and again under continuous appends from a client that
 //! moves between the two nodes; the other node takes over, and afterwards
 //! every acknowledged fact is stored exactly once, in order, byte for byte.
+//! And `bsfg demo --ha`, which shows the same to a user: it completes with
+//! its exactly-once check and leaves nothing running, even when killed.
 
 use crate::harness::*;
 use bsfg::client::BsfgClient;
@@ -364,4 +366,93 @@ pub(crate) fn assert_each_acked_once(
             );
         }
     }
+}
+
+/// The processes whose command line names a file under `dir` (what a demo
+/// started there: its nats-servers and `bsfg serve` nodes).
+fn processes_under(dir: &Path) -> Vec<String> {
+    let needle = dir.to_string_lossy().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(&needle) {
+            found.push(cmdline);
+        }
+    }
+    found
+}
+
+/// Waits until no process names a file under `dir`; panics after 10 s.
+async fn assert_all_stopped(dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = processes_under(dir);
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "still running: {left:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `bsfg demo --ha` as a user runs it: it exits 0 after its exactly-once
+/// check, and nothing it started is left running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ha_demo_completes_with_its_exactly_once_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_bsfg"))
+        .args(["demo", "--ha", "--dir"])
+        .arg(dir.path())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stdout}");
+    assert!(out.status.success(), "{}\n{stdout}\n{stderr}", out.status);
+    assert!(
+        stdout.contains("exactly-once check passed"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("HA demo complete"), "{stdout}");
+    assert_all_stopped(dir.path()).await;
+}
+
+/// `kill -9` of `bsfg demo --ha` midway takes its nats-servers and nodes
+/// down with it (the parent-death signal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_ha_demo_stops_everything_it_started() {
+    use tokio::io::AsyncBufReadExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mut demo = tokio::process::Command::new(env!("CARGO_BIN_EXE_bsfg"))
+        .args(["demo", "--ha", "--dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(demo.stdout.take().unwrap()).lines();
+    let appending = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.starts_with("== 4.") {
+                return;
+            }
+        }
+        panic!("the demo ended before its nodes were up");
+    };
+    tokio::time::timeout(Duration::from_secs(60), appending)
+        .await
+        .expect("the demo reaches step 4 within 60 s");
+    assert!(
+        processes_under(dir.path()).len() >= CLUSTER_SIZE + 2,
+        "three nats-servers and two nodes running: {:#?}",
+        processes_under(dir.path())
+    );
+    demo.start_kill().unwrap();
+    demo.wait().await.unwrap();
+    assert_all_stopped(dir.path()).await;
 }

@@ -180,15 +180,7 @@ fn spawn(binary: &Path, config_path: &Path, log_path: &Path) -> anyhow::Result<C
         .kill_on_drop(true);
     // The embedded server belongs to this node: if the node dies, even by
     // SIGKILL, the kernel stops the server too (no orphaned zone store).
-    // SAFETY: prctl is async-signal-safe and touches no Rust state.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    crate::parent_death::tie_to_parent(command.as_std_mut());
     Ok(command.spawn()?)
 }
 
