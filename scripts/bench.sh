@@ -12,6 +12,7 @@
 #   scripts/bench.sh batches [--nats-sync always,2m]              # atomic batches vs pipelined, printed
 #   scripts/bench.sh ab --a <other build>/target/release/bsfg \
 #       --b target/release/bsfg [--nats-sync 2m] [--reps 5]         # two node binaries, AppendFact c64, printed
+#   scripts/bench.sh ha [--reps 3] [--kills 10] [--backlog-facts 100000] # a zone on a 3-server cluster, printed
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -21,7 +22,7 @@ if [ "${1:-}" = crossing ]; then
   exec target/release/bsfg-bench crossing --out BENCHMARKS.md "$@"
 fi
 if [ "${1:-}" = substrate ] || [ "${1:-}" = key-index ] || [ "${1:-}" = ab ] \
-  || [ "${1:-}" = batches ]; then
+  || [ "${1:-}" = batches ] || [ "${1:-}" = ha ]; then
   # Prints its tables; they are copied into BENCHMARKS.md by hand.
   command=$1
   shift

@@ -1,10 +1,11 @@
-//! The bench's processes (nats-servers, nodes, echo servers) and its run
-//! directory: starting them, waiting for them to listen, and removing them
-//! on exit. Their memory and CPU: `bsfg_testkit::procfs`; the nodes'
-//! configurations: `node_config`.
+//! The bench's processes (nats-servers and clusters of them, nodes, echo
+//! servers) and its run directory: starting them, waiting for them to
+//! listen, and removing them on exit. Their memory and CPU:
+//! `bsfg_testkit::procfs`; the nodes' configurations: `node_config`.
 
 use anyhow::{Context as _, bail};
 use bsfg::config::ZoneConfig;
+use bsfg_testkit::nats_cluster::{NatsCluster, NatsClusterBuilder};
 use bsfg_testkit::nats_server::{NatsServer, NatsServerBuilder};
 use bsfg_testkit::process::log_tail;
 use std::path::{Path, PathBuf};
@@ -44,6 +45,21 @@ pub(crate) fn nats_server(
     NatsServer::builder(dir, name)
         .binary(bin)
         .port(port)
+        .sync_interval(sync)
+        .max_file_store_bytes(MAX_FILE_STORE_BYTES)
+}
+
+/// A bench JetStream cluster of `size` servers on loopback, domain `zone`,
+/// with their files in `dir`, every server as [`nats_server`] starts one.
+pub(crate) fn nats_cluster(
+    bin: &Path,
+    dir: &Path,
+    zone: &str,
+    size: usize,
+    sync: &str,
+) -> NatsClusterBuilder {
+    NatsCluster::builder(dir, zone, size)
+        .binary(bin)
         .sync_interval(sync)
         .max_file_store_bytes(MAX_FILE_STORE_BYTES)
 }

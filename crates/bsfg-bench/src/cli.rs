@@ -1,7 +1,7 @@
 //! The command line: the single-zone run's flags and the other modes'
 //! subcommands.
 
-use crate::{ab, batch_sweep, crossing, key_index, substrate};
+use crate::{ab, batch_sweep, crossing, ha, key_index, substrate};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -70,4 +70,8 @@ pub(crate) enum Cmd {
     /// against JetStream atomic batches, batch size by batch size (prints a
     /// Markdown table).
     Batches(batch_sweep::BatchSweepArgs),
+    /// A zone on a three-server JetStream cluster: AppendFact c64 against
+    /// raw publish on R3 (and R1), catch-up into R3 vs R1, failover between
+    /// two nodes with `[ha]` (prints Markdown tables).
+    Ha(ha::HaArgs),
 }

@@ -17,6 +17,7 @@ mod cli;
 mod crossing;
 mod drive;
 mod echo_server;
+mod ha;
 mod key_index;
 mod metrics;
 mod node_config;
@@ -50,6 +51,7 @@ fn main() -> anyhow::Result<()> {
         Some(Cmd::KeyIndex(a)) => key_index::run(a.clone()),
         Some(Cmd::Ab(a)) => rt.block_on(ab::run(a.clone())),
         Some(Cmd::Batches(a)) => rt.block_on(batch_sweep::run(a.clone())),
+        Some(Cmd::Ha(a)) => rt.block_on(ha::run(a.clone())),
         None => rt.block_on(zone::run(args)),
     }
 }

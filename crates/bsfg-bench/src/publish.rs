@@ -3,8 +3,8 @@
 //! publish of the open-loop rows, and facts laid out exactly as the node
 //! stores them.
 
-use crate::now_ms;
-use crate::stats::Sample;
+use crate::stats::{Sample, pct_ms};
+use crate::{now_ms, run_id};
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream};
 use bsfg_proto::bsfg::v1::{Envelope, Fact, Provenance, StoredFact};
@@ -17,14 +17,18 @@ pub(crate) struct Published {
     pub done: u64,
     pub errors: u64,
     pub secs: f64,
+    /// Each acknowledged publish's latency (µs), from its send to its
+    /// acknowledgement being taken (in order, so an upper bound), sorted.
+    pub latencies_us: Vec<u32>,
 }
 
 impl Published {
     pub(crate) fn sample(&self) -> Sample {
         Sample {
             rate: self.done as f64 / self.secs,
+            p50_ms: pct_ms(&self.latencies_us, 50.0),
+            p99_ms: pct_ms(&self.latencies_us, 99.0),
             errors: self.errors,
-            ..Default::default()
         }
     }
 }
@@ -44,41 +48,72 @@ where
 {
     let mut inflight = VecDeque::with_capacity(window);
     let (mut done, mut errors) = (0u64, 0u64);
+    let mut latencies_us = Vec::new();
+    let mut take = |sent: Instant, acked: bool| {
+        if acked {
+            done += 1;
+            latencies_us.push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
+        } else {
+            errors += 1;
+        }
+    };
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(secs.min(1e6));
     let mut i = 0u64;
     while Instant::now() < end && i < count_max {
         let (subject, headers, payload) = message(i);
-        inflight.push_back(js.publish_with_headers(subject, headers, payload).await?);
+        let sent = Instant::now();
+        let ack = js.publish_with_headers(subject, headers, payload).await?;
+        inflight.push_back((sent, ack));
         i += 1;
         if inflight.len() >= window {
-            match inflight.pop_front().expect("window is not empty").await {
-                Ok(_) => done += 1,
-                Err(_) => errors += 1,
-            }
+            let (sent, ack) = inflight.pop_front().expect("window is not empty");
+            take(sent, ack.await.is_ok());
         }
     }
-    while let Some(f) = inflight.pop_front() {
-        match f.await {
-            Ok(_) => done += 1,
-            Err(_) => errors += 1,
-        }
+    while let Some((sent, ack)) = inflight.pop_front() {
+        take(sent, ack.await.is_ok());
     }
+    latencies_us.sort_unstable();
     Ok(Published {
         done,
         errors,
         secs: start.elapsed().as_secs_f64(),
+        latencies_us,
     })
+}
+
+/// Message `i` of the raw publish rows: 256 B under one of 64 subjects
+/// `<stream>.<n>`, with a `Nats-Msg-Id` unique to the run and `tag`.
+pub(crate) fn plain_message(
+    stream: &str,
+    tag: &str,
+    i: u64,
+    payload: &bytes::Bytes,
+) -> (String, HeaderMap, bytes::Bytes) {
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", format!("{}-{tag}-{i}", run_id()).as_str());
+    (format!("{stream}.{}", i % 64), headers, payload.clone())
 }
 
 /// A file stream `name` on the subjects `name.>`, with JetStream's
 /// default two-minute duplicate window: where the raw baselines write.
 pub(crate) async fn create_plain_stream(js: &jetstream::Context, name: &str) -> anyhow::Result<()> {
+    create_replicated_stream(js, name, 1).await
+}
+
+/// [`create_plain_stream`] with `replicas` replicas (on a cluster).
+pub(crate) async fn create_replicated_stream(
+    js: &jetstream::Context,
+    name: &str,
+    replicas: usize,
+) -> anyhow::Result<()> {
     js.create_stream(stream::Config {
         name: name.into(),
         subjects: vec![format!("{name}.>")],
         storage: stream::StorageType::File,
         duplicate_window: Duration::from_secs(120),
+        num_replicas: replicas,
         ..Default::default()
     })
     .await?;

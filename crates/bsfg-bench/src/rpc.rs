@@ -80,24 +80,31 @@ pub(crate) async fn append_closed_loop(
 }
 
 pub(crate) fn append_request(message_id: String, payload: &str) -> AppendFactRequest {
+    let (envelope, fact) = bench_fact(message_id, payload);
     AppendFactRequest {
-        envelope: Envelope {
-            message_id,
-            from_zone: "bench".into(),
-            to_zone: "bench".into(),
-            produced_at_unix_ms: now_ms(),
-            ..Default::default()
-        }
-        .into(),
-        fact: Fact {
-            subject: "batch:PlantA/B1042".into(),
-            predicate: "step_completed".into(),
-            object_json: payload.to_string(),
-            ..Default::default()
-        }
-        .into(),
+        envelope: envelope.into(),
+        fact: fact.into(),
         ..Default::default()
     }
+}
+
+/// The bench's fact (zone `bench` to itself, subject `batch:PlantA/B1042`)
+/// with `payload` as its object.
+pub(crate) fn bench_fact(message_id: String, payload: &str) -> (Envelope, Fact) {
+    let envelope = Envelope {
+        message_id,
+        from_zone: "bench".into(),
+        to_zone: "bench".into(),
+        produced_at_unix_ms: now_ms(),
+        ..Default::default()
+    };
+    let fact = Fact {
+        subject: "batch:PlantA/B1042".into(),
+        predicate: "step_completed".into(),
+        object_json: payload.to_string(),
+        ..Default::default()
+    };
+    (envelope, fact)
 }
 
 /// One bare echo RPC with a 256 B payload: the call of every echo row.

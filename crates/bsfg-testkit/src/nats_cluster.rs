@@ -1,16 +1,16 @@
 //! A JetStream cluster of nats-servers on loopback: one zone's store
 //! replicated over several processes, for the tests of a zone that survives
-//! the loss of a machine. Every server has its own name, client port,
-//! cluster port and store (`js-<zone>-<i>/`), and all serve the same
-//! JetStream domain, the zone's name. Each is a [`NatsServer`], so a test
-//! kills (`kill -9`), freezes and restarts them one by one;
-//! [`NatsCluster::stream_leader`] names the worst one to kill and
-//! [`NatsCluster::wait_replicas_current`] waits until a restarted one has
-//! caught up. `bsfg demo --ha` starts its zone's store with it.
+//! the loss of a machine and for the benchmark of one. Every server has its
+//! own name, client port, cluster port and store (`js-<zone>-<i>/`), and all
+//! serve the same JetStream domain, the zone's name. Each is a
+//! [`NatsServer`], so a test kills (`kill -9`), freezes and restarts them
+//! one by one; [`NatsCluster::stream_leader`] names the worst one to kill
+//! and [`NatsCluster::wait_replicas_current`] waits until a restarted one
+//! has caught up. `bsfg demo --ha` starts its zone's store with it.
 
-use crate::nats_server::{NatsServer, NatsServerBuilder};
+use crate::nats_server::NatsServer;
 use anyhow::Context as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// How often [`NatsCluster::wait_replicas_current`] asks.
@@ -23,24 +23,51 @@ pub struct NatsCluster {
     pub servers: Vec<NatsServer>,
 }
 
-impl NatsCluster {
-    /// Starts `size` servers (3 for a cluster that survives the loss of
-    /// one) serving JetStream domain `zone`, with their files in `dir`, and
-    /// waits until each answers JetStream requests.
-    pub async fn start(dir: &Path, zone: &str, size: usize) -> anyhow::Result<Self> {
-        Self::start_with(dir, zone, size, |server| server).await
+/// How to start a [`NatsCluster`]; see [`NatsCluster::builder`]. Every
+/// server of the cluster is started alike.
+#[derive(Debug, Clone)]
+pub struct NatsClusterBuilder {
+    dir: PathBuf,
+    zone: String,
+    size: usize,
+    binary: Option<PathBuf>,
+    sync_interval: String,
+    max_file_store_bytes: Option<u64>,
+    tied_to_parent: bool,
+}
+
+impl NatsClusterBuilder {
+    /// The nats-server executable (default: as [`NatsServer::builder`]).
+    pub fn binary(mut self, path: &Path) -> Self {
+        self.binary = Some(path.to_path_buf());
+        self
     }
 
-    /// The same, each server's builder passed through `tweak` first (e.g.
-    /// [`NatsServerBuilder::tied_to_parent`]).
-    pub async fn start_with(
-        dir: &Path,
-        zone: &str,
-        size: usize,
-        tweak: impl Fn(NatsServerBuilder) -> NatsServerBuilder,
-    ) -> anyhow::Result<Self> {
-        anyhow::ensure!(size >= 1, "a cluster has at least one server");
-        let route_ports = (0..size)
+    /// JetStream's `sync_interval` of every server, written quoted:
+    /// `always` (the default) or a duration such as `2m`.
+    pub fn sync_interval(mut self, sync_interval: &str) -> Self {
+        self.sync_interval = sync_interval.to_string();
+        self
+    }
+
+    /// JetStream's `max_file_store` of every server (default: nats-server's
+    /// own limit, 75 % of the disk free at start-up).
+    pub fn max_file_store_bytes(mut self, bytes: u64) -> Self {
+        self.max_file_store_bytes = Some(bytes);
+        self
+    }
+
+    /// Each server dies with the process that started it
+    /// ([`crate::nats_server::NatsServerBuilder::tied_to_parent`]).
+    pub fn tied_to_parent(mut self) -> Self {
+        self.tied_to_parent = true;
+        self
+    }
+
+    /// Starts the servers and waits until each answers JetStream requests.
+    pub async fn start(self) -> anyhow::Result<NatsCluster> {
+        anyhow::ensure!(self.size >= 1, "a cluster has at least one server");
+        let route_ports = (0..self.size)
             .map(|_| bsfg::ports::free_port())
             .collect::<anyhow::Result<Vec<u16>>>()?;
         let routes = route_ports
@@ -48,24 +75,57 @@ impl NatsCluster {
             .map(|p| format!("\"nats-route://127.0.0.1:{p}\""))
             .collect::<Vec<_>>()
             .join(", ");
-        let mut servers = Vec::with_capacity(size);
+        let mut servers = Vec::with_capacity(self.size);
         for (i, route_port) in route_ports.iter().enumerate() {
             // `no_advertise`: clients reach the servers only at the URLs
             // they were given (a test's proxies stay in the path).
             let cluster = format!(
                 "cluster {{\n  name: \"{zone}\"\n  listen: \"127.0.0.1:{route_port}\"\n  \
-                 routes: [{routes}]\n  no_advertise: true\n}}\n"
+                 routes: [{routes}]\n  no_advertise: true\n}}\n",
+                zone = self.zone
             );
-            let builder = NatsServer::builder(dir, &format!("{zone}-{i}"))
-                .domain(zone)
+            let mut server = NatsServer::builder(&self.dir, &format!("{}-{i}", self.zone))
+                .domain(&self.zone)
+                .sync_interval(&self.sync_interval)
                 .extra(&cluster);
-            let server = tweak(builder).launch()?;
-            servers.push(server);
+            if let Some(binary) = &self.binary {
+                server = server.binary(binary);
+            }
+            if let Some(bytes) = self.max_file_store_bytes {
+                server = server.max_file_store_bytes(bytes);
+            }
+            if self.tied_to_parent {
+                server = server.tied_to_parent();
+            }
+            servers.push(server.launch()?);
         }
         for server in &mut servers {
             server.wait_ready().await?;
         }
-        Ok(Self { servers })
+        Ok(NatsCluster { servers })
+    }
+}
+
+impl NatsCluster {
+    /// A cluster of `size` servers (3 for one that survives the loss of
+    /// one) serving JetStream domain `zone`, with their files in `dir`, at
+    /// `sync_interval: always`.
+    pub fn builder(dir: &Path, zone: &str, size: usize) -> NatsClusterBuilder {
+        NatsClusterBuilder {
+            dir: dir.to_path_buf(),
+            zone: zone.to_string(),
+            size,
+            binary: None,
+            sync_interval: "always".to_string(),
+            max_file_store_bytes: None,
+            tied_to_parent: false,
+        }
+    }
+
+    /// Starts `size` servers as [`NatsCluster::builder`] describes and
+    /// waits until each answers JetStream requests.
+    pub async fn start(dir: &Path, zone: &str, size: usize) -> anyhow::Result<Self> {
+        Self::builder(dir, zone, size).start().await
     }
 
     /// Every server's client URL: the zone's `[nats] urls`.

@@ -1,5 +1,6 @@
-//! The crossing zones' node configurations, and the certificates of the
-//! bench's nodes under mTLS (also the `ab` mode's).
+//! The crossing zones' node configurations (also the `ha` mode's catch-up
+//! zones), and the certificates of the bench's nodes under mTLS (also the
+//! `ab` mode's).
 
 use crate::node_config::{MAX_AGE, bench_node};
 use anyhow::bail;
@@ -22,7 +23,7 @@ const BUCKET_BYTES: u64 = 8 << 30;
 /// A crossing zone node's configuration: boundary `port`, operations
 /// `ops`, its nats-server on `nats_port`, pulling from `upstream_urls` (by
 /// peer) as its place in the chain says.
-pub(super) fn node_config(
+pub(crate) fn node_config(
     zone: &str,
     ports: (u16, u16, u16),
     dir: &Path,

@@ -1,5 +1,5 @@
-//! The load the crossing phases offer at plant-a: facts appended through
-//! its boundary service.
+//! The load the crossing phases (and the `ha` mode's catch-up) offer at
+//! plant-a: facts appended through its boundary service.
 
 use crate::{now_ms, object_json};
 use anyhow::bail;
@@ -30,7 +30,7 @@ pub(super) fn envelope(tag: &str, i: u64, to: &str) -> Envelope {
 }
 
 /// Appends `n` facts at plant-a with `concurrency` in flight. Returns facts/s.
-pub(super) async fn append_many(
+pub(crate) async fn append_many(
     client: &BsfgClient,
     concurrency: usize,
     n: u64,
@@ -79,6 +79,6 @@ pub(super) async fn append_many(
 }
 
 /// A message-id prefix: `name` and the time in hex milliseconds.
-pub(super) fn tag(name: &str) -> String {
+pub(crate) fn tag(name: &str) -> String {
     format!("{name}-{:x}", now_ms())
 }

@@ -36,7 +36,9 @@ mod throughput;
 mod zones;
 
 pub use cli::CrossArgs;
-pub(crate) use config::{issue_certs, parse_tls};
+pub(crate) use config::{issue_certs, node_config as zone_node_config, parse_tls};
+pub(crate) use load::{append_many, tag};
+pub(crate) use zones::{count, wait_count};
 
 use crate::child::scopeguard;
 use crate::now_ms;

@@ -196,12 +196,12 @@ pub(super) fn node_peak_rss(zones: &BTreeMap<&str, Zone>) -> Vec<(&'static str, 
     peaks
 }
 
-pub(super) async fn count(js: &jetstream::Context) -> anyhow::Result<u64> {
+pub(crate) async fn count(js: &jetstream::Context) -> anyhow::Result<u64> {
     let mut s = js.get_stream("facts_operational").await?;
     Ok(s.info().await?.state.messages)
 }
 
-pub(super) async fn wait_count(
+pub(crate) async fn wait_count(
     js: &jetstream::Context,
     target: u64,
     timeout: Duration,

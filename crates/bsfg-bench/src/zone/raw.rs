@@ -3,11 +3,11 @@
 
 use super::setup::Bench;
 use crate::publish::{
-    LAYOUT_COPY, create_layout_copy_stream, create_plain_stream, node_layout_message, raw_publish,
+    LAYOUT_COPY, create_layout_copy_stream, create_plain_stream, node_layout_message,
+    plain_message, raw_publish,
 };
 use crate::stats::Sample;
 use crate::{object_json, run_id};
-use async_nats::HeaderMap;
 use bsfg_testkit::procfs::cpu_seconds;
 
 /// The raw publish repetitions, and nats-server's CPU per message in each.
@@ -36,10 +36,9 @@ pub(super) async fn publish_runs(
     let object_256 = object_json(256);
     for rep in 0..reps {
         let cpu_before = cpu_seconds(nats.pid());
+        let tag = rep.to_string();
         let s = raw_publish(js, window, secs, u64::MAX, |i| {
-            let mut headers = HeaderMap::new();
-            headers.insert("Nats-Msg-Id", format!("{}-{rep}-{i}", run_id()).as_str());
-            (format!("rawpub.{}", i % 64), headers, payload_256.clone())
+            plain_message("rawpub", &tag, i, &payload_256)
         })
         .await?
         .sample();

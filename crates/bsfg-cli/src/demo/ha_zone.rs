@@ -58,7 +58,10 @@ pub(super) fn issue_pki(dir: &Path) -> anyhow::Result<()> {
 
 /// The three servers, each tied to the demo's life.
 pub(super) async fn start_cluster(dir: &Path) -> anyhow::Result<NatsCluster> {
-    NatsCluster::start_with(dir, ZONE, CLUSTER_SIZE, |server| server.tied_to_parent()).await
+    NatsCluster::builder(dir, ZONE, CLUSTER_SIZE)
+        .tied_to_parent()
+        .start()
+        .await
 }
 
 /// One `bsfg serve` process of the zone.

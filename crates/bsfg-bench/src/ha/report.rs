@@ -1,0 +1,222 @@
+//! The `ha` run's Markdown: one table per item, with its target.
+
+use super::HaArgs;
+use super::append::{CONCURRENCY, FACT_BYTES, Measured, SetupRuns};
+use super::catch_up::CatchUp;
+use super::failover::Failover;
+use crate::now_ms;
+use crate::stats::{median, pct_ms};
+use std::fmt::Write as _;
+
+/// AppendFact on R3 against raw publish on R3: at least this ratio.
+const APPEND_RATIO_MIN: f64 = 1.0;
+/// Failover p99 at most this (ms).
+const FAILOVER_P99_MAX_MS: f64 = 5000.0;
+
+/// What the run measured, and when.
+pub(super) struct Results {
+    started_at: i64,
+    finished_at: i64,
+    load_start: String,
+    load_end: String,
+    pub(super) append: Vec<SetupRuns>,
+    pub(super) catch_up: Vec<CatchUp>,
+    pub(super) failover: Option<Failover>,
+}
+
+impl Results {
+    pub(super) fn started() -> Self {
+        Self {
+            started_at: now_ms(),
+            finished_at: 0,
+            load_start: load_average(),
+            load_end: String::new(),
+            append: Vec::new(),
+            catch_up: Vec::new(),
+            failover: None,
+        }
+    }
+
+    pub(super) fn finish(&mut self) {
+        self.finished_at = now_ms();
+        self.load_end = load_average();
+    }
+}
+
+/// The 1-minute load average (`/proc/loadavg`).
+fn load_average() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace().next().unwrap_or("?").to_string()
+}
+
+fn pass(ok: bool) -> &'static str {
+    if ok { "pass" } else { "FAIL" }
+}
+
+pub(super) fn markdown(a: &HaArgs, r: &Results) -> String {
+    let mut md = format!(
+        "`ha` at unix ms {}–{} (1-minute load average {} at the start, {} at the end); \
+         every nats-server `sync_interval: {}`; host: {} CPUs.\n\n",
+        r.started_at,
+        r.finished_at,
+        r.load_start,
+        r.load_end,
+        a.nats_sync,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+    );
+    if !r.append.is_empty() {
+        append_table(&mut md, a, &r.append);
+    }
+    if !r.catch_up.is_empty() {
+        catch_up_table(&mut md, a, &r.catch_up);
+    }
+    if let Some(f) = &r.failover {
+        failover_table(&mut md, f);
+    }
+    md
+}
+
+/// Median of each process's CPU per fact over the loops: "node 30;
+/// nats-servers 40 + 38 + 37".
+fn cpu_line(runs: &[Measured], with_node: bool) -> String {
+    let processes = runs.first().map_or(0, |m| m.cpu_us.len());
+    let per: Vec<f64> = (0..processes)
+        .map(|i| median(runs.iter().map(|m| m.cpu_us[i]).collect()))
+        .collect();
+    let servers: Vec<String> = per.iter().skip(1).map(|v| format!("{v:.0}")).collect();
+    let servers = format!("nats-server {}", servers.join(" + "));
+    match per.first() {
+        Some(node) if with_node => format!("node {node:.0}; {servers}"),
+        _ => servers,
+    }
+}
+
+/// A writer's row: rate (each repetition), p50, p99, CPU.
+fn writer_row(md: &mut String, store: &str, writer: &str, runs: &[Measured], with_node: bool) {
+    let rates: Vec<String> = runs
+        .iter()
+        .map(|m| format!("{:.0}", m.sample.rate))
+        .collect();
+    let med = |f: fn(&Measured) -> f64| median(runs.iter().map(f).collect());
+    let _ = writeln!(
+        md,
+        "| {store} | {writer} | {:.0} ({}) | {:.2} | {:.2} | {} |",
+        med(|m| m.sample.rate),
+        rates.join(" / "),
+        med(|m| m.sample.p50_ms),
+        med(|m| m.sample.p99_ms),
+        cpu_line(runs, with_node),
+    );
+}
+
+fn append_table(md: &mut String, a: &HaArgs, setups: &[SetupRuns]) {
+    let _ = writeln!(
+        md,
+        "AppendFact c{CONCURRENCY} ({FACT_BYTES} B facts) and raw pipelined publish (window {}, \
+         {FACT_BYTES} B, unique `Nats-Msg-Id`), {} × {} s after {} s of warm-up each, order \
+         alternating; medians (each repetition):\n",
+        a.window,
+        a.reps.max(1),
+        a.duration,
+        a.warmup
+    );
+    md.push_str("| Store | Writer | facts/s | p50 ms | p99 ms | CPU µs per fact |\n");
+    md.push_str("|---|---|---|---|---|---|\n");
+    for s in setups {
+        let store = format!("R{}", s.replicas);
+        writer_row(md, &store, "BSFG AppendFact", &s.bsfg, true);
+        writer_row(md, &store, "raw publish", &s.raw, false);
+    }
+    ratio_table(md, setups);
+}
+
+/// BSFG/raw per setup, against the target on R3, and the peak RSS.
+fn ratio_table(md: &mut String, setups: &[SetupRuns]) {
+    md.push_str("\n| | BSFG/raw (median of per-repetition ratios) ");
+    md.push_str("| peak RSS MiB: node; nats-servers | target |\n|---|---|---|---|\n");
+    for s in setups {
+        let rate = |runs: &[Measured]| median(runs.iter().map(|m| m.sample.rate).collect());
+        let ratio = rate(&s.bsfg) / rate(&s.raw);
+        let paired = median(
+            s.bsfg
+                .iter()
+                .zip(&s.raw)
+                .map(|(b, r)| b.sample.rate / r.sample.rate)
+                .collect(),
+        );
+        let rss: Vec<String> = s.peak_rss_mib.iter().map(|v| format!("{v:.0}")).collect();
+        let target = if s.replicas > 1 {
+            format!("≥ {APPEND_RATIO_MIN}×: {}", pass(ratio >= APPEND_RATIO_MIN))
+        } else {
+            "reference".to_string()
+        };
+        let _ = writeln!(
+            md,
+            "| R{} | {ratio:.2} ({paired:.2}) | {}; {} | {target} |",
+            s.replicas,
+            rss.first().map_or("?", String::as_str),
+            rss.get(1..).unwrap_or_default().join(" / "),
+        );
+    }
+    md.push('\n');
+}
+
+fn catch_up_table(md: &mut String, a: &HaArgs, runs: &[CatchUp]) {
+    let of = |replicas: usize, f: fn(&CatchUp) -> f64| -> Vec<f64> {
+        runs.iter()
+            .filter(|c| c.replicas == replicas)
+            .map(f)
+            .collect()
+    };
+    let each = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.0}"))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    let (r3, r1) = (of(3, |c| c.rate), of(1, |c| c.rate));
+    let (m3, m1) = (median(r3.clone()), median(r1.clone()));
+    let paired = median(r3.iter().zip(&r1).map(|(x, y)| x / y).collect());
+    let _ = writeln!(
+        md,
+        "One-hop catch-up of {} × {FACT_BYTES} B facts held at an upstream zone on one server \
+         (pre-filled c{CONCURRENCY}), order alternating; medians (each run):\n\n\
+         | Downstream zone | catch-up facts/s | pre-fill facts/s |\n|---|---|---|\n\
+         | R3 (three-server cluster) | {m3:.0} ({}) | {:.0} |\n\
+         | R1 (one server) | {m1:.0} ({}) | {:.0} |\n\
+         | R3/R1 of the medians (median of per-repetition ratios) | {:.2} ({paired:.2}) | |\n",
+        a.backlog_facts,
+        each(&r3),
+        median(of(3, |c| c.fill_rate)),
+        each(&r1),
+        median(of(1, |c| c.fill_rate)),
+        m3 / m1
+    );
+}
+
+fn failover_table(md: &mut String, f: &Failover) {
+    let mut us: Vec<u32> = f.takeovers_ms.iter().map(|ms| (ms * 1e3) as u32).collect();
+    us.sort_unstable();
+    let p99 = pct_ms(&us, 99.0);
+    let each: Vec<String> = us
+        .iter()
+        .map(|v| format!("{:.2}", *v as f64 / 1e6))
+        .collect();
+    let _ = writeln!(
+        md,
+        "Failover, two nodes on R3, `lease_ttl` 2 s, {} kills (`kill -9`) of the active node, \
+         kill → next acknowledged append:\n\n\
+         | p50 s | p99 s | each, sorted (s) | facts acknowledged | refusals returned \
+         | target p99 ≤ {} s |\n\
+         |---|---|---|---|---|---|\n\
+         | {:.2} | {:.2} | {} | {} | {} | {} |\n",
+        us.len(),
+        FAILOVER_P99_MAX_MS / 1e3,
+        pct_ms(&us, 50.0) / 1e3,
+        p99 / 1e3,
+        each.join(", "),
+        f.acked,
+        f.refusals,
+        pass(p99 <= FAILOVER_P99_MAX_MS)
+    );
+}
