@@ -204,17 +204,22 @@ async fn killing_the_active_node_many_times_for_the_takeover_distribution() {
     kill_the_active_node(KILLS_MANY).await;
 }
 
+/// A three-server cluster and the configurations of two nodes of the zone
+/// on it, `a` and `b` (not started).
+pub(crate) async fn two_node_zone(root: &Path) -> (NatsCluster, [NodeSpec; 2]) {
+    let cluster = NatsCluster::start(root, ZONE, CLUSTER_SIZE).await.unwrap();
+    let nodes = [
+        node_spec(&cluster, root, "a"),
+        node_spec(&cluster, root, "b"),
+    ];
+    (cluster, nodes)
+}
+
 /// Kills the active node `kills` times under continuous appends; see the
 /// module documentation.
 async fn kill_the_active_node(kills: usize) {
     let root = tempfile::tempdir().unwrap();
-    let cluster = NatsCluster::start(root.path(), ZONE, CLUSTER_SIZE)
-        .await
-        .unwrap();
-    let nodes = [
-        node_spec(&cluster, root.path(), "a"),
-        node_spec(&cluster, root.path(), "b"),
-    ];
+    let (_cluster, nodes) = two_node_zone(root.path()).await;
     let mut children = [Some(nodes[0].start().await), Some(nodes[1].start().await)];
     let mut running = [true, true];
     let urls: Vec<String> = nodes.iter().map(NodeSpec::url).collect();
@@ -281,13 +286,7 @@ const FREEZE: Duration = Duration::from_secs(6);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_active_node_thawed_after_a_takeover_stores_nothing_twice_and_loses_nothing() {
     let root = tempfile::tempdir().unwrap();
-    let cluster = NatsCluster::start(root.path(), ZONE, CLUSTER_SIZE)
-        .await
-        .unwrap();
-    let nodes = [
-        node_spec(&cluster, root.path(), "a"),
-        node_spec(&cluster, root.path(), "b"),
-    ];
+    let (_cluster, nodes) = two_node_zone(root.path()).await;
     let children = [nodes[0].start().await, nodes[1].start().await];
     let urls: Vec<String> = nodes.iter().map(NodeSpec::url).collect();
     let stop = Arc::new(AtomicBool::new(false));

@@ -3,11 +3,10 @@
 //! same active node, each node its own role, the lease as it names the
 //! holder, and every server's replica of every fact stream with its lag.
 
-use crate::ha_nodes::{CLUSTER_SIZE, LEASE_TTL, NodeSpec, active_node, node_spec};
+use crate::ha_nodes::{CLUSTER_SIZE, LEASE_TTL, NodeSpec, active_node, two_node_zone};
 use crate::harness::*;
 use bsfg::client::BsfgClient;
 use bsfg_proto::bsfg::v1::*;
-use bsfg_testkit::nats_cluster::NatsCluster;
 use std::time::{Duration, Instant};
 
 /// The fact categories of the nodes' configuration (`node_spec`).
@@ -16,13 +15,7 @@ const CATEGORIES: [&str; 2] = ["audit", "operational"];
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_nodes_report_the_active_node_the_lease_and_every_replica() {
     let root = tempfile::tempdir().unwrap();
-    let cluster = NatsCluster::start(root.path(), ZONE, CLUSTER_SIZE)
-        .await
-        .unwrap();
-    let nodes = [
-        node_spec(&cluster, root.path(), "a"),
-        node_spec(&cluster, root.path(), "b"),
-    ];
+    let (_cluster, nodes) = two_node_zone(root.path()).await;
     let _children = [nodes[0].start().await, nodes[1].start().await];
     let active = active_node(&nodes, &[true, true]).await;
     let active_id = ["a", "b"][active];
