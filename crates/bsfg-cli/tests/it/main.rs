@@ -13,6 +13,7 @@ mod crossing;
 mod delivery;
 mod disk;
 mod durability;
+mod failover_fetch;
 mod faults;
 mod fence;
 mod ha;
