@@ -7,7 +7,9 @@
 //! next node when a node cannot be reached or answers `not_active`, with a
 //! growing pause after each full turn, and keep the node that answered for
 //! the next calls. Safe because each of them can be repeated: an append
-//! by its message id, a fetch and a confirm by the consumer's frontier.
+//! by its message id, a confirm by the consumer's frontier, and a fetch
+//! from the frontier: a repeated fetch asks for `restart_from_frontier`,
+//! since the failed attempt may have been served and its answer lost.
 
 use bsfg_proto::bsfg::v1::__buffa::view::FetchFactsResponseView;
 use bsfg_proto::bsfg::v1::*;
@@ -256,9 +258,18 @@ impl BsfgClient {
         request: FetchFactsRequest,
     ) -> Result<OwnedView<FetchFactsResponseView<'static>>, ConnectError> {
         let options = self.call_options(Duration::from_millis(u64::from(request.wait_ms)));
+        let attempted = std::sync::atomic::AtomicBool::new(false);
         let response = self
             .failover(|node| {
-                let (request, options) = (request.clone(), options.clone());
+                let (mut request, options) = (request.clone(), options.clone());
+                // An attempt that failed may have been served, its answer
+                // lost (a connection broken mid-call, a deadline passed):
+                // its facts were delivered but never taken in. The repeat
+                // redelivers from the frontier, so that no later confirm
+                // covers them.
+                if attempted.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    request.restart_from_frontier = true;
+                }
                 async move { node.fetch_facts_with_options(request, options).await }
             })
             .await?;

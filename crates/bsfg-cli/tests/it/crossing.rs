@@ -32,6 +32,9 @@ pub struct SiteZone {
     pub ops_addr: std::net::SocketAddr,
     /// The environment of the `bsfg serve` child.
     pub env: Vec<(String, String)>,
+    /// A zone of several nodes (`SiteOpts::ha_zone`): its other servers
+    /// and its second node; the fields above are its first node's.
+    pub ha: Option<crate::crossing_ha::HaPart>,
 }
 
 #[allow(dead_code)]
@@ -39,10 +42,10 @@ pub struct Site {
     pub dir: tempfile::TempDir,
     pub certs: PathBuf,
     pub zones: BTreeMap<String, SiteZone>,
-    /// With `SiteOpts::proxies`: the fault proxy on each link, keyed by
+    /// With `SiteOpts::proxies`: the fault proxies on each link, keyed by
     /// (receiver, peer): the receiver's replicator reaches the peer only
-    /// through it.
-    pub proxies: BTreeMap<(String, String), bsfg_testkit::faultproxy::FaultProxy>,
+    /// through them (one per node of the peer zone).
+    pub proxies: BTreeMap<(String, String), Vec<bsfg_testkit::faultproxy::FaultProxy>>,
 }
 
 /// How a site is started.
@@ -58,6 +61,9 @@ pub struct SiteOpts {
     /// With `out_of_process`: one zone's node environment, e.g.
     /// [`faketime`].
     pub node_env: Option<(&'static str, Vec<(String, String)>)>,
+    /// With `out_of_process`: this zone (a leaf) stores its facts in a
+    /// three-server JetStream cluster and runs two nodes (`crossing_ha`).
+    pub ha_zone: Option<&'static str>,
 }
 
 /// The reference configuration of `zone` (shared with the demo), with
@@ -93,31 +99,34 @@ impl Site {
         for z in ZONES {
             ports.insert(z.to_string(), bsfg::ports::free_port().unwrap());
         }
-        let mut proxies = BTreeMap::new();
-        if opts.proxies {
-            for z in ZONES {
-                for n in neighbours(z) {
-                    let target = format!("127.0.0.1:{}", ports[n]).parse().unwrap();
-                    proxies.insert(
-                        (z.to_string(), n.to_string()),
-                        bsfg_testkit::faultproxy::FaultProxy::start(target)
-                            .await
-                            .unwrap(),
-                    );
-                }
-            }
+        assert!(
+            opts.ha_zone.is_none() || opts.out_of_process,
+            "HA nodes run as processes"
+        );
+        // Boundary ports of each zone's nodes: the zone's, and the second
+        // node's for the HA zone.
+        let mut node_ports: BTreeMap<String, Vec<u16>> =
+            ports.iter().map(|(z, p)| (z.clone(), vec![*p])).collect();
+        if let Some(ha) = opts.ha_zone {
+            let second = bsfg::ports::free_port().unwrap();
+            node_ports.get_mut(ha).unwrap().push(second);
         }
+        let proxies = if opts.proxies {
+            link_proxies(&node_ports).await
+        } else {
+            BTreeMap::new()
+        };
         let mut zones = BTreeMap::new();
         for z in ZONES {
             let zdir = dir.path().join(z);
             std::fs::create_dir_all(&zdir).unwrap();
-            let nats = start_nats(&zdir, z).await;
+            let (nats, more_servers) = if opts.ha_zone == Some(z) {
+                crate::crossing_ha::start_cluster(&zdir, z).await
+            } else {
+                (start_nats(&zdir, z).await, vec![])
+            };
             let mut config = zone_config(&zdir, &certs, z, &ports, nats.url());
-            for u in &mut config.upstreams {
-                if let Some(p) = proxies.get(&(z.to_string(), u.peer.clone())) {
-                    u.url = format!("https://127.0.0.1:{}", p.addr.port());
-                }
-            }
+            point_upstreams(&mut config, &proxies, &node_ports);
             if opts.out_of_process {
                 config.ops_listen = format!("127.0.0.1:{}", bsfg::ports::free_port().unwrap())
                     .parse()
@@ -126,14 +135,10 @@ impl Site {
             if let Some(tweak) = opts.tweak {
                 tweak(z, &mut config);
             }
-            let tls = bsfg::tls::client::client_config(
-                &certs.join("ca.pem"),
-                &certs.join(format!("app.{z}.pem")),
-                &certs.join(format!("app.{z}.key")),
-            )
-            .unwrap();
-            let app =
-                BsfgClient::connect_tls(&format!("https://127.0.0.1:{}", ports[z]), tls).unwrap();
+            let app = app_client(&certs, z, &node_ports[z]);
+            let ha = (opts.ha_zone == Some(z)).then(|| {
+                crate::crossing_ha::HaPart::new(&mut config, more_servers, node_ports[z][1])
+            });
             let mut zone = SiteZone {
                 name: z.into(),
                 nats,
@@ -147,9 +152,13 @@ impl Site {
                     Some((zone, env)) if *zone == z => env.clone(),
                     _ => vec![],
                 },
+                ha,
             };
             if opts.out_of_process {
                 zone.spawn_process().await;
+                if zone.ha.is_some() {
+                    zone.spawn_node(1).await;
+                }
             } else {
                 let node = bsfg::node::start(zone.config.clone()).await.unwrap();
                 zone.ops_addr = node.ops_addr;
@@ -179,6 +188,9 @@ impl Site {
             );
             let nats_log = keep.join(format!("{name}-nats-server.log"));
             let _ = std::fs::copy(z.nats.log_path(), nats_log);
+            if let Some(ha) = &z.ha {
+                ha.keep_logs(&keep, name);
+            }
             let links = match z.app.status().await {
                 Ok(s) => format!("{:?}", s.links),
                 Err(e) => format!("status failed: {e:?}"),
@@ -188,8 +200,23 @@ impl Site {
         out
     }
 
+    /// The (first) fault proxy on the link `receiver` pulls `peer` over.
     pub fn proxy(&self, receiver: &str, peer: &str) -> &bsfg_testkit::faultproxy::FaultProxy {
-        &self.proxies[&(receiver.to_string(), peer.to_string())]
+        &self.proxies[&(receiver.to_string(), peer.to_string())][0]
+    }
+
+    /// Cuts the link `receiver` pulls `peer` over (to every node of `peer`).
+    pub fn cut(&self, receiver: &str, peer: &str) {
+        self.proxies[&(receiver.to_string(), peer.to_string())]
+            .iter()
+            .for_each(bsfg_testkit::faultproxy::FaultProxy::cut);
+    }
+
+    /// Restores what [`Site::cut`] cut.
+    pub fn restore(&self, receiver: &str, peer: &str) {
+        self.proxies[&(receiver.to_string(), peer.to_string())]
+            .iter()
+            .for_each(bsfg_testkit::faultproxy::FaultProxy::restore);
     }
 
     pub fn zone_mut(&mut self, zone: &str) -> &mut SiteZone {
@@ -259,6 +286,67 @@ impl Site {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// The zone's application client, given every node of the zone (and, for
+/// several, a call deadline that passes over a frozen node quickly).
+fn app_client(certs: &Path, zone: &str, node_ports: &[u16]) -> BsfgClient {
+    let tls = bsfg::tls::client::client_config(
+        &certs.join("ca.pem"),
+        &certs.join(format!("app.{zone}.pem")),
+        &certs.join(format!("app.{zone}.key")),
+    )
+    .unwrap();
+    let urls: Vec<String> = node_ports
+        .iter()
+        .map(|p| format!("https://127.0.0.1:{p}"))
+        .collect();
+    let app = BsfgClient::connect_tls(&urls.join(","), tls).unwrap();
+    match node_ports.len() {
+        1 => app,
+        _ => app.with_call_timeout(crate::crossing_ha::CALL_TIMEOUT),
+    }
+}
+
+/// Points each of the zone's upstreams at its peer's nodes, or at the
+/// proxies in front of them.
+fn point_upstreams(
+    config: &mut ZoneConfig,
+    proxies: &BTreeMap<(String, String), Vec<bsfg_testkit::faultproxy::FaultProxy>>,
+    node_ports: &BTreeMap<String, Vec<u16>>,
+) {
+    for u in &mut config.upstreams {
+        let via: Vec<u16> = match proxies.get(&(config.zone.clone(), u.peer.clone())) {
+            Some(p) => p.iter().map(|p| p.addr.port()).collect(),
+            None => node_ports[&u.peer].clone(),
+        };
+        let urls = via.iter().map(|p| format!("https://127.0.0.1:{p}"));
+        if via.len() == 1 {
+            u.url = urls.collect();
+        } else {
+            (u.url, u.urls) = (String::new(), urls.collect());
+        }
+    }
+}
+
+/// A fault proxy per (receiver, peer) link and node of the peer zone, in
+/// front of the boundary ports `node_ports` of each zone's nodes.
+async fn link_proxies(
+    node_ports: &BTreeMap<String, Vec<u16>>,
+) -> BTreeMap<(String, String), Vec<bsfg_testkit::faultproxy::FaultProxy>> {
+    let mut proxies = BTreeMap::new();
+    for z in ZONES {
+        for n in neighbours(z) {
+            let mut to_nodes = Vec::new();
+            for port in &node_ports[n] {
+                let target = format!("127.0.0.1:{port}").parse().unwrap();
+                let proxy = bsfg_testkit::faultproxy::FaultProxy::start(target);
+                to_nodes.push(proxy.await.unwrap());
+            }
+            proxies.insert((z.to_string(), n.to_string()), to_nodes);
+        }
+    }
+    proxies
 }
 
 #[allow(dead_code)]

@@ -8,6 +8,9 @@
 //! checker. Also: artifact resume after a cut mid-object, replay without
 //! duplicates, and a fact refused by the receiving zone's import policy.
 //!
+//! `faults_ha.rs` runs the same with plant-b a zone of two nodes on three
+//! nats-servers, its own faults mixed in.
+//!
 //! Replay a failing run with `BSFG_FAULT_SEED=<seed>` (the seed is printed);
 //! `BSFG_SOAK_MINUTES=<n>` runs the load and the faults for n minutes
 //! (`scripts/soak.sh`).
@@ -18,13 +21,15 @@ use bsfg::client::BsfgClient;
 use bsfg::config::ZoneConfig;
 use bsfg_proto::bsfg::v1::*;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// A small seeded generator (xorshift64*), so a schedule replays exactly.
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
     fn next(&mut self) -> u64 {
@@ -33,17 +38,17 @@ impl Rng {
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
-    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
+    pub(crate) fn millis(&mut self, lo: u64, hi: u64) -> Duration {
         Duration::from_millis(lo + self.below(hi - lo + 1))
     }
 }
 
 /// What a producer got acknowledged at its origin.
 #[derive(Debug, Clone)]
-struct Sent {
+pub(crate) struct Sent {
     message_id: String,
     from: &'static str,
     object_json: String,
@@ -51,20 +56,21 @@ struct Sent {
     artifact: Option<(String, Vec<u8>)>,
 }
 
-/// Appends up to `count` facts from `from` to `to` until `until`, paced, retrying each (same
-/// message id, so idempotent) until acknowledged or `give_up` passes.
-/// Every 40th fact carries an artifact.
-async fn produce(
+/// Appends up to `count` facts from `from` to `to` until `until` (or
+/// `stop` is set), paced, retrying each (same message id, so idempotent)
+/// until acknowledged or `give_up` passes. Every 40th fact carries an
+/// artifact.
+pub(crate) async fn produce(
     app: BsfgClient,
-    from: &'static str,
-    to: &'static str,
-    (count, until): (usize, Instant),
+    (from, to): (&'static str, &'static str),
+    (count, until, stop): (usize, Instant, Arc<AtomicBool>),
     pace: Duration,
     seed: u64,
 ) -> (Vec<Sent>, Vec<String>) {
     let mut acked = Vec::new();
     let mut unacked = Vec::new();
-    for i in (0..count).take_while(|_| Instant::now() < until) {
+    let going = |_: &usize| Instant::now() < until && !stop.load(Ordering::Acquire);
+    for i in (0..count).take_while(going) {
         let message_id = format!("{from}-to-{to}-{i}");
         let object_json =
             format!(r#"{{ "i": {i}, "from": "{from}", "note": "fault run {seed}" }}"#);
@@ -134,7 +140,7 @@ async fn produce(
 }
 
 #[derive(Debug, Clone, Copy)]
-enum Fault {
+pub(crate) enum Fault {
     Cut {
         receiver: &'static str,
         peer: &'static str,
@@ -159,7 +165,7 @@ static DISK_FS: std::sync::OnceLock<BTreeMap<&'static str, std::path::PathBuf>> 
     std::sync::OnceLock::new();
 
 impl Fault {
-    fn kind(self) -> &'static str {
+    pub(crate) fn kind(self) -> &'static str {
         match self {
             Fault::Cut { .. } => "partition",
             Fault::KillNode(_) => "kill -9 node",
@@ -179,11 +185,16 @@ const LINKS: [(&str, &str); 4] = [
 ];
 const FAULT_ZONES: [&str; 3] = ["plant-a", "idmz", "enterprise"];
 
-fn pick(rng: &mut Rng) -> Fault {
-    let zone = FAULT_ZONES[rng.below(3) as usize];
+/// A fault on one of `zones` or `links` (receiver, peer).
+pub(crate) fn pick(
+    rng: &mut Rng,
+    zones: &[&'static str],
+    links: &[(&'static str, &'static str)],
+) -> Fault {
+    let zone = zones[rng.below(zones.len() as u64) as usize];
     match rng.below(6) {
         0 => {
-            let (receiver, peer) = LINKS[rng.below(LINKS.len() as u64) as usize];
+            let (receiver, peer) = links[rng.below(links.len() as u64) as usize];
             Fault::Cut { receiver, peer }
         }
         1 => Fault::KillNode(zone),
@@ -197,14 +208,14 @@ fn pick(rng: &mut Rng) -> Fault {
     }
 }
 
-async fn apply(site: &mut Site, fault: Fault, rng: &mut Rng) {
+pub(crate) async fn apply(site: &mut Site, fault: Fault, rng: &mut Rng) {
     match fault {
         Fault::Cut { receiver, peer } => {
             let hold = rng.millis(500, 2000);
             eprintln!("fault: cut {receiver} <- {peer} for {hold:?}");
-            site.proxy(receiver, peer).cut();
+            site.cut(receiver, peer);
             tokio::time::sleep(hold).await;
-            site.proxy(receiver, peer).restore();
+            site.restore(receiver, peer);
         }
         Fault::KillNode(zone) => {
             let down = rng.millis(200, 1000);
@@ -289,7 +300,7 @@ fn fault_site_zone(zone: &str, config: &mut ZoneConfig) {
 
 /// Faster redelivery than the 30 s default, so a receiver killed with facts
 /// fetched but unconfirmed gets them again within the test's bounds.
-fn fast_redelivery(_zone: &str, config: &mut ZoneConfig) {
+pub(crate) fn fast_redelivery(_zone: &str, config: &mut ZoneConfig) {
     for c in &mut config.consumers {
         c.redeliver_after = Duration::from_secs(3);
     }
@@ -317,17 +328,17 @@ async fn collect_local(app: &BsfgClient, into: &mut BTreeMap<u64, StoredFact>) {
 }
 
 /// How long and how hard a fault run goes.
-struct RunShape {
+pub(crate) struct RunShape {
     /// Facts each way (at most).
-    count: usize,
-    pace: Duration,
+    pub(crate) count: usize,
+    pub(crate) pace: Duration,
     /// Producers stop appending then (a soak is bounded by time).
-    until: Instant,
-    faults_max: usize,
-    drain: Duration,
+    pub(crate) until: Instant,
+    pub(crate) faults_max: usize,
+    pub(crate) drain: Duration,
 }
 
-fn run_shape(started: Instant) -> RunShape {
+pub(crate) fn run_shape(started: Instant) -> RunShape {
     match std::env::var("BSFG_SOAK_MINUTES")
         .ok()
         .and_then(|m| m.parse::<u64>().ok())
@@ -349,9 +360,9 @@ fn run_shape(started: Instant) -> RunShape {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn continuous_load_survives_partitions_kills_and_freezes_exactly_once_in_order() {
-    let seed: u64 = std::env::var("BSFG_FAULT_SEED")
+/// The run's seed: `BSFG_FAULT_SEED`, else one from the clock.
+pub(crate) fn fault_seed() -> u64 {
+    std::env::var("BSFG_FAULT_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| {
@@ -360,7 +371,12 @@ async fn continuous_load_survives_partitions_kills_and_freezes_exactly_once_in_o
                 .unwrap()
                 .as_nanos() as u64
                 % 1_000_000_007
-        });
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn continuous_load_survives_partitions_kills_and_freezes_exactly_once_in_order() {
+    let seed = fault_seed();
     let started = Instant::now();
     let shape = run_shape(started);
     eprintln!(
@@ -379,19 +395,18 @@ async fn continuous_load_survives_partitions_kills_and_freezes_exactly_once_in_o
     })
     .await;
 
+    let stop = Arc::new(AtomicBool::new(false));
     let up = tokio::spawn(produce(
         site.app("plant-a").clone(),
-        "plant-a",
-        "enterprise",
-        (shape.count, shape.until),
+        ("plant-a", "enterprise"),
+        (shape.count, shape.until, stop.clone()),
         shape.pace,
         seed,
     ));
     let down = tokio::spawn(produce(
         site.app("enterprise").clone(),
-        "enterprise",
-        "plant-a",
-        (shape.count, shape.until),
+        ("enterprise", "plant-a"),
+        (shape.count, shape.until, stop),
         shape.pace,
         seed,
     ));
@@ -400,12 +415,40 @@ async fn continuous_load_survives_partitions_kills_and_freezes_exactly_once_in_o
         && faults.values().sum::<usize>() < shape.faults_max
     {
         tokio::time::sleep(rng.millis(300, 1500)).await;
-        let fault = pick(&mut rng);
+        let fault = pick(&mut rng, &FAULT_ZONES, &LINKS);
         apply(&mut site, fault, &mut rng).await;
         *faults.entry(fault.kind()).or_default() += 1;
     }
     let (up_acked, up_unacked) = up.await.unwrap();
     let (down_acked, down_unacked) = down.await.unwrap();
+    let load = Load {
+        up: ("enterprise", up_acked, up_unacked),
+        down: ("plant-a", down_acked, down_unacked),
+    };
+    check(&site, seed, (started, shape.drain), &faults, load).await;
+    drop(site);
+    drop(disks); // after the nodes that hold files on them
+}
+
+/// What the producers got acknowledged and not: (destination, acked,
+/// unacked) each way.
+pub(crate) struct Load {
+    pub(crate) up: (&'static str, Vec<Sent>, Vec<String>),
+    pub(crate) down: (&'static str, Vec<Sent>, Vec<String>),
+}
+
+/// The checker: most appends acknowledged, and at each destination every
+/// acknowledged fact (and artifact) exactly once, in origin order, byte for
+/// byte; a diagnosis is printed when not.
+pub(crate) async fn check(
+    site: &Site,
+    seed: u64,
+    (started, drain_max): (Instant, Duration),
+    faults: &BTreeMap<&'static str, usize>,
+    load: Load,
+) {
+    let (up_dest, up_acked, up_unacked) = load.up;
+    let (down_dest, down_acked, down_unacked) = load.down;
     eprintln!(
         "load done after {:?}: faults {faults:?}; acked {} up, {} down; unacked {} up, {} down",
         started.elapsed(),
@@ -423,23 +466,14 @@ async fn continuous_load_survives_partitions_kills_and_freezes_exactly_once_in_o
 
     let drain_started = Instant::now();
     let mut verdicts = Vec::new();
-    for (dest, sent) in [("enterprise", &up_acked), ("plant-a", &down_acked)] {
-        let got = drain(&site, seed, dest, sent, shape.drain).await;
+    for (dest, sent) in [(up_dest, &up_acked), (down_dest, &down_acked)] {
+        let got = drain(site, seed, dest, sent, drain_max).await;
         eprintln!(
             "{dest}: drained {:?} after the load ended",
             drain_started.elapsed()
         );
         let mut verdict = judge(dest, &got, sent);
-        for s in sent.iter().filter(|s| s.artifact.is_some()) {
-            let (key, bytes) = s.artifact.as_ref().unwrap();
-            let same = match get(site.app(dest), BUCKET, key, 0).await {
-                Ok((info, at_dest)) => info.digest == sha256(bytes) && at_dest == *bytes,
-                Err(_) => false,
-            };
-            if !same {
-                verdict.artifacts_missing_or_altered.push(key.clone());
-            }
-        }
+        verdict.artifacts_missing_or_altered = artifacts_differing(site, dest, sent).await;
         eprintln!("seed {seed}: {}", verdict.summary());
         verdicts.push(verdict);
     }
@@ -464,8 +498,23 @@ async fn continuous_load_survives_partitions_kills_and_freezes_exactly_once_in_o
             && v.artifacts_missing_or_altered.is_empty();
         assert!(clean, "seed {seed}: {v:?}");
     }
-    drop(site);
-    drop(disks); // after the nodes that hold files on them
+}
+
+/// The keys of the acknowledged facts' artifacts `dest` does not hold
+/// byte for byte.
+async fn artifacts_differing(site: &Site, dest: &str, sent: &[Sent]) -> Vec<String> {
+    let mut differing = Vec::new();
+    for s in sent.iter().filter(|s| s.artifact.is_some()) {
+        let (key, bytes) = s.artifact.as_ref().unwrap();
+        let same = match get(site.app(dest), BUCKET, key, 0).await {
+            Ok((info, at_dest)) => info.digest == sha256(bytes) && at_dest == *bytes,
+            Err(_) => false,
+        };
+        if !same {
+            differing.push(key.clone());
+        }
+    }
+    differing
 }
 
 /// Collects `dest`'s local consumer until every acknowledged fact arrived

@@ -62,6 +62,9 @@ pub struct Objects {
     buckets: HashMap<String, object_store::ObjectStore>,
     refs: kv::Store,
     disk: Arc<super::disk::DiskWatch>,
+    /// Each bucket's stream when it has several replicas, to ask its
+    /// leader what a direct get did not find (see [`Objects::entry`]).
+    leader_reads: HashMap<String, jetstream::stream::Stream>,
 }
 
 impl Objects {
@@ -92,6 +95,13 @@ impl Objects {
             };
             buckets.insert(b.name.clone(), store);
         }
+        let mut leader_reads = HashMap::new();
+        if config.nats.replicas > 1 {
+            for b in &config.buckets {
+                let stream = jetstream.get_stream(format!("OBJ_{}", b.name)).await?;
+                leader_reads.insert(b.name.clone(), stream);
+            }
+        }
         let refs = match jetstream.get_key_value(REFS_BUCKET).await {
             Ok(refs) => refs,
             Err(_) => {
@@ -116,6 +126,7 @@ impl Objects {
             buckets,
             refs,
             disk,
+            leader_reads,
         })
     }
 
@@ -164,11 +175,9 @@ impl Objects {
                 format!("no object {bucket}/{key}; upload it with PutObject first"),
             )
         };
-        let link = match store.info(key).await {
-            Ok(info) if !info.deleted => info,
-            Ok(_) => return Err(missing()),
-            Err(e) if e.kind() == object_store::InfoErrorKind::NotFound => return Err(missing()),
-            Err(e) => return Err(unavailable("reading object info", e)),
+        let link = match self.entry(bucket, store, key).await? {
+            Some(info) if !info.deleted => info,
+            _ => return Err(missing()),
         };
         let blob_name = link
             .options
@@ -176,10 +185,10 @@ impl Objects {
             .and_then(|o| o.link.as_ref())
             .and_then(|l| l.name.clone())
             .ok_or_else(missing)?;
-        let blob = store
-            .info(&blob_name)
-            .await
-            .map_err(|e| unavailable("reading object blob info", e))?;
+        let blob = self
+            .entry(bucket, store, &blob_name)
+            .await?
+            .ok_or_else(|| unavailable("reading object blob info", "not found"))?;
         let digest = blob
             .digest
             .as_deref()
@@ -204,6 +213,40 @@ impl Objects {
             blob: blob_name,
             blob_nuid: blob.nuid,
         })
+    }
+
+    /// The object-store entry `name` of `bucket`, None when there is none.
+    /// The object store reads it with a direct get, which any replica of a
+    /// replicated bucket may answer, one behind the leader too: an entry
+    /// just written (an artifact a link pulled a moment ago) can be missing
+    /// there. So "not found" from a replicated bucket is asked again of the
+    /// stream's leader (a message get), which has every acknowledged write.
+    async fn entry(
+        &self,
+        bucket: &str,
+        store: &object_store::ObjectStore,
+        name: &str,
+    ) -> Result<Option<object_store::ObjectInfo>, Rejection> {
+        match store.info(name).await {
+            Ok(info) => return Ok(Some(info)),
+            Err(e) if e.kind() == object_store::InfoErrorKind::NotFound => {}
+            Err(e) => return Err(unavailable("reading object info", e)),
+        }
+        let Some(stream) = self.leader_reads.get(bucket) else {
+            return Ok(None);
+        };
+        use base64::Engine;
+        let encoded = base64::engine::general_purpose::URL_SAFE.encode(name);
+        let subject = format!("$O.{bucket}.M.{encoded}");
+        match stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(message) => serde_json::from_slice(&message.payload)
+                .map(Some)
+                .map_err(|e| unavailable("reading object info", e)),
+            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+                Ok(None)
+            }
+            Err(e) => Err(unavailable("reading object info from the leader", e)),
+        }
     }
 
     /// Checks that every attachment exists with the stated digest and size,
