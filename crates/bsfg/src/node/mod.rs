@@ -91,6 +91,7 @@ impl Drop for RunningNode {
         for task in &self.tasks {
             task.abort();
         }
+        self.store.facts.stop_upkeep();
     }
 }
 

@@ -171,6 +171,11 @@ pub struct FactLog {
     metrics: Arc<Metrics>,
     /// The last status fact stored of each origin zone (see `statuses`).
     pub statuses: super::statuses::LastStatuses,
+    /// The key index's background task (`index_upkeep`). It holds the log
+    /// while it reads the streams in (seconds, when the store is gone), so
+    /// a stopping node aborts it (`stop_upkeep`) rather than wait for it
+    /// to let go of the key index file.
+    upkeep: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 impl FactLog {
@@ -226,12 +231,22 @@ impl FactLog {
             gate,
             metrics,
             statuses: Default::default(),
+            upkeep: std::sync::Mutex::new(None),
         });
-        tokio::spawn(maintain_index(
+        let upkeep = tokio::spawn(maintain_index(
             Arc::downgrade(&log),
             sync_interval.min(GAP_FILL_INTERVAL_MAX),
         ));
+        *log.upkeep.lock().expect("upkeep poisoned") = Some(upkeep.abort_handle());
         Ok(log)
+    }
+
+    /// Stops the key index's background task: a stopping node calls it, so
+    /// that the task lets go of the log (and the key index file) at once.
+    pub fn stop_upkeep(&self) {
+        if let Some(upkeep) = self.upkeep.lock().expect("upkeep poisoned").take() {
+            upkeep.abort();
+        }
     }
 
     /// Whether this node may write now (see `writer_gate`).
