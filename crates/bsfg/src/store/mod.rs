@@ -26,6 +26,7 @@ pub mod facts;
 mod failure;
 pub mod health;
 pub mod key_index;
+mod leader_read;
 pub mod objects;
 pub mod publish;
 pub mod replicas;

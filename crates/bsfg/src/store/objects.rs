@@ -65,6 +65,10 @@ pub struct Objects {
     /// Each bucket's stream when it has several replicas, to ask its
     /// leader what a direct get did not find (see [`Objects::entry`]).
     leader_reads: HashMap<String, jetstream::stream::Stream>,
+    /// The references bucket's stream when it has several replicas: an
+    /// object frozen a moment ago must not read as unfrozen from a replica
+    /// one write behind (see [`Objects::is_frozen`]).
+    refs_leader: Option<jetstream::stream::Stream>,
 }
 
 impl Objects {
@@ -120,6 +124,10 @@ impl Objects {
                     .await?
             }
         };
+        let refs_leader = match config.nats.replicas > 1 {
+            true => Some(jetstream.get_stream(format!("KV_{REFS_BUCKET}")).await?),
+            false => None,
+        };
         Ok(Self {
             config,
             direct,
@@ -127,6 +135,7 @@ impl Objects {
             refs,
             disk,
             leader_reads,
+            refs_leader,
         })
     }
 
@@ -155,13 +164,28 @@ impl Objects {
         hex::encode(h.finalize())
     }
 
+    /// Whether a fact references `bucket/key`. The KV read is a direct get,
+    /// which any replica of a replicated bucket may answer, one write
+    /// behind the leader too: a reference not found there is asked of the
+    /// leader, so an object frozen a moment ago is never overwritten.
     async fn is_frozen(&self, bucket: &str, key: &str) -> Result<bool, Rejection> {
+        let ref_key = Self::ref_key(bucket, key);
         let entry = self
             .refs
-            .get(Self::ref_key(bucket, key))
+            .get(&ref_key)
             .await
             .map_err(|e| unavailable("reading object references", e))?;
-        Ok(entry.is_some())
+        if entry.is_some() {
+            return Ok(true);
+        }
+        let Some(leader) = &self.refs_leader else {
+            return Ok(false);
+        };
+        let subject = format!("$KV.{REFS_BUCKET}.{ref_key}");
+        let what = "reading object references from the leader";
+        // References are only ever put (never deleted).
+        let found = super::leader_read::last_on_subject(leader, &subject, what).await?;
+        Ok(found.is_some())
     }
 
     /// Information about `bucket/key`, following the link to its blob.
@@ -215,38 +239,17 @@ impl Objects {
         })
     }
 
-    /// The object-store entry `name` of `bucket`, None when there is none.
-    /// The object store reads it with a direct get, which any replica of a
-    /// replicated bucket may answer, one behind the leader too: an entry
-    /// just written (an artifact a link pulled a moment ago) can be missing
-    /// there. So "not found" from a replicated bucket is asked again of the
-    /// stream's leader (a message get), which has every acknowledged write.
+    /// The object-store entry `name` of `bucket`, None when there is none
+    /// (`leader_read::object_entry`: a replicated bucket's miss is asked of
+    /// its leader).
     async fn entry(
         &self,
         bucket: &str,
         store: &object_store::ObjectStore,
         name: &str,
     ) -> Result<Option<object_store::ObjectInfo>, Rejection> {
-        match store.info(name).await {
-            Ok(info) => return Ok(Some(info)),
-            Err(e) if e.kind() == object_store::InfoErrorKind::NotFound => {}
-            Err(e) => return Err(unavailable("reading object info", e)),
-        }
-        let Some(stream) = self.leader_reads.get(bucket) else {
-            return Ok(None);
-        };
-        use base64::Engine;
-        let encoded = base64::engine::general_purpose::URL_SAFE.encode(name);
-        let subject = format!("$O.{bucket}.M.{encoded}");
-        match stream.get_last_raw_message_by_subject(&subject).await {
-            Ok(message) => serde_json::from_slice(&message.payload)
-                .map(Some)
-                .map_err(|e| unavailable("reading object info", e)),
-            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
-                Ok(None)
-            }
-            Err(e) => Err(unavailable("reading object info from the leader", e)),
-        }
+        let leader = self.leader_reads.get(bucket);
+        super::leader_read::object_entry(store, leader, bucket, name).await
     }
 
     /// Checks that every attachment exists with the stated digest and size,
