@@ -60,8 +60,11 @@ pub(super) async fn fetcher(
             ..Default::default()
         };
         {
+            // A poll counts as "caught up while in time" only right after an
+            // answer: one sent after a failure (a cut link being retried) has
+            // not reached the peer yet, and the lag keeps growing meanwhile.
             let mut f = link.freshness.lock().unwrap();
-            if f.drained {
+            if f.drained && !restart_from_frontier {
                 f.polling_since_ms = Some(crate::store::now_unix_ms());
             }
         }
