@@ -55,17 +55,18 @@ async fn append_until_answered(
 ) -> (AppendFactResponse, Vec<String>) {
     let mut refusals = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match client.append(envelope.clone(), fact.clone()).await {
-            Ok(r) => return (r, refusals),
-            Err(e) => {
-                let message = e.message.unwrap_or_default();
-                assert!(Instant::now() < deadline, "never answered: {message}");
-                refusals.push(message);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    let answer = append_retrying(
+        client,
+        envelope,
+        fact,
+        Duration::from_millis(50),
+        |message| {
+            assert!(Instant::now() < deadline, "never answered: {message}");
+            refusals.push(message);
+        },
+    )
+    .await;
+    (answer, refusals)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

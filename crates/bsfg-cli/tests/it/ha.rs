@@ -72,12 +72,9 @@ async fn write_until(client: BsfgClient, acked: Arc<Mutex<Acked>>, stop: Arc<Ato
     for n in 0.. {
         let envelope = envelope(&mid("ha"));
         let fact = batch_fact(n);
-        let offset = loop {
-            match client.append(envelope.clone(), fact.clone()).await {
-                Ok(r) => break r.offset,
-                Err(_) => tokio::time::sleep(RETRY_DELAY).await,
-            }
-        };
+        let offset = append_retrying(&client, &envelope, &fact, RETRY_DELAY, |_| {})
+            .await
+            .offset;
         let now = Instant::now();
         {
             let mut a = acked.lock().unwrap();

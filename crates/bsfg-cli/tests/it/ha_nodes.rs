@@ -115,16 +115,10 @@ async fn write_until(urls: Vec<String>, acked: Arc<Mutex<Acked>>, stop: Arc<Atom
     for n in 0.. {
         let envelope = envelope(&mid("ha"));
         let fact = batch_fact(n);
-        let offset = loop {
-            match client.append(envelope.clone(), fact.clone()).await {
-                Ok(r) => break r.offset,
-                Err(e) => {
-                    let message = e.message.unwrap_or_default();
-                    acked.lock().unwrap().refusals.push(message);
-                    tokio::time::sleep(RETRY_DELAY).await;
-                }
-            }
-        };
+        let refused = |message| acked.lock().unwrap().refusals.push(message);
+        let offset = append_retrying(&client, &envelope, &fact, RETRY_DELAY, refused)
+            .await
+            .offset;
         {
             let mut a = acked.lock().unwrap();
             a.facts.push((envelope, fact, offset));

@@ -688,6 +688,27 @@ pub async fn fetch_all(client: &BsfgClient, consumer: &str, expected: usize) -> 
     out
 }
 
+/// Appends until acknowledged, retrying each refusal with the same message
+/// id (idempotent) after `retry_delay`; each refusal's message goes to
+/// `refused` first.
+pub async fn append_retrying(
+    client: &BsfgClient,
+    envelope: &Envelope,
+    fact: &Fact,
+    retry_delay: Duration,
+    mut refused: impl FnMut(String),
+) -> AppendFactResponse {
+    loop {
+        match client.append(envelope.clone(), fact.clone()).await {
+            Ok(r) => return r,
+            Err(e) => {
+                refused(e.message.unwrap_or_default());
+                tokio::time::sleep(retry_delay).await;
+            }
+        }
+    }
+}
+
 /// Checks that `fetched` are exactly the `sent` facts, once each, in offset
 /// order, with content equal byte for byte to what was sent (canonicalised).
 pub fn assert_exactly_once_in_order(fetched: &[StoredFact], sent: &[(Envelope, Fact, u64)]) {
