@@ -89,6 +89,9 @@ reasons! {
     /// A request is larger than its method admits (other than an
     /// AppendFact's fact), refused before it is read whole.
     RequestTooLarge = "request_too_large",
+    /// An AppendFacts request carries more facts than one request may
+    /// (1,000); nothing of it is stored.
+    TooManyFacts = "too_many_facts",
     /// A PutObject stream does not start with its header message.
     MissingHeader = "missing_header",
     /// A PutObject message after the first carries a header.

@@ -225,6 +225,59 @@ impl BsfgClient {
         Ok(response.into_owned())
     }
 
+    /// Appends several facts in one request (at most 1,000): one answer per
+    /// fact, by position, each `Ok` (stored or duplicate) or the refusal its
+    /// own AppendFact would have had. The facts are stored in the order
+    /// given; a fact refused `unavailable` holds back those after it (retry
+    /// them, or the whole request: stored facts answer `duplicate`).
+    pub async fn append_facts(
+        &self,
+        facts: Vec<(Envelope, Fact)>,
+    ) -> Result<Vec<Result<AppendFactResponse, FactRefusal>>, ConnectError> {
+        let request = AppendFactsRequest {
+            facts: facts
+                .into_iter()
+                .map(|(envelope, fact)| AppendFactRequest {
+                    envelope: envelope.into(),
+                    fact: fact.into(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let count = request.facts.len();
+        let options = self.call_options(Duration::ZERO);
+        let response = self
+            .failover(|node| {
+                let (request, options) = (request.clone(), options.clone());
+                async move { node.append_facts_with_options(request, options).await }
+            })
+            .await?;
+        let results = response.into_owned().results;
+        if results.len() != count {
+            return Err(ConnectError::new(
+                connectrpc::ErrorCode::Internal,
+                format!(
+                    "the node answered {} results for {count} facts",
+                    results.len()
+                ),
+            ));
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| match r.result {
+                Some(append_fact_result::Result::Appended(a)) => Ok(*a),
+                Some(append_fact_result::Result::Refused(f)) => Err(*f),
+                None => Err(FactRefusal {
+                    code: "unknown".into(),
+                    reason: "missing_result".into(),
+                    message: "the node sent no result for this fact".into(),
+                    ..Default::default()
+                }),
+            })
+            .collect())
+    }
+
     pub async fn fetch(
         &self,
         consumer: &str,

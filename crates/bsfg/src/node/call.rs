@@ -118,6 +118,13 @@ impl Call<'_> {
         self.detail = Some(detail);
     }
 
+    /// Audits and counts, by the service's policy, the refusal of one part
+    /// of the call (a fact of an AppendFacts request, named by `key`),
+    /// without ending it.
+    pub async fn refused_part(&self, key: &str, r: &Rejection) {
+        self.refusals.refused(&self.caller, self.rpc, key, r).await;
+    }
+
     /// Ends the call with `result`: a refusal audited and counted, the
     /// outcome logged, a rejection mapped.
     pub async fn finish<T>(&self, result: Result<T, Rejection>) -> Result<T, ConnectError> {

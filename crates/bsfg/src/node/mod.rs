@@ -4,6 +4,7 @@
 //! consumers, buckets, explicit configs) → retention task → operations port
 //! → boundary port. Each part lives in its own module.
 
+mod append_facts;
 pub mod audit;
 pub mod auth;
 pub mod boundary;

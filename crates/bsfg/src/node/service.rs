@@ -46,6 +46,49 @@ impl Boundary {
         caller: &Caller,
         request: AppendFactRequest,
     ) -> Result<AppendFactResponse, Rejection> {
+        let (envelope, valid) = self.check_append(caller, request)?;
+        let appended = self.store.commit.append(envelope, valid, None).await?;
+        Ok(appended_response(appended))
+    }
+
+    /// AppendFacts without the transport: each fact checked as its own
+    /// AppendFact, the accepted ones stored together in request order, one
+    /// answer per fact by position.
+    pub async fn append_all(
+        &self,
+        caller: &Caller,
+        requests: Vec<AppendFactRequest>,
+    ) -> Vec<Result<AppendFactResponse, Rejection>> {
+        let mut answers: Vec<Option<Result<AppendFactResponse, Rejection>>> = Vec::new();
+        let mut items = Vec::with_capacity(requests.len());
+        let mut slots = Vec::with_capacity(requests.len());
+        for request in requests {
+            match self.check_append(caller, request) {
+                Ok((envelope, valid)) => {
+                    slots.push(answers.len());
+                    answers.push(None);
+                    items.push((envelope, valid));
+                }
+                Err(r) => answers.push(Some(Err(r))),
+            }
+        }
+        let stored = self.store.commit.append_all(items).await;
+        for (slot, result) in slots.into_iter().zip(stored) {
+            answers[slot] = Some(result.map(appended_response));
+        }
+        answers
+            .into_iter()
+            .map(|a| a.expect("every fact was answered"))
+            .collect()
+    }
+
+    /// An AppendFact request's checks before the store: shape, validity,
+    /// authorization, route and attachments' buckets.
+    fn check_append(
+        &self,
+        caller: &Caller,
+        request: AppendFactRequest,
+    ) -> Result<(bsfg_proto::bsfg::v1::Envelope, validate::ValidFact), Rejection> {
         let envelope = request
             .envelope
             .into_option()
@@ -100,13 +143,7 @@ impl Boundary {
                     },
                 })?;
         }
-        let appended = self.store.commit.append(envelope, valid, None).await?;
-        Ok(AppendFactResponse {
-            offset: appended.offset,
-            duplicate: appended.duplicate,
-            category: appended.category,
-            ..Default::default()
-        })
+        Ok((envelope, valid))
     }
 
     /// A request's consumer name as a metric label value: itself if it is a
@@ -192,6 +229,14 @@ impl BoundaryService for Boundary {
             .get_or_create(&labels(&[("outcome", outcome)]))
             .inc();
         call.finish(result).await.map(Response::new)
+    }
+
+    async fn append_facts(
+        &self,
+        ctx: RequestContext,
+        request: ServiceRequest<'_, AppendFactsRequest>,
+    ) -> ServiceResult<AppendFactsResponse> {
+        self.append_facts_call(ctx, request).await
     }
 
     async fn fetch_facts(
@@ -627,7 +672,16 @@ impl connectrpc::Encodable<FetchFactsResponse> for ServedFacts {
 }
 
 /// An AppendFact not answered within `[nats] request_timeout` of its arrival.
-fn append_timed_out(timeout: std::time::Duration) -> Rejection {
+fn appended_response(appended: crate::store::facts::Appended) -> AppendFactResponse {
+    AppendFactResponse {
+        offset: appended.offset,
+        duplicate: appended.duplicate,
+        category: appended.category,
+        ..Default::default()
+    }
+}
+
+pub(super) fn append_timed_out(timeout: std::time::Duration) -> Rejection {
     Rejection::new(
         Code::DeadlineExceeded,
         Reason::RequestTimeout,

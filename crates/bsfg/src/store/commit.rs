@@ -18,13 +18,21 @@
 //! commit task holds the log; it ends when the last `GroupCommit` handle is
 //! dropped.
 //!
+//! A request queues as one unit: one fact (AppendFact) or several in the
+//! caller's order (AppendFacts). A unit is never split between batches, and
+//! a batch holding a unit of several facts is appended with
+//! `Order::AsGiven`, so a request's facts are stored in its order. The
+//! queue holds at most `queue_facts_max` units; their bytes belong to
+//! requests the boundary admitted, so the request memory budget bounds them.
+//!
 //! Invariants: every queued fact is answered exactly once (stored,
 //! refused, or `node_stopping`), in the answer the log gave for it
 //! (results are matched to callers by position, asserted); a caller that
 //! stopped waiting before its batch formed is not published; at most
-//! `batches_in_flight_max` batches are in the log at once.
+//! `batches_in_flight_max` batches are in the log at once; a batch holds
+//! more than `batch_facts_max` facts only if its one unit does.
 
-use super::facts::{AppendItem, Appended, FactLog};
+use super::facts::{AppendItem, Appended, FactLog, Order};
 use crate::config::CommitConfig;
 use crate::metrics::Metrics;
 use bsfg_domain::validate::ValidFact;
@@ -33,9 +41,10 @@ use bsfg_proto::bsfg::v1::{Envelope, Provenance};
 use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+/// One request's facts, answered together, by position.
 struct Pending {
-    item: AppendItem,
-    reply: oneshot::Sender<Result<Appended, Rejection>>,
+    items: Vec<AppendItem>,
+    reply: oneshot::Sender<Vec<Result<Appended, Rejection>>>,
 }
 
 /// The producer side of the group-commit queue.
@@ -66,12 +75,41 @@ impl GroupCommit {
             valid,
             provenance,
         };
+        let mut answers = self.queue_unit(vec![item]).await;
+        assert_eq!(answers.len(), 1, "one answer per fact");
+        answers.pop().expect("one answer")
+    }
+
+    /// Appends one request's local facts with the next batch, in their
+    /// order (never split between batches): one answer per fact, by
+    /// position.
+    pub async fn append_all(
+        &self,
+        facts: Vec<(Envelope, ValidFact)>,
+    ) -> Vec<Result<Appended, Rejection>> {
+        let items = facts
+            .into_iter()
+            .map(|(envelope, valid)| AppendItem {
+                envelope,
+                valid,
+                provenance: None,
+            })
+            .collect();
+        self.queue_unit(items).await
+    }
+
+    async fn queue_unit(&self, items: Vec<AppendItem>) -> Vec<Result<Appended, Rejection>> {
+        let count = items.len();
+        if count == 0 {
+            return Vec::new();
+        }
         let (reply, answer) = oneshot::channel();
-        self.queue
-            .send(Pending { item, reply })
-            .await
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        let answers = match self.queue.send(Pending { items, reply }).await {
+            Ok(()) => answer.await.unwrap_or_else(|_| vec![Err(stopped()); count]),
+            Err(_) => vec![Err(stopped()); count],
+        };
+        assert_eq!(answers.len(), count, "one answer per fact of the request");
+        answers
     }
 }
 
@@ -101,33 +139,67 @@ async fn run(
         let Some(first) = pending.recv().await else {
             return;
         };
-        let mut batch = Vec::with_capacity(config.batch_facts_max.min(64));
-        batch.push(first);
-        while batch.len() < config.batch_facts_max {
-            match pending.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
-        // A caller whose request timed out while its fact queued has been
-        // answered `request_timeout`; publishing it now would store a fact
-        // nobody was told about (a retry would find it, but nothing waits).
-        batch.retain(|p| !p.reply.is_closed());
+        let batch = take_batch(first, &mut pending, config.batch_facts_max);
         if batch.is_empty() {
             continue;
         }
-        metrics.commit_batch_facts.observe(batch.len() as f64);
         let log = log.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
-            let (items, replies): (Vec<_>, Vec<_>) =
-                batch.into_iter().map(|p| (p.item, p.reply)).unzip();
-            let results = log.append_batch(items, super::facts::Order::Any).await;
-            assert_eq!(results.len(), replies.len(), "one answer per fact");
-            for (reply, result) in replies.into_iter().zip(results) {
-                // A caller that went away (deadline) no longer needs its answer.
-                let _ = reply.send(result);
-            }
+            commit_batch(&log, batch, &metrics).await;
             drop(permit);
         });
+    }
+}
+
+/// `first` and whatever else has queued, whole units, until the batch holds
+/// `batch_facts_max` facts; units whose callers stopped waiting are left out.
+fn take_batch(
+    first: Pending,
+    pending: &mut mpsc::Receiver<Pending>,
+    batch_facts_max: usize,
+) -> Vec<Pending> {
+    let mut facts = first.items.len();
+    let mut batch = vec![first];
+    while facts < batch_facts_max {
+        match pending.try_recv() {
+            Ok(p) => {
+                facts += p.items.len();
+                batch.push(p);
+            }
+            Err(_) => break,
+        }
+    }
+    // A caller whose request timed out while its fact queued has been
+    // answered `request_timeout`; publishing it now would store a fact
+    // nobody was told about (a retry would find it, but nothing waits).
+    batch.retain(|p| !p.reply.is_closed());
+    batch
+}
+
+/// Appends a batch's units as one log batch and answers each unit with its
+/// facts' results, by position.
+async fn commit_batch(log: &FactLog, batch: Vec<Pending>, metrics: &Metrics) {
+    // A unit of several facts is one request's, stored in its order.
+    let order = if batch.iter().any(|p| p.items.len() > 1) {
+        Order::AsGiven
+    } else {
+        Order::Any
+    };
+    let mut sizes = Vec::with_capacity(batch.len());
+    let mut items = Vec::with_capacity(batch.iter().map(|p| p.items.len()).sum());
+    let mut replies = Vec::with_capacity(batch.len());
+    for p in batch {
+        sizes.push(p.items.len());
+        items.extend(p.items);
+        replies.push(p.reply);
+    }
+    metrics.commit_batch_facts.observe(items.len() as f64);
+    let count = items.len();
+    let mut results = log.append_batch(items, order).await.into_iter();
+    assert_eq!(results.len(), count, "one answer per fact");
+    for (reply, size) in replies.into_iter().zip(sizes) {
+        // A caller that went away (deadline) no longer needs its answer.
+        let _ = reply.send(results.by_ref().take(size).collect());
     }
 }

@@ -3,15 +3,18 @@
 
 use crate::config::ZoneConfig;
 use bsfg_proto::bsfg::v1::{
-    BOUNDARY_SERVICE_APPEND_FACT_SPEC, BOUNDARY_SERVICE_CONFIRM_RECEIPT_SPEC,
-    BOUNDARY_SERVICE_FETCH_FACTS_SPEC, BOUNDARY_SERVICE_GET_OBJECT_SPEC,
-    BOUNDARY_SERVICE_PUT_OBJECT_SPEC, OPERATIONS_SERVICE_GET_STATUS_SPEC,
-    OPERATIONS_SERVICE_RESET_CONSUMER_SPEC,
+    BOUNDARY_SERVICE_APPEND_FACT_SPEC, BOUNDARY_SERVICE_APPEND_FACTS_SPEC,
+    BOUNDARY_SERVICE_CONFIRM_RECEIPT_SPEC, BOUNDARY_SERVICE_FETCH_FACTS_SPEC,
+    BOUNDARY_SERVICE_GET_OBJECT_SPEC, BOUNDARY_SERVICE_PUT_OBJECT_SPEC,
+    OPERATIONS_SERVICE_GET_STATUS_SPEC, OPERATIONS_SERVICE_RESET_CONSUMER_SPEC,
 };
 use connectrpc::{Spec, StreamType};
 
 /// Room for an AppendFact's envelope and framing around the largest fact.
 const ENVELOPE_BYTES_MAX: usize = 64 * 1024;
+/// Largest AppendFacts message when the fact limit is smaller: room for
+/// hundreds of typical facts (a few hundred bytes each).
+const APPEND_FACTS_MESSAGE_BYTES_MAX: usize = 1024 * 1024;
 /// Largest message of the small requests (fetch, confirm, status, reset,
 /// object reads): a few names and numbers.
 const SMALL_MESSAGE_BYTES_MAX: usize = 64 * 1024;
@@ -62,6 +65,13 @@ impl Routes {
             streaming_request: false,
             message_bytes_max: config.limits.fact_bytes_max + ENVELOPE_BYTES_MAX,
         };
+        // At least one largest fact with its envelope fits.
+        let append_facts = Route {
+            rpc: "AppendFacts",
+            streaming_request: false,
+            message_bytes_max: APPEND_FACTS_MESSAGE_BYTES_MAX
+                .max(config.limits.fact_bytes_max + ENVELOPE_BYTES_MAX),
+        };
         let put = Route {
             rpc: "PutObject",
             streaming_request: true,
@@ -73,6 +83,7 @@ impl Routes {
         );
         let routes = vec![
             (BOUNDARY_SERVICE_APPEND_FACT_SPEC.procedure, append),
+            (BOUNDARY_SERVICE_APPEND_FACTS_SPEC.procedure, append_facts),
             small(BOUNDARY_SERVICE_FETCH_FACTS_SPEC, "FetchFacts"),
             small(BOUNDARY_SERVICE_CONFIRM_RECEIPT_SPEC, "ConfirmReceipt"),
             (BOUNDARY_SERVICE_PUT_OBJECT_SPEC.procedure, put),
@@ -165,7 +176,9 @@ mod tests {
             routes.find("/evil/Path").message_bytes_max,
             SMALL_MESSAGE_BYTES_MAX
         );
-        assert_eq!(routes.all().count(), 7);
+        assert_eq!(routes.all().count(), 8);
+        let batch = routes.find("/bsfg.v1.BoundaryService/AppendFacts");
+        assert_eq!(batch.message_bytes_max, APPEND_FACTS_MESSAGE_BYTES_MAX);
         assert_eq!(routes.cost_bytes_max(), put.cost_bytes(usize::MAX));
         assert!(append.cost_bytes(1000) < append.cost_bytes(usize::MAX));
     }
