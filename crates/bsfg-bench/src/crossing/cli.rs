@@ -34,6 +34,10 @@ pub struct CrossArgs {
     /// Concurrency of the AppendFact pre-fill at the source.
     #[arg(long, default_value_t = 64)]
     pub(super) concurrency: usize,
+    /// Facts per AppendFacts request of the steady-state load (then
+    /// `--concurrency` requests in flight); 0: one AppendFact per fact.
+    #[arg(long, default_value_t = 0)]
+    pub(super) append_batch: usize,
     /// Node transport: plaintext-dev, or mtls (site CA, node and app certificates generated per run).
     #[arg(long, default_value = "plaintext-dev")]
     pub(super) tls: String,

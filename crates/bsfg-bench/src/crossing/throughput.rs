@@ -4,7 +4,7 @@
 
 use super::Row;
 use super::cli::CrossArgs;
-use super::load::{append_many, tag};
+use super::load::{append_batched, append_many, tag};
 use super::zones::{Zone, count, cpu_per_fact, cpu_snapshot, wait_count};
 use async_nats::jetstream;
 use bsfg_testkit::faultproxy::FaultProxy;
@@ -120,17 +120,35 @@ pub(super) async fn steady_state(
         let (kind, to) = kind_to(hops);
         let base = count(dest(zones, hops)).await?;
         let t = Instant::now();
-        let offered = append_many(src, a.concurrency, n, &tag("ss"), kind, to, size).await?;
+        let offered = match a.append_batch {
+            0 => append_many(src, a.concurrency, n, &tag("ss"), kind, to, size).await?,
+            batch => {
+                let shape = (a.concurrency, batch);
+                append_batched(src, shape, n, &tag("ss"), (kind, to), size).await?
+            }
+        };
         let done = wait_count(dest(zones, hops), base + n, timeout).await?;
         let rate = n as f64 / (done - t).as_secs_f64();
         eprintln!(
             "steady {hops} hop(s) {size} B: {rate:.0} facts/s delivered (appended at {offered:.0}/s)"
         );
         rows.push(Row {
-            name: format!("BSFG steady state, {hops} hop(s), {size} B, {n} facts appended c{} while links are up", a.concurrency),
+            name: format!(
+                "BSFG steady state, {hops} hop(s), {size} B, {n} facts appended {} while links are up",
+                load_shape(a)
+            ),
             rate,
             detail: format!("source append rate {offered:.0} facts/s; rate = facts / (first append → last arrival)"),
         });
     }
     Ok(())
+}
+
+/// How the steady-state load is appended: AppendFact c64, or AppendFacts
+/// c4 × 64 (requests in flight × facts per request).
+fn load_shape(a: &CrossArgs) -> String {
+    match a.append_batch {
+        0 => format!("by AppendFact c{}", a.concurrency),
+        batch => format!("by AppendFacts c{} × {batch}", a.concurrency),
+    }
 }
