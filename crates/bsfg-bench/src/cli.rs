@@ -25,6 +25,12 @@ pub(crate) struct Args {
     /// In-flight window of the raw JetStream pipelined publisher.
     #[arg(long, default_value_t = 256)]
     pub(crate) window: usize,
+    /// AppendFacts requests in flight in the AppendFacts closed loop.
+    #[arg(long, default_value_t = 4)]
+    pub(crate) batch_requests: usize,
+    /// Facts (256 B) per AppendFacts request.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) batch_facts: usize,
     /// JetStream `sync_interval` of the bench's nats-server (shared by the
     /// raw baselines and the node): `always` (the default) is what a zone
     /// node's embedded server ships with; `2m` is JetStream's own default.

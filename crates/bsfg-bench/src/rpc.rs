@@ -5,11 +5,15 @@ use crate::drive::closed_loop;
 use crate::echo_proto::bench::v1::{EchoRequest, EchoServiceClient};
 use crate::stats::Sample;
 use crate::{now_ms, object_json};
-use bsfg_proto::bsfg::v1::{AppendFactRequest, BoundaryServiceClient, Envelope, Fact};
+use bsfg_proto::bsfg::v1::append_fact_result::Result as FactResult;
+use bsfg_proto::bsfg::v1::{
+    AppendFactRequest, AppendFactResult, AppendFactsRequest, BoundaryServiceClient, Envelope, Fact,
+};
 use connectrpc::Protocol;
 use connectrpc::client::{ClientConfig, Http2Connection, SharedHttp2Connection};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// A client certificate, its key and the CA it trusts (PEM files).
@@ -77,6 +81,69 @@ pub(crate) async fn append_closed_loop(
         }
     })
     .await
+}
+
+/// `requests` workers each sending AppendFacts of `facts` facts with an
+/// `object_json` of `size` bytes back to back for `secs` (message ids
+/// `<tag>-<worker>-<seq>-<i>`): the AppendFacts closed loop. Its rate is in
+/// facts/s (requests answered with every fact stored, times `facts`), its
+/// latency per request; its errors count facts (refused, or in a failed
+/// request).
+pub(crate) async fn append_batch_closed_loop(
+    client: &BoundaryServiceClient<SharedHttp2Connection>,
+    (requests, facts): (usize, usize),
+    size: usize,
+    secs: f64,
+    tag: String,
+) -> Sample {
+    let c = client.clone();
+    let payload: Arc<str> = object_json(size).into();
+    let refused = Arc::new(AtomicU64::new(0));
+    let counted = refused.clone();
+    let mut sample = closed_loop(requests, secs, move |w, seq| {
+        let request = AppendFactsRequest {
+            facts: (0..facts)
+                .map(|i| append_request(format!("{tag}-{w}-{seq}-{i}"), &payload))
+                .collect(),
+            ..Default::default()
+        };
+        let (c, refused) = (c.clone(), counted.clone());
+        async move {
+            let bad = match c.append_facts(request).await {
+                Ok(r) => refusals(&r.into_owned().results, facts),
+                Err(e) => {
+                    eprintln!("append_facts error: {e}");
+                    facts as u64
+                }
+            };
+            refused.fetch_add(bad, Ordering::Relaxed);
+            bad == 0
+        }
+    })
+    .await;
+    sample.rate *= facts as f64;
+    sample.errors = refused.load(Ordering::Relaxed);
+    sample
+}
+
+/// The facts of an AppendFacts answer not stored (refused, missing), the
+/// first refusal printed.
+fn refusals(results: &[AppendFactResult], facts: usize) -> u64 {
+    let stored = results
+        .iter()
+        .filter(|r| matches!(r.result, Some(FactResult::Appended(_))))
+        .count();
+    let refusal = results.iter().find_map(|r| match &r.result {
+        Some(FactResult::Refused(f)) => Some(f),
+        _ => None,
+    });
+    if let Some(f) = refusal {
+        eprintln!(
+            "append_facts refusal: {} {} {}",
+            f.code, f.reason, f.message
+        );
+    }
+    facts.saturating_sub(stored) as u64
 }
 
 pub(crate) fn append_request(message_id: String, payload: &str) -> AppendFactRequest {

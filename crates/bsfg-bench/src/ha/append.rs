@@ -1,16 +1,17 @@
-//! Item 1: AppendFact c64 (256 B facts) against a zone node on a
+//! Item 1: AppendFact c64 and AppendFacts (`--batch-requests` requests of
+//! `--batch-facts` facts in flight; 256 B facts) against a zone node on a
 //! three-server cluster (R3) and on one server (R1), each against raw
 //! pipelined JetStream publish (a unique `Nats-Msg-Id` each) to a stream of
 //! as many replicas on the same servers. Both setups run side by side for
-//! the whole item; each repetition measures, per setup, the node and raw
-//! publish in alternating order, and every process's CPU per fact.
+//! the whole item; each repetition measures, per setup, the three writers
+//! in an order rotating by repetition, and every process's CPU per fact.
 
 use super::HaArgs;
 use super::store::Store;
 use crate::child::{Child, free_port, start_node};
 use crate::node_config::node_config;
 use crate::publish::{create_replicated_stream, plain_message, raw_publish};
-use crate::rpc::{append_closed_loop, rpc_client};
+use crate::rpc::{append_batch_closed_loop, append_closed_loop, rpc_client};
 use crate::run_id;
 use crate::stats::Sample;
 use bsfg_proto::bsfg::v1::BoundaryServiceClient;
@@ -28,9 +29,15 @@ const RAW_STREAM: &str = "rawpub";
 /// Which writer a measured loop drives.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Writer {
+    /// AppendFact c64.
     Bsfg,
+    /// AppendFacts, `--batch-requests` × `--batch-facts`.
+    Batch,
     Raw,
 }
+
+/// The writers, rotated by one per repetition.
+const WRITERS: [Writer; 3] = [Writer::Bsfg, Writer::Raw, Writer::Batch];
 
 /// One measured loop.
 pub(super) struct Measured {
@@ -44,6 +51,8 @@ pub(super) struct Measured {
 pub(super) struct SetupRuns {
     pub(super) replicas: usize,
     pub(super) bsfg: Vec<Measured>,
+    /// AppendFacts.
+    pub(super) batch: Vec<Measured>,
     pub(super) raw: Vec<Measured>,
     /// VmHWM (MiB) at the end of the item: the node's, then each
     /// nats-server's.
@@ -99,16 +108,14 @@ pub(super) async fn runs(a: &HaArgs, dir: &Path) -> anyhow::Result<Vec<SetupRuns
         .map(|s| SetupRuns {
             replicas: s.store.replicas,
             bsfg: Vec::new(),
+            batch: Vec::new(),
             raw: Vec::new(),
             peak_rss_mib: Vec::new(),
         })
         .collect();
     for rep in 0..a.reps.max(1) {
-        let order = if rep % 2 == 0 {
-            [Writer::Bsfg, Writer::Raw]
-        } else {
-            [Writer::Raw, Writer::Bsfg]
-        };
+        let mut order = WRITERS;
+        order.rotate_left(rep % WRITERS.len());
         for (setup, runs) in setups.iter().zip(&mut out) {
             for writer in order {
                 let tag = format!("ha-r{}-{writer:?}-{rep}", runs.replicas);
@@ -121,6 +128,7 @@ pub(super) async fn runs(a: &HaArgs, dir: &Path) -> anyhow::Result<Vec<SetupRuns
                 );
                 match writer {
                     Writer::Bsfg => runs.bsfg.push(m),
+                    Writer::Batch => runs.batch.push(m),
                     Writer::Raw => runs.raw.push(m),
                 }
             }
@@ -164,6 +172,12 @@ async fn drive(
         Writer::Bsfg => {
             let tag = format!("{}-{tag}", run_id());
             let s = append_closed_loop(&setup.client, CONCURRENCY, FACT_BYTES, secs, tag).await;
+            Ok((s, s.rate * secs))
+        }
+        Writer::Batch => {
+            let tag = format!("{}-{tag}", run_id());
+            let shape = (a.batch_requests, a.batch_facts);
+            let s = append_batch_closed_loop(&setup.client, shape, FACT_BYTES, secs, tag).await;
             Ok((s, s.rate * secs))
         }
         Writer::Raw => {

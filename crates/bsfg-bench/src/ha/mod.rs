@@ -1,9 +1,10 @@
 //! `bsfg-bench ha`: a zone on a three-server JetStream cluster, in one run,
 //! every nats-server at `--nats-sync`:
 //!
-//! 1. AppendFact c64 against a node on the cluster (`[nats] urls`,
+//! 1. AppendFact c64 and AppendFacts (`--batch-requests` ×
+//!    `--batch-facts`) against a node on the cluster (`[nats] urls`,
 //!    `replicas = 3`) and raw pipelined publish to an R3 stream on it; the
-//!    same two on one server (R1) for reference (`append`).
+//!    same three on one server (R1) for reference (`append`).
 //! 2. One-hop catch-up into a zone on the cluster and into a zone on one
 //!    server (`catch_up`).
 //! 3. Failover between two nodes of one zone with `[ha]`: the active node
@@ -22,7 +23,8 @@ use std::path::PathBuf;
 
 #[derive(clap::Args, Clone)]
 pub struct HaArgs {
-    /// Seconds of each measured AppendFact c64 or raw publish loop.
+    /// Seconds of each measured AppendFact c64, AppendFacts or raw publish
+    /// loop.
     #[arg(long, default_value_t = 5.0)]
     duration: f64,
     /// Seconds of load before each measured loop (not measured).
@@ -34,6 +36,12 @@ pub struct HaArgs {
     /// In-flight window of the raw pipelined publisher.
     #[arg(long, default_value_t = 256)]
     window: usize,
+    /// AppendFacts requests in flight (the batch writer).
+    #[arg(long, default_value_t = 4)]
+    batch_requests: usize,
+    /// Facts (256 B) per AppendFacts request.
+    #[arg(long, default_value_t = 64)]
+    batch_facts: usize,
     /// Facts (256 B) of the catch-up's backlog.
     #[arg(long, default_value_t = 100_000)]
     backlog_facts: u64,

@@ -8,7 +8,8 @@ use crate::now_ms;
 use crate::stats::{median, pct_ms};
 use std::fmt::Write as _;
 
-/// AppendFact on R3 against raw publish on R3: at least this ratio.
+/// AppendFact (and AppendFacts) on R3 against raw publish on R3: at least
+/// this ratio.
 const APPEND_RATIO_MIN: f64 = 1.0;
 /// Failover p99 at most this (ms).
 const FAILOVER_P99_MAX_MS: f64 = 5000.0;
@@ -112,9 +113,12 @@ fn writer_row(md: &mut String, store: &str, writer: &str, runs: &[Measured], wit
 fn append_table(md: &mut String, a: &HaArgs, setups: &[SetupRuns]) {
     let _ = writeln!(
         md,
-        "AppendFact c{CONCURRENCY} ({FACT_BYTES} B facts) and raw pipelined publish (window {}, \
-         {FACT_BYTES} B, unique `Nats-Msg-Id`), {} × {} s after {} s of warm-up each, order \
-         alternating; medians (each repetition):\n",
+        "AppendFact c{CONCURRENCY} ({FACT_BYTES} B facts), AppendFacts ({} requests × {} \
+         facts in flight) and raw pipelined publish (window {}, {FACT_BYTES} B, unique \
+         `Nats-Msg-Id`), {} × {} s after {} s of warm-up each, order rotating; medians \
+         (each repetition); AppendFacts latency per request:\n",
+        a.batch_requests,
+        a.batch_facts,
         a.window,
         a.reps.max(1),
         a.duration,
@@ -125,40 +129,57 @@ fn append_table(md: &mut String, a: &HaArgs, setups: &[SetupRuns]) {
     for s in setups {
         let store = format!("R{}", s.replicas);
         writer_row(md, &store, "BSFG AppendFact", &s.bsfg, true);
+        let batch = format!("BSFG AppendFacts {} × {}", a.batch_requests, a.batch_facts);
+        writer_row(md, &store, &batch, &s.batch, true);
         writer_row(md, &store, "raw publish", &s.raw, false);
     }
-    ratio_table(md, setups);
+    ratio_table(md, a, setups);
 }
 
-/// BSFG/raw per setup, against the target on R3, and the peak RSS.
-fn ratio_table(md: &mut String, setups: &[SetupRuns]) {
+/// BSFG/raw per setup and BSFG writer, against the target on R3, and the
+/// peak RSS.
+fn ratio_table(md: &mut String, a: &HaArgs, setups: &[SetupRuns]) {
     md.push_str("\n| | BSFG/raw (median of per-repetition ratios) ");
     md.push_str("| peak RSS MiB: node; nats-servers | target |\n|---|---|---|---|\n");
+    let batch = format!("AppendFacts {} × {}", a.batch_requests, a.batch_facts);
     for s in setups {
-        let rate = |runs: &[Measured]| median(runs.iter().map(|m| m.sample.rate).collect());
-        let ratio = rate(&s.bsfg) / rate(&s.raw);
-        let paired = median(
-            s.bsfg
-                .iter()
-                .zip(&s.raw)
-                .map(|(b, r)| b.sample.rate / r.sample.rate)
-                .collect(),
-        );
         let rss: Vec<String> = s.peak_rss_mib.iter().map(|v| format!("{v:.0}")).collect();
-        let target = if s.replicas > 1 {
-            format!("≥ {APPEND_RATIO_MIN}×: {}", pass(ratio >= APPEND_RATIO_MIN))
-        } else {
-            "reference".to_string()
-        };
-        let _ = writeln!(
-            md,
-            "| R{} | {ratio:.2} ({paired:.2}) | {}; {} | {target} |",
-            s.replicas,
+        let rss = format!(
+            "{}; {}",
             rss.first().map_or("?", String::as_str),
             rss.get(1..).unwrap_or_default().join(" / "),
         );
+        for (writer, runs) in [
+            (format!("AppendFact c{CONCURRENCY}"), &s.bsfg),
+            (batch.clone(), &s.batch),
+        ] {
+            let (ratio, paired) = ratios(runs, &s.raw);
+            let target = if s.replicas > 1 {
+                format!("≥ {APPEND_RATIO_MIN}×: {}", pass(ratio >= APPEND_RATIO_MIN))
+            } else {
+                "reference".to_string()
+            };
+            let _ = writeln!(
+                md,
+                "| R{} {writer} / raw publish | {ratio:.2} ({paired:.2}) | {rss} | {target} |",
+                s.replicas,
+            );
+        }
     }
     md.push('\n');
+}
+
+/// `runs` against `raw`: the ratio of the medians and the median of the
+/// per-repetition ratios.
+fn ratios(runs: &[Measured], raw: &[Measured]) -> (f64, f64) {
+    let rate = |runs: &[Measured]| median(runs.iter().map(|m| m.sample.rate).collect());
+    let paired = median(
+        runs.iter()
+            .zip(raw)
+            .map(|(b, r)| b.sample.rate / r.sample.rate)
+            .collect(),
+    );
+    (rate(runs) / rate(raw), paired)
 }
 
 fn catch_up_table(md: &mut String, a: &HaArgs, runs: &[CatchUp]) {

@@ -1,11 +1,12 @@
 //! Phases 2 and 3: the bare echo RPC (c1 here; c64 right before each
 //! AppendFact c64 256 B repetition, with the bare append) and the AppendFact
-//! closed loops, by concurrency and fact size.
+//! closed loops, by concurrency and fact size; then the AppendFacts closed
+//! loop (several 256 B facts per request).
 
 use super::setup::Bench;
 use crate::drive::closed_loop;
 use crate::echo_proto::bench::v1::EchoServiceClient;
-use crate::rpc::{append_closed_loop, echo_once};
+use crate::rpc::{append_batch_closed_loop, append_closed_loop, echo_once};
 use crate::run_id;
 use crate::stats::Sample;
 use async_nats::jetstream::{self, stream};
@@ -39,6 +40,43 @@ pub(super) struct AppendRuns {
     pub(super) append_nats_cpu: f64,
     /// Facts appended in the whole phase.
     pub(super) append_total: f64,
+}
+
+/// The AppendFacts closed loop's repetitions (256 B facts).
+pub(super) struct BatchRuns {
+    /// (requests in flight, facts per request).
+    pub(super) shape: (usize, usize),
+    /// facts/s and per-request latency, by repetition.
+    pub(super) samples: Vec<Sample>,
+    /// Node and nats-server CPU per fact (µs), all repetitions.
+    pub(super) node_cpu_us: f64,
+    pub(super) nats_cpu_us: f64,
+}
+
+pub(super) async fn batch_runs(
+    b: &Bench,
+    shape: (usize, usize),
+    secs: f64,
+    reps: usize,
+) -> BatchRuns {
+    let (node_before, nats_before) = (cpu_seconds(b.node.pid()), cpu_seconds(b.nats.pid()));
+    let mut samples = Vec::new();
+    for rep in 0..reps {
+        let tag = format!("{}-b{}x{}-{rep}", run_id(), shape.0, shape.1);
+        let s = append_batch_closed_loop(&b.bsfg, shape, 256, secs, tag).await;
+        eprintln!(
+            "append_facts {}x{} 256B rep {rep}: {:.0} facts/s p50 {:.2} p99 {:.2} ms, errors {}",
+            shape.0, shape.1, s.rate, s.p50_ms, s.p99_ms, s.errors
+        );
+        samples.push(s);
+    }
+    let facts: f64 = samples.iter().map(|x| x.rate * secs).sum::<f64>().max(1.0);
+    BatchRuns {
+        shape,
+        node_cpu_us: (cpu_seconds(b.node.pid()) - node_before) * 1e6 / facts,
+        nats_cpu_us: (cpu_seconds(b.nats.pid()) - nats_before) * 1e6 / facts,
+        samples,
+    }
 }
 
 pub(super) async fn echo_c1_runs(b: &Bench, secs: f64, reps: usize) -> Vec<Sample> {

@@ -42,6 +42,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let echo_c1 = append::echo_c1_runs(&bench, secs, reps).await;
     // 3. AppendFact
     let append = append::append_runs(&bench, secs, reps).await?;
+    // 3b. AppendFacts
+    let shape = (args.batch_requests, args.batch_facts);
+    let batch = append::batch_runs(&bench, shape, secs, reps).await;
     // 5. p99 at half the max AppendFact rate (open loop)
     let open = latency::open_loop_runs(&bench, &append, secs, reps).await?;
     // 4. drain
@@ -57,6 +60,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         raw,
         echo_c1,
         append,
+        batch,
         open,
         drain,
         resources,

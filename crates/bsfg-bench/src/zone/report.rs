@@ -1,7 +1,7 @@
 //! The single-zone run's results section: targets, throughput and latency,
 //! ratios and resources, printed and gathered for BENCHMARKS.md.
 
-use super::append::AppendRuns;
+use super::append::{AppendRuns, BatchRuns};
 use super::drain::DrainRuns;
 use super::latency::OpenRuns;
 use super::raw::RawRuns;
@@ -32,6 +32,7 @@ pub(super) struct Measured<'a> {
     pub(super) raw: RawRuns,
     pub(super) echo_c1: Vec<Sample>,
     pub(super) append: AppendRuns,
+    pub(super) batch: BatchRuns,
     pub(super) open: OpenRuns,
     pub(super) drain: DrainRuns,
     pub(super) resources: Resources,
@@ -238,6 +239,16 @@ fn throughput(r: &mut Report, m: &Measured, med: &Medians) {
             s.errors
         ));
     }
+    let (b, (requests, facts)) = (summarize(&m.batch.samples), m.batch.shape);
+    r.line(format!(
+        "| AppendFacts, object_json 256 B, {requests} requests × {facts} facts in flight \
+         (latency per request) | {:.0} facts/s | {:.3} | {:.3} | {} | {} |",
+        b.rate,
+        b.p50_ms,
+        b.p99_ms,
+        fmt_rates(&m.batch.samples),
+        b.errors
+    ));
 }
 
 /// The throughput table's open-loop and drain rows.
@@ -298,6 +309,18 @@ fn ratios(r: &mut Report, m: &Measured, med: &Medians) {
     r.line("### Ratios and resources");
     r.line("");
     r.line(format!("* AppendFact c64 (256 B) / echo c64: **{:.2}×**; AppendFact c64 / raw JetStream publish: {:.2}×", med.ratio_append, med.a64.rate / med.raw_s.rate));
+    let b = summarize(&m.batch.samples);
+    r.line(format!(
+        "* AppendFacts {} × {} (256 B) / raw JetStream publish (window {}): {:.2}×; / AppendFact \
+         c64: {:.2}×; its CPU per fact: node {:.1} µs + nats-server {:.1} µs",
+        m.batch.shape.0,
+        m.batch.shape.1,
+        m.args.window,
+        b.rate / med.raw_s.rate,
+        b.rate / med.a64.rate,
+        m.batch.node_cpu_us,
+        m.batch.nats_cpu_us
+    ));
     let node_side_p50 = median(m.open.node_side.iter().map(|n| n.0).collect());
     let node_side_p99 = median(m.open.node_side.iter().map(|n| n.1).collect());
     r.line(format!(
