@@ -496,6 +496,8 @@ struct Written {
     /// an answer, retried.
     refused_requests: usize,
     refused_facts: usize,
+    /// How each refusal went, for the record.
+    notes: Vec<String>,
 }
 
 /// Sends batches of 64 new facts until `stop`, each retried (the refused
@@ -512,6 +514,7 @@ async fn write_batches(
         facts: Vec::new(),
         refused_requests: 0,
         refused_facts: 0,
+        notes: Vec::new(),
     };
     let mut n = 0;
     while !stop.load(Ordering::Relaxed) {
@@ -552,6 +555,11 @@ async fn write_batches(
                         "seed {seed}: writer {writer}: a request refused {code}: {e:?}"
                     );
                     written.refused_requests += 1;
+                    written.notes.push(format!(
+                        "writer {writer}: a request of {} refused: {code} {}",
+                        pending.len(),
+                        e.message.unwrap_or_default()
+                    ));
                 }
                 Ok(results) => {
                     assert_eq!(results.len(), pending.len());
@@ -578,6 +586,16 @@ async fn write_batches(
                                 refused_before.get_or_insert(f);
                             }
                         }
+                    }
+                    if let Some(f) = refused_before {
+                        let refused = results.iter().filter(|r| r.is_err()).count();
+                        written.notes.push(format!(
+                            "writer {writer}: {} of {} facts stored, then {refused} refused: {} {}",
+                            results.len() - refused,
+                            results.len(),
+                            f.reason,
+                            f.message
+                        ));
                     }
                 }
             }
@@ -644,6 +662,9 @@ async fn batches_survive_kill9_of_nats_server_exactly_once_in_send_order() {
             offsets.windows(2).all(|w| w[0] < w[1]),
             "seed {seed}: writer {w}'s facts stored in its send order: {offsets:?}"
         );
+        for note in &written.notes {
+            eprintln!("seed {seed}: {note}");
+        }
         refused_requests += written.refused_requests;
         refused_facts += written.refused_facts;
         all.extend(written.facts);
@@ -673,4 +694,110 @@ async fn batches_survive_kill9_of_nats_server_exactly_once_in_send_order() {
     );
     let fetched = fetch_all(&zone.client(), "mes", all.len()).await;
     assert_exactly_once_in_order(&fetched, &all);
+}
+
+/// The sum of every `bsfg_append_failures_total` sample (all reasons).
+fn append_failures(text: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with("bsfg_append_failures_total"))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// AppendFacts requests in flight while nats-server is stopped (SIGSTOP)
+/// are answered within the request timeout (plus scheduling slack), each
+/// refused fact counted as its own AppendFact's refusal would be; once the
+/// server resumes, retrying each request stores every fact exactly once,
+/// in request order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_in_flight_across_a_stalled_nats_server_are_answered_and_counted() {
+    let zone = Zone::start(Opts::default()).await;
+    let client = zone.client();
+    client
+        .append(envelope(&mid("warm")), batch_fact(0))
+        .await
+        .unwrap();
+    let timeout = zone.config.nats.request_timeout;
+    let batches: Vec<Vec<(Envelope, Fact)>> = (0..3).map(|_| new_facts("stalled", 100)).collect();
+    let failures_before = append_failures(&zone.metrics_text().await);
+    zone.nats.signal("STOP").unwrap();
+    let started = Instant::now();
+    let calls: Vec<_> = batches
+        .iter()
+        .map(|b| {
+            let (client, b) = (client.clone(), b.clone());
+            tokio::spawn(async move { client.append_facts(b).await })
+        })
+        .collect();
+    let bound = timeout + Duration::from_millis(1500);
+    let answers = tokio::time::timeout(bound, futures::future::join_all(calls)).await;
+    let answered_in = started.elapsed();
+    zone.nats.signal("CONT").unwrap();
+    let answers = answers.unwrap_or_else(|_| {
+        panic!("AppendFacts to a stalled nats-server unanswered after {bound:?}")
+    });
+    let mut refused_facts = 0;
+    for answer in answers {
+        match answer.unwrap() {
+            Err(e) => {
+                let reason = e.message.clone().unwrap_or_default();
+                assert!(
+                    e.code == connectrpc::ErrorCode::DeadlineExceeded
+                        && reason.starts_with("request_timeout"),
+                    "{e:?}"
+                );
+                refused_facts += 100;
+            }
+            Ok(results) => {
+                for r in results {
+                    let f = r.expect_err("nothing is acknowledged while nats-server is stopped");
+                    assert_eq!(f.code, "unavailable", "{f:?}");
+                    refused_facts += 1;
+                }
+            }
+        }
+    }
+    eprintln!("3 AppendFacts of 100 to a stalled nats-server answered in {answered_in:?}");
+    let failures = append_failures(&zone.metrics_text().await) - failures_before;
+    assert_eq!(
+        failures, refused_facts as f64,
+        "each refused fact counted in bsfg_append_failures_total, as its own AppendFact's \
+         refusal is (request_timeout included)"
+    );
+
+    // Resumed: each request retried until every fact is acknowledged.
+    let mut sent = vec![];
+    for batch in &batches {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let offsets = loop {
+            match client.append_facts(batch.clone()).await {
+                Ok(results) if results.iter().all(Result::is_ok) => {
+                    break appended(&results);
+                }
+                other => {
+                    assert!(Instant::now() < deadline, "retry still failing: {other:?}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        let offsets: Vec<u64> = offsets.into_iter().map(|(o, _)| o).collect();
+        assert!(
+            offsets.windows(2).all(|w| w[0] < w[1]),
+            "request order: {offsets:?}"
+        );
+        sent.extend(
+            batch
+                .iter()
+                .zip(offsets)
+                .map(|((e, f), o)| (e.clone(), f.clone(), o)),
+        );
+    }
+    assert_eq!(
+        zone.message_count("operational").await,
+        301,
+        "each fact stored once (plus the first)"
+    );
+    sent.sort_by_key(|(_, _, o)| *o);
+    let fetched = fetch_all(&client, "mes", 301).await;
+    assert_exactly_once_in_order(&fetched[1..], &sent);
 }
