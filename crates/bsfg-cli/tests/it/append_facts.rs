@@ -496,6 +496,8 @@ struct Written {
     /// an answer, retried.
     refused_requests: usize,
     refused_facts: usize,
+    /// Facts a retry found stored (their first answer was lost).
+    duplicates: usize,
     /// How each refusal went, for the record.
     notes: Vec<String>,
 }
@@ -508,12 +510,14 @@ async fn write_batches(
     seed: u64,
     stop: Arc<AtomicBool>,
     acked_batches: Arc<AtomicUsize>,
+    node_killed: bool,
 ) -> Written {
     let mut rng = Rng::new(seed ^ (writer as u64 + 1).wrapping_mul(0x1000_0000_01B3));
     let mut written = Written {
         facts: Vec::new(),
         refused_requests: 0,
         refused_facts: 0,
+        duplicates: 0,
         notes: Vec::new(),
     };
     let mut n = 0;
@@ -550,8 +554,12 @@ async fn write_batches(
             match client.append_facts(request).await {
                 Err(e) => {
                     let code = e.code.as_str();
+                    // A node killed under a call breaks its connection
+                    // (the client's transport error); nats-server killed
+                    // under the node, the node answers.
                     assert!(
-                        matches!(code, "unavailable" | "deadline_exceeded"),
+                        matches!(code, "unavailable" | "deadline_exceeded")
+                            || (node_killed && matches!(code, "unknown" | "internal")),
                         "seed {seed}: writer {writer}: a request refused {code}: {e:?}"
                     );
                     written.refused_requests += 1;
@@ -576,6 +584,7 @@ async fn write_batches(
                                     refused_before
                                 );
                                 offsets[i] = Some(a.offset);
+                                written.duplicates += usize::from(a.duplicate);
                             }
                             Err(f) => {
                                 assert!(
@@ -633,28 +642,62 @@ async fn wait_for_more(acked: &AtomicUsize, more: usize, seed: u64) {
 /// acknowledged offset, and each writer's facts in its send order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn batches_survive_kill9_of_nats_server_exactly_once_in_send_order() {
+    kill_run(Killed::NatsServer).await;
+}
+
+/// The same with kill -9 of the node (`bsfg serve`), restarted on the same
+/// ports: a request cut off may have been stored whole, in part (a prefix,
+/// in request order) or not at all; its retry answers the stored facts as
+/// duplicates and stores the rest after them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batches_survive_kill9_of_the_node_exactly_once_in_send_order() {
+    kill_run(Killed::Node).await;
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Killed {
+    NatsServer,
+    Node,
+}
+
+async fn kill_run(killed: Killed) {
     let seed = fault_seed();
-    eprintln!("append_facts kill seed {seed} (replay: BSFG_FAULT_SEED={seed})");
+    eprintln!("append_facts kill ({killed:?}) seed {seed} (replay: BSFG_FAULT_SEED={seed})");
     let mut rng = Rng::new(seed);
-    let mut zone = Zone::start(Opts::default()).await;
+    let mut zone = Zone::start(Opts {
+        out_of_process: killed == Killed::Node,
+        ..Opts::default()
+    })
+    .await;
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(AtomicUsize::new(0));
     let writers: Vec<_> = (0..4)
         .map(|w| {
             let client = zone.client();
-            tokio::spawn(write_batches(client, w, seed, stop.clone(), acked.clone()))
+            let node_killed = killed == Killed::Node;
+            let (stop, acked) = (stop.clone(), acked.clone());
+            tokio::spawn(write_batches(client, w, seed, stop, acked, node_killed))
         })
         .collect();
     for _ in 0..2 {
         wait_for_more(&acked, 4 + rng.below(8) as usize, seed).await;
-        zone.nats.kill9().await.unwrap();
-        tokio::time::sleep(rng.millis(100, 1500)).await;
-        zone.nats.restart().await.unwrap();
+        match killed {
+            Killed::NatsServer => {
+                zone.nats.kill9().await.unwrap();
+                tokio::time::sleep(rng.millis(100, 1500)).await;
+                zone.nats.restart().await.unwrap();
+            }
+            Killed::Node => {
+                zone.kill9_node().await;
+                tokio::time::sleep(rng.millis(100, 1500)).await;
+                zone.restart_node(true).await;
+            }
+        }
     }
     wait_for_more(&acked, 8, seed).await;
     stop.store(true, Ordering::Relaxed);
     let mut all: Vec<(Envelope, Fact, u64)> = Vec::new();
-    let (mut refused_requests, mut refused_facts) = (0, 0);
+    let (mut refused_requests, mut refused_facts, mut duplicates) = (0, 0, 0);
     for (w, writer) in writers.into_iter().enumerate() {
         let written = writer.await.unwrap();
         let offsets: Vec<u64> = written.facts.iter().map(|(_, _, o)| *o).collect();
@@ -662,16 +705,25 @@ async fn batches_survive_kill9_of_nats_server_exactly_once_in_send_order() {
             offsets.windows(2).all(|w| w[0] < w[1]),
             "seed {seed}: writer {w}'s facts stored in its send order: {offsets:?}"
         );
+        // Each kind of refusal once, with how often it came.
+        let mut kinds: Vec<(&String, usize)> = Vec::new();
         for note in &written.notes {
-            eprintln!("seed {seed}: {note}");
+            match kinds.iter_mut().find(|(n, _)| *n == note) {
+                Some((_, count)) => *count += 1,
+                None => kinds.push((note, 1)),
+            }
+        }
+        for (note, count) in kinds {
+            eprintln!("seed {seed}: {note} (x{count})");
         }
         refused_requests += written.refused_requests;
         refused_facts += written.refused_facts;
+        duplicates += written.duplicates;
         all.extend(written.facts);
     }
     eprintln!(
         "seed {seed}: {} facts acknowledged; {refused_requests} requests and {refused_facts} \
-         facts refused and retried",
+         facts refused and retried; {duplicates} found stored by a retry",
         all.len()
     );
     assert!(
