@@ -853,3 +853,106 @@ async fn batches_in_flight_across_a_stalled_nats_server_are_answered_and_counted
     let fetched = fetch_all(&client, "mes", 301).await;
     assert_exactly_once_in_order(&fetched[1..], &sent);
 }
+
+/// The same facts, good and bad, sent as one AppendFacts request and one
+/// by one as AppendFact: each answer the same (code, reason and message of
+/// a refusal; offset of a stored fact, found as a duplicate by AppendFact).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_fact_is_answered_as_its_own_append_fact_would_be() {
+    let zone = Zone::start(Opts::default()).await;
+    let client = zone.client();
+    let object = b"batch record B1".to_vec();
+    let digest = sha256(&object);
+    put(&client, BUCKET, "batch/B1/record.txt", &object, &digest)
+        .await
+        .unwrap();
+    let attached = |bucket: &str, digest: &str, size: u64| {
+        let mut f = batch_fact(1);
+        f.attachments.push(AttachmentRef {
+            bucket: bucket.into(),
+            key: "batch/B1/record.txt".into(),
+            digest: digest.into(),
+            size_bytes: size,
+            ..Default::default()
+        });
+        f
+    };
+    let env = |change: &dyn Fn(&mut Envelope)| {
+        let mut e = envelope(&mid("same"));
+        change(&mut e);
+        e
+    };
+    let with = |change: &dyn Fn(&mut Fact)| {
+        let mut f = batch_fact(2);
+        change(&mut f);
+        f
+    };
+    let size = object.len() as u64;
+    let cases: Vec<(Envelope, Fact)> = vec![
+        (env(&|_| {}), batch_fact(0)),
+        (env(&|e| e.message_id.clear()), batch_fact(1)),
+        (env(&|e| e.from_zone = "Plant_A".into()), batch_fact(1)),
+        (env(&|e| e.produced_at_unix_ms = 0), batch_fact(1)),
+        (env(&|e| e.message_id = "m x".into()), batch_fact(1)),
+        (env(&|e| e.message_id = "m".repeat(129)), batch_fact(1)),
+        (env(&|e| e.to_zone = "plant-z".into()), batch_fact(1)),
+        (env(&|e| e.from_zone = "enterprise".into()), batch_fact(1)),
+        (env(&|_| {}), with(&|f| f.subject = "Batch:B1".into())),
+        (
+            env(&|_| {}),
+            with(&|f| f.predicate = "stepCompleted".into()),
+        ),
+        (env(&|_| {}), with(&|f| f.object_json = "[1,2]".into())),
+        (
+            env(&|_| {}),
+            with(&|f| f.object_json = r#"{"a":1,"a":2}"#.into()),
+        ),
+        (
+            env(&|_| {}),
+            with(&|f| f.object_json = format!("{{\"a\":\"{}\"}}", "x".repeat(200 * 1024))),
+        ),
+        (env(&|_| {}), attached(BUCKET, &digest, size)),
+        (env(&|_| {}), attached(BUCKET, &sha256(b"other"), size)),
+        (env(&|_| {}), attached(BUCKET, "md5:abc", size)),
+        (env(&|_| {}), attached("nope", &digest, size)),
+        (
+            env(&|_| {}),
+            with(&|f| f.subject = "audit:plant-a/mes".into()),
+        ),
+        (env(&|_| {}), batch_fact(3)),
+    ];
+    let results = client.append_facts(cases.clone()).await.unwrap();
+    assert_eq!(results.len(), cases.len());
+    let mut stored = 0;
+    for (i, ((e, f), batched)) in cases.iter().zip(&results).enumerate() {
+        let single = client.append(e.clone(), f.clone()).await;
+        match (batched, single) {
+            (Ok(b), Ok(s)) => {
+                assert!(!b.duplicate, "case {i}: new in the request");
+                assert!(s.duplicate, "case {i}: stored by the request");
+                assert_eq!((b.offset, &b.category), (s.offset, &s.category), "case {i}");
+                stored += 1;
+            }
+            (Err(b), Err(s)) => {
+                assert_eq!(b.code, s.code.as_str(), "case {i}: {b:?} / {s:?}");
+                assert_eq!(
+                    format!("{}: {}", b.reason, b.message),
+                    s.message.clone().unwrap_or_default(),
+                    "case {i}"
+                );
+            }
+            (b, s) => panic!("case {i}: AppendFacts answered {b:?}, AppendFact {s:?}"),
+        }
+    }
+    assert_eq!(
+        stored, 3,
+        "the plain facts and the one with a good attachment"
+    );
+    let refused: Vec<&str> = results
+        .iter()
+        .filter_map(|r| r.as_ref().err().map(|f| f.reason.as_str()))
+        .collect();
+    eprintln!("refusals: {refused:?}");
+    assert_eq!(refused.len(), cases.len() - 3);
+    assert_eq!(zone.message_count("operational").await, 3);
+}
