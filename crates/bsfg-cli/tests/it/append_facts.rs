@@ -326,10 +326,11 @@ async fn a_batch_over_the_limits_is_refused_whole() {
     assert_eq!(zone.message_count("operational").await, 1006);
 }
 
-/// A third-party client: `buf curl` (Connect over mTLS, schema from the
-/// .proto files) sends AppendFacts as JSON.
+/// Third-party clients: `buf curl` (Connect over mTLS, schema from the
+/// .proto files, its own Go TLS stack) and a hand-written HTTP/1.1 JSON POST
+/// send AppendFacts as JSON; each fact answered in its place.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn buf_curl_appends_several_facts_as_json() {
+async fn third_party_clients_append_several_facts_as_json() {
     let zone = Zone::start(Opts::default()).await;
     let fact_json = |id: &str, subject: &str| {
         serde_json::json!({
@@ -382,6 +383,35 @@ async fn buf_curl_appends_several_facts_as_json() {
         );
     }
 
+    // Plain HTTP/1.1, Connect unary with a JSON body, no client library.
+    let body = serde_json::json!({"facts": [
+        {"envelope": {"message_id": "http-1", "from_zone": "plant-a", "to_zone": "plant-a", "produced_at_unix_ms": 1700000000001i64},
+         "fact": {"subject": "asset:FILLER-07", "predicate": "state_changed", "object_json": "{\"state\":\"running\"}"}},
+        {"envelope": {"message_id": "http-2", "from_zone": "plant-a", "to_zone": "plant-a", "produced_at_unix_ms": 1700000000002i64},
+         "fact": {"subject": "asset:FILLER-07", "predicate": "state_changed", "object_json": "{\"state\":\"idle\"}"}}
+    ]});
+    let (status, response) = https_raw(
+        zone.boundary_addr,
+        &zone.tls_config(),
+        "POST",
+        "/bsfg.v1.BoundaryService/AppendFacts",
+        "application/json",
+        body.to_string().as_bytes(),
+    )
+    .await
+    .unwrap();
+    let response: serde_json::Value = serde_json::from_slice(&response).unwrap();
+    assert_eq!(status, 200, "{response}");
+    assert_eq!(
+        response["results"][0]["appended"]["offset"], "3",
+        "{response}"
+    );
+    assert_eq!(
+        response["results"][1]["appended"]["offset"], "4",
+        "{response}"
+    );
+    assert_eq!(zone.message_count("operational").await, 4);
+
     // Over the limit: the whole request refused, as a Connect error.
     let many: Vec<serde_json::Value> = (0..1001)
         .map(|i| fact_json(&format!("curl-many-{i}"), "batch:PlantA/B4"))
@@ -417,7 +447,7 @@ async fn buf_curl_appends_several_facts_as_json() {
         stderr.contains("invalid_argument") && stderr.contains("too_many_facts"),
         "{stderr}"
     );
-    assert_eq!(zone.message_count("operational").await, 2);
+    assert_eq!(zone.message_count("operational").await, 4);
 }
 
 /// Eight clients at once, each sending a request of 200 facts drawn in a
