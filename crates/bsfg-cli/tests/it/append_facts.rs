@@ -986,3 +986,38 @@ async fn each_fact_is_answered_as_its_own_append_fact_would_be() {
     assert_eq!(refused.len(), cases.len() - 3);
     assert_eq!(zone.message_count("operational").await, 3);
 }
+
+/// A client given both nodes of a two-node zone, the standby first: an
+/// AppendFacts moves on to the active node as an AppendFact does, and every
+/// fact is stored there (a standby refuses each fact `not_active`; a client
+/// that took those answers as the request's would never reach the active
+/// node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_of_two_nodes_appends_a_batch_on_the_active_one() {
+    use crate::ha_nodes::{active_node, two_node_zone};
+    let root = tempfile::tempdir().unwrap();
+    let (_cluster, nodes) = two_node_zone(root.path()).await;
+    let _children = [nodes[0].start().await, nodes[1].start().await];
+    let active = active_node(&nodes, &[true, true]).await;
+    let standby = 1 - active;
+    let urls = [nodes[standby].url(), nodes[active].url()].join(",");
+    // AppendFact: refused by the standby, moved on to the active node.
+    let single = BsfgClient::connect(&urls).unwrap();
+    let (e, f) = new_facts("ha-single", 1).remove(0);
+    let stored = single.append(e, f).await.unwrap();
+    assert!(!stored.duplicate);
+    // AppendFacts by a new client, the standby first as well.
+    let client = BsfgClient::connect(&urls).unwrap();
+    let batch = new_facts("ha-batch", 5);
+    let results = client.append_facts(batch.clone()).await.unwrap();
+    let refusals: Vec<&FactRefusal> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        refusals.is_empty(),
+        "every fact stored on the active node, none refused by the standby: {refusals:?}"
+    );
+    let offsets: Vec<u64> = appended(&results).iter().map(|(o, _)| *o).collect();
+    assert_eq!(
+        offsets,
+        (stored.offset + 1..=stored.offset + 5).collect::<Vec<u64>>()
+    );
+}
