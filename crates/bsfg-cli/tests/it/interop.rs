@@ -5,14 +5,14 @@
 use crate::harness::*;
 use std::path::PathBuf;
 
-fn repo_root() -> PathBuf {
+pub(crate) fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
         .canonicalize()
         .unwrap()
 }
 
-fn buf() -> PathBuf {
+pub(crate) fn buf() -> PathBuf {
     let path = repo_root().join(".tools/bin/buf");
     assert!(
         path.exists(),

@@ -2,6 +2,7 @@
 //! sockets, no mocks. See harness.rs for how zones are started.
 
 mod abuse;
+mod append_facts;
 mod atomic;
 mod bad_input;
 mod capacity;

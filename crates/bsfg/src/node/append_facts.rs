@@ -53,7 +53,20 @@ impl Boundary {
         let stored = tokio::time::timeout(timeout, self.append_all(call.caller(), request.facts));
         let answers = match stored.await {
             Ok(answers) => answers,
-            Err(_) => return call.finish(Err(append_timed_out(timeout))).await,
+            Err(_) => {
+                // Counted as the facts' own AppendFact calls would be: each one
+                // timed out (`bsfg_append_failures_total`, reason
+                // request_timeout), the latency observed.
+                let timed_out: Vec<_> = keys
+                    .iter()
+                    .map(|_| Err(append_timed_out(timeout)))
+                    .collect();
+                self.metrics
+                    .append_latency_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                self.count_outcomes(&timed_out);
+                return call.finish(Err(append_timed_out(timeout))).await;
+            }
         };
         self.metrics
             .append_latency_seconds
