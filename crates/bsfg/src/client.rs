@@ -3,11 +3,10 @@
 //! (and, for FetchFacts, optionally a view of the received bytes).
 //!
 //! Given several URLs (comma-separated: the nodes of one zone, see
-//! `docs/ha.md`), AppendFact, AppendFacts, FetchFacts and ConfirmReceipt
-//! move to the next node when a node cannot be reached or answers
-//! `not_active` (for AppendFacts: refuses a fact so), with a growing pause
-//! after each full turn, and keep the node that answered for the next
-//! calls. Safe because each of them can be repeated: an append
+//! `docs/ha.md`), AppendFact, FetchFacts and ConfirmReceipt move to the
+//! next node when a node cannot be reached or answers `not_active`, with a
+//! growing pause after each full turn, and keep the node that answered for
+//! the next calls. Safe because each of them can be repeated: an append
 //! by its message id, a confirm by the consumer's frontier, and a fetch
 //! from the frontier: a repeated fetch asks for `restart_from_frontier`,
 //! since the failed attempt may have been served and its answer lost.
@@ -52,32 +51,6 @@ fn is_failover(e: &ConnectError) -> bool {
         Some(r) => r.as_bytes() == bsfg_domain::Reason::NotActive.as_str().as_bytes(),
         None => true,
     }
-}
-
-/// A fact of an AppendFacts answer refused `not_active` (a standby's).
-fn not_active(result: &AppendFactResult) -> Option<&FactRefusal> {
-    match &result.result {
-        Some(append_fact_result::Result::Refused(f))
-            if f.reason == bsfg_domain::Reason::NotActive.as_str() =>
-        {
-            Some(f)
-        }
-        _ => None,
-    }
-}
-
-/// The error of a request a standby refused `not_active`, as an AppendFact
-/// refused so arrives: code unavailable, reason in `bsfg-reason`.
-fn not_active_error(refusal: &FactRefusal) -> ConnectError {
-    let mut e = ConnectError::new(
-        connectrpc::ErrorCode::Unavailable,
-        format!("{}: {}", refusal.reason, refusal.message),
-    );
-    e.response_headers_mut().insert(
-        "bsfg-reason",
-        http::HeaderValue::from_static(bsfg_domain::Reason::NotActive.as_str()),
-    );
-    e
 }
 
 /// Every call has a deadline; a dead peer never hangs a caller forever.
@@ -256,10 +229,7 @@ impl BsfgClient {
     /// fact, by position, each `Ok` (stored or duplicate) or the refusal its
     /// own AppendFact would have had. The facts are stored in the order
     /// given; a fact refused `unavailable` holds back those after it (retry
-    /// them, or the whole request: stored facts answer `duplicate`). Given
-    /// several nodes, a standby's answer (a fact refused `not_active`) moves
-    /// the whole request on to the next node, as an AppendFact's does; if
-    /// no node takes it, the call fails `unavailable` (`not_active`).
+    /// them, or the whole request: stored facts answer `duplicate`).
     pub async fn append_facts(
         &self,
         facts: Vec<(Envelope, Fact)>,
@@ -277,25 +247,13 @@ impl BsfgClient {
         };
         let count = request.facts.len();
         let options = self.call_options(Duration::ZERO);
-        let several_nodes = self.nodes.len() > 1;
-        let results = self
+        let response = self
             .failover(|node| {
                 let (request, options) = (request.clone(), options.clone());
-                async move {
-                    let response = node.append_facts_with_options(request, options).await?;
-                    let results = response.into_owned().results;
-                    // A standby answers each fact `not_active` (the request
-                    // itself succeeds): with several nodes the request moves
-                    // on to the next, as an AppendFact refused so does. Its
-                    // facts stored before (the lease lost meanwhile) answer
-                    // `duplicate` there.
-                    match results.iter().find_map(not_active) {
-                        Some(refusal) if several_nodes => Err(not_active_error(refusal)),
-                        _ => Ok(results),
-                    }
-                }
+                async move { node.append_facts_with_options(request, options).await }
             })
             .await?;
+        let results = response.into_owned().results;
         if results.len() != count {
             return Err(ConnectError::new(
                 connectrpc::ErrorCode::Internal,
