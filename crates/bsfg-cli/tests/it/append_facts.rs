@@ -989,9 +989,9 @@ async fn each_fact_is_answered_as_its_own_append_fact_would_be() {
 
 /// A client given both nodes of a two-node zone, the standby first: an
 /// AppendFacts moves on to the active node as an AppendFact does, and every
-/// fact is stored there (a standby refuses each fact `not_active`; a client
-/// that took those answers as the request's would never reach the active
-/// node).
+/// fact is stored there: the standby refuses the whole request
+/// `unavailable`/`not_active`, as it refuses an AppendFact, so any client
+/// finds the redirect where it looks for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_of_two_nodes_appends_a_batch_on_the_active_one() {
     use crate::ha_nodes::{active_node, two_node_zone};
@@ -1006,6 +1006,15 @@ async fn a_client_of_two_nodes_appends_a_batch_on_the_active_one() {
     let (e, f) = new_facts("ha-single", 1).remove(0);
     let stored = single.append(e, f).await.unwrap();
     assert!(!stored.duplicate);
+    // The standby alone: the request refused whole, nothing stored.
+    let to_standby = BsfgClient::connect(&nodes[standby].url()).unwrap();
+    let e = to_standby
+        .append_facts(new_facts("ha-standby", 3))
+        .await
+        .expect_err("a standby refuses the request");
+    assert_eq!(e.code, connectrpc::ErrorCode::Unavailable, "{e:?}");
+    let message = e.message.clone().unwrap_or_default();
+    assert!(message.starts_with("not_active: "), "{message}");
     // AppendFacts by a new client, the standby first as well.
     let client = BsfgClient::connect(&urls).unwrap();
     let batch = new_facts("ha-batch", 5);

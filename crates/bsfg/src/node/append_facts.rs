@@ -16,7 +16,7 @@
 
 use super::service::{Boundary, append_timed_out};
 use crate::metrics::labels;
-use bsfg_domain::bounded::bounded_owned;
+use bsfg_domain::bounded::{MESSAGE_BYTES_MAX, bounded_owned};
 use bsfg_domain::{Reason, Rejection};
 use bsfg_proto::bsfg::v1::*;
 use connectrpc::{ConnectError, RequestContext, Response, ServiceRequest};
@@ -72,6 +72,18 @@ impl Boundary {
             .append_latency_seconds
             .observe(started.elapsed().as_secs_f64());
         let tally = self.count_outcomes(&answers);
+        // A node that is not the zone's writer (a standby, or one that lost
+        // the lease) refuses the whole request, as it refuses an AppendFact:
+        // every client then sees `not_active` where it looks for it, the
+        // request's status, and goes to the active node, where facts stored
+        // before a lease loss answer `duplicate`.
+        if let Some(r) = answers
+            .iter()
+            .find_map(|a| a.as_ref().err().filter(|r| r.reason == Reason::NotActive))
+        {
+            return call.finish(Err(r.clone())).await;
+        }
+        log_node_failures(call.key(), &answers);
         for (reason, (first, count)) in &tally.refused {
             let r = answers[*first].as_ref().expect_err("tallied as refused");
             let r = Rejection {
@@ -177,6 +189,28 @@ fn result_message(answer: Result<AppendFactResponse, Rejection>) -> AppendFactRe
     AppendFactResult {
         result: Some(result),
         ..Default::default()
+    }
+}
+
+/// The node's own failures among a request's answers (the store
+/// unavailable, say), as one error line: the outcome line says `ok`, as the
+/// request was answered, but an operator looks for errors.
+fn log_node_failures(key: &str, answers: &[Result<AppendFactResponse, Rejection>]) {
+    let mut failures = answers
+        .iter()
+        .filter_map(|a| a.as_ref().err())
+        .filter(|r| crate::node::call::is_node_failure(r));
+    if let Some(first) = failures.next() {
+        let (reason, count) = (first.reason.as_str(), 1 + failures.count());
+        let message = bsfg_domain::bounded::bounded_to(&first.message, MESSAGE_BYTES_MAX);
+        tracing::error!(
+            rpc = "AppendFacts",
+            key,
+            reason,
+            facts = count as u64,
+            message = %message,
+            "facts of the request not stored for the node's own failure"
+        );
     }
 }
 

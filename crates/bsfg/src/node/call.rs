@@ -166,6 +166,6 @@ impl Call<'_> {
 
 /// The node's own failures, not the caller's: logged as errors, never
 /// audited as the caller's refusal.
-fn is_node_failure(r: &Rejection) -> bool {
+pub(crate) fn is_node_failure(r: &Rejection) -> bool {
     matches!(r.code, Code::Unavailable | Code::Internal | Code::DataLoss)
 }
