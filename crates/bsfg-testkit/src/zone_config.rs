@@ -288,7 +288,7 @@ mod tests {
     fn merged_lines_override_and_an_unknown_setting_is_refused() {
         let commit = bsfg::config::CommitConfig::default();
         let merged = merge_toml(&commit, "batches_in_flight_max = 4").unwrap();
-        assert_eq!(merged.batches_in_flight_max, 4);
+        assert_eq!(merged.batches_in_flight_max, Some(4));
         assert_eq!(merged.queue_facts_max, commit.queue_facts_max);
         assert_eq!(
             merge_toml(&commit, "").unwrap().batch_facts_max,

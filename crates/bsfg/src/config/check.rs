@@ -53,7 +53,9 @@ impl ZoneConfig {
     fn check_commit(&self) -> anyhow::Result<()> {
         let k = &self.commit;
         if !(1..=4096).contains(&k.batch_facts_max)
-            || !(1..=64).contains(&k.batches_in_flight_max)
+            || !k
+                .batches_in_flight_max
+                .is_none_or(|n| (1..=64).contains(&n))
             || !(1..=1_000_000).contains(&k.queue_facts_max)
         {
             bail!(

@@ -4,6 +4,9 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Group-commit batches in flight by default when appends are pipelined.
+const BATCHES_IN_FLIGHT_MAX_PIPELINED: usize = 2;
+
 /// Group commit: concurrent AppendFact calls are appended in batches (one
 /// key-index look-up and one pipelined publish per batch), and the
 /// idempotency key index they are checked against (`store::key_index`).
@@ -24,8 +27,14 @@ pub struct CommitConfig {
     /// BENCHMARKS.md "Atomic batches"). With `[nats] url` (an external
     /// server) the default assumes it syncs `always`, as a zone's must.
     pub atomic_batch_facts_min: Option<usize>,
-    /// Most batches being appended at once.
-    pub batches_in_flight_max: usize,
+    /// Most batches being appended at once. Unset: 1 when atomic batches
+    /// are on (`atomic_batch_facts_min` above 0, as at `sync_interval:
+    /// always`), else 2. Why 1 there: a category's atomic batches are sent
+    /// one at a time anyway (`store::facts::fence`), and a second batch
+    /// formed while the first commits is formed early, from the few appends
+    /// queued by then, so commits get smaller; with one, the next batch takes
+    /// everything that queued during the commit (BENCHMARKS.md, "AppendFacts").
+    pub batches_in_flight_max: Option<usize>,
     /// Most appends waiting for a batch; beyond it callers wait.
     pub queue_facts_max: usize,
     /// The key index file; by default `key-index.<zone>.kix` beside the
@@ -61,6 +70,16 @@ pub struct CommitConfig {
 pub const ATOMIC_BATCH_FACTS_MIN_ALWAYS: usize = 32;
 
 impl CommitConfig {
+    /// `batches_in_flight_max`, or its default for the server's
+    /// `sync_interval`.
+    pub fn batches_in_flight_max(&self, sync_interval: &str) -> usize {
+        self.batches_in_flight_max
+            .unwrap_or(match self.atomic_batch_facts_min(sync_interval) {
+                0 => BATCHES_IN_FLIGHT_MAX_PIPELINED,
+                _ => 1,
+            })
+    }
+
     /// `atomic_batch_facts_min`, or its default for the server's
     /// `sync_interval`.
     pub fn atomic_batch_facts_min(&self, sync_interval: &str) -> usize {
@@ -76,7 +95,7 @@ impl Default for CommitConfig {
         Self {
             batch_facts_max: 256,
             atomic_batch_facts_min: None,
-            batches_in_flight_max: 2,
+            batches_in_flight_max: None,
             queue_facts_max: 4096,
             key_index_path: None,
             key_index_sync_interval: Duration::from_secs(300),

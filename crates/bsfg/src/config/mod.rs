@@ -156,6 +156,11 @@ impl ZoneConfig {
         self.commit.atomic_batch_facts_min(&self.nats.sync_interval)
     }
 
+    /// Group-commit batches appended at once (`CommitConfig`).
+    pub fn batches_in_flight_max(&self) -> usize {
+        self.commit.batches_in_flight_max(&self.nats.sync_interval)
+    }
+
     /// The category a subject kind is routed to.
     pub fn category_for_kind(&self, kind: &str) -> &CategoryConfig {
         self.categories
@@ -177,7 +182,8 @@ mod tests {
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/plant-a.toml");
         let config = ZoneConfig::load(&path).expect("examples/plant-a.toml loads");
         assert_eq!(config.zone, "plant-a");
-        assert_eq!(config.commit.batches_in_flight_max, 2);
+        assert_eq!(config.commit.batches_in_flight_max, None);
+        assert_eq!(config.batches_in_flight_max(), 1, "at sync_interval always");
         assert!(!config.fetch.compress);
         let operators: Vec<&str> = config
             .principals

@@ -55,9 +55,17 @@ pub struct GroupCommit {
 impl GroupCommit {
     /// Starts the commit task in front of `log`. The task ends when this
     /// handle is dropped (its queue closes).
-    pub fn start(log: Arc<FactLog>, config: CommitConfig, metrics: Arc<Metrics>) -> Self {
+    /// `in_flight_max`: batches appended at once (`batches_in_flight_max`
+    /// resolved for the server's sync setting).
+    pub fn start(
+        log: Arc<FactLog>,
+        config: CommitConfig,
+        in_flight_max: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        assert!(in_flight_max >= 1, "at least one batch in flight");
         let (queue, pending) = mpsc::channel(config.queue_facts_max.max(1));
-        tokio::spawn(run(log, pending, config, metrics));
+        tokio::spawn(run(log, pending, (config, in_flight_max), metrics));
         Self { queue }
     }
 
@@ -124,10 +132,10 @@ fn stopped() -> Rejection {
 async fn run(
     log: Arc<FactLog>,
     mut pending: mpsc::Receiver<Pending>,
-    config: CommitConfig,
+    (config, in_flight_max): (CommitConfig, usize),
     metrics: Arc<Metrics>,
 ) {
-    let in_flight = Arc::new(Semaphore::new(config.batches_in_flight_max.max(1)));
+    let in_flight = Arc::new(Semaphore::new(in_flight_max));
     loop {
         // Take the permit before the batch: while every batch slot is busy,
         // arrivals keep queueing and the next batch grows.

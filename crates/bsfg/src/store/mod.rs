@@ -112,6 +112,7 @@ impl Store {
         let commit = Arc::new(commit::GroupCommit::start(
             facts.clone(),
             config.commit.clone(),
+            config.batches_in_flight_max(),
             metrics.clone(),
         ));
         let clock = Arc::new(clock::StoreClock::new(
