@@ -16,6 +16,7 @@
 
 use super::service::{Boundary, append_timed_out};
 use crate::metrics::labels;
+use crate::node::call::Call;
 use bsfg_domain::bounded::{MESSAGE_BYTES_MAX, bounded_owned};
 use bsfg_domain::{Reason, Rejection};
 use bsfg_proto::bsfg::v1::*;
@@ -51,22 +52,8 @@ impl Boundary {
         let keys: Vec<String> = request.facts.iter().map(fact_key).collect();
         let timeout = self.config.nats.request_timeout;
         let stored = tokio::time::timeout(timeout, self.append_all(call.caller(), request.facts));
-        let answers = match stored.await {
-            Ok(answers) => answers,
-            Err(_) => {
-                // Counted as the facts' own AppendFact calls would be: each one
-                // timed out (`bsfg_append_failures_total`, reason
-                // request_timeout), the latency observed.
-                let timed_out: Vec<_> = keys
-                    .iter()
-                    .map(|_| Err(append_timed_out(timeout)))
-                    .collect();
-                self.metrics
-                    .append_latency_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                self.count_outcomes(&timed_out);
-                return call.finish(Err(append_timed_out(timeout))).await;
-            }
+        let Ok(answers) = stored.await else {
+            return call.finish(Err(self.timed_out(started, keys.len()))).await;
         };
         self.metrics
             .append_latency_seconds
@@ -84,15 +71,7 @@ impl Boundary {
             return call.finish(Err(r.clone())).await;
         }
         log_node_failures(call.key(), &answers);
-        for (reason, (first, count)) in &tally.refused {
-            let r = answers[*first].as_ref().expect_err("tallied as refused");
-            let r = Rejection {
-                message: format!("{} ({count} of the request's facts refused so)", r.message),
-                ..r.clone()
-            };
-            debug_assert_eq!(r.reason.as_str(), *reason);
-            call.refused_part(&keys[*first], &r).await;
-        }
+        audit_refusals(&call, &tally, &answers, &keys).await;
         let mut call = call;
         call.detail(tally.detail());
         let results = answers.into_iter().map(result_message).collect();
@@ -102,6 +81,20 @@ impl Boundary {
         }))
         .await
         .map(Response::new)
+    }
+
+    /// A request not answered within the request timeout: counted as its
+    /// facts' own AppendFact calls would be, each timed out
+    /// (`bsfg_append_failures_total`, reason request_timeout), the latency
+    /// observed.
+    fn timed_out(&self, started: Instant, facts: usize) -> Rejection {
+        let timeout = self.config.nats.request_timeout;
+        let timed_out: Vec<_> = (0..facts).map(|_| Err(append_timed_out(timeout))).collect();
+        self.metrics
+            .append_latency_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.count_outcomes(&timed_out);
+        append_timed_out(timeout)
     }
 
     /// Counts each fact's outcome as an AppendFact's would be counted.
@@ -133,6 +126,25 @@ impl Boundary {
                 .inc();
         }
         tally
+    }
+}
+
+/// One audit record per refusal reason of the request (by the service's
+/// policy: authorization refusals): its first fact's key, and the count.
+async fn audit_refusals(
+    call: &Call<'_>,
+    tally: &Tally,
+    answers: &[Result<AppendFactResponse, Rejection>],
+    keys: &[String],
+) {
+    for (reason, (first, count)) in &tally.refused {
+        let r = answers[*first].as_ref().expect_err("tallied as refused");
+        assert_eq!(r.reason.as_str(), *reason, "tallied under its own reason");
+        let r = Rejection {
+            message: format!("{} ({count} of the request's facts refused so)", r.message),
+            ..r.clone()
+        };
+        call.refused_part(&keys[*first], &r).await;
     }
 }
 
