@@ -6,7 +6,7 @@
 
 use crate::faults::{Rng, fault_seed};
 use crate::harness::*;
-use crate::interop::{buf, buf_curl_as, repo_root};
+use crate::interop::buf_curl_as;
 use bsfg::client::BsfgClient;
 use bsfg_proto::bsfg::v1::*;
 use std::collections::HashMap;
@@ -420,27 +420,8 @@ async fn third_party_clients_append_several_facts_as_json() {
     // a file.)
     let body_file = zone.dir().join("many.json");
     std::fs::write(&body_file, serde_json::json!({"facts": many}).to_string()).unwrap();
-    let output = tokio::process::Command::new(buf())
-        .arg("curl")
-        .arg("--schema")
-        .arg(repo_root().join("proto"))
-        .arg("--protocol")
-        .arg("connect")
-        .arg("--cacert")
-        .arg(zone.pki.ca())
-        .arg("--cert")
-        .arg(zone.pki.cert(APP_CERT))
-        .arg("--key")
-        .arg(zone.pki.key(APP_CERT))
-        .arg("-d")
-        .arg(format!("@{}", body_file.display()))
-        .arg(format!(
-            "{}/bsfg.v1.BoundaryService/AppendFacts",
-            zone.url()
-        ))
-        .output()
-        .await
-        .expect("run buf curl");
+    let data = format!("@{}", body_file.display());
+    let output = crate::interop::buf_curl_data(&zone, APP_CERT, "AppendFacts", &data).await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "refused");
     assert!(

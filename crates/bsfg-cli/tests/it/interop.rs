@@ -31,6 +31,17 @@ pub async fn buf_curl_as(
     method: &str,
     body: &serde_json::Value,
 ) -> std::process::Output {
+    buf_curl_data(zone, cert, method, &body.to_string()).await
+}
+
+/// `buf curl` with its `-d` argument as given (`@file` reads the body from
+/// a file, for a body larger than one argument may be).
+pub async fn buf_curl_data(
+    zone: &Zone,
+    cert: &str,
+    method: &str,
+    data: &str,
+) -> std::process::Output {
     zone.pki.client_config(cert).unwrap(); // issued on first use
     tokio::process::Command::new(buf())
         .arg("curl")
@@ -45,7 +56,7 @@ pub async fn buf_curl_as(
         .arg("--key")
         .arg(zone.pki.key(cert))
         .arg("-d")
-        .arg(body.to_string())
+        .arg(data)
         .arg(format!("{}/bsfg.v1.BoundaryService/{method}", zone.url()))
         .output()
         .await
