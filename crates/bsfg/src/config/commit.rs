@@ -35,7 +35,9 @@ pub struct CommitConfig {
     /// queued by then, so commits get smaller; with one, the next batch takes
     /// everything that queued during the commit (BENCHMARKS.md, "AppendFacts").
     pub batches_in_flight_max: Option<usize>,
-    /// Most appends waiting for a batch; beyond it callers wait.
+    /// Most appends waiting for a batch; beyond it callers wait. An
+    /// AppendFacts request waits as one (its facts' bytes are bounded by the
+    /// boundary's request memory budget).
     pub queue_facts_max: usize,
     /// The key index file; by default `key-index.<zone>.kix` beside the
     /// nats store directory (`[nats] store_dir`).
