@@ -148,6 +148,11 @@ enum Command {
     },
     /// Append one fact.
     Append(AppendArgs),
+    /// Append the facts of a JSON-lines file (one AppendFact request in
+    /// proto JSON per line, message ids required), in order, through
+    /// AppendFacts; a second run appends nothing twice. Exit code 1 if a
+    /// fact was refused, 2 if a line is malformed.
+    AppendFile(AppendFileArgs),
     /// Fetch the next facts of a consumer (JSON, one fact per line).
     Fetch(FetchArgs),
     /// Show the writer role and lease, the store servers' replica lag, links
@@ -190,6 +195,15 @@ struct AppendArgs {
     /// bucket/key=sha256:<hex>:<size>, repeatable.
     #[arg(long = "attach")]
     attachments: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct AppendFileArgs {
+    #[command(flatten)]
+    target: Target,
+    /// The JSON-lines file; `-` reads stdin.
+    #[arg(long)]
+    file: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -317,6 +331,7 @@ async fn run(cli: Cli, demo: Demo) -> anyhow::Result<()> {
             install_dir,
         }) => crate::site_init::run(&topology, &out, &install_dir),
         Command::Append(args) => append(args).await,
+        Command::AppendFile(args) => append_file(args).await,
         Command::Fetch(args) => fetch(args).await,
         Command::Status(args) => status(args).await,
         Command::ResetConsumer(args) => reset_consumer(args).await,
@@ -367,6 +382,29 @@ fn certs(command: CertsCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `bsfg append-file` (`crate::append_file`).
+async fn append_file(args: AppendFileArgs) -> anyhow::Result<()> {
+    let client = args.target.client()?;
+    let outcome = if args.file.as_os_str() == "-" {
+        crate::append_file::run(&client, std::io::stdin().lock()).await
+    } else {
+        let file = std::fs::File::open(&args.file)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
+        crate::append_file::run(&client, std::io::BufReader::new(file)).await
+    };
+    match outcome {
+        Ok(crate::append_file::Outcome::Stored) => Ok(()),
+        Ok(crate::append_file::Outcome::Refused) => {
+            eprintln!("some facts were refused: see their lines' reason and message");
+            std::process::exit(1)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(2)
+        }
+    }
 }
 
 /// `bsfg append`.

@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod append_file;
 pub mod cli;
 pub mod config_check;
 pub mod demo;

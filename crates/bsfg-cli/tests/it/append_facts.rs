@@ -1011,3 +1011,94 @@ async fn a_client_of_two_nodes_appends_a_batch_on_the_active_one() {
         (stored.offset + 1..=stored.offset + 5).collect::<Vec<u64>>()
     );
 }
+
+/// `bsfg append-file` with the zone's certificates: the lines' answers,
+/// one JSON line each.
+async fn append_file(
+    zone: &Zone,
+    file: &std::path::Path,
+) -> (Option<i32>, Vec<serde_json::Value>, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_bsfg"))
+        .arg("append-file")
+        .arg("--url")
+        .arg(zone.url())
+        .arg("--ca")
+        .arg(zone.pki.ca())
+        .arg("--cert")
+        .arg(zone.pki.cert(APP_CERT))
+        .arg("--tls-key")
+        .arg(zone.pki.key(APP_CERT))
+        .arg("--file")
+        .arg(file)
+        .output()
+        .await
+        .expect("run bsfg append-file");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let answers = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code(), answers, stderr)
+}
+
+/// `bsfg append-file` stores a file's facts in file order (1,200 lines, more
+/// than one request), answers each line, reports a refused one and exits 1;
+/// run again it stores nothing twice; a malformed line stops the run with
+/// exit code 2 before anything of its request is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_file_stores_a_file_in_order_once() {
+    let zone = Zone::start(Opts::default()).await;
+    zone.pki.client_config(APP_CERT).unwrap(); // issued on first use
+    let line = |i: usize, subject: &str| {
+        serde_json::json!({
+            "envelope": {"messageId": format!("file-{i}"), "fromZone": "plant-a",
+                         "toZone": "plant-a"},
+            "fact": {"subject": subject, "predicate": "step_completed",
+                     "objectJson": format!("{{\"i\": {i}}}")}
+        })
+        .to_string()
+    };
+    let lines: Vec<String> = (1..=1200)
+        .map(|i| {
+            line(
+                i,
+                if i == 700 {
+                    "no colon"
+                } else {
+                    "batch:PlantA/B1"
+                },
+            )
+        })
+        .collect();
+    let file = zone.dir().join("facts.jsonl");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    for run in 0..2 {
+        let (code, answers, stderr) = append_file(&zone, &file).await;
+        assert_eq!(code, Some(1), "one fact refused: {stderr}");
+        assert_eq!(answers.len(), 1200, "{stderr}");
+        let mut expected_offset = 1;
+        for (i, a) in answers.iter().enumerate() {
+            assert_eq!(a["line"], i + 1, "{a}");
+            if i + 1 == 700 {
+                assert_eq!(a["reason"], "bad_subject", "{a}");
+                continue;
+            }
+            assert_eq!(a["offset"], expected_offset, "file order: {a}");
+            assert_eq!(a["duplicate"], run == 1, "{a}");
+            expected_offset += 1;
+        }
+    }
+    assert_eq!(zone.message_count("operational").await, 1199);
+    // A malformed third line: nothing of its request sent.
+    let bad = [line(2001, "batch:B"), line(2002, "batch:B"), "{nope".into()];
+    let file = zone.dir().join("bad.jsonl");
+    std::fs::write(&file, bad.join("\n")).unwrap();
+    let (code, answers, stderr) = append_file(&zone, &file).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        answers.is_empty() && stderr.contains("line 3: not an AppendFact request"),
+        "{stderr}"
+    );
+    assert_eq!(zone.message_count("operational").await, 1199);
+}
