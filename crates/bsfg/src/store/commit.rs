@@ -29,8 +29,9 @@
 //! refused, or `node_stopping`), in the answer the log gave for it
 //! (results are matched to callers by position, asserted); a caller that
 //! stopped waiting before its batch formed is not published; at most
-//! `batches_in_flight_max` batches are in the log at once; a batch holds
-//! more than `batch_facts_max` facts only if its one unit does.
+//! `batches_in_flight_max` batches are in the log at once; a batch takes
+//! no unit once it holds `batch_facts_max` facts, so it holds fewer than
+//! `batch_facts_max` plus its last unit's facts (asserted).
 
 use super::facts::{AppendItem, Appended, FactLog, Order};
 use crate::config::CommitConfig;
@@ -178,6 +179,8 @@ fn take_batch(
             Err(_) => break,
         }
     }
+    let last = batch.last().map_or(0, |p| p.items.len());
+    assert!(facts - last < batch_facts_max, "no unit taken past the batch's bound");
     // A caller whose request timed out while its fact queued has been
     // answered `request_timeout`; publishing it now would store a fact
     // nobody was told about (a retry would find it, but nothing waits).
