@@ -180,7 +180,10 @@ fn take_batch(
         }
     }
     let last = batch.last().map_or(0, |p| p.items.len());
-    assert!(facts - last < batch_facts_max, "no unit taken past the batch's bound");
+    assert!(
+        facts - last < batch_facts_max,
+        "no unit taken past the batch's bound"
+    );
     // A caller whose request timed out while its fact queued has been
     // answered `request_timeout`; publishing it now would store a fact
     // nobody was told about (a retry would find it, but nothing waits).
