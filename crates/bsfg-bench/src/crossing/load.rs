@@ -39,41 +39,77 @@ pub(crate) async fn append_many(
     to: &str,
     size: usize,
 ) -> anyhow::Result<f64> {
-    let payload = Arc::new(object_json(size));
+    let (client, facts) = (client.clone(), Facts::new(tag, (kind, to), size));
+    drive((concurrency, 1), n, move |ids| {
+        let (client, facts) = (client.clone(), facts.clone());
+        async move {
+            let i = ids[0];
+            let mut tries = 0;
+            while let Err(e) = client.append(facts.envelope(i), facts.fact(i)).await {
+                tries += 1;
+                if tries > 20 {
+                    bail!("append {}-{i}: {e:?}", facts.tag);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// What the loaders append: fact `i` is `<tag>-<i>`, of `kind`, to `to`.
+#[derive(Clone)]
+struct Facts {
+    tag: Arc<str>,
+    kind: Arc<str>,
+    to: Arc<str>,
+    payload: Arc<str>,
+}
+
+impl Facts {
+    fn new(tag: &str, (kind, to): (&str, &str), size: usize) -> Self {
+        Self {
+            tag: tag.into(),
+            kind: kind.into(),
+            to: to.into(),
+            payload: object_json(size).into(),
+        }
+    }
+
+    fn envelope(&self, i: u64) -> Envelope {
+        envelope(&self.tag, i, &self.to)
+    }
+
+    fn fact(&self, i: u64) -> Fact {
+        fact(&self.kind, i, &self.payload)
+    }
+}
+
+/// `workers` tasks, each taking the next `step` ids below `n` and awaiting
+/// `append` on them until none are left. Returns facts/s.
+async fn drive<F, Fut>((workers, step): (usize, usize), n: u64, append: F) -> anyhow::Result<f64>
+where
+    F: Fn(Vec<u64>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let started = Instant::now();
-    let mut workers = Vec::new();
-    for _ in 0..concurrency {
-        let (client, next, payload, tag, kind, to) = (
-            client.clone(),
-            next.clone(),
-            payload.clone(),
-            tag.to_string(),
-            kind.to_string(),
-            to.to_string(),
-        );
-        workers.push(tokio::spawn(async move {
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let (next, append) = (next.clone(), append.clone());
+        tasks.push(tokio::spawn(async move {
             loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= n {
+                let first = next.fetch_add(step as u64, std::sync::atomic::Ordering::Relaxed);
+                if first >= n {
                     return Ok::<_, anyhow::Error>(());
                 }
-                let mut tries = 0;
-                while let Err(e) = client
-                    .append(envelope(&tag, i, &to), fact(&kind, i, &payload))
-                    .await
-                {
-                    tries += 1;
-                    if tries > 20 {
-                        bail!("append {tag}-{i}: {e:?}");
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                append((first..n.min(first + step as u64)).collect()).await?;
             }
         }));
     }
-    for w in workers {
-        w.await??;
+    for t in tasks {
+        t.await??;
     }
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
@@ -94,32 +130,19 @@ pub(crate) async fn append_batched(
     (kind, to): (&str, &str),
     size: usize,
 ) -> anyhow::Result<f64> {
-    let payload = Arc::new(object_json(size));
-    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let started = Instant::now();
-    let mut workers = Vec::new();
-    for _ in 0..concurrency {
-        let (client, next, payload) = (client.clone(), next.clone(), payload.clone());
-        let (tag, kind, to) = (tag.to_string(), kind.to_string(), to.to_string());
-        workers.push(tokio::spawn(async move {
-            loop {
-                let first = next.fetch_add(batch as u64, std::sync::atomic::Ordering::Relaxed);
-                if first >= n {
-                    return Ok::<_, anyhow::Error>(());
-                }
-                let ids: Vec<u64> = (first..n.min(first + batch as u64)).collect();
-                let facts = |ids: &[u64]| -> Vec<(Envelope, Fact)> {
-                    let f = |&i: &u64| (envelope(&tag, i, &to), fact(&kind, i, &payload));
-                    ids.iter().map(f).collect()
-                };
-                send_batch(&client, ids, &facts).await?;
-            }
-        }));
-    }
-    for w in workers {
-        w.await??;
-    }
-    Ok(n as f64 / started.elapsed().as_secs_f64())
+    let (client, facts) = (client.clone(), Facts::new(tag, (kind, to), size));
+    drive((concurrency, batch), n, move |ids| {
+        let (client, facts) = (client.clone(), facts.clone());
+        async move {
+            let build = |ids: &[u64]| -> Vec<(Envelope, Fact)> {
+                ids.iter()
+                    .map(|&i| (facts.envelope(i), facts.fact(i)))
+                    .collect()
+            };
+            send_batch(&client, ids, &build).await
+        }
+    })
+    .await
 }
 
 /// One AppendFacts batch until every fact of it is acknowledged (at most
