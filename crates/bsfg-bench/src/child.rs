@@ -130,3 +130,24 @@ impl Drop for Cleanup {
 pub(crate) fn scopeguard(dir: PathBuf) -> Cleanup {
     Cleanup(dir)
 }
+
+/// This binary's `echo-server` on `port`, once it listens; with
+/// `jetstream` (NATS URLs, comma-separated), the bare append storing into
+/// that nats-server or cluster.
+pub(crate) async fn start_echo_server(
+    dir: &Path,
+    port: u16,
+    log: &str,
+    what: &str,
+    jetstream: Option<&str>,
+) -> anyhow::Result<Child> {
+    let log = dir.join(log);
+    let mut command = std::process::Command::new(std::env::current_exe()?);
+    command.arg("echo-server").arg(format!("127.0.0.1:{port}"));
+    if let Some(urls) = jetstream {
+        command.arg("--jetstream").arg(urls);
+    }
+    let child = spawn_logged(&mut command, &log)?;
+    wait_tcp(port, what, &log).await?;
+    Ok(child)
+}

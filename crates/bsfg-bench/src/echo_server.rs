@@ -67,7 +67,12 @@ impl EchoService for Echo {
 pub(crate) async fn echo_server(addr: String, jetstream_url: Option<String>) -> anyhow::Result<()> {
     let store = match jetstream_url {
         Some(url) => {
-            let mut js = jetstream::new(async_nats::ConnectOptions::new().connect(url).await?);
+            // One URL, or several (a cluster) separated by commas.
+            let urls = url
+                .split(',')
+                .map(str::parse)
+                .collect::<Result<Vec<async_nats::ServerAddr>, _>>()?;
+            let mut js = jetstream::new(async_nats::ConnectOptions::new().connect(urls).await?);
             js.set_timeout(Duration::from_secs(10));
             Some(BareStore {
                 js,

@@ -185,7 +185,11 @@ pub(crate) fn node_layout_message(
 /// facts in during the AppendFact phases.
 pub(crate) const LAYOUT_COPY: &str = "layoutcopy";
 
-pub(crate) async fn create_layout_copy_stream(js: &jetstream::Context) -> anyhow::Result<()> {
+/// The [`LAYOUT_COPY`] stream, with `replicas` replicas (on a cluster).
+pub(crate) async fn create_layout_copy_stream(
+    js: &jetstream::Context,
+    replicas: usize,
+) -> anyhow::Result<()> {
     let category = bsfg::config::CategoryConfig {
         name: LAYOUT_COPY.into(),
         kinds: Vec::new(),
@@ -199,7 +203,7 @@ pub(crate) async fn create_layout_copy_stream(js: &jetstream::Context) -> anyhow
     js.create_stream(bsfg::store::facts::stream_config(
         "bench",
         bsfg_domain::limits::Limits::default().fact_bytes_max,
-        1,
+        replicas,
         &category,
     ))
     .await?;

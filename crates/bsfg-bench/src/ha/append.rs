@@ -1,19 +1,34 @@
-//! Item 1: AppendFact c64 and AppendFacts (`--batch-requests` requests of
-//! `--batch-facts` facts in flight; 256 B facts) against a zone node on a
-//! three-server cluster (R3) and on one server (R1), each against raw
-//! pipelined JetStream publish (a unique `Nats-Msg-Id` each) to a stream of
-//! as many replicas on the same servers. Both setups run side by side for
-//! the whole item; each repetition measures, per setup, the three writers
-//! in an order rotating by repetition, and every process's CPU per fact.
+//! Item 1: writers against a zone node on a three-server cluster (R3) and on
+//! one server (R1), 256 B facts, each setup with the same-run references:
+//!
+//! - AppendFact c64, and AppendFacts (`--batch-requests` requests of
+//!   `--batch-facts` facts in flight);
+//! - raw pipelined JetStream publish (`--window`, a unique `Nats-Msg-Id`
+//!   each) of 256 B to a plain stream of as many replicas, and the same in
+//!   the node's layout: the subjects, headers and records the node stores,
+//!   to a stream configured as the node's categories ([`LAYOUT_COPY`]);
+//! - echo c64 (the bench's echo server: the RPC stack alone, the ceiling of
+//!   any unary RPC at c64 on this machine) and the bare append c64 (the echo
+//!   server storing each request in this setup's JetStream before it
+//!   answers: the least an AppendFact does).
+//!
+//! Both setups run side by side for the whole item; each repetition
+//! measures, per setup, every writer in an order rotating by repetition,
+//! and every process's CPU per fact.
 
 use super::HaArgs;
 use super::store::Store;
-use crate::child::{Child, free_port, start_node};
+use crate::child::{Child, free_port, start_echo_server, start_node};
+use crate::drive::closed_loop;
+use crate::echo_proto::bench::v1::EchoServiceClient;
 use crate::node_config::node_config;
-use crate::publish::{create_replicated_stream, plain_message, raw_publish};
-use crate::rpc::{append_batch_closed_loop, append_closed_loop, rpc_client};
-use crate::run_id;
+use crate::publish::{
+    LAYOUT_COPY, create_layout_copy_stream, create_replicated_stream, node_layout_message,
+    plain_message, raw_publish,
+};
+use crate::rpc::{append_batch_closed_loop, append_closed_loop, echo_once, rpc_client};
 use crate::stats::Sample;
+use crate::{object_json, run_id};
 use bsfg_proto::bsfg::v1::BoundaryServiceClient;
 use bsfg_testkit::procfs::{cpu_seconds, rss};
 use connectrpc::Protocol;
@@ -25,53 +40,106 @@ pub(super) const CONCURRENCY: usize = 64;
 pub(super) const FACT_BYTES: usize = 256;
 /// The raw publishes' stream, beside the node's streams.
 const RAW_STREAM: &str = "rawpub";
+/// The bare append's stream (the echo server's subjects `bareappend.>`).
+const BARE_STREAM: &str = "bareappend";
 
 /// Which writer a measured loop drives.
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Writer {
+pub(super) enum Writer {
     /// AppendFact c64.
     Bsfg,
     /// AppendFacts, `--batch-requests` × `--batch-facts`.
     Batch,
+    /// Raw pipelined publish, 256 B payloads.
     Raw,
+    /// The same with AppendFact c64's facts in flight: `CONCURRENCY`.
+    RawNarrow,
+    /// Raw pipelined publish of the node's records.
+    Layout,
+    /// Echo c64: the RPC stack alone.
+    Echo,
+    /// Bare append c64: echo, storing each request first.
+    Bare,
 }
 
 /// The writers, rotated by one per repetition.
-const WRITERS: [Writer; 3] = [Writer::Bsfg, Writer::Raw, Writer::Batch];
+const WRITERS: [Writer; 7] = [
+    Writer::Bsfg,
+    Writer::Raw,
+    Writer::Batch,
+    Writer::Echo,
+    Writer::Layout,
+    Writer::RawNarrow,
+    Writer::Bare,
+];
 
 /// One measured loop.
 pub(super) struct Measured {
     pub(super) sample: Sample,
-    /// CPU per stored fact (µs) of each process: the node's (idle in a raw
+    /// CPU per stored fact (µs) of each process: the RPC server's (the
+    /// node, the echo or the bare append server; the idle node in a raw
     /// loop), then each nats-server's.
     pub(super) cpu_us: Vec<f64>,
+    /// CPU per stored fact (µs) of the load generator (this process: the
+    /// clients, which share the machine with the servers).
+    pub(super) clients_us: f64,
 }
 
 /// One setup's loops.
 pub(super) struct SetupRuns {
     pub(super) replicas: usize,
-    pub(super) bsfg: Vec<Measured>,
-    /// AppendFacts.
-    pub(super) batch: Vec<Measured>,
-    pub(super) raw: Vec<Measured>,
+    /// Each writer's loops, in [`WRITERS`] order.
+    runs: Vec<(Writer, Vec<Measured>)>,
     /// VmHWM (MiB) at the end of the item: the node's, then each
     /// nats-server's.
     pub(super) peak_rss_mib: Vec<f64>,
 }
 
-/// A store, a node of zone `bench` on it, a client of the node.
+impl SetupRuns {
+    /// `writer`'s loops.
+    pub(super) fn of(&self, writer: Writer) -> &[Measured] {
+        let (_, runs) = self
+            .runs
+            .iter()
+            .find(|(w, _)| *w == writer)
+            .expect("every writer has its entry");
+        runs
+    }
+
+    fn push(&mut self, writer: Writer, measured: Measured) {
+        let (_, runs) = self
+            .runs
+            .iter_mut()
+            .find(|(w, _)| *w == writer)
+            .expect("every writer has its entry");
+        runs.push(measured);
+    }
+}
+
+/// A store, a node of zone `bench` on it, the echo and bare append servers,
+/// and a client of each.
 struct Setup {
     store: Store,
     node: Child,
+    echo: Child,
+    bare: Child,
     client: BoundaryServiceClient<SharedHttp2Connection>,
+    echo_client: EchoServiceClient<SharedHttp2Connection>,
+    bare_client: EchoServiceClient<SharedHttp2Connection>,
 }
 
 impl Setup {
-    /// The node's process id, then the servers'.
-    fn pids(&self) -> Vec<u32> {
-        std::iter::once(self.node.pid())
-            .chain(self.store.pids())
-            .collect()
+    /// The process serving `writer`'s RPCs (the idle node for a raw
+    /// writer), then the servers'.
+    fn pids(&self, writer: Writer) -> Vec<u32> {
+        let server = match writer {
+            Writer::Echo => self.echo.pid(),
+            Writer::Bare => self.bare.pid(),
+            Writer::Bsfg | Writer::Batch | Writer::Raw | Writer::RawNarrow | Writer::Layout => {
+                self.node.pid()
+            }
+        };
+        std::iter::once(server).chain(self.store.pids()).collect()
     }
 }
 
@@ -90,10 +158,22 @@ async fn start_setup(a: &HaArgs, dir: &Path, replicas: usize) -> anyhow::Result<
     .await?;
     let client = rpc_client(port, Protocol::Connect, None, BoundaryServiceClient::new).await?;
     create_replicated_stream(&store.js, RAW_STREAM, replicas).await?;
+    create_replicated_stream(&store.js, BARE_STREAM, replicas).await?;
+    create_layout_copy_stream(&store.js, replicas).await?;
+    let (echo_port, bare_port) = (free_port()?, free_port()?);
+    let echo = start_echo_server(dir, echo_port, "echo.log", "echo server", None).await?;
+    let urls = store.urls().join(",");
+    let bare = start_echo_server(dir, bare_port, "bare.log", "bare append", Some(&urls)).await?;
+    let echo_client = rpc_client(echo_port, Protocol::Connect, None, EchoServiceClient::new);
+    let bare_client = rpc_client(bare_port, Protocol::Connect, None, EchoServiceClient::new);
     Ok(Setup {
         store,
         node,
+        echo,
+        bare,
         client,
+        echo_client: echo_client.await?,
+        bare_client: bare_client.await?,
     })
 }
 
@@ -107,9 +187,7 @@ pub(super) async fn runs(a: &HaArgs, dir: &Path) -> anyhow::Result<Vec<SetupRuns
         .iter()
         .map(|s| SetupRuns {
             replicas: s.store.replicas,
-            bsfg: Vec::new(),
-            batch: Vec::new(),
-            raw: Vec::new(),
+            runs: WRITERS.iter().map(|&w| (w, Vec::new())).collect(),
             peak_rss_mib: Vec::new(),
         })
         .collect();
@@ -123,20 +201,16 @@ pub(super) async fn runs(a: &HaArgs, dir: &Path) -> anyhow::Result<Vec<SetupRuns
                 let s = &m.sample;
                 eprintln!(
                     "R{} {writer:?} rep {rep}: {:.0} facts/s p50 {:.2} p99 {:.2} ms, \
-                     CPU µs/fact (node, servers) {:.1?}, errors {}",
-                    runs.replicas, s.rate, s.p50_ms, s.p99_ms, m.cpu_us, s.errors
+                     CPU µs/fact (RPC server, nats-servers) {:.1?}, clients {:.1}, errors {}",
+                    runs.replicas, s.rate, s.p50_ms, s.p99_ms, m.cpu_us, m.clients_us, s.errors
                 );
-                match writer {
-                    Writer::Bsfg => runs.bsfg.push(m),
-                    Writer::Batch => runs.batch.push(m),
-                    Writer::Raw => runs.raw.push(m),
-                }
+                runs.push(writer, m);
             }
         }
     }
     for (setup, runs) in setups.iter().zip(&mut out) {
         runs.peak_rss_mib = setup
-            .pids()
+            .pids(Writer::Bsfg)
             .iter()
             .map(|&pid| rss(pid).peak_kib as f64 / 1024.0)
             .collect();
@@ -149,15 +223,25 @@ async fn measure(a: &HaArgs, setup: &Setup, writer: Writer, tag: &str) -> anyhow
     if a.warmup > 0.0 {
         drive(a, setup, writer, a.warmup, &format!("{tag}-warmup")).await?;
     }
-    let pids = setup.pids();
+    // The servers', then this process's: the clients.
+    let pids: Vec<u32> = setup
+        .pids(writer)
+        .into_iter()
+        .chain([std::process::id()])
+        .collect();
     let before: Vec<f64> = pids.iter().map(|&pid| cpu_seconds(pid)).collect();
     let (sample, facts) = drive(a, setup, writer, a.duration, tag).await?;
-    let cpu_us = pids
+    let mut cpu_us: Vec<f64> = pids
         .iter()
         .zip(before)
         .map(|(&pid, b)| (cpu_seconds(pid) - b) * 1e6 / facts.max(1.0))
         .collect();
-    Ok(Measured { sample, cpu_us })
+    let clients_us = cpu_us.pop().expect("this process was measured");
+    Ok(Measured {
+        sample,
+        cpu_us,
+        clients_us,
+    })
 }
 
 /// `writer` for `secs`: its sample and the facts it stored.
@@ -180,13 +264,34 @@ async fn drive(
             let s = append_batch_closed_loop(&setup.client, shape, FACT_BYTES, secs, tag).await;
             Ok((s, s.rate * secs))
         }
-        Writer::Raw => {
+        Writer::Raw | Writer::RawNarrow => {
             let payload = bytes::Bytes::from(vec![b'x'; FACT_BYTES]);
-            let published = raw_publish(&setup.store.js, a.window, secs, u64::MAX, |i| {
+            let window = match writer {
+                Writer::Raw => a.window,
+                _ => CONCURRENCY,
+            };
+            let published = raw_publish(&setup.store.js, window, secs, u64::MAX, |i| {
                 plain_message(RAW_STREAM, tag, i, &payload)
             })
             .await?;
             Ok((published.sample(), published.done as f64))
+        }
+        Writer::Layout => {
+            let (object, run) = (object_json(FACT_BYTES), run_id());
+            let published = raw_publish(&setup.store.js, a.window, secs, u64::MAX, |i| {
+                let message_id = format!("{run}-{tag}-{i}");
+                node_layout_message(LAYOUT_COPY, "batch:PlantA/B1042", &message_id, &object)
+            })
+            .await?;
+            Ok((published.sample(), published.done as f64))
+        }
+        Writer::Echo | Writer::Bare => {
+            let client = match writer {
+                Writer::Echo => setup.echo_client.clone(),
+                _ => setup.bare_client.clone(),
+            };
+            let s = closed_loop(CONCURRENCY, secs, move |_, _| echo_once(&client)).await;
+            Ok((s, s.rate * secs))
         }
     }
 }

@@ -3,8 +3,9 @@
 //!
 //! 1. AppendFact c64 and AppendFacts (`--batch-requests` ×
 //!    `--batch-facts`) against a node on the cluster (`[nats] urls`,
-//!    `replicas = 3`) and raw pipelined publish to an R3 stream on it; the
-//!    same three on one server (R1) for reference (`append`).
+//!    `replicas = 3`), raw pipelined publish to R3 streams on it (256 B, and
+//!    the node's records), echo c64 and the bare append c64; the same on one
+//!    server (R1) for reference (`append`).
 //! 2. One-hop catch-up into a zone on the cluster and into a zone on one
 //!    server (`catch_up`).
 //! 3. Failover between two nodes of one zone with `[ha]`: the active node
@@ -23,8 +24,8 @@ use std::path::PathBuf;
 
 #[derive(clap::Args, Clone)]
 pub struct HaArgs {
-    /// Seconds of each measured AppendFact c64, AppendFacts or raw publish
-    /// loop.
+    /// Seconds of each measured loop of item 1 (AppendFact c64,
+    /// AppendFacts, raw publish, echo, bare append).
     #[arg(long, default_value_t = 5.0)]
     duration: f64,
     /// Seconds of load before each measured loop (not measured).

@@ -1,7 +1,7 @@
 //! The `ha` run's Markdown: one table per item, with its target.
 
 use super::HaArgs;
-use super::append::{CONCURRENCY, FACT_BYTES, Measured, SetupRuns};
+use super::append::{CONCURRENCY, FACT_BYTES, Measured, SetupRuns, Writer};
 use super::catch_up::CatchUp;
 use super::failover::Failover;
 use crate::now_ms;
@@ -78,22 +78,24 @@ pub(super) fn markdown(a: &HaArgs, r: &Results) -> String {
 }
 
 /// Median of each process's CPU per fact over the loops: "node 30;
-/// nats-servers 40 + 38 + 37".
-fn cpu_line(runs: &[Measured], with_node: bool) -> String {
+/// nats-server 40 + 38 + 37; clients 9", the first process named `server`
+/// (None: not shown, it idles in a raw loop).
+fn cpu_line(runs: &[Measured], server: Option<&str>) -> String {
     let processes = runs.first().map_or(0, |m| m.cpu_us.len());
     let per: Vec<f64> = (0..processes)
         .map(|i| median(runs.iter().map(|m| m.cpu_us[i]).collect()))
         .collect();
     let servers: Vec<String> = per.iter().skip(1).map(|v| format!("{v:.0}")).collect();
     let servers = format!("nats-server {}", servers.join(" + "));
-    match per.first() {
-        Some(node) if with_node => format!("node {node:.0}; {servers}"),
-        _ => servers,
+    let clients = median(runs.iter().map(|m| m.clients_us).collect());
+    match (server, per.first()) {
+        (Some(name), Some(cpu)) => format!("{name} {cpu:.0}; {servers}; clients {clients:.0}"),
+        _ => format!("{servers}; clients {clients:.0}"),
     }
 }
 
 /// A writer's row: rate (each repetition), p50, p99, CPU.
-fn writer_row(md: &mut String, store: &str, writer: &str, runs: &[Measured], with_node: bool) {
+fn writer_row(md: &mut String, store: &str, writer: &str, runs: &[Measured], cpu: Option<&str>) {
     let rates: Vec<String> = runs
         .iter()
         .map(|m| format!("{:.0}", m.sample.rate))
@@ -106,17 +108,46 @@ fn writer_row(md: &mut String, store: &str, writer: &str, runs: &[Measured], wit
         rates.join(" / "),
         med(|m| m.sample.p50_ms),
         med(|m| m.sample.p99_ms),
-        cpu_line(runs, with_node),
+        cpu_line(runs, cpu),
     );
 }
+
+/// Each writer's name in the tables and the name of the process serving
+/// its RPCs (None: a raw writer, no RPC).
+fn writer_names(a: &HaArgs, writer: Writer) -> (String, Option<&'static str>) {
+    match writer {
+        Writer::Bsfg => (format!("BSFG AppendFact c{CONCURRENCY}"), Some("node")),
+        Writer::Batch => (
+            format!("BSFG AppendFacts {} × {}", a.batch_requests, a.batch_facts),
+            Some("node"),
+        ),
+        Writer::Raw => ("raw publish".into(), None),
+        Writer::RawNarrow => (format!("raw publish, window {CONCURRENCY}"), None),
+        Writer::Layout => ("raw publish, node's records".into(), None),
+        Writer::Echo => (format!("echo c{CONCURRENCY}"), Some("echo")),
+        Writer::Bare => (format!("bare append c{CONCURRENCY}"), Some("bare")),
+    }
+}
+
+const TABLE_WRITERS: [Writer; 7] = [
+    Writer::Bsfg,
+    Writer::Batch,
+    Writer::Raw,
+    Writer::Layout,
+    Writer::RawNarrow,
+    Writer::Echo,
+    Writer::Bare,
+];
 
 fn append_table(md: &mut String, a: &HaArgs, setups: &[SetupRuns]) {
     let _ = writeln!(
         md,
         "AppendFact c{CONCURRENCY} ({FACT_BYTES} B facts), AppendFacts ({} requests × {} \
-         facts in flight) and raw pipelined publish (window {}, {FACT_BYTES} B, unique \
-         `Nats-Msg-Id`), {} × {} s after {} s of warm-up each, order rotating; medians \
-         (each repetition); AppendFacts latency per request:\n",
+         facts in flight), raw pipelined publish (window {}, unique `Nats-Msg-Id`) of \
+         {FACT_BYTES} B and of the node's records (its subjects, headers and records, to a \
+         stream configured as its categories), echo c{CONCURRENCY} and the bare append \
+         c{CONCURRENCY} (echo storing each request first); {} × {} s after {} s of warm-up \
+         each, order rotating; medians (each repetition); AppendFacts latency per request:\n",
         a.batch_requests,
         a.batch_facts,
         a.window,
@@ -128,20 +159,41 @@ fn append_table(md: &mut String, a: &HaArgs, setups: &[SetupRuns]) {
     md.push_str("|---|---|---|---|---|---|\n");
     for s in setups {
         let store = format!("R{}", s.replicas);
-        writer_row(md, &store, "BSFG AppendFact", &s.bsfg, true);
-        let batch = format!("BSFG AppendFacts {} × {}", a.batch_requests, a.batch_facts);
-        writer_row(md, &store, &batch, &s.batch, true);
-        writer_row(md, &store, "raw publish", &s.raw, false);
+        for writer in TABLE_WRITERS {
+            let (name, server) = writer_names(a, writer);
+            writer_row(md, &store, &name, s.of(writer), server);
+        }
     }
     ratio_table(md, a, setups);
 }
 
-/// BSFG/raw per setup and BSFG writer, against the target on R3, and the
-/// peak RSS.
+/// How a ratio is read.
+#[derive(Clone, Copy)]
+enum Reading {
+    /// Against the target (on R3).
+    Target,
+    /// BSFG against the substrate with as many facts in flight.
+    EqualInFlight,
+    /// A bound on any writer with `CONCURRENCY` facts in flight.
+    Ceiling,
+}
+
+/// The ratios read: BSFG's writers against the raw publishers (the targets,
+/// on R3; AppendFact c64 also at equal facts in flight), and the ceilings
+/// of any writer with 64 facts in flight (raw publish at window 64, the
+/// bare append, echo) against raw publish; and the peak RSS.
 fn ratio_table(md: &mut String, a: &HaArgs, setups: &[SetupRuns]) {
-    md.push_str("\n| | BSFG/raw (median of per-repetition ratios) ");
+    const RATIOS: [(Writer, Writer, Reading); 7] = [
+        (Writer::Bsfg, Writer::Raw, Reading::Target),
+        (Writer::Batch, Writer::Raw, Reading::Target),
+        (Writer::Batch, Writer::Layout, Reading::Target),
+        (Writer::Bsfg, Writer::RawNarrow, Reading::EqualInFlight),
+        (Writer::RawNarrow, Writer::Raw, Reading::Ceiling),
+        (Writer::Bare, Writer::Raw, Reading::Ceiling),
+        (Writer::Echo, Writer::Raw, Reading::Ceiling),
+    ];
+    md.push_str("\n| | ratio of the medians (median of per-repetition ratios) ");
     md.push_str("| peak RSS MiB: node; nats-servers | target |\n|---|---|---|---|\n");
-    let batch = format!("AppendFacts {} × {}", a.batch_requests, a.batch_facts);
     for s in setups {
         let rss: Vec<String> = s.peak_rss_mib.iter().map(|v| format!("{v:.0}")).collect();
         let rss = format!(
@@ -149,20 +201,22 @@ fn ratio_table(md: &mut String, a: &HaArgs, setups: &[SetupRuns]) {
             rss.first().map_or("?", String::as_str),
             rss.get(1..).unwrap_or_default().join(" / "),
         );
-        for (writer, runs) in [
-            (format!("AppendFact c{CONCURRENCY}"), &s.bsfg),
-            (batch.clone(), &s.batch),
-        ] {
-            let (ratio, paired) = ratios(runs, &s.raw);
-            let target = if s.replicas > 1 {
-                format!("≥ {APPEND_RATIO_MIN}×: {}", pass(ratio >= APPEND_RATIO_MIN))
-            } else {
-                "reference".to_string()
+        for (writer, against, reading) in RATIOS {
+            let (ratio, paired) = ratios(s.of(writer), s.of(against));
+            let target = match (reading, s.replicas > 1) {
+                (Reading::Target, true) => {
+                    format!("≥ {APPEND_RATIO_MIN}×: {}", pass(ratio >= APPEND_RATIO_MIN))
+                }
+                (Reading::Target, false) => "reference".to_string(),
+                (Reading::EqualInFlight, _) => "at equal facts in flight".to_string(),
+                (Reading::Ceiling, _) => format!("ceiling for c{CONCURRENCY}"),
             };
             let _ = writeln!(
                 md,
-                "| R{} {writer} / raw publish | {ratio:.2} ({paired:.2}) | {rss} | {target} |",
+                "| R{} {} / {} | {ratio:.2} ({paired:.2}) | {rss} | {target} |",
                 s.replicas,
+                writer_names(a, writer).0,
+                writer_names(a, against).0,
             );
         }
     }

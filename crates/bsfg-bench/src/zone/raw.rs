@@ -28,7 +28,7 @@ pub(super) async fn publish_runs(
 ) -> anyhow::Result<RawRuns> {
     let (js, nats) = (&b.js, &b.nats);
     create_plain_stream(js, "rawpub").await?;
-    create_layout_copy_stream(js).await?;
+    create_layout_copy_stream(js, 1).await?;
     let mut raw_pub = Vec::new();
     let (mut raw_guarded, mut raw_cpu_us, mut guarded_cpu_us) =
         (Vec::new(), Vec::new(), Vec::new());

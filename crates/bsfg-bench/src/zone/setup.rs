@@ -1,7 +1,7 @@
 //! The single-zone run's processes and clients: its nats-server, the node,
 //! the echo server and the bare append server.
 
-use crate::child::{Child, free_port, nats_server, spawn_logged, start_node, wait_tcp};
+use crate::child::{Child, free_port, nats_server, start_echo_server, start_node};
 use crate::cli::Args;
 use crate::echo_proto::bench::v1::EchoServiceClient;
 use crate::node_config::{node_config, with_sync};
@@ -81,7 +81,7 @@ pub(super) async fn start(
         bare_port,
         "bare-append.log",
         "bare append server",
-        Some(nats_port),
+        Some(&format!("nats://127.0.0.1:{nats_port}")),
     )
     .await?;
 
@@ -99,26 +99,4 @@ pub(super) async fn start(
         echo_client,
         bare_client,
     })
-}
-
-/// This binary's `echo-server` on `port`, once it listens; with
-/// `jetstream_port`, the bare append (`--jetstream`, that nats-server).
-async fn start_echo_server(
-    dir: &Path,
-    port: u16,
-    log: &str,
-    what: &str,
-    jetstream_port: Option<u16>,
-) -> anyhow::Result<Child> {
-    let log = dir.join(log);
-    let mut command = std::process::Command::new(std::env::current_exe()?);
-    command.arg("echo-server").arg(format!("127.0.0.1:{port}"));
-    if let Some(nats_port) = jetstream_port {
-        command
-            .arg("--jetstream")
-            .arg(format!("nats://127.0.0.1:{nats_port}"));
-    }
-    let child = spawn_logged(&mut command, &log)?;
-    wait_tcp(port, what, &log).await?;
-    Ok(child)
 }
