@@ -25,27 +25,55 @@
 //! queue holds at most `queue_facts_max` units; their bytes belong to
 //! requests the boundary admitted, so the request memory budget bounds them.
 //!
+//! Regathering (one batch in flight, as at `sync_interval: always`): the
+//! callers a commit answered usually send again within a client round trip,
+//! while the commit took milliseconds. Taken the moment the commit ends, the
+//! next batch would hold only what queued during it, and concurrent callers
+//! would settle into two halves committed in turn, each commit paying the
+//! store's fixed cost for half the facts (BENCHMARKS.md, "AppendFacts"). So
+//! the next batch waits for the units the commit answered to come back (those
+//! queued after it answered), but at most a quarter of that commit's
+//! duration and at most 1 ms, and never once it is full (`regather`). A
+//! lone sequential caller is its own returning unit and never waits.
+//!
 //! Invariants: every queued fact is answered exactly once (stored,
 //! refused, or `node_stopping`), in the answer the log gave for it
 //! (results are matched to callers by position, asserted); a caller that
 //! stopped waiting before its batch formed is not published; at most
 //! `batches_in_flight_max` batches are in the log at once; a batch takes
 //! no unit once it holds `batch_facts_max` facts, so it holds fewer than
-//! `batch_facts_max` plus its last unit's facts (asserted).
+//! `batch_facts_max` plus its last unit's facts (asserted); a batch waits
+//! for returning units only until its predecessor's commit duration / 4
+//! (at most 1 ms) after that commit answered (asserted in `regather`).
 
 use super::facts::{AppendItem, Appended, FactLog, Order};
+use super::regather::{Returning, Unit, assert_bound, regather};
 use crate::config::CommitConfig;
 use crate::metrics::Metrics;
 use bsfg_domain::validate::ValidFact;
 use bsfg_domain::{Code, Reason, Rejection};
 use bsfg_proto::bsfg::v1::{Envelope, Provenance};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
 
 /// One request's facts, answered together, by position.
 struct Pending {
     items: Vec<AppendItem>,
     reply: oneshot::Sender<Vec<Result<Appended, Rejection>>>,
+    /// When it queued: after a commit answered, it is one of its callers
+    /// coming back (or a new one).
+    queued_at: Instant,
+}
+
+impl Unit for Pending {
+    fn facts(&self) -> usize {
+        self.items.len()
+    }
+
+    fn queued_at(&self) -> Instant {
+        self.queued_at
+    }
 }
 
 /// The producer side of the group-commit queue.
@@ -113,7 +141,12 @@ impl GroupCommit {
             return Vec::new();
         }
         let (reply, answer) = oneshot::channel();
-        let answers = match self.queue.send(Pending { items, reply }).await {
+        let queued = Pending {
+            items,
+            reply,
+            queued_at: Instant::now(),
+        };
+        let answers = match self.queue.send(queued).await {
             Ok(()) => answer.await.unwrap_or_else(|_| vec![Err(stopped()); count]),
             Err(_) => vec![Err(stopped()); count],
         };
@@ -137,6 +170,8 @@ async fn run(
     metrics: Arc<Metrics>,
 ) {
     let in_flight = Arc::new(Semaphore::new(in_flight_max));
+    // Set by the one batch in flight when it answers; read by the next.
+    let returning: Arc<Mutex<Option<Returning>>> = Arc::default();
     loop {
         // Take the permit before the batch: while every batch slot is busy,
         // arrivals keep queueing and the next batch grows.
@@ -148,21 +183,33 @@ async fn run(
         let Some(first) = pending.recv().await else {
             return;
         };
-        let batch = take_batch(first, &mut pending, config.batch_facts_max);
+        let mut batch = take_batch(first, &mut pending, config.batch_facts_max);
+        let last_commit = returning.lock().expect("returning lock").take();
+        if in_flight_max == 1
+            && let Some(returning) = last_commit
+        {
+            regather(&mut batch, &mut pending, returning, config.batch_facts_max).await;
+        }
+        // A caller whose request timed out while its fact queued has been
+        // answered `request_timeout`; publishing it now would store a fact
+        // nobody was told about (a retry would find it, but nothing waits).
+        batch.retain(|p| !p.reply.is_closed());
         if batch.is_empty() {
             continue;
         }
-        let log = log.clone();
-        let metrics = metrics.clone();
+        let (log, metrics, returning) = (log.clone(), metrics.clone(), returning.clone());
         tokio::spawn(async move {
-            commit_batch(&log, batch, &metrics).await;
+            let (started, units) = (Instant::now(), batch.len());
+            let answered = commit_batch(&log, batch, &metrics).await;
+            *returning.lock().expect("returning lock") =
+                Some(Returning::after(started, answered, units));
             drop(permit);
         });
     }
 }
 
 /// `first` and whatever else has queued, whole units, until the batch holds
-/// `batch_facts_max` facts; units whose callers stopped waiting are left out.
+/// `batch_facts_max` facts.
 fn take_batch(
     first: Pending,
     pending: &mut mpsc::Receiver<Pending>,
@@ -179,21 +226,13 @@ fn take_batch(
             Err(_) => break,
         }
     }
-    let last = batch.last().map_or(0, |p| p.items.len());
-    assert!(
-        facts - last < batch_facts_max,
-        "no unit taken past the batch's bound"
-    );
-    // A caller whose request timed out while its fact queued has been
-    // answered `request_timeout`; publishing it now would store a fact
-    // nobody was told about (a retry would find it, but nothing waits).
-    batch.retain(|p| !p.reply.is_closed());
+    assert_bound(&batch, batch_facts_max);
     batch
 }
 
 /// Appends a batch's units as one log batch and answers each unit with its
-/// facts' results, by position.
-async fn commit_batch(log: &FactLog, batch: Vec<Pending>, metrics: &Metrics) {
+/// facts' results, by position; returns when it answered them.
+async fn commit_batch(log: &FactLog, batch: Vec<Pending>, metrics: &Metrics) -> Instant {
     // A unit of several facts is one request's, stored in its order.
     let order = if batch.iter().any(|p| p.items.len() > 1) {
         Order::AsGiven
@@ -212,8 +251,11 @@ async fn commit_batch(log: &FactLog, batch: Vec<Pending>, metrics: &Metrics) {
     let count = items.len();
     let mut results = log.append_batch(items, order).await.into_iter();
     assert_eq!(results.len(), count, "one answer per fact");
+    // Before the first answer: a caller may queue again right after it.
+    let answered = Instant::now();
     for (reply, size) in replies.into_iter().zip(sizes) {
         // A caller that went away (deadline) no longer needs its answer.
         let _ = reply.send(results.by_ref().take(size).collect());
     }
+    answered
 }

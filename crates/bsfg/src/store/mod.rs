@@ -29,6 +29,7 @@ pub mod key_index;
 mod leader_read;
 pub mod objects;
 pub mod publish;
+mod regather;
 pub mod replicas;
 mod reply_router;
 pub mod retention;
