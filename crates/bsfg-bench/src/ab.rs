@@ -3,8 +3,9 @@
 //!
 //! Each repetition runs both binaries, A then B in even repetitions and B
 //! then A in odd ones, so that neither always runs first on a machine
-//! whose load drifts. Every run starts from nothing: a fresh nats-server
-//! (its own store, `sync_interval` from `--nats-sync`) and a fresh
+//! whose load drifts. Every run starts from nothing: a fresh nats-server,
+//! or with `--replicas 3` a fresh three-server cluster and R3 streams (its
+//! own store, `sync_interval` from `--nats-sync`), and a fresh
 //! `bsfg serve` of that binary with the single-zone bench's configuration
 //! (the same file for both binaries; only fields both know). Facts are
 //! addressed to the node's own zone. After a warm-up, the measured loop
@@ -13,12 +14,13 @@
 //! binary's medians, the ratio B/A of the medians, the median of the
 //! per-repetition ratios, and every repetition.
 
-use crate::child::{free_port, nats_server, scopeguard, start_node};
+use crate::child::{free_port, scopeguard, start_node};
 use crate::crossing::{issue_certs, parse_tls};
-use crate::node_config::{node_config, with_sync};
+use crate::node_config::node_config;
 use crate::rpc::{ClientTls, append_closed_loop, rpc_client};
 use crate::run_id;
 use crate::stats::{Sample, median};
+use crate::store::Store;
 use bsfg_proto::bsfg::v1::BoundaryServiceClient;
 use bsfg_testkit::procfs::{cpu_seconds, rss};
 use connectrpc::Protocol;
@@ -47,6 +49,10 @@ pub struct AbArgs {
     /// default) the node's CPU rather than fsync limits the rate.
     #[arg(long, default_value = "always")]
     nats_sync: String,
+    /// 1: one nats-server; 3: a three-server JetStream cluster on loopback,
+    /// the node's streams with three replicas.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=3))]
+    replicas: u8,
     /// Node transport: plaintext-dev (the single-zone bench's), or mtls
     /// (site CA, node and app certificates generated per run).
     #[arg(long, default_value = "plaintext-dev")]
@@ -77,14 +83,13 @@ async fn one_run(
     tag: &str,
     tls: Option<&ClientTls>,
 ) -> anyhow::Result<Run> {
-    std::fs::create_dir_all(dir)?;
-    let nats_port = free_port()?;
-    let nats = nats_server(&a.nats_server, dir, "bench", nats_port, &a.nats_sync)
-        .start()
-        .await?;
+    anyhow::ensure!(a.replicas != 2, "--replicas: 1 or 3");
+    let replicas = usize::from(a.replicas);
+    let store = Store::start((&a.nats_server, &a.nats_sync), dir, "bench", replicas).await?;
     let (port, ops) = (free_port()?, free_port()?);
-    let config = node_config((port, ops, nats_port), 0, dir, tls.is_some())?;
-    let config = with_sync(config, &a.nats_sync);
+    // The NATS port given here is replaced by the store's URLs.
+    let config = node_config((port, ops, 0), 0, dir, tls.is_some())?;
+    let config = store.configure(config, &a.nats_sync);
     let node = start_node(bin, &config, &dir.join("node.toml"), &dir.join("node.log")).await?;
     let client = rpc_client(port, Protocol::Connect, tls, BoundaryServiceClient::new).await?;
     if a.warmup > 0.0 {
@@ -110,7 +115,7 @@ async fn one_run(
     let hwm_kib = rss(node.pid()).peak_kib;
     drop(client);
     drop(node);
-    drop(nats);
+    drop(store);
     Ok(Run {
         sample,
         cpu_us: cpu * 1e6 / (sample.rate * a.duration).max(1.0),
@@ -188,10 +193,12 @@ fn report(a: &AbArgs, started_at: i64, runs_a: &[Run], runs_b: &[Run]) -> String
         ("node peak RSS (VmHWM) MiB", |r| r.peak_rss_mib, 1),
     ];
     let mut md = format!(
-        "A/B at unix ms {started_at}: AppendFact c{CONCURRENCY}, {FACT_BYTES} B facts, {} × {} s (after {} s of warm-up) per binary, order alternating A B / B A; nats-server `sync_interval: {}`, nodes `[tls] mode = \"{}\"`; host: {} CPUs.\n\n",
+        "A/B at unix ms {started_at}: AppendFact c{CONCURRENCY}, {FACT_BYTES} B facts, {} × {} s (after {} s of warm-up) per binary, order alternating A B / B A; {} nats-server(s) (R{}), `sync_interval: {}`, nodes `[tls] mode = \"{}\"`; host: {} CPUs.\n\n",
         runs_a.len(),
         a.duration,
         a.warmup,
+        a.replicas,
+        a.replicas,
         a.nats_sync,
         a.tls,
         std::thread::available_parallelism()

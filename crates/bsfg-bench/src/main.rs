@@ -25,6 +25,7 @@ mod publish;
 mod report;
 mod rpc;
 mod stats;
+mod store;
 mod substrate;
 mod zone;
 

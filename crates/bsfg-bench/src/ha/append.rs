@@ -17,7 +17,6 @@
 //! and every process's CPU per fact.
 
 use super::HaArgs;
-use super::store::Store;
 use crate::child::{Child, free_port, start_echo_server, start_node};
 use crate::drive::closed_loop;
 use crate::echo_proto::bench::v1::EchoServiceClient;
@@ -28,6 +27,7 @@ use crate::publish::{
 };
 use crate::rpc::{append_batch_closed_loop, append_closed_loop, echo_once, rpc_client};
 use crate::stats::Sample;
+use crate::store::Store;
 use crate::{object_json, run_id};
 use bsfg_proto::bsfg::v1::BoundaryServiceClient;
 use bsfg_testkit::procfs::{cpu_seconds, rss};
@@ -144,7 +144,7 @@ impl Setup {
 }
 
 async fn start_setup(a: &HaArgs, dir: &Path, replicas: usize) -> anyhow::Result<Setup> {
-    let store = Store::start(a, dir, "bench", replicas).await?;
+    let store = Store::start((&a.nats_server, &a.nats_sync), dir, "bench", replicas).await?;
     let (port, ops) = (free_port()?, free_port()?);
     // The NATS port given here is replaced by the store's URLs.
     let config = node_config((port, ops, 0), 0, dir, false)?;

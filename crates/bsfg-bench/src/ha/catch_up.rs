@@ -10,9 +10,9 @@
 
 use super::HaArgs;
 use super::append::{CONCURRENCY, FACT_BYTES};
-use super::store::Store;
 use crate::child::{Child, free_port, start_node};
 use crate::crossing::{append_many, count, tag, wait_count, zone_node_config};
+use crate::store::Store;
 use bsfg::client::BsfgClient;
 use bsfg_testkit::faultproxy::FaultProxy;
 use std::collections::BTreeMap;
@@ -66,7 +66,7 @@ async fn start_zone(
     (port, ops): (u16, u16),
     upstream_urls: &BTreeMap<&str, String>,
 ) -> anyhow::Result<Zone> {
-    let store = Store::start(a, dir, zone, replicas).await?;
+    let store = Store::start((&a.nats_server, &a.nats_sync), dir, zone, replicas).await?;
     // The NATS port given here is replaced by the store's URLs.
     let config = zone_node_config(zone, (port, ops, 0), dir, upstream_urls, false)?;
     let config = store.configure(config, &a.nats_sync);

@@ -8,11 +8,11 @@
 //! takes more than [`IN_FLIGHT_GRACE`] after it.
 
 use super::HaArgs;
-use super::store::Store;
 use crate::child::{Child, free_port, start_node};
 use crate::metrics::scrape_metrics;
 use crate::node_config::node_config;
 use crate::rpc::bench_fact;
+use crate::store::Store;
 use crate::{object_json, run_id};
 use bsfg::client::BsfgClient;
 use bsfg::config::{HaConfig, ZoneConfig};
@@ -168,7 +168,13 @@ async fn next_ack_after(acks: &Acks, killed_at: Instant) -> anyhow::Result<Durat
 
 /// Two nodes on a three-server cluster, `--kills` kills of the active one.
 pub(super) async fn run(a: &HaArgs, dir: &Path) -> anyhow::Result<Failover> {
-    let store = Store::start(a, &dir.join("cluster"), "bench", 3).await?;
+    let store = Store::start(
+        (&a.nats_server, &a.nats_sync),
+        &dir.join("cluster"),
+        "bench",
+        3,
+    )
+    .await?;
     let mut nodes = vec![
         HaNode::new(a, &store, dir, "a")?,
         HaNode::new(a, &store, dir, "b")?,

@@ -17,7 +17,6 @@ mod append;
 mod catch_up;
 mod failover;
 mod report;
-mod store;
 
 use crate::child::scopeguard;
 use std::path::PathBuf;

@@ -1,8 +1,7 @@
-//! A zone's store in the `ha` runs: one nats-server (R1) or a JetStream
-//! cluster of three on loopback (R3), every server at the run's
+//! A zone's store in the `ha` and `ab` runs: one nats-server (R1) or a
+//! JetStream cluster of three on loopback (R3), every server at the run's
 //! `sync_interval`, and what the node's configuration says of it.
 
-use super::HaArgs;
 use crate::child::{free_port, nats_cluster, nats_server};
 use crate::node_config::with_sync;
 use async_nats::jetstream;
@@ -12,19 +11,20 @@ use std::path::Path;
 use std::time::Duration;
 
 /// One server or a cluster, and a JetStream client of it.
-pub(super) struct Store {
-    pub(super) servers: Vec<NatsServer>,
+pub(crate) struct Store {
+    pub(crate) servers: Vec<NatsServer>,
     /// The replica count the node and the raw stream are given: the
     /// number of servers.
-    pub(super) replicas: usize,
-    pub(super) js: jetstream::Context,
+    pub(crate) replicas: usize,
+    pub(crate) js: jetstream::Context,
 }
 
 impl Store {
-    /// `replicas` servers (1, or a cluster of 3) serving JetStream domain
+    /// `replicas` servers (1, or a cluster of 3) of the nats-server binary
+    /// `nats_server_bin` at `sync_interval` `sync`, serving JetStream domain
     /// `zone`, with their files in `dir`.
-    pub(super) async fn start(
-        a: &HaArgs,
+    pub(crate) async fn start(
+        (nats_server_bin, sync): (&Path, &str),
         dir: &Path,
         zone: &str,
         replicas: usize,
@@ -33,12 +33,12 @@ impl Store {
         let servers = if replicas == 1 {
             let port = free_port()?;
             vec![
-                nats_server(&a.nats_server, dir, zone, port, &a.nats_sync)
+                nats_server(nats_server_bin, dir, zone, port, sync)
                     .start()
                     .await?,
             ]
         } else {
-            nats_cluster(&a.nats_server, dir, zone, replicas, &a.nats_sync)
+            nats_cluster(nats_server_bin, dir, zone, replicas, sync)
                 .start()
                 .await?
                 .servers
@@ -53,18 +53,18 @@ impl Store {
         })
     }
 
-    pub(super) fn urls(&self) -> Vec<String> {
+    pub(crate) fn urls(&self) -> Vec<String> {
         self.servers.iter().map(NatsServer::url).collect()
     }
 
     /// The servers' process ids, in order.
-    pub(super) fn pids(&self) -> Vec<u32> {
+    pub(crate) fn pids(&self) -> Vec<u32> {
         self.servers.iter().map(NatsServer::pid).collect()
     }
 
     /// `config` pointed at this store: `[nats] url` for one server,
     /// `urls` and `replicas` for a cluster; `sync_interval` the run's.
-    pub(super) fn configure(&self, mut config: ZoneConfig, sync: &str) -> ZoneConfig {
+    pub(crate) fn configure(&self, mut config: ZoneConfig, sync: &str) -> ZoneConfig {
         if self.replicas == 1 {
             config.nats.url = self.urls().pop();
             config.nats.urls = Vec::new();
