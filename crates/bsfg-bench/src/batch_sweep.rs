@@ -227,6 +227,16 @@ async fn atomic(
     messages: Vec<(String, HeaderMap)>,
     batch_id: &str,
 ) -> anyhow::Result<()> {
+    atomic_of(js, messages, batch_id, payload).await
+}
+
+/// [`atomic`] with each message's payload from `payload`.
+pub(crate) async fn atomic_of(
+    js: &jetstream::Context,
+    messages: Vec<(String, HeaderMap)>,
+    batch_id: &str,
+    payload: impl Fn() -> bytes::Bytes,
+) -> anyhow::Result<()> {
     let client = js.client();
     let size = messages.len();
     let mut reply = None;

@@ -7,6 +7,9 @@
 //!   each) of 256 B to a plain stream of as many replicas, and the same in
 //!   the node's layout: the subjects, headers and records the node stores,
 //!   to a stream configured as the node's categories ([`LAYOUT_COPY`]);
+//! - atomic batches straight to JetStream, one at a time, of 64 and of
+//!   `--batch-requests` × `--batch-facts` 256 B messages: the commits the
+//!   node makes for AppendFact c64 and for AppendFacts, without the node;
 //! - echo c64 (the bench's echo server: the RPC stack alone, the ceiling of
 //!   any unary RPC at c64 on this machine) and the bare append c64 (the echo
 //!   server storing each request in this setup's JetStream before it
@@ -17,6 +20,7 @@
 //! and every process's CPU per fact.
 
 use super::HaArgs;
+use crate::batch_sweep::atomic_of;
 use crate::child::{Child, free_port, start_echo_server, start_node};
 use crate::drive::closed_loop;
 use crate::echo_proto::bench::v1::EchoServiceClient;
@@ -26,14 +30,16 @@ use crate::publish::{
     plain_message, raw_publish,
 };
 use crate::rpc::{append_batch_closed_loop, append_closed_loop, echo_once, rpc_client};
-use crate::stats::Sample;
+use crate::stats::{Sample, pct_ms};
 use crate::store::Store;
 use crate::{object_json, run_id};
+use async_nats::jetstream::{self, stream};
 use bsfg_proto::bsfg::v1::BoundaryServiceClient;
 use bsfg_testkit::procfs::{cpu_seconds, rss};
 use connectrpc::Protocol;
 use connectrpc::client::SharedHttp2Connection;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// Appends in flight, as in the single-zone bench and `ab`.
 pub(super) const CONCURRENCY: usize = 64;
@@ -42,6 +48,8 @@ pub(super) const FACT_BYTES: usize = 256;
 const RAW_STREAM: &str = "rawpub";
 /// The bare append's stream (the echo server's subjects `bareappend.>`).
 const BARE_STREAM: &str = "bareappend";
+/// The raw atomic batches' stream.
+const ATOMIC_STREAM: &str = "rawatomic";
 
 /// Which writer a measured loop drives.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -56,6 +64,10 @@ pub(super) enum Writer {
     RawNarrow,
     /// Raw pipelined publish of the node's records.
     Layout,
+    /// Atomic batches of `CONCURRENCY`, one at a time.
+    AtomicNarrow,
+    /// Atomic batches of AppendFacts' facts in flight, one at a time.
+    AtomicWide,
     /// Echo c64: the RPC stack alone.
     Echo,
     /// Bare append c64: echo, storing each request first.
@@ -63,13 +75,15 @@ pub(super) enum Writer {
 }
 
 /// The writers, rotated by one per repetition.
-const WRITERS: [Writer; 7] = [
+const WRITERS: [Writer; 9] = [
     Writer::Bsfg,
     Writer::Raw,
+    Writer::AtomicWide,
     Writer::Batch,
     Writer::Echo,
     Writer::Layout,
     Writer::RawNarrow,
+    Writer::AtomicNarrow,
     Writer::Bare,
 ];
 
@@ -135,9 +149,13 @@ impl Setup {
         let server = match writer {
             Writer::Echo => self.echo.pid(),
             Writer::Bare => self.bare.pid(),
-            Writer::Bsfg | Writer::Batch | Writer::Raw | Writer::RawNarrow | Writer::Layout => {
-                self.node.pid()
-            }
+            Writer::Bsfg
+            | Writer::Batch
+            | Writer::Raw
+            | Writer::RawNarrow
+            | Writer::Layout
+            | Writer::AtomicNarrow
+            | Writer::AtomicWide => self.node.pid(),
         };
         std::iter::once(server).chain(self.store.pids()).collect()
     }
@@ -160,6 +178,7 @@ async fn start_setup(a: &HaArgs, dir: &Path, replicas: usize) -> anyhow::Result<
     create_replicated_stream(&store.js, RAW_STREAM, replicas).await?;
     create_replicated_stream(&store.js, BARE_STREAM, replicas).await?;
     create_layout_copy_stream(&store.js, replicas).await?;
+    create_atomic_stream(&store.js, replicas).await?;
     let (echo_port, bare_port) = (free_port()?, free_port()?);
     let echo = start_echo_server(dir, echo_port, "echo.log", "echo server", None).await?;
     let urls = store.urls().join(",");
@@ -285,6 +304,14 @@ async fn drive(
             .await?;
             Ok((published.sample(), published.done as f64))
         }
+        Writer::AtomicNarrow | Writer::AtomicWide => {
+            let size = match writer {
+                Writer::AtomicNarrow => CONCURRENCY,
+                _ => a.batch_requests * a.batch_facts,
+            };
+            let s = atomic_loop(&setup.store.js, size, secs, tag).await?;
+            Ok((s, s.rate * secs))
+        }
         Writer::Echo | Writer::Bare => {
             let client = match writer {
                 Writer::Echo => setup.echo_client.clone(),
@@ -294,4 +321,57 @@ async fn drive(
             Ok((s, s.rate * secs))
         }
     }
+}
+
+/// The raw atomic batches' stream: `replicas` replicas, atomic batches
+/// allowed, JetStream's default two-minute duplicate window.
+async fn create_atomic_stream(js: &jetstream::Context, replicas: usize) -> anyhow::Result<()> {
+    js.create_stream(stream::Config {
+        name: ATOMIC_STREAM.into(),
+        subjects: vec![format!("{ATOMIC_STREAM}.>")],
+        storage: stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        num_replicas: replicas,
+        allow_atomic_publish: true,
+        ..Default::default()
+    })
+    .await?;
+    Ok(())
+}
+
+/// Atomic batches of `size` 256 B messages (a unique `Nats-Msg-Id` each),
+/// one at a time, for `secs`; latencies per batch.
+async fn atomic_loop(
+    js: &jetstream::Context,
+    size: usize,
+    secs: f64,
+    tag: &str,
+) -> anyhow::Result<Sample> {
+    let payload = bytes::Bytes::from(vec![b'x'; FACT_BYTES]);
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    let (mut done, mut batches) = (0u64, 0u64);
+    let mut latencies_us = Vec::new();
+    while Instant::now() < end {
+        let first = batches * size as u64;
+        let messages = (first..first + size as u64)
+            .map(|i| {
+                let (subject, headers, _) = plain_message(ATOMIC_STREAM, tag, i, &payload);
+                (subject, headers)
+            })
+            .collect();
+        let sent = Instant::now();
+        let id = format!("{}-{tag}-{batches}", run_id());
+        atomic_of(js, messages, &id, || payload.clone()).await?;
+        latencies_us.push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
+        done += size as u64;
+        batches += 1;
+    }
+    latencies_us.sort_unstable();
+    Ok(Sample {
+        rate: done as f64 / start.elapsed().as_secs_f64(),
+        p50_ms: pct_ms(&latencies_us, 50.0),
+        p99_ms: pct_ms(&latencies_us, 99.0),
+        errors: 0,
+    })
 }

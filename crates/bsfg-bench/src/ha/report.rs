@@ -124,17 +124,24 @@ fn writer_names(a: &HaArgs, writer: Writer) -> (String, Option<&'static str>) {
         Writer::Raw => ("raw publish".into(), None),
         Writer::RawNarrow => (format!("raw publish, window {CONCURRENCY}"), None),
         Writer::Layout => ("raw publish, node's records".into(), None),
+        Writer::AtomicNarrow => (format!("atomic batches of {CONCURRENCY}"), None),
+        Writer::AtomicWide => (
+            format!("atomic batches of {}", a.batch_requests * a.batch_facts),
+            None,
+        ),
         Writer::Echo => (format!("echo c{CONCURRENCY}"), Some("echo")),
         Writer::Bare => (format!("bare append c{CONCURRENCY}"), Some("bare")),
     }
 }
 
-const TABLE_WRITERS: [Writer; 7] = [
+const TABLE_WRITERS: [Writer; 9] = [
     Writer::Bsfg,
     Writer::Batch,
     Writer::Raw,
     Writer::Layout,
     Writer::RawNarrow,
+    Writer::AtomicWide,
+    Writer::AtomicNarrow,
     Writer::Echo,
     Writer::Bare,
 ];
@@ -176,6 +183,10 @@ enum Reading {
     EqualInFlight,
     /// A bound on any writer with `CONCURRENCY` facts in flight.
     Ceiling,
+    /// BSFG against the substrate making the same atomic commits.
+    SameCommits,
+    /// The substrate's atomic commits against its pipelined publishes.
+    SubstrateCommits,
 }
 
 /// The ratios read: BSFG's writers against the raw publishers (the targets,
@@ -183,11 +194,15 @@ enum Reading {
 /// of any writer with 64 facts in flight (raw publish at window 64, the
 /// bare append, echo) against raw publish; and the peak RSS.
 fn ratio_table(md: &mut String, a: &HaArgs, setups: &[SetupRuns]) {
-    const RATIOS: [(Writer, Writer, Reading); 7] = [
+    const RATIOS: [(Writer, Writer, Reading); 11] = [
         (Writer::Bsfg, Writer::Raw, Reading::Target),
         (Writer::Batch, Writer::Raw, Reading::Target),
         (Writer::Batch, Writer::Layout, Reading::Target),
+        (Writer::Batch, Writer::AtomicWide, Reading::SameCommits),
+        (Writer::AtomicWide, Writer::Raw, Reading::SubstrateCommits),
         (Writer::Bsfg, Writer::RawNarrow, Reading::EqualInFlight),
+        (Writer::Bsfg, Writer::AtomicNarrow, Reading::SameCommits),
+        (Writer::AtomicNarrow, Writer::Raw, Reading::Ceiling),
         (Writer::RawNarrow, Writer::Raw, Reading::Ceiling),
         (Writer::Bare, Writer::Raw, Reading::Ceiling),
         (Writer::Echo, Writer::Raw, Reading::Ceiling),
@@ -210,6 +225,8 @@ fn ratio_table(md: &mut String, a: &HaArgs, setups: &[SetupRuns]) {
                 (Reading::Target, false) => "reference".to_string(),
                 (Reading::EqualInFlight, _) => "at equal facts in flight".to_string(),
                 (Reading::Ceiling, _) => format!("ceiling for c{CONCURRENCY}"),
+                (Reading::SameCommits, _) => "against the same commits, no node".to_string(),
+                (Reading::SubstrateCommits, _) => "atomic batches against pipelined".to_string(),
             };
             let _ = writeln!(
                 md,
