@@ -24,10 +24,7 @@ pub(super) async fn pull_object(
     cx: &Context,
     a: &AttachmentRef,
 ) -> Result<(), Rejection> {
-    if let Ok(local) = cx.store.objects.info(&a.bucket, &a.key).await
-        && local.digest == a.digest
-        && local.size_bytes == a.size_bytes
-    {
+    if is_present(cx, a).await? {
         return Ok(());
     }
     validate::digest("attachment digest", &a.digest)?;
@@ -74,6 +71,15 @@ pub(super) async fn pull_object(
                 ),
             ));
         }
+        // The key is frozen: a fact referencing it was checked against the
+        // object, so it is here unless it is another version (a conflict).
+        (_, Err(r)) if r.reason == Reason::ObjectImmutable => {
+            return if is_present(cx, a).await? {
+                Ok(())
+            } else {
+                Err(r)
+            };
+        }
         // The local store refused or failed on its own.
         (_, Err(r)) => return Err(r),
     };
@@ -87,6 +93,20 @@ pub(super) async fn pull_object(
         "artifact pulled"
     );
     Ok(())
+}
+
+/// Whether the attachment is stored here with its digest and size. `Err`
+/// when that cannot be told now (the local store is unavailable): pulling
+/// then would find the key frozen by an earlier attempt whose fact was not
+/// stored, and refuse the fact for good; the screen retries instead. A key
+/// that is missing, holds another version or a blob without a digest is
+/// not present (pulled; a frozen other version is then refused).
+async fn is_present(cx: &Context, a: &AttachmentRef) -> Result<bool, Rejection> {
+    match cx.store.objects.info(&a.bucket, &a.key).await {
+        Ok(local) => Ok(local.digest == a.digest && local.size_bytes == a.size_bytes),
+        Err(r) if super::screener::retriable(&r) => Err(r),
+        Err(_) => Ok(false),
+    }
 }
 
 /// The attachment's spool file and the length an earlier attempt left in
