@@ -520,7 +520,7 @@ async fn write_batches(
     writer: usize,
     seed: u64,
     stop: Arc<AtomicBool>,
-    acked_batches: Arc<AtomicUsize>,
+    progress: Arc<Progress>,
     node_killed: bool,
 ) -> Written {
     let mut rng = Rng::new(seed ^ (writer as u64 + 1).wrapping_mul(0x1000_0000_01B3));
@@ -620,10 +620,11 @@ async fn write_batches(
                 }
             }
             if offsets.iter().any(Option::is_none) {
+                progress.interrupted.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        acked_batches.fetch_add(1, Ordering::Relaxed);
+        progress.acked_batches.fetch_add(1, Ordering::Relaxed);
         written.facts.extend(
             batch
                 .into_iter()
@@ -633,6 +634,20 @@ async fn write_batches(
     }
     written
 }
+
+/// What the batch writers have done so far, for the kills' timing.
+#[derive(Default)]
+struct Progress {
+    /// Batches acknowledged whole.
+    acked_batches: AtomicUsize,
+    /// Attempts in which a request or some of its facts were refused.
+    interrupted: AtomicUsize,
+}
+
+/// Kills at most: a kill that lands between two commits cuts no request
+/// (the next batch waits in the node's NATS client through the reconnect
+/// and is stored after it), so the run kills again until one does.
+const KILLS_MAX: usize = 8;
 
 async fn wait_for_more(acked: &AtomicUsize, more: usize, seed: u64) {
     let target = acked.load(Ordering::Relaxed) + more;
@@ -646,8 +661,9 @@ async fn wait_for_more(acked: &AtomicUsize, more: usize, seed: u64) {
     }
 }
 
-/// kill -9 of nats-server (at the shipped `sync_interval: always`) twice
-/// while four writers send AppendFacts batches of 64, each retrying its
+/// kill -9 of nats-server (at the shipped `sync_interval: always`) twice,
+/// and again until a kill cuts a request (`KILLS_MAX`), while four writers
+/// send AppendFacts batches of 64, each retrying its
 /// refused facts with the same message ids until acknowledged: afterwards
 /// every acknowledged fact is stored exactly once, byte for byte, at its
 /// acknowledged offset, and each writer's facts in its send order.
@@ -681,17 +697,21 @@ async fn kill_run(killed: Killed) {
     })
     .await;
     let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(AtomicUsize::new(0));
+    let progress = Arc::new(Progress::default());
     let writers: Vec<_> = (0..4)
         .map(|w| {
             let client = zone.client();
             let node_killed = killed == Killed::Node;
-            let (stop, acked) = (stop.clone(), acked.clone());
-            tokio::spawn(write_batches(client, w, seed, stop, acked, node_killed))
+            let (stop, progress) = (stop.clone(), progress.clone());
+            tokio::spawn(write_batches(client, w, seed, stop, progress, node_killed))
         })
         .collect();
-    for _ in 0..2 {
-        wait_for_more(&acked, 4 + rng.below(8) as usize, seed).await;
+    let acked = &progress.acked_batches;
+    let mut kills = 0;
+    // Two kills, and more while none has cut a request.
+    while kills < 2 || (progress.interrupted.load(Ordering::Relaxed) == 0 && kills < KILLS_MAX) {
+        kills += 1;
+        wait_for_more(acked, 4 + rng.below(8) as usize, seed).await;
         match killed {
             Killed::NatsServer => {
                 zone.nats.kill9().await.unwrap();
@@ -705,7 +725,7 @@ async fn kill_run(killed: Killed) {
             }
         }
     }
-    wait_for_more(&acked, 8, seed).await;
+    wait_for_more(acked, 8, seed).await;
     stop.store(true, Ordering::Relaxed);
     let mut all: Vec<(Envelope, Fact, u64)> = Vec::new();
     let (mut refused_requests, mut refused_facts, mut duplicates) = (0, 0, 0);
@@ -733,13 +753,13 @@ async fn kill_run(killed: Killed) {
         all.extend(written.facts);
     }
     eprintln!(
-        "seed {seed}: {} facts acknowledged; {refused_requests} requests and {refused_facts} \
-         facts refused and retried; {duplicates} found stored by a retry",
+        "seed {seed}: {kills} kills; {} facts acknowledged; {refused_requests} requests and \
+         {refused_facts} facts refused and retried; {duplicates} found stored by a retry",
         all.len()
     );
     assert!(
         refused_requests + refused_facts > 0,
-        "seed {seed}: the kills interrupted some requests"
+        "seed {seed}: {kills} kills under load interrupted no request"
     );
     let mut by_id: HashMap<&str, u64> = HashMap::new();
     for (e, _, o) in &all {
