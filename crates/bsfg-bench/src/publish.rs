@@ -108,16 +108,34 @@ pub(crate) async fn create_replicated_stream(
     name: &str,
     replicas: usize,
 ) -> anyhow::Result<()> {
+    js.create_stream(plain_stream_config(name, replicas))
+        .await?;
+    Ok(())
+}
+
+/// [`create_replicated_stream`] that takes JetStream atomic batches.
+pub(crate) async fn create_atomic_stream(
+    js: &jetstream::Context,
+    name: &str,
+    replicas: usize,
+) -> anyhow::Result<()> {
     js.create_stream(stream::Config {
+        allow_atomic_publish: true,
+        ..plain_stream_config(name, replicas)
+    })
+    .await?;
+    Ok(())
+}
+
+fn plain_stream_config(name: &str, replicas: usize) -> stream::Config {
+    stream::Config {
         name: name.into(),
         subjects: vec![format!("{name}.>")],
         storage: stream::StorageType::File,
         duplicate_window: Duration::from_secs(120),
         num_replicas: replicas,
         ..Default::default()
-    })
-    .await?;
-    Ok(())
+    }
 }
 
 /// One publish awaited to its acknowledgement: the call of every raw

@@ -26,14 +26,14 @@ use crate::drive::closed_loop;
 use crate::echo_proto::bench::v1::EchoServiceClient;
 use crate::node_config::node_config;
 use crate::publish::{
-    LAYOUT_COPY, create_layout_copy_stream, create_replicated_stream, node_layout_message,
-    plain_message, raw_publish,
+    LAYOUT_COPY, create_atomic_stream, create_layout_copy_stream, create_replicated_stream,
+    node_layout_message, plain_message, raw_publish,
 };
 use crate::rpc::{append_batch_closed_loop, append_closed_loop, echo_once, rpc_client};
 use crate::stats::{Sample, pct_ms};
 use crate::store::Store;
 use crate::{object_json, run_id};
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream;
 use bsfg_proto::bsfg::v1::BoundaryServiceClient;
 use bsfg_testkit::procfs::{cpu_seconds, rss};
 use connectrpc::Protocol;
@@ -178,7 +178,7 @@ async fn start_setup(a: &HaArgs, dir: &Path, replicas: usize) -> anyhow::Result<
     create_replicated_stream(&store.js, RAW_STREAM, replicas).await?;
     create_replicated_stream(&store.js, BARE_STREAM, replicas).await?;
     create_layout_copy_stream(&store.js, replicas).await?;
-    create_atomic_stream(&store.js, replicas).await?;
+    create_atomic_stream(&store.js, ATOMIC_STREAM, replicas).await?;
     let (echo_port, bare_port) = (free_port()?, free_port()?);
     let echo = start_echo_server(dir, echo_port, "echo.log", "echo server", None).await?;
     let urls = store.urls().join(",");
@@ -321,22 +321,6 @@ async fn drive(
             Ok((s, s.rate * secs))
         }
     }
-}
-
-/// The raw atomic batches' stream: `replicas` replicas, atomic batches
-/// allowed, JetStream's default two-minute duplicate window.
-async fn create_atomic_stream(js: &jetstream::Context, replicas: usize) -> anyhow::Result<()> {
-    js.create_stream(stream::Config {
-        name: ATOMIC_STREAM.into(),
-        subjects: vec![format!("{ATOMIC_STREAM}.>")],
-        storage: stream::StorageType::File,
-        duplicate_window: Duration::from_secs(120),
-        num_replicas: replicas,
-        allow_atomic_publish: true,
-        ..Default::default()
-    })
-    .await?;
-    Ok(())
 }
 
 /// Atomic batches of `size` 256 B messages (a unique `Nats-Msg-Id` each),
