@@ -68,6 +68,9 @@ pub(super) enum Writer {
     AtomicNarrow,
     /// Atomic batches of AppendFacts' facts in flight, one at a time.
     AtomicWide,
+    /// `CONCURRENCY` facts in flight as [`PAIR_LANES`] atomic batches at
+    /// once: what a writer not fenced to one batch in flight could commit.
+    AtomicPair,
     /// Echo c64: the RPC stack alone.
     Echo,
     /// Bare append c64: echo, storing each request first.
@@ -75,7 +78,7 @@ pub(super) enum Writer {
 }
 
 /// The writers, rotated by one per repetition.
-const WRITERS: [Writer; 9] = [
+const WRITERS: [Writer; 10] = [
     Writer::Bsfg,
     Writer::Raw,
     Writer::AtomicWide,
@@ -85,6 +88,7 @@ const WRITERS: [Writer; 9] = [
     Writer::RawNarrow,
     Writer::AtomicNarrow,
     Writer::Bare,
+    Writer::AtomicPair,
 ];
 
 /// One measured loop.
@@ -155,7 +159,8 @@ impl Setup {
             | Writer::RawNarrow
             | Writer::Layout
             | Writer::AtomicNarrow
-            | Writer::AtomicWide => self.node.pid(),
+            | Writer::AtomicWide
+            | Writer::AtomicPair => self.node.pid(),
         };
         std::iter::once(server).chain(self.store.pids()).collect()
     }
@@ -312,6 +317,10 @@ async fn drive(
             let s = atomic_loop(&setup.store.js, size, secs, tag).await?;
             Ok((s, s.rate * secs))
         }
+        Writer::AtomicPair => {
+            let s = atomic_lanes(&setup.store.js, CONCURRENCY, secs, tag).await?;
+            Ok((s, s.rate * secs))
+        }
         Writer::Echo | Writer::Bare => {
             let client = match writer {
                 Writer::Echo => setup.echo_client.clone(),
@@ -321,6 +330,36 @@ async fn drive(
             Ok((s, s.rate * secs))
         }
     }
+}
+
+/// How many atomic batches [`Writer::AtomicPair`] keeps in flight at once.
+pub(super) const PAIR_LANES: usize = 2;
+
+/// `facts` in flight as [`PAIR_LANES`] loops of atomic batches of
+/// `facts / PAIR_LANES`, side by side on one stream, no fence between them:
+/// their rates add up, their latencies merge.
+async fn atomic_lanes(
+    js: &jetstream::Context,
+    facts: usize,
+    secs: f64,
+    tag: &str,
+) -> anyhow::Result<Sample> {
+    assert!(facts.is_multiple_of(PAIR_LANES), "lanes of equal batches");
+    let lanes = (0..PAIR_LANES).map(|lane| {
+        let (js, tag) = (js.clone(), format!("{tag}-lane{lane}"));
+        tokio::spawn(async move { atomic_loop(&js, facts / PAIR_LANES, secs, &tag).await })
+    });
+    let mut samples = Vec::with_capacity(PAIR_LANES);
+    for lane in lanes.collect::<Vec<_>>() {
+        samples.push(lane.await??);
+    }
+    let worst = |f: fn(&Sample) -> f64| samples.iter().map(f).fold(0.0, f64::max);
+    Ok(Sample {
+        rate: samples.iter().map(|s| s.rate).sum(),
+        p50_ms: worst(|s| s.p50_ms),
+        p99_ms: worst(|s| s.p99_ms),
+        errors: 0,
+    })
 }
 
 /// Atomic batches of `size` 256 B messages (a unique `Nats-Msg-Id` each),

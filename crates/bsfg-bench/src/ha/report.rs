@@ -1,7 +1,7 @@
 //! The `ha` run's Markdown: one table per item, with its target.
 
 use super::HaArgs;
-use super::append::{CONCURRENCY, FACT_BYTES, Measured, SetupRuns, Writer};
+use super::append::{CONCURRENCY, FACT_BYTES, Measured, PAIR_LANES, SetupRuns, Writer};
 use super::catch_up::CatchUp;
 use super::failover::Failover;
 use crate::now_ms;
@@ -129,12 +129,19 @@ fn writer_names(a: &HaArgs, writer: Writer) -> (String, Option<&'static str>) {
             format!("atomic batches of {}", a.batch_requests * a.batch_facts),
             None,
         ),
+        Writer::AtomicPair => (
+            format!(
+                "{PAIR_LANES} atomic batches of {} at once (no fence)",
+                CONCURRENCY / PAIR_LANES
+            ),
+            None,
+        ),
         Writer::Echo => (format!("echo c{CONCURRENCY}"), Some("echo")),
         Writer::Bare => (format!("bare append c{CONCURRENCY}"), Some("bare")),
     }
 }
 
-const TABLE_WRITERS: [Writer; 9] = [
+const TABLE_WRITERS: [Writer; 10] = [
     Writer::Bsfg,
     Writer::Batch,
     Writer::Raw,
@@ -142,6 +149,7 @@ const TABLE_WRITERS: [Writer; 9] = [
     Writer::RawNarrow,
     Writer::AtomicWide,
     Writer::AtomicNarrow,
+    Writer::AtomicPair,
     Writer::Echo,
     Writer::Bare,
 ];
@@ -183,6 +191,8 @@ enum Reading {
     EqualInFlight,
     /// A bound on any writer with `CONCURRENCY` facts in flight.
     Ceiling,
+    /// The same bound for a writer with no one-batch fence.
+    Unfenced,
     /// BSFG against the substrate making the same atomic commits.
     SameCommits,
     /// The substrate's atomic commits against its pipelined publishes.
@@ -194,7 +204,7 @@ enum Reading {
 /// of any writer with 64 facts in flight (raw publish at window 64, the
 /// bare append, echo) against raw publish; and the peak RSS.
 fn ratio_table(md: &mut String, a: &HaArgs, setups: &[SetupRuns]) {
-    const RATIOS: [(Writer, Writer, Reading); 11] = [
+    const RATIOS: [(Writer, Writer, Reading); 12] = [
         (Writer::Bsfg, Writer::Raw, Reading::Target),
         (Writer::Batch, Writer::Raw, Reading::Target),
         (Writer::Batch, Writer::Layout, Reading::Target),
@@ -203,6 +213,7 @@ fn ratio_table(md: &mut String, a: &HaArgs, setups: &[SetupRuns]) {
         (Writer::Bsfg, Writer::RawNarrow, Reading::EqualInFlight),
         (Writer::Bsfg, Writer::AtomicNarrow, Reading::SameCommits),
         (Writer::AtomicNarrow, Writer::Raw, Reading::Ceiling),
+        (Writer::AtomicPair, Writer::Raw, Reading::Unfenced),
         (Writer::RawNarrow, Writer::Raw, Reading::Ceiling),
         (Writer::Bare, Writer::Raw, Reading::Ceiling),
         (Writer::Echo, Writer::Raw, Reading::Ceiling),
@@ -225,6 +236,7 @@ fn ratio_table(md: &mut String, a: &HaArgs, setups: &[SetupRuns]) {
                 (Reading::Target, false) => "reference".to_string(),
                 (Reading::EqualInFlight, _) => "at equal facts in flight".to_string(),
                 (Reading::Ceiling, _) => format!("ceiling for c{CONCURRENCY}"),
+                (Reading::Unfenced, _) => format!("ceiling for c{CONCURRENCY}, unfenced"),
                 (Reading::SameCommits, _) => "against the same commits, no node".to_string(),
                 (Reading::SubstrateCommits, _) => "atomic batches against pipelined".to_string(),
             };
