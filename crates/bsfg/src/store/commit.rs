@@ -32,8 +32,8 @@
 //! would settle into two halves committed in turn, each commit paying the
 //! store's fixed cost for half the facts (BENCHMARKS.md, "AppendFacts"). So
 //! the next batch waits for the units the commit answered to come back (those
-//! queued after it answered), but at most a quarter of that commit's
-//! duration and at most 1 ms, and never once it is full (`regather`). A
+//! queued after it answered), but at most half that commit's duration and
+//! at most 3 ms, and never once it is full (`regather`). A
 //! lone sequential caller is its own returning unit and never waits.
 //!
 //! Invariants: every queued fact is answered exactly once (stored,
@@ -43,8 +43,8 @@
 //! `batches_in_flight_max` batches are in the log at once; a batch takes
 //! no unit once it holds `batch_facts_max` facts, so it holds fewer than
 //! `batch_facts_max` plus its last unit's facts (asserted); a batch waits
-//! for returning units only until its predecessor's commit duration / 4
-//! (at most 1 ms) after that commit answered (asserted in `regather`).
+//! for returning units only until its predecessor's commit duration / 2
+//! (at most 3 ms) after that commit answered (asserted in `regather`).
 
 use super::facts::{AppendItem, Appended, FactLog, Order};
 use super::regather::{Returning, Unit, assert_bound, regather};
