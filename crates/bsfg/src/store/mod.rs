@@ -16,6 +16,7 @@
 //! Nothing outside the zone is touched: the node connects only to its own
 //! nats-server, and its one file of its own (the key index) is derived.
 
+mod bucket_room;
 pub mod clock;
 pub mod commit;
 mod connect;

@@ -4,9 +4,13 @@
 //! requested key is then pointed at it with an object-store link. That is
 //! what makes "nothing kept on failure" cheap and exact: a failed or
 //! mismatching upload deletes its own blob and never touches the key, so a
-//! previous version stays intact. A key referenced by a fact is frozen (a
-//! marker in the `bsfg_object_refs` KV bucket); overwriting it is refused.
+//! previous version stays intact. An upload that no longer fits its bucket
+//! stops before the bucket's stream refuses a chunk (`bucket_room`): a
+//! refusal there would leave chunks no blob names. A key referenced by a
+//! fact is frozen (a marker in the `bsfg_object_refs` KV bucket);
+//! overwriting it is refused.
 
+use super::bucket_room::BucketRoom;
 use super::direct::DirectGets;
 use super::failure::unavailable;
 use crate::config::ZoneConfig;
@@ -62,6 +66,8 @@ pub struct Objects {
     buckets: HashMap<String, object_store::ObjectStore>,
     refs: kv::Store,
     disk: Arc<super::disk::DiskWatch>,
+    /// Each bucket's stream, to read the room left in it before an upload.
+    streams: HashMap<String, jetstream::stream::Stream>,
     /// Each bucket's stream when it has several replicas, to ask its
     /// leader what a direct get did not find (see [`Objects::entry`]).
     leader_reads: HashMap<String, jetstream::stream::Stream>,
@@ -99,13 +105,15 @@ impl Objects {
             };
             buckets.insert(b.name.clone(), store);
         }
-        let mut leader_reads = HashMap::new();
-        if config.nats.replicas > 1 {
-            for b in &config.buckets {
-                let stream = jetstream.get_stream(format!("OBJ_{}", b.name)).await?;
-                leader_reads.insert(b.name.clone(), stream);
-            }
+        let mut streams = HashMap::new();
+        for b in &config.buckets {
+            let stream = jetstream.get_stream(format!("OBJ_{}", b.name)).await?;
+            streams.insert(b.name.clone(), stream);
         }
+        let leader_reads = match config.nats.replicas > 1 {
+            true => streams.clone(),
+            false => HashMap::new(),
+        };
         let refs = match jetstream.get_key_value(REFS_BUCKET).await {
             Ok(refs) => refs,
             Err(_) => {
@@ -134,6 +142,7 @@ impl Objects {
             buckets,
             refs,
             disk,
+            streams,
             leader_reads,
             refs_leader,
         })
@@ -317,8 +326,14 @@ impl Objects {
     {
         self.check_put(&header).await?;
         let store = self.bucket(&header.bucket)?.clone();
+        let room = self.room(&header.bucket).await?;
         let blob_name = format!("{BLOB_PREFIX}{}", random_id());
-        let (mut reader, failure) = bounded_reader(chunks, self.config.limits.object_bytes_max);
+        let bounds = UploadBounds {
+            bytes_max: self.config.limits.object_bytes_max,
+            room,
+            full: bucket_full(&header),
+        };
+        let (mut reader, failure) = bounded_reader(chunks, bounds);
         let meta = blob_metadata(&blob_name, &header.media_type);
         let blob = store
             .put(meta, &mut reader)
@@ -352,6 +367,23 @@ impl Objects {
             blob: blob_name,
             blob_nuid: blob.nuid.clone(),
         })
+    }
+
+    /// What `bucket` can still take (`bucket_room`).
+    async fn room(&self, bucket: &str) -> Result<BucketRoom, Rejection> {
+        let stream = self.streams.get(bucket).expect("a stream for every bucket");
+        let info = stream
+            .get_info()
+            .await
+            .map_err(|e| unavailable("reading the bucket's fill", e))?;
+        let capacity_bytes = self
+            .config
+            .buckets
+            .iter()
+            .find(|b| b.name == bucket)
+            .expect("a configured bucket")
+            .capacity_bytes;
+        Ok(BucketRoom::of(capacity_bytes, info.state.bytes))
     }
 
     /// Points `header.key` at the new blob and deletes the blob it pointed
@@ -518,9 +550,27 @@ impl ChunkReader {
 /// (EOF) on a client error or an oversize upload, so the object store never
 /// leaves orphan chunks behind; the failure is remembered (the returned
 /// slot) and the complete-but-wrong blob deleted.
+/// What an upload may take: at most `bytes_max`, and only while it fits
+/// the bucket's `room` (else it is refused with `full`).
+struct UploadBounds {
+    bytes_max: u64,
+    room: BucketRoom,
+    full: Rejection,
+}
+
+impl UploadBounds {
+    /// Why an upload that received `received` bytes must stop, if it must.
+    fn exceeded(&self, received: u64) -> Option<Rejection> {
+        if received > self.bytes_max {
+            return Some(too_large(received, self.bytes_max));
+        }
+        (!self.room.fits(received, CHUNK_BYTES as u64)).then(|| self.full.clone())
+    }
+}
+
 fn bounded_reader<S>(
     chunks: S,
-    bytes_max: u64,
+    bounds: UploadBounds,
 ) -> (
     impl tokio::io::AsyncRead + Send + Unpin,
     Arc<std::sync::Mutex<Option<Rejection>>>,
@@ -535,22 +585,17 @@ where
     let stopped_in = stopped.clone();
     let reader_stream = chunks
         .take_while(move |item| {
-            let keep = !stopped_in.load(Ordering::Relaxed)
-                && match item {
-                    Ok(bytes) => {
-                        received += bytes.len() as u64;
-                        if received > bytes_max {
-                            *failure_in.lock().unwrap() = Some(too_large(received, bytes_max));
-                            false
-                        } else {
-                            true
-                        }
-                    }
-                    Err(r) => {
-                        *failure_in.lock().unwrap() = Some(r.clone());
-                        false
-                    }
-                };
+            let refused = match item {
+                Ok(bytes) => {
+                    received += bytes.len() as u64;
+                    bounds.exceeded(received)
+                }
+                Err(r) => Some(r.clone()),
+            };
+            let keep = !stopped_in.load(Ordering::Relaxed) && refused.is_none();
+            if let Some(r) = refused {
+                failure_in.lock().unwrap().get_or_insert(r);
+            }
             if !keep {
                 stopped_in.store(true, Ordering::Relaxed);
             }
@@ -577,16 +622,20 @@ fn blob_metadata(blob_name: &str, media_type: &str) -> object_store::ObjectMetad
 /// Why the object store would not take the upload's bytes.
 fn write_refused(header: &PutHeader, e: object_store::PutError) -> Rejection {
     if is_bucket_full(&e.to_string()) {
-        return Rejection::new(
-            Code::ResourceExhausted,
-            Reason::BucketFull,
-            format!(
-                "bucket {} has no room for {}/{} (its capacity_bytes is reached); an operator frees objects or raises the capacity",
-                header.bucket, header.bucket, header.key
-            ),
-        );
+        return bucket_full(header);
     }
     unavailable("writing the object", e)
+}
+
+fn bucket_full(header: &PutHeader) -> Rejection {
+    Rejection::new(
+        Code::ResourceExhausted,
+        Reason::BucketFull,
+        format!(
+            "bucket {} has no room for {}/{} (its capacity_bytes is reached); nothing was stored; an operator frees objects or raises the capacity",
+            header.bucket, header.bucket, header.key
+        ),
+    )
 }
 
 /// Whether the received bytes are the ones the request declared (digest,
