@@ -942,4 +942,50 @@ async fn an_upload_into_a_full_bucket_is_refused_as_bucket_full() {
     put(&client, BUCKET, "fits.bin", &fits, &sha256(&fits))
         .await
         .expect("the room the refused upload would have taken is free");
+    assert_eq!(
+        zone.orphan_chunk_subjects(BUCKET).await,
+        Vec::<String>::new()
+    );
+}
+
+/// Uploads running at once that together do not fit their bucket: those
+/// refused are refused as a full bucket, those stored read back whole, and
+/// no chunk stays that no object names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_at_once_into_an_almost_full_bucket_leave_nothing_behind() {
+    const UPLOADS: u64 = 4;
+    let mut opts = Opts::default();
+    opts.buckets[0].capacity_bytes = 2 * 1024 * 1024;
+    let zone = Zone::start(opts).await;
+    let client = zone.client();
+    let first = pseudo_random_bytes(1024 * 1024, 1);
+    put(&client, BUCKET, "first.bin", &first, &sha256(&first))
+        .await
+        .unwrap();
+    // Each fits the room left alone; any two together do not.
+    let uploads = (0..UPLOADS).map(|i| {
+        let (client, bytes) = (client.clone(), pseudo_random_bytes(640 * 1024, 10 + i));
+        tokio::spawn(async move {
+            let key = format!("side-by-side-{i}.bin");
+            let result = put(&client, BUCKET, &key, &bytes, "").await;
+            (key, bytes, result)
+        })
+    });
+    let mut stored = 0;
+    for upload in uploads.collect::<Vec<_>>() {
+        let (key, bytes, result) = upload.await.unwrap();
+        match result {
+            Ok(_) => {
+                stored += 1;
+                let (_, read) = get(&client, BUCKET, &key, 0).await.unwrap();
+                assert!(read == bytes, "{key} reads back whole");
+            }
+            Err(e) => assert_rejected(Err::<(), _>(e), "resource_exhausted", "bucket_full"),
+        }
+    }
+    assert!(stored <= 1, "the room held one of them, {stored} stored");
+    assert_eq!(
+        zone.orphan_chunk_subjects(BUCKET).await,
+        Vec::<String>::new()
+    );
 }

@@ -419,6 +419,29 @@ impl Zone {
         out
     }
 
+    /// The chunk subjects of `bucket` that no object's metadata names:
+    /// bytes no object can reach or delete.
+    pub async fn orphan_chunk_subjects(&self, bucket: &str) -> Vec<String> {
+        use futures::TryStreamExt;
+        let js = self.jetstream().await;
+        let store = js.get_object_store(bucket).await.unwrap();
+        let mut live = std::collections::HashSet::new();
+        let mut list = store.list().await.unwrap();
+        while let Some(info) = list.try_next().await.unwrap() {
+            live.insert(format!("$O.{bucket}.C.{}", info.nuid));
+        }
+        let stream = js.get_stream(format!("OBJ_{bucket}")).await.unwrap();
+        let filter = format!("$O.{bucket}.C.>");
+        let mut subjects = stream.info_with_subjects(filter).await.unwrap();
+        let mut orphans = Vec::new();
+        while let Some((subject, _)) = subjects.try_next().await.unwrap() {
+            if !live.contains(&subject) {
+                orphans.push(subject);
+            }
+        }
+        orphans
+    }
+
     /// Total bytes held by a bucket's underlying stream (chunks included).
     pub async fn bucket_stream_messages(&self, bucket: &str) -> u64 {
         let js = self.jetstream().await;

@@ -10,7 +10,7 @@
 //! fact is frozen (a marker in the `bsfg_object_refs` KV bucket);
 //! overwriting it is refused.
 
-use super::bucket_room::BucketRoom;
+use super::bucket_room::{Filling, Start, UploadRoom};
 use super::direct::DirectGets;
 use super::failure::unavailable;
 use crate::config::ZoneConfig;
@@ -68,6 +68,8 @@ pub struct Objects {
     disk: Arc<super::disk::DiskWatch>,
     /// Each bucket's stream, to read the room left in it before an upload.
     streams: HashMap<String, jetstream::stream::Stream>,
+    /// The bytes this node's uploads into each bucket received.
+    filling: HashMap<String, Arc<Filling>>,
     /// Each bucket's stream when it has several replicas, to ask its
     /// leader what a direct get did not find (see [`Objects::entry`]).
     leader_reads: HashMap<String, jetstream::stream::Stream>,
@@ -142,6 +144,10 @@ impl Objects {
             buckets,
             refs,
             disk,
+            filling: streams
+                .keys()
+                .map(|b| (b.clone(), Arc::default()))
+                .collect(),
             streams,
             leader_reads,
             refs_leader,
@@ -369,9 +375,10 @@ impl Objects {
         })
     }
 
-    /// What `bucket` can still take (`bucket_room`).
-    async fn room(&self, bucket: &str) -> Result<BucketRoom, Rejection> {
+    /// What `bucket` can still take (`bucket_room`), from now on.
+    async fn room(&self, bucket: &str) -> Result<UploadRoom, Rejection> {
         let stream = self.streams.get(bucket).expect("a stream for every bucket");
+        let start = Start::new(self.filling[bucket].clone());
         let info = stream
             .get_info()
             .await
@@ -383,7 +390,7 @@ impl Objects {
             .find(|b| b.name == bucket)
             .expect("a configured bucket")
             .capacity_bytes;
-        Ok(BucketRoom::of(capacity_bytes, info.state.bytes))
+        Ok(start.room(capacity_bytes, info.state.bytes, CHUNK_BYTES as u64))
     }
 
     /// Points `header.key` at the new blob and deletes the blob it pointed
@@ -554,17 +561,18 @@ impl ChunkReader {
 /// the bucket's `room` (else it is refused with `full`).
 struct UploadBounds {
     bytes_max: u64,
-    room: BucketRoom,
+    room: UploadRoom,
     full: Rejection,
 }
 
 impl UploadBounds {
-    /// Why an upload that received `received` bytes must stop, if it must.
-    fn exceeded(&self, received: u64) -> Option<Rejection> {
+    /// Why an upload that received `received` bytes, the last `bytes`,
+    /// must stop, if it must.
+    fn exceeded(&self, received: u64, bytes: u64) -> Option<Rejection> {
         if received > self.bytes_max {
             return Some(too_large(received, self.bytes_max));
         }
-        (!self.room.fits(received, CHUNK_BYTES as u64)).then(|| self.full.clone())
+        (!self.room.receive(bytes)).then(|| self.full.clone())
     }
 }
 
@@ -584,11 +592,12 @@ where
     let failure_in = failure.clone();
     let stopped_in = stopped.clone();
     let reader_stream = chunks
+        .flat_map(|item| futures::stream::iter(pieces(item)))
         .take_while(move |item| {
             let refused = match item {
                 Ok(bytes) => {
                     received += bytes.len() as u64;
-                    bounds.exceeded(received)
+                    bounds.exceeded(received, bytes.len() as u64)
                 }
                 Err(r) => Some(r.clone()),
             };
@@ -603,6 +612,20 @@ where
         })
         .map(|item| item.map_err(|r| std::io::Error::other(r.to_string())));
     (tokio_util::io::StreamReader::new(reader_stream), failure)
+}
+
+/// An upload's message in pieces of at most [`CHUNK_BYTES`]: what the
+/// object store reads and publishes at a time (`bucket_room`).
+fn pieces(item: Result<Bytes, Rejection>) -> Vec<Result<Bytes, Rejection>> {
+    let Ok(mut bytes) = item else {
+        return vec![item];
+    };
+    let mut out = Vec::with_capacity(bytes.len().div_ceil(CHUNK_BYTES).max(1));
+    while bytes.len() > CHUNK_BYTES {
+        out.push(Ok(bytes.split_to(CHUNK_BYTES)));
+    }
+    out.push(Ok(bytes));
+    out
 }
 
 /// The new blob's metadata: its name, chunk size and declared media type.
