@@ -68,7 +68,7 @@ pub struct Objects {
     disk: Arc<super::disk::DiskWatch>,
     /// Each bucket's stream, to read the room left in it before an upload.
     streams: HashMap<String, jetstream::stream::Stream>,
-    /// The bytes this node's uploads into each bucket received.
+    /// What this node's uploads into each bucket stored or are storing.
     filling: HashMap<String, Arc<Filling>>,
     /// Each bucket's stream when it has several replicas, to ask its
     /// leader what a direct get did not find (see [`Objects::entry`]).
@@ -553,10 +553,6 @@ impl ChunkReader {
     }
 }
 
-/// The upload as a reader for the object store. The reader ends cleanly
-/// (EOF) on a client error or an oversize upload, so the object store never
-/// leaves orphan chunks behind; the failure is remembered (the returned
-/// slot) and the complete-but-wrong blob deleted.
 /// What an upload may take: at most `bytes_max`, and only while it fits
 /// the bucket's `room` (else it is refused with `full`).
 struct UploadBounds {
@@ -576,6 +572,11 @@ impl UploadBounds {
     }
 }
 
+/// The upload as a reader for the object store, in pieces of one chunk.
+/// The reader ends cleanly (EOF) on a client error, an oversize upload or
+/// one that no longer fits its bucket, so the object store never leaves
+/// orphan chunks behind; the failure is remembered (the returned slot) and
+/// the complete-but-wrong blob deleted.
 fn bounded_reader<S>(
     chunks: S,
     bounds: UploadBounds,
