@@ -912,12 +912,8 @@ async fn objects_keep_their_media_type() {
     );
 }
 
-/// An upload into a bucket at its capacity is refused as a full bucket
-/// (resource_exhausted), not as an unavailable store, with nothing of it
-/// left in the bucket: the bucket's earlier objects stay readable, and an
-/// upload that fits in the room left is stored.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upload_into_a_full_bucket_is_refused_as_bucket_full() {
+/// A zone whose bucket of 2 MiB holds `first.bin`, 1 MiB (returned).
+async fn half_full_bucket() -> (Zone, bsfg::client::BsfgClient, Vec<u8>) {
     let mut opts = Opts::default();
     opts.buckets[0].capacity_bytes = 2 * 1024 * 1024;
     let zone = Zone::start(opts).await;
@@ -926,6 +922,16 @@ async fn an_upload_into_a_full_bucket_is_refused_as_bucket_full() {
     put(&client, BUCKET, "first.bin", &first, &sha256(&first))
         .await
         .unwrap();
+    (zone, client, first)
+}
+
+/// An upload into a bucket at its capacity is refused as a full bucket
+/// (resource_exhausted), not as an unavailable store, with nothing of it
+/// left in the bucket: the bucket's earlier objects stay readable, and an
+/// upload that fits in the room left is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_into_a_full_bucket_is_refused_as_bucket_full() {
+    let (zone, client, first) = half_full_bucket().await;
     let messages_before = zone.bucket_stream_messages(BUCKET).await;
     // Neither declaring its size nor its digest: found too large while
     // streaming.
@@ -954,14 +960,7 @@ async fn an_upload_into_a_full_bucket_is_refused_as_bucket_full() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_at_once_into_an_almost_full_bucket_leave_nothing_behind() {
     const UPLOADS: u64 = 4;
-    let mut opts = Opts::default();
-    opts.buckets[0].capacity_bytes = 2 * 1024 * 1024;
-    let zone = Zone::start(opts).await;
-    let client = zone.client();
-    let first = pseudo_random_bytes(1024 * 1024, 1);
-    put(&client, BUCKET, "first.bin", &first, &sha256(&first))
-        .await
-        .unwrap();
+    let (zone, client, _) = half_full_bucket().await;
     // Each fits the room left alone; any two together do not.
     let uploads = (0..UPLOADS).map(|i| {
         let (client, bytes) = (client.clone(), pseudo_random_bytes(640 * 1024, 10 + i));
