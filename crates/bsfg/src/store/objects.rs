@@ -66,13 +66,14 @@ pub struct Objects {
     buckets: HashMap<String, object_store::ObjectStore>,
     refs: kv::Store,
     disk: Arc<super::disk::DiskWatch>,
-    /// Each bucket's stream, to read the room left in it before an upload.
+    /// Each bucket's stream: to read the room left in it before an upload,
+    /// and, when it has several replicas, to ask its leader what a direct
+    /// get did not find (see [`Objects::entry`]).
     streams: HashMap<String, jetstream::stream::Stream>,
+    /// Whether the buckets have several replicas.
+    replicated: bool,
     /// What this node's uploads into each bucket stored or are storing.
     filling: HashMap<String, Arc<Filling>>,
-    /// Each bucket's stream when it has several replicas, to ask its
-    /// leader what a direct get did not find (see [`Objects::entry`]).
-    leader_reads: HashMap<String, jetstream::stream::Stream>,
     /// The references bucket's stream when it has several replicas: an
     /// object frozen a moment ago must not read as unfrozen from a replica
     /// one write behind (see [`Objects::is_frozen`]).
@@ -112,10 +113,7 @@ impl Objects {
             let stream = jetstream.get_stream(format!("OBJ_{}", b.name)).await?;
             streams.insert(b.name.clone(), stream);
         }
-        let leader_reads = match config.nats.replicas > 1 {
-            true => streams.clone(),
-            false => HashMap::new(),
-        };
+        let replicated = config.nats.replicas > 1;
         let refs = match jetstream.get_key_value(REFS_BUCKET).await {
             Ok(refs) => refs,
             Err(_) => {
@@ -149,7 +147,7 @@ impl Objects {
                 .map(|b| (b.clone(), Arc::default()))
                 .collect(),
             streams,
-            leader_reads,
+            replicated,
             refs_leader,
         })
     }
@@ -263,7 +261,7 @@ impl Objects {
         store: &object_store::ObjectStore,
         name: &str,
     ) -> Result<Option<object_store::ObjectInfo>, Rejection> {
-        let leader = self.leader_reads.get(bucket);
+        let leader = self.streams.get(bucket).filter(|_| self.replicated);
         super::leader_read::object_entry(store, leader, bucket, name).await
     }
 
